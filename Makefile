@@ -1,0 +1,55 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run   - virtualenv, install, control plane on loopback with a local agent connected
+#   make test  - virtualenv, install, Debian packages the tests need, lint, types, tests
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Debian packages the tests and benchmarks use (peers and tools), installed when missing.
+DEBS   := passwd sudo openssh-server openssh-client procps
+
+.PHONY: run test lint typecheck unit schema debs clean bench
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[controlplane,test,lint]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/controlplane dev
+
+debs:
+	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			echo "installing Debian packages: $$missing"; \
+			DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+		else \
+			echo "not root: cannot install $$missing; tests that need them will be skipped"; \
+		fi; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+test: $(STAMP) debs lint typecheck
+	$(VENV)/bin/pytest
+
+unit: $(STAMP)
+	$(VENV)/bin/pytest tests/unit
+
+schema: $(STAMP)
+	$(PY) -m agent.protocol.schema > docs/protocol.schema.json
+
+bench: $(STAMP) debs
+	for b in bench/*; do [ -x "$$b" ] && [ -f "$$b" ] && "$$b"; done
+
+clean:
+	rm -rf $(VENV) .dev .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,8 @@
+"""``python -m agent``."""
+
+import sys
+
+from agent.cli import main
+
+
+sys.exit(main())

@@ -1,0 +1,16 @@
+"""The agent's only network link: the websocket to the control plane."""
+
+from agent.backhaul.connection import Backhaul, CommandHandler, LinkState, ssl_context
+from agent.backhaul.outbox import Outbox
+from agent.backhaul.retry import backoff_delays, classify
+
+
+__all__ = [
+    "Backhaul",
+    "CommandHandler",
+    "LinkState",
+    "Outbox",
+    "backoff_delays",
+    "classify",
+    "ssl_context",
+]

@@ -1,0 +1,275 @@
+"""The backhaul: one websocket from the agent to the control plane, kept alive forever.
+
+Per connection three tasks share a TaskGroup: the reader (decodes frames and hands them
+to the handler), the writer (drains the outbox) and the keepalive (application pings; a
+missing pong declares the peer dead). When any of them fails, the others are cancelled,
+the connection is closed and the reconnect loop dials again after a jittered delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+from uuid import UUID
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from agent import __version__
+from agent.backhaul.outbox import Outbox
+from agent.backhaul.retry import backoff_delays, classify
+from agent.clock import monotonic, utcnow
+from agent.config import AgentConfig, ControlPlaneConfig
+from agent.errors import AuthRejected, ConnectionLost, ProtocolViolation
+from agent.protocol import (
+    CommandRun,
+    Confirm,
+    ErrorMessage,
+    Hello,
+    Ping,
+    Pong,
+    ServerMessage,
+    Welcome,
+    decode_server_message,
+    encode,
+    error_ref,
+)
+
+
+__all__ = ["Backhaul", "CommandHandler", "LinkState", "ssl_context"]
+
+log = structlog.get_logger(__name__)
+
+
+class CommandHandler(Protocol):
+    """What the backhaul needs from the dispatcher."""
+
+    def running(self) -> list[UUID]:
+        """Ids of the commands in progress, announced in ``hello``."""
+        ...
+
+    def on_command(self, message: CommandRun, delivered_at: datetime) -> ErrorMessage | None:
+        """Accept a command without blocking; return an error to send back, if refused."""
+        ...
+
+
+@dataclass
+class LinkState:
+    """What ``agent status`` shows about the backhaul."""
+
+    status: Literal["connecting", "connected", "waiting"] = "connecting"
+    connected_since: datetime | None = None
+    last_error: str | None = None
+    connects: int = 0
+    rtt: float | None = field(default=None)
+
+
+def ssl_context(cp: ControlPlaneConfig) -> ssl.SSLContext | None:
+    """The TLS context for ``wss://``; verification is on unless explicitly disabled."""
+    if cp.url.scheme != "https":
+        return None
+    ctx = ssl.create_default_context(cafile=str(cp.ca_file) if cp.ca_file else None)
+    if not cp.verify_tls:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+class Backhaul:
+    """Dials the control plane, reconnects with backoff, and moves messages both ways."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        key: str,
+        outbox: Outbox,
+        handler: CommandHandler,
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._key = key
+        self._outbox = outbox
+        self._handler = handler
+        self._on_connected = on_connected
+        self._nonces = itertools.count(1)
+        self._pongs: dict[int, asyncio.Future[None]] = {}
+        self.state = LinkState()
+        self.server_name: str | None = None
+
+    async def run(self) -> None:
+        """Keep a connection up until cancelled.
+
+        Raises:
+            AuthRejected: the control plane refused our credentials; retrying is useless.
+        """
+        bh = self._config.backhaul
+        delays = backoff_delays(bh.reconnect_min_delay, bh.reconnect_max_delay)
+        while True:
+            started = monotonic()
+            self.state.status = "connecting"
+            try:
+                await self._session()
+            except ConnectionLost as exc:
+                self.state.last_error = str(exc)
+                log.warning("backhaul.disconnected", reason=str(exc))
+            except Exception as exc:
+                if classify(exc) == "fatal":
+                    raise
+                self.state.last_error = repr(exc)
+                log.exception("backhaul.error")
+            self.state.status = "waiting"
+            self.state.connected_since = None
+            if monotonic() - started >= bh.stable_after:
+                delays = backoff_delays(bh.reconnect_min_delay, bh.reconnect_max_delay)
+            delay = next(delays)
+            log.info("backhaul.reconnect_in", seconds=round(delay, 3))
+            await asyncio.sleep(delay)
+
+    async def _session(self) -> None:
+        ws = await self._dial()
+        try:
+            await self._handshake(ws)
+            self.state.status = "connected"
+            self.state.connected_since = utcnow()
+            self.state.connects += 1
+            log.info("backhaul.connected", server=self.server_name)
+            if self._on_connected is not None:
+                self._on_connected()
+            await self._outbox.rewind()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._reader(ws))
+                    tg.create_task(self._writer(ws))
+                    tg.create_task(self._keepalive(ws))
+            except* (ConnectionClosed, OSError, TimeoutError) as group:
+                raise ConnectionLost(_describe(group.exceptions[0])) from group
+            except* ConnectionLost as group:
+                raise group.exceptions[0] from None
+        finally:
+            for waiter in self._pongs.values():
+                waiter.cancel()
+            self._pongs.clear()
+            await ws.close()
+
+    async def _dial(self) -> ClientConnection:
+        cp = self._config.control_plane
+        limits = self._config.limits
+        headers = {"Authorization": f'id="{self._config.identity.server_id}", key="{self._key}"'}
+        try:
+            return await connect(
+                cp.backhaul_url,
+                additional_headers=headers,
+                user_agent_header=f"fleet-agent/{__version__}",
+                ssl=ssl_context(cp),
+                open_timeout=self._config.backhaul.open_timeout,
+                # Application keepalive instead of protocol pings: it also proves the
+                # control plane's event loop answers, not just its TCP stack.
+                ping_interval=None,
+                close_timeout=5,
+                # Frames above the application limit still arrive so that they can be
+                # answered with an error; beyond twice the limit the link is closed.
+                max_size=2 * limits.max_message_bytes,
+                compression=None,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise AuthRejected(
+                    f"control plane refused our credentials (HTTP {status})"
+                ) from exc
+            raise ConnectionLost(f"handshake refused with HTTP {status}") from exc
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise ConnectionLost(f"cannot connect to {cp.backhaul_url}: {_describe(exc)}") from exc
+
+    async def _handshake(self, ws: ClientConnection) -> None:
+        hello = Hello(
+            agent_version=__version__,
+            hostname=socket.gethostname(),
+            running=self._handler.running(),
+        )
+        await ws.send(encode(hello))
+        try:
+            async with asyncio.timeout(self._config.backhaul.open_timeout):
+                frame = await ws.recv()
+        except TimeoutError as exc:
+            raise ConnectionLost("no welcome from the control plane") from exc
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"closed during handshake: {_describe(exc)}") from exc
+        try:
+            welcome = self._decode(frame)
+        except ProtocolViolation as exc:
+            raise ConnectionLost(f"bad welcome: {exc}") from exc
+        if not isinstance(welcome, Welcome):
+            raise ConnectionLost(f"expected welcome, got {welcome.type}")
+        self.server_name = welcome.server_name
+
+    async def _reader(self, ws: ClientConnection) -> None:
+        async for frame in ws:
+            try:
+                message = self._decode(frame)
+            except ProtocolViolation as exc:
+                log.warning("backhaul.bad_frame", code=exc.code, reason=exc.message)
+                reply = ErrorMessage(code=exc.code, message=exc.message, ref=error_ref(frame))
+                await ws.send(encode(reply))
+                continue
+            await self._handle(ws, message)
+        raise ConnectionLost("the control plane closed the connection")
+
+    async def _handle(self, ws: ClientConnection, message: ServerMessage) -> None:
+        match message:
+            case Confirm(rids=rids):
+                await self._outbox.confirm(rids)
+            case CommandRun():
+                refusal = self._handler.on_command(message, utcnow())
+                if refusal is not None:
+                    await ws.send(encode(refusal))
+            case Ping(nonce=nonce):
+                await ws.send(encode(Pong(nonce=nonce)))
+            case Pong(nonce=nonce):
+                waiter = self._pongs.pop(nonce, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            case ErrorMessage(code=code, message=text, ref=ref):
+                log.warning("backhaul.peer_error", code=code, reason=text, ref=ref)
+            case Welcome():
+                log.warning("backhaul.unexpected_welcome")
+
+    async def _writer(self, ws: ClientConnection) -> None:
+        while True:
+            for report in await self._outbox.next_batch():
+                await ws.send(encode(report))
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        bh = self._config.backhaul
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(bh.keepalive_interval)
+            nonce = next(self._nonces)
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._pongs[nonce] = waiter
+            sent = monotonic()
+            await ws.send(encode(Ping(nonce=nonce)))
+            try:
+                async with asyncio.timeout(bh.keepalive_timeout):
+                    await waiter
+            except TimeoutError:
+                raise ConnectionLost(f"no pong within {bh.keepalive_timeout:g} s") from None
+            finally:
+                self._pongs.pop(nonce, None)
+            self.state.rtt = monotonic() - sent
+
+    def _decode(self, frame: str | bytes) -> ServerMessage:
+        return decode_server_message(frame, max_bytes=self._config.limits.max_message_bytes)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,173 @@
+"""Agent configuration: one TOML file, validated into frozen pydantic models.
+
+An invalid file fails at start with the dotted key and the reason, for example
+``limits.max_concurrent_commands: Input should be greater than 0``. No other module reads
+files or environment variables for settings.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+from uuid import UUID
+
+from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agent.errors import ConfigError
+
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "AgentConfig",
+    "BackhaulConfig",
+    "ControlPlaneConfig",
+    "IdentityConfig",
+    "LimitsConfig",
+    "LoggingConfig",
+    "load",
+    "parse",
+]
+
+DEFAULT_CONFIG_PATH = Path("/etc/fleet-agent/agent.toml")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ControlPlaneConfig(_Section):
+    """Where the agent dials and how it checks who answers."""
+
+    url: AnyUrl
+    """Base URL of the control plane, ``https://…`` (``http://`` only for loopback)."""
+    verify_tls: bool = True
+    """Verify the control plane's certificate. Turning this off is logged at every start."""
+    ca_file: Path | None = None
+    """PEM bundle to verify against instead of the system trust store."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_or_https(cls, url: AnyUrl) -> AnyUrl:
+        if url.scheme not in {"http", "https"}:
+            raise ValueError("must be an http:// or https:// URL")
+        return url
+
+    @property
+    def backhaul_url(self) -> str:
+        """The websocket URL of the backhaul endpoint."""
+        base = str(self.url).rstrip("/")
+        scheme, rest = base.split("://", 1)
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws/agent/backhaul/"
+
+
+class IdentityConfig(_Section):
+    """The credentials issued at registration."""
+
+    server_id: UUID
+    key_file: Path
+    """File holding the server key (mode 0600, owned by root)."""
+
+
+class BackhaulConfig(_Section):
+    """Keepalive and reconnect timing, in seconds."""
+
+    keepalive_interval: float = Field(default=15.0, gt=0)
+    """How often an application ping is sent when the link is otherwise idle."""
+    keepalive_timeout: float = Field(default=20.0, gt=0)
+    """A pong later than this declares the peer dead (so detection takes < 60 s)."""
+    open_timeout: float = Field(default=10.0, gt=0)
+    reconnect_min_delay: float = Field(default=0.5, gt=0)
+    reconnect_max_delay: float = Field(default=60.0, gt=0)
+    stable_after: float = Field(default=30.0, ge=0)
+    """A connection that lived this long resets the backoff schedule."""
+
+
+class LimitsConfig(_Section):
+    """Bounds on work and memory."""
+
+    max_concurrent_commands: int = Field(default=16, gt=0, le=4096)
+    """Commands above this wait, in arrival order."""
+    max_queued_commands: int = Field(default=10_000, gt=0)
+    """Commands accepted but waiting for a slot; beyond this they are refused."""
+    command_timeout: float = Field(default=1800.0, gt=0)
+    """Default per-command timeout; the command's own ``timeout`` overrides it."""
+    kill_grace: float = Field(default=5.0, ge=0)
+    """Seconds between SIGTERM and SIGKILL when a command times out."""
+    output_chunk_bytes: int = Field(default=4096, ge=256, le=1024 * 1024)
+    output_flush_interval: float = Field(default=0.1, gt=0, le=10)
+    result_cap_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """The final result keeps this many bytes of output: half head, half tail."""
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    """Largest backhaul message accepted; larger ones are answered with an error."""
+    outbox_max_reports: int = Field(default=100_000, gt=0)
+    """Unconfirmed reports kept; producers wait when it is full."""
+    shutdown_grace: float = Field(default=20.0, ge=0)
+    """On SIGTERM, running commands get this long to finish and their reports to be
+    confirmed; keep it below systemd's TimeoutStopSec."""
+
+
+class LoggingConfig(_Section):
+    """Log level and format (``auto`` is JSON unless stderr is a terminal)."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class AgentConfig(_Section):
+    """The whole agent configuration."""
+
+    control_plane: ControlPlaneConfig
+    identity: IdentityConfig
+    state_dir: Path = Path("/var/lib/fleet-agent")
+    backhaul: BackhaulConfig = BackhaulConfig()
+    limits: LimitsConfig = LimitsConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def read_key(self) -> str:
+        """Read the server key from its file.
+
+        Raises:
+            ConfigError: the file is missing, empty, or readable by others.
+        """
+        path = self.identity.key_file
+        try:
+            st = path.stat()
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"identity.key_file: cannot read {path}: {exc.strerror}") from exc
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"identity.key_file: {path} is accessible by group or others "
+                f"(mode {st.st_mode & 0o777:o}); it must be 0600"
+            )
+        if not key:
+            raise ConfigError(f"identity.key_file: {path} is empty")
+        return key
+
+
+def load(path: Path) -> AgentConfig:
+    """Read and validate the configuration file.
+
+    Raises:
+        ConfigError: with the file, the dotted key and the reason for the first errors.
+    """
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse(raw, source=str(path))
+
+
+def parse(raw: dict[str, object], *, source: str = "config") -> AgentConfig:
+    """Validate an already-parsed mapping. Raises :class:`ConfigError` like :func:`load`."""
+    try:
+        return AgentConfig.model_validate(raw)
+    except ValidationError as exc:
+        lines = [
+            f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+            for err in exc.errors()
+        ]
+        raise ConfigError(f"{source}: invalid configuration:\n  " + "\n  ".join(lines)) from exc

@@ -1,0 +1,117 @@
+"""The composition root: builds every component, owns them in one TaskGroup, stops them.
+
+Shutdown on SIGTERM or SIGINT happens in phases under a deadline: refuse new commands,
+let running ones finish and their reports be confirmed (``limits.shutdown_grace``), then
+cancel what is left (running commands are killed by process group) and close the link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import structlog
+
+from agent.backhaul import Backhaul, Outbox
+from agent.config import AgentConfig
+from agent.dispatch import Dispatcher
+from agent.errors import AgentError, StateDirError
+
+
+__all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
+
+log = structlog.get_logger(__name__)
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to end it after a graceful shutdown (not an error)."""
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create the state directory (0700) and prove it is writable.
+
+    Raises:
+        StateDirError: it cannot be created, or a file cannot be written and synced in it
+            (read-only file system, full disk, wrong owner).
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = path / ".write-probe"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise StateDirError(f"state_dir {path} is not usable: {exc.strerror or exc}") from exc
+
+
+def adopt_root_groups() -> None:
+    """As root, carry exactly root's own supplementary groups.
+
+    Services often start with an empty group list; commands as root must run with root's
+    groups, and when the daemon already has them the runner spawns without switching.
+    """
+    if os.geteuid() == 0:
+        try:
+            os.setgroups(os.getgrouplist("root", 0))
+        except (OSError, KeyError) as exc:
+            log.warning("agent.setgroups_failed", error=str(exc))
+
+
+async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until ``stop`` is set or a signal arrives.
+
+    Raises:
+        ConfigError: the key file is unusable.
+        StateDirError: the state directory is unusable.
+        AuthRejected: the control plane refused this server's credentials.
+    """
+    key = config.read_key()
+    prepare_state_dir(config.state_dir)
+    adopt_root_groups()
+    if config.control_plane.url.scheme == "https" and not config.control_plane.verify_tls:
+        log.warning("tls.verification_disabled", url=str(config.control_plane.url))
+
+    outbox = Outbox(max_reports=config.limits.outbox_max_reports)
+    dispatcher = Dispatcher(config.limits, outbox=outbox)
+    backhaul = Backhaul(config, key=key, outbox=outbox, handler=dispatcher)
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("agent.starting", server_id=str(config.identity.server_id))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(dispatcher.run(), name="dispatcher")
+            tg.create_task(backhaul.run(), name="backhaul")
+            tg.create_task(_shutdown_when(stop, dispatcher, outbox, config), name="shutdown")
+    except* _Stop:
+        pass
+    except* AgentError as group:
+        # Surface the first real error as itself, so the CLI can map it to an exit status.
+        raise group.exceptions[0]  # noqa: B904 - the group adds nothing to the story
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("agent.stopped")
+
+
+async def _shutdown_when(
+    stop: asyncio.Event, dispatcher: Dispatcher, outbox: Outbox, config: AgentConfig
+) -> None:
+    await stop.wait()
+    log.info("agent.stopping", grace=config.limits.shutdown_grace)
+    dispatcher.stop_accepting()
+    try:
+        async with asyncio.timeout(config.limits.shutdown_grace):
+            await dispatcher.wait_idle()
+            await outbox.drained()
+    except TimeoutError:
+        log.warning("agent.shutdown_grace_exceeded", unconfirmed_reports=len(outbox))
+    raise _Stop

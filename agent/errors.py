@@ -1,0 +1,82 @@
+"""The agent's exception hierarchy.
+
+Every error the agent raises on purpose derives from :class:`AgentError`; foreign
+exceptions (OSError, websockets, pydantic) are translated where the library is called.
+
+    AgentError
+    ├── ConfigError            invalid configuration; the daemon refuses to start
+    ├── StateDirError          the state directory is unusable (permissions, full disk)
+    ├── ProtocolViolation      a wire message could not be decoded or is too large
+    ├── AuthRejected           the control plane refused our credentials (fatal)
+    ├── ConnectionLost         the backhaul dropped; the reconnect loop handles it
+    └── CommandError           a command could not be started
+        ├── UnknownUser
+        ├── UnknownGroup
+        └── PrivilegeError     cannot switch to the requested identity
+"""
+
+from __future__ import annotations
+
+
+__all__ = [
+    "AgentError",
+    "AuthRejected",
+    "CommandError",
+    "ConfigError",
+    "ConnectionLost",
+    "PrivilegeError",
+    "ProtocolViolation",
+    "StateDirError",
+    "UnknownGroup",
+    "UnknownUser",
+]
+
+
+class AgentError(Exception):
+    """Root of every error the agent raises on purpose."""
+
+
+class ConfigError(AgentError):
+    """The configuration file is missing, unreadable or invalid."""
+
+
+class StateDirError(AgentError):
+    """The state directory cannot be created, written or locked."""
+
+
+class ProtocolViolation(AgentError):
+    """A wire message is malformed, of an unknown type, or too large.
+
+    Attributes:
+        code: a stable machine-readable reason (``malformed``, ``too_large``,
+            ``unknown_type``, ``invalid``, ``unsupported_version``).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class AuthRejected(AgentError):
+    """The control plane refused the server id and key; retrying will not help."""
+
+
+class ConnectionLost(AgentError):
+    """The backhaul connection ended; the reconnect loop will dial again."""
+
+
+class CommandError(AgentError):
+    """A command could not be started; the message is reported to the operator."""
+
+
+class UnknownUser(CommandError):
+    """The requested user does not exist on this server."""
+
+
+class UnknownGroup(CommandError):
+    """The requested group does not exist, or the user is not a member of it."""
+
+
+class PrivilegeError(CommandError):
+    """The agent cannot switch to the requested identity (for example, not root)."""

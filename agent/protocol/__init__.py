@@ -1,0 +1,50 @@
+"""The backhaul wire protocol: pure models and codec, no I/O."""
+
+from agent.protocol.codec import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    decode_agent_message,
+    decode_server_message,
+    encode,
+    error_ref,
+)
+from agent.protocol.messages import (
+    PROTOCOL_VERSION,
+    AgentMessage,
+    CommandAcked,
+    CommandDelivered,
+    CommandFinished,
+    CommandOutput,
+    CommandReport,
+    CommandRun,
+    Confirm,
+    ErrorMessage,
+    Hello,
+    Ping,
+    Pong,
+    ServerMessage,
+    Welcome,
+)
+
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "PROTOCOL_VERSION",
+    "AgentMessage",
+    "CommandAcked",
+    "CommandDelivered",
+    "CommandFinished",
+    "CommandOutput",
+    "CommandReport",
+    "CommandRun",
+    "Confirm",
+    "ErrorMessage",
+    "Hello",
+    "Ping",
+    "Pong",
+    "ServerMessage",
+    "Welcome",
+    "decode_agent_message",
+    "decode_server_message",
+    "encode",
+    "error_ref",
+]

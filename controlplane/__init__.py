@@ -1,0 +1,1 @@
+"""Reference control plane: Commands API, agent hub, and the agentctl client."""

@@ -1,0 +1,6 @@
+"""``python -m controlplane``."""
+
+from controlplane.cli import main
+
+
+raise SystemExit(main())

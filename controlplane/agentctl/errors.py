@@ -1,0 +1,238 @@
+"""Errors, exit codes and the diagnostics printed for them.
+
+The exit code is agentctl's contract with scripts: 0 ok, 1 general failure, 2 usage,
+3 work-session gate denied, 4 approval pending; `exec` passes the remote exit code through.
+Everything here is pure (no I/O) so the mapping is unit-testable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_GATE_DENIED = 3
+EXIT_APPROVAL_PENDING = 4
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+# Reasons for the seven gate codes of the work-session seed page, worded as the reference CLI does.
+GATE_REASONS: dict[str, str] = {
+    "work_session_required": "no work session selected for this shell",
+    "work_session_not_usable": "session is no longer usable",
+    "work_session_not_active": "selected session is not active",
+    "work_session_expired": "selected session has expired",
+    "work_session_scope_not_allowed": "session does not include this scope",
+    "work_session_server_not_allowed": "target server is not in this session",
+    "work_session_assignee_mismatch": "this session is assigned to another principal",
+}
+
+# Operation (the API's `source`) -> the work-session scope that gates it.
+OPERATION_SCOPES: dict[str, str] = {
+    "command": "command",
+    "exec": "command",
+    "websh": "websh",
+    "cp": "webftp",
+    "webftp": "webftp",
+    "edit": "webftp",
+    "tunnel": "tunnel",
+    "sudo": "sudo",
+}
+
+
+class AgentctlError(Exception):
+    """Base of the errors main() turns into a message and an exit code."""
+
+    exit_code = EXIT_FAILURE
+
+
+class CliError(AgentctlError):
+    """A failure explained by a plain message (`agentctl: <message>` on stderr)."""
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_FAILURE, code: str = "error") -> None:
+        super().__init__(message)
+        self.message = message
+        self.exit_code = exit_code
+        self.code = code
+
+
+class UsageError(AgentctlError):
+    """Bad command-line usage: exit 2, like argparse."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+
+
+class ApiError(AgentctlError):
+    """An HTTP error answer of the control plane: `{"code", "detail", "source"?}`."""
+
+    def __init__(self, status: int, code: str, detail: str, source: str | None = None) -> None:
+        super().__init__(f"{detail} ({code})")
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.source = source
+
+    @property
+    def is_gate_denial(self) -> bool:
+        """True for a 403 carrying one of the seed's `work_session_*` codes."""
+        return self.status == 403 and self.code.lower().startswith("work_session_")
+
+
+@dataclass(frozen=True)
+class ErrorContext:
+    """What the failing invocation was doing, to make the diagnostic actionable."""
+
+    operation: str = ""
+    server: str | None = None
+    url: str | None = None
+    auth_method: str | None = None
+    work_session: str | None = None
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """How one error is reported: exit code, text lines (stderr) and the JSON shape."""
+
+    exit_code: int
+    lines: list[str]
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+def _action(command: str, description: str = "") -> dict[str, str]:
+    return {"command": command, "description": description} if description else {"command": command}
+
+
+def gate_next_actions(code: str, operation: str, server: str | None) -> list[dict[str, str]]:
+    """The recovery steps of a gate denial, in the order of the reference CLI."""
+    scope = OPERATION_SCOPES.get(operation, operation or "command")
+    srv = server or "<SERVER>"
+    create = (
+        f"agentctl work-session create --scope {scope} --server {srv} --expires-in 1h "
+        f'--purpose "<intent>"'
+    )
+    reuse = [
+        _action(
+            "agentctl work-session ls --status active",
+            "find an active session; AI agents pass it with --work-session <ID>",
+        ),
+        _action("agentctl work-session use <ID>", "select it for this shell (humans)"),
+        _action(f"{create} --use", "request a new session and select it"),
+        _action(f"{create} --requester-type agent", "request a session for an AI agent"),
+    ]
+    new_only = reuse[2:]
+    short = code.lower().removeprefix("work_session_")
+    if short == "not_active":
+        return [
+            _action("agentctl work-session current", "if it is pending or approved, wait"),
+            *reuse,
+        ]
+    if short == "expired":
+        return [_action("agentctl work-session extend <ID>", "extend the session"), *new_only]
+    if short in ("scope_not_allowed", "server_not_allowed"):
+        return new_only
+    return reuse
+
+
+def _api_next_actions(err: ApiError, ctx: ErrorContext) -> list[dict[str, str]]:
+    code = err.code.upper()
+    if err.status == 401:
+        url = ctx.url or "URL"
+        return [_action(f"agentctl login {url} --token <TOKEN>", "log in again")]
+    if code in ("SERVER_NOT_FOUND", "SERVER_NOT_CONNECTED"):
+        return [_action("agentctl server ls", "list servers and whether they are connected")]
+    if code == "COMMAND_NOT_FOUND":
+        return [_action("agentctl exec ls", "list recent commands")]
+    return []
+
+
+def diagnose(err: AgentctlError, ctx: ErrorContext) -> Diagnostic:
+    """Map an error to its exit code, text lines and JSON diagnostic (`--output json`)."""
+    if isinstance(err, ApiError) and err.is_gate_denial:
+        return _diagnose_gate(err, ctx)
+    if isinstance(err, ApiError):
+        actions = _api_next_actions(err, ctx)
+        lines = [f"agentctl: {err.detail} ({err.code})"]
+        if err.status == 401:
+            lines.append(f"hint: run `{actions[0]['command']}` to store a valid token")
+        context: dict[str, Any] = {"operation": ctx.operation, "status": err.status}
+        if err.source:
+            context["source"] = err.source
+        if ctx.server:
+            context["server"] = ctx.server
+        return Diagnostic(
+            EXIT_FAILURE,
+            lines,
+            _payload(EXIT_FAILURE, err.code, err.detail, context, actions),
+        )
+    if isinstance(err, UsageError):
+        lines = [err.usage.rstrip(), f"agentctl: error: {err.message}"] if err.usage else []
+        if not lines:
+            lines = [f"agentctl: error: {err.message}"]
+        return Diagnostic(EXIT_USAGE, lines, _payload(EXIT_USAGE, "usage", err.message, {}, []))
+    code = err.code if isinstance(err, CliError) else "error"
+    message = err.message if isinstance(err, CliError) else str(err)
+    return Diagnostic(
+        err.exit_code,
+        [f"agentctl: {message}"],
+        _payload(err.exit_code, code, message, {"operation": ctx.operation}, []),
+    )
+
+
+def _payload(
+    exit_code: int,
+    error_code: str,
+    reason: str,
+    context: dict[str, Any],
+    next_actions: list[dict[str, str]],
+) -> dict[str, Any]:
+    return {
+        "ok": False,
+        "exit_code": exit_code,
+        "error_code": error_code,
+        "reason": reason,
+        "context": context,
+        "next_actions": next_actions,
+    }
+
+
+def _diagnose_gate(err: ApiError, ctx: ErrorContext) -> Diagnostic:
+    operation = err.source or ctx.operation or "command"
+    scope = OPERATION_SCOPES.get(operation, operation)
+    reason = GATE_REASONS.get(err.code.lower(), err.detail or err.code)
+    actions = gate_next_actions(err.code, operation, ctx.server)
+    message = f"the {operation} operation requires an active work session on this authentication"
+    rows = [
+        ("auth", ctx.auth_method or ""),
+        ("reason", reason),
+        ("required scope", scope),
+        ("target server", ctx.server or ""),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"agentctl: {message} ({err.code})"]
+    lines += [f"  {k.ljust(width)}  {v}" for k, v in rows if v]
+    lines.append("Next:")
+    cmd_width = max(len(a["command"]) for a in actions)
+    lines += [
+        f"  {a['command'].ljust(cmd_width)}  # {a['description']}"
+        if "description" in a
+        else f"  {a['command']}"
+        for a in actions
+    ]
+    lines.append("Note: API and service tokens are not gated by work sessions.")
+    context = {
+        "operation": operation,
+        "auth_method": ctx.auth_method,
+        "required_scope": scope,
+        "target_servers": [ctx.server] if ctx.server else [],
+        "current_worksession": ctx.work_session,
+    }
+    payload = _payload(EXIT_GATE_DENIED, err.code, reason, context, actions)
+    payload["message"] = message
+    return Diagnostic(EXIT_GATE_DENIED, lines, payload)

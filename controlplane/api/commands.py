@@ -1,0 +1,249 @@
+"""``/api/events/commands/``: create, list, detail, chunks, stream, cancel."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from agent.protocol import CommandRun
+from controlplane.api.deps import PrincipalDep, Services, ServicesDep
+from controlplane.api.pagination import page_response
+from controlplane.api.params import parse_command_filter, parse_int, parse_page
+from controlplane.api.serializers import command_json
+from controlplane.api.stream import stream_command
+from controlplane.auth import Principal, acl_allows
+from controlplane.errors import APIError, command_not_found, server_not_found, validation_detail
+from controlplane.ids import new_uuid
+from controlplane.store import commands as commands_store, servers as servers_store
+from controlplane.store.commands import CancelOutcome, CommandRow, NewCommand
+from controlplane.timeutil import now_us, to_us
+
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/events/commands")
+
+log = structlog.get_logger("controlplane.commands")
+
+
+class CommandCreateBody(BaseModel):
+    """``POST /api/events/commands/``; fields are checked again against ``CommandRun``."""
+
+    model_config = ConfigDict(extra="ignore")
+    server: str
+    line: str
+    shell: str = "system"
+    username: str | None = None
+    groupname: str | None = None
+    env: dict[str, str] | None = None
+    scheduled_at: datetime | None = None
+    timeout: float | None = None
+
+
+def _invalid(detail: str, source: str | None) -> APIError:
+    return APIError(400, "INVALID_COMMAND", detail, source)
+
+
+def validate_command(body: CommandCreateBody) -> CommandRun:
+    """Check a create against the wire model, so every stored command can be sent.
+
+    Raises:
+        APIError: 400 ``INVALID_COMMAND`` naming the field.
+    """
+    if not body.line.strip():
+        raise _invalid("line: must not be empty", "line")
+    if body.shell != "system":
+        raise _invalid(f"shell: unknown shell {body.shell[:40]!r} (expected 'system')", "shell")
+    try:
+        return CommandRun(  # noqa: S604 - "system" is the only shell; the agent runs it
+            command_id=new_uuid(),
+            shell="system",
+            line=body.line,
+            username=body.username or "root",
+            groupname=body.groupname or None,
+            env=body.env or {},
+            timeout=body.timeout,
+        )
+    except ValidationError as exc:
+        detail, source = validation_detail(exc.errors())
+        raise _invalid(detail, source) from None
+
+
+async def _visible_command(command_id: str, principal: Principal, services: Services) -> CommandRow:
+    try:
+        command_id = str(uuid.UUID(command_id))
+    except ValueError:
+        raise command_not_found() from None
+    row = await services.db.read(commands_store.get_command, command_id)
+    if row is None or not (principal.is_superuser or row.requested_by == principal.user_id):
+        raise command_not_found()
+    return row
+
+
+async def _resolve_server(services: Services, ref: str) -> tuple[str, str]:
+    cached = services.server_refs.get(ref)
+    if cached is not None:
+        return cached
+    server = await services.db.read(servers_store.get_server, ref)
+    if server is None:
+        raise server_not_found(ref)
+    services.server_refs.put(ref, server.id, server.name)
+    return server.id, server.name
+
+
+@router.post("/", status_code=201)
+async def create_command(
+    body: CommandCreateBody, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """Create a command; an immediate one is sent to the agent before this returns."""
+    run = validate_command(body)
+    if not acl_allows(principal.command_acl, run.line):
+        raise APIError(
+            403,
+            "API_TOKEN_ACL_NOT_ALLOWED",
+            "This token's command ACL does not allow this command line.",
+            "line",
+        )
+    server_id, server_name = await _resolve_server(services, body.server)
+    now = now_us()
+    scheduled_at = now if body.scheduled_at is None else to_us(body.scheduled_at)
+    due = scheduled_at <= now
+    conn = services.hub.connection(server_id)
+    if due and conn is None:
+        raise APIError(
+            503, "SERVER_NOT_CONNECTED", f"Server {server_name!r} is not connected.", "server"
+        )
+    new = NewCommand(
+        id=str(run.command_id),
+        server_id=server_id,
+        shell=run.shell,
+        line=run.line,
+        username=run.username,
+        groupname=run.groupname or "",
+        env=dict(run.env),
+        timeout=run.timeout,
+        requested_by=principal.user_id,
+        added_at=now,
+        scheduled_at=scheduled_at,
+    )
+    user = principal.user
+    try:
+        row = await services.db.write(
+            commands_store.insert_command,
+            new,
+            sent_at=now if due else None,
+            server_name=server_name,
+            requester_username=None if user is None else user.username,
+            requester_email=None if user is None else user.email,
+        )
+    except sqlite3.IntegrityError:  # the server was deleted meanwhile
+        services.server_refs.clear()
+        raise server_not_found(body.server) from None
+    log.info(
+        "command_created",
+        command_id=row.id,
+        server_id=server_id,
+        requested_by=principal.user_id,
+        scheduled=not due,
+    )
+    if due:
+        await services.hub.send_command(row)
+    else:
+        services.hub.scheduler.wake()
+    return JSONResponse(command_json(row, now=now_us()), status_code=201)
+
+
+@router.get("/")
+async def list_commands(
+    request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """A page of commands with the seed's filters and ordering."""
+    params = request.query_params
+    flt = parse_command_filter(params)
+    page = parse_page(params)
+    now = now_us()
+    count, rows = await services.db.read(
+        commands_store.list_commands,
+        flt,
+        now=now,
+        visible_to=None if principal.is_superuser else principal.user_id,
+        limit=page.size,
+        offset=page.offset,
+    )
+    results = [command_json(r, now=now) for r in rows]
+    return JSONResponse(page_response(request, services.settings.public_url, page, count, results))
+
+
+@router.get("/{command_id}/")
+async def get_command(
+    command_id: str, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """One command."""
+    row = await _visible_command(command_id, principal, services)
+    return JSONResponse(command_json(row, now=now_us()))
+
+
+@router.get("/{command_id}/chunks/")
+async def list_chunks(
+    command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """A page of the command's output chunks, by ``seq``."""
+    row = await _visible_command(command_id, principal, services)
+    params = request.query_params
+    seq_gte = parse_int(params, "seq__gte", minimum=0)
+    seq_lte = parse_int(params, "seq__lte", minimum=0)
+    page = parse_page(params)
+    count, chunks = await services.db.read(
+        commands_store.list_chunks,
+        row.id,
+        seq_gte=seq_gte,
+        seq_lte=seq_lte,
+        limit=page.size,
+        offset=page.offset,
+    )
+    results = [{"seq": c.seq, "content": c.content} for c in chunks]
+    return JSONResponse(page_response(request, services.settings.public_url, page, count, results))
+
+
+@router.get("/{command_id}/stream/")
+async def stream(
+    command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> StreamingResponse:
+    """NDJSON: stored chunks from ``seq__gte``, live chunks, then the final command."""
+    row = await _visible_command(command_id, principal, services)
+    seq_gte = parse_int(request.query_params, "seq__gte", minimum=0) or 0
+    lines: AsyncIterator[str] = stream_command(
+        services.db, services.hub.notifier, row.id, seq_gte=seq_gte
+    )
+    return StreamingResponse(
+        lines,
+        media_type="application/x-ndjson",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.post("/{command_id}/cancel/")
+async def cancel(command_id: str, principal: PrincipalDep, services: ServicesDep) -> JSONResponse:
+    """Cancel a command that was not sent yet."""
+    row = await _visible_command(command_id, principal, services)
+    outcome = await services.db.write(commands_store.cancel_command, row.id, now=now_us())
+    if outcome == CancelOutcome.NOT_FOUND:
+        raise command_not_found()
+    if outcome == CancelOutcome.ALREADY_SENT:
+        raise APIError(
+            409,
+            "EVENT_COMMAND_ALREADY_SENT",
+            "The command was already sent to the server; it cannot be cancelled.",
+        )
+    services.hub.notifier.notify([row.id])
+    updated = await services.db.read(commands_store.get_command, row.id)
+    if updated is None:
+        raise command_not_found()
+    return JSONResponse(command_json(updated, now=now_us()))

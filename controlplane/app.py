@@ -1,0 +1,65 @@
+"""The FastAPI application: routes, error handlers, and the lifespan that owns the DB,
+the hub and the scheduler task."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, WebSocket
+
+from controlplane.api import commands, identity, servers
+from controlplane.api.deps import Services
+from controlplane.config import ControlPlaneSettings
+from controlplane.errors import install_error_handlers
+from controlplane.hub import Hub
+from controlplane.store import Database, servers as servers_store
+
+
+__all__ = ["BACKHAUL_PATH", "create_app"]
+
+BACKHAUL_PATH = "/ws/agent/backhaul/"
+
+
+def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
+    """Build the application; the database is opened by the lifespan, not here."""
+    settings = settings or ControlPlaneSettings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.db_path)
+        await db.open()
+        try:
+            await db.write(servers_store.reset_connections)
+            hub = Hub(db, settings)
+            app.state.services = Services(settings=settings, db=db, hub=hub)
+            async with asyncio.TaskGroup() as tg:
+                scheduler = tg.create_task(hub.scheduler.run(), name="scheduler")
+                try:
+                    yield
+                finally:
+                    await hub.close_all()
+                    scheduler.cancel()
+        finally:
+            await db.close()
+
+    app = FastAPI(
+        title="fleet control plane",
+        version="1",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    install_error_handlers(app)
+    app.include_router(commands.router)  # the hot routes first: matching is in order
+    app.include_router(servers.router)
+    app.include_router(identity.router)
+
+    @app.websocket(BACKHAUL_PATH)
+    async def backhaul(websocket: WebSocket) -> None:
+        services: Services = websocket.app.state.services
+        await services.hub.serve(websocket)
+
+    return app

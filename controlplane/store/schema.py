@@ -1,0 +1,115 @@
+"""The SQLite schema and its migrations (``PRAGMA user_version``).
+
+Timestamps are INTEGER microseconds since the epoch (UTC). Secrets are stored as SHA-256
+hex digests (tokens, server keys) or scrypt hashes (passwords), never in clear.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+
+__all__ = ["SCHEMA_VERSION", "migrate"]
+
+SCHEMA_VERSION = 1
+
+_V1 = """
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    username      TEXT NOT NULL UNIQUE,
+    email         TEXT NOT NULL DEFAULT '',
+    password_hash TEXT,
+    is_superuser  INTEGER NOT NULL DEFAULT 0,
+    created_at    INTEGER NOT NULL
+);
+
+CREATE TABLE tokens (
+    id           TEXT PRIMARY KEY,
+    key_hash     TEXT NOT NULL UNIQUE,
+    kind         TEXT NOT NULL CHECK (kind IN ('api', 'service', 'login')),
+    name         TEXT NOT NULL,
+    user_id      INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    service_name TEXT,
+    command_acl  TEXT,
+    created_at   INTEGER NOT NULL,
+    expires_at   INTEGER
+);
+CREATE INDEX ix_tokens_user ON tokens(user_id);
+
+CREATE TABLE servers (
+    id            TEXT PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    key_hash      TEXT NOT NULL,
+    hostname      TEXT NOT NULL DEFAULT '',
+    platform      TEXT NOT NULL DEFAULT '',
+    agent_version TEXT,
+    is_connected  INTEGER NOT NULL DEFAULT 0,
+    registered_at INTEGER NOT NULL,
+    connected_at  INTEGER,
+    last_seen_at  INTEGER
+);
+
+CREATE TABLE commands (
+    id           TEXT PRIMARY KEY,
+    server_id    TEXT NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    shell        TEXT NOT NULL,
+    line         TEXT NOT NULL,
+    username     TEXT NOT NULL,
+    groupname    TEXT NOT NULL DEFAULT '',
+    env          TEXT NOT NULL DEFAULT '{}',
+    timeout      REAL,
+    requested_by INTEGER REFERENCES users(id) ON DELETE SET NULL,
+    added_at     INTEGER NOT NULL,
+    scheduled_at INTEGER NOT NULL,
+    sent_at      INTEGER,
+    delivered_at INTEGER,
+    acked_at     INTEGER,
+    handled_at   INTEGER,
+    cancelled_at INTEGER,
+    elapsed_time REAL,
+    exit_code    INTEGER,
+    success      INTEGER,
+    result       TEXT,
+    truncated    INTEGER NOT NULL DEFAULT 0,
+    output_bytes INTEGER,
+    error_phase  TEXT,
+    message      TEXT
+);
+CREATE INDEX ix_commands_scheduled ON commands(scheduled_at, added_at);
+CREATE INDEX ix_commands_added ON commands(added_at);
+CREATE INDEX ix_commands_server ON commands(server_id, scheduled_at);
+CREATE INDEX ix_commands_requested_by ON commands(requested_by, scheduled_at);
+CREATE INDEX ix_commands_unsent ON commands(scheduled_at)
+    WHERE sent_at IS NULL AND cancelled_at IS NULL;
+CREATE INDEX ix_commands_undelivered ON commands(server_id, scheduled_at)
+    WHERE delivered_at IS NULL AND cancelled_at IS NULL AND handled_at IS NULL;
+
+CREATE TABLE command_chunks (
+    command_id TEXT NOT NULL REFERENCES commands(id) ON DELETE CASCADE,
+    seq        INTEGER NOT NULL,
+    content    TEXT NOT NULL,
+    PRIMARY KEY (command_id, seq)
+) WITHOUT ROWID;
+"""
+
+_MIGRATIONS = {1: _V1}
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring the database to :data:`SCHEMA_VERSION`, one transaction per step."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"database schema version {version} is newer than this control plane ({SCHEMA_VERSION})"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _MIGRATIONS[target].split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {target}")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")

@@ -1,0 +1,270 @@
+"""Users and their tokens.
+
+Passwords are hashed with scrypt and a per-user salt; token keys are random, prefixed by
+their kind, and stored as SHA-256 digests only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+
+__all__ = [
+    "TOKEN_PREFIXES",
+    "TokenKind",
+    "TokenRow",
+    "UserRow",
+    "create_token",
+    "create_user",
+    "delete_token",
+    "get_user",
+    "get_user_by_username",
+    "hash_key",
+    "hash_password",
+    "list_tokens",
+    "list_users",
+    "lookup_token",
+    "new_key",
+    "verify_password",
+]
+
+TokenKind = Literal["api", "service", "login"]
+
+TOKEN_PREFIXES: dict[TokenKind, str] = {"api": "fat_", "service": "fst_", "login": "flt_"}
+
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """One user."""
+
+    id: int
+    username: str
+    email: str
+    is_superuser: bool
+    has_password: bool
+    created_at: int
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> UserRow:
+        """Build from a ``users`` row."""
+        return cls(
+            id=int(row["id"]),
+            username=str(row["username"]),
+            email=str(row["email"]),
+            is_superuser=bool(row["is_superuser"]),
+            has_password=row["password_hash"] is not None,
+            created_at=int(row["created_at"]),
+        )
+
+
+@dataclass(frozen=True)
+class TokenRow:
+    """One token (without its key, which is never stored)."""
+
+    id: str
+    kind: TokenKind
+    name: str
+    user_id: int | None
+    service_name: str | None
+    command_acl: tuple[str, ...] | None
+    created_at: int
+    expires_at: int | None
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> TokenRow:
+        """Build from a ``tokens`` row."""
+        acl = row["command_acl"]
+        kind: TokenKind = row["kind"]
+        return cls(
+            id=str(row["id"]),
+            kind=kind,
+            name=str(row["name"]),
+            user_id=None if row["user_id"] is None else int(row["user_id"]),
+            service_name=row["service_name"],
+            command_acl=None if acl is None else tuple(json.loads(acl)),
+            created_at=int(row["created_at"]),
+            expires_at=row["expires_at"],
+        )
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+def hash_key(key: str) -> str:
+    """SHA-256 hex digest of a token or server key."""
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def new_key(prefix: str) -> str:
+    """A fresh random key: ``prefix`` + 32 random bytes, URL-safe base64."""
+    return prefix + secrets.token_urlsafe(32)
+
+
+def hash_password(password: str) -> str:
+    """``scrypt$n$r$p$salt$hash`` for ``password`` with a fresh random salt."""
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(
+        password.encode("utf-8"), salt=salt, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P
+    )
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str | None) -> bool:
+    """Whether ``password`` matches a :func:`hash_password` string (constant time)."""
+    if not stored:
+        return False
+    try:
+        scheme, n, r, p, salt_hex, digest_hex = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        digest = hashlib.scrypt(
+            password.encode("utf-8"),
+            salt=bytes.fromhex(salt_hex),
+            n=int(n),
+            r=int(r),
+            p=int(p),
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(digest.hex(), digest_hex)
+
+
+# -- users -----------------------------------------------------------------------------
+
+
+def create_user(
+    conn: sqlite3.Connection,
+    username: str,
+    *,
+    email: str = "",
+    password_hash: str | None = None,
+    is_superuser: bool = False,
+    now: int,
+) -> UserRow | None:
+    """Insert a user; ``None`` when the username is taken."""
+    try:
+        cur = conn.execute(
+            "INSERT INTO users (username, email, password_hash, is_superuser, created_at) "
+            "VALUES (?, ?, ?, ?, ?) RETURNING *",
+            (username, email, password_hash, int(is_superuser), now),
+        )
+    except sqlite3.IntegrityError:
+        return None
+    return UserRow.from_row(cur.fetchone())
+
+
+def get_user(conn: sqlite3.Connection, user_id: int) -> UserRow | None:
+    """The user with this id."""
+    row = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+    return None if row is None else UserRow.from_row(row)
+
+
+def get_user_by_username(
+    conn: sqlite3.Connection, username: str
+) -> tuple[UserRow, str | None] | None:
+    """The user and its password hash, for login and the CLI."""
+    row = conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+    return None if row is None else (UserRow.from_row(row), row["password_hash"])
+
+
+def list_users(conn: sqlite3.Connection) -> list[UserRow]:
+    """Every user, by id."""
+    return [UserRow.from_row(r) for r in conn.execute("SELECT * FROM users ORDER BY id")]
+
+
+# -- tokens ----------------------------------------------------------------------------
+
+
+def create_token(
+    conn: sqlite3.Connection,
+    *,
+    kind: TokenKind,
+    name: str,
+    user_id: int | None,
+    service_name: str | None = None,
+    command_acl: list[str] | None = None,
+    expires_at: int | None = None,
+    now: int,
+) -> tuple[TokenRow, str]:
+    """Create a token; return it and its key (the only time the key exists in clear)."""
+    key = new_key(TOKEN_PREFIXES[kind])
+    cur = conn.execute(
+        "INSERT INTO tokens (id, key_hash, kind, name, user_id, service_name, command_acl, "
+        "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        (
+            str(uuid.uuid4()),
+            hash_key(key),
+            kind,
+            name,
+            user_id,
+            service_name,
+            None if command_acl is None else json.dumps(command_acl),
+            now,
+            expires_at,
+        ),
+    )
+    return TokenRow.from_row(cur.fetchone()), key
+
+
+def lookup_token(
+    conn: sqlite3.Connection, key: str, *, now: int
+) -> tuple[TokenRow, UserRow | None] | None:
+    """The unexpired token whose key is ``key``, with its user (``None`` for a service)."""
+    digest = hash_key(key)
+    row = conn.execute(
+        "SELECT t.*, u.id AS u_id, u.username AS u_username, u.email AS u_email, "
+        "u.password_hash AS u_password_hash, u.is_superuser AS u_is_superuser, "
+        "u.created_at AS u_created_at "
+        "FROM tokens t LEFT JOIN users u ON u.id = t.user_id WHERE t.key_hash = ?",
+        (digest,),
+    ).fetchone()
+    if row is None or not hmac.compare_digest(str(row["key_hash"]), digest):
+        return None
+    token = TokenRow.from_row(row)
+    if token.expires_at is not None and token.expires_at <= now:
+        return None
+    user = None
+    if row["u_id"] is not None:
+        user = UserRow(
+            id=int(row["u_id"]),
+            username=str(row["u_username"]),
+            email=str(row["u_email"]),
+            is_superuser=bool(row["u_is_superuser"]),
+            has_password=row["u_password_hash"] is not None,
+            created_at=int(row["u_created_at"]),
+        )
+    elif token.kind != "service":
+        return None
+    return token, user
+
+
+def list_tokens(
+    conn: sqlite3.Connection, *, user_id: int | None, service_name: str | None = None
+) -> list[TokenRow]:
+    """The tokens of a user (or of a service), oldest first."""
+    if user_id is not None:
+        rows = conn.execute(
+            "SELECT * FROM tokens WHERE user_id = ? ORDER BY created_at, id", (user_id,)
+        )
+    else:
+        rows = conn.execute(
+            "SELECT * FROM tokens WHERE user_id IS NULL AND service_name = ? "
+            "ORDER BY created_at, id",
+            (service_name,),
+        )
+    return [TokenRow.from_row(r) for r in rows]
+
+
+def delete_token(conn: sqlite3.Connection, token_id: str, *, user_id: int) -> bool:
+    """Delete a token of ``user_id``; whether it existed."""
+    cur = conn.execute("DELETE FROM tokens WHERE id = ? AND user_id = ?", (token_id, user_id))
+    return cur.rowcount > 0

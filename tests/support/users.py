@@ -1,0 +1,80 @@
+"""Throw-away Unix accounts for tests that run commands as another user.
+
+:func:`temporary_user` creates a uniquely named user with a home directory, shell
+``/bin/sh`` and one uniquely named supplementary group, and removes both afterwards.
+It needs root; without it the calling test is skipped.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import secrets
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import NamedTuple
+
+import pytest
+
+
+__all__ = ["CreatedUser", "require_root", "temporary_user"]
+
+
+class CreatedUser(NamedTuple):
+    """A user made by :func:`temporary_user`."""
+
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]
+    """All group ids of the user, primary first."""
+    home: str
+    group_name: str
+    """The supplementary group created with the user."""
+    group_gid: int
+
+
+def require_root() -> None:
+    """Skip the calling test unless the suite runs as root."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates users and switches uid (run the suite as root)")
+
+
+def _run(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+
+
+@contextmanager
+def temporary_user() -> Iterator[CreatedUser]:
+    """Create a user with a supplementary group; delete both (and the home) on exit.
+
+    Yields:
+        The created user.
+    """
+    require_root()
+    name = "t" + secrets.token_hex(4)
+    group_name = "g" + secrets.token_hex(4)
+    _run("groupadd", group_name)
+    try:
+        _run("useradd", "--create-home", "--shell", "/bin/sh", "--groups", group_name, name)
+        try:
+            entry = pwd.getpwnam(name)
+            supplementary = grp.getgrnam(group_name).gr_gid
+            yield CreatedUser(
+                name=name,
+                uid=entry.pw_uid,
+                gid=entry.pw_gid,
+                groups=(entry.pw_gid, supplementary),
+                home=entry.pw_dir,
+                group_name=group_name,
+                group_gid=supplementary,
+            )
+        finally:
+            # Fails (and so flags the test) if a process of the user is still alive.
+            _run("userdel", "--remove", name)
+    finally:
+        _run("groupdel", group_name)

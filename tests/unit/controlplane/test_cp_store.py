@@ -1,0 +1,287 @@
+"""Store functions on a real SQLite file, called synchronously (no event loop)."""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from agent.protocol import (
+    CommandAcked,
+    CommandDelivered,
+    CommandFinished,
+    CommandOutput,
+    CommandReport,
+)
+from controlplane.store import (
+    commands,
+    connect,
+    reports as reports_store,
+    servers,
+    transaction,
+    users,
+)
+from controlplane.store.commands import CancelOutcome, NewCommand
+from controlplane.store.queries import CommandFilter
+from controlplane.timeutil import from_us, iso, to_us
+
+
+S = 1_000_000
+T0 = 1_705_314_645 * S
+
+
+@pytest.fixture
+def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
+    c = connect(tmp_path / "cp.db")
+    yield c
+    c.close()
+
+
+def _server(conn: sqlite3.Connection, name: str = "web-01") -> tuple[str, str]:
+    with transaction(conn):
+        created = servers.register_server(conn, name, now=T0)
+    assert created is not None
+    return created[0].id, created[1]
+
+
+def _command(
+    conn: sqlite3.Connection,
+    server_id: str,
+    *,
+    line: str = "uname -a",
+    scheduled_at: int = T0,
+    added_at: int = T0,
+    requested_by: int | None = None,
+    sent: bool = False,
+) -> str:
+    cmd = NewCommand(
+        id=str(uuid.uuid4()),
+        server_id=server_id,
+        shell="system",
+        line=line,
+        username="root",
+        groupname="",
+        env={"SECRET": "x"},
+        timeout=None,
+        requested_by=requested_by,
+        added_at=added_at,
+        scheduled_at=scheduled_at,
+    )
+    with transaction(conn):
+        commands.insert_command(conn, cmd, sent_at=added_at if sent else None, server_name="web-01")
+    return cmd.id
+
+
+def test_pragmas(conn: sqlite3.Connection) -> None:
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+def test_reconnect_keeps_schema(tmp_path: Path) -> None:
+    connect(tmp_path / "x.db").close()
+    c = connect(tmp_path / "x.db")
+    assert c.execute("PRAGMA user_version").fetchone()[0] == 1
+    c.close()
+
+
+def test_timestamps_roundtrip() -> None:
+    dt = datetime(2024, 1, 15, 10, 30, 44, 123456, tzinfo=UTC)
+    assert from_us(to_us(dt)) == dt
+    assert iso(to_us(dt)) == "2024-01-15T10:30:44.123456Z"
+    assert to_us(dt.replace(tzinfo=None)) == to_us(dt)
+
+
+def test_passwords_and_keys() -> None:
+    stored = users.hash_password("s3cret")
+    assert stored.startswith("scrypt$")
+    assert "s3cret" not in stored
+    assert users.verify_password("s3cret", stored)
+    assert not users.verify_password("wrong", stored)
+    assert not users.verify_password("s3cret", None)
+    assert not users.verify_password("s3cret", "garbage")
+    assert users.hash_password("s3cret") != stored  # per-user salt
+
+
+def test_tokens_are_stored_hashed(conn: sqlite3.Connection) -> None:
+    with transaction(conn):
+        user = users.create_user(conn, "alice", now=T0)
+        assert user is not None
+        token, key = users.create_token(conn, kind="api", name="t", user_id=user.id, now=T0)
+    assert key.startswith("fat_")
+    dump = "\n".join(conn.iterdump())
+    assert key not in dump
+    found = users.lookup_token(conn, key, now=T0)
+    assert found is not None
+    assert found[0].id == token.id
+    assert found[1] is not None
+    assert found[1].username == "alice"
+    assert users.lookup_token(conn, key + "x", now=T0) is None
+
+
+def test_expired_token_is_refused(conn: sqlite3.Connection) -> None:
+    with transaction(conn):
+        _t, key = users.create_token(
+            conn, kind="service", name="s", user_id=None, service_name="ci", expires_at=T0, now=T0
+        )
+    assert users.lookup_token(conn, key, now=T0 - 1) is not None
+    assert users.lookup_token(conn, key, now=T0) is None
+
+
+def test_server_keys(conn: sqlite3.Connection) -> None:
+    sid, key = _server(conn)
+    assert key not in "\n".join(conn.iterdump())
+    assert servers.authenticate(conn, sid, key) is not None
+    assert servers.authenticate(conn, sid, key[:-1]) is None
+    assert servers.authenticate(conn, "not-a-uuid", key) is None
+    assert servers.authenticate(conn, str(uuid.uuid4()), key) is None
+    with transaction(conn):
+        assert servers.register_server(conn, "web-01", now=T0) is None
+    got = servers.get_server(conn, "web-01")
+    assert got is not None
+    assert got.id == sid
+    assert servers.get_server(conn, sid) == got
+
+
+def test_reports_are_idempotent(conn: sqlite3.Connection) -> None:
+    sid, _ = _server(conn)
+    cid = _command(conn, sid, sent=True)
+    u = uuid.UUID(cid)
+    at = datetime(2024, 1, 15, 10, 30, 44, 500000, tzinfo=UTC)
+    reports: list[CommandReport] = [
+        CommandDelivered(rid=1, command_id=u, delivered_at=at),
+        CommandAcked(rid=2, command_id=u, acked_at=at),
+        CommandOutput(rid=3, command_id=u, seq=0, data="a"),
+        CommandOutput(rid=4, command_id=u, seq=1, data="b"),
+        CommandFinished(
+            rid=5,
+            command_id=u,
+            handled_at=at,
+            elapsed_time=0.5,
+            exit_code=0,
+            success=True,
+            result="ab",
+        ),
+    ]
+    with transaction(conn):
+        out = reports_store.apply_reports(conn, sid, reports, last_seen_at=T0)
+    assert out.stored == [1, 2, 3, 4, 5]
+    assert out.unknown == []
+    assert out.changed == {cid}
+    later = datetime(2024, 1, 15, 11, 0, tzinfo=UTC)
+    again: list[CommandReport] = [
+        CommandDelivered(rid=6, command_id=u, delivered_at=later),
+        CommandOutput(rid=7, command_id=u, seq=1, data="changed"),
+        CommandFinished(
+            rid=8,
+            command_id=u,
+            handled_at=later,
+            elapsed_time=9,
+            exit_code=1,
+            success=False,
+            result="",
+        ),
+    ]
+    with transaction(conn):
+        out = reports_store.apply_reports(conn, sid, again, last_seen_at=T0)
+    assert out.stored == [6, 7, 8]
+    assert out.changed == set()
+    row = commands.get_command(conn, cid)
+    assert row is not None
+    assert row.delivered_at == to_us(at)
+    assert row.handled_at == to_us(at)
+    assert row.exit_code == 0
+    assert row.result == "ab"
+    assert row.env == {}  # erased once finished
+    count, chunks = commands.list_chunks(conn, cid, seq_gte=None, seq_lte=None, limit=10, offset=0)
+    assert count == 2
+    assert [c.content for c in chunks] == ["a", "b"]
+
+
+def test_report_for_another_servers_command_is_unknown(conn: sqlite3.Connection) -> None:
+    sid, _ = _server(conn)
+    other, _ = _server(conn, "web-02")
+    cid = _command(conn, other, sent=True)
+    missing = uuid.uuid4()
+    reports: list[CommandReport] = [
+        CommandOutput(rid=1, command_id=uuid.UUID(cid), seq=0, data="x"),
+        CommandOutput(rid=2, command_id=missing, seq=0, data="x"),
+    ]
+    with transaction(conn):
+        out = reports_store.apply_reports(conn, sid, reports, last_seen_at=T0)
+    assert out.stored == []
+    assert out.unknown == [(1, cid), (2, str(missing))]
+
+
+def test_cancel(conn: sqlite3.Connection) -> None:
+    sid, _ = _server(conn)
+    queued = _command(conn, sid, scheduled_at=T0 + 60 * S)
+    sent = _command(conn, sid, sent=True)
+    with transaction(conn):
+        assert commands.cancel_command(conn, queued, now=T0) == CancelOutcome.CANCELLED
+        assert commands.cancel_command(conn, queued, now=T0) == CancelOutcome.CANCELLED
+        assert commands.cancel_command(conn, sent, now=T0) == CancelOutcome.ALREADY_SENT
+        assert commands.cancel_command(conn, str(uuid.uuid4()), now=T0) == CancelOutcome.NOT_FOUND
+    with transaction(conn):
+        assert commands.claim_due(conn, [sid], now=T0 + 120 * S) == []
+    assert commands.next_due(conn, now=T0) is None
+
+
+def test_claims(conn: sqlite3.Connection) -> None:
+    sid, _ = _server(conn)
+    later = _command(conn, sid, scheduled_at=T0 + 60 * S)
+    sent = _command(conn, sid, added_at=T0 - 2 * S, scheduled_at=T0 - 2 * S, sent=True)
+    running = _command(conn, sid, added_at=T0 - S, scheduled_at=T0 - S, sent=True)
+    queued = _command(conn, sid)
+    assert commands.next_due(conn, now=T0) == T0 + 60 * S
+    with transaction(conn):
+        rows = commands.claim_for_hello(conn, sid, now=T0, running=[running])
+    assert [r.id for r in rows] == [sent, queued]
+    assert all(r.sent_at is not None for r in rows)
+    with transaction(conn):
+        assert commands.claim_due(conn, [sid], now=T0 + 30 * S) == []
+        rows = commands.claim_due(conn, [sid], now=T0 + 60 * S)
+    assert [r.id for r in rows] == [later]
+    assert commands.next_due(conn, now=T0) is None
+
+
+def test_list_filters_and_search(conn: sqlite3.Connection) -> None:
+    sid, _ = _server(conn, "Web-Front")
+    other, _ = _server(conn, "db-01")
+    with transaction(conn):
+        alice = users.create_user(conn, "Alice", now=T0)
+    assert alice is not None
+    a = _command(conn, sid, line="ÉCHO Hello", requested_by=alice.id)
+    b = _command(conn, other, line="df -h", scheduled_at=T0 + 3600 * S, added_at=T0 + S)
+    c = _command(conn, other, line="uptime", added_at=T0 + 2 * S, scheduled_at=T0 + 2 * S)
+
+    def ids(flt: CommandFilter, visible_to: int | None = None) -> list[str]:
+        count, rows = commands.list_commands(
+            conn, flt, now=T0 + 10 * S, visible_to=visible_to, limit=100, offset=0
+        )
+        assert count == len(rows)
+        return [r.id for r in rows]
+
+    assert ids(CommandFilter()) == [b, c, a]
+    assert ids(CommandFilter(search="web")) == [a]
+    assert ids(CommandFilter(search="écho")) == [a]
+    assert ids(CommandFilter(search="ALICE")) == [a]
+    assert ids(CommandFilter(search="DF ")) == [b]
+    assert ids(CommandFilter(search="%")) == []
+    assert ids(CommandFilter(server=other)) == [b, c]
+    assert ids(CommandFilter(requested_by=alice.id)) == [a]
+    assert ids(CommandFilter(requested_by_isnull=True)) == [b, c]
+    assert ids(CommandFilter(is_scheduled=True)) == [b]
+    assert ids(CommandFilter(is_scheduled=False)) == [c, a]
+    assert ids(CommandFilter(ordering="added_at")) == [a, b, c]
+    assert ids(CommandFilter(), visible_to=alice.id) == [a]
+
+
+def test_new_database_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "cp.db"
+    connect(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600

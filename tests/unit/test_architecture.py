@@ -1,0 +1,54 @@
+"""Architecture rules that import-linter cannot express."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+import agent
+from agent.protocol.schema import render
+
+
+ROOT = Path(__file__).resolve().parents[2]
+PURE = ["agent/protocol", "agent/spool", "agent/backhaul/retry.py", "agent/exec/output.py"]
+IO_MODULES = {"asyncio", "socket", "subprocess", "select", "selectors", "threading"}
+
+
+def _python_files(rel: str) -> list[Path]:
+    path = ROOT / rel
+    return [path] if path.is_file() else sorted(path.rglob("*.py"))
+
+
+@pytest.mark.parametrize("rel", PURE)
+def test_pure_modules_do_no_io(rel: str) -> None:
+    """Pure modules import no event loop, socket, subprocess or thread machinery."""
+    for file in _python_files(rel):
+        tree = ast.parse(file.read_text(), filename=str(file))
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            for name in names:
+                assert name.split(".")[0] not in IO_MODULES, f"{file}: imports {name}"
+
+
+def test_every_agent_module_declares_its_public_api() -> None:
+    """Each agent module has __all__, and every name in it exists."""
+    for info in pkgutil.walk_packages(agent.__path__, "agent."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        assert hasattr(module, "__all__"), f"{info.name} has no __all__"
+        for name in module.__all__:
+            assert hasattr(module, name), f"{info.name}.__all__ names missing {name}"
+
+
+def test_published_schema_matches_the_models() -> None:
+    """docs/protocol.schema.json is regenerated whenever the models change (make schema)."""
+    assert (ROOT / "docs/protocol.schema.json").read_text() == render()
