@@ -29,7 +29,15 @@ from tests.support.agent import AgentProcess, start_agent
 from tests.support.controlplane import ControlPlaneProcess, start_control_plane
 
 
-__all__ = ["bench_user", "free_port", "openssh_peer", "our_stack", "percentile", "summary"]
+__all__ = [
+    "bench_user",
+    "cpu_seconds",
+    "free_port",
+    "openssh_peer",
+    "our_stack",
+    "percentile",
+    "summary",
+]
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -49,6 +57,12 @@ def summary(values_s: Sequence[float]) -> dict[str, float]:
         "p99_ms": round(percentile(values_s, 99) * 1000, 3),
         "mean_ms": round(statistics.fmean(values_s) * 1000, 3),
     }
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time consumed so far by process ``pid`` (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

@@ -222,9 +222,13 @@ async def _watch_agent(
 async def _announce(hub: Hub, env: DevEnvironment) -> None:
     await hub.registry.wait_for(env.server_id)
     _out(f"agent connected: {env.server_name}")
-    _out("try:")
+    bindir = Path(sys.executable).parent
+    _out("in another terminal:")
+    _out(f"  . {bindir / 'activate'}")
     _out(f"  export AGENTCTL_CONFIG={env.agentctl_config}")
     _out(f"  agentctl exec {env.server_name} -- id -un")
+    _out(f"  agentctl exec ls          # history; API: {env.url}/api/events/commands/")
+    _out("stop with Ctrl-C")
 
 
 async def _stop_agent(proc: asyncio.subprocess.Process) -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from agent.exec.identity import Identity, build_environment, resolve_identity
 from agent.exec.output import HeadTailCapture, OutputChunker
-from agent.exec.runner import CommandOutcome, OnOutput, OnStarted, run_command
+from agent.exec.pump import OnOutput
+from agent.exec.runner import CommandOutcome, OnStarted, run_command
 
 
 __all__ = [

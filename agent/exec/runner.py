@@ -14,7 +14,7 @@ side by side in a task group:
 
 After the exit the pump keeps reading: first everything that was already in the pipe
 (the command's own last words, however slow the consumer), then until EOF but at most
-:data:`DRAIN_TIMEOUT` seconds, since a grandchild that left the process group (setsid)
+:data:`agent.exec.pump.DRAIN_TIMEOUT` seconds, since a grandchild that left the process group (setsid)
 may hold the pipe open for ever.
 """
 
@@ -22,12 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import os
 import signal
-import struct
 import subprocess
-import termios
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,24 +34,14 @@ import structlog
 from agent.clock import monotonic, utcnow
 from agent.config import LimitsConfig
 from agent.errors import CommandError
-from agent.exec.identity import Identity, build_environment, resolve_identity
-from agent.exec.output import HeadTailCapture, OutputChunker
+from agent.exec.pump import OnOutput, OutputPump
+from agent.exec.spawn import find_setpriv, prepare, spawn
 from agent.protocol.messages import CommandRun
 
 
-__all__ = ["DRAIN_TIMEOUT", "SHELL", "CommandOutcome", "OnOutput", "OnStarted", "run_command"]
-
-SHELL = "/bin/sh"
-"""The interpreter of ``shell = "system"`` commands."""
-
-READ_BLOCK = 64 * 1024
-"""Bytes read from the pipe at a time."""
-
-DRAIN_TIMEOUT = 2.0
-"""Seconds to wait for EOF after the command exited and its pending output was read."""
+__all__ = ["CommandOutcome", "OnStarted", "run_command"]
 
 OnStarted = Callable[[datetime], Awaitable[None]]
-OnOutput = Callable[[int, str], Awaitable[None]]
 
 _log = structlog.get_logger(__name__)
 
@@ -98,6 +85,7 @@ async def run_command(
     *,
     on_started: OnStarted,
     on_output: OnOutput,
+    use_setpriv: bool = True,
 ) -> CommandOutcome:
     """Run a command to completion.
 
@@ -107,6 +95,8 @@ async def run_command(
         on_started: awaited once, before any output, with the start time; also for a
             command that cannot start.
         on_output: awaited with ``(seq, text)`` for each output chunk, ``seq`` from 0.
+        use_setpriv: drop privileges through util-linux setpriv when it is installed
+            (see :mod:`agent.exec.spawn`); False forces the standard library's switch.
 
     Returns:
         The outcome. A command that cannot start is an outcome too (``error_phase``
@@ -120,8 +110,9 @@ async def run_command(
     log = _log.bind(command_id=str(request.command_id), user=request.username)
     acked_at = utcnow()
     try:
-        identity, cwd = await asyncio.to_thread(_prepare, request)
-        proc, read_fd = await _spawn(request, identity, cwd)
+        identity, cwd = await asyncio.to_thread(prepare, request)
+        setpriv = find_setpriv() if use_setpriv else None
+        proc, read_fd = await spawn(request, identity, cwd, setpriv=setpriv)
     except (CommandError, OSError, subprocess.SubprocessError) as exc:
         reason = _start_error(exc)
         log.warning("command.finished", error_phase="start", message=reason)
@@ -132,7 +123,7 @@ async def run_command(
     spawned = asyncio.get_running_loop().time()
     deadline = spawned + (request.timeout or limits.command_timeout)
     log.info("command.started", pid=proc.pid)
-    pump = _Pump(read_fd, limits, on_output)
+    pump = OutputPump(read_fd, limits, on_output)
     try:
         await on_started(acked_at)
         async with asyncio.TaskGroup() as tg:
@@ -183,56 +174,6 @@ async def run_command(
     )
 
 
-def _prepare(request: CommandRun) -> tuple[Identity, str]:
-    """Resolve the identity and working directory (blocking: NSS, NFS homes)."""
-    identity = resolve_identity(request.username, request.groupname)
-    return identity, identity.home if os.path.isdir(identity.home) else "/"
-
-
-async def _spawn(
-    request: CommandRun, identity: Identity, cwd: str
-) -> tuple[asyncio.subprocess.Process, int]:
-    """Start the process with a fresh pipe for its merged output; return it and the read end."""
-    read_fd, write_fd = os.pipe()  # both close-on-exec; Popen dup2()s write_fd to 1 and 2
-    try:
-        switch = _needs_switch(identity)
-        proc = await asyncio.create_subprocess_exec(
-            SHELL,
-            "-c",
-            request.line,
-            stdin=subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            env=build_environment(identity, request.env),
-            cwd=cwd,
-            start_new_session=True,
-            user=identity.uid if switch else None,
-            group=identity.gid if switch else None,
-            extra_groups=list(identity.groups) if switch else None,
-        )
-    except BaseException:
-        os.close(read_fd)
-        raise
-    finally:
-        # Our copy of the write end must go, or the pipe would never report EOF.
-        os.close(write_fd)
-    os.set_blocking(read_fd, False)
-    return proc, read_fd
-
-
-def _needs_switch(identity: Identity) -> bool:
-    """Whether the child must change uid, gid or groups to become ``identity``.
-
-    Only root can switch; anyone else runs commands as themselves (resolve_identity refused
-    any other identity). When the daemon already is exactly that identity, no switch is
-    needed, which lets the standard library spawn with vfork (about 4x faster).
-    """
-    if os.geteuid() != 0:
-        return False
-    current = (os.geteuid(), os.getegid(), sorted(set(os.getgroups())))
-    return current != (identity.uid, identity.gid, sorted(set(identity.groups)))
-
-
 def _start_error(exc: BaseException) -> str:
     if isinstance(exc, CommandError):
         return str(exc)
@@ -267,7 +208,7 @@ async def _supervise(
     spawned: float,
     deadline: float,
     grace: float,
-    pump: _Pump,
+    pump: OutputPump,
 ) -> _Exit:
     """Wait for the main process (stopping it at ``deadline``), then kill its group.
 
@@ -311,116 +252,3 @@ async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
             cancelled = True
     if cancelled:
         raise asyncio.CancelledError
-
-
-class _Pump:
-    """Reads the command's output pipe and hands it on in chunks (see the module doc)."""
-
-    def __init__(self, fd: int, limits: LimitsConfig, on_output: OnOutput) -> None:
-        self.capture = HeadTailCapture(limits.result_cap_bytes)
-        self._fd: int | None = fd
-        self._on_output = on_output
-        self._chunker = OutputChunker(limits.output_chunk_bytes)
-        self._flush_interval = limits.output_flush_interval
-        self._seq = 0
-        self._waiter: asyncio.Future[None] | None = None
-        # Set when the main process is gone: the pipe's backlog at that moment and the
-        # time after which we stop waiting for EOF.
-        self._backlog_until: int | None = None
-        self._drain_deadline = 0.0
-
-    def process_exited(self) -> None:
-        """Note that the main process is gone and start the drain clock."""
-        assert self._fd is not None
-        backlog = struct.unpack("i", fcntl.ioctl(self._fd, termios.FIONREAD, b"\0" * 4))[0]
-        self._backlog_until = self.capture.total_bytes + backlog
-        self._drain_deadline = asyncio.get_running_loop().time() + DRAIN_TIMEOUT
-        self._wake()
-
-    async def run(self) -> None:
-        """Read until EOF or the end of the drain period; emit the last partial chunk."""
-        loop = asyncio.get_running_loop()
-        flush_at: float | None = None
-        while True:
-            data = self._read()
-            if data == b"":
-                break
-            if data:
-                self.capture.feed(data)
-                for text in self._chunker.feed(data):
-                    await self._emit(text)
-            now = loop.time()
-            if not self._chunker.pending:
-                flush_at = None
-            elif flush_at is None:
-                flush_at = now + self._flush_interval
-            elif now >= flush_at:
-                await self._emit(self._chunker.flush())
-                # An incomplete UTF-8 sequence may stay behind: try again next interval.
-                flush_at = now + self._flush_interval if self._chunker.pending else None
-            if self._draining_done(now):
-                break
-            if data is None:
-                await self._wait_readable(self._next_deadline(flush_at))
-            else:
-                # A chatty command and an on_output that never suspends must not
-                # starve the supervisor (timeouts) or the rest of the agent.
-                await asyncio.sleep(0)
-        await self._emit(self._chunker.flush(final=True))
-
-    def close(self) -> None:
-        """Close the read end; a writer still holding the pipe gets SIGPIPE/EPIPE."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def _read(self) -> bytes | None:
-        """One non-blocking read: data, ``b""`` at EOF, ``None`` if nothing is there yet."""
-        assert self._fd is not None
-        try:
-            return os.read(self._fd, READ_BLOCK)
-        except BlockingIOError:
-            return None
-
-    def _draining_done(self, now: float) -> bool:
-        return (
-            self._backlog_until is not None
-            and self.capture.total_bytes >= self._backlog_until
-            and now >= self._drain_deadline
-        )
-
-    def _next_deadline(self, flush_at: float | None) -> float | None:
-        deadlines = [flush_at] if flush_at is not None else []
-        if self._backlog_until is not None:
-            deadlines.append(self._drain_deadline)
-        return min(deadlines, default=None)
-
-    async def _wait_readable(self, deadline: float | None) -> None:
-        """Wait until the pipe is readable, ``deadline`` (loop time) passes or we are woken."""
-        assert self._fd is not None
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        loop.add_reader(self._fd, _resolve, waiter)
-        timer = loop.call_at(deadline, _resolve, waiter) if deadline is not None else None
-        try:
-            await waiter
-        finally:
-            loop.remove_reader(self._fd)
-            if timer is not None:
-                timer.cancel()
-            self._waiter = None
-
-    def _wake(self) -> None:
-        if self._waiter is not None:
-            _resolve(self._waiter)
-
-    async def _emit(self, text: str) -> None:
-        if text:
-            seq, self._seq = self._seq, self._seq + 1
-            await self._on_output(seq, text)
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    # Readiness callbacks can fire again before the waiting coroutine runs.
-    if not waiter.done():
-        waiter.set_result(None)

@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from agent.config import LimitsConfig
-from agent.exec import CommandOutcome, run_command, runner as runner_module
+from agent.exec import CommandOutcome, pump as pump_module, run_command, spawn as spawn_module
 from agent.exec.identity import BASE_PATH
+from agent.exec.spawn import find_setpriv
 from agent.protocol.messages import CommandRun
 from tests.support.users import CreatedUser
 
@@ -60,7 +61,7 @@ def command(line: str, **fields: Any) -> CommandRun:
 
 
 async def run(
-    line: str, limits: LimitsConfig = LIMITS, **fields: Any
+    line: str, limits: LimitsConfig = LIMITS, *, use_setpriv: bool = True, **fields: Any
 ) -> tuple[CommandOutcome, Recorder]:
     recorder = Recorder()
     outcome = await run_command(
@@ -68,6 +69,7 @@ async def run(
         limits,
         on_started=recorder.on_started,
         on_output=recorder.on_output,
+        use_setpriv=use_setpriv,
     )
     return outcome, recorder
 
@@ -116,15 +118,27 @@ def assert_started_first(recorder: Recorder) -> None:
 
 
 @pytest.mark.root
-async def test_runs_with_the_users_ids(scratch_user: CreatedUser) -> None:
-    outcome, recorder = await run("id -u; id -g; id -G", username=scratch_user.name)
+@pytest.mark.parametrize("use_setpriv", [True, False], ids=["setpriv", "stdlib"])
+async def test_runs_with_the_users_ids(scratch_user: CreatedUser, use_setpriv: bool) -> None:
+    """Real, effective, saved and filesystem ids are the user's; no capability is left."""
+    if use_setpriv and find_setpriv() is None:
+        pytest.skip("util-linux setpriv is not installed")
+    outcome, recorder = await run(
+        "id -u; id -g; id -G; grep -E '^(Uid|Gid|CapPrm|CapEff):' /proc/self/status",
+        username=scratch_user.name,
+        use_setpriv=use_setpriv,
+    )
     assert outcome.success, outcome
-    uid, gid, groups = recorder.text.splitlines()
+    uid, gid, groups, uids, gids, cap_prm, cap_eff = recorder.text.splitlines()
     assert int(uid) == scratch_user.uid
     assert int(gid) == scratch_user.gid
     listed = [int(g) for g in groups.split()]
     assert listed[0] == scratch_user.gid
     assert sorted(listed) == sorted(scratch_user.groups)
+    assert uids.split()[1:] == [str(scratch_user.uid)] * 4
+    assert gids.split()[1:] == [str(scratch_user.gid)] * 4
+    assert int(cap_prm.split()[1], 16) == 0
+    assert int(cap_eff.split()[1], 16) == 0
 
 
 @pytest.mark.root
@@ -212,13 +226,26 @@ async def test_unknown_user_is_refused() -> None:
 
 
 async def test_exec_failure_is_a_start_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(runner_module, "SHELL", "/nonexistent/sh")
-    outcome, recorder = await run("true")
+    monkeypatch.setattr(spawn_module, "SHELL", "/nonexistent/sh")
+    outcome, recorder = await run("true", use_setpriv=False)
     assert outcome.error_phase == "start"
     assert outcome.exit_code == 1
     assert outcome.message is not None
     assert "No such file or directory" in outcome.message
     assert [kind for kind, _ in recorder.events] == ["started"]
+
+
+@pytest.mark.root
+async def test_exec_failure_behind_setpriv_is_its_exit_127(
+    monkeypatch: pytest.MonkeyPatch, scratch_user: CreatedUser
+) -> None:
+    """Behind setpriv the shell's exec fails in setpriv: exit 127 with its message."""
+    if find_setpriv() is None:
+        pytest.skip("util-linux setpriv is not installed")
+    monkeypatch.setattr(spawn_module, "SHELL", "/nonexistent/sh")
+    outcome, recorder = await run("true", username=scratch_user.name)
+    assert outcome.exit_code == 127
+    assert "/nonexistent/sh" in recorder.text
 
 
 # -- exit status ---------------------------------------------------------------------------
@@ -292,7 +319,7 @@ async def test_background_jobs_do_not_outlive_the_command() -> None:
     assert outcome.success
     assert wait_gone(int(recorder.text)), "the background job survived"
     # Killed right at the exit, the job closed the pipe: no wait for the drain timeout.
-    assert took < runner_module.DRAIN_TIMEOUT
+    assert took < pump_module.DRAIN_TIMEOUT
 
 
 async def test_escaped_grandchild_does_not_hold_the_command(tmp_path: Path) -> None:
@@ -314,7 +341,7 @@ async def test_escaped_grandchild_does_not_hold_the_command(tmp_path: Path) -> N
     assert recorder.text == "done\n"
     assert outcome.elapsed_time < 5
     # The pipe is given up DRAIN_TIMEOUT (2 s) after the exit.
-    assert runner_module.DRAIN_TIMEOUT <= took < 15
+    assert pump_module.DRAIN_TIMEOUT <= took < 15
 
 
 async def test_cancellation_kills_the_process_group() -> None:

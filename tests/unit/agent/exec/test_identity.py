@@ -10,6 +10,7 @@ import pytest
 
 from agent.errors import PrivilegeError, UnknownGroup, UnknownUser
 from agent.exec.identity import BASE_PATH, Identity, build_environment, resolve_identity
+from agent.exec.spawn import privilege_argv
 
 
 IDENTITY = Identity(
@@ -133,3 +134,26 @@ def test_non_root_agent_cannot_switch_group(monkeypatch: pytest.MonkeyPatch) -> 
     group = grp.getgrgid(me.pw_gid).gr_name
     with pytest.raises(PrivilegeError, match=rf"cannot switch to group '{group}'"):
         resolve_identity(me.pw_name, group)
+
+
+def test_privilege_argv_names_every_id_and_ends_options() -> None:
+    """The setpriv wrapper sets uid, gid and the exact group list, then `--` and the argv."""
+    identity = Identity(
+        name="deploy",
+        uid=1001,
+        gid=1002,
+        groups=(1002, 27, 100),
+        home="/home/deploy",
+        shell="/bin/sh",
+    )
+    argv = privilege_argv("/usr/bin/setpriv", identity, ["/bin/sh", "-c", "--help; id"])
+    assert argv == [
+        "/usr/bin/setpriv",
+        "--reuid=1001",
+        "--regid=1002",
+        "--groups=1002,27,100",
+        "--",
+        "/bin/sh",
+        "-c",
+        "--help; id",
+    ]
