@@ -158,7 +158,12 @@ class Client:
 
     @contextmanager
     def stream_ndjson(
-        self, path: str, params: dict[str, Any] | None = None
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        *,
+        method: str = "GET",
+        json_body: Any = None,
     ) -> Iterator[Iterator[dict[str, Any]]]:
         """Open an NDJSON stream; yield an iterator of its decoded lines.
 
@@ -166,7 +171,9 @@ class Client:
         reading propagate as `httpx.TransportError` so that the caller can resume.
         """
         timeout = httpx.Timeout(DEFAULT_TIMEOUT.connect, read=STREAM_IDLE_TIMEOUT)
-        request = self._http.build_request("GET", path, params=params, timeout=timeout)
+        request = self._http.build_request(
+            method, path, params=params, json=json_body, timeout=timeout
+        )
         request.headers["Accept"] = "application/x-ndjson"
         response = self._http.send(request, stream=True)
         try:

@@ -7,7 +7,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import httpx
@@ -85,12 +86,14 @@ def follow_command(
     *,
     max_failures: int = 5,
     sleep: Callable[[float], None] = time.sleep,
+    events: Iterator[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Stream a command's output to `on_output` in seq order; return the final command object.
 
     A broken stream is resumed from the next missing seq. `max_failures` consecutive attempts
     without progress (no new chunk) end with a CliError; an idle timeout on a healthy stream
-    (a quiet command) is not a failure.
+    (a quiet command) is not a failure. `events`, when given, is an already open stream of
+    the command (the answer of a streaming create) read before any new request is made.
     """
     assembler = ChunkAssembler()
     path = f"/api/events/commands/{command_id}/stream/"
@@ -100,9 +103,14 @@ def follow_command(
         seen = assembler.next_seq
         connected = False
         try:
-            with client.stream_ndjson(path, {"seq__gte": assembler.next_seq}) as events:
+            source: AbstractContextManager[Iterator[dict[str, Any]]]
+            if events is not None:
+                source, events = nullcontext(events), None
+            else:
+                source = client.stream_ndjson(path, {"seq__gte": assembler.next_seq})
+            with source as lines:
                 connected = True
-                for event in events:
+                for event in lines:
                     kind = event.get("event")
                     if kind == "output":
                         for text in assembler.add(int(event["seq"]), str(event["content"])):

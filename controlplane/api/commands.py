@@ -6,6 +6,7 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
+from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
@@ -15,9 +16,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from agent.protocol import CommandRun
 from controlplane.api.deps import PrincipalDep, Services, ServicesDep
 from controlplane.api.pagination import page_response
-from controlplane.api.params import parse_command_filter, parse_int, parse_page
+from controlplane.api.params import parse_bool, parse_command_filter, parse_int, parse_page
 from controlplane.api.serializers import command_json
-from controlplane.api.stream import stream_command
+from controlplane.api.stream import ndjson_line, stream_command
 from controlplane.auth import Principal, acl_allows
 from controlplane.errors import APIError, command_not_found, server_not_found, validation_detail
 from controlplane.ids import new_uuid
@@ -98,11 +99,17 @@ async def _resolve_server(services: Services, ref: str) -> tuple[str, str]:
     return server.id, server.name
 
 
-@router.post("/", status_code=201)
+@router.post("/", status_code=201, response_model=None)
 async def create_command(
-    body: CommandCreateBody, principal: PrincipalDep, services: ServicesDep
-) -> JSONResponse:
-    """Create a command; an immediate one is sent to the agent before this returns."""
+    body: CommandCreateBody, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse | StreamingResponse:
+    """Create a command; an immediate one is sent to the agent before this returns.
+
+    With ``?stream=true`` the answer is the command's NDJSON stream: a ``created`` line
+    with the command object, then its output and the ``finished`` line, so a client runs
+    a command and reads its result in one request.
+    """
+    streaming = parse_bool(request.query_params, "stream") or False
     run = validate_command(body)
     if not acl_allows(principal.command_acl, run.line):
         raise APIError(
@@ -157,7 +164,13 @@ async def create_command(
         await services.hub.send_command(row)
     else:
         services.hub.scheduler.wake()
-    return JSONResponse(command_json(row, now=now_us()), status_code=201)
+    created = command_json(row, now=now_us())
+    if streaming:
+        return _ndjson(
+            _created_then(created, stream_command(services.db, services.hub.notifier, row.id)),
+            status_code=201,
+        )
+    return JSONResponse(created, status_code=201)
 
 
 @router.get("/")
@@ -222,8 +235,19 @@ async def stream(
     lines: AsyncIterator[str] = stream_command(
         services.db, services.hub.notifier, row.id, seq_gte=seq_gte
     )
+    return _ndjson(lines)
+
+
+async def _created_then(created: dict[str, Any], lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    yield ndjson_line({"event": "created", "command": created})
+    async for line in lines:
+        yield line
+
+
+def _ndjson(lines: AsyncIterator[str], status_code: int = 200) -> StreamingResponse:
     return StreamingResponse(
         lines,
+        status_code=status_code,
         media_type="application/x-ndjson",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

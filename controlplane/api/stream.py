@@ -17,7 +17,7 @@ from controlplane.store import Database, commands as commands_store
 from controlplane.timeutil import now_us
 
 
-__all__ = ["stream_command"]
+__all__ = ["ndjson_line", "stream_command"]
 
 BATCH = 500
 """Chunks read per query."""
@@ -25,7 +25,8 @@ RECHECK = 30.0
 """Longest wait without a notification before the database is read again (a safety net)."""
 
 
-def _line(obj: object) -> str:
+def ndjson_line(obj: object) -> str:
+    """One NDJSON line (compact JSON and a newline)."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n"
 
 
@@ -48,7 +49,7 @@ async def stream_command(
             for chunk in chunks:
                 if chunk.seq != next_seq:
                     break
-                yield _line({"event": "output", "seq": chunk.seq, "content": chunk.content})
+                yield ndjson_line({"event": "output", "seq": chunk.seq, "content": chunk.content})
                 next_seq += 1
             if len(chunks) == BATCH and next_seq == chunks[-1].seq + 1:
                 continue
@@ -61,11 +62,13 @@ async def stream_command(
                         commands_store.read_chunks, command_id, seq_gte=next_seq, limit=BATCH
                     )
                     for chunk in rest:
-                        yield _line({"event": "output", "seq": chunk.seq, "content": chunk.content})
+                        yield ndjson_line(
+                            {"event": "output", "seq": chunk.seq, "content": chunk.content}
+                        )
                         next_seq = chunk.seq + 1
                     if len(rest) < BATCH:
                         break
-                yield _line({"event": "finished", "command": command_json(row, now=now_us())})
+                yield ndjson_line({"event": "finished", "command": command_json(row, now=now_us())})
                 return
             if notifier.closed:
                 return  # the control plane is shutting down; the client may resume

@@ -193,27 +193,43 @@ def run_exec(ctx: Context, args: argparse.Namespace) -> int:
     body = create_body(
         args.server, line, user=args.user, group=args.group, env=args.env, timeout=args.timeout
     )
-    created = client.post(COMMANDS, body)
+    if args.detach:
+        detached = _created_id(client.post(COMMANDS, body))
+        if ctx.out.json:
+            ctx.out.document({"id": detached})
+        else:
+            ctx.out.data(detached + "\n")
+            ctx.out.info(f"see its output with: agentctl exec logs {detached}")
+        return EXIT_OK
+    collected: list[str] = []
+    on_output = collected.append if ctx.out.json else ctx.out.data
+    command_id: str | None = None
+    try:
+        # One request: the create answers with the command's own output stream; a broken
+        # stream is resumed by follow_command with GET .../stream/?seq__gte=.
+        with client.stream_ndjson(
+            COMMANDS, {"stream": "true"}, method="POST", json_body=body
+        ) as events:
+            first = next(events, None)
+            if first is None or first.get("event") != "created":
+                raise CliError("the control plane did not return the created command")
+            command_id = _created_id(first.get("command"))
+            command = follow_command(client, command_id, on_output, events=events)
+    except KeyboardInterrupt:
+        if command_id is None:
+            raise
+        ctx.out.diagnostic(interrupted_diagnostic(command_id))
+        return EXIT_INTERRUPTED
+    return _report(ctx, command, "".join(collected))
+
+
+def _created_id(created: Any) -> str:
+    """The id of the command a create returned."""
     if isinstance(created, list):  # the reference CLI's servers answer with a list
         created = created[0] if created else None
     if not isinstance(created, dict) or "id" not in created:
         raise CliError("the control plane did not return the created command")
-    command_id = str(created["id"])
-    if args.detach:
-        if ctx.out.json:
-            ctx.out.document({"id": command_id})
-        else:
-            ctx.out.data(command_id + "\n")
-            ctx.out.info(f"see its output with: agentctl exec logs {command_id}")
-        return EXIT_OK
-    collected: list[str] = []
-    on_output = collected.append if ctx.out.json else ctx.out.data
-    try:
-        command = follow_command(client, command_id, on_output)
-    except KeyboardInterrupt:
-        ctx.out.diagnostic(interrupted_diagnostic(command_id))
-        return EXIT_INTERRUPTED
-    return _report(ctx, command, "".join(collected))
+    return str(created["id"])
 
 
 def interrupted_diagnostic(command_id: str) -> Diagnostic:

@@ -536,6 +536,52 @@ async def test_stream_live_then_finished(
     assert page["results"] == [{"seq": 1, "content": "2\n"}]
 
 
+async def test_a_streaming_create_answers_with_the_command_then_its_output(
+    control_plane: ControlPlaneProcess, server: Server, agent: FakeAgent
+) -> None:
+    """POST ?stream=true: a `created` line, the output, the final line, in one request."""
+
+    async def run_streaming() -> tuple[int, list[JSON]]:
+        async with (
+            api(control_plane) as client,
+            client.stream(
+                "POST",
+                "/api/events/commands/?stream=true",
+                json={"server": server.name, "line": "echo hi"},
+            ) as response,
+        ):
+            lines = [json.loads(line) async for line in response.aiter_lines() if line]
+            return response.status_code, lines
+
+    async with asyncio.timeout(20):
+        reader = asyncio.create_task(run_streaming())
+        run = await agent.expect(CommandRun)
+        assert isinstance(run, CommandRun)
+        rid = agent.next_rid()
+        await agent.send(CommandOutput(rid=rid, command_id=run.command_id, seq=0, data="hi\n"))
+        await agent.confirmed([rid])
+        now = datetime.now(UTC)
+        await drive(agent, str(run.command_id), delivered_at=now, acked_at=now, handled_at=now)
+        status, lines = await reader
+    assert status == 201
+    assert [line["event"] for line in lines] == ["created", "output", "finished"]
+    assert lines[0]["command"]["id"] == str(run.command_id)
+    assert lines[1] == {"event": "output", "seq": 0, "content": "hi\n"}
+    assert lines[2]["command"]["status"]["text"] == "Success"
+
+
+async def test_a_streaming_create_refused_is_a_plain_error(
+    control_plane: ControlPlaneProcess, server: Server
+) -> None:
+    """Validation happens before streaming starts: errors keep their status and code."""
+    async with api(control_plane) as client:
+        response = await client.post(
+            "/api/events/commands/?stream=true", json={"server": server.name, "line": ""}
+        )
+    assert response.status_code == 400
+    assert response.json()["code"] == "INVALID_COMMAND"
+
+
 async def test_stream_of_cancelled_command_ends(
     control_plane: ControlPlaneProcess, server: Server
 ) -> None:

@@ -75,6 +75,19 @@ class BrokenStream(httpx.SyncByteStream):
         raise httpx.RemoteProtocolError("peer closed connection")
 
 
+class PrefixedStream(httpx.SyncByteStream):
+    """`prefix`, then the bytes of another stream (which may fail like a dropped link)."""
+
+    def __init__(self, prefix: bytes, rest: httpx.SyncByteStream | httpx.AsyncByteStream) -> None:
+        assert isinstance(rest, httpx.SyncByteStream)
+        self._prefix = prefix
+        self._rest = rest
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._prefix
+        yield from self._rest
+
+
 StreamScript = Callable[[httpx.Request], httpx.Response]
 
 
@@ -150,7 +163,14 @@ class FakeApi:
                     404, json={"code": "SERVER_NOT_FOUND", "detail": f"no server {body['server']}"}
                 )
             created = make_command(self.next_id, exit_code=None, text="Queued")
-            return httpx.Response(201, json=created)
+            if request.url.params.get("stream") != "true":
+                return httpx.Response(201, json=created)
+            # A streaming create: the `created` line, then the next scripted stream's body.
+            scripted = self.streams.pop(0)(request)
+            if scripted.status_code != 200:
+                return scripted
+            prefix = ndjson({"event": "created", "command": created})
+            return httpx.Response(201, stream=PrefixedStream(prefix, scripted.stream))
         if path == "/api/events/commands/":
             results = list(self.commands.values())
             return httpx.Response(

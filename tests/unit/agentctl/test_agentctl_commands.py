@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,13 @@ def test_exec_detach_prints_the_id() -> None:
 
 
 def test_exec_ctrl_c_prints_how_to_find_the_command() -> None:
+    class Interrupting(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            raise KeyboardInterrupt
+            yield b""  # a generator: the interrupt comes while reading the stream
+
     def interrupt(request: httpx.Request) -> httpx.Response:
-        raise KeyboardInterrupt
+        return httpx.Response(200, stream=Interrupting())
 
     api = FakeApi()
     api.streams.append(interrupt)
@@ -314,8 +320,13 @@ def test_json_mode_keeps_stderr_machine_readable() -> None:
     assert (code, err) == (124, "")
     assert json.loads(out)["error_phase"] == "timeout"
 
+    class Interrupting(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            raise KeyboardInterrupt
+            yield b""  # a generator: the interrupt comes while reading the stream
+
     def interrupt(request: httpx.Request) -> httpx.Response:
-        raise KeyboardInterrupt
+        return httpx.Response(200, stream=Interrupting())
 
     api.streams.append(interrupt)
     code, out, err = run(api, "--output", "json", "exec", "web-01", "--", "sleep", "9")
