@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess
+from tests.support.processes import end_process
 
 
 __all__ = ["SENTINEL_ENV", "AgentProcess", "running_agent", "start_agent"]
@@ -93,22 +93,13 @@ class AgentProcess:
 
     def kill(self) -> None:
         """SIGKILL the agent (a crash) and reap it."""
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+        end_process(self.process, timeout=STOP_TIMEOUT, crash=True)
         self._closed()
 
     def stop(self) -> int | None:
         """SIGTERM the agent and wait for it; returns its exit status."""
         proc = self.process
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
+        end_process(proc, timeout=STOP_TIMEOUT, crash=False)
         self._closed()
         return None if proc is None else proc.returncode
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from agent.protocol import (
     decode_server_message,
     encode,
 )
+from tests.support.processes import end_process
 
 
 __all__ = [
@@ -154,22 +154,13 @@ class ControlPlaneProcess:
 
     def kill(self) -> None:
         """SIGKILL the subprocess (a crash) and reap it."""
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(STOP_TIMEOUT)
+        end_process(self.process, timeout=STOP_TIMEOUT, crash=True)
         self._closed()
 
     def stop(self) -> None:
         """SIGTERM the subprocess and wait for a clean exit (SIGKILL after a deadline)."""
         proc = self.process
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(STOP_TIMEOUT)
+        end_process(proc, timeout=STOP_TIMEOUT, crash=False)
         self._closed()
 
     def restart(self, *, kill: bool = False) -> None:
