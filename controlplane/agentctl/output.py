@@ -63,13 +63,15 @@ def format_timestamp(value: object, tz: tzinfo | None = None) -> str:
 
 
 def format_seconds(value: object) -> str:
-    """A duration in seconds, human-sized: '0.023s', '12.5s', '3m05s', '2h01m'."""
+    """A duration in seconds, human-sized: '0.4ms', '0.023s', '12.5s', '3m05s', '2h01m'."""
     if value is None:
         return ""
     try:
         seconds = float(str(value))
     except ValueError:
         return str(value)
+    if seconds < 0.01:
+        return f"{seconds * 1000:.1f}ms"
     if seconds < 10:
         return f"{seconds:.3f}s"
     if seconds < 60:

@@ -41,6 +41,7 @@ def test_truncate_marks_the_cut() -> None:
 
 def test_format_seconds() -> None:
     assert format_seconds(None) == ""
+    assert format_seconds(0.00042) == "0.4ms"
     assert format_seconds(0.023) == "0.023s"
     assert format_seconds(12.53) == "12.5s"
     assert format_seconds(185) == "3m05s"
