@@ -73,7 +73,7 @@ class Dispatcher:
         self._limits = limits
         self._outbox = outbox
         self._spool = spool
-        self._inbox = inbox or Inbox()
+        self._inbox = inbox if inbox is not None else Inbox()
         self._intake: asyncio.Queue[_Intake] = asyncio.Queue(maxsize=limits.max_queued_commands)
         # asyncio.Semaphore wakes its waiters in FIFO order, so commands above the limit
         # start in the order they arrived.

@@ -159,6 +159,11 @@ class Backhaul:
             # Cancelled means the agent stops: say so, the control plane logs it.
             close_code, reason = 1001, "agent shutting down"
             raise
+        except _PeerDead:
+            # A peer that does not answer pings will not answer a close either: drop
+            # the TCP connection instead of waiting out the closing handshake.
+            ws.transport.abort()
+            raise
         finally:
             for waiter in self._pongs.values():
                 waiter.cancel()
@@ -267,13 +272,17 @@ class Backhaul:
                 async with asyncio.timeout(bh.keepalive_timeout):
                     await waiter
             except TimeoutError:
-                raise ConnectionLost(f"no pong within {bh.keepalive_timeout:g} s") from None
+                raise _PeerDead(f"no pong within {bh.keepalive_timeout:g} s") from None
             finally:
                 self._pongs.pop(nonce, None)
             self.state.rtt = monotonic() - sent
 
     def _decode(self, frame: str | bytes) -> ServerMessage:
         return decode_server_message(frame, max_bytes=self._config.limits.max_message_bytes)
+
+
+class _PeerDead(ConnectionLost):
+    """The keepalive found the control plane silent."""
 
 
 def _describe(exc: BaseException) -> str:

@@ -34,7 +34,7 @@ class Outbox:
         spool: Spool | None = None,
         pending: PendingReports | None = None,
     ) -> None:
-        self._book = pending or PendingReports(durable=spool is not None)
+        self._book = pending if pending is not None else PendingReports(durable=spool is not None)
         self._spool = spool
         self._max = max_reports
         self._changed = asyncio.Condition()

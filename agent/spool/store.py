@@ -91,7 +91,9 @@ class SpoolStore:
                 conn.close()
                 raise
         except (sqlite3.Error, OSError) as exc:
-            raise StateDirError(f"spool database {path} is not usable: {_reason(exc)}") from exc
+            raise StateDirError(
+                f"spool database {path} is not usable: {_reason(exc, path)}"
+            ) from exc
         return cls(conn, path)
 
     def load(self) -> Snapshot:
@@ -117,7 +119,7 @@ class SpoolStore:
                 else:
                     snap.active.append((UUID(command_id), CommandState(state)))
         except (sqlite3.Error, ValueError, ProtocolViolation) as exc:
-            raise StateDirError(f"spool database {self.path}: {_reason(exc)}") from exc
+            raise StateDirError(f"spool database {self.path}: {_reason(exc, self.path)}") from exc
         snap.finished.sort(key=lambda entry: entry[1])
         return snap
 
@@ -137,7 +139,7 @@ class SpoolStore:
                 raise
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise StateDirError(f"spool database {self.path}: {_reason(exc)}") from exc
+            raise StateDirError(f"spool database {self.path}: {_reason(exc, self.path)}") from exc
 
     def final_report(self, command_id: UUID) -> CommandFinished | None:
         """The stored final report of a finished command, if the inbox still has it."""
@@ -208,7 +210,28 @@ def _iso(at: datetime) -> str:
     return at.isoformat()
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, path: Path) -> str:
+    """The error in words, with SQLite's code and, when space is short, the free space.
+
+    SQLite reports a full disk during a WAL write as a plain "disk I/O error"; the free
+    space on the file system tells the operator what is really wrong.
+    """
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+        text = exc.strerror
+    else:
+        text = str(exc) or type(exc).__name__
+    name = getattr(exc, "sqlite_errorname", None)
+    if name:
+        text = f"{text} ({name})"
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return text
+    free = st.f_bavail * st.f_frsize
+    if free < _LOW_SPACE:
+        text += f"; the file system has only {free // 1024} KiB free"
+    return text
+
+
+_LOW_SPACE = 16 * 1024 * 1024
+"""Below this much free space, an error message mentions it."""

@@ -45,6 +45,7 @@ class Spool:
         self._waiters: list[asyncio.Future[None]] = []
         self._wake = asyncio.Event()
         self._failed: StateDirError | None = None
+        self._inflight: asyncio.Future[None] | None = None
 
     @classmethod
     async def open(cls, state_dir: Path) -> tuple[Spool, Snapshot]:
@@ -102,6 +103,9 @@ class Spool:
     async def close(self) -> None:
         """Write what is staged, close the database and stop the worker thread."""
         try:
+            if self._inflight is not None:
+                # A write the cancelled run() left behind: let it land first.
+                await asyncio.gather(self._inflight, return_exceptions=True)
             if self._failed is None and self._batch:
                 await self._flush()
         except StateDirError as exc:
@@ -115,7 +119,12 @@ class Spool:
         waiters, self._waiters = self._waiters, []
         try:
             if batch:
-                await self._call(self._store.apply, batch)
+                loop = asyncio.get_running_loop()
+                self._inflight = loop.run_in_executor(self._executor, self._store.apply, batch)
+                # Shielded: a batch handed to the thread is written even if we are
+                # cancelled meanwhile (else the executor would drop it unwritten).
+                await asyncio.shield(self._inflight)
+                self._inflight = None
         except StateDirError as exc:
             self._failed = exc
             for waiter in waiters:
@@ -123,8 +132,7 @@ class Spool:
                     waiter.set_exception(exc)
             raise
         except BaseException:
-            # Cancelled while the thread writes: the write still completes (or not) on
-            # its own; the waiters are being cancelled with us.
+            # Cancelled: the waiters are being cancelled with us.
             for waiter in waiters:
                 waiter.cancel()
             raise
