@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from uuid import UUID
 
@@ -78,6 +78,7 @@ class Dispatcher:
         # asyncio.Semaphore wakes its waiters in FIFO order, so commands above the limit
         # start in the order they arrived.
         self._slots = asyncio.Semaphore(limits.max_concurrent_commands)
+        self._waiting = 0  # accepted, delivery reported or being reported, no slot yet
         self._accepting = True
         self._idle = asyncio.Event()
         self._interrupted: list[tuple[UUID, CommandState]] = []
@@ -111,6 +112,8 @@ class Dispatcher:
             log.info("command.duplicate_dropped", command_id=ref, state=state.value)
             return None
         try:
+            if self._intake.qsize() + self._waiting >= self._limits.max_queued_commands:
+                raise asyncio.QueueFull
             self._intake.put_nowait(item)
         except asyncio.QueueFull:
             log.warning("command.refused_busy", command_id=ref)
@@ -132,8 +135,13 @@ class Dispatcher:
                     await self._resend_final(item)
                     continue
                 message, delivered_at = item
-                await self._report_delivered(message.command_id, delivered_at)
-                tg.create_task(self._execute(message), name=f"command-{message.command_id}")
+                # Not waiting for the disk here: the next command's delivery joins the
+                # same commit, so a burst of commands costs one write, not one each.
+                delivered = await self._report_delivered(message.command_id, delivered_at)
+                self._waiting += 1
+                tg.create_task(
+                    self._execute(message, delivered), name=f"command-{message.command_id}"
+                )
 
     def stop_accepting(self) -> None:
         """Refuse new commands from now on (graceful shutdown)."""
@@ -143,12 +151,19 @@ class Dispatcher:
         """Wait until no accepted command is queued or running."""
         await self._idle.wait()
 
-    async def _execute(self, message: CommandRun) -> None:
+    async def _execute(self, message: CommandRun, delivered: Awaitable[None]) -> None:
         command_id = message.command_id
         with structlog.contextvars.bound_contextvars(
             command_id=str(command_id), user=message.username
         ):
-            async with self._slots:
+            try:
+                # Deliveries become durable in arrival order and their tasks resume in
+                # that order, so the FIFO semaphore still starts commands as they came.
+                await delivered
+                await self._slots.acquire()
+            finally:
+                self._waiting -= 1
+            try:
                 self._inbox.advance(command_id, CommandState.RUNNING)
                 if self._spool is not None:
                     # On disk before the process exists: after a crash the command is
@@ -162,6 +177,8 @@ class Dispatcher:
                     on_started=lambda at: self._report_acked(command_id, at),
                     on_output=lambda seq, data: self._report_output(command_id, seq, data),
                 )
+            finally:
+                self._slots.release()
             await self._finish(command_id, lambda rid: _finished(rid, command_id, outcome))
 
     async def _finish(self, command_id: UUID, make: _MakeFinal) -> None:
@@ -211,11 +228,13 @@ class Dispatcher:
         await self._outbox.put(lambda rid: stored.model_copy(update={"rid": rid}))
         log.info("command.result_resent", command_id=str(command_id))
 
-    async def _report_delivered(self, command_id: UUID, delivered_at: datetime) -> None:
-        await self._outbox.put(
+    async def _report_delivered(self, command_id: UUID, delivered_at: datetime) -> Awaitable[None]:
+        """Queue the delivery report with the inbox row; the awaitable says when durable."""
+        _, durable = await self._outbox.add(
             lambda rid: CommandDelivered(rid=rid, command_id=command_id, delivered_at=delivered_at),
             with_change=lambda batch, _: batch.accepted.append((command_id, delivered_at)),
         )
+        return durable
 
     async def _report_acked(self, command_id: UUID, acked_at: datetime) -> None:
         await self._outbox.put(

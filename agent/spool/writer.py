@@ -46,6 +46,7 @@ class Spool:
         self._wake = asyncio.Event()
         self._failed: StateDirError | None = None
         self._inflight: asyncio.Future[None] | None = None
+        self._listeners: list[Callable[[Batch], None]] = []
 
     @classmethod
     async def open(cls, state_dir: Path) -> tuple[Spool, Snapshot]:
@@ -63,6 +64,10 @@ class Spool:
             executor.shutdown(wait=False)
             raise
         return cls(store, executor), snapshot
+
+    def on_commit(self, listener: Callable[[Batch], None]) -> None:
+        """Call ``listener(batch)`` after each batch is on disk, before its waiters resume."""
+        self._listeners.append(listener)
 
     def stage(self, change: Callable[[Batch], None]) -> None:
         """Apply ``change`` to the open batch; it is written soon, nobody waits for it."""
@@ -136,6 +141,8 @@ class Spool:
             for waiter in waiters:
                 waiter.cancel()
             raise
+        for listener in self._listeners:
+            listener(batch)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
