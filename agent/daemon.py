@@ -18,7 +18,7 @@ from agent.backhaul import Backhaul, Outbox
 from agent.config import AgentConfig
 from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
-from agent.spool import PendingReports, Snapshot, Spool
+from agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -101,7 +101,18 @@ async def _serve(
             next_rid=pending.next_rid,
         )
     outbox = Outbox(max_reports=config.limits.outbox_max_reports, spool=spool, pending=pending)
-    dispatcher = Dispatcher(config.limits, outbox=outbox, spool=spool, leftovers=leftovers)
+    retention = Retention(
+        max_entries=config.spool.max_finished_commands,
+        max_bytes=config.spool.max_result_bytes,
+        max_age=config.spool.max_age,
+    )
+    dispatcher = Dispatcher(
+        config.limits,
+        outbox=outbox,
+        spool=spool,
+        inbox=Inbox(retention=retention),
+        leftovers=leftovers,
+    )
     backhaul = Backhaul(config, key=key, outbox=outbox, handler=dispatcher)
 
     stop = stop or asyncio.Event()
@@ -136,5 +147,6 @@ async def _shutdown_when(
             await dispatcher.wait_idle()
             await outbox.drained()
     except TimeoutError:
-        log.warning("agent.shutdown_grace_exceeded", unconfirmed_reports=len(outbox))
+        # Not lost: they are in the spool and go out first after the next start.
+        log.warning("agent.shutdown_grace_exceeded", unconfirmed_reports_kept=len(outbox))
     raise _Stop

@@ -127,7 +127,7 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Run until cancelled; cancelling it cancels (and so kills) every command."""
-        await self._report_interrupted()
+        await self._recover()
         async with asyncio.TaskGroup() as tg:
             while True:
                 item = await self._intake.get()
@@ -183,7 +183,7 @@ class Dispatcher:
 
     async def _finish(self, command_id: UUID, make: _MakeFinal) -> None:
         """Put the final report and mark the command finished, in one transaction."""
-        eviction = Eviction()
+        evictions: list[Eviction] = []
 
         def record(batch: Batch, report: CommandReport) -> None:
             assert isinstance(report, CommandFinished)
@@ -191,28 +191,26 @@ class Dispatcher:
             evicted = self._inbox.finish(
                 command_id, at=now.timestamp(), size=len(report.result), now=now.timestamp()
             )
-            eviction.forgotten.extend(evicted.forgotten)
-            for reason, count in evicted.reasons.items():
-                eviction.reasons[reason] = count
             batch.finished.append(FinishedEntry(command_id, now, report))
             batch.forgotten.extend(evicted.forgotten)
+            evictions.append(evicted)
 
         if self._spool is None:
-            report = await self._outbox.put(make)
-            record(Batch(), report)
+            record(Batch(), await self._outbox.put(make))
         else:
             await self._outbox.put(make, with_change=record)
-        if eviction:
-            log.info(
-                "spool.inbox_pruned",
-                forgotten=len(eviction.forgotten),
-                reasons=dict(eviction.reasons),
-            )
+        for eviction in evictions:
+            _log_eviction(eviction)
         if not self._inbox.active():
             self._idle.set()
 
-    async def _report_interrupted(self) -> None:
-        """Give every command a previous run left unfinished its final report."""
+    async def _recover(self) -> None:
+        """Apply the retention to what a previous run left, and give every command it
+        left unfinished its final report."""
+        eviction = self._inbox.expire(utcnow().timestamp())
+        if eviction and self._spool is not None:
+            self._spool.stage(lambda batch: batch.forgotten.extend(eviction.forgotten))
+        _log_eviction(eviction)
         leftovers, self._interrupted = self._interrupted, []
         at = utcnow()
         for command_id, state in leftovers:
@@ -244,6 +242,15 @@ class Dispatcher:
     async def _report_output(self, command_id: UUID, seq: int, data: str) -> None:
         await self._outbox.put(
             lambda rid: CommandOutput(rid=rid, command_id=command_id, seq=seq, data=data)
+        )
+
+
+def _log_eviction(eviction: Eviction) -> None:
+    if eviction:
+        log.info(
+            "spool.inbox_pruned",
+            forgotten=len(eviction.forgotten),
+            reasons=dict(eviction.reasons),
         )
 
 

@@ -10,6 +10,8 @@ import asyncio
 import uuid
 from pathlib import Path
 
+import structlog
+
 from agent.protocol import (
     AgentMessage,
     CommandAcked,
@@ -20,7 +22,7 @@ from agent.protocol import (
     Confirm,
     encode,
 )
-from agent.spool import EXIT_INTERRUPTED, SPOOL_FILE
+from agent.spool import EXIT_INTERRUPTED, SPOOL_FILE, SpoolStore
 from tests.integration.backhaul.conftest import MakeAgent, RunningAgent
 from tests.support.fake_cp import ScriptedControlPlane
 
@@ -148,3 +150,35 @@ async def test_a_graceful_stop_closes_the_link_with_1001(
     async with asyncio.timeout(10):
         await ws.wait_closed()
     assert ws.close_code == 1001
+
+
+async def test_finished_commands_are_forgotten_within_the_retention(
+    scripted_cp: ScriptedControlPlane, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    """Beyond spool.max_finished_commands the oldest finished id goes, with a log line;
+    the bound holds on disk too."""
+    agent = await make_agent(spool={"max_finished_commands": 2})
+    await scripted_cp.connections.get()
+    commands = [CommandRun(command_id=uuid.uuid4(), line=f"echo {n}") for n in range(3)]
+    with structlog.testing.capture_logs() as logs:
+        for command in commands:
+            await scripted_cp.send(encode(command))
+            reports = await reports_until_finished(scripted_cp, command.command_id)
+            await scripted_cp.send(encode(Confirm(rids=[r.rid for r in reports])))
+        await agent.shutdown()
+    pruned = [e for e in logs if e["event"] == "spool.inbox_pruned"]
+    assert pruned == [
+        {
+            "event": "spool.inbox_pruned",
+            "log_level": "info",
+            "forgotten": 1,
+            "reasons": {"count": 1},
+        }
+    ]
+    store = SpoolStore.open(tmp_path / "state" / SPOOL_FILE)
+    try:
+        snapshot = store.load()
+    finally:
+        store.close()
+    assert [cid for cid, _, _ in snapshot.finished] == [c.command_id for c in commands[1:]]
+    assert (snapshot.active, snapshot.reports) == ([], [])
