@@ -59,7 +59,11 @@ class Spool:
         loop = asyncio.get_running_loop()
         try:
             store = await loop.run_in_executor(executor, SpoolStore.open, state_dir / SPOOL_FILE)
-            snapshot = await loop.run_in_executor(executor, store.load)
+            try:
+                snapshot = await loop.run_in_executor(executor, store.load)
+            except BaseException:
+                await loop.run_in_executor(executor, store.close)
+                raise
         except BaseException:
             executor.shutdown(wait=False)
             raise

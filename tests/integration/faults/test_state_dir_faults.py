@@ -7,6 +7,7 @@ Full and read-only file systems are tiny tmpfs mounts made by the test (root onl
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -19,9 +20,13 @@ from pathlib import Path
 import pytest
 
 from agent.cli import EXIT_STATE
+from agent.errors import StateDirError
+from agent.protocol import CommandRun, encode
 from agent.spool import SPOOL_FILE
+from tests.integration.backhaul.conftest import RunningAgent, agent_config
 from tests.support.agent import write_agent_config
 from tests.support.controlplane import REPO_ROOT
+from tests.support.fake_cp import scripted_control_plane
 
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -54,10 +59,13 @@ def run_agent(workdir: Path, state_dir: Path) -> subprocess.CompletedProcess[str
 
 @contextlib.contextmanager
 def tmpfs(path: Path, *options: str) -> Iterator[Path]:
-    """Mount a tmpfs of 64 KiB at ``path`` for the duration; always unmounted after."""
+    """Mount a tmpfs (64 KiB unless a ``size=`` option says otherwise) at ``path`` for the
+    duration; always unmounted after."""
     path.mkdir()
+    if not any(o.startswith("size=") for o in options):
+        options = ("size=64k", *options)
     subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", ",".join(["size=64k", *options]), "tmpfs", str(path)],
+        ["mount", "-t", "tmpfs", "-o", ",".join(options), "tmpfs", str(path)],
         check=True,
         timeout=10,
     )
@@ -136,3 +144,22 @@ def test_room_for_the_probe_but_not_the_database_exits_73(tmp_path: Path) -> Non
         fill(mount, leave_pages=2)
         result = run_agent(tmp_path, state)
     assert_refused(result, SPOOL_FILE, "SQLITE_", "KiB free")
+
+
+@needs_root
+async def test_a_disk_that_fills_up_while_running_stops_the_agent(tmp_path: Path) -> None:
+    """A spool write that fails later stops the agent with StateDirError (status 73):
+    it never sends a report it could not keep."""
+    with tmpfs(tmp_path / "small", "size=256k") as mount:
+        async with scripted_control_plane() as cp:
+            config = agent_config(cp, tmp_path).model_copy(update={"state_dir": mount / "state"})
+            agent = RunningAgent(config)
+            await cp.connections.get()
+            # Never confirmed, so every output report stays in the spool until it is full.
+            flood = "head -c 4000000 /dev/zero | tr '\\0' a"
+            await cp.send(encode(CommandRun(command_id=uuid.uuid4(), line=flood)))
+            with pytest.raises(StateDirError, match=r"full|SQLITE_") as exc:
+                async with asyncio.timeout(45):
+                    await agent.task
+    print(exc.value)
+    assert SPOOL_FILE in str(exc.value)
