@@ -9,8 +9,9 @@ then waits for a slot under the concurrency limit (in arrival order) and runs it
 With a spool, every step is on disk before it has consequences: the inbox row is written
 with the delivery report (before that report can be sent), the command is recorded as
 running before its process is spawned, and its final report is written with the inbox
-row that says it finished. At start, commands a previous run left unfinished get an
-``interrupted`` final report instead of running again.
+row that says it finished. At start, commands a previous run left running get an
+``interrupted`` final report instead of running again; commands it left queued (never
+started) run now, first, in their original order.
 """
 
 from __future__ import annotations
@@ -82,9 +83,12 @@ class Dispatcher:
         self._accepting = True
         self._idle = asyncio.Event()
         self._interrupted: list[tuple[UUID, CommandState]] = []
+        self._resumed: list[CommandRun] = []
         if leftovers is not None:
             self._inbox.restore(leftovers.active, leftovers.finished)
-            self._interrupted = list(leftovers.active)
+            self._resumed = [message for message, _ in leftovers.queued]
+            resumable = {message.command_id for message in self._resumed}
+            self._interrupted = [e for e in leftovers.active if e[0] not in resumable]
         if not self._inbox.active():
             self._idle.set()
 
@@ -129,6 +133,12 @@ class Dispatcher:
         """Run until cancelled; cancelling it cancels (and so kills) every command."""
         await self._recover()
         async with asyncio.TaskGroup() as tg:
+            resumed, self._resumed = self._resumed, []
+            for message in resumed:
+                # Delivered (and reported) before the restart; never started, so safe to run.
+                log.info("command.resumed", command_id=str(message.command_id))
+                self._waiting += 1
+                tg.create_task(self._execute(message, None), name=f"command-{message.command_id}")
             while True:
                 item = await self._intake.get()
                 if isinstance(item, UUID):
@@ -137,7 +147,7 @@ class Dispatcher:
                 message, delivered_at = item
                 # Not waiting for the disk here: the next command's delivery joins the
                 # same commit, so a burst of commands costs one write, not one each.
-                delivered = await self._report_delivered(message.command_id, delivered_at)
+                delivered = await self._report_delivered(message, delivered_at)
                 self._waiting += 1
                 tg.create_task(
                     self._execute(message, delivered), name=f"command-{message.command_id}"
@@ -151,7 +161,7 @@ class Dispatcher:
         """Wait until no accepted command is queued or running."""
         await self._idle.wait()
 
-    async def _execute(self, message: CommandRun, delivered: Awaitable[None]) -> None:
+    async def _execute(self, message: CommandRun, delivered: Awaitable[None] | None) -> None:
         command_id = message.command_id
         with structlog.contextvars.bound_contextvars(
             command_id=str(command_id), user=message.username
@@ -159,7 +169,8 @@ class Dispatcher:
             try:
                 # Deliveries become durable in arrival order and their tasks resume in
                 # that order, so the FIFO semaphore still starts commands as they came.
-                await delivered
+                if delivered is not None:
+                    await delivered
                 await self._slots.acquire()
             finally:
                 self._waiting -= 1
@@ -226,11 +237,14 @@ class Dispatcher:
         await self._outbox.put(lambda rid: stored.model_copy(update={"rid": rid}))
         log.info("command.result_resent", command_id=str(command_id))
 
-    async def _report_delivered(self, command_id: UUID, delivered_at: datetime) -> Awaitable[None]:
+    async def _report_delivered(
+        self, message: CommandRun, delivered_at: datetime
+    ) -> Awaitable[None]:
         """Queue the delivery report with the inbox row; the awaitable says when durable."""
+        command_id = message.command_id
         _, durable = await self._outbox.add(
             lambda rid: CommandDelivered(rid=rid, command_id=command_id, delivered_at=delivered_at),
-            with_change=lambda batch, _: batch.accepted.append((command_id, delivered_at)),
+            with_change=lambda batch, _: batch.accepted.append((message, delivered_at)),
         )
         return durable
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
-from agent.protocol import CommandFinished, CommandReport
+from agent.protocol import CommandFinished, CommandReport, CommandRun
 from agent.spool.inbox import CommandState
 
 
@@ -32,7 +32,9 @@ class FinishedEntry:
 class Batch:
     """One transaction's worth of changes."""
 
-    accepted: list[tuple[UUID, datetime]] = field(default_factory=list)
+    accepted: list[tuple[CommandRun, datetime]] = field(default_factory=list)
+    """Commands accepted, with their delivery time: kept until they finish, so that one
+    that was still queued at a crash can run after the restart."""
     states: list[tuple[UUID, CommandState]] = field(default_factory=list)
     finished: list[FinishedEntry] = field(default_factory=list)
     forgotten: list[UUID] = field(default_factory=list)

@@ -1,9 +1,10 @@
 """What a restart makes of the commands a previous run left unfinished: pure, no I/O.
 
 A command in the durable inbox without a final report was queued or running when the
-agent stopped (a crash, SIGKILL, a power cut, or a shutdown whose grace ran out). It is
-never run again: running it twice could be worse than not finishing it. It gets a final
-report instead, with ``error_phase`` ``interrupted`` and exit code
+agent stopped (a crash, SIGKILL, a power cut, or a shutdown whose grace ran out). One
+that was queued never started (the running state is on disk before the spawn) and runs
+after the restart. One that was running is never run again: running it twice could be
+worse than not finishing it. It gets a final report instead, with ``error_phase`` ``interrupted`` and exit code
 :data:`EXIT_INTERRUPTED`, so that the control plane shows a result rather than a
 command that seems to run for ever.
 """

@@ -6,8 +6,8 @@ called from one worker thread (see :mod:`agent.spool.writer`), so the connection
 never shared. ``synchronous=FULL``: a batch the agent acted on survives a power cut, not
 only a crash of the process; batching keeps that to one fsync per burst.
 
-Tables: ``inbox`` (every accepted command id, its state and, once finished, its final
-report), ``outbox`` (reports the control plane has not confirmed, by rid) and ``meta``
+Tables: ``inbox`` (every accepted command id, its state, the command itself until it
+finishes, since its environment may hold secrets, and once finished its final report), ``outbox`` (reports the control plane has not confirmed, by rid) and ``meta``
 (the next rid, so rids keep increasing across restarts).
 """
 
@@ -21,7 +21,14 @@ from pathlib import Path
 from uuid import UUID
 
 from agent.errors import ProtocolViolation, StateDirError
-from agent.protocol import CommandFinished, CommandReport, decode_agent_message, encode
+from agent.protocol import (
+    CommandFinished,
+    CommandReport,
+    CommandRun,
+    decode_agent_message,
+    decode_server_message,
+    encode,
+)
 from agent.spool.batch import Batch
 from agent.spool.inbox import CommandState
 
@@ -37,6 +44,7 @@ CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER NOT NULL,
     state TEXT NOT NULL,
     delivered_at TEXT NOT NULL,
+    command TEXT,
     finished_at REAL,
     result_bytes INTEGER NOT NULL DEFAULT 0,
     final TEXT
@@ -55,6 +63,8 @@ class Snapshot:
     """Unconfirmed reports, in rid order."""
     active: list[tuple[UUID, CommandState]] = field(default_factory=list)
     """Commands accepted and not finished (queued or running when the agent stopped)."""
+    queued: list[tuple[CommandRun, datetime]] = field(default_factory=list)
+    """Of those, the ones that never started, with their command and delivery time."""
     finished: list[tuple[UUID, float, int]] = field(default_factory=list)
     """Finished commands (id, finished at as epoch seconds, result size), oldest first."""
 
@@ -110,14 +120,28 @@ class SpoolStore:
                 snap.reports.append(_decode_report(text, rid))
             snap.next_rid = max(rid_floor, snap.reports[-1].rid + 1 if snap.reports else 0)
             query = (
-                "SELECT command_id, state, finished_at, result_bytes, seq FROM inbox ORDER BY seq"
+                "SELECT command_id, state, finished_at, result_bytes, seq, delivered_at, command "
+                "FROM inbox ORDER BY seq"
             )
-            for command_id, state, finished_at, size, seq in self._conn.execute(query):
+            for (
+                command_id,
+                state,
+                finished_at,
+                size,
+                seq,
+                delivered_at,
+                command,
+            ) in self._conn.execute(query):
                 self._seq = max(self._seq, int(seq))
                 if state == CommandState.FINISHED.value:
                     snap.finished.append((UUID(command_id), float(finished_at), int(size)))
-                else:
-                    snap.active.append((UUID(command_id), CommandState(state)))
+                    continue
+                snap.active.append((UUID(command_id), CommandState(state)))
+                if state == CommandState.QUEUED.value and command is not None:
+                    run = decode_server_message(command, max_bytes=1 << 30)
+                    if not isinstance(run, CommandRun):
+                        raise ValueError(f"inbox row {command_id} does not hold a command")
+                    snap.queued.append((run, datetime.fromisoformat(delivered_at)))
         except (sqlite3.Error, ValueError, ProtocolViolation) as exc:
             raise StateDirError(f"spool database {self.path}: {_reason(exc, self.path)}") from exc
         snap.finished.sort(key=lambda entry: entry[1])
@@ -158,12 +182,12 @@ class SpoolStore:
     def _write(self, batch: Batch) -> None:
         conn = self._conn
         rows = []
-        for command_id, delivered_at in batch.accepted:
+        for command, delivered_at in batch.accepted:
             self._seq += 1
-            rows.append((str(command_id), self._seq, _iso(delivered_at)))
+            rows.append((str(command.command_id), self._seq, _iso(delivered_at), encode(command)))
         conn.executemany(
-            "INSERT OR IGNORE INTO inbox (command_id, seq, state, delivered_at) "
-            "VALUES (?, ?, 'queued', ?)",
+            "INSERT OR IGNORE INTO inbox (command_id, seq, state, delivered_at, command) "
+            "VALUES (?, ?, 'queued', ?, ?)",
             rows,
         )
         conn.executemany(
@@ -171,8 +195,8 @@ class SpoolStore:
             [(state.value, str(command_id)) for command_id, state in batch.states],
         )
         conn.executemany(
-            "UPDATE inbox SET state = 'finished', finished_at = ?, result_bytes = ?, final = ? "
-            "WHERE command_id = ?",
+            "UPDATE inbox SET state = 'finished', finished_at = ?, result_bytes = ?, final = ?, "
+            "command = NULL WHERE command_id = ?",
             [
                 (
                     e.finished_at.timestamp(),

@@ -182,3 +182,38 @@ async def test_finished_commands_are_forgotten_within_the_retention(
         store.close()
     assert [cid for cid, _, _ in snapshot.finished] == [c.command_id for c in commands[1:]]
     assert (snapshot.active, snapshot.reports) == ([], [])
+
+
+async def test_a_command_queued_at_a_crash_runs_after_the_restart(
+    scripted_cp: ScriptedControlPlane, make_agent: MakeAgent, tmp_path: Path
+) -> None:
+    """Queued (never started) at the crash: it runs once after the restart; the one that
+    was running is interrupted."""
+    marker = tmp_path / "ran.txt"
+    blocker = CommandRun(command_id=uuid.uuid4(), line="sleep 30")
+    queued = appending(marker)
+    first = await make_agent(limits={"max_concurrent_commands": 1})
+    await scripted_cp.connections.get()
+    await scripted_cp.send(encode(blocker))
+    await scripted_cp.send(encode(queued))
+    delivered: set[uuid.UUID] = set()
+    while queued.command_id not in delivered:
+        frame = await scripted_cp.next_of(CommandDelivered)
+        assert isinstance(frame, CommandDelivered)
+        delivered.add(frame.command_id)
+    await crash(first)
+
+    await make_agent()
+    await scripted_cp.connections.get()
+    reports = await reports_until_finished(scripted_cp, queued.command_id)
+    finals = {r.command_id: r for r in reports if isinstance(r, CommandFinished)}
+    assert finals[blocker.command_id].error_phase == "interrupted"
+    done = finals[queued.command_id]
+    assert (done.exit_code, done.result, done.error_phase) == (0, "ran\n", None)
+    deliveries = {
+        r.rid
+        for r in reports
+        if r.command_id == queued.command_id and r.type == "command.delivered"
+    }
+    assert len(deliveries) == 1, "the delivery was reported once (and resent as such)"
+    assert marker.read_text() == "ran\n"
