@@ -248,13 +248,17 @@ class Dispatcher:
         )
         return durable
 
+    # The command does not wait for these to reach the disk (only for room in the
+    # outbox): the outbox never sends a report before it is durable anyway, and a crash
+    # before the write leaves the command running in the inbox, hence interrupted.
+
     async def _report_acked(self, command_id: UUID, acked_at: datetime) -> None:
-        await self._outbox.put(
+        await self._outbox.add(
             lambda rid: CommandAcked(rid=rid, command_id=command_id, acked_at=acked_at)
         )
 
     async def _report_output(self, command_id: UUID, seq: int, data: str) -> None:
-        await self._outbox.put(
+        await self._outbox.add(
             lambda rid: CommandOutput(rid=rid, command_id=command_id, seq=seq, data=data)
         )
 

@@ -87,7 +87,7 @@ class Spool:
         """
         waiter = asyncio.get_running_loop().create_future()
         if self._failed is not None:
-            waiter.set_exception(self._failed)
+            _fail(waiter, self._failed)
             return waiter
         change(self._batch)
         self._waiters.append(waiter)
@@ -138,7 +138,7 @@ class Spool:
             self._failed = exc
             for waiter in waiters:
                 if not waiter.done():
-                    waiter.set_exception(exc)
+                    _fail(waiter, exc)
             raise
         except BaseException:
             # Cancelled: the waiters are being cancelled with us.
@@ -154,3 +154,10 @@ class Spool:
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, fn, *args)
+
+
+def _fail(waiter: asyncio.Future[None], exc: StateDirError) -> None:
+    """Fail a waiter without asyncio logging it when nobody awaits it: :meth:`Spool.run`
+    raises the same error, which stops the agent."""
+    waiter.set_exception(exc)
+    waiter.exception()  # marks it retrieved
