@@ -42,6 +42,8 @@ POLL = 0.05
 """Seconds between two polls of a condition (each poll has a deadline)."""
 
 CONCURRENCY = 64
+IDLE_TIMEOUT = 3.0
+"""The control plane's agent idle timeout in this test, seconds."""
 KEEPALIVE = {"keepalive_interval": 0.5, "keepalive_timeout": 1.0, "open_timeout": 1.0}
 
 
@@ -173,7 +175,10 @@ def chunks_text(client: httpx.Client, command_id: str) -> str:
 def stack(tmp_path: Path) -> Iterator[tuple[ControlPlaneProcess, TcpProxy, AgentProcess]]:
     cp = start_control_plane(
         tmp_path / "cp",
-        env={"CONTROLPLANE_AGENT_IDLE_TIMEOUT": "3", "CONTROLPLANE_LOG_LEVEL": "warning"},
+        env={
+            "CONTROLPLANE_AGENT_IDLE_TIMEOUT": str(IDLE_TIMEOUT),
+            "CONTROLPLANE_LOG_LEVEL": "warning",
+        },
     )
     try:
         with running_proxy(cp.port) as proxy:
@@ -229,6 +234,10 @@ def test_nothing_lost_nothing_run_twice(
     silent_for = time.monotonic() - blackholed
     proxy.set_mode("pass")
     faults.append(f"network blackhole ({silent_for:.1f} s)")
+    # Both heartbeats fire in bounded time: the control plane's idle timeout (3 s here)
+    # and the agent's ping (0.5 s) + pong timeout (1 s).
+    assert silent_for < IDLE_TIMEOUT + 5, f"dead agent noticed only after {silent_for:.1f} s"
+    assert "no pong within 1 s" in agent.log_path.read_text()
 
     submitter.wait_for(850)
     poll("the agent is back", lambda: is_connected(cp, agent.server_id) is True, deadline)
