@@ -25,6 +25,7 @@ __all__ = [
     "IdentityConfig",
     "LimitsConfig",
     "LoggingConfig",
+    "SpoolConfig",
     "load",
     "parse",
 ]
@@ -107,6 +108,17 @@ class LimitsConfig(_Section):
     confirmed; keep it below systemd's TimeoutStopSec."""
 
 
+class SpoolConfig(_Section):
+    """How long finished commands are remembered, to answer redeliveries (the oldest go
+    first when any bound is exceeded; unconfirmed reports are never dropped)."""
+
+    max_finished_commands: int = Field(default=100_000, gt=0)
+    max_result_bytes: int = Field(default=256 * 1024 * 1024, ge=0)
+    """Total size of the stored final results."""
+    max_age: float = Field(default=14 * 24 * 3600.0, gt=0)
+    """Seconds after which a finished command is forgotten."""
+
+
 class LoggingConfig(_Section):
     """Log level and format (``auto`` is JSON unless stderr is a terminal)."""
 
@@ -122,6 +134,7 @@ class AgentConfig(_Section):
     state_dir: Path = Path("/var/lib/fleet-agent")
     backhaul: BackhaulConfig = BackhaulConfig()
     limits: LimitsConfig = LimitsConfig()
+    spool: SpoolConfig = SpoolConfig()
     logging: LoggingConfig = LoggingConfig()
 
     def read_key(self) -> str:

@@ -18,6 +18,7 @@ from agent.backhaul import Backhaul, Outbox
 from agent.config import AgentConfig
 from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
+from agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -77,8 +78,41 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
     if config.control_plane.url.scheme == "https" and not config.control_plane.verify_tls:
         log.warning("tls.verification_disabled", url=str(config.control_plane.url))
 
-    outbox = Outbox(max_reports=config.limits.outbox_max_reports)
-    dispatcher = Dispatcher(config.limits, outbox=outbox)
+    # The spool (inbox and outbox on disk) is opened before anything can reach us, and
+    # closed last, after the last report was written.
+    spool, leftovers = await Spool.open(config.state_dir)
+    try:
+        await _serve(config, key, spool, leftovers, stop)
+    finally:
+        await spool.close()
+    log.info("agent.stopped")
+
+
+async def _serve(
+    config: AgentConfig, key: str, spool: Spool, leftovers: Snapshot, stop: asyncio.Event | None
+) -> None:
+    pending = PendingReports()
+    pending.restore(leftovers.reports, next_rid=leftovers.next_rid)
+    if leftovers.reports or leftovers.active:
+        log.info(
+            "spool.recovered",
+            unconfirmed_reports=len(leftovers.reports),
+            unfinished_commands=len(leftovers.active),
+            next_rid=pending.next_rid,
+        )
+    outbox = Outbox(max_reports=config.limits.outbox_max_reports, spool=spool, pending=pending)
+    retention = Retention(
+        max_entries=config.spool.max_finished_commands,
+        max_bytes=config.spool.max_result_bytes,
+        max_age=config.spool.max_age,
+    )
+    dispatcher = Dispatcher(
+        config.limits,
+        outbox=outbox,
+        spool=spool,
+        inbox=Inbox(retention=retention),
+        leftovers=leftovers,
+    )
     backhaul = Backhaul(config, key=key, outbox=outbox, handler=dispatcher)
 
     stop = stop or asyncio.Event()
@@ -88,6 +122,7 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
     log.info("agent.starting", server_id=str(config.identity.server_id))
     try:
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(spool.run(), name="spool")
             tg.create_task(dispatcher.run(), name="dispatcher")
             tg.create_task(backhaul.run(), name="backhaul")
             tg.create_task(_shutdown_when(stop, dispatcher, outbox, config), name="shutdown")
@@ -99,7 +134,6 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-    log.info("agent.stopped")
 
 
 async def _shutdown_when(
@@ -113,5 +147,6 @@ async def _shutdown_when(
             await dispatcher.wait_idle()
             await outbox.drained()
     except TimeoutError:
-        log.warning("agent.shutdown_grace_exceeded", unconfirmed_reports=len(outbox))
+        # Not lost: they are in the spool and go out first after the next start.
+        log.warning("agent.shutdown_grace_exceeded", unconfirmed_reports_kept=len(outbox))
     raise _Stop

@@ -2,11 +2,12 @@
 
 from agent.backhaul.connection import Backhaul, CommandHandler, LinkState, ssl_context
 from agent.backhaul.outbox import Outbox
-from agent.backhaul.retry import backoff_delays, classify
+from agent.backhaul.retry import Backoff, backoff_delays, classify
 
 
 __all__ = [
     "Backhaul",
+    "Backoff",
     "CommandHandler",
     "LinkState",
     "Outbox",

@@ -24,7 +24,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from agent import __version__
 from agent.backhaul.outbox import Outbox
-from agent.backhaul.retry import backoff_delays, classify
+from agent.backhaul.retry import Backoff, classify
 from agent.clock import monotonic, utcnow
 from agent.config import AgentConfig, ControlPlaneConfig
 from agent.errors import AuthRejected, ConnectionLost, ProtocolViolation
@@ -103,6 +103,7 @@ class Backhaul:
         self._pongs: dict[int, asyncio.Future[None]] = {}
         self.state = LinkState()
         self.server_name: str | None = None
+        self._up_since: float | None = None
 
     async def run(self) -> None:
         """Keep a connection up until cancelled.
@@ -111,10 +112,10 @@ class Backhaul:
             AuthRejected: the control plane refused our credentials; retrying is useless.
         """
         bh = self._config.backhaul
-        delays = backoff_delays(bh.reconnect_min_delay, bh.reconnect_max_delay)
+        backoff = Backoff(bh.reconnect_min_delay, bh.reconnect_max_delay, bh.stable_after)
         while True:
-            started = monotonic()
             self.state.status = "connecting"
+            self._up_since = None
             try:
                 await self._session()
             except ConnectionLost as exc:
@@ -127,16 +128,17 @@ class Backhaul:
                 log.exception("backhaul.error")
             self.state.status = "waiting"
             self.state.connected_since = None
-            if monotonic() - started >= bh.stable_after:
-                delays = backoff_delays(bh.reconnect_min_delay, bh.reconnect_max_delay)
-            delay = next(delays)
-            log.info("backhaul.reconnect_in", seconds=round(delay, 3))
+            uptime = 0.0 if self._up_since is None else monotonic() - self._up_since
+            delay = backoff.next_delay(uptime)
+            log.info("backhaul.reconnect_in", seconds=round(delay, 3), uptime=round(uptime, 3))
             await asyncio.sleep(delay)
 
     async def _session(self) -> None:
         ws = await self._dial()
+        close_code, reason = 1000, ""
         try:
             await self._handshake(ws)
+            self._up_since = monotonic()
             self.state.status = "connected"
             self.state.connected_since = utcnow()
             self.state.connects += 1
@@ -153,11 +155,20 @@ class Backhaul:
                 raise ConnectionLost(_describe(group.exceptions[0])) from group
             except* ConnectionLost as group:
                 raise group.exceptions[0] from None
+        except asyncio.CancelledError:
+            # Cancelled means the agent stops: say so, the control plane logs it.
+            close_code, reason = 1001, "agent shutting down"
+            raise
+        except _PeerDead:
+            # A peer that does not answer pings will not answer a close either: drop
+            # the TCP connection instead of waiting out the closing handshake.
+            ws.transport.abort()
+            raise
         finally:
             for waiter in self._pongs.values():
                 waiter.cancel()
             self._pongs.clear()
-            await ws.close()
+            await ws.close(close_code, reason)
 
     async def _dial(self) -> ClientConnection:
         cp = self._config.control_plane
@@ -261,13 +272,17 @@ class Backhaul:
                 async with asyncio.timeout(bh.keepalive_timeout):
                     await waiter
             except TimeoutError:
-                raise ConnectionLost(f"no pong within {bh.keepalive_timeout:g} s") from None
+                raise _PeerDead(f"no pong within {bh.keepalive_timeout:g} s") from None
             finally:
                 self._pongs.pop(nonce, None)
             self.state.rtt = monotonic() - sent
 
     def _decode(self, frame: str | bytes) -> ServerMessage:
         return decode_server_message(frame, max_bytes=self._config.limits.max_message_bytes)
+
+
+class _PeerDead(ConnectionLost):
+    """The keepalive found the control plane silent."""
 
 
 def _describe(exc: BaseException) -> str:

@@ -15,7 +15,7 @@ from typing import Literal
 from agent.errors import AuthRejected, ConfigError
 
 
-__all__ = ["Verdict", "backoff_delays", "classify"]
+__all__ = ["Backoff", "Verdict", "backoff_delays", "classify"]
 
 Verdict = Literal["retry", "fatal"]
 
@@ -35,6 +35,35 @@ def backoff_delays(
     while True:
         yield draw(0.0, bound)
         bound = min(max_delay, bound * 2)
+
+
+class Backoff:
+    """The reconnect schedule of one backhaul: next delay, and reset after a stable link.
+
+    ``stable_after`` seconds of uptime count as a stable connection: the next failure
+    starts again from ``min_delay``. A link that drops sooner keeps climbing, so a control
+    plane that accepts and at once drops connections is not hammered.
+    """
+
+    def __init__(
+        self,
+        min_delay: float,
+        max_delay: float,
+        stable_after: float,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._bounds = (min_delay, max_delay)
+        self._stable_after = stable_after
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+        self._delays = backoff_delays(min_delay, max_delay, rng=self._rng)
+
+    def next_delay(self, uptime: float) -> float:
+        """The delay before the next dial, after a connection that was up ``uptime`` s
+        (0 when it never came up); resets the schedule first if that was stable."""
+        if uptime >= self._stable_after and uptime > 0:
+            self._delays = backoff_delays(*self._bounds, rng=self._rng)
+        return next(self._delays)
 
 
 def classify(exc: BaseException) -> Verdict:

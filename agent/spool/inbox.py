@@ -1,9 +1,12 @@
 """Command ids the agent has seen, so that a command delivered twice runs once.
 
-Pure bookkeeping, no I/O. The control plane redelivers a command whose delivery report it
-did not get (after a reconnect, for instance); the inbox recognises the id and the
-dispatcher drops the duplicate. Finished ids are remembered up to a bound, oldest forgotten
-first; running ids are never forgotten while they run.
+Pure bookkeeping, no I/O: the dispatcher mirrors every change into the SQLite store
+(:mod:`agent.spool.store`), and at start the inbox is rebuilt from it. The control plane
+redelivers a command whose delivery report it did not get (after a reconnect, for
+instance); the inbox recognises the id and the dispatcher drops the duplicate, or sends
+the stored result again when the command already finished. Finished ids are remembered
+within a :class:`~agent.spool.retention.Retention` policy, oldest forgotten first; ids
+in progress are never forgotten.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from __future__ import annotations
 import enum
 from collections import OrderedDict
 from uuid import UUID
+
+from agent.spool.retention import Eviction, Retention
 
 
 __all__ = ["CommandState", "Inbox"]
@@ -31,14 +36,14 @@ _NEXT: dict[CommandState, CommandState] = {
 
 
 class Inbox:
-    """The set of accepted command ids with their state, bounded in finished entries."""
+    """The accepted command ids with their state; finished ones bounded by a retention."""
 
-    def __init__(self, *, max_finished: int = 100_000) -> None:
-        if max_finished < 1:
-            raise ValueError("max_finished must be positive")
+    def __init__(self, *, retention: Retention | None = None) -> None:
         self._active: dict[UUID, CommandState] = {}
-        self._finished: OrderedDict[UUID, None] = OrderedDict()
-        self._max_finished = max_finished
+        # command id -> (finished at, stored result bytes), oldest first
+        self._finished: OrderedDict[UUID, tuple[float, int]] = OrderedDict()
+        self._finished_bytes = 0
+        self._retention = retention or Retention()
 
     def accept(self, command_id: UUID) -> bool:
         """Record a delivery; return False if this id was seen before (a duplicate)."""
@@ -48,21 +53,58 @@ class Inbox:
         return True
 
     def advance(self, command_id: UUID, to: CommandState) -> None:
-        """Move a command to its next state.
+        """Move a command from queued to running.
 
         Raises:
-            ValueError: the id is unknown or the move is not queued→running→finished.
+            ValueError: the id is unknown or the move is not queued→running (use
+                :meth:`finish` to end a command).
         """
         current = self._active.get(command_id)
-        if current is None or _NEXT.get(current) is not to:
+        if current is None or to is not CommandState.RUNNING or _NEXT[current] is not to:
             raise ValueError(f"illegal transition {current} -> {to} for {command_id}")
-        if to is CommandState.FINISHED:
-            del self._active[command_id]
-            self._finished[command_id] = None
-            while len(self._finished) > self._max_finished:
-                self._finished.popitem(last=False)
-        else:
-            self._active[command_id] = to
+        self._active[command_id] = to
+
+    def finish(self, command_id: UUID, *, at: float, size: int, now: float) -> Eviction:
+        """Mark an accepted command finished; return what the retention made forgettable.
+
+        ``at`` and ``now`` are wall-clock seconds; ``size`` is the stored result's size.
+
+        Raises:
+            ValueError: the id is not queued or running.
+        """
+        if self._active.pop(command_id, None) is None:
+            raise ValueError(f"cannot finish {command_id}: not accepted or already finished")
+        self._remember(command_id, at, size)
+        return self.expire(now)
+
+    def restore(
+        self,
+        active: list[tuple[UUID, CommandState]],
+        finished: list[tuple[UUID, float, int]],
+    ) -> None:
+        """Load the state found in the store at start (oldest first)."""
+        for command_id, state in active:
+            self._active[command_id] = state
+        for command_id, at, size in finished:
+            self._remember(command_id, at, size)
+
+    def expire(self, now: float) -> Eviction:
+        """Forget the oldest finished commands until the retention policy holds."""
+        eviction = Eviction()
+        while self._finished:
+            oldest, (at, size) = next(iter(self._finished.items()))
+            reason = self._retention.reason_to_drop(
+                entries=len(self._finished),
+                total_bytes=self._finished_bytes,
+                oldest_at=at,
+                now=now,
+            )
+            if reason is None:
+                break
+            del self._finished[oldest]
+            self._finished_bytes -= size
+            eviction.add(oldest, reason)
+        return eviction
 
     def state(self, command_id: UUID) -> CommandState | None:
         """The state of a command, or None if it was never seen (or long forgotten)."""
@@ -73,3 +115,10 @@ class Inbox:
     def active(self) -> list[UUID]:
         """Ids accepted and not finished, in arrival order."""
         return list(self._active)
+
+    def __len__(self) -> int:
+        return len(self._active) + len(self._finished)
+
+    def _remember(self, command_id: UUID, at: float, size: int) -> None:
+        self._finished[command_id] = (at, size)
+        self._finished_bytes += size

@@ -155,8 +155,13 @@ def start_agent(
     name: str | None = None,
     sections: Mapping[str, Mapping[str, Any]] | None = None,
     wait: bool = True,
+    url: str | None = None,
 ) -> AgentProcess:
-    """Register a server named ``name`` (default: random) and start its agent."""
+    """Register a server named ``name`` (default: random) and start its agent.
+
+    ``url`` is what the agent dials (default: the control plane's own URL; a fault test
+    passes a proxy's).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     name = name or f"srv-{uuid.uuid4().hex[:8]}"
     server_id, key = cp.register_server(name)
@@ -174,7 +179,7 @@ def start_agent(
     config = workdir / "agent.toml"
     write_agent_config(
         config,
-        url=cp.url,
+        url=url or cp.url,
         server_id=server_id,
         key_file=key_file,
         state_dir=workdir / "state",

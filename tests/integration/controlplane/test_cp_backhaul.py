@@ -422,3 +422,42 @@ async def test_confirm_batches_under_load(
         chunks = (await client.get(f"/api/events/commands/{cid}/chunks/?page_size=1")).json()
     assert chunks["count"] == 2000
     await agent.close()
+
+
+async def test_undelivered_commands_survive_a_control_plane_crash(
+    control_plane_factory: Callable[[dict[str, str]], ControlPlaneProcess],
+) -> None:
+    """SIGKILL of the control plane: on the agent's next hello, what it had sent but had
+    no delivery report for is sent again; what was delivered or finished is not."""
+    cp = control_plane_factory({})
+    server = cp.new_server()
+    first = await FakeAgent.connect(cp, server.id, server.key)
+    lost = await create(cp, server, "echo lost in transit")
+    done = await create(cp, server, "true")
+    for _ in range(2):
+        await first.expect(CommandRun)
+    rid = first.next_rid()
+    await first.send(
+        CommandFinished(
+            rid=rid,
+            command_id=uuid.UUID(str(done["id"])),
+            handled_at=datetime.now(UTC),
+            elapsed_time=0.01,
+            exit_code=0,
+            success=True,
+            result="",
+        )
+    )
+    await first.confirmed([rid])
+    # The loop would block in a synchronous kill; the restart keeps the db and the port.
+    await asyncio.to_thread(cp.restart, kill=True)
+    async with asyncio.timeout(15):
+        await first.ws.wait_closed()
+
+    second = await FakeAgent.connect(cp, server.id, server.key)
+    run = await second.expect(CommandRun)
+    assert (str(run.command_id), run.line) == (lost["id"], "echo lost in transit")
+    await roundtrip(second)
+    assert not any(isinstance(m, CommandRun) for m in second.skipped)
+    assert (await get_command(cp, str(done["id"])))["handled_at"] is not None
+    await second.close()

@@ -8,7 +8,7 @@ import random
 import pytest
 from hypothesis import given, strategies as st
 
-from agent.backhaul.retry import backoff_delays, classify
+from agent.backhaul.retry import Backoff, backoff_delays, classify
 from agent.errors import AuthRejected, ConfigError, ConnectionLost
 
 
@@ -40,6 +40,37 @@ def test_delays_reach_the_cap() -> None:
     tail = delays[100:]
     assert max(tail) <= 8
     assert 3 < sum(tail) / len(tail) < 5
+
+
+class _Ceiling(random.Random):
+    """A random source whose uniform() always returns the upper bound: shows the bound."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+def test_backoff_climbs_while_connections_are_short() -> None:
+    """Connections that never come up, or drop before stable_after, keep the bound rising."""
+    backoff = Backoff(1, 8, stable_after=30, rng=_Ceiling())
+    bounds = [backoff.next_delay(uptime) for uptime in (0, 0, 29.9, 5, 0, 0)]
+    assert bounds == [1, 2, 4, 8, 8, 8]
+
+
+def test_backoff_resets_after_a_stable_connection() -> None:
+    """A connection that stayed up stable_after seconds starts the schedule again."""
+    backoff = Backoff(1, 8, stable_after=30, rng=_Ceiling())
+    for _ in range(5):
+        backoff.next_delay(0)
+    assert backoff.next_delay(30) == 1
+    assert backoff.next_delay(0) == 2
+    assert backoff.next_delay(3600) == 1
+
+
+def test_backoff_with_zero_stable_after_resets_after_any_connection() -> None:
+    """stable_after = 0: every connection that came up at all resets the schedule."""
+    backoff = Backoff(1, 8, stable_after=0, rng=_Ceiling())
+    assert [backoff.next_delay(0) for _ in range(3)] == [1, 2, 4]
+    assert backoff.next_delay(0.001) == 1
 
 
 @pytest.mark.parametrize(("low", "high"), [(0, 1), (-1, 1), (2, 1)])
