@@ -14,10 +14,12 @@ from pathlib import Path
 
 import structlog
 
-from agent.backhaul import Backhaul, Outbox
+from agent.audit import AuditLog
+from agent.backhaul import Backhaul, LinkState, Outbox
 from agent.config import AgentConfig
 from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
+from agent.service import ServiceRuntime
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -77,9 +79,14 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
     if config.control_plane.url.scheme == "https" and not config.control_plane.verify_tls:
         log.warning("tls.verification_disabled", url=str(config.control_plane.url))
 
+    audit = _open_audit(config)
     outbox = Outbox(max_reports=config.limits.outbox_max_reports)
-    dispatcher = Dispatcher(config.limits, outbox=outbox)
-    backhaul = Backhaul(config, key=key, outbox=outbox, handler=dispatcher)
+    dispatcher = Dispatcher(config.limits, outbox=outbox, audit=audit)
+    service = ServiceRuntime(config, lambda: _details(backhaul.state, outbox, dispatcher))
+    backhaul = Backhaul(
+        config, key=key, outbox=outbox, handler=dispatcher, on_state=service.on_link_state
+    )
+    service.status.bind()
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -90,7 +97,11 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
         async with asyncio.TaskGroup() as tg:
             tg.create_task(dispatcher.run(), name="dispatcher")
             tg.create_task(backhaul.run(), name="backhaul")
-            tg.create_task(_shutdown_when(stop, dispatcher, outbox, config), name="shutdown")
+            tg.create_task(service.notifier.watchdog(), name="watchdog")
+            tg.create_task(service.status.serve(), name="status")
+            tg.create_task(
+                _shutdown_when(stop, dispatcher, outbox, config, service), name="shutdown"
+            )
     except* _Stop:
         pass
     except* AgentError as group:
@@ -99,14 +110,48 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        service.close()
+        if audit is not None:
+            audit.close()
     log.info("agent.stopped")
 
 
+def _open_audit(config: AgentConfig) -> AuditLog | None:
+    if not config.audit.enabled:
+        return None
+    audit = AuditLog(
+        config.audit_file, max_bytes=config.audit.max_bytes, backups=config.audit.backups
+    )
+    audit.open()
+    return audit
+
+
+def _details(link: LinkState, outbox: Outbox, dispatcher: Dispatcher) -> dict[str, object]:
+    active = dispatcher.running()
+    return {
+        "connection": {
+            "status": link.status,
+            "connected_since": link.connected_since,
+            "last_error": link.last_error,
+            "connects": link.connects,
+            "rtt": link.rtt,
+        },
+        "unconfirmed_reports": len(outbox),
+        "active_commands": len(active),
+        "command_ids": [str(c) for c in active[:100]],
+    }
+
+
 async def _shutdown_when(
-    stop: asyncio.Event, dispatcher: Dispatcher, outbox: Outbox, config: AgentConfig
+    stop: asyncio.Event,
+    dispatcher: Dispatcher,
+    outbox: Outbox,
+    config: AgentConfig,
+    service: ServiceRuntime,
 ) -> None:
     await stop.wait()
     log.info("agent.stopping", grace=config.limits.shutdown_grace)
+    service.stopping(len(dispatcher.running()))
     dispatcher.stop_accepting()
     try:
         async with asyncio.timeout(config.limits.shutdown_grace):

@@ -15,6 +15,7 @@ from uuid import UUID
 
 import structlog
 
+from agent.audit import AuditLog
 from agent.backhaul import Outbox
 from agent.config import LimitsConfig
 from agent.exec import CommandOutcome, run_command
@@ -37,8 +38,16 @@ log = structlog.get_logger(__name__)
 class Dispatcher:
     """Accepts commands from the backhaul and runs them under the concurrency limit."""
 
-    def __init__(self, limits: LimitsConfig, *, outbox: Outbox, inbox: Inbox | None = None) -> None:
+    def __init__(
+        self,
+        limits: LimitsConfig,
+        *,
+        outbox: Outbox,
+        inbox: Inbox | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self._limits = limits
+        self._audit = audit
         self._outbox = outbox
         self._inbox = inbox or Inbox()
         self._intake: asyncio.Queue[tuple[CommandRun, datetime]] = asyncio.Queue(
@@ -61,6 +70,7 @@ class Dispatcher:
         """Accept a command without blocking, or say why not."""
         ref = str(message.command_id)
         if not self._accepting:
+            self._audit_event("command.refused", message, reason="shutting_down")
             return ErrorMessage(code="shutting_down", message="the agent is stopping", ref=ref)
         if self._inbox.state(message.command_id) is not None:
             log.info("command.duplicate_dropped", command_id=ref)
@@ -69,10 +79,22 @@ class Dispatcher:
             self._intake.put_nowait((message, delivered_at))
         except asyncio.QueueFull:
             log.warning("command.refused_busy", command_id=ref)
+            self._audit_event("command.refused", message, reason="busy")
             return ErrorMessage(code="busy", message="too many queued commands", ref=ref)
         self._inbox.accept(message.command_id)
         self._idle.clear()
+        self._audit_event("command.received", message, line=message.line)
         return None
+
+    def _audit_event(self, event: str, message: CommandRun, **fields: object) -> None:
+        if self._audit is not None:
+            self._audit.record(
+                event,
+                command_id=str(message.command_id),
+                user=message.username,
+                group=message.groupname,
+                **fields,
+            )
 
     # -- the owner of all command tasks -----------------------------------------------
 
@@ -102,9 +124,17 @@ class Dispatcher:
                 outcome = await run_command(
                     message,
                     self._limits,
-                    on_started=lambda at: self._report_acked(command_id, at),
+                    on_started=lambda at: self._started(message, at),
                     on_output=lambda seq, data: self._report_output(command_id, seq, data),
                 )
+            self._audit_event(
+                "command.finished",
+                message,
+                exit_code=outcome.exit_code,
+                success=outcome.success,
+                error_phase=outcome.error_phase,
+                elapsed_time=outcome.elapsed_time,
+            )
             await self._outbox.put(lambda rid: _finished(rid, command_id, outcome))
             self._inbox.advance(command_id, CommandState.FINISHED)
             if not self._inbox.active():
@@ -114,6 +144,10 @@ class Dispatcher:
         await self._outbox.put(
             lambda rid: CommandDelivered(rid=rid, command_id=command_id, delivered_at=delivered_at)
         )
+
+    async def _started(self, message: CommandRun, acked_at: datetime) -> None:
+        self._audit_event("command.started", message)
+        await self._report_acked(message.command_id, acked_at)
 
     async def _report_acked(self, command_id: UUID, acked_at: datetime) -> None:
         await self._outbox.put(

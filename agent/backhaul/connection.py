@@ -93,12 +93,14 @@ class Backhaul:
         outbox: Outbox,
         handler: CommandHandler,
         on_connected: Callable[[], None] | None = None,
+        on_state: Callable[[LinkState], None] | None = None,
     ) -> None:
         self._config = config
         self._key = key
         self._outbox = outbox
         self._handler = handler
         self._on_connected = on_connected
+        self._on_state = on_state
         self._nonces = itertools.count(1)
         self._pongs: dict[int, asyncio.Future[None]] = {}
         self.state = LinkState()
@@ -114,7 +116,7 @@ class Backhaul:
         delays = backoff_delays(bh.reconnect_min_delay, bh.reconnect_max_delay)
         while True:
             started = monotonic()
-            self.state.status = "connecting"
+            self._set_status("connecting")
             try:
                 await self._session()
             except ConnectionLost as exc:
@@ -125,21 +127,26 @@ class Backhaul:
                     raise
                 self.state.last_error = repr(exc)
                 log.exception("backhaul.error")
-            self.state.status = "waiting"
             self.state.connected_since = None
+            self._set_status("waiting")
             if monotonic() - started >= bh.stable_after:
                 delays = backoff_delays(bh.reconnect_min_delay, bh.reconnect_max_delay)
             delay = next(delays)
             log.info("backhaul.reconnect_in", seconds=round(delay, 3))
             await asyncio.sleep(delay)
 
+    def _set_status(self, status: Literal["connecting", "connected", "waiting"]) -> None:
+        self.state.status = status
+        if self._on_state is not None:
+            self._on_state(self.state)
+
     async def _session(self) -> None:
         ws = await self._dial()
         try:
             await self._handshake(ws)
-            self.state.status = "connected"
             self.state.connected_since = utcnow()
             self.state.connects += 1
+            self._set_status("connected")
             log.info("backhaul.connected", server=self.server_name)
             if self._on_connected is not None:
                 self._on_connected()
