@@ -158,3 +158,34 @@ def test_a_second_agent_on_the_same_runtime_dir_is_refused(
     finally:
         agent.stop()
     assert os.path.exists(agent.runtime_dir)
+
+
+def test_ready_while_the_control_plane_is_down_then_connected_status(
+    cp: ControlPlaneProcess, tmp_path: Path
+) -> None:
+    """READY=1 comes once the agent is retrying: systemd must not wait for the control plane."""
+    listener = NotifyListener()
+    agent = start_agent(cp, tmp_path / "a", wait=False, env={"NOTIFY_SOCKET": f"@{listener.name}"})
+    try:
+        agent.stop()  # registered above; now start it again with the control plane down
+        port = cp.port
+        cp.stop()
+        # Forget what the first run sent (it has exited: its datagrams are all queued).
+        listener.sock.setblocking(False)
+        while True:
+            try:
+                listener.sock.recv(4096)
+            except BlockingIOError:
+                break
+        listener.sock.setblocking(True)
+        agent.start(wait=False)
+        listener.until("READY=1")
+        ready = next(m for m in listener.messages if "READY=1" in m)
+        assert f"STATUS=reconnecting to {cp.url}" in ready
+        cp.start(port)
+        listener.until(f"STATUS=connected to {cp.url}")
+        agent.wait_connected()
+        assert listener.count("READY=1") == 1  # readiness is announced once
+    finally:
+        agent.stop()
+        listener.sock.close()
