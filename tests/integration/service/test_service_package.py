@@ -176,6 +176,6 @@ def test_rpm_is_built_with_the_same_files(packages: Path) -> None:
     assert not [f for f in files if "site-packages/controlplane" in f or "fastapi" in f]
     scripts = run("rpm", "-qp", "--scripts", rpm).stdout
     assert "systemctl enable fleet-agent.service" in scripts
-    assert "rm -rf /etc/fleet-agent" in scripts
+    assert "systemctl stop fleet-agent.service" in scripts
     config = run("rpm", "-qp", "--configfiles", rpm).stdout.split()
     assert config == ["/etc/fleet-agent/agent.toml"]
