@@ -55,13 +55,19 @@ class StatusServer:
                 is serving it.
         """
         try:
+            # A directory that exists is left as it is (it may be shared, like /run): the
+            # socket's own mode is what keeps others out.
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.path.parent, 0o700)
             _remove_stale(self.path)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
             try:
-                sock.bind(str(self.path))
-                os.chmod(self.path, 0o600)
+                # Created 0600 from the start (connecting needs write permission); the
+                # daemon has no other thread yet, so the process-wide umask is safe to flip.
+                old_umask = os.umask(0o177)
+                try:
+                    sock.bind(str(self.path))
+                finally:
+                    os.umask(old_umask)
                 sock.listen(MAX_CLIENTS)
                 sock.setblocking(False)
             except BaseException:

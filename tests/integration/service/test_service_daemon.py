@@ -12,7 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
-import time
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,27 +25,55 @@ from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, running_c
 
 
 class NotifyListener:
-    """systemd's side of ``NOTIFY_SOCKET``: collects the agent's datagrams in order."""
+    """systemd's side of ``NOTIFY_SOCKET``: collects the agent's datagrams in order.
+
+    A thread reads continuously, as systemd does: the kernel queues only a few datagrams
+    per Unix socket (``net.unix.max_dgram_qlen``, often 10) and drops the sender's beyond.
+    """
 
     def __init__(self) -> None:
         self.name = f"fleet-agent-test-{uuid.uuid4().hex}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(b"\0" + self.name.encode())
         self.messages: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
-    def until(self, predicate_text: str, timeout: float = 20.0) -> list[str]:
-        """Receive until a message containing ``predicate_text`` arrives; return all so far."""
-        deadline = time.monotonic() + timeout
-        while not any(predicate_text in m for m in self.messages):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError(f"no {predicate_text!r} in {self.messages}")
-            self.sock.settimeout(remaining)
-            self.messages.append(self.sock.recv(4096).decode())
-        return self.messages
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(4096)
+            except OSError:
+                return
+            with self._changed:
+                self.messages.append(data.decode())
+                self._changed.notify_all()
 
-    def count(self, text: str) -> int:
-        return sum(text in m for m in self.messages)
+    def until(self, text: str, *, after: int = 0, count: int = 1, timeout: float = 20.0) -> int:
+        """Wait until ``count`` messages from index ``after`` on contain ``text``.
+
+        Returns the index of the first such message.
+        """
+
+        def found() -> bool:
+            return sum(text in m for m in self.messages[after:]) >= count
+
+        with self._changed:
+            if not self._changed.wait_for(found, timeout):
+                raise TimeoutError(f"no {count} x {text!r} in {self.messages}")
+            return next(i for i, m in enumerate(self.messages) if i >= after and text in m)
+
+    def mark(self, text: str) -> int:
+        """Send ``text`` to ourselves; return its index once read (all before it are read)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.sendto(text.encode(), b"\0" + self.name.encode())
+        return self.until(text)
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._reader.join(5)
 
 
 @pytest.fixture
@@ -75,15 +103,10 @@ def test_notify_status_and_audit_from_a_real_agent(cp: ControlPlaneProcess, tmp_
             # A watchdog of 0.4 s: pings every 0.2 s.
             env={"NOTIFY_SOCKET": f"@{listener.name}", "WATCHDOG_USEC": "400000"},
         )
-        listener.until("READY=1")
-        ready_at = next(i for i, m in enumerate(listener.messages) if "READY=1" in m)
+        ready_at = listener.until("READY=1")
         assert f"STATUS=connected to {cp.url}" in listener.messages[ready_at]
         # Watchdog pings keep coming after readiness.
-        deadline = time.monotonic() + 20
-        while listener.messages[ready_at:].count("WATCHDOG=1") < 2:
-            assert time.monotonic() < deadline, listener.messages
-            listener.sock.settimeout(deadline - time.monotonic())
-            listener.messages.append(listener.sock.recv(4096).decode())
+        listener.until("WATCHDOG=1", after=ready_at, count=2)
 
         # agent status, read over the root-only socket of the running daemon.
         sock_path = agent.runtime_dir / "status.sock"
@@ -120,8 +143,7 @@ def test_notify_status_and_audit_from_a_real_agent(cp: ControlPlaneProcess, tmp_
         assert mine[2]["exit_code"] == 3
 
         assert agent.stop() == 0
-        listener.until("STOPPING=1", timeout=5)
-        stopping_at = next(i for i, m in enumerate(listener.messages) if "STOPPING=1" in m)
+        stopping_at = listener.until("STOPPING=1", timeout=5)
         assert ready_at < stopping_at
         assert listener.messages[ready_at:stopping_at].count("WATCHDOG=1") >= 2
         assert not sock_path.exists()  # the status socket is removed on a clean stop
@@ -139,7 +161,7 @@ def test_notify_status_and_audit_from_a_real_agent(cp: ControlPlaneProcess, tmp_
     finally:
         if agent is not None:
             agent.stop()
-        listener.sock.close()
+        listener.close()
 
 
 def test_a_second_agent_on_the_same_runtime_dir_is_refused(
@@ -170,22 +192,16 @@ def test_ready_while_the_control_plane_is_down_then_connected_status(
         agent.stop()  # registered above; now start it again with the control plane down
         port = cp.port
         cp.stop()
-        # Forget what the first run sent (it has exited: its datagrams are all queued).
-        listener.sock.setblocking(False)
-        while True:
-            try:
-                listener.sock.recv(4096)
-            except BlockingIOError:
-                break
-        listener.sock.setblocking(True)
+        # A marker after everything the first run sent (it has exited; the socket is FIFO).
+        first_run = listener.mark("TEST=first run over") + 1
         agent.start(wait=False)
-        listener.until("READY=1")
-        ready = next(m for m in listener.messages if "READY=1" in m)
-        assert f"STATUS=reconnecting to {cp.url}" in ready
+        ready_at = listener.until("READY=1", after=first_run)
+        assert f"STATUS=reconnecting to {cp.url}" in listener.messages[ready_at]
         cp.start(port)
-        listener.until(f"STATUS=connected to {cp.url}")
+        listener.until(f"STATUS=connected to {cp.url}", after=ready_at)
         agent.wait_connected()
-        assert listener.count("READY=1") == 1  # readiness is announced once
+        # Readiness is announced once per run.
+        assert sum("READY=1" in m for m in listener.messages[first_run:]) == 1
     finally:
         agent.stop()
-        listener.sock.close()
+        listener.close()
