@@ -131,7 +131,7 @@ def _details(link: LinkState, outbox: Outbox, dispatcher: Dispatcher) -> dict[st
     return {
         "connection": {
             "status": link.status,
-            "connected_since": link.connected_since,
+            "connected_since": link.connected_since and link.connected_since.isoformat(),
             "last_error": link.last_error,
             "connects": link.connects,
             "rtt": link.rtt,

@@ -155,7 +155,12 @@ def unregister(*, config_path: Path, keep_remote: bool = False) -> Result:
     config.identity.key_file.unlink(missing_ok=True)
     text = config_path.read_text(encoding="utf-8")
     _atomic_write(config_path, set_keys(text, "identity", {"server_id": None}), 0o600)
-    return Result(server_id, True, f"unregistered {server_id}: {note}; local identity removed")
+    return Result(
+        server_id,
+        True,
+        f"unregistered {server_id}: {note}; local identity removed "
+        "(a running service stops at its next start: `systemctl disable --now fleet-agent`)",
+    )
 
 
 def _current_identity(config_path: Path) -> tuple[str, str] | None:
