@@ -86,7 +86,13 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
     backhaul = Backhaul(
         config, key=key, outbox=outbox, handler=dispatcher, on_state=service.on_link_state
     )
-    service.status.bind()
+    try:
+        service.status.bind()
+    except StateDirError:
+        service.close()
+        if audit is not None:
+            audit.close()
+        raise
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
