@@ -6,9 +6,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and benchmarks use (peers and tools), installed when missing.
-DEBS   := passwd sudo openssh-server openssh-client procps
+DEBS   := passwd sudo openssh-server openssh-client procps systemd dpkg-dev rpm python3-venv
 
-.PHONY: run test lint typecheck unit schema debs clean bench
+.PHONY: run test lint typecheck unit schema debs clean bench package
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,13 @@ unit: $(STAMP)
 schema: $(STAMP)
 	$(PY) -m agent.protocol.schema > docs/protocol.schema.json
 
+# dist/fleet-agent_<version>_<arch>.deb, and dist/fleet-agent-<version>-1.<arch>.rpm when
+# rpmbuild is installed (packaging/build).
+package: $(STAMP) debs
+	packaging/build dist
+
 bench: $(STAMP) debs
 	for b in bench/*; do [ -x "$$b" ] && [ -f "$$b" ] && "$$b"; done
 
 clean:
-	rm -rf $(VENV) .dev .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .dev .mypy_cache .ruff_cache .pytest_cache dist

@@ -20,6 +20,7 @@ from agent.errors import ConfigError
 __all__ = [
     "DEFAULT_CONFIG_PATH",
     "AgentConfig",
+    "AuditConfig",
     "BackhaulConfig",
     "ControlPlaneConfig",
     "IdentityConfig",
@@ -126,16 +127,45 @@ class LoggingConfig(_Section):
     format: Literal["auto", "json", "console"] = "auto"
 
 
+class AuditConfig(_Section):
+    """The append-only audit log of commands (JSON lines, mode 0600).
+
+    Rotation is by size, in the agent itself (no logrotate needed, no lost lines when it
+    rotates): when the file would exceed ``max_bytes`` it becomes ``audit.log.1``, older
+    ones shift up, and beyond ``backups`` the oldest is removed.
+    """
+
+    enabled: bool = True
+    file: Path | None = None
+    """Default: ``audit.log`` in ``logs_dir``."""
+    max_bytes: int = Field(default=10 * 1024 * 1024, ge=4096)
+    backups: int = Field(default=5, ge=0, le=100)
+
+
 class AgentConfig(_Section):
     """The whole agent configuration."""
 
     control_plane: ControlPlaneConfig
     identity: IdentityConfig
     state_dir: Path = Path("/var/lib/fleet-agent")
+    runtime_dir: Path = Path("/run/fleet-agent")
+    """Holds ``status.sock``, the root-only socket ``agent status`` reads."""
+    logs_dir: Path = Path("/var/log/fleet-agent")
     backhaul: BackhaulConfig = BackhaulConfig()
     limits: LimitsConfig = LimitsConfig()
     spool: SpoolConfig = SpoolConfig()
     logging: LoggingConfig = LoggingConfig()
+    audit: AuditConfig = AuditConfig()
+
+    @property
+    def audit_file(self) -> Path:
+        """Where the audit log is written."""
+        return self.audit.file or self.logs_dir / "audit.log"
+
+    @property
+    def status_socket(self) -> Path:
+        """The daemon's local status socket."""
+        return self.runtime_dir / "status.sock"
 
     def read_key(self) -> str:
         """Read the server key from its file.

@@ -14,10 +14,12 @@ from pathlib import Path
 
 import structlog
 
-from agent.backhaul import Backhaul, Outbox
+from agent.audit import AuditLog
+from agent.backhaul import Backhaul, LinkState, Outbox
 from agent.config import AgentConfig
 from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
+from agent.service import ServiceRuntime
 from agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
 
 
@@ -106,14 +108,26 @@ async def _serve(
         max_bytes=config.spool.max_result_bytes,
         max_age=config.spool.max_age,
     )
+    audit = _open_audit(config)
     dispatcher = Dispatcher(
         config.limits,
         outbox=outbox,
         spool=spool,
         inbox=Inbox(retention=retention),
         leftovers=leftovers,
+        audit=audit,
     )
-    backhaul = Backhaul(config, key=key, outbox=outbox, handler=dispatcher)
+    service = ServiceRuntime(config, lambda: _details(backhaul.state, outbox, dispatcher))
+    backhaul = Backhaul(
+        config, key=key, outbox=outbox, handler=dispatcher, on_state=service.on_link_state
+    )
+    try:
+        service.status.bind()
+    except StateDirError:
+        service.close()
+        if audit is not None:
+            audit.close()
+        raise
 
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -125,7 +139,11 @@ async def _serve(
             tg.create_task(spool.run(), name="spool")
             tg.create_task(dispatcher.run(), name="dispatcher")
             tg.create_task(backhaul.run(), name="backhaul")
-            tg.create_task(_shutdown_when(stop, dispatcher, outbox, config), name="shutdown")
+            tg.create_task(service.notifier.watchdog(), name="watchdog")
+            tg.create_task(service.status.serve(), name="status")
+            tg.create_task(
+                _shutdown_when(stop, dispatcher, outbox, config, service), name="shutdown"
+            )
     except* _Stop:
         pass
     except* AgentError as group:
@@ -134,13 +152,47 @@ async def _serve(
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        service.close()
+        if audit is not None:
+            audit.close()
+
+
+def _open_audit(config: AgentConfig) -> AuditLog | None:
+    if not config.audit.enabled:
+        return None
+    audit = AuditLog(
+        config.audit_file, max_bytes=config.audit.max_bytes, backups=config.audit.backups
+    )
+    audit.open()
+    return audit
+
+
+def _details(link: LinkState, outbox: Outbox, dispatcher: Dispatcher) -> dict[str, object]:
+    active = dispatcher.running()
+    return {
+        "connection": {
+            "status": link.status,
+            "connected_since": link.connected_since and link.connected_since.isoformat(),
+            "last_error": link.last_error,
+            "connects": link.connects,
+            "rtt": link.rtt,
+        },
+        "unconfirmed_reports": len(outbox),
+        "active_commands": len(active),
+        "command_ids": [str(c) for c in active[:100]],
+    }
 
 
 async def _shutdown_when(
-    stop: asyncio.Event, dispatcher: Dispatcher, outbox: Outbox, config: AgentConfig
+    stop: asyncio.Event,
+    dispatcher: Dispatcher,
+    outbox: Outbox,
+    config: AgentConfig,
+    service: ServiceRuntime,
 ) -> None:
     await stop.wait()
     log.info("agent.stopping", grace=config.limits.shutdown_grace)
+    service.stopping(len(dispatcher.running()))
     dispatcher.stop_accepting()
     try:
         async with asyncio.timeout(config.limits.shutdown_grace):

@@ -24,6 +24,7 @@ from uuid import UUID
 
 import structlog
 
+from agent.audit import AuditLog
 from agent.backhaul import Outbox
 from agent.clock import utcnow
 from agent.config import LimitsConfig
@@ -70,8 +71,10 @@ class Dispatcher:
         spool: Spool | None = None,
         inbox: Inbox | None = None,
         leftovers: Snapshot | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self._limits = limits
+        self._audit = audit
         self._outbox = outbox
         self._spool = spool
         self._inbox = inbox if inbox is not None else Inbox()
@@ -103,6 +106,7 @@ class Dispatcher:
         command_id = message.command_id
         ref = str(command_id)
         if not self._accepting:
+            self._audit_event("command.refused", message, reason="shutting_down")
             return ErrorMessage(code="shutting_down", message="the agent is stopping", ref=ref)
         state = self._inbox.state(command_id)
         item: _Intake = (message, delivered_at)
@@ -121,11 +125,23 @@ class Dispatcher:
             self._intake.put_nowait(item)
         except asyncio.QueueFull:
             log.warning("command.refused_busy", command_id=ref)
+            self._audit_event("command.refused", message, reason="busy")
             return ErrorMessage(code="busy", message="too many queued commands", ref=ref)
         if state is None:
             self._inbox.accept(command_id)
             self._idle.clear()
+            self._audit_event("command.received", message, line=message.line)
         return None
+
+    def _audit_event(self, event: str, message: CommandRun, **fields: object) -> None:
+        if self._audit is not None:
+            self._audit.record(
+                event,
+                command_id=str(message.command_id),
+                user=message.username,
+                group=message.groupname,
+                **fields,
+            )
 
     # -- the owner of all command tasks -----------------------------------------------
 
@@ -185,11 +201,19 @@ class Dispatcher:
                 outcome = await run_command(
                     message,
                     self._limits,
-                    on_started=lambda at: self._report_acked(command_id, at),
+                    on_started=lambda at: self._started(message, at),
                     on_output=lambda seq, data: self._report_output(command_id, seq, data),
                 )
             finally:
                 self._slots.release()
+            self._audit_event(
+                "command.finished",
+                message,
+                exit_code=outcome.exit_code,
+                success=outcome.success,
+                error_phase=outcome.error_phase,
+                elapsed_time=outcome.elapsed_time,
+            )
             await self._finish(command_id, lambda rid: _finished(rid, command_id, outcome))
 
     async def _finish(self, command_id: UUID, make: _MakeFinal) -> None:
@@ -251,6 +275,10 @@ class Dispatcher:
     # The command does not wait for these to reach the disk (only for room in the
     # outbox): the outbox never sends a report before it is durable anyway, and a crash
     # before the write leaves the command running in the inbox, hence interrupted.
+
+    async def _started(self, message: CommandRun, acked_at: datetime) -> None:
+        self._audit_event("command.started", message)
+        await self._report_acked(message.command_id, acked_at)
 
     async def _report_acked(self, command_id: UUID, acked_at: datetime) -> None:
         await self._outbox.add(

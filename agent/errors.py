@@ -9,6 +9,8 @@ exceptions (OSError, websockets, pydantic) are translated where the library is c
     ├── ProtocolViolation      a wire message could not be decoded or is too large
     ├── AuthRejected           the control plane refused our credentials (fatal)
     ├── ConnectionLost         the backhaul dropped; the reconnect loop handles it
+    ├── StatusUnavailable      ``agent status``: no daemon answers on the status socket
+    ├── RegistrationError      ``agent register``/``unregister`` failed
     └── CommandError           a command could not be started
         ├── UnknownUser
         ├── UnknownGroup
@@ -26,7 +28,9 @@ __all__ = [
     "ConnectionLost",
     "PrivilegeError",
     "ProtocolViolation",
+    "RegistrationError",
     "StateDirError",
+    "StatusUnavailable",
     "UnknownGroup",
     "UnknownUser",
 ]
@@ -64,6 +68,22 @@ class AuthRejected(AgentError):
 
 class ConnectionLost(AgentError):
     """The backhaul connection ended; the reconnect loop will dial again."""
+
+
+class StatusUnavailable(AgentError):
+    """No running daemon answered on the local status socket."""
+
+
+class RegistrationError(AgentError):
+    """Registering or unregistering this server with the control plane failed.
+
+    Attributes:
+        exit_status: the sysexits(3) status the command line should exit with.
+    """
+
+    def __init__(self, message: str, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 class CommandError(AgentError):

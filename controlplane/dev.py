@@ -103,7 +103,9 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
         conn.close()
     agent_config = agent_dir / "agent.toml"
     agent_config.write_text(
-        f"state_dir = {_toml_str(str(agent_dir / 'state'))}\n\n"
+        f"state_dir = {_toml_str(str(agent_dir / 'state'))}\n"
+        f"runtime_dir = {_toml_str(str(agent_dir / 'run'))}\n"
+        f"logs_dir = {_toml_str(str(agent_dir / 'logs'))}\n\n"
         f"[control_plane]\nurl = {_toml_str(url)}\n\n"
         f"[identity]\nserver_id = {_toml_str(server.id)}\n"
         f"key_file = {_toml_str(str(key_file))}\n",

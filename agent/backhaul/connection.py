@@ -93,12 +93,14 @@ class Backhaul:
         outbox: Outbox,
         handler: CommandHandler,
         on_connected: Callable[[], None] | None = None,
+        on_state: Callable[[LinkState], None] | None = None,
     ) -> None:
         self._config = config
         self._key = key
         self._outbox = outbox
         self._handler = handler
         self._on_connected = on_connected
+        self._on_state = on_state
         self._nonces = itertools.count(1)
         self._pongs: dict[int, asyncio.Future[None]] = {}
         self.state = LinkState()
@@ -114,8 +116,8 @@ class Backhaul:
         bh = self._config.backhaul
         backoff = Backoff(bh.reconnect_min_delay, bh.reconnect_max_delay, bh.stable_after)
         while True:
-            self.state.status = "connecting"
             self._up_since = None
+            self._set_status("connecting")
             try:
                 await self._session()
             except ConnectionLost as exc:
@@ -126,12 +128,17 @@ class Backhaul:
                     raise
                 self.state.last_error = repr(exc)
                 log.exception("backhaul.error")
-            self.state.status = "waiting"
             self.state.connected_since = None
+            self._set_status("waiting")
             uptime = 0.0 if self._up_since is None else monotonic() - self._up_since
             delay = backoff.next_delay(uptime)
             log.info("backhaul.reconnect_in", seconds=round(delay, 3), uptime=round(uptime, 3))
             await asyncio.sleep(delay)
+
+    def _set_status(self, status: Literal["connecting", "connected", "waiting"]) -> None:
+        self.state.status = status
+        if self._on_state is not None:
+            self._on_state(self.state)
 
     async def _session(self) -> None:
         ws = await self._dial()
@@ -139,9 +146,9 @@ class Backhaul:
         try:
             await self._handshake(ws)
             self._up_since = monotonic()
-            self.state.status = "connected"
             self.state.connected_since = utcnow()
             self.state.connects += 1
+            self._set_status("connected")
             log.info("backhaul.connected", server=self.server_name)
             if self._on_connected is not None:
                 self._on_connected()

@@ -1,8 +1,16 @@
-"""``/api/servers/servers/``: register, list, detail, delete."""
+"""``/api/servers/servers/``: register, list, detail, delete.
+
+``/api/servers/servers/-/`` is the calling agent's own server, authenticated by the
+agent's ``Authorization: id=..., key=...`` header (``agent register`` checks its stored
+identity with it; ``agent unregister`` deletes itself with it). ``-`` cannot be a server
+name, so it never shadows one.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -10,7 +18,8 @@ from controlplane.api.deps import PrincipalDep, ServicesDep, SuperuserDep
 from controlplane.api.pagination import page_response
 from controlplane.api.params import parse_bool, parse_page
 from controlplane.api.serializers import server_json
-from controlplane.errors import APIError, server_not_found
+from controlplane.auth import parse_agent_authorization
+from controlplane.errors import APIError, authentication_failed, server_not_found
 from controlplane.store import servers as servers_store
 from controlplane.timeutil import now_us
 
@@ -51,6 +60,30 @@ async def register(
     return JSONResponse({"id": server.id, "name": server.name, "key": key}, status_code=201)
 
 
+async def agent_server(request: Request, services: ServicesDep) -> servers_store.ServerRow:
+    """The server whose agent credentials are in ``Authorization``; 401 otherwise."""
+    creds = parse_agent_authorization(request.headers.get("authorization"))
+    server = None if creds is None else await services.db.read(servers_store.authenticate, *creds)
+    if server is None:
+        raise authentication_failed("unknown server id or wrong key")
+    return server
+
+
+AgentServerDep = Annotated[servers_store.ServerRow, Depends(agent_server)]
+
+
+@router.get("/-/")
+async def get_own_server(server: AgentServerDep, services: ServicesDep) -> JSONResponse:
+    """The calling agent's server."""
+    return JSONResponse(server_json(server, services.hub.connection(server.id)))
+
+
+@router.delete("/-/", status_code=204)
+async def delete_own_server(server: AgentServerDep, services: ServicesDep) -> Response:
+    """An agent unregisters itself: like the superuser delete, with its own credentials."""
+    return await _delete(server, services)
+
+
 @router.get("/")
 async def list_servers(
     request: Request, principal: PrincipalDep, services: ServicesDep
@@ -83,8 +116,14 @@ async def get_server(ref: str, principal: PrincipalDep, services: ServicesDep) -
 async def delete_server(ref: str, principal: SuperuserDep, services: ServicesDep) -> Response:
     """Delete a server and its commands; its agent is disconnected and refused from now."""
     server = await services.db.read(servers_store.get_server, ref)
-    if server is None or not await services.db.write(servers_store.delete_server, server.id):
+    if server is None:
         raise server_not_found(ref)
+    return await _delete(server, services)
+
+
+async def _delete(server: servers_store.ServerRow, services: ServicesDep) -> Response:
+    if not await services.db.write(servers_store.delete_server, server.id):
+        raise server_not_found(server.id)
     services.server_refs.clear()
     await services.hub.disconnect(server.id)
     return Response(status_code=204)

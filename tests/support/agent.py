@@ -51,6 +51,10 @@ class AgentProcess:
         self.server_id = server_id
         self.config_path = config
         self.log_path = workdir / "agent.log"
+        self.runtime_dir = workdir / "run"
+        self.logs_dir = workdir / "logs"
+        self.env: dict[str, str] = {}
+        """Extra environment of the agent process (e.g. ``NOTIFY_SOCKET``)."""
         self.process: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
@@ -59,7 +63,12 @@ class AgentProcess:
         if self.process is not None and self.process.poll() is None:
             raise RuntimeError("the agent is already running")
         self._log = self.log_path.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", SENTINEL_ENV[0]: SENTINEL_ENV[1]}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            SENTINEL_ENV[0]: SENTINEL_ENV[1],
+            **self.env,
+        }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
             cwd=REPO_ROOT,
@@ -129,6 +138,9 @@ def write_agent_config(
     """Write an agent TOML configuration (small values only: str, int, float, bool)."""
     lines = [
         f'state_dir = "{state_dir}"',
+        # Per-agent directories: several agents run side by side in the tests, as root.
+        f'runtime_dir = "{state_dir.parent / "run"}"',
+        f'logs_dir = "{state_dir.parent / "logs"}"',
         "[control_plane]",
         f'url = "{url}"',
         "[identity]",
@@ -156,6 +168,7 @@ def start_agent(
     sections: Mapping[str, Mapping[str, Any]] | None = None,
     wait: bool = True,
     url: str | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> AgentProcess:
     """Register a server named ``name`` (default: random) and start its agent.
 
@@ -186,6 +199,7 @@ def start_agent(
         sections=merged,
     )
     agent = AgentProcess(cp, workdir, name, server_id, config)
+    agent.env.update(env or {})
     agent.start(wait=wait)
     return agent
 

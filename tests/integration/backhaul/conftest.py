@@ -50,6 +50,8 @@ def agent_config(
         "control_plane": {"url": cp.url},
         "identity": {"server_id": str(cp.server_id), "key_file": str(key_file)},
         "state_dir": str(tmp_path / "state"),
+        "runtime_dir": str(tmp_path / "run"),
+        "logs_dir": str(tmp_path / "logs"),
         "backhaul": {"reconnect_min_delay": 0.02, "reconnect_max_delay": 0.2, "stable_after": 60},
         "limits": {"shutdown_grace": 5},
     }

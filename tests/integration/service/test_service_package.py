@@ -1,0 +1,181 @@
+"""The .deb (and .rpm): build it, install it on this machine, run it, purge it.
+
+Marked ``package``: it builds the package's virtualenv (about 20-40 s) and installs the
+package with dpkg, so it needs root, dpkg-deb and Debian's python3-venv; it skips with a
+reason otherwise, and also when a fleet-agent package is already installed here (it
+would not replace a real installation).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent import __version__
+from tests.support.controlplane import REPO_ROOT, running_control_plane
+
+
+pytestmark = [
+    pytest.mark.package,
+    pytest.mark.timeout(300),
+    pytest.mark.skipif(os.geteuid() != 0, reason="installs a package: needs root"),
+    pytest.mark.skipif(
+        shutil.which("dpkg-deb") is None or not Path("/usr/bin/python3").exists(),
+        reason="needs dpkg-deb and Debian's python3 (make debs)",
+    ),
+]
+
+PREFIX = Path("/opt/fleet-agent")
+
+
+def run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def installed() -> bool:
+    result = run("dpkg-query", "-W", "-f=${Status}", "fleet-agent")
+    return "installed" in result.stdout or "config-files" in result.stdout
+
+
+@pytest.fixture(scope="module")
+def packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    env = {**os.environ, "PIP": str(Path(sys.executable).parent / "pip")}
+    result = subprocess.run(
+        [str(REPO_ROOT / "packaging" / "build"), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+        env=env,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return out
+
+
+@pytest.fixture
+def deb(packages: Path) -> Iterator[Path]:
+    if installed():
+        pytest.skip("a fleet-agent package is installed on this machine; not replacing it")
+    yield (
+        packages
+        / f"fleet-agent_{__version__}_{run('dpkg', '--print-architecture').stdout.strip()}.deb"
+    )
+    if installed():
+        run("dpkg", "--purge", "fleet-agent")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.lstat().st_mode)
+
+
+def test_deb_installs_runs_and_purges_cleanly(deb: Path, tmp_path: Path) -> None:
+    contents = run("dpkg-deb", "--contents", deb).stdout
+    for foreign in ("fastapi", "uvicorn", "httpx", "site-packages/rich/"):
+        assert foreign not in contents
+    assert "site-packages/controlplane" not in contents
+    assert "site-packages/agent/cli.py" in contents
+
+    install = run("dpkg", "--install", deb)
+    assert install.returncode == 0, install.stdout + install.stderr
+    assert "not registered yet" in install.stdout
+    for directory in ("/etc/fleet-agent", "/var/lib/fleet-agent", "/var/log/fleet-agent"):
+        assert mode(Path(directory)) == 0o700, directory
+        assert Path(directory).stat().st_uid == 0
+    assert mode(Path("/etc/fleet-agent/agent.toml")) == 0o600
+    assert mode(Path("/lib/systemd/system/fleet-agent.service")) == 0o644
+    assert (REPO_ROOT / "systemd/fleet-agent.service").read_text() == Path(
+        "/lib/systemd/system/fleet-agent.service"
+    ).read_text()
+    assert mode(PREFIX / "bin/agent") == 0o755
+    assert os.readlink("/usr/sbin/fleet-agent") == str(PREFIX / "bin/agent")
+    # The environment is the distribution's Python, not the build machine's paths.
+    assert os.readlink(PREFIX / "bin/python3.11").startswith("/usr/bin/python3")
+    assert "/tmp" not in (PREFIX / "pyvenv.cfg").read_text()
+    assert not [p for p in (PREFIX / "bin").iterdir() if p.name == "pip"]
+
+    version = run("/usr/sbin/fleet-agent", "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"agent {__version__}"
+    # The default configuration is commented out: not registered is a config error (78).
+    unregistered = run("/usr/sbin/fleet-agent", "check-config")
+    assert unregistered.returncode == 78
+    assert "control_plane.url" in unregistered.stderr
+
+    # The installed agent registers and connects to a real control plane.
+    with running_control_plane(tmp_path / "cp") as cp:
+        config = tmp_path / "etc" / "agent.toml"
+        config.parent.mkdir()
+        config.write_text(
+            f'state_dir = "{tmp_path / "state"}"\nruntime_dir = "{tmp_path / "run"}"\n'
+            f'logs_dir = "{tmp_path / "logs"}"\n'
+        )
+        reg = run(
+            *("/usr/sbin/fleet-agent", "register", "--url", cp.url, "--name", "pkg-01"),
+            *("--token", cp.admin_token, "--config", config),
+        )
+        assert reg.returncode == 0, reg.stderr
+        with (tmp_path / "agent.log").open("wb") as log:
+            daemon = subprocess.Popen(
+                [str(PREFIX / "bin/agent"), "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        try:
+            deadline = time.monotonic() + 30
+            while (status := run("/usr/sbin/fleet-agent", "status", "--config", config)).returncode:
+                assert daemon.poll() is None, (tmp_path / "agent.log").read_text()
+                assert time.monotonic() < deadline, status.stdout + status.stderr
+                time.sleep(0.1)
+            assert "connected since" in status.stdout
+        finally:
+            daemon.terminate()
+            assert daemon.wait(30) == 0
+    # Nothing was written under /opt at run time (the bytecode is shipped).
+    verify = run("dpkg", "--verify", "fleet-agent")
+    assert verify.returncode == 0, verify.stdout
+
+    # Removal keeps configuration and state; purge deletes everything.
+    Path("/var/lib/fleet-agent/marker").write_text("state")
+    remove = run("dpkg", "--remove", "fleet-agent")
+    assert remove.returncode == 0, remove.stderr
+    assert not PREFIX.exists()
+    assert not Path("/usr/sbin/fleet-agent").exists()
+    assert Path("/etc/fleet-agent/agent.toml").exists()
+    assert Path("/var/lib/fleet-agent/marker").exists()
+    purge = run("dpkg", "--purge", "fleet-agent")
+    assert purge.returncode == 0, purge.stderr
+    for leftover in (
+        "/etc/fleet-agent",
+        "/var/lib/fleet-agent",
+        "/var/log/fleet-agent",
+        "/etc/systemd/system/multi-user.target.wants/fleet-agent.service",
+    ):
+        assert not os.path.lexists(leftover), leftover
+    assert not installed()
+
+
+@pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="rpmbuild not installed (rpm)")
+def test_rpm_is_built_with_the_same_files(packages: Path) -> None:
+    rpm = next(packages.glob(f"fleet-agent-{__version__}-1.*.rpm"))
+    files = run("rpm", "-qlp", rpm).stdout.split()
+    assert "/opt/fleet-agent/bin/agent" in files
+    assert "/usr/lib/systemd/system/fleet-agent.service" in files
+    assert "/etc/fleet-agent/agent.toml" in files
+    assert not [f for f in files if "site-packages/controlplane" in f or "fastapi" in f]
+    scripts = run("rpm", "-qp", "--scripts", rpm).stdout
+    assert "systemctl enable fleet-agent.service" in scripts
+    assert "systemctl stop fleet-agent.service" in scripts
+    config = run("rpm", "-qp", "--configfiles", rpm).stdout.split()
+    assert config == ["/etc/fleet-agent/agent.toml"]
