@@ -11,6 +11,7 @@ from controlplane.auth import Principal, PrincipalCache, resolve_principal
 from controlplane.config import ControlPlaneSettings
 from controlplane.errors import authentication_failed, permission_denied
 from controlplane.hub import Hub
+from controlplane.hub.worksessions import WorkSessionClock
 from controlplane.store import Database
 from controlplane.timeutil import now_us
 
@@ -34,6 +35,7 @@ class Services:
     settings: ControlPlaneSettings
     db: Database
     hub: Hub
+    work_sessions: WorkSessionClock
     principals: PrincipalCache = field(default_factory=PrincipalCache)
     server_refs: ServerRefCache = field(default_factory=lambda: ServerRefCache())
 
