@@ -18,6 +18,7 @@ from agent.backhaul import Backhaul, Outbox
 from agent.config import AgentConfig
 from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
+from agent.policy import GrantPolicy
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -77,8 +78,11 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
     if config.control_plane.url.scheme == "https" and not config.control_plane.verify_tls:
         log.warning("tls.verification_disabled", url=str(config.control_plane.url))
 
+    grants = GrantPolicy.from_config(config)
+    if grants.warning:
+        log.warning("grants.unsafe_configuration", problem=grants.warning)
     outbox = Outbox(max_reports=config.limits.outbox_max_reports)
-    dispatcher = Dispatcher(config.limits, outbox=outbox)
+    dispatcher = Dispatcher(config.limits, outbox=outbox, grants=grants)
     backhaul = Backhaul(config, key=key, outbox=outbox, handler=dispatcher)
 
     stop = stop or asyncio.Event()

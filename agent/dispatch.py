@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from time import time
 from uuid import UUID
 
 import structlog
 
 from agent.backhaul import Outbox
+from agent.clock import utcnow
 from agent.config import LimitsConfig
 from agent.exec import CommandOutcome, run_command
+from agent.policy import GrantPolicy, GrantRefused
 from agent.protocol import (
     CommandAcked,
     CommandDelivered,
@@ -37,8 +40,16 @@ log = structlog.get_logger(__name__)
 class Dispatcher:
     """Accepts commands from the backhaul and runs them under the concurrency limit."""
 
-    def __init__(self, limits: LimitsConfig, *, outbox: Outbox, inbox: Inbox | None = None) -> None:
+    def __init__(
+        self,
+        limits: LimitsConfig,
+        *,
+        outbox: Outbox,
+        grants: GrantPolicy,
+        inbox: Inbox | None = None,
+    ) -> None:
         self._limits = limits
+        self._grants = grants
         self._outbox = outbox
         self._inbox = inbox or Inbox()
         self._intake: asyncio.Queue[tuple[CommandRun, datetime]] = asyncio.Queue(
@@ -97,6 +108,14 @@ class Dispatcher:
         with structlog.contextvars.bound_contextvars(
             command_id=str(command_id), user=message.username
         ):
+            refused = self._refusal(message)
+            if refused is not None:
+                log.warning("command.denied", code=refused.code, reason=refused.detail)
+                await self._outbox.put(lambda rid: _denied(rid, command_id, refused))
+                # The inbox knows queued -> running -> finished; a refusal is the shortest run.
+                self._inbox.advance(command_id, CommandState.RUNNING)
+                self._done(command_id)
+                return
             async with self._slots:
                 self._inbox.advance(command_id, CommandState.RUNNING)
                 outcome = await run_command(
@@ -106,9 +125,22 @@ class Dispatcher:
                     on_output=lambda seq, data: self._report_output(command_id, seq, data),
                 )
             await self._outbox.put(lambda rid: _finished(rid, command_id, outcome))
-            self._inbox.advance(command_id, CommandState.FINISHED)
-            if not self._inbox.active():
-                self._idle.set()
+            self._done(command_id)
+
+    def _refusal(self, message: CommandRun) -> GrantRefused | None:
+        """Local enforcement: the grant is checked here, whatever the control plane did."""
+        try:
+            self._grants.check(
+                message.grant, command_id=message.command_id, scope="command", now=time()
+            )
+        except GrantRefused as refused:
+            return refused
+        return None
+
+    def _done(self, command_id: UUID) -> None:
+        self._inbox.advance(command_id, CommandState.FINISHED)
+        if not self._inbox.active():
+            self._idle.set()
 
     async def _report_delivered(self, command_id: UUID, delivered_at: datetime) -> None:
         await self._outbox.put(
@@ -124,6 +156,24 @@ class Dispatcher:
         await self._outbox.put(
             lambda rid: CommandOutput(rid=rid, command_id=command_id, seq=seq, data=data)
         )
+
+
+DENIED_EXIT_CODE = 126
+"""Exit code of a command the agent refused to run (the shell's "cannot execute")."""
+
+
+def _denied(rid: int, command_id: UUID, refused: GrantRefused) -> CommandFinished:
+    return CommandFinished(
+        rid=rid,
+        command_id=command_id,
+        handled_at=utcnow(),
+        elapsed_time=0.0,
+        exit_code=DENIED_EXIT_CODE,
+        success=False,
+        result="",
+        error_phase="denied",
+        message=str(refused),
+    )
 
 
 def _finished(rid: int, command_id: UUID, outcome: CommandOutcome) -> CommandFinished:

@@ -13,6 +13,7 @@ from controlplane.api import commands, identity, servers, worksessions
 from controlplane.api.deps import Services
 from controlplane.config import ControlPlaneSettings
 from controlplane.errors import install_error_handlers
+from controlplane.grants import GrantSigner, key_path, load_or_create_key
 from controlplane.hub import Hub
 from controlplane.hub.worksessions import WorkSessionClock
 from controlplane.store import Database, servers as servers_store
@@ -35,7 +36,10 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
             await db.write(servers_store.reset_connections)
             hub = Hub(db, settings)
             clock = WorkSessionClock(db)
-            app.state.services = Services(settings=settings, db=db, hub=hub, work_sessions=clock)
+            key = await asyncio.to_thread(load_or_create_key, key_path(settings.db_path))
+            app.state.services = Services(
+                settings=settings, db=db, hub=hub, work_sessions=clock, signer=GrantSigner(key)
+            )
             async with asyncio.TaskGroup() as tg:
                 scheduler = tg.create_task(hub.scheduler.run(), name="scheduler")
                 sessions = tg.create_task(clock.run(), name="work-session-clock")

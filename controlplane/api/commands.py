@@ -22,6 +22,7 @@ from controlplane.api.serializers import command_json
 from controlplane.api.stream import ndjson_line, stream_command
 from controlplane.auth import Principal, acl_allows
 from controlplane.errors import APIError, command_not_found, server_not_found, validation_detail
+from controlplane.grants import command_claims
 from controlplane.ids import new_uuid
 from controlplane.store import (
     commands as commands_store,
@@ -154,6 +155,8 @@ async def create_command(
     # Browser-style logins need an active work session; token authentication bypasses it.
     requested = body.work_session or request.headers.get("x-work-session") or None
     gated = principal.kind == "login"
+    signer = services.signer
+    principal_name = principal.token.service_name if user is None else user.username
 
     def insert(conn: sqlite3.Connection) -> CommandRow | GateDenial:
         session = None
@@ -170,7 +173,18 @@ async def create_command(
             )
             if denial is not None:
                 return denial
-        cmd = replace(new, work_session_id=None if session is None else session.id)
+        claims = command_claims(
+            command_id=new.id,
+            server_id=server_id,
+            now_us=now,
+            principal_name=principal_name,
+            session=session,
+        )
+        cmd = replace(
+            new,
+            work_session_id=None if session is None else session.id,
+            grant=signer.sign(claims).model_dump_json(),
+        )
         row = commands_store.insert_command(
             conn,
             cmd,

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from controlplane.auth import Principal, PrincipalCache, resolve_principal
 from controlplane.config import ControlPlaneSettings
 from controlplane.errors import authentication_failed, permission_denied
+from controlplane.grants import GrantSigner
 from controlplane.hub import Hub
 from controlplane.hub.worksessions import WorkSessionClock
 from controlplane.store import Database
@@ -36,6 +37,7 @@ class Services:
     db: Database
     hub: Hub
     work_sessions: WorkSessionClock
+    signer: GrantSigner
     principals: PrincipalCache = field(default_factory=PrincipalCache)
     server_refs: ServerRefCache = field(default_factory=lambda: ServerRefCache())
 

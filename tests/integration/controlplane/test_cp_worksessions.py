@@ -4,7 +4,10 @@ transition over HTTP, illegal ones as 409, validation, visibility, expiry, the g
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 import time
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from agent.policy import load_public_key, verify_grant
+from agent.protocol import CommandRun
 from tests.support.accounts import new_login
 from tests.support.controlplane import ControlPlaneProcess, FakeAgent, Server
 
@@ -296,3 +301,58 @@ async def test_a_session_expires_at_its_end(
         assert (last["action"], last["to"]) == ("expire", "expired")
         assert last["timestamp"] == session["expires_at"]
         act(admin, session, "extend", 409, duration="1h")
+
+
+async def test_commands_carry_grants_signed_by_the_control_plane(
+    control_plane: ControlPlaneProcess, server: Server
+) -> None:
+    mode = os.stat(f"{control_plane.db_path}.signing-key").st_mode
+    assert stat.S_IMODE(mode) == 0o600
+    assert "PRIVATE KEY" not in control_plane.log_tail(1_000_000)
+    assert control_plane.signing_public_key is not None
+    key = load_public_key(control_plane.signing_public_key)
+    agent = await FakeAgent.connect(control_plane, server.id, server.key)
+    try:
+        _, _, token = new_login(control_plane, superuser=True)
+        with control_plane.client() as admin, control_plane.client(token) as su:
+            created = admin.post(
+                "/api/events/commands/", json={"server": server.name, "line": "true"}
+            )
+            assert created.status_code == 201, created.text
+            run = await agent.expect(CommandRun)
+            token_claims = verify_grant(
+                run.grant,
+                key=key,
+                command_id=run.command_id,
+                server_id=uuid.UUID(server.id),
+                scope="command",
+                now=time.time(),
+                skew=0,
+            )
+            assert (token_claims.auth, token_claims.expires_at) == ("token", None)
+            session = create(su, server, scopes=["command"], duration="1h")
+            gated = su.post(
+                "/api/events/commands/",
+                json={"server": server.name, "line": "true"},
+                headers={"X-Work-Session": session["id"]},
+            )
+            assert gated.status_code == 201, gated.text
+            run = await agent.expect(CommandRun)
+            assert str(run.command_id) == gated.json()["id"]
+            session_claims = verify_grant(
+                run.grant,
+                key=key,
+                command_id=run.command_id,
+                server_id=uuid.UUID(server.id),
+                scope="command",
+                now=time.time(),
+                skew=0,
+            )
+            assert session_claims.auth == "work_session"
+            assert session_claims.work_session == session["id"]
+            assert session_claims.scopes == ["command"]
+            ends = datetime.fromisoformat(session["expires_at"]).timestamp()
+            assert session_claims.expires_at is not None
+            assert 0 <= session_claims.expires_at - ends < 1
+    finally:
+        await agent.close()
