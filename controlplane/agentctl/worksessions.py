@@ -8,6 +8,7 @@ plane (`work-sessions.json` beside the config file, a map from control-plane URL
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -15,17 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.agentctl.errors import CliError, UsageError
+from controlplane.agentctl.output import format_timestamp, truncate
 
 
 __all__ = [
     "ENV_WORK_SESSION",
     "SCOPES",
+    "check_scopes",
+    "create_body",
+    "describe_rows",
     "load_active",
     "resolve_session",
     "save_active",
+    "server_names",
     "split_values",
     "state_path",
     "sudo_policies",
+    "timeline_rows",
 ]
 
 ENV_WORK_SESSION = "AGENTCTL_WORK_SESSION"
@@ -113,3 +120,84 @@ def sudo_policies(values: Iterable[str] | None, reason: str | None) -> list[dict
             raise UsageError("--sudo needs at least one command pattern")
         policies.append({"commands": commands, "reason": reason or ""})
     return policies
+
+
+def server_names(session: Mapping[str, Any]) -> str:
+    """The session's server names, comma-separated."""
+    return ",".join(str(s.get("name") or s.get("id")) for s in session.get("servers") or [])
+
+
+def describe_rows(session: Mapping[str, Any]) -> list[list[str]]:
+    """Key/value rows of `describe`."""
+    assignee = session.get("assigned_user") or {}
+    rows: list[list[Any]] = [
+        ["id", session.get("id")],
+        ["status", session.get("status")],
+        ["purpose", session.get("description")],
+        ["servers", server_names(session)],
+        ["scopes", ",".join(session.get("scopes") or [])],
+        ["assignee", assignee.get("name", "")],
+        ["starts at", format_timestamp(session.get("starts_at"))],
+        ["expires at", format_timestamp(session.get("expires_at"))],
+    ]
+    rows += [
+        ["sudo", ", ".join(policy.get("commands") or [])]
+        for policy in session.get("sudo_policies") or []
+    ]
+    return [[str(k), str(v or "")] for k, v in rows]
+
+
+def timeline_rows(items: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """Table rows of `timeline`."""
+    rows = []
+    for item in items:
+        kind = str(item.get("type"))
+        if kind == "status_change":
+            what = f"{item.get('from')} -> {item.get('to')} ({item.get('action')})"
+        elif "command_id" in item:
+            ref = item.get("code") if item.get("denied") else item.get("command_id")
+            what = f"{ref}  {truncate(str(item.get('line') or ''), 50)}"
+        else:
+            what = ""
+        rows.append(
+            [format_timestamp(item.get("timestamp")), kind, str(item.get("actor") or ""), what]
+        )
+    return rows
+
+
+def create_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST body of `work-session create`, checked like the reference CLI does."""
+    purpose = (args.purpose or "").strip()
+    if not purpose:
+        raise UsageError("Non-interactive mode requires --purpose.")
+    servers = split_values(args.server)
+    if not servers:
+        raise UsageError("--server is required")
+    if not args.expires_in and not args.expires_at:
+        raise UsageError("one of --expires-in and --expires-at is required")
+    if args.requester_type == "agent" and args.use:
+        raise UsageError("--use cannot be combined with --requester-type=agent")
+    body: dict[str, Any] = {
+        "description": purpose,
+        "servers": servers,
+        "requester_type": args.requester_type,
+    }
+    if args.scope is not None:
+        scopes = check_scopes(split_values(args.scope))
+        if not scopes:
+            raise UsageError("--scope must contain at least one valid scope.")
+        body["scopes"] = scopes
+    if args.requester_type == "agent" and "websh" in body.get("scopes", ["websh"]):
+        raise UsageError("websh is not allowed for --requester-type=agent; choose --scope")
+    if args.expires_in:
+        body["duration"] = args.expires_in
+    else:
+        body["expires_at"] = args.expires_at
+    if args.starts_at:
+        body["starts_at"] = args.starts_at
+    if args.assignee:
+        body["assigned_user"] = args.assignee
+    policies = sudo_policies(args.sudo, args.sudo_reason)
+    if policies:
+        body["sudo_policies"] = policies
+    return body

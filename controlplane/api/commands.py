@@ -27,6 +27,7 @@ from controlplane.ids import new_uuid
 from controlplane.store import (
     commands as commands_store,
     servers as servers_store,
+    worksession_gate as ws_gate,
     worksessions as ws_store,
 )
 from controlplane.store.commands import CancelOutcome, CommandRow, NewCommand
@@ -161,7 +162,7 @@ async def create_command(
     def insert(conn: sqlite3.Connection) -> CommandRow | GateDenial:
         session = None
         if gated:
-            denial, session = ws_store.gate_and_record(
+            denial, session = ws_gate.gate_and_record(
                 conn,
                 requested,
                 user_id=principal.user_id,

@@ -10,79 +10,44 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from controlplane.api.deps import PrincipalDep, Services, ServicesDep
 from controlplane.api.pagination import page_response
 from controlplane.api.params import parse_int, parse_page
+from controlplane.api.worksession_bodies import (
+    MAX_DESCRIPTION,
+    CreateBody,
+    ExtendBody,
+    UpdateBody,
+    extended_expiry,
+    parse_policies,
+    parse_scopes,
+    parse_window,
+)
 from controlplane.api.worksession_json import event_json, session_json
 from controlplane.auth import Principal
 from controlplane.errors import APIError, invalid_request, permission_denied
 from controlplane.store import (
     servers as servers_store,
     users as users_store,
+    worksession_gate as ws_gate,
     worksessions as ws_store,
 )
 from controlplane.store.worksessions import NewWorkSession, WorkSessionRow
-from controlplane.timeutil import iso, now_us, to_us
-from controlplane.worksession.durations import parse_duration
-from controlplane.worksession.gate import SCOPES
+from controlplane.timeutil import now_us
 from controlplane.worksession.lifecycle import TERMINAL, Action, InvalidTransition, Status
 
 
-__all__ = ["DEFAULT_SCOPES", "router"]
+__all__ = ["router"]
 
 router = APIRouter(prefix="/api/work-sessions/sessions")
 
-DEFAULT_SCOPES = ("websh", "webftp", "command", "sudo")
-"""Selected by default in the request guide."""
-MAX_DESCRIPTION = 2048
 MAX_WAIT = 60
 SUPERUSER_ACTIONS = frozenset({Action.APPROVE, Action.REJECT, Action.REVOKE})
-
-
-class SudoPolicy(BaseModel):
-    """One declared set of sudo command patterns (stored as given)."""
-
-    model_config = ConfigDict(extra="ignore")
-    id: str | None = None
-    commands: list[str] = Field(min_length=1, max_length=100)
-    reason: str = Field(default="", max_length=1024)
-
-
-class CreateBody(BaseModel):
-    """``POST /api/work-sessions/sessions/``."""
-
-    model_config = ConfigDict(extra="ignore")
-    description: str = Field(validation_alias=AliasChoices("description", "purpose"))
-    servers: list[str] = Field(min_length=1, max_length=1000)
-    scopes: list[str] | None = None
-    assigned_user: int | str | None = None
-    requester_type: Literal["user", "agent"] = "user"
-    duration: str | None = None
-    starts_at: datetime | None = None
-    expires_at: datetime | None = None
-    sudo_policies: list[SudoPolicy] | None = None
-
-
-class ExtendBody(BaseModel):
-    """``POST .../extend/``: a new ``expires_at`` or a ``duration`` added from now."""
-
-    model_config = ConfigDict(extra="ignore")
-    expires_at: datetime | None = None
-    duration: str | None = None
-
-
-class UpdateBody(BaseModel):
-    """``PATCH .../<id>/``: replace the sudo policies."""
-
-    model_config = ConfigDict(extra="ignore")
-    sudo_policies: list[SudoPolicy]
 
 
 def _not_found() -> APIError:
@@ -101,51 +66,6 @@ def _invalid_transition(exc: InvalidTransition) -> APIError:
 def _visible(row: WorkSessionRow, principal: Principal) -> bool:
     uid = principal.user_id
     return principal.is_superuser or uid in (row.created_by, row.assigned_user)
-
-
-def _policies(policies: list[SudoPolicy] | None) -> list[dict[str, Any]]:
-    out = []
-    for policy in policies or []:
-        commands = [c.strip() for c in policy.commands]
-        if any(not c or len(c) > 4096 for c in commands):
-            raise invalid_request("sudo_policies: patterns must be non-empty strings", "sudo")
-        out.append(
-            {"id": policy.id or uuid.uuid4().hex, "commands": commands, "reason": policy.reason}
-        )
-    return out
-
-
-def _scopes(body: CreateBody) -> tuple[str, ...]:
-    scopes = list(DEFAULT_SCOPES if body.scopes is None else body.scopes)
-    if body.sudo_policies and "sudo" not in scopes:
-        scopes.append("sudo")
-    bad = [s for s in scopes if s not in SCOPES]
-    if bad:
-        raise invalid_request(f"scopes: unknown {bad[0]!r}; valid: {', '.join(SCOPES)}", "scopes")
-    if not scopes:
-        raise invalid_request("scopes: at least one scope is required", "scopes")
-    return tuple(s for s in SCOPES if s in scopes)
-
-
-def _window(body: CreateBody, now: int, max_us: int) -> tuple[int, int]:
-    starts_at = now if body.starts_at is None else max(now, to_us(body.starts_at))
-    if (body.duration is None) == (body.expires_at is None):
-        raise invalid_request("give exactly one of duration and expires_at", "expires_at")
-    if body.duration is not None:
-        try:
-            expires_at = starts_at + parse_duration(body.duration) * 1_000_000
-        except ValueError as exc:
-            raise invalid_request(f"duration: {exc}", "duration") from None
-    else:
-        assert body.expires_at is not None
-        expires_at = to_us(body.expires_at)
-    if expires_at <= starts_at:
-        raise invalid_request("expires_at: must be after the start", "expires_at")
-    if expires_at - starts_at > max_us:
-        raise invalid_request(
-            f"expires_at: longer than the maximum of {max_us // 60_000_000} minutes", "expires_at"
-        )
-    return starts_at, expires_at
 
 
 async def _assignee(body: CreateBody, principal: Principal, services: Services) -> int:
@@ -202,14 +122,14 @@ async def create(body: CreateBody, principal: PrincipalDep, services: ServicesDe
         )
     now = now_us()
     max_us = int(services.settings.work_session_max_duration * 1_000_000)
-    starts_at, expires_at = _window(body, now, max_us)
+    starts_at, expires_at = parse_window(body, now, max_us)
     new = NewWorkSession(
         id=str(uuid.uuid4()),
         description=description,
         requester_type=body.requester_type,
-        scopes=_scopes(body),
+        scopes=parse_scopes(body),
         server_ids=await _server_ids(body.servers, services),
-        sudo_policies=tuple(_policies(body.sudo_policies)),
+        sudo_policies=tuple(parse_policies(body.sudo_policies)),
         created_by=principal.user_id,
         assigned_user=await _assignee(body, principal, services),
         starts_at=starts_at,
@@ -347,25 +267,7 @@ async def extend(
     max_us = int(services.settings.work_session_max_duration * 1_000_000)
 
     def change(row: WorkSessionRow, now: int) -> dict[str, Any]:
-        if (body.duration is None) == (body.expires_at is None):
-            raise invalid_request("give exactly one of duration and expires_at", "expires_at")
-        if body.duration is not None:
-            try:
-                expires_at = max(now, row.expires_at) + parse_duration(body.duration) * 1_000_000
-            except ValueError as exc:
-                raise invalid_request(f"duration: {exc}", "duration") from None
-        else:
-            assert body.expires_at is not None
-            expires_at = to_us(body.expires_at)
-        if expires_at <= row.expires_at:
-            raise invalid_request(
-                f"expires_at: must be later than the current {iso(row.expires_at)}", "expires_at"
-            )
-        if expires_at - max(now, row.starts_at) > max_us:
-            raise invalid_request(
-                f"expires_at: beyond the maximum of {max_us // 60_000_000} minutes", "expires_at"
-            )
-        return {"expires_at": expires_at}
+        return {"expires_at": extended_expiry(body, row.expires_at, row.starts_at, now, max_us)}
 
     return await _act(session_id, Action.EXTEND, principal, services, change)
 
@@ -375,7 +277,7 @@ async def update(
     session_id: str, body: UpdateBody, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
     """Replace the sudo policies (replace-all; policies keep the ``id`` they are sent with)."""
-    policies = _policies(body.sudo_policies)
+    policies = parse_policies(body.sudo_policies)
 
     def change(row: WorkSessionRow, now: int) -> dict[str, Any]:
         if policies and "sudo" not in row.scopes:
@@ -393,7 +295,7 @@ async def timeline(
     row = await _load(session_id, principal, services)
     page = parse_page(request.query_params)
     count, events = await services.db.read(
-        ws_store.list_events, row.id, offset=page.offset, limit=page.size
+        ws_gate.list_events, row.id, offset=page.offset, limit=page.size
     )
     results = [event_json(e) for e in events]
     return JSONResponse(page_response(request, services.settings.public_url, page, count, results))

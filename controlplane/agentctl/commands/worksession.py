@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -23,11 +23,13 @@ from controlplane.agentctl.errors import (
 )
 from controlplane.agentctl.output import format_timestamp, truncate
 from controlplane.agentctl.worksessions import (
-    check_scopes,
+    create_body,
+    describe_rows,
     save_active,
-    split_values,
+    server_names,
     state_path,
     sudo_policies,
+    timeline_rows,
 )
 
 
@@ -156,69 +158,13 @@ def _success(ctx: Context, operation: str, message: str, session: Mapping[str, A
     return EXIT_OK
 
 
-def _names(session: Mapping[str, Any]) -> str:
-    return ",".join(str(s.get("name") or s.get("id")) for s in session.get("servers") or [])
-
-
-def describe_rows(session: Mapping[str, Any]) -> list[list[str]]:
-    """Key/value rows of `describe`."""
-    assignee = session.get("assigned_user") or {}
-    rows: list[list[Any]] = [
-        ["id", session.get("id")],
-        ["status", session.get("status")],
-        ["purpose", session.get("description")],
-        ["servers", _names(session)],
-        ["scopes", ",".join(session.get("scopes") or [])],
-        ["assignee", assignee.get("name", "")],
-        ["starts at", format_timestamp(session.get("starts_at"))],
-        ["expires at", format_timestamp(session.get("expires_at"))],
-    ]
-    rows += [
-        ["sudo", ", ".join(policy.get("commands") or [])]
-        for policy in session.get("sudo_policies") or []
-    ]
-    return [[str(k), str(v or "")] for k, v in rows]
-
-
 # -- handlers ---------------------------------------------------------------------------
 
 
 def run_create(ctx: Context, args: argparse.Namespace) -> int:
     """Create a session; `--wait` until approved; `--use` to select it."""
     ctx.operation = "work-session"
-    purpose = (args.purpose or "").strip()
-    if not purpose:
-        raise UsageError("Non-interactive mode requires --purpose.")
-    servers = split_values(args.server)
-    if not servers:
-        raise UsageError("--server is required")
-    if not args.expires_in and not args.expires_at:
-        raise UsageError("one of --expires-in and --expires-at is required")
-    if args.requester_type == "agent" and args.use:
-        raise UsageError("--use cannot be combined with --requester-type=agent")
-    body: dict[str, Any] = {
-        "description": purpose,
-        "servers": servers,
-        "requester_type": args.requester_type,
-    }
-    if args.scope is not None:
-        scopes = check_scopes(split_values(args.scope))
-        if not scopes:
-            raise UsageError("--scope must contain at least one valid scope.")
-        body["scopes"] = scopes
-    if args.requester_type == "agent" and "websh" in body.get("scopes", ["websh"]):
-        raise UsageError("websh is not allowed for --requester-type=agent; choose --scope")
-    if args.expires_in:
-        body["duration"] = args.expires_in
-    else:
-        body["expires_at"] = args.expires_at
-    if args.starts_at:
-        body["starts_at"] = args.starts_at
-    if args.assignee:
-        body["assigned_user"] = args.assignee
-    policies = sudo_policies(args.sudo, args.sudo_reason)
-    if policies:
-        body["sudo_policies"] = policies
+    body = create_body(args)
     client = ctx.client()
     session: dict[str, Any] = client.post(SESSIONS, body)
     if args.wait:
@@ -296,7 +242,7 @@ def run_ls(ctx: Context, args: argparse.Namespace) -> int:
             "*" if s.get("id") == active else "",
             str(s.get("id")),
             str(s.get("status")),
-            _names(s),
+            server_names(s),
             ",".join(s.get("scopes") or []),
             str((s.get("assigned_user") or {}).get("name", "")),
             format_timestamp(s.get("expires_at")),
@@ -387,24 +333,6 @@ def run_update(ctx: Context, args: argparse.Namespace) -> int:
     policies = [*session.get("sudo_policies", []), *sudo_policies(args.sudo, args.sudo_reason)]
     updated = client.request("PATCH", _path(session_id), json_body={"sudo_policies": policies})
     return _success(ctx, "update", f"work session {updated['id']} updated", updated)
-
-
-def timeline_rows(items: Sequence[Mapping[str, Any]]) -> list[list[str]]:
-    """Table rows of `timeline`."""
-    rows = []
-    for item in items:
-        kind = str(item.get("type"))
-        if kind == "status_change":
-            what = f"{item.get('from')} -> {item.get('to')} ({item.get('action')})"
-        elif "command_id" in item:
-            ref = item.get("code") if item.get("denied") else item.get("command_id")
-            what = f"{ref}  {truncate(str(item.get('line') or ''), 50)}"
-        else:
-            what = ""
-        rows.append(
-            [format_timestamp(item.get("timestamp")), kind, str(item.get("actor") or ""), what]
-        )
-    return rows
 
 
 def run_timeline(ctx: Context, args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import stat
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from controlplane.agentctl.errors import UsageError
 from controlplane.agentctl.worksessions import (
     ENV_WORK_SESSION,
     check_scopes,
+    create_body,
     load_active,
     resolve_session,
     save_active,
@@ -55,3 +57,58 @@ def test_flag_values() -> None:
     ]
     with pytest.raises(UsageError):
         sudo_policies([" , "], None)
+
+
+def _args(**overrides: object) -> argparse.Namespace:
+    fields: dict[str, object] = {
+        "purpose": " nginx fix ",
+        "server": ["web-01,web-02"],
+        "scope": None,
+        "expires_in": "2h",
+        "expires_at": None,
+        "starts_at": None,
+        "assignee": None,
+        "requester_type": "user",
+        "sudo": None,
+        "sudo_reason": None,
+        "use": False,
+    }
+    fields.update(overrides)
+    return argparse.Namespace(**fields)
+
+
+def test_create_body() -> None:
+    assert create_body(_args()) == {
+        "description": "nginx fix",
+        "servers": ["web-01", "web-02"],
+        "requester_type": "user",
+        "duration": "2h",
+    }
+    body = create_body(
+        _args(
+            scope=["command"],
+            sudo=["systemctl restart nginx"],
+            expires_in=None,
+            expires_at="2030-01-01T00:00:00Z",
+            assignee="bob",
+        )
+    )
+    assert body["scopes"] == ["command"]
+    assert body["sudo_policies"] == [{"commands": ["systemctl restart nginx"], "reason": ""}]
+    assert (body["expires_at"], body["assigned_user"]) == ("2030-01-01T00:00:00Z", "bob")
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"purpose": "  "},
+        {"server": None},
+        {"expires_in": None},
+        {"scope": [","]},
+        {"requester_type": "agent", "use": True},
+        {"requester_type": "agent"},  # the default scopes include websh
+    ],
+)
+def test_create_usage_errors(overrides: dict[str, object]) -> None:
+    with pytest.raises(UsageError):
+        create_body(_args(**overrides))

@@ -4,7 +4,7 @@ illegal one, the clock-driven moves, and hypothesis properties."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from controlplane.worksession.lifecycle import (
     LIVE,
@@ -88,6 +88,7 @@ def test_next_due() -> None:
         assert next_due(status, starts_at=100, expires_at=200) is None
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail pure logic on time
 @given(st.lists(st.sampled_from(list(Action)), max_size=30))
 def test_random_action_sequences_stay_in_the_lifecycle(actions: list[Action]) -> None:
     status = Status.PENDING
@@ -109,12 +110,14 @@ def test_random_action_sequences_stay_in_the_lifecycle(actions: list[Action]) ->
         status = new
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail pure logic on time
 @given(st.sampled_from(sorted(TERMINAL)), st.sampled_from(list(Action)))
 def test_terminal_states_are_absorbing(status: Status, action: Action) -> None:
     with pytest.raises(InvalidTransition):
         transition(status, action)
 
 
+@settings(deadline=None)  # a loaded CI machine must not fail pure logic on time
 @given(
     st.sampled_from(list(Status)),
     st.integers(0, 10_000),
