@@ -7,6 +7,8 @@ files or environment variables for settings.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -23,6 +25,7 @@ __all__ = [
     "AuditConfig",
     "BackhaulConfig",
     "ControlPlaneConfig",
+    "GrantsConfig",
     "IdentityConfig",
     "LimitsConfig",
     "LoggingConfig",
@@ -69,6 +72,32 @@ class IdentityConfig(_Section):
     server_id: UUID
     key_file: Path
     """File holding the server key (mode 0600, owned by root)."""
+    control_plane_key: str | None = None
+    """The control plane's Ed25519 public key (base64 of 32 bytes), from registration's
+    ``signing_public_key``. Without it gated operations are refused (see ``grants``)."""
+
+    @field_validator("control_plane_key")
+    @classmethod
+    def _ed25519_public_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            raw = base64.b64decode(value.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be base64") from None
+        if len(raw) != 32:
+            raise ValueError(f"must be a 32-byte Ed25519 public key, got {len(raw)} bytes")
+        return value.strip()
+
+
+class GrantsConfig(_Section):
+    """How the agent checks the grants of gated operations."""
+
+    allow_unsigned: bool = False
+    """Development only: run commands that carry no grant (and, without a pinned key,
+    run them unchecked). Logged as a warning at every start."""
+    clock_skew: float = Field(default=60.0, ge=0, le=3600)
+    """Seconds of clock difference tolerated at both ends of a grant's time window."""
 
 
 class BackhaulConfig(_Section):
@@ -156,6 +185,7 @@ class AgentConfig(_Section):
     spool: SpoolConfig = SpoolConfig()
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
+    grants: GrantsConfig = GrantsConfig()
 
     @property
     def audit_file(self) -> Path:

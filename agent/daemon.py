@@ -19,6 +19,7 @@ from agent.backhaul import Backhaul, LinkState, Outbox
 from agent.config import AgentConfig
 from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
+from agent.policy import GrantPolicy
 from agent.service import ServiceRuntime
 from agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
 
@@ -80,18 +81,26 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
     if config.control_plane.url.scheme == "https" and not config.control_plane.verify_tls:
         log.warning("tls.verification_disabled", url=str(config.control_plane.url))
 
+    grants = GrantPolicy.from_config(config)
+    if grants.warning:
+        log.warning("grants.unsafe_configuration", problem=grants.warning)
     # The spool (inbox and outbox on disk) is opened before anything can reach us, and
     # closed last, after the last report was written.
     spool, leftovers = await Spool.open(config.state_dir)
     try:
-        await _serve(config, key, spool, leftovers, stop)
+        await _serve(config, key, grants, spool, leftovers, stop)
     finally:
         await spool.close()
     log.info("agent.stopped")
 
 
 async def _serve(
-    config: AgentConfig, key: str, spool: Spool, leftovers: Snapshot, stop: asyncio.Event | None
+    config: AgentConfig,
+    key: str,
+    grants: GrantPolicy,
+    spool: Spool,
+    leftovers: Snapshot,
+    stop: asyncio.Event | None,
 ) -> None:
     pending = PendingReports()
     pending.restore(leftovers.reports, next_rid=leftovers.next_rid)
@@ -112,6 +121,7 @@ async def _serve(
     dispatcher = Dispatcher(
         config.limits,
         outbox=outbox,
+        grants=grants,
         spool=spool,
         inbox=Inbox(retention=retention),
         leftovers=leftovers,

@@ -20,6 +20,7 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from datetime import datetime
+from time import time
 from uuid import UUID
 
 import structlog
@@ -29,6 +30,7 @@ from agent.backhaul import Outbox
 from agent.clock import utcnow
 from agent.config import LimitsConfig
 from agent.exec import CommandOutcome, run_command
+from agent.policy import GrantPolicy, GrantRefused
 from agent.protocol import (
     CommandAcked,
     CommandDelivered,
@@ -68,12 +70,14 @@ class Dispatcher:
         limits: LimitsConfig,
         *,
         outbox: Outbox,
+        grants: GrantPolicy,
         spool: Spool | None = None,
         inbox: Inbox | None = None,
         leftovers: Snapshot | None = None,
         audit: AuditLog | None = None,
     ) -> None:
         self._limits = limits
+        self._grants = grants
         self._audit = audit
         self._outbox = outbox
         self._spool = spool
@@ -182,14 +186,25 @@ class Dispatcher:
         with structlog.contextvars.bound_contextvars(
             command_id=str(command_id), user=message.username
         ):
+            refused: GrantRefused | None = None
             try:
                 # Deliveries become durable in arrival order and their tasks resume in
                 # that order, so the FIFO semaphore still starts commands as they came.
                 if delivered is not None:
                     await delivered
-                await self._slots.acquire()
+                refused = self._refusal(message)
+                if refused is None:
+                    await self._slots.acquire()
             finally:
                 self._waiting -= 1
+            if refused is not None:
+                log.warning("command.denied", code=refused.code, reason=refused.detail)
+                self._audit_event("command.refused", message, reason=refused.code)
+                # The inbox knows queued -> running -> finished; a refusal is the shortest run.
+                self._inbox.advance(command_id, CommandState.RUNNING)
+                denied = refused
+                await self._finish(command_id, lambda rid: _denied(rid, command_id, denied))
+                return
             try:
                 self._inbox.advance(command_id, CommandState.RUNNING)
                 if self._spool is not None:
@@ -215,6 +230,16 @@ class Dispatcher:
                 elapsed_time=outcome.elapsed_time,
             )
             await self._finish(command_id, lambda rid: _finished(rid, command_id, outcome))
+
+    def _refusal(self, message: CommandRun) -> GrantRefused | None:
+        """Local enforcement: the grant is checked here, whatever the control plane did."""
+        try:
+            self._grants.check(
+                message.grant, command_id=message.command_id, scope="command", now=time()
+            )
+        except GrantRefused as refused:
+            return refused
+        return None
 
     async def _finish(self, command_id: UUID, make: _MakeFinal) -> None:
         """Put the final report and mark the command finished, in one transaction."""
@@ -302,6 +327,24 @@ def _log_eviction(eviction: Eviction) -> None:
 
 def _interrupted(command_id: UUID, state: CommandState, at: datetime, rid: int) -> CommandFinished:
     return interrupted_report(rid, command_id, state, at=at)
+
+
+DENIED_EXIT_CODE = 126
+"""Exit code of a command the agent refused to run (the shell's "cannot execute")."""
+
+
+def _denied(rid: int, command_id: UUID, refused: GrantRefused) -> CommandFinished:
+    return CommandFinished(
+        rid=rid,
+        command_id=command_id,
+        handled_at=utcnow(),
+        elapsed_time=0.0,
+        exit_code=DENIED_EXIT_CODE,
+        success=False,
+        result="",
+        error_phase="denied",
+        message=str(refused),
+    )
 
 
 def _finished(rid: int, command_id: UUID, outcome: CommandOutcome) -> CommandFinished:

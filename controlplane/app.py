@@ -9,11 +9,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, WebSocket
 
-from controlplane.api import commands, identity, servers
+from controlplane.api import commands, identity, servers, worksessions
 from controlplane.api.deps import Services
 from controlplane.config import ControlPlaneSettings
 from controlplane.errors import install_error_handlers
+from controlplane.grants import GrantSigner, key_path, load_or_create_key
 from controlplane.hub import Hub
+from controlplane.hub.worksessions import WorkSessionClock
 from controlplane.store import Database, servers as servers_store
 
 
@@ -33,14 +35,20 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
         try:
             await db.write(servers_store.reset_connections)
             hub = Hub(db, settings)
-            app.state.services = Services(settings=settings, db=db, hub=hub)
+            clock = WorkSessionClock(db)
+            key = await asyncio.to_thread(load_or_create_key, key_path(settings.db_path))
+            app.state.services = Services(
+                settings=settings, db=db, hub=hub, work_sessions=clock, signer=GrantSigner(key)
+            )
             async with asyncio.TaskGroup() as tg:
                 scheduler = tg.create_task(hub.scheduler.run(), name="scheduler")
+                sessions = tg.create_task(clock.run(), name="work-session-clock")
                 try:
                     yield
                 finally:
                     await hub.close_all()
                     scheduler.cancel()
+                    sessions.cancel()
         finally:
             await db.close()
 
@@ -56,6 +64,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     app.include_router(commands.router)  # the hot routes first: matching is in order
     app.include_router(servers.router)
     app.include_router(identity.router)
+    app.include_router(worksessions.router)
 
     @app.websocket(BACKHAUL_PATH)
     async def backhaul(websocket: WebSocket) -> None:

@@ -34,6 +34,8 @@ class ControlPlaneSettings(BaseSettings):
     """Reports stored per transaction (and confirmed at once) at most."""
     login_token_ttl: float = Field(default=12 * 3600, gt=0)
     """Lifetime of the token returned by ``POST /api/auth/login/``, in seconds."""
+    work_session_max_duration: float = Field(default=4 * 3600, gt=0)
+    """Longest a work session may last (seconds from its start, or from now on extend)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -26,6 +26,7 @@ import structlog
 from controlplane.app import create_app
 from controlplane.cli import write_secret
 from controlplane.config import ControlPlaneSettings
+from controlplane.grants import GrantSigner, key_path, load_or_create_key
 from controlplane.hub import Hub
 from controlplane.logs import configure_logging
 from controlplane.server import ControlPlaneServer, bind_socket
@@ -101,6 +102,8 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
                 write_secret(key_file, key + "\n")
     finally:
         conn.close()
+    # The agent pins the control plane's signing key, so it accepts only signed grants.
+    signer = GrantSigner(load_or_create_key(key_path(db_path)))
     agent_config = agent_dir / "agent.toml"
     agent_config.write_text(
         f"state_dir = {_toml_str(str(agent_dir / 'state'))}\n"
@@ -108,7 +111,8 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
         f"logs_dir = {_toml_str(str(agent_dir / 'logs'))}\n\n"
         f"[control_plane]\nurl = {_toml_str(url)}\n\n"
         f"[identity]\nserver_id = {_toml_str(server.id)}\n"
-        f"key_file = {_toml_str(str(key_file))}\n",
+        f"key_file = {_toml_str(str(key_file))}\n"
+        f"control_plane_key = {_toml_str(signer.public_key_b64)}\n",
         encoding="utf-8",
     )
     agentctl_config = directory / "agentctl.toml"

@@ -83,6 +83,8 @@ def _finished_status(cmd: CommandState, handled_at: int) -> Status:
         return Status("Timed out", "danger", False, cmd.message or f"Timed out; {finished}")
     if phase == "start":
         return Status("Error", "danger", False, cmd.message or "The command could not start")
+    if phase == "denied":
+        return Status("Denied", "danger", False, cmd.message or "Refused by the agent")
     if phase == "interrupted":
         return Status("Interrupted", "danger", False, cmd.message or "Interrupted by the agent")
     if cmd.exit_code == 0 and cmd.success is not False and phase is None:

@@ -7,6 +7,7 @@ from agent.protocol.codec import (
     encode,
     error_ref,
 )
+from agent.protocol.grants import Grant, GrantClaims
 from agent.protocol.messages import (
     PROTOCOL_VERSION,
     AgentMessage,
@@ -38,6 +39,8 @@ __all__ = [
     "CommandRun",
     "Confirm",
     "ErrorMessage",
+    "Grant",
+    "GrantClaims",
     "Hello",
     "Ping",
     "Pong",

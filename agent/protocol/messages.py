@@ -20,6 +20,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from agent.protocol.grants import Grant
+
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -193,6 +195,9 @@ class CommandRun(_Message):
     groupname: Username | None = None
     env: dict[str, str] = Field(default_factory=dict, max_length=256)
     timeout: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    grant: Grant | None = None
+    """Signed permission for this command (``agent.protocol.grants``); optional on the
+    wire, required by an agent that pins the control plane's key."""
 
     @field_validator("env")
     @classmethod

@@ -14,6 +14,7 @@ from controlplane.agentctl.client import Client
 from controlplane.agentctl.config import ClientConfig
 from controlplane.agentctl.errors import CliError, ErrorContext
 from controlplane.agentctl.output import Output
+from controlplane.agentctl.worksessions import load_active, resolve_session, state_path
 
 
 @dataclass
@@ -29,11 +30,26 @@ class Context:
     transport: httpx.BaseTransport | None = None  # an in-memory transport in unit tests
     operation: str = ""
     server: str | None = None
+    work_session: str | None = None
+    auth_method: str | None = None
     _clients: list[Client] = field(default_factory=list)
 
     def error_context(self) -> ErrorContext:
         """What to tell `diagnose` about this invocation."""
-        return ErrorContext(operation=self.operation, server=self.server, url=self.config.url)
+        return ErrorContext(
+            operation=self.operation,
+            server=self.server,
+            url=self.config.url,
+            auth_method=self.auth_method,
+            work_session=self.work_session,
+        )
+
+    def selected_work_session(self, flag: str | None = None) -> str | None:
+        """The session a gated command attaches to: `flag`, `AGENTCTL_WORK_SESSION`, then
+        the one stored by `work-session use` for this control plane."""
+        stored = load_active(state_path(self.config_path), self.config.url)
+        session_id, _source = resolve_session(flag, self.env, stored)
+        return session_id
 
     def client(self, *, url: str | None = None, token: str | None = None) -> Client:
         """A client for the configured control plane (or an explicit url/token, for login)."""

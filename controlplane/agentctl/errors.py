@@ -16,6 +16,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_GATE_DENIED = 3
 EXIT_APPROVAL_PENDING = 4
+EXIT_WORK_SESSION_ENDED = 6  # `create --wait` saw the request end (rejected, cancelled, ...)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 
 # Reasons for the seven gate codes of the work-session seed page, worded as the reference CLI does.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -21,10 +22,17 @@ from controlplane.api.serializers import command_json
 from controlplane.api.stream import ndjson_line, stream_command
 from controlplane.auth import Principal, acl_allows
 from controlplane.errors import APIError, command_not_found, server_not_found, validation_detail
+from controlplane.grants import command_claims
 from controlplane.ids import new_uuid
-from controlplane.store import commands as commands_store, servers as servers_store
+from controlplane.store import (
+    commands as commands_store,
+    servers as servers_store,
+    worksession_gate as ws_gate,
+    worksessions as ws_store,
+)
 from controlplane.store.commands import CancelOutcome, CommandRow, NewCommand
 from controlplane.timeutil import now_us, to_us
+from controlplane.worksession.gate import GateDenial
 
 
 __all__ = ["router"]
@@ -32,6 +40,9 @@ __all__ = ["router"]
 router = APIRouter(prefix="/api/events/commands")
 
 log = structlog.get_logger("controlplane.commands")
+
+COMMAND_SCOPE = "command"
+"""The work-session scope (and the gate's ``source``) of a command create."""
 
 
 class CommandCreateBody(BaseModel):
@@ -46,6 +57,7 @@ class CommandCreateBody(BaseModel):
     env: dict[str, str] | None = None
     scheduled_at: datetime | None = None
     timeout: float | None = None
+    work_session: str | None = None
 
 
 def _invalid(detail: str, source: str | None) -> APIError:
@@ -141,18 +153,67 @@ async def create_command(
         scheduled_at=scheduled_at,
     )
     user = principal.user
-    try:
-        row = await services.db.write(
-            commands_store.insert_command,
+    # Browser-style logins need an active work session; token authentication bypasses it.
+    requested = body.work_session or request.headers.get("x-work-session") or None
+    gated = principal.kind == "login"
+    signer = services.signer
+    principal_name = principal.token.service_name if user is None else user.username
+
+    def insert(conn: sqlite3.Connection) -> CommandRow | GateDenial:
+        session = None
+        if gated:
+            denial, session = ws_gate.gate_and_record(
+                conn,
+                requested,
+                user_id=principal.user_id,
+                server_id=server_id,
+                server_name=server_name,
+                scope=COMMAND_SCOPE,
+                line=run.line,
+                now=now,
+            )
+            if denial is not None:
+                return denial
+        claims = command_claims(
+            command_id=new.id,
+            server_id=server_id,
+            now_us=now,
+            principal_name=principal_name,
+            session=session,
+        )
+        cmd = replace(
             new,
+            work_session_id=None if session is None else session.id,
+            grant=signer.sign(claims).model_dump_json(),
+        )
+        row = commands_store.insert_command(
+            conn,
+            cmd,
             sent_at=now if due else None,
             server_name=server_name,
             requester_username=None if user is None else user.username,
             requester_email=None if user is None else user.email,
         )
+        if session is not None:
+            ws_store.add_event(
+                conn,
+                session.id,
+                COMMAND_SCOPE,
+                timestamp=now,
+                actor=principal.user_id,
+                server_id=server_id,
+                command_id=row.id,
+            )
+        return row
+
+    try:
+        outcome = await services.db.write(insert)
     except sqlite3.IntegrityError:  # the server was deleted meanwhile
         services.server_refs.clear()
         raise server_not_found(body.server) from None
+    if isinstance(outcome, GateDenial):
+        raise APIError(403, outcome.code, outcome.detail, COMMAND_SCOPE)
+    row = outcome
     log.info(
         "command_created",
         command_id=row.id,

@@ -10,7 +10,9 @@ from fastapi import Depends, Request
 from controlplane.auth import Principal, PrincipalCache, resolve_principal
 from controlplane.config import ControlPlaneSettings
 from controlplane.errors import authentication_failed, permission_denied
+from controlplane.grants import GrantSigner
 from controlplane.hub import Hub
+from controlplane.hub.worksessions import WorkSessionClock
 from controlplane.store import Database
 from controlplane.timeutil import now_us
 
@@ -34,6 +36,8 @@ class Services:
     settings: ControlPlaneSettings
     db: Database
     hub: Hub
+    work_sessions: WorkSessionClock
+    signer: GrantSigner
     principals: PrincipalCache = field(default_factory=PrincipalCache)
     server_refs: ServerRefCache = field(default_factory=lambda: ServerRefCache())
 

@@ -57,7 +57,13 @@ async def register(
             409, "SERVER_ALREADY_REGISTERED", f"A server named {body.name!r} exists.", "name"
         )
     server, key = created
-    return JSONResponse({"id": server.id, "name": server.name, "key": key}, status_code=201)
+    answer = {
+        "id": server.id,
+        "name": server.name,
+        "key": key,
+        "signing_public_key": services.signer.public_key_b64,
+    }
+    return JSONResponse(answer, status_code=201)
 
 
 async def agent_server(request: Request, services: ServicesDep) -> servers_store.ServerRow:

@@ -10,7 +10,7 @@ import structlog
 from pydantic import BaseModel
 from starlette.websockets import WebSocket, WebSocketState
 
-from agent.protocol import CommandRun, encode
+from agent.protocol import CommandRun, Grant, encode
 from controlplane.store.commands import CommandRow
 from controlplane.timeutil import now_us
 
@@ -44,6 +44,7 @@ def run_message(row: CommandRow) -> CommandRun:
         groupname=row.groupname or None,
         env=row.env,
         timeout=row.timeout,
+        grant=None if row.grant is None else Grant.model_validate_json(row.grant),
     )
 
 

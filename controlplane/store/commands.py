@@ -47,6 +47,9 @@ class NewCommand:
     requested_by: int | None
     added_at: int
     scheduled_at: int
+    work_session_id: str | None = None
+    grant: str | None = None
+    """The signed grant sent with the command (``docs/protocol.md``), as JSON."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,8 @@ class CommandRow:
     output_bytes: int | None
     error_phase: str | None
     message: str | None
+    work_session_id: str | None = None
+    grant: str | None = None
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> CommandRow:
@@ -113,6 +118,8 @@ class CommandRow:
             output_bytes=row["output_bytes"],
             error_phase=row["error_phase"],
             message=row["message"],
+            work_session_id=row["work_session_id"],
+            grant=row["grant_token"],
         )
 
     @property
@@ -150,7 +157,8 @@ def insert_command(
     """
     conn.execute(
         "INSERT INTO commands (id, server_id, shell, line, username, groupname, env, timeout, "
-        "requested_by, added_at, scheduled_at, sent_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "requested_by, added_at, scheduled_at, sent_at, work_session_id, grant_token) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             cmd.id,
             cmd.server_id,
@@ -164,6 +172,8 @@ def insert_command(
             cmd.added_at,
             cmd.scheduled_at,
             sent_at,
+            cmd.work_session_id,
+            cmd.grant,
         ),
     )
     return CommandRow(
@@ -194,6 +204,8 @@ def insert_command(
         output_bytes=None,
         error_phase=None,
         message=None,
+        work_session_id=cmd.work_session_id,
+        grant=cmd.grant,
     )
 
 

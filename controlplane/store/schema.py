@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = """
 CREATE TABLE users (
@@ -92,7 +92,45 @@ CREATE TABLE command_chunks (
 ) WITHOUT ROWID;
 """
 
-_MIGRATIONS = {1: _V1}
+_V2 = """
+CREATE TABLE work_sessions (
+    id             TEXT PRIMARY KEY,
+    description    TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    requester_type TEXT NOT NULL DEFAULT 'user',
+    scopes         TEXT NOT NULL,
+    servers        TEXT NOT NULL,
+    sudo_policies  TEXT NOT NULL DEFAULT '[]',
+    created_by     INTEGER REFERENCES users(id) ON DELETE SET NULL,
+    assigned_user  INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    starts_at      INTEGER NOT NULL,
+    expires_at     INTEGER NOT NULL,
+    started_at     INTEGER,
+    completed_at   INTEGER,
+    added_at       INTEGER NOT NULL,
+    updated_at     INTEGER NOT NULL
+);
+CREATE INDEX ix_work_sessions_assigned ON work_sessions(assigned_user, added_at);
+CREATE INDEX ix_work_sessions_live ON work_sessions(status, expires_at)
+    WHERE status IN ('pending', 'approved', 'active');
+
+CREATE TABLE work_session_events (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    session_id TEXT NOT NULL REFERENCES work_sessions(id) ON DELETE CASCADE,
+    type       TEXT NOT NULL,
+    timestamp  INTEGER NOT NULL,
+    actor      INTEGER REFERENCES users(id) ON DELETE SET NULL,
+    server_id  TEXT,
+    command_id TEXT,
+    data       TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX ix_work_session_events ON work_session_events(session_id, id);
+
+ALTER TABLE commands ADD COLUMN work_session_id TEXT;
+ALTER TABLE commands ADD COLUMN grant_token TEXT
+"""
+
+_MIGRATIONS = {1: _V1, 2: _V2}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -134,8 +134,13 @@ def write_agent_config(
     key_file: Path,
     state_dir: Path,
     sections: Mapping[str, Mapping[str, Any]] | None = None,
+    control_plane_key: str | None = None,
 ) -> None:
-    """Write an agent TOML configuration (small values only: str, int, float, bool)."""
+    """Write an agent TOML configuration (small values only: str, int, float, bool).
+
+    ``control_plane_key`` pins the control plane's grant key (registration's
+    ``signing_public_key``), as an installed agent does.
+    """
     lines = [
         f'state_dir = "{state_dir}"',
         # Per-agent directories: several agents run side by side in the tests, as root.
@@ -147,6 +152,8 @@ def write_agent_config(
         f'server_id = "{server_id}"',
         f'key_file = "{key_file}"',
     ]
+    if control_plane_key is not None:
+        lines.append(f'control_plane_key = "{control_plane_key}"')
     for section, values in (sections or {}).items():
         lines.append(f"[{section}]")
         for key, value in values.items():
@@ -197,6 +204,7 @@ def start_agent(
         key_file=key_file,
         state_dir=workdir / "state",
         sections=merged,
+        control_plane_key=cp.signing_public_key,
     )
     agent = AgentProcess(cp, workdir, name, server_id, config)
     agent.env.update(env or {})

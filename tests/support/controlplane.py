@@ -103,6 +103,8 @@ class ControlPlaneProcess:
         self._start_timeout = start_timeout
         self._log: IO[bytes] | None = None
         self.process: subprocess.Popen[bytes] | None = None
+        self.signing_public_key: str | None = None
+        """The control plane's grant key, learnt from the last registration."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -200,6 +202,7 @@ class ControlPlaneProcess:
         if response.status_code != 201:
             raise RuntimeError(f"register {name}: {response.status_code} {response.text}")
         body = response.json()
+        self.signing_public_key = str(body["signing_public_key"])
         return str(body["id"]), str(body["key"])
 
     def new_server(self, name: str | None = None) -> Server:

@@ -16,7 +16,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from controlplane.agentctl.commands import auth, exec_cmd, servers
+from controlplane.agentctl.commands import auth, exec_cmd, servers, worksession
 
 
 if TYPE_CHECKING:
@@ -26,7 +26,12 @@ if TYPE_CHECKING:
     Register: TypeAlias = Callable[[SubParsers, argparse.ArgumentParser], None]
 
 # Order is the order of `agentctl --help`.
-GROUPS: tuple[Register, ...] = (auth.register, servers.register, exec_cmd.register)
+GROUPS: tuple[Register, ...] = (
+    auth.register,
+    servers.register,
+    worksession.register,
+    exec_cmd.register,
+)
 
 
 def register_all(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:

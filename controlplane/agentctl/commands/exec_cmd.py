@@ -12,10 +12,13 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from controlplane.agentctl.client import Client
 from controlplane.agentctl.context import Context
 from controlplane.agentctl.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
+    AgentctlError,
+    ApiError,
     CliError,
     Diagnostic,
     UsageError,
@@ -97,6 +100,11 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--detach", action="store_true", help="print the command id and return without waiting"
     )
+    run.add_argument(
+        "--work-session",
+        metavar="ID",
+        help="work session to attach to (default: $AGENTCTL_WORK_SESSION, then `work-session use`)",
+    )
     run.set_defaults(handler=run_exec, takes_remote=True)
 
     logs = verbs.add_parser(
@@ -159,6 +167,7 @@ def create_body(
     group: str | None = None,
     env: Sequence[tuple[str, str]] = (),
     timeout: int | None = None,
+    work_session: str | None = None,
 ) -> dict[str, Any]:
     """The POST body of a command create (docs/api.md)."""
     body: dict[str, Any] = {
@@ -172,6 +181,8 @@ def create_body(
     }
     if user:
         body["username"] = user
+    if work_session:
+        body["work_session"] = work_session
     return body
 
 
@@ -189,11 +200,36 @@ def run_exec(ctx: Context, args: argparse.Namespace) -> int:
     """Submit the command, then stream its output and return its exit code."""
     line = remote_line(command_words(args))
     ctx.operation, ctx.server = "command", args.server
+    ctx.work_session = ctx.selected_work_session(args.work_session)
     client = ctx.client()
     body = create_body(
-        args.server, line, user=args.user, group=args.group, env=args.env, timeout=args.timeout
+        args.server,
+        line,
+        user=args.user,
+        group=args.group,
+        env=args.env,
+        timeout=args.timeout,
+        work_session=ctx.work_session,
     )
-    if args.detach:
+    try:
+        return _submit(ctx, client, body, detach=args.detach)
+    except ApiError as exc:
+        if exc.is_gate_denial:
+            ctx.auth_method = _auth_method(client)
+        raise
+
+
+def _auth_method(client: Client) -> str | None:
+    """`whoami`'s auth method, for a gate diagnostic (best effort: None on failure)."""
+    try:
+        me = client.get("/api/auth/whoami/")
+    except AgentctlError:
+        return None
+    return str(me.get("auth_method")) if isinstance(me, dict) else None
+
+
+def _submit(ctx: Context, client: Client, body: dict[str, Any], *, detach: bool) -> int:
+    if detach:
         detached = _created_id(client.post(COMMANDS, body))
         if ctx.out.json:
             ctx.out.document({"id": detached})

@@ -54,6 +54,8 @@ def agent_config(
         "logs_dir": str(tmp_path / "logs"),
         "backhaul": {"reconnect_min_delay": 0.02, "reconnect_max_delay": 0.2, "stable_after": 60},
         "limits": {"shutdown_grace": 5},
+        # The scripted control plane sends unsigned commands unless a test pins a key.
+        "grants": {"allow_unsigned": True},
     }
     for name, values in sections.items():
         raw.setdefault(name, {}).update(values)

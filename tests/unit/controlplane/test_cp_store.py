@@ -27,6 +27,7 @@ from controlplane.store import (
 )
 from controlplane.store.commands import CancelOutcome, NewCommand
 from controlplane.store.queries import CommandFilter
+from controlplane.store.schema import SCHEMA_VERSION
 from controlplane.timeutil import from_us, iso, to_us
 
 
@@ -85,7 +86,7 @@ def test_pragmas(conn: sqlite3.Connection) -> None:
 def test_reconnect_keeps_schema(tmp_path: Path) -> None:
     connect(tmp_path / "x.db").close()
     c = connect(tmp_path / "x.db")
-    assert c.execute("PRAGMA user_version").fetchone()[0] == 1
+    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     c.close()
 
 

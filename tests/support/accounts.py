@@ -1,0 +1,25 @@
+"""Users with passwords and their ``login`` tokens, made through the HTTP API."""
+
+from __future__ import annotations
+
+import uuid
+
+from tests.support.controlplane import ControlPlaneProcess
+
+
+__all__ = ["new_login"]
+
+
+def new_login(cp: ControlPlaneProcess, *, superuser: bool = False) -> tuple[int, str, str]:
+    """Create a user (unique name) and log in: ``(user id, username, login token)``."""
+    username = f"u{uuid.uuid4().hex[:10]}"
+    password = uuid.uuid4().hex
+    with cp.client() as admin:
+        created = admin.post(
+            "/api/iam/users/",
+            json={"username": username, "password": password, "is_superuser": superuser},
+        )
+        assert created.status_code == 201, created.text
+        login = admin.post("/api/auth/login/", json={"username": username, "password": password})
+        assert login.status_code == 200, login.text
+    return int(created.json()["id"]), username, str(login.json()["token"])
