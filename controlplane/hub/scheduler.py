@@ -13,6 +13,7 @@ import asyncio
 import structlog
 
 from controlplane.hub.registry import Registry, run_message
+from controlplane.hub.timer import run_timer
 from controlplane.store import Database, commands as commands_store
 from controlplane.timeutil import now_us
 
@@ -39,21 +40,7 @@ class Scheduler:
 
     async def run(self) -> None:
         """Deliver due commands forever; cancelled at shutdown."""
-        while True:
-            self._wake.clear()
-            try:
-                delay = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("scheduler_failed", exc_info=exc)
-                delay = 1.0
-            if delay is None or delay > 0:
-                try:
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+        await run_timer(self.run_once, self._wake, name="scheduler")
 
     async def run_once(self) -> float | None:
         """Send what is due now; return seconds until the next due command (or None)."""

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from controlplane.hub.timer import run_timer
 from controlplane.store import Database, worksessions as ws_store
 from controlplane.store.worksessions import WorkSessionRow
 from controlplane.timeutil import now_us
@@ -64,21 +65,7 @@ class WorkSessionClock:
 
     async def run(self) -> None:
         """Settle due sessions forever; cancelled at shutdown."""
-        while True:
-            self._wake.clear()
-            try:
-                delay = await self.run_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.error("work_session_clock_failed", exc_info=exc)
-                delay = 1.0
-            if delay is None or delay > 0:
-                try:
-                    async with asyncio.timeout(delay):
-                        await self._wake.wait()
-                except TimeoutError:
-                    pass
+        await run_timer(self.run_once, self._wake, name="work_session_clock")
 
     async def run_once(self) -> float | None:
         """Settle what is due; return seconds until the next due move (or None)."""
