@@ -200,8 +200,7 @@ class Dispatcher:
             if refused is not None:
                 log.warning("command.denied", code=refused.code, reason=refused.detail)
                 self._audit_event("command.refused", message, reason=refused.code)
-                # The inbox knows queued -> running -> finished; a refusal is the shortest run.
-                self._inbox.advance(command_id, CommandState.RUNNING)
+                # Never started: the command goes from queued straight to finished.
                 denied = refused
                 await self._finish(command_id, lambda rid: _denied(rid, command_id, denied))
                 return

@@ -29,12 +29,6 @@ class CommandState(enum.Enum):
     FINISHED = "finished"
 
 
-_NEXT: dict[CommandState, CommandState] = {
-    CommandState.QUEUED: CommandState.RUNNING,
-    CommandState.RUNNING: CommandState.FINISHED,
-}
-
-
 class Inbox:
     """The accepted command ids with their state; finished ones bounded by a retention."""
 
@@ -60,7 +54,7 @@ class Inbox:
                 :meth:`finish` to end a command).
         """
         current = self._active.get(command_id)
-        if current is None or to is not CommandState.RUNNING or _NEXT[current] is not to:
+        if current is not CommandState.QUEUED or to is not CommandState.RUNNING:
             raise ValueError(f"illegal transition {current} -> {to} for {command_id}")
         self._active[command_id] = to
 

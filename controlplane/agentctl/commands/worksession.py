@@ -257,12 +257,7 @@ def run_ls(ctx: Context, args: argparse.Namespace) -> int:
 def run_describe(ctx: Context, args: argparse.Namespace) -> int:
     """Show one session."""
     ctx.operation = "work-session"
-    session = ctx.client().get(_path(_target(ctx, args)))
-    if ctx.out.json:
-        ctx.out.document(session)
-    else:
-        ctx.out.table(("FIELD", "VALUE"), describe_rows(session))
-    return EXIT_OK
+    return _show(ctx, ctx.client().get(_path(_target(ctx, args))))
 
 
 def run_use(ctx: Context, args: argparse.Namespace) -> int:
@@ -295,7 +290,11 @@ def run_current(ctx: Context, args: argparse.Namespace) -> int:
         else:
             ctx.out.info("no active work session; see `agentctl work-session ls`")
         return EXIT_OK
-    session = ctx.client().get(_path(session_id))
+    return _show(ctx, ctx.client().get(_path(session_id)))
+
+
+def _show(ctx: Context, session: dict[str, Any]) -> int:
+    """Print one session: the JSON document, or a FIELD/VALUE table."""
     if ctx.out.json:
         ctx.out.document(session)
     else:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,50 +19,16 @@ from typing import Any
 import pytest
 
 from tests.support.agent import AgentProcess, running_agent
-from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, running_control_plane
+from tests.support.agentctl import RUN_TIMEOUT, AgentctlRunner
+from tests.support.controlplane import running_control_plane
 
 
 SERVER = "web-01"
-RUN_TIMEOUT = 60.0  # a hung CLI fails its test instead of hanging the suite
 
 
 @dataclass
-class Cli:
+class Cli(AgentctlRunner):
     """Runs agentctl against one control plane, with a config holding its admin token."""
-
-    cp: ControlPlaneProcess
-    env: dict[str, str]
-
-    def argv(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "controlplane.agentctl", *args]
-
-    def run(
-        self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        """Run agentctl to completion; return its exit code, stdout and stderr."""
-        return subprocess.run(
-            self.argv(*args),
-            cwd=REPO_ROOT,
-            env={**self.env, **(env or {})},
-            input=stdin,
-            stdin=None if stdin is not None else subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-        )
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        """Start agentctl without waiting (to watch its output arrive)."""
-        return subprocess.Popen(
-            self.argv(*args),
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
 
     def command(self, command_id: str) -> dict[str, Any]:
         """The command object, straight from the API."""

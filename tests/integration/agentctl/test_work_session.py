@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,47 +19,20 @@ import pytest
 
 from tests.support.accounts import new_login
 from tests.support.agent import running_agent
-from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, running_control_plane
+from tests.support.agentctl import RUN_TIMEOUT, AgentctlRunner
+from tests.support.controlplane import ControlPlaneProcess, running_control_plane
 
 
 WEB1, WEB2 = "web-01", "web-02"
-RUN_TIMEOUT = 60.0
 SESSIONS = "/api/work-sessions/sessions/"
 
 
 @dataclass
-class User:
+class User(AgentctlRunner):
     """agentctl configured with one user's token, in a config directory of its own."""
 
-    cp: ControlPlaneProcess
-    env: dict[str, str]
     token: str
     username: str
-
-    def run(
-        self, *args: str, env: dict[str, str] | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "controlplane.agentctl", *args],
-            cwd=REPO_ROOT,
-            env={**self.env, **(env or {})},
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=RUN_TIMEOUT,
-            check=False,
-        )
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        return subprocess.Popen(
-            [sys.executable, "-m", "controlplane.agentctl", *args],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
 
     def json(self, *args: str, env: dict[str, str] | None = None) -> Any:
         result = self.run(*args, "--output", "json", env=env)
