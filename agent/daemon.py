@@ -23,6 +23,7 @@ from agent.errors import AgentError, StateDirError
 from agent.policy import GrantPolicy
 from agent.service import ServiceRuntime
 from agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
+from agent.tunnel.service import TunnelService
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -129,6 +130,7 @@ async def _serve(
         audit=audit,
     )
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
+    channels.register(TunnelService(config.tunnel))
     service = ServiceRuntime(config, lambda: _details(backhaul.state, outbox, dispatcher))
     backhaul = Backhaul(
         config,

@@ -169,13 +169,19 @@ async def pump(
     stream = _Stream(sock, link, read_bytes, closed)
     end: _End | None = None
     try:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(stream.upstream())
-            tasks.create_task(stream.downstream())
-    except* _End as group:
-        end = group.exceptions[0]  # type: ignore[assignment]
-    except* closed:
-        end = _End("tunnel_closed", "the channel closed", notify=False)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(stream.upstream())
+                tasks.create_task(stream.downstream())
+        except* _End as group:
+            end = group.exceptions[0]  # type: ignore[assignment]
+        except* closed:
+            end = _End("tunnel_closed", "the channel closed", notify=False)
+    except BaseException:
+        # Cancelled (the channel was closed, the session ended, shutdown): the local
+        # connection fails visibly; the caller closes the link.
+        abort_socket(sock)
+        raise
     if end is None:
         sock.close()
         return PumpResult(clean=True, sent=stream.sent, received=stream.received)

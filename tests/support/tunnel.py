@@ -5,17 +5,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import select
+import signal
 import socket
 import struct
+import subprocess
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+
+from tests.support.agentctl import AgentctlRunner
 
 
 __all__ = [
     "BLOCK",
+    "TunnelProcess",
+    "agentctl_tunnel",
     "blocks",
     "drain_hash",
     "echo_server",
+    "free_port",
     "open_fds",
     "send_blocks",
     "stream_hash",
@@ -94,3 +103,50 @@ async def echo_server() -> AsyncIterator[int]:
 def open_fds(pid: int) -> int:
     """How many file descriptors process ``pid`` holds (from /proc)."""
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+@dataclass
+class TunnelProcess:
+    """A running `agentctl tunnel` subprocess and the local port it forwards."""
+
+    proc: subprocess.Popen[str]
+    local_port: int
+    ready_line: str
+
+    def stop(self, timeout: float = 20.0) -> tuple[int, str]:
+        """SIGINT (Ctrl-C), then its exit code and stderr."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, err
+
+
+def free_port() -> int:
+    """A free TCP port on loopback (bound and released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def agentctl_tunnel(
+    cli: AgentctlRunner, server: str, remote_port: int, *extra: str, timeout: float = 30.0
+) -> Iterator[TunnelProcess]:
+    """`agentctl tunnel SERVER -l <free> -r remote_port`, once it printed its ready line."""
+    local = free_port()
+    proc = cli.popen("tunnel", server, "-l", str(local), "-r", str(remote_port), *extra)
+    assert proc.stdout is not None
+    ready = select.select([proc.stdout], [], [], timeout)[0]
+    line = proc.stdout.readline() if ready else ""
+    tunnel = TunnelProcess(proc, local, line)
+    try:
+        if not line.startswith("forwarding "):
+            code, err = tunnel.stop()
+            raise AssertionError(f"agentctl tunnel did not start (exit {code}): {line!r} {err}")
+        yield tunnel
+    finally:
+        tunnel.stop()
