@@ -8,8 +8,10 @@ import os
 import select
 import signal
 import socket
+import socketserver
 import struct
 import subprocess
+import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ __all__ = [
     "open_fds",
     "send_blocks",
     "stream_hash",
+    "threaded_echo_server",
 ]
 
 BLOCK = 1024 * 1024
@@ -98,6 +101,37 @@ async def echo_server() -> AsyncIterator[int]:
     finally:
         server.close()
         await server.wait_closed()
+
+
+class _EchoHandler(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        try:
+            while data := sock.recv(65536):
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+
+class _EchoServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+
+
+@contextmanager
+def threaded_echo_server() -> Iterator[int]:
+    """:func:`echo_server` in threads, for tests that use blocking sockets; its port."""
+    server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 def open_fds(pid: int) -> int:
