@@ -40,6 +40,8 @@ class Link(Protocol):
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
+    async def wait_closed(self) -> None: ...
+
 
 @dataclass(frozen=True)
 class PumpResult:
@@ -113,6 +115,13 @@ class _Stream:
                 return
             self.sent += len(data)
 
+    async def watch(self) -> None:
+        """End the stream when the link closes early, even while both directions are
+        blocked on the socket (a target that neither reads nor writes)."""
+        await self.link.wait_closed()
+        if not (self.up_done and self.down_done):
+            raise _End("tunnel_closed", "the channel closed", notify=False)
+
     async def downstream(self) -> None:
         """Link -> local socket, until the link closes (after both EOFs: a clean end)."""
         while True:
@@ -159,12 +168,13 @@ async def pump(
     read_bytes: int,
     closed: tuple[type[BaseException], ...],
 ) -> PumpResult:
-    """Carry ``sock`` over ``link`` until the stream ends; closes both before returning.
+    """Carry ``sock`` over ``link`` until the stream ends; the socket is closed on return.
 
     ``sock`` must be non-blocking. ``closed`` are the exceptions by which ``link`` says it
     ended. On a clean end (EOF both ways) the link is closed with 1000 and the socket
-    closed; on a failure the peer gets an ``error`` frame when it did not cause it, the
-    link is closed, and the socket is reset.
+    closed; on a failure the socket is reset and the peer gets an ``error`` frame when it
+    did not cause it; the caller then closes the link (after reporting, so a slow close
+    handshake never delays what the user sees).
     """
     stream = _Stream(sock, link, read_bytes, closed)
     end: _End | None = None
@@ -173,6 +183,7 @@ async def pump(
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(stream.upstream())
                 tasks.create_task(stream.downstream())
+                tasks.create_task(stream.watch())
         except* _End as group:
             end = group.exceptions[0]  # type: ignore[assignment]
         except* closed:
@@ -186,12 +197,11 @@ async def pump(
         sock.close()
         return PumpResult(clean=True, sent=stream.sent, received=stream.received)
     abort_socket(sock)
-    try:
-        if end.notify:
+    if end.notify:
+        try:
             await link.send(tunnel_error_frame(end.code, end.message))
-        await link.close(1000)
-    except closed:
-        pass
+        except closed:
+            pass
     return PumpResult(
         clean=False,
         code=end.code,

@@ -126,10 +126,12 @@ class Forwarder:
             raise
         try:
             result = await pump(conn, ws, read_bytes=READ_BYTES, closed=(ConnectionClosed,))
+            if not result.clean and result.code != "tunnel_closed":
+                self.ctx.out.info(
+                    f"agentctl: tunnel stream ended: {result.message} ({result.code})"
+                )
         finally:
             await _close_quietly(ws)
-        if not result.clean and result.code != "tunnel_closed":
-            self.ctx.out.info(f"agentctl: tunnel stream ended: {result.message} ({result.code})")
         self._closed_by_control_plane(ws)
 
     def _closed_by_control_plane(self, ws: ClientConnection) -> None:
