@@ -230,7 +230,7 @@ class TunnelConfig(_Section):
     """TCP connections open at once through all tunnels together."""
     connect_timeout: float = Field(default=10.0, gt=0, le=300)
     """Seconds to wait for the target port to accept the connection."""
-    read_bytes: int = Field(default=256 * 1024, ge=4096, le=16 * 1024 * 1024)
+    read_bytes: int = Field(default=256 * 1024, ge=4096, le=1024 * 1024)
     """Largest read from the target, hence the largest frame the agent sends."""
 
     @model_validator(mode="after")
