@@ -8,6 +8,7 @@ carries the session's expiry. The target is always the server's loopback: a
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from typing import Any
@@ -15,10 +16,10 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 
 from agent.protocol import ChannelOpen
-from agent.protocol.channels import TunnelSpec
+from agent.protocol.channels import CLOSE_REFUSED, TunnelSpec
 from agent.tunnel.policy import loopback_address
 from controlplane.api.channels import (
     authorize,
@@ -33,7 +34,8 @@ from controlplane.api.params import parse_bool, parse_page
 from controlplane.auth import Principal
 from controlplane.errors import APIError
 from controlplane.grants import operation_claims
-from controlplane.hub.tunnels import TunnelStreams
+from controlplane.hub.relay import close_websocket
+from controlplane.hub.tunnels import StreamHandle, TunnelStreams, close_reason
 from controlplane.store import tunnels as tunnels_store, worksession_gate as ws_gate
 from controlplane.store.tunnels import NewTunnel, TunnelRow
 from controlplane.store.worksessions import WorkSessionRow
@@ -61,7 +63,7 @@ class CreateBody(BaseModel):
 
 def install(services: Services) -> TunnelStreams:
     """The live-stream registry, listening for ended work sessions (called at start)."""
-    streams = TunnelStreams(services.db, services.hub.channels)
+    streams = TunnelStreams(services.db)
     services.work_sessions.listeners.append(streams.session_ended)
     return streams
 
@@ -136,7 +138,7 @@ async def create(
         created_at=now_us(),
     )
     await services.db.write(tunnels_store.insert_tunnel, new)
-    row = await services.db.read(tunnels_store.get_tunnel, tunnel_id)
+    row = await _streams(request.app.state).row(tunnel_id)
     assert row is not None
     return JSONResponse(tunnel_json(row, 0), status_code=201)
 
@@ -163,12 +165,12 @@ async def list_tunnels(
     return JSONResponse(page_response(request, services.settings.public_url, page, count, results))
 
 
-async def _load(tunnel_id: str, principal: Principal, services: Services) -> TunnelRow:
+async def _load(tunnel_id: str, principal: Principal, streams: TunnelStreams) -> TunnelRow:
     try:
         key = str(uuid.UUID(tunnel_id))
     except ValueError:
         raise _not_found(tunnel_id) from None
-    row = await services.db.read(tunnels_store.get_tunnel, key)
+    row = await streams.row(key)
     if row is None or not (_owns(row, principal) or principal.is_superuser):
         raise _not_found(tunnel_id)
     return row
@@ -179,8 +181,9 @@ async def detail(
     tunnel_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
     """One tunnel, with how many streams it carries now."""
-    row = await _load(tunnel_id, principal, services)
-    return JSONResponse(tunnel_json(row, _streams(request.app.state).count(row.id)))
+    streams = _streams(request.app.state)
+    row = await _load(tunnel_id, principal, streams)
+    return JSONResponse(tunnel_json(row, streams.count(row.id)))
 
 
 @router.delete("/{tunnel_id}/", status_code=204)
@@ -188,9 +191,10 @@ async def delete(
     tunnel_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
     """Close the tunnel: its open streams end, new ones are refused."""
-    row = await _load(tunnel_id, principal, services)
+    streams = _streams(request.app.state)
+    row = await _load(tunnel_id, principal, streams)
     if row.closed_at is None:
-        await _streams(request.app.state).close(row, "TUNNEL_CLOSED", "the tunnel was closed")
+        await streams.close(row, "TUNNEL_CLOSED", "the tunnel was closed")
     return Response(status_code=204)
 
 
@@ -265,23 +269,43 @@ async def stream(websocket: WebSocket, tunnel_id: str) -> None:
     probe = websocket.query_params.get("probe") in {"1", "true"}
     channel_id = uuid.uuid4()
     try:
-        row = await _load(tunnel_id, principal, services)
+        row = await _load(tunnel_id, principal, streams)
         if not _owns(row, principal):
             raise _not_found(tunnel_id)
         if row.closed_at is not None:
             raise _closed_error(row)
         message = await _stream_open(services, principal, row, channel_id, probe)
+        handle = streams.add(row, channel_id)
+        if handle is None:  # ended while the gate was checked
+            raise _closed_error(await streams.row(row.id) or row)
     except APIError as exc:
         await deny(websocket, exc.status, exc.code, exc.detail)
         return
-    streams.add(row.id, channel_id, row.server_id, websocket)
     try:
-        # Closed between the check and now? (The closer marks the row first.)
-        current = await services.db.read(tunnels_store.get_tunnel, row.id)
-        if current is None or current.closed_at is not None:
-            error = _closed_error(current or row)
-            await deny(websocket, error.status, error.code, error.detail)
-            return
-        await serve_channel(websocket, services, row.server_id, message)
+        await _relay_until_ended(websocket, services, row.server_id, message, handle)
     finally:
         streams.remove(row.id, channel_id)
+
+
+async def _relay_until_ended(
+    websocket: WebSocket,
+    services: Services,
+    server_id: str,
+    message: ChannelOpen,
+    handle: StreamHandle,
+) -> None:
+    """Relay the stream; if its tunnel ends first, stop and tell both sides why."""
+    async with asyncio.TaskGroup() as tg:
+        relay = tg.create_task(serve_channel(websocket, services, server_id, message))
+        ended = tg.create_task(handle.ended.wait())
+        relay.add_done_callback(lambda _: ended.cancel())
+        ended.add_done_callback(lambda _: relay.cancel())
+    if not relay.cancelled():
+        return
+    code, detail = handle.why
+    if websocket.application_state == WebSocketState.CONNECTED:
+        await close_websocket(websocket, CLOSE_REFUSED, close_reason(code, detail))
+    elif websocket.application_state == WebSocketState.CONNECTING:
+        status = 403 if code.startswith("work_session_") else 409
+        await deny(websocket, status, code, detail)
+    await services.hub.channels.close(server_id, message.channel_id, detail)

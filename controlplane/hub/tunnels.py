@@ -1,24 +1,25 @@
-"""Live tunnel streams on this control plane, and closing them when their tunnel ends.
+"""Live tunnel streams on this control plane, and ending them when their tunnel ends.
 
 A tunnel ends when its owner deletes it or when its work session ends (this object is a
 :class:`~controlplane.hub.worksessions.WorkSessionClock` listener). Ending it marks the
-row closed, closes every client websocket of its streams with 4403 and the reason
-(``{"code", "detail"}``), and asks the agent to close their channels (``channel.close``);
-the agent also ends them on its own at the grant's expiry.
+tunnel closed (in memory at once, then in SQLite) and signals each of its streams: the
+stream's route stops its relay, closes the client's websocket with 4403 and the reason
+(``{"code", "detail"}``) and asks the agent to close the channel (``channel.close``). The
+agent also ends every stream at its grant's expiry on its own.
+
+The rows of tunnels in use are kept in memory, so a new stream costs no database round
+trip; every change of a row goes through this object, which keeps the copy current.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
-from starlette.websockets import WebSocket
 
-from agent.protocol.channels import CLOSE_REFUSED
-from controlplane.hub.channels import ChannelBroker
-from controlplane.hub.relay import close_websocket
 from controlplane.store import Database, tunnels as tunnels_store
 from controlplane.store.tunnels import TunnelRow
 from controlplane.store.worksessions import WorkSessionRow
@@ -26,9 +27,11 @@ from controlplane.timeutil import now_us
 from controlplane.worksession.lifecycle import Status
 
 
-__all__ = ["TunnelStreams", "close_reason", "ended_code"]
+__all__ = ["StreamHandle", "TunnelStreams", "close_reason", "ended_code"]
 
 log = structlog.get_logger("controlplane.tunnels")
+
+MAX_CACHED_ROWS = 10_000
 
 
 def close_reason(code: str, detail: str) -> str:
@@ -48,9 +51,12 @@ def ended_code(session: WorkSessionRow) -> tuple[str, str]:
 
 
 @dataclass
-class _Stream:
+class StreamHandle:
+    """One stream's registration: ``ended`` is set when its tunnel ends (``why`` says how)."""
+
     server_id: str
-    websocket: WebSocket
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    why: tuple[str, str] = ("TUNNEL_CLOSED", "the tunnel was closed")
 
 
 @dataclass
@@ -58,12 +64,36 @@ class TunnelStreams:
     """The open streams of every tunnel, by tunnel id then channel id."""
 
     db: Database
-    broker: ChannelBroker
-    _streams: dict[str, dict[uuid.UUID, _Stream]] = field(default_factory=dict)
+    _streams: dict[str, dict[uuid.UUID, StreamHandle]] = field(default_factory=dict)
+    _rows: dict[str, TunnelRow] = field(default_factory=dict)
 
-    def add(self, tunnel_id: str, channel_id: uuid.UUID, server_id: str, ws: WebSocket) -> None:
-        """Track a stream from before its channel is opened."""
-        self._streams.setdefault(tunnel_id, {})[channel_id] = _Stream(server_id, ws)
+    async def row(self, tunnel_id: str) -> TunnelRow | None:
+        """The tunnel's row (from memory when it was seen before)."""
+        cached = self._rows.get(tunnel_id)
+        if cached is not None:
+            return cached
+        row = await self.db.read(tunnels_store.get_tunnel, tunnel_id)
+        if row is not None:
+            self._remember(row)
+        return row
+
+    def _remember(self, row: TunnelRow) -> None:
+        if len(self._rows) >= MAX_CACHED_ROWS:
+            self._rows.clear()
+        self._rows[row.id] = row
+
+    def add(self, row: TunnelRow, channel_id: uuid.UUID) -> StreamHandle | None:
+        """Register a stream of an open tunnel; ``None`` if the tunnel has ended.
+
+        Synchronous on purpose: between this check and the registration nothing can end
+        the tunnel, so a stream is either refused here or signalled by :meth:`close`.
+        """
+        current = self._rows.get(row.id, row)
+        if current.closed_at is not None:
+            return None
+        handle = StreamHandle(row.server_id)
+        self._streams.setdefault(row.id, {})[channel_id] = handle
+        return handle
 
     def remove(self, tunnel_id: str, channel_id: uuid.UUID) -> None:
         """Forget a stream that ended."""
@@ -78,20 +108,17 @@ class TunnelStreams:
         return len(self._streams.get(tunnel_id, ()))
 
     async def close(self, tunnel: TunnelRow, code: str, detail: str) -> None:
-        """Close the tunnel's row (if open) and every stream of it.
-
-        The row is closed first: a stream that registers after this point finds it
-        closed when it re-reads the row, so no stream slips through.
-        """
-        await self.db.write(
-            tunnels_store.close_tunnel, tunnel.id, code=code, reason=detail, now=now_us()
-        )
+        """End the tunnel: no new stream from now on, every open one is signalled."""
+        now = now_us()
+        self._remember(replace(tunnel, closed_at=now, close_code=code, close_reason=detail))
         streams = self._streams.get(tunnel.id, {})
         log.info("tunnel_closed", tunnel_id=tunnel.id, code=code, streams=len(streams))
-        reason = close_reason(code, detail)
-        for channel_id, stream in list(streams.items()):
-            await close_websocket(stream.websocket, CLOSE_REFUSED, reason)
-            await self.broker.close(stream.server_id, channel_id, detail)
+        for handle in streams.values():
+            handle.why = (code, detail)
+            handle.ended.set()
+        await self.db.write(
+            tunnels_store.close_tunnel, tunnel.id, code=code, reason=detail, now=now
+        )
 
     async def session_ended(self, session: WorkSessionRow) -> None:
         """Work-session listener: end the tunnels opened under ``session``."""
