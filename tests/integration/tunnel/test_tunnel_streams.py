@@ -64,3 +64,46 @@ def test_tunnel_slow_reader_slows_the_writer(tstack: TunnelStack) -> None:
                 assert data == b"w" * len(data)
                 received += len(data)
             assert received == written
+
+
+def test_tunnel_to_ipv6_loopback(tstack: TunnelStack) -> None:
+    """``--remote-host ::1`` reaches a service that listens on IPv6 loopback only."""
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with (
+        listener,
+        agentctl_tunnel(
+            tstack.cli, tstack.server, listener.getsockname()[1], "--remote-host", "::1"
+        ) as t,
+    ):
+        assert t.ready_line.rstrip().endswith(f"::1:{listener.getsockname()[1]}")
+        client = socket.create_connection(("127.0.0.1", t.local_port), timeout=20)
+        listener.settimeout(20)
+        target, _ = listener.accept()
+        with client, target:
+            client.sendall(b"six")
+            assert target.recv(3) == b"six"
+
+
+def test_tunnel_deleted_elsewhere_ends_its_streams(tstack: TunnelStack) -> None:
+    """Deleting the tunnel through the API resets its open streams and stops agentctl."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, agentctl_tunnel(tstack.cli, tstack.server, listener.getsockname()[1]) as t:
+        client = socket.create_connection(("127.0.0.1", t.local_port), timeout=20)
+        listener.settimeout(20)
+        target, _ = listener.accept()
+        with client, target, tstack.cp.client() as api:
+            open_tunnels = api.get("/api/tunnels/", params={"open": "true"}).json()["results"]
+            mine = [x for x in open_tunnels if x["remote_port"] == listener.getsockname()[1]]
+            assert mine[0]["streams"] == 1
+            assert api.delete(f"/api/tunnels/{mine[0]['id']}/").status_code == 204
+            with pytest.raises(ConnectionResetError):
+                client.recv(1)
+            target.settimeout(20)
+            with pytest.raises(ConnectionResetError):  # the agent's side was reset too
+                target.recv(1)
+        _, err = t.proc.communicate(timeout=20)
+    assert t.proc.returncode == 1
+    assert "TUNNEL_CLOSED" in err
