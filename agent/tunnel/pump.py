@@ -104,12 +104,15 @@ class _Stream:
                 raise _End(
                     "tunnel_reset", f"connection failed: {exc.strerror or exc}", notify=True
                 ) from None
+            if not data:
+                # Marked before the send, which may wait for the transport to drain: the
+                # peer can get the eof and close before this task runs again.
+                self.up_done = True
             try:
                 await self.link.send(data if data else EOF_FRAME)
             except self.closed:
                 raise _End("tunnel_closed", "the channel closed", notify=False) from None
             if not data:
-                self.up_done = True
                 if self.down_done:
                     await self.link.close(1000)
                 return

@@ -30,6 +30,8 @@ __all__ = ["READ_BYTES", "Forwarder", "listen"]
 READ_BYTES = 256 * 1024
 """Largest read from a local connection, hence the largest frame agentctl sends."""
 BACKLOG = 512
+ACCEPT_BACKOFF = 0.5
+"""Seconds before accepting again after accept() failed (EMFILE would otherwise spin)."""
 
 _FATAL_CODES = ("TUNNEL_CLOSED", "TUNNEL_NOT_FOUND")
 
@@ -102,7 +104,13 @@ class Forwarder:
     async def _accept(self, tg: asyncio.TaskGroup) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            conn, _ = await loop.sock_accept(self.listener)
+            try:
+                conn, _ = await loop.sock_accept(self.listener)
+            except OSError as exc:
+                # Out of descriptors or memory: say so, give streams time to end, go on.
+                self.ctx.out.info(f"agentctl: cannot accept: {exc.strerror or exc}")
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.streams += 1
