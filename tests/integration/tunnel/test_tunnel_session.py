@@ -100,7 +100,8 @@ def test_tunnel_ends_when_its_session_completes(tstack: TunnelStack, tmp_path: P
 @pytest.mark.timeout(60)
 def test_tunnel_ends_when_its_session_expires(tstack: TunnelStack, tmp_path: Path) -> None:
     cli, _ = login_cli(tstack, tmp_path)
-    session = new_session(cli, tstack.server, "tunnel", "4s")
+    # Long enough for agentctl to start on a loaded machine; the test waits for the expiry.
+    session = new_session(cli, tstack.server, "tunnel", "8s")
     with (
         threaded_echo_server() as port,
         agentctl_tunnel(cli, tstack.server, port, "--work-session", session) as tunnel,
