@@ -89,7 +89,9 @@ async def dial_channel(config: AgentConfig, key: str, channel_id: UUID) -> Chann
             user_agent_header=f"fleet-agent/{__version__}",
             ssl=ssl_context(cp),
             open_timeout=config.backhaul.open_timeout,
-            ping_interval=None,  # the backhaul's keepalive already watches the peer
+            # A control plane that vanished (no FIN) must not leave channels open forever.
+            ping_interval=30,
+            ping_timeout=30,
             close_timeout=5,
             max_size=config.limits.max_frame_bytes,
             # Bulk data: a deeper write buffer keeps the socket busy while we read more.

@@ -99,6 +99,40 @@ async def _visible_command(command_id: str, principal: Principal, services: Serv
     return row
 
 
+async def _readable_command(
+    command_id: str, request: Request, principal: Principal, services: Services
+) -> CommandRow:
+    """A command whose output the caller may read now.
+
+    Reading a command's output ("exec logs") is a gated operation of the ``command`` scope
+    for login principals, like running one: it needs an active work session (the
+    ``X-Work-Session`` header or ``?work_session=``) on the command's server.
+    """
+    row = await _visible_command(command_id, principal, services)
+    if principal.kind != "login":
+        return row
+    requested = request.query_params.get("work_session") or request.headers.get("x-work-session")
+    now = now_us()
+
+    def check(conn: sqlite3.Connection) -> GateDenial | None:
+        denial, _ = ws_gate.gate_and_record(
+            conn,
+            requested or None,
+            user_id=principal.user_id,
+            server_id=row.server_id,
+            server_name=row.server_name,
+            scope=COMMAND_SCOPE,
+            line=f"exec logs {row.id}",
+            now=now,
+        )
+        return denial
+
+    denial = await services.db.write(check)
+    if denial is not None:
+        raise APIError(403, denial.code, denial.detail, COMMAND_SCOPE)
+    return row
+
+
 @router.post("/", status_code=201, response_model=None)
 async def create_command(
     body: CommandCreateBody, request: Request, principal: PrincipalDep, services: ServicesDep
@@ -246,10 +280,10 @@ async def list_commands(
 
 @router.get("/{command_id}/")
 async def get_command(
-    command_id: str, principal: PrincipalDep, services: ServicesDep
+    command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
     """One command."""
-    row = await _visible_command(command_id, principal, services)
+    row = await _readable_command(command_id, request, principal, services)
     return JSONResponse(command_json(row, now=now_us()))
 
 
@@ -258,7 +292,7 @@ async def list_chunks(
     command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
     """A page of the command's output chunks, by ``seq``."""
-    row = await _visible_command(command_id, principal, services)
+    row = await _readable_command(command_id, request, principal, services)
     params = request.query_params
     seq_gte = parse_int(params, "seq__gte", minimum=0)
     seq_lte = parse_int(params, "seq__lte", minimum=0)
@@ -280,7 +314,7 @@ async def stream(
     command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> StreamingResponse:
     """NDJSON: stored chunks from ``seq__gte``, live chunks, then the final command."""
-    row = await _visible_command(command_id, principal, services)
+    row = await _readable_command(command_id, request, principal, services)
     seq_gte = parse_int(request.query_params, "seq__gte", minimum=0) or 0
     lines: AsyncIterator[str] = stream_command(
         services.db, services.hub.notifier, row.id, seq_gte=seq_gte
