@@ -2,15 +2,14 @@
 
 ``check`` refuses early and cheaply (tunnels disabled, a port not allowed, a target that
 is not loopback, stream limits), so the control plane can answer the client's handshake
-with the reason. ``serve`` connects to the target and pumps until the stream ends, the
-control plane closes the channel, or the grant's work session expires.
+with the reason. ``serve`` connects to the target and pumps until the stream ends or the
+control plane closes the channel (the router also ends it when the grant expires).
 """
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import structlog
 
@@ -21,7 +20,7 @@ from agent.protocol import ChannelOpen, GrantClaims
 from agent.protocol.channels import TunnelSpec
 from agent.protocol.tunnel import tunnel_error_frame
 from agent.tunnel.policy import Refusal, StreamBook, TunnelPolicy
-from agent.tunnel.pump import abort_socket, pump
+from agent.tunnel.pump import pump
 
 
 __all__ = ["TunnelService"]
@@ -71,13 +70,11 @@ class TunnelService:
             with structlog.contextvars.bound_contextvars(
                 tunnel_id=str(spec.tunnel_id), port=spec.port
             ):
-                await self._serve(spec, address, link, claims)
+                await self._serve(spec, address, link)
         finally:
             self.streams.release(spec.tunnel_id)
 
-    async def _serve(
-        self, spec: TunnelSpec, address: str, link: ChannelLink, claims: GrantClaims | None
-    ) -> None:
+    async def _serve(self, spec: TunnelSpec, address: str, link: ChannelLink) -> None:
         try:
             sock = await self._connect(address, spec.port)
         except OSError as exc:
@@ -89,23 +86,9 @@ class TunnelService:
                 )
             )
             return
-        loop = asyncio.get_running_loop()
-        deadline = None
-        if claims is not None and claims.expires_at is not None:
-            # The grant's session ends the stream even if the control plane cannot say so.
-            deadline = loop.time() + (claims.expires_at - time.time())
-        try:
-            async with asyncio.timeout_at(deadline):
-                result = await pump(
-                    sock, link, read_bytes=self._config.read_bytes, closed=(ChannelClosed,)
-                )
-        except TimeoutError:
-            abort_socket(sock)
-            log.info("tunnel.session_expired")
-            await link.send(
-                tunnel_error_frame("work_session_expired", "the work session has expired")
-            )
-            return
+        # The grant's expiry is enforced by the router (it cancels this task and closes
+        # the channel with 4403 work_session_expired); cancelling the pump resets ``sock``.
+        result = await pump(sock, link, read_bytes=self._config.read_bytes, closed=(ChannelClosed,))
         log.info(
             "tunnel.stream_ended",
             clean=result.clean,
