@@ -7,6 +7,7 @@ the "client" end pumps one side of a socket pair that the test uses as the appli
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -134,6 +135,13 @@ async def writable(sock: socket.socket, timeout: float) -> bool:
         loop.remove_writer(sock)
 
 
+async def write_until_error(sock: socket.socket) -> None:
+    """Write to ``sock`` until the kernel reports the connection is gone (bounded)."""
+    loop = asyncio.get_running_loop()
+    for _ in range(100):
+        await loop.sock_sendall(sock, b"x" * 65536)
+
+
 async def read_to_end(sock: socket.socket) -> bytes:
     """Everything ``sock`` receives until EOF."""
     loop = asyncio.get_running_loop()
@@ -209,23 +217,43 @@ async def test_target_reset_resets_the_application() -> None:
     assert results[0].code == "tunnel_reset"
 
 
-async def test_bad_control_frame_is_refused() -> None:
-    """A text frame that is not a tunnel control frame ends the stream with an error frame."""
-    frames: list[str | bytes] = []
+@pytest.mark.parametrize(
+    ("frames", "detail"),
+    [
+        (['{"type": "window", "size": 1}'], "bad tunnel control frame"),
+        (["not json"], "bad tunnel control frame"),
+        (['{"type": "eof"}' + " " * 9000], "control frame of"),
+        (['{"type": "eof"}', b"late data"], "data after eof"),
+        (['{"type": "eof"}', '{"type": "eof"}'], "eof received twice"),
+    ],
+)
+async def test_protocol_violations_end_the_stream_with_an_error_frame(
+    frames: list[str | bytes], detail: str
+) -> None:
+    """A malformed, oversized or out-of-order frame ends the stream: the application's
+    connection is reset and the peer gets ``tunnel_protocol`` with the reason."""
+    received: list[str | bytes] = []
 
     async def handler(ws: ServerConnection) -> None:
-        await ws.send('{"type": "window", "size": 1}')
-        frames.extend([frame async for frame in ws])
+        for frame in frames:
+            await ws.send(frame)
+        received.extend([frame async for frame in ws])
 
     async with serve(handler, "127.0.0.1", 0) as server:
         url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
         async with client_end(url) as (app, task):
             result = await asyncio.wait_for(task, 10)
-            with pytest.raises(ConnectionResetError):
-                await asyncio.get_running_loop().sock_recv(app, 10)
+            # After a legitimate eof the application has seen EOF already; either way
+            # its connection is over (reset) and writing to it fails.
+            with contextlib.suppress(ConnectionResetError):
+                await read_to_end(app)
+            with pytest.raises(OSError):
+                await write_until_error(app)
     assert result.code == "tunnel_protocol"
-    assert frames
-    assert '"tunnel_protocol"' in str(frames[-1])
+    assert detail in result.message
+    errors = [f for f in received if isinstance(f, str) and '"error"' in f]
+    assert errors
+    assert '"tunnel_protocol"' in errors[-1]
 
 
 async def test_link_loss_ends_the_stream() -> None:
