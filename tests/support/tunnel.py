@@ -168,7 +168,12 @@ def free_port() -> int:
 
 @contextmanager
 def agentctl_tunnel(
-    cli: AgentctlRunner, server: str, remote_port: int, *extra: str, timeout: float = 30.0
+    cli: AgentctlRunner,
+    server: str,
+    remote_port: int,
+    *extra: str,
+    timeout: float = 30.0,
+    ready_prefix: str = "forwarding ",
 ) -> Iterator[TunnelProcess]:
     """`agentctl tunnel SERVER -l <free> -r remote_port`, once it printed its ready line."""
     local = free_port()
@@ -178,7 +183,7 @@ def agentctl_tunnel(
     line = proc.stdout.readline() if ready else ""
     tunnel = TunnelProcess(proc, local, line)
     try:
-        if not line.startswith("forwarding "):
+        if not line.startswith(ready_prefix):
             code, err = tunnel.stop()
             raise AssertionError(f"agentctl tunnel did not start (exit {code}): {line!r} {err}")
         yield tunnel

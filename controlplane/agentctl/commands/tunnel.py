@@ -10,6 +10,7 @@ from controlplane.agentctl.commands.exec_cmd import positive_int
 from controlplane.agentctl.context import Context
 from controlplane.agentctl.errors import EXIT_OK, AgentctlError, UsageError
 from controlplane.agentctl.forward import Forwarder, listen
+from controlplane.agentctl.output import to_json
 
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def run_tunnel(ctx: Context, args: argparse.Namespace) -> int:
         tunnel_id = str(tunnel["id"])
         forwarder = Forwarder(ctx, tunnel_id, listener)
         try:
-            asyncio.run(_forward(ctx, forwarder, args))
+            asyncio.run(_forward(ctx, forwarder, args, tunnel))
         finally:
             try:
                 client.request("DELETE", f"{TUNNELS}{tunnel_id}/")
@@ -100,11 +101,26 @@ def run_tunnel(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-async def _forward(ctx: Context, forwarder: Forwarder, args: argparse.Namespace) -> None:
+async def _forward(
+    ctx: Context, forwarder: Forwarder, args: argparse.Namespace, tunnel: dict[str, Any]
+) -> None:
     await forwarder.probe()
-    bound = forwarder.listener.getsockname()
-    ctx.out.data(
-        f"forwarding {bound[0]}:{bound[1]} -> {args.server}:{args.remote_host}:{args.remote_port}\n"
-    )
-    ctx.out.info("press Ctrl-C to stop")
+    host, port = forwarder.listener.getsockname()[:2]
+    if ctx.out.json:  # one line: scripts read it to know the tunnel is ready
+        ready = to_json(
+            {
+                "tunnel_id": tunnel["id"],
+                "local": f"{host}:{port}",
+                "server": args.server,
+                "remote": f"{args.remote_host}:{args.remote_port}",
+                "work_session": tunnel.get("work_session"),
+            },
+            compact=True,
+        )
+        ctx.out.data(ready + "\n")
+    else:
+        ctx.out.data(
+            f"forwarding {host}:{port} -> {args.server}:{args.remote_host}:{args.remote_port}\n"
+        )
+        ctx.out.info("press Ctrl-C to stop")
     await forwarder.run()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import select
 import socket
 
 import pytest
 
 from tests.integration.tunnel.conftest import TunnelStack
-from tests.support.tunnel import agentctl_tunnel, echo_server
+from tests.support.tunnel import agentctl_tunnel, echo_server, threaded_echo_server
 
 
 async def _half_close(port: int) -> bytes:
@@ -107,3 +108,22 @@ def test_tunnel_deleted_elsewhere_ends_its_streams(tstack: TunnelStack) -> None:
         _, err = t.proc.communicate(timeout=20)
     assert t.proc.returncode == 1
     assert "TUNNEL_CLOSED" in err
+
+
+def test_tunnel_ready_line_in_json(tstack: TunnelStack) -> None:
+    """With --output json the ready line is one JSON object naming the tunnel."""
+    with (
+        threaded_echo_server() as port,
+        agentctl_tunnel(tstack.cli, tstack.server, port, "--output", "json", ready_prefix="{") as t,
+    ):
+        ready = json.loads(t.ready_line)
+        assert ready["local"] == f"127.0.0.1:{t.local_port}"
+        assert ready["remote"] == f"127.0.0.1:{port}"
+        assert ready["server"] == tstack.server
+        with tstack.cp.client() as api:
+            assert api.get(f"/api/tunnels/{ready['tunnel_id']}/").json()["closed_at"] is None
+        code, _ = t.stop()
+        assert code == 0
+        with tstack.cp.client() as api:
+            closed = api.get(f"/api/tunnels/{ready['tunnel_id']}/").json()
+        assert closed["close_code"] == "TUNNEL_CLOSED"  # Ctrl-C deletes the tunnel
