@@ -23,7 +23,9 @@ from agent.protocol.messages import (
     Ping,
     Pong,
     ServerMessage,
+    SudoDecided,
     Welcome,
+    WorkSessionEnded,
 )
 
 
@@ -45,7 +47,9 @@ __all__ = [
     "Ping",
     "Pong",
     "ServerMessage",
+    "SudoDecided",
     "Welcome",
+    "WorkSessionEnded",
     "decode_agent_message",
     "decode_server_message",
     "encode",
