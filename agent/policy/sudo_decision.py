@@ -13,7 +13,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from agent.policy.sudo import Resolver, SudoPatternError, matches, parse_pattern
+from agent.policy.sudo import (
+    Resolver,
+    SudoPatternError,
+    has_shell_syntax,
+    matches,
+    parse_pattern,
+)
 
 
 __all__ = ["SessionGrant", "SudoCall", "SudoVerdict", "Unmanaged", "decide"]
@@ -128,6 +134,12 @@ def match_patterns(
         if matches(pattern, command, args, resolver):
             return SudoVerdict(True, "allowed", f"allowed by pattern {text!r}", pattern=text)
     shown = " ".join((command, *args))[:200]
+    shelly = next((a for a in args if has_shell_syntax(a)), None)
+    if shelly is not None:
+        return _refuse(
+            "sudo_pattern_not_allowed",
+            f"{shown!r}: the argument {shelly[:80]!r} contains shell syntax, which never matches",
+        )
     return _refuse(
         "sudo_pattern_not_allowed",
         f"{shown!r} matches no sudo pattern of the work session",
