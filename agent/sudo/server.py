@@ -184,6 +184,10 @@ class SudoDecisionServer:
             except (OSError, TimeoutError, BadRequest) as exc:
                 log.warning("sudo.request_failed", error=str(exc))
                 return
+            except Exception as exc:  # one bad request never stops the server
+                # The plugin sees the connection close without an answer: refused.
+                log.error("sudo.decision_failed", exc_info=exc)
+                return
             finally:
                 conn.close()
         self._record(decided)
