@@ -8,10 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from agent.policy import GrantRefused
 from agent.policy.sudo import Resolver
 from agent.policy.sudo_decision import SessionGrant, SudoCall, decide
-from agent.protocol import GrantClaims
+from agent.protocol import CommandRun, GrantClaims
 from agent.sudo import SudoSessions
+from agent.sudo.elevation import ElevationPolicy
 from agent.sudo.install import BEGIN, END, SudoLayout, _block, _split
 from agent.sudo.server import BadRequest, parse_request
 
@@ -170,3 +172,29 @@ def test_sudo_conf_block_round_trip() -> None:
     rest, found = _split(original + block)
     assert (rest, found) == (original, block)
     assert _split(original) == (original, None)
+
+
+def test_api_elevation_checks_the_line_on_the_agent() -> None:
+    policy = ElevationPolicy("/usr/bin:/bin")
+    grant_claims = claims(sudo=["id -u", "journalctl -u nginx *"])
+
+    def run(line: str, **fields: object) -> CommandRun:
+        return CommandRun(command_id=uuid.uuid4(), line=line, sudo=True, **fields)
+
+    assert policy.check(run("id -u"), grant_claims) == "/usr/bin/id -u"
+    assert policy.check(run("journalctl  -u nginx -n 5"), grant_claims) == (
+        "/usr/bin/journalctl -u nginx -n 5"
+    )
+    refusals = [
+        (run("id -un"), grant_claims, "sudo_pattern_not_allowed"),
+        (run("id -u; rm -rf /"), grant_claims, "sudo_pattern_not_allowed"),
+        (run("journalctl -u nginx $(id)"), grant_claims, "sudo_pattern_not_allowed"),
+        (run("nosuchcommand -u"), grant_claims, "sudo_pattern_not_allowed"),
+        (run("id -u", username="alice"), grant_claims, "sudo_runas_not_allowed"),
+        (run("id -u"), claims(None), "work_session_required"),
+        (run("id -u"), None, "work_session_required"),
+    ]
+    for message, given, code in refusals:
+        with pytest.raises(GrantRefused) as refused:
+            policy.check(message, given)
+        assert refused.value.code == code, message.line
