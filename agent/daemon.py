@@ -146,7 +146,9 @@ async def _serve(
         if config.sudo.enabled
         else None
     )
-    service = ServiceRuntime(config, lambda: _details(backhaul.state, outbox, dispatcher))
+    service = ServiceRuntime(
+        config, lambda: _details(backhaul.state, outbox, dispatcher, sudo_sessions)
+    )
     backhaul = Backhaul(
         config, key=key, outbox=outbox, handler=dispatcher, on_state=service.on_link_state
     )
@@ -231,7 +233,9 @@ def _open_audit(config: AgentConfig) -> AuditLog | None:
     return audit
 
 
-def _details(link: LinkState, outbox: Outbox, dispatcher: Dispatcher) -> dict[str, object]:
+def _details(
+    link: LinkState, outbox: Outbox, dispatcher: Dispatcher, sudo: SudoSessions
+) -> dict[str, object]:
     active = dispatcher.running()
     return {
         "connection": {
@@ -244,6 +248,7 @@ def _details(link: LinkState, outbox: Outbox, dispatcher: Dispatcher) -> dict[st
         "unconfirmed_reports": len(outbox),
         "active_commands": len(active),
         "command_ids": [str(c) for c in active[:100]],
+        "sudo_sessions": len(sudo),
     }
 
 
