@@ -190,11 +190,14 @@ def test_session_without_sudo_scope_is_refused(stack: Stack) -> None:
 
 
 def _wait_status(stack: Stack, session: str, status: str) -> None:
+    """Wait for the session to reach ``status`` (the API's long poll, no polling period)."""
     deadline = time.monotonic() + 30
     with stack.api() as api:
-        while api.get(f"{SESSIONS}{session}/").json()["status"] != status:
+        current = api.get(f"{SESSIONS}{session}/").json()["status"]
+        while current != status:
             assert time.monotonic() < deadline, f"session never became {status}"
-            time.sleep(0.1)
+            params = {"status": current, "wait": 5}
+            current = api.get(f"{SESSIONS}{session}/", params=params).json()["status"]
 
 
 def _sudo_after(stack: Stack, session: str, end: Any) -> subprocess.CompletedProcess[str]:
