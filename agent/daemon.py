@@ -18,6 +18,7 @@ import structlog
 
 from agent.audit import AuditLog
 from agent.backhaul import Backhaul, LinkState, Outbox
+from agent.channels import ChannelRouter
 from agent.config import AgentConfig
 from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
@@ -149,8 +150,14 @@ async def _serve(
     service = ServiceRuntime(
         config, lambda: _details(backhaul.state, outbox, dispatcher, sudo_sessions)
     )
+    channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
     backhaul = Backhaul(
-        config, key=key, outbox=outbox, handler=dispatcher, on_state=service.on_link_state
+        config,
+        key=key,
+        outbox=outbox,
+        handler=dispatcher,
+        channels=channels,
+        on_state=service.on_link_state,
     )
     try:
         service.status.bind()
@@ -171,13 +178,15 @@ async def _serve(
         async with asyncio.TaskGroup() as tg:
             tg.create_task(spool.run(), name="spool")
             tg.create_task(dispatcher.run(), name="dispatcher")
+            tg.create_task(channels.run(), name="channels")
             tg.create_task(backhaul.run(), name="backhaul")
             tg.create_task(service.notifier.watchdog(), name="watchdog")
             tg.create_task(service.status.serve(), name="status")
             if sudo_server is not None:
                 tg.create_task(sudo_server.serve(), name="sudo")
             tg.create_task(
-                _shutdown_when(stop, dispatcher, outbox, config, service), name="shutdown"
+                _shutdown_when(stop, dispatcher, channels, outbox, config, service),
+                name="shutdown",
             )
     except* _Stop:
         pass
@@ -255,6 +264,7 @@ def _details(
 async def _shutdown_when(
     stop: asyncio.Event,
     dispatcher: Dispatcher,
+    channels: ChannelRouter,
     outbox: Outbox,
     config: AgentConfig,
     service: ServiceRuntime,
@@ -263,6 +273,9 @@ async def _shutdown_when(
     log.info("agent.stopping", grace=config.limits.shutdown_grace)
     service.stopping(len(dispatcher.running()))
     dispatcher.stop_accepting()
+    # Open channels (terminals, transfers, tunnels) end when the TaskGroup is cancelled
+    # below: they have no result to wait for, and their clients see the close.
+    channels.stop_accepting()
     try:
         async with asyncio.timeout(config.limits.shutdown_grace):
             await dispatcher.wait_idle()

@@ -128,11 +128,12 @@ class GrantPolicy:
     def check(
         self, grant: Grant | None, *, command_id: UUID, scope: str, now: float
     ) -> GrantClaims | None:
-        """The verified claims, or :class:`GrantRefused`.
+        """The verified claims of the operation, or :class:`GrantRefused`.
 
-        With ``allow_unsigned`` (development only) a command without a grant runs (the
-        result is then None); a grant that is present is still verified when a key is
-        pinned.
+        ``command_id`` is the operation's id (a command's, or a channel's). With
+        ``allow_unsigned`` (development only) an operation without a grant goes ahead
+        with no claims (``None``); a grant that is present is still verified when a key
+        is pinned.
         """
         if grant is None and self.allow_unsigned:
             return None

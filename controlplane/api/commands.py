@@ -16,18 +16,17 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.policy.sudo import SudoPatternError, parse_line
 from agent.protocol import CommandRun
-from controlplane.api.deps import PrincipalDep, Services, ServicesDep
+from controlplane.api.deps import PrincipalDep, Services, ServicesDep, resolve_server
 from controlplane.api.pagination import page_response
 from controlplane.api.params import parse_bool, parse_command_filter, parse_int, parse_page
 from controlplane.api.serializers import command_json
 from controlplane.api.stream import ndjson_line, stream_command
 from controlplane.auth import Principal, acl_allows
 from controlplane.errors import APIError, command_not_found, server_not_found, validation_detail
-from controlplane.grants import command_claims
+from controlplane.grants import operation_claims
 from controlplane.ids import new_uuid
 from controlplane.store import (
     commands as commands_store,
-    servers as servers_store,
     worksession_gate as ws_gate,
     worksessions as ws_store,
 )
@@ -112,15 +111,40 @@ async def _visible_command(command_id: str, principal: Principal, services: Serv
     return row
 
 
-async def _resolve_server(services: Services, ref: str) -> tuple[str, str]:
-    cached = services.server_refs.get(ref)
-    if cached is not None:
-        return cached
-    server = await services.db.read(servers_store.get_server, ref)
-    if server is None:
-        raise server_not_found(ref)
-    services.server_refs.put(ref, server.id, server.name)
-    return server.id, server.name
+async def _readable_command(
+    command_id: str, request: Request, principal: Principal, services: Services
+) -> CommandRow:
+    """A command whose output the caller may read now.
+
+    Reading a command's output ("exec logs") is a gated operation of the ``command`` scope
+    for login principals, like running one: it needs an active work session (the
+    ``X-Work-Session`` header or ``?work_session=``) on the command's server.
+    """
+    row = await _visible_command(command_id, principal, services)
+    if principal.kind != "login":
+        return row
+    # An elevated command's output is read with the scope it was run with.
+    scope = SUDO_SCOPE if row.sudo else COMMAND_SCOPE
+    requested = request.query_params.get("work_session") or request.headers.get("x-work-session")
+    now = now_us()
+
+    def check(conn: sqlite3.Connection) -> GateDenial | None:
+        denial, _ = ws_gate.gate_and_record(
+            conn,
+            requested or None,
+            user_id=principal.user_id,
+            server_id=row.server_id,
+            server_name=row.server_name,
+            scope=scope,
+            line=f"exec logs {row.id}",
+            now=now,
+        )
+        return denial
+
+    denial = await services.db.write(check)
+    if denial is not None:
+        raise APIError(403, denial.code, denial.detail, scope)
+    return row
 
 
 @router.post("/", status_code=201, response_model=None)
@@ -142,7 +166,7 @@ async def create_command(
             "This token's command ACL does not allow this command line.",
             "line",
         )
-    server_id, server_name = await _resolve_server(services, body.server)
+    server_id, server_name = await resolve_server(services, body.server)
     now = now_us()
     scheduled_at = now if body.scheduled_at is None else to_us(body.scheduled_at)
     due = scheduled_at <= now
@@ -194,8 +218,9 @@ async def create_command(
             )
             if denial is not None:
                 return denial
-        claims = command_claims(
-            command_id=new.id,
+        claims = operation_claims(
+            operation_id=new.id,
+            scope=scope,
             server_id=server_id,
             now_us=now,
             principal_name=principal_name,
@@ -277,10 +302,10 @@ async def list_commands(
 
 @router.get("/{command_id}/")
 async def get_command(
-    command_id: str, principal: PrincipalDep, services: ServicesDep
+    command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
     """One command."""
-    row = await _visible_command(command_id, principal, services)
+    row = await _readable_command(command_id, request, principal, services)
     return JSONResponse(command_json(row, now=now_us()))
 
 
@@ -289,7 +314,7 @@ async def list_chunks(
     command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
     """A page of the command's output chunks, by ``seq``."""
-    row = await _visible_command(command_id, principal, services)
+    row = await _readable_command(command_id, request, principal, services)
     params = request.query_params
     seq_gte = parse_int(params, "seq__gte", minimum=0)
     seq_lte = parse_int(params, "seq__lte", minimum=0)
@@ -311,7 +336,7 @@ async def stream(
     command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> StreamingResponse:
     """NDJSON: stored chunks from ``seq__gte``, live chunks, then the final command."""
-    row = await _visible_command(command_id, principal, services)
+    row = await _readable_command(command_id, request, principal, services)
     seq_gte = parse_int(request.query_params, "seq__gte", minimum=0) or 0
     lines: AsyncIterator[str] = stream_command(
         services.db, services.hub.notifier, row.id, seq_gte=seq_gte

@@ -120,6 +120,11 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         description="Print the full output of a command and exit with its exit code.",
     )
     logs.add_argument("command_id", metavar="ID", help="command id")
+    logs.add_argument(
+        "--work-session",
+        metavar="ID",
+        help="work session to read with (default: $AGENTCTL_WORK_SESSION, then `work-session use`)",
+    )
     logs.set_defaults(handler=run_logs)
 
     history = verbs.add_parser(
@@ -299,8 +304,14 @@ def interrupted_diagnostic(command_id: str) -> Diagnostic:
 def run_logs(ctx: Context, args: argparse.Namespace) -> int:
     """Print a command's output; exit with its exit code (0 with a hint while it runs)."""
     ctx.operation = "command"
+    ctx.work_session = ctx.selected_work_session(args.work_session)
     client = ctx.client()
-    command = client.get(f"{COMMANDS}{quote(args.command_id, safe='')}/")
+    try:
+        command = client.get(f"{COMMANDS}{quote(args.command_id, safe='')}/")
+    except ApiError as exc:
+        if exc.is_gate_denial:
+            ctx.auth_method = _auth_method(client)
+        raise
     output = fetch_output(client, command)
     if is_finished(command):
         if not ctx.out.json:
