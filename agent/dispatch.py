@@ -261,8 +261,20 @@ class Dispatcher:
             )
             if message.sudo:
                 line = self._elevation.check(message, claims)
+                self._audit_event(
+                    "sudo.decision", message, allowed=True, code="allowed", via="api", line=line
+                )
                 message = message.model_copy(update={"line": line})
         except GrantRefused as refused:
+            if message.sudo:
+                self._audit_event(
+                    "sudo.decision",
+                    message,
+                    allowed=False,
+                    code=refused.code,
+                    via="api",
+                    line=message.line,
+                )
             return refused, None, message
         return None, claims, message
 

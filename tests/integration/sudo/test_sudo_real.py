@@ -139,7 +139,7 @@ def test_allowed_pattern_runs_as_root(stack: Stack) -> None:
     assert items[0]["argv"] == ["id", "-u"]
     assert items[0]["user"] == stack.user.name
     assert items[0]["command_id"]
-    decisions = [e for e in stack.audit() if e["work_session"] == session]
+    decisions = [e for e in stack.audit() if e.get("work_session") == session]
     assert decisions[0]["allowed"] is True
     assert decisions[0]["command"] == "/usr/bin/id"
 
@@ -166,7 +166,7 @@ def test_refused(stack: Stack, line: str, code: str) -> None:
     refused(done, code)
     items = stack.sudo_items(session, 1)
     assert [(i["allowed"], i["code"]) for i in items] == [(False, code)]
-    assert any(e["code"] == code and e["work_session"] == session for e in stack.audit())
+    assert any(e["code"] == code and e.get("work_session") == session for e in stack.audit())
 
 
 def test_pattern_with_shell_syntax_is_refused_at_creation(stack: Stack) -> None:
@@ -250,6 +250,9 @@ def test_api_elevation_matches_the_patterns(stack: Stack) -> None:
     assert (ran.returncode, ran.stdout) == (0, "0\n"), ran.stderr
     other = stack.exec(session, "id -un", sudo=True)
     assert other.returncode == 126, other
+    api_decisions = [(e["line"], e["allowed"], e["code"]) for e in stack.audit() if e.get("via")]
+    assert ("/usr/bin/id -u", True, "allowed") in api_decisions
+    assert ("id -un", False, "sudo_pattern_not_allowed") in api_decisions
     with stack.api() as api:
         body = {"server": stack.agent.name, "line": "id -u; id", "sudo": True}
         got = api.post("/api/events/commands/", json={**body, "work_session": session})
@@ -318,7 +321,7 @@ def test_unmanaged_sessions_follow_the_local_policy(stack: Stack) -> None:
             assert refusal_code(denied.stderr) == "sudo_unmanaged_denied", denied.stderr
         finally:
             _restart_agent(stack, "allow")
-    codes = [e["code"] for e in stack.audit() if e["work_session"] is None]
+    codes = [e["code"] for e in stack.audit() if e.get("work_session") is None]
     assert "unmanaged_allowed" in codes
     assert "sudo_unmanaged_denied" in codes
 
