@@ -153,19 +153,21 @@ class Resolver:
     """Resolves a command word the way sudo does.
 
     ``is_executable(path)`` says whether a regular executable file is there;
-    ``realpath(path)`` normalises an absolute path (``..``, ``.``, ``//``, symlinks).
+    ``realpath(path)`` normalises an absolute path (``..``, ``.``, ``//``, symlinks), or
+    returns None when the path cannot be trusted (the agent's version refuses a path
+    someone other than root could change between the decision and sudo's ``exec``).
     """
 
     secure_path: tuple[str, ...]
     is_executable: Callable[[str], bool]
-    realpath: Callable[[str], str] = posixpath.normpath
+    realpath: Callable[[str], str | None] = posixpath.normpath
 
     @classmethod
     def from_path(
         cls,
         secure_path: str,
         is_executable: Callable[[str], bool],
-        realpath: Callable[[str], str] = posixpath.normpath,
+        realpath: Callable[[str], str | None] = posixpath.normpath,
     ) -> Resolver:
         """A resolver searching a colon-separated PATH (relative entries are ignored,
         as sudo ignores them)."""
@@ -173,7 +175,8 @@ class Resolver:
         return cls(dirs, is_executable, realpath)
 
     def resolve(self, word: str, cwd: str = "/") -> str | None:
-        """The real absolute path of the command ``word`` names, or None if not found."""
+        """The real absolute path of the command ``word`` names, or None if not found
+        (or not trusted)."""
         if "/" in word:
             path = word if word.startswith("/") else posixpath.join(cwd, word)
             return self.realpath(path)
@@ -195,7 +198,7 @@ def matches(
         return False
     wanted = resolver.resolve(pattern.command)
     if wanted is None or resolver.realpath(command_path) != wanted:
-        return False
+        return False  # None never equals a resolved path: untrusted paths never match
     n = len(pattern.args)
     if pattern.rest:
         return tuple(args[:n]) == pattern.args

@@ -3,8 +3,6 @@ matches a sudo pattern of its work session (``docs/sudo.md``)."""
 
 from __future__ import annotations
 
-import os
-
 from agent.policy import GrantRefused
 from agent.policy.sudo import (
     DEBIAN_SECURE_PATH,
@@ -27,7 +25,7 @@ class ElevationPolicy:
     """Checks elevated commands against the grant's patterns (blocking: ``stat``)."""
 
     def __init__(self, secure_path: str = DEBIAN_SECURE_PATH) -> None:
-        self._resolver = Resolver.from_path(secure_path, proc.is_executable, os.path.realpath)
+        self._resolver = Resolver.from_path(secure_path, proc.is_executable, proc.trusted_realpath)
 
     def check(self, message: CommandRun, claims: GrantClaims | None) -> str:
         """The line to run (the command as its absolute path), or :class:`GrantRefused`.

@@ -10,6 +10,7 @@ import grp
 import os
 import pwd
 import socket
+import stat
 import struct
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ __all__ = [
     "is_executable",
     "parent_of",
     "peer_credentials",
+    "trusted_realpath",
 ]
 
 MAX_HOPS = 16
@@ -110,6 +112,38 @@ def fleet_member(user: str, uid: int, group: str) -> bool:
         return gid in os.getgrouplist(user, primary)
     except OSError:
         return False
+
+
+def _root_only(path: str) -> bool:
+    """Whether every component of ``path`` (as written) is root's and, unless it is a
+    symlink, writable by nobody else: no other user can swap what the path names."""
+    prefix = ""
+    for part in path.split("/"):
+        if not part:
+            continue
+        prefix = f"{prefix}/{part}"
+        try:
+            st = os.lstat(prefix)
+        except OSError:
+            return False
+        if st.st_uid != 0:
+            return False
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
+            return False
+    return True
+
+
+def trusted_realpath(path: str) -> str | None:
+    """The real path of an absolute ``path``, or None when a user other than root could
+    change what it names (a component, or one of the real path's, is not root's or is
+    group/world writable): sudo would execute the path after the agent decided, so a
+    symlink in /tmp could be swapped in between. Used for both patterns and calls."""
+    if not path.startswith("/"):
+        return None
+    real = os.path.realpath(path)
+    if not (_root_only(path) and _root_only(real)):
+        return None
+    return real
 
 
 def is_executable(path: str) -> bool:

@@ -117,7 +117,7 @@ class SudoDecisionServer:
         self._audit = audit
         self._on_decided = on_decided
         self._resolver = Resolver.from_path(
-            config.secure_path, proc.is_executable, os.path.realpath
+            config.secure_path, proc.is_executable, proc.trusted_realpath
         )
         self._sock: socket.socket | None = None
         self._clients = asyncio.Semaphore(MAX_CLIENTS)

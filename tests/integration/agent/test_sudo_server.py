@@ -18,6 +18,7 @@ from agent.audit import AuditLog
 from agent.config import SudoConfig
 from agent.protocol import GrantClaims
 from agent.sudo import Decided, SudoDecisionServer, SudoSessions
+from agent.sudo.proc import trusted_realpath
 
 
 class Served:
@@ -164,3 +165,21 @@ async def test_malformed_requests_get_no_answer(served: Served, data: bytes) -> 
     # No answer is a refusal for the plugin (it fails closed); the server goes on.
     assert await served.ask(data) == b""
     assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
+
+
+def test_trusted_realpath(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: makes files owned by another user")
+    assert trusted_realpath("/usr/bin/../bin/id") == os.path.realpath("/usr/bin/id")
+    assert trusted_realpath("/bin/sh") == os.path.realpath("/bin/sh")
+    assert trusted_realpath("relative/id") is None
+    assert trusted_realpath("/nonexistent/id") is None
+    link = tmp_path / "link"
+    link.symlink_to("/usr/bin/id")
+    assert trusted_realpath(str(link)) is None  # under /tmp: world writable
+    os.chmod(tmp_path, 0o755)
+    owned = tmp_path / "owned"
+    owned.mkdir(mode=0o755)
+    (owned / "id").symlink_to("/usr/bin/id")
+    os.lchown(owned / "id", 65534, 65534)
+    assert trusted_realpath(str(owned / "id")) is None  # a link someone else owns

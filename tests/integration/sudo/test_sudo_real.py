@@ -169,6 +169,17 @@ def test_refused(stack: Stack, line: str, code: str) -> None:
     assert any(e["code"] == code and e.get("work_session") == session for e in stack.audit())
 
 
+def test_a_path_another_user_could_swap_never_matches(stack: Stack) -> None:
+    # The user's own symlink to an allowed command: sudo would exec the link after the
+    # decision, and the user could point it at a shell in between.
+    session = stack.session()
+    link = f"/tmp/fleet-sudo-link-{uuid.uuid4().hex}"
+    done = stack.exec(session, f"ln -s /usr/bin/id {link} && sudo -n {link} -u; rm -f {link}")
+    assert refusal_code(done.stdout) == "sudo_pattern_not_allowed", done
+    allowed = stack.exec(session, "sudo -n /usr/bin/../bin/id -u")  # root's own path: fine
+    assert (allowed.returncode, allowed.stdout) == (0, "0\n"), allowed
+
+
 def test_pattern_with_shell_syntax_is_refused_at_creation(stack: Stack) -> None:
     with stack.api() as api:
         for pattern in ("id -u; rm -rf /", "id $(id)", "journalctl -u nginx | sh", "ls *.log"):
