@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = """
 CREATE TABLE users (
@@ -130,7 +130,11 @@ ALTER TABLE commands ADD COLUMN work_session_id TEXT;
 ALTER TABLE commands ADD COLUMN grant_token TEXT
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2}
+_V3 = """
+ALTER TABLE commands ADD COLUMN sudo INTEGER NOT NULL DEFAULT 0
+"""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3}
 
 
 def migrate(conn: sqlite3.Connection) -> None:
