@@ -240,6 +240,26 @@ class TunnelConfig(_Section):
         return self
 
 
+class SudoConfig(_Section):
+    """Sudo mediation (``docs/sudo.md``): the approval plugin asks the agent about every
+    ``sudo``; calls from sessions the agent started follow their work session's patterns.
+
+    ``unmanaged`` decides calls from anywhere else (an SSH login, cron): ``allow`` leaves
+    them to sudoers as if the agent were not there (members of ``group`` excepted: their
+    sudo right exists for agent sessions only); ``deny`` refuses them (locked-down fleets).
+    """
+
+    enabled: bool = True
+    unmanaged: Literal["allow", "deny"] = "allow"
+    group: str = Field(default="fleet-sudo", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    """The group the sudoers drop-in lets use sudo (session users must be members)."""
+    secure_path: str = Field(
+        default="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        pattern=r"^/[^\x00\n]*$",
+    )
+    """Where bare command names of patterns are looked up (sudo's ``secure_path``)."""
+
+
 class AgentConfig(_Section):
     """The whole agent configuration."""
 
@@ -255,6 +275,7 @@ class AgentConfig(_Section):
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
     grants: GrantsConfig = GrantsConfig()
+    sudo: SudoConfig = SudoConfig()
     tunnel: TunnelConfig = TunnelConfig()
 
     @property
@@ -266,6 +287,11 @@ class AgentConfig(_Section):
     def status_socket(self) -> Path:
         """The daemon's local status socket."""
         return self.runtime_dir / "status.sock"
+
+    @property
+    def sudo_socket(self) -> Path:
+        """The sudo decision socket the approval plugin asks (root only)."""
+        return self.runtime_dir / "sudo.sock"
 
     def read_key(self) -> str:
         """Read the server key from its file.
