@@ -28,6 +28,7 @@ from agent.service import ServiceRuntime
 from agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
 from agent.sudo import Decided, SudoDecisionServer, SudoSessions
 from agent.sudo.elevation import ElevationPolicy
+from agent.tunnel.service import TunnelService
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -151,6 +152,7 @@ async def _serve(
         config, lambda: _details(backhaul.state, outbox, dispatcher, sudo_sessions)
     )
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
+    channels.register(TunnelService(config.tunnel))
     backhaul = Backhaul(
         config,
         key=key,

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, WebSocket
 
-from controlplane.api import commands, identity, servers, worksessions
+from controlplane.api import commands, identity, servers, tunnels, worksessions
 from controlplane.api.deps import Services
 from controlplane.config import ControlPlaneSettings
 from controlplane.errors import install_error_handlers
@@ -42,6 +42,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
             app.state.services = Services(
                 settings=settings, db=db, hub=hub, work_sessions=clock, signer=GrantSigner(key)
             )
+            app.state.tunnels = tunnels.install(app.state.services)
             async with asyncio.TaskGroup() as tg:
                 scheduler = tg.create_task(hub.scheduler.run(), name="scheduler")
                 sessions = tg.create_task(clock.run(), name="work-session-clock")
@@ -67,6 +68,8 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     app.include_router(servers.router)
     app.include_router(identity.router)
     app.include_router(worksessions.router)
+    app.include_router(tunnels.router)
+    app.include_router(tunnels.ws_router)
 
     @app.websocket(BACKHAUL_PATH)
     async def backhaul(websocket: WebSocket) -> None:

@@ -58,6 +58,10 @@ class ChannelLink:
         """Close the websocket (the control plane passes code and reason to the client)."""
         await self._ws.close(code, reason[:120])
 
+    async def wait_closed(self) -> None:
+        """Return once the websocket is closed (by either side, or lost)."""
+        await self._ws.wait_closed()
+
     def abort(self) -> None:
         """Drop the TCP connection without a closing handshake."""
         self._ws.transport.abort()
