@@ -11,6 +11,8 @@ exceptions (OSError, websockets, pydantic) are translated where the library is c
     ├── ConnectionLost         the backhaul dropped; the reconnect loop handles it
     ├── StatusUnavailable      ``agent status``: no daemon answers on the status socket
     ├── RegistrationError      ``agent register``/``unregister`` failed
+    ├── ChannelClosed          a channel's websocket ended (code, reason)
+    ├── ChannelRefused         a channel (websh, files, tunnel) was refused; carries a code
     └── CommandError           a command could not be started
         ├── UnknownUser
         ├── UnknownGroup
@@ -23,6 +25,8 @@ from __future__ import annotations
 __all__ = [
     "AgentError",
     "AuthRejected",
+    "ChannelClosed",
+    "ChannelRefused",
     "CommandError",
     "ConfigError",
     "ConnectionLost",
@@ -84,6 +88,33 @@ class RegistrationError(AgentError):
     def __init__(self, message: str, exit_status: int = 1) -> None:
         super().__init__(message)
         self.exit_status = exit_status
+
+
+class ChannelClosed(AgentError):
+    """A channel's websocket ended.
+
+    Attributes:
+        code: the websocket close code (1006 when the connection was lost without one).
+        reason: the close reason.
+    """
+
+    def __init__(self, code: int = 1006, reason: str = "") -> None:
+        super().__init__(f"channel closed ({code}{': ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason
+
+
+class ChannelRefused(AgentError):
+    """A channel open was refused (policy, limits, bad request).
+
+    Attributes:
+        code: a stable machine-readable reason sent back to the client.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class CommandError(AgentError):

@@ -1,0 +1,1 @@
+"""Interactive terminals (websh): a login shell on a PTY per channel, recorded."""
