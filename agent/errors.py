@@ -11,8 +11,8 @@ exceptions (OSError, websockets, pydantic) are translated where the library is c
     ├── ConnectionLost         the backhaul dropped; the reconnect loop handles it
     ├── StatusUnavailable      ``agent status``: no daemon answers on the status socket
     ├── RegistrationError      ``agent register``/``unregister`` failed
-    ├── ChannelClosed          a channel's websocket ended (code, reason)
-    ├── ChannelRefused         a channel (websh, files, tunnel) was refused; carries a code
+    ├── ChannelClosed          a channel websocket ended
+    ├── ChannelRefused         the agent will not serve a channel (policy, limits)
     └── CommandError           a command could not be started
         ├── UnknownUser
         ├── UnknownGroup
@@ -90,33 +90,6 @@ class RegistrationError(AgentError):
         self.exit_status = exit_status
 
 
-class ChannelClosed(AgentError):
-    """A channel's websocket ended.
-
-    Attributes:
-        code: the websocket close code (1006 when the connection was lost without one).
-        reason: the close reason.
-    """
-
-    def __init__(self, code: int = 1006, reason: str = "") -> None:
-        super().__init__(f"channel closed ({code}{': ' + reason if reason else ''})")
-        self.code = code
-        self.reason = reason
-
-
-class ChannelRefused(AgentError):
-    """A channel open was refused (policy, limits, bad request).
-
-    Attributes:
-        code: a stable machine-readable reason sent back to the client.
-    """
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 class CommandError(AgentError):
     """A command could not be started; the message is reported to the operator."""
 
@@ -131,3 +104,30 @@ class UnknownGroup(CommandError):
 
 class PrivilegeError(CommandError):
     """The agent cannot switch to the requested identity (for example, not root)."""
+
+
+class ChannelClosed(AgentError):
+    """A channel websocket ended (either side closed it, or the link broke).
+
+    Attributes:
+        code: the websocket close code (1006 when the link broke without a close).
+        reason: the close reason text.
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"channel closed ({code}{': ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason
+
+
+class ChannelRefused(AgentError):
+    """The agent will not serve a channel; ``code`` is a stable machine-readable reason.
+
+    Grant refusals carry the ``work_session_*`` code; kinds use their own (for example
+    ``tunnel_port_not_allowed``).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
