@@ -23,6 +23,7 @@ from agent.errors import AgentError, StateDirError
 from agent.policy import GrantPolicy
 from agent.service import ServiceRuntime
 from agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
+from agent.websh.service import WebshService
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -129,6 +130,8 @@ async def _serve(
         audit=audit,
     )
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
+    websh = WebshService(config, key)
+    channels.register(websh)
     service = ServiceRuntime(config, lambda: _details(backhaul.state, outbox, dispatcher))
     backhaul = Backhaul(
         config,
@@ -156,6 +159,7 @@ async def _serve(
             tg.create_task(spool.run(), name="spool")
             tg.create_task(dispatcher.run(), name="dispatcher")
             tg.create_task(channels.run(), name="channels")
+            tg.create_task(websh.run(), name="websh")
             tg.create_task(backhaul.run(), name="backhaul")
             tg.create_task(service.notifier.watchdog(), name="watchdog")
             tg.create_task(service.status.serve(), name="status")

@@ -122,11 +122,15 @@ class TerminalManager:
         """
         self.check(request)
         owner = owner_of(request, claims)
+        expires_at = None if claims is None else claims.expires_at
         if request.attach:
             terminal = self.terminals[request.terminal_id]
+            terminal.state.check_attach(owner)
+            terminal.expire_at(expires_at)
             await terminal.attach(link, owner)
             return
         terminal = await self._start(request, owner, claims)
+        terminal.expire_at(expires_at)
         await terminal.attach(link, owner, first=True)
 
     def close(self, terminal_id: UUID, reason: str = "closed") -> bool:

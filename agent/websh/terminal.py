@@ -101,6 +101,9 @@ class Terminal:
         self._loop = asyncio.get_running_loop()
         self._pidfd: int | None = None
         self._session_ended = False
+        self._expires: float | None = None
+        self.finished = asyncio.Event()
+        """Set when the session's processes are gone and ``exit_code`` is final."""
 
     @property
     def pid(self) -> int:
@@ -134,6 +137,18 @@ class Terminal:
             if not self._session_ended:  # cancelled: the processes must still go
                 self.state.close("shutdown")
                 self.exit_code = await asyncio.shield(end_session(self.shell.process, 0))
+            self.finished.set()
+
+    def expire_at(self, epoch: float | None) -> None:
+        """End the terminal at ``epoch`` (wall clock: the grant's work session expiry).
+
+        A reattach with a new grant moves it (the session may have been extended).
+        """
+        if epoch is None:
+            self._expires = None
+        else:
+            self._expires = time.monotonic() + (epoch - time.time())
+        self._wake.set()
 
     def close(self, reason: str = "closed") -> None:
         """Ask the terminal to end (idempotent; the first reason wins)."""
@@ -150,10 +165,13 @@ class Terminal:
             now = time.monotonic()
             if self.state.expired(now):
                 return "detach_expired"
+            if self._expires is not None and now >= self._expires:
+                return "work_session_expired"
             self._wake.clear()
-            timeout = None
+            due = [self._expires] if self._expires is not None else []
             if self.state.phase is Phase.DETACHED and self.state.deadline is not None:
-                timeout = max(0.0, self.state.deadline - now)
+                due.append(self.state.deadline)
+            timeout = max(0.0, min(due) - now) if due else None
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
