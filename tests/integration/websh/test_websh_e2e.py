@@ -312,3 +312,78 @@ def test_agentctl_websh_with_a_command_uses_the_command_path(
     )
     assert interactive_without_tty.returncode == 2, interactive_without_tty.stderr
     assert "needs a terminal" in interactive_without_tty.stderr
+
+
+def test_agentctl_work_session_recording_replays_the_output(
+    stack: tuple[ControlPlaneProcess, AgentProcess], user: CreatedUser, tmp_path: Path
+) -> None:
+    cp, agent = stack
+    _, _, token = new_login(cp, superuser=True)
+    with cp.client(token) as client:
+        session = client.post(
+            "/api/work-sessions/sessions/",
+            json={
+                "description": "rec",
+                "servers": [agent.name],
+                "duration": "1h",
+                "scopes": ["websh"],
+            },
+        ).json()
+        created = client.post(
+            TERMINALS,
+            json={"server": agent.name, "username": user.name, "work_session": session["id"]},
+        )
+        assert created.status_code == 201, created.text
+    tid = created.json()["id"]
+
+    async def drive() -> None:
+        async with attach(cp, tid, token=token) as terminal:
+            await terminal.ask("echo R''=$((7*6))", r"R=(42)\r\n")
+            await terminal.type("exit\n")
+            await terminal.reader.control("exit")
+
+    asyncio.run(drive())
+    wait_recording(cp, tid)
+    env = agentctl_env(cp, tmp_path)
+    argv = [
+        sys.executable,
+        "-m",
+        "controlplane.agentctl",
+        "work-session",
+        "recording",
+        session["id"],
+    ]
+    raw = subprocess.run(
+        [*argv, "--raw"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert raw.returncode == 0, raw.stderr
+    lines = raw.stdout.splitlines()
+    assert json.loads(lines[0])["version"] == 2
+    recorded = "".join(e[2] for e in map(json.loads, lines[1:]) if e[1] == "o")
+    played = subprocess.run(
+        [*argv, "--speed", "100"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert played.returncode == 0, played.stderr
+    assert played.stdout.decode() == recorded
+    assert "R=42" in recorded
+    nothing = subprocess.run(
+        [*argv[:-1], "no-such-session"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert nothing.returncode != 0
