@@ -20,15 +20,17 @@ class SpoolQuota:
             raise ValueError("sizes must not be negative")
         self.max_bytes = max_bytes
         self.used = used
+        self._refused = False
 
     @property
     def full(self) -> bool:
-        """No byte fits any more."""
-        return self.used >= self.max_bytes
+        """The cap is reached, or a write was refused since space was last given back."""
+        return self._refused or self.used >= self.max_bytes
 
     def take(self, size: int) -> bool:
         """Reserve ``size`` bytes; False (nothing reserved) when they do not fit."""
         if self.used + size > self.max_bytes:
+            self._refused = True
             return False
         self.used += size
         return True
@@ -36,3 +38,4 @@ class SpoolQuota:
     def give_back(self, size: int) -> None:
         """A recording of ``size`` bytes left the spool."""
         self.used = max(0, self.used - size)
+        self._refused = False

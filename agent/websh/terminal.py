@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import termios
 import time
 from collections.abc import Awaitable
 from typing import Protocol
@@ -266,7 +267,7 @@ class Terminal:
                 if self.state.phase is Phase.CLOSED:
                     continue
                 if self.recorder is not None:
-                    self.recorder.input(message)
+                    self.recorder.input(redact_if_secret(self.shell.master_fd, message))
                     self._check_recording()
                 await self._write(message)
                 continue
@@ -375,6 +376,22 @@ class Terminal:
             assert self._pidfd is not None
             self._loop.remove_reader(self._pidfd)
             self._wake.set()
+
+
+def redact_if_secret(fd: int, data: bytes) -> bytes:
+    """``data`` as recorded: typed while the terminal does not echo in line mode (a
+    password prompt: sudo, passwd, ssh), every byte but line ends becomes ``*``.
+
+    On Linux the master reports the slave's modes, so this sees what the prompt set.
+    Full-screen programs turn echo off too, but in raw mode; their input is kept.
+    """
+    try:
+        lflag = termios.tcgetattr(fd)[3]
+    except termios.error:
+        return data
+    if lflag & termios.ECHO or not lflag & termios.ICANON:
+        return data
+    return bytes(b if b in b"\r\n" else 0x2A for b in data)
 
 
 async def _first_of(*coros: Awaitable[None]) -> None:

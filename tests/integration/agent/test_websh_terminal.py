@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import termios
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -274,3 +275,79 @@ async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(wait(), timeout)
+
+
+def read_cast(path: Path) -> tuple[dict[str, Any], list[list[Any]]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
+
+
+@pytest.mark.root
+async def test_recording_is_asciicast_and_hides_passwords(
+    tmp_path: Path, scratch_user: CreatedUser
+) -> None:
+    """Output, input and resize are recorded in order; what is typed at a prompt that does
+    not echo (a password) is recorded as stars."""
+    config = make_config(tmp_path)
+    done: list[tuple[uuid.UUID, Path]] = []
+    async with manager_running(config) as manager:
+        manager.on_recording_done = lambda tid, path: done.append((tid, path))
+        request = TerminalRequest(uuid.uuid4(), username=scratch_user.name, rows=20, cols=70)
+        async with attached(manager, request) as (link, reader, task):
+            path = config.recordings_dir / f"{request.terminal_id}.cast"
+            assert path.stat().st_mode & 0o777 == 0o600
+            await prompt(reader, link, "echo €-$((1+1))", r"(€-2)\r\n")
+            link.to_agent.put_nowait(json.dumps({"type": "resize", "rows": 21, "cols": 71}))
+            link.to_agent.put_nowait(b"stty -echo; read pw; stty echo; echo L''=${#pw}\n")
+            fd = manager.terminals[request.terminal_id].shell.master_fd
+            # Type the password once the prompt has turned echo off, as a person would.
+            await _until(lambda: not termios.tcgetattr(fd)[3] & termios.ECHO)
+            link.to_agent.put_nowait(b"hunter2\n")
+            assert (await reader.expect(r"L=(\d+)\r\n")).group(1) == "7"
+            link.to_agent.put_nowait(b"exit\n")
+            await reader.control("exit")
+            await asyncio.wait_for(task, 10)
+        await _until(lambda: len(done) == 1)
+    assert done[0] == (request.terminal_id, path)
+    header, events = read_cast(path)
+    assert header["version"] == 2
+    assert (header["width"], header["height"]) == (70, 20)
+    assert header["env"] == {"SHELL": "/bin/sh", "TERM": "xterm-256color"}
+    assert [e[0] for e in events] == sorted(e[0] for e in events)
+    typed = "".join(e[2] for e in events if e[1] == "i")
+    output = "".join(e[2] for e in events if e[1] == "o")
+    assert "€-2" in output
+    assert "hunter2" not in typed + output
+    assert "*******\n" in typed
+    assert [21, 71] == [int(x) for x in next(e[2] for e in events if e[1] == "r").split("x")][::-1]
+
+
+@pytest.mark.parametrize("policy", ["stop", "refuse"])
+@pytest.mark.root
+async def test_a_full_recording_spool_follows_the_policy(
+    tmp_path: Path, scratch_user: CreatedUser, policy: str
+) -> None:
+    """`stop`: the session goes on unrecorded; `refuse`: it is ended, new ones refused."""
+    config = make_config(tmp_path, recording_max_bytes=4096, recording_full=policy)
+    async with manager_running(config) as manager:
+        request = TerminalRequest(uuid.uuid4(), username=scratch_user.name)
+        async with attached(manager, request) as (link, reader, task):
+            link.to_agent.put_nowait(b"head -c 20000 /dev/zero | tr '\\0' y; echo; echo E''=end\n")
+            if policy == "stop":
+                await reader.expect(r"E=end\r\n")
+                assert await prompt(reader, link, "echo S''=still", r"S=(still)\r\n") == "still"
+                link.to_agent.put_nowait(b"exit\n")
+                await reader.control("exit")
+            else:
+                exit_frame = await reader.control("exit")
+                assert exit_frame["reason"] == "recording_full"
+            await asyncio.wait_for(task, 10)
+        path = config.recordings_dir / f"{request.terminal_id}.cast"
+        assert path.stat().st_size <= 4096
+        read_cast(path)  # still valid: it ends early, never mid-line
+        if policy == "refuse":
+            with pytest.raises(ChannelRefused) as refused:
+                await manager.serve(
+                    TerminalRequest(uuid.uuid4(), username=scratch_user.name), FakeLink(), None
+                )
+            assert refused.value.code == "recording_unavailable"

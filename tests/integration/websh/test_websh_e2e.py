@@ -24,6 +24,7 @@ from websockets.exceptions import InvalidStatus
 from tests.support.accounts import new_login
 from tests.support.agent import AgentProcess, running_agent
 from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, running_control_plane
+from tests.support.proxy import running_proxy
 from tests.support.users import CreatedUser, temporary_user
 from tests.support.websh import PtyScreen, TerminalReader, run_on_pty, ws_source
 
@@ -387,3 +388,37 @@ def test_agentctl_work_session_recording_replays_the_output(
         check=False,
     )
     assert nothing.returncode != 0
+
+
+async def test_agentctl_websh_reattaches_after_a_network_drop(
+    stack: tuple[ControlPlaneProcess, AgentProcess], user: CreatedUser, tmp_path: Path
+) -> None:
+    """The connection between agentctl and the control plane is reset: agentctl reattaches
+    to the same shell by itself (a variable set before is still set)."""
+    cp, agent = stack
+    with running_proxy(cp.port) as proxy:
+        config = tmp_path / "agentctl.toml"
+        config.write_text(
+            f'url = "http://127.0.0.1:{proxy.port}"\ntoken = "{cp.admin_token}"\n', encoding="utf-8"
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCTL_")}
+        env.update({"AGENTCTL_CONFIG": str(config), "TERM": "xterm"})
+        argv = [sys.executable, "-m", "controlplane.agentctl", "websh", agent.name, "-u", user.name]
+        proc = PtyProcess.spawn(argv, env=env, cwd=str(REPO_ROOT), dimensions=(24, 80))
+        screen = PtyScreen(proc)
+        try:
+            await screen.expect(r"\$ ")
+            proc.write(b"KEEP=kept-$((6*7)); echo K''=$KEEP\r")
+            await screen.expect(r"K=kept-42")
+            proxy.set_mode("drop")
+            proxy.set_mode("pass")
+            await screen.expect(r"reattaching")
+            proc.write(b"echo A''=$KEEP\r")
+            await screen.expect(r"A=kept-42", timeout=30)
+            proc.write(b"exit 4\r")
+            await screen.until_eof()
+            proc.wait()
+            assert proc.exitstatus == 4
+        finally:
+            if proc.isalive():
+                proc.terminate(force=True)

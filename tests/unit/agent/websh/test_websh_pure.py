@@ -154,6 +154,11 @@ def test_pending_output_pauses_and_keeps_a_ring_when_detached() -> None:
 
 
 def test_quota() -> None:
+    small = SpoolQuota(100, used=10)
+    assert not small.take(95)
+    assert small.full  # a refused write means full, even below the cap
+    small.give_back(5)
+    assert not small.full
     quota = SpoolQuota(100, used=40)
     assert quota.take(60)
     assert quota.full
