@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 
 import pytest
 
 from agent.errors import ChannelRefused, ProtocolViolation
+from agent.exec.identity import Identity
 from agent.protocol.websh import (
     Close,
     Exit,
@@ -18,6 +20,7 @@ from agent.protocol.websh import (
 )
 from agent.websh.cast import CastEncoder, event_line, header_line
 from agent.websh.quota import SpoolQuota
+from agent.websh.shell import choose_shell, login_argv0, login_environment
 from agent.websh.state import Owner, PendingOutput, Phase, TerminalState
 
 
@@ -168,3 +171,37 @@ def test_quota() -> None:
     assert not quota.full
     quota.give_back(1000)
     assert quota.used == 0
+
+
+# -- shell choice and login environment ---------------------------------------------------
+
+
+def _identity(shell: str = "/bin/bash") -> Identity:
+    return Identity("deploy", 1001, 1001, (1001, 27), "/home/deploy", shell)
+
+
+def test_the_passwd_shell_or_a_listed_one(tmp_path: Path) -> None:
+    shells = tmp_path / "shells"
+    shells.write_text("# /etc/shells: valid login shells\n/bin/sh\n/usr/bin/zsh\n")
+    assert choose_shell(_identity(), None, shells) == "/bin/bash"
+    assert choose_shell(_identity(), "/usr/bin/zsh", shells) == "/usr/bin/zsh"
+    for bad in ("/usr/bin/python3", "# /etc/shells: valid login shells", "zsh"):
+        with pytest.raises(ChannelRefused) as refused:
+            choose_shell(_identity(), bad, shells)
+        assert refused.value.code == "invalid_shell"
+    with pytest.raises(ChannelRefused):
+        choose_shell(_identity(), "/bin/sh", tmp_path / "missing")
+
+
+def test_login_argv0_and_a_clean_environment() -> None:
+    assert login_argv0("/bin/bash") == "-bash"
+    assert login_argv0("/usr/bin/zsh") == "-zsh"
+    assert login_environment(_identity(), "/bin/bash", "xterm") == {
+        "HOME": "/home/deploy",
+        "USER": "deploy",
+        "LOGNAME": "deploy",
+        "SHELL": "/bin/bash",
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "TERM": "xterm",
+        "LANG": "C.UTF-8",
+    }
