@@ -334,12 +334,15 @@ class Terminal:
             self._pending.trim()
 
     def _read(self, budget: int) -> None:
+        """Read what the PTY has, up to ``budget`` bytes, and hand it on in one piece (one
+        recording event and one wake-up of the sender per call, not per 4 KiB read)."""
         fd = self.shell.master_fd
+        chunks: list[bytes] = []
         while budget > 0:
             try:
                 data = os.read(fd, READ_SIZE)
             except BlockingIOError:
-                return
+                break
             except OSError as exc:
                 if exc.errno != errno.EIO:
                     log.warning(
@@ -351,13 +354,17 @@ class Terminal:
                 self._eof = True
                 self._pause()
                 self._wake.set()
-                return
+                break
             budget -= len(data)
-            self._pending.feed(data)
-            self._data.set()
-            if self.recorder is not None:
-                self.recorder.output(data)
-                self._check_recording()
+            chunks.append(data)
+        if not chunks:
+            return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._pending.feed(data)
+        self._data.set()
+        if self.recorder is not None:
+            self.recorder.output(data)
+            self._check_recording()
 
     def _drain(self) -> None:
         if not self._eof:

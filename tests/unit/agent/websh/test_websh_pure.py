@@ -7,6 +7,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from agent.errors import ChannelRefused, ProtocolViolation
 from agent.exec.identity import Identity
@@ -18,7 +19,7 @@ from agent.protocol.websh import (
     decode_agent_frame,
     decode_client_frame,
 )
-from agent.websh.cast import CastEncoder, event_line, header_line
+from agent.websh.cast import CastEncoder, event_line, header_line, json_string
 from agent.websh.quota import SpoolQuota
 from agent.websh.shell import choose_shell, login_argv0, login_environment
 from agent.websh.state import Owner, PendingOutput, Phase, TerminalState
@@ -205,3 +206,16 @@ def test_login_argv0_and_a_clean_environment() -> None:
         "TERM": "xterm",
         "LANG": "C.UTF-8",
     }
+
+
+@given(st.text())
+def test_json_string_is_json(text: str) -> None:
+    assert json.loads(json_string(text)) == text
+    assert json.loads(event_line(1.25, "o", text)) == [1.25, "o", text]
+
+
+@pytest.mark.parametrize(
+    "text", ["", "plain\r\n", 'q"b\\s\tt', "\x1b[1mbold\x1b[0m", "é€\u2028", "\x7f\x00"]
+)
+def test_json_string_examples(text: str) -> None:
+    assert json.loads(json_string(text)) == text
