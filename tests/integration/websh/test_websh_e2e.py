@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from tests.support.accounts import new_login
-from tests.support.agent import AgentProcess, running_agent
+from tests.support.agent import AgentProcess, running_agent, start_agent
 from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, running_control_plane
 from tests.support.proxy import running_proxy
 from tests.support.users import CreatedUser, temporary_user
@@ -422,3 +422,30 @@ async def test_agentctl_websh_reattaches_after_a_network_drop(
         finally:
             if proc.isalive():
                 proc.terminate(force=True)
+
+
+async def test_agent_stop_ends_terminals_and_ships_the_recording_after_restart(
+    stack: tuple[ControlPlaneProcess, AgentProcess], user: CreatedUser, tmp_path: Path
+) -> None:
+    """SIGTERM to the agent: the client is told, the shell is gone; the recording left in
+    the spool reaches the control plane at the agent's next start."""
+    cp, _ = stack
+    other = start_agent(cp, tmp_path / "agent2", sections={"websh": {"hangup_grace": 1.0}})
+    try:
+        terminal = create_terminal(cp, other.name, user.name).json()
+        async with attach(cp, terminal["id"]) as session:
+            pid = int(await session.ask("echo P''=$$", r"P=(\d+)\r\n"))
+            await asyncio.to_thread(other.stop)
+            exit_frame = await session.reader.control("exit")
+            assert exit_frame["reason"] in {"closed", "shutdown"}
+            await session.reader.until_closed()
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # the agent reaped it before it exited
+        spooled = list((other.workdir / "state" / "recordings").glob("*.cast"))
+        with cp.client() as client:
+            recording = client.get(f"{TERMINALS}{terminal['id']}/").json()["recording"]
+        assert spooled or recording is not None  # shipped before the end, or left for later
+        await asyncio.to_thread(other.start)
+        await asyncio.to_thread(wait_recording, cp, terminal["id"])
+    finally:
+        await asyncio.to_thread(other.stop)
