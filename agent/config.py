@@ -180,6 +180,26 @@ class AuditConfig(_Section):
     backups: int = Field(default=5, ge=0, le=100)
 
 
+class SudoConfig(_Section):
+    """Sudo mediation (``docs/sudo.md``): the approval plugin asks the agent about every
+    ``sudo``; calls from sessions the agent started follow their work session's patterns.
+
+    ``unmanaged`` decides calls from anywhere else (an SSH login, cron): ``allow`` leaves
+    them to sudoers as if the agent were not there (members of ``group`` excepted: their
+    sudo right exists for agent sessions only); ``deny`` refuses them (locked-down fleets).
+    """
+
+    enabled: bool = True
+    unmanaged: Literal["allow", "deny"] = "allow"
+    group: str = Field(default="fleet-sudo", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    """The group the sudoers drop-in lets use sudo (session users must be members)."""
+    secure_path: str = Field(
+        default="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        pattern=r"^/[^\x00\n]*$",
+    )
+    """Where bare command names of patterns are looked up (sudo's ``secure_path``)."""
+
+
 class WebshConfig(_Section):
     """Interactive terminals (websh) and their recordings."""
 
@@ -219,6 +239,7 @@ class AgentConfig(_Section):
     audit: AuditConfig = AuditConfig()
     grants: GrantsConfig = GrantsConfig()
     websh: WebshConfig = WebshConfig()
+    sudo: SudoConfig = SudoConfig()
 
     @property
     def audit_file(self) -> Path:
@@ -234,6 +255,11 @@ class AgentConfig(_Section):
     def status_socket(self) -> Path:
         """The daemon's local status socket."""
         return self.runtime_dir / "status.sock"
+
+    @property
+    def sudo_socket(self) -> Path:
+        """The sudo decision socket the approval plugin asks (root only)."""
+        return self.runtime_dir / "sudo.sock"
 
     def read_key(self) -> str:
         """Read the server key from its file.

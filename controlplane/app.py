@@ -37,6 +37,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
             await db.write(servers_store.reset_connections)
             hub = Hub(db, settings)
             clock = WorkSessionClock(db)
+            clock.listeners.append(hub.work_session_ended)
             key = await asyncio.to_thread(load_or_create_key, key_path(settings.db_path))
             app.state.services = Services(
                 settings=settings, db=db, hub=hub, work_sessions=clock, signer=GrantSigner(key)

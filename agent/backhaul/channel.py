@@ -94,7 +94,9 @@ async def dial_path(config: AgentConfig, key: str, path: str, channel_id: UUID) 
             user_agent_header=f"fleet-agent/{__version__}",
             ssl=ssl_context(cp),
             open_timeout=config.backhaul.open_timeout,
-            ping_interval=None,  # the backhaul's keepalive already watches the peer
+            # A control plane that vanished (no FIN) must not leave channels open forever.
+            ping_interval=30,
+            ping_timeout=30,
             close_timeout=5,
             max_size=config.limits.max_frame_bytes,
             # Bulk data: a deeper write buffer keeps the socket busy while we read more.

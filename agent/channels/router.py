@@ -185,8 +185,10 @@ class ChannelRouter:
             return
         self._record("channel.opened", message, work_session=claims and claims.work_session)
         code, reason = CLOSE_NORMAL, ""
+        window = asyncio.timeout_at(_deadline(claims))
         try:
-            await service.serve(message, link, claims)
+            async with window:
+                await service.serve(message, link, claims)
         except asyncio.CancelledError:
             code, reason = CLOSE_NORMAL, "closed"
             raise
@@ -196,10 +198,17 @@ class ChannelRouter:
             log.warning("channel.refused", code=exc.code, reason=exc.message)
             self._record("channel.refused", message, code=exc.code, reason=exc.message)
             code, reason = CLOSE_REFUSED, refusal_reason(exc.code, exc.message)
-        except Exception:
-            # One broken channel must not take the others (or the agent) down.
-            log.exception("channel.failed")
-            code, reason = CLOSE_INTERNAL, "internal error"
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and window.expired():
+                # The agent's own clock ends the channel with its grant, whatever the
+                # control plane does (or if it cannot be reached).
+                log.info("channel.grant_expired")
+                code = CLOSE_REFUSED
+                reason = refusal_reason("work_session_expired", "the work session has expired")
+            else:
+                # One broken channel must not take the others (or the agent) down.
+                log.exception("channel.failed")
+                code, reason = CLOSE_INTERNAL, "internal error"
         finally:
             await _close_quietly(link, code, reason)
             self._record("channel.closed", message, code=code)
@@ -214,6 +223,13 @@ class ChannelRouter:
                 user=getattr(spec, "username", None),
                 **fields,
             )
+
+
+def _deadline(claims: GrantClaims | None) -> float | None:
+    """The event-loop time at which the grant of a channel runs out (``None``: never)."""
+    if claims is None or claims.expires_at is None:
+        return None
+    return asyncio.get_running_loop().time() + max(0.0, claims.expires_at - time())
 
 
 async def _close_quietly(link: ChannelLink, code: int, reason: str) -> None:

@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE users (
@@ -131,6 +131,10 @@ ALTER TABLE commands ADD COLUMN grant_token TEXT
 """
 
 _V3 = """
+ALTER TABLE commands ADD COLUMN sudo INTEGER NOT NULL DEFAULT 0
+"""
+
+_V4 = """
 CREATE TABLE terminals (
     id               TEXT PRIMARY KEY,
     server_id        TEXT NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
@@ -156,7 +160,7 @@ CREATE INDEX ix_terminals_session ON terminals(work_session_id, created_at);
 CREATE INDEX ix_terminals_owner ON terminals(owner_user, created_at)
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3}
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

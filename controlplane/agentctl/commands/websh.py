@@ -70,18 +70,7 @@ def run_websh(ctx: Context, args: argparse.Namespace) -> int:
     """Run a command, or open the interactive terminal."""
     words = exec_cmd.command_words(args)
     if words:
-        command = argparse.Namespace(
-            server=args.server,
-            user=args.user,
-            group=args.group,
-            env=[],
-            timeout=None,
-            detach=False,
-            work_session=args.work_session,
-            extra_words=words,
-            remote_argv=None,
-        )
-        return exec_cmd.run_exec(ctx, command)
+        return exec_cmd.run_exec(ctx, _exec_args(args, words))
     ctx.operation, ctx.server = "websh", args.server
     ctx.work_session = ctx.selected_work_session(args.work_session)
     stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
@@ -110,6 +99,20 @@ def run_websh(ctx: Context, args: argparse.Namespace) -> int:
     session = Terminal(ctx, str(terminal["id"]), stdin_fd, stdout_fd)
     with raw_mode(stdin_fd):
         return asyncio.run(session.run())
+
+
+def _exec_args(args: argparse.Namespace, words: list[str]) -> argparse.Namespace:
+    """The arguments `exec SERVER CMD` would have (every exec flag at its default)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    exec_cmd.register(parser.add_subparsers(), argparse.ArgumentParser(add_help=False))
+    argv = ["exec", "run", args.server, "-u", args.user]
+    if args.group:
+        argv += ["-g", args.group]
+    if args.work_session:
+        argv += ["--work-session", args.work_session]
+    command = parser.parse_args(argv)
+    command.extra_words, command.remote_argv = words, None
+    return command
 
 
 @contextlib.contextmanager

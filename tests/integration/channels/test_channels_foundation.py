@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from agent.config import AgentConfig, load
 from agent.errors import ChannelRefused
 from agent.policy import GrantPolicy
 from agent.protocol import ChannelOpen, GrantClaims, TunnelSpec
+from agent.protocol.grants import decode_payload, parse_claims
 from controlplane.api.channels import (
     authorize,
     deny,
@@ -98,7 +100,14 @@ async def _test_route(websocket: WebSocket) -> None:
         await deny(websocket, exc.status, exc.code, exc.detail)
         return
     spec = TunnelSpec(tunnel_id=uuid.uuid4(), port=int(websocket.query_params["port"]))
-    message = ChannelOpen(channel_id=channel_id, spec=spec, grant=authorized.grant)
+    grant = authorized.grant
+    if "expires_in" in websocket.query_params:
+        # As a work session's grant would be: valid for a few more seconds only.
+        claims = parse_claims(decode_payload(grant.payload)).model_copy(
+            update={"expires_at": int(time.time()) + int(websocket.query_params["expires_in"])}
+        )
+        grant = services.signer.sign(claims)
+    message = ChannelOpen(channel_id=channel_id, spec=spec, grant=grant)
     await serve_channel(websocket, services, authorized.server_id, message)
 
 
@@ -136,6 +145,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
         def on_command(self, message: object, delivered_at: object) -> None:
             raise AssertionError("no commands in this test")
+
+        def on_work_session_ended(self, message: object) -> None:
+            pass
 
     connected = asyncio.Event()
     backhaul = Backhaul(
@@ -220,3 +232,16 @@ async def test_client_leaving_ends_the_agent_side(stack: Stack) -> None:
             await asyncio.sleep(0.01)
             if len(stack.echo.claims) == before + 1 and stack.router.open_channels() == 0:
                 break
+
+
+async def test_channel_ends_when_its_grant_expires(stack: Stack) -> None:
+    url = f"{stack.url}/ws/test/echo/?server=echo&port=8080&expires_in=2"
+    async with connect(url, additional_headers=_headers(stack.token)) as ws:
+        await ws.send(b"still valid")
+        assert await ws.recv() == b"still valid"
+        # Nothing else happens: the agent's own clock closes the channel at expiry.
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4403
+    assert json.loads(closed.value.rcvd.reason)["code"] == "work_session_expired"
