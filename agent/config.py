@@ -40,6 +40,7 @@ __all__ = [
     "LoggingConfig",
     "SpoolConfig",
     "TunnelConfig",
+    "WebshConfig",
     "load",
     "parse",
 ]
@@ -260,6 +261,29 @@ class SudoConfig(_Section):
     """Where bare command names of patterns are looked up (sudo's ``secure_path``)."""
 
 
+class WebshConfig(_Section):
+    """Interactive terminals (websh) and their recordings."""
+
+    enabled: bool = True
+    max_sessions: int = Field(default=64, gt=0, le=4096)
+    """Terminals alive at once (attached or detached); more are refused."""
+    detach_grace: float = Field(default=300.0, ge=0, le=7 * 24 * 3600)
+    """Seconds a shell survives without a client, waiting for a reattach."""
+    hangup_grace: float = Field(default=2.0, ge=0, le=60)
+    """Seconds between SIGHUP and SIGKILL when a terminal ends."""
+    replay_bytes: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    """Tail of the output kept while detached, replayed on reattach."""
+    default_term: str = Field(default="xterm-256color", pattern=r"^[A-Za-z0-9._+-]{1,64}$")
+    """``TERM`` when the client does not say."""
+    recording_dir: Path | None = None
+    """Where recordings are spooled (default: ``recordings`` in ``state_dir``)."""
+    recording_max_bytes: int = Field(default=1024 * 1024 * 1024, ge=0)
+    """Cap on all recordings on disk (running and waiting to be shipped)."""
+    recording_full: Literal["stop", "refuse"] = "stop"
+    """At the cap: ``stop`` recording (logged, the session goes on) or ``refuse`` (new
+    terminals are refused and a running one is ended)."""
+
+
 class AgentConfig(_Section):
     """The whole agent configuration."""
 
@@ -275,6 +299,7 @@ class AgentConfig(_Section):
     logging: LoggingConfig = LoggingConfig()
     audit: AuditConfig = AuditConfig()
     grants: GrantsConfig = GrantsConfig()
+    websh: WebshConfig = WebshConfig()
     sudo: SudoConfig = SudoConfig()
     tunnel: TunnelConfig = TunnelConfig()
 
@@ -282,6 +307,11 @@ class AgentConfig(_Section):
     def audit_file(self) -> Path:
         """Where the audit log is written."""
         return self.audit.file or self.logs_dir / "audit.log"
+
+    @property
+    def recordings_dir(self) -> Path:
+        """Where terminal recordings are spooled until shipped."""
+        return self.websh.recording_dir or self.state_dir / "recordings"
 
     @property
     def status_socket(self) -> Path:

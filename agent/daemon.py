@@ -29,6 +29,7 @@ from agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
 from agent.sudo import Decided, SudoDecisionServer, SudoSessions
 from agent.sudo.elevation import ElevationPolicy
 from agent.tunnel.service import TunnelService
+from agent.websh.service import WebshService
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -153,6 +154,15 @@ async def _serve(
     )
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
     channels.register(TunnelService(config.tunnel))
+    websh = WebshService(
+        config,
+        key,
+        on_shell_started=lambda pid, claims, terminal_id: sudo_sessions.register(
+            pid, claims, label=f"websh {terminal_id}"
+        ),
+        on_shell_ended=sudo_sessions.unregister,
+    )
+    channels.register(websh)
     backhaul = Backhaul(
         config,
         key=key,
@@ -181,6 +191,7 @@ async def _serve(
             tg.create_task(spool.run(), name="spool")
             tg.create_task(dispatcher.run(), name="dispatcher")
             tg.create_task(channels.run(), name="channels")
+            tg.create_task(websh.run(), name="websh")
             tg.create_task(backhaul.run(), name="backhaul")
             tg.create_task(service.notifier.watchdog(), name="watchdog")
             tg.create_task(service.status.serve(), name="status")

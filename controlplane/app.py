@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, WebSocket
 
-from controlplane.api import commands, identity, servers, tunnels, worksessions
+from controlplane.api import commands, identity, recordings, servers, tunnels, websh, worksessions
 from controlplane.api.deps import Services
 from controlplane.config import ControlPlaneSettings
 from controlplane.errors import install_error_handlers
@@ -43,6 +43,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
                 settings=settings, db=db, hub=hub, work_sessions=clock, signer=GrantSigner(key)
             )
             app.state.tunnels = tunnels.install(app.state.services)
+            clock.listeners.append(websh.session_ended_listener(app.state.services))
             async with asyncio.TaskGroup() as tg:
                 scheduler = tg.create_task(hub.scheduler.run(), name="scheduler")
                 sessions = tg.create_task(clock.run(), name="work-session-clock")
@@ -70,6 +71,8 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     app.include_router(worksessions.router)
     app.include_router(tunnels.router)
     app.include_router(tunnels.ws_router)
+    app.include_router(websh.router)
+    app.include_router(recordings.router)
 
     @app.websocket(BACKHAUL_PATH)
     async def backhaul(websocket: WebSocket) -> None:
@@ -80,5 +83,13 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     async def agent_channel(websocket: WebSocket, channel_id: str) -> None:
         services: Services = websocket.app.state.services
         await services.hub.serve_channel(websocket, channel_id)
+
+    @app.websocket(websh.CLIENT_PATH)
+    async def websh_client(websocket: WebSocket, terminal_id: str) -> None:
+        await websh.serve_client(websocket, terminal_id)
+
+    @app.websocket(recordings.AGENT_PATH)
+    async def recording_upload(websocket: WebSocket, terminal_id: str) -> None:
+        await recordings.serve_upload(websocket, terminal_id)
 
     return app

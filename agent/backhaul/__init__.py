@@ -1,6 +1,6 @@
 """The agent's only network link: the websocket to the control plane."""
 
-from agent.backhaul.channel import ChannelLink, dial_channel
+from agent.backhaul.channel import ChannelLink, dial_channel, dial_path
 from agent.backhaul.connection import Backhaul, ChannelHandler, CommandHandler, LinkState
 from agent.backhaul.outbox import Outbox
 from agent.backhaul.retry import Backoff, backoff_delays, classify
@@ -19,5 +19,6 @@ __all__ = [
     "backoff_delays",
     "classify",
     "dial_channel",
+    "dial_path",
     "ssl_context",
 ]

@@ -20,7 +20,7 @@ from agent.config import AgentConfig
 from agent.errors import ChannelClosed, ConnectionLost
 
 
-__all__ = ["ChannelLink", "dial_channel"]
+__all__ = ["ChannelLink", "dial_channel", "dial_path"]
 
 _ABNORMAL = int(CloseCode.ABNORMAL_CLOSURE)
 
@@ -80,8 +80,17 @@ async def dial_channel(config: AgentConfig, key: str, channel_id: UUID) -> Chann
     Raises:
         ConnectionLost: the control plane cannot be reached or refused the websocket.
     """
+    return await dial_path(config, key, f"/ws/agent/channels/{channel_id}/", channel_id)
+
+
+async def dial_path(config: AgentConfig, key: str, path: str, channel_id: UUID) -> ChannelLink:
+    """Open another agent websocket at ``path`` (e.g. a recording upload) the same way.
+
+    Raises:
+        ConnectionLost: the control plane cannot be reached or refused the websocket.
+    """
     cp = config.control_plane
-    url = cp.websocket_url(f"/ws/agent/channels/{channel_id}/")
+    url = cp.websocket_url(path)
     try:
         ws = await connect(
             url,

@@ -79,7 +79,10 @@ class WebshSpec(Message):
     rows: int = Field(default=24, ge=1, le=1000)
     cols: int = Field(default=80, ge=1, le=1000)
     shell: str | None = Field(default=None, max_length=4096)
+    """A shell listed in the server's /etc/shells; default: the user's passwd shell."""
     attach: bool = False
+    term: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._+-]{1,64}$")
+    """The client's ``TERM``; default: the agent's ``websh.default_term``."""
 
 
 class FilesSpec(Message):

@@ -140,6 +140,16 @@ class Client:
         """GET `path` and return its JSON."""
         return self.request("GET", path, params=params)
 
+    def download(self, path: str) -> bytes:
+        """GET `path` and return the body as bytes (files such as recordings)."""
+        try:
+            response = self._http.request("GET", path)
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from None
+        if response.is_error:
+            raise _error_from_response(response)
+        return response.content
+
     def post(self, path: str, body: Any) -> Any:
         """POST a JSON body to `path` and return the JSON answer."""
         return self.request("POST", path, json_body=body)

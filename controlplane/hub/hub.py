@@ -112,6 +112,10 @@ class Hub:
         if server is not None:
             await self.channels.serve_agent(websocket, server.id, channel_id)
 
+    async def authenticate_agent(self, websocket: WebSocket) -> servers_store.ServerRow | None:
+        """The agent's server, or ``None`` after refusing the websocket with HTTP 401."""
+        return await self._authenticate(websocket)
+
     async def _authenticate(self, websocket: WebSocket) -> servers_store.ServerRow | None:
         """The agent's server, or ``None`` after refusing the websocket with HTTP 401."""
         creds = parse_agent_authorization(websocket.headers.get("authorization"))

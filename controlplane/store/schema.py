@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _V1 = """
 CREATE TABLE users (
@@ -152,7 +152,33 @@ CREATE INDEX ix_tunnels_owner ON tunnels(owner_user, created_at);
 CREATE INDEX ix_tunnels_session ON tunnels(work_session_id) WHERE closed_at IS NULL
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+_V5 = """
+CREATE TABLE terminals (
+    id               TEXT PRIMARY KEY,
+    server_id        TEXT NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    username         TEXT NOT NULL,
+    groupname        TEXT,
+    shell            TEXT,
+    rows             INTEGER NOT NULL,
+    cols             INTEGER NOT NULL,
+    work_session_id  TEXT,
+    owner_user       INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    owner_token      TEXT NOT NULL,
+    status           TEXT NOT NULL CHECK (status IN ('created', 'open', 'closed')),
+    channel_id       TEXT,
+    attaches         INTEGER NOT NULL DEFAULT 0,
+    created_at       INTEGER NOT NULL,
+    closed_at        INTEGER,
+    close_reason     TEXT,
+    recording_size   INTEGER,
+    recording_sha256 TEXT,
+    recorded_at      INTEGER
+);
+CREATE INDEX ix_terminals_session ON terminals(work_session_id, created_at);
+CREATE INDEX ix_terminals_owner ON terminals(owner_user, created_at)
+"""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -22,6 +22,7 @@ from controlplane.agentctl.errors import (
     UsageError,
 )
 from controlplane.agentctl.output import format_timestamp, truncate
+from controlplane.agentctl.recordings import play
 from controlplane.agentctl.worksessions import (
     create_body,
     describe_rows,
@@ -116,6 +117,13 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
     update.add_argument("--sudo", action="append", required=True, help="sudo patterns")
     update.add_argument("--sudo-reason", help="reason recorded on the new policies")
     verb("timeline", "Show a session's activity timeline", run_timeline)
+    recording = verb("recording", "Play back a session's terminal recordings", run_recording)
+    recording.add_argument("--terminal", metavar="ID", help="only this terminal's recording")
+    recording.add_argument("--raw", action="store_true", help="print the asciicast v2 file")
+    recording.add_argument("--speed", type=_wait_timeout, default=1.0, help="playback speed")
+    recording.add_argument(
+        "--max-idle", type=_wait_timeout, default=1.0, metavar="SECONDS", help="longest pause"
+    )
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -342,4 +350,29 @@ def run_timeline(ctx: Context, args: argparse.Namespace) -> int:
         ctx.out.document(items)
     else:
         ctx.out.table(("TIME", "TYPE", "ACTOR", "DETAIL"), timeline_rows(items))
+    return EXIT_OK
+
+
+TERMINALS = "/api/websh/terminals/"
+
+
+def run_recording(ctx: Context, args: argparse.Namespace) -> int:
+    """Play back (or print with --raw) the recordings of a session's terminals, oldest first."""
+    ctx.operation = "work-session"
+    client = ctx.client()
+    if args.terminal:
+        terminals = [client.get(f"{TERMINALS}{quote(args.terminal, safe='')}/")]
+    else:
+        session_id = _target(ctx, args)
+        found = client.list_all(TERMINALS, {"work_session": session_id})
+        terminals = sorted(found, key=lambda t: str(t.get("created_at")))
+    recorded = [t for t in terminals if t.get("recording")]
+    if not recorded:
+        raise CliError("no recording found (recordings arrive when a terminal has ended)")
+    for terminal in recorded:
+        data = client.download(str(terminal["recording"]["url"]))
+        if args.raw:
+            ctx.out.data(data.decode("utf-8", "replace"))
+        else:
+            play(data, ctx.out.data, speed=args.speed, max_idle=args.max_idle)
     return EXIT_OK
