@@ -11,6 +11,7 @@ exceptions (OSError, websockets, pydantic) are translated where the library is c
     ├── ConnectionLost         the backhaul dropped; the reconnect loop handles it
     ├── StatusUnavailable      ``agent status``: no daemon answers on the status socket
     ├── RegistrationError      ``agent register``/``unregister`` failed
+    ├── TransferError          a file transfer was refused or failed (``code`` says why)
     └── CommandError           a command could not be started
         ├── UnknownUser
         ├── UnknownGroup
@@ -31,6 +32,7 @@ __all__ = [
     "RegistrationError",
     "StateDirError",
     "StatusUnavailable",
+    "TransferError",
     "UnknownGroup",
     "UnknownUser",
 ]
@@ -84,6 +86,20 @@ class RegistrationError(AgentError):
     def __init__(self, message: str, exit_status: int = 1) -> None:
         super().__init__(message)
         self.exit_status = exit_status
+
+
+class TransferError(AgentError):
+    """A file transfer was refused or failed; reported to the client as an ``error`` frame.
+
+    Attributes:
+        code: a stable machine-readable reason (see ``docs/protocol.md`` "File transfer").
+        message: the human-readable explanation.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class CommandError(AgentError):

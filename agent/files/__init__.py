@@ -1,0 +1,1 @@
+"""File transfer: the files channel service and its per-transfer worker (as the user)."""
