@@ -61,9 +61,13 @@ class ControlPlaneConfig(_Section):
     @property
     def backhaul_url(self) -> str:
         """The websocket URL of the backhaul endpoint."""
+        return self.websocket_url("/ws/agent/backhaul/")
+
+    def websocket_url(self, path: str) -> str:
+        """The websocket URL of ``path`` (absolute, starting with ``/``) on the control plane."""
         base = str(self.url).rstrip("/")
         scheme, rest = base.split("://", 1)
-        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws/agent/backhaul/"
+        return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{path}"
 
 
 class IdentityConfig(_Section):
@@ -131,6 +135,10 @@ class LimitsConfig(_Section):
     """The final result keeps this many bytes of output: half head, half tail."""
     max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
     """Largest backhaul message accepted; larger ones are answered with an error."""
+    max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
+    """Largest frame accepted on a channel websocket (terminals, files, tunnels)."""
+    max_channels: int = Field(default=1024, gt=0, le=65_536)
+    """Open channels of every kind together; beyond this new ones are refused."""
     outbox_max_reports: int = Field(default=100_000, gt=0)
     """Unconfirmed reports kept; producers wait when it is full."""
     shutdown_grace: float = Field(default=20.0, ge=0)

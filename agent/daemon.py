@@ -16,6 +16,7 @@ import structlog
 
 from agent.audit import AuditLog
 from agent.backhaul import Backhaul, LinkState, Outbox
+from agent.channels import ChannelRouter
 from agent.config import AgentConfig
 from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
@@ -127,9 +128,15 @@ async def _serve(
         leftovers=leftovers,
         audit=audit,
     )
+    channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
     service = ServiceRuntime(config, lambda: _details(backhaul.state, outbox, dispatcher))
     backhaul = Backhaul(
-        config, key=key, outbox=outbox, handler=dispatcher, on_state=service.on_link_state
+        config,
+        key=key,
+        outbox=outbox,
+        handler=dispatcher,
+        channels=channels,
+        on_state=service.on_link_state,
     )
     try:
         service.status.bind()
@@ -148,11 +155,13 @@ async def _serve(
         async with asyncio.TaskGroup() as tg:
             tg.create_task(spool.run(), name="spool")
             tg.create_task(dispatcher.run(), name="dispatcher")
+            tg.create_task(channels.run(), name="channels")
             tg.create_task(backhaul.run(), name="backhaul")
             tg.create_task(service.notifier.watchdog(), name="watchdog")
             tg.create_task(service.status.serve(), name="status")
             tg.create_task(
-                _shutdown_when(stop, dispatcher, outbox, config, service), name="shutdown"
+                _shutdown_when(stop, dispatcher, channels, outbox, config, service),
+                name="shutdown",
             )
     except* _Stop:
         pass
@@ -196,6 +205,7 @@ def _details(link: LinkState, outbox: Outbox, dispatcher: Dispatcher) -> dict[st
 async def _shutdown_when(
     stop: asyncio.Event,
     dispatcher: Dispatcher,
+    channels: ChannelRouter,
     outbox: Outbox,
     config: AgentConfig,
     service: ServiceRuntime,
@@ -204,6 +214,9 @@ async def _shutdown_when(
     log.info("agent.stopping", grace=config.limits.shutdown_grace)
     service.stopping(len(dispatcher.running()))
     dispatcher.stop_accepting()
+    # Open channels (terminals, transfers, tunnels) end when the TaskGroup is cancelled
+    # below: they have no result to wait for, and their clients see the close.
+    channels.stop_accepting()
     try:
         async with asyncio.timeout(config.limits.shutdown_grace):
             await dispatcher.wait_idle()

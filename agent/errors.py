@@ -11,6 +11,8 @@ exceptions (OSError, websockets, pydantic) are translated where the library is c
     ├── ConnectionLost         the backhaul dropped; the reconnect loop handles it
     ├── StatusUnavailable      ``agent status``: no daemon answers on the status socket
     ├── RegistrationError      ``agent register``/``unregister`` failed
+    ├── ChannelClosed          a channel websocket ended
+    ├── ChannelRefused         the agent will not serve a channel (policy, limits)
     ├── TransferError          a file transfer was refused or failed (``code`` says why)
     └── CommandError           a command could not be started
         ├── UnknownUser
@@ -24,6 +26,8 @@ from __future__ import annotations
 __all__ = [
     "AgentError",
     "AuthRejected",
+    "ChannelClosed",
+    "ChannelRefused",
     "CommandError",
     "ConfigError",
     "ConnectionLost",
@@ -116,3 +120,30 @@ class UnknownGroup(CommandError):
 
 class PrivilegeError(CommandError):
     """The agent cannot switch to the requested identity (for example, not root)."""
+
+
+class ChannelClosed(AgentError):
+    """A channel websocket ended (either side closed it, or the link broke).
+
+    Attributes:
+        code: the websocket close code (1006 when the link broke without a close).
+        reason: the close reason text.
+    """
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        super().__init__(f"channel closed ({code}{': ' + reason if reason else ''})")
+        self.code = code
+        self.reason = reason
+
+
+class ChannelRefused(AgentError):
+    """The agent will not serve a channel; ``code`` is a stable machine-readable reason.
+
+    Grant refusals carry the ``work_session_*`` code; kinds use their own (for example
+    ``tunnel_port_not_allowed``).
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message

@@ -19,9 +19,10 @@ from controlplane.hub.worksessions import WorkSessionClock
 from controlplane.store import Database, servers as servers_store
 
 
-__all__ = ["BACKHAUL_PATH", "create_app"]
+__all__ = ["AGENT_CHANNEL_PATH", "BACKHAUL_PATH", "create_app"]
 
 BACKHAUL_PATH = "/ws/agent/backhaul/"
+AGENT_CHANNEL_PATH = "/ws/agent/channels/{channel_id}/"
 
 
 def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
@@ -70,5 +71,10 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     async def backhaul(websocket: WebSocket) -> None:
         services: Services = websocket.app.state.services
         await services.hub.serve(websocket)
+
+    @app.websocket(AGENT_CHANNEL_PATH)
+    async def agent_channel(websocket: WebSocket, channel_id: str) -> None:
+        services: Services = websocket.app.state.services
+        await services.hub.serve_channel(websocket, channel_id)
 
     return app

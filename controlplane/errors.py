@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 __all__ = [
     "APIError",
+    "ChannelFailed",
     "authentication_failed",
     "command_not_found",
     "install_error_handlers",
@@ -44,6 +45,21 @@ class APIError(Exception):
         if self.source is not None:
             out["source"] = self.source
         return out
+
+
+class ChannelFailed(Exception):
+    """A channel could not be opened: the agent refused it, or could not be reached.
+
+    ``code`` is machine-readable (a ``work_session_*`` code, the agent's own code,
+    ``server_not_connected``, ``agent_timeout``); ``close_code`` is the websocket close
+    code the client gets (see ``agent.protocol.channels``).
+    """
+
+    def __init__(self, code: str, detail: str, close_code: int) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+        self.close_code = close_code
 
 
 def authentication_failed(detail: str = "Authentication credentials were not valid.") -> APIError:

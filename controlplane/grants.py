@@ -20,7 +20,7 @@ from agent.protocol.grants import Grant, GrantClaims, b64url, encode_payload
 from controlplane.store.worksessions import WorkSessionRow
 
 
-__all__ = ["GrantSigner", "command_claims", "key_path", "load_or_create_key"]
+__all__ = ["GrantSigner", "key_path", "load_or_create_key", "operation_claims"]
 
 
 def key_path(db_path: Path | str) -> Path | None:
@@ -87,31 +87,33 @@ class GrantSigner:
         return Grant(payload=b64url(payload), signature=base64.b64encode(signature).decode())
 
 
-def command_claims(
+def operation_claims(
     *,
-    command_id: str,
+    operation_id: str,
+    scope: str,
     server_id: str,
     now_us: int,
     principal_name: str | None,
     session: WorkSessionRow | None,
 ) -> GrantClaims:
-    """The claims of a command: bound to its session (login) or to a token's authority.
+    """The claims of an operation (a command, or a channel: terminal, transfer, tunnel
+    stream): bound to its session (login) or to a token's authority over ``scope``.
 
     Times are whole seconds, rounded outwards so the window is never narrower than the
     session's.
     """
     if session is None:
         return GrantClaims(
-            command_id=UUID(command_id),
+            command_id=UUID(operation_id),
             server_id=UUID(server_id),
             auth="token",
             assignee=principal_name,
-            scopes=["command"],
+            scopes=[scope],
             servers=[UUID(server_id)],
             not_before=now_us // 1_000_000,
         )
     return GrantClaims(
-        command_id=UUID(command_id),
+        command_id=UUID(operation_id),
         server_id=UUID(server_id),
         auth="work_session",
         work_session=session.id,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import socket
-import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,10 +24,13 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from agent import __version__
 from agent.backhaul.outbox import Outbox
 from agent.backhaul.retry import Backoff, classify
+from agent.backhaul.tls import agent_headers, ssl_context
 from agent.clock import monotonic, utcnow
-from agent.config import AgentConfig, ControlPlaneConfig
+from agent.config import AgentConfig
 from agent.errors import AuthRejected, ConnectionLost, ProtocolViolation
 from agent.protocol import (
+    ChannelClose,
+    ChannelOpen,
     CommandRun,
     Confirm,
     ErrorMessage,
@@ -43,7 +45,7 @@ from agent.protocol import (
 )
 
 
-__all__ = ["Backhaul", "CommandHandler", "LinkState", "ssl_context"]
+__all__ = ["Backhaul", "ChannelHandler", "CommandHandler", "LinkState"]
 
 log = structlog.get_logger(__name__)
 
@@ -60,6 +62,18 @@ class CommandHandler(Protocol):
         ...
 
 
+class ChannelHandler(Protocol):
+    """What the backhaul needs from the channel router."""
+
+    def on_open(self, message: ChannelOpen) -> ErrorMessage | None:
+        """Accept a channel without blocking; return an error to send back, if refused."""
+        ...
+
+    def on_close(self, message: ChannelClose) -> None:
+        """End a channel the control plane no longer wants."""
+        ...
+
+
 @dataclass
 class LinkState:
     """What ``agent status`` shows about the backhaul."""
@@ -69,17 +83,6 @@ class LinkState:
     last_error: str | None = None
     connects: int = 0
     rtt: float | None = field(default=None)
-
-
-def ssl_context(cp: ControlPlaneConfig) -> ssl.SSLContext | None:
-    """The TLS context for ``wss://``; verification is on unless explicitly disabled."""
-    if cp.url.scheme != "https":
-        return None
-    ctx = ssl.create_default_context(cafile=str(cp.ca_file) if cp.ca_file else None)
-    if not cp.verify_tls:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class Backhaul:
@@ -92,6 +95,7 @@ class Backhaul:
         key: str,
         outbox: Outbox,
         handler: CommandHandler,
+        channels: ChannelHandler | None = None,
         on_connected: Callable[[], None] | None = None,
         on_state: Callable[[LinkState], None] | None = None,
     ) -> None:
@@ -99,6 +103,7 @@ class Backhaul:
         self._key = key
         self._outbox = outbox
         self._handler = handler
+        self._channels = channels
         self._on_connected = on_connected
         self._on_state = on_state
         self._nonces = itertools.count(1)
@@ -180,7 +185,7 @@ class Backhaul:
     async def _dial(self) -> ClientConnection:
         cp = self._config.control_plane
         limits = self._config.limits
-        headers = {"Authorization": f'id="{self._config.identity.server_id}", key="{self._key}"'}
+        headers = agent_headers(self._config, self._key)
         try:
             return await connect(
                 cp.backhaul_url,
@@ -249,6 +254,13 @@ class Backhaul:
                 refusal = self._handler.on_command(message, utcnow())
                 if refusal is not None:
                     await ws.send(encode(refusal))
+            case ChannelOpen():
+                refused = self._open_channel(message)
+                if refused is not None:
+                    await ws.send(encode(refused))
+            case ChannelClose():
+                if self._channels is not None:
+                    self._channels.on_close(message)
             case Ping(nonce=nonce):
                 await ws.send(encode(Pong(nonce=nonce)))
             case Pong(nonce=nonce):
@@ -259,6 +271,15 @@ class Backhaul:
                 log.warning("backhaul.peer_error", code=code, reason=text, ref=ref)
             case Welcome():
                 log.warning("backhaul.unexpected_welcome")
+
+    def _open_channel(self, message: ChannelOpen) -> ErrorMessage | None:
+        if self._channels is None:
+            return ErrorMessage(
+                code="unsupported",
+                message="this agent serves no channels",
+                ref=str(message.channel_id),
+            )
+        return self._channels.on_open(message)
 
     async def _writer(self, ws: ClientConnection) -> None:
         while True:

@@ -125,23 +125,27 @@ class GrantPolicy:
             return "identity.control_plane_key is not set: every command will be refused"
         return None
 
-    def check(self, grant: Grant | None, *, command_id: UUID, scope: str, now: float) -> None:
-        """Allow the operation or raise :class:`GrantRefused`.
+    def check(
+        self, grant: Grant | None, *, command_id: UUID, scope: str, now: float
+    ) -> GrantClaims | None:
+        """The verified claims of the operation, or :class:`GrantRefused`.
 
-        With ``allow_unsigned`` (development only) a command without a grant runs; a
-        grant that is present is still verified when a key is pinned.
+        ``command_id`` is the operation's id (a command's, or a channel's). With
+        ``allow_unsigned`` (development only) an operation without a grant goes ahead
+        with no claims (``None``); a grant that is present is still verified when a key
+        is pinned.
         """
         if grant is None and self.allow_unsigned:
-            return
+            return None
         if self.key is None:
             if self.allow_unsigned:
-                return
+                return None
             raise GrantRefused(
                 "work_session_not_usable",
                 "no control-plane key is pinned (identity.control_plane_key); "
                 "gated operations are refused",
             )
-        verify_grant(
+        return verify_grant(
             grant,
             key=self.key,
             command_id=command_id,

@@ -1,5 +1,15 @@
 """The backhaul wire protocol: pure models and codec, no I/O."""
 
+from agent.protocol.channels import (
+    CHANNEL_SCOPES,
+    ChannelClose,
+    ChannelKind,
+    ChannelOpen,
+    ChannelSpec,
+    FilesSpec,
+    TunnelSpec,
+    WebshSpec,
+)
 from agent.protocol.codec import (
     DEFAULT_MAX_MESSAGE_BYTES,
     decode_agent_message,
@@ -28,9 +38,14 @@ from agent.protocol.messages import (
 
 
 __all__ = [
+    "CHANNEL_SCOPES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
     "AgentMessage",
+    "ChannelClose",
+    "ChannelKind",
+    "ChannelOpen",
+    "ChannelSpec",
     "CommandAcked",
     "CommandDelivered",
     "CommandFinished",
@@ -39,12 +54,15 @@ __all__ = [
     "CommandRun",
     "Confirm",
     "ErrorMessage",
+    "FilesSpec",
     "Grant",
     "GrantClaims",
     "Hello",
     "Ping",
     "Pong",
     "ServerMessage",
+    "TunnelSpec",
+    "WebshSpec",
     "Welcome",
     "decode_agent_message",
     "decode_server_message",

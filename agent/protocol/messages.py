@@ -18,8 +18,10 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
+from agent.protocol.base import Message as _Message, Username
+from agent.protocol.channels import ChannelClose, ChannelOpen
 from agent.protocol.grants import Grant
 
 
@@ -44,17 +46,7 @@ __all__ = [
 PROTOCOL_VERSION = 1
 """Bumped on any change an older peer could misread."""
 
-Username = Annotated[
-    str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?$")
-]
-"""A POSIX-ish account name: no slashes, spaces, colons or leading dash."""
-
-
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
-
-
-class _Message(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
 
 # -- both directions ------------------------------------------------------------------
@@ -225,6 +217,6 @@ class Confirm(_Message):
 
 
 ServerMessage = Annotated[
-    Welcome | CommandRun | Confirm | Ping | Pong | ErrorMessage,
+    Welcome | CommandRun | ChannelOpen | ChannelClose | Confirm | Ping | Pong | ErrorMessage,
     Field(discriminator="type"),
 ]

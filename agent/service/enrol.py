@@ -1,7 +1,9 @@
 """``agent register`` and ``agent unregister``: the server's identity with the control plane.
 
 Registration posts the server's name with an operator's token, then stores the server id
-in the configuration file and the key in the key file (0600, in a 0700 directory), both
+and the control plane's grant-signing public key (``identity.control_plane_key``: grants
+are verified against the key seen at registration, over verified TLS) in the
+configuration file and the server's key in the key file (0600, in a 0700 directory), all
 written atomically. It is idempotent: when the configuration already holds an identity
 that the control plane accepts for the same name, nothing is done. The token and the key
 are never printed or logged.
@@ -42,10 +44,6 @@ _TEMPLATE = """\
 # fleet-agent configuration, written by `agent register`.
 # Every key and its default: see the README (Agent configuration reference).
 """
-
-# Issue 4 (work-session grants) pins the control plane's Ed25519 signing key here: the
-# register response will carry it and it will be stored as `control_plane.signing_key`
-# beside the URL, so that a grant is verified against the key seen at registration.
 
 
 @dataclass(frozen=True)
@@ -112,9 +110,18 @@ def register(
     if status != 201:
         raise _unexpected("registering", status, body)
     server_id, key = str(body["id"]), str(body["key"])
+    signing_key = body.get("signing_public_key")
     key_file = key_file or config_path.parent / "server.key"
     try:
-        _write_identity(config_path, url, server_id, key, key_file.absolute(), ca_file)
+        _write_identity(
+            config_path,
+            url,
+            server_id,
+            key,
+            key_file.absolute(),
+            ca_file,
+            signing_key=None if signing_key is None else str(signing_key),
+        )
     except (OSError, ConfigError) as exc:
         # Do not leave an orphan behind on the control plane (best effort).
         with contextlib.suppress(RegistrationError):
@@ -175,7 +182,14 @@ def _current_identity(config_path: Path) -> tuple[str, str] | None:
 
 
 def _write_identity(
-    config_path: Path, url: str, server_id: str, key: str, key_file: Path, ca_file: Path | None
+    config_path: Path,
+    url: str,
+    server_id: str,
+    key: str,
+    key_file: Path,
+    ca_file: Path | None,
+    *,
+    signing_key: str | None,
 ) -> None:
     for directory in {config_path.parent, key_file.parent}:
         if not directory.exists():
@@ -189,16 +203,21 @@ def _write_identity(
     if ca_file is not None:
         cp_values["ca_file"] = render(str(ca_file.absolute()))
     text = set_keys(text, "control_plane", cp_values)
-    text = set_keys(
-        text, "identity", {"server_id": render(server_id), "key_file": render(str(key_file))}
-    )
+    identity = {"server_id": render(server_id), "key_file": render(str(key_file))}
+    if signing_key is not None:
+        identity["control_plane_key"] = render(signing_key)
+    text = set_keys(text, "identity", dict(identity))
     try:
         written = parse(tomllib.loads(text), source=str(config_path))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             f"{config_path}: cannot be updated safely ({exc}); edit it by hand"
         ) from exc
-    if str(written.identity.server_id) != server_id or written.identity.key_file != key_file:
+    if (
+        str(written.identity.server_id) != server_id
+        or written.identity.key_file != key_file
+        or (signing_key is not None and written.identity.control_plane_key != signing_key)
+    ):
         raise ConfigError(f"{config_path}: cannot be updated safely; edit it by hand")
     _atomic_write(config_path, text, 0o600)
 

@@ -33,10 +33,14 @@ STREAM_IDLE_TIMEOUT = 60.0
 
 def _error_from_response(response: httpx.Response) -> ApiError:
     """Build an ApiError from an error answer, whatever its body looks like."""
-    status = response.status_code
+    return error_from_answer(response.status_code, response.content, response.reason_phrase)
+
+
+def error_from_answer(status: int, content: bytes, reason: str = "") -> ApiError:
+    """The ApiError of an HTTP error answer (also a refused websocket handshake)."""
     code, detail, source = f"HTTP_{status}", "", None
     try:
-        body = response.json()
+        body = json.loads(content) if content else None
     except ValueError:
         body = None
     if isinstance(body, dict):
@@ -48,9 +52,9 @@ def _error_from_response(response: httpx.Response) -> ApiError:
             # DRF-style `{field: [messages]}` bodies still say something useful.
             fields = {k: v for k, v in body.items() if k not in ("code", "source")}
             detail = "; ".join(f"{k}: {v}" for k, v in fields.items())
-    elif response.text:
-        detail = response.text.strip()[:200]
-    return ApiError(status, code, detail or response.reason_phrase or "request failed", source)
+    elif content:
+        detail = content.decode("utf-8", "replace").strip()[:200]
+    return ApiError(status, code, detail or reason or "request failed", source)
 
 
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]

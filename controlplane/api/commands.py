@@ -15,18 +15,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agent.protocol import CommandRun
-from controlplane.api.deps import PrincipalDep, Services, ServicesDep
+from controlplane.api.deps import PrincipalDep, Services, ServicesDep, resolve_server
 from controlplane.api.pagination import page_response
 from controlplane.api.params import parse_bool, parse_command_filter, parse_int, parse_page
 from controlplane.api.serializers import command_json
 from controlplane.api.stream import ndjson_line, stream_command
 from controlplane.auth import Principal, acl_allows
 from controlplane.errors import APIError, command_not_found, server_not_found, validation_detail
-from controlplane.grants import command_claims
+from controlplane.grants import operation_claims
 from controlplane.ids import new_uuid
 from controlplane.store import (
     commands as commands_store,
-    servers as servers_store,
     worksession_gate as ws_gate,
     worksessions as ws_store,
 )
@@ -100,17 +99,6 @@ async def _visible_command(command_id: str, principal: Principal, services: Serv
     return row
 
 
-async def _resolve_server(services: Services, ref: str) -> tuple[str, str]:
-    cached = services.server_refs.get(ref)
-    if cached is not None:
-        return cached
-    server = await services.db.read(servers_store.get_server, ref)
-    if server is None:
-        raise server_not_found(ref)
-    services.server_refs.put(ref, server.id, server.name)
-    return server.id, server.name
-
-
 @router.post("/", status_code=201, response_model=None)
 async def create_command(
     body: CommandCreateBody, request: Request, principal: PrincipalDep, services: ServicesDep
@@ -130,7 +118,7 @@ async def create_command(
             "This token's command ACL does not allow this command line.",
             "line",
         )
-    server_id, server_name = await _resolve_server(services, body.server)
+    server_id, server_name = await resolve_server(services, body.server)
     now = now_us()
     scheduled_at = now if body.scheduled_at is None else to_us(body.scheduled_at)
     due = scheduled_at <= now
@@ -174,8 +162,9 @@ async def create_command(
             )
             if denial is not None:
                 return denial
-        claims = command_claims(
-            command_id=new.id,
+        claims = operation_claims(
+            operation_id=new.id,
+            scope=COMMAND_SCOPE,
             server_id=server_id,
             now_us=now,
             principal_name=principal_name,

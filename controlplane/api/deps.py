@@ -9,11 +9,11 @@ from fastapi import Depends, Request
 
 from controlplane.auth import Principal, PrincipalCache, resolve_principal
 from controlplane.config import ControlPlaneSettings
-from controlplane.errors import authentication_failed, permission_denied
+from controlplane.errors import authentication_failed, permission_denied, server_not_found
 from controlplane.grants import GrantSigner
 from controlplane.hub import Hub
 from controlplane.hub.worksessions import WorkSessionClock
-from controlplane.store import Database
+from controlplane.store import Database, servers as servers_store
 from controlplane.timeutil import now_us
 
 
@@ -26,6 +26,7 @@ __all__ = [
     "get_principal",
     "get_services",
     "require_superuser",
+    "resolve_server",
 ]
 
 
@@ -100,3 +101,19 @@ async def require_superuser(principal: PrincipalDep) -> Principal:
 
 
 SuperuserDep = Annotated[Principal, Depends(require_superuser)]
+
+
+async def resolve_server(services: Services, ref: str) -> tuple[str, str]:
+    """``(id, name)`` of the server named or identified by ``ref``.
+
+    Raises:
+        APIError: 404 when there is no such server.
+    """
+    cached = services.server_refs.get(ref)
+    if cached is not None:
+        return cached
+    server = await services.db.read(servers_store.get_server, ref)
+    if server is None:
+        raise server_not_found(ref)
+    services.server_refs.put(ref, server.id, server.name)
+    return server.id, server.name

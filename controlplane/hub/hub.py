@@ -8,6 +8,7 @@ from starlette.websockets import WebSocket
 
 from controlplane.auth import parse_agent_authorization
 from controlplane.config import ControlPlaneSettings
+from controlplane.hub.channels import ChannelBroker
 from controlplane.hub.notifier import Notifier
 from controlplane.hub.registry import (
     CLOSE_DELETED,
@@ -36,6 +37,7 @@ class Hub:
         self.registry = Registry()
         self.notifier = Notifier()
         self.scheduler = Scheduler(db, self.registry)
+        self.channels = ChannelBroker(self.registry)
 
     def connection(self, server_id: str) -> AgentConnection | None:
         """The live, welcomed connection of a server."""
@@ -77,6 +79,29 @@ class Hub:
         401 response (the ASGI websocket denial-response extension, which uvicorn
         implements); a server without the extension gets a close before accept (403).
         """
+        server = await self._authenticate(websocket)
+        if server is None:
+            return
+        await websocket.accept()
+        conn = AgentConnection(websocket, server.id, server.name)
+        session = AgentSession(
+            conn,
+            db=self.db,
+            registry=self.registry,
+            notifier=self.notifier,
+            settings=self.settings,
+            channels=self.channels,
+        )
+        await session.run()
+
+    async def serve_channel(self, websocket: WebSocket, channel_id: str) -> None:
+        """The ``/ws/agent/channels/<id>/`` endpoint: an agent attaches a channel."""
+        server = await self._authenticate(websocket)
+        if server is not None:
+            await self.channels.serve_agent(websocket, server.id, channel_id)
+
+    async def _authenticate(self, websocket: WebSocket) -> servers_store.ServerRow | None:
+        """The agent's server, or ``None`` after refusing the websocket with HTTP 401."""
         creds = parse_agent_authorization(websocket.headers.get("authorization"))
         server = None
         if creds is not None:
@@ -84,13 +109,7 @@ class Hub:
         if server is None:
             log.info("agent_refused", client=str(websocket.client and websocket.client.host))
             await _deny(websocket)
-            return
-        await websocket.accept()
-        conn = AgentConnection(websocket, server.id, server.name)
-        session = AgentSession(
-            conn, db=self.db, registry=self.registry, notifier=self.notifier, settings=self.settings
-        )
-        await session.run()
+        return server
 
 
 async def _deny(websocket: WebSocket) -> None:

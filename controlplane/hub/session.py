@@ -37,6 +37,7 @@ from agent.protocol import (
     error_ref,
 )
 from controlplane.config import ControlPlaneSettings
+from controlplane.hub.channels import ChannelBroker
 from controlplane.hub.notifier import Notifier
 from controlplane.hub.registry import (
     CLOSE_IDLE,
@@ -82,8 +83,10 @@ class AgentSession:
         registry: Registry,
         notifier: Notifier,
         settings: ControlPlaneSettings,
+        channels: ChannelBroker | None = None,
     ) -> None:
         self.conn = conn
+        self.channels = channels
         self.db = db
         self.registry = registry
         self.notifier = notifier
@@ -203,7 +206,10 @@ class AgentSession:
                 return None
             return message
         if isinstance(message, ErrorMessage):
-            self.log.warning("agent_error", code=message.code, ref=message.ref)
+            if self.channels is not None and self.channels.refused(self.conn.server_id, message):
+                self.log.info("channel_refused", code=message.code, channel_id=message.ref)
+            else:
+                self.log.warning("agent_error", code=message.code, ref=message.ref)
         return None
 
     async def _hello(self, hello: Hello) -> None:

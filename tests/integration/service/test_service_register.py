@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.grants import GrantSigner, key_path, load_or_create_key
 from tests.support.agent import AgentProcess
 from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, running_control_plane
 
@@ -53,6 +54,8 @@ def test_register_is_idempotent_and_unregister_deletes(
     server_id = written["identity"]["server_id"]
     assert written["control_plane"]["url"] == cp.url
     assert written["identity"]["key_file"] == str(key_file)
+    # The grant key seen at registration is pinned: gated work is verified against it.
+    assert written["identity"]["control_plane_key"] == _grant_key(cp)
     with cp.client() as api:
         assert api.get(f"/api/servers/servers/{server_id}/").json()["name"] == "web-01"
 
@@ -153,3 +156,8 @@ def test_own_server_endpoints_need_the_agents_credentials(cp: ControlPlaneProces
         assert api.delete("/api/servers/servers/-/", headers=agent_auth).status_code == 204
         assert api.get(f"/api/servers/servers/{server.id}/").status_code == 404
         assert api.get("/api/servers/servers/-/", headers=agent_auth).status_code == 401
+
+
+def _grant_key(cp: ControlPlaneProcess) -> str:
+    """The control plane's grant-signing public key, read from beside its database."""
+    return GrantSigner(load_or_create_key(key_path(cp.db_path))).public_key_b64

@@ -1,0 +1,244 @@
+"""The channel foundation end to end, without a particular kind.
+
+The real control plane application (uvicorn, in this process, on a database bootstrapped
+by the real CLI) gets one extra test route that opens a tunnel-kind channel; the real
+agent backhaul and channel router (in this process) serve it with an echo service. The
+client is a plain websockets client, as agentctl would be.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from starlette.websockets import WebSocket
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from agent.backhaul import Backhaul, ChannelLink, Outbox
+from agent.channels import ChannelRouter
+from agent.config import AgentConfig, load
+from agent.errors import ChannelRefused
+from agent.policy import GrantPolicy
+from agent.protocol import ChannelOpen, GrantClaims, TunnelSpec
+from agent.protocol.grants import decode_payload, parse_claims
+from controlplane.api.channels import (
+    authorize,
+    deny,
+    serve_channel,
+    services_of,
+    websocket_principal,
+)
+from controlplane.app import create_app
+from controlplane.config import ControlPlaneSettings
+from controlplane.errors import APIError
+from controlplane.server import ControlPlaneServer, bind_socket
+from tests.support.agent import write_agent_config
+from tests.support.controlplane import running_control_plane
+
+
+REFUSED_PORT = 9
+
+
+class EchoService:
+    """Echoes every frame back; port 9 ("discard") is refused by ``check``."""
+
+    kind = "tunnel"
+    scope = "tunnel"
+
+    def __init__(self) -> None:
+        self.claims: list[GrantClaims | None] = []
+
+    def check(self, message: ChannelOpen) -> None:
+        assert isinstance(message.spec, TunnelSpec)
+        if message.spec.port == REFUSED_PORT:
+            raise ChannelRefused("tunnel_port_not_allowed", "port 9 is not allowed")
+
+    async def serve(
+        self, message: ChannelOpen, link: ChannelLink, claims: GrantClaims | None
+    ) -> None:
+        self.claims.append(claims)
+        while True:
+            frame = await link.recv()
+            if frame == "bye":
+                return
+            await link.send(frame)
+
+
+@dataclass
+class Stack:
+    url: str
+    token: str
+    server_id: str
+    echo: EchoService
+    router: ChannelRouter
+
+
+async def _test_route(websocket: WebSocket) -> None:
+    services = services_of(websocket)
+    principal = await websocket_principal(websocket)
+    if principal is None:
+        return
+    channel_id = uuid.uuid4()
+    try:
+        authorized = await authorize(
+            services,
+            principal,
+            server=websocket.query_params["server"],
+            scope="tunnel",
+            work_session=None,
+            operation_id=str(channel_id),
+            description="test",
+        )
+    except APIError as exc:
+        await deny(websocket, exc.status, exc.code, exc.detail)
+        return
+    spec = TunnelSpec(tunnel_id=uuid.uuid4(), port=int(websocket.query_params["port"]))
+    grant = authorized.grant
+    if "expires_in" in websocket.query_params:
+        # As a work session's grant would be: valid for a few more seconds only.
+        claims = parse_claims(decode_payload(grant.payload)).model_copy(
+            update={"expires_at": int(time.time()) + int(websocket.query_params["expires_in"])}
+        )
+        grant = services.signer.sign(claims)
+    message = ChannelOpen(channel_id=channel_id, spec=spec, grant=grant)
+    await serve_channel(websocket, services, authorized.server_id, message)
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    # The real CLI bootstraps the database and the admin token; then the same database is
+    # served in this process, so the test can add its route.
+    with running_control_plane(tmp_path / "cp") as cp:
+        server = cp.new_server("echo")
+        db_path, token, key = cp.db_path, cp.admin_token, cp.signing_public_key
+    app = create_app(ControlPlaneSettings(db_path=db_path))
+    app.add_api_websocket_route("/ws/test/echo/", _test_route)
+    sock = bind_socket("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    uv = ControlPlaneServer(app, ControlPlaneSettings(db_path=db_path))
+    key_file = tmp_path / "agent.key"
+    key_file.write_text(server.key)
+    config_path = tmp_path / "agent.toml"
+    write_agent_config(
+        config_path,
+        url=f"http://127.0.0.1:{port}",
+        server_id=server.id,
+        key_file=key_file,
+        state_dir=tmp_path / "state",
+        control_plane_key=key,
+    )
+    config: AgentConfig = load(config_path)
+    echo = EchoService()
+    router = ChannelRouter(config, key=server.key, grants=GrantPolicy.from_config(config))
+    router.register(echo)
+
+    class NoCommands:
+        def running(self) -> list[uuid.UUID]:
+            return []
+
+        def on_command(self, message: object, delivered_at: object) -> None:
+            raise AssertionError("no commands in this test")
+
+    connected = asyncio.Event()
+    backhaul = Backhaul(
+        config,
+        key=server.key,
+        outbox=Outbox(max_reports=10),
+        handler=NoCommands(),
+        channels=router,
+        on_connected=connected.set,
+    )
+    async with asyncio.TaskGroup() as tg:
+        serving = tg.create_task(uv.serve(sockets=[sock]))
+        agent = tg.create_task(backhaul.run())
+        channels = tg.create_task(router.run())
+        await asyncio.wait_for(connected.wait(), 10)
+        try:
+            yield Stack(f"ws://127.0.0.1:{port}", token, server.id, echo, router)
+        finally:
+            agent.cancel()
+            channels.cancel()
+            uv.should_exit = True
+            await serving
+
+
+def _headers(token: str) -> dict[str, str]:
+    return {"Authorization": f'token="{token}"'}
+
+
+async def test_frames_are_relayed_both_ways_and_close_propagates(stack: Stack) -> None:
+    url = f"{stack.url}/ws/test/echo/?server=echo&port=8080"
+    async with connect(url, additional_headers=_headers(stack.token), max_size=None) as ws:
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        await ws.send(payload)
+        assert await ws.recv() == payload
+        await ws.send('{"type":"ping"}')
+        assert await ws.recv() == '{"type":"ping"}'
+        await ws.send("bye")  # the agent's service returns: the router closes with 1000
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1000
+    claims = stack.echo.claims[-1]
+    assert claims is not None
+    assert claims.scopes == ["tunnel"]
+    assert str(claims.server_id) == stack.server_id
+
+
+async def test_agent_refusal_is_an_http_error_with_the_code(stack: Stack) -> None:
+    url = f"{stack.url}/ws/test/echo/?server=echo&port={REFUSED_PORT}"
+    with pytest.raises(InvalidStatus) as refused:
+        await connect(url, additional_headers=_headers(stack.token))
+    response = refused.value.response
+    assert response.status_code == 403
+    assert json.loads(response.body or b"")["code"] == "tunnel_port_not_allowed"
+
+
+async def test_unknown_server_and_bad_token_are_refused(stack: Stack) -> None:
+    with pytest.raises(InvalidStatus) as unknown:
+        await connect(
+            f"{stack.url}/ws/test/echo/?server=nope&port=80",
+            additional_headers=_headers(stack.token),
+        )
+    assert unknown.value.response.status_code == 404
+    with pytest.raises(InvalidStatus) as bad:
+        await connect(
+            f"{stack.url}/ws/test/echo/?server=echo&port=80",
+            additional_headers=_headers("fat_wrong"),
+        )
+    assert bad.value.response.status_code == 401
+
+
+async def test_client_leaving_ends_the_agent_side(stack: Stack) -> None:
+    url = f"{stack.url}/ws/test/echo/?server=echo&port=8080"
+    before = len(stack.echo.claims)
+    ws = await connect(url, additional_headers=_headers(stack.token))
+    await ws.send(b"x")
+    assert await ws.recv() == b"x"
+    await ws.close()
+    # The agent's service sees its link closed and the router forgets the channel.
+    async with asyncio.timeout(10):
+        while True:
+            await asyncio.sleep(0.01)
+            if len(stack.echo.claims) == before + 1 and stack.router.open_channels() == 0:
+                break
+
+
+async def test_channel_ends_when_its_grant_expires(stack: Stack) -> None:
+    url = f"{stack.url}/ws/test/echo/?server=echo&port=8080&expires_in=2"
+    async with connect(url, additional_headers=_headers(stack.token)) as ws:
+        await ws.send(b"still valid")
+        assert await ws.recv() == b"still valid"
+        # Nothing else happens: the agent's own clock closes the channel at expiry.
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4403
+    assert json.loads(closed.value.rcvd.reason)["code"] == "work_session_expired"
