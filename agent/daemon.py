@@ -20,6 +20,7 @@ from agent.channels import ChannelRouter
 from agent.config import AgentConfig
 from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
+from agent.files.service import FilesService
 from agent.policy import GrantPolicy
 from agent.service import ServiceRuntime
 from agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
@@ -129,6 +130,7 @@ async def _serve(
         audit=audit,
     )
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
+    channels.register(FilesService(config))
     service = ServiceRuntime(config, lambda: _details(backhaul.state, outbox, dispatcher))
     backhaul = Backhaul(
         config,

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, WebSocket
 
-from controlplane.api import commands, identity, servers, worksessions
+from controlplane.api import commands, files, identity, servers, worksessions
 from controlplane.api.deps import Services
 from controlplane.config import ControlPlaneSettings
 from controlplane.errors import install_error_handlers
@@ -66,6 +66,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     app.include_router(servers.router)
     app.include_router(identity.router)
     app.include_router(worksessions.router)
+    app.include_router(files.router)
 
     @app.websocket(BACKHAUL_PATH)
     async def backhaul(websocket: WebSocket) -> None:

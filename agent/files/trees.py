@@ -33,7 +33,7 @@ from agent.files.transfer import Ledger, Request
 from agent.files.walk import Walker, os_error, still_at
 
 
-__all__ = ["download_tree", "upload_tree"]
+__all__ = ["CheckedMembers", "download_tree", "upload_tree"]
 
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
@@ -110,7 +110,7 @@ def _inside(dest: str, name: str) -> bool:
     return os.path.commonpath([real, target]) == real
 
 
-class _Checked:
+class CheckedMembers:
     """The members of an incoming stream, each checked before ``extractall`` sees it.
 
     The checks are ours, not ``tarfile``'s extraction filters: the worker may run under
@@ -181,7 +181,7 @@ def upload_tree(pipe: PipeIO, walker: Walker, request: Request) -> None:
             with _TarFile.open(fileobj=cast(IO[bytes], reader), mode="r|", bufsize=1 << 20) as tar:
                 if hasattr(tarfile, "tar_filter"):
                     tar.extraction_filter = _tar_filter
-                seen = _Checked(tar, temp, request)
+                seen = CheckedMembers(tar, temp, request)
                 tar.extractall(temp, members=seen)  # noqa: S202 (filtered, see _incoming)
         except tarfile.TarError as exc:
             raise TransferError("malformed", f"not a valid tar stream: {exc}") from None

@@ -15,6 +15,8 @@ It imports nothing heavy (no pydantic, no asyncio): it starts in tens of millise
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
 
@@ -29,6 +31,7 @@ from agent.files.walk import Walker, os_error
 __all__ = ["main"]
 
 EXIT_DONE, EXIT_FAILED, EXIT_GONE = 0, 1, 2
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 _HANDLERS = {
     ("upload", False): upload_file,
@@ -42,6 +45,10 @@ def main() -> int:
     """Serve one transfer on stdin/stdout; return the exit status."""
     os.umask(0o022)
     os.chdir("/")
+    for fd in (0, 1):
+        # One chunk crosses the pipe in one go (1 MiB is what any user may ask for).
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
     pipe = PipeIO()
     try:
         try:

@@ -16,7 +16,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from controlplane.agentctl.commands import auth, exec_cmd, servers, worksession
+from controlplane.agentctl.commands import auth, exec_cmd, files, servers, worksession
 
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ GROUPS: tuple[Register, ...] = (
     servers.register,
     worksession.register,
     exec_cmd.register,
+    files.register,
 )
 
 
