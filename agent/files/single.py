@@ -12,9 +12,11 @@ the whole file.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import stat
+import time
 
 from agent.errors import TransferError
 from agent.files.framing import TEXT, decode_text
@@ -100,19 +102,46 @@ def _open_temp(located: Located, name: str, request: Request) -> tuple[int, int]
         fd = os.open(name, flags, dir_fd=located.parent_fd)
     except FileNotFoundError:
         try:
-            return os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=located.parent_fd), 0
+            fd = os.open(name, flags | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=located.parent_fd)
         except OSError as exc:
             raise os_error(exc, located.parent) from None
+        _lock(fd, located.parent + "/" + name)
+        return fd, 0
     except OSError as exc:
         raise os_error(exc, located.parent + "/" + name) from None
     st = os.fstat(fd)
     if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1:
         os.close(fd)
         raise TransferError("changed", f"{name} in {located.parent} is not this transfer's")
+    _lock(fd, located.parent + "/" + name)
+    st = os.fstat(fd)
     offset = resume_offset(st.st_size, request.size)
     if offset != st.st_size:
         os.ftruncate(fd, offset)
     return fd, offset
+
+
+LOCK_WAIT = 15.0
+"""Seconds a resumed upload waits for the previous attempt's worker to let go."""
+
+
+def _lock(fd: int, shown: str) -> None:
+    """Take the temporary file for this attempt alone.
+
+    A client that reconnects quickly can start a second attempt while the first attempt's
+    worker is still finishing (its agent has not yet seen the old connection end); the
+    second one waits for the first to fsync and exit rather than write beside it.
+    """
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                raise TransferError("busy", f"{shown} is in use by another attempt") from None
+            time.sleep(0.05)
 
 
 def rename_into_place(located: Located, temp: str, *, replace: bool) -> None:

@@ -44,6 +44,7 @@ FILE_ERROR_CODES = (
     "permission",
     "exists",
     "changed",
+    "busy",
     "too_large",
     "size_mismatch",
     "checksum",

@@ -15,6 +15,8 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +43,7 @@ __all__ = [
     "with_retries",
 ]
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 4 << 20
 FILES_PATH = "/ws/files/"
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 5.0)
 
@@ -239,17 +241,20 @@ async def download_file(
                 _hash_prefix(fd, offset, hasher)
                 position = offset
                 report(position)
-                while True:
-                    try:
-                        frame = await ws.recv()
-                    except ConnectionClosed as exc:
-                        raise _closed(exc) from None
-                    if isinstance(frame, str):
-                        break
-                    hasher.update(frame)
-                    os.pwrite(fd, frame, position)
-                    position += len(frame)
-                    report(position)
+                disk = _DiskWriter(fd, hasher)
+                try:
+                    while True:
+                        try:
+                            frame = await ws.recv()
+                        except ConnectionClosed as exc:
+                            raise _closed(exc) from None
+                        if isinstance(frame, str):
+                            break
+                        await disk.put(frame, position)
+                        position += len(frame)
+                        report(position)
+                finally:
+                    await asyncio.to_thread(disk.close)
                 done: dict[str, Any] = json.loads(frame)
                 if done.get("type") == "error":
                     raise TransferFailed(str(done.get("code")), str(done.get("message")))
@@ -269,6 +274,43 @@ async def download_file(
     _put_in_place(part, target, overwrite=opts.overwrite)
     done["resumed_from"] = first_offset[0] if first_offset else 0
     return done
+
+
+class _DiskWriter:
+    """Hashes and writes received chunks in a thread, so the event loop keeps reading the
+    socket while the disk is busy (page-cache writes are throttled to the disk's pace)."""
+
+    def __init__(self, fd: int, hasher: Any) -> None:
+        self.fd, self.hasher = fd, hasher
+        self.q: queue.Queue[tuple[bytes, int] | None] = queue.Queue(maxsize=8)
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    async def put(self, chunk: bytes, position: int) -> None:
+        if self.error is not None:
+            raise CliError(f"cannot write the download: {self.error}")
+        try:
+            self.q.put_nowait((chunk, position))
+        except queue.Full:
+            await asyncio.to_thread(self.q.put, (chunk, position))
+
+    def _run(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                chunk, position = item
+                self.hasher.update(chunk)
+                try:
+                    os.pwrite(self.fd, chunk, position)
+                except OSError as exc:
+                    self.error = exc
+
+    def close(self) -> None:
+        """Wait until every chunk is written (blocking: run it in a thread)."""
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise CliError(f"cannot write the download: {self.error}")
 
 
 def _umask() -> int:
