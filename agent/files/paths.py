@@ -39,7 +39,10 @@ TEMP_SUFFIX = ".fleet-part"
 
 def _encoded(text: str) -> bytes:
     # surrogateescape: names that are not UTF-8 on disk come back as surrogates.
-    return text.encode("utf-8", "surrogateescape")
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise TransferError("invalid", f"{text!r} cannot be encoded as a file name") from None
 
 
 def components(path: str, *, relative: bool = False) -> list[str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from agent.errors import TransferError
-from agent.files.paths import MAX_NAME_BYTES, normalise
+from agent.files.paths import MAX_NAME_BYTES, components, normalise
 
 
 __all__ = [
@@ -94,7 +94,10 @@ def parse_request(obj: dict[str, Any]) -> Request:
     if name is not None:
         if not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\0" in name:
             raise TransferError("invalid", "name must be a single path component")
-        if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+        if (
+            len(components(name, relative=True)[0].encode("utf-8", "surrogateescape"))
+            > MAX_NAME_BYTES
+        ):
             raise TransferError("too_long", "name is too long")
     transfer_id = obj.get("transfer_id", "0" * 32)
     if not isinstance(transfer_id, str) or not _TRANSFER_ID.fullmatch(transfer_id):
