@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -24,7 +25,7 @@ import structlog
 from agent.errors import ChannelClosed
 from agent.exec.identity import Identity, build_environment
 from agent.exec.spawn import find_setpriv, needs_switch, privilege_argv
-from agent.files.framing import DATA, HEADER, TEXT, encode_header, encode_text
+from agent.files.framing import DATA, HEADER, TEXT, decode_header, encode_header, encode_text
 from agent.protocol.files import FileEnd, FileError, decode_file_frame
 
 
@@ -35,6 +36,7 @@ log = structlog.get_logger(__name__)
 WORKER_ARGV = (sys.executable, "-I", "-m", "agent.files.worker")
 PIPE_BYTES = 1 << 20
 STDERR_KEEP = 8192
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 REAP_GRACE = 5.0
 """Seconds a worker gets to finish after its stdin closed (an upload fsyncs its part)."""
 
@@ -56,17 +58,71 @@ class Outcome:
         self.stderr = b""
 
 
-async def start_worker(identity: Identity) -> asyncio.subprocess.Process:
+class PipeReader:
+    """Reads the worker's stdout straight into the caller's buffer (no stream buffer, no
+    copy per frame beyond the kernel's), waiting for readability on the event loop."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+
+    async def readinto(self, view: memoryview) -> bool:
+        """Fill ``view``; False on EOF before its first byte (EOFError after it)."""
+        got = 0
+        while got < len(view):
+            try:
+                n = os.readv(self.fd, [view[got:]])
+            except BlockingIOError:
+                await self._readable()
+                continue
+            if n == 0:
+                if got == 0:
+                    return False
+                raise EOFError("the worker's output ended inside a frame")
+            got += n
+        return True
+
+    async def _readable(self) -> None:
+        loop = asyncio.get_running_loop()
+        ready = loop.create_future()
+        loop.add_reader(self.fd, ready.set_result, None)
+        try:
+            await ready
+        finally:
+            loop.remove_reader(self.fd)
+
+    def close(self) -> None:
+        """Close the read end."""
+        os.close(self.fd)
+
+
+async def start_worker(identity: Identity) -> tuple[asyncio.subprocess.Process, PipeReader]:
     """Start a worker as ``identity`` in its own session (killed as a group)."""
     argv = list(WORKER_ARGV)
     switch = needs_switch(identity)
     setpriv = find_setpriv()
     if switch and setpriv is not None:
         argv, switch = privilege_argv(setpriv, identity, argv), False
-    proc = await asyncio.create_subprocess_exec(
+    read_fd, write_fd = os.pipe()
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(read_fd, _F_SETPIPE_SZ, PIPE_BYTES)
+    try:
+        proc = await _spawn(argv, identity, switch, write_fd)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # ours must go, or the pipe never reports EOF
+    return proc, PipeReader(read_fd)
+
+
+async def _spawn(
+    argv: list[str], identity: Identity, switch: bool, stdout: int
+) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         *argv,
         stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
+        stdout=stdout,
         stderr=subprocess.PIPE,
         env=build_environment(identity, {}),
         cwd="/",
@@ -74,29 +130,27 @@ async def start_worker(identity: Identity) -> asyncio.subprocess.Process:
         user=identity.uid if switch else None,
         group=identity.gid if switch else None,
         extra_groups=list(identity.groups) if switch else None,
-        limit=2 * PIPE_BYTES,
     )
-    return proc
 
 
 async def relay_worker(
-    link: Link, proc: asyncio.subprocess.Process, request: dict[str, Any]
+    link: Link, proc: asyncio.subprocess.Process, stdout: PipeReader, request: dict[str, Any]
 ) -> Outcome:
     """Hand ``request`` to the worker, then relay until it exits; always reaps it."""
     outcome = Outcome()
     assert proc.stdin is not None
-    assert proc.stdout is not None
     assert proc.stderr is not None
     try:
         async with asyncio.TaskGroup() as tg:
             errors = tg.create_task(_keep_stderr(proc.stderr, outcome))
             proc.stdin.write(encode_text(request))
             up = tg.create_task(_client_to_worker(link, proc.stdin))
-            await _worker_to_client(proc, proc.stdout, link, outcome)
+            await _worker_to_client(proc, stdout, link, outcome)
             up.cancel()
             outcome.returncode = await proc.wait()
             await errors
     finally:
+        stdout.close()
         await _reap(proc)
     if outcome.returncode not in (0, 1, None) or (outcome.final is None and outcome.stderr):
         log.warning(
@@ -138,7 +192,7 @@ async def _client_to_worker(link: Link, stdin: asyncio.StreamWriter) -> None:
 
 
 async def _worker_to_client(
-    proc: asyncio.subprocess.Process, stdout: asyncio.StreamReader, link: Link, outcome: Outcome
+    proc: asyncio.subprocess.Process, stdout: PipeReader, link: Link, outcome: Outcome
 ) -> None:
     """Worker frames to the client, until the worker's stdout ends or the client leaves
     (then the worker is killed: what it would still send has nowhere to go)."""
@@ -148,24 +202,26 @@ async def _worker_to_client(
         _kill(proc)
 
 
-async def _copy_out(stdout: asyncio.StreamReader, link: Link, outcome: Outcome) -> None:
-    while True:
-        try:
-            header = await stdout.readexactly(HEADER.size)
-        except asyncio.IncompleteReadError:
-            return
-        kind, length = HEADER.unpack(header)
-        payload = await stdout.readexactly(length)
+async def _copy_out(stdout: PipeReader, link: Link, outcome: Outcome) -> None:
+    header = bytearray(HEADER.size)
+    buf = bytearray(PIPE_BYTES)
+    while await stdout.readinto(memoryview(header)):
+        kind, length = decode_header(bytes(header))
+        if length > len(buf):
+            buf = bytearray(length)
+        payload = memoryview(buf)[:length]
+        await stdout.readinto(payload)
         if kind == TEXT:
-            text = payload.decode()
-            if len(text) < 8192:
-                with contextlib.suppress(ValueError):
-                    message = decode_file_frame(text)
-                    if message.type in ("done", "error"):
-                        outcome.final = message.model_dump()
+            text = bytes(payload).decode()
+            with contextlib.suppress(ValueError):
+                message = decode_file_frame(text)
+                if message.type in ("done", "error"):
+                    outcome.final = message.model_dump()
             await link.send(text)
         else:
-            await link.send(payload)
+            # The link copies (masks) the payload before send() returns, so the buffer
+            # can be filled again at once.
+            await link.send(payload)  # type: ignore[arg-type]
 
 
 async def _keep_stderr(stderr: asyncio.StreamReader, outcome: Outcome) -> None:

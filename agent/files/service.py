@@ -94,8 +94,8 @@ class FilesService:
             raise ChannelRefused("privilege", str(exc)) from None
         with structlog.contextvars.bound_contextvars(user=spec.username):
             log.info("files.started", op=spec.op, path=spec.path, recursive=spec.recursive)
-            proc = await start_worker(identity)
-            outcome = await relay_worker(link, proc, self.request(spec))
+            proc, stdout = await start_worker(identity)
+            outcome = await relay_worker(link, proc, stdout, self.request(spec))
             final = outcome.final or {}
             log.info(
                 "files.ended",

@@ -6,10 +6,10 @@ import json
 import os
 from pathlib import Path
 
+from conftest import SERVER, FilesStack  # type: ignore[import-not-found]
+
 from tests.support.accounts import new_login
 from tests.support.users import CreatedUser
-
-from conftest import SERVER, FilesStack  # type: ignore[import-not-found]
 
 
 def login(stack: FilesStack, tmp_path: Path) -> FilesStack:
