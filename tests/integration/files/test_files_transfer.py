@@ -17,8 +17,8 @@ from urllib.parse import quote
 
 import pytest
 from conftest import SERVER, FilesStack  # type: ignore[import-not-found]
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
 
 from tests.support.controlplane import REPO_ROOT
 from tests.support.files import sha256_file, write_random
@@ -258,3 +258,43 @@ def test_nul_byte_in_path_is_refused_before_the_agent_acts(stack: FilesStack) ->
     response = refused.value.response
     assert response.status_code == 403
     assert json.loads(response.body or b"{}")["code"] == "files_nul"
+
+
+def _raw(stack: FilesStack, **params: str) -> ClientConnection:
+    url = stack.cp.url.replace("http://", "ws://")
+    query = "&".join(f"{k}={quote(v)}" for k, v in {"server": SERVER, **params}.items())
+    return connect(
+        f"{url}/ws/files/?{query}",
+        additional_headers={"Authorization": f'token="{stack.cp.admin_token}"'},
+        max_size=None,
+    )
+
+
+def test_malformed_and_oversized_frames_get_clear_errors(stack: FilesStack, area: Path) -> None:
+    target = area / "f"
+    with _raw(stack, op="upload", path=str(target), size="10", transfer_id="ab" * 16) as ws:
+        assert json.loads(ws.recv(10))["type"] == "ready"
+        ws.send("this is not json")
+        error = json.loads(ws.recv(10))
+        assert (error["type"], error["code"]) == ("error", "malformed")
+    with _raw(stack, op="upload", path=str(target), size="10", transfer_id="cd" * 16) as ws:
+        assert json.loads(ws.recv(10))["type"] == "ready"
+        ws.send(json.dumps({"type": "done", "size": 1, "sha256": "0" * 64}))
+        assert json.loads(ws.recv(10))["code"] == "malformed"
+    with _raw(stack, op="upload", path=str(target), size="100", transfer_id="ef" * 16) as ws:
+        assert json.loads(ws.recv(10))["type"] == "ready"
+        ws.send(b"x" * 101)  # more than announced
+        ws.send(json.dumps({"type": "end", "size": 101, "sha256": "0" * 64}))
+        assert json.loads(ws.recv(10))["code"] == "size_mismatch"
+    with _raw(stack, op="upload", path=str(target), transfer_id="12" * 16) as ws:
+        assert json.loads(ws.recv(10))["type"] == "ready"
+
+        def oversized() -> None:
+            ws.send(b"x" * (64 << 20))  # beyond the frame limits: the channel is closed
+            ws.recv(10)
+
+        with pytest.raises(ConnectionClosed) as closed:
+            oversized()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code in (1009, 1011)
+    assert not target.exists()
