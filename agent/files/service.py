@@ -9,6 +9,9 @@ the worker is done. Everything else is decided by the worker, as the user.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 
 import structlog
 
@@ -26,6 +29,23 @@ __all__ = ["FilesService"]
 log = structlog.get_logger(__name__)
 
 
+M_MMAP_THRESHOLD = -3
+"""mallopt(3) parameter number (glibc)."""
+
+
+def _mmap_large_buffers() -> None:
+    """Have glibc serve allocations of 256 KiB and more with mmap, always.
+
+    Transfers allocate and free megabyte frames at a high rate. glibc's default threshold
+    is dynamic: after the first large free it moves up and large blocks then come from the
+    heap, where fragmentation kept the agent's RSS about 90 MB above idle after a 1 GiB
+    upload. A fixed threshold returns each frame's memory to the system when it is freed.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        libc.mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+
+
 class FilesService:
     """Serves ``files`` channels (scope ``webftp``)."""
 
@@ -33,6 +53,7 @@ class FilesService:
     scope = "webftp"
 
     def __init__(self, config: AgentConfig) -> None:
+        _mmap_large_buffers()
         self._files = config.files
         self._roots = tuple(str(r) for r in config.files.allowed_roots or ())
         self._chunk = min(config.files.chunk_bytes, config.limits.max_frame_bytes)

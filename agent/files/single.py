@@ -24,7 +24,6 @@ from agent.files.paths import temp_name
 from agent.files.pipeio import EndOfInput, PipeIO
 from agent.files.transfer import Ledger, Request, final_mode, resume_offset
 from agent.files.walk import Located, Walker, os_error, still_at
-from agent.files.writeback import Writeback
 
 
 __all__ = ["download_file", "hash_prefix", "locate_target", "rename_into_place", "upload_file"]
@@ -224,7 +223,6 @@ def upload_file(pipe: PipeIO, walker: Walker, request: Request) -> None:
 
 def _receive(pipe: PipeIO, fd: int, ledger: Ledger, hasher: hashlib._Hash) -> dict[str, object]:
     """Write data frames to ``fd`` until the ``end`` control frame; return it."""
-    writeback = Writeback(fd, ledger.received)
     while True:
         kind, payload = pipe.read()
         if kind == TEXT:
@@ -240,7 +238,6 @@ def _receive(pipe: PipeIO, fd: int, ledger: Ledger, hasher: hashlib._Hash) -> di
                 written += os.write(fd, payload[written:])
             except OSError as exc:
                 raise os_error(exc, "the temporary file") from None
-        writeback.wrote(ledger.received)
 
 
 def download_file(pipe: PipeIO, walker: Walker, request: Request) -> None:

@@ -25,7 +25,6 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from agent.files.writeback import Writeback
 from controlplane.agentctl.channel import connect_channel
 from controlplane.agentctl.context import Context
 from controlplane.agentctl.errors import CliError
@@ -242,7 +241,7 @@ async def download_file(
                 _hash_prefix(fd, offset, hasher)
                 position = offset
                 report(position)
-                disk = _DiskWriter(fd, hasher, offset)
+                disk = _DiskWriter(fd, hasher)
                 try:
                     while True:
                         try:
@@ -281,9 +280,8 @@ class _DiskWriter:
     """Hashes and writes received chunks in a thread, so the event loop keeps reading the
     socket while the disk is busy (page-cache writes are throttled to the disk's pace)."""
 
-    def __init__(self, fd: int, hasher: Any, start: int) -> None:
+    def __init__(self, fd: int, hasher: Any) -> None:
         self.fd, self.hasher = fd, hasher
-        self.writeback = Writeback(fd, start)
         self.q: queue.Queue[tuple[bytes, int] | None] = queue.Queue(maxsize=8)
         self.error: OSError | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -306,7 +304,6 @@ class _DiskWriter:
                     os.pwrite(self.fd, chunk, position)
                 except OSError as exc:
                     self.error = exc
-                self.writeback.wrote(position + len(chunk))
 
     def close(self) -> None:
         """Wait until every chunk is written (blocking: run it in a thread)."""

