@@ -92,7 +92,7 @@ async def dial_channel(config: AgentConfig, key: str, channel_id: UUID) -> Chann
             max_size=config.limits.max_frame_bytes,
             # Frames received but not yet read: a few suffice to keep the socket busy, and
             # with megabyte frames (file transfers) each one is a megabyte of memory.
-            max_queue=4,
+            max_queue=2,
             # Bulk data: a deeper write buffer keeps the socket busy while we read more.
             write_limit=1024 * 1024,
             compression=None,

@@ -43,7 +43,7 @@ __all__ = [
     "with_retries",
 ]
 
-CHUNK_BYTES = 4 << 20
+CHUNK_BYTES = 2 << 20
 FILES_PATH = "/ws/files/"
 RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 5.0)
 
