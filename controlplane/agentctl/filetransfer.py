@@ -175,13 +175,12 @@ async def upload_file(
             offset = int(ready["offset"])
             first_offset.append(offset)
             fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
+            hasher = hashlib.sha256()
+            disk = _DiskReader(fd, offset, hasher)
             try:
-                hasher = hashlib.sha256()
-                _hash_prefix(fd, offset, hasher)
                 report(offset)
                 position = offset
-                while chunk := os.pread(fd, CHUNK_BYTES, position):
-                    hasher.update(chunk)
+                while chunk := await disk.get():
                     try:
                         await ws.send(chunk)
                     except ConnectionClosed as exc:
@@ -189,6 +188,7 @@ async def upload_file(
                     position += len(chunk)
                     report(position)
             finally:
+                await asyncio.to_thread(disk.close)
                 os.close(fd)
             digest = hasher.hexdigest()
             try:
@@ -274,6 +274,57 @@ async def download_file(
     _put_in_place(part, target, overwrite=opts.overwrite)
     done["resumed_from"] = first_offset[0] if first_offset else 0
     return done
+
+
+class _DiskReader:
+    """Reads and hashes the file ahead in a thread (a few chunks at most), so the event
+    loop only sends; the prefix a resumed upload skips is hashed there first."""
+
+    def __init__(self, fd: int, offset: int, hasher: Any) -> None:
+        self.fd, self.offset, self.hasher = fd, offset, hasher
+        self.q: queue.Queue[bytes | OSError | CliError] = queue.Queue(maxsize=4)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _put(self, item: bytes | OSError | CliError) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            _hash_prefix(self.fd, self.offset, self.hasher)
+            position = self.offset
+            while chunk := os.pread(self.fd, CHUNK_BYTES, position):
+                self.hasher.update(chunk)
+                position += len(chunk)
+                if not self._put(chunk):
+                    return
+            self._put(b"")
+        except (OSError, CliError) as exc:
+            self._put(exc)
+
+    async def get(self) -> bytes:
+        """The next chunk; b"" at the end of the file."""
+        try:
+            item = self.q.get_nowait()
+        except queue.Empty:
+            item = await asyncio.to_thread(self.q.get)
+        if isinstance(item, OSError):
+            raise CliError(f"cannot read the file: {item}")
+        if isinstance(item, CliError):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading ahead (blocking: run it in a thread)."""
+        self.stop.set()
+        self.thread.join()
 
 
 class _DiskWriter:
