@@ -20,28 +20,17 @@ import time
 
 from agent.errors import TransferError
 from agent.files.framing import TEXT, decode_text
+from agent.files.hashing import BackgroundHash, hash_prefix
 from agent.files.paths import temp_name
 from agent.files.pipeio import EndOfInput, PipeIO
 from agent.files.transfer import Ledger, Request, final_mode, resume_offset
 from agent.files.walk import Located, Walker, os_error, still_at
 
 
-__all__ = ["download_file", "hash_prefix", "locate_target", "rename_into_place", "upload_file"]
+__all__ = ["download_file", "locate_target", "rename_into_place", "upload_file"]
 
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 """O_NONBLOCK: opening a FIFO must not hang the worker before it is refused."""
-
-
-def hash_prefix(fd: int, length: int, hasher: hashlib._Hash, buf: bytearray) -> None:
-    """Feed the first ``length`` bytes of ``fd`` into ``hasher`` (resume of either side)."""
-    view = memoryview(buf)
-    done = 0
-    while done < length:
-        n = os.preadv(fd, [view[: min(len(buf), length - done)]], done)
-        if n == 0:
-            raise TransferError("changed", "the file shrank while it was read")
-        hasher.update(view[:n])
-        done += n
 
 
 def locate_target(walker: Walker, request: Request, *, directory: bool) -> Located:
@@ -223,21 +212,32 @@ def upload_file(pipe: PipeIO, walker: Walker, request: Request) -> None:
 
 def _receive(pipe: PipeIO, fd: int, ledger: Ledger, hasher: hashlib._Hash) -> dict[str, object]:
     """Write data frames to ``fd`` until the ``end`` control frame; return it."""
-    while True:
-        kind, payload = pipe.read()
-        if kind == TEXT:
-            obj = decode_text(bytes(payload))
-            if obj["type"] != "end":
-                raise TransferError("malformed", f"unexpected {obj['type']!r} during upload")
-            return obj
-        ledger.add(len(payload))
-        hasher.update(payload)
-        written = 0
-        while written < len(payload):
+    background = BackgroundHash(hasher)
+    try:
+        while True:
+            kind, payload = pipe.read()
+            if kind == TEXT:
+                obj = decode_text(bytes(payload))
+                if obj["type"] != "end":
+                    raise TransferError("malformed", f"unexpected {obj['type']!r} during upload")
+                return obj
+            ledger.add(len(payload))
+            background.start(payload)
             try:
-                written += os.write(fd, payload[written:])
-            except OSError as exc:
-                raise os_error(exc, "the temporary file") from None
+                _write_all(fd, payload)
+            finally:
+                background.wait()
+    finally:
+        background.close()
+
+
+def _write_all(fd: int, payload: memoryview) -> None:
+    written = 0
+    while written < len(payload):
+        try:
+            written += os.write(fd, payload[written:])
+        except OSError as exc:
+            raise os_error(exc, "the temporary file") from None
 
 
 def download_file(pipe: PipeIO, walker: Walker, request: Request) -> None:
@@ -274,13 +274,20 @@ def download_file(pipe: PipeIO, walker: Walker, request: Request) -> None:
              "mode": stat.S_IMODE(st.st_mode), "path": located.path}
         )  # fmt: skip
         position = request.offset
-        while True:
-            n = os.preadv(fd, [view], position)
-            if n == 0:
-                break
-            hasher.update(view[:n])
-            pipe.send_data(view[:n])
-            position += n
+        background = BackgroundHash(hasher)
+        try:
+            while True:
+                n = os.preadv(fd, [view], position)
+                if n == 0:
+                    break
+                background.start(view[:n])
+                try:
+                    pipe.send_data(view[:n])
+                finally:
+                    background.wait()
+                position += n
+        finally:
+            background.close()
         pipe.send({"type": "done", "size": position, "sha256": hasher.hexdigest()})
     finally:
         os.close(fd)
