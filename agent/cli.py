@@ -1,4 +1,5 @@
-"""Command line of the agent: ``run``, ``check-config``, ``status``, ``register``, ``unregister``.
+"""Command line of the agent: ``run``, ``check-config``, ``status``, ``register``,
+``unregister`` and ``sudo install|uninstall``.
 
 Exit statuses follow sysexits(3) so systemd can tell a configuration mistake (no restart)
 from a crash (restart): 78 configuration, 73 state directory, 77 credentials refused,
@@ -26,6 +27,8 @@ from agent.errors import (
     StatusUnavailable,
 )
 from agent.service import enrol, query
+from agent.sudo import install as sudo_install
+from agent.sudo.install import SudoInstallError, SudoLayout
 
 
 __all__ = ["EXIT_AUTH", "EXIT_CONFIG", "EXIT_STATE", "EXIT_UNAVAILABLE", "main"]
@@ -48,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             return _register(args)
         if args.command == "unregister":
             return _unregister(args)
+        if args.command == "sudo":
+            return _sudo(args)
         cfg = config_module.load(args.config)
         if args.command == "status":
             return _status(cfg, as_json=args.json)
@@ -61,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except RegistrationError as exc:
         print(f"agent: {exc}", file=sys.stderr)
         return exc.exit_status
+    except SudoInstallError as exc:
+        print(f"agent: {exc}", file=sys.stderr)
+        return 1
     return _run(cfg)
 
 
@@ -142,6 +150,24 @@ def _unregister(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sudo(args: argparse.Namespace) -> int:
+    """Install or remove the sudo approval plugin (the config gives socket and group;
+    without a config file, the defaults)."""
+    if args.config.exists():
+        cfg = config_module.load(args.config)
+        socket, group = cfg.sudo_socket, cfg.sudo.group
+    else:
+        defaults = config_module.SudoConfig()
+        socket, group = Path("/run/fleet-agent/sudo.sock"), defaults.group
+    layout = SudoLayout(socket=socket, group=group, plugin_dir=args.plugin_dir)
+    done = (
+        sudo_install.install(layout) if args.action == "install" else sudo_install.uninstall(layout)
+    )
+    for line in done or ["nothing to do"]:
+        print(line)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent", description="Agent daemon for managed servers.")
     parser.add_argument("--version", action="version", version=f"agent {__version__}")
@@ -153,6 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         ("status", "show the running daemon's state (from its local status socket)"),
         ("register", "register this server with a control plane and store its identity"),
         ("unregister", "delete this server from the control plane and the local identity"),
+        ("sudo", "install or remove the sudo approval plugin that lets the agent decide"),
     ):
         cmd = sub.add_parser(name, help=text, description=text)
         cmd.add_argument(
@@ -181,6 +208,14 @@ def _parser() -> argparse.ArgumentParser:
         "--local-only",
         action="store_true",
         help="only remove the local identity (the control plane is gone or unreachable)",
+    )
+    mediation = commands["sudo"]
+    mediation.add_argument("action", choices=("install", "uninstall"))
+    mediation.add_argument(
+        "--plugin-dir",
+        type=Path,
+        default=SudoLayout.plugin_dir,
+        help=f"where the plugin is built (default: {SudoLayout.plugin_dir})",
     )
     return parser
 

@@ -11,10 +11,19 @@ import base64
 import binascii
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AnyUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AnyUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agent.errors import ConfigError
 
@@ -31,6 +40,7 @@ __all__ = [
     "LimitsConfig",
     "LoggingConfig",
     "SpoolConfig",
+    "TunnelConfig",
     "load",
     "parse",
 ]
@@ -202,6 +212,77 @@ class AuditConfig(_Section):
     backups: int = Field(default=5, ge=0, le=100)
 
 
+def _port_range(value: object) -> tuple[int, int]:
+    """``8080`` or ``"8080"`` -> (8080, 8080); ``"8000-8099"`` -> (8000, 8099)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        low = high = value
+    elif isinstance(value, str):
+        text = value.strip()
+        low_text, sep, high_text = text.partition("-")
+        try:
+            low = int(low_text)
+            high = int(high_text) if sep else low
+        except ValueError:
+            raise ValueError(f'{value!r} is not a port or a range such as "8000-8099"') from None
+    elif isinstance(value, list | tuple) and len(value) == 2:
+        low, high = (_port_range(v)[0] for v in value)
+    else:
+        raise ValueError('a port is a number or a range such as "8000-8099"')
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"{value!r}: ports are 1..65535, low end first")
+    return (low, high)
+
+
+PortRange = Annotated[tuple[int, int], BeforeValidator(_port_range)]
+"""An inclusive range of TCP ports; a single port is the range (p, p)."""
+
+
+class TunnelConfig(_Section):
+    """TCP port forwarding to this server's loopback (``agentctl tunnel``).
+
+    Off unless enabled, and then only to the listed ports; the target is always a
+    loopback address, never another host.
+    """
+
+    enabled: bool = False
+    allowed_ports: tuple[PortRange, ...] = ()
+    """Ports (``22``) or inclusive ranges (``"8000-8099"``) a tunnel may reach."""
+    max_streams_per_tunnel: int = Field(default=256, gt=0, le=65_536)
+    """TCP connections open at once through one tunnel; more are refused."""
+    max_streams: int = Field(default=1024, gt=0, le=65_536)
+    """TCP connections open at once through all tunnels together."""
+    connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    """Seconds to wait for the target port to accept the connection."""
+    read_bytes: int = Field(default=256 * 1024, ge=4096, le=1024 * 1024)
+    """Largest read from the target, hence the largest frame the agent sends."""
+
+    @model_validator(mode="after")
+    def _total_covers_one(self) -> TunnelConfig:
+        if self.max_streams_per_tunnel > self.max_streams:
+            raise ValueError("max_streams_per_tunnel must not exceed max_streams")
+        return self
+
+
+class SudoConfig(_Section):
+    """Sudo mediation (``docs/sudo.md``): the approval plugin asks the agent about every
+    ``sudo``; calls from sessions the agent started follow their work session's patterns.
+
+    ``unmanaged`` decides calls from anywhere else (an SSH login, cron): ``allow`` leaves
+    them to sudoers as if the agent were not there (members of ``group`` excepted: their
+    sudo right exists for agent sessions only); ``deny`` refuses them (locked-down fleets).
+    """
+
+    enabled: bool = True
+    unmanaged: Literal["allow", "deny"] = "allow"
+    group: str = Field(default="fleet-sudo", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    """The group the sudoers drop-in lets use sudo (session users must be members)."""
+    secure_path: str = Field(
+        default="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        pattern=r"^/[^\x00\n]*$",
+    )
+    """Where bare command names of patterns are looked up (sudo's ``secure_path``)."""
+
+
 class AgentConfig(_Section):
     """The whole agent configuration."""
 
@@ -218,6 +299,8 @@ class AgentConfig(_Section):
     audit: AuditConfig = AuditConfig()
     grants: GrantsConfig = GrantsConfig()
     files: FilesConfig = FilesConfig()
+    sudo: SudoConfig = SudoConfig()
+    tunnel: TunnelConfig = TunnelConfig()
 
     @property
     def audit_file(self) -> Path:
@@ -228,6 +311,11 @@ class AgentConfig(_Section):
     def status_socket(self) -> Path:
         """The daemon's local status socket."""
         return self.runtime_dir / "status.sock"
+
+    @property
+    def sudo_socket(self) -> Path:
+        """The sudo decision socket the approval plugin asks (root only)."""
+        return self.runtime_dir / "sudo.sock"
 
     def read_key(self) -> str:
         """Read the server key from its file.

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -22,8 +24,12 @@ from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
 from agent.files.service import FilesService
 from agent.policy import GrantPolicy
+from agent.protocol import SudoDecided
 from agent.service import ServiceRuntime
 from agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
+from agent.sudo import Decided, SudoDecisionServer, SudoSessions
+from agent.sudo.elevation import ElevationPolicy
+from agent.tunnel.service import TunnelService
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -120,6 +126,7 @@ async def _serve(
         max_age=config.spool.max_age,
     )
     audit = _open_audit(config)
+    sudo_sessions = SudoSessions()
     dispatcher = Dispatcher(
         config.limits,
         outbox=outbox,
@@ -128,10 +135,26 @@ async def _serve(
         inbox=Inbox(retention=retention),
         leftovers=leftovers,
         audit=audit,
+        sudo=sudo_sessions,
+        elevation=ElevationPolicy(config.sudo.secure_path),
+    )
+    sudo_server = (
+        SudoDecisionServer(
+            config.sudo_socket,
+            sudo_sessions,
+            config.sudo,
+            audit=audit,
+            on_decided=lambda decided: _report_sudo(outbox, decided),
+        )
+        if config.sudo.enabled
+        else None
+    )
+    service = ServiceRuntime(
+        config, lambda: _details(backhaul.state, outbox, dispatcher, sudo_sessions)
     )
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
     channels.register(FilesService(config))
-    service = ServiceRuntime(config, lambda: _details(backhaul.state, outbox, dispatcher))
+    channels.register(TunnelService(config.tunnel))
     backhaul = Backhaul(
         config,
         key=key,
@@ -142,6 +165,8 @@ async def _serve(
     )
     try:
         service.status.bind()
+        if sudo_server is not None:
+            sudo_server.bind()
     except StateDirError:
         service.close()
         if audit is not None:
@@ -161,6 +186,8 @@ async def _serve(
             tg.create_task(backhaul.run(), name="backhaul")
             tg.create_task(service.notifier.watchdog(), name="watchdog")
             tg.create_task(service.status.serve(), name="status")
+            if sudo_server is not None:
+                tg.create_task(sudo_server.serve(), name="sudo")
             tg.create_task(
                 _shutdown_when(stop, dispatcher, channels, outbox, config, service),
                 name="shutdown",
@@ -178,6 +205,37 @@ async def _serve(
             audit.close()
 
 
+async def _report_sudo(outbox: Outbox, decided: Decided) -> None:
+    """A decision about a work session goes to its timeline, through the outbox (durable,
+    confirmed: none is lost)."""
+    grant = decided.grant
+    if grant is None or grant.work_session is None:
+        return
+    command_id = None
+    if grant.label.startswith("command "):
+        try:
+            command_id = uuid.UUID(grant.label.removeprefix("command "))
+        except ValueError:
+            command_id = None
+    call, verdict = decided.call, decided.verdict
+    await outbox.add(
+        lambda rid: SudoDecided(
+            rid=rid,
+            decision_id=uuid.uuid4(),
+            work_session=grant.work_session or "",
+            session=grant.label[:256],
+            command_id=command_id,
+            user=decided.caller.user[:64],
+            command=call.command[:4096],
+            argv=[a[:4096] for a in call.argv[:256]],
+            allowed=verdict.allowed,
+            code=verdict.code[:64],
+            message=verdict.message[:4096],
+            at=datetime.fromtimestamp(decided.at, UTC),
+        )
+    )
+
+
 def _open_audit(config: AgentConfig) -> AuditLog | None:
     if not config.audit.enabled:
         return None
@@ -188,7 +246,9 @@ def _open_audit(config: AgentConfig) -> AuditLog | None:
     return audit
 
 
-def _details(link: LinkState, outbox: Outbox, dispatcher: Dispatcher) -> dict[str, object]:
+def _details(
+    link: LinkState, outbox: Outbox, dispatcher: Dispatcher, sudo: SudoSessions
+) -> dict[str, object]:
     active = dispatcher.running()
     return {
         "connection": {
@@ -201,6 +261,7 @@ def _details(link: LinkState, outbox: Outbox, dispatcher: Dispatcher) -> dict[st
         "unconfirmed_reports": len(outbox),
         "active_commands": len(active),
         "command_ids": [str(c) for c in active[:100]],
+        "sudo_sessions": len(sudo),
     }
 
 

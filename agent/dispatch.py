@@ -39,6 +39,8 @@ from agent.protocol import (
     CommandReport,
     CommandRun,
     ErrorMessage,
+    GrantClaims,
+    WorkSessionEnded,
 )
 from agent.spool import (
     Batch,
@@ -50,6 +52,8 @@ from agent.spool import (
     Spool,
     interrupted_report,
 )
+from agent.sudo import SudoSessions
+from agent.sudo.elevation import ElevationPolicy
 
 
 __all__ = ["Dispatcher"]
@@ -75,9 +79,13 @@ class Dispatcher:
         inbox: Inbox | None = None,
         leftovers: Snapshot | None = None,
         audit: AuditLog | None = None,
+        sudo: SudoSessions | None = None,
+        elevation: ElevationPolicy | None = None,
     ) -> None:
         self._limits = limits
         self._grants = grants
+        self._sudo = sudo
+        self._elevation = elevation or ElevationPolicy()
         self._audit = audit
         self._outbox = outbox
         self._spool = spool
@@ -137,6 +145,11 @@ class Dispatcher:
             self._audit_event("command.received", message, line=message.line)
         return None
 
+    def on_work_session_ended(self, message: WorkSessionEnded) -> None:
+        """Revoke at once whatever the work session allowed in running commands."""
+        if self._sudo is not None:
+            self._sudo.end_work_session(message.work_session)
+
     def _audit_event(self, event: str, message: CommandRun, **fields: object) -> None:
         if self._audit is not None:
             self._audit.record(
@@ -187,12 +200,13 @@ class Dispatcher:
             command_id=str(command_id), user=message.username
         ):
             refused: GrantRefused | None = None
+            claims: GrantClaims | None = None
             try:
                 # Deliveries become durable in arrival order and their tasks resume in
                 # that order, so the FIFO semaphore still starts commands as they came.
                 if delivered is not None:
                     await delivered
-                refused = self._refusal(message)
+                refused, claims, message = self._refusal(message)
                 if refused is None:
                     await self._slots.acquire()
             finally:
@@ -217,6 +231,7 @@ class Dispatcher:
                     self._limits,
                     on_started=lambda at: self._started(message, at),
                     on_output=lambda seq, data: self._report_output(command_id, seq, data),
+                    track=self._tracker(message, claims),
                 )
             finally:
                 self._slots.release()
@@ -230,15 +245,54 @@ class Dispatcher:
             )
             await self._finish(command_id, lambda rid: _finished(rid, command_id, outcome))
 
-    def _refusal(self, message: CommandRun) -> GrantRefused | None:
-        """Local enforcement: the grant is checked here, whatever the control plane did."""
+    def _refusal(
+        self, message: CommandRun
+    ) -> tuple[GrantRefused | None, GrantClaims | None, CommandRun]:
+        """Local enforcement: the grant is checked here, whatever the control plane did.
+
+        Returns the refusal (if any), the verified claims, and the command to run: an
+        elevated one (``sudo``) runs its pattern-checked line with the command's
+        absolute path, so the shell finds exactly the program that was checked.
+        """
+        scope = "sudo" if message.sudo else "command"
         try:
-            self._grants.check(
-                message.grant, command_id=message.command_id, scope="command", now=time()
+            claims = self._grants.check(
+                message.grant, command_id=message.command_id, scope=scope, now=time()
             )
+            if message.sudo:
+                line = self._elevation.check(message, claims)
+                self._audit_event(
+                    "sudo.decision", message, allowed=True, code="allowed", via="api", line=line
+                )
+                message = message.model_copy(update={"line": line})
         except GrantRefused as refused:
-            return refused
-        return None
+            if message.sudo:
+                self._audit_event(
+                    "sudo.decision",
+                    message,
+                    allowed=False,
+                    code=refused.code,
+                    via="api",
+                    line=message.line,
+                )
+            return refused, None, message
+        return None, claims, message
+
+    def _tracker(
+        self, message: CommandRun, claims: GrantClaims | None
+    ) -> Callable[[int], Callable[[], None]] | None:
+        """Registers the command's process session for sudo mediation while it runs."""
+        sudo = self._sudo
+        if sudo is None:
+            return None
+        label = f"command {message.command_id}"
+
+        def track(pid: int) -> Callable[[], None]:
+            # start_new_session: the command's pid is its process session id.
+            sudo.register(pid, claims, label=label)
+            return lambda: sudo.unregister(pid)
+
+        return track
 
     async def _finish(self, command_id: UUID, make: _MakeFinal) -> None:
         """Put the final report and mark the command finished, in one transaction."""

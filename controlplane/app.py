@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, WebSocket
 
-from controlplane.api import commands, files, identity, servers, worksessions
+from controlplane.api import commands, files, identity, servers, tunnels, worksessions
 from controlplane.api.deps import Services
 from controlplane.config import ControlPlaneSettings
 from controlplane.errors import install_error_handlers
@@ -37,10 +37,12 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
             await db.write(servers_store.reset_connections)
             hub = Hub(db, settings)
             clock = WorkSessionClock(db)
+            clock.listeners.append(hub.work_session_ended)
             key = await asyncio.to_thread(load_or_create_key, key_path(settings.db_path))
             app.state.services = Services(
                 settings=settings, db=db, hub=hub, work_sessions=clock, signer=GrantSigner(key)
             )
+            app.state.tunnels = tunnels.install(app.state.services)
             async with asyncio.TaskGroup() as tg:
                 scheduler = tg.create_task(hub.scheduler.run(), name="scheduler")
                 sessions = tg.create_task(clock.run(), name="work-session-clock")
@@ -67,6 +69,8 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     app.include_router(identity.router)
     app.include_router(worksessions.router)
     app.include_router(files.router)
+    app.include_router(tunnels.router)
+    app.include_router(tunnels.ws_router)
 
     @app.websocket(BACKHAUL_PATH)
     async def backhaul(websocket: WebSocket) -> None:

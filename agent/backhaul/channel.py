@@ -58,6 +58,10 @@ class ChannelLink:
         """Close the websocket (the control plane passes code and reason to the client)."""
         await self._ws.close(code, reason[:120])
 
+    async def wait_closed(self) -> None:
+        """Return once the websocket is closed (by either side, or lost)."""
+        await self._ws.wait_closed()
+
     def abort(self) -> None:
         """Drop the TCP connection without a closing handshake."""
         self._ws.transport.abort()
@@ -90,9 +94,10 @@ async def dial_channel(config: AgentConfig, key: str, channel_id: UUID) -> Chann
             ping_timeout=30,
             close_timeout=5,
             max_size=config.limits.max_frame_bytes,
-            # Frames received but not yet read: a few suffice to keep the socket busy, and
-            # with megabyte frames (file transfers) each one is a megabyte of memory.
-            max_queue=2,
+            # Frames received but not yet read (pause above 4, resume at 1): a few keep the
+            # socket busy, and with file transfers' 2 MiB frames each one is 2 MiB of RSS
+            # (the default 16 put the agent above 130 MB during a 1 GiB upload).
+            max_queue=(4, 1),
             # Bulk data: a deeper write buffer keeps the socket busy while we read more.
             write_limit=1024 * 1024,
             compression=None,

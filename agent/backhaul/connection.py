@@ -39,6 +39,7 @@ from agent.protocol import (
     Pong,
     ServerMessage,
     Welcome,
+    WorkSessionEnded,
     decode_server_message,
     encode,
     error_ref,
@@ -59,6 +60,10 @@ class CommandHandler(Protocol):
 
     def on_command(self, message: CommandRun, delivered_at: datetime) -> ErrorMessage | None:
         """Accept a command without blocking; return an error to send back, if refused."""
+        ...
+
+    def on_work_session_ended(self, message: WorkSessionEnded) -> None:
+        """Revoke what the work session allowed, at once (must not block)."""
         ...
 
 
@@ -254,6 +259,8 @@ class Backhaul:
                 refusal = self._handler.on_command(message, utcnow())
                 if refusal is not None:
                     await ws.send(encode(refusal))
+            case WorkSessionEnded():
+                self._handler.on_work_session_ended(message)
             case ChannelOpen():
                 refused = self._open_channel(message)
                 if refused is not None:

@@ -86,6 +86,7 @@ async def run_command(
     on_started: OnStarted,
     on_output: OnOutput,
     use_setpriv: bool = True,
+    track: Callable[[int], Callable[[], None]] | None = None,
 ) -> CommandOutcome:
     """Run a command to completion.
 
@@ -97,6 +98,9 @@ async def run_command(
         on_output: awaited with ``(seq, text)`` for each output chunk, ``seq`` from 0.
         use_setpriv: drop privileges through util-linux setpriv when it is installed
             (see :mod:`agent.exec.spawn`); False forces the standard library's switch.
+        track: called with the pid (= the process session id) as soon as the process
+            exists; the callable it returns is called once the process group is gone
+            (sudo mediation registers the session this way).
 
     Returns:
         The outcome. A command that cannot start is an outcome too (``error_phase``
@@ -123,6 +127,7 @@ async def run_command(
     spawned = asyncio.get_running_loop().time()
     deadline = spawned + (request.timeout or limits.command_timeout)
     log.info("command.started", pid=proc.pid)
+    untrack = track(proc.pid) if track is not None else None
     pump = OutputPump(read_fd, limits, on_output)
     try:
         await on_started(acked_at)
@@ -138,7 +143,11 @@ async def run_command(
         raise group.exceptions[0] from None
     finally:
         pump.close()
-        await _stop(proc, limits.kill_grace)
+        try:
+            await _stop(proc, limits.kill_grace)
+        finally:
+            if untrack is not None:
+                untrack()
 
     elapsed = exit_.ended - started
     returncode = proc.returncode

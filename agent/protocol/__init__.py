@@ -33,7 +33,9 @@ from agent.protocol.messages import (
     Ping,
     Pong,
     ServerMessage,
+    SudoDecided,
     Welcome,
+    WorkSessionEnded,
 )
 
 
@@ -61,9 +63,11 @@ __all__ = [
     "Ping",
     "Pong",
     "ServerMessage",
+    "SudoDecided",
     "TunnelSpec",
     "WebshSpec",
     "Welcome",
+    "WorkSessionEnded",
     "decode_agent_message",
     "decode_server_message",
     "encode",

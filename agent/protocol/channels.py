@@ -108,11 +108,18 @@ class FilesSpec(Message):
 
 
 class TunnelSpec(Message):
-    """One TCP stream of tunnel ``tunnel_id`` to ``127.0.0.1:port`` on the server."""
+    """One TCP stream of tunnel ``tunnel_id`` to ``127.0.0.1:port`` on the server.
+
+    ``host`` may name another loopback address (``::1``); the agent refuses anything that
+    is not loopback (``tunnel_target_not_allowed``): a tunnel never leaves the server.
+    """
 
     kind: Literal["tunnel"] = "tunnel"
     tunnel_id: UUID
     port: int = Field(ge=1, le=65535)
+    host: str | None = Field(default=None, max_length=255)
+    probe: bool = False
+    """Check only (grant, policy, limits), then close: no connection to the target."""
 
 
 ChannelSpec = Annotated[WebshSpec | FilesSpec | TunnelSpec, Field(discriminator="kind")]

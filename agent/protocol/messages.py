@@ -40,7 +40,9 @@ __all__ = [
     "Ping",
     "Pong",
     "ServerMessage",
+    "SudoDecided",
     "Welcome",
+    "WorkSessionEnded",
 ]
 
 PROTOCOL_VERSION = 1
@@ -144,7 +146,30 @@ class CommandFinished(_Message):
     message: str | None = Field(default=None, max_length=4096)
 
 
-CommandReport = CommandDelivered | CommandAcked | CommandOutput | CommandFinished
+class SudoDecided(_Message):
+    """The agent allowed or refused a ``sudo`` inside a session of a work session.
+
+    For the session's timeline; reported through the outbox like command reports, so none
+    is lost. ``decision_id`` makes storing it idempotent. ``session`` names the process
+    session (``command <id>`` or ``websh <id>``); ``command_id`` is set for a command.
+    """
+
+    type: Literal["sudo.decision"] = "sudo.decision"
+    rid: int = Field(ge=0)
+    decision_id: UUID
+    work_session: str = Field(max_length=128)
+    session: str = Field(max_length=256)
+    command_id: UUID | None = None
+    user: str = Field(max_length=64)
+    command: str = Field(max_length=4096)
+    argv: list[Annotated[str, Field(max_length=4096)]] = Field(max_length=256)
+    allowed: bool
+    code: str = Field(max_length=64)
+    message: str = Field(max_length=4096)
+    at: datetime
+
+
+CommandReport = CommandDelivered | CommandAcked | CommandOutput | CommandFinished | SudoDecided
 """Reports the control plane confirms and the agent keeps until confirmed."""
 
 AgentMessage = Annotated[
@@ -153,6 +178,7 @@ AgentMessage = Annotated[
     | CommandAcked
     | CommandOutput
     | CommandFinished
+    | SudoDecided
     | Ping
     | Pong
     | ErrorMessage,
@@ -190,6 +216,10 @@ class CommandRun(_Message):
     grant: Grant | None = None
     """Signed permission for this command (``agent.protocol.grants``); optional on the
     wire, required by an agent that pins the control plane's key."""
+    sudo: bool = False
+    """Elevation on behalf of a work-session user: runs as root only if ``line`` (plain
+    words, no shell syntax) matches a sudo pattern of the grant, which needs the
+    ``sudo`` scope (``docs/sudo.md``)."""
 
     @field_validator("env")
     @classmethod
@@ -216,7 +246,25 @@ class Confirm(_Message):
     rids: list[int] = Field(max_length=100_000)
 
 
+class WorkSessionEnded(_Message):
+    """A work session ended (revoked, completed, expired): revoke what it allows at once
+    (sudo in its sessions is refused from now on). Not confirmed: the agent also
+    enforces the session's ``expires_at`` with its own clock."""
+
+    type: Literal["work_session.ended"] = "work_session.ended"
+    work_session: str = Field(min_length=1, max_length=128)
+    status: str = Field(default="ended", max_length=32)
+
+
 ServerMessage = Annotated[
-    Welcome | CommandRun | ChannelOpen | ChannelClose | Confirm | Ping | Pong | ErrorMessage,
+    Welcome
+    | CommandRun
+    | ChannelOpen
+    | ChannelClose
+    | Confirm
+    | WorkSessionEnded
+    | Ping
+    | Pong
+    | ErrorMessage,
     Field(discriminator="type"),
 ]

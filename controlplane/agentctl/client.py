@@ -73,11 +73,15 @@ class Client:
         ca_file: Path | None = None,
         timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
+        work_session: str | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if token:
             headers["Authorization"] = f'token="{token}"'
+        if work_session:
+            # Gated reads (a command's output) name the session as gated creates do.
+            headers["X-Work-Session"] = work_session
         verify: ssl.SSLContext | bool = verify_tls
         if verify_tls and ca_file is not None:
             try:

@@ -52,7 +52,10 @@ class Context:
         return session_id
 
     def client(self, *, url: str | None = None, token: str | None = None) -> Client:
-        """A client for the configured control plane (or an explicit url/token, for login)."""
+        """A client for the configured control plane (or an explicit url/token, for login).
+
+        Set :attr:`work_session` first: the client names it on every request.
+        """
         base = url or self.config.url
         if not base:
             raise CliError(
@@ -73,6 +76,7 @@ class Context:
             verify_tls=self.config.verify_tls,
             ca_file=self.config.ca_file,
             transport=self.transport,
+            work_session=self.work_session,
         )
         self._clients.append(client)
         return client

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agent.policy.sudo import SudoPatternError, parse_line
 from agent.protocol import CommandRun
 from controlplane.api.deps import PrincipalDep, Services, ServicesDep, resolve_server
 from controlplane.api.pagination import page_response
@@ -42,6 +43,8 @@ log = structlog.get_logger("controlplane.commands")
 
 COMMAND_SCOPE = "command"
 """The work-session scope (and the gate's ``source``) of a command create."""
+SUDO_SCOPE = "sudo"
+"""The scope of an elevated command (``sudo: true``): run as root if a pattern matches."""
 
 
 class CommandCreateBody(BaseModel):
@@ -57,6 +60,7 @@ class CommandCreateBody(BaseModel):
     scheduled_at: datetime | None = None
     timeout: float | None = None
     work_session: str | None = None
+    sudo: bool = False
 
 
 def _invalid(detail: str, source: str | None) -> APIError:
@@ -73,6 +77,13 @@ def validate_command(body: CommandCreateBody) -> CommandRun:
         raise _invalid("line: must not be empty", "line")
     if body.shell != "system":
         raise _invalid(f"shell: unknown shell {body.shell[:40]!r} (expected 'system')", "shell")
+    if body.sudo:
+        if (body.username or "root") != "root" or (body.groupname or "root") != "root":
+            raise _invalid("sudo: an elevated command runs as root; omit username", "username")
+        try:
+            parse_line(body.line)
+        except SudoPatternError as exc:
+            raise _invalid(f"line: {exc}", "line") from None
     try:
         return CommandRun(  # noqa: S604 - "system" is the only shell; the agent runs it
             command_id=new_uuid(),
@@ -82,6 +93,7 @@ def validate_command(body: CommandCreateBody) -> CommandRun:
             groupname=body.groupname or None,
             env=body.env or {},
             timeout=body.timeout,
+            sudo=body.sudo,
         )
     except ValidationError as exc:
         detail, source = validation_detail(exc.errors())
@@ -96,6 +108,42 @@ async def _visible_command(command_id: str, principal: Principal, services: Serv
     row = await services.db.read(commands_store.get_command, command_id)
     if row is None or not (principal.is_superuser or row.requested_by == principal.user_id):
         raise command_not_found()
+    return row
+
+
+async def _readable_command(
+    command_id: str, request: Request, principal: Principal, services: Services
+) -> CommandRow:
+    """A command whose output the caller may read now.
+
+    Reading a command's output ("exec logs") is a gated operation of the ``command`` scope
+    for login principals, like running one: it needs an active work session (the
+    ``X-Work-Session`` header or ``?work_session=``) on the command's server.
+    """
+    row = await _visible_command(command_id, principal, services)
+    if principal.kind != "login":
+        return row
+    # An elevated command's output is read with the scope it was run with.
+    scope = SUDO_SCOPE if row.sudo else COMMAND_SCOPE
+    requested = request.query_params.get("work_session") or request.headers.get("x-work-session")
+    now = now_us()
+
+    def check(conn: sqlite3.Connection) -> GateDenial | None:
+        denial, _ = ws_gate.gate_and_record(
+            conn,
+            requested or None,
+            user_id=principal.user_id,
+            server_id=row.server_id,
+            server_name=row.server_name,
+            scope=scope,
+            line=f"exec logs {row.id}",
+            now=now,
+        )
+        return denial
+
+    denial = await services.db.write(check)
+    if denial is not None:
+        raise APIError(403, denial.code, denial.detail, scope)
     return row
 
 
@@ -139,11 +187,19 @@ async def create_command(
         requested_by=principal.user_id,
         added_at=now,
         scheduled_at=scheduled_at,
+        sudo=run.sudo,
     )
     user = principal.user
     # Browser-style logins need an active work session; token authentication bypasses it.
     requested = body.work_session or request.headers.get("x-work-session") or None
     gated = principal.kind == "login"
+    scope = SUDO_SCOPE if run.sudo else COMMAND_SCOPE
+    if run.sudo and not gated:
+        raise _invalid(
+            "sudo: elevation is checked against a work session's sudo patterns; "
+            "token principals run commands as root directly",
+            "sudo",
+        )
     signer = services.signer
     principal_name = principal.token.service_name if user is None else user.username
 
@@ -156,7 +212,7 @@ async def create_command(
                 user_id=principal.user_id,
                 server_id=server_id,
                 server_name=server_name,
-                scope=COMMAND_SCOPE,
+                scope=scope,
                 line=run.line,
                 now=now,
             )
@@ -164,7 +220,7 @@ async def create_command(
                 return denial
         claims = operation_claims(
             operation_id=new.id,
-            scope=COMMAND_SCOPE,
+            scope=scope,
             server_id=server_id,
             now_us=now,
             principal_name=principal_name,
@@ -201,7 +257,7 @@ async def create_command(
         services.server_refs.clear()
         raise server_not_found(body.server) from None
     if isinstance(outcome, GateDenial):
-        raise APIError(403, outcome.code, outcome.detail, COMMAND_SCOPE)
+        raise APIError(403, outcome.code, outcome.detail, scope)
     row = outcome
     log.info(
         "command_created",
@@ -246,10 +302,10 @@ async def list_commands(
 
 @router.get("/{command_id}/")
 async def get_command(
-    command_id: str, principal: PrincipalDep, services: ServicesDep
+    command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
     """One command."""
-    row = await _visible_command(command_id, principal, services)
+    row = await _readable_command(command_id, request, principal, services)
     return JSONResponse(command_json(row, now=now_us()))
 
 
@@ -258,7 +314,7 @@ async def list_chunks(
     command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
     """A page of the command's output chunks, by ``seq``."""
-    row = await _visible_command(command_id, principal, services)
+    row = await _readable_command(command_id, request, principal, services)
     params = request.query_params
     seq_gte = parse_int(params, "seq__gte", minimum=0)
     seq_lte = parse_int(params, "seq__lte", minimum=0)
@@ -280,7 +336,7 @@ async def stream(
     command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> StreamingResponse:
     """NDJSON: stored chunks from ``seq__gte``, live chunks, then the final command."""
-    row = await _visible_command(command_id, principal, services)
+    row = await _readable_command(command_id, request, principal, services)
     seq_gte = parse_int(request.query_params, "seq__gte", minimum=0) or 0
     lines: AsyncIterator[str] = stream_command(
         services.db, services.hub.notifier, row.id, seq_gte=seq_gte

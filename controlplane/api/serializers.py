@@ -48,6 +48,7 @@ def command_json(row: CommandRow, *, now: int) -> dict[str, Any]:
         "requested_by": requested_by,
         "error_phase": row.error_phase,
         "timeout": row.timeout,
+        "sudo": row.sudo,
     }
 
 

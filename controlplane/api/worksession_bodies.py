@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
+from agent.policy.sudo import SudoPatternError, parse_pattern
 from controlplane.errors import invalid_request
 from controlplane.timeutil import iso, to_us
 from controlplane.worksession.durations import parse_duration
@@ -78,6 +79,11 @@ def parse_policies(policies: list[SudoPolicy] | None) -> list[dict[str, Any]]:
         commands = [c.strip() for c in policy.commands]
         if any(not c or len(c) > 4096 for c in commands):
             raise invalid_request("sudo_policies: patterns must be non-empty strings", "sudo")
+        for command in commands:
+            try:
+                parse_pattern(command)
+            except SudoPatternError as exc:
+                raise invalid_request(f"sudo_policies: {exc}", "sudo_policies") from None
         out.append(
             {"id": policy.id or uuid.uuid4().hex, "commands": commands, "reason": policy.reason}
         )

@@ -64,6 +64,8 @@ def event_json(event: dict[str, Any]) -> dict[str, Any]:
             out["code"] = data["code"]
             out["line"] = data.get("line", out["line"])
     else:
+        if event["type"] == "sudo":
+            out["command_id"] = event["command_id"]
         for key, value in data.items():
             out[key] = iso(value) if key in ("from", "to") and isinstance(value, int) else value
     return out

@@ -6,6 +6,7 @@ import structlog
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
+from agent.protocol import WorkSessionEnded
 from controlplane.auth import parse_agent_authorization
 from controlplane.config import ControlPlaneSettings
 from controlplane.hub.channels import ChannelBroker
@@ -21,6 +22,7 @@ from controlplane.hub.scheduler import Scheduler
 from controlplane.hub.session import AgentSession
 from controlplane.store import Database, servers as servers_store
 from controlplane.store.commands import CommandRow
+from controlplane.store.worksessions import WorkSessionRow
 
 
 __all__ = ["Hub"]
@@ -56,6 +58,16 @@ class Hub:
         if sent:
             log.debug("command_sent", command_id=row.id, server_id=row.server_id)
         return sent
+
+    async def work_session_ended(self, row: WorkSessionRow) -> None:
+        """Tell the connected agents of the session's servers to revoke it now (a
+        ``WorkSessionClock`` listener). An agent that is not connected still refuses
+        after ``expires_at`` by its own clock."""
+        message = WorkSessionEnded(work_session=row.id, status=row.status.value)
+        for server_id in row.server_ids:
+            conn = self.registry.get(server_id)
+            if conn is not None and await conn.send_quietly(message):
+                log.info("work_session_end_sent", work_session=row.id, server_id=server_id)
 
     async def disconnect(self, server_id: str, reason: str = "server deleted") -> None:
         """Close a server's connection (after it was deleted)."""

@@ -45,6 +45,7 @@ def run_message(row: CommandRow) -> CommandRun:
         env=row.env,
         timeout=row.timeout,
         grant=None if row.grant is None else Grant.model_validate_json(row.grant),
+        sudo=row.sudo,
     )
 
 

@@ -32,6 +32,7 @@ from agent.protocol import (
     Hello,
     Ping,
     Pong,
+    SudoDecided,
     Welcome,
     decode_agent_message,
     error_ref,
@@ -63,7 +64,7 @@ log = structlog.get_logger("controlplane.hub")
 QUEUE_FRAMES = 1024
 """Frames received but not yet processed; the reader waits when it is full."""
 
-_REPORT_TYPES = (CommandDelivered, CommandAcked, CommandOutput, CommandFinished)
+_REPORT_TYPES = (CommandDelivered, CommandAcked, CommandOutput, CommandFinished, SudoDecided)
 
 
 def _error(code: str, message: str, ref: str | None) -> ErrorMessage:

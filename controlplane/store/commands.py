@@ -50,6 +50,8 @@ class NewCommand:
     work_session_id: str | None = None
     grant: str | None = None
     """The signed grant sent with the command (``docs/protocol.md``), as JSON."""
+    sudo: bool = False
+    """Elevation: runs as root if the line matches a sudo pattern (``docs/sudo.md``)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ class CommandRow:
     message: str | None
     work_session_id: str | None = None
     grant: str | None = None
+    sudo: bool = False
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> CommandRow:
@@ -120,6 +123,7 @@ class CommandRow:
             message=row["message"],
             work_session_id=row["work_session_id"],
             grant=row["grant_token"],
+            sudo=bool(row["sudo"]),
         )
 
     @property
@@ -157,8 +161,8 @@ def insert_command(
     """
     conn.execute(
         "INSERT INTO commands (id, server_id, shell, line, username, groupname, env, timeout, "
-        "requested_by, added_at, scheduled_at, sent_at, work_session_id, grant_token) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "requested_by, added_at, scheduled_at, sent_at, work_session_id, grant_token, sudo) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             cmd.id,
             cmd.server_id,
@@ -174,6 +178,7 @@ def insert_command(
             sent_at,
             cmd.work_session_id,
             cmd.grant,
+            int(cmd.sudo),
         ),
     )
     return CommandRow(
@@ -206,6 +211,7 @@ def insert_command(
         message=None,
         work_session_id=cmd.work_session_id,
         grant=cmd.grant,
+        sudo=cmd.sudo,
     )
 
 

@@ -6,6 +6,7 @@ the final result is stored once: a report sent again after a reconnect changes n
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from agent.protocol import (
     CommandFinished,
     CommandOutput,
     CommandReport,
+    SudoDecided,
 )
+from controlplane.store import worksessions as ws_store
 from controlplane.timeutil import to_us
 
 
@@ -49,8 +52,13 @@ def apply_reports(
     server's is not stored and is listed in :attr:`ReportOutcome.unknown`.
     """
     outcome = ReportOutcome()
-    known = _own_commands(conn, server_id, {str(r.command_id) for r in reports})
+    commands = [r for r in reports if not isinstance(r, SudoDecided)]
+    known = _own_commands(conn, server_id, {str(r.command_id) for r in commands})
     for report in reports:
+        if isinstance(report, SudoDecided):
+            _store_sudo(conn, server_id, report)
+            outcome.stored.append(report.rid)
+            continue
         command_id = str(report.command_id)
         exists = command_id in known
         if not exists:
@@ -61,6 +69,48 @@ def apply_reports(
         outcome.stored.append(report.rid)
     conn.execute("UPDATE servers SET last_seen_at = ? WHERE id = ?", (last_seen_at, server_id))
     return outcome
+
+
+def _store_sudo(conn: sqlite3.Connection, server_id: str, report: SudoDecided) -> None:
+    """A ``sudo`` item on the work session's timeline, once per decision.
+
+    A decision about a session that is not this control plane's, or whose server is not
+    in it, is dropped (and still confirmed: sending it again would change nothing).
+    """
+    row = conn.execute(
+        "SELECT servers FROM work_sessions WHERE id = ?", (report.work_session,)
+    ).fetchone()
+    if row is None or server_id not in json.loads(row[0]):
+        return
+    decision_id = str(report.decision_id)
+    seen = conn.execute(
+        "SELECT 1 FROM work_session_events WHERE session_id = ? AND type = 'sudo' "
+        "AND json_extract(data, '$.decision_id') = ?",
+        (report.work_session, decision_id),
+    ).fetchone()
+    if seen is not None:
+        return
+    own_command = None
+    if report.command_id is not None and _own_commands(conn, server_id, {str(report.command_id)}):
+        own_command = str(report.command_id)
+    ws_store.add_event(
+        conn,
+        report.work_session,
+        "sudo",
+        timestamp=to_us(report.at),
+        server_id=server_id,
+        command_id=own_command,
+        data={
+            "decision_id": decision_id,
+            "session": report.session,
+            "user": report.user,
+            "command": report.command,
+            "argv": report.argv,
+            "allowed": report.allowed,
+            "code": report.code,
+            "message": report.message,
+        },
+    )
 
 
 def _own_commands(conn: sqlite3.Connection, server_id: str, ids: set[str]) -> set[str]:

@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 
 _V1 = """
 CREATE TABLE users (
@@ -130,7 +130,29 @@ ALTER TABLE commands ADD COLUMN work_session_id TEXT;
 ALTER TABLE commands ADD COLUMN grant_token TEXT
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2}
+_V3 = """
+ALTER TABLE commands ADD COLUMN sudo INTEGER NOT NULL DEFAULT 0
+"""
+
+_V4 = """
+CREATE TABLE tunnels (
+    id              TEXT PRIMARY KEY,
+    server_id       TEXT NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    remote_host     TEXT NOT NULL,
+    remote_port     INTEGER NOT NULL,
+    owner_user      INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    owner_token     TEXT NOT NULL,
+    work_session_id TEXT,
+    created_at      INTEGER NOT NULL,
+    closed_at       INTEGER,
+    close_code      TEXT,
+    close_reason    TEXT
+);
+CREATE INDEX ix_tunnels_owner ON tunnels(owner_user, created_at);
+CREATE INDEX ix_tunnels_session ON tunnels(work_session_id) WHERE closed_at IS NULL
+"""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

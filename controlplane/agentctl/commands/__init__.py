@@ -16,7 +16,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from controlplane.agentctl.commands import auth, exec_cmd, files, servers, worksession
+from controlplane.agentctl.commands import auth, exec_cmd, files, servers, tunnel, worksession
 
 
 if TYPE_CHECKING:
@@ -32,6 +32,7 @@ GROUPS: tuple[Register, ...] = (
     worksession.register,
     exec_cmd.register,
     files.register,
+    tunnel.register,
 )
 
 

@@ -101,6 +101,12 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         "--detach", action="store_true", help="print the command id and return without waiting"
     )
     run.add_argument(
+        "--sudo",
+        action="store_true",
+        help="elevate: run as root if the command (plain words, no shell syntax) matches a "
+        "sudo pattern of the work session",
+    )
+    run.add_argument(
         "--work-session",
         metavar="ID",
         help="work session to attach to (default: $AGENTCTL_WORK_SESSION, then `work-session use`)",
@@ -114,6 +120,11 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         description="Print the full output of a command and exit with its exit code.",
     )
     logs.add_argument("command_id", metavar="ID", help="command id")
+    logs.add_argument(
+        "--work-session",
+        metavar="ID",
+        help="work session to read with (default: $AGENTCTL_WORK_SESSION, then `work-session use`)",
+    )
     logs.set_defaults(handler=run_logs)
 
     history = verbs.add_parser(
@@ -168,6 +179,7 @@ def create_body(
     env: Sequence[tuple[str, str]] = (),
     timeout: int | None = None,
     work_session: str | None = None,
+    sudo: bool = False,
 ) -> dict[str, Any]:
     """The POST body of a command create (docs/api.md)."""
     body: dict[str, Any] = {
@@ -183,6 +195,8 @@ def create_body(
         body["username"] = user
     if work_session:
         body["work_session"] = work_session
+    if sudo:
+        body["sudo"] = True
     return body
 
 
@@ -199,7 +213,7 @@ def _report(ctx: Context, command: Mapping[str, Any], output: str) -> int:
 def run_exec(ctx: Context, args: argparse.Namespace) -> int:
     """Submit the command, then stream its output and return its exit code."""
     line = remote_line(command_words(args))
-    ctx.operation, ctx.server = "command", args.server
+    ctx.operation, ctx.server = ("sudo" if args.sudo else "command"), args.server
     ctx.work_session = ctx.selected_work_session(args.work_session)
     client = ctx.client()
     body = create_body(
@@ -210,6 +224,7 @@ def run_exec(ctx: Context, args: argparse.Namespace) -> int:
         env=args.env,
         timeout=args.timeout,
         work_session=ctx.work_session,
+        sudo=args.sudo,
     )
     try:
         return _submit(ctx, client, body, detach=args.detach)
@@ -289,8 +304,14 @@ def interrupted_diagnostic(command_id: str) -> Diagnostic:
 def run_logs(ctx: Context, args: argparse.Namespace) -> int:
     """Print a command's output; exit with its exit code (0 with a hint while it runs)."""
     ctx.operation = "command"
+    ctx.work_session = ctx.selected_work_session(args.work_session)
     client = ctx.client()
-    command = client.get(f"{COMMANDS}{quote(args.command_id, safe='')}/")
+    try:
+        command = client.get(f"{COMMANDS}{quote(args.command_id, safe='')}/")
+    except ApiError as exc:
+        if exc.is_gate_denial:
+            ctx.auth_method = _auth_method(client)
+        raise
     output = fetch_output(client, command)
     if is_finished(command):
         if not ctx.out.json:

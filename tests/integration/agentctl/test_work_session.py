@@ -139,7 +139,10 @@ def test_create_use_then_exec_is_recorded_on_the_timeline(su: User) -> None:
     assert commands[0]["line"] == "echo gated-ok"
     assert commands[0]["denied"] is False
     with su.api() as api:
-        command = api.get(f"/api/events/commands/{commands[0]['command_id']}/").json()
+        path = f"/api/events/commands/{commands[0]['command_id']}/"
+        command = api.get(path, headers={"X-Work-Session": current["id"]}).json()
+        # Reading a command's output is gated too (the seed: "exec (including exec logs)").
+        assert api.get(path).json()["code"] == "work_session_required"
     assert command["line"] == "echo gated-ok"
     listed = su.run("work-session", "ls")
     assert any(
@@ -249,6 +252,35 @@ def test_server_not_allowed(su: User) -> None:
 def test_assignee_mismatch(su: User, alice: User) -> None:
     theirs = su.session()
     denied(exec_json(alice, "--work-session", theirs), "work_session_assignee_mismatch")
+
+
+def test_exec_logs_needs_the_session_too(su: User) -> None:
+    session = su.session()
+    ran = su.run(
+        "exec",
+        "--output",
+        "json",
+        "--work-session",
+        session,
+        "--detach",
+        WEB1,
+        "--",
+        "echo",
+        "logged",
+    )
+    assert ran.returncode == 0, ran.stderr
+    command_id = json.loads(ran.stdout)["id"]
+    denied(su.run("exec", "logs", command_id, "--output", "json"), "work_session_required")
+    other = su.session("websh")
+    denied(
+        su.run("exec", "logs", command_id, "--work-session", other, "--output", "json"),
+        "work_session_scope_not_allowed",
+    )
+    shown = su.run("exec", "logs", command_id, "--work-session", session)
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while shown.returncode == 0 and shown.stdout != "logged\n" and time.monotonic() < deadline:
+        shown = su.run("exec", "logs", command_id, "--work-session", session)
+    assert (shown.returncode, shown.stdout) == (0, "logged\n"), shown.stderr
 
 
 def test_token_authentication_bypasses_the_gate(admin: User) -> None:

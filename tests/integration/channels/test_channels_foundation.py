@@ -146,6 +146,9 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
         def on_command(self, message: object, delivered_at: object) -> None:
             raise AssertionError("no commands in this test")
 
+        def on_work_session_ended(self, message: object) -> None:
+            pass
+
     connected = asyncio.Event()
     backhaul = Backhaul(
         config,

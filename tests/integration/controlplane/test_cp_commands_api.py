@@ -110,7 +110,7 @@ async def test_create_returns_the_command_object(
         "id", "shell", "line", "success", "exit_code", "result", "truncated", "status",
         "response_delay", "elapsed_time", "added_at", "scheduled_at", "delivered_at", "acked_at",
         "handled_at", "server", "server_name", "username", "groupname", "requested_by",
-        "error_phase", "timeout",
+        "error_phase", "timeout", "sudo",
     }  # fmt: skip
     assert body["server"] == server.id
     assert body["server_name"] == server.name
@@ -133,6 +133,8 @@ async def test_create_returns_the_command_object(
         ({"line": "   "}, "line"),
         ({"line": "x" * 70_000}, "line"),
         ({"line": "a\x00b"}, "line"),
+        ({"line": "id; id", "sudo": True}, "line"),
+        ({"line": "id", "sudo": True, "username": "bob"}, "username"),
         ({"line": "id", "env": {"A": 1}}, "env.A"),
         ({"line": "id", "env": ["A"]}, "env"),
         ({"line": "id", "env": {"1BAD": "x"}}, "env"),

@@ -1,0 +1,155 @@
+"""What the kernel says about a caller of the decision socket (blocking, Linux /proc).
+
+Nothing the client sends about itself is trusted: its pid comes from ``SO_PEERCRED``, its
+real uid and its process session from ``/proc/<pid>``.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+
+
+__all__ = [
+    "Caller",
+    "fleet_member",
+    "identify",
+    "is_executable",
+    "parent_of",
+    "peer_credentials",
+    "trusted_realpath",
+]
+
+MAX_HOPS = 16
+"""Ancestors looked at for a managed session (a sudo run from a nested sudo or a
+``setsid`` child still belongs to the shell that started it, while its parent lives)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """The process that called sudo: its pid, real uid and user, and the session ids of
+    itself and its ancestors (its own first)."""
+
+    pid: int
+    uid: int
+    user: str
+    sids: tuple[int, ...]
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """``(pid, uid, gid)`` of the peer of a connected unix socket (from the kernel)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+def _stat(pid: int) -> tuple[int, int]:
+    """``(ppid, sid)`` of a process."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read()
+    # The command name may hold spaces and parentheses: the fields start after the last ')'.
+    fields = data[data.rindex(b")") + 2 :].split()
+    return int(fields[1]), int(fields[3])
+
+
+def _real_uid(pid: int) -> int:
+    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                return int(line.split()[1])
+    raise OSError(f"no Uid line for process {pid}")
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of a process, or None if it is gone."""
+    try:
+        return _stat(pid)[0]
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def identify(pid: int) -> Caller:
+    """Who ``pid`` is: real uid and user, and the session ids up its ancestry.
+
+    Raises:
+        OSError: the process is gone.
+    """
+    uid = _real_uid(pid)
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    sids: list[int] = []
+    current = pid
+    for _ in range(MAX_HOPS):
+        try:
+            ppid, sid = _stat(current)
+        except (OSError, ValueError, IndexError):
+            if current == pid:
+                raise OSError(f"process {pid} is gone") from None
+            break
+        if sid not in sids:
+            sids.append(sid)
+        if ppid <= 1:
+            break
+        current = ppid
+    return Caller(pid, uid, user, tuple(sids))
+
+
+def fleet_member(user: str, uid: int, group: str) -> bool:
+    """Whether the account is a member (primary or supplementary) of ``group``."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+        primary = pwd.getpwuid(uid).pw_gid
+    except KeyError:
+        return False
+    try:
+        return gid in os.getgrouplist(user, primary)
+    except OSError:
+        return False
+
+
+def _root_only(path: str) -> bool:
+    """Whether every component of ``path`` (as written) is root's and, unless it is a
+    symlink, writable by nobody else: no other user can swap what the path names."""
+    prefix = ""
+    for part in path.split("/"):
+        if not part:
+            continue
+        prefix = f"{prefix}/{part}"
+        try:
+            st = os.lstat(prefix)
+        except OSError:
+            return False
+        if st.st_uid != 0:
+            return False
+        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
+            return False
+    return True
+
+
+def trusted_realpath(path: str) -> str | None:
+    """The real path of an absolute ``path``, or None when a user other than root could
+    change what it names (a component, or one of the real path's, is not root's or is
+    group/world writable): sudo would execute the path after the agent decided, so a
+    symlink in /tmp could be swapped in between. Used for both patterns and calls."""
+    if not path.startswith("/"):
+        return None
+    real = os.path.realpath(path)
+    if not (_root_only(path) and _root_only(real)):
+        return None
+    return real
+
+
+def is_executable(path: str) -> bool:
+    """A regular file with an execute bit (as sudo looks for commands in secure_path)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return (st.st_mode & 0o170000) == 0o100000 and bool(st.st_mode & 0o111)

@@ -1,0 +1,185 @@
+"""The sudo decision server on a real unix socket, without sudo: the caller is this test
+process (identified by the kernel), its own process session is registered or not."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import stat
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.audit import AuditLog
+from agent.config import SudoConfig
+from agent.protocol import GrantClaims
+from agent.sudo import Decided, SudoDecisionServer, SudoSessions
+from agent.sudo.proc import trusted_realpath
+
+
+class Served:
+    def __init__(self, path: Path, sessions: SudoSessions, audit: Path) -> None:
+        self.path, self.sessions, self.audit_path = path, sessions, audit
+        self.decided: list[Decided] = []
+
+    async def ask(self, data: bytes) -> bytes:
+        """Send ``data`` as the plugin would; return everything the server answers."""
+
+        def exchange() -> bytes:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(str(self.path))
+                chunks = []
+                try:
+                    sock.sendall(data)
+                    sock.shutdown(socket.SHUT_WR)
+                    while chunk := sock.recv(65536):
+                        chunks.append(chunk)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the server hung up on an oversized request
+                return b"".join(chunks)
+
+        return await asyncio.to_thread(exchange)
+
+    def audit(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+
+
+def request(*argv: str, **fields: object) -> bytes:
+    body: dict[str, object] = {
+        "v": 1,
+        "command": f"/usr/bin/{argv[0]}",
+        "argv": list(argv),
+        "runas_uid": 0,
+        "runas_gid": 0,
+        "shell": False,
+        "sudoedit": False,
+    }
+    body.update(fields)
+    return json.dumps(body).encode() + b"\n"
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[Served]:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the decision socket only answers root peers")
+    sessions = SudoSessions()
+    audit = AuditLog(tmp_path / "audit.log")
+    audit.open()
+    result = Served(tmp_path / "run" / "sudo.sock", sessions, tmp_path / "audit.log")
+
+    async def on_decided(decided: Decided) -> None:
+        result.decided.append(decided)
+
+    server = SudoDecisionServer(
+        result.path,
+        sessions,
+        SudoConfig(group="nonexistent-grp"),
+        audit=audit,
+        on_decided=on_decided,
+    )
+    server.bind()
+    task = asyncio.create_task(server.serve())
+    try:
+        yield result
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        audit.close()
+    assert not result.path.exists()  # removed when the server ends
+
+
+def claims(**changes: object) -> GrantClaims:
+    server = uuid.uuid4()
+    fields: dict[str, object] = {
+        "command_id": uuid.uuid4(),
+        "server_id": server,
+        "auth": "work_session",
+        "work_session": "ws-test",
+        "assignee": "alice",
+        "scopes": ["sudo"],
+        "servers": [server],
+        "not_before": 0,
+        "expires_at": 4_000_000_000,
+        "sudo": ["id -u"],
+    }
+    fields.update(changes)
+    return GrantClaims.model_validate(fields)
+
+
+async def test_socket_is_root_only(served: Served) -> None:
+    mode = served.path.stat().st_mode
+    assert stat.S_ISSOCK(mode)
+    assert stat.S_IMODE(mode) == 0o600
+
+
+async def test_managed_session_by_kernel_identity(served: Served) -> None:
+    served.sessions.register(os.getsid(0), claims(), label="websh t-1")
+    assert await served.ask(request("id", "-u")) == b"allow allowed allowed by pattern 'id -u'\n"
+    reply = await served.ask(request("id", "-un"))
+    assert reply.startswith(b"deny sudo_pattern_not_allowed ")
+    # What the client says about itself is ignored: the kernel said who it is.
+    reply = await served.ask(request("id", "-u", caller_uid=1234, sid=1))
+    assert reply.startswith(b"allow ")
+    served.sessions.end_work_session("ws-test")
+    assert (await served.ask(request("id", "-u"))).startswith(b"deny work_session_ended ")
+    assert [d.verdict.code for d in served.decided] == [
+        "allowed",
+        "sudo_pattern_not_allowed",
+        "allowed",
+        "work_session_ended",
+    ]
+    entries = [e for e in served.audit() if e["event"] == "sudo.decision"]
+    assert [e["code"] for e in entries][-1] == "work_session_ended"
+    assert entries[0]["sid"] == os.getsid(0)
+    assert entries[0]["work_session"] == "ws-test"
+    assert entries[0]["session"] == "websh t-1"
+
+
+async def test_unmanaged_session_allowed_by_default(served: Served) -> None:
+    reply = await served.ask(request("rm", "-rf", "/nothing"))
+    assert reply.startswith(b"allow unmanaged_allowed ")
+    assert served.decided == []  # no work session: audit only, no timeline report
+    assert served.audit()[-1]["code"] == "unmanaged_allowed"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"not json\n",
+        b"[1, 2]\n",
+        b'{"command": "/usr/bin/id"}\n',
+        b'{"command": "/usr/bin/id", "argv": ["id"], "runas_uid": "0", "runas_gid": 0}\n',
+        b"\n",
+        b"",
+        b"x" * (70 * 1024),
+    ],
+    ids=["not-json", "not-object", "no-argv", "bad-uid", "empty-line", "nothing", "oversized"],
+)
+async def test_malformed_requests_get_no_answer(served: Served, data: bytes) -> None:
+    # No answer is a refusal for the plugin (it fails closed); the server goes on.
+    assert await served.ask(data) == b""
+    assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
+
+
+def test_trusted_realpath(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: makes files owned by another user")
+    assert trusted_realpath("/usr/bin/../bin/id") == os.path.realpath("/usr/bin/id")
+    assert trusted_realpath("/bin/sh") == os.path.realpath("/bin/sh")
+    assert trusted_realpath("relative/id") is None
+    assert trusted_realpath("/nonexistent/id") is None
+    link = tmp_path / "link"
+    link.symlink_to("/usr/bin/id")
+    assert trusted_realpath(str(link)) is None  # under /tmp: world writable
+    os.chmod(tmp_path, 0o755)
+    owned = tmp_path / "owned"
+    owned.mkdir(mode=0o755)
+    (owned / "id").symlink_to("/usr/bin/id")
+    os.lchown(owned / "id", 65534, 65534)
+    assert trusted_realpath(str(owned / "id")) is None  # a link someone else owns

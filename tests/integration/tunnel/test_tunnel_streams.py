@@ -1,0 +1,129 @@
+"""Streams through the whole stack: agentctl tunnel -> control plane -> agent -> target."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import select
+import socket
+
+import pytest
+
+from tests.integration.tunnel.conftest import TunnelStack
+from tests.support.tunnel import agentctl_tunnel, echo_server, threaded_echo_server
+
+
+async def _half_close(port: int) -> bytes:
+    loop = asyncio.get_running_loop()
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setblocking(False)
+    with sock:
+        await loop.sock_sendall(sock, b"ping through the tunnel")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := await loop.sock_recv(sock, 65536):
+            data += chunk
+        return data
+
+
+async def test_tunnel_half_close_gets_the_reply(tstack: TunnelStack) -> None:
+    """A client that shuts its write side still gets the whole reply, then EOF."""
+    async with echo_server() as port:
+        with agentctl_tunnel(tstack.cli, tstack.server, port) as tunnel:
+            assert tunnel.ready_line.startswith(f"forwarding 127.0.0.1:{tunnel.local_port} -> ")
+            reply = await asyncio.wait_for(_half_close(tunnel.local_port), 20)
+            assert reply == b"ping through the tunnel"
+            code, err = await asyncio.to_thread(tunnel.stop)
+    assert code == 0, err
+
+
+def test_tunnel_slow_reader_slows_the_writer(tstack: TunnelStack) -> None:
+    """Through agentctl, the control plane and the agent: a target that does not read
+    stops the client's writes after a bounded amount; then every byte arrives in order."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, agentctl_tunnel(tstack.cli, tstack.server, listener.getsockname()[1]) as t:
+        client = socket.create_connection(("127.0.0.1", t.local_port), timeout=20)
+        listener.settimeout(20)
+        target, _ = listener.accept()
+        with client, target:
+            client.setblocking(False)
+            written, chunk = 0, b"w" * 65536
+            while written < 512 * 1024 * 1024:
+                try:
+                    written += client.send(chunk)
+                except BlockingIOError:
+                    if not select.select([], [client], [], 1.0)[1]:
+                        break  # no progress for a second: the path is full
+            else:
+                pytest.fail("the writer was never slowed down")
+            # Kernel buffers of four TCP hops plus bounded websocket queues; not 512 MiB.
+            assert written < 96 * 1024 * 1024, written
+            client.setblocking(True)
+            client.shutdown(socket.SHUT_WR)
+            received = 0
+            while data := target.recv(1024 * 1024):
+                assert data == b"w" * len(data)
+                received += len(data)
+            assert received == written
+
+
+def test_tunnel_to_ipv6_loopback(tstack: TunnelStack) -> None:
+    """``--remote-host ::1`` reaches a service that listens on IPv6 loopback only."""
+    try:
+        listener = socket.create_server(("::1", 0), family=socket.AF_INET6)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with (
+        listener,
+        agentctl_tunnel(
+            tstack.cli, tstack.server, listener.getsockname()[1], "--remote-host", "::1"
+        ) as t,
+    ):
+        assert t.ready_line.rstrip().endswith(f"::1:{listener.getsockname()[1]}")
+        client = socket.create_connection(("127.0.0.1", t.local_port), timeout=20)
+        listener.settimeout(20)
+        target, _ = listener.accept()
+        with client, target:
+            client.sendall(b"six")
+            assert target.recv(3) == b"six"
+
+
+def test_tunnel_deleted_elsewhere_ends_its_streams(tstack: TunnelStack) -> None:
+    """Deleting the tunnel through the API resets its open streams and stops agentctl."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, agentctl_tunnel(tstack.cli, tstack.server, listener.getsockname()[1]) as t:
+        client = socket.create_connection(("127.0.0.1", t.local_port), timeout=20)
+        listener.settimeout(20)
+        target, _ = listener.accept()
+        with client, target, tstack.cp.client() as api:
+            open_tunnels = api.get("/api/tunnels/", params={"open": "true"}).json()["results"]
+            mine = [x for x in open_tunnels if x["remote_port"] == listener.getsockname()[1]]
+            assert mine[0]["streams"] == 1
+            assert api.delete(f"/api/tunnels/{mine[0]['id']}/").status_code == 204
+            with pytest.raises(ConnectionResetError):
+                client.recv(1)
+            target.settimeout(20)
+            with pytest.raises(ConnectionResetError):  # the agent's side was reset too
+                target.recv(1)
+        _, err = t.proc.communicate(timeout=20)
+    assert t.proc.returncode == 1
+    assert "TUNNEL_CLOSED" in err
+
+
+def test_tunnel_ready_line_in_json(tstack: TunnelStack) -> None:
+    """With --output json the ready line is one JSON object naming the tunnel."""
+    with (
+        threaded_echo_server() as port,
+        agentctl_tunnel(tstack.cli, tstack.server, port, "--output", "json", ready_prefix="{") as t,
+    ):
+        ready = json.loads(t.ready_line)
+        assert ready["local"] == f"127.0.0.1:{t.local_port}"
+        assert ready["remote"] == f"127.0.0.1:{port}"
+        assert ready["server"] == tstack.server
+        with tstack.cp.client() as api:
+            assert api.get(f"/api/tunnels/{ready['tunnel_id']}/").json()["closed_at"] is None
+        code, _ = t.stop()
+        assert code == 0
+        with tstack.cp.client() as api:
+            closed = api.get(f"/api/tunnels/{ready['tunnel_id']}/").json()
+        assert closed["close_code"] == "TUNNEL_CLOSED"  # Ctrl-C deletes the tunnel
