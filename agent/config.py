@@ -34,6 +34,7 @@ __all__ = [
     "AuditConfig",
     "BackhaulConfig",
     "ControlPlaneConfig",
+    "FilesConfig",
     "GrantsConfig",
     "IdentityConfig",
     "LimitsConfig",
@@ -155,6 +156,28 @@ class LimitsConfig(_Section):
     shutdown_grace: float = Field(default=20.0, ge=0)
     """On SIGTERM, running commands get this long to finish and their reports to be
     confirmed; keep it below systemd's TimeoutStopSec."""
+
+
+class FilesConfig(_Section):
+    """File transfers (``agentctl cp``/``edit``), performed as the session user."""
+
+    enabled: bool = True
+    """Serve ``files`` channels at all."""
+    max_file_bytes: int = Field(default=1 << 40, gt=0)
+    """Largest file uploaded or downloaded (and largest member of a directory)."""
+    allowed_roots: tuple[Path, ...] | None = None
+    """When set, only paths under these absolute directories can be read or written
+    (checked after symlinks are resolved); the user's own permissions apply within."""
+    chunk_bytes: int = Field(default=1024 * 1024, ge=64 * 1024, le=16 * 1024 * 1024)
+    """Payload bytes per data frame sent by the agent (capped by ``limits.max_frame_bytes``)."""
+
+    @field_validator("allowed_roots")
+    @classmethod
+    def _absolute(cls, roots: tuple[Path, ...] | None) -> tuple[Path, ...] | None:
+        for root in roots or ():
+            if not root.is_absolute() or ".." in root.parts:
+                raise ValueError(f"{root} must be an absolute path without '..'")
+        return roots
 
 
 class SpoolConfig(_Section):
@@ -300,6 +323,7 @@ class AgentConfig(_Section):
     audit: AuditConfig = AuditConfig()
     grants: GrantsConfig = GrantsConfig()
     websh: WebshConfig = WebshConfig()
+    files: FilesConfig = FilesConfig()
     sudo: SudoConfig = SudoConfig()
     tunnel: TunnelConfig = TunnelConfig()
 

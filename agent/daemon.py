@@ -22,6 +22,7 @@ from agent.channels import ChannelRouter
 from agent.config import AgentConfig
 from agent.dispatch import Dispatcher
 from agent.errors import AgentError, StateDirError
+from agent.files.service import FilesService
 from agent.policy import GrantPolicy
 from agent.protocol import SudoDecided
 from agent.service import ServiceRuntime
@@ -153,6 +154,7 @@ async def _serve(
         config, lambda: _details(backhaul.state, outbox, dispatcher, sudo_sessions)
     )
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
+    channels.register(FilesService(config))
     channels.register(TunnelService(config.tunnel))
     websh = WebshService(
         config,

@@ -13,6 +13,7 @@ exceptions (OSError, websockets, pydantic) are translated where the library is c
     ├── RegistrationError      ``agent register``/``unregister`` failed
     ├── ChannelClosed          a channel websocket ended
     ├── ChannelRefused         the agent will not serve a channel (policy, limits)
+    ├── TransferError          a file transfer was refused or failed (``code`` says why)
     └── CommandError           a command could not be started
         ├── UnknownUser
         ├── UnknownGroup
@@ -35,6 +36,7 @@ __all__ = [
     "RegistrationError",
     "StateDirError",
     "StatusUnavailable",
+    "TransferError",
     "UnknownGroup",
     "UnknownUser",
 ]
@@ -88,6 +90,20 @@ class RegistrationError(AgentError):
     def __init__(self, message: str, exit_status: int = 1) -> None:
         super().__init__(message)
         self.exit_status = exit_status
+
+
+class TransferError(AgentError):
+    """A file transfer was refused or failed; reported to the client as an ``error`` frame.
+
+    Attributes:
+        code: a stable machine-readable reason (see ``docs/protocol.md`` "File transfer").
+        message: the human-readable explanation.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 class CommandError(AgentError):

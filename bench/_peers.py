@@ -150,6 +150,8 @@ def openssh_peer(user: str, max_sessions: int = 64) -> Iterator[list[str]]:
                 "UseDNS no",
                 "StrictModes no",
                 f"MaxSessions {max_sessions}",
+                # bench/files compares with sftp (in-process server: no extra exec).
+                "Subsystem sftp internal-sftp",
                 "MaxStartups 200",
                 f"PidFile {workdir / 'sshd.pid'}",
                 "LogLevel ERROR",

@@ -9,7 +9,16 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, WebSocket
 
-from controlplane.api import commands, identity, recordings, servers, tunnels, websh, worksessions
+from controlplane.api import (
+    commands,
+    files,
+    identity,
+    recordings,
+    servers,
+    tunnels,
+    websh,
+    worksessions,
+)
 from controlplane.api.deps import Services
 from controlplane.config import ControlPlaneSettings
 from controlplane.errors import install_error_handlers
@@ -69,6 +78,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     app.include_router(servers.router)
     app.include_router(identity.router)
     app.include_router(worksessions.router)
+    app.include_router(files.router)
     app.include_router(tunnels.router)
     app.include_router(tunnels.ws_router)
     app.include_router(websh.router)

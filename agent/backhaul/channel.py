@@ -103,6 +103,10 @@ async def dial_path(config: AgentConfig, key: str, path: str, channel_id: UUID) 
             ping_timeout=30,
             close_timeout=5,
             max_size=config.limits.max_frame_bytes,
+            # Frames received but not yet read (pause above 4, resume at 1): a few keep the
+            # socket busy, and with file transfers' 2 MiB frames each one is 2 MiB of RSS
+            # (the default 16 put the agent above 130 MB during a 1 GiB upload).
+            max_queue=(4, 1),
             # Bulk data: a deeper write buffer keeps the socket busy while we read more.
             write_limit=1024 * 1024,
             compression=None,

@@ -19,6 +19,7 @@ from uuid import UUID
 from pydantic import Field
 
 from agent.protocol.base import Message, Username
+from agent.protocol.files import SHA256_PATTERN, TRANSFER_ID_PATTERN
 from agent.protocol.grants import Grant
 
 
@@ -86,10 +87,27 @@ class WebshSpec(Message):
 
 
 class FilesSpec(Message):
-    """A file transfer performed on the server as ``username``."""
+    """One file transfer performed on the server as ``username`` (``docs/protocol.md``,
+    "File transfer"); the channel's frames are ``agent.protocol.files``'s.
+
+    ``upload`` writes ``path`` (an existing directory receives ``name``); ``download``
+    reads it from ``offset``. ``recursive`` moves a directory as a tar stream. A second
+    upload with the same ``transfer_id`` resumes the first. ``expect_sha256`` makes an
+    upload replace the file only if it still has that digest (``agentctl edit``).
+    """
 
     kind: Literal["files"] = "files"
     username: Username
+    groupname: Username | None = None
+    op: Literal["upload", "download"]
+    path: str = Field(min_length=1, max_length=4096)
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+    recursive: bool = False
+    overwrite: bool = False
+    transfer_id: str = Field(pattern=TRANSFER_ID_PATTERN)
+    offset: int = Field(default=0, ge=0)
+    size: int | None = Field(default=None, ge=0)
+    expect_sha256: str | None = Field(default=None, pattern=SHA256_PATTERN)
 
 
 class TunnelSpec(Message):

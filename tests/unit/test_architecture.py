@@ -23,6 +23,9 @@ PURE = [
     "agent/spool/recovery.py",
     "agent/backhaul/retry.py",
     "agent/exec/output.py",
+    "agent/files/paths.py",
+    "agent/files/framing.py",
+    "agent/files/transfer.py",
 ]
 IO_MODULES = {
     "asyncio",

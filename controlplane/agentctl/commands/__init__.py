@@ -16,7 +16,15 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from controlplane.agentctl.commands import auth, exec_cmd, servers, tunnel, websh, worksession
+from controlplane.agentctl.commands import (
+    auth,
+    exec_cmd,
+    files,
+    servers,
+    tunnel,
+    websh,
+    worksession,
+)
 
 
 if TYPE_CHECKING:
@@ -31,6 +39,7 @@ GROUPS: tuple[Register, ...] = (
     servers.register,
     worksession.register,
     exec_cmd.register,
+    files.register,
     tunnel.register,
     websh.register,
 )
