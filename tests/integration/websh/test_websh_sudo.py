@@ -4,8 +4,8 @@ an allowed pattern runs, anything else is refused by the agent)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
@@ -39,7 +39,7 @@ def stack(
 
 
 async def test_sudo_in_a_terminal_follows_the_session_patterns(
-    stack: tuple[ControlPlaneProcess, AgentProcess, CreatedUser],
+    stack: tuple[ControlPlaneProcess, AgentProcess, CreatedUser], tmp_path: Path
 ) -> None:
     cp, agent, user = stack
     _, _, token = new_login(cp, superuser=True)
@@ -66,8 +66,34 @@ async def test_sudo_in_a_terminal_follows_the_session_patterns(
         await reader.control("ready")
         await ws.send(b"echo R''=$(sudo -n id -u)\n")
         assert (await reader.expect(r"R=(\d+)\r\n")).group(1) == "0"
-        await ws.send(b"sudo -n whoami\n")
-        refusal = await reader.expect(r"refused by the fleet agent \((\w+)\)")
-        assert refusal.group(1) == "sudo_pattern_not_allowed"
-        await ws.send(json.dumps({"type": "close"}))
-        await reader.control("exit")
+        victim = tmp_path / "victim"  # root's: only a refused `sudo rm` could remove it
+        victim.write_text("keep")
+        for line, code in refusals(str(victim)):
+            await ws.send(line.encode() + b"\n")
+            refusal = await reader.expect(r"refused by the fleet agent \((\w+)\)")
+            assert refusal.group(1) == code, line
+        assert victim.read_text() == "keep"  # nothing refused ran
+        # Session end revokes everything at once: the terminal (and its process session,
+        # with the sudo mediation's entry) ends as soon as the session is revoked.
+        with cp.client() as admin:
+            revoked = admin.post(f"/api/work-sessions/sessions/{session['id']}/revoke/")
+            assert revoked.status_code == 200, revoked.text
+        await reader.until_closed(timeout=20)
+    assert closed, "the terminal did not close"
+    assert closed[0][0] in (1000, 4403), closed
+
+
+def refusals(victim: str) -> list[tuple[str, str]]:
+    """Each sudo the issue lists, typed at the prompt, and the agent's refusal code."""
+    not_allowed = "sudo_pattern_not_allowed"
+    return [
+        ("sudo -n whoami", not_allowed),  # another command
+        ("sudo -n id -u root", not_allowed),  # an extra argument
+        (f"sudo -n sh -c 'rm -f {victim}'", not_allowed),
+        (f"sudo -n env rm -f {victim}", not_allowed),
+        (f"sudo -n /usr/bin/../bin/rm -f {victim}", not_allowed),
+        ("sudo -n id -u ';' reboot", not_allowed),  # shell syntax as an argument
+        ("sudo -n -s", "sudo_shell_not_allowed"),
+        ("sudo -n -i", "sudo_shell_not_allowed"),
+        ("sudo -n -u nobody id -u", "sudo_runas_not_allowed"),
+    ]
