@@ -5,7 +5,7 @@ kind's own policy), dials the channel's websocket and hands it to the kind's
 :class:`ChannelService`; it owns every channel task.
 """
 
-from agent.channels.router import ChannelRouter, ChannelService, refusal_reason
+from agent.channels.router import ChannelRouter, ChannelService
 
 
-__all__ = ["ChannelRouter", "ChannelService", "refusal_reason"]
+__all__ = ["ChannelRouter", "ChannelService"]

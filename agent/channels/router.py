@@ -11,7 +11,6 @@ control plane hands to the client unchanged.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from time import time
 from typing import Protocol
@@ -25,10 +24,15 @@ from agent.config import AgentConfig
 from agent.errors import ChannelClosed, ChannelRefused, ConnectionLost
 from agent.policy import GrantPolicy, GrantRefused
 from agent.protocol import ChannelClose, ChannelOpen, ErrorMessage, GrantClaims
-from agent.protocol.channels import CLOSE_INTERNAL, CLOSE_NORMAL, CLOSE_REFUSED
+from agent.protocol.channels import (
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_REFUSED,
+    refusal_reason,
+)
 
 
-__all__ = ["ChannelRouter", "ChannelService", "refusal_reason"]
+__all__ = ["ChannelRouter", "ChannelService"]
 
 log = structlog.get_logger(__name__)
 
@@ -56,15 +60,6 @@ class ChannelService(Protocol):
         allowed). Raise :class:`ChannelRefused` to end with a refusal the client sees.
         """
         ...
-
-
-def refusal_reason(code: str, detail: str) -> str:
-    """The close reason of a refused channel: compact JSON, within a close frame's limit."""
-    reason = json.dumps({"code": code, "detail": detail}, separators=(",", ":"))
-    while len(reason.encode()) > 123 and detail:
-        detail = detail[: len(detail) // 2]
-        reason = json.dumps({"code": code, "detail": detail + "..."}, separators=(",", ":"))
-    return reason
 
 
 class ChannelRouter:

@@ -13,6 +13,7 @@ codes every side uses.
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -40,6 +41,7 @@ __all__ = [
     "FilesSpec",
     "TunnelSpec",
     "WebshSpec",
+    "refusal_reason",
 ]
 
 ChannelKind = Literal["websh", "files", "tunnel"]
@@ -64,6 +66,16 @@ CLOSE_CODES: dict[int, str] = {
     CLOSE_AGENT_TIMEOUT: "the agent did not attach in time",
     CLOSE_NOT_CONNECTED: "the server is not connected",
 }
+
+
+def refusal_reason(code: str, detail: str) -> str:
+    """The close reason of a refused channel: ``{"code", "detail"}`` as compact JSON,
+    the detail shortened to fit a close frame's 123 bytes."""
+    reason = json.dumps({"code": code, "detail": detail}, separators=(",", ":"))
+    while len(reason.encode()) > 123 and detail:
+        detail = detail[: len(detail) // 2]
+        reason = json.dumps({"code": code, "detail": detail + "..."}, separators=(",", ":"))
+    return reason
 
 
 class WebshSpec(Message):

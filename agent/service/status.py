@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import errno
 import json
-import os
 import socket
 import stat
 from collections.abc import Callable, Mapping
@@ -23,6 +22,7 @@ from typing import Any
 import structlog
 
 from agent.errors import StateDirError, StatusUnavailable
+from agent.localsocket import bind_private_socket
 
 
 __all__ = ["StatusServer", "query"]
@@ -55,24 +55,8 @@ class StatusServer:
                 is serving it.
         """
         try:
-            # A directory that exists is left as it is (it may be shared, like /run): the
-            # socket's own mode is what keeps others out.
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             _remove_stale(self.path)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                # Created 0600 from the start (connecting needs write permission); the
-                # daemon has no other thread yet, so the process-wide umask is safe to flip.
-                old_umask = os.umask(0o177)
-                try:
-                    sock.bind(str(self.path))
-                finally:
-                    os.umask(old_umask)
-                sock.listen(MAX_CLIENTS)
-                sock.setblocking(False)
-            except BaseException:
-                sock.close()
-                raise
+            sock = bind_private_socket(self.path, MAX_CLIENTS)
         except OSError as exc:
             raise StateDirError(
                 f"status socket {self.path}: {exc.strerror or exc}"

@@ -27,6 +27,7 @@ import structlog
 from agent.audit import AuditLog
 from agent.config import SudoConfig
 from agent.errors import StateDirError
+from agent.localsocket import bind_private_socket
 from agent.policy.sudo import Resolver
 from agent.policy.sudo_decision import SessionGrant, SudoCall, SudoVerdict, decide
 from agent.sudo import proc
@@ -129,21 +130,9 @@ class SudoDecisionServer:
             StateDirError: the socket cannot be made.
         """
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()  # the status socket already proved no agent runs here
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-            try:
-                old_umask = os.umask(0o177)
-                try:
-                    sock.bind(str(self.path))
-                finally:
-                    os.umask(old_umask)
-                sock.listen(MAX_CLIENTS)
-                sock.setblocking(False)
-            except BaseException:
-                sock.close()
-                raise
+            sock = bind_private_socket(self.path, MAX_CLIENTS)
         except OSError as exc:
             raise StateDirError(f"sudo socket {self.path}: {exc.strerror or exc}") from exc
         self._sock = sock

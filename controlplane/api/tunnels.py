@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocket, WebSocketState
 
 from agent.protocol import ChannelOpen
-from agent.protocol.channels import CLOSE_REFUSED, TunnelSpec
+from agent.protocol.channels import CLOSE_REFUSED, TunnelSpec, refusal_reason
 from agent.tunnel.policy import loopback_address
 from controlplane.api.channels import (
     authorize,
@@ -35,7 +35,7 @@ from controlplane.auth import Principal
 from controlplane.errors import APIError
 from controlplane.grants import operation_claims
 from controlplane.hub.relay import close_websocket
-from controlplane.hub.tunnels import StreamHandle, TunnelStreams, close_reason
+from controlplane.hub.tunnels import StreamHandle, TunnelStreams
 from controlplane.store import tunnels as tunnels_store, worksession_gate as ws_gate
 from controlplane.store.tunnels import NewTunnel, TunnelRow
 from controlplane.store.worksessions import WorkSessionRow
@@ -304,7 +304,7 @@ async def _relay_until_ended(
         return
     code, detail = handle.why
     if websocket.application_state == WebSocketState.CONNECTED:
-        await close_websocket(websocket, CLOSE_REFUSED, close_reason(code, detail))
+        await close_websocket(websocket, CLOSE_REFUSED, refusal_reason(code, detail))
     elif websocket.application_state == WebSocketState.CONNECTING:
         status = 403 if code.startswith("work_session_") else 409
         await deny(websocket, status, code, detail)

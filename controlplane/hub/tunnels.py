@@ -14,7 +14,6 @@ trip; every change of a row goes through this object, which keeps the copy curre
 from __future__ import annotations
 
 import asyncio
-import json
 import uuid
 from dataclasses import dataclass, field, replace
 
@@ -27,20 +26,11 @@ from controlplane.timeutil import now_us
 from controlplane.worksession.lifecycle import Status
 
 
-__all__ = ["StreamHandle", "TunnelStreams", "close_reason", "ended_code"]
+__all__ = ["StreamHandle", "TunnelStreams", "ended_code"]
 
 log = structlog.get_logger("controlplane.tunnels")
 
 MAX_CACHED_ROWS = 10_000
-
-
-def close_reason(code: str, detail: str) -> str:
-    """``{"code", "detail"}`` as compact JSON within a close frame's 123 bytes."""
-    reason = json.dumps({"code": code, "detail": detail}, separators=(",", ":"))
-    while len(reason.encode()) > 123 and detail:
-        detail = detail[: len(detail) // 2]
-        reason = json.dumps({"code": code, "detail": detail + "..."}, separators=(",", ":"))
-    return reason
 
 
 def ended_code(session: WorkSessionRow) -> tuple[str, str]:

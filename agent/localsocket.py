@@ -1,0 +1,38 @@
+"""The agent's local Unix sockets (status, sudo decisions): root only, never on the network."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+
+__all__ = ["bind_private_socket"]
+
+
+def bind_private_socket(path: Path, backlog: int) -> socket.socket:
+    """A non-blocking listening Unix socket at ``path``, mode 0600 from the start.
+
+    The parent directory is created 0700 when missing; an existing one is left as it is
+    (it may be shared, like /run): the socket's own mode is what keeps others out. The
+    caller removes a stale socket first.
+
+    Raises:
+        OSError: the directory or the socket cannot be made.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        # Connecting needs write permission, so the mode must be right at bind(); the
+        # daemon binds before it starts any thread, so flipping the process umask is safe.
+        old_umask = os.umask(0o177)
+        try:
+            sock.bind(str(path))
+        finally:
+            os.umask(old_umask)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
