@@ -112,7 +112,10 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
         f"[control_plane]\nurl = {_toml_str(url)}\n\n"
         f"[identity]\nserver_id = {_toml_str(server.id)}\n"
         f"key_file = {_toml_str(str(key_file))}\n"
-        f"control_plane_key = {_toml_str(signer.public_key_b64)}\n",
+        f"control_plane_key = {_toml_str(signer.public_key_b64)}\n\n"
+        # Development only: `agentctl tunnel` may reach any port of this machine's
+        # loopback. An installed agent keeps tunnels off until its operator allows ports.
+        '[tunnel]\nenabled = true\nallowed_ports = ["1-65535"]\n',
         encoding="utf-8",
     )
     agentctl_config = directory / "agentctl.toml"
@@ -234,6 +237,11 @@ async def _announce(hub: Hub, env: DevEnvironment) -> None:
     _out(f"  export AGENTCTL_CONFIG={env.agentctl_config}")
     _out(f"  agentctl exec {env.server_name} -- id -un")
     _out(f"  agentctl exec ls          # history; API: {env.url}/api/events/commands/")
+    _out(f"  agentctl websh {env.server_name}          # a terminal, recorded")
+    _out(
+        f"  agentctl cp ./file {env.server_name}:/tmp/   # and back: cp {env.server_name}:/tmp/file ."
+    )
+    _out(f"  agentctl tunnel {env.server_name} -l 8080 -r 80")
     _out("stop with Ctrl-C")
 
 
