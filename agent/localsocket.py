@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 
 
-__all__ = ["bind_private_socket"]
+__all__ = ["bind_private_socket", "serve_clients"]
 
 
 def bind_private_socket(path: Path, backlog: int) -> socket.socket:
@@ -36,3 +38,25 @@ def bind_private_socket(path: Path, backlog: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+async def serve_clients(
+    sock: socket.socket,
+    answer: Callable[[socket.socket], Coroutine[None, None, None]],
+    *,
+    clients: asyncio.Semaphore,
+    name: str,
+) -> None:
+    """Accept on ``sock`` until cancelled, each client answered in a task of an inner group.
+
+    ``answer`` holds ``clients`` while it works; a client arriving when all are taken is
+    closed at once (refused, never queued behind slow ones).
+    """
+    loop = asyncio.get_running_loop()
+    async with asyncio.TaskGroup() as tg:
+        while True:
+            conn, _ = await loop.sock_accept(sock)
+            if clients.locked():
+                conn.close()
+                continue
+            tg.create_task(answer(conn), name=name)

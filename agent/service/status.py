@@ -22,7 +22,7 @@ from typing import Any
 import structlog
 
 from agent.errors import StateDirError, StatusUnavailable
-from agent.localsocket import bind_private_socket
+from agent.localsocket import bind_private_socket, serve_clients
 
 
 __all__ = ["StatusServer", "query"]
@@ -69,15 +69,10 @@ class StatusServer:
         if self._sock is None:
             self.bind()
         assert self._sock is not None
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.TaskGroup() as tg:
-                while True:
-                    conn, _ = await loop.sock_accept(self._sock)
-                    if self._clients.locked():
-                        conn.close()
-                        continue
-                    tg.create_task(self._answer(conn), name="status-client")
+            await serve_clients(
+                self._sock, self._answer, clients=self._clients, name="status-client"
+            )
         finally:
             self._sock.close()
             self._sock = None

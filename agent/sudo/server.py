@@ -27,7 +27,7 @@ import structlog
 from agent.audit import AuditLog
 from agent.config import SudoConfig
 from agent.errors import StateDirError
-from agent.localsocket import bind_private_socket
+from agent.localsocket import bind_private_socket, serve_clients
 from agent.policy.sudo import Resolver
 from agent.policy.sudo_decision import SessionGrant, SudoCall, SudoVerdict, decide
 from agent.sudo import proc
@@ -150,15 +150,9 @@ class SudoDecisionServer:
         if self._sock is None:
             self.bind()
         assert self._sock is not None
-        loop = asyncio.get_running_loop()
         try:
-            async with asyncio.TaskGroup() as tg:
-                while True:
-                    conn, _ = await loop.sock_accept(self._sock)
-                    if self._clients.locked():
-                        conn.close()  # the plugin fails closed: refused, not hung
-                        continue
-                    tg.create_task(self._answer(conn), name="sudo-client")
+            # A client refused for lack of room fails closed: refused, not hung.
+            await serve_clients(self._sock, self._answer, clients=self._clients, name="sudo-client")
         finally:
             self.close()
 
