@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import os
+import sqlite3
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
@@ -17,7 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.protocol.grants import Grant, GrantClaims, b64url, encode_payload
+from controlplane.auth import Principal
+from controlplane.store.worksession_gate import gate_and_record
 from controlplane.store.worksessions import WorkSessionRow
+from controlplane.worksession.gate import GateDenial
 
 
 __all__ = ["GrantSigner", "key_path", "load_or_create_key", "operation_claims"]
@@ -124,3 +129,57 @@ def operation_claims(
         expires_at=-(-session.expires_at // 1_000_000),
         sudo=[c for policy in session.sudo_policies for c in policy.get("commands", [])],
     )
+
+
+@dataclass(frozen=True)
+class SignedOperation:
+    """An operation the gate allowed: its grant, and the work session it belongs to."""
+
+    grant: Grant
+    session: WorkSessionRow | None
+
+
+def gate_and_sign(
+    conn: sqlite3.Connection,
+    principal: Principal,
+    signer: GrantSigner,
+    *,
+    work_session: str | None,
+    server_id: str,
+    server_name: str,
+    scope: str,
+    operation_id: str,
+    description: str,
+    now: int,
+) -> SignedOperation | GateDenial:
+    """Gate an operation inside the caller's transaction, then sign its grant.
+
+    Login principals need the work session ``work_session`` (a denial is recorded on its
+    timeline, with ``description``); API and service tokens are not gated, and their grant
+    carries just ``scope``. Recording the allowed operation is the caller's: a command
+    links its row, a channel describes itself.
+    """
+    session = None
+    if principal.kind == "login":
+        denial, session = gate_and_record(
+            conn,
+            work_session,
+            user_id=principal.user_id,
+            server_id=server_id,
+            server_name=server_name,
+            scope=scope,
+            line=description,
+            now=now,
+        )
+        if denial is not None:
+            return denial
+    user = principal.user
+    claims = operation_claims(
+        operation_id=operation_id,
+        scope=scope,
+        server_id=server_id,
+        now_us=now,
+        principal_name=principal.token.service_name if user is None else user.username,
+        session=session,
+    )
+    return SignedOperation(signer.sign(claims), session)

@@ -20,9 +20,9 @@ from agent.protocol import ChannelOpen, Grant
 from controlplane.api.deps import Services, resolve_server
 from controlplane.auth import Principal, resolve_principal
 from controlplane.errors import APIError, ChannelFailed
-from controlplane.grants import operation_claims
+from controlplane.grants import gate_and_sign
 from controlplane.hub.relay import relay
-from controlplane.store import worksession_gate as ws_gate, worksessions as ws_store
+from controlplane.store import worksessions as ws_store
 from controlplane.timeutil import now_us
 from controlplane.worksession.gate import GateDenial
 
@@ -108,33 +108,23 @@ async def authorize(
     """
     server_id, server_name = await resolve_server(services, server)
     now = now_us()
-    user = principal.user
-    principal_name = principal.token.service_name if user is None else user.username
-    gated = principal.kind == "login"
 
     def check(conn: sqlite3.Connection) -> Authorized | GateDenial:
-        session = None
-        if gated:
-            denial, session = ws_gate.gate_and_record(
-                conn,
-                work_session,
-                user_id=principal.user_id,
-                server_id=server_id,
-                server_name=server_name,
-                scope=scope,
-                line=description,
-                now=now,
-            )
-            if denial is not None:
-                return denial
-        claims = operation_claims(
-            operation_id=operation_id,
-            scope=scope,
+        signed = gate_and_sign(
+            conn,
+            principal,
+            services.signer,
+            work_session=work_session,
             server_id=server_id,
-            now_us=now,
-            principal_name=principal_name,
-            session=session,
+            server_name=server_name,
+            scope=scope,
+            operation_id=operation_id,
+            description=description,
+            now=now,
         )
+        if isinstance(signed, GateDenial):
+            return signed
+        session = signed.session
         if session is not None:
             ws_store.add_event(
                 conn,
@@ -146,10 +136,7 @@ async def authorize(
                 data={"operation_id": operation_id, "description": description},
             )
         return Authorized(
-            server_id,
-            server_name,
-            services.signer.sign(claims),
-            None if session is None else session.id,
+            server_id, server_name, signed.grant, None if session is None else session.id
         )
 
     outcome = await services.db.write(check)

@@ -23,7 +23,7 @@ from controlplane.api.serializers import command_json
 from controlplane.api.stream import ndjson_line, stream_command
 from controlplane.auth import Principal, acl_allows
 from controlplane.errors import APIError, command_not_found, server_not_found, validation_detail
-from controlplane.grants import operation_claims
+from controlplane.grants import gate_and_sign
 from controlplane.ids import new_uuid
 from controlplane.store import (
     commands as commands_store,
@@ -200,36 +200,27 @@ async def create_command(
             "token principals run commands as root directly",
             "sudo",
         )
-    signer = services.signer
-    principal_name = principal.token.service_name if user is None else user.username
 
     def insert(conn: sqlite3.Connection) -> CommandRow | GateDenial:
-        session = None
-        if gated:
-            denial, session = ws_gate.gate_and_record(
-                conn,
-                requested,
-                user_id=principal.user_id,
-                server_id=server_id,
-                server_name=server_name,
-                scope=scope,
-                line=run.line,
-                now=now,
-            )
-            if denial is not None:
-                return denial
-        claims = operation_claims(
-            operation_id=new.id,
-            scope=scope,
+        signed = gate_and_sign(
+            conn,
+            principal,
+            services.signer,
+            work_session=requested,
             server_id=server_id,
-            now_us=now,
-            principal_name=principal_name,
-            session=session,
+            server_name=server_name,
+            scope=scope,
+            operation_id=new.id,
+            description=run.line,
+            now=now,
         )
+        if isinstance(signed, GateDenial):
+            return signed
+        session = signed.session
         cmd = replace(
             new,
             work_session_id=None if session is None else session.id,
-            grant=signer.sign(claims).model_dump_json(),
+            grant=signed.grant.model_dump_json(),
         )
         row = commands_store.insert_command(
             conn,

@@ -11,12 +11,12 @@ import socket
 import socketserver
 import struct
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 
 from tests.support.agentctl import AgentctlRunner
+from tests.support.serving import serving
 
 
 __all__ = [
@@ -123,15 +123,8 @@ class _EchoServer(socketserver.ThreadingTCPServer):
 @contextmanager
 def threaded_echo_server() -> Iterator[int]:
     """:func:`echo_server` in threads, for tests that use blocking sockets; its port."""
-    server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(_EchoServer(("127.0.0.1", 0), _EchoHandler)) as port:
+        yield port
 
 
 def open_fds(pid: int) -> int:

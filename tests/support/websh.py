@@ -67,6 +67,37 @@ class FakeLink:
         self.to_agent.put_nowait(ChannelClosed(1006, "lost"))
 
 
+async def expect_output(
+    output: bytearray,
+    pattern: str,
+    *,
+    more: Callable[[], Awaitable[None]],
+    ended: Callable[[], bool],
+    timeout: float,
+) -> re.Match[str]:
+    """Wait until ``pattern`` matches ``output`` (decoded), reading ``more`` meanwhile;
+    consume the output up to the match."""
+    regex = re.compile(pattern)
+
+    async def wait() -> re.Match[str]:
+        while True:
+            text = output.decode("utf-8", "replace")
+            match = regex.search(text)
+            if match:
+                del output[: len(text[: match.end()].encode())]
+                return match
+            if ended():
+                raise AssertionError(f"output ended before {pattern!r}; got {text!r}")
+            await more()
+
+    try:
+        return await asyncio.wait_for(wait(), timeout)
+    except TimeoutError:
+        raise AssertionError(
+            f"{pattern!r} not seen in {timeout} s; got {bytes(output)!r}"
+        ) from None
+
+
 class TerminalReader:
     """Accumulates a link's output and waits for patterns in it."""
 
@@ -87,25 +118,9 @@ class TerminalReader:
 
     async def expect(self, pattern: str, timeout: float = 10.0) -> re.Match[str]:
         """Wait until ``pattern`` matches the output decoded so far; consume up to the match."""
-        regex = re.compile(pattern)
-
-        async def wait() -> re.Match[str]:
-            while True:
-                text = self.output.decode("utf-8", "replace")
-                match = regex.search(text)
-                if match:
-                    del self.output[: len(text[: match.end()].encode())]
-                    return match
-                if self.closed:
-                    raise AssertionError(f"link closed before {pattern!r}; got {text!r}")
-                await self._next()
-
-        try:
-            return await asyncio.wait_for(wait(), timeout)
-        except TimeoutError:
-            raise AssertionError(
-                f"{pattern!r} not seen in {timeout} s; got {bytes(self.output)!r}"
-            ) from None
+        return await expect_output(
+            self.output, pattern, more=self._next, ended=lambda: self.closed, timeout=timeout
+        )
 
     async def control(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
         """Wait for the next control frame of type ``kind``."""
@@ -187,23 +202,9 @@ class PtyScreen:
 
     async def expect(self, pattern: str, timeout: float = 15.0) -> re.Match[str]:
         """Wait until ``pattern`` matches; consume the output up to the match."""
-        regex = re.compile(pattern)
-
-        async def wait() -> re.Match[str]:
-            while True:
-                text = self.output.decode("utf-8", "replace")
-                match = regex.search(text)
-                if match:
-                    del self.output[: len(text[: match.end()].encode())]
-                    return match
-                if self.eof:
-                    raise AssertionError(f"EOF before {pattern!r}; got {text!r}")
-                await self._more()
-
-        try:
-            return await asyncio.wait_for(wait(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"{pattern!r} not seen; got {bytes(self.output)!r}") from None
+        return await expect_output(
+            self.output, pattern, more=self._more, ended=lambda: self.eof, timeout=timeout
+        )
 
     async def until_eof(self, timeout: float = 15.0) -> None:
         """Read until the program closed the terminal."""

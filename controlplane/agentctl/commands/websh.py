@@ -143,8 +143,10 @@ class Terminal:
         self.stdin_fd = stdin_fd
         self.stdout_fd = stdout_fd
         self.exit: Exit | None = None
-        self._ws: ClientConnection | None = None
-        self._ended: asyncio.Event | None = None
+        # Control frames asked for by signal handlers, sent by the attachment's own task.
+        self._controls_wanted = asyncio.Event()
+        self._resize_wanted = False
+        self._close_wanted = False
 
     async def run(self) -> int:
         """Attach (and reattach) until the shell exits; return its exit code."""
@@ -188,7 +190,6 @@ class Terminal:
     async def _attached(self, ws: ClientConnection) -> tuple[int, str]:
         """Pump until the websocket closes; return its close code and reason."""
         loop = asyncio.get_running_loop()
-        self._ws, self._ended = ws, asyncio.Event()
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
 
         def readable() -> None:
@@ -199,33 +200,35 @@ class Terminal:
             if not data:
                 loop.remove_reader(self.stdin_fd)
                 return
+            queue.put_nowait(data)  # room is certain: reading stops while the queue is full
             if queue.full():  # the link is slow: stop reading the keyboard until it drains
                 loop.remove_reader(self.stdin_fd)
-            queue.put_nowait(data)
 
         async def upstream() -> None:
-            while True:
-                data = await queue.get()
-                await ws.send(data)
-                if queue.empty():
-                    loop.add_reader(self.stdin_fd, readable)
+            with contextlib.suppress(ConnectionClosed):
+                while True:
+                    data = await queue.get()
+                    await ws.send(data)
+                    if queue.empty():
+                        loop.add_reader(self.stdin_fd, readable)
 
         loop.add_reader(self.stdin_fd, readable)
-        sender = asyncio.create_task(upstream())
         try:
-            async for message in ws:
-                if isinstance(message, bytes):
-                    _write_all(self.stdout_fd, message)
-                else:
-                    self._control(message)
-        except ConnectionClosed:
-            pass
+            async with asyncio.TaskGroup() as tg:
+                tasks = [tg.create_task(upstream()), tg.create_task(self._send_controls(ws))]
+                try:
+                    async for message in ws:
+                        if isinstance(message, bytes):
+                            _write_all(self.stdout_fd, message)
+                        else:
+                            self._control(message)
+                except ConnectionClosed:
+                    pass
+                finally:
+                    for task in tasks:
+                        task.cancel()
         finally:
             loop.remove_reader(self.stdin_fd)
-            sender.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await sender
-            self._ws = None
         return ws.protocol.close_code or 1006, ws.protocol.close_reason or ""
 
     def _control(self, text: str) -> None:
@@ -239,25 +242,29 @@ class Terminal:
             self._notice(f"the agent refused a control frame: {frame.message}")
 
     def _resized(self) -> None:
-        ws = self._ws
-        if ws is not None:
-            rows, cols = _window_size(self.stdout_fd)
-            frame = json.dumps({"type": "resize", "rows": rows, "cols": cols})
-            asyncio.get_running_loop().create_task(_send_quietly(ws, frame))
+        self._resize_wanted = True
+        self._controls_wanted.set()
 
     def _hang_up(self) -> None:
         # The local terminal went away: end the remote shell too, as ssh does.
-        ws = self._ws
-        if ws is not None:
-            asyncio.get_running_loop().create_task(_send_quietly(ws, '{"type":"close"}'))
+        self._close_wanted = True
+        self._controls_wanted.set()
+
+    async def _send_controls(self, ws: ClientConnection) -> None:
+        """Send the control frames the signal handlers asked for, in this attachment."""
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await self._controls_wanted.wait()
+                self._controls_wanted.clear()
+                if self._resize_wanted:
+                    self._resize_wanted = False
+                    rows, cols = _window_size(self.stdout_fd)
+                    await ws.send(json.dumps({"type": "resize", "rows": rows, "cols": cols}))
+                if self._close_wanted:
+                    await ws.send('{"type":"close"}')
 
     def _notice(self, text: str) -> None:
         _write_all(sys.stderr.fileno(), f"\r\nagentctl: {text}\r\n".encode())
-
-
-async def _send_quietly(ws: ClientConnection, frame: str) -> None:
-    with contextlib.suppress(ConnectionClosed):
-        await ws.send(frame)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -11,7 +11,6 @@ import datetime
 import ipaddress
 import json
 import ssl
-import threading
 import tomllib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.errors import RegistrationError
 from agent.service import enrol
+from tests.support.serving import serving
 
 
 SERVER_ID = "6f1c1b52-7d0e-4c55-9a53-2b1f6c7e0a11"
@@ -90,14 +90,8 @@ def https_cp(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     Handler.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"https://127.0.0.1:{server.server_address[1]}", cert
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    with serving(server) as port:
+        yield f"https://127.0.0.1:{port}", cert
 
 
 def test_unverified_certificate_is_refused_before_sending_the_token(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -12,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.integration.tunnel.conftest import TunnelStack
+from tests.support.serving import serving
 from tests.support.tunnel import agentctl_tunnel
 
 
@@ -46,15 +46,8 @@ class _Server(ThreadingHTTPServer):
 
 @contextmanager
 def http_server() -> Iterator[int]:
-    server = _Server(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serving(_Server(("127.0.0.1", 0), _Handler)) as port:
+        yield port
 
 
 async def get(port: int, path: str) -> tuple[int, bytes]:

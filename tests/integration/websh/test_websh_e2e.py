@@ -21,7 +21,7 @@ from ptyprocess import PtyProcess
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
-from tests.support.accounts import new_login
+from tests.support.accounts import active_session, new_login
 from tests.support.agent import AgentProcess, running_agent, start_agent
 from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, running_control_plane
 from tests.support.proxy import running_proxy
@@ -199,17 +199,8 @@ async def test_ending_the_work_session_closes_its_terminal(
 ) -> None:
     cp, agent = stack
     _, _, token = new_login(cp, superuser=True)  # a superuser's own session is active at once
+    session = active_session(cp, token, server=agent.name, scopes=["websh"])
     with cp.client(token) as client:
-        session = client.post(
-            "/api/work-sessions/sessions/",
-            json={
-                "description": "websh",
-                "servers": [agent.name],
-                "duration": "1h",
-                "scopes": ["websh"],
-            },
-        ).json()
-        assert session["status"] == "active", session
         created = client.post(
             TERMINALS,
             json={"server": agent.name, "username": user.name, "work_session": session["id"]},
@@ -320,16 +311,8 @@ def test_agentctl_work_session_recording_replays_the_output(
 ) -> None:
     cp, agent = stack
     _, _, token = new_login(cp, superuser=True)
+    session = active_session(cp, token, server=agent.name, scopes=["websh"])
     with cp.client(token) as client:
-        session = client.post(
-            "/api/work-sessions/sessions/",
-            json={
-                "description": "rec",
-                "servers": [agent.name],
-                "duration": "1h",
-                "scopes": ["websh"],
-            },
-        ).json()
         created = client.post(
             TERMINALS,
             json={"server": agent.name, "username": user.name, "work_session": session["id"]},

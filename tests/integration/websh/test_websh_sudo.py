@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.support.accounts import new_login
+from tests.support.accounts import active_session, new_login
 from tests.support.agent import AgentProcess, running_agent
 from tests.support.controlplane import ControlPlaneProcess, running_control_plane
 from tests.support.sudo import installed_sudo_plugin, require_sudo, sudo_session_user
@@ -43,18 +43,8 @@ async def test_sudo_in_a_terminal_follows_the_session_patterns(
 ) -> None:
     cp, agent, user = stack
     _, _, token = new_login(cp, superuser=True)
+    session = active_session(cp, token, server=agent.name, scopes=["websh", "sudo"], sudo=["id -u"])
     with cp.client(token) as client:
-        session = client.post(
-            "/api/work-sessions/sessions/",
-            json={
-                "description": "websh sudo",
-                "servers": [agent.name],
-                "scopes": ["websh", "sudo"],
-                "duration": "1h",
-                "sudo_policies": [{"commands": ["id -u"]}],
-            },
-        ).json()
-        assert session["status"] == "active", session
         terminal = client.post(
             "/api/websh/terminals/",
             json={"server": agent.name, "username": user.name, "work_session": session["id"]},
