@@ -13,11 +13,11 @@ DEBS   := passwd sudo gcc libc6-dev openssh-server openssh-client procps systemd
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[controlplane,test,lint]'
+	$(PY) -m pip install --quiet -e '.[controlplane,agentctl,test,lint]'
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/controlplane dev
+	$(VENV)/bin/fleetgate-controlplane dev
 
 debs:
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -46,9 +46,9 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit
 
 schema: $(STAMP)
-	$(PY) -m agent.protocol.schema > docs/protocol.schema.json
+	$(PY) -m fleetgate.shared.protocol.schema > docs/protocol.schema.json
 
-# dist/fleet-agent_<version>_<arch>.deb, and dist/fleet-agent-<version>-1.<arch>.rpm when
+# dist/fleetgate-agent_<version>_<arch>.deb, and dist/fleetgate-agent-<version>-1.<arch>.rpm when
 # rpmbuild is installed (packaging/build).
 package: $(STAMP) debs
 	packaging/build dist

@@ -1,7 +1,7 @@
 """Run the real agent as a subprocess against a control plane, for integration tests.
 
 The helper registers a server through the control plane's HTTP API, writes the agent's
-configuration and key file (0600) into a work directory, starts ``python -m agent run``
+configuration and key file (0600) into a work directory, starts ``python -m fleetgate.agent run``
 and waits until the control plane reports the server connected. Everything the agent
 logs goes to ``agent.log`` in the work directory.
 
@@ -70,7 +70,7 @@ class AgentProcess:
             **self.env,
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "agent", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "fleetgate.agent", "run", "--config", str(self.config_path)],
             cwd=REPO_ROOT,
             env=env,
             stdin=subprocess.DEVNULL,

@@ -17,14 +17,14 @@ RUN_TIMEOUT = 60.0
 
 @dataclass
 class AgentctlRunner:
-    """Runs ``python -m controlplane.agentctl`` with ``env`` (its config) against ``cp``."""
+    """Runs ``python -m fleetgate.agentctl`` with ``env`` (its config) against ``cp``."""
 
     cp: ControlPlaneProcess
     env: dict[str, str]
 
     def argv(self, *args: str) -> list[str]:
         """The command line of one agentctl invocation."""
-        return [sys.executable, "-m", "controlplane.agentctl", *args]
+        return [sys.executable, "-m", "fleetgate.agentctl", *args]
 
     def run(
         self, *args: str, env: dict[str, str] | None = None, stdin: str | None = None

@@ -2,7 +2,7 @@
 
 The helper bootstraps a fresh SQLite database through the control plane's own CLI
 (``user create admin --superuser`` and ``token create --user admin --file``), then starts
-``python -m controlplane serve --port 0 --port-file ...`` on loopback and waits for the port
+``python -m fleetgate.controlplane serve --port 0 --port-file ...`` on loopback and waits for the port
 file. Everything the subprocess prints goes to ``controlplane.log`` in the work directory.
 
 Usage::
@@ -34,7 +34,7 @@ import httpx
 from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect as ws_connect
 
-from agent.protocol import (
+from fleetgate.shared.protocol import (
     Confirm,
     Hello,
     ServerMessage,
@@ -120,7 +120,7 @@ class ControlPlaneProcess:
             [
                 sys.executable,
                 "-m",
-                "controlplane",
+                "fleetgate.controlplane",
                 "serve",
                 "--db",
                 str(self.db_path),
@@ -278,7 +278,7 @@ def _bootstrap(args: list[str], env: Mapping[str, str], log_path: Path) -> None:
         log.write(f"--- {' '.join(args[:3])} ---\n".encode())
         log.flush()
         result = subprocess.run(
-            [sys.executable, "-m", "controlplane", *args],
+            [sys.executable, "-m", "fleetgate.controlplane", *args],
             cwd=REPO_ROOT,
             env=dict(env),
             stdin=subprocess.DEVNULL,

@@ -19,7 +19,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from agent.protocol import (
+from fleetgate.shared.protocol import (
     AgentMessage,
     Hello,
     Ping,

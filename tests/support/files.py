@@ -1,6 +1,6 @@
 """Test support for file transfers: driving the file worker directly over its pipes.
 
-:class:`Worker` starts ``python -m agent.files.worker`` (as a given user through setpriv,
+:class:`Worker` starts ``python -m fleetgate.agent.files.worker`` (as a given user through setpriv,
 exactly as the agent does) and speaks its framing, so the worker's rules can be tested
 without the whole stack. :func:`write_random` makes big test files quickly.
 """
@@ -16,15 +16,22 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from agent.exec.identity import build_environment, resolve_identity
-from agent.exec.spawn import find_setpriv, privilege_argv
-from agent.files.framing import DATA, HEADER, TEXT, decode_header, encode_header, encode_text
-from agent.files.transfer import Request
+from fleetgate.agent.exec.identity import build_environment, resolve_identity
+from fleetgate.agent.exec.spawn import find_setpriv, privilege_argv
+from fleetgate.shared.files.framing import (
+    DATA,
+    HEADER,
+    TEXT,
+    decode_header,
+    encode_header,
+    encode_text,
+)
+from fleetgate.shared.files.transfer import Request
 
 
 __all__ = ["Worker", "sha256_file", "tar_bytes", "upload_bytes", "write_random"]
 
-WORKER_ARGV = [sys.executable, "-I", "-m", "agent.files.worker"]
+WORKER_ARGV = [sys.executable, "-I", "-m", "fleetgate.agent.files.worker"]
 
 
 class Worker:

@@ -1,8 +1,8 @@
 """Real sudo in tests: install the fleet approval plugin into this machine's /etc for a
 while, make session users, and read the plugin's refusals.
 
-:func:`installed_sudo_plugin` runs ``agent sudo install`` against an agent's config and
-``agent sudo uninstall`` afterwards, then checks that /etc/sudo.conf is byte for byte what
+:func:`installed_sudo_plugin` runs ``fleetgate-agent sudo install`` against an agent's config and
+``fleetgate-agent sudo uninstall`` afterwards, then checks that /etc/sudo.conf is byte for byte what
 it was and that ``visudo -c`` passes: a test never leaves sudo broken. Reusable from any
 process-session driver (commands now, websh later): a refusal is the plugin's line
 ``sudo: refused by the fleet agent (<code>): ...``.
@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 SUDO_CONF = Path("/etc/sudo.conf")
-SUDOERS_FILE = Path("/etc/sudoers.d/fleet-agent")
+SUDOERS_FILE = Path("/etc/sudoers.d/fleetgate-agent")
 REFUSAL = re.compile(r"sudo: refused by the fleet agent \(([a-z_]+)\): ")
 
 
@@ -52,7 +52,7 @@ def require_sudo() -> None:
 
 def _agent(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        [sys.executable, "-m", "fleetgate.agent", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -63,7 +63,7 @@ def _agent(*args: str) -> subprocess.CompletedProcess[str]:
 
 @contextmanager
 def installed_sudo_plugin(config: Path, plugin_dir: Path) -> Iterator[None]:
-    """``agent sudo install`` for ``config``'s socket; uninstall and verify on exit."""
+    """``fleetgate-agent sudo install`` for ``config``'s socket; uninstall and verify on exit."""
     require_sudo()
     before = SUDO_CONF.read_bytes() if SUDO_CONF.exists() else None
     if SUDOERS_FILE.exists():

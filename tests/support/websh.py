@@ -11,7 +11,7 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
-from agent.errors import ChannelClosed
+from fleetgate.agent.errors import ChannelClosed
 
 
 __all__ = ["FakeLink", "TerminalReader", "ws_source"]

@@ -9,13 +9,20 @@ from pathlib import Path
 
 import pytest
 
-import agent
-from agent.protocol.schema import render
+import fleetgate
+from fleetgate.shared.protocol.schema import render
 
 
 ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "src" / "fleetgate"
 PURE = [
-    "agent/protocol",
+    "shared/protocol",
+    "shared/files/paths.py",
+    "shared/files/framing.py",
+    "shared/files/transfer.py",
+    "shared/sudo_patterns.py",
+    "shared/addresses.py",
+    "shared/errors.py",
     "agent/spool/inbox.py",
     "agent/spool/reports.py",
     "agent/spool/retention.py",
@@ -23,9 +30,6 @@ PURE = [
     "agent/spool/recovery.py",
     "agent/backhaul/retry.py",
     "agent/exec/output.py",
-    "agent/files/paths.py",
-    "agent/files/framing.py",
-    "agent/files/transfer.py",
 ]
 IO_MODULES = {
     "asyncio",
@@ -41,7 +45,7 @@ IO_MODULES = {
 
 
 def _python_files(rel: str) -> list[Path]:
-    path = ROOT / rel
+    path = PKG / rel
     return [path] if path.is_file() else sorted(path.rglob("*.py"))
 
 
@@ -62,14 +66,14 @@ def test_pure_modules_do_no_io(rel: str) -> None:
 
 def test_every_spool_module_is_pure_or_named_io() -> None:
     """agent/spool is pure except its store and writer: a new module must pick a side."""
-    spool = {p.name for p in (ROOT / "agent/spool").glob("*.py")}
+    spool = {p.name for p in (PKG / "agent/spool").glob("*.py")}
     pure = {Path(rel).name for rel in PURE if rel.startswith("agent/spool/")}
     assert spool - pure == {"__init__.py", "store.py", "writer.py"}
 
 
 def test_the_spool_store_is_synchronous() -> None:
     """The SQLite store runs on one worker thread: it never touches the event loop."""
-    tree = ast.parse((ROOT / "agent/spool/store.py").read_text())
+    tree = ast.parse((PKG / "agent/spool/store.py").read_text())
     for node in ast.walk(tree):
         assert not isinstance(node, (ast.AsyncFunctionDef, ast.Await))
         if isinstance(node, (ast.Import, ast.ImportFrom)):
@@ -77,9 +81,11 @@ def test_the_spool_store_is_synchronous() -> None:
             assert "asyncio" not in names
 
 
-def test_every_agent_module_declares_its_public_api() -> None:
-    """Each agent module has __all__, and every name in it exists."""
-    for info in pkgutil.walk_packages(agent.__path__, "agent."):
+def test_every_module_declares_its_public_api() -> None:
+    """Each module of the agent and the shared part has __all__, and every name in it exists."""
+    for info in pkgutil.walk_packages(fleetgate.__path__, "fleetgate."):
+        if not info.name.startswith(("fleetgate.agent.", "fleetgate.shared.")):
+            continue
         if info.name.endswith("__main__"):
             continue
         module = importlib.import_module(info.name)

@@ -20,11 +20,16 @@ from typing import Any
 
 import pytest
 
-from agent.config import LimitsConfig
-from agent.exec import CommandOutcome, pump as pump_module, run_command, spawn as spawn_module
-from agent.exec.identity import BASE_PATH
-from agent.exec.spawn import find_setpriv
-from agent.protocol.messages import CommandRun
+from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.exec import (
+    CommandOutcome,
+    pump as pump_module,
+    run_command,
+    spawn as spawn_module,
+)
+from fleetgate.agent.exec.identity import BASE_PATH
+from fleetgate.agent.exec.spawn import find_setpriv
+from fleetgate.shared.protocol.messages import CommandRun
 from tests.support.users import CreatedUser
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.audit import AuditLog
-from agent.config import SudoConfig
-from agent.protocol import GrantClaims
-from agent.sudo import Decided, SudoDecisionServer, SudoSessions
-from agent.sudo.proc import trusted_realpath
+from fleetgate.agent.audit import AuditLog
+from fleetgate.agent.config import SudoConfig
+from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
+from fleetgate.agent.sudo.proc import trusted_realpath
+from fleetgate.shared.protocol import GrantClaims
 
 
 class Served:

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from agent.config import AgentConfig, parse
-from agent.errors import ChannelRefused
-from agent.websh.manager import TerminalManager, TerminalRequest
-from agent.websh.reaper import session_members
+from fleetgate.agent.config import AgentConfig, parse
+from fleetgate.agent.errors import ChannelRefused
+from fleetgate.agent.websh.manager import TerminalManager, TerminalRequest
+from fleetgate.agent.websh.reaper import session_members
 from tests.support.users import CreatedUser
 from tests.support.websh import FakeLink, TerminalReader
 

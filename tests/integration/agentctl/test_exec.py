@@ -1,7 +1,7 @@
 """agentctl end to end: the CLI as a subprocess against the real control plane and agent.
 
 One control plane and one agent (server `web-01`) serve the whole module; each test runs
-`python -m controlplane.agentctl ...` with `AGENTCTL_CONFIG` pointing at a config written
+`python -m fleetgate.agentctl ...` with `AGENTCTL_CONFIG` pointing at a config written
 for that control plane's admin token.
 """
 

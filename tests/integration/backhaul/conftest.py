@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from agent import daemon
-from agent.config import AgentConfig, parse
+from fleetgate.agent import daemon
+from fleetgate.agent.config import AgentConfig, parse
 from tests.support.fake_cp import ScriptedControlPlane, scripted_control_plane
 
 

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
-from agent.errors import AuthRejected
-from agent.protocol import (
+from fleetgate.agent.errors import AuthRejected
+from fleetgate.shared.protocol import (
     CommandAcked,
     CommandDelivered,
     CommandFinished,

@@ -14,9 +14,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from agent.protocol import CommandAcked, CommandFinished, CommandRun, Grant, GrantClaims, encode
-from agent.protocol.grants import b64url, decode_payload
-from controlplane.grants import GrantSigner
+from fleetgate.controlplane.grants import GrantSigner
+from fleetgate.shared.protocol import (
+    CommandAcked,
+    CommandFinished,
+    CommandRun,
+    Grant,
+    GrantClaims,
+    encode,
+)
+from fleetgate.shared.protocol.grants import b64url, decode_payload
 from tests.integration.backhaul.conftest import MakeAgent
 from tests.support.fake_cp import ScriptedControlPlane
 

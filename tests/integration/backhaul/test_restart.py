@@ -12,7 +12,8 @@ from pathlib import Path
 
 import structlog
 
-from agent.protocol import (
+from fleetgate.agent.spool import EXIT_INTERRUPTED, SPOOL_FILE, SpoolStore
+from fleetgate.shared.protocol import (
     AgentMessage,
     CommandAcked,
     CommandDelivered,
@@ -22,7 +23,6 @@ from agent.protocol import (
     Confirm,
     encode,
 )
-from agent.spool import EXIT_INTERRUPTED, SPOOL_FILE, SpoolStore
 from tests.integration.backhaul.conftest import MakeAgent, RunningAgent
 from tests.support.fake_cp import ScriptedControlPlane
 

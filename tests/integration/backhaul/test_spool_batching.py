@@ -8,7 +8,8 @@ import uuid
 
 import pytest
 
-from agent.protocol import (
+from fleetgate.agent.spool import Batch, SpoolStore
+from fleetgate.shared.protocol import (
     CommandAcked,
     CommandDelivered,
     CommandFinished,
@@ -16,7 +17,6 @@ from agent.protocol import (
     CommandRun,
     encode,
 )
-from agent.spool import Batch, SpoolStore
 from tests.integration.backhaul.conftest import MakeAgent
 from tests.support.fake_cp import ScriptedControlPlane
 

@@ -21,24 +21,24 @@ from starlette.websockets import WebSocket
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from agent.backhaul import Backhaul, ChannelLink, Outbox
-from agent.channels import ChannelRouter
-from agent.config import AgentConfig, load
-from agent.errors import ChannelRefused
-from agent.policy import GrantPolicy
-from agent.protocol import ChannelOpen, GrantClaims, TunnelSpec
-from agent.protocol.grants import decode_payload, parse_claims
-from controlplane.api.channels import (
+from fleetgate.agent.backhaul import Backhaul, ChannelLink, Outbox
+from fleetgate.agent.channels import ChannelRouter
+from fleetgate.agent.config import AgentConfig, load
+from fleetgate.agent.errors import ChannelRefused
+from fleetgate.agent.policy import GrantPolicy
+from fleetgate.controlplane.api.channels import (
     authorize,
     deny,
     serve_channel,
     services_of,
     websocket_principal,
 )
-from controlplane.app import create_app
-from controlplane.config import ControlPlaneSettings
-from controlplane.errors import APIError
-from controlplane.server import ControlPlaneServer, bind_socket
+from fleetgate.controlplane.app import create_app
+from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.errors import APIError
+from fleetgate.controlplane.server import ControlPlaneServer, bind_socket
+from fleetgate.shared.protocol import ChannelOpen, GrantClaims, TunnelSpec
+from fleetgate.shared.protocol.grants import decode_payload, parse_claims
 from tests.support.agent import write_agent_config
 from tests.support.controlplane import running_control_plane
 

@@ -13,7 +13,7 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import InvalidStatus
 
-from agent.protocol import (
+from fleetgate.shared.protocol import (
     CommandAcked,
     CommandDelivered,
     CommandFinished,

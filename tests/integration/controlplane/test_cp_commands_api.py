@@ -14,14 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.protocol import (
+from fleetgate.controlplane.store.queries import ORDERING_FIELDS
+from fleetgate.shared.protocol import (
     CommandAcked,
     CommandDelivered,
     CommandFinished,
     CommandOutput,
     CommandRun,
 )
-from controlplane.store.queries import ORDERING_FIELDS
 from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, FakeAgent, Server
 
 
@@ -431,12 +431,12 @@ async def test_every_filter(
 
 
 def service_token_for(cp: ControlPlaneProcess) -> str:
-    """A service token made with ``controlplane token create --service``."""
+    """A service token made with ``fleetgate-controlplane token create --service``."""
     out = subprocess.run(
         [
             sys.executable,
             "-m",
-            "controlplane",
+            "fleetgate.controlplane",
             "token",
             "create",
             "--service",

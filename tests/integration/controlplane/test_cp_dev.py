@@ -1,4 +1,4 @@
-"""``controlplane dev``: files, modes, idempotence, clean stop."""
+"""``fleetgate-controlplane dev``: files, modes, idempotence, clean stop."""
 
 from __future__ import annotations
 
@@ -13,14 +13,23 @@ from pathlib import Path
 
 import httpx
 
-from agent.config import parse as parse_agent_config
+from fleetgate.agent.config import parse as parse_agent_config
 from tests.support.controlplane import REPO_ROOT
 
 
 def _start(directory: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:
     out = log.open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "controlplane", "dev", "--port", "0", "--dir", str(directory)],
+        [
+            sys.executable,
+            "-m",
+            "fleetgate.controlplane",
+            "dev",
+            "--port",
+            "0",
+            "--dir",
+            str(directory),
+        ],
         cwd=REPO_ROOT,
         stdin=subprocess.DEVNULL,
         stdout=out,

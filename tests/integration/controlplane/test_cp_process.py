@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from agent.protocol import CommandRun
+from fleetgate.shared.protocol import CommandRun
 from tests.support.controlplane import REPO_ROOT, FakeAgent, running_control_plane
 
 
@@ -55,7 +55,7 @@ def test_cli_token_file_is_private_and_secrets_are_not_printed(tmp_path: Path) -
 
     def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "controlplane", *args, "--db", str(db)],
+            [sys.executable, "-m", "fleetgate.controlplane", *args, "--db", str(db)],
             cwd=REPO_ROOT,
             input=stdin,
             capture_output=True,

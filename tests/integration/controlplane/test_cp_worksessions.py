@@ -15,8 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from agent.policy import load_public_key, verify_grant
-from agent.protocol import CommandRun
+from fleetgate.agent.policy import load_public_key, verify_grant
+from fleetgate.shared.protocol import CommandRun
 from tests.support.accounts import new_login
 from tests.support.controlplane import ControlPlaneProcess, FakeAgent, Server
 

@@ -1,6 +1,6 @@
 """An unusable state directory or spool database stops the agent at once with status 73.
 
-Each case starts the real agent (``python -m agent run``) and expects it to exit within
+Each case starts the real agent (``python -m fleetgate.agent run``) and expects it to exit within
 seconds, before dialling anything, with a log line that names the path and the reason.
 Full and read-only file systems are tiny tmpfs mounts made by the test (root only).
 """
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import EXIT_STATE
-from agent.errors import StateDirError
-from agent.protocol import CommandRun, encode
-from agent.spool import SPOOL_FILE
+from fleetgate.agent.cli import EXIT_STATE
+from fleetgate.agent.errors import StateDirError
+from fleetgate.agent.spool import SPOOL_FILE
+from fleetgate.shared.protocol import CommandRun, encode
 from tests.integration.backhaul.conftest import RunningAgent, agent_config
 from tests.support.agent import write_agent_config
 from tests.support.controlplane import REPO_ROOT
@@ -48,7 +48,7 @@ def run_agent(workdir: Path, state_dir: Path) -> subprocess.CompletedProcess[str
         sections={"logging": {"format": "json"}},
     )
     return subprocess.run(
-        [sys.executable, "-m", "agent", "run", "--config", str(config)],
+        [sys.executable, "-m", "fleetgate.agent", "run", "--config", str(config)],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.exec.identity import resolve_identity
-from agent.exec.spawn import find_setpriv, privilege_argv
+from fleetgate.agent.exec.identity import resolve_identity
+from fleetgate.agent.exec.spawn import find_setpriv, privilege_argv
 from tests.support.files import Worker, request, tar_bytes, upload_bytes
 from tests.support.users import CreatedUser
 

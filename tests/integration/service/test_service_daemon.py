@@ -1,4 +1,4 @@
-"""The agent as a service: sd_notify from a real agent, ``agent status``, the audit log.
+"""The agent as a service: sd_notify from a real agent, ``fleetgate-agent status``, the audit log.
 
 A real control plane and a real agent subprocess; the test binds the datagram socket the
 agent notifies (as systemd would) in the abstract namespace.
@@ -32,7 +32,7 @@ class NotifyListener:
     """
 
     def __init__(self) -> None:
-        self.name = f"fleet-agent-test-{uuid.uuid4().hex}"
+        self.name = f"fleetgate-agent-test-{uuid.uuid4().hex}"
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(b"\0" + self.name.encode())
         self.messages: list[str] = []
@@ -84,7 +84,7 @@ def cp(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
 
 def agent_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        [sys.executable, "-m", "fleetgate.agent", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -108,7 +108,7 @@ def test_notify_status_and_audit_from_a_real_agent(cp: ControlPlaneProcess, tmp_
         # Watchdog pings keep coming after readiness.
         listener.until("WATCHDOG=1", after=ready_at, count=2)
 
-        # agent status, read over the root-only socket of the running daemon.
+        # fleetgate-agent status, read over the root-only socket of the running daemon.
         sock_path = agent.runtime_dir / "status.sock"
         assert stat.S_IMODE(sock_path.stat().st_mode) == 0o600
         assert stat.S_IMODE(agent.runtime_dir.stat().st_mode) == 0o700

@@ -2,13 +2,14 @@
 
 Marked ``package``: it builds the package's virtualenv (about 20-40 s) and installs the
 package with dpkg, so it needs root, dpkg-deb and Debian's python3-venv; it skips with a
-reason otherwise, and also when a fleet-agent package is already installed here (it
+reason otherwise, and also when a fleetgate-agent package is already installed here (it
 would not replace a real installation).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import __version__
+from fleetgate import __version__
 from tests.support.controlplane import REPO_ROOT, running_control_plane
 
 
@@ -33,7 +34,20 @@ pytestmark = [
     ),
 ]
 
-PREFIX = Path("/opt/fleet-agent")
+AGENT_DISTRIBUTIONS = {
+    # pyproject's [project] dependencies and what they need, nothing else.
+    "websockets",
+    "pydantic",
+    "pydantic-core",
+    "annotated-types",
+    "typing-extensions",
+    "typing-inspection",
+    "structlog",
+    "cryptography",
+    "cffi",
+    "pycparser",
+}
+PREFIX = Path("/opt/fleetgate-agent")
 
 
 def run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -43,7 +57,7 @@ def run(*args: str | Path, timeout: float = 120) -> subprocess.CompletedProcess[
 
 
 def installed() -> bool:
-    result = run("dpkg-query", "-W", "-f=${Status}", "fleet-agent")
+    result = run("dpkg-query", "-W", "-f=${Status}", "fleetgate-agent")
     return "installed" in result.stdout or "config-files" in result.stdout
 
 
@@ -66,13 +80,13 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def deb(packages: Path) -> Iterator[Path]:
     if installed():
-        pytest.skip("a fleet-agent package is installed on this machine; not replacing it")
+        pytest.skip("a fleetgate-agent package is installed on this machine; not replacing it")
     yield (
         packages
-        / f"fleet-agent_{__version__}_{run('dpkg', '--print-architecture').stdout.strip()}.deb"
+        / f"fleetgate-agent_{__version__}_{run('dpkg', '--print-architecture').stdout.strip()}.deb"
     )
     if installed():
-        run("dpkg", "--purge", "fleet-agent")
+        run("dpkg", "--purge", "fleetgate-agent")
 
 
 def mode(path: Path) -> int:
@@ -81,34 +95,45 @@ def mode(path: Path) -> int:
 
 def test_deb_installs_runs_and_purges_cleanly(deb: Path, tmp_path: Path) -> None:
     contents = run("dpkg-deb", "--contents", deb).stdout
-    for foreign in ("fastapi", "uvicorn", "httpx", "site-packages/rich/"):
+    # The package's virtualenv holds the agent and exactly its dependencies: nothing of the
+    # control plane or agentctl, and no distribution the agent does not import.
+    distributions = {
+        re.sub(r"-[^-]+\.dist-info$", "", name).lower().replace("_", "-")
+        for name in re.findall(r"site-packages/([^/\s]+\.dist-info)/", contents)
+    }
+    assert distributions == AGENT_DISTRIBUTIONS
+    assert "site-packages/fleetgate/agent/cli.py" in contents
+    assert "site-packages/fleetgate/shared/protocol/" in contents
+    for foreign in ("fleetgate/controlplane", "fleetgate/agentctl"):
         assert foreign not in contents
-    assert "site-packages/controlplane" not in contents
-    assert "site-packages/agent/cli.py" in contents
 
     install = run("dpkg", "--install", deb)
     assert install.returncode == 0, install.stdout + install.stderr
     assert "not registered yet" in install.stdout
-    for directory in ("/etc/fleet-agent", "/var/lib/fleet-agent", "/var/log/fleet-agent"):
+    for directory in (
+        "/etc/fleetgate-agent",
+        "/var/lib/fleetgate-agent",
+        "/var/log/fleetgate-agent",
+    ):
         assert mode(Path(directory)) == 0o700, directory
         assert Path(directory).stat().st_uid == 0
-    assert mode(Path("/etc/fleet-agent/agent.toml")) == 0o600
-    assert mode(Path("/lib/systemd/system/fleet-agent.service")) == 0o644
-    assert (REPO_ROOT / "systemd/fleet-agent.service").read_text() == Path(
-        "/lib/systemd/system/fleet-agent.service"
+    assert mode(Path("/etc/fleetgate-agent/agent.toml")) == 0o600
+    assert mode(Path("/lib/systemd/system/fleetgate-agent.service")) == 0o644
+    assert (REPO_ROOT / "systemd/fleetgate-agent.service").read_text() == Path(
+        "/lib/systemd/system/fleetgate-agent.service"
     ).read_text()
     assert mode(PREFIX / "bin/agent") == 0o755
-    assert os.readlink("/usr/sbin/fleet-agent") == str(PREFIX / "bin/agent")
+    assert os.readlink("/usr/sbin/fleetgate-agent") == str(PREFIX / "bin/agent")
     # The environment is the distribution's Python, not the build machine's paths.
     assert os.readlink(PREFIX / "bin/python3.11").startswith("/usr/bin/python3")
     assert "/tmp" not in (PREFIX / "pyvenv.cfg").read_text()
     assert not [p for p in (PREFIX / "bin").iterdir() if p.name == "pip"]
 
-    version = run("/usr/sbin/fleet-agent", "--version")
+    version = run("/usr/sbin/fleetgate-agent", "--version")
     assert version.returncode == 0, version.stderr
     assert version.stdout.strip() == f"agent {__version__}"
     # The default configuration is commented out: not registered is a config error (78).
-    unregistered = run("/usr/sbin/fleet-agent", "check-config")
+    unregistered = run("/usr/sbin/fleetgate-agent", "check-config")
     assert unregistered.returncode == 78
     assert "control_plane.url" in unregistered.stderr
 
@@ -121,7 +146,7 @@ def test_deb_installs_runs_and_purges_cleanly(deb: Path, tmp_path: Path) -> None
             f'logs_dir = "{tmp_path / "logs"}"\n'
         )
         reg = run(
-            *("/usr/sbin/fleet-agent", "register", "--url", cp.url, "--name", "pkg-01"),
+            *("/usr/sbin/fleetgate-agent", "register", "--url", cp.url, "--name", "pkg-01"),
             *("--token", cp.admin_token, "--config", config),
         )
         assert reg.returncode == 0, reg.stderr
@@ -134,7 +159,9 @@ def test_deb_installs_runs_and_purges_cleanly(deb: Path, tmp_path: Path) -> None
             )
         try:
             deadline = time.monotonic() + 30
-            while (status := run("/usr/sbin/fleet-agent", "status", "--config", config)).returncode:
+            while (
+                status := run("/usr/sbin/fleetgate-agent", "status", "--config", config)
+            ).returncode:
                 assert daemon.poll() is None, (tmp_path / "agent.log").read_text()
                 assert time.monotonic() < deadline, status.stdout + status.stderr
                 time.sleep(0.1)
@@ -143,24 +170,24 @@ def test_deb_installs_runs_and_purges_cleanly(deb: Path, tmp_path: Path) -> None
             daemon.terminate()
             assert daemon.wait(30) == 0
     # Nothing was written under /opt at run time (the bytecode is shipped).
-    verify = run("dpkg", "--verify", "fleet-agent")
+    verify = run("dpkg", "--verify", "fleetgate-agent")
     assert verify.returncode == 0, verify.stdout
 
     # Removal keeps configuration and state; purge deletes everything.
-    Path("/var/lib/fleet-agent/marker").write_text("state")
-    remove = run("dpkg", "--remove", "fleet-agent")
+    Path("/var/lib/fleetgate-agent/marker").write_text("state")
+    remove = run("dpkg", "--remove", "fleetgate-agent")
     assert remove.returncode == 0, remove.stderr
     assert not PREFIX.exists()
-    assert not Path("/usr/sbin/fleet-agent").exists()
-    assert Path("/etc/fleet-agent/agent.toml").exists()
-    assert Path("/var/lib/fleet-agent/marker").exists()
-    purge = run("dpkg", "--purge", "fleet-agent")
+    assert not Path("/usr/sbin/fleetgate-agent").exists()
+    assert Path("/etc/fleetgate-agent/agent.toml").exists()
+    assert Path("/var/lib/fleetgate-agent/marker").exists()
+    purge = run("dpkg", "--purge", "fleetgate-agent")
     assert purge.returncode == 0, purge.stderr
     for leftover in (
-        "/etc/fleet-agent",
-        "/var/lib/fleet-agent",
-        "/var/log/fleet-agent",
-        "/etc/systemd/system/multi-user.target.wants/fleet-agent.service",
+        "/etc/fleetgate-agent",
+        "/var/lib/fleetgate-agent",
+        "/var/log/fleetgate-agent",
+        "/etc/systemd/system/multi-user.target.wants/fleetgate-agent.service",
     ):
         assert not os.path.lexists(leftover), leftover
     assert not installed()
@@ -168,14 +195,14 @@ def test_deb_installs_runs_and_purges_cleanly(deb: Path, tmp_path: Path) -> None
 
 @pytest.mark.skipif(shutil.which("rpmbuild") is None, reason="rpmbuild not installed (rpm)")
 def test_rpm_is_built_with_the_same_files(packages: Path) -> None:
-    rpm = next(packages.glob(f"fleet-agent-{__version__}-1.*.rpm"))
+    rpm = next(packages.glob(f"fleetgate-agent-{__version__}-1.*.rpm"))
     files = run("rpm", "-qlp", rpm).stdout.split()
-    assert "/opt/fleet-agent/bin/agent" in files
-    assert "/usr/lib/systemd/system/fleet-agent.service" in files
-    assert "/etc/fleet-agent/agent.toml" in files
-    assert not [f for f in files if "site-packages/controlplane" in f or "fastapi" in f]
+    assert "/opt/fleetgate-agent/bin/agent" in files
+    assert "/usr/lib/systemd/system/fleetgate-agent.service" in files
+    assert "/etc/fleetgate-agent/agent.toml" in files
+    assert not [f for f in files if "fleetgate/controlplane" in f or "fastapi" in f]
     scripts = run("rpm", "-qp", "--scripts", rpm).stdout
-    assert "systemctl enable fleet-agent.service" in scripts
-    assert "systemctl stop fleet-agent.service" in scripts
+    assert "systemctl enable fleetgate-agent.service" in scripts
+    assert "systemctl stop fleetgate-agent.service" in scripts
     config = run("rpm", "-qp", "--configfiles", rpm).stdout.split()
-    assert config == ["/etc/fleet-agent/agent.toml"]
+    assert config == ["/etc/fleetgate-agent/agent.toml"]

@@ -1,4 +1,4 @@
-"""``agent register`` / ``agent unregister`` against a real control plane."""
+"""``fleetgate-agent register`` / ``fleetgate-agent unregister`` against a real control plane."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.grants import GrantSigner, key_path, load_or_create_key
+from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_key
 from tests.support.agent import AgentProcess
 from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, running_control_plane
 
@@ -24,7 +24,7 @@ def cp(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
 
 def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
+        [sys.executable, "-m", "fleetgate.agent", *args],
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
@@ -36,7 +36,7 @@ def agent_cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_register_is_idempotent_and_unregister_deletes(
     cp: ControlPlaneProcess, tmp_path: Path
 ) -> None:
-    etc = tmp_path / "etc" / "fleet-agent"  # does not exist yet: register creates it
+    etc = tmp_path / "etc" / "fleetgate-agent"  # does not exist yet: register creates it
     config = etc / "agent.toml"
     token_file = tmp_path / "token"
     token_file.write_text(cp.admin_token + "\n")

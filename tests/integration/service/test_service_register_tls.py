@@ -1,4 +1,4 @@
-"""``agent register`` verifies the control plane's certificate (system store or --ca-file).
+"""``fleetgate-agent register`` verifies the control plane's certificate (system store or --ca-file).
 
 A stand-in HTTPS server on loopback with a self-signed certificate: without ``--ca-file``
 the handshake fails before anything (the token) is sent; with it, registration succeeds
@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.errors import RegistrationError
-from agent.service import enrol
+from fleetgate.agent.errors import RegistrationError
+from fleetgate.agent.service import enrol
 from tests.support.serving import serving
 
 
@@ -32,7 +32,7 @@ SERVER_ID = "6f1c1b52-7d0e-4c55-9a53-2b1f6c7e0a11"
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleet-agent test CA")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleetgate-agent test CA")])
     now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()

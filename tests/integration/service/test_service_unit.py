@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import EXIT_CONFIG
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, LimitsConfig
+from fleetgate.agent.cli import EXIT_CONFIG
+from fleetgate.agent.config import DEFAULT_CONFIG_PATH, AgentConfig, LimitsConfig
 from tests.support.controlplane import REPO_ROOT
 
 
-UNIT = REPO_ROOT / "systemd" / "fleet-agent.service"
+UNIT = REPO_ROOT / "systemd" / "fleetgate-agent.service"
 SYSTEM_UNITS = Path("/usr/lib/systemd/system")
 
 pytestmark = pytest.mark.skipif(
@@ -31,15 +31,15 @@ pytestmark = pytest.mark.skipif(
 def verify(tmp_path: Path, unit_text: str) -> subprocess.CompletedProcess[str]:
     root = tmp_path / "root"
     shutil.copytree(SYSTEM_UNITS, root / "usr/lib/systemd/system", symlinks=True)
-    (root / "usr/lib/systemd/system/fleet-agent.service").write_text(unit_text)
-    exe = root / "opt/fleet-agent/bin/agent"
+    (root / "usr/lib/systemd/system/fleetgate-agent.service").write_text(unit_text)
+    exe = root / "opt/fleetgate-agent/bin/agent"
     exe.parent.mkdir(parents=True)
     exe.write_text("#!/bin/sh\n")
     exe.chmod(0o755)
     return subprocess.run(
         [
             *("systemd-analyze", "verify", "--man=no", f"--root={root}"),
-            "/usr/lib/systemd/system/fleet-agent.service",
+            "/usr/lib/systemd/system/fleetgate-agent.service",
         ],
         capture_output=True,
         text=True,
@@ -86,6 +86,6 @@ def test_the_unit_agrees_with_the_agent() -> None:
     assert DEFAULT_CONFIG_PATH.parent == Path("/etc") / service["ConfigurationDirectory"]
     for kind in ("State", "Runtime", "Logs", "Configuration"):
         assert service[f"{kind}DirectoryMode"] == "0700"
-    assert "/etc/fleet-agent/agent.toml" in service["ExecStart"]
+    assert "/etc/fleetgate-agent/agent.toml" in service["ExecStart"]
     for leftout in ("NoNewPrivileges", "ProtectSystem", "PrivateTmp", "CapabilityBoundingSet"):
         assert leftout not in service  # each would break commands; see the unit's comments

@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from agent.tunnel.pump import PumpResult, abort_socket, pump
+from fleetgate.shared.pump import PumpResult, abort_socket, pump
 from tests.support.tunnel import drain_hash, echo_server, send_blocks
 
 

@@ -229,7 +229,7 @@ async def test_agentctl_websh_on_a_pseudo_terminal(
     env = agentctl_env(cp, tmp_path)
     before, after = tmp_path / "before", tmp_path / "after"
     script = (
-        f"stty -g > {before}; {sys.executable} -m controlplane.agentctl websh {agent.name} "
+        f"stty -g > {before}; {sys.executable} -m fleetgate.agentctl websh {agent.name} "
         f"-u {user.name}; echo agentctl-exit=$?; stty -g > {after}"
     )
     proc = PtyProcess.spawn(
@@ -276,7 +276,7 @@ def test_agentctl_websh_with_a_command_uses_the_command_path(
         [
             sys.executable,
             "-m",
-            "controlplane.agentctl",
+            "fleetgate.agentctl",
             "websh",
             agent.name,
             "-u",
@@ -293,7 +293,7 @@ def test_agentctl_websh_with_a_command_uses_the_command_path(
     assert result.returncode == 0, result.stderr
     assert result.stdout == "one-2\n"
     interactive_without_tty = subprocess.run(
-        [sys.executable, "-m", "controlplane.agentctl", "websh", agent.name],
+        [sys.executable, "-m", "fleetgate.agentctl", "websh", agent.name],
         env=env,
         cwd=REPO_ROOT,
         capture_output=True,
@@ -332,7 +332,7 @@ def test_agentctl_work_session_recording_replays_the_output(
     argv = [
         sys.executable,
         "-m",
-        "controlplane.agentctl",
+        "fleetgate.agentctl",
         "work-session",
         "recording",
         session["id"],
@@ -386,7 +386,7 @@ async def test_agentctl_websh_reattaches_after_a_network_drop(
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCTL_")}
         env.update({"AGENTCTL_CONFIG": str(config), "TERM": "xterm"})
-        argv = [sys.executable, "-m", "controlplane.agentctl", "websh", agent.name, "-u", user.name]
+        argv = [sys.executable, "-m", "fleetgate.agentctl", "websh", agent.name, "-u", user.name]
         proc = PtyProcess.spawn(argv, env=env, cwd=str(REPO_ROOT), dimensions=(24, 80))
         screen = PtyScreen(proc)
         try:

@@ -1,4 +1,4 @@
-"""``agent status`` rendering and exit statuses, without a daemon."""
+"""``fleetgate-agent status`` rendering and exit statuses, without a daemon."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import cli
+from fleetgate.agent import cli
 
 
 def write_config(tmp_path: Path) -> Path:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load, parse
-from agent.errors import ConfigError
+from fleetgate.agent.config import load, parse
+from fleetgate.agent.errors import ConfigError
 
 
 SERVER_ID = "0e5e94a1-2ed5-4908-9d8f-1457b2a03971"

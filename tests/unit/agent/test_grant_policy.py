@@ -9,12 +9,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings, strategies as st
 
-from agent.config import parse
-from agent.errors import ConfigError
-from agent.policy import GrantPolicy, GrantRefused, load_public_key, verify_grant
-from agent.protocol import Grant, GrantClaims
-from agent.protocol.grants import b64url, canonical_json, decode_payload
-from controlplane.grants import GrantSigner
+from fleetgate.agent.config import parse
+from fleetgate.agent.errors import ConfigError
+from fleetgate.agent.policy import GrantPolicy, GrantRefused, load_public_key, verify_grant
+from fleetgate.controlplane.grants import GrantSigner
+from fleetgate.shared.protocol import Grant, GrantClaims
+from fleetgate.shared.protocol.grants import b64url, canonical_json, decode_payload
 
 
 SIGNER = GrantSigner(Ed25519PrivateKey.generate())

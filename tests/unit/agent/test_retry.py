@@ -8,8 +8,8 @@ import random
 import pytest
 from hypothesis import given, strategies as st
 
-from agent.backhaul.retry import Backoff, backoff_delays, classify
-from agent.errors import AuthRejected, ConfigError, ConnectionLost
+from fleetgate.agent.backhaul.retry import Backoff, backoff_delays, classify
+from fleetgate.agent.errors import AuthRejected, ConfigError, ConnectionLost
 
 
 @given(

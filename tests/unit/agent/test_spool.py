@@ -8,8 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given, strategies as st
 
-from agent.protocol import CommandDelivered, CommandFinished
-from agent.spool import (
+from fleetgate.agent.spool import (
     EXIT_INTERRUPTED,
     CommandState,
     Inbox,
@@ -17,6 +16,7 @@ from agent.spool import (
     Retention,
     interrupted_report,
 )
+from fleetgate.shared.protocol import CommandDelivered, CommandFinished
 
 
 CID = uuid.uuid4()

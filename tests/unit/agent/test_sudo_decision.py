@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from agent.policy import GrantRefused
-from agent.policy.sudo import Resolver
-from agent.policy.sudo_decision import SessionGrant, SudoCall, decide
-from agent.protocol import CommandRun, GrantClaims
-from agent.sudo import SudoSessions
-from agent.sudo.elevation import ElevationPolicy
-from agent.sudo.install import BEGIN, END, SudoLayout, _block, _split
-from agent.sudo.server import BadRequest, parse_request
+from fleetgate.agent.policy import GrantRefused
+from fleetgate.agent.policy.sudo_decision import SessionGrant, SudoCall, decide
+from fleetgate.agent.sudo import SudoSessions
+from fleetgate.agent.sudo.elevation import ElevationPolicy
+from fleetgate.agent.sudo.install import BEGIN, END, SudoLayout, _block, _split
+from fleetgate.agent.sudo.server import BadRequest, parse_request
+from fleetgate.shared.protocol import CommandRun, GrantClaims
+from fleetgate.shared.sudo_patterns import Resolver
 
 
 RESOLVER = Resolver.from_path("/usr/bin", lambda p: p in {"/usr/bin/id", "/usr/bin/rm"})

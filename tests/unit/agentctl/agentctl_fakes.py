@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from controlplane.agentctl.main import main
+from fleetgate.agentctl.main import main
 
 
 TOKEN = "fat_unit-test-token"

@@ -11,8 +11,8 @@ from typing import Any
 
 import httpx
 
-from controlplane.agentctl import config as cfg
-from controlplane.agentctl.main import main
+from fleetgate.agentctl import config as cfg
+from fleetgate.agentctl.main import main
 from tests.unit.agentctl.agentctl_fakes import (
     SERVER_ID,
     TOKEN,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.agentctl import config as cfg
-from controlplane.agentctl.errors import CliError
+from fleetgate.agentctl import config as cfg
+from fleetgate.agentctl.errors import CliError
 
 
 def test_path_precedence_flag_env_xdg_home(tmp_path: Path) -> None:

@@ -8,8 +8,8 @@ import json
 import httpx
 import pytest
 
-from controlplane.agentctl.client import Client
-from controlplane.agentctl.errors import (
+from fleetgate.agentctl.client import Client
+from fleetgate.agentctl.errors import (
     GATE_REASONS,
     ApiError,
     CliError,
@@ -17,7 +17,7 @@ from controlplane.agentctl.errors import (
     UsageError,
     diagnose,
 )
-from controlplane.agentctl.output import Output
+from fleetgate.agentctl.output import Output
 
 
 DIAG_KEYS = {"error_code", "reason", "context", "next_actions"}

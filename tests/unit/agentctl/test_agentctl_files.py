@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.agentctl.main import build_parser, parse_args
-from controlplane.agentctl.transfers import (
+from fleetgate.agentctl.main import build_parser, parse_args
+from fleetgate.agentctl.transfers import (
     Local,
     Progress,
     Remote,

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from datetime import UTC, timedelta, timezone
 
-from controlplane.agentctl.commands.auth import whoami_rows
-from controlplane.agentctl.commands.exec_cmd import history_rows
-from controlplane.agentctl.commands.servers import server_rows
-from controlplane.agentctl.output import (
+from fleetgate.agentctl.commands.auth import whoami_rows
+from fleetgate.agentctl.commands.exec_cmd import history_rows
+from fleetgate.agentctl.commands.servers import server_rows
+from fleetgate.agentctl.output import (
     clean_cell,
     format_seconds,
     format_timestamp,
     render_table,
     truncate,
 )
-from controlplane.agentctl.results import is_finished, outcome, result_document
+from fleetgate.agentctl.results import is_finished, outcome, result_document
 from tests.unit.agentctl.agentctl_fakes import make_command
 
 

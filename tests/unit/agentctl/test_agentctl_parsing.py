@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from controlplane.agentctl.commands.exec_cmd import command_words, remote_line
-from controlplane.agentctl.errors import UsageError
-from controlplane.agentctl.main import (
+from fleetgate.agentctl.commands.exec_cmd import command_words, remote_line
+from fleetgate.agentctl.errors import UsageError
+from fleetgate.agentctl.main import (
     build_parser,
     insert_default_verb,
     main,

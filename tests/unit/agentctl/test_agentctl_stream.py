@@ -9,9 +9,9 @@ import httpx
 import pytest
 from hypothesis import given, strategies as st
 
-from controlplane.agentctl.client import Client
-from controlplane.agentctl.errors import ApiError, CliError
-from controlplane.agentctl.stream import (
+from fleetgate.agentctl.client import Client
+from fleetgate.agentctl.errors import ApiError, CliError
+from fleetgate.agentctl.stream import (
     ChunkAssembler,
     assemble_output,
     backoff_delay,

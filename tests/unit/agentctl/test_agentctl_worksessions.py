@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.agentctl.errors import UsageError
-from controlplane.agentctl.worksessions import (
+from fleetgate.agentctl.errors import UsageError
+from fleetgate.agentctl.worksessions import (
     ENV_WORK_SESSION,
     check_scopes,
     create_body,

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.auth import acl_allows, parse_agent_authorization, parse_token_authorization
+from fleetgate.controlplane.auth import (
+    acl_allows,
+    parse_agent_authorization,
+    parse_token_authorization,
+)
 
 
 @pytest.mark.parametrize(

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.api.pagination import page_links
-from controlplane.api.params import Page, parse_bool, parse_command_filter, parse_page
-from controlplane.errors import APIError
-from controlplane.store.queries import (
+from fleetgate.controlplane.api.pagination import page_links
+from fleetgate.controlplane.api.params import Page, parse_bool, parse_command_filter, parse_page
+from fleetgate.controlplane.errors import APIError
+from fleetgate.controlplane.store.queries import (
     ORDERING_FIELDS,
     CommandFilter,
     build_command_query,

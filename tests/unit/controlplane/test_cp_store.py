@@ -10,14 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.protocol import (
-    CommandAcked,
-    CommandDelivered,
-    CommandFinished,
-    CommandOutput,
-    CommandReport,
-)
-from controlplane.store import (
+from fleetgate.controlplane.store import (
     commands,
     connect,
     reports as reports_store,
@@ -25,10 +18,17 @@ from controlplane.store import (
     transaction,
     users,
 )
-from controlplane.store.commands import CancelOutcome, NewCommand
-from controlplane.store.queries import CommandFilter
-from controlplane.store.schema import SCHEMA_VERSION
-from controlplane.timeutil import from_us, iso, to_us
+from fleetgate.controlplane.store.commands import CancelOutcome, NewCommand
+from fleetgate.controlplane.store.queries import CommandFilter
+from fleetgate.controlplane.store.schema import SCHEMA_VERSION
+from fleetgate.controlplane.timeutil import from_us, iso, to_us
+from fleetgate.shared.protocol import (
+    CommandAcked,
+    CommandDelivered,
+    CommandFinished,
+    CommandOutput,
+    CommandReport,
+)
 
 
 S = 1_000_000

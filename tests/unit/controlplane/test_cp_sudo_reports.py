@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.protocol import SudoDecided
-from controlplane.store import connect, reports as reports_store, servers, transaction
+from fleetgate.controlplane.store import connect, reports as reports_store, servers, transaction
+from fleetgate.shared.protocol import SudoDecided
 
 
 T0 = 1_705_314_645 * 1_000_000

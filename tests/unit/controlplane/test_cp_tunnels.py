@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from agent.protocol.channels import refusal_reason
+from fleetgate.shared.protocol.channels import refusal_reason
 
 
 def test_close_reason_fits_a_close_frame() -> None:

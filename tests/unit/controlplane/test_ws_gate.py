@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from controlplane.worksession.durations import parse_duration
-from controlplane.worksession.gate import GATE_CODES, SessionView, check_gate
-from controlplane.worksession.lifecycle import Status
+from fleetgate.controlplane.worksession.durations import parse_duration
+from fleetgate.controlplane.worksession.gate import GATE_CODES, SessionView, check_gate
+from fleetgate.controlplane.worksession.lifecycle import Status
 
 
 SERVER = "11111111-1111-4111-8111-111111111111"

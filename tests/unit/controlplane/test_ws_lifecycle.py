@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from controlplane.worksession.lifecycle import (
+from fleetgate.controlplane.worksession.lifecycle import (
     LIVE,
     TERMINAL,
     TRANSITIONS,

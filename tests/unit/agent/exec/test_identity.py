@@ -8,9 +8,9 @@ import pwd
 
 import pytest
 
-from agent.errors import PrivilegeError, UnknownGroup, UnknownUser
-from agent.exec.identity import BASE_PATH, Identity, build_environment, resolve_identity
-from agent.exec.spawn import privilege_argv
+from fleetgate.agent.errors import PrivilegeError, UnknownGroup, UnknownUser
+from fleetgate.agent.exec.identity import BASE_PATH, Identity, build_environment, resolve_identity
+from fleetgate.agent.exec.spawn import privilege_argv
 
 
 IDENTITY = Identity(

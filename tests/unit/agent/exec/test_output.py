@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.exec.output import HeadTailCapture, OutputChunker, complete_prefix_length
+from fleetgate.agent.exec.output import HeadTailCapture, OutputChunker, complete_prefix_length
 
 
 EURO = "€".encode()  # 3 bytes: e2 82 ac

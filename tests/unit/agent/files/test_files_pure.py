@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, strategies as st
 from pydantic import ValidationError
 
-from agent.errors import TransferError
-from agent.files.framing import (
+from fleetgate.shared.errors import TransferError
+from fleetgate.shared.files.framing import (
     DATA,
     MAX_FRAME_BYTES,
     TEXT,
@@ -18,15 +18,21 @@ from agent.files.framing import (
     encode_header,
     encode_text,
 )
-from agent.files.paths import (
+from fleetgate.shared.files.paths import (
     check_member,
     normalise,
     split,
     temp_name,
     within_roots,
 )
-from agent.files.transfer import Ledger, final_mode, parse_request, resume_offset
-from agent.protocol.files import FileDone, FileEnd, FileError, FileReady, decode_file_frame
+from fleetgate.shared.files.transfer import Ledger, final_mode, parse_request, resume_offset
+from fleetgate.shared.protocol.files import (
+    FileDone,
+    FileEnd,
+    FileError,
+    FileReady,
+    decode_file_frame,
+)
 
 
 def code_of(call: object, *args: object, **kwargs: object) -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from agent.config import AgentConfig, parse
-from agent.errors import ChannelRefused, ConfigError
-from agent.files.service import FilesService
-from agent.protocol import ChannelOpen, FilesSpec
-from controlplane.api.files import describe, spec_from_query
+from fleetgate.agent.config import AgentConfig, parse
+from fleetgate.agent.errors import ChannelRefused, ConfigError
+from fleetgate.agent.files.service import FilesService
+from fleetgate.controlplane.api.files import describe, spec_from_query
+from fleetgate.shared.protocol import ChannelOpen, FilesSpec
 
 
 def config(**files: object) -> AgentConfig:

@@ -1,4 +1,4 @@
-"""The audit log (rotation, modes) and the in-place TOML editor used by ``agent register``."""
+"""The audit log (rotation, modes) and the in-place TOML editor used by ``fleetgate-agent register``."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import stat
 import tomllib
 from pathlib import Path
 
-from agent.audit import AuditLog
-from agent.service.tomledit import render, set_keys
+from fleetgate.agent.audit import AuditLog
+from fleetgate.agent.service.tomledit import render, set_keys
 
 
 def test_audit_lines_are_json_and_the_file_is_root_only(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.service.notify import Notifier, watchdog_interval
+from fleetgate.agent.service.notify import Notifier, watchdog_interval
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_messages_reach_a_path_socket_in_order(notify_socket: tuple[str, socket.
 
 
 def test_abstract_namespace_socket() -> None:
-    name = f"fleet-agent-test-{uuid.uuid4().hex}"
+    name = f"fleetgate-agent-test-{uuid.uuid4().hex}"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(b"\0" + name.encode())
     try:

@@ -6,22 +6,23 @@ from uuid import uuid4
 
 import pytest
 
-from agent.config import TunnelConfig, parse
-from agent.errors import ConfigError, ProtocolViolation
-from agent.protocol.tunnel import (
+from fleetgate.agent.config import TunnelConfig, parse
+from fleetgate.agent.errors import ConfigError
+from fleetgate.agent.tunnel.policy import (
+    Refusal,
+    StreamBook,
+    TunnelPolicy,
+    describe_ports,
+    port_allowed,
+)
+from fleetgate.shared.addresses import loopback_address
+from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.protocol.tunnel import (
     EOF_FRAME,
     TunnelEof,
     TunnelError,
     decode_tunnel_control,
     tunnel_error_frame,
-)
-from agent.tunnel.policy import (
-    Refusal,
-    StreamBook,
-    TunnelPolicy,
-    describe_ports,
-    loopback_address,
-    port_allowed,
 )
 
 

@@ -6,11 +6,11 @@ from uuid import uuid4
 
 import pytest
 
-from agent.config import parse
-from agent.errors import ChannelRefused
-from agent.protocol import ChannelOpen
-from agent.protocol.channels import TunnelSpec
-from agent.tunnel.service import TunnelService
+from fleetgate.agent.config import parse
+from fleetgate.agent.errors import ChannelRefused
+from fleetgate.agent.tunnel.service import TunnelService
+from fleetgate.shared.protocol import ChannelOpen
+from fleetgate.shared.protocol.channels import TunnelSpec
 
 
 BASE: dict[str, object] = {

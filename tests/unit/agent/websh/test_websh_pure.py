@@ -9,9 +9,14 @@ from pathlib import Path
 import pytest
 from hypothesis import given, strategies as st
 
-from agent.errors import ChannelRefused, ProtocolViolation
-from agent.exec.identity import Identity
-from agent.protocol.websh import (
+from fleetgate.agent.errors import ChannelRefused
+from fleetgate.agent.exec.identity import Identity
+from fleetgate.agent.websh.cast import CastEncoder, event_line, header_line, json_string
+from fleetgate.agent.websh.quota import SpoolQuota
+from fleetgate.agent.websh.shell import choose_shell, login_argv0, login_environment
+from fleetgate.agent.websh.state import Owner, PendingOutput, Phase, TerminalState
+from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.protocol.websh import (
     Close,
     Exit,
     Ready,
@@ -19,10 +24,6 @@ from agent.protocol.websh import (
     decode_agent_frame,
     decode_client_frame,
 )
-from agent.websh.cast import CastEncoder, event_line, header_line, json_string
-from agent.websh.quota import SpoolQuota
-from agent.websh.shell import choose_shell, login_argv0, login_environment
-from agent.websh.state import Owner, PendingOutput, Phase, TerminalState
 
 
 OWNER = Owner("deploy", "ws-1", "alice")

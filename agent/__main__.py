@@ -1,8 +1,0 @@
-"""``python -m agent``."""
-
-import sys
-
-from agent.cli import main
-
-
-sys.exit(main())

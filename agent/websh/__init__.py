@@ -1,6 +1,0 @@
-"""Interactive terminals (websh): a login shell on a PTY per channel, recorded."""
-
-from agent.websh.service import WebshService
-
-
-__all__ = ["WebshService"]

@@ -1,1 +1,0 @@
-"""Reference control plane: Commands API, agent hub, and the agentctl client."""

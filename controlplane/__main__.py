@@ -1,6 +1,0 @@
-"""``python -m controlplane``."""
-
-from controlplane.cli import main
-
-
-raise SystemExit(main())

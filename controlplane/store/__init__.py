@@ -1,6 +1,0 @@
-"""SQLite storage: one module per aggregate, all access through :class:`Database`."""
-
-from controlplane.store.db import Database, connect, transaction
-
-
-__all__ = ["Database", "connect", "transaction"]

@@ -1,5 +1,0 @@
-"""Work sessions: the pure lifecycle state machine and the pure gate check.
-
-Storage lives in :mod:`controlplane.store.worksessions`, the HTTP API in
-:mod:`controlplane.api.worksessions`; nothing in this package does I/O.
-"""

@@ -1,0 +1,326 @@
+"""The backhaul: one websocket from the agent to the control plane, kept alive forever.
+
+Per connection three tasks share a TaskGroup: the reader (decodes frames and hands them
+to the handler), the writer (drains the outbox) and the keepalive (application pings; a
+missing pong declares the peer dead). When any of them fails, the others are cancelled,
+the connection is closed and the reconnect loop dials again after a jittered delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal, Protocol
+from uuid import UUID
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from fleetgate import __version__
+from fleetgate.agent.backhaul.outbox import Outbox
+from fleetgate.agent.backhaul.retry import Backoff, classify
+from fleetgate.agent.backhaul.tls import agent_headers, ssl_context
+from fleetgate.agent.clock import monotonic, utcnow
+from fleetgate.agent.config import AgentConfig
+from fleetgate.agent.errors import AuthRejected, ConnectionLost
+from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.protocol import (
+    ChannelClose,
+    ChannelOpen,
+    CommandRun,
+    Confirm,
+    ErrorMessage,
+    Hello,
+    Ping,
+    Pong,
+    ServerMessage,
+    Welcome,
+    WorkSessionEnded,
+    decode_server_message,
+    encode,
+    error_ref,
+)
+
+
+__all__ = ["Backhaul", "ChannelHandler", "CommandHandler", "LinkState"]
+
+log = structlog.get_logger(__name__)
+
+
+class CommandHandler(Protocol):
+    """What the backhaul needs from the dispatcher."""
+
+    def running(self) -> list[UUID]:
+        """Ids of the commands in progress, announced in ``hello``."""
+        ...
+
+    def on_command(self, message: CommandRun, delivered_at: datetime) -> ErrorMessage | None:
+        """Accept a command without blocking; return an error to send back, if refused."""
+        ...
+
+    def on_work_session_ended(self, message: WorkSessionEnded) -> None:
+        """Revoke what the work session allowed, at once (must not block)."""
+        ...
+
+
+class ChannelHandler(Protocol):
+    """What the backhaul needs from the channel router."""
+
+    def on_open(self, message: ChannelOpen) -> ErrorMessage | None:
+        """Accept a channel without blocking; return an error to send back, if refused."""
+        ...
+
+    def on_close(self, message: ChannelClose) -> None:
+        """End a channel the control plane no longer wants."""
+        ...
+
+
+@dataclass
+class LinkState:
+    """What ``fleetgate-agent status`` shows about the backhaul."""
+
+    status: Literal["connecting", "connected", "waiting"] = "connecting"
+    connected_since: datetime | None = None
+    last_error: str | None = None
+    connects: int = 0
+    rtt: float | None = field(default=None)
+
+
+class Backhaul:
+    """Dials the control plane, reconnects with backoff, and moves messages both ways."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        key: str,
+        outbox: Outbox,
+        handler: CommandHandler,
+        channels: ChannelHandler | None = None,
+        on_connected: Callable[[], None] | None = None,
+        on_state: Callable[[LinkState], None] | None = None,
+    ) -> None:
+        self._config = config
+        self._key = key
+        self._outbox = outbox
+        self._handler = handler
+        self._channels = channels
+        self._on_connected = on_connected
+        self._on_state = on_state
+        self._nonces = itertools.count(1)
+        self._pongs: dict[int, asyncio.Future[None]] = {}
+        self.state = LinkState()
+        self.server_name: str | None = None
+        self._up_since: float | None = None
+
+    async def run(self) -> None:
+        """Keep a connection up until cancelled.
+
+        Raises:
+            AuthRejected: the control plane refused our credentials; retrying is useless.
+        """
+        bh = self._config.backhaul
+        backoff = Backoff(bh.reconnect_min_delay, bh.reconnect_max_delay, bh.stable_after)
+        while True:
+            self._up_since = None
+            self._set_status("connecting")
+            try:
+                await self._session()
+            except ConnectionLost as exc:
+                self.state.last_error = str(exc)
+                log.warning("backhaul.disconnected", reason=str(exc))
+            except Exception as exc:
+                if classify(exc) == "fatal":
+                    raise
+                self.state.last_error = repr(exc)
+                log.exception("backhaul.error")
+            self.state.connected_since = None
+            self._set_status("waiting")
+            uptime = 0.0 if self._up_since is None else monotonic() - self._up_since
+            delay = backoff.next_delay(uptime)
+            log.info("backhaul.reconnect_in", seconds=round(delay, 3), uptime=round(uptime, 3))
+            await asyncio.sleep(delay)
+
+    def _set_status(self, status: Literal["connecting", "connected", "waiting"]) -> None:
+        self.state.status = status
+        if self._on_state is not None:
+            self._on_state(self.state)
+
+    async def _session(self) -> None:
+        ws = await self._dial()
+        close_code, reason = 1000, ""
+        try:
+            await self._handshake(ws)
+            self._up_since = monotonic()
+            self.state.connected_since = utcnow()
+            self.state.connects += 1
+            self._set_status("connected")
+            log.info("backhaul.connected", server=self.server_name)
+            if self._on_connected is not None:
+                self._on_connected()
+            await self._outbox.rewind()
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._reader(ws))
+                    tg.create_task(self._writer(ws))
+                    tg.create_task(self._keepalive(ws))
+            except* (ConnectionClosed, OSError, TimeoutError) as group:
+                raise ConnectionLost(_describe(group.exceptions[0])) from group
+            except* ConnectionLost as group:
+                raise group.exceptions[0] from None
+        except asyncio.CancelledError:
+            # Cancelled means the agent stops: say so, the control plane logs it.
+            close_code, reason = 1001, "agent shutting down"
+            raise
+        except _PeerDead:
+            # A peer that does not answer pings will not answer a close either: drop
+            # the TCP connection instead of waiting out the closing handshake.
+            ws.transport.abort()
+            raise
+        finally:
+            for waiter in self._pongs.values():
+                waiter.cancel()
+            self._pongs.clear()
+            await ws.close(close_code, reason)
+
+    async def _dial(self) -> ClientConnection:
+        cp = self._config.control_plane
+        limits = self._config.limits
+        headers = agent_headers(self._config, self._key)
+        try:
+            return await connect(
+                cp.backhaul_url,
+                additional_headers=headers,
+                user_agent_header=f"fleetgate-agent/{__version__}",
+                ssl=ssl_context(cp),
+                open_timeout=self._config.backhaul.open_timeout,
+                # Application keepalive instead of protocol pings: it also proves the
+                # control plane's event loop answers, not just its TCP stack.
+                ping_interval=None,
+                close_timeout=5,
+                # Frames above the application limit still arrive so that they can be
+                # answered with an error; beyond twice the limit the link is closed.
+                max_size=2 * limits.max_message_bytes,
+                compression=None,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (401, 403):
+                raise AuthRejected(
+                    f"control plane refused our credentials (HTTP {status})"
+                ) from exc
+            raise ConnectionLost(f"handshake refused with HTTP {status}") from exc
+        except (OSError, TimeoutError, InvalidHandshake) as exc:
+            raise ConnectionLost(f"cannot connect to {cp.backhaul_url}: {_describe(exc)}") from exc
+
+    async def _handshake(self, ws: ClientConnection) -> None:
+        hello = Hello(
+            agent_version=__version__,
+            hostname=socket.gethostname(),
+            running=self._handler.running(),
+        )
+        await ws.send(encode(hello))
+        try:
+            async with asyncio.timeout(self._config.backhaul.open_timeout):
+                frame = await ws.recv()
+        except TimeoutError as exc:
+            raise ConnectionLost("no welcome from the control plane") from exc
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"closed during handshake: {_describe(exc)}") from exc
+        try:
+            welcome = self._decode(frame)
+        except ProtocolViolation as exc:
+            raise ConnectionLost(f"bad welcome: {exc}") from exc
+        if not isinstance(welcome, Welcome):
+            raise ConnectionLost(f"expected welcome, got {welcome.type}")
+        self.server_name = welcome.server_name
+
+    async def _reader(self, ws: ClientConnection) -> None:
+        async for frame in ws:
+            try:
+                message = self._decode(frame)
+            except ProtocolViolation as exc:
+                log.warning("backhaul.bad_frame", code=exc.code, reason=exc.message)
+                reply = ErrorMessage(code=exc.code, message=exc.message, ref=error_ref(frame))
+                await ws.send(encode(reply))
+                continue
+            await self._handle(ws, message)
+        raise ConnectionLost("the control plane closed the connection")
+
+    async def _handle(self, ws: ClientConnection, message: ServerMessage) -> None:
+        match message:
+            case Confirm(rids=rids):
+                await self._outbox.confirm(rids)
+            case CommandRun():
+                refusal = self._handler.on_command(message, utcnow())
+                if refusal is not None:
+                    await ws.send(encode(refusal))
+            case WorkSessionEnded():
+                self._handler.on_work_session_ended(message)
+            case ChannelOpen():
+                refused = self._open_channel(message)
+                if refused is not None:
+                    await ws.send(encode(refused))
+            case ChannelClose():
+                if self._channels is not None:
+                    self._channels.on_close(message)
+            case Ping(nonce=nonce):
+                await ws.send(encode(Pong(nonce=nonce)))
+            case Pong(nonce=nonce):
+                waiter = self._pongs.pop(nonce, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            case ErrorMessage(code=code, message=text, ref=ref):
+                log.warning("backhaul.peer_error", code=code, reason=text, ref=ref)
+            case Welcome():
+                log.warning("backhaul.unexpected_welcome")
+
+    def _open_channel(self, message: ChannelOpen) -> ErrorMessage | None:
+        if self._channels is None:
+            return ErrorMessage(
+                code="unsupported",
+                message="this agent serves no channels",
+                ref=str(message.channel_id),
+            )
+        return self._channels.on_open(message)
+
+    async def _writer(self, ws: ClientConnection) -> None:
+        while True:
+            for report in await self._outbox.next_batch():
+                await ws.send(encode(report))
+
+    async def _keepalive(self, ws: ClientConnection) -> None:
+        bh = self._config.backhaul
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(bh.keepalive_interval)
+            nonce = next(self._nonces)
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._pongs[nonce] = waiter
+            sent = monotonic()
+            await ws.send(encode(Ping(nonce=nonce)))
+            try:
+                async with asyncio.timeout(bh.keepalive_timeout):
+                    await waiter
+            except TimeoutError:
+                raise _PeerDead(f"no pong within {bh.keepalive_timeout:g} s") from None
+            finally:
+                self._pongs.pop(nonce, None)
+            self.state.rtt = monotonic() - sent
+
+    def _decode(self, frame: str | bytes) -> ServerMessage:
+        return decode_server_message(frame, max_bytes=self._config.limits.max_message_bytes)
+
+
+class _PeerDead(ConnectionLost):
+    """The keepalive found the control plane silent."""
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,136 @@
+"""The outbox: reports waiting to reach the control plane, durable, with backpressure.
+
+Producers (the command tasks) ``await put(...)``; when the number of unconfirmed reports
+reaches the bound, they wait until confirmations free space, which in turn pauses the
+command's output reader and, through the pipe, the command itself. A report is written
+to the spool before it may be sent, and deleted from it once confirmed, so whatever the
+control plane has not stored survives a crash of the agent. One writer per connection
+drains it with :meth:`next_batch`.
+
+Waiters (producers for space, the writer for reports, shutdown for an empty outbox)
+re-check their condition after every change; a change wakes them through a *pulse*: an
+event that is set and replaced, so no lock is needed on the single event loop and the
+spool can report a commit from a plain callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from uuid import UUID
+
+from fleetgate.agent.spool import Batch, PendingReports, Spool
+from fleetgate.shared.protocol import CommandReport
+
+
+__all__ = ["Outbox"]
+
+
+class Outbox:
+    """Bounded store of unconfirmed reports, shared by producers and the backhaul writer.
+
+    Without a ``spool`` (unit tests of the backhaul) reports live in memory only.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_reports: int,
+        spool: Spool | None = None,
+        pending: PendingReports | None = None,
+    ) -> None:
+        self._book = pending if pending is not None else PendingReports(durable=spool is not None)
+        self._spool = spool
+        self._max = max_reports
+        self._pulse = asyncio.Event()
+        if spool is not None:
+            spool.on_commit(self._committed)
+
+    def __len__(self) -> int:
+        return len(self._book)
+
+    def holds_final(self, command_id: UUID) -> bool:
+        """Whether this command's final report is still waiting for confirmation."""
+        return self._book.holds_final(command_id)
+
+    async def put(
+        self,
+        make: Callable[[int], CommandReport],
+        *,
+        with_change: Callable[[Batch, CommandReport], None] | None = None,
+    ) -> CommandReport:
+        """Add a report built by ``make(rid)``; return once it is durable."""
+        report, durable = await self.add(make, with_change=with_change)
+        await durable
+        return report
+
+    async def add(
+        self,
+        make: Callable[[int], CommandReport],
+        *,
+        with_change: Callable[[Batch, CommandReport], None] | None = None,
+    ) -> tuple[CommandReport, Awaitable[None]]:
+        """Add a report built by ``make(rid)``, waiting for space; return it with an
+        awaitable that completes once it is on disk (and may be sent).
+
+        ``with_change(batch, report)`` is written in the same transaction as the report:
+        an inbox state that must never be behind the reports already sent.
+        """
+        await self._until(lambda: len(self._book) < self._max)
+        report = self._book.add(make)
+        if self._spool is None:
+            self._notify()
+            done = asyncio.get_running_loop().create_future()
+            done.set_result(None)
+            return report, done
+
+        def change(batch: Batch) -> None:
+            if with_change is not None:
+                with_change(batch, report)
+            batch.add_report(report)
+
+        # Staged right after add(), without an await: rids reach the batch in order, so
+        # a commit that covers this rid covers every smaller one too.
+        return report, self._spool.commit(change)
+
+    async def confirm(self, rids: list[int]) -> None:
+        """Drop reports the control plane stored; wakes producers waiting for space."""
+        if self._book.confirm(rids):
+            self._notify()
+        if self._spool is not None:
+            # Not awaited: if the deletion is lost in a crash, the report is sent once
+            # more and the control plane ignores the duplicate.
+            self._spool.stage(lambda batch: batch.confirmed.extend(rids))
+
+    async def rewind(self) -> None:
+        """A new connection: everything unconfirmed will be sent again, oldest first."""
+        self._book.rewind()
+        self._notify()
+
+    async def next_batch(self, limit: int = 256) -> list[CommandReport]:
+        """Wait for reports not yet sent on this connection and mark them sent."""
+        await self._until(self._book.has_unsent)
+        batch = self._book.unsent(limit)
+        self._book.mark_sent(batch[-1].rid)
+        return batch
+
+    async def drained(self) -> None:
+        """Wait until every report has been confirmed (used at shutdown, under a timeout)."""
+        await self._until(lambda: len(self._book) == 0)
+
+    def _committed(self, batch: Batch) -> None:
+        """The spool wrote ``batch``: its reports may be sent now."""
+        if batch.next_rid is not None:
+            self._book.mark_durable(batch.next_rid - 1)
+            self._notify()
+
+    def _notify(self) -> None:
+        self._pulse.set()
+        self._pulse = asyncio.Event()
+
+    async def _until(self, condition: Callable[[], bool]) -> None:
+        while True:
+            pulse = self._pulse  # taken before the check: no wake-up can slip between
+            if condition():
+                return
+            await pulse.wait()

@@ -1,0 +1,235 @@
+"""The channel router: from ``channel.open`` to a served channel, and its teardown.
+
+:meth:`ChannelRouter.on_open` runs on the backhaul reader and never blocks: it verifies
+the grant with the kind's scope, applies the limits and the kind's own ``check``, and
+queues the channel. :meth:`ChannelRouter.run` owns one task per channel: it dials the
+channel's websocket, awaits the kind's ``serve`` and closes the link however that ends.
+A refusal found later (inside ``serve``) closes the link with 4403 and a JSON reason the
+control plane hands to the client unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from time import time
+from typing import Protocol
+from uuid import UUID
+
+import structlog
+
+from fleetgate.agent.audit import AuditLog
+from fleetgate.agent.backhaul import ChannelLink, dial_channel
+from fleetgate.agent.config import AgentConfig
+from fleetgate.agent.errors import ChannelClosed, ChannelRefused, ConnectionLost
+from fleetgate.agent.policy import GrantPolicy, GrantRefused
+from fleetgate.shared.protocol import ChannelClose, ChannelOpen, ErrorMessage, GrantClaims
+from fleetgate.shared.protocol.channels import (
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    CLOSE_REFUSED,
+    refusal_reason,
+)
+
+
+__all__ = ["ChannelRouter", "ChannelService"]
+
+log = structlog.get_logger(__name__)
+
+Dialer = Callable[[AgentConfig, str, UUID], Awaitable[ChannelLink]]
+
+
+class ChannelService(Protocol):
+    """One kind of channel (websh, files, tunnel), as the router sees it."""
+
+    kind: str
+    """The ``spec.kind`` this service serves."""
+    scope: str
+    """The work-session scope its grants must carry."""
+
+    def check(self, message: ChannelOpen) -> None:
+        """Refuse early (no I/O, no blocking) by raising :class:`ChannelRefused`."""
+        ...
+
+    async def serve(
+        self, message: ChannelOpen, link: ChannelLink, claims: GrantClaims | None
+    ) -> None:
+        """Serve the channel until it ends; the router closes ``link`` afterwards.
+
+        ``claims`` are the verified grant's (``None`` only when unsigned operations are
+        allowed). Raise :class:`ChannelRefused` to end with a refusal the client sees.
+        """
+        ...
+
+
+class ChannelRouter:
+    """Accepts channel requests from the backhaul and owns the channels it serves."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        key: str,
+        grants: GrantPolicy,
+        audit: AuditLog | None = None,
+        dial: Dialer = dial_channel,
+    ) -> None:
+        self._config = config
+        self._key = key
+        self._grants = grants
+        self._audit = audit
+        self._dial = dial
+        self._services: dict[str, ChannelService] = {}
+        self._max = config.limits.max_channels
+        self._intake: asyncio.Queue[tuple[ChannelOpen, ChannelService, GrantClaims | None]] = (
+            asyncio.Queue(maxsize=self._max)
+        )
+        self._open: dict[UUID, asyncio.Task[None] | None] = {}
+        self._accepting = True
+
+    def register(self, service: ChannelService) -> None:
+        """Serve channels of ``service.kind`` with ``service``."""
+        if service.kind in self._services:
+            raise ValueError(f"a service for {service.kind!r} channels is already registered")
+        self._services[service.kind] = service
+
+    def open_channels(self) -> int:
+        """How many channels are accepted and not yet ended."""
+        return len(self._open)
+
+    # -- called by the backhaul reader ------------------------------------------------
+
+    def on_open(self, message: ChannelOpen) -> ErrorMessage | None:
+        """Accept a channel without blocking, or say why not."""
+        channel_id = message.channel_id
+        kind = message.spec.kind
+        try:
+            service = self._admit(message)
+            claims = self._grants.check(
+                message.grant, command_id=channel_id, scope=service.scope, now=time()
+            )
+            service.check(message)
+        except (ChannelRefused, GrantRefused) as exc:
+            code = exc.code
+            detail = exc.message if isinstance(exc, ChannelRefused) else exc.detail
+            log.warning("channel.refused", channel_id=str(channel_id), kind=kind, code=code)
+            self._record("channel.refused", message, code=code, reason=detail)
+            return ErrorMessage(code=code, message=detail, ref=str(channel_id))
+        self._open[channel_id] = None
+        self._intake.put_nowait((message, service, claims))
+        return None
+
+    def _admit(self, message: ChannelOpen) -> ChannelService:
+        if not self._accepting:
+            raise ChannelRefused("shutting_down", "the agent is stopping")
+        service = self._services.get(message.spec.kind)
+        if service is None:
+            raise ChannelRefused(
+                "unsupported", f"this agent does not serve {message.spec.kind} channels"
+            )
+        if message.channel_id in self._open:
+            raise ChannelRefused("duplicate", "this channel is already open")
+        if len(self._open) >= self._max:
+            raise ChannelRefused("busy", f"too many open channels (limit {self._max})")
+        return service
+
+    def on_close(self, message: ChannelClose) -> None:
+        """End a channel now: its task is cancelled, which closes its link."""
+        task = self._open.get(message.channel_id)
+        if task is not None:
+            log.info("channel.close_requested", channel_id=str(message.channel_id))
+            task.cancel(message.reason or "closed by the control plane")
+
+    def stop_accepting(self) -> None:
+        """Refuse new channels from now on (graceful shutdown)."""
+        self._accepting = False
+
+    # -- the owner of all channel tasks -----------------------------------------------
+
+    async def run(self) -> None:
+        """Serve channels until cancelled; cancelling it ends every channel."""
+        async with asyncio.TaskGroup() as tg:
+            while True:
+                message, service, claims = await self._intake.get()
+                channel_id = message.channel_id
+                if channel_id not in self._open:
+                    continue  # closed before it started
+                self._open[channel_id] = tg.create_task(
+                    self._serve(message, service, claims), name=f"channel-{channel_id}"
+                )
+
+    async def _serve(
+        self, message: ChannelOpen, service: ChannelService, claims: GrantClaims | None
+    ) -> None:
+        channel_id = message.channel_id
+        with structlog.contextvars.bound_contextvars(
+            channel_id=str(channel_id), kind=message.spec.kind
+        ):
+            try:
+                await self._dial_and_serve(message, service, claims)
+            finally:
+                self._open.pop(channel_id, None)
+
+    async def _dial_and_serve(
+        self, message: ChannelOpen, service: ChannelService, claims: GrantClaims | None
+    ) -> None:
+        try:
+            link = await self._dial(self._config, self._key, message.channel_id)
+        except ConnectionLost as exc:
+            log.warning("channel.dial_failed", reason=str(exc))
+            return
+        self._record("channel.opened", message, work_session=claims and claims.work_session)
+        code, reason = CLOSE_NORMAL, ""
+        window = asyncio.timeout_at(_deadline(claims))
+        try:
+            async with window:
+                await service.serve(message, link, claims)
+        except asyncio.CancelledError:
+            code, reason = CLOSE_NORMAL, "closed"
+            raise
+        except ChannelClosed as exc:
+            log.info("channel.peer_closed", code=exc.code, reason=exc.reason)
+        except ChannelRefused as exc:
+            log.warning("channel.refused", code=exc.code, reason=exc.message)
+            self._record("channel.refused", message, code=exc.code, reason=exc.message)
+            code, reason = CLOSE_REFUSED, refusal_reason(exc.code, exc.message)
+        except Exception as exc:
+            if isinstance(exc, TimeoutError) and window.expired():
+                # The agent's own clock ends the channel with its grant, whatever the
+                # control plane does (or if it cannot be reached).
+                log.info("channel.grant_expired")
+                code = CLOSE_REFUSED
+                reason = refusal_reason("work_session_expired", "the work session has expired")
+            else:
+                # One broken channel must not take the others (or the agent) down.
+                log.exception("channel.failed")
+                code, reason = CLOSE_INTERNAL, "internal error"
+        finally:
+            await _close_quietly(link, code, reason)
+            self._record("channel.closed", message, code=code)
+
+    def _record(self, event: str, message: ChannelOpen, **fields: object) -> None:
+        if self._audit is not None:
+            spec = message.spec
+            self._audit.record(
+                event,
+                channel_id=str(message.channel_id),
+                kind=spec.kind,
+                user=getattr(spec, "username", None),
+                **fields,
+            )
+
+
+def _deadline(claims: GrantClaims | None) -> float | None:
+    """The event-loop time at which the grant of a channel runs out (``None``: never)."""
+    if claims is None or claims.expires_at is None:
+        return None
+    return asyncio.get_running_loop().time() + max(0.0, claims.expires_at - time())
+
+
+async def _close_quietly(link: ChannelLink, code: int, reason: str) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await link.close(code, reason)
+    except (TimeoutError, OSError):
+        link.abort()

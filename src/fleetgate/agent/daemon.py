@@ -1,0 +1,301 @@
+"""The composition root: builds every component, owns them in one TaskGroup, stops them.
+
+Shutdown on SIGTERM or SIGINT happens in phases under a deadline: refuse new commands,
+let running ones finish and their reports be confirmed (``limits.shutdown_grace``), then
+cancel what is left (running commands are killed by process group) and close the link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from fleetgate.agent.audit import AuditLog
+from fleetgate.agent.backhaul import Backhaul, LinkState, Outbox
+from fleetgate.agent.channels import ChannelRouter
+from fleetgate.agent.config import AgentConfig
+from fleetgate.agent.dispatch import Dispatcher
+from fleetgate.agent.errors import AgentError, StateDirError
+from fleetgate.agent.files.service import FilesService
+from fleetgate.agent.policy import GrantPolicy
+from fleetgate.agent.service import ServiceRuntime
+from fleetgate.agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
+from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
+from fleetgate.agent.sudo.elevation import ElevationPolicy
+from fleetgate.agent.tunnel.service import TunnelService
+from fleetgate.agent.websh.service import WebshService
+from fleetgate.shared.protocol import SudoDecided
+
+
+__all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
+
+log = structlog.get_logger(__name__)
+
+
+class _Stop(Exception):
+    """Raised inside the TaskGroup to end it after a graceful shutdown (not an error)."""
+
+
+def prepare_state_dir(path: Path) -> None:
+    """Create the state directory (0700) and prove it is writable.
+
+    Raises:
+        StateDirError: it cannot be created, or a file cannot be written and synced in it
+            (read-only file system, full disk, wrong owner).
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = path / ".write-probe"
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        probe.unlink()
+    except OSError as exc:
+        raise StateDirError(f"state_dir {path} is not usable: {exc.strerror or exc}") from exc
+
+
+def adopt_root_groups() -> None:
+    """As root, carry exactly root's own supplementary groups.
+
+    Services often start with an empty group list; commands as root must run with root's
+    groups, and when the daemon already has them the runner spawns without switching.
+    """
+    if os.geteuid() == 0:
+        try:
+            os.setgroups(os.getgrouplist("root", 0))
+        except (OSError, KeyError) as exc:
+            log.warning("agent.setgroups_failed", error=str(exc))
+
+
+async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until ``stop`` is set or a signal arrives.
+
+    Raises:
+        ConfigError: the key file is unusable.
+        StateDirError: the state directory is unusable.
+        AuthRejected: the control plane refused this server's credentials.
+    """
+    key = config.read_key()
+    prepare_state_dir(config.state_dir)
+    adopt_root_groups()
+    if config.control_plane.url.scheme == "https" and not config.control_plane.verify_tls:
+        log.warning("tls.verification_disabled", url=str(config.control_plane.url))
+
+    grants = GrantPolicy.from_config(config)
+    if grants.warning:
+        log.warning("grants.unsafe_configuration", problem=grants.warning)
+    # The spool (inbox and outbox on disk) is opened before anything can reach us, and
+    # closed last, after the last report was written.
+    spool, leftovers = await Spool.open(config.state_dir)
+    try:
+        await _serve(config, key, grants, spool, leftovers, stop)
+    finally:
+        await spool.close()
+    log.info("agent.stopped")
+
+
+async def _serve(
+    config: AgentConfig,
+    key: str,
+    grants: GrantPolicy,
+    spool: Spool,
+    leftovers: Snapshot,
+    stop: asyncio.Event | None,
+) -> None:
+    pending = PendingReports()
+    pending.restore(leftovers.reports, next_rid=leftovers.next_rid)
+    if leftovers.reports or leftovers.active:
+        log.info(
+            "spool.recovered",
+            unconfirmed_reports=len(leftovers.reports),
+            unfinished_commands=len(leftovers.active),
+            next_rid=pending.next_rid,
+        )
+    outbox = Outbox(max_reports=config.limits.outbox_max_reports, spool=spool, pending=pending)
+    retention = Retention(
+        max_entries=config.spool.max_finished_commands,
+        max_bytes=config.spool.max_result_bytes,
+        max_age=config.spool.max_age,
+    )
+    audit = _open_audit(config)
+    sudo_sessions = SudoSessions()
+    dispatcher = Dispatcher(
+        config.limits,
+        outbox=outbox,
+        grants=grants,
+        spool=spool,
+        inbox=Inbox(retention=retention),
+        leftovers=leftovers,
+        audit=audit,
+        sudo=sudo_sessions,
+        elevation=ElevationPolicy(config.sudo.secure_path),
+    )
+    sudo_server = (
+        SudoDecisionServer(
+            config.sudo_socket,
+            sudo_sessions,
+            config.sudo,
+            audit=audit,
+            on_decided=lambda decided: _report_sudo(outbox, decided),
+        )
+        if config.sudo.enabled
+        else None
+    )
+    service = ServiceRuntime(
+        config, lambda: _details(backhaul.state, outbox, dispatcher, sudo_sessions)
+    )
+    channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
+    channels.register(FilesService(config))
+    channels.register(TunnelService(config.tunnel))
+    websh = WebshService(
+        config,
+        key,
+        on_shell_started=lambda pid, claims, terminal_id: sudo_sessions.register(
+            pid, claims, label=f"websh {terminal_id}"
+        ),
+        on_shell_ended=sudo_sessions.unregister,
+    )
+    channels.register(websh)
+    backhaul = Backhaul(
+        config,
+        key=key,
+        outbox=outbox,
+        handler=dispatcher,
+        channels=channels,
+        on_state=service.on_link_state,
+    )
+    try:
+        service.status.bind()
+        if sudo_server is not None:
+            sudo_server.bind()
+    except StateDirError:
+        service.close()
+        if audit is not None:
+            audit.close()
+        raise
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log.info("agent.starting", server_id=str(config.identity.server_id))
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(spool.run(), name="spool")
+            tg.create_task(dispatcher.run(), name="dispatcher")
+            tg.create_task(channels.run(), name="channels")
+            tg.create_task(websh.run(), name="websh")
+            tg.create_task(backhaul.run(), name="backhaul")
+            tg.create_task(service.notifier.watchdog(), name="watchdog")
+            tg.create_task(service.status.serve(), name="status")
+            if sudo_server is not None:
+                tg.create_task(sudo_server.serve(), name="sudo")
+            tg.create_task(
+                _shutdown_when(stop, dispatcher, channels, outbox, config, service),
+                name="shutdown",
+            )
+    except* _Stop:
+        pass
+    except* AgentError as group:
+        # Surface the first real error as itself, so the CLI can map it to an exit status.
+        raise group.exceptions[0]  # noqa: B904 - the group adds nothing to the story
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        service.close()
+        if audit is not None:
+            audit.close()
+
+
+async def _report_sudo(outbox: Outbox, decided: Decided) -> None:
+    """A decision about a work session goes to its timeline, through the outbox (durable,
+    confirmed: none is lost)."""
+    grant = decided.grant
+    if grant is None or grant.work_session is None:
+        return
+    command_id = None
+    if grant.label.startswith("command "):
+        try:
+            command_id = uuid.UUID(grant.label.removeprefix("command "))
+        except ValueError:
+            command_id = None
+    call, verdict = decided.call, decided.verdict
+    await outbox.add(
+        lambda rid: SudoDecided(
+            rid=rid,
+            decision_id=uuid.uuid4(),
+            work_session=grant.work_session or "",
+            session=grant.label[:256],
+            command_id=command_id,
+            user=decided.caller.user[:64],
+            command=call.command[:4096],
+            argv=[a[:4096] for a in call.argv[:256]],
+            allowed=verdict.allowed,
+            code=verdict.code[:64],
+            message=verdict.message[:4096],
+            at=datetime.fromtimestamp(decided.at, UTC),
+        )
+    )
+
+
+def _open_audit(config: AgentConfig) -> AuditLog | None:
+    if not config.audit.enabled:
+        return None
+    audit = AuditLog(
+        config.audit_file, max_bytes=config.audit.max_bytes, backups=config.audit.backups
+    )
+    audit.open()
+    return audit
+
+
+def _details(
+    link: LinkState, outbox: Outbox, dispatcher: Dispatcher, sudo: SudoSessions
+) -> dict[str, object]:
+    active = dispatcher.running()
+    return {
+        "connection": {
+            "status": link.status,
+            "connected_since": link.connected_since and link.connected_since.isoformat(),
+            "last_error": link.last_error,
+            "connects": link.connects,
+            "rtt": link.rtt,
+        },
+        "unconfirmed_reports": len(outbox),
+        "active_commands": len(active),
+        "command_ids": [str(c) for c in active[:100]],
+        "sudo_sessions": len(sudo),
+    }
+
+
+async def _shutdown_when(
+    stop: asyncio.Event,
+    dispatcher: Dispatcher,
+    channels: ChannelRouter,
+    outbox: Outbox,
+    config: AgentConfig,
+    service: ServiceRuntime,
+) -> None:
+    await stop.wait()
+    log.info("agent.stopping", grace=config.limits.shutdown_grace)
+    service.stopping(len(dispatcher.running()))
+    dispatcher.stop_accepting()
+    # Open channels (terminals, transfers, tunnels) end when the TaskGroup is cancelled
+    # below: they have no result to wait for, and their clients see the close.
+    channels.stop_accepting()
+    try:
+        async with asyncio.timeout(config.limits.shutdown_grace):
+            await dispatcher.wait_idle()
+            await outbox.drained()
+    except TimeoutError:
+        # Not lost: they are in the spool and go out first after the next start.
+        log.warning("agent.shutdown_grace_exceeded", unconfirmed_reports_kept=len(outbox))
+    raise _Stop

@@ -1,0 +1,263 @@
+"""Run one command as its requested user and stream its output.
+
+The command is ``/bin/sh -c line`` in a new session (so it leads its own process group),
+with stdout and stderr merged into one pipe that the agent owns. Two activities run
+side by side in a task group:
+
+* the *pump* reads the pipe a block at a time, only when the previous block has been
+  handed to ``on_output``: a slow consumer stops the reads, the pipe fills up and the
+  command blocks in ``write``. Apart from the kernel's pipe buffer, at most one block,
+  one partial chunk and the capped result are held in memory;
+* the *supervisor* waits for the main process, enforces the timeout (SIGTERM to the
+  group, grace, SIGKILL) and, once the process is gone, kills what is left of its
+  process group so background jobs do not outlive the command.
+
+After the exit the pump keeps reading: first everything that was already in the pipe
+(the command's own last words, however slow the consumer), then until EOF but at most
+:data:`fleetgate.agent.exec.pump.DRAIN_TIMEOUT` seconds, since a grandchild that left the process group (setsid)
+may hold the pipe open for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from fleetgate.agent.clock import monotonic, utcnow
+from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.errors import CommandError
+from fleetgate.agent.exec.pump import OnOutput, OutputPump
+from fleetgate.agent.exec.spawn import find_setpriv, prepare, spawn
+from fleetgate.shared.protocol.messages import CommandRun
+
+
+__all__ = ["CommandOutcome", "OnStarted", "run_command"]
+
+OnStarted = Callable[[datetime], Awaitable[None]]
+
+_log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandOutcome:
+    """How a command ended.
+
+    Attributes:
+        acked_at: when the process started (or when the start was attempted).
+        handled_at: when it ended.
+        elapsed_time: monotonic seconds from start to exit (0.0 if it never started).
+        exit_code: the exit status; 128+N if killed by signal N, 124 on timeout,
+            1 if it could not start.
+        result: the output, capped to head and tail.
+        truncated: bytes were left out of ``result``.
+        output_bytes: total bytes the command wrote.
+        error_phase: ``None``, ``"start"`` (could not start) or ``"timeout"``.
+        message: a human explanation for ``error_phase`` or for a death by signal.
+    """
+
+    acked_at: datetime
+    handled_at: datetime
+    elapsed_time: float
+    exit_code: int
+    result: str
+    truncated: bool
+    output_bytes: int
+    error_phase: str | None
+    message: str | None
+
+    @property
+    def success(self) -> bool:
+        """The command exited with status 0 on its own."""
+        return self.exit_code == 0 and self.error_phase is None
+
+
+async def run_command(
+    request: CommandRun,
+    limits: LimitsConfig,
+    *,
+    on_started: OnStarted,
+    on_output: OnOutput,
+    use_setpriv: bool = True,
+    track: Callable[[int], Callable[[], None]] | None = None,
+) -> CommandOutcome:
+    """Run a command to completion.
+
+    Args:
+        request: the command.
+        limits: timeout, kill grace, chunk size, flush interval and result cap.
+        on_started: awaited once, before any output, with the start time; also for a
+            command that cannot start.
+        on_output: awaited with ``(seq, text)`` for each output chunk, ``seq`` from 0.
+        use_setpriv: drop privileges through util-linux setpriv when it is installed
+            (see :mod:`fleetgate.agent.exec.spawn`); False forces the standard library's switch.
+        track: called with the pid (= the process session id) as soon as the process
+            exists; the callable it returns is called once the process group is gone
+            (sudo mediation registers the session this way).
+
+    Returns:
+        The outcome. A command that cannot start is an outcome too (``error_phase``
+        ``"start"``), never an exception.
+
+    Raises:
+        asyncio.CancelledError: after the process group was stopped and reaped.
+        Exception: whatever ``on_started`` or ``on_output`` raised, likewise after
+            stopping the command.
+    """
+    log = _log.bind(command_id=str(request.command_id), user=request.username)
+    acked_at = utcnow()
+    try:
+        identity, cwd = await asyncio.to_thread(prepare, request)
+        setpriv = find_setpriv() if use_setpriv else None
+        proc, read_fd = await spawn(request, identity, cwd, setpriv=setpriv)
+    except (CommandError, OSError, subprocess.SubprocessError) as exc:
+        reason = _start_error(exc)
+        log.warning("command.finished", error_phase="start", message=reason)
+        await on_started(acked_at)
+        return CommandOutcome(acked_at, utcnow(), 0.0, 1, "", False, 0, "start", reason)
+
+    acked_at, started = utcnow(), monotonic()
+    spawned = asyncio.get_running_loop().time()
+    deadline = spawned + (request.timeout or limits.command_timeout)
+    log.info("command.started", pid=proc.pid)
+    untrack = track(proc.pid) if track is not None else None
+    pump = OutputPump(read_fd, limits, on_output)
+    try:
+        await on_started(acked_at)
+        async with asyncio.TaskGroup() as tg:
+            supervisor = tg.create_task(
+                _supervise(proc, spawned, deadline, limits.kill_grace, pump)
+            )
+            await pump.run()
+        exit_ = supervisor.result()
+    except BaseExceptionGroup as group:
+        # In practice only on_output can fail in the group (the supervisor is then
+        # cancelled); hand its exception to the caller unwrapped.
+        raise group.exceptions[0] from None
+    finally:
+        pump.close()
+        try:
+            await _stop(proc, limits.kill_grace)
+        finally:
+            if untrack is not None:
+                untrack()
+
+    elapsed = exit_.ended - started
+    returncode = proc.returncode
+    assert returncode is not None  # _supervise returns after the process was reaped
+    error_phase: str | None = None
+    message: str | None = None
+    if exit_.timed_out:
+        exit_code, error_phase = 124, "timeout"
+        message = f"timed out after {exit_.timed_out_after:.1f} s"
+    elif returncode < 0:
+        exit_code = 128 - returncode
+        message = f"killed by signal {_signal_name(-returncode)}"
+    else:
+        exit_code = returncode
+    result, truncated = pump.capture.result()
+    log.info(
+        "command.finished",
+        exit_code=exit_code,
+        elapsed=round(elapsed, 3),
+        bytes=pump.capture.total_bytes,
+        error_phase=error_phase,
+    )
+    return CommandOutcome(
+        acked_at=acked_at,
+        handled_at=exit_.handled_at,
+        elapsed_time=elapsed,
+        exit_code=exit_code,
+        result=result,
+        truncated=truncated,
+        output_bytes=pump.capture.total_bytes,
+        error_phase=error_phase,
+        message=message,
+    )
+
+
+def _start_error(exc: BaseException) -> str:
+    if isinstance(exc, CommandError):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"cannot start the command: {exc.strerror}{where}"
+    return f"cannot start the command: {exc}"
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+@dataclass(frozen=True, slots=True)
+class _Exit:
+    ended: float  # monotonic
+    handled_at: datetime
+    timed_out: bool
+    timed_out_after: float
+
+
+async def _supervise(
+    proc: asyncio.subprocess.Process,
+    spawned: float,
+    deadline: float,
+    grace: float,
+    pump: OutputPump,
+) -> _Exit:
+    """Wait for the main process (stopping it at ``deadline``), then kill its group.
+
+    ``spawned`` and ``deadline`` are event-loop times.
+    """
+    timed_out, timed_out_after = False, 0.0
+    try:
+        async with asyncio.timeout_at(deadline):
+            await proc.wait()
+    except TimeoutError:
+        timed_out, timed_out_after = True, asyncio.get_running_loop().time() - spawned
+        await _stop(proc, grace)
+    ended, handled_at = monotonic(), utcnow()
+    # Background jobs of the command share its process group; they must not outlive it.
+    _signal_group(proc.pid, signal.SIGKILL)
+    pump.process_exited()
+    return _Exit(ended, handled_at, timed_out, timed_out_after)
+
+
+async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
+    """SIGTERM the process group, SIGKILL it after ``grace`` seconds, reap the process.
+
+    Runs in ``finally`` blocks, so it finishes even if cancelled again meanwhile: a
+    second cancellation only skips the rest of the grace period, then is re-raised.
+    """
+    cancelled = False
+    if proc.returncode is None:
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            async with asyncio.timeout(grace):
+                await proc.wait()
+        except TimeoutError:
+            pass
+        except asyncio.CancelledError:
+            cancelled = True
+    _signal_group(proc.pid, signal.SIGKILL)
+    while proc.returncode is None:
+        try:
+            await proc.wait()
+        except asyncio.CancelledError:
+            cancelled = True
+    if cancelled:
+        raise asyncio.CancelledError

@@ -1,0 +1,156 @@
+"""Verification of grants (``fleetgate.shared.protocol.grants``), pure: no I/O.
+
+A command runs only if its grant is signed by the pinned control-plane key, names this
+command and this server, includes the operation's scope, and ``now`` is inside its time
+window (with a clock-skew allowance). A refusal carries the same ``work_session_*`` code
+the control plane would have given, so operators see one vocabulary.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from uuid import UUID
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from fleetgate.agent.config import AgentConfig
+from fleetgate.shared.protocol.grants import Grant, GrantClaims, decode_payload, parse_claims
+
+
+__all__ = ["GrantPolicy", "GrantRefused", "load_public_key", "verify_grant"]
+
+
+class GrantRefused(Exception):
+    """The grant does not allow this operation; ``code`` is a ``work_session_*`` code."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+def load_public_key(text: str) -> Ed25519PublicKey:
+    """An Ed25519 public key from standard base64 of its 32 raw bytes.
+
+    Raises:
+        ValueError: not base64, or not 32 bytes.
+    """
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
+    if len(raw) != 32:
+        raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(raw)}")
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def _signed_claims(grant: Grant, key: Ed25519PublicKey) -> GrantClaims:
+    try:
+        data = decode_payload(grant.payload)
+        signature = base64.b64decode(grant.signature, validate=True)
+    except (binascii.Error, ValueError):
+        raise GrantRefused("work_session_not_usable", "the grant is not well formed") from None
+    try:
+        key.verify(signature, data)
+    except InvalidSignature:
+        raise GrantRefused(
+            "work_session_not_usable", "the grant is not signed by the control plane"
+        ) from None
+    try:
+        return parse_claims(data)
+    except ValueError as exc:
+        raise GrantRefused("work_session_not_usable", str(exc)) from None
+
+
+def verify_grant(
+    grant: Grant | None,
+    *,
+    key: Ed25519PublicKey,
+    command_id: UUID,
+    server_id: UUID,
+    scope: str,
+    now: float,
+    skew: float,
+) -> GrantClaims:
+    """The claims of a valid grant for this command, else :class:`GrantRefused`.
+
+    Order: presence, signature (nothing unsigned is trusted), command, server, time
+    window (``not_before - skew <= now <= expires_at + skew``), scope.
+    """
+    if grant is None:
+        raise GrantRefused("work_session_required", "the command carries no grant")
+    claims = _signed_claims(grant, key)
+    if claims.command_id != command_id:
+        raise GrantRefused("work_session_not_usable", "the grant was issued for another command")
+    if claims.server_id != server_id or server_id not in claims.servers:
+        raise GrantRefused("work_session_server_not_allowed", "the grant is for another server")
+    if now < claims.not_before - skew:
+        raise GrantRefused("work_session_not_active", "the grant is not valid yet")
+    if claims.expires_at is not None and now > claims.expires_at + skew:
+        raise GrantRefused("work_session_expired", "the grant has expired")
+    if scope not in claims.scopes:
+        raise GrantRefused("work_session_scope_not_allowed", f"the grant has no {scope!r} scope")
+    return claims
+
+
+@dataclass(frozen=True)
+class GrantPolicy:
+    """The agent's grant settings: the pinned key (``None``: not configured)."""
+
+    server_id: UUID
+    key: Ed25519PublicKey | None
+    allow_unsigned: bool = False
+    skew: float = 60.0
+
+    @classmethod
+    def from_config(cls, config: AgentConfig) -> GrantPolicy:
+        """The policy of an agent configuration (the key was validated when loaded)."""
+        text = config.identity.control_plane_key
+        return cls(
+            server_id=config.identity.server_id,
+            key=None if text is None else load_public_key(text),
+            allow_unsigned=config.grants.allow_unsigned,
+            skew=config.grants.clock_skew,
+        )
+
+    @property
+    def warning(self) -> str | None:
+        """What an operator must know at start about this policy, if anything."""
+        if self.allow_unsigned:
+            return "grants.allow_unsigned is on: commands without a grant run (development only)"
+        if self.key is None:
+            return "identity.control_plane_key is not set: every command will be refused"
+        return None
+
+    def check(
+        self, grant: Grant | None, *, command_id: UUID, scope: str, now: float
+    ) -> GrantClaims | None:
+        """The verified claims of the operation, or :class:`GrantRefused`.
+
+        ``command_id`` is the operation's id (a command's, or a channel's). With
+        ``allow_unsigned`` (development only) an operation without a grant goes ahead
+        with no claims (``None``); a grant that is present is still verified when a key
+        is pinned.
+        """
+        if grant is None and self.allow_unsigned:
+            return None
+        if self.key is None:
+            if self.allow_unsigned:
+                return None
+            raise GrantRefused(
+                "work_session_not_usable",
+                "no control-plane key is pinned (identity.control_plane_key); "
+                "gated operations are refused",
+            )
+        return verify_grant(
+            grant,
+            key=self.key,
+            command_id=command_id,
+            server_id=self.server_id,
+            scope=scope,
+            now=now,
+            skew=self.skew,
+        )

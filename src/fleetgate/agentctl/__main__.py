@@ -1,0 +1,10 @@
+"""`python -m fleetgate.agentctl` runs the CLI."""
+
+from __future__ import annotations
+
+import sys
+
+from fleetgate.agentctl.main import main
+
+
+sys.exit(main())

@@ -1,0 +1,98 @@
+"""The client's end of a channel: a websocket to the control plane (asyncio).
+
+Terminals, file transfers and tunnel streams each open one with :func:`connect_channel`.
+A refused handshake carries the control plane's usual ``{code, detail}`` body and is
+raised as the same :class:`ApiError` an HTTP request would raise, so gate denials get the
+seed's diagnostics and exit status 3.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Mapping
+from urllib.parse import urlencode
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidHandshake, InvalidStatus
+
+from fleetgate.agentctl.client import USER_AGENT, error_from_answer
+from fleetgate.agentctl.context import Context
+from fleetgate.agentctl.errors import CliError
+
+
+__all__ = ["MAX_FRAME_BYTES", "channel_url", "connect_channel"]
+
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""Largest frame accepted from the control plane."""
+
+
+def channel_url(base: str, path: str, params: Mapping[str, str] | None = None) -> str:
+    """The websocket URL of ``path`` on the control plane at ``base`` (http[s]://...)."""
+    scheme, rest = base.rstrip("/").split("://", 1)
+    query = f"?{urlencode(dict(params))}" if params else ""
+    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{path}{query}"
+
+
+def _ssl(ctx: Context, url: str) -> ssl.SSLContext | None:
+    if not url.startswith("wss://"):
+        return None
+    cafile = str(ctx.config.ca_file) if ctx.config.ca_file else None
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise CliError(f"cannot load ca_file {cafile}: {exc}") from None
+    if not ctx.config.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def connect_channel(
+    ctx: Context,
+    path: str,
+    *,
+    params: Mapping[str, str] | None = None,
+    work_session: str | None = None,
+    open_timeout: float = 30.0,
+) -> ClientConnection:
+    """Open the channel websocket at ``path`` (for example ``/ws/websh/<id>/``).
+
+    Raises:
+        ApiError: the control plane refused (gate denial, unknown server, agent refusal).
+        CliError: no control plane configured, not logged in, or it cannot be reached.
+    """
+    base = ctx.config.url
+    if not base or ctx.config.token is None:
+        ctx.client()  # raises the precise "not configured" / "not logged in" error
+        raise CliError("not logged in", code="NOT_LOGGED_IN")
+    url = channel_url(base, path, params)
+    headers = {"Authorization": f'token="{ctx.config.token.get_secret_value()}"'}
+    if work_session:
+        headers["X-Work-Session"] = work_session
+    try:
+        ws = await connect(
+            url,
+            additional_headers=headers,
+            user_agent_header=USER_AGENT,
+            ssl=_ssl(ctx, url),
+            open_timeout=open_timeout,
+            ping_interval=30,
+            ping_timeout=30,
+            close_timeout=5,
+            max_size=MAX_FRAME_BYTES,
+            write_limit=1024 * 1024,
+            compression=None,
+        )
+    except InvalidStatus as exc:
+        response = exc.response
+        raise error_from_answer(
+            response.status_code, bytes(response.body or b""), response.reason_phrase
+        ) from None
+    except (OSError, TimeoutError, InvalidHandshake) as exc:
+        raise CliError(f"cannot reach {base}: {exc}", code="CONNECTION_FAILED") from None
+    sock = ws.transport.get_extra_info("socket")
+    if sock is not None:
+        # Keystrokes and small tunnel writes go out at once (see client.NODELAY).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return ws

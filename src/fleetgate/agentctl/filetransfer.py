@@ -1,0 +1,399 @@
+"""The client side of one file transfer over a ``files`` channel (asyncio).
+
+An upload reads the local file in chunks, sends them as binary frames from the offset
+the agent reports in ``ready``, then ``end`` with the whole file's size and SHA-256; the
+agent answers ``done`` once the file is durable and in place. A download writes the
+frames to a hidden part file beside the target, checks the SHA-256 of ``done`` and
+renames the part file into place. Either way a dropped connection is retried and the
+transfer resumes from what is already through. Directories are in ``filetrees``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from fleetgate.agentctl.channel import connect_channel
+from fleetgate.agentctl.context import Context
+from fleetgate.agentctl.errors import CliError
+from fleetgate.agentctl.transfers import local_part_name, transfer_id
+
+
+__all__ = [
+    "CHUNK_BYTES",
+    "Dropped",
+    "Options",
+    "TransferFailed",
+    "download_file",
+    "open_channel",
+    "recv_control",
+    "upload_file",
+    "with_retries",
+]
+
+CHUNK_BYTES = 2 << 20
+FILES_PATH = "/ws/files/"
+RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 5.0)
+
+Report = Callable[[int], None]
+"""Called with the number of bytes of the file that are through so far."""
+
+
+@dataclass
+class Options:
+    """What every transfer of one invocation shares."""
+
+    server: str
+    user: str | None = None
+    group: str | None = None
+    overwrite: bool = False
+    work_session: str | None = None
+
+
+class TransferFailed(CliError):
+    """The agent refused or failed the transfer (its ``error`` frame)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message, code=f"files_{code}")
+        self.agent_code = code
+
+
+class Dropped(Exception):
+    """The connection ended before the transfer did: worth another attempt."""
+
+
+async def open_channel(ctx: Context, opts: Options, **fields: object) -> ClientConnection:
+    """Connect ``/ws/files/`` for one transfer (refusals raise ApiError/CliError)."""
+    params = {"server": opts.server, "user": opts.user or "root"}
+    if opts.group:
+        params["group"] = opts.group
+    for key, value in fields.items():
+        if value is None or value is False:
+            continue
+        params[key] = "true" if value is True else str(value)
+    try:
+        return await connect_channel(ctx, FILES_PATH, params=params, work_session=opts.work_session)
+    except CliError as exc:
+        if exc.code == "CONNECTION_FAILED":
+            raise Dropped(str(exc)) from exc
+        raise
+
+
+def _closed(exc: ConnectionClosed) -> Exception:
+    """A closed channel: a refusal (4xxx with a JSON reason) or a drop worth retrying."""
+    frame = exc.rcvd
+    if frame is not None and frame.code == 1011:
+        return TransferFailed("internal", "the transfer failed on the agent (see its log)")
+    if frame is not None and frame.code in (4400, 4403):
+        try:
+            reason = json.loads(frame.reason)
+            return TransferFailed(str(reason.get("code")), str(reason.get("detail")))
+        except (ValueError, AttributeError):
+            return TransferFailed("refused", frame.reason or "refused by the agent")
+    return Dropped(str(exc))
+
+
+async def recv_control(ws: ClientConnection) -> dict[str, Any]:
+    """The next frame, which must be a control object; ``error`` raises TransferFailed."""
+    try:
+        frame = await ws.recv()
+    except ConnectionClosed as exc:
+        raise _closed(exc) from None
+    if isinstance(frame, bytes):
+        raise CliError("the agent sent data where a control frame was expected")
+    obj = json.loads(frame)
+    if not isinstance(obj, dict):
+        raise CliError("the agent sent a malformed control frame")
+    if obj.get("type") == "error":
+        raise TransferFailed(str(obj.get("code")), str(obj.get("message")))
+    return obj
+
+
+async def with_retries(ctx: Context, attempt: Callable[[], Any], retries: int) -> Any:
+    """Run ``attempt`` again after a drop, with a growing delay, at most ``retries`` times."""
+    for delay in (*RETRY_DELAYS[:retries], None):
+        try:
+            return await attempt()
+        except Dropped as exc:
+            if delay is None:
+                raise CliError(f"the connection dropped too often: {exc}") from None
+            ctx.out.info(f"agentctl: connection dropped ({exc}); resuming in {delay:g}s")
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _hash_prefix(fd: int, length: int, hasher: Any) -> None:
+    done = 0
+    while done < length:
+        chunk = os.pread(fd, min(CHUNK_BYTES, length - done), done)
+        if not chunk:
+            raise CliError("the local file shrank while it was read")
+        hasher.update(chunk)
+        done += len(chunk)
+
+
+async def upload_file(
+    ctx: Context,
+    opts: Options,
+    local: Path,
+    remote: str,
+    *,
+    name: str,
+    report: Report,
+    expect_sha256: str | None = None,
+    tid: str | None = None,
+    retries: int = len(RETRY_DELAYS),
+) -> dict[str, Any]:
+    """Upload one regular file; return the agent's ``done`` plus ``resumed_from``."""
+    st = os.stat(local)
+    size = st.st_size
+    real = os.path.realpath(local)  # noqa: ASYNC240 (a local lookup, microseconds)
+    tid = tid or transfer_id(
+        "upload", opts.server, opts.user, remote, name, real, size, st.st_mtime_ns
+    )
+    first_offset: list[int] = []
+
+    async def attempt() -> dict[str, Any]:
+        ws = await open_channel(
+            ctx, opts, op="upload", path=remote, name=name, transfer_id=tid, size=size,
+            overwrite=opts.overwrite, expect_sha256=expect_sha256,
+        )  # fmt: skip
+        async with contextlib.aclosing(_Closing(ws)):
+            ready = await recv_control(ws)
+            offset = int(ready["offset"])
+            first_offset.append(offset)
+            fd = os.open(local, os.O_RDONLY | os.O_CLOEXEC)
+            hasher = hashlib.sha256()
+            disk = _DiskReader(fd, offset, hasher)
+            try:
+                report(offset)
+                position = offset
+                while chunk := await disk.get():
+                    try:
+                        await ws.send(chunk)
+                    except ConnectionClosed as exc:
+                        raise _closed(exc) from None
+                    position += len(chunk)
+                    report(position)
+            finally:
+                await asyncio.to_thread(disk.close)
+                os.close(fd)
+            digest = hasher.hexdigest()
+            try:
+                await ws.send(json.dumps({"type": "end", "size": position, "sha256": digest}))
+            except ConnectionClosed as exc:
+                raise _closed(exc) from None
+            done = await recv_control(ws)
+            if done.get("sha256") != digest:
+                raise CliError(f"SHA-256 mismatch: sent {digest}, the agent stored {done}")
+            return done
+
+    done: dict[str, Any] = await with_retries(ctx, attempt, retries)
+    done["resumed_from"] = first_offset[-1] if first_offset else 0
+    return done
+
+
+async def download_file(
+    ctx: Context,
+    opts: Options,
+    remote: str,
+    target: Path,
+    *,
+    report: Report,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+    retries: int = len(RETRY_DELAYS),
+) -> dict[str, Any]:
+    """Download one regular file to ``target`` (atomically); return ``done``."""
+    real = os.path.realpath(target)  # noqa: ASYNC240 (a local lookup, microseconds)
+    tid = transfer_id("download", opts.server, opts.user, remote, real)
+    part = target.parent / local_part_name(target.name, tid)
+    fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    first_offset: list[int] = []
+    try:
+
+        async def attempt() -> dict[str, Any]:
+            offset = os.fstat(fd).st_size
+            ws = await open_channel(ctx, opts, op="download", path=remote, offset=offset)
+            async with contextlib.aclosing(_Closing(ws)):
+                try:
+                    ready = await recv_control(ws)
+                except TransferFailed as exc:
+                    if exc.agent_code == "invalid" and offset:
+                        os.ftruncate(fd, 0)  # the remote file shrank: start over
+                        raise Dropped("the remote file changed; starting again") from None
+                    raise
+                first_offset.append(offset)
+                if on_ready is not None:
+                    on_ready(ready)
+                hasher = hashlib.sha256()
+                _hash_prefix(fd, offset, hasher)
+                position = offset
+                report(position)
+                disk = _DiskWriter(fd, hasher)
+                try:
+                    while True:
+                        try:
+                            frame = await ws.recv()
+                        except ConnectionClosed as exc:
+                            raise _closed(exc) from None
+                        if isinstance(frame, str):
+                            break
+                        await disk.put(frame, position)
+                        position += len(frame)
+                        report(position)
+                finally:
+                    await asyncio.to_thread(disk.close)
+                done: dict[str, Any] = json.loads(frame)
+                if done.get("type") == "error":
+                    raise TransferFailed(str(done.get("code")), str(done.get("message")))
+                if done.get("sha256") != hasher.hexdigest() or done.get("size") != position:
+                    os.ftruncate(fd, 0)
+                    raise CliError("SHA-256 mismatch: the download was corrupted; run it again")
+                mode = int(ready.get("mode") or 0o644) & 0o777
+                os.fsync(fd)
+                os.fchmod(fd, mode & ~_umask())
+                return done
+
+        done: dict[str, Any] = await with_retries(ctx, attempt, retries)
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    _put_in_place(part, target, overwrite=opts.overwrite)
+    done["resumed_from"] = first_offset[0] if first_offset else 0
+    return done
+
+
+class _DiskReader:
+    """Reads and hashes the file ahead in a thread (a few chunks at most), so the event
+    loop only sends; the prefix a resumed upload skips is hashed there first."""
+
+    def __init__(self, fd: int, offset: int, hasher: Any) -> None:
+        self.fd, self.offset, self.hasher = fd, offset, hasher
+        self.q: queue.Queue[bytes | OSError | CliError] = queue.Queue(maxsize=4)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _put(self, item: bytes | OSError | CliError) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            _hash_prefix(self.fd, self.offset, self.hasher)
+            position = self.offset
+            while chunk := os.pread(self.fd, CHUNK_BYTES, position):
+                self.hasher.update(chunk)
+                position += len(chunk)
+                if not self._put(chunk):
+                    return
+            self._put(b"")
+        except (OSError, CliError) as exc:
+            self._put(exc)
+
+    async def get(self) -> bytes:
+        """The next chunk; b"" at the end of the file."""
+        try:
+            item = self.q.get_nowait()
+        except queue.Empty:
+            item = await asyncio.to_thread(self.q.get)
+        if isinstance(item, OSError):
+            raise CliError(f"cannot read the file: {item}")
+        if isinstance(item, CliError):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stop reading ahead (blocking: run it in a thread)."""
+        self.stop.set()
+        self.thread.join()
+
+
+class _DiskWriter:
+    """Hashes and writes received chunks in a thread, so the event loop keeps reading the
+    socket while the disk is busy (page-cache writes are throttled to the disk's pace)."""
+
+    def __init__(self, fd: int, hasher: Any) -> None:
+        self.fd, self.hasher = fd, hasher
+        self.q: queue.Queue[tuple[bytes, int] | None] = queue.Queue(maxsize=8)
+        self.error: OSError | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    async def put(self, chunk: bytes, position: int) -> None:
+        if self.error is not None:
+            raise CliError(f"cannot write the download: {self.error}")
+        try:
+            self.q.put_nowait((chunk, position))
+        except queue.Full:
+            await asyncio.to_thread(self.q.put, (chunk, position))
+
+    def _run(self) -> None:
+        while (item := self.q.get()) is not None:
+            if self.error is None:
+                chunk, position = item
+                self.hasher.update(chunk)
+                try:
+                    os.pwrite(self.fd, chunk, position)
+                except OSError as exc:
+                    self.error = exc
+
+    def close(self) -> None:
+        """Wait until every chunk is written (blocking: run it in a thread)."""
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise CliError(f"cannot write the download: {self.error}")
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _put_in_place(part: Path, target: Path, *, overwrite: bool) -> None:
+    try:
+        if overwrite:
+            os.replace(part, target)
+        else:
+            os.link(part, target)
+            os.unlink(part)
+    except FileExistsError:
+        raise CliError(
+            f"{target} exists (use --overwrite); the download is kept in {part}"
+        ) from None
+    dfd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+class _Closing:
+    """``aclosing`` adapter: close the websocket however the attempt ends."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.ws.close(), 5)

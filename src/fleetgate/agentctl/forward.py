@@ -1,0 +1,167 @@
+"""The forwarder behind `agentctl tunnel`: a loopback listener, one channel per connection.
+
+Each accepted TCP connection opens its own websocket (``/ws/tunnels/<id>/streams/``), so
+every stream has its own TCP flow control end to end, and is pumped with the same code
+as the agent's end (``fleetgate.shared.pump``): large binary frames, no acknowledgements,
+EOF and errors as small text frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import socket
+from dataclasses import dataclass, field
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from fleetgate.agentctl.channel import connect_channel
+from fleetgate.agentctl.context import Context
+from fleetgate.agentctl.errors import AgentctlError, ApiError
+from fleetgate.shared.protocol.channels import CLOSE_REFUSED
+from fleetgate.shared.pump import abort_socket, pump
+
+
+__all__ = ["READ_BYTES", "Forwarder", "listen"]
+
+READ_BYTES = 256 * 1024
+"""Largest read from a local connection, hence the largest frame agentctl sends."""
+BACKLOG = 512
+ACCEPT_BACKOFF = 0.5
+"""Seconds before accepting again after accept() failed (EMFILE would otherwise spin)."""
+
+_FATAL_CODES = ("TUNNEL_CLOSED", "TUNNEL_NOT_FOUND")
+
+
+def listen(bind: str, port: int) -> socket.socket:
+    """A non-blocking listening socket on ``bind:port``."""
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((bind, port))
+        sock.listen(BACKLOG)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _is_fatal(code: str) -> bool:
+    return code.startswith("work_session_") or code in _FATAL_CODES
+
+
+@dataclass
+class Forwarder:
+    """Accepts connections and carries each over its own stream until stopped."""
+
+    ctx: Context
+    tunnel_id: str
+    listener: socket.socket
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    fatal: AgentctlError | None = None
+    streams: int = 0
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def path(self) -> str:
+        """The stream endpoint of this tunnel."""
+        return f"/ws/tunnels/{self.tunnel_id}/streams/"
+
+    async def probe(self) -> None:
+        """Let the agent check a stream (grant, policy, limits) without connecting.
+
+        Raises:
+            ApiError: the control plane or the agent refused.
+        """
+        ws = await connect_channel(self.ctx, self.path, params={"probe": "1"})
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                await ws.recv()
+        await ws.close()
+
+    async def run(self) -> None:
+        """Serve until SIGINT/SIGTERM or a fatal refusal (the session ended)."""
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, self.stop.set)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                acceptor = tg.create_task(self._accept(tg))
+                await self.stop.wait()
+                acceptor.cancel()
+                # Open streams end with the tunnel: their connections are reset.
+                for task in list(self._tasks):
+                    task.cancel()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(signum)
+
+    async def _accept(self, tg: asyncio.TaskGroup) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.listener)
+            except OSError as exc:
+                # Out of descriptors or memory: say so, give streams time to end, go on.
+                self.ctx.out.info(f"agentctl: cannot accept: {exc.strerror or exc}")
+                await asyncio.sleep(ACCEPT_BACKOFF)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.streams += 1
+            task = tg.create_task(self._stream(conn), name=f"tunnel-stream-{self.streams}")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _stream(self, conn: socket.socket) -> None:
+        try:
+            ws = await connect_channel(self.ctx, self.path)
+        except ApiError as exc:
+            abort_socket(conn)
+            self._refused(exc.code, exc.detail, exc)
+            return
+        except AgentctlError as exc:
+            abort_socket(conn)
+            self.ctx.out.info(f"agentctl: tunnel stream failed: {exc}")
+            return
+        except BaseException:
+            abort_socket(conn)
+            raise
+        try:
+            result = await pump(conn, ws, read_bytes=READ_BYTES, closed=(ConnectionClosed,))
+            if not result.clean and result.code != "tunnel_closed":
+                self.ctx.out.info(
+                    f"agentctl: tunnel stream ended: {result.message} ({result.code})"
+                )
+        finally:
+            await _close_quietly(ws)
+        self._closed_by_control_plane(ws)
+
+    def _closed_by_control_plane(self, ws: ClientConnection) -> None:
+        """A stream closed with 4403 and a gate code: the whole tunnel has ended."""
+        if ws.close_code != CLOSE_REFUSED or not ws.close_reason:
+            return
+        try:
+            reason = json.loads(ws.close_reason)
+            code, detail = str(reason["code"]), str(reason.get("detail", ""))
+        except (ValueError, KeyError, TypeError):
+            return
+        self._refused(code, detail, ApiError(403, code, detail, "tunnel"))
+
+    def _refused(self, code: str, detail: str, error: ApiError) -> None:
+        if _is_fatal(code):
+            if self.fatal is None:
+                self.fatal = error
+            self.stop.set()
+        else:
+            self.ctx.out.info(f"agentctl: tunnel stream refused: {detail} ({code})")
+
+
+async def _close_quietly(ws: ClientConnection) -> None:
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(ws.close(), 5)

@@ -1,0 +1,6 @@
+"""``python -m fleetgate.controlplane``."""
+
+from fleetgate.controlplane.cli import main
+
+
+raise SystemExit(main())

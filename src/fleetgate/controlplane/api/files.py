@@ -1,0 +1,97 @@
+"""File transfer: ``/ws/files/`` opens a ``files`` channel and relays it.
+
+The client names the transfer in the query string (``server``, ``op``, ``path``, ``user``
+and the optional fields of :class:`fleetgate.shared.protocol.FilesSpec`); the route authenticates
+the caller, passes the work-session gate with scope ``webftp`` (which records the
+transfer on the session's timeline: ``upload /srv/site.tar.gz as deploy``), asks the
+agent for the channel and relays it untouched. The bytes never touch the control plane's
+disk, and it never parses them.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter
+from pydantic import ValidationError
+from starlette.websockets import WebSocket
+
+from fleetgate.controlplane.api.channels import (
+    authorize,
+    deny,
+    serve_channel,
+    services_of,
+    websocket_principal,
+)
+from fleetgate.controlplane.errors import APIError
+from fleetgate.shared.protocol import ChannelOpen, FilesSpec
+
+
+__all__ = ["FILES_PATH", "router"]
+
+FILES_PATH = "/ws/files/"
+
+router = APIRouter()
+
+_FLAGS = ("recursive", "overwrite")
+_FIELDS = ("op", "path", "name", "transfer_id", "offset", "size", "expect_sha256")
+
+
+def spec_from_query(query: dict[str, str]) -> FilesSpec:
+    """The transfer a client asked for.
+
+    Raises:
+        ValidationError: a field is missing or not valid.
+    """
+    fields: dict[str, object] = {k: query[k] for k in _FIELDS if query.get(k)}
+    fields["username"] = query.get("user") or "root"
+    if query.get("group"):
+        fields["groupname"] = query["group"]
+    for flag in _FLAGS:
+        fields[flag] = query.get(flag, "false").lower() in ("1", "true", "yes")
+    fields.setdefault("transfer_id", uuid.uuid4().hex)
+    return FilesSpec.model_validate(fields)
+
+
+def describe(spec: FilesSpec) -> str:
+    """The timeline's words for a transfer."""
+    what = "directory " if spec.recursive else ""
+    return f"{spec.op} {what}{spec.path} as {spec.username}"
+
+
+@router.websocket(FILES_PATH)
+async def files_channel(websocket: WebSocket) -> None:
+    """Open a file transfer on a server and relay it (docs/api.md, "File transfer")."""
+    services = services_of(websocket)
+    principal = await websocket_principal(websocket)
+    if principal is None:
+        return
+    query = dict(websocket.query_params)
+    server = query.get("server")
+    if not server:
+        await deny(websocket, 400, "invalid", "the server query parameter is required")
+        return
+    try:
+        spec = spec_from_query(query)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        await deny(websocket, 400, "invalid", problems[:1000])
+        return
+    channel_id = uuid.uuid4()
+    try:
+        authorized = await authorize(
+            services,
+            principal,
+            server=server,
+            scope="webftp",
+            work_session=query.get("work_session") or websocket.headers.get("x-work-session"),
+            operation_id=str(channel_id),
+            description=describe(spec),
+        )
+    except APIError as exc:
+        await deny(websocket, exc.status, exc.code, exc.detail)
+        return
+    message = ChannelOpen(channel_id=channel_id, spec=spec, grant=authorized.grant)
+    await serve_channel(websocket, services, authorized.server_id, message)

@@ -1,0 +1,170 @@
+"""``/api/auth/`` (login, whoami, tokens) and ``/api/iam/users/``."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetgate.controlplane.api.deps import PrincipalDep, ServicesDep, SuperuserDep
+from fleetgate.controlplane.api.serializers import token_json, user_json, whoami_json
+from fleetgate.controlplane.errors import (
+    APIError,
+    authentication_failed,
+    invalid_request,
+    permission_denied,
+)
+from fleetgate.controlplane.store import users as users_store
+from fleetgate.controlplane.timeutil import iso, now_us, to_us
+
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+USERNAME_PATTERN = r"^[A-Za-z0-9_.@+-]{1,150}$"
+
+
+class LoginBody(BaseModel):
+    """``POST /api/auth/login/``."""
+
+    model_config = ConfigDict(extra="ignore")
+    username: str = Field(min_length=1, max_length=150)
+    password: str = Field(min_length=1, max_length=1024)
+
+
+class TokenCreateBody(BaseModel):
+    """``POST /api/auth/tokens/``."""
+
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(min_length=1, max_length=100)
+    expires_at: datetime | None = None
+    command_acl: list[str] | None = Field(default=None, max_length=1000)
+
+
+class UserCreateBody(BaseModel):
+    """``POST /api/iam/users/``."""
+
+    model_config = ConfigDict(extra="ignore")
+    username: str = Field(pattern=USERNAME_PATTERN)
+    email: str = Field(default="", max_length=254)
+    password: str | None = Field(default=None, min_length=1, max_length=1024)
+    is_superuser: bool = False
+
+
+@router.post("/api/auth/login/")
+async def login(body: LoginBody, services: ServicesDep) -> JSONResponse:
+    """Exchange a username and password for a ``login`` token."""
+    found = await services.db.read(users_store.get_user_by_username, body.username)
+    stored = None if found is None else found[1]
+    # Verify even for an unknown user, so timing does not reveal which usernames exist.
+    ok = await asyncio.to_thread(users_store.verify_password, body.password, stored or _DUMMY_HASH)
+    if found is None or stored is None or not ok:
+        raise authentication_failed("Unable to log in with the provided credentials.")
+    now = now_us()
+    expires_at = now + int(services.settings.login_token_ttl * 1_000_000)
+    _token, key = await services.db.write(
+        users_store.create_token,
+        kind="login",
+        name="login",
+        user_id=found[0].id,
+        expires_at=expires_at,
+        now=now,
+    )
+    return JSONResponse({"token": key, "expires_at": iso(expires_at)})
+
+
+_DUMMY_HASH = users_store.hash_password("not a password")
+
+
+@router.get("/api/auth/whoami/")
+async def whoami(principal: PrincipalDep) -> JSONResponse:
+    """Who the token belongs to."""
+    return JSONResponse(whoami_json(principal))
+
+
+@router.get("/api/auth/tokens/")
+async def list_tokens(principal: PrincipalDep, services: ServicesDep) -> JSONResponse:
+    """The caller's tokens (keys are never shown again)."""
+    tokens = await services.db.read(
+        users_store.list_tokens,
+        user_id=principal.user_id,
+        service_name=principal.token.service_name,
+    )
+    return JSONResponse([token_json(t) for t in tokens])
+
+
+@router.post("/api/auth/tokens/", status_code=201)
+async def create_token(
+    body: TokenCreateBody, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """Create an API token for the calling user; its key is in this response only."""
+    if principal.user_id is None:
+        raise permission_denied("A service token cannot create tokens.")
+    if principal.command_acl is not None:
+        raise permission_denied("A token restricted by a command ACL cannot create tokens.")
+    now = now_us()
+    expires_at = None if body.expires_at is None else to_us(body.expires_at)
+    if expires_at is not None and expires_at <= now:
+        raise invalid_request("expires_at: must be in the future", "expires_at")
+    acl = body.command_acl
+    if acl is not None and any(not p.strip() or len(p) > 4096 for p in acl):
+        raise invalid_request("command_acl: patterns must be non-empty strings", "command_acl")
+    token, key = await services.db.write(
+        users_store.create_token,
+        kind="api",
+        name=body.name,
+        user_id=principal.user_id,
+        command_acl=acl,
+        expires_at=expires_at,
+        now=now,
+    )
+    out = token_json(token)
+    out["key"] = key
+    return JSONResponse(out, status_code=201)
+
+
+@router.delete("/api/auth/tokens/{token_id}/", status_code=204)
+async def delete_token(token_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
+    """Delete one of the caller's tokens."""
+    if principal.user_id is None:
+        raise permission_denied("A service token cannot delete tokens.")
+    if principal.command_acl is not None:
+        raise permission_denied("A token restricted by a command ACL cannot delete tokens.")
+    deleted = await services.db.write(users_store.delete_token, token_id, user_id=principal.user_id)
+    if not deleted:
+        raise APIError(404, "TOKEN_NOT_FOUND", "No such token.")
+    services.principals.clear()
+    return Response(status_code=204)
+
+
+@router.get("/api/iam/users/")
+async def list_users(principal: SuperuserDep, services: ServicesDep) -> JSONResponse:
+    """Every user (superuser only)."""
+    return JSONResponse([user_json(u) for u in await services.db.read(users_store.list_users)])
+
+
+@router.post("/api/iam/users/", status_code=201)
+async def create_user(
+    body: UserCreateBody, principal: SuperuserDep, services: ServicesDep
+) -> JSONResponse:
+    """Create a user (superuser only; not with a token restricted by a command ACL)."""
+    if principal.command_acl is not None:
+        raise permission_denied("A token restricted by a command ACL cannot create users.")
+    password_hash = None
+    if body.password is not None:
+        password_hash = await asyncio.to_thread(users_store.hash_password, body.password)
+    user = await services.db.write(
+        users_store.create_user,
+        body.username,
+        email=body.email,
+        password_hash=password_hash,
+        is_superuser=body.is_superuser,
+        now=now_us(),
+    )
+    if user is None:
+        raise APIError(409, "USER_ALREADY_EXISTS", "A user with that username exists.", "username")
+    return JSONResponse(user_json(user), status_code=201)

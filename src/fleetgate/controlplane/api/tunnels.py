@@ -1,0 +1,311 @@
+"""Tunnels: ``/api/tunnels/`` (the resource) and ``/ws/tunnels/<id>/streams/`` (its streams).
+
+A tunnel is created once (gate: scope ``tunnel``, the server, the work session) and then
+carries any number of TCP streams, each one channel to the agent with its own grant that
+carries the session's expiry. The target is always the server's loopback: a
+``remote_host`` that is not loopback is refused here, and again by the agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.websockets import WebSocket, WebSocketState
+
+from fleetgate.controlplane.api.channels import (
+    authorize,
+    deny,
+    serve_channel,
+    services_of,
+    websocket_principal,
+)
+from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep
+from fleetgate.controlplane.api.pagination import page_response
+from fleetgate.controlplane.api.params import parse_bool, parse_page
+from fleetgate.controlplane.auth import Principal
+from fleetgate.controlplane.errors import APIError
+from fleetgate.controlplane.grants import operation_claims
+from fleetgate.controlplane.hub.relay import close_websocket
+from fleetgate.controlplane.hub.tunnels import StreamHandle, TunnelStreams
+from fleetgate.controlplane.store import tunnels as tunnels_store, worksession_gate as ws_gate
+from fleetgate.controlplane.store.tunnels import NewTunnel, TunnelRow
+from fleetgate.controlplane.store.worksessions import WorkSessionRow
+from fleetgate.controlplane.timeutil import iso, iso_or_none, now_us
+from fleetgate.controlplane.worksession.gate import GateDenial
+from fleetgate.shared.addresses import loopback_address
+from fleetgate.shared.protocol import ChannelOpen
+from fleetgate.shared.protocol.channels import CLOSE_REFUSED, TunnelSpec, refusal_reason
+
+
+__all__ = ["STREAM_PATH", "install", "router", "ws_router"]
+
+router = APIRouter(prefix="/api/tunnels")
+ws_router = APIRouter()
+STREAM_PATH = "/ws/tunnels/{tunnel_id}/streams/"
+SCOPE = "tunnel"
+
+
+class CreateBody(BaseModel):
+    """``POST /api/tunnels/``."""
+
+    model_config = ConfigDict(extra="forbid")
+    server: str = Field(min_length=1, max_length=255)
+    remote_port: int = Field(ge=1, le=65535)
+    remote_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
+    work_session: str | None = Field(default=None, max_length=64)
+
+
+def install(services: Services) -> TunnelStreams:
+    """The live-stream registry, listening for ended work sessions (called at start)."""
+    streams = TunnelStreams(services.db)
+    services.work_sessions.listeners.append(streams.session_ended)
+    return streams
+
+
+def _streams(app_state: Any) -> TunnelStreams:
+    streams: TunnelStreams = app_state.tunnels
+    return streams
+
+
+def _not_found(tunnel_id: str) -> APIError:
+    return APIError(404, "TUNNEL_NOT_FOUND", f"No tunnel with id {tunnel_id[:40]!r}.")
+
+
+def _owns(tunnel: TunnelRow, principal: Principal) -> bool:
+    if tunnel.owner_user is not None:
+        return principal.user_id == tunnel.owner_user
+    return principal.token.id == tunnel.owner_token
+
+
+def tunnel_json(tunnel: TunnelRow, streams: int) -> dict[str, Any]:
+    """The API representation of a tunnel."""
+    return {
+        "id": tunnel.id,
+        "server": tunnel.server_id,
+        "server_name": tunnel.server_name,
+        "remote_host": tunnel.remote_host,
+        "remote_port": tunnel.remote_port,
+        "owner": tunnel.owner_name,
+        "work_session": tunnel.work_session_id,
+        "created_at": iso(tunnel.created_at),
+        "closed_at": iso_or_none(tunnel.closed_at),
+        "close_code": tunnel.close_code,
+        "close_reason": tunnel.close_reason,
+        "streams": streams,
+        "streams_url": STREAM_PATH.format(tunnel_id=tunnel.id),
+    }
+
+
+@router.post("/", status_code=201)
+async def create(
+    body: CreateBody, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """Open a tunnel to ``remote_host:remote_port`` (loopback only) on ``server``."""
+    host = loopback_address(body.remote_host)
+    if host is None:
+        raise APIError(
+            400,
+            "tunnel_target_not_allowed",
+            f"tunnels only reach the server's own loopback; {body.remote_host[:100]!r} is "
+            "not a loopback address",
+            "remote_host",
+        )
+    tunnel_id = str(uuid.uuid4())
+    requested = body.work_session or request.headers.get("x-work-session") or None
+    allowed = await authorize(
+        services,
+        principal,
+        server=body.server,
+        scope=SCOPE,
+        work_session=requested,
+        operation_id=tunnel_id,
+        description=f"tunnel to {host}:{body.remote_port}",
+    )
+    new = NewTunnel(
+        id=tunnel_id,
+        server_id=allowed.server_id,
+        remote_host=host,
+        remote_port=body.remote_port,
+        owner_user=principal.user_id,
+        owner_token=principal.token.id,
+        work_session_id=allowed.work_session_id,
+        created_at=now_us(),
+    )
+    await services.db.write(tunnels_store.insert_tunnel, new)
+    row = await _streams(request.app.state).row(tunnel_id)
+    assert row is not None
+    return JSONResponse(tunnel_json(row, 0), status_code=201)
+
+
+@router.get("/")
+async def list_tunnels(
+    request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """A page of the caller's tunnels (a superuser's: everyone's), newest first."""
+    params = request.query_params
+    page = parse_page(params)
+    open_only = parse_bool(params, "open") or False
+    everyone = principal.is_superuser
+    count, rows = await services.db.read(
+        tunnels_store.list_tunnels,
+        owner_user=None if everyone else principal.user_id,
+        owner_token=None if everyone else principal.token.id,
+        open_only=open_only,
+        offset=page.offset,
+        limit=page.size,
+    )
+    streams = _streams(request.app.state)
+    results = [tunnel_json(r, streams.count(r.id)) for r in rows]
+    return JSONResponse(page_response(request, services.settings.public_url, page, count, results))
+
+
+async def _load(tunnel_id: str, principal: Principal, streams: TunnelStreams) -> TunnelRow:
+    try:
+        key = str(uuid.UUID(tunnel_id))
+    except ValueError:
+        raise _not_found(tunnel_id) from None
+    row = await streams.row(key)
+    if row is None or not (_owns(row, principal) or principal.is_superuser):
+        raise _not_found(tunnel_id)
+    return row
+
+
+@router.get("/{tunnel_id}/")
+async def detail(
+    tunnel_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """One tunnel, with how many streams it carries now."""
+    streams = _streams(request.app.state)
+    row = await _load(tunnel_id, principal, streams)
+    return JSONResponse(tunnel_json(row, streams.count(row.id)))
+
+
+@router.delete("/{tunnel_id}/", status_code=204)
+async def delete(
+    tunnel_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> Response:
+    """Close the tunnel: its open streams end, new ones are refused."""
+    streams = _streams(request.app.state)
+    row = await _load(tunnel_id, principal, streams)
+    if row.closed_at is None:
+        await streams.close(row, "TUNNEL_CLOSED", "the tunnel was closed")
+    return Response(status_code=204)
+
+
+# -- streams -----------------------------------------------------------------------
+
+
+def _closed_error(row: TunnelRow) -> APIError:
+    code = row.close_code or "TUNNEL_CLOSED"
+    status = 403 if code.startswith("work_session_") else 409
+    return APIError(status, code, row.close_reason or "the tunnel is closed")
+
+
+async def _stream_open(
+    services: Services, principal: Principal, row: TunnelRow, channel_id: uuid.UUID, probe: bool
+) -> ChannelOpen:
+    """The ``channel.open`` of one stream: the gate again (the session may have ended
+    since the tunnel was created), then a grant of its own bound to the session."""
+    now = now_us()
+    user = principal.user
+    principal_name = principal.token.service_name if user is None else user.username
+
+    def check(conn: sqlite3.Connection | None) -> ChannelOpen | GateDenial:
+        session: WorkSessionRow | None = None
+        if conn is not None:
+            denial, session = ws_gate.gate_and_record(
+                conn,
+                row.work_session_id,
+                user_id=principal.user_id,
+                server_id=row.server_id,
+                server_name=row.server_name,
+                scope=SCOPE,
+                line=f"tunnel stream to {row.remote_host}:{row.remote_port}",
+                now=now,
+            )
+            if denial is not None:
+                return denial
+        claims = operation_claims(
+            operation_id=str(channel_id),
+            scope=SCOPE,
+            server_id=row.server_id,
+            now_us=now,
+            principal_name=principal_name,
+            session=session,
+        )
+        spec = TunnelSpec(
+            tunnel_id=uuid.UUID(row.id),
+            port=row.remote_port,
+            host=None if row.remote_host == "127.0.0.1" else row.remote_host,
+            probe=probe,
+        )
+        return ChannelOpen(channel_id=channel_id, spec=spec, grant=services.signer.sign(claims))
+
+    # Tokens are not gated: no transaction (and no thread hop) on the stream's set-up path.
+    outcome = await services.db.write(check) if principal.kind == "login" else check(None)
+    if isinstance(outcome, GateDenial):
+        raise APIError(403, outcome.code, outcome.detail, SCOPE)
+    return outcome
+
+
+@ws_router.websocket(STREAM_PATH)
+async def stream(websocket: WebSocket, tunnel_id: str) -> None:
+    """One TCP stream of a tunnel (only its owner may open one).
+
+    ``?probe=1`` asks the agent to check the stream (grant, policy, limits) without
+    connecting to the target: ``agentctl tunnel`` does it once before it listens.
+    """
+    principal = await websocket_principal(websocket)
+    if principal is None:
+        return
+    services = services_of(websocket)
+    streams = _streams(websocket.app.state)
+    probe = websocket.query_params.get("probe") in {"1", "true"}
+    channel_id = uuid.uuid4()
+    try:
+        row = await _load(tunnel_id, principal, streams)
+        if not _owns(row, principal):
+            raise _not_found(tunnel_id)
+        if row.closed_at is not None:
+            raise _closed_error(row)
+        message = await _stream_open(services, principal, row, channel_id, probe)
+        handle = streams.add(row, channel_id)
+        if handle is None:  # ended while the gate was checked
+            raise _closed_error(await streams.row(row.id) or row)
+    except APIError as exc:
+        await deny(websocket, exc.status, exc.code, exc.detail)
+        return
+    try:
+        await _relay_until_ended(websocket, services, row.server_id, message, handle)
+    finally:
+        streams.remove(row.id, channel_id)
+
+
+async def _relay_until_ended(
+    websocket: WebSocket,
+    services: Services,
+    server_id: str,
+    message: ChannelOpen,
+    handle: StreamHandle,
+) -> None:
+    """Relay the stream; if its tunnel ends first, stop and tell both sides why."""
+    async with asyncio.TaskGroup() as tg:
+        relay = tg.create_task(serve_channel(websocket, services, server_id, message))
+        ended = tg.create_task(handle.ended.wait())
+        relay.add_done_callback(lambda _: ended.cancel())
+        ended.add_done_callback(lambda _: relay.cancel())
+    if not relay.cancelled():
+        return
+    code, detail = handle.why
+    if websocket.application_state == WebSocketState.CONNECTED:
+        await close_websocket(websocket, CLOSE_REFUSED, refusal_reason(code, detail))
+    elif websocket.application_state == WebSocketState.CONNECTING:
+        status = 403 if code.startswith("work_session_") else 409
+        await deny(websocket, status, code, detail)
+    await services.hub.channels.close(server_id, message.channel_id, detail)

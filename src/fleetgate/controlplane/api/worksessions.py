@@ -1,0 +1,301 @@
+"""``/api/work-sessions/sessions/``: the work-session lifecycle over HTTP.
+
+The state machine is :mod:`fleetgate.controlplane.worksession.lifecycle`; these routes check who may
+do what, validate bodies, and run each change in one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep
+from fleetgate.controlplane.api.pagination import page_response
+from fleetgate.controlplane.api.params import parse_int, parse_page
+from fleetgate.controlplane.api.worksession_bodies import (
+    MAX_DESCRIPTION,
+    CreateBody,
+    ExtendBody,
+    UpdateBody,
+    extended_expiry,
+    parse_policies,
+    parse_scopes,
+    parse_window,
+)
+from fleetgate.controlplane.api.worksession_json import event_json, session_json
+from fleetgate.controlplane.auth import Principal
+from fleetgate.controlplane.errors import APIError, invalid_request, permission_denied
+from fleetgate.controlplane.store import (
+    servers as servers_store,
+    users as users_store,
+    worksession_gate as ws_gate,
+    worksessions as ws_store,
+)
+from fleetgate.controlplane.store.worksessions import NewWorkSession, WorkSessionRow
+from fleetgate.controlplane.timeutil import now_us
+from fleetgate.controlplane.worksession.lifecycle import TERMINAL, Action, InvalidTransition, Status
+
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/work-sessions/sessions")
+
+MAX_WAIT = 60
+SUPERUSER_ACTIONS = frozenset({Action.APPROVE, Action.REJECT, Action.REVOKE})
+
+
+def _not_found() -> APIError:
+    return APIError(404, "WORK_SESSION_NOT_FOUND", "No such work session.")
+
+
+def _invalid_transition(exc: InvalidTransition) -> APIError:
+    return APIError(
+        409,
+        "WORK_SESSION_INVALID_TRANSITION",
+        f"{exc}; current state: {exc.status.value}",
+        exc.status.value,
+    )
+
+
+def _visible(row: WorkSessionRow, principal: Principal) -> bool:
+    uid = principal.user_id
+    return principal.is_superuser or uid in (row.created_by, row.assigned_user)
+
+
+async def _assignee(body: CreateBody, principal: Principal, services: Services) -> int:
+    if body.assigned_user is None or body.assigned_user == principal.user_id:
+        if principal.user_id is None:
+            raise invalid_request(
+                "assigned_user: a service must name the assignee", "assigned_user"
+            )
+        return principal.user_id
+    if not principal.is_superuser:
+        raise permission_denied("Only a superuser may assign a session to another user.")
+    ref = body.assigned_user
+    if isinstance(ref, int):
+        user = await services.db.read(users_store.get_user, ref)
+    else:
+        found = await services.db.read(users_store.get_user_by_username, ref)
+        user = None if found is None else found[0]
+    if user is None:
+        raise invalid_request(f"assigned_user: no user {ref!r}", "assigned_user")
+    return user.id
+
+
+async def _server_ids(refs: list[str], services: Services) -> tuple[str, ...]:
+    ids: list[str] = []
+    for ref in refs:
+        server = await services.db.read(servers_store.get_server, ref)
+        if server is None:
+            raise invalid_request(f"servers: no server {ref[:100]!r}", "servers")
+        if services.hub.connection(server.id) is None:
+            raise invalid_request(f"servers: server {server.name!r} is not connected", "servers")
+        if server.id not in ids:
+            ids.append(server.id)
+    return tuple(ids)
+
+
+async def _render(row: WorkSessionRow, services: Services) -> dict[str, Any]:
+    servers = []
+    for server_id in row.server_ids:
+        server = await services.db.read(servers_store.get_server, server_id)
+        if server is not None:
+            servers.append(
+                {"id": server.id, "name": server.name, "is_connected": server.is_connected}
+            )
+    return session_json(row, servers)
+
+
+@router.post("/", status_code=201)
+async def create(body: CreateBody, principal: PrincipalDep, services: ServicesDep) -> JSONResponse:
+    """Request a work session; a superuser's request is approved (and started) at once."""
+    description = body.description.strip()
+    if not description or len(description) > MAX_DESCRIPTION:
+        raise invalid_request(
+            f"description: required, at most {MAX_DESCRIPTION} characters", "description"
+        )
+    now = now_us()
+    max_us = int(services.settings.work_session_max_duration * 1_000_000)
+    starts_at, expires_at = parse_window(body, now, max_us)
+    new = NewWorkSession(
+        id=str(uuid.uuid4()),
+        description=description,
+        requester_type=body.requester_type,
+        scopes=parse_scopes(body),
+        server_ids=await _server_ids(body.servers, services),
+        sudo_policies=tuple(parse_policies(body.sudo_policies)),
+        created_by=principal.user_id,
+        assigned_user=await _assignee(body, principal, services),
+        starts_at=starts_at,
+        expires_at=expires_at,
+    )
+    row = await services.db.write(
+        ws_store.insert_work_session, new, auto_approve=principal.is_superuser, now=now
+    )
+    services.work_sessions.changed()
+    return JSONResponse(await _render(row, services), status_code=201)
+
+
+@router.get("/")
+async def list_sessions(
+    request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """A page of sessions, newest first; ``status`` filters (``all``: no filter)."""
+    params = request.query_params
+    status = params.get("status") or None
+    if status == "all":
+        status = None
+    if status is not None and status not in set(Status):
+        raise invalid_request(f"status: unknown {status[:40]!r}", "status")
+    page = parse_page(params)
+    count, rows = await services.db.write(
+        ws_store.list_work_sessions,
+        visible_to=None if principal.is_superuser else principal.user_id,
+        status=status,
+        now=now_us(),
+        offset=page.offset,
+        limit=page.size,
+    )
+    results = [await _render(r, services) for r in rows]
+    return JSONResponse(page_response(request, services.settings.public_url, page, count, results))
+
+
+async def _load(session_id: str, principal: Principal, services: Services) -> WorkSessionRow:
+    try:
+        session_id = str(uuid.UUID(session_id))
+    except ValueError:
+        raise _not_found() from None
+    row = await services.db.write(ws_store.load_settled, session_id, now=now_us())
+    if row is None or not _visible(row, principal):
+        raise _not_found()
+    return row
+
+
+@router.get("/{session_id}/")
+async def detail(
+    session_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """One session, its status settled against the clock.
+
+    With ``?status=S&wait=SECONDS`` (at most 60) the answer waits until the session's
+    status is no longer ``S`` or the time is up: a client waiting for an approval needs
+    no polling schedule.
+    """
+    known = request.query_params.get("status")
+    wait = parse_int(request.query_params, "wait", minimum=0, maximum=MAX_WAIT) or 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wait
+    while True:
+        change = services.work_sessions.next_change()
+        row = await _load(session_id, principal, services)
+        remaining = deadline - loop.time()
+        if row.status.value != known or remaining <= 0:
+            return JSONResponse(await _render(row, services))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(remaining):
+                await change.wait()
+
+
+async def _act(
+    session_id: str,
+    action: Action,
+    principal: Principal,
+    services: Services,
+    change: Callable[[WorkSessionRow, int], dict[str, Any]] | None = None,
+) -> JSONResponse:
+    row = await _load(session_id, principal, services)
+    if action in SUPERUSER_ACTIONS and not principal.is_superuser:
+        raise permission_denied(f"Only a superuser may {action.value} a work session.")
+    now = now_us()
+    try:
+        if change is None:
+            updated = await services.db.write(
+                ws_store.apply_action, row.id, action, actor=principal.user_id, now=now
+            )
+        else:
+            updated = await services.db.write(
+                ws_store.update_fields,
+                row.id,
+                action,
+                actor=principal.user_id,
+                now=now,
+                **change(row, now),
+            )
+    except InvalidTransition as exc:
+        raise _invalid_transition(exc) from None
+    if updated is None:
+        raise _not_found()
+    services.work_sessions.changed()
+    if updated.status in TERMINAL and row.status not in TERMINAL:
+        await services.work_sessions.ended(updated)
+    return JSONResponse(await _render(updated, services))
+
+
+def _simple(action: Action) -> Callable[..., Any]:
+    async def route(
+        session_id: str, principal: PrincipalDep, services: ServicesDep
+    ) -> JSONResponse:
+        return await _act(session_id, action, principal, services)
+
+    route.__name__ = f"{action.value}_session"
+    route.__doc__ = f"``POST .../<id>/{action.value}/``."
+    return route
+
+
+for _action in (
+    Action.APPROVE,
+    Action.REJECT,
+    Action.ACTIVATE,
+    Action.COMPLETE,
+    Action.REVOKE,
+    Action.CANCEL,
+):
+    router.post(f"/{{session_id}}/{_action.value}/")(_simple(_action))
+
+
+@router.post("/{session_id}/extend/")
+async def extend(
+    session_id: str, body: ExtendBody, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """Move ``expires_at`` later, never beyond the maximum duration from now."""
+    max_us = int(services.settings.work_session_max_duration * 1_000_000)
+
+    def change(row: WorkSessionRow, now: int) -> dict[str, Any]:
+        return {"expires_at": extended_expiry(body, row.expires_at, row.starts_at, now, max_us)}
+
+    return await _act(session_id, Action.EXTEND, principal, services, change)
+
+
+@router.patch("/{session_id}/")
+async def update(
+    session_id: str, body: UpdateBody, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """Replace the sudo policies (replace-all; policies keep the ``id`` they are sent with)."""
+    policies = parse_policies(body.sudo_policies)
+
+    def change(row: WorkSessionRow, now: int) -> dict[str, Any]:
+        if policies and "sudo" not in row.scopes:
+            raise invalid_request("sudo_policies: the session has no sudo scope", "sudo_policies")
+        return {"sudo_policies": policies}
+
+    return await _act(session_id, Action.UPDATE, principal, services, change)
+
+
+@router.get("/{session_id}/timeline/")
+async def timeline(
+    session_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """A page of everything done in the session, oldest first."""
+    row = await _load(session_id, principal, services)
+    page = parse_page(request.query_params)
+    count, events = await services.db.read(
+        ws_gate.list_events, row.id, offset=page.offset, limit=page.size
+    )
+    results = [event_json(e) for e in events]
+    return JSONResponse(page_response(request, services.settings.public_url, page, count, results))

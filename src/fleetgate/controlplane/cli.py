@@ -1,0 +1,216 @@
+"""``controlplane``: serve, bootstrap users and tokens, and the ``dev`` environment.
+
+Secrets (tokens, server keys, passwords) are printed only when the operator asked for
+them on stdout (``token create`` without ``--file``); never logged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.logs import configure_logging
+from fleetgate.controlplane.store import connect, transaction, users as users_store
+from fleetgate.controlplane.timeutil import now_us
+
+
+__all__ = ["main", "write_secret"]
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 (created so, never world-readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
+def _settings(args: argparse.Namespace) -> ControlPlaneSettings:
+    overrides: dict[str, object] = {}
+    for name in ("db", "host", "port"):
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides["db_path" if name == "db" else name] = value
+    return ControlPlaneSettings(**overrides)  # type: ignore[arg-type]
+
+
+# -- serve -----------------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the control plane until SIGTERM/SIGINT."""
+    from fleetgate.controlplane.app import create_app
+    from fleetgate.controlplane.server import ControlPlaneServer, bind_socket, write_port_file
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        sock = bind_socket(settings.host, settings.port)
+    except OSError as exc:
+        _err(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+        return 1
+    port = int(sock.getsockname()[1])
+    port_file: Path | None = args.port_file
+
+    def started() -> None:
+        if port_file is not None:
+            write_port_file(port_file, port)
+        _err(f"controlplane listening on http://{settings.host}:{port}")
+
+    server = ControlPlaneServer(create_app(settings), settings, on_started=started)
+    try:
+        asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()
+    return 0
+
+
+# -- users and tokens ------------------------------------------------------------------
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    """Create a user directly in the database."""
+    settings = _settings(args)
+    password_hash = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+        if not password:
+            _err("error: empty password on stdin")
+            return 2
+        password_hash = users_store.hash_password(password)
+    elif args.password_prompt:
+        password_hash = users_store.hash_password(getpass.getpass("Password: "))
+    conn = connect(settings.db_path)
+    try:
+        with transaction(conn):
+            user = users_store.create_user(
+                conn,
+                args.username,
+                email=args.email or "",
+                password_hash=password_hash,
+                is_superuser=args.superuser,
+                now=now_us(),
+            )
+    finally:
+        conn.close()
+    if user is None:
+        _err(f"error: user {args.username!r} already exists")
+        return 1
+    kind = "superuser" if user.is_superuser else "user"
+    _out(f"created {kind} {user.username} (id {user.id})")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    """Create an API token for a user, or a service token."""
+    settings = _settings(args)
+    conn = connect(settings.db_path)
+    try:
+        with transaction(conn):
+            if args.user is not None:
+                found = users_store.get_user_by_username(conn, args.user)
+                if found is None:
+                    _err(f"error: no user {args.user!r}")
+                    return 1
+                user_id: int | None = found[0].id
+                kind: users_store.TokenKind = "api"
+            else:
+                user_id, kind = None, "service"
+            token, key = users_store.create_token(
+                conn,
+                kind=kind,
+                name=args.name or (args.service or "cli"),
+                user_id=user_id,
+                service_name=args.service,
+                command_acl=args.acl,
+                now=now_us(),
+            )
+    finally:
+        conn.close()
+    if args.file is not None:
+        write_secret(args.file, key + "\n")
+        _out(f"{kind} token {token.id} written to {args.file}")
+    else:
+        _out(key)
+    return 0
+
+
+# -- argument parsing ------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``controlplane`` argument parser."""
+    parser = argparse.ArgumentParser(prog="fleetgate-controlplane", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the control plane")
+    serve.add_argument("--db", type=Path, help="SQLite database (env CONTROLPLANE_DB_PATH)")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8000; 0: any free port)")
+    serve.add_argument("--port-file", type=Path, help="write the real port here once listening")
+    serve.set_defaults(func=cmd_serve)
+
+    user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
+    user_create = user.add_parser("create", help="create a user")
+    user_create.add_argument("username")
+    user_create.add_argument("--superuser", action="store_true")
+    user_create.add_argument("--email", default="")
+    pw = user_create.add_mutually_exclusive_group()
+    pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    pw.add_argument("--password-prompt", action="store_true", help="prompt for the password")
+    user_create.add_argument("--db", type=Path)
+    user_create.set_defaults(func=cmd_user_create)
+
+    token = sub.add_parser("token", help="manage tokens").add_subparsers(
+        dest="action", required=True
+    )
+    token_create = token.add_parser("create", help="create an API or service token")
+    owner = token_create.add_mutually_exclusive_group(required=True)
+    owner.add_argument("--user", help="an API token of this user")
+    owner.add_argument("--service", help="a service token with this name")
+    token_create.add_argument("--name", help="the token's name")
+    token_create.add_argument("--acl", action="append", help="allowed command pattern (repeatable)")
+    token_create.add_argument("--file", type=Path, help="write the key here (0600)")
+    token_create.add_argument("--db", type=Path)
+    token_create.set_defaults(func=cmd_token_create)
+
+    dev = sub.add_parser("dev", help="control plane + local agent for development")
+    dev.add_argument("--host", default="127.0.0.1")
+    dev.add_argument("--port", type=int, default=8000)
+    dev.add_argument("--dir", type=Path, default=Path(".dev"))
+    dev.set_defaults(func=_cmd_dev)
+    return parser
+
+
+def _cmd_dev(args: argparse.Namespace) -> int:
+    from fleetgate.controlplane.dev import run_dev
+
+    return run_dev(args.dir, host=args.host, port=args.port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``controlplane`` and ``python -m fleetgate.controlplane``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130

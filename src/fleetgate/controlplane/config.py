@@ -1,0 +1,45 @@
+"""Control-plane settings, from ``CONTROLPLANE_*`` environment variables and CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from fleetgate.shared.protocol import DEFAULT_MAX_MESSAGE_BYTES
+
+
+__all__ = ["ControlPlaneSettings"]
+
+
+class ControlPlaneSettings(BaseSettings):
+    """Everything the control plane needs to run; each field is ``CONTROLPLANE_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CONTROLPLANE_", extra="ignore", frozen=True)
+
+    db_path: Path = Path("controlplane.db")
+    """The SQLite database file (created on first start)."""
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    public_url: str | None = None
+    """Base URL used for absolute ``next``/``previous`` links; default: from the request."""
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=64 * 1024)
+    """Largest backhaul frame accepted; the transport allows twice this so that an
+    oversized frame can be answered with an ``error`` message."""
+    agent_idle_timeout: float = Field(default=60.0, gt=0)
+    """Seconds without any frame from an agent before the hub closes its connection."""
+    confirm_batch: int = Field(default=500, ge=1)
+    """Reports stored per transaction (and confirmed at once) at most."""
+    login_token_ttl: float = Field(default=12 * 3600, gt=0)
+    """Lifetime of the token returned by ``POST /api/auth/login/``, in seconds."""
+    work_session_max_duration: float = Field(default=4 * 3600, gt=0)
+    """Longest a work session may last (seconds from its start, or from now on extend)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @property
+    def ws_max_size(self) -> int:
+        """Transport-level websocket message limit (twice the application limit)."""
+        return 2 * self.max_message_bytes

@@ -1,0 +1,139 @@
+"""The agent hub: the backhaul endpoint, the registry of agents, and delivery."""
+
+from __future__ import annotations
+
+import structlog
+from starlette.responses import JSONResponse
+from starlette.websockets import WebSocket
+
+from fleetgate.controlplane.auth import parse_agent_authorization
+from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.notifier import Notifier
+from fleetgate.controlplane.hub.registry import (
+    CLOSE_DELETED,
+    CLOSE_SHUTDOWN,
+    AgentConnection,
+    Registry,
+    run_message,
+)
+from fleetgate.controlplane.hub.scheduler import Scheduler
+from fleetgate.controlplane.hub.session import AgentSession
+from fleetgate.controlplane.store import Database, servers as servers_store
+from fleetgate.controlplane.store.commands import CommandRow
+from fleetgate.controlplane.store.worksessions import WorkSessionRow
+from fleetgate.shared.protocol import WorkSessionEnded
+
+
+__all__ = ["Hub"]
+
+log = structlog.get_logger("fleetgate.controlplane.hub")
+
+
+class Hub:
+    """Everything about connected agents; one per application."""
+
+    def __init__(self, db: Database, settings: ControlPlaneSettings) -> None:
+        self.db = db
+        self.settings = settings
+        self.registry = Registry()
+        self.notifier = Notifier()
+        self.scheduler = Scheduler(db, self.registry)
+        self.channels = ChannelBroker(self.registry)
+
+    def connection(self, server_id: str) -> AgentConnection | None:
+        """The live, welcomed connection of a server."""
+        return self.registry.get(server_id)
+
+    async def send_command(self, row: CommandRow) -> bool:
+        """Send ``command.run`` for ``row`` to its server now; whether it was sent.
+
+        A failed send is not an error: the command stays "sent, not delivered" and the
+        agent's next ``hello`` brings it again.
+        """
+        conn = self.registry.get(row.server_id)
+        if conn is None:
+            return False
+        sent = await conn.send_quietly(run_message(row))
+        if sent:
+            log.debug("command_sent", command_id=row.id, server_id=row.server_id)
+        return sent
+
+    async def work_session_ended(self, row: WorkSessionRow) -> None:
+        """Tell the connected agents of the session's servers to revoke it now (a
+        ``WorkSessionClock`` listener). An agent that is not connected still refuses
+        after ``expires_at`` by its own clock."""
+        message = WorkSessionEnded(work_session=row.id, status=row.status.value)
+        for server_id in row.server_ids:
+            conn = self.registry.get(server_id)
+            if conn is not None and await conn.send_quietly(message):
+                log.info("work_session_end_sent", work_session=row.id, server_id=server_id)
+
+    async def disconnect(self, server_id: str, reason: str = "server deleted") -> None:
+        """Close a server's connection (after it was deleted)."""
+        conn = self.registry.get(server_id)
+        if conn is not None:
+            await conn.close(CLOSE_DELETED, reason)
+
+    def begin_shutdown(self) -> None:
+        """The server stops: end the output streams now instead of at the drain timeout."""
+        self.notifier.close()
+
+    async def close_all(self) -> None:
+        """Close every agent connection (shutdown)."""
+        for conn in self.registry.connections():
+            await conn.close(CLOSE_SHUTDOWN, "control plane shutting down")
+
+    async def serve(self, websocket: WebSocket) -> None:
+        """The ``/ws/agent/backhaul/`` endpoint: authenticate, then run the session.
+
+        Bad credentials are refused before the websocket is accepted, with a real HTTP
+        401 response (the ASGI websocket denial-response extension, which uvicorn
+        implements); a server without the extension gets a close before accept (403).
+        """
+        server = await self._authenticate(websocket)
+        if server is None:
+            return
+        await websocket.accept()
+        conn = AgentConnection(websocket, server.id, server.name)
+        session = AgentSession(
+            conn,
+            db=self.db,
+            registry=self.registry,
+            notifier=self.notifier,
+            settings=self.settings,
+            channels=self.channels,
+        )
+        await session.run()
+
+    async def serve_channel(self, websocket: WebSocket, channel_id: str) -> None:
+        """The ``/ws/agent/channels/<id>/`` endpoint: an agent attaches a channel."""
+        server = await self._authenticate(websocket)
+        if server is not None:
+            await self.channels.serve_agent(websocket, server.id, channel_id)
+
+    async def authenticate_agent(self, websocket: WebSocket) -> servers_store.ServerRow | None:
+        """The agent's server, or ``None`` after refusing the websocket with HTTP 401."""
+        return await self._authenticate(websocket)
+
+    async def _authenticate(self, websocket: WebSocket) -> servers_store.ServerRow | None:
+        """The agent's server, or ``None`` after refusing the websocket with HTTP 401."""
+        creds = parse_agent_authorization(websocket.headers.get("authorization"))
+        server = None
+        if creds is not None:
+            server = await self.db.read(servers_store.authenticate, *creds)
+        if server is None:
+            log.info("agent_refused", client=str(websocket.client and websocket.client.host))
+            await _deny(websocket)
+        return server
+
+
+async def _deny(websocket: WebSocket) -> None:
+    response = JSONResponse(
+        {"code": "AUTHENTICATION_FAILED", "detail": "unknown server id or wrong key"},
+        status_code=401,
+    )
+    try:
+        await websocket.send_denial_response(response)
+    except RuntimeError:
+        await websocket.close(code=1008)

@@ -1,0 +1,276 @@
+"""One agent's backhaul connection, from ``hello`` to close.
+
+Three tasks per connection, all owned by the session's TaskGroup:
+
+* the reader receives frames into a bounded queue;
+* the idle watchdog closes a connection silent for ``agent_idle_timeout``;
+* the processor takes every frame already queued (up to ``confirm_batch``), answers
+  pings and refused frames at once, stores the batch's reports in one transaction and
+  confirms them with one ``confirm``. Under load the batches grow, so the cost per
+  report falls; when the link is quiet every report is confirmed immediately.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import structlog
+from starlette.websockets import WebSocket
+
+from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.notifier import Notifier
+from fleetgate.controlplane.hub.registry import (
+    CLOSE_IDLE,
+    CLOSE_REPLACED,
+    CLOSE_SHUTDOWN,
+    AgentConnection,
+    Registry,
+    run_message,
+)
+from fleetgate.controlplane.store import (
+    Database,
+    commands as commands_store,
+    reports as reports_store,
+    servers as servers_store,
+)
+from fleetgate.controlplane.timeutil import now_us
+from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.protocol import (
+    PROTOCOL_VERSION,
+    CommandAcked,
+    CommandDelivered,
+    CommandFinished,
+    CommandOutput,
+    CommandReport,
+    Confirm,
+    ErrorMessage,
+    Hello,
+    Ping,
+    Pong,
+    SudoDecided,
+    Welcome,
+    decode_agent_message,
+    error_ref,
+)
+
+
+__all__ = ["AgentSession"]
+
+log = structlog.get_logger("fleetgate.controlplane.hub")
+
+QUEUE_FRAMES = 1024
+"""Frames received but not yet processed; the reader waits when it is full."""
+
+_REPORT_TYPES = (CommandDelivered, CommandAcked, CommandOutput, CommandFinished, SudoDecided)
+
+
+def _error(code: str, message: str, ref: str | None) -> ErrorMessage:
+    return ErrorMessage(
+        code=code[:64], message=message[:4096], ref=None if ref is None else ref[:128]
+    )
+
+
+class AgentSession:
+    """Drive one accepted connection until it closes (see the module docstring)."""
+
+    def __init__(
+        self,
+        conn: AgentConnection,
+        *,
+        db: Database,
+        registry: Registry,
+        notifier: Notifier,
+        settings: ControlPlaneSettings,
+        channels: ChannelBroker | None = None,
+    ) -> None:
+        self.conn = conn
+        self.channels = channels
+        self.db = db
+        self.registry = registry
+        self.notifier = notifier
+        self.settings = settings
+        self.welcomed = False
+        self.log = log.bind(server_id=conn.server_id)
+        self._queue: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=QUEUE_FRAMES)
+
+    @property
+    def websocket(self) -> WebSocket:
+        """The underlying websocket."""
+        return self.conn.websocket
+
+    async def run(self) -> None:
+        """Serve the connection; return when it is closed by either side."""
+        self.log.info("agent_connected")
+        close_code, reason = CLOSE_SHUTDOWN, "control plane shutting down"  # if cancelled
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._read()),
+                    tg.create_task(self._process()),
+                    tg.create_task(self._watch_idle()),
+                ]
+                await self.conn.closed.wait()
+                for task in tasks:
+                    task.cancel()
+        except* Exception as group:
+            close_code, reason = 1011, "internal error"
+            for exc in group.exceptions:
+                self.log.error("agent_session_failed", exc_info=exc)
+        finally:
+            await self._finish(close_code, reason)
+
+    async def _finish(self, close_code: int, reason: str) -> None:
+        await self.conn.close(close_code, reason)  # a no-op when already closed
+        self.registry.remove(self.conn)
+        try:
+            await asyncio.shield(
+                self.db.write(
+                    servers_store.mark_disconnected,
+                    self.conn.server_id,
+                    connected_at=self.conn.connected_at,
+                    last_seen_at=self.conn.last_seen_at,
+                )
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - best effort at the end of a session
+            self.log.warning("mark_disconnected_failed", error=type(exc).__name__)
+        self.log.info("agent_disconnected")
+
+    # -- reader ----------------------------------------------------------------------
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                self.conn.closed.set()
+                return
+            text = message.get("text")
+            frame: str | bytes = text if text is not None else message.get("bytes") or b""
+            self.conn.last_seen_at = now_us()
+            self.conn.last_frame_monotonic = time.monotonic()
+            await self._queue.put(frame)
+
+    async def _watch_idle(self) -> None:
+        """Close the connection once no frame arrived for ``agent_idle_timeout`` seconds.
+
+        Sleeps until the current deadline (last frame + timeout) and looks again, so the
+        cost is one timer per timeout period, not one per frame.
+        """
+        idle = self.settings.agent_idle_timeout
+        while True:
+            remaining = self.conn.last_frame_monotonic + idle - time.monotonic()
+            if remaining <= 0:
+                self.log.info("agent_idle_timeout", seconds=idle)
+                await self.conn.close(CLOSE_IDLE, "idle timeout")
+                return
+            await asyncio.sleep(remaining)
+
+    # -- processor -------------------------------------------------------------------
+
+    async def _process(self) -> None:
+        limit = self.settings.confirm_batch
+        while True:
+            frames = [await self._queue.get()]
+            while len(frames) < limit and not self._queue.empty():
+                frames.append(self._queue.get_nowait())
+            reports: list[CommandReport] = []
+            for frame in frames:
+                report = await self._handle_frame(frame)
+                if report is not None:
+                    reports.append(report)
+            if reports:
+                await self._store(reports)
+
+    async def _handle_frame(self, frame: str | bytes) -> CommandReport | None:
+        """Answer one frame; return it when it is a report to store."""
+        try:
+            message = decode_agent_message(frame, max_bytes=self.settings.max_message_bytes)
+        except ProtocolViolation as exc:
+            self.log.info("frame_refused", code=exc.code)
+            await self.conn.send_quietly(_error(exc.code, exc.message, error_ref(frame)))
+            return None
+        if isinstance(message, Ping):
+            await self.conn.send_quietly(Pong(nonce=message.nonce))
+            return None
+        if isinstance(message, Hello):
+            await self._hello(message)
+            return None
+        if isinstance(message, _REPORT_TYPES):
+            if not self.welcomed:
+                await self.conn.send_quietly(
+                    _error("invalid", "hello must be the first message", str(message.rid))
+                )
+                return None
+            return message
+        if isinstance(message, ErrorMessage):
+            if self.channels is not None and self.channels.refused(self.conn.server_id, message):
+                self.log.info("channel_refused", code=message.code, channel_id=message.ref)
+            else:
+                self.log.warning("agent_error", code=message.code, ref=message.ref)
+        return None
+
+    async def _hello(self, hello: Hello) -> None:
+        if self.welcomed:
+            await self.conn.send_quietly(_error("invalid", "duplicate hello", None))
+            return
+        if hello.protocol != PROTOCOL_VERSION:
+            await self.conn.send_quietly(
+                _error(
+                    "unsupported_version",
+                    f"protocol {hello.protocol} is not supported (expected {PROTOCOL_VERSION})",
+                    None,
+                )
+            )
+            await self.conn.close(1002, "unsupported protocol version")
+            return
+        conn = self.conn
+        conn.agent_version = hello.agent_version
+        conn.hostname = hello.hostname
+        await self.db.write(
+            servers_store.mark_connected,
+            conn.server_id,
+            agent_version=hello.agent_version,
+            hostname=hello.hostname,
+            connected_at=conn.connected_at,
+            last_seen_at=conn.last_seen_at,
+        )
+        welcome = Welcome(server_id=uuid.UUID(conn.server_id), server_name=conn.server_name)
+        if not await conn.send_quietly(welcome):
+            return
+        self.welcomed = True
+        old = self.registry.add(conn)
+        if old is not None:
+            self.log.info("agent_connection_replaced")
+            await old.close(CLOSE_REPLACED, "replaced by a newer connection")
+        self.log.info("agent_hello", agent_version=hello.agent_version, running=len(hello.running))
+        rows = await self.db.write(
+            commands_store.claim_for_hello,
+            conn.server_id,
+            now=now_us(),
+            running=[str(command_id) for command_id in hello.running],
+        )
+        for row in rows:
+            if not await conn.send_quietly(run_message(row)):
+                break
+            self.log.debug("command_sent", command_id=row.id, redelivery=True)
+
+    async def _store(self, reports: list[CommandReport]) -> None:
+        outcome = await self.db.write(
+            reports_store.apply_reports,
+            self.conn.server_id,
+            reports,
+            last_seen_at=self.conn.last_seen_at,
+        )
+        for rid, command_id in outcome.unknown:
+            self.log.warning("report_for_unknown_command", command_id=command_id, rid=rid)
+            await self.conn.send_quietly(
+                _error("invalid", f"unknown command {command_id}", str(rid))
+            )
+        if outcome.changed:
+            self.notifier.notify(outcome.changed)
+        rids = outcome.stored + [rid for rid, _ in outcome.unknown]
+        await self.conn.send_quietly(Confirm(rids=rids))

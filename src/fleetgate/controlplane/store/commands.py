@@ -1,0 +1,364 @@
+"""Commands and their output chunks: create, read, list, cancel, claim for delivery."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from fleetgate.controlplane.store.queries import (
+    COMMAND_COLUMNS,
+    COMMAND_FROM,
+    CommandFilter,
+    build_command_query,
+)
+
+
+__all__ = [
+    "CancelOutcome",
+    "ChunkRow",
+    "CommandRow",
+    "NewCommand",
+    "cancel_command",
+    "claim_due",
+    "claim_for_hello",
+    "get_command",
+    "insert_command",
+    "list_chunks",
+    "list_commands",
+    "next_due",
+    "read_chunks",
+]
+
+
+@dataclass(frozen=True)
+class NewCommand:
+    """A validated command create."""
+
+    id: str
+    server_id: str
+    shell: str
+    line: str
+    username: str
+    groupname: str
+    env: dict[str, str]
+    timeout: float | None
+    requested_by: int | None
+    added_at: int
+    scheduled_at: int
+    work_session_id: str | None = None
+    grant: str | None = None
+    """The signed grant sent with the command (``docs/protocol.md``), as JSON."""
+    sudo: bool = False
+    """Elevation: runs as root if the line matches a sudo pattern (``docs/sudo.md``)."""
+
+
+@dataclass(frozen=True)
+class CommandRow:
+    """A command with its server's name and its requester, as the API shows it."""
+
+    id: str
+    server_id: str
+    server_name: str
+    shell: str
+    line: str
+    username: str
+    groupname: str
+    env: dict[str, str]
+    timeout: float | None
+    requested_by: int | None
+    requester_username: str | None
+    requester_email: str | None
+    added_at: int
+    scheduled_at: int
+    sent_at: int | None
+    delivered_at: int | None
+    acked_at: int | None
+    handled_at: int | None
+    cancelled_at: int | None
+    elapsed_time: float | None
+    exit_code: int | None
+    success: bool | None
+    result: str | None
+    truncated: bool
+    output_bytes: int | None
+    error_phase: str | None
+    message: str | None
+    work_session_id: str | None = None
+    grant: str | None = None
+    sudo: bool = False
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> CommandRow:
+        """Build from a row selected with ``COMMAND_COLUMNS``."""
+        success = row["success"]
+        return cls(
+            id=row["id"],
+            server_id=row["server_id"],
+            server_name=row["server_name"],
+            shell=row["shell"],
+            line=row["line"],
+            username=row["username"],
+            groupname=row["groupname"],
+            env=json.loads(row["env"]),
+            timeout=row["timeout"],
+            requested_by=row["requested_by"],
+            requester_username=row["requester_username"],
+            requester_email=row["requester_email"],
+            added_at=row["added_at"],
+            scheduled_at=row["scheduled_at"],
+            sent_at=row["sent_at"],
+            delivered_at=row["delivered_at"],
+            acked_at=row["acked_at"],
+            handled_at=row["handled_at"],
+            cancelled_at=row["cancelled_at"],
+            elapsed_time=row["elapsed_time"],
+            exit_code=row["exit_code"],
+            success=None if success is None else bool(success),
+            result=row["result"],
+            truncated=bool(row["truncated"]),
+            output_bytes=row["output_bytes"],
+            error_phase=row["error_phase"],
+            message=row["message"],
+            work_session_id=row["work_session_id"],
+            grant=row["grant_token"],
+            sudo=bool(row["sudo"]),
+        )
+
+    @property
+    def is_final(self) -> bool:
+        """Finished or cancelled: nothing more will happen to it."""
+        return self.handled_at is not None or self.cancelled_at is not None
+
+
+@dataclass(frozen=True)
+class ChunkRow:
+    """One chunk of output."""
+
+    seq: int
+    content: str
+
+
+_SELECT_ONE = f"SELECT {COMMAND_COLUMNS} FROM {COMMAND_FROM} WHERE c.id = ?"  # noqa: S608
+
+_UNDELIVERED = "c.delivered_at IS NULL AND c.acked_at IS NULL AND c.handled_at IS NULL"
+
+
+def insert_command(
+    conn: sqlite3.Connection,
+    cmd: NewCommand,
+    *,
+    sent_at: int | None,
+    server_name: str,
+    requester_username: str | None = None,
+    requester_email: str | None = None,
+) -> CommandRow:
+    """Insert a command (``sent_at`` set when it is about to be sent right away).
+
+    The row is returned as inserted (the caller knows the server's name and the
+    requester), without reading it back.
+    """
+    conn.execute(
+        "INSERT INTO commands (id, server_id, shell, line, username, groupname, env, timeout, "
+        "requested_by, added_at, scheduled_at, sent_at, work_session_id, grant_token, sudo) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            cmd.id,
+            cmd.server_id,
+            cmd.shell,
+            cmd.line,
+            cmd.username,
+            cmd.groupname,
+            json.dumps(cmd.env),
+            cmd.timeout,
+            cmd.requested_by,
+            cmd.added_at,
+            cmd.scheduled_at,
+            sent_at,
+            cmd.work_session_id,
+            cmd.grant,
+            int(cmd.sudo),
+        ),
+    )
+    return CommandRow(
+        id=cmd.id,
+        server_id=cmd.server_id,
+        server_name=server_name,
+        shell=cmd.shell,
+        line=cmd.line,
+        username=cmd.username,
+        groupname=cmd.groupname,
+        env=cmd.env,
+        timeout=cmd.timeout,
+        requested_by=cmd.requested_by,
+        requester_username=requester_username,
+        requester_email=requester_email,
+        added_at=cmd.added_at,
+        scheduled_at=cmd.scheduled_at,
+        sent_at=sent_at,
+        delivered_at=None,
+        acked_at=None,
+        handled_at=None,
+        cancelled_at=None,
+        elapsed_time=None,
+        exit_code=None,
+        success=None,
+        result=None,
+        truncated=False,
+        output_bytes=None,
+        error_phase=None,
+        message=None,
+        work_session_id=cmd.work_session_id,
+        grant=cmd.grant,
+        sudo=cmd.sudo,
+    )
+
+
+def get_command(conn: sqlite3.Connection, command_id: str) -> CommandRow | None:
+    """The command with this id."""
+    row = conn.execute(_SELECT_ONE, (command_id,)).fetchone()
+    return None if row is None else CommandRow.from_row(row)
+
+
+def list_commands(
+    conn: sqlite3.Connection,
+    flt: CommandFilter,
+    *,
+    now: int,
+    visible_to: int | None,
+    limit: int,
+    offset: int,
+) -> tuple[int, list[CommandRow]]:
+    """One page of commands and the total count (see :func:`build_command_query`)."""
+    q = build_command_query(flt, now=now, visible_to=visible_to, limit=limit, offset=offset)
+    count = int(conn.execute(q.count, q.count_params).fetchone()[0])
+    rows = [CommandRow.from_row(r) for r in conn.execute(q.select, q.select_params)]
+    return count, rows
+
+
+def list_chunks(
+    conn: sqlite3.Connection,
+    command_id: str,
+    *,
+    seq_gte: int | None,
+    seq_lte: int | None,
+    limit: int,
+    offset: int,
+) -> tuple[int, list[ChunkRow]]:
+    """One page of a command's chunks by ``seq`` and the total count."""
+    where = "command_id = ?"
+    params: list[object] = [command_id]
+    if seq_gte is not None:
+        where += " AND seq >= ?"
+        params.append(seq_gte)
+    if seq_lte is not None:
+        where += " AND seq <= ?"
+        params.append(seq_lte)
+    count = int(
+        conn.execute(f"SELECT COUNT(*) FROM command_chunks WHERE {where}", params).fetchone()[0]  # noqa: S608
+    )
+    rows = conn.execute(
+        f"SELECT seq, content FROM command_chunks WHERE {where} ORDER BY seq LIMIT ? OFFSET ?",  # noqa: S608
+        [*params, limit, offset],
+    )
+    return count, [ChunkRow(int(r["seq"]), str(r["content"])) for r in rows]
+
+
+def read_chunks(
+    conn: sqlite3.Connection, command_id: str, *, seq_gte: int, limit: int
+) -> list[ChunkRow]:
+    """Up to ``limit`` chunks with ``seq >= seq_gte``, in order (for the stream)."""
+    rows = conn.execute(
+        "SELECT seq, content FROM command_chunks WHERE command_id = ? AND seq >= ? "
+        "ORDER BY seq LIMIT ?",
+        (command_id, seq_gte, limit),
+    )
+    return [ChunkRow(int(r["seq"]), str(r["content"])) for r in rows]
+
+
+class CancelOutcome:
+    """Results of :func:`cancel_command`."""
+
+    NOT_FOUND = "not_found"
+    ALREADY_SENT = "already_sent"
+    CANCELLED = "cancelled"
+
+
+def cancel_command(conn: sqlite3.Connection, command_id: str, *, now: int) -> str:
+    """Cancel a command not yet sent; a :class:`CancelOutcome` value.
+
+    Cancelling a command already cancelled is a success (idempotent).
+    """
+    cur = conn.execute(
+        "UPDATE commands SET cancelled_at = ?, env = '{}' WHERE id = ? AND sent_at IS NULL "
+        "AND cancelled_at IS NULL AND handled_at IS NULL",
+        (now, command_id),
+    )
+    if cur.rowcount:
+        return CancelOutcome.CANCELLED
+    row = conn.execute("SELECT cancelled_at FROM commands WHERE id = ?", (command_id,)).fetchone()
+    if row is None:
+        return CancelOutcome.NOT_FOUND
+    return (
+        CancelOutcome.CANCELLED if row["cancelled_at"] is not None else CancelOutcome.ALREADY_SENT
+    )
+
+
+def claim_due(
+    conn: sqlite3.Connection, server_ids: Sequence[str], *, now: int, limit: int = 1000
+) -> list[CommandRow]:
+    """Mark as sent, and return oldest first, unsent due commands of these servers."""
+    if not server_ids:
+        return []
+    marks = ", ".join("?" * len(server_ids))
+    ids = [
+        r["id"]
+        for r in conn.execute(
+            "SELECT id FROM commands WHERE sent_at IS NULL AND cancelled_at IS NULL "  # noqa: S608
+            f"AND scheduled_at <= ? AND server_id IN ({marks}) "
+            "ORDER BY scheduled_at, added_at LIMIT ?",
+            (now, *server_ids, limit),
+        )
+    ]
+    return _mark_sent(conn, ids, now)
+
+
+def claim_for_hello(
+    conn: sqlite3.Connection, server_id: str, *, now: int, running: Iterable[str]
+) -> list[CommandRow]:
+    """Every due, undelivered, uncancelled command of a server (sent or not) except those
+    the agent says it is running, marked as sent, oldest first."""
+    skip = set(running)
+    ids = [
+        r["id"]
+        for r in conn.execute(
+            f"SELECT c.id FROM commands c WHERE c.server_id = ? AND {_UNDELIVERED} "  # noqa: S608
+            "AND c.cancelled_at IS NULL AND c.scheduled_at <= ? ORDER BY c.scheduled_at, c.added_at",
+            (server_id, now),
+        )
+        if r["id"] not in skip
+    ]
+    return _mark_sent(conn, ids, now)
+
+
+def _mark_sent(conn: sqlite3.Connection, ids: list[str], now: int) -> list[CommandRow]:
+    out: list[CommandRow] = []
+    for command_id in ids:
+        conn.execute(
+            "UPDATE commands SET sent_at = ? WHERE id = ? AND sent_at IS NULL", (now, command_id)
+        )
+        row = get_command(conn, command_id)
+        if row is not None:
+            out.append(row)
+    return out
+
+
+def next_due(conn: sqlite3.Connection, *, now: int) -> int | None:
+    """The earliest ``scheduled_at`` after ``now`` of an unsent, uncancelled command."""
+    row = conn.execute(
+        "SELECT MIN(scheduled_at) FROM commands WHERE sent_at IS NULL AND cancelled_at IS NULL "
+        "AND scheduled_at > ?",
+        (now,),
+    ).fetchone()
+    return None if row[0] is None else int(row[0])

@@ -1,0 +1,170 @@
+"""Idempotent storage of agent reports (``command.delivered|acked|output|finished``).
+
+Timestamps are set once, output chunks are insert-or-ignore on ``(command_id, seq)``,
+the final result is stored once: a report sent again after a reconnect changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from fleetgate.controlplane.store import worksessions as ws_store
+from fleetgate.controlplane.timeutil import to_us
+from fleetgate.shared.protocol import (
+    CommandAcked,
+    CommandDelivered,
+    CommandFinished,
+    CommandOutput,
+    CommandReport,
+    SudoDecided,
+)
+
+
+__all__ = ["ReportOutcome", "apply_reports"]
+
+
+@dataclass
+class ReportOutcome:
+    """What :func:`apply_reports` did."""
+
+    stored: list[int] = field(default_factory=list)
+    """rids of reports stored (or already stored before: duplicates)."""
+    unknown: list[tuple[int, str]] = field(default_factory=list)
+    """(rid, command id) of reports for a command this server does not have."""
+    changed: set[str] = field(default_factory=set)
+    """Commands that got new output or their final result."""
+
+
+def apply_reports(
+    conn: sqlite3.Connection,
+    server_id: str,
+    reports: Sequence[CommandReport],
+    *,
+    last_seen_at: int,
+) -> ReportOutcome:
+    """Store agent reports idempotently (call inside one transaction).
+
+    Timestamps are set once (a duplicate report changes nothing); output chunks are
+    insert-or-ignore on ``(command_id, seq)``. A report for a command that is not this
+    server's is not stored and is listed in :attr:`ReportOutcome.unknown`.
+    """
+    outcome = ReportOutcome()
+    commands = [r for r in reports if not isinstance(r, SudoDecided)]
+    known = _own_commands(conn, server_id, {str(r.command_id) for r in commands})
+    for report in reports:
+        if isinstance(report, SudoDecided):
+            _store_sudo(conn, server_id, report)
+            outcome.stored.append(report.rid)
+            continue
+        command_id = str(report.command_id)
+        exists = command_id in known
+        if not exists:
+            outcome.unknown.append((report.rid, command_id))
+            continue
+        if _apply_one(conn, command_id, report):
+            outcome.changed.add(command_id)
+        outcome.stored.append(report.rid)
+    conn.execute("UPDATE servers SET last_seen_at = ? WHERE id = ?", (last_seen_at, server_id))
+    return outcome
+
+
+def _store_sudo(conn: sqlite3.Connection, server_id: str, report: SudoDecided) -> None:
+    """A ``sudo`` item on the work session's timeline, once per decision.
+
+    A decision about a session that is not this control plane's, or whose server is not
+    in it, is dropped (and still confirmed: sending it again would change nothing).
+    """
+    row = conn.execute(
+        "SELECT servers FROM work_sessions WHERE id = ?", (report.work_session,)
+    ).fetchone()
+    if row is None or server_id not in json.loads(row[0]):
+        return
+    decision_id = str(report.decision_id)
+    seen = conn.execute(
+        "SELECT 1 FROM work_session_events WHERE session_id = ? AND type = 'sudo' "
+        "AND json_extract(data, '$.decision_id') = ?",
+        (report.work_session, decision_id),
+    ).fetchone()
+    if seen is not None:
+        return
+    own_command = None
+    if report.command_id is not None and _own_commands(conn, server_id, {str(report.command_id)}):
+        own_command = str(report.command_id)
+    ws_store.add_event(
+        conn,
+        report.work_session,
+        "sudo",
+        timestamp=to_us(report.at),
+        server_id=server_id,
+        command_id=own_command,
+        data={
+            "decision_id": decision_id,
+            "session": report.session,
+            "user": report.user,
+            "command": report.command,
+            "argv": report.argv,
+            "allowed": report.allowed,
+            "code": report.code,
+            "message": report.message,
+        },
+    )
+
+
+def _own_commands(conn: sqlite3.Connection, server_id: str, ids: set[str]) -> set[str]:
+    """Which of ``ids`` are commands of this server (one query per 500 ids)."""
+    found: set[str] = set()
+    pending = sorted(ids)
+    for start in range(0, len(pending), 500):
+        chunk = pending[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT id FROM commands WHERE server_id = ? AND id IN ({marks})",  # noqa: S608
+            (server_id, *chunk),
+        )
+        found.update(row[0] for row in rows)
+    return found
+
+
+def _apply_one(conn: sqlite3.Connection, command_id: str, report: CommandReport) -> bool:
+    """Store one report; whether stream readers should be woken."""
+    if isinstance(report, CommandOutput):
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO command_chunks (command_id, seq, content) VALUES (?, ?, ?)",
+            (command_id, report.seq, report.data),
+        )
+        return cur.rowcount > 0
+    if isinstance(report, CommandDelivered):
+        conn.execute(
+            "UPDATE commands SET delivered_at = ?, sent_at = COALESCE(sent_at, ?) "
+            "WHERE id = ? AND delivered_at IS NULL",
+            (to_us(report.delivered_at), to_us(report.delivered_at), command_id),
+        )
+        return False
+    if isinstance(report, CommandAcked):
+        conn.execute(
+            "UPDATE commands SET acked_at = ? WHERE id = ? AND acked_at IS NULL",
+            (to_us(report.acked_at), command_id),
+        )
+        return False
+    assert isinstance(report, CommandFinished)
+    cur = conn.execute(
+        "UPDATE commands SET handled_at = ?, elapsed_time = ?, exit_code = ?, success = ?, "
+        "result = ?, truncated = ?, output_bytes = ?, error_phase = ?, message = ?, env = '{}' "
+        "WHERE id = ? AND handled_at IS NULL",
+        (
+            to_us(report.handled_at),
+            report.elapsed_time,
+            report.exit_code,
+            int(report.success),
+            report.result,
+            int(report.truncated),
+            report.output_bytes,
+            report.error_phase,
+            report.message,
+            command_id,
+        ),
+    )
+    return cur.rowcount > 0

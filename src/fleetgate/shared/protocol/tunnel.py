@@ -1,0 +1,84 @@
+"""Control frames of a ``tunnel`` channel (one TCP connection), pure: no I/O.
+
+On a tunnel channel a binary frame is payload bytes, in order, of any size up to the
+link's frame limit; there are no per-frame acknowledgements (the websocket's own TCP
+flow control is the backpressure). A text frame is one JSON control object:
+
+- ``{"type": "eof"}``: the sender's TCP peer closed its write side; the receiver shuts
+  down the write side of its own socket (half-close) and keeps sending its data.
+- ``{"type": "error", "code": ..., "message": ...}``: the stream failed (connection
+  refused, reset, protocol violation); the sender closes the channel right after.
+
+The stream ends when both sides have sent ``eof`` (then either closes with 1000) or
+when the channel closes first (the other side aborts its socket).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from fleetgate.shared.errors import ProtocolViolation
+
+
+__all__ = [
+    "EOF_FRAME",
+    "TunnelControl",
+    "TunnelEof",
+    "TunnelError",
+    "decode_tunnel_control",
+    "tunnel_error_frame",
+]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TunnelEof(_Frame):
+    """The sender's side of the TCP connection will send no more bytes."""
+
+    type: Literal["eof"] = "eof"
+
+
+class TunnelError(_Frame):
+    """The stream failed; ``code`` is stable (``tunnel_*``), ``message`` is for people."""
+
+    type: Literal["error"] = "error"
+    code: str = Field(max_length=64)
+    message: str = Field(max_length=4096)
+
+
+TunnelControl = Annotated[TunnelEof | TunnelError, Field(discriminator="type")]
+"""Any control frame of a tunnel channel."""
+
+_ADAPTER: TypeAdapter[TunnelEof | TunnelError] = TypeAdapter(TunnelControl)
+
+EOF_FRAME = TunnelEof().model_dump_json()
+"""The encoded ``eof`` frame (constant, sent as text)."""
+
+_MAX_CONTROL_BYTES = 8192
+
+
+def tunnel_error_frame(code: str, message: str) -> str:
+    """The encoded ``error`` frame (the message is cut to the model's bound)."""
+    return TunnelError(code=code[:64], message=message[:4096]).model_dump_json()
+
+
+def decode_tunnel_control(text: str) -> TunnelEof | TunnelError:
+    """Parse one text frame of a tunnel channel.
+
+    Raises:
+        ProtocolViolation: too large, not JSON, or not a known control frame.
+    """
+    if len(text) > _MAX_CONTROL_BYTES:
+        raise ProtocolViolation("too_large", f"tunnel control frame of {len(text)} characters")
+    try:
+        return _ADAPTER.validate_json(text)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(frame)"
+        raise ProtocolViolation(
+            "invalid", f"bad tunnel control frame: {where}: {err['msg']}"
+        ) from None

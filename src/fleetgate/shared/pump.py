@@ -1,0 +1,214 @@
+"""Move the bytes of one TCP connection over one channel link, both ways at once.
+
+Used by the agent (link = its channel websocket, socket = the target connection) and by
+``agentctl tunnel`` (link = the client websocket, socket = the accepted connection), so
+both ends speak exactly the same frames (``fleetgate.shared.protocol.tunnel``).
+
+Throughput comes from large reads sent as single binary frames with no acknowledgement;
+backpressure from awaiting every write: ``link.send`` waits while the websocket's
+transport is above its high-water mark, and ``sock_sendall`` waits while the kernel's
+send buffer is full, during which the link is not read, so its TCP window closes and the
+sender upstream waits in turn. Nothing is buffered here beyond one read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from dataclasses import dataclass
+from typing import Protocol
+
+from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.protocol.tunnel import (
+    EOF_FRAME,
+    TunnelError,
+    decode_tunnel_control,
+    tunnel_error_frame,
+)
+
+
+__all__ = ["Link", "PumpResult", "abort_socket", "pump"]
+
+
+class Link(Protocol):
+    """One message-oriented link (a websocket): bytes are data, text is control."""
+
+    async def recv(self) -> bytes | str: ...
+
+    async def send(self, data: bytes | str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PumpResult:
+    """How the stream ended: ``clean`` after both EOFs, else with the error's code.
+
+    ``sent`` and ``received`` count payload bytes from and to the local socket.
+    """
+
+    clean: bool
+    code: str | None = None
+    message: str = ""
+    sent: int = 0
+    received: int = 0
+
+
+class _End(Exception):
+    """The stream ends early; ``notify`` says whether the peer must be told."""
+
+    def __init__(self, code: str, message: str, *, notify: bool) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.notify = notify
+
+
+def abort_socket(sock: socket.socket) -> None:
+    """Close with a reset (SO_LINGER 0): the application on the other end sees the
+    connection fail instead of a clean end it could mistake for complete data."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    sock.close()
+
+
+class _Stream:
+    def __init__(
+        self,
+        sock: socket.socket,
+        link: Link,
+        read_bytes: int,
+        closed: tuple[type[BaseException], ...],
+    ) -> None:
+        self.sock = sock
+        self.link = link
+        self.read_bytes = read_bytes
+        self.closed = closed
+        self.loop = asyncio.get_running_loop()
+        self.up_done = False
+        self.down_done = False
+        self.sent = 0
+        self.received = 0
+
+    async def upstream(self) -> None:
+        """Local socket -> link, until the socket's EOF (then an ``eof`` frame)."""
+        while True:
+            try:
+                data = await self.loop.sock_recv(self.sock, self.read_bytes)
+            except OSError as exc:
+                raise _End(
+                    "tunnel_reset", f"connection failed: {exc.strerror or exc}", notify=True
+                ) from None
+            if not data:
+                # Marked before the send, which may wait for the transport to drain: the
+                # peer can get the eof and close before this task runs again.
+                self.up_done = True
+            try:
+                await self.link.send(data if data else EOF_FRAME)
+            except self.closed:
+                raise _End("tunnel_closed", "the channel closed", notify=False) from None
+            if not data:
+                if self.down_done:
+                    await self.link.close(1000)
+                return
+            self.sent += len(data)
+
+    async def watch(self) -> None:
+        """End the stream when the link closes early, even while both directions are
+        blocked on the socket (a target that neither reads nor writes)."""
+        await self.link.wait_closed()
+        if not (self.up_done and self.down_done):
+            raise _End("tunnel_closed", "the channel closed", notify=False)
+
+    async def downstream(self) -> None:
+        """Link -> local socket, until the link closes (after both EOFs: a clean end)."""
+        while True:
+            try:
+                message = await self.link.recv()
+            except self.closed:
+                if self.up_done and self.down_done:
+                    return
+                raise _End("tunnel_closed", "the channel closed", notify=False) from None
+            if isinstance(message, bytes):
+                if self.down_done:
+                    raise _End("tunnel_protocol", "data after eof", notify=True)
+                try:
+                    await self.loop.sock_sendall(self.sock, message)
+                except OSError as exc:
+                    raise _End(
+                        "tunnel_reset", f"connection failed: {exc.strerror or exc}", notify=True
+                    ) from None
+                self.received += len(message)
+                continue
+            try:
+                frame = decode_tunnel_control(message)
+            except ProtocolViolation as exc:
+                raise _End("tunnel_protocol", exc.message, notify=True) from None
+            if isinstance(frame, TunnelError):
+                raise _End(frame.code, frame.message, notify=False)
+            if self.down_done:
+                raise _End("tunnel_protocol", "eof received twice", notify=True)
+            self.down_done = True
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                raise _End(
+                    "tunnel_reset", f"connection failed: {exc.strerror or exc}", notify=True
+                ) from None
+            if self.up_done:
+                await self.link.close(1000)
+
+
+async def pump(
+    sock: socket.socket,
+    link: Link,
+    *,
+    read_bytes: int,
+    closed: tuple[type[BaseException], ...],
+) -> PumpResult:
+    """Carry ``sock`` over ``link`` until the stream ends; the socket is closed on return.
+
+    ``sock`` must be non-blocking. ``closed`` are the exceptions by which ``link`` says it
+    ended. On a clean end (EOF both ways) the link is closed with 1000 and the socket
+    closed; on a failure the socket is reset and the peer gets an ``error`` frame when it
+    did not cause it; the caller then closes the link (after reporting, so a slow close
+    handshake never delays what the user sees).
+    """
+    stream = _Stream(sock, link, read_bytes, closed)
+    end: _End | None = None
+    try:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(stream.upstream())
+                tasks.create_task(stream.downstream())
+                tasks.create_task(stream.watch())
+        except* _End as group:
+            end = group.exceptions[0]  # type: ignore[assignment]
+        except* closed:
+            end = _End("tunnel_closed", "the channel closed", notify=False)
+    except BaseException:
+        # Cancelled (the channel was closed, the session ended, shutdown): the local
+        # connection fails visibly; the caller closes the link.
+        abort_socket(sock)
+        raise
+    if end is None:
+        sock.close()
+        return PumpResult(clean=True, sent=stream.sent, received=stream.received)
+    abort_socket(sock)
+    if end.notify:
+        try:
+            await link.send(tunnel_error_frame(end.code, end.message))
+        except closed:
+            pass
+    return PumpResult(
+        clean=False,
+        code=end.code,
+        message=end.message,
+        sent=stream.sent,
+        received=stream.received,
+    )
