@@ -53,6 +53,7 @@ from fleetgate.shared.protocol import (
     ErrorMessage,
     GrantClaims,
     WorkSessionEnded,
+    content_digest,
 )
 
 
@@ -257,7 +258,11 @@ class Dispatcher:
         scope = "sudo" if message.sudo else "command"
         try:
             claims = self._grants.check(
-                message.grant, command_id=message.command_id, scope=scope, now=time()
+                message.grant,
+                command_id=message.command_id,
+                scope=scope,
+                now=time(),
+                content=content_digest(message),  # before elevation rewrites the line
             )
             if message.sudo:
                 line = self._elevation.check(message, claims)

@@ -7,7 +7,6 @@ and turns every failure into one of two exceptions: `ApiError` for an HTTP error
 
 from __future__ import annotations
 
-import json
 import socket
 import ssl
 from collections.abc import Iterator
@@ -19,6 +18,7 @@ import httpx
 
 from fleetgate import __version__
 from fleetgate.agentctl.errors import ApiError, CliError
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 USER_AGENT = f"agentctl/{__version__}"
@@ -40,7 +40,7 @@ def error_from_answer(status: int, content: bytes, reason: str = "") -> ApiError
     """The ApiError of an HTTP error answer (also a refused websocket handshake)."""
     code, detail, source = f"HTTP_{status}", "", None
     try:
-        body = json.loads(content) if content else None
+        body = json_loads(content) if content else None
     except ValueError:
         body = None
     if isinstance(body, dict):
@@ -212,7 +212,7 @@ def _decode_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            value = json_loads(line)
         except ValueError:
             raise StreamProtocolError(f"bad stream line: {line[:80]!r}") from None
         if not isinstance(value, dict):

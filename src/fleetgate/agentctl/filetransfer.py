@@ -29,6 +29,7 @@ from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import CliError
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = [
@@ -98,7 +99,7 @@ def _closed(exc: ConnectionClosed) -> Exception:
         return TransferFailed("internal", "the transfer failed on the agent (see its log)")
     if frame is not None and frame.code in (4400, 4403):
         try:
-            reason = json.loads(frame.reason)
+            reason = json_loads(frame.reason)
             return TransferFailed(str(reason.get("code")), str(reason.get("detail")))
         except (ValueError, AttributeError):
             return TransferFailed("refused", frame.reason or "refused by the agent")
@@ -113,7 +114,7 @@ async def recv_control(ws: ClientConnection) -> dict[str, Any]:
         raise _closed(exc) from None
     if isinstance(frame, bytes):
         raise CliError("the agent sent data where a control frame was expected")
-    obj = json.loads(frame)
+    obj = json_loads(frame)
     if not isinstance(obj, dict):
         raise CliError("the agent sent a malformed control frame")
     if obj.get("type") == "error":
@@ -255,7 +256,7 @@ async def download_file(
                         report(position)
                 finally:
                     await asyncio.to_thread(disk.close)
-                done: dict[str, Any] = json.loads(frame)
+                done: dict[str, Any] = json_loads(frame)
                 if done.get("type") == "error":
                     raise TransferFailed(str(done.get("code")), str(done.get("message")))
                 if done.get("sha256") != hasher.hexdigest() or done.get("size") != position:

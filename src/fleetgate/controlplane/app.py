@@ -19,6 +19,7 @@ from fleetgate.controlplane.api import (
     websh,
     worksessions,
 )
+from fleetgate.controlplane.api.bodies import BoundedBodies
 from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import install_error_handlers
@@ -74,6 +75,9 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
         openapi_url="/api/openapi.json",
     )
     install_error_handlers(app)
+    # Bodies up to 4 messages: a too large command still reaches validation and gets
+    # INVALID_COMMAND naming the limit it breaks; beyond that, 413 without buffering.
+    app.add_middleware(BoundedBodies, max_bytes=4 * settings.max_message_bytes)
     app.include_router(commands.router)  # the hot routes first: matching is in order
     app.include_router(servers.router)
     app.include_router(identity.router)

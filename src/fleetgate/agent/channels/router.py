@@ -23,7 +23,13 @@ from fleetgate.agent.backhaul import ChannelLink, dial_channel
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelClosed, ChannelRefused, ConnectionLost
 from fleetgate.agent.policy import GrantPolicy, GrantRefused
-from fleetgate.shared.protocol import ChannelClose, ChannelOpen, ErrorMessage, GrantClaims
+from fleetgate.shared.protocol import (
+    ChannelClose,
+    ChannelOpen,
+    ErrorMessage,
+    GrantClaims,
+    content_digest,
+)
 from fleetgate.shared.protocol.channels import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -106,7 +112,11 @@ class ChannelRouter:
         try:
             service = self._admit(message)
             claims = self._grants.check(
-                message.grant, command_id=channel_id, scope=service.scope, now=time()
+                message.grant,
+                command_id=channel_id,
+                scope=service.scope,
+                now=time(),
+                content=content_digest(message.spec),
             )
             service.check(message)
         except (ChannelRefused, GrantRefused) as exc:

@@ -31,6 +31,7 @@ from typing import Any
 from fleetgate.agent.config import load, parse
 from fleetgate.agent.errors import ConfigError, RegistrationError
 from fleetgate.agent.service.tomledit import render, set_keys
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = ["Result", "register", "unregister"]
@@ -279,7 +280,7 @@ def _request(
 
 def _json(data: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(data) if data else {}
+        body = json_loads(data) if data else {}
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}

@@ -29,6 +29,7 @@ from fleetgate.agentctl.commands import exec_cmd
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import ApiError, CliError, UsageError
 from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol.websh import Exit, WebshError, decode_agent_frame
 
 
@@ -275,7 +276,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _closed_message(code: int, reason: str) -> str:
     try:
-        detail = json.loads(reason)
+        detail = json_loads(reason)
     except ValueError:
         detail = None
     if isinstance(detail, dict) and "code" in detail:

@@ -41,7 +41,7 @@ from fleetgate.controlplane.store import (
 from fleetgate.controlplane.store.commands import CancelOutcome, CommandRow, NewCommand
 from fleetgate.controlplane.timeutil import now_us, to_us
 from fleetgate.controlplane.worksession.gate import GateDenial
-from fleetgate.shared.protocol import CommandRun
+from fleetgate.shared.protocol import CommandRun, content_digest
 from fleetgate.shared.sudo_patterns import SudoPatternError, parse_line
 
 
@@ -222,6 +222,7 @@ async def create_command(
             scope=scope,
             operation_id=new.id,
             description=run.line,
+            content=content_digest(run),
             now=now,
         )
         if isinstance(signed, GateDenial):

@@ -24,7 +24,7 @@ from fleetgate.controlplane.api.channels import (
     websocket_principal,
 )
 from fleetgate.controlplane.errors import APIError
-from fleetgate.shared.protocol import ChannelOpen, FilesSpec
+from fleetgate.shared.protocol import ChannelOpen, FilesSpec, content_digest
 
 
 __all__ = ["FILES_PATH", "router"]
@@ -89,6 +89,7 @@ async def files_channel(websocket: WebSocket) -> None:
             work_session=query.get("work_session") or websocket.headers.get("x-work-session"),
             operation_id=str(channel_id),
             description=describe(spec),
+            content=content_digest(spec),
         )
     except APIError as exc:
         await deny(websocket, exc.status, exc.code, exc.detail)

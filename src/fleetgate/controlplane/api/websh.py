@@ -28,7 +28,7 @@ from fleetgate.controlplane.store import terminals as store
 from fleetgate.controlplane.store.terminals import TerminalRow
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.controlplane.timeutil import iso, iso_or_none, now_us
-from fleetgate.shared.protocol import ChannelOpen, WebshSpec
+from fleetgate.shared.protocol import ChannelOpen, WebshSpec, content_digest
 
 
 __all__ = ["CLIENT_PATH", "WEBSH_SCOPE", "router", "session_ended_listener", "terminal_json"]
@@ -92,10 +92,10 @@ def is_owner(principal: Principal, row: TerminalRow) -> bool:
     return principal.user is None and principal.token.id == row.owner_token
 
 
-def _check_spec(body: TerminalCreateBody) -> None:
+def _check_spec(body: TerminalCreateBody, terminal_id: str) -> WebshSpec:
     try:
-        WebshSpec(
-            terminal_id=uuid.uuid4(),
+        return WebshSpec(
+            terminal_id=uuid.UUID(terminal_id),
             username=body.username,
             groupname=body.groupname,
             shell=body.shell,
@@ -113,8 +113,8 @@ async def create_terminal(
     body: TerminalCreateBody, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> dict[str, Any]:
     """Create a terminal on a server (the shell starts when the client attaches)."""
-    _check_spec(body)
     terminal_id = str(uuid.uuid4())
+    spec = _check_spec(body, terminal_id)
     allowed = await authorize(
         services,
         principal,
@@ -123,6 +123,7 @@ async def create_terminal(
         work_session=body.work_session or request.headers.get("x-work-session") or None,
         operation_id=terminal_id,
         description=f"websh {body.username}@{body.server}",
+        content=content_digest(spec),
     )
     now = now_us()
 
@@ -256,6 +257,7 @@ async def serve_client(websocket: WebSocket, terminal_id: str) -> None:
             work_session=row.work_session_id,
             operation_id=str(channel_id),
             description=f"websh attach {row.username}@{row.server_name}",
+            content=content_digest(spec),
         )
     except (ValueError, ValidationError) as exc:
         await deny(websocket, 400, "INVALID_REQUEST", str(exc).splitlines()[0][:200])
