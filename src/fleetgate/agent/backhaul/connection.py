@@ -223,6 +223,7 @@ class Backhaul:
             agent_version=__version__,
             hostname=socket.gethostname(),
             running=self._handler.running(),
+            max_message_bytes=self._config.limits.max_message_bytes,
         )
         await ws.send(encode(hello))
         try:

@@ -41,7 +41,8 @@ from fleetgate.controlplane.store import (
 from fleetgate.controlplane.store.commands import CancelOutcome, CommandRow, NewCommand
 from fleetgate.controlplane.timeutil import now_us, to_us
 from fleetgate.controlplane.worksession.gate import GateDenial
-from fleetgate.shared.protocol import CommandRun, content_digest
+from fleetgate.shared.protocol import CommandRun, content_digest, encode
+from fleetgate.shared.protocol.limits import GRANT_MAX_BYTES, frame_problem
 from fleetgate.shared.sudo_patterns import SudoPatternError, parse_line
 
 
@@ -110,6 +111,19 @@ def validate_command(body: CommandCreateBody) -> CommandRun:
         raise _invalid(detail, source) from None
 
 
+def check_frame_size(run: CommandRun, max_message_bytes: int) -> None:
+    """Refuse a command whose ``command.run`` frame (with the largest grant) would be
+    larger than an agent accepts, so no stored command is one the agent refuses.
+
+    Raises:
+        APIError: 400 ``INVALID_COMMAND`` naming the limit.
+    """
+    size = len(encode(run).encode("utf-8", "surrogatepass")) + GRANT_MAX_BYTES
+    problem = frame_problem(size, max_message_bytes)
+    if problem is not None:
+        raise _invalid(problem, "env" if run.env else "line")
+
+
 async def _visible_command(command_id: str, principal: Principal, services: Services) -> CommandRow:
     try:
         command_id = str(uuid.UUID(command_id))
@@ -169,6 +183,7 @@ async def create_command(
     """
     streaming = parse_bool(request.query_params, "stream") or False
     run = validate_command(body)
+    check_frame_size(run, services.settings.max_message_bytes)
     if not acl_allows(principal.command_acl, run.line):
         raise APIError(
             403,

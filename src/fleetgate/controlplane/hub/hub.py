@@ -9,13 +9,13 @@ from starlette.websockets import WebSocket
 from fleetgate.controlplane.auth import parse_agent_authorization
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.delivery import deliver
 from fleetgate.controlplane.hub.notifier import Notifier
 from fleetgate.controlplane.hub.registry import (
     CLOSE_DELETED,
     CLOSE_SHUTDOWN,
     AgentConnection,
     Registry,
-    run_message,
 )
 from fleetgate.controlplane.hub.scheduler import Scheduler
 from fleetgate.controlplane.hub.session import AgentSession
@@ -38,7 +38,7 @@ class Hub:
         self.settings = settings
         self.registry = Registry()
         self.notifier = Notifier()
-        self.scheduler = Scheduler(db, self.registry)
+        self.scheduler = Scheduler(db, self.registry, self.notifier.notify)
         self.channels = ChannelBroker(self.registry)
 
     def connection(self, server_id: str) -> AgentConnection | None:
@@ -49,12 +49,13 @@ class Hub:
         """Send ``command.run`` for ``row`` to its server now; whether it was sent.
 
         A failed send is not an error: the command stays "sent, not delivered" and the
-        agent's next ``hello`` brings it again.
+        agent's next ``hello`` brings it again. A command the agent cannot accept is
+        finished instead (``fleetgate.controlplane.hub.delivery``).
         """
         conn = self.registry.get(row.server_id)
         if conn is None:
             return False
-        sent = await conn.send_quietly(run_message(row))
+        sent = await deliver(conn, self.db, row, self.notifier.notify)
         if sent:
             log.debug("command_sent", command_id=row.id, server_id=row.server_id)
         return sent

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.delivery import deliver, fail_refused
 from fleetgate.controlplane.hub.notifier import Notifier
 from fleetgate.controlplane.hub.registry import (
     CLOSE_IDLE,
@@ -28,7 +29,6 @@ from fleetgate.controlplane.hub.registry import (
     CLOSE_SHUTDOWN,
     AgentConnection,
     Registry,
-    run_message,
 )
 from fleetgate.controlplane.store import (
     Database,
@@ -64,7 +64,18 @@ log = structlog.get_logger("fleetgate.controlplane.hub")
 QUEUE_FRAMES = 1024
 """Frames received but not yet processed; the reader waits when it is full."""
 
+_FRAME_REFUSALS = frozenset({"too_large", "malformed", "invalid", "unknown_type"})
+"""Codes of an agent's ``error`` that mean it could not even read the frame: a command
+frame refused so will be refused again, so the command fails now."""
+
 _REPORT_TYPES = (CommandDelivered, CommandAcked, CommandOutput, CommandFinished, SudoDecided)
+
+
+def _uuid_or_none(text: str | None) -> str | None:
+    try:
+        return None if text is None else str(uuid.UUID(text))
+    except ValueError:
+        return None
 
 
 def _error(code: str, message: str, ref: str | None) -> ErrorMessage:
@@ -207,11 +218,28 @@ class AgentSession:
                 return None
             return message
         if isinstance(message, ErrorMessage):
-            if self.channels is not None and self.channels.refused(self.conn.server_id, message):
-                self.log.info("channel_refused", code=message.code, channel_id=message.ref)
-            else:
-                self.log.warning("agent_error", code=message.code, ref=message.ref)
+            await self._agent_error(message)
         return None
+
+    async def _agent_error(self, message: ErrorMessage) -> None:
+        """An ``error`` from the agent: a refused channel, a refused command frame (which
+        then reaches a final state instead of waiting for ever), or just logged."""
+        if self.channels is not None and self.channels.refused(self.conn.server_id, message):
+            self.log.info("channel_refused", code=message.code, channel_id=message.ref)
+            return
+        ref = _uuid_or_none(message.ref)
+        if ref is not None and message.code in _FRAME_REFUSALS:
+            failed = await fail_refused(
+                self.db,
+                self.conn.server_id,
+                ref,
+                message.code,
+                message.message,
+                self.notifier.notify,
+            )
+            if failed:
+                return
+        self.log.warning("agent_error", code=message.code, ref=message.ref)
 
     async def _hello(self, hello: Hello) -> None:
         if self.welcomed:
@@ -230,6 +258,7 @@ class AgentSession:
         conn = self.conn
         conn.agent_version = hello.agent_version
         conn.hostname = hello.hostname
+        conn.max_message_bytes = hello.max_message_bytes or self.settings.max_message_bytes
         await self.db.write(
             servers_store.mark_connected,
             conn.server_id,
@@ -254,7 +283,7 @@ class AgentSession:
             running=[str(command_id) for command_id in hello.running],
         )
         for row in rows:
-            if not await conn.send_quietly(run_message(row)):
+            if not await deliver(conn, self.db, row, self.notifier.notify):
                 break
             self.log.debug("command_sent", command_id=row.id, redelivery=True)
 

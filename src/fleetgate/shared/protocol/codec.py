@@ -13,6 +13,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fleetgate.shared.errors import ProtocolViolation
 from fleetgate.shared.jsontext import loads as json_loads
+from fleetgate.shared.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
 from fleetgate.shared.protocol.messages import AgentMessage, ServerMessage
 
 
@@ -24,8 +25,6 @@ __all__ = [
     "error_ref",
 ]
 
-DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-"""A final result is capped at 1 MiB of output; JSON escaping can grow it, never 4x."""
 
 _T = TypeVar("_T")
 
