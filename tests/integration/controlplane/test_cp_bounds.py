@@ -218,3 +218,55 @@ async def test_an_agent_with_a_smaller_limit_is_never_sent_a_larger_command(
         assert ok.status_code == 201, ok.text
         done = await _wait_final(admin, ok.json()["id"])
         assert done["status"]["text"] == "Success"
+
+
+DEEP_FRAMES = {
+    "array": "[" * 100_000 + "]" * 100_000,
+    "in a field": '{"type": "ping", "nonce": ' + "[" * 100_000 + "]" * 100_000 + "}",
+    "objects": '{"a":' * 50_000 + "1" + "}" * 50_000,
+}
+
+
+@pytest.mark.parametrize("case", sorted(DEEP_FRAMES))
+async def test_deeply_nested_backhaul_frames_are_malformed_and_the_link_survives(
+    control_plane: ControlPlaneProcess, server: Server, case: str
+) -> None:
+    """Issue 14 finding 7: the control plane answers ``malformed`` (it closed with 1011)."""
+    agent = await FakeAgent.connect(control_plane, server.id, server.key)
+    try:
+        await agent.send(DEEP_FRAMES[case])
+        error = await agent.expect(ErrorMessage)
+        assert error.code == "malformed"
+        assert "deeper than" in error.message
+        await _still_linked(agent)
+    finally:
+        await agent.close()
+
+
+@pytest.mark.parametrize("case", sorted(DEEP_FRAMES))
+def test_deeply_nested_http_bodies_are_refused_clearly(
+    admin: httpx.Client, server: Server, case: str
+) -> None:
+    """Issue 14 finding 7, HTTP: a clear 400 naming the limit; the connection is reused."""
+    for path, code in [
+        ("/api/events/commands/", "INVALID_COMMAND"),
+        ("/api/work-sessions/sessions/", "INVALID_REQUEST"),
+        ("/api/auth/tokens/", "INVALID_REQUEST"),
+    ]:
+        answer = admin.post(
+            path, content=DEEP_FRAMES[case], headers={"Content-Type": "application/json"}
+        )
+        assert answer.status_code == 400, answer.text[:200]
+        assert answer.json() == {"code": code, "detail": "body: JSON nested deeper than 32 levels"}
+    assert admin.get("/api/auth/whoami/").status_code == 200
+
+
+def test_oversized_http_bodies_are_refused_without_reading_them(admin: httpx.Client) -> None:
+    answer = admin.post(
+        "/api/work-sessions/sessions/",
+        content=b"x" * (16 * MIB + 1),
+        headers={"Content-Type": "application/json"},
+    )
+    assert answer.status_code == 413, answer.text[:200]
+    assert answer.json()["code"] == "REQUEST_TOO_LARGE"
+    assert "16777216" in answer.json()["detail"]
