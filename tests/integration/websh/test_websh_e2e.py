@@ -178,7 +178,7 @@ async def test_deeply_nested_control_frames_are_malformed_and_the_terminal_lives
     async with attach(cp, created.json()["id"]) as session:
         await session.reader.control("ready")
         for frame in [
-            "[" * 1000 + "]" * 1000,
+            "[" * 2000 + "]" * 2000,
             '{"type": "resize", "rows": ' + "[" * 2000 + "]" * 2000 + "}",
         ]:
             await session.ws.send(frame)
