@@ -10,6 +10,7 @@ cancelled.
 from __future__ import annotations
 
 import asyncio
+import socket
 import sqlite3
 import uuid
 from pathlib import Path
@@ -270,3 +271,41 @@ def test_oversized_http_bodies_are_refused_without_reading_them(admin: httpx.Cli
     assert answer.status_code == 413, answer.text[:200]
     assert answer.json()["code"] == "REQUEST_TOO_LARGE"
     assert "16777216" in answer.json()["detail"]
+
+
+UPGRADE = (
+    "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+)
+HEADS = {
+    "upgrade, 9 KB header": ("/ws/agent/backhaul/", UPGRADE + "X-Big: " + "a" * 9000 + "\r\n\r\n"),
+    "http, 9 KB header": ("/api/auth/whoami/", "X-Big: " + "a" * 9000 + "\r\n\r\n"),
+    "upgrade, 150 headers": (
+        "/ws/websh/x/",
+        UPGRADE + "".join(f"X-{i}: v\r\n" for i in range(150)) + "\r\n",
+    ),
+    # A header line that never ends: refused once it passes the bound, not buffered.
+    "http, unterminated": ("/api/auth/whoami/", "X-Big: " + "a" * 20_000),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADS))
+def test_oversized_request_heads_get_431_and_are_closed(
+    control_plane: ControlPlaneProcess, case: str
+) -> None:
+    """Issue 14 finding 7: a websocket upgrade with a ~9 KB header got no answer."""
+    path, rest = HEADS[case]
+    host, port = control_plane.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.settimeout(10)  # bounds every wait below: a hang fails the test
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n{rest}".encode())
+        answer = b""
+        while chunk := sock.recv(65536):  # until the server closes
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+
+
+def test_a_head_just_under_the_bound_is_served(control_plane: ControlPlaneProcess) -> None:
+    headers = {**control_plane.auth_headers(), "X-Padding": "a" * 7000}
+    with httpx.Client(base_url=control_plane.url) as client:
+        assert client.get("/api/auth/whoami/", headers=headers).status_code == 200
