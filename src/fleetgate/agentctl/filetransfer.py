@@ -269,12 +269,24 @@ async def download_file(
 
         done: dict[str, Any] = await with_retries(ctx, attempt, retries)
     except BaseException:
-        os.close(fd)
+        _discard_if_empty(fd, part)
         raise
     os.close(fd)
     _put_in_place(part, target, overwrite=opts.overwrite)
     done["resumed_from"] = first_offset[0] if first_offset else 0
     return done
+
+
+def _discard_if_empty(fd: int, part: Path) -> None:
+    """Close a failed download's part file; remove it when nothing was received (a
+    refusal): only received bytes are worth keeping for a resume."""
+    try:
+        if os.fstat(fd).st_size == 0:
+            part.unlink(missing_ok=True)
+    except OSError:
+        pass  # best effort: the original error is what the user must see
+    finally:
+        os.close(fd)
 
 
 class _DiskReader:
