@@ -390,6 +390,8 @@ async def cancel(command_id: str, principal: PrincipalDep, services: ServicesDep
             "The command was already sent to the server; it cannot be cancelled.",
         )
     services.hub.notifier.notify([row.id])
+    if outcome == CancelOutcome.CANCELLED and row.env:
+        await services.db.scrub()  # its env was erased
     updated = await services.db.read(commands_store.get_command, row.id)
     if updated is None:
         raise command_not_found()

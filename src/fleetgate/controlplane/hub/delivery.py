@@ -79,4 +79,5 @@ async def _fail(
     if changed:
         log.warning("command_undeliverable", command_id=command_id, reason=problem)
         notify([command_id])
+        await db.scrub()  # its env was erased
     return changed

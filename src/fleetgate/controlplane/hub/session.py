@@ -288,7 +288,8 @@ class AgentSession:
             self.log.debug("command_sent", command_id=row.id, redelivery=True)
 
     async def _store(self, reports: list[CommandReport]) -> None:
-        outcome = await self.db.write(
+        # A final result erases its command's env; the WAL is scrubbed before any reader.
+        outcome = await self.db.write_erasing(
             reports_store.apply_reports,
             self.conn.server_id,
             reports,

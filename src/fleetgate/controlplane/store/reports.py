@@ -36,6 +36,8 @@ class ReportOutcome:
     """(rid, command id) of reports for a command this server does not have."""
     changed: set[str] = field(default_factory=set)
     """Commands that got new output or their final result."""
+    erased_env: bool = False
+    """A final result erased a non-empty env (the caller scrubs the WAL)."""
 
 
 def apply_reports(
@@ -64,11 +66,21 @@ def apply_reports(
         if not exists:
             outcome.unknown.append((report.rid, command_id))
             continue
+        if isinstance(report, CommandFinished) and _holds_env(conn, command_id):
+            outcome.erased_env = True
         if _apply_one(conn, command_id, report):
             outcome.changed.add(command_id)
         outcome.stored.append(report.rid)
     conn.execute("UPDATE servers SET last_seen_at = ? WHERE id = ?", (last_seen_at, server_id))
     return outcome
+
+
+def _holds_env(conn: sqlite3.Connection, command_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM commands WHERE id = ? AND env != '{}' AND handled_at IS NULL",
+        (command_id,),
+    ).fetchone()
+    return row is not None
 
 
 def _store_sudo(conn: sqlite3.Connection, server_id: str, report: SudoDecided) -> None:
