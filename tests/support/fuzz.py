@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from hypothesis import strategies as st
@@ -215,17 +216,30 @@ def render(value: Any, depth: int) -> str:
 TEXT_DAMAGE = st.sampled_from(["none", "truncate", "garbage", "bytes", "not an object"])
 
 
-def frames(schema: dict[str, Any], per_message: int = 4) -> st.SearchStrategy[list[str | bytes]]:
+def frames(
+    schema: dict[str, Any],
+    per_message: int = 4,
+    realistic: Callable[[Any], Any] | None = None,
+) -> st.SearchStrategy[list[str | bytes]]:
     """Frames (JSON text, sometimes damaged) of one message of ``schema``, each mutated
-    differently field by field: ``per_message`` fuzz cases for one drawn message."""
-    return _frames(from_schema(schema), per_message)
+    differently field by field: ``per_message`` fuzz cases for one drawn message.
+
+    ``realistic``, applied to half of the drawn messages before mutating them, fills in
+    what a schema cannot know (a server that exists), so fuzzing reaches deeper code.
+    """
+    return _frames(from_schema(schema), per_message, realistic)
 
 
 @st.composite
 def _frames(
-    draw: st.DrawFn, messages: st.SearchStrategy[Any], per_message: int
+    draw: st.DrawFn,
+    messages: st.SearchStrategy[Any],
+    per_message: int,
+    realistic: Callable[[Any], Any] | None,
 ) -> list[str | bytes]:
     value = draw(messages)
+    if realistic is not None and draw(st.booleans()):
+        value = realistic(value)
     return [_damaged(draw, render(mutate(draw, value), draw(DEPTHS))) for _ in range(per_message)]
 
 

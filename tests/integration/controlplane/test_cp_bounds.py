@@ -13,19 +13,35 @@ import asyncio
 import socket
 import sqlite3
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hypothesis import HealthCheck, given, settings
+from pydantic import TypeAdapter
+from websockets.sync.client import ClientConnection, connect as sync_connect
 
 from fleetgate.controlplane.store.commands import NewCommand, insert_command
 from fleetgate.controlplane.store.db import connect, transaction
 from fleetgate.controlplane.timeutil import now_us
-from fleetgate.shared.protocol import CommandRun, ErrorMessage, Hello, Ping, Pong, Welcome
+from fleetgate.shared.protocol import (
+    AgentMessage,
+    CommandRun,
+    Confirm,
+    ErrorMessage,
+    Hello,
+    Ping,
+    Pong,
+    Welcome,
+    decode_server_message,
+    encode,
+)
 from fleetgate.shared.protocol.limits import MAX_ENV_BYTES, MAX_ENV_VAR_BYTES
 from tests.support.agent import running_agent
 from tests.support.controlplane import ControlPlaneProcess, FakeAgent, Server
+from tests.support.fuzz import count, frames
 
 
 KIB = 1024
@@ -309,3 +325,32 @@ def test_a_head_just_under_the_bound_is_served(control_plane: ControlPlaneProces
     headers = {**control_plane.auth_headers(), "X-Padding": "a" * 7000}
     with httpx.Client(base_url=control_plane.url) as client:
         assert client.get("/api/auth/whoami/", headers=headers).status_code == 200
+
+
+@pytest.fixture(scope="module")
+def fuzz_link(control_plane: ControlPlaneProcess) -> Iterator[ClientConnection]:
+    """One backhaul connection of a fake agent, kept across the fuzz examples."""
+    server = control_plane.new_server(f"fuzz-{uuid.uuid4().hex[:8]}")
+    headers = {"Authorization": f'id="{server.id}", key="{server.key}"'}
+    with sync_connect(control_plane.backhaul_url, additional_headers=headers, max_size=None) as ws:
+        ws.send(encode(Hello(agent_version="fuzz", hostname="fuzz")))
+        assert isinstance(decode_server_message(ws.recv(timeout=10)), Welcome)
+        yield ws
+
+
+@settings(max_examples=100, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(batch=frames(TypeAdapter(AgentMessage).json_schema()))
+def test_fuzzed_frames_never_break_the_backhaul_link(
+    fuzz_link: ClientConnection, batch: list[str | bytes]
+) -> None:
+    """Structured fuzz on a live link: after any frames, the control plane still answers."""
+    for frame in batch:
+        count("backhaul, live link to the control plane")
+        fuzz_link.send(frame)
+    nonce = uuid.uuid4().int % 2**31
+    fuzz_link.send(encode(Ping(nonce=nonce)))
+    while True:  # errors (and confirms) first, then the pong: the link is alive
+        reply = decode_server_message(fuzz_link.recv(timeout=10))
+        if isinstance(reply, Pong) and reply.nonce == nonce:
+            break
+        assert isinstance(reply, ErrorMessage | Confirm | CommandRun), reply
