@@ -57,9 +57,9 @@ def from_schema(
         return st.just(schema["const"])
     if "enum" in schema:
         return st.sampled_from(schema["enum"])
-    for key in ("oneOf", "anyOf"):
-        if key in schema:
-            return st.one_of([from_schema(option, defs) for option in schema[key]])
+    for union in ("oneOf", "anyOf"):
+        if union in schema:
+            return st.one_of([from_schema(option, defs) for option in schema[union]])
     kind = schema.get("type")
     if kind == "object":
         return _object(schema, defs)

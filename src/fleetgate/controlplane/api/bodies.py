@@ -84,7 +84,7 @@ def _is_json(scope: Scope) -> bool:
     # FastAPI parses a body as JSON when the type is JSON, and also when there is none.
     for name, value in scope["headers"]:
         if name == b"content-type":
-            media = value.split(b";", 1)[0].strip().lower()
+            media: bytes = value.split(b";", 1)[0].strip().lower()
             return media == b"application/json" or media.endswith(b"+json")
     return True
 
