@@ -138,6 +138,7 @@ async def _serve(
         audit=audit,
         sudo=sudo_sessions,
         elevation=ElevationPolicy(config.sudo.secure_path),
+        allowed_env=config.exec.allowed_env,
     )
     sudo_server = (
         SudoDecisionServer(
