@@ -153,22 +153,22 @@ def check_rule(rule: Rule | None, principal: Principal, *, route: str) -> None:
     """Refuse ``principal`` what ``rule`` does not let it do (before the route runs).
 
     Raises:
-        APIError: 403 ``PERMISSION_DENIED`` (no rule, an agent route, a superuser route)
-            or ``API_TOKEN_ACL_NOT_ALLOWED`` (outside the token's ACL).
+        APIError: 403 ``PERMISSION_DENIED`` (no rule, an agent route, a superuser route,
+            a route without an operation for a token with an ACL) or
+            ``API_TOKEN_ACL_NOT_ALLOWED`` (an operation outside the token's ACL).
     """
     if rule is None or rule.access is Access.AGENT:
         raise permission_denied(f"{route} is not open to this principal.")
     acl = principal.acl
-    if rule.access is Access.SUPERUSER:
-        if not principal.is_superuser:
-            raise permission_denied()
-        if acl is not None:
-            raise acl_refused("A token restricted by an ACL cannot administer the fleet.")
+    if rule.access is Access.SUPERUSER and not principal.is_superuser:
+        raise permission_denied()
     if acl is None or rule.acl_ok:
         return
-    if rule.operation is None or not acl.allows_operation(rule.operation):
-        what = rule.operation or "this operation"
-        raise acl_refused(f"This token's ACL does not allow {what} ({route}).")
+    if rule.operation is None:
+        # Administration, tokens, work sessions: never with a restricted token.
+        raise permission_denied(f"A token restricted by an ACL cannot use {route}.")
+    if not acl.allows_operation(rule.operation):
+        raise acl_refused(f"This token's ACL does not allow {rule.operation} ({route}).")
 
 
 def server_account(

@@ -93,10 +93,10 @@ def _expected(rule: Rule, who: str, world: World) -> set[tuple[int, str]] | None
         if rule.gated:
             return {(403, "work_session_required"), (404, "*")}
         return None
-    if rule.access is Access.SUPERUSER:
-        return {(403, "API_TOKEN_ACL_NOT_ALLOWED")}
     if rule.acl_ok or rule.operation == "command":
         return None
+    if rule.operation is None:  # administration, tokens, work sessions
+        return {(403, "PERMISSION_DENIED")}
     return {(403, "API_TOKEN_ACL_NOT_ALLOWED")}
 
 

@@ -145,16 +145,16 @@ def authorize_command(
         APIError: 400 ``INVALID_COMMAND``; 403 for identity, ACL and gate refusals.
     """
     if body.sudo:
+        run = validate_command(body)  # elevated: root, through the session's sudo patterns
         if not principal.gated:
             raise _invalid(
                 "sudo: elevation is checked against a work session's sudo patterns; "
                 "token principals run commands as root directly",
                 "sudo",
             )
-        account = None
     else:
         account = server_account(principal, body.username, body.groupname, what="a command")
-    run = validate_command(body, account)
+        run = validate_command(body, account)
     check_env(run.env, settings.allowed_env)
     if principal.acl is not None:
         try:
