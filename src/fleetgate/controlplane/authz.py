@@ -28,6 +28,7 @@ __all__ = [
     "acl_refused",
     "check_rule",
     "iter_routes",
+    "require_session_named",
     "rule_for",
     "server_account",
 ]
@@ -169,6 +170,18 @@ def check_rule(rule: Rule | None, principal: Principal, *, route: str) -> None:
         raise permission_denied(f"A token restricted by an ACL cannot use {route}.")
     if not acl.allows_operation(rule.operation):
         raise acl_refused(f"This token's ACL does not allow {rule.operation} ({route}).")
+
+
+def require_session_named(principal: Principal, requested: str | None, scope: str) -> None:
+    """The gate's first check, which needs no I/O: a gated principal names a session.
+
+    Runs before the identity checks, so a user without a session is told to get one.
+
+    Raises:
+        APIError: 403 ``work_session_required``.
+    """
+    if principal.gated and not requested:
+        raise APIError(403, "work_session_required", "WorkSession required", scope)
 
 
 def server_account(

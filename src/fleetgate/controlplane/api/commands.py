@@ -26,7 +26,7 @@ from fleetgate.controlplane.api.params import (
 from fleetgate.controlplane.api.serializers import command_json
 from fleetgate.controlplane.api.stream import ndjson_line, stream_command
 from fleetgate.controlplane.auth import Principal
-from fleetgate.controlplane.authz import acl_refused, server_account
+from fleetgate.controlplane.authz import acl_refused, require_session_named, server_account
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import (
     APIError,
@@ -137,9 +137,8 @@ def authorize_command(
     """Validation and the principal's part of authorization, before any I/O.
 
     The account it runs as (``authz.server_account``; an elevated command runs as root
-    through the session's sudo patterns), the env denylist, the token's ACL (line, env,
-    account), and the first gate check that needs no session: a gated principal must
-    name one.
+    through the session's sudo patterns), the env denylist and the token's ACL (line,
+    env, account).
 
     Raises:
         APIError: 400 ``INVALID_COMMAND``; 403 for identity, ACL and gate refusals.
@@ -222,11 +221,10 @@ async def create_command(
     a command and reads its result in one request.
     """
     streaming = parse_bool(request.query_params, "stream") or False
-    run = authorize_command(body, principal, services.settings)
     requested = body.work_session or request.headers.get("x-work-session") or None
-    scope = SUDO_SCOPE if run.sudo else COMMAND_SCOPE
-    if principal.gated and requested is None:
-        raise APIError(403, "work_session_required", "WorkSession required", scope)
+    scope = SUDO_SCOPE if body.sudo else COMMAND_SCOPE
+    require_session_named(principal, requested, scope)
+    run = authorize_command(body, principal, services.settings)
     server_id, server_name = await resolve_server(services, body.server)
     now = now_us()
     scheduled_at = now if body.scheduled_at is None else to_us(body.scheduled_at)

@@ -24,7 +24,7 @@ from fleetgate.controlplane.api.channels import (
     services_of,
     websocket_principal,
 )
-from fleetgate.controlplane.authz import server_account
+from fleetgate.controlplane.authz import require_session_named, server_account
 from fleetgate.controlplane.errors import APIError
 from fleetgate.shared.protocol import ChannelOpen, FilesSpec
 
@@ -73,7 +73,9 @@ async def files_channel(websocket: WebSocket) -> None:
     if not server:
         await deny(websocket, 400, "invalid", "the server query parameter is required")
         return
+    requested = query.get("work_session") or websocket.headers.get("x-work-session")
     try:
+        require_session_named(principal, requested, "webftp")
         account = server_account(
             principal, query.get("user") or None, query.get("group") or None, what="a transfer"
         )
@@ -99,7 +101,7 @@ async def files_channel(websocket: WebSocket) -> None:
             principal,
             server=server,
             scope="webftp",
-            work_session=query.get("work_session") or websocket.headers.get("x-work-session"),
+            work_session=requested,
             operation_id=str(channel_id),
             description=describe(spec),
         )

@@ -22,7 +22,7 @@ from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep,
 from fleetgate.controlplane.api.pagination import page_response
 from fleetgate.controlplane.api.params import parse_page
 from fleetgate.controlplane.auth import Principal
-from fleetgate.controlplane.authz import server_account
+from fleetgate.controlplane.authz import require_session_named, server_account
 from fleetgate.controlplane.errors import APIError, ChannelFailed
 from fleetgate.controlplane.hub.relay import relay
 from fleetgate.controlplane.store import terminals as store
@@ -118,6 +118,8 @@ async def create_terminal(
     It runs as ``username`` (default root) for a superuser or an ungated token; a gated
     non-superuser gets their own server account (``authz.server_account``).
     """
+    requested = body.work_session or request.headers.get("x-work-session") or None
+    require_session_named(principal, requested, WEBSH_SCOPE)
     account = server_account(principal, body.username, body.groupname, what="a terminal")
     _check_spec(body, account)
     terminal_id = str(uuid.uuid4())
@@ -126,7 +128,7 @@ async def create_terminal(
         principal,
         server=body.server,
         scope=WEBSH_SCOPE,
-        work_session=body.work_session or request.headers.get("x-work-session") or None,
+        work_session=requested,
         operation_id=terminal_id,
         description=f"websh {account}@{body.server}",
     )
