@@ -160,6 +160,8 @@ def check_rule(rule: Rule | None, principal: Principal, *, route: str) -> None:
     """
     if rule is None or rule.access is Access.AGENT:
         raise permission_denied(f"{route} is not open to this principal.")
+    if rule.access is Access.ANONYMOUS:
+        return
     acl = principal.acl
     if rule.access is Access.SUPERUSER and not principal.is_superuser:
         raise permission_denied()
