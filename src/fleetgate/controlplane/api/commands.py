@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fleetgate.controlplane.acl import AclRefusal
+from fleetgate.controlplane.api.command_checks import CommandCreateBody, authorize_command
 from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep, resolve_server
 from fleetgate.controlplane.api.pagination import page_response
 from fleetgate.controlplane.api.params import (
@@ -26,16 +24,13 @@ from fleetgate.controlplane.api.params import (
 from fleetgate.controlplane.api.serializers import command_json
 from fleetgate.controlplane.api.stream import ndjson_line, stream_command
 from fleetgate.controlplane.auth import Principal
-from fleetgate.controlplane.authz import acl_refused, require_session_named, server_account
-from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.authz import require_session_named
 from fleetgate.controlplane.errors import (
     APIError,
     command_not_found,
     server_not_found,
-    validation_detail,
 )
 from fleetgate.controlplane.grants import GrantSigner, gate_and_sign
-from fleetgate.controlplane.ids import new_uuid
 from fleetgate.controlplane.store import (
     commands as commands_store,
     worksession_gate as ws_gate,
@@ -44,9 +39,7 @@ from fleetgate.controlplane.store import (
 from fleetgate.controlplane.store.commands import CancelOutcome, CommandRow, NewCommand
 from fleetgate.controlplane.timeutil import now_us, to_us
 from fleetgate.controlplane.worksession.gate import GateDenial
-from fleetgate.shared.envpolicy import denied_env_names
 from fleetgate.shared.protocol import CommandRun
-from fleetgate.shared.sudo_patterns import SudoPatternError, parse_line
 
 
 __all__ = ["router"]
@@ -59,108 +52,6 @@ COMMAND_SCOPE = "command"
 """The work-session scope (and the gate's ``source``) of a command create."""
 SUDO_SCOPE = "sudo"
 """The scope of an elevated command (``sudo: true``): run as root if a pattern matches."""
-
-
-class CommandCreateBody(BaseModel):
-    """``POST /api/events/commands/``; fields are checked again against ``CommandRun``."""
-
-    model_config = ConfigDict(extra="ignore")
-    server: str
-    line: str
-    shell: str = "system"
-    username: str | None = None
-    groupname: str | None = None
-    env: dict[str, str] | None = None
-    scheduled_at: datetime | None = None
-    timeout: float | None = None
-    work_session: str | None = None
-    sudo: bool = False
-
-
-def _invalid(detail: str, source: str | None) -> APIError:
-    return APIError(400, "INVALID_COMMAND", detail, source)
-
-
-def validate_command(body: CommandCreateBody, account: str | None = None) -> CommandRun:
-    """Check a create against the wire model, so every stored command can be sent.
-
-    ``account`` is the server account it runs as (default: ``username``, else root).
-
-    Raises:
-        APIError: 400 ``INVALID_COMMAND`` naming the field.
-    """
-    if not body.line.strip():
-        raise _invalid("line: must not be empty", "line")
-    if body.shell != "system":
-        raise _invalid(f"shell: unknown shell {body.shell[:40]!r} (expected 'system')", "shell")
-    if body.sudo:
-        if (body.username or "root") != "root" or (body.groupname or "root") != "root":
-            raise _invalid("sudo: an elevated command runs as root; omit username", "username")
-        try:
-            parse_line(body.line)
-        except SudoPatternError as exc:
-            raise _invalid(f"line: {exc}", "line") from None
-    try:
-        return CommandRun(  # noqa: S604 - "system" is the only shell; the agent runs it
-            command_id=new_uuid(),
-            shell="system",
-            line=body.line,
-            username=account or body.username or "root",
-            groupname=body.groupname or None,
-            env=body.env or {},
-            timeout=body.timeout,
-            sudo=body.sudo,
-        )
-    except ValidationError as exc:
-        detail, source = validation_detail(exc.errors())
-        raise _invalid(detail, source) from None
-
-
-def check_env(env: Mapping[str, str], allowed: Collection[str]) -> None:
-    """Refuse loader and interpreter variables (``shared.envpolicy``) unless allowed.
-
-    Raises:
-        APIError: 400 ``INVALID_COMMAND`` naming the first refused variable.
-    """
-    denied = denied_env_names(env, allowed)
-    if denied:
-        raise _invalid(
-            f"env: {denied[0]} may not be set by a request (it changes which program runs "
-            "or what it loads)",
-            "env",
-        )
-
-
-def authorize_command(
-    body: CommandCreateBody, principal: Principal, settings: ControlPlaneSettings
-) -> CommandRun:
-    """Validation and the principal's part of authorization, before any I/O.
-
-    The account it runs as (``authz.server_account``; an elevated command runs as root
-    through the session's sudo patterns), the env denylist and the token's ACL (line,
-    env, account).
-
-    Raises:
-        APIError: 400 ``INVALID_COMMAND``; 403 for identity, ACL and gate refusals.
-    """
-    if body.sudo:
-        run = validate_command(body)  # elevated: root, through the session's sudo patterns
-        if not principal.gated:
-            raise _invalid(
-                "sudo: elevation is checked against a work session's sudo patterns; "
-                "token principals run commands as root directly",
-                "sudo",
-            )
-    else:
-        account = server_account(principal, body.username, body.groupname, what="a command")
-        run = validate_command(body, account)
-    check_env(run.env, settings.allowed_env)
-    if principal.acl is not None:
-        try:
-            principal.acl.check_command(run.line, list(run.env), run.username)
-        except AclRefusal as exc:
-            raise acl_refused(exc.detail, exc.source) from None
-    return run
 
 
 async def _visible_command(command_id: str, principal: Principal, services: Services) -> CommandRow:
