@@ -189,9 +189,13 @@ async def test_an_acl_names_each_operation_it_allows(
             403,
             "API_TOKEN_ACL_NOT_ALLOWED",
         )
-    outside = f"/ws/files/?server={server.name}&op=download&path=/srv/site/../../etc/shadow"
-    status, body = await ws_refusal(control_plane, outside, token)
-    assert (status, body["code"]) == (403, "API_TOKEN_ACL_NOT_ALLOWED")
+    files = f"/ws/files/?server={server.name}"
+    for outside in (
+        "&op=download&path=/srv/site/../../etc/shadow",
+        "&op=upload&path=/srv/site&name=../../etc/cron.d/x",
+    ):
+        status, body = await ws_refusal(control_plane, files + outside, token)
+        assert (status, body["code"]) == (403, "API_TOKEN_ACL_NOT_ALLOWED"), outside
     assert (await agent.expect(CommandRun)).env == {"LANG": "C"}
 
 

@@ -10,6 +10,7 @@ disk, and it never parses them.
 
 from __future__ import annotations
 
+import posixpath
 import uuid
 
 from fastapi import APIRouter
@@ -82,6 +83,8 @@ async def files_channel(websocket: WebSocket) -> None:
         spec = spec_from_query(query, account)
         if principal.acl is not None:
             principal.acl.check_path(spec.path, account)
+            if spec.name is not None:  # an upload into a directory writes path/name
+                principal.acl.check_path(posixpath.join(spec.path, spec.name), account)
     except APIError as exc:
         await deny(websocket, exc.status, exc.code, exc.detail)
         return
