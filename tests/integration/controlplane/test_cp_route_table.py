@@ -4,7 +4,8 @@ The app's routes (HTTP and websocket) are enumerated from ``create_app()``; each
 a rule in ``fleetgate.controlplane.authz.RULES`` (and every rule a route), so a new route
 without a rule fails here. Then, against a real control plane, every route is called by
 each principal its rule refuses: nobody (anonymous), a gated non-superuser without a work
-session, and a superuser-issued token whose ACL allows only ``uptime``; each must get the
+session (who owns a command, a terminal and a tunnel made in a session that was revoked
+since), and a superuser-issued token whose ACL allows only ``uptime``; each must get the
 refusal, with its code, before the route does anything.
 """
 
@@ -55,31 +56,65 @@ class World:
     anonymous: Who
     gated: Who
     acl: Who
+    owned: dict[str, str]
+    """Path parameter -> an object of the gated principal (its session is over)."""
 
 
 @pytest.fixture
 async def world(control_plane: ControlPlaneProcess, server: Server) -> AsyncIterator[World]:
     agent = await FakeAgent.connect(control_plane, server.id, server.key)
-    _uid, _name, login = new_login(control_plane, server_username="frank")
+    _uid, name, login = new_login(control_plane, server_username="frank")
     with control_plane.client() as admin:
         made = admin.post("/api/auth/tokens/", json={"name": "acl", "command_acl": ["uptime"]})
         assert made.status_code == 201, made.text
+        session = admin.post(
+            "/api/work-sessions/sessions/",
+            json={
+                "description": "route table",
+                "servers": [server.name],
+                "scopes": ["command", "websh", "tunnel"],
+                "assigned_user": name,
+                "duration": "1h",
+            },
+        ).json()
+    owned = _owned(control_plane, login, server, session["id"])
+    with control_plane.client() as admin:
+        revoked = admin.post(f"/api/work-sessions/sessions/{session['id']}/revoke/")
+        assert revoked.json()["status"] == "revoked", revoked.text
     try:
         yield World(
             server,
             Who("anonymous", None),
             Who("gated non-superuser without a session", login),
             Who("token whose ACL allows only uptime", made.json()["key"]),
+            owned,
         )
     finally:
         await agent.close()
 
 
+def _owned(cp: ControlPlaneProcess, login: str, server: Server, session: str) -> dict[str, str]:
+    """A command, a terminal and a tunnel of the gated principal, made in ``session``."""
+    made: dict[str, str] = {}
+    with cp.client(login) as user:
+        for param, path, body in (
+            ("command_id", "/api/events/commands/", {"line": "uptime"}),
+            ("terminal_id", "/api/websh/terminals/", {}),
+            ("tunnel_id", "/api/tunnels/", {"remote_port": 5432}),
+        ):
+            response = user.post(
+                path, json={"server": server.name, "work_session": session, **body}
+            )
+            assert response.status_code == 201, response.text
+            made[param] = response.json()["id"]
+    return made
+
+
 def _expected(rule: Rule, who: str, world: World) -> set[tuple[int, str]] | None:
     """The refusals ``who`` may get from a route with ``rule`` (``None``: not refused).
 
-    Object routes (``{id}``) answer a gated principal that owns nothing with 404 after the
-    rule let it through; creating the object is what the gate refuses.
+    The gated principal's objects belong to a revoked session: the gate refuses them with
+    a ``work_session_*`` code (an ended session's terminal is closed: 409).
     """
     if rule.access is Access.ANONYMOUS:
         return None
@@ -91,7 +126,7 @@ def _expected(rule: Rule, who: str, world: World) -> set[tuple[int, str]] | None
         if rule.access is Access.SUPERUSER:
             return {(403, "PERMISSION_DENIED")}
         if rule.gated:
-            return {(403, "work_session_required"), (404, "*")}
+            return {(403, "work_session_*"), (409, "TERMINAL_CLOSED")}
         return None
     if rule.acl_ok or rule.operation == "command":
         return None
@@ -100,8 +135,10 @@ def _expected(rule: Rule, who: str, world: World) -> set[tuple[int, str]] | None
     return {(403, "API_TOKEN_ACL_NOT_ALLOWED")}
 
 
-def _concrete(path: str) -> str:
-    return re.sub(r"\{[a-z_]+\}", lambda _: str(uuid.uuid4()), path)
+def _concrete(path: str, owned: dict[str, str] | None = None) -> str:
+    """``path`` with its parameters filled: the principal's objects, else random ids."""
+    ids = owned or {}
+    return re.sub(r"\{([a-z_]+)\}", lambda m: ids.get(m.group(1), str(uuid.uuid4())), path)
 
 
 def _body(path: str, world: World) -> dict[str, Any]:
@@ -125,7 +162,7 @@ async def _call_http(
     async with httpx.AsyncClient(base_url=cp.url, timeout=10) as client:
         response = await client.request(
             method,
-            _concrete(path),
+            _concrete(path, world.owned if who is world.gated else None),
             headers=headers,
             json=_body(path, world) if method in {"POST", "PATCH"} else None,
         )
@@ -141,7 +178,8 @@ async def _call_ws(cp: ControlPlaneProcess, path: str, who: Who, world: World) -
     query = ""
     if path == "/ws/files/":
         query = f"?server={world.server.name}&op=download&path=/etc/hostname"
-    url = f"ws://127.0.0.1:{cp.port}{_concrete(path)}{query}"
+    owned = world.owned if who is world.gated else None
+    url = f"ws://127.0.0.1:{cp.port}{_concrete(path, owned)}{query}"
     try:
         async with ws_connect(url, additional_headers=headers, open_timeout=10) as ws:
             # Accepted: an agent route must then close at once without serving.
@@ -169,7 +207,8 @@ async def test_every_route_refuses_the_principals_it_must(
             got = await _call_ws(control_plane, path, who, world)
         else:
             got = await _call_http(control_plane, method, path, who, world)
-        ok = got in allowed or (got[0], "*") in allowed or (got[0], "") in allowed
+        ok = got in allowed or (got[0], "") in allowed
+        ok = ok or (got[1].startswith("work_session_") and (got[0], "work_session_*") in allowed)
         if got[1].startswith("close ") and (403, "") in allowed:
             ok = True
         assert ok, f"{method} {path} as {who.name}: got {got}, expected one of {allowed}"
