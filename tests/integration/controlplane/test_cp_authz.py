@@ -8,7 +8,7 @@ an approved session is frozen (3), non-superusers run as their own account (4).
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -363,3 +363,20 @@ async def test_tokens_of_the_old_kind_keep_working(
         )
     run = await agent.expect(CommandRun)
     assert (run.line, run.username) == ("uname -a", "root")
+
+
+async def test_an_operator_may_allow_a_denied_name(
+    control_plane_factory: Callable[[dict[str, str]], ControlPlaneProcess],
+) -> None:
+    cp = control_plane_factory({"CONTROLPLANE_ALLOWED_ENV": '["PATH"]'})
+    server = cp.new_server()
+    fake = await FakeAgent.connect(cp, server.id, server.key)
+    try:
+        with cp.client() as admin:
+            body = {"server": server.name, "line": "id", "env": {"PATH": "/opt/bin:/usr/bin"}}
+            assert admin.post(COMMANDS, json=body).status_code == 201
+            body["env"] = {"LD_PRELOAD": "/tmp/x.so"}
+            refused(admin.post(COMMANDS, json=body), 400, "INVALID_COMMAND")
+        assert (await fake.expect(CommandRun)).env == {"PATH": "/opt/bin:/usr/bin"}
+    finally:
+        await fake.close()
