@@ -19,7 +19,7 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 
-from fleetgate.controlplane.api.commands import CommandCreateBody
+from fleetgate.controlplane.api.command_checks import CommandCreateBody
 from fleetgate.controlplane.api.identity import TokenCreateBody
 from fleetgate.controlplane.api.worksession_bodies import CreateBody as WorkSessionCreateBody
 from fleetgate.controlplane.app import create_app
