@@ -85,8 +85,11 @@ def from_schema(
 
 def _object(schema: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     properties = schema.get("properties")
-    if properties is None:  # a mapping (env)
-        values = from_schema(schema.get("additionalProperties", {}), defs)
+    if properties is None:  # a mapping (env), or any object
+        extra = schema.get("additionalProperties", True)
+        if extra is False:
+            return st.just({})
+        values = _json_values() if extra is True else from_schema(extra, defs)
         keys = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_]{0,12}\Z")
         return st.dictionaries(keys, values, max_size=3)
     required = set(schema.get("required", ()))
