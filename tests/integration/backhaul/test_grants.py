@@ -222,7 +222,7 @@ RELAYED: dict[str, dict[str, Any]] = {
     "line swapped": {"line": "id -un"},
     "user swapped": {"username": "nobody"},
     "group swapped": {"groupname": "root"},
-    "env added": {"env": {"LD_PRELOAD": "/tmp/evil.so"}},
+    "env added": {"env": {"MODE": "unsafe"}},  # (loader variables are refused anyway)
     "sudo flag set": {"sudo": True},
     "timeout changed": {"timeout": 3600.0},
 }

@@ -353,4 +353,5 @@ def test_fuzzed_frames_never_break_the_backhaul_link(
         reply = decode_server_message(fuzz_link.recv(timeout=10))
         if isinstance(reply, Pong) and reply.nonce == nonce:
             break
-        assert isinstance(reply, ErrorMessage | Confirm | CommandRun), reply
+        # A fuzzed ping of an earlier frame gets its own pong.
+        assert isinstance(reply, ErrorMessage | Confirm | CommandRun | Pong), reply
