@@ -10,6 +10,7 @@ cancelled.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sqlite3
 import uuid
@@ -278,15 +279,35 @@ def test_deeply_nested_http_bodies_are_refused_clearly(
     assert admin.get("/api/auth/whoami/").status_code == 200
 
 
-def test_oversized_http_bodies_are_refused_without_reading_them(admin: httpx.Client) -> None:
-    answer = admin.post(
-        "/api/work-sessions/sessions/",
-        content=b"x" * (16 * MIB + 1),
-        headers={"Content-Type": "application/json"},
+def _exchange(cp: ControlPlaneProcess, request: bytes) -> bytes:
+    """Send ``request`` on a raw connection; everything the server answers until it closes."""
+    host, port = cp.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.settimeout(10)  # bounds every wait below: a hang fails the test
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
+def test_oversized_http_bodies_are_refused_without_reading_them(
+    control_plane: ControlPlaneProcess,
+) -> None:
+    # Only the head and a little of the declared 16 MiB + 1 are sent: the answer comes
+    # without the body, and the connection is closed.
+    auth = control_plane.auth_headers()["Authorization"]
+    head = (
+        "POST /api/work-sessions/sessions/ HTTP/1.1\r\nHost: test\r\n"
+        f"Authorization: {auth}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {16 * MIB + 1}\r\n\r\n"
     )
-    assert answer.status_code == 413, answer.text[:200]
-    assert answer.json()["code"] == "REQUEST_TOO_LARGE"
-    assert "16777216" in answer.json()["detail"]
+    answer = _exchange(control_plane, head.encode() + b"[" * 1000)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 413 "), answer[:300]
+    error = json.loads(body)
+    assert error["code"] == "REQUEST_TOO_LARGE"
+    assert "16777216" in error["detail"]
 
 
 UPGRADE = (
@@ -311,13 +332,7 @@ def test_oversized_request_heads_get_431_and_are_closed(
 ) -> None:
     """Issue 14 finding 7: a websocket upgrade with a ~9 KB header got no answer."""
     path, rest = HEADS[case]
-    host, port = control_plane.url.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.settimeout(10)  # bounds every wait below: a hang fails the test
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n{rest}".encode())
-        answer = b""
-        while chunk := sock.recv(65536):  # until the server closes
-            answer += chunk
+    answer = _exchange(control_plane, f"GET {path} HTTP/1.1\r\nHost: test\r\n{rest}".encode())
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
 
 
