@@ -21,6 +21,7 @@ from fleetgate.controlplane.api import (
 )
 from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.console import mount as console
 from fleetgate.controlplane.errors import install_error_handlers
 from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_key
 from fleetgate.controlplane.hub import Hub
@@ -83,6 +84,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     app.include_router(tunnels.ws_router)
     app.include_router(websh.router)
     app.include_router(recordings.router)
+    console.install(app)
 
     @app.websocket(BACKHAUL_PATH)
     async def backhaul(websocket: WebSocket) -> None:

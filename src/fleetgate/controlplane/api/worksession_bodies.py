@@ -18,6 +18,7 @@ from fleetgate.shared.sudo_patterns import SudoPatternError, parse_pattern
 __all__ = [
     "DEFAULT_SCOPES",
     "MAX_DESCRIPTION",
+    "ApproveBody",
     "CreateBody",
     "ExtendBody",
     "SudoPolicy",
@@ -55,6 +56,14 @@ class CreateBody(BaseModel):
     starts_at: datetime | None = None
     expires_at: datetime | None = None
     sudo_policies: list[SudoPolicy] | None = None
+
+
+class ApproveBody(BaseModel):
+    """``POST .../approve/``: optionally narrow the request before approving it."""
+
+    model_config = ConfigDict(extra="ignore")
+    scopes: list[str] | None = Field(default=None, max_length=len(SCOPES))
+    servers: list[str] | None = Field(default=None, max_length=1000)
 
 
 class ExtendBody(BaseModel):
