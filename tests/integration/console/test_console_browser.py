@@ -1,0 +1,258 @@
+"""The web console in a real headless Chromium against the real control plane and agent:
+the request form and each rule of the guide, approval from the queue in a second browser,
+a terminal, an upload read back by a command, playback; XSS, CSRF and another user's page.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from tests.support.agent import AgentProcess, running_agent
+from tests.support.browser import (
+    WAIT,
+    browser,
+    find,
+    log_in,
+    require_browser,
+    text_of,
+    wait_for,
+    wait_text,
+)
+from tests.support.controlplane import ControlPlaneProcess, running_control_plane
+from tests.support.users import CreatedUser, temporary_user
+
+
+pytestmark = [pytest.mark.root, pytest.mark.timeout(240)]
+
+
+@dataclass(frozen=True)
+class Stack:
+    cp: ControlPlaneProcess
+    agent: AgentProcess
+    offline: str
+    """A registered server whose agent is not connected."""
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    require_browser()
+    workdir: Path = tmp_path_factory.mktemp("console")
+    with (
+        running_control_plane(workdir / "cp") as cp,
+        running_agent(cp, workdir / "agent", sections={"websh": {"hangup_grace": 1.0}}) as agent,
+    ):
+        offline = f"offline-{uuid.uuid4().hex[:6]}"
+        cp.register_server(offline)
+        yield Stack(cp, agent, offline)
+
+
+@pytest.fixture
+def unix_user() -> Iterator[CreatedUser]:
+    with temporary_user() as created:
+        yield created
+
+
+def make_user(cp: ControlPlaneProcess, username: str, *, superuser: bool = False) -> str:
+    """A console user (password login); returns the password."""
+    password = secrets.token_urlsafe(12)
+    with cp.client() as admin:
+        answer = admin.post(
+            "/api/iam/users/",
+            json={"username": username, "password": password, "is_superuser": superuser},
+        )
+    assert answer.status_code == 201, answer.text
+    return password
+
+
+def session_id_of(driver: WebDriver) -> str:
+    match = re.search(r"/console/sessions/([0-9a-f-]{36})", driver.current_url)
+    assert match, driver.current_url
+    return match.group(1)
+
+
+def api_session(cp: ControlPlaneProcess, session_id: str) -> dict[str, Any]:
+    with cp.client() as admin:
+        answer = admin.get(f"/api/work-sessions/sessions/{session_id}/")
+    assert answer.status_code == 200, answer.text
+    return dict(answer.json())
+
+
+def set_value(driver: WebDriver, css: str, value: str) -> None:
+    """Set an input's value as typing would end (input and change events fire)."""
+    driver.execute_script(
+        "const e = document.querySelector(arguments[0]); e.value = arguments[1];"
+        "e.dispatchEvent(new Event('input', {bubbles: true}));"
+        "e.dispatchEvent(new Event('change', {bubbles: true}));",
+        css,
+        value,
+    )
+
+
+def submit_expecting_error(driver: WebDriver, field: str) -> str:
+    find(driver, "#request-submit").click()
+    error = wait_for(
+        driver,
+        lambda d: d.find_elements(By.CSS_SELECTOR, f'#form-error[data-field="{field}"]'),
+    )[0]
+    return str(error.text)
+
+
+def status_on_page(driver: WebDriver) -> str:
+    return str(find(driver, "#session").get_attribute("data-status"))
+
+
+def test_request_approve_terminal_upload_and_playback(
+    stack: Stack, unix_user: CreatedUser, tmp_path: Path
+) -> None:
+    cp, server = stack.cp, stack.agent.name
+    password = make_user(cp, unix_user.name)
+    boss = f"boss{uuid.uuid4().hex[:6]}"
+    boss_password = make_user(cp, boss, superuser=True)
+    with browser() as user, browser() as admin:
+        log_in(user, cp.url, unix_user.name, password)
+
+        # The form, from New session: only connected servers, the guide's defaults.
+        find(user, "#new-session").click()
+        find(user, "#request-form")
+        assert user.find_elements(By.CSS_SELECTOR, f'.server-option[data-name="{server}"]')
+        assert not user.find_elements(
+            By.CSS_SELECTOR, f'.server-option[data-name="{stack.offline}"]'
+        )
+        assert not user.find_elements(By.CSS_SELECTOR, "#assignee")  # superusers only
+        for scope in ("websh", "webftp", "command", "sudo"):
+            assert find(user, f"#scope-{scope}").is_selected(), scope
+        for scope in ("tunnel", "editor"):
+            assert not find(user, f"#scope-{scope}").is_selected(), scope
+            assert user.find_elements(By.CSS_SELECTOR, f'[data-owner-enabled="{scope}"]')
+        assert "4 h" in find(user, "#max-duration").text
+        assert find(user, "#end-preview").text.startswith("Ends ")
+        find(user, "#server-search").send_keys("no-such-name")
+        option = find(user, f'.server-option[data-name="{server}"]')
+        wait_for(user, lambda d: not option.is_displayed())
+        set_value(user, "#server-search", "")
+
+        # No server: refused.
+        find(user, "#purpose").send_keys("check the logs")
+        assert "at least one server" in submit_expecting_error(user, "servers")
+
+        # 2,049 characters: the count turns red, and the request is refused.
+        find(user, f'input[data-server-name="{server}"]').click()
+        set_value(user, "#purpose", "a" * 2049)
+        count = find(user, "#purpose-count")
+        assert "2,049 / 2,048" in count.text
+        assert "over" in str(count.get_attribute("class"))
+        assert "2,048" in submit_expecting_error(user, "purpose")
+
+        # 5 hours: over the workspace maximum, shown and refused.
+        set_value(user, "#purpose", "long job")
+        find(user, "#mode-custom").click()
+        set_value(user, "#hours", "5")
+        wait_for(user, lambda d: d.find_element(By.CSS_SELECTOR, "#duration-error").is_displayed())
+        assert "maximum" in submit_expecting_error(user, "hours")
+
+        # Scheduled start: pending now, Approved (not Active) once approved.
+        set_value(user, "#purpose", "scheduled maintenance")
+        find(user, "#mode-custom").click()
+        find(user, "#start-scheduled").click()
+        later = user.execute_script(
+            "const d = new Date(Date.now() + 2 * 3600 * 1000);"
+            "return new Date(d - d.getTimezoneOffset() * 60000).toISOString().slice(0, 16);"
+        )
+        set_value(user, "#starts-at-local", str(later))
+        set_value(user, "#hours", "1")
+        find(user, "#request-submit").click()
+        find(user, "#session")
+        scheduled = session_id_of(user)
+        assert status_on_page(user) == "pending"
+
+        # The real request: Connect on the server's card pre-selects it.
+        user.get(f"{cp.url}/console/sessions")
+        find(user, f'[data-connect="{server}"]').click()
+        assert find(user, f'input[data-server-name="{server}"]').is_selected()
+        find(user, "#purpose").send_keys("Fix **nginx** on the web tier")
+        find(user, "#preview-button").click()
+        wait_text(user, "#purpose-preview strong", "nginx")
+        find(user, "#preset-1h").click()
+        find(user, "#request-submit").click()
+        find(user, "#session")
+        now_id = session_id_of(user)
+        assert status_on_page(user) == "pending"
+        assert find(user, "#purpose-rendered strong").text == "nginx"
+        assert {e.get_attribute("data-scope") for e in user.find_elements(By.CSS_SELECTOR, "#features li")} == {"websh", "webftp", "command", "sudo"}
+        assert user.find_elements(By.CSS_SELECTOR, "#action-cancel")
+
+        # The superuser approves both from the queue, in a second browser.
+        log_in(admin, cp.url, boss, boss_password)
+        find(admin, "#nav-approvals").click()
+        for session_id in (scheduled, now_id):
+            find(admin, f'tr[data-session="{session_id}"] .pick').click()
+        find(admin, "#approve-selected").click()
+        assert "Approved 2" in find(admin, "#flash").text
+        assert not admin.find_elements(By.CSS_SELECTOR, f'tr[data-session="{now_id}"]')
+
+        user.get(f"{cp.url}/console/sessions/{scheduled}")
+        assert status_on_page(user) == "approved"
+        assert find(user, "#approver").text == boss
+        user.get(f"{cp.url}/console/sessions/{now_id}")
+        assert status_on_page(user) == "active"
+        wait_text(user, "#timeline", "approved")
+
+        # The terminal opens as the session's user (read from the API).
+        account = api_session(cp, now_id)["assigned_user"]["name"]
+        find(user, f'[data-launch="{server}"]').click()
+        find(user, "#open-terminal").click()
+        wait_text(user, "#terminal-state", "connected")
+        find(user, ".xterm-helper-textarea").send_keys("id -un\n")
+
+        def answered(d: WebDriver) -> bool:
+            lines = text_of(d, ".xterm-rows > div").splitlines()
+            return any(line.strip() == account for line in lines)
+
+        wait_for(user, answered)
+
+        # Upload a file with progress, read it back with a command.
+        token = secrets.token_hex(8)
+        local = tmp_path / "console-upload.txt"
+        local.write_text(f"uploaded {token}\n")
+        find(user, "#upload-file").send_keys(str(local))
+        set_value(user, "#upload-dir", unix_user.home + "/")
+        find(user, "#upload").click()
+        wait_text(user, "#transfer-state", "uploaded")
+        progress = find(user, "#transfer-progress")
+        assert progress.get_attribute("value") == progress.get_attribute("max")
+        set_value(user, "#command-line", f"cat {unix_user.home}/console-upload.txt")
+        find(user, "#run-command").click()
+        wait_text(user, "#command-output", f"uploaded {token}")
+        wait_text(user, "#command-result", "exit 0")
+
+        # End the terminal; the superuser plays its recording.
+        find(user, "#close-terminal").click()
+        wait_text(user, "#terminal-state", "ended")
+        admin.get(f"{cp.url}/console/sessions/{now_id}")
+
+        def playable(d: WebDriver) -> list[Any]:
+            buttons = d.find_elements(By.CSS_SELECTOR, ".recording .play")
+            if not buttons:
+                d.refresh()
+            return buttons
+
+        WebDriverWait(admin, WAIT, poll_frequency=0.5).until(playable)
+        row = find(admin, ".recording")
+        Select(row.find_element(By.CSS_SELECTOR, ".speed")).select_by_visible_text("4")
+        row.find_element(By.CSS_SELECTOR, ".play").click()
+        wait_text(admin, ".recording .player", account)
+        assert admin.find_elements(By.CSS_SELECTOR, ".recording .player .ap-player")
+        wait_text(admin, "#timeline", "websh")
+        wait_text(admin, "#timeline", "upload")
