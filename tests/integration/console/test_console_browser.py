@@ -15,6 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
@@ -190,7 +192,10 @@ def test_request_approve_terminal_upload_and_playback(
         now_id = session_id_of(user)
         assert status_on_page(user) == "pending"
         assert find(user, "#purpose-rendered strong").text == "nginx"
-        assert {e.get_attribute("data-scope") for e in user.find_elements(By.CSS_SELECTOR, "#features li")} == {"websh", "webftp", "command", "sudo"}
+        assert {
+            e.get_attribute("data-scope")
+            for e in user.find_elements(By.CSS_SELECTOR, "#features li")
+        } == {"websh", "webftp", "command", "sudo"}
         assert user.find_elements(By.CSS_SELECTOR, "#action-cancel")
 
         # The superuser approves both from the queue, in a second browser.
@@ -256,3 +261,109 @@ def test_request_approve_terminal_upload_and_playback(
         assert admin.find_elements(By.CSS_SELECTOR, ".recording .player .ap-player")
         wait_text(admin, "#timeline", "websh")
         wait_text(admin, "#timeline", "upload")
+
+
+XSS_PURPOSE = (
+    "<script>window.pwned = 1</script> [click me](javascript:window.pwned=2) "
+    '<img src=x onerror="window.pwned=3"> [ok](https://example.org/)'
+)
+
+
+def test_xss_inert_csrf_refused_and_other_users_session_404(stack: Stack) -> None:
+    cp, server = stack.cp, stack.agent.name
+    alice, bob = f"alice{uuid.uuid4().hex[:6]}", f"bob{uuid.uuid4().hex[:6]}"
+    alice_password, bob_password = make_user(cp, alice), make_user(cp, bob)
+    with browser() as driver:
+        log_in(driver, cp.url, alice, alice_password)
+        cookie = driver.get_cookie("fleetgate_login")
+        assert cookie is not None
+        assert cookie["httpOnly"] is True
+        assert cookie["sameSite"] == "Strict"
+        assert "fleetgate_login" not in driver.execute_script("return document.cookie")
+        websocket_origin_checked(cp, cookie["value"])
+
+        driver.get(f"{cp.url}/console/sessions/new?server={server}")
+        set_value(driver, "#purpose", XSS_PURPOSE)
+        find(driver, "#preview-button").click()
+        wait_text(driver, "#purpose-preview", "click me")
+        find(driver, "#request-submit").click()
+        find(driver, "#session")
+        session_id = session_id_of(driver)
+
+        # Inert: the tags are text, the javascript: link is no link, nothing ran.
+        for box in ("#purpose-rendered",):
+            rendered = find(driver, box)
+            assert "<script>window.pwned = 1</script>" in rendered.text
+            assert not rendered.find_elements(By.CSS_SELECTOR, "script, img")
+            hrefs = [a.get_attribute("href") for a in rendered.find_elements(By.TAG_NAME, "a")]
+            assert hrefs == ["https://example.org/"]
+        driver.get(f"{cp.url}/console/sessions/new?server={server}")
+        set_value(driver, "#purpose", XSS_PURPOSE)
+        find(driver, "#preview-button").click()
+        preview = find(driver, "#purpose-preview")
+        wait_text(driver, "#purpose-preview", "click me")
+        assert not preview.find_elements(By.CSS_SELECTOR, "script, img")
+        assert driver.execute_script("return window.pwned === undefined")
+
+        # A state change without the CSRF token is refused, and changes nothing.
+        refused = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0], {method: 'POST', credentials: 'same-origin',"
+            " body: new URLSearchParams({action: 'cancel'})}).then(r => done(r.status));",
+            f"{cp.url}/console/sessions/{session_id}/act",
+        )
+        assert refused == 403
+        wrong = driver.execute_async_script(
+            "const done = arguments[arguments.length - 1];"
+            "fetch(arguments[0], {method: 'POST', credentials: 'same-origin',"
+            " headers: {'X-CSRF-Token': 'not-the-token-of-this-browser'},"
+            " body: new URLSearchParams({action: 'cancel'})}).then(r => done(r.status));",
+            f"{cp.url}/console/sessions/{session_id}/act",
+        )
+        assert wrong == 403
+        assert api_session(cp, session_id)["status"] == "pending"
+
+        # Without a cookie at all (another site's form cannot send it: SameSite=Strict).
+        with httpx.Client(base_url=cp.url) as stranger:
+            answer = stranger.post(
+                f"/console/sessions/{session_id}/act", data={"action": "cancel", "csrf": "x"}
+            )
+        assert answer.status_code in (303, 401, 403)
+        assert api_session(cp, session_id)["status"] == "pending"
+
+        # With the token, the same request works.
+        driver.get(f"{cp.url}/console/sessions/{session_id}")
+        find(driver, "#action-cancel").click()
+        wait_for(driver, lambda d: status_on_page(d) == "cancelled")
+
+        # Bob cannot open Alice's session: 404, and it is not in his list.
+        find(driver, "#logout").click()
+        find(driver, "#login-form")
+        log_in(driver, cp.url, bob, bob_password)
+        assert not driver.find_elements(By.CSS_SELECTOR, f'tr[data-session="{session_id}"]')
+        driver.get(f"{cp.url}/console/sessions/{session_id}")
+        assert find(driver, "#error-page h1").text == "404"
+        driver.get(f"{cp.url}/console/sessions/{session_id}/timeline")
+        assert find(driver, "#error-page h1").text == "404"
+        with httpx.Client(base_url=cp.url, cookies=driver_cookies(driver)) as bob_http:
+            assert bob_http.get(f"/console/sessions/{session_id}").status_code == 404
+        assert not driver.find_elements(By.CSS_SELECTOR, "#nav-approvals")
+        driver.get(f"{cp.url}/console/approvals")
+        assert find(driver, "#error-page h1").text == "403"
+
+
+def driver_cookies(driver: WebDriver) -> dict[str, str]:
+    return {str(c["name"]): str(c["value"]) for c in driver.get_cookies()}
+
+
+def websocket_origin_checked(cp: ControlPlaneProcess, key: str) -> None:
+    """The login cookie opens a channel only from a page of the console's own origin."""
+    url = cp.url.replace("http://", "ws://") + "/ws/files/?server=nowhere&op=download&path=/x"
+    for origin, status in (("http://evil.example", 401), (cp.url, 404)):
+        with pytest.raises(InvalidStatus) as refused:
+            connect(
+                url,
+                additional_headers={"Cookie": f"fleetgate_login={key}", "Origin": origin},
+                open_timeout=WAIT,
+            )
+        assert refused.value.response.status_code == status, origin
