@@ -34,7 +34,7 @@ $(CONSOLE_DIST): $(CONSOLE_SRC)
 
 # docs/console/*.png: every page of the console, taken by the browser the tests use.
 screenshots: $(STAMP) debs console
-	$(PY) -m tests.browser.screenshots docs/console
+	$(PY) -m tests.support.screenshots docs/console
 
 debs:
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
