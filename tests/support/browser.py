@@ -108,7 +108,9 @@ def wait_text(driver: WebDriver, css: str, needle: str, timeout: float = WAIT) -
         )
         return str(text) if needle in str(text) else None
 
-    return wait_for(driver, seen, timeout)
+    found = wait_for(driver, seen, timeout)
+    assert found is not None
+    return found
 
 
 def log_in(driver: WebDriver, base: str, username: str, password: str) -> None:

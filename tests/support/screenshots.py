@@ -39,6 +39,7 @@ def _user(cp: ControlPlaneProcess, name: str, superuser: bool = False) -> str:
 
 
 def _shot(driver: WebDriver, out: Path, name: str) -> None:
+    driver.execute_script("window.scrollTo(0, 0)")
     height = driver.execute_script("return document.body.scrollHeight")
     driver.set_window_size(1280, max(700, min(int(height) + 20, 2000)))
     driver.save_screenshot(str(out / f"{name}.png"))
@@ -86,9 +87,9 @@ def take(out: Path) -> None:
                 find(user, "[data-launch]").click()
                 find(user, "#open-terminal").click()
                 wait_text(user, "#terminal-state", "connected")
-                find(user, ".xterm-helper-textarea").send_keys("id -un; uname -sr\n")
+                find(user, ".xterm-helper-textarea").send_keys("id -un; pwd\n")
                 wait_text(user, ".xterm-rows", unix.name)
-                find(user, "#command-line").send_keys("df -h /")
+                find(user, "#command-line").send_keys("ls -la ~")
                 find(user, "#run-command").click()
                 wait_text(user, "#command-result", "exit")
                 _shot(user, out, "launch")

@@ -15,11 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
-from websockets.exceptions import InvalidStatus
-from websockets.sync.client import connect
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
 from tests.support.agent import AgentProcess, running_agent
 from tests.support.browser import (

@@ -42,12 +42,13 @@ async def test_approve_narrows_scopes_and_servers(
 
         # Only what was requested, and at least one of each; the user may not approve.
         assert user.post(url, json={"scopes": ["websh"]}).status_code == 403
-        for body in (
+        bodies: list[dict[str, list[str]]] = [
             {"scopes": ["tunnel"]},
             {"scopes": []},
             {"servers": []},
             {"servers": ["no-such-server"]},
-        ):
+        ]
+        for body in bodies:
             refused = admin.post(url, json=body)
             assert refused.status_code == 400, (body, refused.text)
         assert admin.get(f"{SESSIONS}{session['id']}/").json()["status"] == "pending"

@@ -37,7 +37,7 @@ def _build() -> MarkdownIt:
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False})
     md.enable("table").enable("strikethrough")
     md.disable("image")  # no remote fetches from a page an approver opens
-    md.validateLink = _validate_link
+    md.validateLink = _validate_link  # type: ignore[method-assign]  # the documented hook
     md.add_render_rule("link_open", _link_open)
     return md
 

@@ -50,7 +50,7 @@ async def _session(request: Request, principal: Principal, session_id: str) -> d
 
 
 async def _terminals(request: Request, principal: Principal, session_id: str) -> list[Any]:
-    query = {"work_session": session_id, "page_size": 100}
+    query: dict[str, str | int] = {"work_session": session_id, "page_size": 100}
     listing = await websh.list_terminals(
         sub_request(request, query), principal, services_of(request)
     )
@@ -149,7 +149,7 @@ async def approvals(request: Request, principal: ConsoleUser) -> Response:
     """Pending requests (superusers), to approve or reject one or many at once."""
     if not principal.is_superuser:
         raise ConsoleError(403, "Only a superuser reviews requests.")
-    query = {"status": "pending", "page_size": 100}
+    query: dict[str, str | int] = {"status": "pending", "page_size": 100}
     listing = api_json(
         await worksessions.list_sessions(
             sub_request(request, query), principal, services_of(request)
