@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 import secrets
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -61,9 +63,28 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def unix_user() -> Iterator[CreatedUser]:
+def unix_user(stack: Stack) -> Iterator[CreatedUser]:
     with temporary_user() as created:
-        yield created
+        try:
+            yield created
+        finally:
+            end_terminals(stack.cp, created)
+
+
+def end_terminals(cp: ControlPlaneProcess, user: CreatedUser) -> None:
+    """Close the user's terminals (a failed test leaves them detached) and wait until the
+    user's processes are gone, so the account can be removed."""
+    with cp.client() as admin:
+        listing = admin.get("/api/websh/terminals/", params={"page_size": 100}).json()
+        for terminal in listing["results"]:
+            if terminal["username"] == user.name and terminal["status"] != "closed":
+                admin.delete(f"/api/websh/terminals/{terminal['id']}/")
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        alive = subprocess.run(["pgrep", "-u", str(user.uid)], capture_output=True, check=False)
+        if alive.returncode != 0:
+            return
+        time.sleep(0.1)  # polling the process table: there is no event to await
 
 
 def make_user(cp: ControlPlaneProcess, username: str, *, superuser: bool = False) -> str:
@@ -219,6 +240,7 @@ def test_request_approve_terminal_upload_and_playback(
         find(user, f'[data-launch="{server}"]').click()
         find(user, "#open-terminal").click()
         wait_text(user, "#terminal-state", "connected")
+        wait_text(user, ".xterm-rows", "$")  # the prompt: typed keys echo after it
         find(user, ".xterm-helper-textarea").send_keys("id -un\n")
 
         def answered(d: WebDriver) -> bool:
@@ -226,6 +248,24 @@ def test_request_approve_terminal_upload_and_playback(
             return any(line.strip() == account for line in lines)
 
         wait_for(user, answered)
+
+        # Resize reaches the PTY; a reload reattaches to the same shell (detach grace).
+        def pty_size(d: WebDriver) -> str | None:
+            found = re.findall(r"^(\d+ \d+)\s*$", text_of(d, ".xterm-rows > div"), re.MULTILINE)
+            return found[-1] if found else None
+
+        find(user, ".xterm-helper-textarea").send_keys("stty size\n")
+        before = wait_for(user, pty_size)
+        user.set_window_size(900, 700)
+        find(user, ".xterm-helper-textarea").send_keys("clear; stty size\n")
+        wait_for(user, lambda d: (pty_size(d) or before) != before)
+        user.set_window_size(1280, 900)
+        terminal_id = find(user, "#launch").get_attribute("data-terminal")
+        user.refresh()
+        wait_text(user, "#terminal-state", "reattached")
+        assert find(user, "#launch").get_attribute("data-terminal") == terminal_id
+        find(user, ".xterm-helper-textarea").send_keys("echo still-$((6*7))\n")
+        wait_text(user, ".xterm-rows", "still-42")
 
         # Upload a file with progress, read it back with a command.
         token = secrets.token_hex(8)
@@ -241,6 +281,9 @@ def test_request_approve_terminal_upload_and_playback(
         find(user, "#run-command").click()
         wait_text(user, "#command-output", f"uploaded {token}")
         wait_text(user, "#command-result", "exit 0")
+        set_value(user, "#download-path", f"{unix_user.home}/console-upload.txt")
+        find(user, "#download").click()
+        wait_text(user, "#transfer-state", f"downloaded {local.stat().st_size} bytes")
 
         # End the terminal; the superuser plays its recording.
         find(user, "#close-terminal").click()
