@@ -38,6 +38,22 @@ export function requestForm(form) {
     }
   });
 
+  // Port forwarding and the editor: say which selected servers do not offer them.
+  function updateOffered() {
+    const selected = $$('input[name="servers"]:checked', form);
+    for (const note of $$("[data-not-offered]", form)) {
+      const scope = note.dataset.notOffered;
+      const wanted = $(`#scope-${scope}`, form).checked;
+      const missing = selected
+        .filter((box) => !box.dataset.features.split(" ").includes(scope))
+        .map((box) => box.dataset.serverName);
+      note.hidden = !wanted || missing.length === 0;
+      note.textContent = missing.length ? `Not enabled on ${missing.join(", ")}` : "";
+    }
+  }
+  form.addEventListener("change", updateOffered);
+  updateOffered();
+
   const maxSeconds = Number(form.dataset.maxSeconds);
   const local = $("#starts-at-local", form);
   const hidden = $("#starts-at", form);

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -84,7 +85,10 @@ def browser(width: int = 1280, height: int = 900) -> Iterator[WebDriver]:
 
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], _T], timeout: float = WAIT) -> _T:
     """Wait until ``condition(driver)`` is truthy and return it."""
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition)
+    ignored = (NoSuchElementException, StaleElementReferenceException)  # mid-navigation
+    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(
+        condition
+    )
 
 
 def find(driver: WebDriver, css: str, timeout: float = WAIT) -> WebElement:

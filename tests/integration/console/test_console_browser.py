@@ -185,6 +185,15 @@ def test_request_approve_terminal_upload_and_playback(
         wait_for(user, lambda d: d.find_element(By.CSS_SELECTOR, "#duration-error").is_displayed())
         assert "maximum" in submit_expecting_error(user, "hours")
 
+        # Port forwarding: this server's owner has not enabled it, so it is refused.
+        find(user, "#mode-preset").click()
+        find(user, "#scope-tunnel").click()
+        note = find(user, '[data-not-offered="tunnel"]')
+        wait_for(user, lambda d: note.is_displayed())
+        assert server in note.text
+        assert "not enabled on server" in submit_expecting_error(user, "scopes")
+        find(user, "#scope-tunnel").click()
+
         # Scheduled start: pending now, Approved (not Active) once approved.
         set_value(user, "#purpose", "scheduled maintenance")
         find(user, "#mode-custom").click()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 
+import httpx
 import pytest
 
 from tests.support.accounts import new_login
@@ -112,3 +113,39 @@ async def test_search_matches_purpose_user_server_and_id(
             answer = stranger.get(SESSIONS, params={"q": marker})
             assert answer.json()["results"] == []
         assert found(marker, "admin") == {a["id"]}
+
+
+async def test_tunnel_only_on_servers_whose_owner_enabled_it(
+    control_plane: ControlPlaneProcess,
+) -> None:
+    plain = control_plane.new_server(f"rv-{uuid.uuid4().hex[:10]}")
+    open_ = control_plane.new_server(f"rv-{uuid.uuid4().hex[:10]}")
+    agents = [
+        await FakeAgent.connect(control_plane, plain.id, plain.key),
+        await FakeAgent.connect(control_plane, open_.id, open_.key, features=["tunnel"]),
+    ]
+    try:
+        _, _, token = new_login(control_plane)
+        with control_plane.client(token) as user:
+            server = user.get(f"/api/servers/servers/{open_.name}/").json()
+            assert server["features"] == ["tunnel"]
+            assert user.get(f"/api/servers/servers/{plain.name}/").json()["features"] == []
+
+            def request(servers: list[str], scopes: list[str]) -> httpx.Response:
+                body = {"description": "x", "servers": servers, "scopes": scopes, "duration": "1h"}
+                return user.post(SESSIONS, json=body)
+
+            assert request([open_.name], ["tunnel", "command"]).status_code == 201
+            for servers, scopes in (
+                ([plain.name], ["tunnel"]),
+                ([open_.name, plain.name], ["tunnel"]),
+                ([open_.name], ["editor"]),  # no agent offers the editor yet
+            ):
+                refused = request(servers, scopes)
+                assert refused.status_code == 400, refused.text
+                assert refused.json()["source"] == "scopes"
+                assert "not enabled on server" in refused.json()["detail"]
+            assert request([plain.name], ["command"]).status_code == 201
+    finally:
+        for agent in agents:
+            await agent.close()

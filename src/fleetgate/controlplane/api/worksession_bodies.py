@@ -18,6 +18,7 @@ from fleetgate.shared.sudo_patterns import SudoPatternError, parse_pattern
 __all__ = [
     "DEFAULT_SCOPES",
     "MAX_DESCRIPTION",
+    "OWNER_ENABLED_SCOPES",
     "ApproveBody",
     "CreateBody",
     "ExtendBody",
@@ -31,6 +32,9 @@ __all__ = [
 
 DEFAULT_SCOPES = ("websh", "webftp", "command", "sudo")
 """Selected by default in the request guide."""
+OWNER_ENABLED_SCOPES = ("tunnel", "editor")
+"""Scopes a server offers only when its owner enabled them (the agent's ``hello``
+lists them in ``features``)."""
 MAX_DESCRIPTION = 2048
 
 

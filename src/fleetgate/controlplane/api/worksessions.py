@@ -20,6 +20,7 @@ from fleetgate.controlplane.api.pagination import page_response
 from fleetgate.controlplane.api.params import MAX_SEARCH, parse_int, parse_page
 from fleetgate.controlplane.api.worksession_bodies import (
     MAX_DESCRIPTION,
+    OWNER_ENABLED_SCOPES,
     ApproveBody,
     CreateBody,
     ExtendBody,
@@ -101,14 +102,24 @@ async def _assignee(body: CreateBody, principal: Principal, services: Services) 
     return user.id
 
 
-async def _server_ids(refs: list[str], services: Services) -> tuple[str, ...]:
+async def _server_ids(
+    refs: list[str], scopes: tuple[str, ...], services: Services
+) -> tuple[str, ...]:
     ids: list[str] = []
     for ref in refs:
         server = await services.db.read(servers_store.get_server, ref)
         if server is None:
             raise invalid_request(f"servers: no server {ref[:100]!r}", "servers")
-        if services.hub.connection(server.id) is None:
+        conn = services.hub.connection(server.id)
+        if conn is None:
             raise invalid_request(f"servers: server {server.name!r} is not connected", "servers")
+        off = [s for s in scopes if s in OWNER_ENABLED_SCOPES and s not in conn.features]
+        if off:
+            raise invalid_request(
+                f"scopes: {off[0]!r} is not enabled on server {server.name!r} "
+                "(its owner must turn it on in the agent's configuration)",
+                "scopes",
+            )
         if server.id not in ids:
             ids.append(server.id)
     return tuple(ids)
@@ -136,12 +147,13 @@ async def create(body: CreateBody, principal: PrincipalDep, services: ServicesDe
     now = now_us()
     max_us = int(services.settings.work_session_max_duration * 1_000_000)
     starts_at, expires_at = parse_window(body, now, max_us)
+    scopes = parse_scopes(body)
     new = NewWorkSession(
         id=str(uuid.uuid4()),
         description=description,
         requester_type=body.requester_type,
-        scopes=parse_scopes(body),
-        server_ids=await _server_ids(body.servers, services),
+        scopes=scopes,
+        server_ids=await _server_ids(body.servers, scopes, services),
         sudo_policies=tuple(parse_policies(body.sudo_policies)),
         created_by=principal.user_id,
         assigned_user=await _assignee(body, principal, services),

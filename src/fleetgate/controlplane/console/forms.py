@@ -8,7 +8,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fleetgate.controlplane.api.worksession_bodies import DEFAULT_SCOPES, MAX_DESCRIPTION
+from fleetgate.controlplane.api.worksession_bodies import (
+    DEFAULT_SCOPES,
+    MAX_DESCRIPTION,
+    OWNER_ENABLED_SCOPES,
+)
 from fleetgate.controlplane.worksession.gate import SCOPES
 
 
@@ -24,7 +28,7 @@ __all__ = [
 
 PRESETS = ("1h", "2h", "4h")
 """Duration presets of the request guide."""
-OWNER_ENABLED = frozenset({"tunnel", "editor"})
+OWNER_ENABLED = frozenset(OWNER_ENABLED_SCOPES)
 """Features the server owner must enable on the server first."""
 
 
