@@ -228,18 +228,43 @@ def test_request_approve_terminal_upload_and_playback(
         } == {"websh", "webftp", "command", "sudo"}
         assert user.find_elements(By.CSS_SELECTOR, "#action-cancel")
 
-        # The superuser approves both from the queue, in a second browser.
+        # The list: status filter and search.
+        user.get(f"{cp.url}/console/sessions?status=pending&q=scheduled")
+        rows = user.find_elements(By.CSS_SELECTOR, "#sessions tr[data-session]")
+        assert [r.get_attribute("data-session") for r in rows] == [scheduled]
+        user.get(f"{cp.url}/console/sessions?status=active")
+        assert find(user, "#no-sessions")
+
+        # The superuser approves the request from the queue, in a second browser...
         log_in(admin, cp.url, boss, boss_password)
         find(admin, "#nav-approvals").click()
-        for session_id in (scheduled, now_id):
-            find(admin, f'tr[data-session="{session_id}"] .pick').click()
+        find(admin, f'tr[data-session="{now_id}"] .pick').click()
         find(admin, "#approve-selected").click()
-        assert "Approved 2" in find(admin, "#flash").text
+        assert "Approved 1" in find(admin, "#flash").text
         assert not admin.find_elements(By.CSS_SELECTOR, f'tr[data-session="{now_id}"]')
+        # ... and the scheduled one from its page, without privilege elevation.
+        find(admin, f'tr[data-session="{scheduled}"] a').click()
+        find(admin, "#approve-form summary").click()
+        find(admin, "#adjust-flag").click()
+        find(admin, '#approve-form input[name="scopes"][value="sudo"]').click()
+        find(admin, "#action-approve").click()
+        wait_for(admin, lambda d: status_on_page(d) == "approved")
+        features = admin.find_elements(By.CSS_SELECTOR, "#features li")
+        assert {f.get_attribute("data-scope") for f in features} == {"websh", "webftp", "command"}
 
+        # Scheduled: Approved until it begins; Activate, Extend, Complete by the user.
         user.get(f"{cp.url}/console/sessions/{scheduled}")
         assert status_on_page(user) == "approved"
         assert find(user, "#approver").text == boss
+        find(user, "#action-activate").click()
+        wait_for(user, lambda d: status_on_page(d) == "active")
+        ends = find(user, "#expires").text
+        Select(find(user, "#extend-duration")).select_by_visible_text("+2h")
+        find(user, "#action-extend").click()
+        wait_for(user, lambda d: find(d, "#expires").text != ends)
+        find(user, "#action-complete").click()
+        wait_for(user, lambda d: status_on_page(d) == "completed")
+        wait_text(user, "#timeline", "extend")
         user.get(f"{cp.url}/console/sessions/{now_id}")
         assert status_on_page(user) == "active"
         wait_text(user, "#timeline", "approved")

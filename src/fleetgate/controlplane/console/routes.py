@@ -33,6 +33,7 @@ from fleetgate.controlplane.console.web import (
     api_json,
     csrf_form,
     page,
+    served_over_https,
     services_of,
     sub_request,
 )
@@ -80,7 +81,7 @@ async def login(request: Request) -> Response:
         max_age=int(services.settings.login_token_ttl),
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=served_over_https(request),
         path="/",
     )
     return response

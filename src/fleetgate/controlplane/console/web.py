@@ -45,6 +45,7 @@ __all__ = [
     "console_user",
     "csrf_form",
     "page",
+    "served_over_https",
     "services_of",
     "sub_request",
     "templates",
@@ -139,6 +140,13 @@ async def csrf_form(request: Request) -> FormData:
     return form
 
 
+def served_over_https(request: Request) -> bool:
+    """Whether browsers reach the console over https (directly, or behind a proxy that the
+    ``public_url`` setting names): its cookies are then ``Secure``."""
+    public_url = services_of(request).settings.public_url or ""
+    return request.url.scheme == "https" or public_url.startswith("https://")
+
+
 def set_csrf_cookie(request: Request, response: Response) -> None:
     """Send the CSRF cookie if this request made a new token."""
     fresh = getattr(request.state, "csrf", None)
@@ -148,7 +156,7 @@ def set_csrf_cookie(request: Request, response: Response) -> None:
             str(fresh),
             httponly=True,
             samesite="strict",
-            secure=request.url.scheme == "https",
+            secure=served_over_https(request),
             path="/",
         )
 
