@@ -38,6 +38,25 @@ def _user(cp: ControlPlaneProcess, name: str, superuser: bool = False) -> str:
     return password
 
 
+def _more_requests(cp: ControlPlaneProcess, username: str, password: str) -> None:
+    """Two more pending requests, so the queue and the list show more than one."""
+    with cp.client() as admin:
+        login = admin.post("/api/auth/login/", json={"username": username, "password": password})
+        login.raise_for_status()
+        token = login.json()["token"]
+        for purpose, duration in (("Rotate the **backup** keys", "2h"), ("Check disk usage", "1h")):
+            admin.post(
+                "/api/work-sessions/sessions/",
+                headers={"Authorization": f"Bearer {token}"},
+                json={
+                    "description": purpose,
+                    "servers": ["web-01"],
+                    "scopes": ["command"],
+                    "duration": duration,
+                },
+            ).raise_for_status()
+
+
 def _shot(driver: WebDriver, out: Path, name: str) -> None:
     driver.execute_script("window.scrollTo(0, 0)")
     height = driver.execute_script("return document.body.scrollHeight")
@@ -75,11 +94,12 @@ def take(out: Path) -> None:
                 _shot(user, out, "session-pending")
                 session_url = user.current_url.split("?")[0]
 
+                _more_requests(cp, unix.name, password)
                 log_in(boss, cp.url, "admin2", boss_password)
                 boss.get(f"{cp.url}/console/approvals")
                 find(boss, "#pending")
                 _shot(boss, out, "approvals")
-                find(boss, ".pick").click()
+                find(boss, f'tr[data-session="{session_url.rsplit("/", 1)[1]}"] .pick').click()
                 find(boss, "#approve-selected").click()
                 find(boss, "#flash")
 
@@ -96,8 +116,8 @@ def take(out: Path) -> None:
                 find(user, "#close-terminal").click()
                 wait_text(user, "#terminal-state", "ended")
 
-                user.get(f"{cp.url}/console/sessions")
-                _shot(user, out, "sessions")
+                boss.get(f"{cp.url}/console/sessions")
+                _shot(boss, out, "sessions")
                 boss.get(session_url)
 
                 def playable(d: WebDriver) -> bool:

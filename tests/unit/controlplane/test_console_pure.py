@@ -11,7 +11,7 @@ from fleetgate.controlplane.console.cookies import (
     websocket_authorization,
 )
 from fleetgate.controlplane.console.forms import FormError, RequestForm, parse_request_form
-from fleetgate.controlplane.console.markdown import render_markdown
+from fleetgate.controlplane.console.markdown import plain_text, render_markdown
 
 
 MAX = 4 * 3600
@@ -76,6 +76,13 @@ def test_markdown_keeps_formatting_and_safe_links() -> None:
     assert "<strong>nginx</strong>" in html
     assert '<a href="https://wiki.example/nginx" rel="noopener noreferrer nofollow">' in html
     assert "<code>reload</code>" in html
+
+
+def test_plain_text_for_lists_keeps_words_not_markup() -> None:
+    assert plain_text("Fix **nginx**\nin `prod` [runbook](https://x.example)") == (
+        "Fix nginx in prod runbook"
+    )
+    assert plain_text("<b>x</b>") == "<b>x</b>"  # still text: the template escapes it
 
 
 def form(**values: str) -> tuple[dict[str, str], dict[str, list[str]]]:

@@ -14,7 +14,7 @@ from markdown_it.token import Token
 from markdown_it.utils import EnvType, OptionsDict
 
 
-__all__ = ["render_markdown"]
+__all__ = ["plain_text", "render_markdown"]
 
 _SAFE_SCHEMES = ("http://", "https://", "mailto:")
 
@@ -48,3 +48,16 @@ _MD = _build()
 def render_markdown(text: str) -> str:
     """``text`` (Markdown) as HTML that is safe to insert in a page."""
     return str(_MD.render(text))
+
+
+def plain_text(text: str) -> str:
+    """``text`` (Markdown) as one line of plain text, for lists (escape it on output)."""
+    tokens = _MD.parseInline(text.replace("\n", " "))
+    words: list[str] = []
+    for token in tokens:
+        for child in token.children or []:
+            if child.type in ("text", "code_inline"):
+                words.append(child.content)
+            elif child.type in ("softbreak", "hardbreak"):
+                words.append(" ")
+    return "".join(words).strip()

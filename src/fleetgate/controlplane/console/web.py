@@ -31,7 +31,7 @@ from fleetgate.controlplane.console.cookies import (
     new_csrf_token,
     same_origin,
 )
-from fleetgate.controlplane.console.markdown import render_markdown
+from fleetgate.controlplane.console.markdown import plain_text, render_markdown
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.timeutil import now_us
 
@@ -70,6 +70,7 @@ def _when(value: str | None) -> str:
 
 templates.env.filters["when"] = _when
 templates.env.filters["markdown"] = render_markdown
+templates.env.filters["plain"] = plain_text
 templates.env.globals["prefix"] = PREFIX
 
 
