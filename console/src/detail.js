@@ -6,7 +6,11 @@ export function timeline(box) {
   let last = "";
   async function refresh() {
     try {
-      const answer = await fetch(box.dataset.src, { credentials: "same-origin" });
+      // Asking for JSON too makes an expired login a 401 instead of the login page.
+      const answer = await fetch(box.dataset.src, {
+        credentials: "same-origin",
+        headers: { Accept: "text/html, application/json;q=0.1" },
+      });
       if (answer.ok) {
         const html = await answer.text();
         if (html !== last) {

@@ -176,9 +176,8 @@ async def decide(request: Request, principal: ConsoleUser) -> Response:
             done += 1
         except APIError as exc:
             refused.append(exc.detail)
-    message = f"{name.capitalize()}d {done}." + (
-        f" Refused: {'; '.join(refused)}" if refused else ""
-    )
+    verb = "Approved" if name == "approve" else "Rejected"
+    message = f"{verb} {done}." + (f" Refused: {'; '.join(refused)}" if refused else "")
     return RedirectResponse(f"{PREFIX}/approvals?flash={quote(message[:300])}", status_code=303)
 
 

@@ -273,8 +273,8 @@ def adjust_request(
 ) -> WorkSessionRow | None:
     """Narrow a pending request's scopes and servers before it is approved.
 
-    Records an ``adjust`` item with what changed. Raises ``InvalidTransition`` unless the
-    session is pending (``update`` is the action checked: it keeps the state).
+    Records an ``adjust`` item with what changed. Raises ``InvalidTransition`` (for
+    ``approve``) unless the session is still pending.
     """
     row = load_settled(conn, session_id, now=now)
     if row is None:
