@@ -1,0 +1,155 @@
+"""The console over plain HTTP (no browser): login and logout, redirects, bulk reject,
+and that the console refuses what the API refuses."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from tests.support.controlplane import ControlPlaneProcess, FakeAgent, Server, running_control_plane
+
+
+SESSIONS = "/api/work-sessions/sessions/"
+
+
+@pytest.fixture(scope="module")
+def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:
+    with running_control_plane(tmp_path_factory.mktemp("console-http")) as control_plane:
+        yield control_plane
+
+
+@pytest.fixture
+async def online(cp: ControlPlaneProcess) -> AsyncIterator[Server]:
+    server = cp.new_server(f"ch-{uuid.uuid4().hex[:10]}")
+    agent = await FakeAgent.connect(cp, server.id, server.key)
+    try:
+        yield server
+    finally:
+        await agent.close()
+
+
+def make_user(cp: ControlPlaneProcess, *, superuser: bool = False) -> tuple[str, str]:
+    name, password = f"h{uuid.uuid4().hex[:10]}", secrets.token_urlsafe(12)
+    with cp.client() as admin:
+        answer = admin.post(
+            "/api/iam/users/",
+            json={"username": name, "password": password, "is_superuser": superuser},
+        )
+        assert answer.status_code == 201, answer.text
+    return name, password
+
+
+def csrf_of(page: httpx.Response) -> str:
+    match = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert match, page.text[:500]
+    return match.group(1)
+
+
+def console_login(
+    cp: ControlPlaneProcess, name: str, password: str, **extra: str
+) -> tuple[httpx.Client, str]:
+    """A client logged in through the form, and where the form sent it."""
+    client = httpx.Client(base_url=cp.url)
+    token = csrf_of(client.get("/console/login"))
+    answer = client.post(
+        "/console/login",
+        data={"username": name, "password": password, "csrf": token, **extra},
+    )
+    assert answer.status_code == 303, answer.text
+    return client, answer.headers["location"]
+
+
+def test_login_logout_and_redirects(cp: ControlPlaneProcess) -> None:
+    name, password = make_user(cp)
+    with httpx.Client(base_url=cp.url) as anonymous:
+        first = anonymous.get("/console/sessions?status=active")
+        assert first.status_code == 303
+        assert (
+            first.headers["location"] == "/console/login?next=/console/sessions%3Fstatus%3Dactive"
+        )
+        assert anonymous.get("/").headers["location"] == "/console/sessions"
+        token = csrf_of(anonymous.get("/console/login"))
+        wrong = anonymous.post(
+            "/console/login", data={"username": name, "password": "nope", "csrf": token}
+        )
+        assert wrong.status_code == 401
+        assert "Wrong username or password." in wrong.text
+        assert "fleetgate_login" not in anonymous.cookies
+        no_csrf = anonymous.post("/console/login", data={"username": name, "password": password})
+        assert no_csrf.status_code == 403
+        assert "fleetgate_login" not in anonymous.cookies
+
+    # ``next`` stays on this console: never an open redirect.
+    for target in ("//evil.example/x", "https://evil.example/", "/api/auth/tokens/"):
+        elsewhere, landed = console_login(cp, name, password, next=target)
+        assert landed == "/console/sessions", target
+        elsewhere.close()
+    client, landed = console_login(cp, name, password, next="/console/servers")
+    assert landed == "/console/servers"
+    assert client.get("/console/sessions").status_code == 200
+    key = client.cookies["fleetgate_login"]
+    with cp.client(key) as api:  # the cookie holds the API's gated login token
+        whoami = api.get("/api/auth/whoami/").json()
+        assert whoami["auth_method"] == "login"
+    csrf = csrf_of(client.get("/console/sessions"))
+    out = client.post("/console/logout", data={"csrf": csrf})
+    assert (out.status_code, out.headers["location"]) == (303, "/console/login")
+    with cp.client(key) as api:  # the token itself was deleted, not just the cookie
+        assert api.get("/api/auth/whoami/").status_code == 401
+    assert client.get("/console/sessions").status_code == 303  # back to the login form
+    client.close()
+
+
+def test_bulk_reject_and_refusals_follow_the_api(cp: ControlPlaneProcess, online: Server) -> None:
+    name, password = make_user(cp)
+    boss, boss_password = make_user(cp, superuser=True)
+    with cp.client() as admin:
+        login = admin.post("/api/auth/login/", json={"username": name, "password": password})
+        token = login.json()["token"]
+    ids = []
+    with cp.client(token) as user_api:
+        for purpose in ("one", "two"):
+            created = user_api.post(
+                SESSIONS,
+                json={"description": purpose, "servers": [online.name], "duration": "1h"},
+            )
+            assert created.status_code == 201, created.text
+            ids.append(created.json()["id"])
+
+    user, _ = console_login(cp, name, password)
+    assert user.get("/console/approvals").status_code == 403
+    csrf = csrf_of(user.get("/console/sessions"))
+    tried = user.post("/console/approvals", data={"csrf": csrf, "action": "reject", "ids": ids})
+    assert tried.status_code == 303
+    assert "Rejected 0" in httpx.URL(tried.headers["location"]).params["flash"]
+    # Approving one's own request through the session page is refused by the API too.
+    own = user.post(f"/console/sessions/{ids[0]}/act", data={"csrf": csrf, "action": "approve"})
+    assert "Refused" in httpx.URL(own.headers["location"]).params["flash"]
+
+    superuser, _ = console_login(cp, boss, boss_password)
+    csrf = csrf_of(superuser.get("/console/approvals"))
+    done = superuser.post("/console/approvals", data={"csrf": csrf, "action": "reject", "ids": ids})
+    assert httpx.URL(done.headers["location"]).params["flash"] == "Rejected 2."
+    with cp.client() as admin:
+        for session_id in ids:
+            assert admin.get(f"{SESSIONS}{session_id}/").json()["status"] == "rejected"
+    user.close()
+    superuser.close()
+
+
+def test_static_assets_and_openapi_page(cp: ControlPlaneProcess) -> None:
+    with httpx.Client(base_url=cp.url) as client:
+        docs = client.get("/api/docs")
+        assert docs.status_code == 200
+        assert "/console/static/dist/swagger-ui-bundle.js" in docs.text
+        assert "/api/openapi.json" in docs.text
+        for asset in ("console.js", "console.css", "swagger-ui-bundle.js", "swagger-ui.css"):
+            answer = client.get(f"/console/static/dist/{asset}")
+            assert answer.status_code == 200, asset
+            assert len(answer.content) > 1000, asset
+        assert client.get("/console/static/../../app.py").status_code == 404
