@@ -32,6 +32,7 @@ __all__ = [
     "list_users",
     "lookup_token",
     "new_key",
+    "set_password",
     "verify_password",
 ]
 
@@ -160,6 +161,11 @@ def create_user(
     except sqlite3.IntegrityError:
         return None
     return UserRow.from_row(cur.fetchone())
+
+
+def set_password(conn: sqlite3.Connection, user_id: int, password_hash: str) -> None:
+    """Replace a user's password hash (from :func:`hash_password`)."""
+    conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
 
 
 def get_user(conn: sqlite3.Connection, user_id: int) -> UserRow | None:
