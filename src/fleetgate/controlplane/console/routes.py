@@ -7,7 +7,6 @@ principal (see :mod:`.web`), so the API's authorization applies unchanged.
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -33,6 +32,7 @@ from fleetgate.controlplane.console.web import (
     api_json,
     csrf_form,
     page,
+    redirect_with_message,
     served_over_https,
     services_of,
     sub_request,
@@ -202,9 +202,7 @@ async def request_session(request: Request, principal: ConsoleUser) -> Response:
         problem = FormError(exc.source or "", exc.detail)
         return _form_again(request, principal, values, lists, connected, problem)
     session_id = api_json(created)["id"]
-    return RedirectResponse(
-        f"{PREFIX}/sessions/{session_id}?flash={quote('Session requested.')}", status_code=303
-    )
+    return redirect_with_message(request, f"{PREFIX}/sessions/{session_id}", "Session requested.")
 
 
 def _form_again(

@@ -4,10 +4,9 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import quote
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
 from fleetgate.controlplane.api import commands, recordings, websh, worksessions
@@ -21,6 +20,7 @@ from fleetgate.controlplane.console.web import (
     api_json,
     csrf_form,
     page,
+    redirect_with_message,
     services_of,
     sub_request,
 )
@@ -141,7 +141,7 @@ async def act(session_id: str, request: Request, principal: ConsoleUser) -> Resp
     target = str(form.get("back", "")) or f"{PREFIX}/sessions/{session_id}"
     if not target.startswith(f"{PREFIX}/"):
         target = f"{PREFIX}/sessions/{session_id}"
-    return RedirectResponse(f"{target}?flash={quote(message)}", status_code=303)
+    return redirect_with_message(request, target, message)
 
 
 @router.get("/approvals", response_class=HTMLResponse)
@@ -178,7 +178,7 @@ async def decide(request: Request, principal: ConsoleUser) -> Response:
             refused.append(exc.detail)
     verb = "Approved" if name == "approve" else "Rejected"
     message = f"{verb} {done}." + (f" Refused: {'; '.join(refused)}" if refused else "")
-    return RedirectResponse(f"{PREFIX}/approvals?flash={quote(message[:300])}", status_code=303)
+    return redirect_with_message(request, f"{PREFIX}/approvals", message)
 
 
 @router.get("/sessions/{session_id}/launch", response_class=HTMLResponse)

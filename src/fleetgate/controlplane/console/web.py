@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, cast
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from fastapi import Depends, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import FormData
 
@@ -45,6 +45,7 @@ __all__ = [
     "console_user",
     "csrf_form",
     "page",
+    "redirect_with_message",
     "served_over_https",
     "services_of",
     "sub_request",
@@ -162,6 +163,25 @@ def set_csrf_cookie(request: Request, response: Response) -> None:
         )
 
 
+FLASH_COOKIE = "fleetgate_flash"
+
+
+def redirect_with_message(request: Request, target: str, message: str) -> Response:
+    """303 to ``target``, whose page then shows ``message`` once (a short-lived cookie,
+    not the query string, so a link cannot make the console say something)."""
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(
+        FLASH_COOKIE,
+        quote(message[:300]),
+        max_age=60,
+        httponly=True,
+        samesite="strict",
+        secure=served_over_https(request),
+        path="/",
+    )
+    return response
+
+
 def page(
     request: Request,
     template: str,
@@ -175,12 +195,14 @@ def page(
         "user": None if principal is None else principal.user,
         "is_superuser": principal is not None and principal.is_superuser,
         "csrf": csrf_token(request),
-        "flash": request.query_params.get("flash", "")[:300],
+        "flash": unquote(request.cookies.get(FLASH_COOKIE, ""))[:300],
         **context,
     }
     response = templates.TemplateResponse(request, template, full, status_code=status)
     response.headers["Cache-Control"] = "no-store"
     set_csrf_cookie(request, response)
+    if FLASH_COOKIE in request.cookies:
+        response.delete_cookie(FLASH_COOKIE, path="/")
     return response
 
 
