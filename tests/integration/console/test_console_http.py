@@ -84,7 +84,13 @@ def test_login_logout_and_redirects(cp: ControlPlaneProcess) -> None:
             first.headers["location"] == "/console/login?next=/console/sessions%3Fstatus%3Dactive"
         )
         assert anonymous.get("/").headers["location"] == "/console/sessions"
-        token = csrf_of(anonymous.get("/console/login"))
+        form = anonymous.get("/console/login")
+        token = csrf_of(form)
+        policy = form.headers["content-security-policy"]
+        assert "script-src 'self' 'wasm-unsafe-eval';" in policy
+        assert "frame-ancestors 'none'" in policy
+        assert form.headers["x-frame-options"] == "DENY"
+        assert form.headers["cache-control"] == "no-store"
         wrong = anonymous.post(
             "/console/login", data={"username": name, "password": "nope", "csrf": token}
         )

@@ -164,6 +164,20 @@ def set_csrf_cookie(request: Request, response: Response) -> None:
 
 
 FLASH_COOKIE = "fleetgate_flash"
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    # Scripts only from our own static files: an injected tag could not run (the player's
+    # terminal emulator is WebAssembly, hence wasm-unsafe-eval; no JavaScript eval). Inline
+    # styles stay allowed (xterm.js and the player size their elements with them).
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",  # no clickjacking of the approve buttons
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def redirect_with_message(request: Request, target: str, message: str) -> Response:
@@ -199,7 +213,7 @@ def page(
         **context,
     }
     response = templates.TemplateResponse(request, template, full, status_code=status)
-    response.headers["Cache-Control"] = "no-store"
+    response.headers.update(SECURITY_HEADERS)
     set_csrf_cookie(request, response)
     if FLASH_COOKIE in request.cookies:
         response.delete_cookie(FLASH_COOKIE, path="/")
