@@ -170,3 +170,36 @@ def test_static_assets_and_openapi_page(cp: ControlPlaneProcess) -> None:
             assert answer.status_code == 200, asset
             assert len(answer.content) > 1000, asset
         assert client.get("/console/static/../../app.py").status_code == 404
+
+
+def test_assignee_is_for_superusers_only(cp: ControlPlaneProcess, online: Server) -> None:
+    name, password = make_user(cp)
+    boss, boss_password = make_user(cp, superuser=True)
+    form = {"purpose": "db upgrade", "servers": online.id, "scopes": "command", "preset": "1h"}
+
+    user, _ = console_login(cp, name, password)
+    page = user.get("/console/sessions/new")
+    assert 'id="assignee"' not in page.text
+    refused = user.post(
+        "/console/sessions/new", data={**form, "assignee": boss, "csrf": csrf_of(page)}
+    )
+    assert refused.status_code == 400
+    assert "Only a superuser may assign" in html.unescape(refused.text)
+
+    superuser, _ = console_login(cp, boss, boss_password)
+    page = superuser.get("/console/sessions/new")
+    assert 'id="assignee"' in page.text
+    created = superuser.post(
+        "/console/sessions/new", data={**form, "assignee": name, "csrf": csrf_of(page)}
+    )
+    assert created.status_code == 303, created.text
+    session_id = created.headers["location"].rsplit("/", 1)[1]
+    with cp.client() as admin:
+        session = admin.get(f"{SESSIONS}{session_id}/").json()
+    assert session["assigned_user"]["name"] == name
+    assert session["created_by"]["name"] == boss
+    # Assigned by a superuser: approved at once, and the assignee sees it in their list.
+    assert session["status"] == "active"
+    assert session_id in user.get("/console/sessions").text
+    user.close()
+    superuser.close()
