@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -61,32 +63,22 @@ async def _terminals(request: Request, principal: Principal, session_id: str) ->
 async def detail(session_id: str, request: Request, principal: ConsoleUser) -> Response:
     """State, purpose, servers, features, people, times, actions, timeline, recordings."""
     session = await _session(request, principal, session_id)
-    approvals = [
-        e["actor"]
-        for e in await _timeline_items(request, principal, session["id"])
-        if e["type"] == "status_change" and e.get("to") == "approved"
-    ]
     context = {
         "s": session,
-        "approver": approvals[-1] if approvals else None,
+        "approver": await _approver(request, principal, session),
         "terminals": await _terminals(request, principal, session["id"]),
         "features": FEATURES,
         "presets": PRESETS,
-        "is_mine": principal.user_id in _people(session),
     }
     return page(request, "detail.html", context, principal=principal)
 
 
-def _people(session: dict[str, Any]) -> set[int]:
-    return {p["id"] for p in (session["created_by"], session["assigned_user"]) if p}
-
-
-async def _timeline_items(
+async def _timeline_pages(
     request: Request, principal: Principal, session_id: str
-) -> list[dict[str, Any]]:
-    """Every timeline item, in pages of the API's largest size (at most 5,000)."""
+) -> AsyncIterator[dict[str, Any]]:
+    """Every timeline item, oldest first, read in pages of the API's largest size (at
+    most 5,000 items)."""
     services = services_of(request)
-    items: list[dict[str, Any]] = []
     for page_number in range(1, 51):
         query = {"page": page_number, "page_size": 100}
         answer = api_json(
@@ -94,17 +86,29 @@ async def _timeline_items(
                 session_id, sub_request(request, query), principal, services
             )
         )
-        items.extend(answer["results"])
+        for item in answer["results"]:
+            yield item
         if not answer.get("next"):
-            break
-    return items
+            return
+
+
+async def _approver(request: Request, principal: Principal, session: dict[str, Any]) -> str | None:
+    """Who approved the session: the actor of its one ``pending -> approved`` change."""
+    if session["status"] in ("pending", "rejected", "cancelled"):
+        return None
+    # A session is approved once, early: its first page of the timeline almost always has it.
+    async with aclosing(_timeline_pages(request, principal, session["id"])) as items:
+        async for item in items:
+            if item["type"] == "status_change" and item.get("to") == "approved":
+                return str(item["actor"]) if item["actor"] else None
+    return None
 
 
 @router.get("/sessions/{session_id}/timeline", response_class=HTMLResponse)
 async def timeline(session_id: str, request: Request, principal: ConsoleUser) -> Response:
     """The timeline as an HTML fragment (the detail page refreshes it)."""
     session = await _session(request, principal, session_id)
-    items = await _timeline_items(request, principal, session["id"])
+    items = [item async for item in _timeline_pages(request, principal, session["id"])]
     servers = {s["id"]: s["name"] for s in session["servers"]}
     context = {"items": items, "server_names": servers, "s": session}
     return page(request, "timeline.html", context, principal=principal)
