@@ -62,6 +62,7 @@ def console_login(
         data={"username": name, "password": password, "csrf": token, **extra},
     )
     assert answer.status_code == 303, answer.text
+    assert client.cookies["fleetgate_csrf"] != token  # a new CSRF token with the login
     return client, answer.headers["location"]
 
 

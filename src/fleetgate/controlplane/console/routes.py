@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
@@ -15,7 +16,7 @@ from pydantic import ValidationError
 from fleetgate.controlplane.api import identity, servers, worksessions
 from fleetgate.controlplane.api.worksession_bodies import MAX_DESCRIPTION, CreateBody
 from fleetgate.controlplane.auth import Principal
-from fleetgate.controlplane.console.cookies import LOGIN_COOKIE
+from fleetgate.controlplane.console.cookies import LOGIN_COOKIE, new_csrf_token
 from fleetgate.controlplane.console.forms import (
     FEATURES,
     OWNER_ENABLED,
@@ -35,6 +36,7 @@ from fleetgate.controlplane.console.web import (
     redirect_with_message,
     served_over_https,
     services_of,
+    set_csrf_cookie,
     sub_request,
 )
 from fleetgate.controlplane.errors import APIError
@@ -44,6 +46,8 @@ from fleetgate.controlplane.worksession.lifecycle import Status
 __all__ = ["router"]
 
 router = APIRouter(prefix=PREFIX, include_in_schema=False)
+
+log = structlog.get_logger("fleetgate.controlplane.console")
 
 STATUS_FILTERS = ("all", *(s.value for s in Status))
 
@@ -72,9 +76,14 @@ async def login(request: Request) -> Response:
         body = identity.LoginBody(username=username, password=password)
         answer = api_json(await identity.login(body, services))
     except (ValidationError, APIError):
+        log.info("console_login_failed", username=username[:150])
         context = {"next": target, "error": "Wrong username or password.", "username": username}
         return page(request, "login.html", context, status=401)
+    log.info("console_login", username=username)
     response = RedirectResponse(target, status_code=303)
+    # A new CSRF token with the new login: one planted before it does not carry over.
+    request.state.csrf = new_csrf_token()
+    set_csrf_cookie(request, response)
     response.set_cookie(
         LOGIN_COOKIE,
         answer["token"],

@@ -48,6 +48,7 @@ __all__ = [
     "redirect_with_message",
     "served_over_https",
     "services_of",
+    "set_csrf_cookie",
     "sub_request",
     "templates",
 ]
