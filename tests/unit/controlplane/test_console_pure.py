@@ -12,6 +12,7 @@ from fleetgate.controlplane.console.cookies import (
 )
 from fleetgate.controlplane.console.forms import FormError, RequestForm, parse_request_form
 from fleetgate.controlplane.console.markdown import plain_text, render_markdown
+from fleetgate.controlplane.console.web import templates
 
 
 MAX = 4 * 3600
@@ -155,3 +156,55 @@ def test_scheduled_custom_request_with_sudo_patterns() -> None:
     assert body["sudo_policies"] == [
         {"commands": ["/usr/bin/systemctl restart nginx", "/usr/bin/id"]}
     ]
+
+
+def test_timeline_renders_every_kind_escaped() -> None:
+    when = "2026-01-02T03:04:05.000000Z"
+    base = {"timestamp": when, "server_id": "s1", "actor": "alice"}
+    items = [
+        {**base, "type": "created", "server_id": None},
+        {**base, "type": "status_change", "action": "approve", "from": "pending", "to": "approved"},
+        {**base, "type": "command", "line": "echo <b>x</b>", "denied": False, "exit_code": 0},
+        {**base, "type": "command", "line": "id", "denied": True, "code": "work_session_expired"},
+        {
+            **base,
+            "type": "sudo",
+            "command": "/usr/bin/id",
+            "allowed": False,
+            "code": "no_pattern",
+            "user": "alice",
+        },
+        {**base, "type": "websh", "description": "websh alice@web-01"},
+        {**base, "type": "webftp", "description": "upload /tmp/<i>a</i> as alice"},
+        {**base, "type": "tunnel", "description": "tunnel 127.0.0.1:8080"},
+        {**base, "type": "extend", "from": when, "to": when},
+        {**base, "type": "update", "sudo_policies": [{"commands": ["/usr/bin/id"]}]},
+        {**base, "type": "adjust", "scopes": {"from": ["websh", "sudo"], "to": ["websh"]}},
+        {
+            **base,
+            "type": "status_change",
+            "action": "expire",
+            "from": "active",
+            "to": "expired",
+            "actor": None,
+        },
+    ]
+    html = templates.env.get_template("timeline.html").render(
+        items=items, server_names={"s1": "web-01"}, s={}
+    )
+    assert html.count('<li class="event') == len(items)
+    assert "<b>" not in html
+    assert "&lt;b&gt;x&lt;/b&gt;" in html
+    assert "<i>" not in html
+    for text in (
+        "pending → approved",
+        "denied work_session_expired",
+        "refused (no_pattern)",
+        "websh alice@web-01",
+        "until 2026-01-02 03:04 UTC",
+        "/usr/bin/id",
+        "features websh",
+        "clock",
+        "web-01",
+    ):
+        assert text in html, text
