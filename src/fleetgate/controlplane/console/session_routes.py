@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import Any
 
@@ -75,7 +75,7 @@ async def detail(session_id: str, request: Request, principal: ConsoleUser) -> R
 
 async def _timeline_pages(
     request: Request, principal: Principal, session_id: str
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncGenerator[dict[str, Any], None]:
     """Every timeline item, oldest first, read in pages of the API's largest size (at
     most 5,000 items)."""
     services = services_of(request)
