@@ -22,6 +22,7 @@ from fleetgate.controlplane.api import (
 from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.background import OnFailure, run_in_background, stop_process
 from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.console import mount as console
 from fleetgate.controlplane.errors import install_error_handlers
 from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_key
 from fleetgate.controlplane.hub import Hub
@@ -86,6 +87,7 @@ def create_app(
     app.include_router(tunnels.ws_router)
     app.include_router(websh.router)
     app.include_router(recordings.router)
+    console.install(app)
 
     @app.websocket(BACKHAUL_PATH)
     async def backhaul(websocket: WebSocket) -> None:

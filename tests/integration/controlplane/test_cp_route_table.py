@@ -62,7 +62,7 @@ class World:
 
 @pytest.fixture
 async def world(control_plane: ControlPlaneProcess, server: Server) -> AsyncIterator[World]:
-    agent = await FakeAgent.connect(control_plane, server.id, server.key)
+    agent = await FakeAgent.connect(control_plane, server.id, server.key, features=["tunnel"])
     _uid, name, login = new_login(control_plane, server_username="frank")
     with control_plane.client() as admin:
         made = admin.post("/api/auth/tokens/", json={"name": "acl", "command_acl": ["uptime"]})
@@ -118,6 +118,10 @@ def _expected(rule: Rule, who: str, world: World) -> set[tuple[int, str]] | None
     """
     if rule.access is Access.ANONYMOUS:
         return None
+    if rule.access is Access.CONSOLE:
+        # Pages know only the login cookie: a header is nobody. GET pages send the
+        # browser to the login page; anything else is 401.
+        return {(303, ""), (401, "AUTHENTICATION_FAILED")}
     if who == "anonymous":
         return {(401, "AUTHENTICATION_FAILED"), (403, "")}  # agent routes: refused handshake
     if rule.access is Access.AGENT:

@@ -225,6 +225,7 @@ class Backhaul:
             agent_version=__version__,
             hostname=socket.gethostname(),
             running=self._handler.running(),
+            features=["tunnel"] if self._config.tunnel.enabled else [],
         )
         await ws.send(encode(hello))
         try:
