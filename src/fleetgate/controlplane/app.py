@@ -11,9 +11,11 @@ from fastapi import FastAPI, WebSocket
 
 from fleetgate.controlplane.api import (
     commands,
+    fanouts,
     files,
     identity,
     recordings,
+    server_labels,
     servers,
     tunnels,
     websh,
@@ -76,6 +78,8 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(commands.router)  # the hot routes first: matching is in order
     app.include_router(servers.router)
+    app.include_router(server_labels.router)
+    app.include_router(fanouts.router)
     app.include_router(identity.router)
     app.include_router(worksessions.router)
     app.include_router(files.router)

@@ -223,6 +223,7 @@ class Backhaul:
             agent_version=__version__,
             hostname=socket.gethostname(),
             running=self._handler.running(),
+            labels=dict(self._config.labels),
         )
         await ws.send(encode(hello))
         try:

@@ -66,6 +66,7 @@ def server_json(row: ServerRow, conn: AgentConnection | None) -> dict[str, Any]:
         "registered_at": iso(row.registered_at),
         "connected_at": iso_or_none(row.connected_at),
         "last_seen_at": iso_or_none(last_seen),
+        "labels": row.labels,
     }
 
 

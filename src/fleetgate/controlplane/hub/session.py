@@ -237,6 +237,7 @@ class AgentSession:
             hostname=hello.hostname,
             connected_at=conn.connected_at,
             last_seen_at=conn.last_seen_at,
+            labels=hello.labels,
         )
         welcome = Welcome(server_id=uuid.UUID(conn.server_id), server_name=conn.server_name)
         if not await conn.send_quietly(welcome):

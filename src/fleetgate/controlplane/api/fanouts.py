@@ -1,0 +1,378 @@
+"""``/api/events/fanouts/``: one command line to many servers (by list or label selector).
+
+The create is all or nothing: an unknown, offline or un-gated target fails the whole
+request, naming the servers, and nothing is stored but the gate's denial records. Every
+targeted server gets its own command and its own grant (``gate_and_sign``), all inserted in
+one transaction, then sent concurrently. The answer is the JSON array of the created
+commands (as the family's create answers), each carrying the fan-out's id.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import structlog
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetgate.controlplane.api.commands import (
+    COMMAND_SCOPE,
+    SUDO_SCOPE,
+    CommandCreateBody,
+    validate_command,
+)
+from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep
+from fleetgate.controlplane.api.fanout_stream import stream_fanout
+from fleetgate.controlplane.api.pagination import page_response
+from fleetgate.controlplane.api.params import parse_page
+from fleetgate.controlplane.api.serializers import command_json
+from fleetgate.controlplane.auth import Principal, acl_allows
+from fleetgate.controlplane.errors import APIError, invalid_request
+from fleetgate.controlplane.grants import gate_and_sign
+from fleetgate.controlplane.hub.delivery import send_many
+from fleetgate.controlplane.ids import new_uuid
+from fleetgate.controlplane.store import (
+    commands as commands_store,
+    fanouts as fanout_store,
+    worksession_gate as ws_gate,
+    worksessions as ws_store,
+)
+from fleetgate.controlplane.store.commands import CommandRow, NewCommand
+from fleetgate.controlplane.store.fanouts import FANOUT_STATES, FanoutRow, Target
+from fleetgate.controlplane.timeutil import iso, now_us
+from fleetgate.controlplane.worksession.gate import GateDenial
+from fleetgate.shared.labels import LabelError, parse_selector
+
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/api/events/fanouts")
+
+log = structlog.get_logger("controlplane.fanouts")
+
+MAX_TARGETS = 20_000
+"""Servers one fan-out may name (the size of the largest fleet one process serves)."""
+NAMED_IN_ERRORS = 20
+"""Servers named in an error's detail; the rest are counted."""
+
+
+class FanoutCreateBody(BaseModel):
+    """``POST /api/events/fanouts/``: a command create with ``servers`` or ``selector``
+    instead of ``server``."""
+
+    model_config = ConfigDict(extra="ignore")
+    servers: list[str] | None = Field(default=None, max_length=MAX_TARGETS)
+    selector: str | None = Field(default=None, max_length=1000)
+    line: str
+    shell: str = "system"
+    username: str | None = None
+    groupname: str | None = None
+    env: dict[str, str] | None = None
+    timeout: float | None = None
+    work_session: str | None = None
+    sudo: bool = False
+    scheduled_at: None = None
+    """Fan-outs run now; a scheduled fan-out is not supported (must be absent or null)."""
+
+
+def _names(refs: list[str]) -> str:
+    shown = ", ".join(repr(ref[:100]) for ref in refs[:NAMED_IN_ERRORS])
+    more = len(refs) - NAMED_IN_ERRORS
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+async def _targets(body: FanoutCreateBody, services: Services) -> list[Target]:
+    """Resolve the targets; 400/404/503 naming the bad ones."""
+    if (body.servers is None) == (body.selector is None):
+        raise invalid_request("give exactly one of servers (ids or names) or selector", "servers")
+    if body.selector is not None:
+        try:
+            selector = parse_selector(body.selector)
+        except LabelError as exc:
+            raise invalid_request(str(exc), "selector") from None
+        targets = await services.db.read(fanout_store.select_by_labels, selector)
+        if not targets:
+            raise APIError(
+                404,
+                "SERVER_NOT_FOUND",
+                f"No server matches the selector {str(selector)!r}.",
+                "selector",
+            )
+    else:
+        refs = [ref.strip() for ref in body.servers or []]
+        if not refs or any(not ref for ref in refs):
+            raise invalid_request("servers: give at least one server, no empty names", "servers")
+        targets, missing = await services.db.read(fanout_store.resolve_refs, refs)
+        if missing:
+            raise APIError(
+                404, "SERVER_NOT_FOUND", f"No server with id or name {_names(missing)}.", "servers"
+            )
+    offline = [t.name for t in targets if services.hub.connection(t.id) is None]
+    if offline:
+        raise APIError(
+            503,
+            "SERVER_NOT_CONNECTED",
+            f"{len(offline)} of {len(targets)} servers are not connected: {_names(offline)}.",
+            "servers",
+        )
+    return targets
+
+
+@router.post("/", status_code=201)
+async def create_fanout(
+    body: FanoutCreateBody, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """Create one command per targeted server, all or nothing; answer with them."""
+    single = CommandCreateBody.model_validate(
+        {**body.model_dump(exclude={"servers", "selector", "scheduled_at"}), "server": "-"}
+    )
+    run = validate_command(single)
+    if not acl_allows(principal.command_acl, run.line):
+        raise APIError(
+            403,
+            "API_TOKEN_ACL_NOT_ALLOWED",
+            "This token's command ACL does not allow this command line.",
+            "line",
+        )
+    gated = principal.kind == "login"
+    if run.sudo and not gated:
+        raise APIError(
+            400,
+            "INVALID_COMMAND",
+            "sudo: elevation is checked against a work session's sudo patterns; "
+            "token principals run commands as root directly",
+            "sudo",
+        )
+    targets = await _targets(body, services)
+    now = now_us()
+    requested = body.work_session or request.headers.get("x-work-session") or None
+    scope = SUDO_SCOPE if run.sudo else COMMAND_SCOPE
+    user = principal.user
+    fanout = FanoutRow(
+        id=str(new_uuid()),
+        line=run.line,
+        target={"servers": body.servers} if body.selector is None else {"selector": body.selector},
+        requested_by=principal.user_id,
+        created_at=now,
+        total=len(targets),
+    )
+    template = NewCommand(
+        id="",
+        server_id="",
+        shell=run.shell,
+        line=run.line,
+        username=run.username,
+        groupname=run.groupname or "",
+        env=dict(run.env),
+        timeout=run.timeout,
+        requested_by=principal.user_id,
+        added_at=now,
+        scheduled_at=now,
+        sudo=run.sudo,
+    )
+
+    def insert(conn: sqlite3.Connection) -> list[CommandRow] | list[tuple[Target, GateDenial]]:
+        signed = []
+        denials: list[tuple[Target, GateDenial]] = []
+        for target in targets:
+            command_id = str(new_uuid())
+            outcome = gate_and_sign(
+                conn,
+                principal,
+                services.signer,
+                work_session=requested,
+                server_id=target.id,
+                server_name=target.name,
+                scope=scope,
+                operation_id=command_id,
+                description=run.line,
+                now=now,
+            )
+            if isinstance(outcome, GateDenial):
+                denials.append((target, outcome))
+            else:
+                signed.append((target, command_id, outcome))
+        if denials:
+            return denials  # the denials are recorded; nothing else is stored
+        rows: list[CommandRow] = []
+        for target, command_id, outcome in signed:
+            session = outcome.session
+            cmd = replace(
+                template,
+                id=command_id,
+                server_id=target.id,
+                work_session_id=None if session is None else session.id,
+                grant=outcome.grant.model_dump_json(),
+            )
+            row = commands_store.insert_command(
+                conn,
+                cmd,
+                sent_at=now,
+                server_name=target.name,
+                requester_username=None if user is None else user.username,
+                requester_email=None if user is None else user.email,
+            )
+            if session is not None:
+                ws_store.add_event(
+                    conn,
+                    session.id,
+                    COMMAND_SCOPE,
+                    timestamp=now,
+                    actor=principal.user_id,
+                    server_id=target.id,
+                    command_id=row.id,
+                )
+            rows.append(row)
+        fanout_store.insert_fanout(conn, fanout, [row.id for row in rows])
+        return rows
+
+    try:
+        outcome = await services.db.write(insert)
+    except sqlite3.IntegrityError:  # a server was deleted meanwhile
+        services.server_refs.clear()
+        raise APIError(
+            404, "SERVER_NOT_FOUND", "A targeted server was deleted meanwhile.", "servers"
+        ) from None
+    if outcome and isinstance(outcome[0], tuple):
+        denied = [pair for pair in outcome if isinstance(pair, tuple)]
+        first = denied[0][1]
+        raise APIError(
+            403,
+            first.code,
+            f"Not allowed on {len(denied)} of {len(targets)} servers "
+            f"({_names([t.name for t, _ in denied])}): {first.detail}",
+            scope,
+        )
+    rows = [row for row in outcome if isinstance(row, CommandRow)]
+    await send_many(services.hub.registry, rows)
+    log.info(
+        "fanout_created", fanout_id=fanout.id, servers=len(rows), requested_by=principal.user_id
+    )
+    stamp = now_us()
+    created = [{**command_json(row, now=stamp), "fanout": fanout.id} for row in rows]
+    location = f"/api/events/fanouts/{fanout.id}/"
+    return JSONResponse(
+        created, status_code=201, headers={"Location": location, "X-Fanout-Id": fanout.id}
+    )
+
+
+async def _visible(fanout_id: str, principal: Principal, services: Services) -> FanoutRow:
+    try:
+        fanout_id = str(uuid.UUID(fanout_id))
+    except ValueError:
+        raise _not_found() from None
+    row = await services.db.read(fanout_store.get_fanout, fanout_id)
+    if row is None or not (principal.is_superuser or row.requested_by == principal.user_id):
+        raise _not_found()
+    return row
+
+
+def _not_found() -> APIError:
+    return APIError(404, "FANOUT_NOT_FOUND", "No such fan-out.")
+
+
+async def _readable(
+    fanout_id: str, request: Request, principal: Principal, services: Services
+) -> FanoutRow:
+    """A fan-out whose output the caller may read: like ``exec logs``, a login principal
+    needs a work session covering every server of the fan-out."""
+    row = await _visible(fanout_id, principal, services)
+    if principal.kind != "login":
+        return row
+    requested = request.query_params.get("work_session") or request.headers.get("x-work-session")
+    now = now_us()
+
+    def check(conn: sqlite3.Connection) -> GateDenial | None:
+        _, results = fanout_store.list_results(
+            conn, row.id, state=None, limit=MAX_TARGETS, offset=0
+        )
+        for command in results:
+            scope = SUDO_SCOPE if command.sudo else COMMAND_SCOPE
+            denial, _ = ws_gate.gate_and_record(
+                conn,
+                requested or None,
+                user_id=principal.user_id,
+                server_id=command.server_id,
+                server_name=command.server_name,
+                scope=scope,
+                line=f"exec logs fanout {row.id}",
+                now=now,
+            )
+            if denial is not None:
+                return denial
+        return None
+
+    denial = await services.db.write(check)
+    if denial is not None:
+        raise APIError(403, denial.code, denial.detail, COMMAND_SCOPE)
+    return row
+
+
+def fanout_json(row: FanoutRow, counts: dict[str, int]) -> dict[str, Any]:
+    """The fan-out object: what was asked, and how many servers are in each state."""
+    finished = counts["succeeded"] + counts["failed"]
+    return {
+        "id": row.id,
+        "line": row.line,
+        "target": row.target,
+        "requested_by": row.requested_by,
+        "added_at": iso(row.created_at),
+        "total": row.total,
+        "counts": counts,
+        "done": finished == row.total,
+        "success": None if finished < row.total else counts["failed"] == 0,
+    }
+
+
+@router.get("/{fanout_id}/")
+async def get_fanout(
+    fanout_id: str, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """The fan-out and its aggregated status (no output: not gated)."""
+    row = await _visible(fanout_id, principal, services)
+    counts = await services.db.read(fanout_store.counts, row.id)
+    return JSONResponse(fanout_json(row, counts))
+
+
+@router.get("/{fanout_id}/results/")
+async def list_results(
+    fanout_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> JSONResponse:
+    """A page of the fan-out's commands (one per server, by server name);
+    ``?state=queued|running|succeeded|failed`` filters."""
+    row = await _readable(fanout_id, request, principal, services)
+    state = request.query_params.get("state") or None
+    if state is not None and state not in FANOUT_STATES:
+        raise invalid_request(f"state: must be one of {', '.join(FANOUT_STATES)}", "state")
+    page = parse_page(request.query_params)
+    count, rows = await services.db.read(
+        fanout_store.list_results, row.id, state=state, limit=page.size, offset=page.offset
+    )
+    stamp = now_us()
+    results = [{**command_json(r, now=stamp), "fanout": row.id} for r in rows]
+    return JSONResponse(page_response(request, services.settings.public_url, page, count, results))
+
+
+@router.get("/{fanout_id}/stream/")
+async def stream(
+    fanout_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> StreamingResponse:
+    """NDJSON: every server's output as it comes (each line names its server), each
+    server's ``finished`` line, then one ``done`` line with the aggregated status."""
+    row = await _readable(fanout_id, request, principal, services)
+    _, commands = await services.db.read(
+        fanout_store.list_results, row.id, state=None, limit=MAX_TARGETS, offset=0
+    )
+
+    async def status() -> dict[str, Any]:
+        return fanout_json(row, await services.db.read(fanout_store.counts, row.id))
+
+    return StreamingResponse(
+        stream_fanout(services.db, services.hub.notifier, commands, status),
+        media_type="application/x-ndjson",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
