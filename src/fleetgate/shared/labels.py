@@ -134,7 +134,7 @@ def parse_selector(text: str) -> Selector:
             terms.append(Term(_key(key, part), "!=", _value(value, part)))
         elif "=" in part:
             key, value = part.split("=", 1)
-            value = value[1:] if value.startswith("=") else value
+            value = value.removeprefix("=")
             terms.append(Term(_key(key, part), "=", _value(value, part)))
         elif part.startswith("!"):
             terms.append(Term(_key(part[1:], part), "absent"))

@@ -150,9 +150,7 @@ def test_the_gate_covers_every_targeted_server(fleet: Fleet) -> None:
         ).json()["results"]
         assert [r["result"] for r in results] == ["gated\n", "gated\n"]
         # Reading the output needs a session covering every server, like `exec logs`.
-        refused = client.get(
-            f"{FANOUTS}{fanout_id}/results/", headers={"X-Work-Session": narrow}
-        )
+        refused = client.get(f"{FANOUTS}{fanout_id}/results/", headers={"X-Work-Session": narrow})
         assert refused.status_code == 403
         timeline = client.get(f"/api/work-sessions/sessions/{wide}/timeline/").json()
     items = timeline if isinstance(timeline, list) else timeline.get("results", [])

@@ -198,7 +198,8 @@ def update_labels(
             labels[key] = value
     check_labels(labels)  # LabelError (too many) rolls the transaction back
     conn.execute(
-        "UPDATE servers SET labels = ? WHERE id = ?", (json.dumps(labels, sort_keys=True), server_id)
+        "UPDATE servers SET labels = ? WHERE id = ?",
+        (json.dumps(labels, sort_keys=True), server_id),
     )
     return labels
 

@@ -20,9 +20,9 @@ from uuid import UUID
 
 from pydantic import Field, field_validator
 
+from fleetgate.shared.labels import MAX_LABELS, LabelError, check_labels
 from fleetgate.shared.protocol.base import Message as _Message, Username
 from fleetgate.shared.protocol.channels import ChannelClose, ChannelOpen
-from fleetgate.shared.labels import MAX_LABELS, LabelError, check_labels
 from fleetgate.shared.protocol.grants import Grant
 
 
