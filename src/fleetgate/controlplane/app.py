@@ -58,12 +58,14 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
             async with asyncio.TaskGroup() as tg:
                 scheduler = tg.create_task(hub.scheduler.run(), name="scheduler")
                 sessions = tg.create_task(clock.run(), name="work-session-clock")
+                writer = tg.create_task(hub.reports.run(), name="report-writer")
                 try:
                     yield
                 finally:
                     await hub.close_all()
                     scheduler.cancel()
                     sessions.cancel()
+                    writer.cancel()
         finally:
             await db.close()
 

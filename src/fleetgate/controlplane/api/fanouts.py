@@ -248,16 +248,19 @@ async def create_fanout(
             scope,
         )
     rows = [row for row in outcome if isinstance(row, CommandRow)]
+    stamp = now_us()
+    # The answer is built before the sends: once they are out, 5,000 agents' reports
+    # compete for this event loop.
+    created = [{**command_json(row, now=stamp), "fanout": fanout.id} for row in rows]
+    location = f"/api/events/fanouts/{fanout.id}/"
+    response = JSONResponse(
+        created, status_code=201, headers={"Location": location, "X-Fanout-Id": fanout.id}
+    )
     await send_many(services.hub.registry, rows)
     log.info(
         "fanout_created", fanout_id=fanout.id, servers=len(rows), requested_by=principal.user_id
     )
-    stamp = now_us()
-    created = [{**command_json(row, now=stamp), "fanout": fanout.id} for row in rows]
-    location = f"/api/events/fanouts/{fanout.id}/"
-    return JSONResponse(
-        created, status_code=201, headers={"Location": location, "X-Fanout-Id": fanout.id}
-    )
+    return response
 
 
 async def _visible(fanout_id: str, principal: Principal, services: Services) -> FanoutRow:

@@ -9,6 +9,7 @@ from starlette.websockets import WebSocket
 from fleetgate.controlplane.auth import parse_agent_authorization
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.ingest import ReportWriter
 from fleetgate.controlplane.hub.notifier import Notifier
 from fleetgate.controlplane.hub.registry import (
     CLOSE_DELETED,
@@ -40,6 +41,7 @@ class Hub:
         self.notifier = Notifier()
         self.scheduler = Scheduler(db, self.registry)
         self.channels = ChannelBroker(self.registry)
+        self.reports = ReportWriter(db, max_reports=settings.report_batch)
 
     def connection(self, server_id: str) -> AgentConnection | None:
         """The live, welcomed connection of a server."""
@@ -103,6 +105,7 @@ class Hub:
             notifier=self.notifier,
             settings=self.settings,
             channels=self.channels,
+            writer=self.reports,
         )
         await session.run()
 

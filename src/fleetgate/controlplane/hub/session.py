@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.ingest import ReportWriter, WriterClosed
 from fleetgate.controlplane.hub.notifier import Notifier
 from fleetgate.controlplane.hub.registry import (
     CLOSE_IDLE,
@@ -85,8 +86,10 @@ class AgentSession:
         notifier: Notifier,
         settings: ControlPlaneSettings,
         channels: ChannelBroker | None = None,
+        writer: ReportWriter | None = None,
     ) -> None:
         self.conn = conn
+        self.writer = writer
         self.channels = channels
         self.db = db
         self.registry = registry
@@ -260,12 +263,21 @@ class AgentSession:
             self.log.debug("command_sent", command_id=row.id, redelivery=True)
 
     async def _store(self, reports: list[CommandReport]) -> None:
-        outcome = await self.db.write(
-            reports_store.apply_reports,
-            self.conn.server_id,
-            reports,
-            last_seen_at=self.conn.last_seen_at,
-        )
+        if self.writer is not None:  # shared with every other session: one transaction
+            try:
+                outcome = await self.writer.store(
+                    self.conn.server_id, reports, last_seen_at=self.conn.last_seen_at
+                )
+            except WriterClosed:  # shutting down: the agent sends them again later
+                await self.conn.close(CLOSE_SHUTDOWN, "control plane shutting down")
+                return
+        else:
+            outcome = await self.db.write(
+                reports_store.apply_reports,
+                self.conn.server_id,
+                reports,
+                last_seen_at=self.conn.last_seen_at,
+            )
         for rid, command_id in outcome.unknown:
             self.log.warning("report_for_unknown_command", command_id=command_id, rid=rid)
             await self.conn.send_quietly(

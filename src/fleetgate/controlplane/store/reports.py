@@ -23,7 +23,7 @@ from fleetgate.shared.protocol import (
 )
 
 
-__all__ = ["ReportOutcome", "apply_reports"]
+__all__ = ["ReportOutcome", "apply_report_batches", "apply_reports"]
 
 
 @dataclass
@@ -69,6 +69,17 @@ def apply_reports(
         outcome.stored.append(report.rid)
     conn.execute("UPDATE servers SET last_seen_at = ? WHERE id = ?", (last_seen_at, server_id))
     return outcome
+
+
+def apply_report_batches(
+    conn: sqlite3.Connection, batches: Sequence[tuple[str, Sequence[CommandReport], int]]
+) -> list[ReportOutcome]:
+    """:func:`apply_reports` for several servers' batches ``(server_id, reports,
+    last_seen_at)`` in the caller's one transaction; one outcome per batch."""
+    return [
+        apply_reports(conn, server_id, reports, last_seen_at=last_seen_at)
+        for server_id, reports, last_seen_at in batches
+    ]
 
 
 def _store_sudo(conn: sqlite3.Connection, server_id: str, report: SudoDecided) -> None:
