@@ -59,6 +59,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
                 scheduler = tg.create_task(hub.scheduler.run(), name="scheduler")
                 sessions = tg.create_task(clock.run(), name="work-session-clock")
                 writer = tg.create_task(hub.reports.run(), name="report-writer")
+                idle = tg.create_task(hub.watch_idle(), name="idle-sweeper")
                 try:
                     yield
                 finally:
@@ -66,6 +67,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
                     scheduler.cancel()
                     sessions.cancel()
                     writer.cancel()
+                    idle.cancel()
         finally:
             await db.close()
 

@@ -3,7 +3,7 @@
 Three tasks per connection, all owned by the session's TaskGroup:
 
 * the reader receives frames into a bounded queue;
-* the idle watchdog closes a connection silent for ``agent_idle_timeout``;
+* (the hub's one sweeper closes connections silent for ``agent_idle_timeout``);
 * the processor takes every frame already queued (up to ``confirm_batch``), answers
   pings and refused frames at once, stores the batch's reports in one transaction and
   confirms them with one ``confirm``. Under load the batches grow, so the cost per
@@ -21,10 +21,10 @@ from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.framebuf import FrameBuffer
 from fleetgate.controlplane.hub.ingest import ReportWriter, WriterClosed
 from fleetgate.controlplane.hub.notifier import Notifier
 from fleetgate.controlplane.hub.registry import (
-    CLOSE_IDLE,
     CLOSE_REPLACED,
     CLOSE_SHUTDOWN,
     AgentConnection,
@@ -97,7 +97,7 @@ class AgentSession:
         self.settings = settings
         self.welcomed = False
         self.log = log.bind(server_id=conn.server_id)
-        self._queue: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=QUEUE_FRAMES)
+        self._queue = FrameBuffer(QUEUE_FRAMES)
 
     @property
     def websocket(self) -> WebSocket:
@@ -110,11 +110,9 @@ class AgentSession:
         close_code, reason = CLOSE_SHUTDOWN, "control plane shutting down"  # if cancelled
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self._read()),
-                    tg.create_task(self._process()),
-                    tg.create_task(self._watch_idle()),
-                ]
+                # Idle connections are closed by the hub's one sweeper (Hub.watch_idle),
+                # not by a task per connection.
+                tasks = [tg.create_task(self._read()), tg.create_task(self._process())]
                 await self.conn.closed.wait()
                 for task in tasks:
                     task.cancel()
@@ -157,29 +155,12 @@ class AgentSession:
             self.conn.last_frame_monotonic = time.monotonic()
             await self._queue.put(frame)
 
-    async def _watch_idle(self) -> None:
-        """Close the connection once no frame arrived for ``agent_idle_timeout`` seconds.
-
-        Sleeps until the current deadline (last frame + timeout) and looks again, so the
-        cost is one timer per timeout period, not one per frame.
-        """
-        idle = self.settings.agent_idle_timeout
-        while True:
-            remaining = self.conn.last_frame_monotonic + idle - time.monotonic()
-            if remaining <= 0:
-                self.log.info("agent_idle_timeout", seconds=idle)
-                await self.conn.close(CLOSE_IDLE, "idle timeout")
-                return
-            await asyncio.sleep(remaining)
-
     # -- processor -------------------------------------------------------------------
 
     async def _process(self) -> None:
         limit = self.settings.confirm_batch
         while True:
-            frames = [await self._queue.get()]
-            while len(frames) < limit and not self._queue.empty():
-                frames.append(self._queue.get_nowait())
+            frames = await self._queue.take(limit)
             reports: list[CommandReport] = []
             for frame in frames:
                 report = await self._handle_frame(frame)
