@@ -24,8 +24,6 @@ __all__ = ["stream_fanout"]
 
 QUEUE_LINES = 256
 """Lines read from the commands' streams but not yet sent to the client."""
-READERS = 64
-"""Command streams read at the same time (the others wait for a slot)."""
 
 
 async def stream_fanout(
@@ -37,16 +35,16 @@ async def stream_fanout(
     """Yield every command's ``output`` and ``finished`` lines (with ``server`` and
     ``server_name``), in arrival order, then ``{"event": "done", "fanout": status}``."""
     queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=QUEUE_LINES)
-    slots = asyncio.Semaphore(READERS)
 
+    # One reader per command (at most the fan-out's size, MAX_TARGETS): a reader waits on
+    # its command's notifier event, so a long-running command never holds up the others.
     async def follow(row: CommandRow) -> None:
-        async with slots:
-            async for line in stream_command(db, notifier, row.id):
-                event = json.loads(line)
-                event["server"] = row.server_id
-                event["server_name"] = row.server_name
-                event["command_id"] = row.id
-                await queue.put(ndjson_line(event))
+        async for line in stream_command(db, notifier, row.id):
+            event = json.loads(line)
+            event["server"] = row.server_id
+            event["server_name"] = row.server_name
+            event["command_id"] = row.id
+            await queue.put(ndjson_line(event))
         await queue.put(None)
 
     async with asyncio.TaskGroup() as tg:
