@@ -1,13 +1,16 @@
 """One agent's backhaul connection, from ``hello`` to close.
 
-Three tasks per connection, all owned by the session's TaskGroup:
+Two tasks per connection, both owned by the session's TaskGroup:
 
-* the reader receives frames into a bounded queue;
-* (the hub's one sweeper closes connections silent for ``agent_idle_timeout``);
-* the processor takes every frame already queued (up to ``confirm_batch``), answers
-  pings and refused frames at once, stores the batch's reports in one transaction and
-  confirms them with one ``confirm``. Under load the batches grow, so the cost per
-  report falls; when the link is quiet every report is confirmed immediately.
+* the reader receives frames into a bounded buffer (:class:`FrameBuffer`);
+* the processor takes every frame already buffered (up to ``confirm_batch``), answers
+  pings and refused frames at once, stores the batch's reports (through the hub's shared
+  :class:`ReportWriter`, in one transaction with other sessions' reports) and confirms
+  them with one ``confirm``. Under load the batches grow, so the cost per report falls;
+  when the link is quiet every report is confirmed immediately.
+
+Connections silent for ``agent_idle_timeout`` are closed by the hub's one sweeper
+(``Hub.watch_idle``), not by a timer per connection.
 """
 
 from __future__ import annotations
