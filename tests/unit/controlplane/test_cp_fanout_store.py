@@ -68,9 +68,7 @@ def test_labels_agent_then_operator(conn: sqlite3.Connection) -> None:
                 last_seen_at=T0,
                 labels={"role": role},
             )
-        assert servers.update_labels(conn, ids["web-02"], {"role": "canary"}) == {
-            "role": "canary"
-        }
+        assert servers.update_labels(conn, ids["web-02"], {"role": "canary"}) == {"role": "canary"}
     selected = fanouts.select_by_labels(conn, parse_selector("role=web"))
     assert [t.name for t in selected] == ["web-01"]
     row = servers.get_server(conn, "web-02")

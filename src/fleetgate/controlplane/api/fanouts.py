@@ -10,6 +10,7 @@ commands (as the family's create answers), each carrying the fan-out's id.
 from __future__ import annotations
 
 import sqlite3
+import time
 import uuid
 from dataclasses import replace
 from typing import Any
@@ -46,6 +47,7 @@ from fleetgate.controlplane.store.fanouts import FANOUT_STATES, FanoutRow, Targe
 from fleetgate.controlplane.timeutil import iso, now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
 from fleetgate.shared.labels import LabelError, parse_selector
+from fleetgate.shared.protocol import CommandRun
 
 
 __all__ = ["router"]
@@ -147,7 +149,9 @@ async def create_fanout(
             "token principals run commands as root directly",
             "sudo",
         )
+    started = time.perf_counter()
     targets = await _targets(body, services)
+    resolved = time.perf_counter()
     now = now_us()
     requested = body.work_session or request.headers.get("x-work-session") or None
     scope = SUDO_SCOPE if run.sudo else COMMAND_SCOPE
@@ -174,6 +178,8 @@ async def create_fanout(
         scheduled_at=now,
         sudo=run.sudo,
     )
+
+    runs: list[tuple[str, CommandRun]] = []
 
     def insert(conn: sqlite3.Connection) -> list[CommandRow] | list[tuple[Target, GateDenial]]:
         signed = []
@@ -227,6 +233,10 @@ async def create_fanout(
                     command_id=row.id,
                 )
             rows.append(row)
+            # The frame to send, from the validated create and the grant in hand (no
+            # second validation of what was just built).
+            update = {"command_id": uuid.UUID(command_id), "grant": outcome.grant}
+            runs.append((target.id, run.model_copy(update=update)))
         fanout_store.insert_fanout(conn, fanout, [row.id for row in rows])
         return rows
 
@@ -248,6 +258,7 @@ async def create_fanout(
             scope,
         )
     rows = [row for row in outcome if isinstance(row, CommandRow)]
+    stored = time.perf_counter()
     stamp = now_us()
     # The answer is built before the sends: once they are out, 5,000 agents' reports
     # compete for this event loop.
@@ -256,9 +267,17 @@ async def create_fanout(
     response = JSONResponse(
         created, status_code=201, headers={"Location": location, "X-Fanout-Id": fanout.id}
     )
-    await send_many(services.hub.registry, rows)
+    answered = time.perf_counter()
+    await send_many(services.hub.registry, runs)
     log.info(
-        "fanout_created", fanout_id=fanout.id, servers=len(rows), requested_by=principal.user_id
+        "fanout_created",
+        fanout_id=fanout.id,
+        servers=len(rows),
+        requested_by=principal.user_id,
+        resolve_s=round(resolved - started, 3),
+        store_s=round(stored - resolved, 3),
+        answer_s=round(answered - stored, 3),
+        send_s=round(time.perf_counter() - answered, 3),
     )
     return response
 

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 
 import structlog
 
-from fleetgate.controlplane.hub.registry import Registry, run_message
-from fleetgate.controlplane.store.commands import CommandRow
+from fleetgate.controlplane.hub.registry import Registry
+from fleetgate.shared.protocol import CommandRun
 
 
 __all__ = ["send_many"]
@@ -18,8 +18,8 @@ __all__ = ["send_many"]
 log = structlog.get_logger("fleetgate.controlplane.hub")
 
 
-async def send_many(registry: Registry, rows: Sequence[CommandRow]) -> int:
-    """Send ``command.run`` for every row to its server's connection; how many were
+async def send_many(registry: Registry, runs: Sequence[tuple[str, CommandRun]]) -> int:
+    """Send each ``(server id, command.run)`` to its server's connection; how many were
     handed to the transport.
 
     A failed send is not an error, as for one command: the row stays "sent, not
@@ -27,10 +27,10 @@ async def send_many(registry: Registry, rows: Sequence[CommandRow]) -> int:
     """
     sends: list[asyncio.Task[bool]] = []
     async with asyncio.TaskGroup() as tg:
-        for row in rows:
-            conn = registry.get(row.server_id)
+        for server_id, run in runs:
+            conn = registry.get(server_id)
             if conn is not None:
-                sends.append(tg.create_task(conn.send_quietly(run_message(row))))
+                sends.append(tg.create_task(conn.send_quietly(run)))
     sent = sum(1 for task in sends if task.result())
-    log.info("commands_sent", count=sent, failed=len(rows) - sent)
+    log.info("commands_sent", count=sent, failed=len(runs) - sent)
     return sent

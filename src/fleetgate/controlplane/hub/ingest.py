@@ -96,7 +96,9 @@ class ReportWriter:
                 for batch in batches:
                     await self._write([batch])
                 return
-            log.error("report_batch_failed", server_id=batches[0].server_id, error=type(exc).__name__)
+            log.error(
+                "report_batch_failed", server_id=batches[0].server_id, error=type(exc).__name__
+            )
             if not batches[0].done.done():
                 batches[0].done.set_exception(exc)
             return

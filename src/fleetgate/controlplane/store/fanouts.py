@@ -102,13 +102,20 @@ def resolve_refs(conn: sqlite3.Connection, refs: Sequence[str]) -> tuple[list[Ta
 
 
 def select_by_labels(conn: sqlite3.Connection, selector: Selector) -> list[Target]:
-    """Every server whose effective labels match ``selector``, by name."""
-    rows = conn.execute("SELECT id, name, agent_labels, labels FROM servers ORDER BY name")
+    """Every server whose effective labels match ``selector``, by name.
+
+    SQLite aggregates the whole table into one JSON text: one step instead of one per
+    server, so a 20,000-server scan does not hand the GIL back and forth with the event
+    loop 20,000 times.
+    """
+    text = conn.execute(
+        "SELECT json_group_array(json_array(id, name, json(agent_labels), json(labels))) "
+        "FROM (SELECT * FROM servers ORDER BY name)"
+    ).fetchone()[0]
     found: list[Target] = []
-    for row in rows:
-        labels = {**json.loads(row["agent_labels"]), **json.loads(row["labels"])}
-        if selector.matches(labels):
-            found.append(Target(str(row["id"]), str(row["name"])))
+    for server_id, name, agent_labels, labels in json.loads(text):
+        if selector.matches({**agent_labels, **labels}):
+            found.append(Target(str(server_id), str(name)))
     return found
 
 
