@@ -111,6 +111,13 @@ def test_refusals_are_all_or_nothing_and_name_the_bad_targets(fleet: Fleet) -> N
     empty_line = _create(fleet, {"servers": ["web-01"], "line": "  "})
     assert empty_line.status_code == 400
     assert empty_line.json()["code"] == "INVALID_COMMAND"
+    scheduled = _create(
+        fleet, {"servers": ["web-01"], "line": "true", "scheduled_at": "2030-01-01T00:00:00Z"}
+    )
+    assert scheduled.status_code == 400, scheduled.text
+    assert "scheduled_at" in scheduled.json()["detail"]
+    long_name = _create(fleet, {"servers": ["x" * 300], "line": "true"})
+    assert long_name.status_code == 400, long_name.text
     assert fleet.command_count() == before  # nothing was created
 
 

@@ -13,7 +13,7 @@ import sqlite3
 import time
 import uuid
 from dataclasses import replace
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from fastapi import APIRouter, Request
@@ -67,7 +67,9 @@ class FanoutCreateBody(BaseModel):
     instead of ``server``."""
 
     model_config = ConfigDict(extra="ignore")
-    servers: list[str] | None = Field(default=None, max_length=MAX_TARGETS)
+    servers: list[Annotated[str, Field(max_length=255)]] | None = Field(
+        default=None, max_length=MAX_TARGETS
+    )
     selector: str | None = Field(default=None, max_length=1000)
     line: str
     shell: str = "system"
