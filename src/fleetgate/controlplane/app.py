@@ -11,6 +11,7 @@ from fastapi import FastAPI, WebSocket
 
 from fleetgate.controlplane.api import (
     commands,
+    fanout_reads,
     fanouts,
     files,
     identity,
@@ -84,6 +85,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     app.include_router(servers.router)
     app.include_router(server_labels.router)
     app.include_router(fanouts.router)
+    app.include_router(fanout_reads.router)
     app.include_router(identity.router)
     app.include_router(worksessions.router)
     app.include_router(files.router)
