@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import resource
 import signal
 import socket
@@ -19,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.shared.atomic import atomic_write
 
 
 __all__ = ["ControlPlaneServer", "bind_socket", "raise_open_files_limit", "write_port_file"]
@@ -62,9 +62,7 @@ def raise_open_files_limit() -> int:
 
 def write_port_file(path: Path, port: int) -> None:
     """Write ``port`` and a newline atomically (readers never see a partial file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{port}\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, f"{port}\n")
 
 
 class ControlPlaneServer(uvicorn.Server):
