@@ -18,7 +18,7 @@ from typing import Annotated
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fleetgate.controlplane.api.commands import (
     COMMAND_SCOPE,
@@ -29,7 +29,7 @@ from fleetgate.controlplane.api.commands import (
 from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep
 from fleetgate.controlplane.api.serializers import command_json
 from fleetgate.controlplane.auth import acl_allows
-from fleetgate.controlplane.errors import APIError, invalid_request
+from fleetgate.controlplane.errors import APIError, invalid_request, validation_detail
 from fleetgate.controlplane.grants import gate_and_sign
 from fleetgate.controlplane.hub.delivery import send_many
 from fleetgate.controlplane.ids import new_uuid
@@ -127,9 +127,13 @@ async def create_fanout(
     body: FanoutCreateBody, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
     """Create one command per targeted server, all or nothing; answer with them."""
-    single = CommandCreateBody.model_validate(
-        {**body.model_dump(exclude={"servers", "selector", "scheduled_at"}), "server": "-"}
-    )
+    # The single-server create's own checks, so that both refuse the same fields.
+    fields = body.model_dump(exclude={"servers", "selector", "scheduled_at"})
+    try:
+        single = CommandCreateBody.model_validate({**fields, "server": "-"})
+    except ValidationError as exc:
+        detail, source = validation_detail(exc.errors())
+        raise APIError(400, "INVALID_COMMAND", detail, source) from None
     run = validate_command(single)
     if not acl_allows(principal.command_acl, run.line):
         raise APIError(
