@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.integration.fanout.conftest import DB, WEB, Fleet
 from tests.support.accounts import new_login
+from tests.support.users import temporary_user
 
 
 FANOUTS = "/api/events/fanouts/"
@@ -199,3 +201,58 @@ def test_unknown_fanout_is_404(fleet: Fleet) -> None:
             response = client.get(f"{FANOUTS}{uuid.uuid4()}/{path}")
             assert response.status_code == 404
             assert response.json()["code"] == "FANOUT_NOT_FOUND"
+
+
+@pytest.mark.root
+def test_a_users_fanout_runs_as_their_own_account_and_never_as_root(fleet: Fleet) -> None:
+    """A fan-out is authorized like one command on each server: a non-superuser's runs as
+    their mapped account, and naming root or a loader variable is refused before any
+    server is touched."""
+    with temporary_user() as account:
+        _, _, login = new_login(fleet.cp, server_username=account.name)
+        body = {"description": "fan-out", "servers": list(WEB), "scopes": ["command"]}
+        with fleet.cp.client(login) as client:
+            created = client.post(
+                "/api/work-sessions/sessions/", json={**body, "duration": "1h"}
+            ).json()
+        with fleet.cp.client() as admin:
+            approved = admin.post(f"/api/work-sessions/sessions/{created['id']}/approve/")
+            assert approved.json()["status"] == "active", approved.text
+        before = fleet.command_count()
+        as_root = _create(
+            fleet,
+            {
+                "servers": list(WEB),
+                "line": "id -un",
+                "username": "root",
+                "work_session": created["id"],
+            },
+            login,
+        )
+        assert as_root.status_code == 403, as_root.text
+        assert as_root.json()["code"] == "IDENTITY_NOT_ALLOWED"
+        loader = _create(
+            fleet,
+            {
+                "servers": list(WEB),
+                "line": "id -un",
+                "env": {"LD_PRELOAD": "/tmp/x.so"},
+                "work_session": created["id"],
+            },
+            login,
+        )
+        assert loader.status_code == 400, loader.text
+        assert "LD_PRELOAD" in loader.json()["detail"]
+        assert fleet.command_count() == before
+        mine = _create(
+            fleet, {"servers": list(WEB), "line": "id -un", "work_session": created["id"]}, login
+        )
+        assert mine.status_code == 201, mine.text
+        assert {c["username"] for c in mine.json()} == {account.name}
+        fanout_id = mine.json()[0]["fanout"]
+        fleet.wait_done(fanout_id)
+        with fleet.cp.client(login) as client:
+            results = client.get(
+                f"{FANOUTS}{fanout_id}/results/", headers={"X-Work-Session": created["id"]}
+            ).json()["results"]
+        assert [r["result"] for r in results] == [f"{account.name}\n"] * len(WEB)
