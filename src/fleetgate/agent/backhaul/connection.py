@@ -226,6 +226,8 @@ class Backhaul:
             hostname=socket.gethostname(),
             running=self._handler.running(),
             max_message_bytes=self._config.limits.max_message_bytes,
+            features=["tunnel"] if self._config.tunnel.enabled else [],
+            labels=dict(self._config.labels),
         )
         await ws.send(encode(hello))
         try:

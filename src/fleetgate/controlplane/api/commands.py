@@ -39,8 +39,7 @@ from fleetgate.controlplane.store import (
 from fleetgate.controlplane.store.commands import CancelOutcome, CommandRow, NewCommand
 from fleetgate.controlplane.timeutil import now_us, to_us
 from fleetgate.controlplane.worksession.gate import GateDenial
-from fleetgate.shared.protocol import CommandRun, content_digest, encode
-from fleetgate.shared.protocol.limits import GRANT_MAX_BYTES, frame_problem
+from fleetgate.shared.protocol import CommandRun, content_digest
 
 
 __all__ = ["router"]
@@ -117,7 +116,6 @@ async def create_command(
     scope = SUDO_SCOPE if body.sudo else COMMAND_SCOPE
     require_session_named(principal, requested, scope)
     run = authorize_command(body, principal, services.settings)
-    check_frame_size(run, services.settings.max_message_bytes)
     server_id, server_name = await resolve_server(services, body.server)
     now = now_us()
     scheduled_at = now if body.scheduled_at is None else to_us(body.scheduled_at)
@@ -160,19 +158,6 @@ async def create_command(
             status_code=201,
         )
     return JSONResponse(created, status_code=201)
-
-
-def check_frame_size(run: CommandRun, max_message_bytes: int) -> None:
-    """Refuse a command whose ``command.run`` frame (with the largest grant) would be
-    larger than an agent accepts, so no stored command is one the agent refuses.
-
-    Raises:
-        APIError: 400 ``INVALID_COMMAND`` naming the limit.
-    """
-    size = len(encode(run).encode("utf-8", "surrogatepass")) + GRANT_MAX_BYTES
-    problem = frame_problem(size, max_message_bytes)
-    if problem is not None:
-        raise APIError(400, "INVALID_COMMAND", problem, "env" if run.env else "line")
 
 
 def _new_command(

@@ -1,83 +1,41 @@
-"""Sending a stored command to its agent, or failing it when it can never be sent.
-
-A command is sent as one ``command.run`` frame. One the agent cannot accept (larger than
-the ``max_message_bytes`` it announced in ``hello``, or no longer valid under today's
-limits: older data, or a limit that changed) is not sent at all: sending it would only
-have it refused (or the link dropped) again on every reconnect. It is finished at once
-with ``error_phase`` ``undeliverable``, a message naming the limit, and its environment
-erased. The agent's own refusal of a frame (an ``error`` whose ``ref`` is a command id)
-finishes the command the same way (:func:`fail_refused`).
-"""
+"""Delivery of many commands at once (a fan-out): every connection's send runs
+concurrently, so one slow agent (a full socket buffer) never holds up the others and no
+per-command round trip serializes the fan-out."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Sequence
 
 import structlog
-from pydantic import ValidationError
 
-from fleetgate.controlplane.hub.registry import AgentConnection, run_message
-from fleetgate.controlplane.store import Database, commands as commands_store
-from fleetgate.controlplane.store.commands import CommandRow
-from fleetgate.controlplane.timeutil import now_us
-from fleetgate.shared.protocol import DEFAULT_MAX_MESSAGE_BYTES, encode
-from fleetgate.shared.protocol.limits import frame_problem
+from fleetgate.controlplane.hub.registry import Registry
+from fleetgate.controlplane.hub.undeliverable import Notify, deliver_run
+from fleetgate.controlplane.store import Database
+from fleetgate.shared.protocol import CommandRun
 
 
-__all__ = ["UNDELIVERABLE", "deliver", "fail_refused"]
+__all__ = ["send_many"]
 
 log = structlog.get_logger("fleetgate.controlplane.hub")
 
-UNDELIVERABLE = "undeliverable"
-"""The ``error_phase`` of a command that never reached its agent."""
 
-Notify = Callable[[list[str]], None]
+async def send_many(
+    registry: Registry, runs: Sequence[tuple[str, CommandRun]], db: Database, notify: Notify
+) -> int:
+    """Send each ``(server id, command.run)`` to its server's connection; how many were
+    handed to the transport (or finished as larger than that agent accepts, see
+    ``fleetgate.controlplane.hub.undeliverable``).
 
-
-async def deliver(conn: AgentConnection, db: Database, row: CommandRow, notify: Notify) -> bool:
-    """Send ``row``'s ``command.run`` on ``conn``, or finish it when it cannot be sent.
-
-    Returns ``False`` only when the transport failed (the connection is gone): the
-    caller stops sending on it. A command finished here returns ``True``.
+    A failed send is not an error, as for one command: the row stays "sent, not
+    delivered" and the agent's next ``hello`` brings it again.
     """
-    try:
-        text = encode(run_message(row))
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "command"
-        problem: str | None = f"the stored command is not valid: {where}: {first['msg']}"
-    else:
-        limit = conn.max_message_bytes or DEFAULT_MAX_MESSAGE_BYTES
-        problem = frame_problem(len(text.encode("utf-8", "surrogatepass")), limit)
-    if problem is None:
-        return await conn.send_quietly(text)
-    await _fail(db, row.id, row.server_id, problem, notify)
-    return True
-
-
-async def fail_refused(
-    db: Database, server_id: str, command_id: str, code: str, message: str, notify: Notify
-) -> bool:
-    """The agent refused the frame of ``command_id`` (``too_large``, ``invalid``...):
-    finish the command if it was not delivered. Whether ``command_id`` was such a command."""
-    return await _fail(
-        db, command_id, server_id, f"refused by the agent: {code}: {message}", notify
-    )
-
-
-async def _fail(
-    db: Database, command_id: str, server_id: str, problem: str, notify: Notify
-) -> bool:
-    changed = await db.write(
-        commands_store.fail_undelivered,
-        command_id,
-        server_id=server_id,
-        now=now_us(),
-        phase=UNDELIVERABLE,
-        message=problem,
-    )
-    if changed:
-        log.warning("command_undeliverable", command_id=command_id, reason=problem)
-        notify([command_id])
-        await db.scrub()  # its env was erased
-    return changed
+    sends: list[asyncio.Task[bool]] = []
+    async with asyncio.TaskGroup() as tg:
+        for server_id, run in runs:
+            conn = registry.get(server_id)
+            if conn is not None:
+                sends.append(tg.create_task(deliver_run(conn, db, run, notify)))
+    sent = sum(1 for task in sends if task.result())
+    log.info("commands_sent", count=sent, failed=len(runs) - sent)
+    return sent

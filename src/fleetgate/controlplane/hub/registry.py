@@ -67,6 +67,8 @@ class AgentConnection:
         self.hostname: str | None = None
         self.max_message_bytes: int | None = None
         """The largest frame the agent accepts (announced in its ``hello``)."""
+        self.features: frozenset[str] = frozenset()
+        """Optional features the agent said it offers in its ``hello`` (``tunnel``)."""
         self.closed = asyncio.Event()
         self._send_lock = asyncio.Lock()
 

@@ -12,9 +12,9 @@ import asyncio
 
 import structlog
 
-from fleetgate.controlplane.hub.delivery import Notify, deliver
 from fleetgate.controlplane.hub.registry import Registry
 from fleetgate.controlplane.hub.timer import run_timer
+from fleetgate.controlplane.hub.undeliverable import Notify, deliver
 from fleetgate.controlplane.store import Database, commands as commands_store
 from fleetgate.controlplane.timeutil import now_us
 
