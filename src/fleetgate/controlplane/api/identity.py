@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -17,6 +17,8 @@ from fleetgate.controlplane.errors import (
     invalid_request,
     permission_denied,
 )
+from fleetgate.controlplane.hub.channels import Revocation
+from fleetgate.controlplane.hub.revocation import Revoker
 from fleetgate.controlplane.store import users as users_store
 from fleetgate.controlplane.timeutil import iso, now_us, to_us
 
@@ -62,7 +64,7 @@ async def login(body: LoginBody, services: ServicesDep) -> JSONResponse:
     stored = None if found is None else found[1]
     # Verify even for an unknown user, so timing does not reveal which usernames exist.
     ok = await asyncio.to_thread(users_store.verify_password, body.password, stored or _DUMMY_HASH)
-    if found is None or stored is None or not ok:
+    if found is None or stored is None or not ok or not found[0].is_active:
         raise authentication_failed("Unable to log in with the provided credentials.")
     now = now_us()
     expires_at = now + int(services.settings.login_token_ttl * 1_000_000)
@@ -127,9 +129,23 @@ async def create_token(
     return JSONResponse(out, status_code=201)
 
 
+class UserPatchBody(BaseModel):
+    """``PATCH /api/iam/users/<id>/``."""
+
+    model_config = ConfigDict(extra="forbid")
+    is_active: bool | None = None
+
+
+def _revoker(request: Request) -> Revoker:
+    revoker: Revoker = request.app.state.revoker
+    return revoker
+
+
 @router.delete("/api/auth/tokens/{token_id}/", status_code=204)
-async def delete_token(token_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
-    """Delete one of the caller's tokens."""
+async def delete_token(
+    token_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> Response:
+    """Delete one of the caller's tokens; what it opened ends (``token_revoked``)."""
     if principal.user_id is None:
         raise permission_denied("A service token cannot delete tokens.")
     if principal.command_acl is not None:
@@ -138,6 +154,8 @@ async def delete_token(token_id: str, principal: PrincipalDep, services: Service
     if not deleted:
         raise APIError(404, "TOKEN_NOT_FOUND", "No such token.")
     services.principals.clear()
+    revocation = Revocation("token_revoked", "the token was deleted", token_id=token_id)
+    await _revoker(request).revoke(revocation)
     return Response(status_code=204)
 
 
@@ -168,3 +186,33 @@ async def create_user(
     if user is None:
         raise APIError(409, "USER_ALREADY_EXISTS", "A user with that username exists.", "username")
     return JSONResponse(user_json(user), status_code=201)
+
+
+@router.patch("/api/iam/users/{user_id}/")
+async def update_user(
+    user_id: int,
+    body: UserPatchBody,
+    request: Request,
+    principal: SuperuserDep,
+    services: ServicesDep,
+) -> JSONResponse:
+    """Enable or disable a user (superuser only). Disabling ends at once every terminal,
+    tunnel and transfer the user opened (``user_disabled``); their tokens stop
+    authenticating."""
+    if principal.command_acl is not None:
+        raise permission_denied("A token restricted by a command ACL cannot change users.")
+    if body.is_active is False and principal.user_id == user_id:
+        raise invalid_request("is_active: you cannot disable yourself", "is_active")
+    if body.is_active is None:
+        user = await services.db.read(users_store.get_user, user_id)
+    else:
+        user = await services.db.write(users_store.set_active, user_id, body.is_active)
+    if user is None:
+        raise APIError(404, "USER_NOT_FOUND", "No such user.")
+    if body.is_active is False:
+        services.principals.clear()
+        revocation = Revocation(
+            "user_disabled", f"user {user.username!r} was disabled", user_id=user.id
+        )
+        await _revoker(request).revoke(revocation)
+    return JSONResponse(user_json(user))

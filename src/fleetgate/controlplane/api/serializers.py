@@ -76,6 +76,7 @@ def user_json(user: UserRow) -> dict[str, Any]:
         "username": user.username,
         "email": user.email,
         "is_superuser": user.is_superuser,
+        "is_active": user.is_active,
     }
 
 

@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _V1 = """
 CREATE TABLE users (
@@ -178,7 +178,13 @@ CREATE INDEX ix_terminals_session ON terminals(work_session_id, created_at);
 CREATE INDEX ix_terminals_owner ON terminals(owner_user, created_at)
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
+_V6 = """
+ALTER TABLE users ADD COLUMN is_active INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE commands ADD COLUMN requested_token TEXT;
+ALTER TABLE commands ADD COLUMN error_code TEXT
+"""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -19,7 +19,7 @@ __all__ = [
     "list_terminals",
     "mark_attached",
     "mark_closed",
-    "open_terminals_of_session",
+    "open_terminals_of",
     "set_recording",
 ]
 
@@ -154,10 +154,19 @@ def mark_closed(conn: sqlite3.Connection, terminal_id: str, *, reason: str, now:
     return cursor.rowcount > 0
 
 
-def open_terminals_of_session(conn: sqlite3.Connection, work_session_id: str) -> list[TerminalRow]:
-    """The terminals of a work session that have not ended."""
+def open_terminals_of(
+    conn: sqlite3.Connection,
+    *,
+    token_id: str | None = None,
+    user_id: int | None = None,
+    work_session_id: str | None = None,
+) -> list[TerminalRow]:
+    """The terminals not ended that were created with ``token_id``, by ``user_id`` or
+    under ``work_session_id`` (any of them; ``NULL`` never matches)."""
     rows = conn.execute(
-        _SELECT + " WHERE t.work_session_id = ? AND t.status != 'closed'", (work_session_id,)
+        _SELECT + " WHERE t.status != 'closed' AND (t.owner_token = ? OR t.owner_user = ?"
+        " OR t.work_session_id = ?)",
+        (token_id, user_id, work_session_id),
     ).fetchall()
     return [_row(r) for r in rows]
 

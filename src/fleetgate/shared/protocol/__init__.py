@@ -7,6 +7,7 @@ from fleetgate.shared.protocol.channels import (
     ChannelOpen,
     ChannelSpec,
     FilesSpec,
+    TerminalEnd,
     TunnelSpec,
     WebshSpec,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "Pong",
     "ServerMessage",
     "SudoDecided",
+    "TerminalEnd",
     "TunnelSpec",
     "WebshSpec",
     "Welcome",

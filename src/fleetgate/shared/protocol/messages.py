@@ -21,7 +21,7 @@ from uuid import UUID
 from pydantic import Field, field_validator
 
 from fleetgate.shared.protocol.base import Message as _Message, Username
-from fleetgate.shared.protocol.channels import ChannelClose, ChannelOpen
+from fleetgate.shared.protocol.channels import ChannelClose, ChannelOpen, TerminalEnd
 from fleetgate.shared.protocol.grants import Grant
 
 
@@ -261,6 +261,7 @@ ServerMessage = Annotated[
     | CommandRun
     | ChannelOpen
     | ChannelClose
+    | TerminalEnd
     | Confirm
     | WorkSessionEnded
     | Ping
