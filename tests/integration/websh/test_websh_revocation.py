@@ -220,6 +220,7 @@ async def test_disabling_a_user_ends_their_terminal_and_their_tokens(
         listed = {u["username"]: u for u in admin.get("/api/iam/users/").json()}
         assert listed[username]["is_active"] is False
         enabled = admin.patch(f"/api/iam/users/{user_id}/", json={"is_active": True})
-        assert enabled.status_code == 200 and enabled.json()["is_active"] is True
+        assert enabled.status_code == 200, enabled.text
+        assert enabled.json()["is_active"] is True
     with cp.client(token) as client:
         assert client.get("/api/auth/whoami/").status_code == 200
