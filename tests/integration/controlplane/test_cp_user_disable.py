@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from tests.support.accounts import new_login
-from tests.support.controlplane import ControlPlaneProcess
+from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess
 
 
 def test_disable_refusals_lose_nothing(control_plane: ControlPlaneProcess) -> None:
@@ -39,3 +42,39 @@ def test_a_disabled_user_cannot_log_in(control_plane: ControlPlaneProcess) -> No
         login = admin.post("/api/auth/login/", json={"username": "dora", "password": "pw-dora-1"})
         assert login.status_code == 401
         assert login.json()["code"] == "AUTHENTICATION_FAILED"
+
+
+def test_cli_disables_and_enables_a_user(control_plane: ControlPlaneProcess) -> None:
+    cp = control_plane
+    _, username, token = new_login(cp)  # the token is not cached yet: never used
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "fleetgate.controlplane",
+                "user",
+                *args,
+                "--db",
+                str(cp.db_path),
+            ],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    disabled = run("disable", username)
+    assert disabled.returncode == 0, disabled.stderr
+    assert f"disabled user {username}" in disabled.stdout
+    with cp.client(token) as user:
+        assert user.get("/api/auth/whoami/").status_code == 401
+    enabled = run("enable", username)
+    assert enabled.returncode == 0, enabled.stderr
+    with cp.client(token) as user:
+        assert user.get("/api/auth/whoami/").status_code == 200
+    unknown = run("disable", "no-such-user")
+    assert unknown.returncode == 1
+    assert "no user 'no-such-user'" in unknown.stderr
