@@ -47,6 +47,7 @@ def command_json(row: CommandRow, *, now: int) -> dict[str, Any]:
         "groupname": row.groupname,
         "requested_by": requested_by,
         "error_phase": row.error_phase,
+        "error_code": row.error_code,
         "timeout": row.timeout,
         "sudo": row.sudo,
     }
