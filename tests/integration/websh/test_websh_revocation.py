@@ -224,3 +224,10 @@ async def test_disabling_a_user_ends_their_terminal_and_their_tokens(
         assert enabled.json()["is_active"] is True
     with cp.client(token) as client:
         assert client.get("/api/auth/whoami/").status_code == 200
+    # Enabled again, the user may open a terminal again (nothing remembers the revocation).
+    again_id = new_terminal(cp, token, agent.name, user.name, session)
+    async with attach(cp, again_id, token) as terminal:
+        await terminal.reader.control("ready")
+        assert await terminal.ask("echo B''=back", r"B=(\w+)\r\n") == "back"
+        await terminal.ws.send(b"exit\n")
+        assert (await terminal.reader.control("exit"))["reason"] == "exited"

@@ -72,6 +72,19 @@ def test_a_channel_registered_after_its_revocation_is_refused() -> None:
     registry.register(channel(BOB))  # others are not affected
 
 
+def test_an_enabled_user_may_open_channels_again() -> None:
+    registry = ChannelRegistry()
+    registry.revoke(Revocation("user_disabled", "off", user_id=1))
+    registry.revoke(Revocation("token_revoked", "gone", token_id="tok-a"))
+    with pytest.raises(ChannelFailed):
+        registry.register(channel(ALICE_OTHER_TOKEN))
+    registry.reinstate_user(1)
+    registry.register(channel(ALICE_OTHER_TOKEN))
+    with pytest.raises(ChannelFailed) as still:
+        registry.register(channel(ALICE))  # a deleted token stays deleted
+    assert still.value.code == "token_revoked"
+
+
 def test_resources_count_and_end_their_own_channels() -> None:
     registry = ChannelRegistry()
     streams = [channel(ALICE, "tunnel", "tunnel-1") for _ in range(3)]

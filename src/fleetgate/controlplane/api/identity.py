@@ -209,6 +209,8 @@ async def update_user(
         user = await services.db.write(users_store.set_active, user_id, body.is_active)
     if user is None:
         raise APIError(404, "USER_NOT_FOUND", "No such user.")
+    if body.is_active:
+        services.hub.channels.open.reinstate_user(user.id)
     if body.is_active is False:
         services.principals.clear()
         revocation = Revocation(

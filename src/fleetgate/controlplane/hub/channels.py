@@ -150,6 +150,12 @@ class ChannelRegistry:
                 if not ids:
                     del self._by_resource[channel.resource_id]
 
+    def reinstate_user(self, user_id: int) -> None:
+        """A disabled user was enabled again: forget their ``user_disabled`` revocations."""
+        kept = [r for r in self._revoked if r.user_id != user_id]
+        self._revoked.clear()
+        self._revoked.extend(kept)
+
     def revoked(self, owner: ChannelOwner) -> Revocation | None:
         """The remembered revocation that covers ``owner``, if any."""
         return next((r for r in self._revoked if r.matches(owner)), None)
