@@ -231,3 +231,26 @@ async def test_disabling_a_user_ends_their_terminal_and_their_tokens(
         assert await terminal.ask("echo B''=back", r"B=(\w+)\r\n") == "back"
         await terminal.ws.send(b"exit\n")
         assert (await terminal.reader.control("exit"))["reason"] == "exited"
+
+
+async def test_delete_ends_an_attached_and_a_detached_terminal(
+    stack: tuple[ControlPlaneProcess, AgentProcess], user: CreatedUser
+) -> None:
+    cp, agent = stack
+    attached_id = new_terminal(cp, cp.admin_token, agent.name, user.name)
+    detached_id = new_terminal(cp, cp.admin_token, agent.name, user.name)
+    async with attach(cp, detached_id, cp.admin_token) as terminal:
+        await terminal.reader.control("ready")
+        detached_pid = int(await terminal.ask("echo P''=$$", r"P=(\d+)\r\n"))
+        terminal.ws.transport.abort()
+    async with attach(cp, attached_id, cp.admin_token) as terminal:
+        await terminal.reader.control("ready")
+        attached_pid = int(await terminal.ask("echo P''=$$", r"P=(\d+)\r\n"))
+        with cp.client() as admin:
+            for tid in (attached_id, detached_id):
+                assert admin.delete(f"{TERMINALS}{tid}/").status_code == 204
+        assert (await terminal.reader.control("exit", timeout=20))["reason"] == "closed"
+        await terminal.reader.until_closed(timeout=20)
+    assert await gone(attached_pid, 15)
+    assert await gone(detached_pid, 15), "the detached shell waited for its grace"
+    assert terminal_row(cp, detached_id)["close_reason"] == "closed by API"
