@@ -200,7 +200,7 @@ async def get_terminal(
 async def close_terminal(
     terminal_id: str, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
-    """End a terminal: its attached channel is closed on the agent, which ends the shell."""
+    """End a terminal: the agent ends its shell now (``terminal.end``), attached or not."""
     row = await _visible(services, principal, terminal_id)
     await _close(services, row, "closed", "closed by API")
     return Response(status_code=204)
