@@ -18,8 +18,9 @@ import pytest
 from websockets.asyncio.client import connect
 
 from tests.support.accounts import new_login
-from tests.support.agent import AgentProcess, running_agent
+from tests.support.agent import AgentProcess, running_agent, start_agent
 from tests.support.controlplane import ControlPlaneProcess, running_control_plane
+from tests.support.proxy import running_proxy
 from tests.support.users import CreatedUser, temporary_user
 from tests.support.websh import TerminalReader, ws_source
 
@@ -254,3 +255,37 @@ async def test_delete_ends_an_attached_and_a_detached_terminal(
     assert await gone(attached_pid, 15)
     assert await gone(detached_pid, 15), "the detached shell waited for its grace"
     assert terminal_row(cp, detached_id)["close_reason"] == "closed by API"
+
+
+async def test_a_terminal_revoked_while_its_agent_was_away_ends_when_it_returns(
+    stack: tuple[ControlPlaneProcess, AgentProcess], user: CreatedUser, tmp_path: Path
+) -> None:
+    """The agent cannot be told while its link is down; the control plane tells it again
+    (``terminal.end``) when it reconnects, instead of the shell waiting for its grace."""
+    cp, _ = stack
+    sections = {
+        "websh": {"detach_grace": DETACH_GRACE, "hangup_grace": 1.0},
+        "backhaul": {"reconnect_min_delay": 0.1, "reconnect_max_delay": 0.5},
+    }
+    with running_proxy(cp.port) as proxy:
+        agent = start_agent(
+            cp, tmp_path / "away", url=f"http://127.0.0.1:{proxy.port}", sections=sections
+        )
+        try:
+            _, _, token = new_login(cp)
+            session = approved_session(cp, token, agent.name)
+            tid = new_terminal(cp, token, agent.name, user.name, session)
+            async with attach(cp, tid, token) as terminal:
+                await terminal.reader.control("ready")
+                pid = int(await terminal.ask("echo P''=$$", r"P=(\d+)\r\n"))
+                proxy.set_mode("drop")  # the backhaul and the channel are cut: it detaches
+            await asyncio.to_thread(agent.wait_connected, False)
+            with cp.client() as admin:
+                revoked = admin.post(f"{SESSIONS}{session}/revoke/", json={})
+                assert revoked.status_code == 200, revoked.text
+            assert terminal_row(cp, tid)["status"] == "closed"
+            assert not await gone(pid, 0.5), "nothing can reach the agent while it is away"
+            proxy.set_mode("pass")
+            assert await gone(pid, 20), "the returning agent was not told to end the shell"
+        finally:
+            agent.stop()

@@ -181,7 +181,9 @@ CREATE INDEX ix_terminals_owner ON terminals(owner_user, created_at)
 _V6 = """
 ALTER TABLE users ADD COLUMN is_active INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE commands ADD COLUMN requested_token TEXT;
-ALTER TABLE commands ADD COLUMN error_code TEXT
+ALTER TABLE commands ADD COLUMN error_code TEXT;
+CREATE INDEX ix_terminals_unrecorded ON terminals(server_id, closed_at)
+    WHERE status = 'closed' AND recorded_at IS NULL
 """
 
 _MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}

@@ -14,6 +14,7 @@ from typing import Literal
 
 __all__ = [
     "TerminalRow",
+    "closed_unrecorded",
     "get_terminal",
     "insert_terminal",
     "list_terminals",
@@ -169,6 +170,20 @@ def open_terminals_of(
         (token_id, user_id, work_session_id),
     ).fetchall()
     return [_row(r) for r in rows]
+
+
+def closed_unrecorded(
+    conn: sqlite3.Connection, server_id: str, *, since: int, limit: int = 1000
+) -> list[tuple[str, str]]:
+    """``(id, close_reason)`` of the terminals of ``server_id`` closed since ``since``
+    whose recording has not arrived: their shell may still run on the agent."""
+    rows = conn.execute(
+        "SELECT id, COALESCE(close_reason, 'closed') FROM terminals WHERE server_id = ?"
+        " AND status = 'closed' AND recorded_at IS NULL AND closed_at >= ?"
+        " ORDER BY closed_at LIMIT ?",
+        (server_id, since, limit),
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
 
 
 def set_recording(
