@@ -9,6 +9,7 @@ import pytest
 
 from fleetgate.controlplane.errors import ChannelFailed
 from fleetgate.controlplane.hub.channels import (
+    MAX_REMEMBERED,
     ChannelOwner,
     ChannelRegistry,
     OpenChannel,
@@ -159,3 +160,13 @@ def test_an_ended_session_revokes_with_its_own_code(status: Status, code: str) -
     assert revocation.user_id is None
     if code != "work_session_not_usable":
         assert code in REVOCATION_CODES
+
+
+def test_remembered_revocations_are_bounded_oldest_first() -> None:
+    registry = ChannelRegistry()
+    for n in range(MAX_REMEMBERED + 1):
+        registry.revoke(Revocation("token_revoked", "gone", token_id=f"tok-{n}"))
+    assert registry.revoked(ChannelOwner("tok-0", None, None)) is None  # forgotten
+    newest = registry.revoked(ChannelOwner(f"tok-{MAX_REMEMBERED}", None, None))
+    assert newest is not None
+    assert newest.code == "token_revoked"

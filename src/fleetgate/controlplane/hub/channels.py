@@ -15,14 +15,14 @@ stream, and any later kind: a route registers its channel before relaying it) wi
 :meth:`ChannelRegistry.end`, ends every channel a :class:`Revocation` matches: a deleted
 token, a disabled user, an ended work session. The registry also remembers recent
 revocations, so a channel whose gate passed just before its token was deleted is refused
-when it registers instead of outliving the revocation. Pure: no I/O.
+when it registers instead of outliving the revocation. The registry is pure: no I/O.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections import deque
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -121,7 +121,9 @@ class ChannelRegistry:
         self._max_open = max_open
         self._open: dict[uuid.UUID, OpenChannel] = {}
         self._by_resource: dict[str, set[uuid.UUID]] = {}
-        self._revoked: deque[Revocation] = deque(maxlen=MAX_REMEMBERED)
+        # Keyed by what was revoked (("token", id), ("user", id), ("session", id)), oldest
+        # first, at most MAX_REMEMBERED: a lookup is three dict reads, not a scan.
+        self._revoked: OrderedDict[tuple[str, str], Revocation] = OrderedDict()
 
     def register(self, channel: OpenChannel) -> None:
         """Record a channel before it is relayed.
@@ -151,14 +153,24 @@ class ChannelRegistry:
                     del self._by_resource[channel.resource_id]
 
     def reinstate_user(self, user_id: int) -> None:
-        """A disabled user was enabled again: forget their ``user_disabled`` revocations."""
-        kept = [r for r in self._revoked if r.user_id != user_id]
-        self._revoked.clear()
-        self._revoked.extend(kept)
+        """A disabled user was enabled again: forget their ``user_disabled`` revocation."""
+        self._revoked.pop(("user", str(user_id)), None)
 
     def revoked(self, owner: ChannelOwner) -> Revocation | None:
         """The remembered revocation that covers ``owner``, if any."""
-        return next((r for r in self._revoked if r.matches(owner)), None)
+        for key in _keys(owner.token_id, owner.user_id, owner.work_session_id):
+            found = self._revoked.get(key)
+            if found is not None:
+                return found
+        return None
+
+    def _remember(self, revocation: Revocation) -> None:
+        r = revocation
+        for key in _keys(r.token_id, r.user_id, r.work_session_id):
+            self._revoked[key] = revocation
+            self._revoked.move_to_end(key)
+        while len(self._revoked) > MAX_REMEMBERED:
+            self._revoked.popitem(last=False)
 
     def count(self, resource_id: str) -> int:
         """Channels open now for ``resource_id`` (a tunnel's streams)."""
@@ -179,7 +191,7 @@ class ChannelRegistry:
 
     def revoke(self, revocation: Revocation) -> list[OpenChannel]:
         """End every channel ``revocation`` covers and refuse new ones of its owner."""
-        self._revoked.append(revocation)
+        self._remember(revocation)
         return self.end(lambda c: revocation.matches(c.owner), revocation.code, revocation.detail)
 
     def end_resource(self, resource_id: str, code: str, detail: str) -> list[OpenChannel]:
@@ -193,6 +205,19 @@ class _Pending:
     server_id: str
     attached: asyncio.Future[WebSocket]
     released: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def _keys(
+    token_id: str | None, user_id: int | None, work_session_id: str | None
+) -> list[tuple[str, str]]:
+    keys = []
+    if token_id is not None:
+        keys.append(("token", token_id))
+    if user_id is not None:
+        keys.append(("user", str(user_id)))
+    if work_session_id is not None:
+        keys.append(("session", work_session_id))
+    return keys
 
 
 class ChannelBroker:
