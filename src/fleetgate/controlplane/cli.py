@@ -9,15 +9,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from fleetgate.controlplane.config import ControlPlaneSettings
-from fleetgate.controlplane.logs import configure_logging
 from fleetgate.controlplane.store import connect, transaction, users as users_store
 from fleetgate.controlplane.timeutil import now_us
+from fleetgate.shared import logs
+from fleetgate.shared.atomic import atomic_write
 
 
 __all__ = ["main", "write_secret"]
@@ -26,12 +26,7 @@ __all__ = ["main", "write_secret"]
 def write_secret(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` with mode 0600 (created so, never world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text, 0o600)
 
 
 def _out(text: str) -> None:
@@ -62,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fleetgate.controlplane.server import ControlPlaneServer, bind_socket, write_port_file
 
     settings = _settings(args)
-    configure_logging(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format)
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:

@@ -8,7 +8,6 @@ registration response returns as ``signing_public_key``. Grant format: ``docs/pr
 from __future__ import annotations
 
 import base64
-import os
 import sqlite3
 import stat
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.store.worksession_gate import gate_and_record
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.controlplane.worksession.gate import GateDenial
+from fleetgate.shared.atomic import atomic_write
 from fleetgate.shared.protocol.grants import Grant, GrantClaims, b64url, encode_payload
 
 
@@ -44,9 +44,7 @@ def load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
     """
     if path is None:
         return Ed25519PrivateKey.generate()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return _load(path)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
@@ -54,10 +52,10 @@ def load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        atomic_write(path, pem, 0o600, exclusive=True)
+    except FileExistsError:
+        return _load(path)  # another process created it first: use theirs
     return key
 
 

@@ -43,6 +43,7 @@ from fleetgate.shared.protocol import ChannelOpen, GrantClaims, TunnelSpec
 from fleetgate.shared.protocol.grants import decode_payload, parse_claims
 from tests.support.agent import write_agent_config
 from tests.support.controlplane import running_control_plane
+from tests.support.waiting import eventually
 
 
 REFUSED_PORT = 9
@@ -231,11 +232,10 @@ async def test_client_leaving_ends_the_agent_side(stack: Stack) -> None:
     assert await ws.recv() == b"x"
     await ws.close()
     # The agent's service sees its link closed and the router forgets the channel.
-    async with asyncio.timeout(10):
-        while True:
-            await asyncio.sleep(0.01)
-            if len(stack.echo.claims) == before + 1 and stack.router.open_channels() == 0:
-                break
+    await eventually(
+        lambda: len(stack.echo.claims) == before + 1 and stack.router.open_channels() == 0,
+        what="the agent side ended",
+    )
 
 
 async def test_channel_ends_when_its_grant_expires(stack: Stack) -> None:
