@@ -9,8 +9,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetgate.controlplane.api.deps import PrincipalDep, ServicesDep, SuperuserDep
+from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep, SuperuserDep
 from fleetgate.controlplane.api.serializers import token_json, user_json, whoami_json
+from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.errors import (
     APIError,
     authentication_failed,
@@ -201,20 +202,37 @@ async def update_user(
     authenticating."""
     if principal.command_acl is not None:
         raise permission_denied("A token restricted by a command ACL cannot change users.")
-    if body.is_active is False and principal.user_id == user_id:
-        raise invalid_request("is_active: you cannot disable yourself", "is_active")
     if body.is_active is None:
         user = await services.db.read(users_store.get_user, user_id)
     else:
-        user = await services.db.write(users_store.set_active, user_id, body.is_active)
+        user = await set_active(request, services, principal, user_id, body.is_active)
     if user is None:
         raise APIError(404, "USER_NOT_FOUND", "No such user.")
-    if body.is_active:
+    return JSONResponse(user_json(user))
+
+
+async def set_active(
+    request: Request, services: Services, principal: Principal, user_id: int, active: bool
+) -> users_store.UserRow | None:
+    """Enable or disable user ``user_id``; ``None`` if there is no such user.
+
+    Disabling clears the principal cache (their tokens stop authenticating now) and
+    revokes what they have open (``user_disabled``); enabling forgets that revocation.
+
+    Raises:
+        APIError: 400 when a superuser tries to disable themself.
+    """
+    if not active and principal.user_id == user_id:
+        raise invalid_request("is_active: you cannot disable yourself", "is_active")
+    user = await services.db.write(users_store.set_active, user_id, active)
+    if user is None:
+        return None
+    if active:
         services.hub.channels.open.reinstate_user(user.id)
-    if body.is_active is False:
+    else:
         services.principals.clear()
         revocation = Revocation(
             "user_disabled", f"user {user.username!r} was disabled", user_id=user.id
         )
         await _revoker(request).revoke(revocation)
-    return JSONResponse(user_json(user))
+    return user
