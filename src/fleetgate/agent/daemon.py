@@ -150,6 +150,7 @@ def _build(
         audit=audit,
         sudo=sudo_sessions,
         elevation=ElevationPolicy(config.sudo.secure_path),
+        allowed_env=config.exec.allowed_env,
     )
     sudo_server = (
         SudoDecisionServer(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,9 @@ from fleetgate.shared.atomic import atomic_write
 
 
 __all__ = ["main", "write_secret"]
+
+SERVER_USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+"""A Linux account name (as ``POST /api/iam/users/`` accepts it)."""
 
 
 def write_secret(path: Path, text: str) -> None:
@@ -85,6 +89,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_user_create(args: argparse.Namespace) -> int:
     """Create a user directly in the database."""
     settings = _settings(args)
+    mapped = args.server_username
+    if mapped is not None and (mapped == "root" or not SERVER_USERNAME_RE.match(mapped)):
+        _err(f"error: --server-username {mapped!r} is not a Linux account name other than root")
+        return 2
     password_hash = None
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -103,6 +111,7 @@ def cmd_user_create(args: argparse.Namespace) -> int:
                 email=args.email or "",
                 password_hash=password_hash,
                 is_superuser=args.superuser,
+                server_username=mapped,
                 now=now_us(),
             )
     finally:
@@ -192,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     user_create.add_argument("username")
     user_create.add_argument("--superuser", action="store_true")
     user_create.add_argument("--email", default="")
+    user_create.add_argument(
+        "--server-username",
+        help="the account this user's commands, terminals and transfers run as on servers",
+    )
     pw = user_create.add_mutually_exclusive_group()
     pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     pw.add_argument("--password-prompt", action="store_true", help="prompt for the password")

@@ -152,13 +152,13 @@ def gate_and_sign(
 ) -> SignedOperation | GateDenial:
     """Gate an operation inside the caller's transaction, then sign its grant.
 
-    Login principals need the work session ``work_session`` (a denial is recorded on its
-    timeline, with ``description``); API and service tokens are not gated, and their grant
-    carries just ``scope``. Recording the allowed operation is the caller's: a command
+    Gated principals (a login, a non-superuser's own API token) need the work session
+    ``work_session`` (a denial is recorded on its timeline, with ``description``);
+    ungated tokens (a superuser's, a service's) carry just ``scope`` in their grant. Recording the allowed operation is the caller's: a command
     links its row, a channel describes itself.
     """
     session = None
-    if principal.kind == "login":
+    if principal.gated:
         denial, session = gate_and_record(
             conn,
             work_session,

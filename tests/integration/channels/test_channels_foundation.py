@@ -35,6 +35,7 @@ from fleetgate.controlplane.api.channels import (
     websocket_principal,
 )
 from fleetgate.controlplane.app import create_app
+from fleetgate.controlplane.authz import RULES, Access, Rule
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.hub.channels import OpenChannel
@@ -117,14 +118,18 @@ async def _test_route(websocket: WebSocket) -> None:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
     # The real CLI bootstraps the database and the admin token; then the same database is
-    # served in this process, so the test can add its route.
+    # served in this process, so the test can add its route (with its authorization rule:
+    # a route without one is refused, docs/security.md).
     with running_control_plane(tmp_path / "cp") as cp:
         server = cp.new_server("echo")
         db_path, token, key = cp.db_path, cp.admin_token, cp.signing_public_key
     app = create_app(ControlPlaneSettings(db_path=db_path))
     app.add_api_websocket_route("/ws/test/echo/", _test_route)
+    monkeypatch.setitem(
+        RULES, ("WS", "/ws/test/echo/"), Rule(Access.PRINCIPAL, "tunnel", gated=True)
+    )
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     uv = ControlPlaneServer(app, ControlPlaneSettings(db_path=db_path))

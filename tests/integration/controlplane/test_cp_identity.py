@@ -24,6 +24,9 @@ def test_whoami_of_the_admin_token(control_plane: ControlPlaneProcess) -> None:
         "is_superuser": True,
         "auth_method": "token",
         "work_session_required": False,
+        "gated": False,
+        "server_username": None,
+        "acl": None,
     }
 
 

@@ -136,7 +136,7 @@ async def test_revoking_the_session_ends_its_terminal_with_the_reason(
     stack: tuple[ControlPlaneProcess, AgentProcess], user: CreatedUser
 ) -> None:
     cp, agent = stack
-    _, _, token = new_login(cp)  # a login user: gated, the admin approves the session
+    _, _, token = new_login(cp, server_username=user.name)  # gated; the admin approves
     session = approved_session(cp, token, agent.name)
     tid = new_terminal(cp, token, agent.name, user.name, session)
     async with attach(cp, tid, token) as terminal:
@@ -158,7 +158,7 @@ async def test_a_detached_terminal_ends_when_its_session_is_revoked(
     """No channel is attached: the agent is told by terminal id and ends the shell now,
     not when the detach grace (60 s) runs out."""
     cp, agent = stack
-    _, _, token = new_login(cp)
+    _, _, token = new_login(cp, server_username=user.name)
     session = approved_session(cp, token, agent.name)
     tid = new_terminal(cp, token, agent.name, user.name, session)
     async with attach(cp, tid, token) as terminal:
@@ -199,7 +199,7 @@ async def test_disabling_a_user_ends_their_terminal_and_their_tokens(
     stack: tuple[ControlPlaneProcess, AgentProcess], user: CreatedUser
 ) -> None:
     cp, agent = stack
-    user_id, username, token = new_login(cp)
+    user_id, username, token = new_login(cp, server_username=user.name)
     session = approved_session(cp, token, agent.name)
     tid = new_terminal(cp, token, agent.name, user.name, session)
     async with attach(cp, tid, token) as terminal:
@@ -272,7 +272,7 @@ async def test_a_terminal_revoked_while_its_agent_was_away_ends_when_it_returns(
             cp, tmp_path / "away", url=f"http://127.0.0.1:{proxy.port}", sections=sections
         )
         try:
-            _, _, token = new_login(cp)
+            _, _, token = new_login(cp, server_username=user.name)
             session = approved_session(cp, token, agent.name)
             tid = new_terminal(cp, token, agent.name, user.name, session)
             async with attach(cp, tid, token) as terminal:

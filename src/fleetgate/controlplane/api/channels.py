@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from fleetgate.controlplane.api.deps import Services, resolve_server
 from fleetgate.controlplane.auth import Principal, resolve_principal
+from fleetgate.controlplane.authz import check_rule, rule_for
 from fleetgate.controlplane.errors import APIError, ChannelFailed
 from fleetgate.controlplane.grants import gate_and_sign
 from fleetgate.controlplane.hub.channels import ChannelOwner, OpenChannel
@@ -81,7 +82,8 @@ async def deny(websocket: WebSocket, status: int, code: str, detail: str) -> Non
 
 
 async def websocket_principal(websocket: WebSocket) -> Principal | None:
-    """The authenticated caller, or ``None`` after refusing the handshake with 401."""
+    """The authenticated caller allowed by the endpoint's rule (``authz.RULES``), or
+    ``None`` after refusing the handshake (401, or 403 with the rule's code)."""
     services = services_of(websocket)
     header = websocket.headers.get("authorization")
     principal = None
@@ -93,6 +95,13 @@ async def websocket_principal(websocket: WebSocket) -> Principal | None:
         await deny(
             websocket, 401, "AUTHENTICATION_FAILED", "Authentication credentials were not valid."
         )
+        return None
+    route = getattr(websocket.scope.get("route"), "path", websocket.url.path)
+    try:
+        check_rule(rule_for("WS", route), principal, route=route)
+    except APIError as exc:
+        await deny(websocket, exc.status, exc.code, exc.detail)
+        return None
     return principal
 
 

@@ -25,6 +25,7 @@ from fleetgate.controlplane.api.worksession_bodies import (
     UpdateBody,
     extended_expiry,
     parse_policies,
+    parse_scope_list,
     parse_scopes,
     parse_window,
 )
@@ -208,6 +209,7 @@ async def _act(
     principal: Principal,
     services: Services,
     change: Callable[[WorkSessionRow, int], dict[str, Any]] | None = None,
+    event: str | None = None,
 ) -> JSONResponse:
     row = await _load(session_id, principal, services)
     if action in SUPERUSER_ACTIONS and not principal.is_superuser:
@@ -225,6 +227,7 @@ async def _act(
                 action,
                 actor=principal.user_id,
                 now=now,
+                event=event or action.value,
                 **change(row, now),
             )
     except InvalidTransition as exc:
@@ -259,32 +262,57 @@ for _action in (
     router.post(f"/{{session_id}}/{_action.value}/")(_simple(_action))
 
 
+def _change_action(principal: Principal, kept: Action) -> Action:
+    """Approved means frozen: a superuser's change keeps the status (``kept``); anyone
+    else's sends the session back to pending (``amend``)."""
+    return kept if principal.is_superuser else Action.AMEND
+
+
 @router.post("/{session_id}/extend/")
 async def extend(
     session_id: str, body: ExtendBody, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
-    """Move ``expires_at`` later, never beyond the maximum duration from now."""
+    """Move ``expires_at`` later.
+
+    A superuser's extend keeps the status, at most the maximum duration from now; anyone
+    else's needs approval again (the session goes back to ``pending``) and never takes the
+    session beyond the maximum duration from its start.
+    """
     max_us = int(services.settings.work_session_max_duration * 1_000_000)
+    from_start = not principal.is_superuser
 
     def change(row: WorkSessionRow, now: int) -> dict[str, Any]:
-        return {"expires_at": extended_expiry(body, row.expires_at, row.starts_at, now, max_us)}
+        expires_at = extended_expiry(
+            body, row.expires_at, row.starts_at, now, max_us, from_start=from_start
+        )
+        return {"expires_at": expires_at}
 
-    return await _act(session_id, Action.EXTEND, principal, services, change)
+    action = _change_action(principal, Action.EXTEND)
+    return await _act(session_id, action, principal, services, change, event="extend")
 
 
 @router.patch("/{session_id}/")
 async def update(
     session_id: str, body: UpdateBody, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
-    """Replace the sudo policies (replace-all; policies keep the ``id`` they are sent with)."""
-    policies = parse_policies(body.sudo_policies)
+    """Change scopes, servers or sudo policies (each replace-all; policies keep the
+    ``id`` they are sent with). A non-superuser's change sends the session back to
+    ``pending``: it cannot be used until approved again."""
+    if body.sudo_policies is None and body.scopes is None and body.servers is None:
+        raise invalid_request("give at least one of scopes, servers, sudo_policies", "scopes")
+    policies = None if body.sudo_policies is None else parse_policies(body.sudo_policies)
+    scopes = None if body.scopes is None else parse_scope_list(body.scopes)
+    server_ids = None if body.servers is None else await _server_ids(body.servers, services)
 
     def change(row: WorkSessionRow, now: int) -> dict[str, Any]:
-        if policies and "sudo" not in row.scopes:
+        new_scopes = row.scopes if scopes is None else scopes
+        new_policies = row.sudo_policies if policies is None else policies
+        if new_policies and "sudo" not in new_scopes:
             raise invalid_request("sudo_policies: the session has no sudo scope", "sudo_policies")
-        return {"sudo_policies": policies}
+        return {"sudo_policies": policies, "scopes": scopes, "server_ids": server_ids}
 
-    return await _act(session_id, Action.UPDATE, principal, services, change)
+    action = _change_action(principal, Action.UPDATE)
+    return await _act(session_id, action, principal, services, change, event="update")
 
 
 @router.get("/{session_id}/timeline/")

@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _V1 = """
 CREATE TABLE users (
@@ -179,14 +179,30 @@ CREATE INDEX ix_terminals_owner ON terminals(owner_user, created_at)
 """
 
 _V6 = """
+ALTER TABLE users ADD COLUMN server_username TEXT;
+ALTER TABLE tokens ADD COLUMN gated INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tokens ADD COLUMN acl TEXT;
+UPDATE tokens SET gated = 1 WHERE kind = 'login' OR (kind = 'api' AND user_id IN
+    (SELECT id FROM users WHERE is_superuser = 0));
+UPDATE tokens SET acl = json_object('command', json(command_acl)) WHERE command_acl IS NOT NULL
+"""
+"""Issue 14: the authorization model. A user's mapped ``server_username``; a token's
+``gated`` flag (API tokens of non-superusers made before this version become gated: they
+were the approval bypass) and its per-operation ``acl`` (an old ``command_acl`` becomes
+``{"command": [...]}``)."""
+
+_V7 = """
 ALTER TABLE users ADD COLUMN is_active INTEGER NOT NULL DEFAULT 1;
 ALTER TABLE commands ADD COLUMN requested_token TEXT;
 ALTER TABLE commands ADD COLUMN error_code TEXT;
 CREATE INDEX ix_terminals_unrecorded ON terminals(server_id, closed_at)
     WHERE status = 'closed' AND recorded_at IS NULL
 """
+"""Issue 14, part C: disabled users (``is_active``), who asked for a command
+(``requested_token``) and why the agent refused it (``error_code``); the index of the
+closed terminals whose shell may still run on a returning agent."""
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -234,29 +234,51 @@ def update_fields(
     *,
     actor: int | None,
     now: int,
+    event: str,
     expires_at: int | None = None,
     sudo_policies: list[dict[str, Any]] | None = None,
+    scopes: tuple[str, ...] | None = None,
+    server_ids: tuple[str, ...] | None = None,
 ) -> WorkSessionRow | None:
-    """``extend`` (new ``expires_at``) or ``update`` (new sudo policies) a live session."""
+    """Change a live session's fields under ``action`` (``extend``/``update`` keep the
+    status, ``amend`` sends it back to pending) and record ``event`` on the timeline with
+    who changed what, before and after."""
     row = apply_action(conn, session_id, action, actor=actor, now=now)
     if row is None:
         return None
-    data: dict[str, Any] = {}
+    changes: dict[str, Any] = {}
+    columns: dict[str, Any] = {}
     if expires_at is not None:
-        conn.execute(
-            "UPDATE work_sessions SET expires_at = ?, updated_at = ? WHERE id = ?",
-            (expires_at, now, row.id),
-        )
-        data = {"from": row.expires_at, "to": expires_at}
-        row = replace(row, expires_at=expires_at, updated_at=now)
+        changes["expires_at"] = {"before": row.expires_at, "after": expires_at}
+        columns["expires_at"] = expires_at
+        row = replace(row, expires_at=expires_at)
     if sudo_policies is not None:
+        before = list(row.sudo_policies)
+        changes["sudo_policies"] = {"before": before, "after": sudo_policies}
+        columns["sudo_policies"] = json.dumps(sudo_policies)
+        row = replace(row, sudo_policies=tuple(sudo_policies))
+    if scopes is not None:
+        changes["scopes"] = {"before": list(row.scopes), "after": list(scopes)}
+        columns["scopes"] = json.dumps(list(scopes))
+        row = replace(row, scopes=scopes)
+    if server_ids is not None:
+        changes["servers"] = {"before": list(row.server_ids), "after": list(server_ids)}
+        columns["servers"] = json.dumps(list(server_ids))
+        row = replace(row, server_ids=server_ids)
+    if columns:
+        sets = ", ".join(f"{name} = ?" for name in columns)
         conn.execute(
-            "UPDATE work_sessions SET sudo_policies = ?, updated_at = ? WHERE id = ?",
-            (json.dumps(sudo_policies), now, row.id),
+            f"UPDATE work_sessions SET {sets}, updated_at = ? WHERE id = ?",  # noqa: S608
+            (*columns.values(), now, row.id),
         )
-        data = {"sudo_policies": sudo_policies}
-        row = replace(row, sudo_policies=tuple(sudo_policies), updated_at=now)
-    add_event(conn, row.id, action.value, timestamp=now, actor=actor, data=data)
+        row = replace(row, updated_at=now)
+    data: dict[str, Any] = {"changes": changes, "status": row.status.value}
+    # Kept for readers of the older event shapes.
+    if expires_at is not None:
+        data.update({"from": changes["expires_at"]["before"], "to": expires_at})
+    if sudo_policies is not None:
+        data["sudo_policies"] = sudo_policies
+    add_event(conn, row.id, event, timestamp=now, actor=actor, data=data)
     return row
 
 
