@@ -11,9 +11,12 @@ from fastapi import FastAPI, WebSocket
 
 from fleetgate.controlplane.api import (
     commands,
+    fanout_reads,
+    fanouts,
     files,
     identity,
     recordings,
+    server_labels,
     servers,
     tunnels,
     websh,
@@ -22,6 +25,7 @@ from fleetgate.controlplane.api import (
 from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.background import OnFailure, run_in_background, stop_process
 from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.console import mount as console
 from fleetgate.controlplane.errors import install_error_handlers
 from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_key
 from fleetgate.controlplane.hub import Hub
@@ -65,7 +69,12 @@ def create_app(
             app.state.tunnels = tunnels.install(app.state.services)
             app.state.revoker = Revoker(db, hub.channels, app.state.tunnels)
             clock.listeners.append(app.state.revoker.session_ended)
-            loops = {"scheduler": hub.scheduler.run, "work-session-clock": clock.run}
+            loops = {
+                "scheduler": hub.scheduler.run,
+                "work-session-clock": clock.run,
+                "report-writer": hub.reports.run,
+                "idle-sweeper": hub.watch_idle,
+            }
             await stack.enter_async_context(run_in_background(loops, on_failure))
             stack.push_async_callback(hub.close_all)
             yield
@@ -81,6 +90,9 @@ def create_app(
     install_error_handlers(app)
     app.include_router(commands.router)  # the hot routes first: matching is in order
     app.include_router(servers.router)
+    app.include_router(server_labels.router)
+    app.include_router(fanouts.router)
+    app.include_router(fanout_reads.router)
     app.include_router(identity.router)
     app.include_router(worksessions.router)
     app.include_router(files.router)
@@ -88,6 +100,7 @@ def create_app(
     app.include_router(tunnels.ws_router)
     app.include_router(websh.router)
     app.include_router(recordings.router)
+    console.install(app)
 
     @app.websocket(BACKHAUL_PATH)
     async def backhaul(websocket: WebSocket) -> None:

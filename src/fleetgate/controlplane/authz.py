@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from starlette.routing import Mount
+
 from fleetgate.controlplane.acl import AclRefusal
 from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.errors import APIError, permission_denied
@@ -45,6 +47,10 @@ class Access(StrEnum):
     """Any authenticated user or service token (the route limits what each one sees)."""
     SUPERUSER = "superuser"
     """A superuser (or a service token); never a token restricted by an ACL."""
+    CONSOLE = "console"
+    """A browser signed in to the console (its login cookie, a gated ``login`` principal;
+    never an ``Authorization`` header). The page calls the API's own route functions with
+    that principal, so their checks (visibility, superuser actions, the gate) apply."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ _AGENT = Rule(Access.AGENT)
 _SELF = Rule(Access.PRINCIPAL, acl_ok=True)
 _USER = Rule(Access.PRINCIPAL)
 _SUPER = Rule(Access.SUPERUSER)
+_PAGE = Rule(Access.CONSOLE)
 
 _CMD = "/api/events/commands/"
 _WS = "/api/work-sessions/sessions/"
@@ -97,6 +104,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", _SRV): _SELF,
     ("GET", f"{_SRV}{{ref}}/"): _SELF,
     ("DELETE", f"{_SRV}{{ref}}/"): _SUPER,
+    ("PATCH", f"{_SRV}{{ref}}/labels/"): _SUPER,
     # commands: creating one and reading its output are gated operations
     ("POST", _CMD): Rule(Access.PRINCIPAL, "command", gated=True),
     ("GET", _CMD): Rule(Access.PRINCIPAL, "command"),
@@ -104,6 +112,15 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", f"{_CMD}{{command_id}}/chunks/"): Rule(Access.PRINCIPAL, "command", gated=True),
     ("GET", f"{_CMD}{{command_id}}/stream/"): Rule(Access.PRINCIPAL, "command", gated=True),
     ("POST", f"{_CMD}{{command_id}}/cancel/"): Rule(Access.PRINCIPAL, "command"),
+    # fan-outs: one command per server, each gated like a single command
+    ("POST", "/api/events/fanouts/"): Rule(Access.PRINCIPAL, "command", gated=True),
+    ("GET", "/api/events/fanouts/{fanout_id}/"): Rule(Access.PRINCIPAL, "command"),
+    ("GET", "/api/events/fanouts/{fanout_id}/results/"): Rule(
+        Access.PRINCIPAL, "command", gated=True
+    ),
+    ("GET", "/api/events/fanouts/{fanout_id}/stream/"): Rule(
+        Access.PRINCIPAL, "command", gated=True
+    ),
     # work sessions (approve, reject and revoke are the approver's)
     ("POST", _WS): _USER,
     ("GET", _WS): _USER,
@@ -136,6 +153,27 @@ RULES: dict[tuple[str, str], Rule] = {
     ("WS", "/ws/agent/backhaul/"): _AGENT,
     ("WS", "/ws/agent/channels/{channel_id}/"): _AGENT,
     ("WS", "/ws/agent/recordings/{terminal_id}/"): _AGENT,
+    # the web console (controlplane/console): login and static files are open
+    ("GET", "/"): _ANON,
+    ("GET", "/api/docs"): _ANON,
+    ("GET", "/console/static"): _ANON,
+    ("GET", "/console/login"): _ANON,
+    ("POST", "/console/login"): _ANON,
+    ("POST", "/console/logout"): _PAGE,
+    ("GET", "/console/sessions"): _PAGE,
+    ("GET", "/console/servers"): _PAGE,
+    ("GET", "/console/sessions/new"): _PAGE,
+    ("POST", "/console/sessions/new"): _PAGE,
+    ("POST", "/console/preview"): _PAGE,
+    ("GET", "/console/approvals"): _PAGE,
+    ("POST", "/console/approvals"): _PAGE,
+    ("GET", "/console/sessions/{session_id}"): _PAGE,
+    ("GET", "/console/sessions/{session_id}/timeline"): _PAGE,
+    ("GET", "/console/sessions/{session_id}/launch"): _PAGE,
+    ("POST", "/console/sessions/{session_id}/act"): _PAGE,
+    ("POST", "/console/sessions/{session_id}/commands"): _PAGE,
+    ("POST", "/console/sessions/{session_id}/terminals"): _PAGE,
+    ("GET", "/console/terminals/{terminal_id}/recording"): _PAGE,
 }
 """Every route of the app and its rule (``test_cp_authz`` keeps this complete)."""
 
@@ -244,6 +282,9 @@ def iter_routes(routes: Iterable[Any], prefix: str = "") -> Iterator[tuple[str, 
         if nested is not None:
             inner = prefix + getattr(getattr(route, "include_context", None), "prefix", "")
             yield from iter_routes(nested.routes, inner)
+            continue
+        if isinstance(route, Mount):  # static files
+            yield "GET", prefix + route.path
             continue
         methods = getattr(route, "methods", None) or {"WS"}
         for method in sorted(methods):

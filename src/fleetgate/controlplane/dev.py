@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 import socket
 import sys
@@ -58,6 +59,8 @@ class DevEnvironment:
     agent_config: Path
     agentctl_config: Path
     token_file: Path
+    password_file: Path
+    """The console password of ``admin``."""
 
 
 def _read(path: Path) -> str | None:
@@ -74,6 +77,7 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
     agent_dir = directory / "agent"
     agent_dir.mkdir(mode=0o700, exist_ok=True)
     token_file = directory / "admin.token"
+    password_file = directory / "admin.password"
     key_file = agent_dir / "server.key"
     name = socket.gethostname() or "localhost"
     now = now_us()
@@ -92,6 +96,15 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
                     conn, kind="api", name="dev", user_id=admin.id, now=now
                 )
                 write_secret(token_file, token + "\n")
+            stored = users_store.get_user_by_username(conn, "admin")
+            password = _read(password_file)
+            if password is None or not users_store.verify_password(
+                password, None if stored is None else stored[1]
+            ):
+                # The console logs in with a password; the dev one lives in a 0600 file.
+                password = secrets.token_urlsafe(16)
+                users_store.set_password(conn, admin.id, users_store.hash_password(password))
+                write_secret(password_file, password + "\n")
             server = servers_store.get_server(conn, name)
             key = _read(key_file)
             if server is None:
@@ -135,6 +148,7 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
         agent_config=agent_config,
         agentctl_config=agentctl_config,
         token_file=token_file,
+        password_file=password_file,
     )
 
 
@@ -172,6 +186,7 @@ async def _run(env: DevEnvironment, settings: ControlPlaneSettings, sock: socket
         app, settings, on_started=started.set, on_signal=lambda _: stop.set()
     )
     _out(f"control plane: {env.url} (admin token in {env.token_file})")
+    _out(f"web console: {env.url}/ (user admin, password in {env.password_file})")
     async with asyncio.TaskGroup() as tg:
         serving = tg.create_task(server.serve(sockets=[sock]), name="uvicorn")
         await _first(started.wait(), serving)

@@ -230,6 +230,8 @@ class Backhaul:
             agent_version=__version__,
             hostname=socket.gethostname(),
             running=self._handler.running(),
+            features=["tunnel"] if self._config.tunnel.enabled else [],
+            labels=dict(self._config.labels),
         )
         await ws.send(encode(hello))
         try:

@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from fleetgate.controlplane.api.deps import Services, resolve_server
 from fleetgate.controlplane.auth import Principal, resolve_principal
 from fleetgate.controlplane.authz import check_rule, rule_for
+from fleetgate.controlplane.console.cookies import websocket_authorization
 from fleetgate.controlplane.errors import APIError, ChannelFailed
 from fleetgate.controlplane.grants import gate_and_sign
 from fleetgate.controlplane.hub.channels import ChannelOwner, OpenChannel
@@ -83,9 +84,15 @@ async def deny(websocket: WebSocket, status: int, code: str, detail: str) -> Non
 
 async def websocket_principal(websocket: WebSocket) -> Principal | None:
     """The authenticated caller allowed by the endpoint's rule (``authz.RULES``), or
-    ``None`` after refusing the handshake (401, or 403 with the rule's code)."""
+    ``None`` after refusing the handshake (401, or 403 with the rule's code).
+
+    A browser cannot set ``Authorization`` on a websocket: the console's login cookie
+    stands in for it when the handshake comes from a page of the same origin.
+    """
     services = services_of(websocket)
-    header = websocket.headers.get("authorization")
+    header = websocket.headers.get("authorization") or websocket_authorization(
+        websocket.headers, websocket.cookies
+    )
     principal = None
     if header:
         principal = await resolve_principal(

@@ -18,6 +18,8 @@ from fleetgate.shared.sudo_patterns import SudoPatternError, parse_pattern
 __all__ = [
     "DEFAULT_SCOPES",
     "MAX_DESCRIPTION",
+    "OWNER_ENABLED_SCOPES",
+    "ApproveBody",
     "CreateBody",
     "ExtendBody",
     "SudoPolicy",
@@ -31,6 +33,9 @@ __all__ = [
 
 DEFAULT_SCOPES = ("websh", "webftp", "command", "sudo")
 """Selected by default in the request guide."""
+OWNER_ENABLED_SCOPES = ("tunnel", "editor")
+"""Scopes a server offers only when its owner enabled them (the agent's ``hello``
+lists them in ``features``)."""
 MAX_DESCRIPTION = 2048
 
 
@@ -56,6 +61,14 @@ class CreateBody(BaseModel):
     starts_at: datetime | None = None
     expires_at: datetime | None = None
     sudo_policies: list[SudoPolicy] | None = None
+
+
+class ApproveBody(BaseModel):
+    """``POST .../approve/``: optionally narrow the request before approving it."""
+
+    model_config = ConfigDict(extra="ignore")
+    scopes: list[str] | None = Field(default=None, max_length=len(SCOPES))
+    servers: list[str] | None = Field(default=None, max_length=1000)
 
 
 class ExtendBody(BaseModel):

@@ -35,6 +35,7 @@ __all__ = [
     "lookup_token",
     "new_key",
     "set_active",
+    "set_password",
     "set_server_username",
     "verify_password",
 ]
@@ -189,6 +190,11 @@ def set_server_username(
     )
     row = cur.fetchone()
     return None if row is None else UserRow.from_row(row)
+
+
+def set_password(conn: sqlite3.Connection, user_id: int, password_hash: str) -> None:
+    """Replace a user's password hash (from :func:`hash_password`)."""
+    conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
 
 
 def get_user(conn: sqlite3.Connection, user_id: int) -> UserRow | None:
