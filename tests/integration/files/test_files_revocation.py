@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -17,7 +16,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from tests.support.accounts import active_session, new_login
-from tests.support.users import CreatedUser
+from tests.support.users import CreatedUser, processes_gone
 
 
 async def until_closed(ws: ClientConnection) -> None:
@@ -67,26 +66,6 @@ async def test_revoking_the_session_cuts_an_upload_in_flight(
         assert ws.close_code == 4403
         assert ws.close_reason is not None
         assert json.loads(ws.close_reason)["code"] == "work_session_revoked"
-    assert await no_process_of(user.uid, 15), "the transfer's worker outlived the revocation"
+    gone = await asyncio.to_thread(processes_gone, user.uid, 15)
+    assert gone, "the transfer's worker outlived the revocation"
     assert not target.exists()
-
-
-async def no_process_of(uid: int, timeout: float) -> bool:
-    """Whether every process of ``uid`` is gone within ``timeout`` seconds (polled)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if uid not in _process_owners():
-            return True
-        await asyncio.sleep(0.05)
-    return False
-
-
-def _process_owners() -> set[int]:
-    owners = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit():
-                owners.add(proc.stat().st_uid)
-        except OSError:
-            continue  # it ended meanwhile
-    return owners
