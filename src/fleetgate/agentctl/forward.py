@@ -33,7 +33,7 @@ BACKLOG = 512
 ACCEPT_BACKOFF = 0.5
 """Seconds before accepting again after accept() failed (EMFILE would otherwise spin)."""
 
-_FATAL_CODES = ("TUNNEL_CLOSED", "TUNNEL_NOT_FOUND")
+_FATAL_CODES = ("TUNNEL_CLOSED", "TUNNEL_NOT_FOUND", "token_revoked", "user_disabled")
 
 
 def listen(bind: str, port: int) -> socket.socket:
