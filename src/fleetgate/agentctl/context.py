@@ -6,15 +6,17 @@ import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
-
-import httpx
+from typing import TYPE_CHECKING, TextIO
 
 from fleetgate.agentctl.client import Client
 from fleetgate.agentctl.config import ClientConfig
 from fleetgate.agentctl.errors import CliError, ErrorContext
 from fleetgate.agentctl.output import Output
 from fleetgate.agentctl.worksessions import load_active, resolve_session, state_path
+
+
+if TYPE_CHECKING:
+    import httpx
 
 
 @dataclass

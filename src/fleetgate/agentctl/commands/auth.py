@@ -115,7 +115,7 @@ def run_logout(ctx: Context, args: argparse.Namespace) -> int:
     """Drop the token from the config file; say so if the environment still provides one."""
     file_config = cfg.load_file(ctx.config_path)
     if file_config.token is not None:
-        cfg.save(ctx.config_path, file_config.model_copy(update={"token": None}))
+        cfg.save(ctx.config_path, cfg.without_token(file_config))
         message = f"Logged out: removed the token from {ctx.config_path}"
     else:
         message = f"No token stored in {ctx.config_path}"

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 COMMANDS = "/api/events/commands/"
 SERVERS = "/api/servers/servers/"
-EXEC_VERBS = frozenset({"run", "logs", "ls", "list", "history"})
+
 LS_HEADERS = ("SERVER", "COMMAND", "USER", "STATUS", "EXIT", "ELAPSED", "REQUESTED AT")
 COMMAND_WIDTH = 60
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -258,9 +258,7 @@ def _submit(ctx: Context, client: Client, body: dict[str, Any], *, detach: bool)
     try:
         # One request: the create answers with the command's own output stream; a broken
         # stream is resumed by follow_command with GET .../stream/?seq__gte=.
-        with client.stream_ndjson(
-            COMMANDS, {"stream": "true"}, method="POST", json_body=body
-        ) as events:
+        with client.post_stream(COMMANDS, {"stream": "true"}, body) as events:
             first = next(events, None)
             if first is None or first.get("event") != "created":
                 raise CliError("the control plane did not return the created command")
