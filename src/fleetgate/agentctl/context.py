@@ -6,17 +6,26 @@ import argparse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from fleetgate.agentctl.client import Client
 from fleetgate.agentctl.config import ClientConfig
 from fleetgate.agentctl.errors import CliError, ErrorContext
-from fleetgate.agentctl.output import Output
-from fleetgate.agentctl.worksessions import load_active, resolve_session, state_path
+from fleetgate.agentctl.output import Output, to_json
+from fleetgate.agentctl.worksessions import (
+    load_active,
+    resolve_session,
+    source_label,
+    state_key,
+    state_path,
+)
 
 
 if TYPE_CHECKING:
     import httpx
+
+UNGATED_TOKEN_PREFIXES = ("fat_", "fst_")
+"""Prefixes of API and service tokens (docs/api.md); login tokens start with `flt_`."""
 
 
 @dataclass
@@ -34,6 +43,7 @@ class Context:
     server: str | None = None
     work_session: str | None = None
     auth_method: str | None = None
+    session: dict[str, Any] | None = None  # the selected session, fetched to explain a denial
     _clients: list[Client] = field(default_factory=list)
 
     def error_context(self) -> ErrorContext:
@@ -44,14 +54,64 @@ class Context:
             url=self.config.url,
             auth_method=self.auth_method,
             work_session=self.work_session,
+            session=self.session,
         )
 
+    @property
+    def token(self) -> str | None:
+        """The configured token (file or environment), if any."""
+        return None if self.config.token is None else self.config.token.get_secret_value()
+
+    @property
+    def state_key(self) -> str | None:
+        """The key of this principal's stored selection (see `worksessions.state_key`)."""
+        return state_key(self.config.url, self.token)
+
+    def work_session_choice(self, flag: str | None = None) -> tuple[str | None, str]:
+        """The selected session and where the choice came from (`flag`, `env`, `use`,
+        `none`): `flag`, then `AGENTCTL_WORK_SESSION`, then `work-session use`."""
+        stored = load_active(state_path(self.config_path), self.state_key)
+        return resolve_session(flag, self.env, stored)
+
+    @property
+    def token_is_gated(self) -> bool:
+        """False for API and service tokens (`fat_`, `fst_`: docs/api.md), which work
+        sessions do not gate; True for login tokens and anything unknown."""
+        return not (self.token or "").startswith(UNGATED_TOKEN_PREFIXES)
+
     def selected_work_session(self, flag: str | None = None) -> str | None:
-        """The session a gated command attaches to: `flag`, `AGENTCTL_WORK_SESSION`, then
-        the one stored by `work-session use` for this control plane."""
-        stored = load_active(state_path(self.config_path), self.config.url)
-        session_id, _source = resolve_session(flag, self.env, stored)
+        """The session a gated command attaches to (see `work_session_choice`).
+
+        With an API or service token a selected session would silently do nothing: say so
+        on stderr (one line, or one JSON object with `--output json`) and attach none.
+        """
+        session_id, source = self.work_session_choice(flag)
+        if session_id is not None and not self.token_is_gated:
+            self.note_not_gated(session_id, source)
+            return None
         return session_id
+
+    def note_not_gated(self, session_id: str, source: str) -> None:
+        """Tell the user that their token ignores work session `session_id`."""
+        message = (
+            f"API and service tokens are not gated by work sessions: work session "
+            f"{session_id} (from {source_label(source)}) is not used, and nothing is "
+            "recorded on its timeline"
+        )
+        if self.out.json:
+            self.out.info(
+                to_json(
+                    {
+                        "ok": True,
+                        "warning": "token_not_gated",
+                        "reason": message,
+                        "context": {"work_session": session_id, "source": source},
+                    },
+                    compact=True,
+                )
+            )
+        else:
+            self.out.info(f"agentctl: note: {message}")
 
     def client(self, *, url: str | None = None, token: str | None = None) -> Client:
         """A client for the configured control plane (or an explicit url/token, for login).

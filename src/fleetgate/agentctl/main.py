@@ -49,8 +49,10 @@ def build_parser(command: str | None = None) -> Parser:
         prog="agentctl",
         description="Operator CLI of the control plane: run commands on servers, "
         "list servers and command history.",
-        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 work-session gate denied, "
-        "4 approval pending; `exec` exits with the remote command's exit code.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 work-session gate denied (or the "
+        "session ended), 4 approval pending, 6 the requested work session ended (rejected, "
+        "cancelled, ...) while waiting, 130 interrupted; `exec` exits with the remote "
+        "command's exit code.",
     )
     parser.add_argument("--version", action="version", version=f"agentctl {__version__}")
     _add_global_flags(parser, defaults=True)

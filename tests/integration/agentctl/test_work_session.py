@@ -234,7 +234,8 @@ def test_expired(su: User) -> None:
     ends = datetime.fromisoformat(su.json("work-session", "describe", session)["expires_at"])
     time.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
     diagnostic = denied(exec_json(su, "--work-session", session), "work_session_expired")
-    assert diagnostic["next_actions"][0]["command"].startswith("agentctl work-session extend")
+    # An expired session cannot be extended: the way out is the same request again.
+    assert diagnostic["next_actions"][0]["command"].startswith("agentctl work-session create")
 
 
 def test_scope_not_allowed(su: User) -> None:

@@ -10,6 +10,7 @@ from fleetgate.agentctl import config as cfg
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import EXIT_OK, CliError, UsageError
 from fleetgate.agentctl.output import yes_no
+from fleetgate.agentctl.worksessions import source_label
 
 
 if TYPE_CHECKING:
@@ -53,8 +54,14 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         "whoami",
         parents=[common],
         help="show who the stored token authenticates",
-        description="Show the user, superuser flag, auth method and whether work sessions "
-        "are required.",
+        description="Show the user, superuser flag, auth method, whether work sessions "
+        "are required, and which work session gated commands would use and why (the "
+        "--work-session flag, $AGENTCTL_WORK_SESSION, or `work-session use`).",
+    )
+    whoami.add_argument(
+        "--work-session",
+        metavar="ID",
+        help="show this session as the active one, as a gated command's flag would",
     )
     whoami.set_defaults(handler=run_whoami)
 
@@ -133,6 +140,13 @@ def run_logout(ctx: Context, args: argparse.Namespace) -> int:
 def whoami_rows(me: dict[str, Any]) -> list[tuple[str, str]]:
     """The rows `whoami` prints in table mode (empty values skipped)."""
     required = me.get("work_session_required")
+    active = me.get("active_work_session")
+    if isinstance(active, dict):
+        chosen = f"{active['id']} (from {source_label(str(active['source']))})"
+        if active.get("used") is False:
+            chosen += "; not used: tokens are not gated"
+    else:
+        chosen = "none" if required else ""
     rows = [
         ("User", str(me.get("username") or "")),
         ("Email", str(me.get("email") or "")),
@@ -142,6 +156,7 @@ def whoami_rows(me: dict[str, Any]) -> list[tuple[str, str]]:
             "WS required",
             "yes (run `agentctl work-session ls`)" if required else yes_no(required),
         ),
+        ("Work session", chosen),
     ]
     return [(k, v) for k, v in rows if v]
 
@@ -152,6 +167,12 @@ def run_whoami(ctx: Context, args: argparse.Namespace) -> int:
     me = ctx.client().get(WHOAMI)
     if not isinstance(me, dict):
         raise CliError("unexpected answer to whoami")
+    session_id, source = ctx.work_session_choice(args.work_session)
+    me["active_work_session"] = (
+        None
+        if session_id is None
+        else {"id": session_id, "source": source, "used": ctx.token_is_gated}
+    )
     if ctx.out.json:
         ctx.out.document(me)
         return EXIT_OK

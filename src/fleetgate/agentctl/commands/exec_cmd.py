@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
 COMMANDS = "/api/events/commands/"
 SERVERS = "/api/servers/servers/"
+SESSIONS = "/api/work-sessions/sessions/"
 
 LS_HEADERS = ("SERVER", "COMMAND", "USER", "STATUS", "EXIT", "ELAPSED", "REQUESTED AT")
 COMMAND_WIDTH = 60
@@ -230,17 +231,24 @@ def run_exec(ctx: Context, args: argparse.Namespace) -> int:
         return _submit(ctx, client, body, detach=args.detach)
     except ApiError as exc:
         if exc.is_gate_denial:
-            ctx.auth_method = _auth_method(client)
+            explain_denial(ctx, client)
         raise
 
 
-def _auth_method(client: Client) -> str | None:
-    """`whoami`'s auth method, for a gate diagnostic (best effort: None on failure)."""
+def explain_denial(ctx: Context, client: Client) -> None:
+    """Fetch what a gate diagnostic names: `whoami`'s auth method and the selected session
+    (its status, start time and flags). Best effort: what cannot be read stays unknown."""
     try:
         me = client.get("/api/auth/whoami/")
+        ctx.auth_method = str(me.get("auth_method")) if isinstance(me, dict) else None
     except AgentctlError:
-        return None
-    return str(me.get("auth_method")) if isinstance(me, dict) else None
+        pass
+    if ctx.work_session:
+        try:
+            session = client.get(f"{SESSIONS}{quote(ctx.work_session, safe='')}/")
+            ctx.session = session if isinstance(session, dict) else None
+        except AgentctlError:
+            pass
 
 
 def _submit(ctx: Context, client: Client, body: dict[str, Any], *, detach: bool) -> int:
@@ -308,7 +316,7 @@ def run_logs(ctx: Context, args: argparse.Namespace) -> int:
         command = client.get(f"{COMMANDS}{quote(args.command_id, safe='')}/")
     except ApiError as exc:
         if exc.is_gate_denial:
-            ctx.auth_method = _auth_method(client)
+            explain_denial(ctx, client)
         raise
     output = fetch_output(client, command)
     if is_finished(command):

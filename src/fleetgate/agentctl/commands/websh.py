@@ -94,7 +94,7 @@ def run_websh(ctx: Context, args: argparse.Namespace) -> int:
         terminal = client.post(TERMINALS, body)
     except ApiError as exc:
         if exc.is_gate_denial:
-            ctx.auth_method = exec_cmd._auth_method(client)
+            exec_cmd.explain_denial(ctx, client)
         raise
     session = Terminal(ctx, str(terminal["id"]), stdin_fd, stdout_fd)
     with raw_mode(stdin_fd):
