@@ -141,6 +141,20 @@ class Client:
             )
         return self._client
 
+    def async_http(self, read_timeout: float = READ_TIMEOUT) -> httpx.AsyncClient:
+        """An httpx AsyncClient with this client's URL, headers and TLS settings (for the
+        long-polls an asyncio command runs beside its streams); the caller closes it."""
+        import httpx  # see the module docstring
+
+        https = self.url.startswith("https://")
+        verify: ssl.SSLContext | bool = self._ssl_context() if https else False
+        return httpx.AsyncClient(
+            base_url=self.url,
+            headers=self._headers,
+            timeout=httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT),
+            transport=httpx.AsyncHTTPTransport(verify=verify, socket_options=NODELAY),
+        )
+
     def close(self) -> None:
         """Close the connection pool (if a request opened one)."""
         if self._client is not None:

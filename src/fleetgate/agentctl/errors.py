@@ -28,9 +28,17 @@ GATE_REASONS: dict[str, str] = {
     "work_session_not_usable": "session is no longer usable",
     "work_session_not_active": "selected session is not active",
     "work_session_expired": "selected session has expired",
+    "work_session_revoked": "selected session was revoked",
     "work_session_scope_not_allowed": "session does not include this scope",
     "work_session_server_not_allowed": "target server is not in this session",
     "work_session_assignee_mismatch": "this session is assigned to another principal",
+}
+
+# The gate code that says a session has ended, by its final status (anything else ended:
+# work_session_not_usable), as the control plane closes a session's channels.
+SESSION_ENDED_CODES: dict[str, str] = {
+    "expired": "work_session_expired",
+    "revoked": "work_session_revoked",
 }
 
 # Operation (the API's `source`) -> the work-session scope that gates it.
@@ -121,8 +129,10 @@ def _duration(session: Mapping[str, Any]) -> str:
         end = datetime.fromisoformat(str(session["expires_at"]))
     except (KeyError, ValueError):
         return "1h"
-    minutes = max(1, round((end - start).total_seconds() / 60))
-    return f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
+    seconds = max(1, round((end - start).total_seconds()))
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
 def recreate_command(session: Mapping[str, Any]) -> str:

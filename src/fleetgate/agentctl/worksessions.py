@@ -185,9 +185,7 @@ def timeline_rows(items: Sequence[Mapping[str, Any]]) -> list[list[str]]:
             ref = item.get("code") if item.get("denied") else item.get("command_id")
             text = item.get("line") if kind == "command" else item.get("description")
             text = text or item.get("line") or item.get("description")
-            what = "  ".join(
-                str(part) for part in (ref, truncate(str(text or ""), 60)) if part
-            )
+            what = "  ".join(str(part) for part in (ref, truncate(str(text or ""), 60)) if part)
         rows.append(
             [format_timestamp(item.get("timestamp")), kind, str(item.get("actor") or ""), what]
         )

@@ -302,7 +302,8 @@ def run_ls(ctx: Context, args: argparse.Namespace) -> int:
             s
             for s in client.list_all(SESSIONS)
             if s.get("status") in OPEN
-            and my_id in ((s.get("assigned_user") or {}).get("id"), (s.get("created_by") or {}).get("id"))
+            and my_id
+            in ((s.get("assigned_user") or {}).get("id"), (s.get("created_by") or {}).get("id"))
         ]
     else:
         params = {} if args.status == "all" else {"status": args.status}
