@@ -78,14 +78,17 @@ def _validated(data: Mapping[str, Any]) -> ClientConfig:
                 url = normalize_url(url)
             except ValueError as exc:
                 problems.append(f"url: {exc}")
-    token = data.get("token")
-    if token is not None and not isinstance(token, Secret):
-        if not isinstance(token, str):
+    raw_token = data.get("token")
+    token: Secret | None = None
+    if isinstance(raw_token, Secret):
+        token = raw_token
+    elif raw_token is not None:
+        if not isinstance(raw_token, str):
             problems.append("token: must be a string")
-        elif not token.strip():
+        elif not raw_token.strip():
             problems.append("token: must not be empty")
         else:
-            token = Secret(token)
+            token = Secret(raw_token)
     verify_tls = data.get("verify_tls", True)
     if not isinstance(verify_tls, bool):
         problems.append("verify_tls: must be true or false")

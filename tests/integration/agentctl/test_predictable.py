@@ -73,7 +73,7 @@ def make_user(cp: ControlPlaneProcess, config: Path, token: str, username: str) 
 @pytest.fixture(scope="module")
 def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:
     root = tmp_path_factory.mktemp("predictable")
-    sections = {
+    sections: dict[str, dict[str, Any]] = {
         "tunnel": {"enabled": True, "allowed_ports": ["1024-65535"]},
         "websh": {"hangup_grace": 1.0},
     }
