@@ -42,11 +42,11 @@ READ_TIMEOUT = 30.0
 STREAM_IDLE_TIMEOUT = 60.0
 
 
-class StreamIdle(Exception):  # an event, not a failure
+class StreamIdle(Exception):
     """An open stream sent nothing for STREAM_IDLE_TIMEOUT seconds (resume at once)."""
 
 
-class StreamBroken(Exception):  # named like the state it reports
+class StreamBroken(Exception):
     """An open stream broke (the connection dropped or the answer was cut)."""
 
 

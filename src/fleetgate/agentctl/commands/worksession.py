@@ -301,9 +301,7 @@ def run_ls(ctx: Context, args: argparse.Namespace) -> int:
         sessions = [
             s
             for s in client.list_all(SESSIONS)
-            if s.get("status") in OPEN
-            and my_id
-            in ((s.get("assigned_user") or {}).get("id"), (s.get("created_by") or {}).get("id"))
+            if s.get("status") in OPEN and (my_id is None or my_id in _people(s))
         ]
     else:
         params = {} if args.status == "all" else {"status": args.status}
@@ -327,6 +325,14 @@ def run_ls(ctx: Context, args: argparse.Namespace) -> int:
     ]
     ctx.out.table(LS_HEADERS, rows)
     return EXIT_OK
+
+
+def _people(session: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The user ids a session belongs to: its assignee and its requester."""
+    return (
+        (session.get("assigned_user") or {}).get("id"),
+        (session.get("created_by") or {}).get("id"),
+    )
 
 
 def run_describe(ctx: Context, args: argparse.Namespace) -> int:
