@@ -13,6 +13,7 @@ A test that injects an httpx transport takes the httpx path for every request.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -279,9 +280,10 @@ class Client:
         """POST `json_body` and read the NDJSON answer, like `stream_ndjson`.
 
         This is `exec`'s one request, so it uses `http.client` (see the module docstring);
-        with an injected httpx transport (tests) it is `stream_ndjson(method="POST")`.
+        with an injected httpx transport (tests), or a proxy configured in the environment
+        (which httpx honours and `http.client` does not), it is `stream_ndjson`.
         """
-        if self._transport is not None:
+        if self._transport is not None or _proxied():
             with self.stream_ndjson(path, params, method="POST", json_body=json_body) as lines:
                 yield lines
             return
@@ -321,6 +323,14 @@ class Client:
             yield _decode_lines(_stdlib_lines(response))
         finally:
             connection.close()
+
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def _proxied() -> bool:
+    """True when the environment names an HTTP proxy (any case), as httpx would use."""
+    return any(os.environ.get(name) or os.environ.get(name.upper()) for name in _PROXY_VARIABLES)
 
 
 class StreamProtocolError(Exception):

@@ -14,15 +14,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from fleetgate.agentctl import client
+
 
 HEAVY = ("httpx", "pydantic", "rich", "websockets", "fleetgate.shared.protocol")
+
+
+PROXIES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def without_proxies() -> dict[str, str]:
+    """This environment without *_proxy variables (they change exec's HTTP path)."""
+    return {k: v for k, v in os.environ.items() if k.lower() not in PROXIES}
 
 
 def imported(*args: str, env: dict[str, str] | None = None) -> tuple[set[str], str]:
     """The modules `python -X importtime -m fleetgate.agentctl ARGS` imports, and stdout."""
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "fleetgate.agentctl", *args],
-        env={**os.environ, **(env or {})},
+        env={**without_proxies(), **(env or {})},
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -62,3 +74,23 @@ def test_exec_imports_only_the_standard_http_client(tmp_path: Path) -> None:
     assert not {m for m in modules if m.startswith("fleetgate.agentctl.commands.")} - {
         "fleetgate.agentctl.commands.exec_cmd"
     }
+
+
+def test_a_proxy_in_the_environment_sends_exec_through_httpx(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """http.client ignores *_proxy variables; httpx honours them: with one set, exec's
+    request goes through httpx (slower, but it reaches the control plane the same way)."""
+    for name in PROXIES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    assert not client._proxied()
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    assert client._proxied()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        config = tmp_path / "agentctl.toml"
+        config.write_text(f'url = "http://127.0.0.1:{sock.getsockname()[1]}"\ntoken = "t"\n')
+        env = {"AGENTCTL_CONFIG": str(config), "HTTPS_PROXY": "http://proxy.invalid:3128"}
+        modules, _ = imported("exec", "web-01", "--", "true", env=env)
+    assert "httpx" in modules
