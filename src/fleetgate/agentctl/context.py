@@ -13,6 +13,7 @@ from fleetgate.agentctl.config import ClientConfig
 from fleetgate.agentctl.errors import CliError, ErrorContext
 from fleetgate.agentctl.output import Output, to_json
 from fleetgate.agentctl.worksessions import (
+    ENV_WORK_SESSION,
     load_active,
     resolve_session,
     source_label,
@@ -70,8 +71,12 @@ class Context:
     def work_session_choice(self, flag: str | None = None) -> tuple[str | None, str]:
         """The selected session and where the choice came from (`flag`, `env`, `use`,
         `none`): `flag`, then `AGENTCTL_WORK_SESSION`, then `work-session use`."""
-        stored = load_active(state_path(self.config_path), self.state_key)
-        return resolve_session(flag, self.env, stored)
+        path = state_path(self.config_path)
+        # The stored choice is read only when it can matter (and exists).
+        consult = not flag and not self.env.get(ENV_WORK_SESSION) and path.exists()
+        return resolve_session(
+            flag, self.env, load_active(path, self.state_key) if consult else None
+        )
 
     @property
     def token_is_gated(self) -> bool:

@@ -11,7 +11,6 @@ the token, so two users' configs in one directory never share it.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +60,8 @@ def state_key(url: str | None, token: str | None) -> str | None:
         return None
     if token is None:
         return url
+    import hashlib  # ~10 ms: only when a stored selection is read or written
+
     return f"{url}#{hashlib.sha256(token.encode()).hexdigest()[:16]}"
 
 
