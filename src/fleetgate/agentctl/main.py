@@ -160,11 +160,7 @@ def main(
 ) -> int:
     """Run agentctl; return the exit code. The keyword arguments exist for tests."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv == ["--version"]:
-        # The cheapest call there is (scripts probe with it): no parser, no config.
-        (stdout or sys.stdout).write(f"agentctl {__version__}\n")
-        return 0
-    # Imported here so that the line above runs before anything else is loaded.
+    # Imported here: `--help` and usage errors need neither (`entry` answers `--version`).
     from fleetgate.agentctl import config as cfg
     from fleetgate.agentctl.context import Context
 
