@@ -180,13 +180,22 @@ def test_2_whoami_shows_the_active_session_and_its_source(su: User) -> None:
     chosen, other, third = su.session(), su.session(), su.session()
     su.ok("work-session", "use", chosen)
     doc = su.json("whoami")
-    assert doc["active_work_session"] == {"id": chosen, "source": "use", "used": True}
+    assert doc["active_work_session"] == {
+        "id": chosen,
+        "source": "use",
+        "status": "active",
+        "used": True,
+    }
     assert f"Work session:  {chosen} (from work-session use)" in su.ok("whoami")
     env = {"AGENTCTL_WORK_SESSION": other}
     assert su.json("whoami", env=env)["active_work_session"]["source"] == "env"
     assert f"{other} (from AGENTCTL_WORK_SESSION)" in su.ok("whoami", env=env)
     flagged = su.json("whoami", "--work-session", third, env=env)["active_work_session"]
     assert (flagged["id"], flagged["source"]) == (third, "flag")
+    su.ok("work-session", "complete", third)  # a chosen session that ended says so
+    assert f"{third} (from --work-session); it is completed" in su.ok(
+        "whoami", "--work-session", third
+    )
 
 
 # -- 3. diagnostics that suggest what can work ------------------------------------------

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import getpass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from fleetgate.agentctl import config as cfg
 from fleetgate.agentctl.context import Context
-from fleetgate.agentctl.errors import EXIT_OK, CliError, UsageError
+from fleetgate.agentctl.errors import EXIT_OK, AgentctlError, CliError, UsageError
 from fleetgate.agentctl.output import yes_no
 from fleetgate.agentctl.worksessions import source_label
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from fleetgate.agentctl.commands import SubParsers
 
 WHOAMI = "/api/auth/whoami/"
+SESSIONS = "/api/work-sessions/sessions/"
 LOGIN = "/api/auth/login/"
 
 
@@ -143,6 +145,8 @@ def whoami_rows(me: dict[str, Any]) -> list[tuple[str, str]]:
     active = me.get("active_work_session")
     if isinstance(active, dict):
         chosen = f"{active['id']} (from {source_label(str(active['source']))})"
+        if active.get("status") not in (None, "active"):
+            chosen += f"; it is {active['status']}"
         if active.get("used") is False:
             chosen += "; not used: tokens are not gated"
     else:
@@ -161,6 +165,15 @@ def whoami_rows(me: dict[str, Any]) -> list[tuple[str, str]]:
     return [(k, v) for k, v in rows if v]
 
 
+def _status_of(ctx: Context, session_id: str) -> str | None:
+    """The session's status (None when it cannot be read: unknown id, not visible)."""
+    try:
+        session = ctx.client().get(f"{SESSIONS}{quote(session_id, safe='')}/")
+    except AgentctlError:
+        return None
+    return str(session.get("status")) if isinstance(session, dict) else None
+
+
 def run_whoami(ctx: Context, args: argparse.Namespace) -> int:
     """Print the identity behind the stored token."""
     ctx.operation = "whoami"
@@ -171,7 +184,12 @@ def run_whoami(ctx: Context, args: argparse.Namespace) -> int:
     me["active_work_session"] = (
         None
         if session_id is None
-        else {"id": session_id, "source": source, "used": ctx.token_is_gated}
+        else {
+            "id": session_id,
+            "source": source,
+            "status": _status_of(ctx, session_id),
+            "used": ctx.token_is_gated,
+        }
     )
     if ctx.out.json:
         ctx.out.document(me)
