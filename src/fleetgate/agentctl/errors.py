@@ -147,6 +147,8 @@ def recreate_command(session: Mapping[str, Any]) -> str:
     words += ["--purpose", str(session.get("description") or "<intent>")]
     for policy in session.get("sudo_policies") or []:
         words += ["--sudo", ",".join(str(c) for c in policy.get("commands") or [])]
+    if session.get("requester_type") == "agent":
+        words += ["--requester-type", "agent"]
     return shlex.join(words)
 
 
@@ -181,11 +183,12 @@ def gate_next_actions(
         ]
     if short == "expired":
         # An expired session cannot be extended: request a new one like it.
-        like = [] if session is None else [recreate_command(session)]
-        return [
-            *(_action(f"{c} --use", "request the same session again and select it") for c in like),
-            *([] if like else new_only),
-        ]
+        if session is None:
+            return new_only
+        if session.get("requester_type") == "agent":
+            return [_action(recreate_command(session), "request the same session again")]
+        again = f"{recreate_command(session)} --use"
+        return [_action(again, "request the same session again and select it")]
     if short in ("scope_not_allowed", "server_not_allowed"):
         return new_only
     return reuse

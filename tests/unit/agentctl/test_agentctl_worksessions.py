@@ -168,3 +168,5 @@ def test_recreate_command_fills_in_the_flags_of_the_session() -> None:
     )
     two_hours = {**session, "expires_at": "2026-01-01T12:00:00Z", "sudo_policies": []}
     assert "--expires-in 2h " in recreate_command(two_hours)
+    agents = {**two_hours, "requester_type": "agent"}
+    assert recreate_command(agents).endswith(" --requester-type agent")
