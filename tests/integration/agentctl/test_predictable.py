@@ -248,6 +248,19 @@ def test_4_idle_tunnel_stops_at_once_when_its_session_is_revoked(su: User, admin
     assert "Traceback" not in err
 
 
+@pytest.mark.timeout(90)
+def test_4_idle_tunnel_stops_when_its_session_expires(su: User) -> None:
+    # Long enough for agentctl to start on a loaded machine; the test waits for the expiry.
+    session = su.session("tunnel", duration="8s")
+    ends = datetime.fromisoformat(su.json("work-session", "describe", session)["expires_at"])
+    with agentctl_tunnel(su, WEB1, 8080, "--work-session", session) as tunnel:
+        _, err = tunnel.proc.communicate(timeout=RUN_TIMEOUT)
+        late = (datetime.now(UTC) - ends).total_seconds()
+    assert tunnel.proc.returncode == 3, err
+    assert late < 10, late  # the control plane's clock wakes the watch at the expiry
+    assert "work_session_expired" in err
+
+
 # -- 5. a token principal is told that sessions are not used ----------------------------
 
 
