@@ -6,9 +6,15 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and benchmarks use (peers and tools), installed when missing.
-DEBS   := passwd sudo gcc libc6-dev openssh-server openssh-client procps systemd dpkg-dev rpm python3-venv iperf3 socat asciinema
+DEBS   := passwd sudo gcc libc6-dev openssh-server openssh-client procps systemd dpkg-dev rpm python3-venv iperf3 socat asciinema nodejs chromium chromium-driver
+# npm: Debian's package, unless the installed nodejs already brings its own npm.
+DEBS   += $(if $(shell command -v npm),,npm)
+# The console's front-end (console/): built from the pinned npm packages into static files
+# the Python package serves (git-ignored); rebuilt when a source is newer.
+CONSOLE_DIST := src/fleetgate/controlplane/console/static/dist/console.js
+CONSOLE_SRC  := $(wildcard console/src/*) console/package.json console/package-lock.json console/build.mjs
 
-.PHONY: run test lint typecheck unit schema debs clean bench package
+.PHONY: run test lint typecheck unit schema debs clean bench package console screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +22,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[controlplane,agentctl,test,lint]'
 	touch $(STAMP)
 
-run: $(STAMP)
+run: $(STAMP) console
 	$(VENV)/bin/fleetgate-controlplane dev
+
+console: $(CONSOLE_DIST)
+
+$(CONSOLE_DIST): $(CONSOLE_SRC)
+	@command -v npm >/dev/null || $(MAKE) debs
+	cd console && npm ci --no-audit --no-fund && npm run build
+	touch $@
+
+# docs/console/*.png: every page of the console, taken by the browser the tests use.
+screenshots: $(STAMP) debs console
+	$(PY) -m tests.support.screenshots docs/console
 
 debs:
 	@missing=$$(for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -39,7 +56,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-test: $(STAMP) debs lint typecheck
+test: $(STAMP) debs console lint typecheck
 	$(VENV)/bin/pytest
 
 unit: $(STAMP)
@@ -57,4 +74,4 @@ bench: $(STAMP) debs
 	for b in bench/*; do [ -x "$$b" ] && [ -f "$$b" ] && "$$b"; done
 
 clean:
-	rm -rf $(VENV) .dev .mypy_cache .ruff_cache .pytest_cache dist
+	rm -rf $(VENV) .dev .mypy_cache .ruff_cache .pytest_cache dist console/node_modules src/fleetgate/controlplane/console/static/dist

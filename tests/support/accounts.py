@@ -12,14 +12,25 @@ from tests.support.controlplane import ControlPlaneProcess
 __all__ = ["active_session", "new_login"]
 
 
-def new_login(cp: ControlPlaneProcess, *, superuser: bool = False) -> tuple[int, str, str]:
-    """Create a user (unique name) and log in: ``(user id, username, login token)``."""
+def new_login(
+    cp: ControlPlaneProcess, *, superuser: bool = False, server_username: str | None = None
+) -> tuple[int, str, str]:
+    """Create a user (unique name) and log in: ``(user id, username, login token)``.
+
+    ``server_username`` maps a non-superuser to their account on servers (their commands,
+    terminals and transfers run as it).
+    """
     username = f"u{uuid.uuid4().hex[:10]}"
     password = uuid.uuid4().hex
     with cp.client() as admin:
         created = admin.post(
             "/api/iam/users/",
-            json={"username": username, "password": password, "is_superuser": superuser},
+            json={
+                "username": username,
+                "password": password,
+                "is_superuser": superuser,
+                "server_username": server_username,
+            },
         )
         assert created.status_code == 201, created.text
         login = admin.post("/api/auth/login/", json={"username": username, "password": password})

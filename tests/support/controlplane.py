@@ -329,6 +329,7 @@ class FakeAgent:
         *,
         hello: bool = True,
         running: Iterable[uuid.UUID] = (),
+        features: Iterable[str] = (),
         timeout: float = 10.0,
     ) -> FakeAgent:
         """Dial the backhaul; with ``hello`` send it and wait for ``welcome``."""
@@ -343,7 +344,13 @@ class FakeAgent:
         )
         agent = cls(ws, server_id)
         if hello:
-            await agent.send(Hello(agent_version="test", hostname="fake", running=list(running)))
+            hello_message = Hello(
+                agent_version="test",
+                hostname="fake",
+                running=list(running),
+                features=list(features),
+            )
+            await agent.send(hello_message)
             await agent.expect(Welcome, timeout)
         return agent
 

@@ -2,7 +2,7 @@
 
 :func:`temporary_user` creates a uniquely named user with a home directory, shell
 ``/bin/sh`` and one uniquely named supplementary group, and removes both afterwards.
-It needs root; without it the calling test is skipped.
+It needs root and a test marked ``@pytest.mark.root``; without root that test is skipped.
 """
 
 from __future__ import annotations
@@ -36,8 +36,14 @@ class CreatedUser(NamedTuple):
     group_gid: int
 
 
+current_test_is_root = False
+"""Whether the running test carries ``@pytest.mark.root`` (set by ``tests/conftest.py``)."""
+
+
 def require_root() -> None:
-    """Skip the calling test unless the suite runs as root."""
+    """Skip the calling test unless the suite runs as root; it must be marked ``root``."""
+    if not current_test_is_root:
+        pytest.fail("a test that needs root must be marked @pytest.mark.root")
     if os.geteuid() != 0:
         pytest.skip("needs root: creates users and switches uid (run the suite as root)")
 

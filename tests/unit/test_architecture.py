@@ -22,6 +22,7 @@ PURE = [
     "shared/files/transfer.py",
     "shared/sudo_patterns.py",
     "shared/addresses.py",
+    "shared/backoff.py",
     "shared/errors.py",
     "agent/spool/inbox.py",
     "agent/spool/reports.py",
@@ -30,6 +31,7 @@ PURE = [
     "agent/spool/recovery.py",
     "agent/backhaul/retry.py",
     "agent/exec/output.py",
+    "agent/exec/exitstatus.py",
 ]
 IO_MODULES = {
     "asyncio",

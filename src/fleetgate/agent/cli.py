@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from fleetgate import __version__
-from fleetgate.agent import config as config_module, daemon, logs
+from fleetgate.agent import config as config_module, daemon
 from fleetgate.agent.errors import (
     AuthRejected,
     ConfigError,
@@ -30,6 +30,7 @@ from fleetgate.agent.errors import (
 from fleetgate.agent.service import enrol, query
 from fleetgate.agent.sudo import install as sudo_install
 from fleetgate.agent.sudo.install import SudoInstallError, SudoLayout
+from fleetgate.shared import logs
 
 
 __all__ = ["EXIT_AUTH", "EXIT_CONFIG", "EXIT_STATE", "EXIT_UNAVAILABLE", "main"]

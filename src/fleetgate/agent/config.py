@@ -307,6 +307,14 @@ class WebshConfig(_Section):
     terminals are refused and a running one is ended)."""
 
 
+class ExecConfig(_Section):
+    """``[exec]``: how commands run."""
+
+    allowed_env: tuple[str, ...] = ()
+    """Env names a command may set although ``fleetgate.shared.envpolicy`` denies them
+    (``PATH``, ``LD_*``, interpreter variables). Default: none."""
+
+
 class AgentConfig(_Section):
     """The whole agent configuration."""
 
@@ -326,6 +334,7 @@ class AgentConfig(_Section):
     files: FilesConfig = FilesConfig()
     sudo: SudoConfig = SudoConfig()
     tunnel: TunnelConfig = TunnelConfig()
+    exec: ExecConfig = ExecConfig()
 
     @property
     def audit_file(self) -> Path:

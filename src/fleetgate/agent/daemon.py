@@ -8,9 +8,11 @@ cancel what is left (running commands are killed by process group) and close the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -103,14 +105,24 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
     log.info("agent.stopped")
 
 
-async def _serve(
-    config: AgentConfig,
-    key: str,
-    grants: GrantPolicy,
-    spool: Spool,
-    leftovers: Snapshot,
-    stop: asyncio.Event | None,
-) -> None:
+@dataclass
+class _Components:
+    """Everything the daemon runs, wired together (built by :func:`_build`)."""
+
+    outbox: Outbox
+    dispatcher: Dispatcher
+    sudo_sessions: SudoSessions
+    sudo_server: SudoDecisionServer | None
+    service: ServiceRuntime
+    channels: ChannelRouter
+    websh: WebshService
+    backhaul: Backhaul
+    audit: AuditLog | None
+
+
+def _build(
+    config: AgentConfig, key: str, grants: GrantPolicy, spool: Spool, leftovers: Snapshot
+) -> _Components:
     pending = PendingReports()
     pending.restore(leftovers.reports, next_rid=leftovers.next_rid)
     if leftovers.reports or leftovers.active:
@@ -138,6 +150,7 @@ async def _serve(
         audit=audit,
         sudo=sudo_sessions,
         elevation=ElevationPolicy(config.sudo.secure_path),
+        allowed_env=config.exec.allowed_env,
     )
     sudo_server = (
         SudoDecisionServer(
@@ -173,47 +186,74 @@ async def _serve(
         channels=channels,
         on_state=service.on_link_state,
     )
-    try:
-        service.status.bind()
-        if sudo_server is not None:
-            sudo_server.bind()
-    except StateDirError:
-        service.close()
-        if audit is not None:
-            audit.close()
-        raise
+    return _Components(
+        outbox, dispatcher, sudo_sessions, sudo_server, service, channels, websh, backhaul, audit
+    )
 
+
+async def _serve(
+    config: AgentConfig,
+    key: str,
+    grants: GrantPolicy,
+    spool: Spool,
+    leftovers: Snapshot,
+    stop: asyncio.Event | None,
+) -> None:
+    parts = _build(config, key, grants, spool, leftovers)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    log.info("agent.starting", server_id=str(config.identity.server_id))
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(spool.run(), name="spool")
-            tg.create_task(dispatcher.run(), name="dispatcher")
-            tg.create_task(channels.run(), name="channels")
-            tg.create_task(websh.run(), name="websh")
-            tg.create_task(backhaul.run(), name="backhaul")
-            tg.create_task(service.notifier.watchdog(), name="watchdog")
-            tg.create_task(service.status.serve(), name="status")
-            if sudo_server is not None:
-                tg.create_task(sudo_server.serve(), name="sudo")
-            tg.create_task(
-                _shutdown_when(stop, dispatcher, channels, outbox, config, service),
-                name="shutdown",
-            )
-    except* _Stop:
-        pass
-    except* AgentError as group:
-        # Surface the first real error as itself, so the CLI can map it to an exit status.
-        raise group.exceptions[0]  # noqa: B904 - the group adds nothing to the story
-    finally:
+    with contextlib.ExitStack() as cleanup:
+        # Undone in reverse order, on every way out: signal handlers, then the service's
+        # sockets and notifier, then the audit log.
+        if parts.audit is not None:
+            cleanup.callback(parts.audit.close)
+        cleanup.callback(parts.service.close)
+        parts.service.status.bind()
+        if parts.sudo_server is not None:
+            parts.sudo_server.bind()
+        loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-        service.close()
-        if audit is not None:
-            audit.close()
+            loop.add_signal_handler(signum, stop.set)
+            cleanup.callback(loop.remove_signal_handler, signum)
+        log.info("agent.starting", server_id=str(config.identity.server_id))
+        try:
+            await _run_components(parts, config, spool, stop)
+        except* _Stop:
+            pass
+        except* AgentError as group:
+            raise _first_of(group) from None
+
+
+async def _run_components(
+    parts: _Components, config: AgentConfig, spool: Spool, stop: asyncio.Event
+) -> None:
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(spool.run(), name="spool")
+        tg.create_task(parts.dispatcher.run(), name="dispatcher")
+        tg.create_task(parts.channels.run(), name="channels")
+        tg.create_task(parts.websh.run(), name="websh")
+        tg.create_task(parts.backhaul.run(), name="backhaul")
+        tg.create_task(parts.service.notifier.watchdog(), name="watchdog")
+        tg.create_task(parts.service.status.serve(), name="status")
+        if parts.sudo_server is not None:
+            tg.create_task(parts.sudo_server.serve(), name="sudo")
+        tg.create_task(_shutdown_when(stop, parts, config), name="shutdown")
+
+
+def _first_of(group: BaseExceptionGroup[AgentError]) -> AgentError:
+    """The first error of ``group``, raised as itself so the CLI maps it to an exit
+    status; the others (components that failed at the same time) are logged, not lost."""
+    first, *others = _leaves(group)
+    for other in others:
+        log.error("agent.component_failed", error=str(other), kind=type(other).__name__)
+    return first
+
+
+def _leaves(group: BaseExceptionGroup[AgentError]) -> list[AgentError]:
+    return [
+        leaf
+        for exc in group.exceptions
+        for leaf in (_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    ]
 
 
 async def _report_sudo(outbox: Outbox, decided: Decided) -> None:
@@ -276,17 +316,11 @@ def _details(
     }
 
 
-async def _shutdown_when(
-    stop: asyncio.Event,
-    dispatcher: Dispatcher,
-    channels: ChannelRouter,
-    outbox: Outbox,
-    config: AgentConfig,
-    service: ServiceRuntime,
-) -> None:
+async def _shutdown_when(stop: asyncio.Event, parts: _Components, config: AgentConfig) -> None:
+    dispatcher, channels, outbox = parts.dispatcher, parts.channels, parts.outbox
     await stop.wait()
     log.info("agent.stopping", grace=config.limits.shutdown_grace)
-    service.stopping(len(dispatcher.running()))
+    parts.service.stopping(len(dispatcher.running()))
     dispatcher.stop_accepting()
     # Open channels (terminals, transfers, tunnels) end when the TaskGroup is cancelled
     # below: they have no result to wait for, and their clients see the close.

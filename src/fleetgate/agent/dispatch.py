@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from time import time
 from uuid import UUID
@@ -43,6 +43,7 @@ from fleetgate.agent.spool import (
 )
 from fleetgate.agent.sudo import SudoSessions
 from fleetgate.agent.sudo.elevation import ElevationPolicy
+from fleetgate.shared.envpolicy import denied_env_names
 from fleetgate.shared.protocol import (
     CommandAcked,
     CommandDelivered,
@@ -81,8 +82,10 @@ class Dispatcher:
         audit: AuditLog | None = None,
         sudo: SudoSessions | None = None,
         elevation: ElevationPolicy | None = None,
+        allowed_env: Collection[str] = (),
     ) -> None:
         self._limits = limits
+        self._allowed_env = frozenset(allowed_env)
         self._grants = grants
         self._sudo = sudo
         self._elevation = elevation or ElevationPolicy()
@@ -256,6 +259,15 @@ class Dispatcher:
         """
         scope = "sudo" if message.sudo else "command"
         try:
+            denied_env = denied_env_names(message.env, self._allowed_env)
+            if denied_env:
+                # Whatever the control plane let through: PATH or LD_PRELOAD from a
+                # request would choose the program that runs.
+                raise GrantRefused(
+                    "env_not_allowed",
+                    f"env: {denied_env[0]} may not be set by a request "
+                    "(allow it in the agent's exec.allowed_env)",
+                )
             claims = self._grants.check(
                 message.grant, command_id=message.command_id, scope=scope, now=time()
             )

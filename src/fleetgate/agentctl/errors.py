@@ -41,6 +41,13 @@ SESSION_ENDED_CODES: dict[str, str] = {
     "revoked": "work_session_revoked",
 }
 
+# Refusals of the authorization model that, like a gate denial, a work session or a
+# superuser can fix: they exit 3 too (docs/security.md).
+IDENTITY_REASONS: dict[str, str] = {
+    "IDENTITY_NOT_ALLOWED": "you run as your own server account; another user needs sudo",
+    "SERVER_USERNAME_NOT_SET": "you have no server account yet",
+}
+
 # Operation (the API's `source`) -> the work-session scope that gates it.
 OPERATION_SCOPES: dict[str, str] = {
     "command": "command",
@@ -203,6 +210,17 @@ def _api_next_actions(err: ApiError, ctx: ErrorContext) -> list[dict[str, str]]:
         return [_action("agentctl server ls", "list servers and whether they are connected")]
     if code == "COMMAND_NOT_FOUND":
         return [_action("agentctl exec ls", "list recent commands")]
+    server = ctx.server or "SERVER"
+    if code == "IDENTITY_NOT_ALLOWED":
+        return [
+            _action(f"agentctl exec {server} -- CMD", "run as your own server account"),
+            _action(
+                f"agentctl exec --sudo {server} -- CMD",
+                "run as root through a sudo pattern of your work session",
+            ),
+        ]
+    if code == "SERVER_USERNAME_NOT_SET":
+        return [_action("agentctl whoami", "ask a superuser to set your server username")]
     return []
 
 
@@ -220,10 +238,15 @@ def diagnose(err: AgentctlError, ctx: ErrorContext) -> Diagnostic:
             context["source"] = err.source
         if ctx.server:
             context["server"] = ctx.server
+        exit_code = EXIT_FAILURE
+        if err.status == 403 and err.code.upper() in IDENTITY_REASONS:
+            exit_code = EXIT_GATE_DENIED
+            lines.append(f"  reason  {IDENTITY_REASONS[err.code.upper()]}")
+            lines += ["Next:"] + [f"  {a['command']}  # {a['description']}" for a in actions]
         return Diagnostic(
-            EXIT_FAILURE,
+            exit_code,
             lines,
-            _payload(EXIT_FAILURE, err.code, err.detail, context, actions),
+            _payload(exit_code, err.code, err.detail, context, actions),
         )
     if isinstance(err, UsageError):
         lines = [err.usage.rstrip(), f"agentctl: error: {err.message}"] if err.usage else []
@@ -284,7 +307,7 @@ def _diagnose_gate(err: ApiError, ctx: ErrorContext) -> Diagnostic:
         else f"  {a['command']}"
         for a in actions
     ]
-    lines.append("Note: API and service tokens are not gated by work sessions.")
+    lines.append("Note: tokens a superuser issued, and service tokens, are not gated.")
     context: dict[str, Any] = {
         "operation": operation,
         "auth_method": ctx.auth_method,

@@ -85,7 +85,10 @@ class Dropped(Exception):
 
 async def open_channel(ctx: Context, opts: Options, **fields: object) -> ClientConnection:
     """Connect ``/ws/files/`` for one transfer (refusals raise ApiError/CliError)."""
-    params = {"server": opts.server, "user": opts.user or "root"}
+    # No user: the control plane picks (root for superusers, else your server account).
+    params = {"server": opts.server}
+    if opts.user:
+        params["user"] = opts.user
     if opts.group:
         params["group"] = opts.group
     for key, value in fields.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, WebSocket
 
@@ -20,7 +20,9 @@ from fleetgate.controlplane.api import (
     worksessions,
 )
 from fleetgate.controlplane.api.deps import Services
+from fleetgate.controlplane.background import OnFailure, run_in_background, stop_process
 from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.console import mount as console
 from fleetgate.controlplane.errors import install_error_handlers
 from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_key
 from fleetgate.controlplane.hub import Hub
@@ -34,15 +36,24 @@ BACKHAUL_PATH = "/ws/agent/backhaul/"
 AGENT_CHANNEL_PATH = "/ws/agent/channels/{channel_id}/"
 
 
-def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
-    """Build the application; the database is opened by the lifespan, not here."""
+def create_app(
+    settings: ControlPlaneSettings | None = None, *, on_failure: OnFailure = stop_process
+) -> FastAPI:
+    """Build the application; the database is opened by the lifespan, not here.
+
+    ``on_failure`` is called when a background loop (scheduler, work-session clock)
+    fails; by default the process stops gracefully so that its supervisor restarts it.
+    """
     settings = settings or ControlPlaneSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.db_path)
-        await db.open()
-        try:
+        # Closed in reverse order: open channels and agents first, then the background
+        # loops, then the database.
+        async with AsyncExitStack() as stack:
+            db = Database(settings.db_path)
+            await db.open()
+            stack.push_async_callback(db.close)
             await db.write(servers_store.reset_connections)
             hub = Hub(db, settings)
             clock = WorkSessionClock(db)
@@ -53,17 +64,10 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
             )
             app.state.tunnels = tunnels.install(app.state.services)
             clock.listeners.append(websh.session_ended_listener(app.state.services))
-            async with asyncio.TaskGroup() as tg:
-                scheduler = tg.create_task(hub.scheduler.run(), name="scheduler")
-                sessions = tg.create_task(clock.run(), name="work-session-clock")
-                try:
-                    yield
-                finally:
-                    await hub.close_all()
-                    scheduler.cancel()
-                    sessions.cancel()
-        finally:
-            await db.close()
+            loops = {"scheduler": hub.scheduler.run, "work-session-clock": clock.run}
+            await stack.enter_async_context(run_in_background(loops, on_failure))
+            stack.push_async_callback(hub.close_all)
+            yield
 
     app = FastAPI(
         title="fleet control plane",
@@ -83,6 +87,7 @@ def create_app(settings: ControlPlaneSettings | None = None) -> FastAPI:
     app.include_router(tunnels.ws_router)
     app.include_router(websh.router)
     app.include_router(recordings.router)
+    console.install(app)
 
     @app.websocket(BACKHAUL_PATH)
     async def backhaul(websocket: WebSocket) -> None:

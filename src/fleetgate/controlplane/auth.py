@@ -1,17 +1,16 @@
-"""Authentication: header parsing, the principal, and token command ACLs.
+"""Authentication: header parsing and the principal (docs/security.md).
 
-The parsers and the ACL matcher are pure functions; :func:`resolve_principal` looks the
-token up in the store.
+The parsers are pure functions; :func:`resolve_principal` looks the token up in the store.
+Token ACLs are :mod:`fleetgate.controlplane.acl`.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from fleetgate.controlplane.acl import SHELL_SYNTAX, TokenAcl, acl_allows
 from fleetgate.controlplane.store import Database
 from fleetgate.controlplane.store.users import TokenKind, TokenRow, UserRow, hash_key, lookup_token
 
@@ -25,10 +24,6 @@ __all__ = [
     "parse_token_authorization",
     "resolve_principal",
 ]
-
-SHELL_SYNTAX = frozenset(";|&$`<>\n\r")
-"""Characters that make a command line more than one simple command; such a line never
-matches an ACL pattern (``$(`` is covered by ``$``)."""
 
 _TOKEN_CHARS = r"[A-Za-z0-9_\-.~+/=]+"  # noqa: S105 - a character class, not a secret
 _TOKEN_RE = re.compile(rf'^token\s*=\s*(?:"({_TOKEN_CHARS})"|({_TOKEN_CHARS}))$', re.IGNORECASE)
@@ -73,44 +68,6 @@ def parse_agent_authorization(value: str | None) -> tuple[str, str] | None:
     return server_id, key
 
 
-def _split(text: str) -> list[str] | None:
-    try:
-        return shlex.split(text, comments=False, posix=True)
-    except ValueError:
-        return None
-
-
-def _pattern_matches(pattern: str, words: Sequence[str]) -> bool:
-    if any(ch in SHELL_SYNTAX for ch in pattern):
-        return False
-    pattern_words = _split(pattern)
-    if not pattern_words:
-        return False
-    if pattern_words[-1] == "*":
-        prefix = pattern_words[:-1]
-        return list(words[: len(prefix)]) == prefix
-    return list(words) == pattern_words
-
-
-def acl_allows(acl: Sequence[str] | None, line: str) -> bool:
-    """Whether a token whose ``command_acl`` is ``acl`` may run ``line``.
-
-    ``None`` means no ACL (everything allowed); an empty list allows nothing. The line
-    and each pattern are split into words like the shell does (``shlex``); a final ``*``
-    in a pattern matches any remaining arguments (including none), every other word must
-    be equal. A line containing shell syntax (``; | & $ ` < >``, newline) never matches,
-    so an allowed prefix cannot smuggle a second command.
-    """
-    if acl is None:
-        return True
-    if not line.strip() or any(ch in SHELL_SYNTAX for ch in line):
-        return False
-    words = _split(line)
-    if not words:
-        return False
-    return any(_pattern_matches(pattern, words) for pattern in acl)
-
-
 @dataclass(frozen=True)
 class Principal:
     """Who is calling: a user (api or login token) or a service (service token)."""
@@ -140,8 +97,30 @@ class Principal:
 
     @property
     def command_acl(self) -> tuple[str, ...] | None:
-        """The token's command ACL (``None``: unrestricted)."""
+        """The token's command patterns (``None``: unrestricted or no ``command``)."""
         return self.token.command_acl
+
+    @property
+    def acl(self) -> TokenAcl | None:
+        """The token's ACL (``None``: unrestricted)."""
+        return self.token.acl
+
+    @property
+    def gated(self) -> bool:
+        """Whether operations on servers need an active work session: every ``login``
+        token, and API tokens a non-superuser made for themself."""
+        return self.token.kind == "login" or (self.token.kind == "api" and self.token.gated)
+
+    @property
+    def identity_bound(self) -> bool:
+        """Whether the principal acts on servers as the user's mapped account only
+        (a gated non-superuser); others default to root as before."""
+        return self.gated and not self.is_superuser
+
+    @property
+    def name(self) -> str | None:
+        """The username, or the service's name."""
+        return self.token.service_name if self.user is None else self.user.username
 
 
 class PrincipalCache:

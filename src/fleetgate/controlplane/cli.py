@@ -9,29 +9,28 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from fleetgate.controlplane.config import ControlPlaneSettings
-from fleetgate.controlplane.logs import configure_logging
 from fleetgate.controlplane.store import connect, transaction, users as users_store
 from fleetgate.controlplane.timeutil import now_us
+from fleetgate.shared import logs
+from fleetgate.shared.atomic import atomic_write
 
 
 __all__ = ["main", "write_secret"]
+
+SERVER_USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+"""A Linux account name (as ``POST /api/iam/users/`` accepts it)."""
 
 
 def write_secret(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` with mode 0600 (created so, never world-readable)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text, 0o600)
 
 
 def _out(text: str) -> None:
@@ -62,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from fleetgate.controlplane.server import ControlPlaneServer, bind_socket, write_port_file
 
     settings = _settings(args)
-    configure_logging(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format)
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:
@@ -90,6 +89,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_user_create(args: argparse.Namespace) -> int:
     """Create a user directly in the database."""
     settings = _settings(args)
+    mapped = args.server_username
+    if mapped is not None and (mapped == "root" or not SERVER_USERNAME_RE.match(mapped)):
+        _err(f"error: --server-username {mapped!r} is not a Linux account name other than root")
+        return 2
     password_hash = None
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -108,6 +111,7 @@ def cmd_user_create(args: argparse.Namespace) -> int:
                 email=args.email or "",
                 password_hash=password_hash,
                 is_superuser=args.superuser,
+                server_username=mapped,
                 now=now_us(),
             )
     finally:
@@ -174,6 +178,10 @@ def build_parser() -> argparse.ArgumentParser:
     user_create.add_argument("username")
     user_create.add_argument("--superuser", action="store_true")
     user_create.add_argument("--email", default="")
+    user_create.add_argument(
+        "--server-username",
+        help="the account this user's commands, terminals and transfers run as on servers",
+    )
     pw = user_create.add_mutually_exclusive_group()
     pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     pw.add_argument("--password-prompt", action="store_true", help="prompt for the password")

@@ -36,6 +36,10 @@ class ControlPlaneSettings(BaseSettings):
     """Lifetime of the token returned by ``POST /api/auth/login/``, in seconds."""
     work_session_max_duration: float = Field(default=4 * 3600, gt=0)
     """Longest a work session may last (seconds from its start, or from now on extend)."""
+    allowed_env: frozenset[str] = frozenset()
+    """Env names a command request may set although ``shared.envpolicy`` denies them
+    (``PATH``, ``LD_*``, ...); the agent must allow them too (``exec.allowed_env``).
+    JSON list in ``CONTROLPLANE_ALLOWED_ENV``."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 

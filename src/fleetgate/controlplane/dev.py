@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import secrets
 import signal
 import socket
 import sys
@@ -22,13 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+import tomlkit
 
 from fleetgate.controlplane.app import create_app
 from fleetgate.controlplane.cli import write_secret
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_key
 from fleetgate.controlplane.hub import Hub
-from fleetgate.controlplane.logs import configure_logging
 from fleetgate.controlplane.server import ControlPlaneServer, bind_socket
 from fleetgate.controlplane.store import (
     connect,
@@ -37,6 +37,8 @@ from fleetgate.controlplane.store import (
     users as users_store,
 )
 from fleetgate.controlplane.timeutil import now_us
+from fleetgate.shared import logs
+from fleetgate.shared.atomic import atomic_write
 
 
 __all__ = ["DevEnvironment", "bootstrap", "run_dev"]
@@ -57,10 +59,8 @@ class DevEnvironment:
     agent_config: Path
     agentctl_config: Path
     token_file: Path
-
-
-def _toml_str(value: str) -> str:
-    return json.dumps(value)
+    password_file: Path
+    """The console password of ``admin``."""
 
 
 def _read(path: Path) -> str | None:
@@ -77,6 +77,7 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
     agent_dir = directory / "agent"
     agent_dir.mkdir(mode=0o700, exist_ok=True)
     token_file = directory / "admin.token"
+    password_file = directory / "admin.password"
     key_file = agent_dir / "server.key"
     name = socket.gethostname() or "localhost"
     now = now_us()
@@ -95,6 +96,15 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
                     conn, kind="api", name="dev", user_id=admin.id, now=now
                 )
                 write_secret(token_file, token + "\n")
+            stored = users_store.get_user_by_username(conn, "admin")
+            password = _read(password_file)
+            if password is None or not users_store.verify_password(
+                password, None if stored is None else stored[1]
+            ):
+                # The console logs in with a password; the dev one lives in a 0600 file.
+                password = secrets.token_urlsafe(16)
+                users_store.set_password(conn, admin.id, users_store.hash_password(password))
+                write_secret(password_file, password + "\n")
             server = servers_store.get_server(conn, name)
             key = _read(key_file)
             if server is None:
@@ -110,21 +120,26 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
     # The agent pins the control plane's signing key, so it accepts only signed grants.
     signer = GrantSigner(load_or_create_key(key_path(db_path)))
     agent_config = agent_dir / "agent.toml"
-    agent_config.write_text(
-        f"state_dir = {_toml_str(str(agent_dir / 'state'))}\n"
-        f"runtime_dir = {_toml_str(str(agent_dir / 'run'))}\n"
-        f"logs_dir = {_toml_str(str(agent_dir / 'logs'))}\n\n"
-        f"[control_plane]\nurl = {_toml_str(url)}\n\n"
-        f"[identity]\nserver_id = {_toml_str(server.id)}\n"
-        f"key_file = {_toml_str(str(key_file))}\n"
-        f"control_plane_key = {_toml_str(signer.public_key_b64)}\n\n"
-        # Development only: `agentctl tunnel` may reach any port of this machine's
-        # loopback. An installed agent keeps tunnels off until its operator allows ports.
-        '[tunnel]\nenabled = true\nallowed_ports = ["1-65535"]\n',
-        encoding="utf-8",
+    document = tomlkit.document()
+    document.update(
+        {
+            "state_dir": str(agent_dir / "state"),
+            "runtime_dir": str(agent_dir / "run"),
+            "logs_dir": str(agent_dir / "logs"),
+            "control_plane": {"url": url},
+            "identity": {
+                "server_id": server.id,
+                "key_file": str(key_file),
+                "control_plane_key": signer.public_key_b64,
+            },
+            # Development only: `agentctl tunnel` may reach any port of this machine's
+            # loopback. An installed agent keeps tunnels off until its operator allows ports.
+            "tunnel": {"enabled": True, "allowed_ports": ["1-65535"]},
+        }
     )
+    atomic_write(agent_config, tomlkit.dumps(document), 0o600)
     agentctl_config = directory / "agentctl.toml"
-    write_secret(agentctl_config, f"url = {_toml_str(url)}\ntoken = {_toml_str(token)}\n")
+    write_secret(agentctl_config, tomlkit.dumps({"url": url, "token": token}))
     return DevEnvironment(
         directory=directory,
         url=url,
@@ -133,6 +148,7 @@ def bootstrap(directory: Path, url: str, db_path: Path) -> DevEnvironment:
         agent_config=agent_config,
         agentctl_config=agentctl_config,
         token_file=token_file,
+        password_file=password_file,
     )
 
 
@@ -145,7 +161,7 @@ def run_dev(directory: Path, *, host: str = "127.0.0.1", port: int = 8000) -> in
     """Run the dev environment until Ctrl-C or SIGTERM."""
     directory = directory.resolve()
     settings = ControlPlaneSettings(db_path=directory / "controlplane.db", host=host, port=port)
-    configure_logging(settings.log_level, settings.log_format)
+    logs.configure(settings.log_level, settings.log_format)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
         sock = bind_socket(host, port)
@@ -170,6 +186,7 @@ async def _run(env: DevEnvironment, settings: ControlPlaneSettings, sock: socket
         app, settings, on_started=started.set, on_signal=lambda _: stop.set()
     )
     _out(f"control plane: {env.url} (admin token in {env.token_file})")
+    _out(f"web console: {env.url}/ (user admin, password in {env.password_file})")
     async with asyncio.TaskGroup() as tg:
         serving = tg.create_task(server.serve(sockets=[sock]), name="uvicorn")
         await _first(started.wait(), serving)

@@ -8,7 +8,6 @@ registration response returns as ``signing_public_key``. Grant format: ``docs/pr
 from __future__ import annotations
 
 import base64
-import os
 import sqlite3
 import stat
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.store.worksession_gate import gate_and_record
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.controlplane.worksession.gate import GateDenial
+from fleetgate.shared.atomic import atomic_write
 from fleetgate.shared.protocol.grants import Grant, GrantClaims, b64url, encode_payload
 
 
@@ -44,9 +44,7 @@ def load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
     """
     if path is None:
         return Ed25519PrivateKey.generate()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return _load(path)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
@@ -54,10 +52,10 @@ def load_or_create_key(path: Path | None) -> Ed25519PrivateKey:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(pem)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        atomic_write(path, pem, 0o600, exclusive=True)
+    except FileExistsError:
+        return _load(path)  # another process created it first: use theirs
     return key
 
 
@@ -154,13 +152,13 @@ def gate_and_sign(
 ) -> SignedOperation | GateDenial:
     """Gate an operation inside the caller's transaction, then sign its grant.
 
-    Login principals need the work session ``work_session`` (a denial is recorded on its
-    timeline, with ``description``); API and service tokens are not gated, and their grant
-    carries just ``scope``. Recording the allowed operation is the caller's: a command
+    Gated principals (a login, a non-superuser's own API token) need the work session
+    ``work_session`` (a denial is recorded on its timeline, with ``description``);
+    ungated tokens (a superuser's, a service's) carry just ``scope`` in their grant. Recording the allowed operation is the caller's: a command
     links its row, a channel describes itself.
     """
     session = None
-    if principal.kind == "login":
+    if principal.gated:
         denial, session = gate_and_record(
             conn,
             work_session,

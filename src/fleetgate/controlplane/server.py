@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 from collections.abc import Callable, Generator
@@ -18,6 +17,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.shared.atomic import atomic_write
 
 
 __all__ = ["ControlPlaneServer", "bind_socket", "write_port_file"]
@@ -43,9 +43,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def write_port_file(path: Path, port: int) -> None:
     """Write ``port`` and a newline atomically (readers never see a partial file)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{port}\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, f"{port}\n")
 
 
 class ControlPlaneServer(uvicorn.Server):

@@ -19,6 +19,7 @@ from fleetgate.agent.config import SudoConfig
 from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
 from fleetgate.agent.sudo.proc import trusted_realpath
 from fleetgate.shared.protocol import GrantClaims
+from tests.support.users import require_root
 
 
 class Served:
@@ -65,8 +66,7 @@ def request(*argv: str, **fields: object) -> bytes:
 
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[Served]:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: the decision socket only answers root peers")
+    require_root()
     sessions = SudoSessions()
     audit = AuditLog(tmp_path / "audit.log")
     audit.open()
@@ -112,12 +112,14 @@ def claims(**changes: object) -> GrantClaims:
     return GrantClaims.model_validate(fields)
 
 
+@pytest.mark.root
 async def test_socket_is_root_only(served: Served) -> None:
     mode = served.path.stat().st_mode
     assert stat.S_ISSOCK(mode)
     assert stat.S_IMODE(mode) == 0o600
 
 
+@pytest.mark.root
 async def test_managed_session_by_kernel_identity(served: Served) -> None:
     served.sessions.register(os.getsid(0), claims(), label="websh t-1")
     assert await served.ask(request("id", "-u")) == b"allow allowed allowed by pattern 'id -u'\n"
@@ -141,6 +143,7 @@ async def test_managed_session_by_kernel_identity(served: Served) -> None:
     assert entries[0]["session"] == "websh t-1"
 
 
+@pytest.mark.root
 async def test_unmanaged_session_allowed_by_default(served: Served) -> None:
     reply = await served.ask(request("rm", "-rf", "/nothing"))
     assert reply.startswith(b"allow unmanaged_allowed ")
@@ -161,15 +164,16 @@ async def test_unmanaged_session_allowed_by_default(served: Served) -> None:
     ],
     ids=["not-json", "not-object", "no-argv", "bad-uid", "empty-line", "nothing", "oversized"],
 )
+@pytest.mark.root
 async def test_malformed_requests_get_no_answer(served: Served, data: bytes) -> None:
     # No answer is a refusal for the plugin (it fails closed); the server goes on.
     assert await served.ask(data) == b""
     assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
 
 
+@pytest.mark.root
 def test_trusted_realpath(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: makes files owned by another user")
+    require_root()
     assert trusted_realpath("/usr/bin/../bin/id") == os.path.realpath("/usr/bin/id")
     assert trusted_realpath("/bin/sh") == os.path.realpath("/bin/sh")
     assert trusted_realpath("relative/id") is None

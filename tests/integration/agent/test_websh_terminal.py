@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import termios
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -19,7 +20,9 @@ from fleetgate.agent.config import AgentConfig, parse
 from fleetgate.agent.errors import ChannelRefused
 from fleetgate.agent.websh.manager import TerminalManager, TerminalRequest
 from fleetgate.agent.websh.reaper import session_members
+from fleetgate.agent.websh.shell import ShellProcess, spawn_shell
 from tests.support.users import CreatedUser
+from tests.support.waiting import eventually
 from tests.support.websh import FakeLink, TerminalReader
 
 
@@ -117,7 +120,7 @@ async def test_echo_id_resize_and_exit(tmp_path: Path, scratch_user: CreatedUser
             await reader.until_closed()
             assert link.closed == (1000, "exited")
             await asyncio.wait_for(task, 10)
-        await _until(lambda: ended == [pid])
+        await eventually(lambda: ended == [pid])
         assert request.terminal_id not in manager.terminals
 
 
@@ -187,7 +190,7 @@ async def test_detach_grace_expiry_ends_the_session(
             await prompt(reader, link, "sleep 1000 & echo bg-$!", r"(bg-\d+)\r\n")
             link.drop()
             await asyncio.wait_for(task, 10)
-        await _until(lambda: tid not in manager.terminals)
+        await eventually(lambda: tid not in manager.terminals)
         assert session_members(pids[0]) == []
 
 
@@ -269,14 +272,6 @@ async def test_slow_client_bounds_memory(tmp_path: Path, scratch_user: CreatedUs
         await asyncio.wait_for(task, 20)
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    async def wait() -> None:
-        while not condition():  # noqa: ASYNC110 - plain state, nothing to await
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(wait(), timeout)
-
-
 def read_cast(path: Path) -> tuple[dict[str, Any], list[list[Any]]]:
     lines = path.read_text(encoding="utf-8").splitlines()
     return json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
@@ -301,13 +296,13 @@ async def test_recording_is_asciicast_and_hides_passwords(
             link.to_agent.put_nowait(b"stty -echo; read pw; stty echo; echo L''=${#pw}\n")
             fd = manager.terminals[request.terminal_id].shell.master_fd
             # Type the password once the prompt has turned echo off, as a person would.
-            await _until(lambda: not termios.tcgetattr(fd)[3] & termios.ECHO)
+            await eventually(lambda: not termios.tcgetattr(fd)[3] & termios.ECHO)
             link.to_agent.put_nowait(b"hunter2\n")
             assert (await reader.expect(r"L=(\d+)\r\n")).group(1) == "7"
             link.to_agent.put_nowait(b"exit\n")
             await reader.control("exit")
             await asyncio.wait_for(task, 10)
-        await _until(lambda: len(done) == 1)
+        await eventually(lambda: len(done) == 1)
     assert done[0] == (request.terminal_id, path)
     header, events = read_cast(path)
     assert header["version"] == 2
@@ -351,3 +346,59 @@ async def test_a_full_recording_spool_follows_the_policy(
                     TerminalRequest(uuid.uuid4(), username=scratch_user.name), FakeLink(), None
                 )
             assert refused.value.code == "recording_unavailable"
+
+
+class _HeldSpawn:
+    """``spawn_shell`` that signals when it starts and waits to be released, so a test
+    can cancel the opener while the fork is in progress (the real spawn then runs)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.entered = asyncio.Event()
+        self.release = threading.Event()
+        self.pids: list[int] = []
+
+    def __call__(self, *args: Any) -> ShellProcess:
+        self.loop.call_soon_threadsafe(self.entered.set)
+        self.release.wait(30)
+        shell = spawn_shell(*args)
+        self.pids.append(shell.pid)
+        return shell
+
+
+def _gone(pid: int) -> bool:
+    """The shell and everything in its session are gone, and the shell is reaped."""
+    return not session_members(pid) and not Path(f"/proc/{pid}").exists()
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("stop_manager", [False, True], ids=["opener", "opener-and-agent"])
+async def test_cancelled_open_leaves_no_shell(
+    tmp_path: Path,
+    scratch_user: CreatedUser,
+    monkeypatch: pytest.MonkeyPatch,
+    stop_manager: bool,
+) -> None:
+    """Cancelling an open while the shell is being forked (and, worse, stopping the agent
+    at the same moment) ends and reaps the login shell the fork starts."""
+    held = _HeldSpawn(asyncio.get_running_loop())
+    monkeypatch.setattr("fleetgate.agent.websh.manager.spawn_shell", held)
+    manager = TerminalManager(make_config(tmp_path))
+    run = asyncio.create_task(manager.run())
+    await asyncio.sleep(0)
+    request = TerminalRequest(uuid.uuid4(), username=scratch_user.name, rows=24, cols=80)
+    opener = asyncio.create_task(manager.serve(request, FakeLink(), None))
+    await asyncio.wait_for(held.entered.wait(), 10)
+    opener.cancel()
+    if stop_manager:
+        run.cancel()
+    held.release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await opener
+    if not stop_manager:
+        await eventually(lambda: bool(held.pids) and _gone(held.pids[0]))
+        run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await eventually(lambda: bool(held.pids) and _gone(held.pids[0]))
+    assert manager.terminals == {}

@@ -21,6 +21,7 @@ from tests.support.accounts import new_login
 from tests.support.agent import running_agent
 from tests.support.agentctl import RUN_TIMEOUT, AgentctlRunner
 from tests.support.controlplane import ControlPlaneProcess, running_control_plane
+from tests.support.users import CreatedUser, temporary_user
 
 
 WEB1, WEB2 = "web-01", "web-02"
@@ -62,8 +63,18 @@ def cp(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess
         yield cp
 
 
-def _user(cp: ControlPlaneProcess, tmp_path: Path, *, superuser: bool = False) -> User:
-    _, username, token = new_login(cp, superuser=superuser)
+@pytest.fixture(scope="module")
+def account() -> Iterator[CreatedUser]:
+    """The Linux account ordinary users are mapped to on the servers (their
+    ``server_username``): their commands run as it."""
+    with temporary_user() as created:
+        yield created
+
+
+def _user(
+    cp: ControlPlaneProcess, tmp_path: Path, *, superuser: bool = False, mapped: str | None = None
+) -> User:
+    _, username, token = new_login(cp, superuser=superuser, server_username=mapped)
     config = tmp_path / f"{username}" / "agentctl.toml"
     config.parent.mkdir()
     config.write_text(f'url = "{cp.url}"\ntoken = "{token}"\n', encoding="utf-8")
@@ -79,9 +90,9 @@ def su(cp: ControlPlaneProcess, tmp_path: Path) -> User:
 
 
 @pytest.fixture
-def alice(cp: ControlPlaneProcess, tmp_path: Path) -> User:
-    """An ordinary user logged in with a password."""
-    return _user(cp, tmp_path)
+def alice(cp: ControlPlaneProcess, tmp_path: Path, account: CreatedUser) -> User:
+    """An ordinary user logged in with a password, mapped to ``account`` on servers."""
+    return _user(cp, tmp_path, mapped=account.name)
 
 
 @pytest.fixture
@@ -180,6 +191,53 @@ def test_wait_returns_when_another_principal_approves(alice: User, admin: User) 
     assert doc["active_worksession"] == mine[0]["id"]
     ran = alice.run("exec", WEB1, "--", "echo", "approved")
     assert (ran.returncode, ran.stdout) == (0, "approved\n"), ran.stderr
+
+
+@pytest.mark.root
+def test_a_login_user_runs_as_their_own_account_and_never_as_root(
+    alice: User, admin: User, account: CreatedUser, tmp_path: Path
+) -> None:
+    """Issue 14 finding 4, end to end: ``create --wait`` then ``exec`` runs as the user's
+    mapped account; ``exec -u root`` without a matching sudo pattern is refused (exit 3)
+    and nothing runs."""
+    waiting = alice.popen(
+        *("work-session", "create", "--purpose", "logs", "--scope", "command,sudo"),
+        *("--server", WEB1, "--expires-in", "1h", "--sudo", "systemctl status *"),
+        *("--wait", "--use", "--output", "json"),
+    )
+    try:
+        assert waiting.stderr is not None
+        assert "Waiting for approval" in waiting.stderr.readline()
+        pending = admin.json("work-session", "ls", "--status", "pending")
+        mine = [s for s in pending if s["assigned_user"]["name"] == alice.username]
+        admin.json("work-session", "approve", mine[0]["id"])
+        _out, err = waiting.communicate(timeout=RUN_TIMEOUT)
+        assert waiting.returncode == 0, err
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    ran = alice.run("exec", WEB1, "--", "id", "-un")
+    assert (ran.returncode, ran.stdout) == (0, f"{account.name}\n"), ran.stderr
+    marker = tmp_path / "ran-as-root"
+    refused = alice.run("exec", "-u", "root", WEB1, "--", "touch", str(marker))
+    assert refused.returncode == 3, (refused.stdout, refused.stderr)
+    assert refused.stdout == ""
+    assert "IDENTITY_NOT_ALLOWED" in refused.stderr
+    assert "sudo" in refused.stderr  # the diagnostic says how root is reached
+    as_json = alice.run("exec", "--output", "json", "-u", "root", WEB1, "--", "id")
+    diagnostic = json.loads(as_json.stderr)
+    assert (as_json.returncode, diagnostic["error_code"]) == (3, "IDENTITY_NOT_ALLOWED")
+    # Root through sudo: only a command a pattern of the session allows.
+    elevated = alice.run("exec", "--sudo", WEB1, "--", "touch", str(marker))
+    assert elevated.returncode != 0, elevated.stdout
+    assert not marker.exists()
+    with admin.api() as api:
+        rows = api.get("/api/events/commands/", params={"page_size": 100}).json()["results"]
+    mine = [r for r in rows if "ran-as-root" in r["line"]]
+    # Only the elevated attempt exists (the -u root ones were never created), and it
+    # ran as nobody: the agent refused it against the sudo patterns.
+    assert [(r["sudo"], r["success"]) for r in mine] == [(True, False)]
 
 
 def test_pending_without_wait_exits_4(alice: User) -> None:
@@ -317,12 +375,18 @@ def test_lifecycle_verbs(alice: User, admin: User) -> None:
     assert use.returncode == 1
     assert "not active" in use.stderr
     assert alice.json("work-session", "activate", session)["status"] == "active"
+    # Approved means frozen: the user's own extend and update need approval again.
     extended = alice.json("work-session", "extend", session, "--expires-in", "30m")
-    assert extended["status"] == "active"
+    assert extended["status"] == "pending"
+    assert admin.json("work-session", "approve", session)["status"] == "approved"
+    assert alice.json("work-session", "activate", session)["status"] == "active"
     updated = alice.json("work-session", "update", session, "--sudo", "systemctl status *")
     assert [p["commands"] for p in updated["work_session"]["sudo_policies"]] == [
         ["systemctl status *"]
     ]
+    assert updated["work_session"]["status"] == "pending"
+    assert admin.json("work-session", "approve", session)["status"] == "approved"
+    assert alice.json("work-session", "activate", session)["status"] == "active"
     described = alice.run("work-session", "describe", session)
     assert "systemctl status *" in described.stdout
     illegal = alice.run("work-session", "cancel", session, "--output", "json")
@@ -332,7 +396,12 @@ def test_lifecycle_verbs(alice: User, admin: User) -> None:
     assert "current state: active" in error["reason"]
     assert admin.json("session", "revoke", session)["status"] == "revoked"
     kinds = [i.get("action") or i["type"] for i in alice.json("session", "timeline", session)]
-    assert kinds == ["created", "approve", "activate", "extend", "update", "revoke"]
+    assert kinds == [
+        *("created", "approve", "activate"),
+        *("amend", "extend", "approve", "activate"),
+        *("amend", "update", "approve", "activate"),
+        "revoke",
+    ]
     other = alice.run(
         *("session", "create", "--purpose", "x", "--server", WEB1, "--expires-in", "1h")
     )

@@ -34,6 +34,7 @@ from fleetgate.controlplane.api.channels import (
     websocket_principal,
 )
 from fleetgate.controlplane.app import create_app
+from fleetgate.controlplane.authz import RULES, Access, Rule
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.server import ControlPlaneServer, bind_socket
@@ -41,6 +42,7 @@ from fleetgate.shared.protocol import ChannelOpen, GrantClaims, TunnelSpec
 from fleetgate.shared.protocol.grants import decode_payload, parse_claims
 from tests.support.agent import write_agent_config
 from tests.support.controlplane import running_control_plane
+from tests.support.waiting import eventually
 
 
 REFUSED_PORT = 9
@@ -112,14 +114,18 @@ async def _test_route(websocket: WebSocket) -> None:
 
 
 @pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
     # The real CLI bootstraps the database and the admin token; then the same database is
-    # served in this process, so the test can add its route.
+    # served in this process, so the test can add its route (with its authorization rule:
+    # a route without one is refused, docs/security.md).
     with running_control_plane(tmp_path / "cp") as cp:
         server = cp.new_server("echo")
         db_path, token, key = cp.db_path, cp.admin_token, cp.signing_public_key
     app = create_app(ControlPlaneSettings(db_path=db_path))
     app.add_api_websocket_route("/ws/test/echo/", _test_route)
+    monkeypatch.setitem(
+        RULES, ("WS", "/ws/test/echo/"), Rule(Access.PRINCIPAL, "tunnel", gated=True)
+    )
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     uv = ControlPlaneServer(app, ControlPlaneSettings(db_path=db_path))
@@ -227,11 +233,10 @@ async def test_client_leaving_ends_the_agent_side(stack: Stack) -> None:
     assert await ws.recv() == b"x"
     await ws.close()
     # The agent's service sees its link closed and the router forgets the channel.
-    async with asyncio.timeout(10):
-        while True:
-            await asyncio.sleep(0.01)
-            if len(stack.echo.claims) == before + 1 and stack.router.open_channels() == 0:
-                break
+    await eventually(
+        lambda: len(stack.echo.claims) == before + 1 and stack.router.open_channels() == 0,
+        what="the agent side ended",
+    )
 
 
 async def test_channel_ends_when_its_grant_expires(stack: Stack) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import httpx
@@ -26,6 +26,7 @@ from fleetgate.shared.protocol import (
     Pong,
 )
 from tests.support.controlplane import ControlPlaneProcess, FakeAgent, Server
+from tests.support.waiting import eventually
 
 
 def api(cp: ControlPlaneProcess, token: str | None = None) -> httpx.AsyncClient:
@@ -50,13 +51,6 @@ async def get_command(cp: ControlPlaneProcess, command_id: str) -> dict[str, obj
     assert response.status_code == 200, response.text
     body: dict[str, object] = response.json()
     return body
-
-
-async def poll_until(condition: Callable[[], Awaitable[bool]], timeout: float = 15.0) -> None:
-    """Poll an HTTP-observable condition until it holds (the API offers no event)."""
-    async with asyncio.timeout(timeout):
-        while not await condition():  # noqa: ASYNC110 - nothing to await but the API
-            await asyncio.sleep(0.05)
 
 
 async def roundtrip(agent: FakeAgent, nonce: int = 99) -> None:
@@ -338,7 +332,7 @@ async def test_scheduled_command_due_while_offline_is_delivered_on_hello(
         status = (await get_command(control_plane, str(created["id"])))["status"]
         return status["text"] == "Queued"  # type: ignore[index,no-any-return]
 
-    await poll_until(queued)  # it is due, observed through the API
+    await eventually(queued)  # it is due, observed through the API
     agent = await FakeAgent.connect(control_plane, server.id, server.key)
     assert str((await agent.expect(CommandRun)).command_id) == created["id"]
     await agent.close()
@@ -380,7 +374,7 @@ async def test_idle_agent_is_disconnected(
             body = (await client.get(f"/api/servers/servers/{server.id}/")).json()
             return body["is_connected"] is False
 
-        await poll_until(offline)
+        await eventually(offline)
 
 
 async def test_deleted_server_is_disconnected_and_refused(

@@ -56,7 +56,8 @@ async def create(
 
 
 async def make_user(cp: ControlPlaneProcess, username: str | None = None) -> tuple[JSON, str]:
-    """A non-superuser and an API token of theirs (via login)."""
+    """A non-superuser and an API token a superuser issued them (ungated; their login
+    is used to show that they can sign in)."""
     username = username or f"user-{uuid.uuid4().hex[:8]}"
     async with api(cp) as client:
         response = await client.post(
@@ -76,8 +77,11 @@ async def make_user(cp: ControlPlaneProcess, username: str | None = None) -> tup
         assert response.status_code == 200, response.text
         login = response.json()["token"]
     async with api(cp, login) as client:
-        response = await client.post("/api/auth/tokens/", json={"name": "t"})
+        assert (await client.get("/api/auth/whoami/")).json()["username"] == username
+    async with api(cp) as client:
+        response = await client.post("/api/auth/tokens/", json={"name": "t", "user": username})
         assert response.status_code == 201, response.text
+        assert response.json()["gated"] is False
     return user, str(response.json()["key"])
 
 

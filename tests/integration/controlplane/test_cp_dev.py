@@ -66,7 +66,7 @@ def test_dev_environment(tmp_path: Path) -> None:
     proc, url = _start(directory, tmp_path / "dev1.log")
     try:
         assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-        for secret in ("admin.token", "agentctl.toml", "agent/server.key"):
+        for secret in ("admin.token", "admin.password", "agentctl.toml", "agent/server.key"):
             assert stat.S_IMODE((directory / secret).stat().st_mode) == 0o600, secret
         agentctl = tomllib.loads((directory / "agentctl.toml").read_text())
         assert agentctl["url"] == url
@@ -83,16 +83,23 @@ def test_dev_environment(tmp_path: Path) -> None:
             f"{url}/api/servers/servers/", headers={"Authorization": f"token={token}"}
         ).json()
         assert [s["id"] for s in servers["results"]] == [str(config.identity.server_id)]
+        password = (directory / "admin.password").read_text().strip()
+        login = httpx.post(
+            f"{url}/api/auth/login/", json={"username": "admin", "password": password}
+        )
+        assert login.status_code == 200, login.text  # the console's login
     finally:
         assert _stop(proc) == 0
     log = (tmp_path / "dev1.log").read_text(errors="replace")
     assert token not in log
+    assert password not in log
     assert (directory / "agent/server.key").read_text().strip() not in log
 
     # Again: the same database, token and server identity.
     proc, _url = _start(directory, tmp_path / "dev2.log")
     try:
         assert (directory / "admin.token").read_text().strip() == token
+        assert (directory / "admin.password").read_text().strip() == password
         again = tomllib.loads((directory / "agent/agent.toml").read_text())
         assert again["identity"]["server_id"] == raw["identity"]["server_id"]
     finally:

@@ -24,6 +24,9 @@ def test_whoami_of_the_admin_token(control_plane: ControlPlaneProcess) -> None:
         "is_superuser": True,
         "auth_method": "token",
         "work_session_required": False,
+        "gated": False,
+        "server_username": None,
+        "acl": None,
     }
 
 
@@ -113,12 +116,14 @@ def test_servers_register_list_detail(control_plane: ControlPlaneProcess) -> Non
             "registered_at",
             "connected_at",
             "last_seen_at",
+            "features",
         }
         assert (server["id"], server["hostname"], server["is_connected"]) == (
             body["id"],
             "web.local",
             False,
         )
+        assert server["features"] == []
         assert c.get(f"/api/servers/servers/{body['id']}/").json() == server
         assert c.get(f"/api/servers/servers/{name}/").json() == server
         offline = c.get("/api/servers/servers/", params={"is_connected": "false", "page_size": 100})

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.e2e.commands import run_command
 from tests.support.agent import SENTINEL_ENV
-from tests.support.users import temporary_user
+from tests.support.users import require_root, temporary_user
 
 
 def process_gone(pid: int, timeout: float = 10.0) -> bool:
@@ -36,10 +36,10 @@ def ts(value: str) -> datetime:
     return datetime.fromisoformat(value)
 
 
+@pytest.mark.root
 def test_id_un_prints_root(api: httpx.Client, server: str) -> None:
     """The acceptance example: `id -un` runs as root by default."""
-    if os.geteuid() != 0:
-        pytest.skip("the agent can only run commands as root when it runs as root")
+    require_root()
     command = run_command(api, server, "id -un")
     assert command["streamed"] == "root\n"
     assert command["result"] == "root\n"

@@ -29,9 +29,6 @@ from tests.support.controlplane import REPO_ROOT
 from tests.support.fake_cp import scripted_control_plane
 
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
-
-
 def run_agent(workdir: Path, state_dir: Path) -> subprocess.CompletedProcess[str]:
     """Run the agent once against an address nobody listens on; it must exit by itself."""
     key_file = workdir / "server.key"
@@ -116,7 +113,7 @@ def test_a_spool_that_is_not_a_database_exits_73(tmp_path: Path) -> None:
     assert (state / SPOOL_FILE).read_bytes().startswith(b"this is not")
 
 
-@needs_root
+@pytest.mark.root  # mounts a tmpfs
 def test_a_read_only_state_dir_exits_73(tmp_path: Path) -> None:
     """A read-only file system is refused at start."""
     with tmpfs(tmp_path / "ro", "ro") as mount:
@@ -124,7 +121,7 @@ def test_a_read_only_state_dir_exits_73(tmp_path: Path) -> None:
     assert_refused(result, "Read-only file system")
 
 
-@needs_root
+@pytest.mark.root  # mounts a tmpfs
 def test_a_full_disk_exits_73(tmp_path: Path) -> None:
     """No space at all: the write probe fails and says so."""
     with tmpfs(tmp_path / "full") as mount:
@@ -135,7 +132,7 @@ def test_a_full_disk_exits_73(tmp_path: Path) -> None:
     assert_refused(result, "No space left on device")
 
 
-@needs_root
+@pytest.mark.root  # mounts a tmpfs
 def test_room_for_the_probe_but_not_the_database_exits_73(tmp_path: Path) -> None:
     """The probe passes, creating the spool database fails: SQLite's error is reported."""
     with tmpfs(tmp_path / "tight") as mount:
@@ -146,7 +143,7 @@ def test_room_for_the_probe_but_not_the_database_exits_73(tmp_path: Path) -> Non
     assert_refused(result, SPOOL_FILE, "SQLITE_", "KiB free")
 
 
-@needs_root
+@pytest.mark.root  # mounts a tmpfs
 async def test_a_disk_that_fills_up_while_running_stops_the_agent(tmp_path: Path) -> None:
     """A spool write that fails later stops the agent with StateDirError (status 73):
     it never sends a report it could not keep."""

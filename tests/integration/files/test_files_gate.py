@@ -6,8 +6,9 @@ import json
 import os
 from pathlib import Path
 
-from conftest import SERVER, FilesStack  # type: ignore[import-not-found]
+import pytest
 
+from tests.integration.files.conftest import SERVER, FilesStack
 from tests.support.accounts import new_login
 from tests.support.users import CreatedUser
 
@@ -29,6 +30,7 @@ def session(cli: FilesStack, scope: str) -> str:
     return str(json.loads(made.stdout)["work_session_id"])
 
 
+@pytest.mark.root
 def test_cp_needs_a_session_with_webftp(
     stack: FilesStack, area: Path, user: CreatedUser, tmp_path: Path
 ) -> None:

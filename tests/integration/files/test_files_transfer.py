@@ -16,13 +16,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import SERVER, FilesStack  # type: ignore[import-not-found]
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
+from tests.integration.files.conftest import SERVER, FilesStack
 from tests.support.controlplane import REPO_ROOT
 from tests.support.files import sha256_file, write_random
 from tests.support.users import CreatedUser
+
+
+pytestmark = pytest.mark.root  # creates users, switches uid
 
 
 GIB = 1 << 30

@@ -23,6 +23,9 @@ from tests.support.files import Worker, request, tar_bytes, upload_bytes
 from tests.support.users import CreatedUser
 
 
+pytestmark = pytest.mark.root  # creates users, switches uid
+
+
 def as_user(user: str, *argv: str, stdin: bytes = b"") -> int:
     """Exit status of ``argv`` run as ``user`` (the cat/tee oracle)."""
     setpriv = find_setpriv()

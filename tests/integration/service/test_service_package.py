@@ -27,7 +27,7 @@ from tests.support.controlplane import REPO_ROOT, running_control_plane
 pytestmark = [
     pytest.mark.package,
     pytest.mark.timeout(300),
-    pytest.mark.skipif(os.geteuid() != 0, reason="installs a package: needs root"),
+    pytest.mark.root,  # installs a package
     pytest.mark.skipif(
         shutil.which("dpkg-deb") is None or not Path("/usr/bin/python3").exists(),
         reason="needs dpkg-deb and Debian's python3 (make debs)",
@@ -46,6 +46,7 @@ AGENT_DISTRIBUTIONS = {
     "cryptography",
     "cffi",
     "pycparser",
+    "tomlkit",
 }
 PREFIX = Path("/opt/fleetgate-agent")
 

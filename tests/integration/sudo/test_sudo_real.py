@@ -33,9 +33,10 @@ from tests.support.sudo import (
     sudoers_rule,
 )
 from tests.support.users import CreatedUser, temporary_user
+from tests.support.waiting import eventually_blocking
 
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.root, pytest.mark.timeout(120)]
 
 SESSIONS = "/api/work-sessions/sessions/"
 GROUP = "fleettest-sudo"
@@ -95,12 +96,12 @@ class Stack:
 
     def sudo_items(self, session: str, count: int) -> list[dict[str, Any]]:
         """The session's ``sudo`` timeline items, once ``count`` of them arrived."""
-        deadline = time.monotonic() + 30
-        while True:
-            items = [i for i in self.timeline(session) if i["type"] == "sudo"]
-            if len(items) >= count or time.monotonic() > deadline:
-                return items
-            time.sleep(0.1)
+
+        def items() -> list[dict[str, Any]]:
+            return [i for i in self.timeline(session) if i["type"] == "sudo"]
+
+        eventually_blocking(lambda: len(items()) >= count, 30, f"{count} sudo timeline items")
+        return items()
 
     def audit(self) -> list[dict[str, Any]]:
         path = self.agent.workdir / "logs" / "audit.log"

@@ -9,22 +9,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
 from tests.integration.tunnel.conftest import TunnelStack
 from tests.support.tunnel import agentctl_tunnel, free_port, open_fds, threaded_echo_server
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    """Poll a condition another process changes (there is no event to await)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
+from tests.support.waiting import eventually_blocking
 
 
 def ended(sock: socket.socket) -> bool:
@@ -85,7 +77,7 @@ def test_tunnel_killed_target_ends_the_stream(tstack: TunnelStack) -> None:
             assert sock.recv(5) == b"hello"
             target.send_signal(signal.SIGKILL)
             assert ended(sock)
-        wait_until(lambda: open_fds(agent_pid) <= baseline)
+        eventually_blocking(lambda: open_fds(agent_pid) <= baseline)
         # The tunnel survives; a new connection to the dead port fails visibly.
         again = socket.create_connection(("127.0.0.1", t.local_port), timeout=20)
         with again:
@@ -93,7 +85,7 @@ def test_tunnel_killed_target_ends_the_stream(tstack: TunnelStack) -> None:
         code, err = t.stop()
     assert code == 0
     assert "tunnel_connect_failed" in err
-    wait_until(lambda: open_fds(agent_pid) <= baseline)
+    eventually_blocking(lambda: open_fds(agent_pid) <= baseline)
 
 
 @pytest.mark.timeout(60)
@@ -114,8 +106,8 @@ def test_tunnel_killed_client_ends_the_stream(tstack: TunnelStack) -> None:
             t.proc.wait(10)
             target.settimeout(30)
             assert ended(target)
-        wait_until(lambda: open_fds(agent_pid) <= agent_base)
-        wait_until(lambda: open_fds(cp_pid) <= cp_base)
+        eventually_blocking(lambda: open_fds(agent_pid) <= agent_base)
+        eventually_blocking(lambda: open_fds(cp_pid) <= cp_base)
 
 
 @pytest.mark.timeout(90)
@@ -130,7 +122,7 @@ def test_tunnel_killed_agent_ends_the_stream(tstack: TunnelStack) -> None:
             assert sock.recv(6) == b"before"
             tstack.agent.kill()
             assert ended(sock)
-        wait_until(lambda: open_fds(t.proc.pid) <= ctl_base)
+        eventually_blocking(lambda: open_fds(t.proc.pid) <= ctl_base)
         assert t.proc.poll() is None
         tstack.agent.start()
         again = socket.create_connection(("127.0.0.1", t.local_port), timeout=20)

@@ -8,8 +8,9 @@ import random
 import pytest
 from hypothesis import given, strategies as st
 
-from fleetgate.agent.backhaul.retry import Backoff, backoff_delays, classify
+from fleetgate.agent.backhaul.retry import classify
 from fleetgate.agent.errors import AuthRejected, ConfigError, ConnectionLost
+from fleetgate.shared.backoff import Backoff, backoff_delays
 
 
 @given(

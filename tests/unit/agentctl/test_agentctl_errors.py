@@ -35,6 +35,18 @@ def test_plain_api_error_exits_1_with_detail_and_code() -> None:
     assert diag.payload["next_actions"][0]["command"] == "agentctl server ls"
 
 
+@pytest.mark.parametrize("code", ["IDENTITY_NOT_ALLOWED", "SERVER_USERNAME_NOT_SET"])
+def test_identity_refusals_exit_3_with_the_way_forward(code: str) -> None:
+    err = ApiError(403, code, "runs as your server account 'erin'", "username")
+    diag = diagnose(err, ErrorContext(operation="command", server="web-1"))
+    assert diag.exit_code == 3
+    assert diag.payload["exit_code"] == 3
+    assert diag.payload["error_code"] == code
+    assert diag.payload["next_actions"]
+    assert f"({code})" in diag.lines[0]
+    assert "Next:" in diag.lines
+
+
 def test_401_hints_at_login() -> None:
     err = ApiError(401, "AUTHENTICATION_FAILED", "unknown token")
     diag = diagnose(err, ErrorContext(url="http://127.0.0.1:8000"))

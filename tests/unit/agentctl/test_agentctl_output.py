@@ -104,6 +104,19 @@ def test_whoami_rows_skip_empty_values() -> None:
     assert rows["Auth"] == "login"
     assert rows["WS required"].startswith("yes")
     assert "Email" not in rows
+    assert "ACL" not in rows
+
+
+def test_whoami_rows_show_the_server_account_and_the_acl() -> None:
+    me = {
+        "username": "ci",
+        "server_username": "deploy",
+        "acl": {"command": ["uptime"], "env": [], "websh": False, "tunnel": None},
+    }
+    rows = dict(whoami_rows(me))
+    assert rows["Server user"] == "deploy"
+    assert rows["ACL"] == "restricted: command"
+    assert dict(whoami_rows({**me, "acl": {"command": None}}))["ACL"] == "restricted: nothing"
 
 
 def test_outcome_passes_the_remote_exit_code_through() -> None:

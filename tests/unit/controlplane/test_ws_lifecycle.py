@@ -36,8 +36,25 @@ LEGAL = [
     (Status.ACTIVE, Action.EXPIRE, Status.EXPIRED),
     (Status.ACTIVE, Action.EXTEND, Status.ACTIVE),
     (Status.ACTIVE, Action.UPDATE, Status.ACTIVE),
+    # Approved means frozen: a non-superuser's change goes back for approval.
+    (Status.PENDING, Action.AMEND, Status.PENDING),
+    (Status.APPROVED, Action.AMEND, Status.PENDING),
+    (Status.ACTIVE, Action.AMEND, Status.PENDING),
 ]
 ILLEGAL = [(s, a) for s in Status for a in Action if (s, a) not in {(x, y) for x, y, _ in LEGAL}]
+
+
+def test_an_amended_session_is_unusable_until_approved_again() -> None:
+    """Frozen: amend, then the only ways on are approve (and the clock's start), reject,
+    cancel or expiry; an amended session never becomes active without an approval."""
+    status = transition(Status.ACTIVE, Action.AMEND)
+    assert status is Status.PENDING
+    for action in (Action.ACTIVATE, Action.START, Action.COMPLETE, Action.EXTEND):
+        with pytest.raises(InvalidTransition):
+            transition(status, action)
+    assert settle(status, starts_at=0, expires_at=10, now=5).status is Status.PENDING
+    approved = transition(status, Action.APPROVE)
+    assert settle(approved, starts_at=0, expires_at=10, now=5).status is Status.ACTIVE
 
 
 @pytest.mark.parametrize(("status", "action", "expected"), LEGAL)
@@ -102,8 +119,9 @@ def test_random_action_sequences_stay_in_the_lifecycle(actions: list[Action]) ->
         assert new in set(Status)
         if seen_terminal is not None:
             pytest.fail(f"left terminal {seen_terminal} by {action}")
-        # Only forward along the lifecycle: never back to pending, approved only from pending.
-        assert new is not Status.PENDING or status is Status.PENDING
+        # Only forward along the lifecycle, except that an amend sends a live session back
+        # to pending (approved means frozen); approved only from pending.
+        assert new is not Status.PENDING or status is Status.PENDING or action is Action.AMEND
         assert new is not Status.APPROVED or status in (Status.PENDING, Status.APPROVED)
         if new in TERMINAL:
             seen_terminal = new

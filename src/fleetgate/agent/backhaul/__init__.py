@@ -3,20 +3,18 @@
 from fleetgate.agent.backhaul.channel import ChannelLink, dial_channel, dial_path
 from fleetgate.agent.backhaul.connection import Backhaul, ChannelHandler, CommandHandler, LinkState
 from fleetgate.agent.backhaul.outbox import Outbox
-from fleetgate.agent.backhaul.retry import Backoff, backoff_delays, classify
+from fleetgate.agent.backhaul.retry import classify
 from fleetgate.agent.backhaul.tls import agent_headers, ssl_context
 
 
 __all__ = [
     "Backhaul",
-    "Backoff",
     "ChannelHandler",
     "ChannelLink",
     "CommandHandler",
     "LinkState",
     "Outbox",
     "agent_headers",
-    "backoff_delays",
     "classify",
     "dial_channel",
     "dial_path",

@@ -23,11 +23,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from fleetgate import __version__
 from fleetgate.agent.backhaul.outbox import Outbox
-from fleetgate.agent.backhaul.retry import Backoff, classify
+from fleetgate.agent.backhaul.retry import classify
 from fleetgate.agent.backhaul.tls import agent_headers, ssl_context
 from fleetgate.agent.clock import monotonic, utcnow
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import AuthRejected, ConnectionLost
+from fleetgate.shared.backoff import Backoff
 from fleetgate.shared.errors import ProtocolViolation
 from fleetgate.shared.protocol import (
     ChannelClose,
@@ -169,10 +170,11 @@ class Backhaul:
                     tg.create_task(self._reader(ws))
                     tg.create_task(self._writer(ws))
                     tg.create_task(self._keepalive(ws))
-            except* (ConnectionClosed, OSError, TimeoutError) as group:
-                raise ConnectionLost(_describe(group.exceptions[0])) from group
-            except* ConnectionLost as group:
-                raise group.exceptions[0] from None
+            except* (ConnectionClosed, OSError, TimeoutError, ConnectionLost) as group:
+                # Reader, writer and keepalive can fail together (a reset breaks all
+                # three): the reason names every distinct failure, not only the first.
+                lost = _PeerDead if group.subgroup(_PeerDead) else ConnectionLost
+                raise lost(_describe_all(group)) from group
         except asyncio.CancelledError:
             # Cancelled means the agent stops: say so, the control plane logs it.
             close_code, reason = 1001, "agent shutting down"
@@ -223,6 +225,7 @@ class Backhaul:
             agent_version=__version__,
             hostname=socket.gethostname(),
             running=self._handler.running(),
+            features=["tunnel"] if self._config.tunnel.enabled else [],
         )
         await ws.send(encode(hello))
         try:
@@ -322,5 +325,18 @@ class _PeerDead(ConnectionLost):
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionLost):
+        return str(exc)  # already a reason of ours
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _describe_all(group: BaseExceptionGroup[BaseException]) -> str:
+    """Every distinct failure of ``group``, in order, ``; ``-separated."""
+    reasons: dict[str, None] = {}
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            reasons[_describe_all(exc)] = None
+        else:
+            reasons[_describe(exc)] = None
+    return "; ".join(reasons)

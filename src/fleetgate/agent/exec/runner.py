@@ -34,6 +34,7 @@ import structlog
 from fleetgate.agent.clock import monotonic, utcnow
 from fleetgate.agent.config import LimitsConfig
 from fleetgate.agent.errors import CommandError
+from fleetgate.agent.exec.exitstatus import exit_status
 from fleetgate.agent.exec.pump import OnOutput, OutputPump
 from fleetgate.agent.exec.spawn import find_setpriv, prepare, spawn
 from fleetgate.shared.protocol.messages import CommandRun
@@ -152,34 +153,25 @@ async def run_command(
     elapsed = exit_.ended - started
     returncode = proc.returncode
     assert returncode is not None  # _supervise returns after the process was reaped
-    error_phase: str | None = None
-    message: str | None = None
-    if exit_.timed_out:
-        exit_code, error_phase = 124, "timeout"
-        message = f"timed out after {exit_.timed_out_after:.1f} s"
-    elif returncode < 0:
-        exit_code = 128 - returncode
-        message = f"killed by signal {_signal_name(-returncode)}"
-    else:
-        exit_code = returncode
+    status = exit_status(returncode, exit_.timed_out_after if exit_.timed_out else None)
     result, truncated = pump.capture.result()
     log.info(
         "command.finished",
-        exit_code=exit_code,
+        exit_code=status.exit_code,
         elapsed=round(elapsed, 3),
         bytes=pump.capture.total_bytes,
-        error_phase=error_phase,
+        error_phase=status.error_phase,
     )
     return CommandOutcome(
         acked_at=acked_at,
         handled_at=exit_.handled_at,
         elapsed_time=elapsed,
-        exit_code=exit_code,
+        exit_code=status.exit_code,
         result=result,
         truncated=truncated,
         output_bytes=pump.capture.total_bytes,
-        error_phase=error_phase,
-        message=message,
+        error_phase=status.error_phase,
+        message=status.message,
     )
 
 
@@ -190,13 +182,6 @@ def _start_error(exc: BaseException) -> str:
         where = f": {exc.filename}" if exc.filename else ""
         return f"cannot start the command: {exc.strerror}{where}"
     return f"cannot start the command: {exc}"
-
-
-def _signal_name(signum: int) -> str:
-    try:
-        return signal.Signals(signum).name
-    except ValueError:
-        return f"signal {signum}"
 
 
 def _signal_group(pgid: int, signum: int) -> None:

@@ -24,7 +24,8 @@ __all__ = ["GrantPolicy", "GrantRefused", "load_public_key", "verify_grant"]
 
 
 class GrantRefused(Exception):
-    """The grant does not allow this operation; ``code`` is a ``work_session_*`` code."""
+    """The operation is refused; ``code`` is a ``work_session_*`` code, or another
+    refusal of local enforcement (``env_not_allowed``)."""
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(f"{code}: {detail}")

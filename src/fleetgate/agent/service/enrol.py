@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import socket
 import ssl
-import tempfile
 import tomllib
 import urllib.error
 import urllib.request
@@ -30,7 +28,8 @@ from typing import Any
 
 from fleetgate.agent.config import load, parse
 from fleetgate.agent.errors import ConfigError, RegistrationError
-from fleetgate.agent.service.tomledit import render, set_keys
+from fleetgate.agent.service.tomledit import Value, set_keys
+from fleetgate.shared.atomic import atomic_write
 
 
 __all__ = ["Result", "register", "unregister"]
@@ -161,7 +160,7 @@ def unregister(*, config_path: Path, keep_remote: bool = False) -> Result:
             raise _unexpected("unregistering", status, body)
     config.identity.key_file.unlink(missing_ok=True)
     text = config_path.read_text(encoding="utf-8")
-    _atomic_write(config_path, set_keys(text, "identity", {"server_id": None}), 0o600)
+    atomic_write(config_path, set_keys(text, "identity", {"server_id": None}), 0o600)
     return Result(
         server_id,
         True,
@@ -194,19 +193,19 @@ def _write_identity(
     for directory in {config_path.parent, key_file.parent}:
         if not directory.exists():
             directory.mkdir(mode=0o700, parents=True)
-    _atomic_write(key_file, key + "\n", 0o600)
+    atomic_write(key_file, key + "\n", 0o600)
     try:
         text = config_path.read_text(encoding="utf-8")
     except FileNotFoundError:
         text = _TEMPLATE
-    cp_values: dict[str, str | None] = {"url": render(url)}
+    cp_values: dict[str, Value | None] = {"url": url}
     if ca_file is not None:
-        cp_values["ca_file"] = render(str(ca_file.absolute()))
+        cp_values["ca_file"] = str(ca_file.absolute())
     text = set_keys(text, "control_plane", cp_values)
-    identity = {"server_id": render(server_id), "key_file": render(str(key_file))}
+    identity: dict[str, Value | None] = {"server_id": server_id, "key_file": str(key_file)}
     if signing_key is not None:
-        identity["control_plane_key"] = render(signing_key)
-    text = set_keys(text, "identity", dict(identity))
+        identity["control_plane_key"] = signing_key
+    text = set_keys(text, "identity", identity)
     try:
         written = parse(tomllib.loads(text), source=str(config_path))
     except tomllib.TOMLDecodeError as exc:
@@ -219,21 +218,7 @@ def _write_identity(
         or (signing_key is not None and written.identity.control_plane_key != signing_key)
     ):
         raise ConfigError(f"{config_path}: cannot be updated safely; edit it by hand")
-    _atomic_write(config_path, text, 0o600)
-
-
-def _atomic_write(path: Path, text: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(config_path, text, 0o600)
 
 
 def _agent_auth(server_id: str, key: str) -> dict[str, str]:

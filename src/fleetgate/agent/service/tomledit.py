@@ -1,60 +1,51 @@
-"""Edit a few keys of a TOML file in place, keeping its comments and layout.
+"""Edit a few keys of a TOML file in place, keeping its comments and layout (tomlkit).
 
-``fleetgate-agent register`` writes the server id into a configuration that an operator (or the
-package's commented default) may have written; rewriting the whole file would lose their
-comments. Only ``key = value`` lines of plain ``[section]`` tables are handled; the caller
-re-parses the result and refuses if it does not read back as intended.
+``fleetgate-agent register`` writes the server id into a configuration that an operator (or
+the package's commented default) may have written; rewriting the whole file would lose
+their comments. The caller re-parses the result and refuses if it does not read back as
+intended.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Mapping
 
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import Table
 
-__all__ = ["render", "set_keys"]
-
-_HEADER = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]\s*(#.*)?$")
-_ANY_HEADER = re.compile(r"^\s*\[")
-
-
-def render(value: str | bool | float) -> str:
-    """A TOML literal for a simple value (a JSON string is a valid TOML basic string)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return json.dumps(value)
+from fleetgate.agent.errors import ConfigError
 
 
-def set_keys(text: str, section: str, values: Mapping[str, str | None]) -> str:
+__all__ = ["set_keys"]
+
+Value = str | bool | int | float
+
+
+def set_keys(text: str, section: str, values: Mapping[str, Value | None]) -> str:
     """Set (or, with ``None``, remove) ``values`` in ``[section]`` of ``text``.
 
-    Values are TOML literals (see :func:`render`). A missing section is appended; a
-    missing key is added right after the section header.
+    A missing section is appended. Values are encoded by tomlkit, so any string (quotes,
+    control characters, text outside the Basic Multilingual Plane) reads back unchanged.
+
+    Raises:
+        ConfigError: ``text`` is not valid TOML, or ``section`` is not a table.
     """
-    lines = text.splitlines()
-    start = next(
-        (i for i, line in enumerate(lines) if (m := _HEADER.match(line)) and m[1] == section),
-        None,
-    )
-    if start is None:
-        additions = [f"{key} = {value}" for key, value in values.items() if value is not None]
-        if not additions:
+    try:
+        document = tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise ConfigError(f"not valid TOML ({exc}); edit it by hand") from None
+    table = document.get(section)
+    if table is None:
+        if all(value is None for value in values.values()):
             return text
-        if lines and lines[-1].strip():
-            lines.append("")
-        lines += [f"[{section}]", *additions]
-        return "\n".join(lines) + "\n"
-    end = next((i for i in range(start + 1, len(lines)) if _ANY_HEADER.match(lines[i])), len(lines))
-    body = lines[start + 1 : end]
+        table = tomlkit.table()
+        document.append(section, table)
+    if not isinstance(table, Table):
+        raise ConfigError(f"[{section}] is not a table; edit it by hand")
     for key, value in values.items():
-        pattern = re.compile(rf"^\s*{re.escape(key)}\s*=")
-        index = next((i for i, line in enumerate(body) if pattern.match(line)), None)
-        if index is None:
-            if value is not None:
-                body.insert(0, f"{key} = {value}")
-        elif value is None:
-            del body[index]
+        if value is None:
+            table.pop(key, None)
         else:
-            body[index] = f"{key} = {value}"
-    return "\n".join([*lines[: start + 1], *body, *lines[end:]]) + "\n"
+            table[key] = value
+    return tomlkit.dumps(document)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetgate.agent.errors import AgentError
+from fleetgate.shared.atomic import atomic_write
 
 
 __all__ = ["SudoInstallError", "SudoLayout", "install", "uninstall"]
@@ -118,18 +119,6 @@ def _split(text: str) -> tuple[str, str | None]:
     return text[:start] + text[end:], text[start:end]
 
 
-def _write(path: Path, text: str, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.fleetgate-agent-new")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, text.encode())
-        os.fchmod(fd, mode)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 def _compile(layout: SudoLayout) -> None:
     layout.plugin_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
     tmp = layout.plugin_dir / ".fleet_approval.so.new"
@@ -142,13 +131,12 @@ def _compile(layout: SudoLayout) -> None:
 
 
 def _install_sudoers(layout: SudoLayout, created_group: bool) -> None:
-    tmp = layout.sudoers_file.with_name(".fleetgate-agent.new")  # a dot: sudo skips it
-    _write(tmp, _sudoers(layout, created_group), 0o440)
-    checked = _run(_tool("visudo"), "-cf", str(tmp))
-    if checked.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise SudoInstallError(f"visudo refused the drop-in: {checked.stdout}{checked.stderr}")
-    os.replace(tmp, layout.sudoers_file)
+    def visudo(tmp: Path) -> None:  # the temporary file starts with a dot: sudo skips it
+        checked = _run(_tool("visudo"), "-cf", str(tmp))
+        if checked.returncode != 0:
+            raise SudoInstallError(f"visudo refused the drop-in: {checked.stdout}{checked.stderr}")
+
+    atomic_write(layout.sudoers_file, _sudoers(layout, created_group), 0o440, check=visudo)
 
 
 def install(layout: SudoLayout) -> list[str]:
@@ -186,13 +174,13 @@ def install(layout: SudoLayout) -> list[str]:
         added_newline, rest = True, rest.removesuffix("\n")
     text = rest + ("\n" if added_newline else "")
     text += _block(layout, rest, created=created, added_newline=added_newline)
-    _write(layout.sudo_conf, text, 0o644)
+    atomic_write(layout.sudo_conf, text, 0o644)
     works = _run(_tool("sudo"), "-n", "true")
     if works.returncode != 0:
         if before is None:
             layout.sudo_conf.unlink()
         else:
-            _write(layout.sudo_conf, before, 0o644)
+            atomic_write(layout.sudo_conf, before, 0o644)
         raise SudoInstallError(f"sudo failed with the plugin, sudo.conf restored: {works.stderr}")
     done.append(f"loaded the plugin from {layout.sudo_conf} (socket {layout.socket})")
     return done
@@ -215,7 +203,7 @@ def uninstall(layout: SudoLayout) -> list[str]:
             else:
                 if ADDED_NEWLINE in block:
                     rest = rest.removesuffix("\n")
-                _write(layout.sudo_conf, rest, 0o644)
+                atomic_write(layout.sudo_conf, rest, 0o644)
             done.append(f"removed the plugin from {layout.sudo_conf}")
     created_group = False
     if layout.sudoers_file.exists():

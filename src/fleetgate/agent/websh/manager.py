@@ -10,7 +10,9 @@ terminal runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,12 @@ from fleetgate.agent.errors import ChannelRefused, CommandError
 from fleetgate.agent.exec.identity import resolve_identity
 from fleetgate.agent.websh.quota import SpoolQuota
 from fleetgate.agent.websh.recording import Recorder
-from fleetgate.agent.websh.shell import choose_shell, login_environment, spawn_shell
+from fleetgate.agent.websh.shell import (
+    ShellProcess,
+    choose_shell,
+    login_environment,
+    spawn_shell,
+)
 from fleetgate.agent.websh.state import Owner
 from fleetgate.agent.websh.terminal import Link, Terminal
 from fleetgate.shared.protocol.grants import GrantClaims
@@ -157,13 +164,18 @@ class TerminalManager:
             shell = choose_shell(identity, request.shell)
             env = login_environment(identity, shell, request.term or self.websh.default_term)
             recorder = self._recorder(request, env)
+            spawn = asyncio.ensure_future(
+                asyncio.to_thread(spawn_shell, identity, shell, env, request.rows, request.cols)
+            )
             try:
-                process = await asyncio.to_thread(
-                    spawn_shell, identity, shell, env, request.rows, request.cols
-                )
+                process = await asyncio.shield(spawn)
             except BaseException:
                 if recorder is not None:
                     recorder.close()
+                # The fork runs in a thread that cannot be interrupted: whenever it
+                # returns (it may have already), the shell it started is nobody's and is
+                # killed and reaped, instead of running on with nobody to reap it.
+                spawn.add_done_callback(_kill_unowned)
                 raise
         finally:
             self._starting -= 1
@@ -239,3 +251,19 @@ def _spool_usage(directory: Path) -> int:
         return sum(p.stat().st_size for p in directory.glob("*.cast"))
     except OSError:
         return 0
+
+
+def _kill_unowned(spawn: asyncio.Future[ShellProcess]) -> None:
+    """SIGKILL the process group of a shell whose opener went away, and reap it.
+
+    Nobody ever attached to it: the login shell has only just started and owns nothing
+    that needs a SIGHUP. After SIGKILL its exit is immediate, so ``wait`` returns at once.
+    """
+    if spawn.cancelled() or spawn.exception() is not None:
+        return
+    shell = spawn.result()
+    os.close(shell.master_fd)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(shell.pid, signal.SIGKILL)
+    shell.process.wait()
+    log.info("websh.unowned_shell_killed", pid=shell.pid)

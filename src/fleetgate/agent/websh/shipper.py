@@ -22,6 +22,7 @@ from fleetgate.agent.backhaul import ChannelLink, dial_path
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelClosed, ConnectionLost
 from fleetgate.agent.websh.quota import SpoolQuota
+from fleetgate.shared.backoff import backoff_delays
 
 
 __all__ = ["CHUNK", "RecordingShipper", "UploadFailed"]
@@ -82,7 +83,7 @@ class RecordingShipper:
     async def run(self) -> None:
         """Ship forever (cancelled at shutdown; an interrupted upload is redone later)."""
         self.leftovers()
-        delay = RETRY_MIN
+        delays = backoff_delays(RETRY_MIN, RETRY_MAX)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -104,11 +105,10 @@ class RecordingShipper:
                     continue
                 self._todo.pop(terminal_id, None)
             if failed:
-                await asyncio.sleep(delay)  # backoff: the control plane is unreachable
-                delay = min(RETRY_MAX, delay * 2)
+                await asyncio.sleep(next(delays))  # the control plane is unreachable
                 self._wake.set()
             else:
-                delay = RETRY_MIN
+                delays = backoff_delays(RETRY_MIN, RETRY_MAX)
 
     async def ship(self, terminal_id: UUID, path: Path) -> None:
         """Upload one file, then delete it and give its bytes back to the quota.

@@ -139,6 +139,14 @@ def run_logout(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _acl_summary(acl: object) -> str:
+    """What a token's ACL allows, by key (``restricted: nothing`` when it names nothing)."""
+    if not isinstance(acl, dict):
+        return ""
+    named = sorted(k for k, v in acl.items() if v not in (None, False, [], ()))
+    return "restricted: " + (", ".join(named) or "nothing")
+
+
 def whoami_rows(me: dict[str, Any]) -> list[tuple[str, str]]:
     """The rows `whoami` prints in table mode (empty values skipped)."""
     required = me.get("work_session_required")
@@ -161,6 +169,8 @@ def whoami_rows(me: dict[str, Any]) -> list[tuple[str, str]]:
             "yes (run `agentctl work-session ls`)" if required else yes_no(required),
         ),
         ("Work session", chosen),
+        ("Server user", str(me.get("server_username") or "")),
+        ("ACL", _acl_summary(me.get("acl"))),
     ]
     return [(k, v) for k, v in rows if v]
 

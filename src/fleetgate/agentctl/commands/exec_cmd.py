@@ -82,7 +82,11 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         "by /bin/sh -c on the server, as ssh does: quote a whole command line to pass it as is.",
     )
     run.add_argument("server", metavar="SERVER", help="server name or id")
-    run.add_argument("-u", "--user", help="run as this user (default: root)")
+    run.add_argument(
+        "-u",
+        "--user",
+        help="run as this user (default: root, or your server account if you are gated)",
+    )
     run.add_argument("-g", "--group", help="run with this group (default: the user's)")
     run.add_argument(
         "--env",

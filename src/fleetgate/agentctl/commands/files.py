@@ -74,7 +74,11 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 
 
 def _common_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-u", "--user", help="user on the server (default: root)")
+    parser.add_argument(
+        "-u",
+        "--user",
+        help="user on the server (default: root, or your server account if you are gated)",
+    )
     parser.add_argument("-g", "--group", help="group on the server (default: the user's)")
     parser.add_argument(
         "--work-session",

@@ -64,7 +64,11 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         "through the command path instead (the `command` scope), like `agentctl exec`.",
     )
     parser.add_argument("server", metavar="SERVER", help="server name or id")
-    parser.add_argument("-u", "--user", default="root", help="log in as this user (default: root)")
+    parser.add_argument(
+        "-u",
+        "--user",
+        help="log in as this user (default: root, or your server account if you are gated)",
+    )
     parser.add_argument("-g", "--group", help="with this primary group (default: the user's)")
     parser.add_argument("--shell", help="a shell listed in the server's /etc/shells")
     parser.add_argument(
@@ -87,12 +91,9 @@ def run_websh(ctx: Context, args: argparse.Namespace) -> int:
     if not os.isatty(stdin_fd):
         raise UsageError("websh needs a terminal on stdin; pass CMD to run a command instead")
     rows, cols = _window_size(stdout_fd)
-    body: dict[str, Any] = {
-        "server": args.server,
-        "username": args.user,
-        "rows": rows,
-        "cols": cols,
-    }
+    body: dict[str, Any] = {"server": args.server, "rows": rows, "cols": cols}
+    if args.user:
+        body["username"] = args.user
     if args.group:
         body["groupname"] = args.group
     if args.shell:
@@ -115,7 +116,9 @@ def _exec_args(args: argparse.Namespace, words: list[str]) -> argparse.Namespace
     """The arguments `exec SERVER CMD` would have (every exec flag at its default)."""
     parser = argparse.ArgumentParser(add_help=False)
     exec_cmd.register(parser.add_subparsers(), argparse.ArgumentParser(add_help=False))
-    argv = ["exec", "run", args.server, "-u", args.user]
+    argv = ["exec", "run", args.server]
+    if args.user:
+        argv += ["-u", args.user]
     if args.group:
         argv += ["-g", args.group]
     if args.work_session:

@@ -18,6 +18,8 @@ from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.api.deps import Services, resolve_server
 from fleetgate.controlplane.auth import Principal, resolve_principal
+from fleetgate.controlplane.authz import check_rule, rule_for
+from fleetgate.controlplane.console.cookies import websocket_authorization
 from fleetgate.controlplane.errors import APIError, ChannelFailed
 from fleetgate.controlplane.grants import gate_and_sign
 from fleetgate.controlplane.hub.relay import relay
@@ -71,9 +73,16 @@ async def deny(websocket: WebSocket, status: int, code: str, detail: str) -> Non
 
 
 async def websocket_principal(websocket: WebSocket) -> Principal | None:
-    """The authenticated caller, or ``None`` after refusing the handshake with 401."""
+    """The authenticated caller allowed by the endpoint's rule (``authz.RULES``), or
+    ``None`` after refusing the handshake (401, or 403 with the rule's code).
+
+    A browser cannot set ``Authorization`` on a websocket: the console's login cookie
+    stands in for it when the handshake comes from a page of the same origin.
+    """
     services = services_of(websocket)
-    header = websocket.headers.get("authorization")
+    header = websocket.headers.get("authorization") or websocket_authorization(
+        websocket.headers, websocket.cookies
+    )
     principal = None
     if header:
         principal = await resolve_principal(
@@ -83,6 +92,13 @@ async def websocket_principal(websocket: WebSocket) -> Principal | None:
         await deny(
             websocket, 401, "AUTHENTICATION_FAILED", "Authentication credentials were not valid."
         )
+        return None
+    route = getattr(websocket.scope.get("route"), "path", websocket.url.path)
+    try:
+        check_rule(rule_for("WS", route), principal, route=route)
+    except APIError as exc:
+        await deny(websocket, exc.status, exc.code, exc.detail)
+        return None
     return principal
 
 

@@ -6,14 +6,13 @@ import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import datetime
 from typing import Any
 
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, ValidationError
 
+from fleetgate.controlplane.api.command_checks import CommandCreateBody, authorize_command
 from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep, resolve_server
 from fleetgate.controlplane.api.pagination import page_response
 from fleetgate.controlplane.api.params import (
@@ -24,15 +23,14 @@ from fleetgate.controlplane.api.params import (
 )
 from fleetgate.controlplane.api.serializers import command_json
 from fleetgate.controlplane.api.stream import ndjson_line, stream_command
-from fleetgate.controlplane.auth import Principal, acl_allows
+from fleetgate.controlplane.auth import Principal
+from fleetgate.controlplane.authz import require_session_named
 from fleetgate.controlplane.errors import (
     APIError,
     command_not_found,
     server_not_found,
-    validation_detail,
 )
-from fleetgate.controlplane.grants import gate_and_sign
-from fleetgate.controlplane.ids import new_uuid
+from fleetgate.controlplane.grants import GrantSigner, gate_and_sign
 from fleetgate.controlplane.store import (
     commands as commands_store,
     worksession_gate as ws_gate,
@@ -42,7 +40,6 @@ from fleetgate.controlplane.store.commands import CancelOutcome, CommandRow, New
 from fleetgate.controlplane.timeutil import now_us, to_us
 from fleetgate.controlplane.worksession.gate import GateDenial
 from fleetgate.shared.protocol import CommandRun
-from fleetgate.shared.sudo_patterns import SudoPatternError, parse_line
 
 
 __all__ = ["router"]
@@ -55,59 +52,6 @@ COMMAND_SCOPE = "command"
 """The work-session scope (and the gate's ``source``) of a command create."""
 SUDO_SCOPE = "sudo"
 """The scope of an elevated command (``sudo: true``): run as root if a pattern matches."""
-
-
-class CommandCreateBody(BaseModel):
-    """``POST /api/events/commands/``; fields are checked again against ``CommandRun``."""
-
-    model_config = ConfigDict(extra="ignore")
-    server: str
-    line: str
-    shell: str = "system"
-    username: str | None = None
-    groupname: str | None = None
-    env: dict[str, str] | None = None
-    scheduled_at: datetime | None = None
-    timeout: float | None = None
-    work_session: str | None = None
-    sudo: bool = False
-
-
-def _invalid(detail: str, source: str | None) -> APIError:
-    return APIError(400, "INVALID_COMMAND", detail, source)
-
-
-def validate_command(body: CommandCreateBody) -> CommandRun:
-    """Check a create against the wire model, so every stored command can be sent.
-
-    Raises:
-        APIError: 400 ``INVALID_COMMAND`` naming the field.
-    """
-    if not body.line.strip():
-        raise _invalid("line: must not be empty", "line")
-    if body.shell != "system":
-        raise _invalid(f"shell: unknown shell {body.shell[:40]!r} (expected 'system')", "shell")
-    if body.sudo:
-        if (body.username or "root") != "root" or (body.groupname or "root") != "root":
-            raise _invalid("sudo: an elevated command runs as root; omit username", "username")
-        try:
-            parse_line(body.line)
-        except SudoPatternError as exc:
-            raise _invalid(f"line: {exc}", "line") from None
-    try:
-        return CommandRun(  # noqa: S604 - "system" is the only shell; the agent runs it
-            command_id=new_uuid(),
-            shell="system",
-            line=body.line,
-            username=body.username or "root",
-            groupname=body.groupname or None,
-            env=body.env or {},
-            timeout=body.timeout,
-            sudo=body.sudo,
-        )
-    except ValidationError as exc:
-        detail, source = validation_detail(exc.errors())
-        raise _invalid(detail, source) from None
 
 
 async def _visible_command(command_id: str, principal: Principal, services: Services) -> CommandRow:
@@ -131,7 +75,7 @@ async def _readable_command(
     ``X-Work-Session`` header or ``?work_session=``) on the command's server.
     """
     row = await _visible_command(command_id, principal, services)
-    if principal.kind != "login":
+    if not principal.gated:
         return row
     # An elevated command's output is read with the scope it was run with.
     scope = SUDO_SCOPE if row.sudo else COMMAND_SCOPE
@@ -168,92 +112,30 @@ async def create_command(
     a command and reads its result in one request.
     """
     streaming = parse_bool(request.query_params, "stream") or False
-    run = validate_command(body)
-    if not acl_allows(principal.command_acl, run.line):
-        raise APIError(
-            403,
-            "API_TOKEN_ACL_NOT_ALLOWED",
-            "This token's command ACL does not allow this command line.",
-            "line",
-        )
+    requested = body.work_session or request.headers.get("x-work-session") or None
+    scope = SUDO_SCOPE if body.sudo else COMMAND_SCOPE
+    require_session_named(principal, requested, scope)
+    run = authorize_command(body, principal, services.settings)
     server_id, server_name = await resolve_server(services, body.server)
     now = now_us()
     scheduled_at = now if body.scheduled_at is None else to_us(body.scheduled_at)
     due = scheduled_at <= now
-    conn = services.hub.connection(server_id)
-    if due and conn is None:
+    if due and services.hub.connection(server_id) is None:
         raise APIError(
             503, "SERVER_NOT_CONNECTED", f"Server {server_name!r} is not connected.", "server"
         )
-    new = NewCommand(
-        id=str(run.command_id),
-        server_id=server_id,
-        shell=run.shell,
-        line=run.line,
-        username=run.username,
-        groupname=run.groupname or "",
-        env=dict(run.env),
-        timeout=run.timeout,
-        requested_by=principal.user_id,
-        added_at=now,
-        scheduled_at=scheduled_at,
-        sudo=run.sudo,
-    )
-    user = principal.user
-    # Browser-style logins need an active work session; token authentication bypasses it.
-    requested = body.work_session or request.headers.get("x-work-session") or None
-    gated = principal.kind == "login"
-    scope = SUDO_SCOPE if run.sudo else COMMAND_SCOPE
-    if run.sudo and not gated:
-        raise _invalid(
-            "sudo: elevation is checked against a work session's sudo patterns; "
-            "token principals run commands as root directly",
-            "sudo",
-        )
-
-    def insert(conn: sqlite3.Connection) -> CommandRow | GateDenial:
-        signed = gate_and_sign(
-            conn,
+    new = _new_command(run, principal, server_id, now=now, scheduled_at=scheduled_at)
+    try:
+        outcome = await services.db.write(
+            _gate_sign_insert,
+            new,
             principal,
             services.signer,
-            work_session=requested,
-            server_id=server_id,
+            requested=requested,
             server_name=server_name,
             scope=scope,
-            operation_id=new.id,
-            description=run.line,
-            now=now,
-        )
-        if isinstance(signed, GateDenial):
-            return signed
-        session = signed.session
-        cmd = replace(
-            new,
-            work_session_id=None if session is None else session.id,
-            grant=signed.grant.model_dump_json(),
-        )
-        row = commands_store.insert_command(
-            conn,
-            cmd,
             sent_at=now if due else None,
-            server_name=server_name,
-            requester_username=None if user is None else user.username,
-            requester_email=None if user is None else user.email,
         )
-        if session is not None:
-            ws_store.add_event(
-                conn,
-                session.id,
-                COMMAND_SCOPE,
-                timestamp=now,
-                actor=principal.user_id,
-                server_id=server_id,
-                command_id=row.id,
-            )
-        return row
-
-    try:
-        outcome = await services.db.write(insert)
     except sqlite3.IntegrityError:  # the server was deleted meanwhile
         services.server_refs.clear()
         raise server_not_found(body.server) from None
@@ -267,10 +149,7 @@ async def create_command(
         requested_by=principal.user_id,
         scheduled=not due,
     )
-    if due:
-        await services.hub.send_command(row)
-    else:
-        services.hub.scheduler.wake()
+    await _deliver(services, row, due=due)
     created = command_json(row, now=now_us())
     if streaming:
         return _ndjson(
@@ -278,6 +157,89 @@ async def create_command(
             status_code=201,
         )
     return JSONResponse(created, status_code=201)
+
+
+def _new_command(
+    run: CommandRun, principal: Principal, server_id: str, *, now: int, scheduled_at: int
+) -> NewCommand:
+    return NewCommand(
+        id=str(run.command_id),
+        server_id=server_id,
+        shell=run.shell,
+        line=run.line,
+        username=run.username,
+        groupname=run.groupname or "",
+        env=dict(run.env),
+        timeout=run.timeout,
+        requested_by=principal.user_id,
+        added_at=now,
+        scheduled_at=scheduled_at,
+        sudo=run.sudo,
+    )
+
+
+def _gate_sign_insert(
+    conn: sqlite3.Connection,
+    new: NewCommand,
+    principal: Principal,
+    signer: GrantSigner,
+    *,
+    requested: str | None,
+    server_name: str,
+    scope: str,
+    sent_at: int | None,
+) -> CommandRow | GateDenial:
+    """Gate, sign and persist in one transaction: the command exists only if allowed,
+    and its session's timeline links it."""
+    now = new.added_at
+    signed = gate_and_sign(
+        conn,
+        principal,
+        signer,
+        work_session=requested,
+        server_id=new.server_id,
+        server_name=server_name,
+        scope=scope,
+        operation_id=new.id,
+        description=new.line,
+        now=now,
+    )
+    if isinstance(signed, GateDenial):
+        return signed
+    session = signed.session
+    cmd = replace(
+        new,
+        work_session_id=None if session is None else session.id,
+        grant=signed.grant.model_dump_json(),
+    )
+    user = principal.user
+    row = commands_store.insert_command(
+        conn,
+        cmd,
+        sent_at=sent_at,
+        server_name=server_name,
+        requester_username=None if user is None else user.username,
+        requester_email=None if user is None else user.email,
+    )
+    if session is not None:
+        ws_store.add_event(
+            conn,
+            session.id,
+            COMMAND_SCOPE,
+            timestamp=now,
+            actor=principal.user_id,
+            server_id=new.server_id,
+            command_id=row.id,
+        )
+    return row
+
+
+async def _deliver(services: Services, row: CommandRow, *, due: bool) -> None:
+    """Send a due command now; wake the scheduler for a later one."""
+    if due:
+        await services.hub.send_command(row)
+    else:
+        services.hub.scheduler.wake()
 
 
 @router.get("/")

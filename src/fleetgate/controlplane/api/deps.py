@@ -8,6 +8,7 @@ from typing import Annotated, cast
 from fastapi import Depends, Request
 
 from fleetgate.controlplane.auth import Principal, PrincipalCache, resolve_principal
+from fleetgate.controlplane.authz import check_rule, rule_for
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import authentication_failed, permission_denied, server_not_found
 from fleetgate.controlplane.grants import GrantSigner
@@ -77,7 +78,11 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 
 async def get_principal(request: Request) -> Principal:
-    """The authenticated caller; 401 ``AUTHENTICATION_FAILED`` otherwise."""
+    """The authenticated caller, allowed by the route's rule (``authz.RULES``).
+
+    Raises:
+        APIError: 401 ``AUTHENTICATION_FAILED``; 403 when the rule refuses the caller.
+    """
     header = request.headers.get("authorization")
     if not header:
         raise authentication_failed("Authentication credentials were not provided.")
@@ -87,6 +92,8 @@ async def get_principal(request: Request) -> Principal:
     )
     if principal is None:
         raise authentication_failed()
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    check_rule(rule_for(request.method, route), principal, route=route)
     return principal
 
 

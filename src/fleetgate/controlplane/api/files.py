@@ -10,12 +10,14 @@ disk, and it never parses them.
 
 from __future__ import annotations
 
+import posixpath
 import uuid
 
 from fastapi import APIRouter
 from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
+from fleetgate.controlplane.acl import AclRefusal
 from fleetgate.controlplane.api.channels import (
     authorize,
     deny,
@@ -23,6 +25,7 @@ from fleetgate.controlplane.api.channels import (
     services_of,
     websocket_principal,
 )
+from fleetgate.controlplane.authz import require_session_named, server_account
 from fleetgate.controlplane.errors import APIError
 from fleetgate.shared.protocol import ChannelOpen, FilesSpec
 
@@ -37,14 +40,14 @@ _FLAGS = ("recursive", "overwrite")
 _FIELDS = ("op", "path", "name", "transfer_id", "offset", "size", "expect_sha256")
 
 
-def spec_from_query(query: dict[str, str]) -> FilesSpec:
-    """The transfer a client asked for.
+def spec_from_query(query: dict[str, str], account: str | None = None) -> FilesSpec:
+    """The transfer a client asked for, as ``account`` (default: ``user``, else root).
 
     Raises:
         ValidationError: a field is missing or not valid.
     """
     fields: dict[str, object] = {k: query[k] for k in _FIELDS if query.get(k)}
-    fields["username"] = query.get("user") or "root"
+    fields["username"] = account or query.get("user") or "root"
     if query.get("group"):
         fields["groupname"] = query["group"]
     for flag in _FLAGS:
@@ -71,8 +74,23 @@ async def files_channel(websocket: WebSocket) -> None:
     if not server:
         await deny(websocket, 400, "invalid", "the server query parameter is required")
         return
+    requested = query.get("work_session") or websocket.headers.get("x-work-session")
     try:
-        spec = spec_from_query(query)
+        require_session_named(principal, requested, "webftp")
+        account = server_account(
+            principal, query.get("user") or None, query.get("group") or None, what="a transfer"
+        )
+        spec = spec_from_query(query, account)
+        if principal.acl is not None:
+            principal.acl.check_path(spec.path, account)
+            if spec.name is not None:  # an upload into a directory writes path/name
+                principal.acl.check_path(posixpath.join(spec.path, spec.name), account)
+    except APIError as exc:
+        await deny(websocket, exc.status, exc.code, exc.detail)
+        return
+    except AclRefusal as exc:
+        await deny(websocket, 403, "API_TOKEN_ACL_NOT_ALLOWED", exc.detail)
+        return
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
@@ -86,7 +104,7 @@ async def files_channel(websocket: WebSocket) -> None:
             principal,
             server=server,
             scope="webftp",
-            work_session=query.get("work_session") or websocket.headers.get("x-work-session"),
+            work_session=requested,
             operation_id=str(channel_id),
             description=describe(spec),
         )

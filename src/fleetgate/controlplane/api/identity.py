@@ -7,15 +7,18 @@ from datetime import datetime
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fleetgate.controlplane.api.deps import PrincipalDep, ServicesDep, SuperuserDep
+from fleetgate.controlplane.acl import TokenAcl
+from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep, SuperuserDep
 from fleetgate.controlplane.api.serializers import token_json, user_json, whoami_json
+from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.errors import (
     APIError,
     authentication_failed,
     invalid_request,
     permission_denied,
+    validation_detail,
 )
 from fleetgate.controlplane.store import users as users_store
 from fleetgate.controlplane.timeutil import iso, now_us, to_us
@@ -26,6 +29,8 @@ __all__ = ["router"]
 router = APIRouter()
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.@+-]{1,150}$"
+SERVER_USERNAME_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
+"""A Linux account name (the portable subset useradd accepts)."""
 
 
 class LoginBody(BaseModel):
@@ -43,6 +48,9 @@ class TokenCreateBody(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     expires_at: datetime | None = None
     command_acl: list[str] | None = Field(default=None, max_length=1000)
+    acl: dict[str, object] | None = None
+    gated: bool | None = None
+    user: int | str | None = None
 
 
 class UserCreateBody(BaseModel):
@@ -53,6 +61,24 @@ class UserCreateBody(BaseModel):
     email: str = Field(default="", max_length=254)
     password: str | None = Field(default=None, min_length=1, max_length=1024)
     is_superuser: bool = False
+    server_username: str | None = Field(default=None, pattern=SERVER_USERNAME_PATTERN)
+
+
+class UserUpdateBody(BaseModel):
+    """``PATCH /api/iam/users/<id or username>/``."""
+
+    model_config = ConfigDict(extra="forbid")
+    server_username: str | None = Field(pattern=SERVER_USERNAME_PATTERN)
+
+
+def _check_server_username(name: str | None) -> None:
+    # Mapping a user to root would make every command of theirs a root command without
+    # a sudo pattern; root is reached through sudo patterns only.
+    if name == "root":
+        raise invalid_request(
+            "server_username: root cannot be a default identity; use sudo patterns",
+            "server_username",
+        )
 
 
 @router.post("/api/auth/login/")
@@ -97,28 +123,81 @@ async def list_tokens(principal: PrincipalDep, services: ServicesDep) -> JSONRes
     return JSONResponse([token_json(t) for t in tokens])
 
 
+def _parse_acl(body: TokenCreateBody) -> TokenAcl | None:
+    if body.acl is not None and body.command_acl is not None:
+        raise invalid_request("give acl or command_acl, not both", "acl")
+    try:
+        if body.acl is not None:
+            return TokenAcl.model_validate(body.acl)
+        if body.command_acl is not None:
+            return TokenAcl(command=tuple(body.command_acl))
+    except ValidationError as exc:
+        detail, source = validation_detail(exc.errors())
+        field = "acl" if body.acl is not None else "command_acl"
+        raise invalid_request(f"{field}: {detail}", field if source is None else source) from None
+    return None
+
+
+def _may_issue_ungated(principal: Principal) -> bool:
+    """Only a superuser signed in with a password, or holding an ungated token, issues
+    tokens that bypass work sessions (a gated token never mints an ungated one)."""
+    return (
+        principal.is_superuser
+        and principal.user is not None
+        and (principal.kind == "login" or not principal.token.gated)
+    )
+
+
+async def _token_owner(body: TokenCreateBody, principal: Principal, services: Services) -> int:
+    assert principal.user_id is not None
+    if body.user is None or body.user in (principal.user_id, principal.name):
+        return principal.user_id
+    if not _may_issue_ungated(principal):
+        raise permission_denied("Only a superuser may issue a token for another user.")
+    ref = body.user
+    if isinstance(ref, int):
+        user = await services.db.read(users_store.get_user, ref)
+    else:
+        found = await services.db.read(users_store.get_user_by_username, ref)
+        user = None if found is None else found[0]
+    if user is None:
+        raise invalid_request(f"user: no user {ref!r}", "user")
+    return user.id
+
+
 @router.post("/api/auth/tokens/", status_code=201)
 async def create_token(
     body: TokenCreateBody, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
-    """Create an API token for the calling user; its key is in this response only."""
+    """Create an API token; its key is in this response only (docs/security.md).
+
+    A superuser's token (for themself or, with ``user``, for someone) bypasses work
+    sessions unless ``gated: true``; a non-superuser's token is always gated. No token
+    is more powerful than the principal that made it.
+    """
     if principal.user_id is None:
         raise permission_denied("A service token cannot create tokens.")
-    if principal.command_acl is not None:
-        raise permission_denied("A token restricted by a command ACL cannot create tokens.")
+    if principal.acl is not None:
+        raise permission_denied("A token restricted by an ACL cannot create tokens.")
     now = now_us()
     expires_at = None if body.expires_at is None else to_us(body.expires_at)
     if expires_at is not None and expires_at <= now:
         raise invalid_request("expires_at: must be in the future", "expires_at")
-    acl = body.command_acl
-    if acl is not None and any(not p.strip() or len(p) > 4096 for p in acl):
-        raise invalid_request("command_acl: patterns must be non-empty strings", "command_acl")
+    acl = _parse_acl(body)
+    ungated_ok = _may_issue_ungated(principal)
+    if body.gated is False and not ungated_ok:
+        raise permission_denied(
+            "Only a superuser issues tokens that bypass work sessions; this token would be "
+            "gated like your login."
+        )
+    owner = await _token_owner(body, principal, services)
     token, key = await services.db.write(
         users_store.create_token,
         kind="api",
         name=body.name,
-        user_id=principal.user_id,
-        command_acl=acl,
+        user_id=owner,
+        acl=acl,
+        gated=not ungated_ok if body.gated is None else body.gated,
         expires_at=expires_at,
         now=now,
     )
@@ -132,8 +211,8 @@ async def delete_token(token_id: str, principal: PrincipalDep, services: Service
     """Delete one of the caller's tokens."""
     if principal.user_id is None:
         raise permission_denied("A service token cannot delete tokens.")
-    if principal.command_acl is not None:
-        raise permission_denied("A token restricted by a command ACL cannot delete tokens.")
+    if principal.acl is not None:
+        raise permission_denied("A token restricted by an ACL cannot delete tokens.")
     deleted = await services.db.write(users_store.delete_token, token_id, user_id=principal.user_id)
     if not deleted:
         raise APIError(404, "TOKEN_NOT_FOUND", "No such token.")
@@ -151,9 +230,10 @@ async def list_users(principal: SuperuserDep, services: ServicesDep) -> JSONResp
 async def create_user(
     body: UserCreateBody, principal: SuperuserDep, services: ServicesDep
 ) -> JSONResponse:
-    """Create a user (superuser only; not with a token restricted by a command ACL)."""
-    if principal.command_acl is not None:
-        raise permission_denied("A token restricted by a command ACL cannot create users.")
+    """Create a user (superuser only; not with a token restricted by an ACL)."""
+    if principal.acl is not None:
+        raise permission_denied("A token restricted by an ACL cannot create users.")
+    _check_server_username(body.server_username)
     password_hash = None
     if body.password is not None:
         password_hash = await asyncio.to_thread(users_store.hash_password, body.password)
@@ -163,8 +243,30 @@ async def create_user(
         email=body.email,
         password_hash=password_hash,
         is_superuser=body.is_superuser,
+        server_username=body.server_username,
         now=now_us(),
     )
     if user is None:
         raise APIError(409, "USER_ALREADY_EXISTS", "A user with that username exists.", "username")
     return JSONResponse(user_json(user), status_code=201)
+
+
+@router.patch("/api/iam/users/{user_ref}/")
+async def update_user(
+    user_ref: str, body: UserUpdateBody, principal: SuperuserDep, services: ServicesDep
+) -> JSONResponse:
+    """Set (or clear, with ``null``) a user's ``server_username`` (superuser only)."""
+    _check_server_username(body.server_username)
+    found = await services.db.read(users_store.get_user_by_username, user_ref)
+    user = found[0] if found is not None else None
+    if user is None and user_ref.isdigit():
+        user = await services.db.read(users_store.get_user, int(user_ref))
+    if user is None:
+        raise APIError(404, "USER_NOT_FOUND", f"No user {user_ref[:150]!r}.")
+    updated = await services.db.write(
+        users_store.set_server_username, user.id, body.server_username
+    )
+    if updated is None:
+        raise APIError(404, "USER_NOT_FOUND", f"No user {user_ref[:150]!r}.")
+    services.principals.clear()  # cached principals carry the old mapping
+    return JSONResponse(user_json(updated))

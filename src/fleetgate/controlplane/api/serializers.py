@@ -66,6 +66,7 @@ def server_json(row: ServerRow, conn: AgentConnection | None) -> dict[str, Any]:
         "registered_at": iso(row.registered_at),
         "connected_at": iso_or_none(row.connected_at),
         "last_seen_at": iso_or_none(last_seen),
+        "features": [] if conn is None else sorted(conn.features),
     }
 
 
@@ -76,6 +77,7 @@ def user_json(user: UserRow) -> dict[str, Any]:
         "username": user.username,
         "email": user.email,
         "is_superuser": user.is_superuser,
+        "server_username": user.server_username,
     }
 
 
@@ -88,6 +90,8 @@ def token_json(token: TokenRow) -> dict[str, Any]:
         "created_at": iso(token.created_at),
         "expires_at": iso_or_none(token.expires_at),
         "command_acl": None if token.command_acl is None else list(token.command_acl),
+        "acl": None if token.acl is None else token.acl.model_dump(mode="json"),
+        "gated": token.gated or token.kind == "login",
     }
 
 
@@ -100,5 +104,8 @@ def whoami_json(principal: Principal) -> dict[str, Any]:
         "email": "" if user is None else user.email,
         "is_superuser": principal.is_superuser,
         "auth_method": principal.auth_method,
-        "work_session_required": principal.kind == "login",
+        "work_session_required": principal.gated,
+        "gated": principal.gated,
+        "server_username": None if user is None else user.server_username,
+        "acl": None if principal.acl is None else principal.acl.model_dump(mode="json"),
     }

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.websockets import WebSocket, WebSocketState
 
+from fleetgate.controlplane.acl import AclRefusal
 from fleetgate.controlplane.api.channels import (
     authorize,
     deny,
@@ -29,6 +30,7 @@ from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep
 from fleetgate.controlplane.api.pagination import page_response
 from fleetgate.controlplane.api.params import parse_bool, parse_page
 from fleetgate.controlplane.auth import Principal
+from fleetgate.controlplane.authz import acl_refused
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.grants import operation_claims
 from fleetgate.controlplane.hub.relay import close_websocket
@@ -116,6 +118,11 @@ async def create(
             "not a loopback address",
             "remote_host",
         )
+    if principal.acl is not None:
+        try:
+            principal.acl.check_port(body.remote_port)
+        except AclRefusal as exc:
+            raise acl_refused(exc.detail, "remote_port") from None
     tunnel_id = str(uuid.uuid4())
     requested = body.work_session or request.headers.get("x-work-session") or None
     allowed = await authorize(
@@ -248,7 +255,7 @@ async def _stream_open(
         return ChannelOpen(channel_id=channel_id, spec=spec, grant=services.signer.sign(claims))
 
     # Tokens are not gated: no transaction (and no thread hop) on the stream's set-up path.
-    outcome = await services.db.write(check) if principal.kind == "login" else check(None)
+    outcome = await services.db.write(check) if principal.gated else check(None)
     if isinstance(outcome, GateDenial):
         raise APIError(403, outcome.code, outcome.detail, SCOPE)
     return outcome

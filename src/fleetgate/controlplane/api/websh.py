@@ -22,6 +22,7 @@ from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep,
 from fleetgate.controlplane.api.pagination import page_response
 from fleetgate.controlplane.api.params import parse_page
 from fleetgate.controlplane.auth import Principal
+from fleetgate.controlplane.authz import require_session_named, server_account
 from fleetgate.controlplane.errors import APIError, ChannelFailed
 from fleetgate.controlplane.hub.relay import relay
 from fleetgate.controlplane.store import terminals as store
@@ -47,7 +48,7 @@ class TerminalCreateBody(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     server: str = Field(min_length=1, max_length=255)
-    username: str = Field(default="root", min_length=1, max_length=64)
+    username: str | None = Field(default=None, min_length=1, max_length=64)
     groupname: str | None = Field(default=None, max_length=64)
     shell: str | None = Field(default=None, max_length=4096)
     rows: int = Field(default=24, ge=1, le=1000)
@@ -92,11 +93,11 @@ def is_owner(principal: Principal, row: TerminalRow) -> bool:
     return principal.user is None and principal.token.id == row.owner_token
 
 
-def _check_spec(body: TerminalCreateBody) -> None:
+def _check_spec(body: TerminalCreateBody, account: str) -> None:
     try:
         WebshSpec(
             terminal_id=uuid.uuid4(),
-            username=body.username,
+            username=account,
             groupname=body.groupname,
             shell=body.shell,
             rows=body.rows,
@@ -112,17 +113,24 @@ def _check_spec(body: TerminalCreateBody) -> None:
 async def create_terminal(
     body: TerminalCreateBody, request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> dict[str, Any]:
-    """Create a terminal on a server (the shell starts when the client attaches)."""
-    _check_spec(body)
+    """Create a terminal on a server (the shell starts when the client attaches).
+
+    It runs as ``username`` (default root) for a superuser or an ungated token; a gated
+    non-superuser gets their own server account (``authz.server_account``).
+    """
+    requested = body.work_session or request.headers.get("x-work-session") or None
+    require_session_named(principal, requested, WEBSH_SCOPE)
+    account = server_account(principal, body.username, body.groupname, what="a terminal")
+    _check_spec(body, account)
     terminal_id = str(uuid.uuid4())
     allowed = await authorize(
         services,
         principal,
         server=body.server,
         scope=WEBSH_SCOPE,
-        work_session=body.work_session or request.headers.get("x-work-session") or None,
+        work_session=requested,
         operation_id=terminal_id,
-        description=f"websh {body.username}@{body.server}",
+        description=f"websh {account}@{body.server}",
     )
     now = now_us()
 
@@ -131,7 +139,7 @@ async def create_terminal(
             conn,
             terminal_id=terminal_id,
             server_id=allowed.server_id,
-            username=body.username,
+            username=account,
             groupname=body.groupname,
             shell=body.shell,
             rows=body.rows,

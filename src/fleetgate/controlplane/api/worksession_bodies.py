@@ -18,18 +18,24 @@ from fleetgate.shared.sudo_patterns import SudoPatternError, parse_pattern
 __all__ = [
     "DEFAULT_SCOPES",
     "MAX_DESCRIPTION",
+    "OWNER_ENABLED_SCOPES",
+    "ApproveBody",
     "CreateBody",
     "ExtendBody",
     "SudoPolicy",
     "UpdateBody",
     "extended_expiry",
     "parse_policies",
+    "parse_scope_list",
     "parse_scopes",
     "parse_window",
 ]
 
 DEFAULT_SCOPES = ("websh", "webftp", "command", "sudo")
 """Selected by default in the request guide."""
+OWNER_ENABLED_SCOPES = ("tunnel", "editor")
+"""Scopes a server offers only when its owner enabled them (the agent's ``hello``
+lists them in ``features``)."""
 MAX_DESCRIPTION = 2048
 
 
@@ -57,6 +63,14 @@ class CreateBody(BaseModel):
     sudo_policies: list[SudoPolicy] | None = None
 
 
+class ApproveBody(BaseModel):
+    """``POST .../approve/``: optionally narrow the request before approving it."""
+
+    model_config = ConfigDict(extra="ignore")
+    scopes: list[str] | None = Field(default=None, max_length=len(SCOPES))
+    servers: list[str] | None = Field(default=None, max_length=1000)
+
+
 class ExtendBody(BaseModel):
     """``POST .../extend/``: a new ``expires_at`` or a ``duration`` added from now."""
 
@@ -66,10 +80,12 @@ class ExtendBody(BaseModel):
 
 
 class UpdateBody(BaseModel):
-    """``PATCH .../<id>/``: replace the sudo policies."""
+    """``PATCH .../<id>/``: replace the scopes, the servers or the sudo policies."""
 
     model_config = ConfigDict(extra="ignore")
-    sudo_policies: list[SudoPolicy]
+    sudo_policies: list[SudoPolicy] | None = None
+    scopes: list[str] | None = Field(default=None, max_length=len(SCOPES))
+    servers: list[str] | None = Field(default=None, min_length=1, max_length=1000)
 
 
 def parse_policies(policies: list[SudoPolicy] | None) -> list[dict[str, Any]]:
@@ -95,6 +111,11 @@ def parse_scopes(body: CreateBody) -> tuple[str, ...]:
     scopes = list(DEFAULT_SCOPES if body.scopes is None else body.scopes)
     if body.sudo_policies and "sudo" not in scopes:
         scopes.append("sudo")
+    return parse_scope_list(scopes)
+
+
+def parse_scope_list(scopes: list[str]) -> tuple[str, ...]:
+    """Known scopes, at least one, in :data:`SCOPES` order."""
     bad = [s for s in scopes if s not in SCOPES]
     if bad:
         raise invalid_request(f"scopes: unknown {bad[0]!r}; valid: {', '.join(SCOPES)}", "scopes")
@@ -125,9 +146,18 @@ def parse_window(body: CreateBody, now: int, max_us: int) -> tuple[int, int]:
     return starts_at, expires_at
 
 
-def extended_expiry(body: ExtendBody, current: int, starts_at: int, now: int, max_us: int) -> int:
+def extended_expiry(
+    body: ExtendBody,
+    current: int,
+    starts_at: int,
+    now: int,
+    max_us: int,
+    *,
+    from_start: bool = False,
+) -> int:
     """The new ``expires_at`` of an extend: later than ``current``, at most the maximum
-    duration after ``now`` (or after the start, for a session that has not started)."""
+    duration after ``now`` (or after the start, for a session that has not started);
+    with ``from_start`` at most the maximum after the start, however often it is extended."""
     if (body.duration is None) == (body.expires_at is None):
         raise invalid_request("give exactly one of duration and expires_at", "expires_at")
     if body.duration is not None:
@@ -142,7 +172,8 @@ def extended_expiry(body: ExtendBody, current: int, starts_at: int, now: int, ma
         raise invalid_request(
             f"expires_at: must be later than the current {iso(current)}", "expires_at"
         )
-    if expires_at - max(now, starts_at) > max_us:
+    base = starts_at if from_start else max(now, starts_at)
+    if expires_at - base > max_us:
         raise invalid_request(
             f"expires_at: beyond the maximum of {max_us // 60_000_000} minutes", "expires_at"
         )

@@ -17,14 +17,17 @@ from fastapi.responses import JSONResponse
 
 from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep
 from fleetgate.controlplane.api.pagination import page_response
-from fleetgate.controlplane.api.params import parse_int, parse_page
+from fleetgate.controlplane.api.params import MAX_SEARCH, parse_int, parse_page
 from fleetgate.controlplane.api.worksession_bodies import (
     MAX_DESCRIPTION,
+    OWNER_ENABLED_SCOPES,
+    ApproveBody,
     CreateBody,
     ExtendBody,
     UpdateBody,
     extended_expiry,
     parse_policies,
+    parse_scope_list,
     parse_scopes,
     parse_window,
 )
@@ -42,12 +45,24 @@ from fleetgate.controlplane.timeutil import now_us
 from fleetgate.controlplane.worksession.lifecycle import TERMINAL, Action, InvalidTransition, Status
 
 
-__all__ = ["router"]
+__all__ = [
+    "SIMPLE_ACTIONS",
+    "approve",
+    "create",
+    "detail",
+    "extend",
+    "list_sessions",
+    "router",
+    "timeline",
+]
 
 router = APIRouter(prefix="/api/work-sessions/sessions")
 
 MAX_WAIT = 60
 SUPERUSER_ACTIONS = frozenset({Action.APPROVE, Action.REJECT, Action.REVOKE})
+SIMPLE_ACTIONS: dict[Action, Callable[..., Any]] = {}
+"""The bodiless action routes (``reject``, ``cancel``, ...), callable as
+``route(session_id, principal, services)`` by the console."""
 
 
 def _not_found() -> APIError:
@@ -88,14 +103,24 @@ async def _assignee(body: CreateBody, principal: Principal, services: Services) 
     return user.id
 
 
-async def _server_ids(refs: list[str], services: Services) -> tuple[str, ...]:
+async def _server_ids(
+    refs: list[str], scopes: tuple[str, ...], services: Services
+) -> tuple[str, ...]:
     ids: list[str] = []
     for ref in refs:
         server = await services.db.read(servers_store.get_server, ref)
         if server is None:
             raise invalid_request(f"servers: no server {ref[:100]!r}", "servers")
-        if services.hub.connection(server.id) is None:
+        conn = services.hub.connection(server.id)
+        if conn is None:
             raise invalid_request(f"servers: server {server.name!r} is not connected", "servers")
+        off = [s for s in scopes if s in OWNER_ENABLED_SCOPES and s not in conn.features]
+        if off:
+            raise invalid_request(
+                f"scopes: {off[0]!r} is not enabled on server {server.name!r} "
+                "(its owner must turn it on in the agent's configuration)",
+                "scopes",
+            )
         if server.id not in ids:
             ids.append(server.id)
     return tuple(ids)
@@ -123,12 +148,13 @@ async def create(body: CreateBody, principal: PrincipalDep, services: ServicesDe
     now = now_us()
     max_us = int(services.settings.work_session_max_duration * 1_000_000)
     starts_at, expires_at = parse_window(body, now, max_us)
+    scopes = parse_scopes(body)
     new = NewWorkSession(
         id=str(uuid.uuid4()),
         description=description,
         requester_type=body.requester_type,
-        scopes=parse_scopes(body),
-        server_ids=await _server_ids(body.servers, services),
+        scopes=scopes,
+        server_ids=await _server_ids(body.servers, scopes, services),
         sudo_policies=tuple(parse_policies(body.sudo_policies)),
         created_by=principal.user_id,
         assigned_user=await _assignee(body, principal, services),
@@ -146,8 +172,10 @@ async def create(body: CreateBody, principal: PrincipalDep, services: ServicesDe
 async def list_sessions(
     request: Request, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
-    """A page of sessions, newest first; ``status`` filters (``all``: no filter)."""
+    """A page of sessions, newest first; ``status`` filters (``all``: no filter), ``q``
+    searches the purpose, usernames, server names and ids."""
     params = request.query_params
+    search = (params.get("q") or "").strip()[:MAX_SEARCH] or None
     status = params.get("status") or None
     if status == "all":
         status = None
@@ -161,6 +189,7 @@ async def list_sessions(
         now=now_us(),
         offset=page.offset,
         limit=page.size,
+        search=search,
     )
     results = [await _render(r, services) for r in rows]
     return JSONResponse(page_response(request, services.settings.public_url, page, count, results))
@@ -208,6 +237,7 @@ async def _act(
     principal: Principal,
     services: Services,
     change: Callable[[WorkSessionRow, int], dict[str, Any]] | None = None,
+    event: str | None = None,
 ) -> JSONResponse:
     row = await _load(session_id, principal, services)
     if action in SUPERUSER_ACTIONS and not principal.is_superuser:
@@ -225,6 +255,7 @@ async def _act(
                 action,
                 actor=principal.user_id,
                 now=now,
+                event=event or action.value,
                 **change(row, now),
             )
     except InvalidTransition as exc:
@@ -248,43 +279,133 @@ def _simple(action: Action) -> Callable[..., Any]:
     return route
 
 
+@router.post("/{session_id}/approve/")
+async def approve(
+    session_id: str,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    body: ApproveBody | None = None,
+) -> JSONResponse:
+    """Approve a pending request, optionally narrowing its scopes and servers first."""
+    if body is None or (body.scopes is None and body.servers is None):
+        return await _act(session_id, Action.APPROVE, principal, services)
+    row = await _load(session_id, principal, services)
+    if not principal.is_superuser:
+        raise permission_denied("Only a superuser may approve a work session.")
+    scopes, server_ids = await _narrowed(body, row, services)
+    now = now_us()
+
+    def adjust_then_approve(conn: Any) -> WorkSessionRow | None:
+        adjusted = ws_store.adjust_request(
+            conn, row.id, scopes=scopes, server_ids=server_ids, actor=principal.user_id, now=now
+        )
+        if adjusted is None:
+            return None
+        return ws_store.apply_action(conn, row.id, Action.APPROVE, actor=principal.user_id, now=now)
+
+    try:
+        updated = await services.db.write(adjust_then_approve)
+    except InvalidTransition as exc:
+        raise _invalid_transition(exc) from None
+    if updated is None:
+        raise _not_found()
+    services.work_sessions.changed()
+    return JSONResponse(await _render(updated, services))
+
+
+async def _narrowed(
+    body: ApproveBody, row: WorkSessionRow, services: Services
+) -> tuple[tuple[str, ...] | None, tuple[str, ...] | None]:
+    """The approved scopes and servers: each a non-empty subset of what was requested."""
+    scopes = None
+    if body.scopes is not None:
+        extra = [s for s in body.scopes if s not in row.scopes]
+        if extra:
+            raise invalid_request(f"scopes: {extra[0]!r} was not requested", "scopes")
+        scopes = tuple(s for s in row.scopes if s in body.scopes)
+        if not scopes:
+            raise invalid_request("scopes: at least one scope is required", "scopes")
+    server_ids = None
+    if body.servers is not None:
+        ids = []
+        for ref in body.servers:
+            server = await services.db.read(servers_store.get_server, ref)
+            if server is None or server.id not in row.server_ids:
+                raise invalid_request(f"servers: {ref[:100]!r} was not requested", "servers")
+            ids.append(server.id)
+        server_ids = tuple(s for s in row.server_ids if s in ids)
+        if not server_ids:
+            raise invalid_request("servers: at least one server is required", "servers")
+    return scopes, server_ids
+
+
 for _action in (
-    Action.APPROVE,
     Action.REJECT,
     Action.ACTIVATE,
     Action.COMPLETE,
     Action.REVOKE,
     Action.CANCEL,
 ):
-    router.post(f"/{{session_id}}/{_action.value}/")(_simple(_action))
+    SIMPLE_ACTIONS[_action] = router.post(f"/{{session_id}}/{_action.value}/")(_simple(_action))
+
+
+def _change_action(principal: Principal, kept: Action) -> Action:
+    """Approved means frozen: a superuser's change keeps the status (``kept``); anyone
+    else's sends the session back to pending (``amend``)."""
+    return kept if principal.is_superuser else Action.AMEND
 
 
 @router.post("/{session_id}/extend/")
 async def extend(
     session_id: str, body: ExtendBody, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
-    """Move ``expires_at`` later, never beyond the maximum duration from now."""
+    """Move ``expires_at`` later.
+
+    A superuser's extend keeps the status, at most the maximum duration from now; anyone
+    else's needs approval again (the session goes back to ``pending``) and never takes the
+    session beyond the maximum duration from its start.
+    """
     max_us = int(services.settings.work_session_max_duration * 1_000_000)
+    from_start = not principal.is_superuser
 
     def change(row: WorkSessionRow, now: int) -> dict[str, Any]:
-        return {"expires_at": extended_expiry(body, row.expires_at, row.starts_at, now, max_us)}
+        expires_at = extended_expiry(
+            body, row.expires_at, row.starts_at, now, max_us, from_start=from_start
+        )
+        return {"expires_at": expires_at}
 
-    return await _act(session_id, Action.EXTEND, principal, services, change)
+    action = _change_action(principal, Action.EXTEND)
+    return await _act(session_id, action, principal, services, change, event="extend")
 
 
 @router.patch("/{session_id}/")
 async def update(
     session_id: str, body: UpdateBody, principal: PrincipalDep, services: ServicesDep
 ) -> JSONResponse:
-    """Replace the sudo policies (replace-all; policies keep the ``id`` they are sent with)."""
-    policies = parse_policies(body.sudo_policies)
+    """Change scopes, servers or sudo policies (each replace-all; policies keep the
+    ``id`` they are sent with). A non-superuser's change sends the session back to
+    ``pending``: it cannot be used until approved again."""
+    if body.sudo_policies is None and body.scopes is None and body.servers is None:
+        raise invalid_request("give at least one of scopes, servers, sudo_policies", "scopes")
+    policies = None if body.sudo_policies is None else parse_policies(body.sudo_policies)
+    scopes = None if body.scopes is None else parse_scope_list(body.scopes)
+    server_ids = None
+    if body.servers is not None:
+        # The servers must offer what the session will have: the new scopes, or its own.
+        effective = (
+            scopes if scopes is not None else (await _load(session_id, principal, services)).scopes
+        )
+        server_ids = await _server_ids(body.servers, effective, services)
 
     def change(row: WorkSessionRow, now: int) -> dict[str, Any]:
-        if policies and "sudo" not in row.scopes:
+        new_scopes = row.scopes if scopes is None else scopes
+        new_policies = row.sudo_policies if policies is None else policies
+        if new_policies and "sudo" not in new_scopes:
             raise invalid_request("sudo_policies: the session has no sudo scope", "sudo_policies")
-        return {"sudo_policies": policies}
+        return {"sudo_policies": policies, "scopes": scopes, "server_ids": server_ids}
 
-    return await _act(session_id, Action.UPDATE, principal, services, change)
+    action = _change_action(principal, Action.UPDATE)
+    return await _act(session_id, action, principal, services, change, event="update")
 
 
 @router.get("/{session_id}/timeline/")

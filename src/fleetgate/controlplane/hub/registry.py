@@ -65,6 +65,8 @@ class AgentConnection:
         self.last_frame_monotonic = time.monotonic()
         self.agent_version: str | None = None
         self.hostname: str | None = None
+        self.features: frozenset[str] = frozenset()
+        """Optional features the agent said it offers in its ``hello`` (``tunnel``)."""
         self.closed = asyncio.Event()
         self._send_lock = asyncio.Lock()
 

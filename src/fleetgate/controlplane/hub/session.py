@@ -230,6 +230,7 @@ class AgentSession:
         conn = self.conn
         conn.agent_version = hello.agent_version
         conn.hostname = hello.hostname
+        conn.features = frozenset(hello.features)
         await self.db.write(
             servers_store.mark_connected,
             conn.server_id,

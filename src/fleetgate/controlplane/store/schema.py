@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _V1 = """
 CREATE TABLE users (
@@ -178,7 +178,20 @@ CREATE INDEX ix_terminals_session ON terminals(work_session_id, created_at);
 CREATE INDEX ix_terminals_owner ON terminals(owner_user, created_at)
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
+_V6 = """
+ALTER TABLE users ADD COLUMN server_username TEXT;
+ALTER TABLE tokens ADD COLUMN gated INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE tokens ADD COLUMN acl TEXT;
+UPDATE tokens SET gated = 1 WHERE kind = 'login' OR (kind = 'api' AND user_id IN
+    (SELECT id FROM users WHERE is_superuser = 0));
+UPDATE tokens SET acl = json_object('command', json(command_acl)) WHERE command_acl IS NOT NULL
+"""
+"""Issue 14: the authorization model. A user's mapped ``server_username``; a token's
+``gated`` flag (API tokens of non-superusers made before this version become gated: they
+were the approval bypass) and its per-operation ``acl`` (an old ``command_acl`` becomes
+``{"command": [...]}``)."""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -15,6 +15,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
+from fleetgate.controlplane.acl import TokenAcl
+
 
 __all__ = [
     "TOKEN_PREFIXES",
@@ -32,6 +34,8 @@ __all__ = [
     "list_users",
     "lookup_token",
     "new_key",
+    "set_password",
+    "set_server_username",
     "verify_password",
 ]
 
@@ -52,17 +56,20 @@ class UserRow:
     is_superuser: bool
     has_password: bool
     created_at: int
+    server_username: str | None = None
+    """The account this user's commands, terminals and transfers run as on servers."""
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> UserRow:
-        """Build from a ``users`` row."""
+    def from_row(cls, row: sqlite3.Row, prefix: str = "") -> UserRow:
+        """Build from a ``users`` row (columns named ``prefix + name``)."""
         return cls(
-            id=int(row["id"]),
-            username=str(row["username"]),
-            email=str(row["email"]),
-            is_superuser=bool(row["is_superuser"]),
-            has_password=row["password_hash"] is not None,
-            created_at=int(row["created_at"]),
+            id=int(row[prefix + "id"]),
+            username=str(row[prefix + "username"]),
+            email=str(row[prefix + "email"]),
+            is_superuser=bool(row[prefix + "is_superuser"]),
+            has_password=row[prefix + "password_hash"] is not None,
+            created_at=int(row[prefix + "created_at"]),
+            server_username=row[prefix + "server_username"],
         )
 
 
@@ -78,11 +85,16 @@ class TokenRow:
     command_acl: tuple[str, ...] | None
     created_at: int
     expires_at: int | None
+    gated: bool = False
+    """Needs a work session like a login (tokens a non-superuser made for themself)."""
+    acl: TokenAcl | None = None
+    """What a restricted token may do (``None``: unrestricted)."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> TokenRow:
         """Build from a ``tokens`` row."""
         acl = row["command_acl"]
+        ops = row["acl"]
         kind: TokenKind = row["kind"]
         return cls(
             id=str(row["id"]),
@@ -93,6 +105,8 @@ class TokenRow:
             command_acl=None if acl is None else tuple(json.loads(acl)),
             created_at=int(row["created_at"]),
             expires_at=row["expires_at"],
+            gated=bool(row["gated"]),
+            acl=None if ops is None else TokenAcl.model_validate_json(ops),
         )
 
 
@@ -148,18 +162,35 @@ def create_user(
     email: str = "",
     password_hash: str | None = None,
     is_superuser: bool = False,
+    server_username: str | None = None,
     now: int,
 ) -> UserRow | None:
     """Insert a user; ``None`` when the username is taken."""
     try:
         cur = conn.execute(
-            "INSERT INTO users (username, email, password_hash, is_superuser, created_at) "
-            "VALUES (?, ?, ?, ?, ?) RETURNING *",
-            (username, email, password_hash, int(is_superuser), now),
+            "INSERT INTO users (username, email, password_hash, is_superuser, server_username, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+            (username, email, password_hash, int(is_superuser), server_username, now),
         )
     except sqlite3.IntegrityError:
         return None
     return UserRow.from_row(cur.fetchone())
+
+
+def set_server_username(
+    conn: sqlite3.Connection, user_id: int, server_username: str | None
+) -> UserRow | None:
+    """Map (or unmap, with ``None``) a user's server account; the updated user."""
+    cur = conn.execute(
+        "UPDATE users SET server_username = ? WHERE id = ? RETURNING *", (server_username, user_id)
+    )
+    row = cur.fetchone()
+    return None if row is None else UserRow.from_row(row)
+
+
+def set_password(conn: sqlite3.Connection, user_id: int, password_hash: str) -> None:
+    """Replace a user's password hash (from :func:`hash_password`)."""
+    conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
 
 
 def get_user(conn: sqlite3.Connection, user_id: int) -> UserRow | None:
@@ -192,14 +223,24 @@ def create_token(
     user_id: int | None,
     service_name: str | None = None,
     command_acl: list[str] | None = None,
+    acl: TokenAcl | None = None,
+    gated: bool = False,
     expires_at: int | None = None,
     now: int,
 ) -> tuple[TokenRow, str]:
-    """Create a token; return it and its key (the only time the key exists in clear)."""
+    """Create a token; return it and its key (the only time the key exists in clear).
+
+    ``command_acl`` alone is the older form of ``acl={"command": command_acl}``.
+    """
+    if acl is None and command_acl is not None:
+        acl = TokenAcl(command=tuple(command_acl))
+    if acl is not None and acl.command is not None:
+        command_acl = list(acl.command)
     key = new_key(TOKEN_PREFIXES[kind])
     cur = conn.execute(
         "INSERT INTO tokens (id, key_hash, kind, name, user_id, service_name, command_acl, "
-        "created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        "created_at, expires_at, gated, acl) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "RETURNING *",
         (
             str(uuid.uuid4()),
             hash_key(key),
@@ -210,6 +251,8 @@ def create_token(
             None if command_acl is None else json.dumps(command_acl),
             now,
             expires_at,
+            int(gated or kind == "login"),
+            None if acl is None else acl.model_dump_json(exclude_defaults=True),
         ),
     )
     return TokenRow.from_row(cur.fetchone()), key
@@ -223,7 +266,7 @@ def lookup_token(
     row = conn.execute(
         "SELECT t.*, u.id AS u_id, u.username AS u_username, u.email AS u_email, "
         "u.password_hash AS u_password_hash, u.is_superuser AS u_is_superuser, "
-        "u.created_at AS u_created_at "
+        "u.created_at AS u_created_at, u.server_username AS u_server_username "
         "FROM tokens t LEFT JOIN users u ON u.id = t.user_id WHERE t.key_hash = ?",
         (digest,),
     ).fetchone()
@@ -234,14 +277,7 @@ def lookup_token(
         return None
     user = None
     if row["u_id"] is not None:
-        user = UserRow(
-            id=int(row["u_id"]),
-            username=str(row["u_username"]),
-            email=str(row["u_email"]),
-            is_superuser=bool(row["u_is_superuser"]),
-            has_password=row["u_password_hash"] is not None,
-            created_at=int(row["u_created_at"]),
-        )
+        user = UserRow.from_row(row, prefix="u_")
     elif token.kind != "service":
         return None
     return token, user

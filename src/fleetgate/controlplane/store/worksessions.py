@@ -14,6 +14,7 @@ from typing import Any
 
 from fleetgate.controlplane.worksession.lifecycle import (
     Action,
+    InvalidTransition,
     Status,
     next_due,
     settle,
@@ -25,6 +26,7 @@ __all__ = [
     "NewWorkSession",
     "WorkSessionRow",
     "add_event",
+    "adjust_request",
     "apply_action",
     "insert_work_session",
     "list_work_sessions",
@@ -234,29 +236,86 @@ def update_fields(
     *,
     actor: int | None,
     now: int,
+    event: str,
     expires_at: int | None = None,
     sudo_policies: list[dict[str, Any]] | None = None,
+    scopes: tuple[str, ...] | None = None,
+    server_ids: tuple[str, ...] | None = None,
 ) -> WorkSessionRow | None:
-    """``extend`` (new ``expires_at``) or ``update`` (new sudo policies) a live session."""
+    """Change a live session's fields under ``action`` (``extend``/``update`` keep the
+    status, ``amend`` sends it back to pending) and record ``event`` on the timeline with
+    who changed what, before and after."""
     row = apply_action(conn, session_id, action, actor=actor, now=now)
     if row is None:
         return None
-    data: dict[str, Any] = {}
+    changes: dict[str, Any] = {}
+    columns: dict[str, Any] = {}
     if expires_at is not None:
-        conn.execute(
-            "UPDATE work_sessions SET expires_at = ?, updated_at = ? WHERE id = ?",
-            (expires_at, now, row.id),
-        )
-        data = {"from": row.expires_at, "to": expires_at}
-        row = replace(row, expires_at=expires_at, updated_at=now)
+        changes["expires_at"] = {"before": row.expires_at, "after": expires_at}
+        columns["expires_at"] = expires_at
+        row = replace(row, expires_at=expires_at)
     if sudo_policies is not None:
+        before = list(row.sudo_policies)
+        changes["sudo_policies"] = {"before": before, "after": sudo_policies}
+        columns["sudo_policies"] = json.dumps(sudo_policies)
+        row = replace(row, sudo_policies=tuple(sudo_policies))
+    if scopes is not None:
+        changes["scopes"] = {"before": list(row.scopes), "after": list(scopes)}
+        columns["scopes"] = json.dumps(list(scopes))
+        row = replace(row, scopes=scopes)
+    if server_ids is not None:
+        changes["servers"] = {"before": list(row.server_ids), "after": list(server_ids)}
+        columns["servers"] = json.dumps(list(server_ids))
+        row = replace(row, server_ids=server_ids)
+    if columns:
+        sets = ", ".join(f"{name} = ?" for name in columns)
         conn.execute(
-            "UPDATE work_sessions SET sudo_policies = ?, updated_at = ? WHERE id = ?",
-            (json.dumps(sudo_policies), now, row.id),
+            f"UPDATE work_sessions SET {sets}, updated_at = ? WHERE id = ?",  # noqa: S608
+            (*columns.values(), now, row.id),
         )
-        data = {"sudo_policies": sudo_policies}
-        row = replace(row, sudo_policies=tuple(sudo_policies), updated_at=now)
-    add_event(conn, row.id, action.value, timestamp=now, actor=actor, data=data)
+        row = replace(row, updated_at=now)
+    data: dict[str, Any] = {"changes": changes, "status": row.status.value}
+    # Kept for readers of the older event shapes.
+    if expires_at is not None:
+        data.update({"from": changes["expires_at"]["before"], "to": expires_at})
+    if sudo_policies is not None:
+        data["sudo_policies"] = sudo_policies
+    add_event(conn, row.id, event, timestamp=now, actor=actor, data=data)
+    return row
+
+
+def adjust_request(
+    conn: sqlite3.Connection,
+    session_id: str,
+    *,
+    scopes: tuple[str, ...] | None,
+    server_ids: tuple[str, ...] | None,
+    actor: int | None,
+    now: int,
+) -> WorkSessionRow | None:
+    """Narrow a pending request's scopes and servers before it is approved.
+
+    Records an ``adjust`` item with what changed. Raises ``InvalidTransition`` (for
+    ``approve``) unless the session is still pending.
+    """
+    row = load_settled(conn, session_id, now=now)
+    if row is None:
+        return None
+    if row.status is not Status.PENDING:
+        raise InvalidTransition(row.status, Action.APPROVE)
+    data: dict[str, Any] = {}
+    if scopes is not None and scopes != row.scopes:
+        data["scopes"] = {"from": list(row.scopes), "to": list(scopes)}
+        row = replace(row, scopes=scopes)
+    if server_ids is not None and server_ids != row.server_ids:
+        data["servers"] = {"from": list(row.server_ids), "to": list(server_ids)}
+        row = replace(row, server_ids=server_ids)
+    if data:
+        conn.execute(
+            "UPDATE work_sessions SET scopes = ?, servers = ?, updated_at = ? WHERE id = ?",
+            (json.dumps(list(row.scopes)), json.dumps(list(row.server_ids)), now, row.id),
+        )
+        add_event(conn, row.id, "adjust", timestamp=now, actor=actor, data=data)
     return row
 
 
@@ -268,8 +327,13 @@ def list_work_sessions(
     now: int,
     offset: int,
     limit: int,
+    search: str | None = None,
 ) -> tuple[int, list[WorkSessionRow]]:
-    """A page of sessions, newest first (``visible_to``: created by or assigned to)."""
+    """A page of sessions, newest first (``visible_to``: created by or assigned to).
+
+    ``search`` matches (case-insensitively, as a substring) the purpose, the requester's
+    or assignee's username, a server's name, or the start of the id.
+    """
     settle_all(conn, now=now)
     where: list[str] = []
     params: list[object] = []
@@ -279,8 +343,20 @@ def list_work_sessions(
     if status is not None:
         where.append("w.status = ?")
         params.append(status)
+    if search:
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        where.append(
+            "(w.description LIKE ? ESCAPE '\\' OR cu.username LIKE ? ESCAPE '\\' "
+            "OR au.username LIKE ? ESCAPE '\\' OR w.id LIKE ? ESCAPE '\\' OR EXISTS ("
+            "SELECT 1 FROM json_each(w.servers) j JOIN servers s ON s.id = j.value "
+            "WHERE s.name LIKE ? ESCAPE '\\'))"
+        )
+        params += [pattern, pattern, pattern, pattern[1:], pattern]
     clause = f" WHERE {' AND '.join(where)}" if where else ""
-    count_sql = f"SELECT COUNT(*) FROM work_sessions w{clause}"  # noqa: S608
+    joins = (
+        " LEFT JOIN users cu ON cu.id = w.created_by LEFT JOIN users au ON au.id = w.assigned_user"
+    )
+    count_sql = f"SELECT COUNT(*) FROM work_sessions w{joins}{clause}"  # noqa: S608
     count = int(conn.execute(count_sql, params).fetchone()[0])
     rows = conn.execute(
         f"{_SELECT}{clause} ORDER BY w.added_at DESC, w.id LIMIT ? OFFSET ?",

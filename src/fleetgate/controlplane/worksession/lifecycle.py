@@ -1,7 +1,10 @@
 """The work-session lifecycle: a transition table and the time-driven moves. No I/O.
 
 ``pending → approved → active → completed | expired | revoked``; ``pending → rejected``;
-``pending → cancelled``. A pending, approved or active session whose ``expires_at`` has
+``pending → cancelled``. Approved means frozen: a change by anyone but a superuser
+(``amend``: scopes, servers, sudo patterns, a later expiry) sends a live session back to
+``pending``, to be approved again; a superuser's change (``update``, ``extend``) keeps
+the status. A pending, approved or active session whose ``expires_at`` has
 passed is expired; an approved session whose ``starts_at`` has come is active. Terminal
 states are absorbing: no action leaves them.
 """
@@ -52,6 +55,8 @@ class Action(StrEnum):
     EXPIRE = "expire"
     EXTEND = "extend"
     UPDATE = "update"
+    AMEND = "amend"
+    """A change made by a non-superuser: back to ``pending`` for approval."""
 
 
 LIVE = frozenset({Status.PENDING, Status.APPROVED, Status.ACTIVE})
@@ -65,6 +70,9 @@ TRANSITIONS: dict[tuple[Status, Action], Status] = {
     (Status.PENDING, Action.CANCEL): Status.CANCELLED,
     (Status.PENDING, Action.EXPIRE): Status.EXPIRED,
     (Status.PENDING, Action.UPDATE): Status.PENDING,
+    (Status.PENDING, Action.AMEND): Status.PENDING,
+    (Status.APPROVED, Action.AMEND): Status.PENDING,
+    (Status.ACTIVE, Action.AMEND): Status.PENDING,
     (Status.APPROVED, Action.ACTIVATE): Status.ACTIVE,
     (Status.APPROVED, Action.START): Status.ACTIVE,
     (Status.APPROVED, Action.REVOKE): Status.REVOKED,

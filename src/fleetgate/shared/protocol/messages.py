@@ -94,6 +94,12 @@ class Hello(_Message):
     hostname: str = Field(max_length=255)
     running: list[UUID] = Field(default_factory=list, max_length=10_000)
     """Commands this agent is executing right now (so they are not redelivered)."""
+    features: list[Annotated[str, Field(max_length=32)]] = Field(
+        default_factory=list, max_length=16
+    )
+    """Optional features the server's owner turned on in this agent's configuration
+    (``tunnel``); work sessions may include those scopes only for servers that offer
+    them. An agent that predates the field offers none."""
 
 
 class CommandDelivered(_Message):

@@ -11,6 +11,7 @@ import pytest
 from fleetgate.agent.errors import PrivilegeError, UnknownGroup, UnknownUser
 from fleetgate.agent.exec.identity import BASE_PATH, Identity, build_environment, resolve_identity
 from fleetgate.agent.exec.spawn import privilege_argv
+from tests.support.users import require_root
 
 
 IDENTITY = Identity(
@@ -68,9 +69,9 @@ def test_environment_returns_a_fresh_dict() -> None:
     assert "B" not in build_environment(IDENTITY, extra)
 
 
+@pytest.mark.root
 def test_resolve_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("resolving root needs root (a non-root agent may only run as itself)")
+    require_root()
     identity = resolve_identity("root", None)
     assert (identity.name, identity.uid, identity.gid) == ("root", 0, 0)
     assert identity.groups[0] == 0
@@ -80,9 +81,9 @@ def test_resolve_root() -> None:
     assert identity.shell
 
 
+@pytest.mark.root
 def test_resolve_root_with_its_primary_group_by_name() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("resolving root needs root")
+    require_root()
     group = grp.getgrgid(0).gr_name
     assert resolve_identity("root", group).gid == 0
     assert resolve_identity("root", "").gid == 0

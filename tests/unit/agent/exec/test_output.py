@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from fleetgate.agent.exec.exitstatus import ExitStatus, exit_status
 from fleetgate.agent.exec.output import HeadTailCapture, OutputChunker, complete_prefix_length
 
 
@@ -139,3 +140,19 @@ def test_capture_cuts_head_and_tail_on_character_boundaries() -> None:
     assert truncated
     # The partial characters are dropped from both ends and counted as truncated.
     assert text == f"ab\n... [{3 + 10 + 3} bytes truncated] ...\nyz"
+
+
+@pytest.mark.parametrize(
+    ("returncode", "timed_out_after", "expected"),
+    [
+        (0, None, ExitStatus(0)),
+        (3, None, ExitStatus(3)),
+        (-9, None, ExitStatus(137, None, "killed by signal SIGKILL")),
+        (-200, None, ExitStatus(328, None, "killed by signal signal 200")),
+        (-15, 2.04, ExitStatus(124, "timeout", "timed out after 2.0 s")),
+    ],
+)
+def test_exit_status_follows_shell_conventions(
+    returncode: int, timed_out_after: float | None, expected: ExitStatus
+) -> None:
+    assert exit_status(returncode, timed_out_after) == expected

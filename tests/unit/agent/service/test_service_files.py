@@ -7,8 +7,11 @@ import stat
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from fleetgate.agent.audit import AuditLog
-from fleetgate.agent.service.tomledit import render, set_keys
+from fleetgate.agent.errors import ConfigError
+from fleetgate.agent.service.tomledit import set_keys
 
 
 def test_audit_lines_are_json_and_the_file_is_root_only(tmp_path: Path) -> None:
@@ -73,8 +76,8 @@ def test_set_keys_keeps_comments_and_other_keys() -> None:
         "[limits]\n"
         "kill_grace = 2\n"
     )
-    out = set_keys(text, "control_plane", {"url": render("https://new.example")})
-    out = set_keys(out, "identity", {"server_id": render("abc"), "key_file": render("/k")})
+    out = set_keys(text, "control_plane", {"url": "https://new.example"})
+    out = set_keys(out, "identity", {"server_id": "abc", "key_file": "/k"})
     assert "# managed by hand" in out
     assert "# where to dial" in out
     parsed = tomllib.loads(out)
@@ -88,5 +91,18 @@ def test_set_keys_keeps_comments_and_other_keys() -> None:
 
 def test_set_keys_does_not_touch_commented_keys_or_other_sections() -> None:
     text = '[identity]\n# server_id = "example"\n[other]\nserver_id = "keep"\n'
-    parsed = tomllib.loads(set_keys(text, "identity", {"server_id": render('q"uote')}))
+    parsed = tomllib.loads(set_keys(text, "identity", {"server_id": 'q"uote'}))
     assert parsed == {"identity": {"server_id": 'q"uote'}, "other": {"server_id": "keep"}}
+
+
+@pytest.mark.parametrize("value", ["caf\u00e9", "\U0001f680 rocket", "tab\tand\nnewline", "\\x00"])
+def test_set_keys_round_trips_any_string(value: str) -> None:
+    """Non-BMP text and control characters read back unchanged (JSON escapes did not)."""
+    out = set_keys("# kept\n[identity]\n", "identity", {"key_file": value})
+    assert tomllib.loads(out) == {"identity": {"key_file": value}}
+    assert "# kept" in out
+
+
+def test_set_keys_refuses_a_file_that_is_not_toml() -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        set_keys("[identity\nx = 1\n", "identity", {"server_id": "abc"})

@@ -1,0 +1,46 @@
+"""Suite-wide rules: tests that need root say so, and under CI none of them may skip.
+
+A test that creates users, switches uid, installs packages or mounts file systems carries
+``@pytest.mark.root``. Without root such a test is skipped with that reason; with
+``CI=true`` (CI runs as root) a skipped root test fails the run instead of passing
+silently. :func:`tests.support.users.require_root` checks that its caller carries the
+marker, so a test that needs root cannot forget it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+
+import pytest
+
+from tests.support import users
+
+
+IS_ROOT = os.geteuid() == 0
+UNDER_CI = os.environ.get("CI") == "true"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if IS_ROOT:
+        return
+    skip = pytest.mark.skip(reason="needs root (run the suite as root)")
+    for item in items:
+        if item.get_closest_marker("root") is not None:
+            item.add_marker(skip)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    users.current_test_is_root = item.get_closest_marker("root") is not None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    if UNDER_CI and report.skipped and item.get_closest_marker("root") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.outcome = "failed"
+        report.longrepr = f"a root test skipped under CI=true: {reason}"
+    return report
