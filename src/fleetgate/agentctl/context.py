@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,12 +11,13 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from fleetgate.agentctl.client import Client
 from fleetgate.agentctl.config import ClientConfig
-from fleetgate.agentctl.errors import CliError, ErrorContext
+from fleetgate.agentctl.errors import AgentctlError, CliError, ErrorContext
 from fleetgate.agentctl.output import Output, to_json
 from fleetgate.agentctl.worksessions import (
     ENV_WORK_SESSION,
     load_active,
     resolve_session,
+    save_active,
     source_label,
     state_key,
     state_path,
@@ -25,8 +27,10 @@ from fleetgate.agentctl.worksessions import (
 if TYPE_CHECKING:
     import httpx
 
-UNGATED_TOKEN_PREFIXES = ("fat_", "fst_")
-"""Prefixes of API and service tokens (docs/api.md); login tokens start with `flt_`."""
+LOGIN_TOKEN_PREFIX = "flt_"  # noqa: S105 - a prefix, not a secret
+SERVICE_TOKEN_PREFIX = "fst_"  # noqa: S105 - a prefix, not a secret
+"""Token prefixes (docs/api.md): login tokens are always gated, service tokens never."""
+WHOAMI = "/api/auth/whoami/"
 
 
 @dataclass
@@ -46,6 +50,7 @@ class Context:
     auth_method: str | None = None
     session: dict[str, Any] | None = None  # the selected session, fetched to explain a denial
     _clients: list[Client] = field(default_factory=list)
+    _gated: bool | None = None
 
     def error_context(self) -> ErrorContext:
         """What to tell `diagnose` about this invocation."""
@@ -80,9 +85,34 @@ class Context:
 
     @property
     def token_is_gated(self) -> bool:
-        """False for API and service tokens (`fat_`, `fst_`: docs/api.md), which work
-        sessions do not gate; True for login tokens and anything unknown."""
-        return not (self.token or "").startswith(UNGATED_TOKEN_PREFIXES)
+        """Whether work sessions gate this token (`whoami`'s `gated`). Login tokens (`flt_`)
+        always are and service tokens (`fst_`) never; an API token is gated when a
+        non-superuser made it, which only the control plane knows: it is asked once per
+        token and the answer kept beside the stored selection. Unknown: gated."""
+        if self._gated is None:
+            self._gated = self._token_gated()
+        return self._gated
+
+    def _token_gated(self) -> bool:
+        token = self.token or ""
+        if token.startswith(LOGIN_TOKEN_PREFIX):
+            return True
+        if token.startswith(SERVICE_TOKEN_PREFIX):
+            return False
+        path, key = state_path(self.config_path), self.state_key
+        cache_key = None if key is None else f"{key} gated"
+        known = load_active(path, cache_key) if path.exists() else None
+        if known in ("yes", "no"):
+            return known == "yes"
+        try:
+            me = self.client().get(WHOAMI)
+        except AgentctlError:
+            return True  # say nothing rather than something wrong
+        gated = bool(me.get("gated", me.get("work_session_required", True)))
+        if cache_key is not None:
+            with contextlib.suppress(OSError, AgentctlError):
+                save_active(path, cache_key, "yes" if gated else "no")
+        return gated
 
     def selected_work_session(self, flag: str | None = None) -> str | None:
         """The session a gated command attaches to (see `work_session_choice`).
@@ -99,9 +129,9 @@ class Context:
     def note_not_gated(self, session_id: str, source: str) -> None:
         """Tell the user that their token ignores work session `session_id`."""
         message = (
-            f"API and service tokens are not gated by work sessions: work session "
-            f"{session_id} (from {source_label(source)}) is not used, and nothing is "
-            "recorded on its timeline"
+            f"this token is not gated by work sessions (a superuser's or a service's): "
+            f"work session {session_id} (from {source_label(source)}) is not used, and "
+            "nothing is recorded on its timeline"
         )
         if self.out.json:
             self.out.info(

@@ -25,6 +25,7 @@ from tests.support.agent import running_agent
 from tests.support.agentctl import RUN_TIMEOUT, AgentctlRunner
 from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, running_control_plane
 from tests.support.tunnel import agentctl_tunnel, free_port
+from tests.support.users import temporary_user
 
 
 WEB1 = "web-01"
@@ -474,10 +475,17 @@ def readme_gated_flow() -> str:
     return section.split("```sh\n", 1)[1].split("```", 1)[0]
 
 
+@pytest.mark.root
 @pytest.mark.timeout(120)
 def test_11_readme_gated_flow_runs_as_written(cp: ControlPlaneProcess, tmp_path: Path) -> None:
     """The README's block, line by line in one shell, on this stack instead of `make run`:
-    its URL, database, directory and hostname substituted, and nothing else."""
+    its URL, database, directory, hostname and the account (a throw-away user, as the
+    reader's own would be) substituted, and nothing else."""
+    with temporary_user() as account:
+        run_readme_gated_flow(cp, tmp_path, account.name)
+
+
+def run_readme_gated_flow(cp: ControlPlaneProcess, tmp_path: Path, account: str) -> None:
     script = readme_gated_flow()
     assert "agentctl login" in script
     assert "work-session approve" in script
@@ -487,6 +495,7 @@ def test_11_readme_gated_flow_runs_as_written(cp: ControlPlaneProcess, tmp_path:
         .replace("http://127.0.0.1:8000", cp.url)
         .replace(".dev/controlplane.db", str(cp.db_path))
         .replace("$(hostname)", WEB1)
+        .replace("$(id -un)", account)
         .replace("alice", user)
     )
     dev = tmp_path / ".dev"

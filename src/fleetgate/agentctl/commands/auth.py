@@ -198,7 +198,7 @@ def run_whoami(ctx: Context, args: argparse.Namespace) -> int:
             "id": session_id,
             "source": source,
             "status": _status_of(ctx, session_id),
-            "used": ctx.token_is_gated,
+            "used": bool(me.get("gated", me.get("work_session_required", True))),
         }
     )
     if ctx.out.json:
