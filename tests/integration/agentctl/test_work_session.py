@@ -24,6 +24,10 @@ from tests.support.controlplane import ControlPlaneProcess, running_control_plan
 from tests.support.users import CreatedUser, temporary_user
 
 
+# Ordinary users act as a Linux account made for the module (`account`): creating it
+# needs root, whichever test asks for it first.
+pytestmark = pytest.mark.root
+
 WEB1, WEB2 = "web-01", "web-02"
 SESSIONS = "/api/work-sessions/sessions/"
 
