@@ -34,7 +34,6 @@ if TYPE_CHECKING:
 COMMANDS = "/api/events/commands/"
 SERVERS = "/api/servers/servers/"
 SESSIONS = "/api/work-sessions/sessions/"
-
 LS_HEADERS = ("SERVER", "COMMAND", "USER", "STATUS", "EXIT", "ELAPSED", "REQUESTED AT")
 COMMAND_WIDTH = 60
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
