@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from fleetgate.agent.errors import ConfigError
+from fleetgate.shared.labels import LabelError, check_labels
 
 
 __all__ = [
@@ -335,6 +336,18 @@ class AgentConfig(_Section):
     sudo: SudoConfig = SudoConfig()
     tunnel: TunnelConfig = TunnelConfig()
     exec: ExecConfig = ExecConfig()
+
+    labels: dict[str, str] = Field(default_factory=dict)
+    """The server's labels (``[labels]`` table, ``role = "web"``), sent in every ``hello``;
+    fan-outs select servers by them (``agentctl exec -l role=web``)."""
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        try:
+            return check_labels(labels)
+        except LabelError as exc:
+            raise ValueError(str(exc)) from None
 
     @property
     def audit_file(self) -> Path:

@@ -11,9 +11,12 @@ from fastapi import FastAPI, WebSocket
 
 from fleetgate.controlplane.api import (
     commands,
+    fanout_reads,
+    fanouts,
     files,
     identity,
     recordings,
+    server_labels,
     servers,
     tunnels,
     websh,
@@ -64,7 +67,12 @@ def create_app(
             )
             app.state.tunnels = tunnels.install(app.state.services)
             clock.listeners.append(websh.session_ended_listener(app.state.services))
-            loops = {"scheduler": hub.scheduler.run, "work-session-clock": clock.run}
+            loops = {
+                "scheduler": hub.scheduler.run,
+                "work-session-clock": clock.run,
+                "report-writer": hub.reports.run,
+                "idle-sweeper": hub.watch_idle,
+            }
             await stack.enter_async_context(run_in_background(loops, on_failure))
             stack.push_async_callback(hub.close_all)
             yield
@@ -80,6 +88,9 @@ def create_app(
     install_error_handlers(app)
     app.include_router(commands.router)  # the hot routes first: matching is in order
     app.include_router(servers.router)
+    app.include_router(server_labels.router)
+    app.include_router(fanouts.router)
+    app.include_router(fanout_reads.router)
     app.include_router(identity.router)
     app.include_router(worksessions.router)
     app.include_router(files.router)

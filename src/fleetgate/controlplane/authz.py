@@ -104,6 +104,7 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", _SRV): _SELF,
     ("GET", f"{_SRV}{{ref}}/"): _SELF,
     ("DELETE", f"{_SRV}{{ref}}/"): _SUPER,
+    ("PATCH", f"{_SRV}{{ref}}/labels/"): _SUPER,
     # commands: creating one and reading its output are gated operations
     ("POST", _CMD): Rule(Access.PRINCIPAL, "command", gated=True),
     ("GET", _CMD): Rule(Access.PRINCIPAL, "command"),
@@ -111,6 +112,15 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", f"{_CMD}{{command_id}}/chunks/"): Rule(Access.PRINCIPAL, "command", gated=True),
     ("GET", f"{_CMD}{{command_id}}/stream/"): Rule(Access.PRINCIPAL, "command", gated=True),
     ("POST", f"{_CMD}{{command_id}}/cancel/"): Rule(Access.PRINCIPAL, "command"),
+    # fan-outs: one command per server, each gated like a single command
+    ("POST", "/api/events/fanouts/"): Rule(Access.PRINCIPAL, "command", gated=True),
+    ("GET", "/api/events/fanouts/{fanout_id}/"): Rule(Access.PRINCIPAL, "command"),
+    ("GET", "/api/events/fanouts/{fanout_id}/results/"): Rule(
+        Access.PRINCIPAL, "command", gated=True
+    ),
+    ("GET", "/api/events/fanouts/{fanout_id}/stream/"): Rule(
+        Access.PRINCIPAL, "command", gated=True
+    ),
     # work sessions (approve, reject and revoke are the approver's)
     ("POST", _WS): _USER,
     ("GET", _WS): _USER,

@@ -58,10 +58,16 @@ def _settings(args: argparse.Namespace) -> ControlPlaneSettings:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the control plane until SIGTERM/SIGINT."""
     from fleetgate.controlplane.app import create_app
-    from fleetgate.controlplane.server import ControlPlaneServer, bind_socket, write_port_file
+    from fleetgate.controlplane.server import (
+        ControlPlaneServer,
+        bind_socket,
+        raise_open_files_limit,
+        write_port_file,
+    )
 
     settings = _settings(args)
     logs.configure(settings.log_level, settings.log_format)
+    raise_open_files_limit()  # one socket per connected agent
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:

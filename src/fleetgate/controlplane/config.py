@@ -32,6 +32,12 @@ class ControlPlaneSettings(BaseSettings):
     """Seconds without any frame from an agent before the hub closes its connection."""
     confirm_batch: int = Field(default=500, ge=1)
     """Reports stored per transaction (and confirmed at once) at most."""
+    backhaul_compression: bool = False
+    """permessage-deflate on the control plane's websockets. Off by default: compression
+    state costs tens of KB per idle agent connection and CPU on every frame, for small
+    JSON frames on a fast network."""
+    report_batch: int = Field(default=5000, ge=1)
+    """Reports of all agents stored per transaction at most (the shared report writer)."""
     login_token_ttl: float = Field(default=12 * 3600, gt=0)
     """Lifetime of the token returned by ``POST /api/auth/login/``, in seconds."""
     work_session_max_duration: float = Field(default=4 * 3600, gt=0)

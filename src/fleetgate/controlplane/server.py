@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 import signal
 import socket
 from collections.abc import Callable, Generator
@@ -20,7 +21,7 @@ from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.shared.atomic import atomic_write
 
 
-__all__ = ["ControlPlaneServer", "bind_socket", "write_port_file"]
+__all__ = ["ControlPlaneServer", "bind_socket", "raise_open_files_limit", "write_port_file"]
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -39,6 +40,24 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.close()
         raise
     return sock
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft limit of open files to the hard one; return the new soft limit.
+
+    Every connected agent is one open socket: the common soft default (1024) would cap a
+    control plane at about a thousand agents. The hard limit is the operator's (systemd's
+    ``LimitNOFILE``, see ``systemd/fleetgate-controlplane.service``).
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
 
 
 def write_port_file(path: Path, port: int) -> None:
@@ -69,7 +88,7 @@ class ControlPlaneServer(uvicorn.Server):
             log_config=None,
             access_log=False,
             ws_max_size=settings.ws_max_size,
-            ws_per_message_deflate=False,
+            ws_per_message_deflate=settings.backhaul_compression,
             ws_ping_interval=None,
             ws_ping_timeout=None,
             timeout_graceful_shutdown=5,

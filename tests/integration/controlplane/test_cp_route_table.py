@@ -94,7 +94,8 @@ async def world(control_plane: ControlPlaneProcess, server: Server) -> AsyncIter
 
 
 def _owned(cp: ControlPlaneProcess, login: str, server: Server, session: str) -> dict[str, str]:
-    """A command, a terminal and a tunnel of the gated principal, made in ``session``."""
+    """A command, a terminal, a tunnel and a fan-out of the gated principal, made in
+    ``session``."""
     made: dict[str, str] = {}
     with cp.client(login) as user:
         for param, path, body in (
@@ -107,6 +108,12 @@ def _owned(cp: ControlPlaneProcess, login: str, server: Server, session: str) ->
             )
             assert response.status_code == 201, response.text
             made[param] = response.json()["id"]
+        fanout = user.post(
+            "/api/events/fanouts/",
+            json={"servers": [server.name], "line": "uptime", "work_session": session},
+        )
+        assert fanout.status_code == 201, fanout.text
+        made["fanout_id"] = fanout.headers["x-fanout-id"]
     return made
 
 
@@ -150,6 +157,7 @@ def _body(path: str, world: World) -> dict[str, Any]:
     name = world.server.name
     bodies: dict[str, dict[str, Any]] = {
         "/api/events/commands/": {"server": name, "line": "uptime"},
+        "/api/events/fanouts/": {"servers": [name], "line": "uptime"},
         "/api/websh/terminals/": {"server": name},
         "/api/tunnels/": {"server": name, "remote_port": 5432},
         "/api/servers/servers/register/": {"name": f"x-{uuid.uuid4().hex[:8]}"},

@@ -90,3 +90,13 @@ def test_key_file_must_be_private(tmp_path: Path) -> None:
     key.unlink()
     with pytest.raises(ConfigError, match="cannot read"):
         cfg.read_key()
+
+
+def test_labels_table(tmp_path: Path) -> None:
+    """`[labels]` holds the server's labels; a bad one names the key and the reason."""
+    body = minimal(tmp_path / "key") + '[labels]\nrole = "web"\nenv = "prod"\n'
+    assert load(write_config(tmp_path, body)).labels == {"role": "web", "env": "prod"}
+    assert load(write_config(tmp_path, minimal(tmp_path / "key"))).labels == {}
+    bad = minimal(tmp_path / "key") + '[labels]\nrole = "web server"\n'
+    with pytest.raises(ConfigError, match=r"labels: .*label role: value 'web server'"):
+        load(write_config(tmp_path, bad))

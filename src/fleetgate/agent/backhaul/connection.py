@@ -226,6 +226,7 @@ class Backhaul:
             hostname=socket.gethostname(),
             running=self._handler.running(),
             features=["tunnel"] if self._config.tunnel.enabled else [],
+            labels=dict(self._config.labels),
         )
         await ws.send(encode(hello))
         try:

@@ -23,6 +23,7 @@ from fleetgate.agentctl.errors import (
     Diagnostic,
     UsageError,
 )
+from fleetgate.agentctl.fanout import run_fanout
 from fleetgate.agentctl.output import format_seconds, format_timestamp, truncate
 from fleetgate.agentctl.results import is_finished, outcome, result_document, status_text
 from fleetgate.agentctl.stream import fetch_output, follow_command
@@ -80,7 +81,26 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         "exits with the remote exit code. The CMD words are joined with single spaces and run "
         "by /bin/sh -c on the server, as ssh does: quote a whole command line to pass it as is.",
     )
-    run.add_argument("server", metavar="SERVER", help="server name or id")
+    run.add_argument(
+        "server", metavar="SERVER", nargs="?", help="server name or id (omit with -s or -l)"
+    )
+    run.add_argument(
+        "-s",
+        "--servers",
+        metavar="NAME,...",
+        help="run on each of these servers at once (names or ids, comma-separated)",
+    )
+    run.add_argument(
+        "-l",
+        "--selector",
+        metavar="KEY=VALUE,...",
+        help="run on every server whose labels match (e.g. role=web,env!=prod)",
+    )
+    run.add_argument(
+        "--grouped",
+        action="store_true",
+        help="with -s/-l: print each server's output as one block once it finished",
+    )
     run.add_argument(
         "-u",
         "--user",
@@ -214,14 +234,29 @@ def _report(ctx: Context, command: Mapping[str, Any], output: str) -> int:
     return exit_code
 
 
+def _fanout_words(args: argparse.Namespace) -> list[str]:
+    """With -s/-l there is no SERVER: a word in its place starts the command."""
+    first = [args.server] if args.server else []
+    if first and args.remote_argv is not None:
+        raise UsageError(f"unexpected word before `--`: {args.server}; with -s/-l give no SERVER")
+    args.extra_words = [*first, *args.extra_words]
+    return command_words(args)
+
+
 def run_exec(ctx: Context, args: argparse.Namespace) -> int:
     """Submit the command, then stream its output and return its exit code."""
-    line = remote_line(command_words(args))
-    ctx.operation, ctx.server = ("sudo" if args.sudo else "command"), args.server
+    fanout = args.servers is not None or args.selector is not None
+    if not fanout and not args.server:
+        raise UsageError("a server is required: agentctl exec SERVER -- CMD (or -s/-l)")
+    if args.grouped and not fanout:
+        raise UsageError("--grouped needs -s/--servers or -l/--selector")
+    line = remote_line(_fanout_words(args) if fanout else command_words(args))
+    ctx.operation = "sudo" if args.sudo else "command"
+    ctx.server = args.server if not fanout else (args.servers or args.selector)
     ctx.work_session = ctx.selected_work_session(args.work_session)
     client = ctx.client()
     body = create_body(
-        args.server,
+        args.server or "",
         line,
         user=args.user,
         group=args.group,
@@ -231,6 +266,16 @@ def run_exec(ctx: Context, args: argparse.Namespace) -> int:
         sudo=args.sudo,
     )
     try:
+        if fanout:
+            return run_fanout(
+                ctx,
+                client,
+                body,
+                servers=args.servers,
+                selector=args.selector,
+                grouped=args.grouped,
+                detach=args.detach,
+            )
         return _submit(ctx, client, body, detach=args.detach)
     except ApiError as exc:
         if exc.is_gate_denial:

@@ -67,6 +67,7 @@ def server_json(row: ServerRow, conn: AgentConnection | None) -> dict[str, Any]:
         "connected_at": iso_or_none(row.connected_at),
         "last_seen_at": iso_or_none(last_seen),
         "features": [] if conn is None else sorted(conn.features),
+        "labels": row.labels,
     }
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import structlog
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
@@ -9,9 +12,11 @@ from starlette.websockets import WebSocket
 from fleetgate.controlplane.auth import parse_agent_authorization
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.ingest import ReportWriter
 from fleetgate.controlplane.hub.notifier import Notifier
 from fleetgate.controlplane.hub.registry import (
     CLOSE_DELETED,
+    CLOSE_IDLE,
     CLOSE_SHUTDOWN,
     AgentConnection,
     Registry,
@@ -40,6 +45,9 @@ class Hub:
         self.notifier = Notifier()
         self.scheduler = Scheduler(db, self.registry)
         self.channels = ChannelBroker(self.registry)
+        self.reports = ReportWriter(db, max_reports=settings.report_batch)
+        self._live: set[AgentConnection] = set()
+        """Every accepted backhaul connection, welcomed or not (for the idle sweeper)."""
 
     def connection(self, server_id: str) -> AgentConnection | None:
         """The live, welcomed connection of a server."""
@@ -103,8 +111,30 @@ class Hub:
             notifier=self.notifier,
             settings=self.settings,
             channels=self.channels,
+            writer=self.reports,
         )
-        await session.run()
+        self._live.add(conn)
+        try:
+            await session.run()
+        finally:
+            self._live.discard(conn)
+
+    async def watch_idle(self) -> None:
+        """Close every connection silent for ``agent_idle_timeout`` seconds (forever).
+
+        One sweep per quarter of the timeout (at most every 5 s): a silent connection is
+        closed between 1 and 1.25 timeouts after its last frame, at the cost of one task
+        for the whole hub instead of one timer per connection.
+        """
+        idle = self.settings.agent_idle_timeout
+        period = min(max(idle / 4, 0.05), 5.0)
+        while True:
+            await asyncio.sleep(period)
+            deadline = time.monotonic() - idle
+            for conn in [c for c in self._live if c.last_frame_monotonic < deadline]:
+                if not conn.closed.is_set():
+                    log.info("agent_idle_timeout", server_id=conn.server_id, seconds=idle)
+                    await conn.close(CLOSE_IDLE, "idle timeout")
 
     async def serve_channel(self, websocket: WebSocket, channel_id: str) -> None:
         """The ``/ws/agent/channels/<id>/`` endpoint: an agent attaches a channel."""

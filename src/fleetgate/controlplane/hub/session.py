@@ -1,13 +1,16 @@
 """One agent's backhaul connection, from ``hello`` to close.
 
-Three tasks per connection, all owned by the session's TaskGroup:
+Two tasks per connection, both owned by the session's TaskGroup:
 
-* the reader receives frames into a bounded queue;
-* the idle watchdog closes a connection silent for ``agent_idle_timeout``;
-* the processor takes every frame already queued (up to ``confirm_batch``), answers
-  pings and refused frames at once, stores the batch's reports in one transaction and
-  confirms them with one ``confirm``. Under load the batches grow, so the cost per
-  report falls; when the link is quiet every report is confirmed immediately.
+* the reader receives frames into a bounded buffer (:class:`FrameBuffer`);
+* the processor takes every frame already buffered (up to ``confirm_batch``), answers
+  pings and refused frames at once, stores the batch's reports (through the hub's shared
+  :class:`ReportWriter`, in one transaction with other sessions' reports) and confirms
+  them with one ``confirm``. Under load the batches grow, so the cost per report falls;
+  when the link is quiet every report is confirmed immediately.
+
+Connections silent for ``agent_idle_timeout`` are closed by the hub's one sweeper
+(``Hub.watch_idle``), not by a timer per connection.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.framebuf import FrameBuffer
+from fleetgate.controlplane.hub.ingest import ReportWriter, WriterClosed
 from fleetgate.controlplane.hub.notifier import Notifier
 from fleetgate.controlplane.hub.registry import (
-    CLOSE_IDLE,
     CLOSE_REPLACED,
     CLOSE_SHUTDOWN,
     AgentConnection,
@@ -85,8 +89,10 @@ class AgentSession:
         notifier: Notifier,
         settings: ControlPlaneSettings,
         channels: ChannelBroker | None = None,
+        writer: ReportWriter | None = None,
     ) -> None:
         self.conn = conn
+        self.writer = writer
         self.channels = channels
         self.db = db
         self.registry = registry
@@ -94,7 +100,7 @@ class AgentSession:
         self.settings = settings
         self.welcomed = False
         self.log = log.bind(server_id=conn.server_id)
-        self._queue: asyncio.Queue[str | bytes] = asyncio.Queue(maxsize=QUEUE_FRAMES)
+        self._queue = FrameBuffer(QUEUE_FRAMES)
 
     @property
     def websocket(self) -> WebSocket:
@@ -107,11 +113,9 @@ class AgentSession:
         close_code, reason = CLOSE_SHUTDOWN, "control plane shutting down"  # if cancelled
         try:
             async with asyncio.TaskGroup() as tg:
-                tasks = [
-                    tg.create_task(self._read()),
-                    tg.create_task(self._process()),
-                    tg.create_task(self._watch_idle()),
-                ]
+                # Idle connections are closed by the hub's one sweeper (Hub.watch_idle),
+                # not by a task per connection.
+                tasks = [tg.create_task(self._read()), tg.create_task(self._process())]
                 await self.conn.closed.wait()
                 for task in tasks:
                     task.cancel()
@@ -154,29 +158,12 @@ class AgentSession:
             self.conn.last_frame_monotonic = time.monotonic()
             await self._queue.put(frame)
 
-    async def _watch_idle(self) -> None:
-        """Close the connection once no frame arrived for ``agent_idle_timeout`` seconds.
-
-        Sleeps until the current deadline (last frame + timeout) and looks again, so the
-        cost is one timer per timeout period, not one per frame.
-        """
-        idle = self.settings.agent_idle_timeout
-        while True:
-            remaining = self.conn.last_frame_monotonic + idle - time.monotonic()
-            if remaining <= 0:
-                self.log.info("agent_idle_timeout", seconds=idle)
-                await self.conn.close(CLOSE_IDLE, "idle timeout")
-                return
-            await asyncio.sleep(remaining)
-
     # -- processor -------------------------------------------------------------------
 
     async def _process(self) -> None:
         limit = self.settings.confirm_batch
         while True:
-            frames = [await self._queue.get()]
-            while len(frames) < limit and not self._queue.empty():
-                frames.append(self._queue.get_nowait())
+            frames = await self._queue.take(limit)
             reports: list[CommandReport] = []
             for frame in frames:
                 report = await self._handle_frame(frame)
@@ -238,6 +225,7 @@ class AgentSession:
             hostname=hello.hostname,
             connected_at=conn.connected_at,
             last_seen_at=conn.last_seen_at,
+            labels=hello.labels,
         )
         welcome = Welcome(server_id=uuid.UUID(conn.server_id), server_name=conn.server_name)
         if not await conn.send_quietly(welcome):
@@ -260,12 +248,21 @@ class AgentSession:
             self.log.debug("command_sent", command_id=row.id, redelivery=True)
 
     async def _store(self, reports: list[CommandReport]) -> None:
-        outcome = await self.db.write(
-            reports_store.apply_reports,
-            self.conn.server_id,
-            reports,
-            last_seen_at=self.conn.last_seen_at,
-        )
+        if self.writer is not None:  # shared with every other session: one transaction
+            try:
+                outcome = await self.writer.store(
+                    self.conn.server_id, reports, last_seen_at=self.conn.last_seen_at
+                )
+            except WriterClosed:  # shutting down: the agent sends them again later
+                await self.conn.close(CLOSE_SHUTDOWN, "control plane shutting down")
+                return
+        else:
+            outcome = await self.db.write(
+                reports_store.apply_reports,
+                self.conn.server_id,
+                reports,
+                last_seen_at=self.conn.last_seen_at,
+            )
         for rid, command_id in outcome.unknown:
             self.log.warning("report_for_unknown_command", command_id=command_id, rid=rid)
             await self.conn.send_quietly(

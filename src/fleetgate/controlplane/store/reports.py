@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleetgate.controlplane.store import worksessions as ws_store
@@ -23,7 +23,7 @@ from fleetgate.shared.protocol import (
 )
 
 
-__all__ = ["ReportOutcome", "apply_reports"]
+__all__ = ["ReportOutcome", "apply_report_batches", "apply_reports"]
 
 
 @dataclass
@@ -43,17 +43,23 @@ def apply_reports(
     server_id: str,
     reports: Sequence[CommandReport],
     *,
-    last_seen_at: int,
+    last_seen_at: int | None,
+    owners: Mapping[str, str] | None = None,
 ) -> ReportOutcome:
     """Store agent reports idempotently (call inside one transaction).
 
     Timestamps are set once (a duplicate report changes nothing); output chunks are
     insert-or-ignore on ``(command_id, seq)``. A report for a command that is not this
-    server's is not stored and is listed in :attr:`ReportOutcome.unknown`.
+    server's is not stored and is listed in :attr:`ReportOutcome.unknown`. ``owners``
+    (command id -> server id, already read) saves the ownership query; ``last_seen_at``
+    ``None`` leaves the server's row alone (the caller updates it).
     """
     outcome = ReportOutcome()
-    commands = [r for r in reports if not isinstance(r, SudoDecided)]
-    known = _own_commands(conn, server_id, {str(r.command_id) for r in commands})
+    ids = {str(r.command_id) for r in reports if not isinstance(r, SudoDecided)}
+    if owners is None:
+        known = _own_commands(conn, server_id, ids)
+    else:
+        known = {command_id for command_id in ids if owners.get(command_id) == server_id}
     for report in reports:
         if isinstance(report, SudoDecided):
             _store_sudo(conn, server_id, report)
@@ -67,8 +73,54 @@ def apply_reports(
         if _apply_one(conn, command_id, report):
             outcome.changed.add(command_id)
         outcome.stored.append(report.rid)
-    conn.execute("UPDATE servers SET last_seen_at = ? WHERE id = ?", (last_seen_at, server_id))
+    if last_seen_at is not None:
+        conn.execute("UPDATE servers SET last_seen_at = ? WHERE id = ?", (last_seen_at, server_id))
     return outcome
+
+
+def apply_report_batches(
+    conn: sqlite3.Connection, batches: Sequence[tuple[str, Sequence[CommandReport], int]]
+) -> list[ReportOutcome]:
+    """:func:`apply_reports` for several servers' batches ``(server_id, reports,
+    last_seen_at)`` in the caller's one transaction; one outcome per batch.
+
+    The owners of every command named are read in one query per 500, and each server's
+    ``last_seen_at`` is written once, instead of both per batch.
+    """
+    ids = {
+        str(r.command_id)
+        for _, reports, _ in batches
+        for r in reports
+        if not isinstance(r, SudoDecided)
+    }
+    owners = _owners(conn, ids)
+    outcomes = [
+        apply_reports(conn, server_id, reports, last_seen_at=None, owners=owners)
+        for server_id, reports, _ in batches
+    ]
+    last_seen: dict[str, int] = {}
+    for server_id, _, seen in batches:
+        last_seen[server_id] = max(seen, last_seen.get(server_id, seen))
+    conn.executemany(
+        "UPDATE servers SET last_seen_at = ? WHERE id = ?",
+        [(seen, server_id) for server_id, seen in last_seen.items()],
+    )
+    return outcomes
+
+
+def _owners(conn: sqlite3.Connection, ids: set[str]) -> dict[str, str]:
+    """The server of each of ``ids`` that is a command (one query per 500 ids)."""
+    found: dict[str, str] = {}
+    pending = sorted(ids)
+    for start in range(0, len(pending), 500):
+        chunk = pending[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        rows = conn.execute(
+            f"SELECT id, server_id FROM commands WHERE id IN ({marks})",  # noqa: S608
+            chunk,
+        )
+        found.update((str(row[0]), str(row[1])) for row in rows)
+    return found
 
 
 def _store_sudo(conn: sqlite3.Connection, server_id: str, report: SudoDecided) -> None:

@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 _V1 = """
 CREATE TABLE users (
@@ -191,7 +191,30 @@ UPDATE tokens SET acl = json_object('command', json(command_acl)) WHERE command_
 were the approval bypass) and its per-operation ``acl`` (an old ``command_acl`` becomes
 ``{"command": [...]}``)."""
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
+_V7 = """
+ALTER TABLE servers ADD COLUMN agent_labels TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE servers ADD COLUMN labels TEXT NOT NULL DEFAULT '{}';
+
+CREATE TABLE fanouts (
+    id           TEXT PRIMARY KEY,
+    line         TEXT NOT NULL,
+    target       TEXT NOT NULL,
+    requested_by INTEGER REFERENCES users(id) ON DELETE SET NULL,
+    created_at   INTEGER NOT NULL,
+    total        INTEGER NOT NULL
+);
+CREATE INDEX ix_fanouts_requested_by ON fanouts(requested_by, created_at);
+
+CREATE TABLE fanout_commands (
+    fanout_id  TEXT NOT NULL REFERENCES fanouts(id) ON DELETE CASCADE,
+    command_id TEXT NOT NULL REFERENCES commands(id) ON DELETE CASCADE,
+    PRIMARY KEY (fanout_id, command_id)
+) WITHOUT ROWID;
+CREATE INDEX ix_fanout_commands_command ON fanout_commands(command_id)
+"""
+"""Issue 18: server labels (the agent's and a superuser's) and fan-outs."""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

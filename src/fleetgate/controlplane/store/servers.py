@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import hmac
+import json
 import sqlite3
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleetgate.controlplane.store.users import hash_key, new_key
+from fleetgate.shared.labels import check_labels
 
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "reset_connections",
     "rotate_key",
     "touch",
+    "update_labels",
 ]
 
 SERVER_KEY_PREFIX = "fsk_"
@@ -41,6 +44,15 @@ class ServerRow:
     registered_at: int
     connected_at: int | None
     last_seen_at: int | None
+    agent_labels: dict[str, str] = field(default_factory=dict)
+    """Labels from the agent's configuration (its last ``hello``)."""
+    operator_labels: dict[str, str] = field(default_factory=dict)
+    """Labels set by superusers through the API; they win over the agent's."""
+
+    @property
+    def labels(self) -> dict[str, str]:
+        """The effective labels: the agent's, overridden by the operators'."""
+        return {**self.agent_labels, **self.operator_labels}
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> ServerRow:
@@ -55,6 +67,8 @@ class ServerRow:
             registered_at=int(row["registered_at"]),
             connected_at=row["connected_at"],
             last_seen_at=row["last_seen_at"],
+            agent_labels=json.loads(row["agent_labels"]),
+            operator_labels=json.loads(row["labels"]),
         )
 
 
@@ -146,13 +160,48 @@ def mark_connected(
     hostname: str,
     connected_at: int,
     last_seen_at: int,
+    labels: dict[str, str] | None = None,
 ) -> None:
-    """Record an agent's ``hello`` on the connection that started at ``connected_at``."""
+    """Record an agent's ``hello`` on the connection that started at ``connected_at``;
+    ``labels`` (from the agent's configuration) replace the agent's previous ones."""
     conn.execute(
         "UPDATE servers SET is_connected = 1, agent_version = ?, hostname = ?, "
-        "connected_at = ?, last_seen_at = ? WHERE id = ?",
-        (agent_version, hostname, connected_at, last_seen_at, server_id),
+        "connected_at = ?, last_seen_at = ?, agent_labels = ? WHERE id = ?",
+        (
+            agent_version,
+            hostname,
+            connected_at,
+            last_seen_at,
+            json.dumps(labels or {}, sort_keys=True),
+            server_id,
+        ),
     )
+
+
+def update_labels(
+    conn: sqlite3.Connection, server_id: str, changes: dict[str, str | None]
+) -> dict[str, str] | None:
+    """Merge ``changes`` into the operator labels (``None`` removes a key); return the
+    new operator labels, or ``None`` when the server does not exist.
+
+    Raises:
+        LabelError: the result would have more than ``MAX_LABELS`` labels.
+    """
+    row = conn.execute("SELECT labels FROM servers WHERE id = ?", (server_id,)).fetchone()
+    if row is None:
+        return None
+    labels: dict[str, str] = json.loads(row[0])
+    for key, value in changes.items():
+        if value is None:
+            labels.pop(key, None)
+        else:
+            labels[key] = value
+    check_labels(labels)  # LabelError (too many) rolls the transaction back
+    conn.execute(
+        "UPDATE servers SET labels = ? WHERE id = ?",
+        (json.dumps(labels, sort_keys=True), server_id),
+    )
+    return labels
 
 
 def mark_disconnected(
