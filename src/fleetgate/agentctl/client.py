@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Self
 from urllib.parse import urlencode, urlsplit
 
 from fleetgate import __version__
-from fleetgate.agentctl.errors import ApiError, CliError
+from fleetgate.agentctl.errors import AgentctlError, ApiError, CliError
 
 
 if TYPE_CHECKING:
@@ -43,11 +43,14 @@ READ_TIMEOUT = 30.0
 STREAM_IDLE_TIMEOUT = 60.0
 
 
-class StreamIdle(Exception):
-    """An open stream sent nothing for STREAM_IDLE_TIMEOUT seconds (resume at once)."""
+class StreamIdle(AgentctlError):
+    """An open stream sent nothing for STREAM_IDLE_TIMEOUT seconds (resume at once).
+
+    Like StreamBroken, an AgentctlError: a caller that does not resume still ends with a
+    one-line message and exit 1, not a traceback."""
 
 
-class StreamBroken(Exception):
+class StreamBroken(AgentctlError):
     """An open stream broke (the connection dropped or the answer was cut)."""
 
 
@@ -353,10 +356,10 @@ def _stdlib_lines(response: http.client.HTTPResponse) -> Iterator[str]:
     while True:
         try:
             line = response.readline()
-        except TimeoutError as exc:
-            raise StreamIdle(str(exc) or "read timeout") from None
+        except TimeoutError:
+            raise StreamIdle(f"the stream sent nothing for {STREAM_IDLE_TIMEOUT:g} s") from None
         except (OSError, http.client.HTTPException) as exc:
-            raise StreamBroken(str(exc) or type(exc).__name__) from None
+            raise StreamBroken(f"the stream broke: {exc or type(exc).__name__}") from None
         if not line:
             return
         yield line.decode("utf-8", "replace")
@@ -368,10 +371,10 @@ def _httpx_lines(response: httpx.Response) -> Iterator[str]:
 
     try:
         yield from response.iter_lines()
-    except httpx.ReadTimeout as exc:
-        raise StreamIdle(str(exc) or "read timeout") from None
+    except httpx.ReadTimeout:
+        raise StreamIdle(f"the stream sent nothing for {STREAM_IDLE_TIMEOUT:g} s") from None
     except httpx.TransportError as exc:
-        raise StreamBroken(str(exc) or type(exc).__name__) from None
+        raise StreamBroken(f"the stream broke: {exc or type(exc).__name__}") from None
 
 
 def _decode_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
