@@ -6,7 +6,7 @@ and turns every failure into one of two exceptions: `ApiError` for an HTTP error
 
 Speed: importing httpx costs about 90 ms, more than a whole `exec` round trip, so this module
 imports it only when the first httpx request is made, and the streaming create of `exec`
-(`post_stream`) goes through the standard library's `http.client` (about 25 ms to import).
+(`post_stream`, module `stdhttp`) goes through the standard library's `http.client`.
 A test that injects an httpx transport takes the httpx path for every request.
 """
 
@@ -20,15 +20,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import urlencode, urlsplit
 
 from fleetgate import __version__
 from fleetgate.agentctl.errors import AgentctlError, ApiError, CliError
 
 
 if TYPE_CHECKING:
-    import http.client
-
     import httpx
 
 
@@ -110,7 +107,12 @@ class Client:
         self._transport = transport
         self._client: httpx.Client | None = None
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers of every request (User-Agent, Accept, Authorization, ...)."""
+        return dict(self._headers)
+
+    def ssl_context(self) -> ssl.SSLContext:
         """The TLS context of an https control plane: its CA file, or no checks (--insecure)."""
         try:
             context = ssl.create_default_context(
@@ -135,7 +137,7 @@ class Client:
                 # httpx leaves Nagle on and writes headers and body separately: every
                 # request would wait ~40 ms for the server's delayed ACK.
                 https = self.url.startswith("https://")
-                verify: ssl.SSLContext | bool = self._ssl_context() if https else False
+                verify: ssl.SSLContext | bool = self.ssl_context() if https else False
                 transport = httpx.HTTPTransport(verify=verify, socket_options=NODELAY)
             self._client = httpx.Client(
                 base_url=self.url,
@@ -151,7 +153,7 @@ class Client:
         import httpx  # see the module docstring
 
         https = self.url.startswith("https://")
-        verify: ssl.SSLContext | bool = self._ssl_context() if https else False
+        verify: ssl.SSLContext | bool = self.ssl_context() if https else False
         return httpx.AsyncClient(
             base_url=self.url,
             headers=self._headers,
@@ -290,42 +292,10 @@ class Client:
             with self.stream_ndjson(path, params, method="POST", json_body=json_body) as lines:
                 yield lines
             return
-        import http.client  # the fast path's only HTTP import
+        from fleetgate.agentctl import stdhttp  # http.client: the fast path's only HTTP
 
-        parts = urlsplit(self.url)
-        connection: http.client.HTTPConnection
-        if parts.scheme == "https":
-            connection = http.client.HTTPSConnection(
-                parts.hostname or "",
-                parts.port,
-                timeout=CONNECT_TIMEOUT,
-                context=self._ssl_context(),
-            )
-        else:
-            connection = http.client.HTTPConnection(
-                parts.hostname or "", parts.port, timeout=CONNECT_TIMEOUT
-            )
-        target = f"{parts.path}{path}?{urlencode(params)}"
-        body = json.dumps(json_body).encode()
-        headers = {
-            **self._headers,
-            "Accept": "application/x-ndjson",
-            "Content-Type": "application/json",
-        }
-        try:
-            try:
-                # http.client turns Nagle off itself (TCP_NODELAY on connect).
-                connection.request("POST", target, body=body, headers=headers)
-                if connection.sock is not None:
-                    connection.sock.settimeout(STREAM_IDLE_TIMEOUT)
-                response = connection.getresponse()
-            except (OSError, http.client.HTTPException) as exc:
-                raise self.unreachable(exc) from None
-            if response.status >= 400:
-                raise error_from_answer(response.status, _read_all(response), response.reason)
-            yield _decode_lines(_stdlib_lines(response))
-        finally:
-            connection.close()
+        with stdhttp.post_lines(self, path, params, json_body) as lines:
+            yield _decode_lines(lines)
 
 
 _PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
@@ -338,31 +308,6 @@ def _proxied() -> bool:
 
 class StreamProtocolError(Exception):
     """A stream line that is not a JSON object (treated like a broken stream)."""
-
-
-def _read_all(response: http.client.HTTPResponse) -> bytes:
-    import http.client  # already imported by the caller
-
-    try:
-        return response.read()
-    except (OSError, http.client.HTTPException):
-        return b""
-
-
-def _stdlib_lines(response: http.client.HTTPResponse) -> Iterator[str]:
-    """The lines of an `http.client` answer; read failures as StreamIdle/StreamBroken."""
-    import http.client  # already imported by the caller
-
-    while True:
-        try:
-            line = response.readline()
-        except TimeoutError:
-            raise StreamIdle(f"the stream sent nothing for {STREAM_IDLE_TIMEOUT:g} s") from None
-        except (OSError, http.client.HTTPException) as exc:
-            raise StreamBroken(f"the stream broke: {exc or type(exc).__name__}") from None
-        if not line:
-            return
-        yield line.decode("utf-8", "replace")
 
 
 def _httpx_lines(response: httpx.Response) -> Iterator[str]:
