@@ -38,6 +38,7 @@ __all__ = [
     "TransferFailed",
     "download_file",
     "open_channel",
+    "open_once",
     "recv_control",
     "upload_file",
     "with_retries",
@@ -71,7 +72,15 @@ class TransferFailed(CliError):
 
 
 class Dropped(Exception):
-    """The connection ended before the transfer did: worth another attempt."""
+    """The connection ended before the transfer did: worth another attempt.
+
+    ``unreachable`` carries the error when the control plane could not be reached at all:
+    on the first attempt that is reported at once (nothing was ever connected to resume).
+    """
+
+    def __init__(self, message: str, unreachable: CliError | None = None) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 async def open_channel(ctx: Context, opts: Options, **fields: object) -> ClientConnection:
@@ -90,8 +99,16 @@ async def open_channel(ctx: Context, opts: Options, **fields: object) -> ClientC
         return await connect_channel(ctx, FILES_PATH, params=params, work_session=opts.work_session)
     except CliError as exc:
         if exc.code == "CONNECTION_FAILED":
-            raise Dropped(str(exc)) from exc
+            raise Dropped(str(exc), unreachable=exc) from exc
         raise
+
+
+async def open_once(ctx: Context, opts: Options, **fields: object) -> ClientConnection:
+    """`open_channel` for a transfer that is not resumed: a failure to connect is final."""
+    try:
+        return await open_channel(ctx, opts, **fields)
+    except Dropped as exc:
+        raise exc.unreachable or CliError(str(exc)) from None
 
 
 def _closed(exc: ConnectionClosed) -> Exception:
@@ -126,10 +143,12 @@ async def recv_control(ws: ClientConnection) -> dict[str, Any]:
 
 async def with_retries(ctx: Context, attempt: Callable[[], Any], retries: int) -> Any:
     """Run ``attempt`` again after a drop, with a growing delay, at most ``retries`` times."""
-    for delay in (*RETRY_DELAYS[:retries], None):
+    for number, delay in enumerate((*RETRY_DELAYS[:retries], None)):
         try:
             return await attempt()
         except Dropped as exc:
+            if number == 0 and exc.unreachable is not None:
+                raise exc.unreachable from None  # never connected: nothing to resume
             if delay is None:
                 raise CliError(f"the connection dropped too often: {exc}") from None
             ctx.out.info(f"agentctl: connection dropped ({exc}); resuming in {delay:g}s")

@@ -32,7 +32,7 @@ from fleetgate.agentctl.filetransfer import (
     Options,
     Report,
     TransferFailed,
-    open_channel,
+    open_once,
     recv_control,
 )
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
@@ -124,7 +124,7 @@ async def upload_tree(
 ) -> dict[str, Any]:
     """Upload directory ``source`` as ``remote`` (an existing directory receives ``name``)."""
     tid = os.urandom(16).hex()
-    ws = await open_channel(
+    ws = await open_once(
         ctx, opts, op="upload", path=remote, name=name, transfer_id=tid, recursive=True,
         overwrite=opts.overwrite,
     )  # fmt: skip
@@ -182,7 +182,7 @@ async def download_tree(
         raise CliError(f"{target} exists (use --overwrite)")
     temp = target.parent / local_part_name(target.name, transfer_id(remote, os.urandom(8)))
     temp.mkdir(mode=0o700)
-    ws = await open_channel(ctx, opts, op="download", path=remote, recursive=True)
+    ws = await open_once(ctx, opts, op="download", path=remote, recursive=True)
     pipe, errors = _Pipe(), list[Exception]()
     consumer = asyncio.get_running_loop().run_in_executor(None, _consume, pipe, temp, errors)
     try:

@@ -11,9 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import httpx
-
-from fleetgate.agentctl.client import Client, StreamProtocolError
+from fleetgate.agentctl.client import Client, StreamBroken, StreamIdle, StreamProtocolError
 from fleetgate.agentctl.errors import ApiError, CliError
 
 
@@ -101,7 +99,6 @@ def follow_command(
     reason = ""
     while True:
         seen = assembler.next_seq
-        connected = False
         try:
             source: AbstractContextManager[Iterator[dict[str, Any]]]
             if events is not None:
@@ -109,7 +106,6 @@ def follow_command(
             else:
                 source = client.stream_ndjson(path, {"seq__gte": assembler.next_seq})
             with source as lines:
-                connected = True
                 for event in lines:
                     kind = event.get("event")
                     if kind == "output":
@@ -124,18 +120,18 @@ def follow_command(
                         return command
                     # Unknown events (e.g. a future keep-alive) are ignored on purpose.
             raise _StreamEnded("the stream ended before the command finished")
-        except httpx.ReadTimeout as exc:
-            if connected:
-                failures = 0  # the server answered; the command is just quiet: resume at once
-                continue
-            reason = str(exc) or "read timeout"
+        except StreamIdle:
+            failures = 0  # the server answered; the command is just quiet: resume at once
+            continue
         except ApiError as exc:
             if exc.status < 500:
                 raise
             reason = f"{exc.detail} ({exc.code})"
-        except httpx.TransportError as exc:
-            reason = str(exc) or type(exc).__name__
-        except (_StreamEnded, StreamProtocolError, KeyError, ValueError) as exc:
+        except CliError as exc:
+            if exc.code != "CONNECTION_FAILED":
+                raise
+            reason = exc.message  # the control plane is restarting: resume when it is back
+        except (_StreamEnded, StreamBroken, StreamProtocolError, KeyError, ValueError) as exc:
             reason = str(exc) or type(exc).__name__
         failures = 1 if assembler.next_seq > seen else failures + 1
         if failures > max_failures:

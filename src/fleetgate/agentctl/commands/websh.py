@@ -20,6 +20,7 @@ import termios
 import tty
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -27,8 +28,16 @@ from websockets.exceptions import ConnectionClosed
 from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.commands import exec_cmd
 from fleetgate.agentctl.context import Context
-from fleetgate.agentctl.errors import ApiError, CliError, UsageError
+from fleetgate.agentctl.errors import (
+    EXIT_GATE_DENIED,
+    SESSION_ENDED_CODES,
+    AgentctlError,
+    ApiError,
+    CliError,
+    UsageError,
+)
 from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.protocol.channels import CLOSE_REFUSED
 from fleetgate.shared.protocol.websh import Exit, WebshError, decode_agent_frame
 
 
@@ -36,6 +45,7 @@ if TYPE_CHECKING:
     from fleetgate.agentctl.commands import SubParsers
 
 TERMINALS = "/api/websh/terminals/"
+SESSIONS = "/api/work-sessions/sessions/"
 REATTACH_ATTEMPTS = 5
 """Reattaches after an unexpected drop before agentctl gives up."""
 _LOST = {1006, 1011, 1012, 1013, 1014}
@@ -95,7 +105,7 @@ def run_websh(ctx: Context, args: argparse.Namespace) -> int:
         terminal = client.post(TERMINALS, body)
     except ApiError as exc:
         if exc.is_gate_denial:
-            ctx.auth_method = exec_cmd._auth_method(client)
+            exec_cmd.explain_denial(ctx, client)
         raise
     session = Terminal(ctx, str(terminal["id"]), stdin_fd, stdout_fd)
     with raw_mode(stdin_fd):
@@ -179,6 +189,9 @@ class Terminal:
                     await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
                     continue
                 code, reason = await self._attached(ws)
+                ended = _ended_by_gate(code, reason) or self._session_ended()
+                if ended is not None:
+                    raise ended
                 if self.exit is not None:
                     return self.exit.code
                 if code not in _LOST or attempt >= REATTACH_ATTEMPTS:
@@ -234,6 +247,23 @@ class Terminal:
             loop.remove_reader(self.stdin_fd)
         return ws.protocol.close_code or 1006, ws.protocol.close_reason or ""
 
+    def _session_ended(self) -> ApiError | None:
+        """If the terminal's work session has ended (revoked, expired, ...), the error
+        that says so: the control plane ends a session's terminals with it, and the shell
+        then only reports the hang-up (129)."""
+        session_id = self.ctx.work_session
+        if not session_id:
+            return None
+        try:
+            session = self.ctx.client().get(f"{SESSIONS}{quote(session_id, safe='')}/")
+        except AgentctlError:
+            return None
+        status = str(session.get("status")) if isinstance(session, dict) else "active"
+        if status == "active":
+            return None
+        code = SESSION_ENDED_CODES.get(status, "work_session_not_usable")
+        return ApiError(403, code, f"work session {session_id} is {status}", "websh")
+
     def _control(self, text: str) -> None:
         try:
             frame = decode_agent_frame(text)
@@ -274,6 +304,26 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _ended_by_gate(code: int, reason: str) -> AgentctlError | None:
+    """A close with 4403 and a gate or token code: the error to exit 3 with."""
+    if code != CLOSE_REFUSED:
+        return None
+    try:
+        detail = json.loads(reason)
+        gate_code, text = str(detail["code"]), str(detail.get("detail") or "")
+    except (ValueError, KeyError, TypeError):
+        return None
+    if gate_code.startswith("work_session_"):
+        return ApiError(403, gate_code, text or gate_code, "websh")
+    if gate_code == "token_revoked":
+        return CliError(
+            f"the terminal was closed: {text or 'the token was revoked'} ({gate_code})",
+            exit_code=EXIT_GATE_DENIED,
+            code=gate_code,
+        )
+    return None
 
 
 def _closed_message(code: int, reason: str) -> str:
