@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from fleetgate.agentctl.errors import CliError
+from fleetgate.shared.atomic import atomic_write
 
 
 ENV_CONFIG = "AGENTCTL_CONFIG"
@@ -180,44 +181,25 @@ def load(explicit: str | None, env: Mapping[str, str]) -> tuple[Path, ClientConf
     return path, apply_env(load_file(path), env)
 
 
-def _toml_string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
 def dump_toml(config: ClientConfig) -> str:
-    """Render the config as TOML (four flat keys need no TOML writer dependency)."""
-    lines = ["# agentctl client configuration (holds a secret: keep it mode 0600)"]
+    """Render the config as TOML (tomlkit encodes every string, any character)."""
+    import tomlkit  # only `login` writes a config: keep it off every other command's path
+
+    document = tomlkit.document()
+    document.add(
+        tomlkit.comment("agentctl client configuration (holds a secret: keep it mode 0600)")
+    )
     if config.url is not None:
-        lines.append(f"url = {_toml_string(config.url)}")
+        document["url"] = config.url
     if config.token is not None:
-        lines.append(f"token = {_toml_string(config.token.get_secret_value())}")
-    lines.append(f"verify_tls = {'true' if config.verify_tls else 'false'}")
+        document["token"] = config.token.get_secret_value()
+    document["verify_tls"] = config.verify_tls
     if config.ca_file is not None:
-        lines.append(f"ca_file = {_toml_string(str(config.ca_file))}")
-    return "\n".join(lines) + "\n"
+        document["ca_file"] = str(config.ca_file)
+    return tomlkit.dumps(document)
 
 
 def save(path: Path, config: ClientConfig) -> None:
     """Write the config atomically with mode 0600, creating its directory with mode 0700."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # O_EXCL + explicit mode: the secret is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(dump_toml(config))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, dump_toml(config), 0o600)

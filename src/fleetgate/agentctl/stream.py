@@ -13,6 +13,7 @@ from typing import Any
 
 from fleetgate.agentctl.client import Client, StreamBroken, StreamIdle, StreamProtocolError
 from fleetgate.agentctl.errors import ApiError, CliError
+from fleetgate.shared.backoff import backoff_delays
 
 
 class ChunkAssembler:
@@ -68,9 +69,8 @@ def fetch_output(client: Client, command: Mapping[str, Any]) -> str:
     return str(command.get("result") or "")
 
 
-def backoff_delay(attempt: int, base: float = 0.5, cap: float = 5.0) -> float:
-    """Delay before reconnection `attempt` (1-based): 0.5, 1, 2, 4, 5, 5, ... seconds."""
-    return float(min(cap, base * 2 ** (attempt - 1)))
+RESUME_MIN, RESUME_MAX = 0.5, 5.0
+"""Bounds of the delay before resuming a broken stream (full jitter, shared.backoff)."""
 
 
 class _StreamEnded(Exception):
@@ -97,6 +97,7 @@ def follow_command(
     path = f"/api/events/commands/{command_id}/stream/"
     failures = 0
     reason = ""
+    delays = backoff_delays(RESUME_MIN, RESUME_MAX)
     while True:
         seen = assembler.next_seq
         try:
@@ -139,7 +140,9 @@ def follow_command(
                 f"lost the output stream of command {command_id}: {reason}; "
                 f"see it later with: agentctl exec logs {command_id}"
             )
-        sleep(backoff_delay(failures))
+        if failures == 1:  # progress since the last break: start the schedule again
+            delays = backoff_delays(RESUME_MIN, RESUME_MAX)
+        sleep(next(delays))
 
 
 def _fill_gaps(

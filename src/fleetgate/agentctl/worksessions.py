@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fleetgate.agentctl.errors import CliError, UsageError
 from fleetgate.agentctl.output import format_timestamp, truncate
+from fleetgate.shared.atomic import atomic_write
 
 
 __all__ = [
@@ -95,16 +95,7 @@ def save_active(path: Path, url: str, session_id: str | None) -> None:
     else:
         data[url] = session_id
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
 
 
 def resolve_session(

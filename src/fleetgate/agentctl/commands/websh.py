@@ -36,6 +36,7 @@ from fleetgate.agentctl.errors import (
     CliError,
     UsageError,
 )
+from fleetgate.shared.backoff import backoff_delays
 from fleetgate.shared.errors import ProtocolViolation
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED
 from fleetgate.shared.protocol.websh import Exit, WebshError, decode_agent_frame
@@ -169,6 +170,7 @@ class Terminal:
             loop.add_signal_handler(signum, self._hang_up)
         try:
             attempt = 0
+            delays = backoff_delays(0.25, 4.0)  # reattach schedule (full jitter)
             while True:
                 rows, cols = _window_size(self.stdout_fd)
                 params = {"rows": str(rows), "cols": str(cols)}
@@ -186,7 +188,7 @@ class Terminal:
                     if attempt == 0 or attempt >= REATTACH_ATTEMPTS:
                         raise
                     attempt += 1
-                    await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
+                    await asyncio.sleep(next(delays))
                     continue
                 code, reason = await self._attached(ws)
                 ended = _ended_by_gate(code, reason) or self._session_ended()
@@ -198,7 +200,7 @@ class Terminal:
                     raise CliError(_closed_message(code, reason), code="WEBSH_CLOSED")
                 attempt += 1
                 self._notice("connection lost; reattaching")
-                await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
+                await asyncio.sleep(next(delays))
         finally:
             for signum in (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
