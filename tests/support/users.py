@@ -12,14 +12,16 @@ import os
 import pwd
 import secrets
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
 
-__all__ = ["CreatedUser", "require_root", "temporary_user"]
+__all__ = ["CreatedUser", "processes_gone", "require_root", "temporary_user"]
 
 
 class CreatedUser(NamedTuple):
@@ -38,6 +40,28 @@ class CreatedUser(NamedTuple):
 
 current_test_is_root = False
 """Whether the running test carries ``@pytest.mark.root`` (set by ``tests/conftest.py``)."""
+
+
+def processes_gone(uid: int, timeout: float) -> bool:
+    """Whether every process of ``uid`` is gone within ``timeout`` seconds (polled /proc).
+
+    A shell ended by the agent dies within its hangup grace; wait for that before the
+    account is removed (``userdel`` refuses a user with processes).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        owners = set()
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit():
+                    owners.add(proc.stat().st_uid)
+            except OSError:
+                continue  # it ended meanwhile
+        if uid not in owners:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def require_root() -> None:

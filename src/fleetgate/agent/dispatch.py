@@ -155,12 +155,17 @@ class Dispatcher:
             self._sudo.end_work_session(message.work_session)
 
     def _audit_event(self, event: str, message: CommandRun, **fields: object) -> None:
+        """One audit line: the command, the account it runs as, who asked for it and
+        under which work session (``claims``'s when verified, else the message's)."""
         if self._audit is not None:
+            requester = message.requested_by
             self._audit.record(
                 event,
                 command_id=str(message.command_id),
                 user=message.username,
                 group=message.groupname,
+                requested_by=None if requester is None else requester.model_dump(),
+                work_session=message.work_session,
                 **fields,
             )
 
@@ -217,7 +222,9 @@ class Dispatcher:
                 self._waiting -= 1
             if refused is not None:
                 log.warning("command.denied", code=refused.code, reason=refused.detail)
-                self._audit_event("command.refused", message, reason=refused.code)
+                self._audit_event(
+                    "command.refused", message, reason=refused.code, detail=refused.detail
+                )
                 # Never started: the command goes from queued straight to finished.
                 denied = refused
                 await self._finish(command_id, lambda rid: _denied(rid, command_id, denied))
@@ -276,6 +283,9 @@ class Dispatcher:
                 now=time(),
                 content=content_digest(message),  # before elevation rewrites the line
             )
+            if claims is not None and claims.work_session is not None:
+                # The verified grant names the session, whatever the message said.
+                message = message.model_copy(update={"work_session": claims.work_session})
             if message.sudo:
                 line = self._elevation.check(message, claims)
                 self._audit_event(
@@ -414,6 +424,7 @@ def _denied(rid: int, command_id: UUID, refused: GrantRefused) -> CommandFinishe
         result="",
         error_phase="denied",
         message=str(refused),
+        code=refused.code[:64],
     )
 
 

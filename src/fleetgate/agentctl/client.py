@@ -1,34 +1,54 @@
-"""A thin synchronous httpx client for the control-plane API (`docs/api.md`).
+"""A thin synchronous client for the control-plane API (`docs/api.md`).
 
 It adds the base URL, the `Authorization: token="..."` header, the User-Agent and TLS settings,
 and turns every failure into one of two exceptions: `ApiError` for an HTTP error answer and
 `CliError` ("cannot reach <url>: ...") when no answer came at all.
+
+Speed: importing httpx costs about 90 ms, more than a whole `exec` round trip, so this module
+imports it only when the first httpx request is made, and the streaming create of `exec`
+(`post_stream`, module `stdhttp`) goes through the standard library's `http.client`.
+A test that injects an httpx transport takes the httpx path for every request.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
-
-import httpx
+from typing import TYPE_CHECKING, Any, Self
 
 from fleetgate import __version__
-from fleetgate.agentctl.errors import ApiError, CliError
+from fleetgate.agentctl.errors import AgentctlError, ApiError, CliError
 from fleetgate.shared.jsontext import loads as json_loads
+
+
+if TYPE_CHECKING:
+    import httpx
 
 
 USER_AGENT = f"agentctl/{__version__}"
 PAGE_SIZE_MAX = 100  # the server's cap on page_size
 
 # Connect fast, but let a busy control plane take its time to answer.
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+CONNECT_TIMEOUT = 10.0
+READ_TIMEOUT = 30.0
 # A stream may stay silent while the remote command is quiet; after this long without a byte
 # the follower reconnects (cheap, resumable), which also detects half-dead TCP connections.
 STREAM_IDLE_TIMEOUT = 60.0
+
+
+class StreamIdle(AgentctlError):
+    """An open stream sent nothing for STREAM_IDLE_TIMEOUT seconds (resume at once).
+
+    Like StreamBroken, an AgentctlError: a caller that does not resume still ends with a
+    one-line message and exit 1, not a traceback."""
+
+
+class StreamBroken(AgentctlError):
+    """An open stream broke (the connection dropped or the answer was cut)."""
 
 
 def _error_from_response(response: httpx.Response) -> ApiError:
@@ -71,7 +91,6 @@ class Client:
         *,
         verify_tls: bool = True,
         ca_file: Path | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
         transport: httpx.BaseTransport | None = None,
         work_session: str | None = None,
     ) -> None:
@@ -82,23 +101,70 @@ class Client:
         if work_session:
             # Gated reads (a command's output) name the session as gated creates do.
             headers["X-Work-Session"] = work_session
-        verify: ssl.SSLContext | bool = verify_tls
-        if verify_tls and ca_file is not None:
-            try:
-                verify = ssl.create_default_context(cafile=str(ca_file))
-            except (OSError, ssl.SSLError) as exc:
-                raise CliError(f"cannot load ca_file {ca_file}: {exc}") from None
-        if transport is None:
-            # httpx leaves Nagle on and writes headers and body separately: every request
-            # would wait ~40 ms for the server's delayed ACK.
-            transport = httpx.HTTPTransport(verify=verify, socket_options=NODELAY)
-        self._http = httpx.Client(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        self._headers = headers
+        self._verify_tls = verify_tls
+        self._ca_file = ca_file
+        self._transport = transport
+        self._client: httpx.Client | None = None
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The headers of every request (User-Agent, Accept, Authorization, ...)."""
+        return dict(self._headers)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The TLS context of an https control plane: its CA file, or no checks (--insecure)."""
+        try:
+            context = ssl.create_default_context(
+                cafile=str(self._ca_file) if self._ca_file is not None else None
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise CliError(f"cannot load ca_file {self._ca_file}: {exc}") from None
+        if not self._verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+    @property
+    def _http(self) -> httpx.Client:
+        """The httpx client, made (and httpx imported) on first use."""
+        if self._client is None:
+            import httpx  # ~90 ms: only when a request needs it
+
+            transport = self._transport
+            if transport is None:
+                # TLS settings only for https (building a context loads the CA bundle);
+                # httpx leaves Nagle on and writes headers and body separately: every
+                # request would wait ~40 ms for the server's delayed ACK.
+                https = self.url.startswith("https://")
+                verify: ssl.SSLContext | bool = self.ssl_context() if https else False
+                transport = httpx.HTTPTransport(verify=verify, socket_options=NODELAY)
+            self._client = httpx.Client(
+                base_url=self.url,
+                headers=self._headers,
+                timeout=httpx.Timeout(READ_TIMEOUT, connect=CONNECT_TIMEOUT),
+                transport=transport,
+            )
+        return self._client
+
+    def async_http(self, read_timeout: float = READ_TIMEOUT) -> httpx.AsyncClient:
+        """An httpx AsyncClient with this client's URL, headers and TLS settings (for the
+        long-polls an asyncio command runs beside its streams); the caller closes it."""
+        import httpx  # see the module docstring
+
+        https = self.url.startswith("https://")
+        verify: ssl.SSLContext | bool = self.ssl_context() if https else False
+        return httpx.AsyncClient(
+            base_url=self.url,
+            headers=self._headers,
+            timeout=httpx.Timeout(read_timeout, connect=CONNECT_TIMEOUT),
+            transport=httpx.AsyncHTTPTransport(verify=verify, socket_options=NODELAY),
         )
 
     def close(self) -> None:
-        """Close the connection pool."""
-        self._http.close()
+        """Close the connection pool (if a request opened one)."""
+        if self._client is not None:
+            self._client.close()
 
     def __enter__(self) -> Self:
         return self
@@ -106,7 +172,7 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def unreachable(self, exc: httpx.TransportError) -> CliError:
+    def unreachable(self, exc: BaseException) -> CliError:
         """The error for a request that got no answer."""
         reason = str(exc) or type(exc).__name__
         return CliError(f"cannot reach {self.url}: {reason}", code="CONNECTION_FAILED")
@@ -120,6 +186,8 @@ class Client:
         params: dict[str, Any] | None = None,
     ) -> Any:
         """Send one request; return the decoded JSON body (None for an empty answer)."""
+        import httpx  # see the module docstring
+
         try:
             response = self._http.request(method, path, json=json_body, params=params)
         except httpx.TransportError as exc:
@@ -142,6 +210,8 @@ class Client:
 
     def download(self, path: str) -> bytes:
         """GET `path` and return the body as bytes (files such as recordings)."""
+        import httpx  # see the module docstring
+
         try:
             response = self._http.request("GET", path)
         except httpx.TransportError as exc:
@@ -185,26 +255,71 @@ class Client:
     ) -> Iterator[Iterator[dict[str, Any]]]:
         """Open an NDJSON stream; yield an iterator of its decoded lines.
 
-        HTTP errors raise `ApiError` before anything is yielded. Transport errors while
-        reading propagate as `httpx.TransportError` so that the caller can resume.
+        HTTP errors raise `ApiError` and a failed connection `CliError` before anything is
+        yielded. While reading, a silent stream raises `StreamIdle` and a broken one
+        `StreamBroken`, so that the caller can resume.
         """
-        timeout = httpx.Timeout(DEFAULT_TIMEOUT.connect, read=STREAM_IDLE_TIMEOUT)
+        import httpx  # see the module docstring
+
+        timeout = httpx.Timeout(CONNECT_TIMEOUT, read=STREAM_IDLE_TIMEOUT)
         request = self._http.build_request(
             method, path, params=params, json=json_body, timeout=timeout
         )
         request.headers["Accept"] = "application/x-ndjson"
-        response = self._http.send(request, stream=True)
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from None
         try:
             if response.is_error:
                 response.read()
                 raise _error_from_response(response)
-            yield _decode_lines(response.iter_lines())
+            yield _decode_lines(_httpx_lines(response))
         finally:
             response.close()
+
+    @contextmanager
+    def post_stream(
+        self, path: str, params: dict[str, Any], json_body: Any
+    ) -> Iterator[Iterator[dict[str, Any]]]:
+        """POST `json_body` and read the NDJSON answer, like `stream_ndjson`.
+
+        This is `exec`'s one request, so it uses `http.client` (see the module docstring);
+        with an injected httpx transport (tests), or a proxy configured in the environment
+        (which httpx honours and `http.client` does not), it is `stream_ndjson`.
+        """
+        if self._transport is not None or _proxied():
+            with self.stream_ndjson(path, params, method="POST", json_body=json_body) as lines:
+                yield lines
+            return
+        from fleetgate.agentctl import stdhttp  # http.client: the fast path's only HTTP
+
+        with stdhttp.post_lines(self, path, params, json_body) as lines:
+            yield _decode_lines(lines)
+
+
+_PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy")
+
+
+def _proxied() -> bool:
+    """True when the environment names an HTTP proxy (any case), as httpx would use."""
+    return any(os.environ.get(name) or os.environ.get(name.upper()) for name in _PROXY_VARIABLES)
 
 
 class StreamProtocolError(Exception):
     """A stream line that is not a JSON object (treated like a broken stream)."""
+
+
+def _httpx_lines(response: httpx.Response) -> Iterator[str]:
+    """The lines of an httpx answer; read failures as StreamIdle/StreamBroken."""
+    import httpx  # already imported by the caller
+
+    try:
+        yield from response.iter_lines()
+    except httpx.ReadTimeout:
+        raise StreamIdle(f"the stream sent nothing for {STREAM_IDLE_TIMEOUT:g} s") from None
+    except httpx.TransportError as exc:
+        raise StreamBroken(f"the stream broke: {exc or type(exc).__name__}") from None
 
 
 def _decode_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:

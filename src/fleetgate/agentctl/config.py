@@ -3,7 +3,7 @@
 Location: `--config PATH`, else `$AGENTCTL_CONFIG`, else `$XDG_CONFIG_HOME/agentctl/config.toml`,
 else `~/.config/agentctl/config.toml`. Keys: `url`, `token`, `verify_tls` (default true),
 `ca_file`. `AGENTCTL_URL` and `AGENTCTL_TOKEN` win over the file. The file holds a secret, so it
-is written 0600 in a 0700 directory, and the token is a `SecretStr` that never prints.
+is written 0600 in a 0700 directory, and the token is a `Secret` that never prints.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationError, field_validator
-
 from fleetgate.agentctl.errors import CliError
+from fleetgate.shared.atomic import atomic_write
 
 
 ENV_CONFIG = "AGENTCTL_CONFIG"
@@ -26,29 +26,84 @@ ENV_TOKEN = "AGENTCTL_TOKEN"  # noqa: S105 - the name of a variable, not a secre
 
 # Hosts that default to plain http when a URL is given without a scheme (as the reference CLI).
 _LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+_KEYS = ("url", "token", "verify_tls", "ca_file")
 
 
-class ClientConfig(BaseModel):
-    """The validated client configuration."""
+class Secret:
+    """A secret string that never prints (`repr` and `str` show asterisks)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def get_secret_value(self) -> str:
+        """The secret itself, for the one place that sends it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """The validated client configuration (build it with `parse_config`).
+
+    A dataclass checked by hand rather than a pydantic model: importing pydantic costs about
+    40 ms, half the budget of a whole `agentctl --version`, and every command loads this.
+    """
 
     url: str | None = None
-    token: SecretStr | None = None
+    token: Secret | None = None
     verify_tls: bool = True
     ca_file: Path | None = None
 
-    @field_validator("url")
-    @classmethod
-    def _check_url(cls, value: str | None) -> str | None:
-        return None if value is None else normalize_url(value)
 
-    @field_validator("token")
-    @classmethod
-    def _check_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().strip():
-            raise ValueError("must not be empty")
-        return value
+def _validated(data: Mapping[str, Any]) -> ClientConfig:
+    """The config of `data`; raises ValueError naming each bad key (never echoing a value)."""
+    problems = [f"{key}: unknown key" for key in data if key not in _KEYS]
+    url = data.get("url")
+    if url is not None:
+        if not isinstance(url, str):
+            problems.append("url: must be a string")
+        else:
+            try:
+                url = normalize_url(url)
+            except ValueError as exc:
+                problems.append(f"url: {exc}")
+    raw_token = data.get("token")
+    token: Secret | None = None
+    if isinstance(raw_token, Secret):
+        token = raw_token
+    elif raw_token is not None:
+        if not isinstance(raw_token, str):
+            problems.append("token: must be a string")
+        elif not raw_token.strip():
+            problems.append("token: must not be empty")
+        else:
+            token = Secret(raw_token)
+    verify_tls = data.get("verify_tls", True)
+    if not isinstance(verify_tls, bool):
+        problems.append("verify_tls: must be true or false")
+    ca_file = data.get("ca_file")
+    if ca_file is not None and not isinstance(ca_file, str | os.PathLike):
+        problems.append("ca_file: must be a path")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return ClientConfig(
+        url=url,
+        token=token,
+        verify_tls=verify_tls,
+        ca_file=None if ca_file is None else Path(ca_file),
+    )
 
 
 def normalize_url(value: str) -> str:
@@ -80,23 +135,17 @@ def config_path(explicit: str | os.PathLike[str] | None, env: Mapping[str, str])
     return base / "agentctl" / "config.toml"
 
 
-def _describe(exc: ValidationError) -> str:
-    problems = []
-    for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "config"
-        message = error["msg"]
-        if error["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(f"{key}: {message}")
-    return "; ".join(problems)
-
-
 def parse_config(data: Mapping[str, Any], origin: str) -> ClientConfig:
     """Validate a mapping of config keys, naming the bad key in the error."""
     try:
-        return ClientConfig.model_validate(dict(data))
-    except ValidationError as exc:
-        raise CliError(f"invalid config {origin}: {_describe(exc)}") from None
+        return _validated(data)
+    except ValueError as exc:
+        raise CliError(f"invalid config {origin}: {exc}") from None
+
+
+def without_token(config: ClientConfig) -> ClientConfig:
+    """The same config with the token removed (`logout`)."""
+    return replace(config, token=None)
 
 
 def load_file(path: Path) -> ClientConfig:
@@ -116,9 +165,9 @@ def load_file(path: Path) -> ClientConfig:
 
 def apply_env(config: ClientConfig, env: Mapping[str, str]) -> ClientConfig:
     """Overlay `AGENTCTL_URL` / `AGENTCTL_TOKEN` (the environment wins over the file)."""
-    data: dict[str, Any] = config.model_dump(exclude_none=True)
-    if config.token is not None:
-        data["token"] = config.token.get_secret_value()
+    data: dict[str, Any] = {
+        key: getattr(config, key) for key in _KEYS if getattr(config, key) is not None
+    }
     if env.get(ENV_URL):
         data["url"] = env[ENV_URL]
     if env.get(ENV_TOKEN):
@@ -132,44 +181,25 @@ def load(explicit: str | None, env: Mapping[str, str]) -> tuple[Path, ClientConf
     return path, apply_env(load_file(path), env)
 
 
-def _toml_string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04X}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
 def dump_toml(config: ClientConfig) -> str:
-    """Render the config as TOML (four flat keys need no TOML writer dependency)."""
-    lines = ["# agentctl client configuration (holds a secret: keep it mode 0600)"]
+    """Render the config as TOML (tomlkit encodes every string, any character)."""
+    import tomlkit  # only `login` writes a config: keep it off every other command's path
+
+    document = tomlkit.document()
+    document.add(
+        tomlkit.comment("agentctl client configuration (holds a secret: keep it mode 0600)")
+    )
     if config.url is not None:
-        lines.append(f"url = {_toml_string(config.url)}")
+        document["url"] = config.url
     if config.token is not None:
-        lines.append(f"token = {_toml_string(config.token.get_secret_value())}")
-    lines.append(f"verify_tls = {'true' if config.verify_tls else 'false'}")
+        document["token"] = config.token.get_secret_value()
+    document["verify_tls"] = config.verify_tls
     if config.ca_file is not None:
-        lines.append(f"ca_file = {_toml_string(str(config.ca_file))}")
-    return "\n".join(lines) + "\n"
+        document["ca_file"] = str(config.ca_file)
+    return tomlkit.dumps(document)
 
 
 def save(path: Path, config: ClientConfig) -> None:
     """Write the config atomically with mode 0600, creating its directory with mode 0700."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    # O_EXCL + explicit mode: the secret is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(dump_toml(config))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, dump_toml(config), 0o600)

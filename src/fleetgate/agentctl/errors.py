@@ -7,7 +7,10 @@ Everything here is pure (no I/O) so the mapping is unit-testable.
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 
@@ -25,9 +28,17 @@ GATE_REASONS: dict[str, str] = {
     "work_session_not_usable": "session is no longer usable",
     "work_session_not_active": "selected session is not active",
     "work_session_expired": "selected session has expired",
+    "work_session_revoked": "selected session was revoked",
     "work_session_scope_not_allowed": "session does not include this scope",
     "work_session_server_not_allowed": "target server is not in this session",
     "work_session_assignee_mismatch": "this session is assigned to another principal",
+}
+
+# The gate code that says a session has ended, by its final status (anything else ended:
+# work_session_not_usable), as the control plane closes a session's channels.
+SESSION_ENDED_CODES: dict[str, str] = {
+    "expired": "work_session_expired",
+    "revoked": "work_session_revoked",
 }
 
 # Refusals of the authorization model that, like a gate denial, a work session or a
@@ -102,6 +113,7 @@ class ErrorContext:
     url: str | None = None
     auth_method: str | None = None
     work_session: str | None = None
+    session: Mapping[str, Any] | None = None  # the selected session, when it could be read
 
 
 @dataclass(frozen=True)
@@ -117,7 +129,39 @@ def _action(command: str, description: str = "") -> dict[str, str]:
     return {"command": command, "description": description} if description else {"command": command}
 
 
-def gate_next_actions(code: str, operation: str, server: str | None) -> list[dict[str, str]]:
+def _duration(session: Mapping[str, Any]) -> str:
+    """The length the session was requested for, as `--expires-in` takes it (`1h`, `90m`)."""
+    try:
+        start = datetime.fromisoformat(str(session["starts_at"]))
+        end = datetime.fromisoformat(str(session["expires_at"]))
+    except (KeyError, ValueError):
+        return "1h"
+    seconds = max(1, round((end - start).total_seconds()))
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600}h"
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
+
+
+def recreate_command(session: Mapping[str, Any]) -> str:
+    """`work-session create` with the flags of `session` filled in (to replace it)."""
+    scopes = ",".join(str(s) for s in session.get("scopes") or []) or "command"
+    servers = ",".join(
+        str(s.get("name") or s.get("id")) if isinstance(s, Mapping) else str(s)
+        for s in session.get("servers") or []
+    )
+    words = ["agentctl", "work-session", "create", "--scope", scopes, "--server", servers]
+    words += ["--expires-in", _duration(session)]
+    words += ["--purpose", str(session.get("description") or "<intent>")]
+    for policy in session.get("sudo_policies") or []:
+        words += ["--sudo", ",".join(str(c) for c in policy.get("commands") or [])]
+    if session.get("requester_type") == "agent":
+        words += ["--requester-type", "agent"]
+    return shlex.join(words)
+
+
+def gate_next_actions(
+    code: str, operation: str, server: str | None, session: Mapping[str, Any] | None = None
+) -> list[dict[str, str]]:
     """The recovery steps of a gate denial, in the order of the reference CLI."""
     scope = OPERATION_SCOPES.get(operation, operation or "command")
     srv = server or "<SERVER>"
@@ -138,11 +182,20 @@ def gate_next_actions(code: str, operation: str, server: str | None) -> list[dic
     short = code.lower().removeprefix("work_session_")
     if short == "not_active":
         return [
-            _action("agentctl work-session current", "if it is pending or approved, wait"),
+            _action(
+                "agentctl work-session current",
+                "check its status and start time; if it is pending or approved, wait",
+            ),
             *reuse,
         ]
     if short == "expired":
-        return [_action("agentctl work-session extend <ID>", "extend the session"), *new_only]
+        # An expired session cannot be extended: request a new one like it.
+        if session is None:
+            return new_only
+        if session.get("requester_type") == "agent":
+            return [_action(recreate_command(session), "request the same session again")]
+        again = f"{recreate_command(session)} --use"
+        return [_action(again, "request the same session again and select it")]
     if short in ("scope_not_allowed", "server_not_allowed"):
         return new_only
     return reuse
@@ -230,7 +283,12 @@ def _diagnose_gate(err: ApiError, ctx: ErrorContext) -> Diagnostic:
     operation = err.source or ctx.operation or "command"
     scope = OPERATION_SCOPES.get(operation, operation)
     reason = GATE_REASONS.get(err.code.lower(), err.detail or err.code)
-    actions = gate_next_actions(err.code, operation, ctx.server)
+    actions = gate_next_actions(err.code, operation, ctx.server, ctx.session)
+    starts_at = None
+    if ctx.session is not None and err.code.lower() == "work_session_not_active":
+        # The seed: "check its start time": give it, and the status it is in.
+        starts_at = str(ctx.session.get("starts_at") or "")
+        reason = f"selected session is {ctx.session.get('status')}; it starts at {starts_at}"
     message = f"the {operation} operation requires an active work session on this authentication"
     rows = [
         ("auth", ctx.auth_method or ""),
@@ -250,13 +308,15 @@ def _diagnose_gate(err: ApiError, ctx: ErrorContext) -> Diagnostic:
         for a in actions
     ]
     lines.append("Note: tokens a superuser issued, and service tokens, are not gated.")
-    context = {
+    context: dict[str, Any] = {
         "operation": operation,
         "auth_method": ctx.auth_method,
         "required_scope": scope,
         "target_servers": [ctx.server] if ctx.server else [],
         "current_worksession": ctx.work_session,
     }
+    if starts_at is not None:
+        context["starts_at"] = starts_at
     payload = _payload(EXIT_GATE_DENIED, err.code, reason, context, actions)
     payload["message"] = message
     return Diagnostic(EXIT_GATE_DENIED, lines, payload)

@@ -15,13 +15,13 @@ import contextlib
 import hashlib
 import json
 import os
-import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import janus
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -29,6 +29,7 @@ from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import CliError
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
+from fleetgate.shared.backoff import backoff_delays
 from fleetgate.shared.jsontext import loads as json_loads
 
 
@@ -39,6 +40,7 @@ __all__ = [
     "TransferFailed",
     "download_file",
     "open_channel",
+    "open_once",
     "recv_control",
     "upload_file",
     "with_retries",
@@ -46,7 +48,8 @@ __all__ = [
 
 CHUNK_BYTES = 2 << 20
 FILES_PATH = "/ws/files/"
-RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 5.0)
+RETRIES = 5
+"""Resumptions of a transfer after a dropped connection (delays from shared.backoff)."""
 
 Report = Callable[[int], None]
 """Called with the number of bytes of the file that are through so far."""
@@ -72,7 +75,15 @@ class TransferFailed(CliError):
 
 
 class Dropped(Exception):
-    """The connection ended before the transfer did: worth another attempt."""
+    """The connection ended before the transfer did: worth another attempt.
+
+    ``unreachable`` carries the error when the control plane could not be reached at all:
+    on the first attempt that is reported at once (nothing was ever connected to resume).
+    """
+
+    def __init__(self, message: str, unreachable: CliError | None = None) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 async def open_channel(ctx: Context, opts: Options, **fields: object) -> ClientConnection:
@@ -91,8 +102,16 @@ async def open_channel(ctx: Context, opts: Options, **fields: object) -> ClientC
         return await connect_channel(ctx, FILES_PATH, params=params, work_session=opts.work_session)
     except CliError as exc:
         if exc.code == "CONNECTION_FAILED":
-            raise Dropped(str(exc)) from exc
+            raise Dropped(str(exc), unreachable=exc) from exc
         raise
+
+
+async def open_once(ctx: Context, opts: Options, **fields: object) -> ClientConnection:
+    """`open_channel` for a transfer that is not resumed: a failure to connect is final."""
+    try:
+        return await open_channel(ctx, opts, **fields)
+    except Dropped as exc:
+        raise exc.unreachable or CliError(str(exc)) from None
 
 
 def _closed(exc: ConnectionClosed) -> Exception:
@@ -127,13 +146,17 @@ async def recv_control(ws: ClientConnection) -> dict[str, Any]:
 
 async def with_retries(ctx: Context, attempt: Callable[[], Any], retries: int) -> Any:
     """Run ``attempt`` again after a drop, with a growing delay, at most ``retries`` times."""
-    for delay in (*RETRY_DELAYS[:retries], None):
+    delays = backoff_delays(0.5, 5.0)
+    for number in range(retries + 1):
         try:
             return await attempt()
         except Dropped as exc:
-            if delay is None:
+            if number == 0 and exc.unreachable is not None:
+                raise exc.unreachable from None  # never connected: nothing to resume
+            if number == retries:
                 raise CliError(f"the connection dropped too often: {exc}") from None
-            ctx.out.info(f"agentctl: connection dropped ({exc}); resuming in {delay:g}s")
+            delay = next(delays)
+            ctx.out.info(f"agentctl: connection dropped ({exc}); resuming in {delay:.1f}s")
             await asyncio.sleep(delay)
     raise AssertionError("unreachable")
 
@@ -158,7 +181,7 @@ async def upload_file(
     report: Report,
     expect_sha256: str | None = None,
     tid: str | None = None,
-    retries: int = len(RETRY_DELAYS),
+    retries: int = RETRIES,
 ) -> dict[str, Any]:
     """Upload one regular file; return the agent's ``done`` plus ``resumed_from``."""
     st = os.stat(local)
@@ -192,7 +215,7 @@ async def upload_file(
                     position += len(chunk)
                     report(position)
             finally:
-                await asyncio.to_thread(disk.close)
+                await disk.aclose()
                 os.close(fd)
             digest = hasher.hexdigest()
             try:
@@ -217,7 +240,7 @@ async def download_file(
     *,
     report: Report,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
-    retries: int = len(RETRY_DELAYS),
+    retries: int = RETRIES,
 ) -> dict[str, Any]:
     """Download one regular file to ``target`` (atomically); return ``done``."""
     real = os.path.realpath(target)  # noqa: ASYNC240 (a local lookup, microseconds)
@@ -258,7 +281,7 @@ async def download_file(
                         position += len(frame)
                         report(position)
                 finally:
-                    await asyncio.to_thread(disk.close)
+                    await disk.aclose()
                 done: dict[str, Any] = json_loads(frame)
                 if done.get("type") == "error":
                     raise TransferFailed(str(done.get("code")), str(done.get("message")))
@@ -294,53 +317,49 @@ def _discard_if_empty(fd: int, part: Path) -> None:
 
 class _DiskReader:
     """Reads and hashes the file ahead in a thread (a few chunks at most), so the event
-    loop only sends; the prefix a resumed upload skips is hashed there first."""
+    loop only sends; the prefix a resumed upload skips is hashed there first.
+
+    The hand-over is a janus queue: the loop's ``get`` is an ordinary await (Ctrl-C
+    cancels it at once, no thread is left blocked in ``get``), and closing the queue wakes
+    the thread if it is blocked on a full queue.
+    """
 
     def __init__(self, fd: int, offset: int, hasher: Any) -> None:
         self.fd, self.offset, self.hasher = fd, offset, hasher
-        self.q: queue.Queue[bytes | OSError | CliError] = queue.Queue(maxsize=4)
-        self.stop = threading.Event()
+        self.q: janus.Queue[bytes | OSError | CliError] = janus.Queue(maxsize=4)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def _put(self, item: bytes | OSError | CliError) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
-
     def _run(self) -> None:
+        out = self.q.sync_q
         try:
-            _hash_prefix(self.fd, self.offset, self.hasher)
-            position = self.offset
-            while chunk := os.pread(self.fd, CHUNK_BYTES, position):
-                self.hasher.update(chunk)
-                position += len(chunk)
-                if not self._put(chunk):
-                    return
-            self._put(b"")
-        except (OSError, CliError) as exc:
-            self._put(exc)
+            try:
+                _hash_prefix(self.fd, self.offset, self.hasher)
+                position = self.offset
+                while chunk := os.pread(self.fd, CHUNK_BYTES, position):
+                    self.hasher.update(chunk)
+                    position += len(chunk)
+                    out.put(chunk)
+                out.put(b"")
+            except (OSError, CliError) as exc:
+                out.put(exc)
+        except janus.SyncQueueShutDown:
+            pass  # closed: the transfer ended or was abandoned
 
     async def get(self) -> bytes:
         """The next chunk; b"" at the end of the file."""
-        try:
-            item = self.q.get_nowait()
-        except queue.Empty:
-            item = await asyncio.to_thread(self.q.get)
+        item = await self.q.async_q.get()
         if isinstance(item, OSError):
             raise CliError(f"cannot read the file: {item}")
         if isinstance(item, CliError):
             raise item
         return item
 
-    def close(self) -> None:
-        """Stop reading ahead (blocking: run it in a thread)."""
-        self.stop.set()
-        self.thread.join()
+    async def aclose(self) -> None:
+        """Stop reading ahead and wait for the thread."""
+        self.q.close()
+        await self.q.wait_closed()
+        await asyncio.to_thread(self.thread.join)
 
 
 class _DiskWriter:
@@ -349,7 +368,7 @@ class _DiskWriter:
 
     def __init__(self, fd: int, hasher: Any) -> None:
         self.fd, self.hasher = fd, hasher
-        self.q: queue.Queue[tuple[bytes, int] | None] = queue.Queue(maxsize=8)
+        self.q: janus.Queue[tuple[bytes, int] | None] = janus.Queue(maxsize=8)
         self.error: OSError | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
@@ -357,25 +376,30 @@ class _DiskWriter:
     async def put(self, chunk: bytes, position: int) -> None:
         if self.error is not None:
             raise CliError(f"cannot write the download: {self.error}")
-        try:
-            self.q.put_nowait((chunk, position))
-        except queue.Full:
-            await asyncio.to_thread(self.q.put, (chunk, position))
+        await self.q.async_q.put((chunk, position))
 
     def _run(self) -> None:
-        while (item := self.q.get()) is not None:
-            if self.error is None:
-                chunk, position = item
-                self.hasher.update(chunk)
-                try:
-                    os.pwrite(self.fd, chunk, position)
-                except OSError as exc:
-                    self.error = exc
+        incoming = self.q.sync_q
+        try:
+            while (item := incoming.get()) is not None:
+                if self.error is None:
+                    chunk, position = item
+                    self.hasher.update(chunk)
+                    try:
+                        os.pwrite(self.fd, chunk, position)
+                    except OSError as exc:
+                        self.error = exc
+        except janus.SyncQueueShutDown:
+            pass
 
-    def close(self) -> None:
-        """Wait until every chunk is written (blocking: run it in a thread)."""
-        self.q.put(None)
-        self.thread.join()
+    async def aclose(self) -> None:
+        """Wait until every chunk is written."""
+        try:
+            await self.q.async_q.put(None)
+            await asyncio.to_thread(self.thread.join)
+        finally:
+            self.q.close()
+            await self.q.wait_closed()
         if self.error is not None:
             raise CliError(f"cannot write the download: {self.error}")
 

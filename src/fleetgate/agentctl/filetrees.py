@@ -15,13 +15,12 @@ import contextlib
 import hashlib
 import json
 import os
-import queue
 import shutil
 import tarfile
-import threading
 from pathlib import Path
 from typing import IO, Any, cast
 
+import janus
 from websockets.exceptions import ConnectionClosed
 
 from fleetgate.agentctl.context import Context
@@ -32,7 +31,7 @@ from fleetgate.agentctl.filetransfer import (
     Options,
     Report,
     TransferFailed,
-    open_channel,
+    open_once,
     recv_control,
 )
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
@@ -48,24 +47,51 @@ _END = object()
 
 
 class _Pipe:
-    """A bounded hand-over of chunks between a tar thread and the event loop."""
+    """A bounded hand-over of chunks between a tar thread and the event loop (janus).
+
+    Either side ends it with :meth:`stop`: the thread then stops at its next ``put`` or
+    ``get``, and the loop's awaits return at once, so neither waits for the other.
+    """
 
     def __init__(self) -> None:
-        self.q: queue.Queue[object] = queue.Queue(maxsize=4)
-        self.stopped = threading.Event()
+        self.q: janus.Queue[object] = janus.Queue(maxsize=4)
 
     def put(self, item: object) -> None:
-        while not self.stopped.is_set():
-            with contextlib.suppress(queue.Full):
-                self.q.put(item, timeout=0.2)
-                return
-        raise CliError("the transfer was abandoned")
+        """Thread side; raises :class:`CliError` once the transfer was abandoned."""
+        try:
+            self.q.sync_q.put(item)
+        except janus.SyncQueueShutDown:
+            raise CliError("the transfer was abandoned") from None
 
     def get(self) -> object:
-        while not self.stopped.is_set():
-            with contextlib.suppress(queue.Empty):
-                return self.q.get(timeout=0.2)
-        return _END
+        """Thread side; ``_END`` once the transfer was abandoned."""
+        try:
+            return self.q.sync_q.get()
+        except janus.SyncQueueShutDown:
+            return _END
+
+    async def aput(self, item: object) -> None:
+        """Loop side of :meth:`put`."""
+        try:
+            await self.q.async_q.put(item)
+        except janus.AsyncQueueShutDown:
+            raise CliError("the transfer was abandoned") from None
+
+    async def aget(self) -> object:
+        """Loop side of :meth:`get`."""
+        try:
+            return await self.q.async_q.get()
+        except janus.AsyncQueueShutDown:
+            return _END
+
+    def stop(self) -> None:
+        """End the hand-over (either side, any thread)."""
+        self.q.shutdown(immediate=True)
+
+    async def aclose(self) -> None:
+        """Loop side: end the hand-over and let the queue's pending wake-ups run."""
+        self.stop()
+        await self.q.wait_closed()
 
 
 class _ChunkWriter:
@@ -125,7 +151,7 @@ async def upload_tree(
 ) -> dict[str, Any]:
     """Upload directory ``source`` as ``remote`` (an existing directory receives ``name``)."""
     tid = os.urandom(16).hex()
-    ws = await open_channel(
+    ws = await open_once(
         ctx, opts, op="upload", path=remote, name=name, transfer_id=tid, recursive=True,
         overwrite=opts.overwrite,
     )  # fmt: skip
@@ -134,7 +160,7 @@ async def upload_tree(
     try:
         await recv_control(ws)
         hasher, sent = hashlib.sha256(), 0
-        while (item := await asyncio.to_thread(pipe.get)) is not _END:
+        while (item := await pipe.aget()) is not _END:
             if isinstance(item, BaseException):
                 raise CliError(f"cannot read {source}: {item}")
             chunk = cast(bytes, item)
@@ -153,7 +179,7 @@ async def upload_tree(
     except Dropped as exc:
         raise CliError(f"the connection dropped during the directory upload: {exc}") from None
     finally:
-        pipe.stopped.set()
+        await pipe.aclose()
         await producer
         with contextlib.suppress(Exception):
             await asyncio.wait_for(ws.close(), 5)
@@ -172,7 +198,7 @@ def _consume(pipe: _Pipe, temp: Path, errors: list[Exception]) -> None:
             pass
     except Exception as exc:  # noqa: BLE001 (handed over to the event loop, raised there)
         errors.append(exc)
-        pipe.stopped.set()
+        pipe.stop()
 
 
 async def download_tree(
@@ -183,7 +209,7 @@ async def download_tree(
         raise CliError(f"{target} exists (use --overwrite)")
     temp = target.parent / local_part_name(target.name, transfer_id(remote, os.urandom(8)))
     temp.mkdir(mode=0o700)
-    ws = await open_channel(ctx, opts, op="download", path=remote, recursive=True)
+    ws = await open_once(ctx, opts, op="download", path=remote, recursive=True)
     pipe, errors = _Pipe(), list[Exception]()
     consumer = asyncio.get_running_loop().run_in_executor(None, _consume, pipe, temp, errors)
     try:
@@ -195,12 +221,12 @@ async def download_tree(
                 break
             hasher.update(frame)
             received += len(frame)
-            await asyncio.to_thread(pipe.put, frame)
+            await pipe.aput(frame)
             report(received)
         done: dict[str, Any] = json_loads(frame)
         if done.get("type") == "error":
             raise TransferFailed(str(done.get("code")), str(done.get("message")))
-        await asyncio.to_thread(pipe.put, _END)
+        await pipe.aput(_END)
         await consumer
         if errors:
             error = errors[0]
@@ -215,7 +241,7 @@ async def download_tree(
     except ConnectionClosed as exc:
         raise CliError(f"the connection dropped during the directory download: {exc}") from None
     finally:
-        pipe.stopped.set()
+        await pipe.aclose()
         await consumer
         shutil.rmtree(temp, ignore_errors=True)
         with contextlib.suppress(Exception):

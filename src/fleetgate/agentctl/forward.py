@@ -13,13 +13,14 @@ import contextlib
 import signal
 import socket
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.context import Context
-from fleetgate.agentctl.errors import AgentctlError, ApiError
+from fleetgate.agentctl.errors import SESSION_ENDED_CODES, AgentctlError, ApiError
 from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED
 from fleetgate.shared.pump import abort_socket, pump
@@ -33,7 +34,12 @@ BACKLOG = 512
 ACCEPT_BACKOFF = 0.5
 """Seconds before accepting again after accept() failed (EMFILE would otherwise spin)."""
 
-_FATAL_CODES = ("TUNNEL_CLOSED", "TUNNEL_NOT_FOUND")
+_FATAL_CODES = ("TUNNEL_CLOSED", "TUNNEL_NOT_FOUND", "token_revoked", "user_disabled")
+SESSIONS = "/api/work-sessions/sessions/"
+WATCH_WAIT = 25
+"""Seconds per long-poll of the tunnel's work session (the server allows up to 60)."""
+WATCH_RETRY = 1.0
+"""Seconds before watching again after the control plane did not answer."""
 
 
 def listen(bind: str, port: int) -> socket.socket:
@@ -84,22 +90,56 @@ class Forwarder:
                 await ws.recv()
         await ws.close()
 
-    async def run(self) -> None:
-        """Serve until SIGINT/SIGTERM or a fatal refusal (the session ended)."""
+    async def run(self, work_session: str | None = None) -> None:
+        """Serve until SIGINT/SIGTERM or a fatal refusal; with `work_session`, also until
+        that session ends (even while no connection is open)."""
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self.stop.set)
         try:
             async with asyncio.TaskGroup() as tg:
                 acceptor = tg.create_task(self._accept(tg))
+                watcher = tg.create_task(self._watch(work_session)) if work_session else None
                 await self.stop.wait()
                 acceptor.cancel()
+                if watcher is not None:
+                    watcher.cancel()
                 # Open streams end with the tunnel: their connections are reset.
                 for task in list(self._tasks):
                     task.cancel()
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
+
+    async def _watch(self, session_id: str) -> None:
+        """Long-poll the session (`GET <id>/?status=active&wait=`): the control plane
+        answers as soon as it is no longer active (revoked, expired, completed)."""
+        import httpx  # only tunnels with a work session watch it
+
+        path = f"{SESSIONS}{quote(session_id, safe='')}/"
+        params = {"status": "active", "wait": str(WATCH_WAIT)}
+        async with self.ctx.client().async_http(read_timeout=WATCH_WAIT + 15) as http:
+            while True:
+                try:
+                    response = await http.get(path, params=params)
+                except httpx.TransportError:
+                    await asyncio.sleep(WATCH_RETRY)  # a restarting control plane
+                    continue
+                if response.status_code == 404:
+                    status = "gone"
+                elif response.is_error:
+                    await asyncio.sleep(WATCH_RETRY)
+                    continue
+                else:
+                    status = str(response.json().get("status"))
+                if status != "active":
+                    break
+        if self.fatal is None:
+            # The codes the control plane closes streams with when a session ends.
+            code = SESSION_ENDED_CODES.get(status, "work_session_not_usable")
+            detail = f"work session {session_id} is {status}: the tunnel is closed"
+            self.fatal = ApiError(403, code, detail, "tunnel")
+        self.stop.set()
 
     async def _accept(self, tg: asyncio.TaskGroup) -> None:
         loop = asyncio.get_running_loop()

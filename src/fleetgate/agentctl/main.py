@@ -8,15 +8,10 @@ import itertools
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import NoReturn, TextIO
-
-import httpx
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from fleetgate import __version__
-from fleetgate.agentctl import config as cfg
-from fleetgate.agentctl.commands import register_all
-from fleetgate.agentctl.commands.exec_cmd import EXEC_VERBS
-from fleetgate.agentctl.context import Context, Handler
+from fleetgate.agentctl.commands import EXEC_VERBS, register_all
 from fleetgate.agentctl.errors import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -28,6 +23,11 @@ from fleetgate.agentctl.errors import (
 )
 from fleetgate.agentctl.output import Output
 
+
+if TYPE_CHECKING:
+    import httpx
+
+    from fleetgate.agentctl.context import Context, Handler
 
 OUTPUT_MODES = ("table", "json")
 # Root options that take a value: needed to find the subcommand word before argparse runs.
@@ -42,14 +42,17 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message, self.format_usage())
 
 
-def build_parser() -> Parser:
-    """The full parser: global flags, then one subparser per command."""
+def build_parser(command: str | None = None) -> Parser:
+    """The parser: global flags, then the subparsers of `command`'s group (all groups when
+    `command` is None or unknown: `--help`, a typo)."""
     parser = Parser(
         prog="agentctl",
         description="Operator CLI of the control plane: run commands on servers, "
         "list servers and command history.",
-        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 work-session gate denied, "
-        "4 approval pending; `exec` exits with the remote command's exit code.",
+        epilog="Exit codes: 0 ok, 1 error, 2 usage, 3 work-session gate denied (or the "
+        "session ended), 4 approval pending, 6 the requested work session ended (rejected, "
+        "cancelled, ...) while waiting, 130 interrupted; `exec` exits with the remote "
+        "command's exit code.",
     )
     parser.add_argument("--version", action="version", version=f"agentctl {__version__}")
     _add_global_flags(parser, defaults=True)
@@ -58,7 +61,7 @@ def build_parser() -> Parser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_flags(common, defaults=False)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    register_all(subparsers, common)
+    register_all(subparsers, common, command)
     return parser
 
 
@@ -86,9 +89,8 @@ def split_remote(argv: Sequence[str]) -> tuple[list[str], list[str] | None]:
     return args, None
 
 
-def insert_default_verb(argv: Sequence[str]) -> list[str]:
-    """`exec SERVER ...` -> `exec run SERVER ...`: `run` is exec's default verb."""
-    args = list(argv)
+def _command_index(args: Sequence[str]) -> int | None:
+    """Where the command word is: the first word that is neither an option nor its value."""
     i = 0
     while i < len(args):
         word = args[i]
@@ -98,10 +100,28 @@ def insert_default_verb(argv: Sequence[str]) -> list[str]:
         if word.startswith("-"):
             i += 1
             continue
-        if word == "exec" and (i + 1 >= len(args) or args[i + 1] not in EXEC_VERBS):
-            # A bare `exec` or `exec -h` shows run's usage, the most useful one.
-            args.insert(i + 1, "run")
-        return args
+        return i
+    return None
+
+
+def command_word(argv: Sequence[str]) -> str | None:
+    """The command word of `argv` (`exec`, `work-session`, ...), or None."""
+    head, _ = split_remote(argv)
+    at = _command_index(head)
+    return None if at is None else head[at]
+
+
+def insert_default_verb(argv: Sequence[str]) -> list[str]:
+    """`exec SERVER ...` -> `exec run SERVER ...`: `run` is exec's default verb."""
+    args = list(argv)
+    i = _command_index(args)
+    # A bare `exec` or `exec -h` shows run's usage, the most useful one.
+    if (
+        i is not None
+        and args[i] == "exec"
+        and (i + 1 >= len(args) or args[i + 1] not in EXEC_VERBS)
+    ):
+        args.insert(i + 1, "run")
     return args
 
 
@@ -140,10 +160,14 @@ def main(
 ) -> int:
     """Run agentctl; return the exit code. The keyword arguments exist for tests."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Imported here: `--help` and usage errors need neither (`entry` answers `--version`).
+    from fleetgate.agentctl import config as cfg
+    from fleetgate.agentctl.context import Context
+
     env = os.environ if env is None else env
     out = Output(stdout=stdout or sys.stdout, stderr=stderr or sys.stderr)
     out.mode = "json" if _wants_json(argv) else "table"
-    parser = build_parser()
+    parser = build_parser(command_word(argv))
     try:
         # argparse prints --help/--version on sys.stdout: send it where this call's data goes.
         with contextlib.redirect_stdout(out.stdout):

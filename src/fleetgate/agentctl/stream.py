@@ -11,10 +11,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-import httpx
-
-from fleetgate.agentctl.client import Client, StreamProtocolError
+from fleetgate.agentctl.client import Client, StreamBroken, StreamIdle, StreamProtocolError
 from fleetgate.agentctl.errors import ApiError, CliError
+from fleetgate.shared.backoff import backoff_delays
 
 
 class ChunkAssembler:
@@ -70,9 +69,8 @@ def fetch_output(client: Client, command: Mapping[str, Any]) -> str:
     return str(command.get("result") or "")
 
 
-def backoff_delay(attempt: int, base: float = 0.5, cap: float = 5.0) -> float:
-    """Delay before reconnection `attempt` (1-based): 0.5, 1, 2, 4, 5, 5, ... seconds."""
-    return float(min(cap, base * 2 ** (attempt - 1)))
+RESUME_MIN, RESUME_MAX = 0.5, 5.0
+"""Bounds of the delay before resuming a broken stream (full jitter, shared.backoff)."""
 
 
 class _StreamEnded(Exception):
@@ -99,9 +97,9 @@ def follow_command(
     path = f"/api/events/commands/{command_id}/stream/"
     failures = 0
     reason = ""
+    delays = backoff_delays(RESUME_MIN, RESUME_MAX)
     while True:
         seen = assembler.next_seq
-        connected = False
         try:
             source: AbstractContextManager[Iterator[dict[str, Any]]]
             if events is not None:
@@ -109,7 +107,6 @@ def follow_command(
             else:
                 source = client.stream_ndjson(path, {"seq__gte": assembler.next_seq})
             with source as lines:
-                connected = True
                 for event in lines:
                     kind = event.get("event")
                     if kind == "output":
@@ -124,18 +121,18 @@ def follow_command(
                         return command
                     # Unknown events (e.g. a future keep-alive) are ignored on purpose.
             raise _StreamEnded("the stream ended before the command finished")
-        except httpx.ReadTimeout as exc:
-            if connected:
-                failures = 0  # the server answered; the command is just quiet: resume at once
-                continue
-            reason = str(exc) or "read timeout"
+        except StreamIdle:
+            failures = 0  # the server answered; the command is just quiet: resume at once
+            continue
         except ApiError as exc:
             if exc.status < 500:
                 raise
             reason = f"{exc.detail} ({exc.code})"
-        except httpx.TransportError as exc:
-            reason = str(exc) or type(exc).__name__
-        except (_StreamEnded, StreamProtocolError, KeyError, ValueError) as exc:
+        except CliError as exc:
+            if exc.code != "CONNECTION_FAILED":
+                raise
+            reason = exc.message  # the control plane is restarting: resume when it is back
+        except (_StreamEnded, StreamBroken, StreamProtocolError, KeyError, ValueError) as exc:
             reason = str(exc) or type(exc).__name__
         failures = 1 if assembler.next_seq > seen else failures + 1
         if failures > max_failures:
@@ -143,7 +140,9 @@ def follow_command(
                 f"lost the output stream of command {command_id}: {reason}; "
                 f"see it later with: agentctl exec logs {command_id}"
             )
-        sleep(backoff_delay(failures))
+        if failures == 1:  # progress since the last break: start the schedule again
+            delays = backoff_delays(RESUME_MIN, RESUME_MAX)
+        sleep(next(delays))
 
 
 def _fill_gaps(

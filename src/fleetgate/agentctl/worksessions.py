@@ -2,21 +2,23 @@
 remembers `work-session use`, and the request bodies. No network here.
 
 Selection order for gated commands: the `--work-session` flag, then
-`AGENTCTL_WORK_SESSION`, then the session stored by `work-session use` for this control
-plane (`work-sessions.json` beside the config file, a map from control-plane URL to id).
+`AGENTCTL_WORK_SESSION`, then the session stored by `work-session use`. The stored choice
+belongs to one config file and one principal: it lives beside the config file
+(`config.toml` -> `config.sessions.json`), keyed by control-plane URL and a fingerprint of
+the token, so two users' configs in one directory never share it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from fleetgate.agentctl.errors import CliError, UsageError
 from fleetgate.agentctl.output import format_timestamp, truncate
+from fleetgate.shared.atomic import atomic_write
 
 
 __all__ = [
@@ -29,7 +31,9 @@ __all__ = [
     "resolve_session",
     "save_active",
     "server_names",
+    "source_label",
     "split_values",
+    "state_key",
     "state_path",
     "sudo_policies",
     "timeline_rows",
@@ -37,12 +41,33 @@ __all__ = [
 
 ENV_WORK_SESSION = "AGENTCTL_WORK_SESSION"
 SCOPES = ("command", "editor", "sudo", "tunnel", "webftp", "websh")
-STATE_FILE = "work-sessions.json"
+SOURCE_LABELS = {
+    "flag": "--work-session",
+    "env": ENV_WORK_SESSION,
+    "use": "work-session use",
+}
 
 
 def state_path(config_path: Path) -> Path:
-    """Where `work-session use` remembers the active session: beside the config file."""
-    return config_path.parent / STATE_FILE
+    """Where `work-session use` remembers the active session: beside the config file, named
+    after it."""
+    return config_path.with_name(f"{config_path.stem}.sessions.json")
+
+
+def state_key(url: str | None, token: str | None) -> str | None:
+    """The key of one principal on one control plane: the URL and a token fingerprint."""
+    if url is None:
+        return None
+    if token is None:
+        return url
+    import hashlib  # ~10 ms: only when a stored selection is read or written
+
+    return f"{url}#{hashlib.sha256(token.encode()).hexdigest()[:16]}"
+
+
+def source_label(source: str) -> str:
+    """How a selection source is named to people (`--work-session`, ...)."""
+    return SOURCE_LABELS.get(source, source)
 
 
 def _read(path: Path) -> dict[str, str]:
@@ -58,28 +83,19 @@ def _read(path: Path) -> dict[str, str]:
 
 
 def load_active(path: Path, url: str | None) -> str | None:
-    """The session stored by `use` for the control plane at `url`."""
+    """The session stored by `use` under the key `url` (see `state_key`)."""
     return None if url is None else _read(path).get(url)
 
 
 def save_active(path: Path, url: str, session_id: str | None) -> None:
-    """Store (or with `None` forget) the active session of `url`, atomically, mode 0600."""
+    """Store (or with `None` forget) the active session of key `url`, atomically, 0600."""
     data = _read(path)
     if session_id is None:
         data.pop(url, None)
     else:
         data[url] = session_id
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
 
 
 def resolve_session(
@@ -154,11 +170,14 @@ def timeline_rows(items: Sequence[Mapping[str, Any]]) -> list[list[str]]:
         kind = str(item.get("type"))
         if kind == "status_change":
             what = f"{item.get('from')} -> {item.get('to')} ({item.get('action')})"
-        elif "command_id" in item:
-            ref = item.get("code") if item.get("denied") else item.get("command_id")
-            what = f"{ref}  {truncate(str(item.get('line') or ''), 50)}"
         else:
-            what = ""
+            # Commands carry `line`; sudo, websh, webftp and tunnel rows a `description`
+            # (sudo rows also a `command_id`, null for a terminal's sudo). A denial shows
+            # its code instead of the id.
+            ref = item.get("code") if item.get("denied") else item.get("command_id")
+            text = item.get("line") if kind == "command" else item.get("description")
+            text = text or item.get("line") or item.get("description")
+            what = "  ".join(str(part) for part in (ref, truncate(str(text or ""), 60)) if part)
         rows.append(
             [format_timestamp(item.get("timestamp")), kind, str(item.get("actor") or ""), what]
         )
@@ -169,7 +188,7 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
     """The POST body of `work-session create`, checked like the reference CLI does."""
     purpose = (args.purpose or "").strip()
     if not purpose:
-        raise UsageError("Non-interactive mode requires --purpose.")
+        raise UsageError('--purpose is required: say why you need access (--purpose "...")')
     servers = split_values(args.server)
     if not servers:
         raise UsageError("--server is required")

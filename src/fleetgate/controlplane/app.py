@@ -30,6 +30,7 @@ from fleetgate.controlplane.console import mount as console
 from fleetgate.controlplane.errors import install_error_handlers
 from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_key
 from fleetgate.controlplane.hub import Hub
+from fleetgate.controlplane.hub.revocation import Revoker
 from fleetgate.controlplane.hub.worksessions import WorkSessionClock
 from fleetgate.controlplane.store import Database, servers as servers_store
 
@@ -67,7 +68,8 @@ def create_app(
                 settings=settings, db=db, hub=hub, work_sessions=clock, signer=GrantSigner(key)
             )
             app.state.tunnels = tunnels.install(app.state.services)
-            clock.listeners.append(websh.session_ended_listener(app.state.services))
+            app.state.revoker = Revoker(db, hub.channels, app.state.tunnels)
+            clock.listeners.append(app.state.revoker.session_ended)
             loops = {
                 "scheduler": hub.scheduler.run,
                 "work-session-clock": clock.run,

@@ -130,6 +130,29 @@ def cmd_user_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_active(args: argparse.Namespace) -> int:
+    """Enable or disable a user directly in the database.
+
+    A disabled user's tokens stop authenticating (a running control plane notices within
+    its principal cache's 30 s); ``PATCH /api/iam/users/<id>/`` also ends at once what the
+    user has open.
+    """
+    settings = _settings(args)
+    active = args.action == "enable"
+    conn = connect(settings.db_path)
+    try:
+        with transaction(conn):
+            found = users_store.get_user_by_username(conn, args.username)
+            user = None if found is None else users_store.set_active(conn, found[0].id, active)
+    finally:
+        conn.close()
+    if user is None:
+        _err(f"error: no user {args.username!r}")
+        return 1
+    _out(f"{'enabled' if active else 'disabled'} user {user.username} (id {user.id})")
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     """Create an API token for a user, or a service token."""
     settings = _settings(args)
@@ -193,6 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--password-prompt", action="store_true", help="prompt for the password")
     user_create.add_argument("--db", type=Path)
     user_create.set_defaults(func=cmd_user_create)
+    for action, words in (
+        ("disable", "disable a user: their tokens stop working"),
+        ("enable", "enable a disabled user again"),
+    ):
+        toggle = user.add_parser(action, help=words)
+        toggle.add_argument("username")
+        toggle.add_argument("--db", type=Path)
+        toggle.set_defaults(func=cmd_user_active)
 
     token = sub.add_parser("token", help="manage tokens").add_subparsers(
         dest="action", required=True

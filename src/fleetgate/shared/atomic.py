@@ -10,7 +10,6 @@ fsynced so that the rename itself survives a power loss.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,7 +38,10 @@ def atomic_write(
             unchanged and no temporary file is left behind.
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    # Created 0600 and exclusively (never through a planted symlink), then set to ``mode``.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(tmp, flags, 0o600)
     try:
         try:
             os.fchmod(fd, mode)
@@ -50,14 +52,14 @@ def atomic_write(
         finally:
             os.close(fd)
         if check is not None:
-            check(Path(tmp))
+            check(tmp)
         if exclusive:
             os.link(tmp, path)  # fails if path exists, unlike a rename
             os.unlink(tmp)
         else:
             os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
 

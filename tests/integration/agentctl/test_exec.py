@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,7 +22,7 @@ import pytest
 
 from tests.support.agent import AgentProcess, running_agent
 from tests.support.agentctl import RUN_TIMEOUT, AgentctlRunner
-from tests.support.controlplane import running_control_plane
+from tests.support.controlplane import REPO_ROOT, running_control_plane
 
 
 SERVER = "web-01"
@@ -168,6 +170,32 @@ def test_server_ls_shows_the_connected_agent(stack: Stack) -> None:
 def test_exec_prints_remote_output_and_exits_0(stack: Stack) -> None:
     result = stack.run("exec", SERVER, "--", "id", "-un")
     assert (result.returncode, result.stdout, result.stderr) == (0, "root\n", "")
+
+
+def test_exec_to_its_end_imports_no_heavy_library(stack: Stack) -> None:
+    """`exec` run to completion (issue 15: whole process as fast as `ssh`): the streaming
+    create goes through the standard library; httpx, pydantic, rich and websockets stay
+    unloaded unless something goes wrong."""
+    argv = ["exec", SERVER, "--", "echo", "light"]
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "fleetgate.agentctl", *argv],
+        cwd=REPO_ROOT,
+        env=stack.env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "light\n"), result.stderr[-2000:]
+    modules = {
+        line.split("|")[-1].strip()
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "http.client" in modules
+    heavy = ("httpx", "pydantic", "rich", "websockets", "fleetgate.shared.protocol")
+    assert not {m for m in modules if m.startswith(heavy)}
 
 
 def test_exec_by_server_id(stack: Stack) -> None:

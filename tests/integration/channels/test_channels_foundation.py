@@ -29,6 +29,7 @@ from fleetgate.agent.policy import GrantPolicy
 from fleetgate.controlplane.api.channels import (
     authorize,
     deny,
+    owner_of,
     serve_channel,
     services_of,
     websocket_principal,
@@ -37,6 +38,7 @@ from fleetgate.controlplane.app import create_app
 from fleetgate.controlplane.authz import RULES, Access, Rule
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import APIError
+from fleetgate.controlplane.hub.channels import OpenChannel
 from fleetgate.controlplane.server import ControlPlaneServer, bind_socket
 from fleetgate.shared.protocol import ChannelOpen, GrantClaims, TunnelSpec, content_digest
 from fleetgate.shared.protocol.grants import decode_payload, parse_claims
@@ -111,7 +113,9 @@ async def _test_route(websocket: WebSocket) -> None:
         )
         grant = services.signer.sign(claims)
     message = ChannelOpen(channel_id=channel_id, spec=spec, grant=grant)
-    await serve_channel(websocket, services, authorized.server_id, message)
+    owner = owner_of(principal, authorized.work_session_id)
+    channel = OpenChannel(channel_id, "tunnel", authorized.server_id, owner)
+    await serve_channel(websocket, services, message, channel)
 
 
 @pytest.fixture

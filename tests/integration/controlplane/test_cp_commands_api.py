@@ -114,7 +114,7 @@ async def test_create_returns_the_command_object(
         "id", "shell", "line", "success", "exit_code", "result", "truncated", "status",
         "response_delay", "elapsed_time", "added_at", "scheduled_at", "delivered_at", "acked_at",
         "handled_at", "server", "server_name", "username", "groupname", "requested_by",
-        "error_phase", "timeout", "sudo",
+        "error_phase", "error_code", "timeout", "sudo",
     }  # fmt: skip
     assert body["server"] == server.id
     assert body["server_name"] == server.name

@@ -117,6 +117,7 @@ def test_servers_register_list_detail(control_plane: ControlPlaneProcess) -> Non
             "connected_at",
             "last_seen_at",
             "features",
+            "labels",
         }
         assert (server["id"], server["hostname"], server["is_connected"]) == (
             body["id"],
@@ -124,6 +125,7 @@ def test_servers_register_list_detail(control_plane: ControlPlaneProcess) -> Non
             False,
         )
         assert server["features"] == []
+        assert server["labels"] == {}
         assert c.get(f"/api/servers/servers/{body['id']}/").json() == server
         assert c.get(f"/api/servers/servers/{name}/").json() == server
         offline = c.get("/api/servers/servers/", params={"is_connected": "false", "page_size": 100})

@@ -92,9 +92,9 @@ def test_tunnel_ends_when_its_session_completes(tstack: TunnelStack, tmp_path: P
             timeline = api.get(f"{SESSIONS}{session}/timeline/").json()["results"]
             tunnels = api.get("/api/tunnels/").json()["results"]
     assert code == 3, err
-    assert "work_session_not_usable" in err
+    assert "work_session_completed" in err
     assert any(item["type"] == "tunnel" for item in timeline)
-    assert tunnels[0]["close_code"] == "work_session_not_usable"
+    assert tunnels[0]["close_code"] == "work_session_completed"
 
 
 @pytest.mark.timeout(60)

@@ -236,9 +236,11 @@ async def test_ending_the_work_session_closes_its_terminal(
         with cp.client(token) as client:
             done = client.post(f"/api/work-sessions/sessions/{session['id']}/complete/", json={})
             assert done.status_code == 200, done.text
-        exit_frame = await terminal.reader.control("exit", timeout=20)
-        assert exit_frame["reason"] == "closed"
-        await terminal.reader.until_closed()
+        # The client learns why: close 4403 with the session's end as the code.
+        await terminal.reader.until_closed(timeout=20)
+        code, reason = terminal.closed[0]
+        assert code == 4403
+        assert json.loads(reason)["code"] == "work_session_completed"
     wait_recording(cp, tid)
     await asyncio.sleep(0)
 

@@ -4,6 +4,7 @@ an allowed pattern runs, anything else is refused by the agent)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from tests.support.accounts import active_session, new_login
 from tests.support.agent import AgentProcess, running_agent
 from tests.support.controlplane import ControlPlaneProcess, running_control_plane
 from tests.support.sudo import installed_sudo_plugin, require_sudo, sudo_session_user
-from tests.support.users import CreatedUser
+from tests.support.users import CreatedUser, processes_gone
 from tests.support.websh import TerminalReader, ws_source
 
 
@@ -71,6 +72,8 @@ async def test_sudo_in_a_terminal_follows_the_session_patterns(
         await reader.until_closed(timeout=20)
     assert closed, "the terminal did not close"
     assert closed[0][0] in (1000, 4403), closed
+    # The client is told at once; the agent ends the shell within its hangup grace.
+    assert await asyncio.to_thread(processes_gone, user.uid, 20)
 
 
 def refusals(victim: str) -> list[tuple[str, str]]:

@@ -334,3 +334,35 @@ def test_json_mode_keeps_stderr_machine_readable() -> None:
     diag = json.loads(err)
     assert diag["error_code"] == "interrupted"
     assert diag["next_actions"][0]["command"] == "agentctl exec logs c-1"
+
+
+def test_whether_a_token_is_gated_is_asked_once_and_kept(tmp_path: Path) -> None:
+    """An API token's gating depends on who made it: agentctl asks `whoami` the first time
+    a session is selected with it, keeps the answer beside the selection, and with an
+    ungated token says the session is not used (and does not send it)."""
+    api = FakeApi()
+    api.me["gated"] = False
+    env = {"AGENTCTL_CONFIG": str(tmp_path / "config.toml")}
+    for _ in range(2):
+        api.streams.append(_stream(_finished()))
+        code, out, err = run(api, "exec", "--work-session", "ws-1", "web-01", "--", "id", env=env)
+        assert (code, out) == (0, ""), err
+        assert err.startswith("agentctl: note: this token is not gated by work sessions")
+        assert "ws-1 (from --work-session) is not used" in err
+    whoamis = [r for r in api.requests if r.url.path == "/api/auth/whoami/"]
+    assert len(whoamis) == 1  # the second run used the kept answer
+    assert all("work_session" not in body for body in api.posted("/api/events/commands/"))
+    kept = tmp_path / "config.sessions.json"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    assert TOKEN not in kept.read_text()  # a fingerprint of the token, never the token
+
+
+def test_a_gated_api_token_sends_its_session_without_a_note(tmp_path: Path) -> None:
+    api = FakeApi()
+    api.me["gated"] = True
+    api.streams.append(_stream(_finished()))
+    env = {"AGENTCTL_CONFIG": str(tmp_path / "config.toml")}
+    code, _, err = run(api, "exec", "--work-session", "ws-1", "web-01", "--", "id", env=env)
+    assert (code, err) == (0, "")
+    (body,) = api.posted("/api/events/commands/")
+    assert body["work_session"] == "ws-1"

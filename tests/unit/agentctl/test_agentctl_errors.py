@@ -82,7 +82,7 @@ def test_gate_next_actions_depend_on_the_code() -> None:
 
     assert first("work_session_required") == "agentctl work-session ls --status active"
     assert first("work_session_not_active") == "agentctl work-session current"
-    assert first("work_session_expired").startswith("agentctl work-session extend")
+    assert first("work_session_expired").startswith("agentctl work-session create")  # not extend
     assert first("work_session_scope_not_allowed").startswith("agentctl work-session create")
     # Without a server the placeholder stays literal.
     assert "--server <SERVER>" in first("work_session_server_not_allowed")

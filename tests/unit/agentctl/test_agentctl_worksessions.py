@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fleetgate.agentctl.errors import UsageError
+from fleetgate.agentctl.errors import UsageError, recreate_command
 from fleetgate.agentctl.worksessions import (
     ENV_WORK_SESSION,
     check_scopes,
@@ -17,8 +18,10 @@ from fleetgate.agentctl.worksessions import (
     resolve_session,
     save_active,
     split_values,
+    state_key,
     state_path,
     sudo_policies,
+    timeline_rows,
 )
 
 
@@ -112,3 +115,58 @@ def test_create_body() -> None:
 def test_create_usage_errors(overrides: dict[str, object]) -> None:
     with pytest.raises(UsageError):
         create_body(_args(**overrides))
+
+
+def test_use_file_is_named_after_its_config_and_keyed_by_principal(tmp_path: Path) -> None:
+    one, two = state_path(tmp_path / "one.toml"), state_path(tmp_path / "two.toml")
+    assert one != two  # two configs in one directory never share a selection
+    assert one.parent == tmp_path
+    alice, bob = state_key("http://a", "flt_alice"), state_key("http://a", "flt_bob")
+    assert alice != bob
+    assert alice is not None
+    assert alice.startswith("http://a#")
+    assert "flt_alice" not in alice  # a fingerprint, not the token
+    assert state_key("http://a", None) == "http://a"
+    assert state_key(None, "flt_alice") is None
+
+
+def test_timeline_rows_fill_every_kind() -> None:
+    items: list[dict[str, Any]] = [
+        {"type": "command", "command_id": "c-1", "line": "echo hi", "denied": False},
+        {"type": "command", "command_id": None, "line": "rm -rf /", "denied": True, "code": "x"},
+        # A terminal's sudo: command_id null, a description (it once printed "None").
+        {"type": "sudo", "command_id": None, "description": "sudo id -u", "denied": False},
+        {"type": "websh", "description": "websh attach root@web-01"},
+        {"type": "webftp", "description": "upload /tmp/f"},
+        {"type": "tunnel", "description": "tunnel 127.0.0.1:8080"},
+        {"type": "status_change", "from": "pending", "to": "active", "action": "approve"},
+    ]
+    details = [row[3] for row in timeline_rows(items)]
+    assert details == [
+        "c-1  echo hi",
+        "x  rm -rf /",
+        "sudo id -u",
+        "websh attach root@web-01",
+        "upload /tmp/f",
+        "tunnel 127.0.0.1:8080",
+        "pending -> active (approve)",
+    ]
+
+
+def test_recreate_command_fills_in_the_flags_of_the_session() -> None:
+    session = {
+        "scopes": ["command", "sudo"],
+        "servers": [{"id": "s-1", "name": "web-01"}, {"id": "s-2", "name": "web-02"}],
+        "description": "fix nginx",
+        "starts_at": "2026-01-01T10:00:00Z",
+        "expires_at": "2026-01-01T11:30:00Z",
+        "sudo_policies": [{"commands": ["systemctl restart nginx"]}],
+    }
+    assert recreate_command(session) == (
+        "agentctl work-session create --scope command,sudo --server web-01,web-02 "
+        "--expires-in 90m --purpose 'fix nginx' --sudo 'systemctl restart nginx'"
+    )
+    two_hours = {**session, "expires_at": "2026-01-01T12:00:00Z", "sudo_policies": []}
+    assert "--expires-in 2h " in recreate_command(two_hours)
+    agents = {**two_hours, "requester_type": "agent"}
+    assert recreate_command(agents).endswith(" --requester-type agent")

@@ -40,6 +40,7 @@ from fleetgate.shared.protocol import (
     Ping,
     Pong,
     ServerMessage,
+    TerminalEnd,
     Welcome,
     WorkSessionEnded,
     decode_server_message,
@@ -78,6 +79,10 @@ class ChannelHandler(Protocol):
 
     def on_close(self, message: ChannelClose) -> None:
         """End a channel the control plane no longer wants."""
+        ...
+
+    def on_terminal_end(self, message: TerminalEnd) -> None:
+        """End a terminal (attached or detached) the control plane revoked."""
         ...
 
 
@@ -274,6 +279,9 @@ class Backhaul:
             case ChannelClose():
                 if self._channels is not None:
                     self._channels.on_close(message)
+            case TerminalEnd():
+                if self._channels is not None:
+                    self._channels.on_terminal_end(message)
             case Ping(nonce=nonce):
                 await ws.send(encode(Pong(nonce=nonce)))
             case Pong(nonce=nonce):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from time import time
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 from uuid import UUID
 
 import structlog
@@ -28,6 +28,7 @@ from fleetgate.shared.protocol import (
     ChannelOpen,
     ErrorMessage,
     GrantClaims,
+    TerminalEnd,
     content_digest,
 )
 from fleetgate.shared.protocol.channels import (
@@ -38,7 +39,7 @@ from fleetgate.shared.protocol.channels import (
 )
 
 
-__all__ = ["ChannelRouter", "ChannelService"]
+__all__ = ["ChannelRouter", "ChannelService", "EndsResources"]
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +69,16 @@ class ChannelService(Protocol):
         ...
 
 
+@runtime_checkable
+class EndsResources(Protocol):
+    """A kind whose resources outlive their channels (a websh terminal): the control
+    plane can end one by id even while no channel is attached (``terminal.end``)."""
+
+    def end(self, resource_id: UUID, reason: str) -> bool:
+        """End the resource now; False when this kind has no such resource."""
+        ...
+
+
 class ChannelRouter:
     """Accepts channel requests from the backhaul and owns the channels it serves."""
 
@@ -86,6 +97,7 @@ class ChannelRouter:
         self._audit = audit
         self._dial = dial
         self._services: dict[str, ChannelService] = {}
+        self._enders: list[EndsResources] = []
         self._max = config.limits.max_channels
         self._intake: asyncio.Queue[tuple[ChannelOpen, ChannelService, GrantClaims | None]] = (
             asyncio.Queue(maxsize=self._max)
@@ -98,6 +110,8 @@ class ChannelRouter:
         if service.kind in self._services:
             raise ValueError(f"a service for {service.kind!r} channels is already registered")
         self._services[service.kind] = service
+        if isinstance(service, EndsResources):
+            self._enders.append(service)
 
     def open_channels(self) -> int:
         """How many channels are accepted and not yet ended."""
@@ -149,6 +163,17 @@ class ChannelRouter:
         if task is not None:
             log.info("channel.close_requested", channel_id=str(message.channel_id))
             task.cancel(message.reason or "closed by the control plane")
+
+    def on_terminal_end(self, message: TerminalEnd) -> None:
+        """End a terminal now, attached or detached (its token, user or session was
+        revoked); the kind that owns it does, an unknown one is ignored."""
+        reason = message.reason or "closed"
+        ended = any(ender.end(message.terminal_id, reason) for ender in self._enders)
+        log.info("channel.terminal_end", terminal_id=str(message.terminal_id), found=ended)
+        if ended and self._audit is not None:
+            self._audit.record(
+                "terminal.ended", terminal_id=str(message.terminal_id), reason=reason[:200]
+            )
 
     def stop_accepting(self) -> None:
         """Refuse new channels from now on (graceful shutdown)."""

@@ -238,6 +238,8 @@ class SudoDecisionServer:
             "argv": list(d.call.argv),
             "runas_uid": d.call.runas_uid,
             "work_session": d.grant.work_session if d.grant else None,
+            # Who the session's grant was issued to: the person behind this shell/command.
+            "requested_by": d.grant.assignee if d.grant else None,
             "session": d.grant.label if d.grant else None,
         }
         log.info("sudo.decision", **{k: v for k, v in fields.items() if k != "argv"})

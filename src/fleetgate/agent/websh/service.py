@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from uuid import UUID
 
 from fleetgate.agent.backhaul import ChannelLink
 from fleetgate.agent.config import AgentConfig
@@ -68,6 +69,10 @@ class WebshService:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.manager.run(), name="websh-terminals")
             tg.create_task(self.shipper.run(), name="websh-recordings")
+
+    def end(self, resource_id: UUID, reason: str) -> bool:
+        """End terminal ``resource_id`` now, attached or detached (``terminal.end``)."""
+        return self.manager.close(resource_id, reason[:200])
 
     def check(self, message: ChannelOpen) -> None:
         """Refuse early: disabled, too many terminals, unknown terminal, spool full."""

@@ -5,17 +5,20 @@ from __future__ import annotations
 import argparse
 import getpass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from fleetgate.agentctl import config as cfg
 from fleetgate.agentctl.context import Context
-from fleetgate.agentctl.errors import EXIT_OK, CliError, UsageError
+from fleetgate.agentctl.errors import EXIT_OK, AgentctlError, CliError, UsageError
 from fleetgate.agentctl.output import yes_no
+from fleetgate.agentctl.worksessions import source_label
 
 
 if TYPE_CHECKING:
     from fleetgate.agentctl.commands import SubParsers
 
 WHOAMI = "/api/auth/whoami/"
+SESSIONS = "/api/work-sessions/sessions/"
 LOGIN = "/api/auth/login/"
 
 
@@ -53,8 +56,14 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
         "whoami",
         parents=[common],
         help="show who the stored token authenticates",
-        description="Show the user, superuser flag, auth method and whether work sessions "
-        "are required.",
+        description="Show the user, superuser flag, auth method, whether work sessions "
+        "are required, and which work session gated commands would use and why (the "
+        "--work-session flag, $AGENTCTL_WORK_SESSION, or `work-session use`).",
+    )
+    whoami.add_argument(
+        "--work-session",
+        metavar="ID",
+        help="show this session as the active one, as a gated command's flag would",
     )
     whoami.set_defaults(handler=run_whoami)
 
@@ -115,7 +124,7 @@ def run_logout(ctx: Context, args: argparse.Namespace) -> int:
     """Drop the token from the config file; say so if the environment still provides one."""
     file_config = cfg.load_file(ctx.config_path)
     if file_config.token is not None:
-        cfg.save(ctx.config_path, file_config.model_copy(update={"token": None}))
+        cfg.save(ctx.config_path, cfg.without_token(file_config))
         message = f"Logged out: removed the token from {ctx.config_path}"
     else:
         message = f"No token stored in {ctx.config_path}"
@@ -141,6 +150,15 @@ def _acl_summary(acl: object) -> str:
 def whoami_rows(me: dict[str, Any]) -> list[tuple[str, str]]:
     """The rows `whoami` prints in table mode (empty values skipped)."""
     required = me.get("work_session_required")
+    active = me.get("active_work_session")
+    if isinstance(active, dict):
+        chosen = f"{active['id']} (from {source_label(str(active['source']))})"
+        if active.get("status") not in (None, "active"):
+            chosen += f"; it is {active['status']}"
+        if active.get("used") is False:
+            chosen += "; not used: tokens are not gated"
+    else:
+        chosen = "none" if required else ""
     rows = [
         ("User", str(me.get("username") or "")),
         ("Email", str(me.get("email") or "")),
@@ -150,10 +168,20 @@ def whoami_rows(me: dict[str, Any]) -> list[tuple[str, str]]:
             "WS required",
             "yes (run `agentctl work-session ls`)" if required else yes_no(required),
         ),
+        ("Work session", chosen),
         ("Server user", str(me.get("server_username") or "")),
         ("ACL", _acl_summary(me.get("acl"))),
     ]
     return [(k, v) for k, v in rows if v]
+
+
+def _status_of(ctx: Context, session_id: str) -> str | None:
+    """The session's status (None when it cannot be read: unknown id, not visible)."""
+    try:
+        session = ctx.client().get(f"{SESSIONS}{quote(session_id, safe='')}/")
+    except AgentctlError:
+        return None
+    return str(session.get("status")) if isinstance(session, dict) else None
 
 
 def run_whoami(ctx: Context, args: argparse.Namespace) -> int:
@@ -162,6 +190,17 @@ def run_whoami(ctx: Context, args: argparse.Namespace) -> int:
     me = ctx.client().get(WHOAMI)
     if not isinstance(me, dict):
         raise CliError("unexpected answer to whoami")
+    session_id, source = ctx.work_session_choice(args.work_session)
+    me["active_work_session"] = (
+        None
+        if session_id is None
+        else {
+            "id": session_id,
+            "source": source,
+            "status": _status_of(ctx, session_id),
+            "used": bool(me.get("gated", me.get("work_session_required", True))),
+        }
+    )
     if ctx.out.json:
         ctx.out.document(me)
         return EXIT_OK

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 COMMANDS = "/api/events/commands/"
 SERVERS = "/api/servers/servers/"
-EXEC_VERBS = frozenset({"run", "logs", "ls", "list", "history"})
+SESSIONS = "/api/work-sessions/sessions/"
 LS_HEADERS = ("SERVER", "COMMAND", "USER", "STATUS", "EXIT", "ELAPSED", "REQUESTED AT")
 COMMAND_WIDTH = 60
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -279,17 +279,24 @@ def run_exec(ctx: Context, args: argparse.Namespace) -> int:
         return _submit(ctx, client, body, detach=args.detach)
     except ApiError as exc:
         if exc.is_gate_denial:
-            ctx.auth_method = _auth_method(client)
+            explain_denial(ctx, client)
         raise
 
 
-def _auth_method(client: Client) -> str | None:
-    """`whoami`'s auth method, for a gate diagnostic (best effort: None on failure)."""
+def explain_denial(ctx: Context, client: Client) -> None:
+    """Fetch what a gate diagnostic names: `whoami`'s auth method and the selected session
+    (its status, start time and flags). Best effort: what cannot be read stays unknown."""
     try:
         me = client.get("/api/auth/whoami/")
+        ctx.auth_method = str(me.get("auth_method")) if isinstance(me, dict) else None
     except AgentctlError:
-        return None
-    return str(me.get("auth_method")) if isinstance(me, dict) else None
+        pass
+    if ctx.work_session:
+        try:
+            session = client.get(f"{SESSIONS}{quote(ctx.work_session, safe='')}/")
+            ctx.session = session if isinstance(session, dict) else None
+        except AgentctlError:
+            pass
 
 
 def _submit(ctx: Context, client: Client, body: dict[str, Any], *, detach: bool) -> int:
@@ -307,9 +314,7 @@ def _submit(ctx: Context, client: Client, body: dict[str, Any], *, detach: bool)
     try:
         # One request: the create answers with the command's own output stream; a broken
         # stream is resumed by follow_command with GET .../stream/?seq__gte=.
-        with client.stream_ndjson(
-            COMMANDS, {"stream": "true"}, method="POST", json_body=body
-        ) as events:
+        with client.post_stream(COMMANDS, {"stream": "true"}, body) as events:
             first = next(events, None)
             if first is None or first.get("event") != "created":
                 raise CliError("the control plane did not return the created command")
@@ -359,7 +364,7 @@ def run_logs(ctx: Context, args: argparse.Namespace) -> int:
         command = client.get(f"{COMMANDS}{quote(args.command_id, safe='')}/")
     except ApiError as exc:
         if exc.is_gate_denial:
-            ctx.auth_method = _auth_method(client)
+            explain_denial(ctx, client)
         raise
     output = fetch_output(client, command)
     if is_finished(command):

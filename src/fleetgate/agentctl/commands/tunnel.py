@@ -6,9 +6,9 @@ import argparse
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from fleetgate.agentctl.commands.exec_cmd import positive_int
+from fleetgate.agentctl.commands.exec_cmd import explain_denial, positive_int
 from fleetgate.agentctl.context import Context
-from fleetgate.agentctl.errors import EXIT_OK, AgentctlError, UsageError
+from fleetgate.agentctl.errors import EXIT_OK, AgentctlError, ApiError, UsageError
 from fleetgate.agentctl.forward import Forwarder, listen
 from fleetgate.agentctl.output import to_json
 
@@ -86,7 +86,12 @@ def run_tunnel(ctx: Context, args: argparse.Namespace) -> int:
             f"cannot listen on {args.bind}:{args.local_port}: {exc.strerror or exc}"
         ) from None
     with listener:
-        tunnel = client.post(TUNNELS, body)
+        try:
+            tunnel = client.post(TUNNELS, body)
+        except ApiError as exc:
+            if exc.is_gate_denial:
+                explain_denial(ctx, client)
+            raise
         tunnel_id = str(tunnel["id"])
         forwarder = Forwarder(ctx, tunnel_id, listener)
         try:
@@ -95,7 +100,8 @@ def run_tunnel(ctx: Context, args: argparse.Namespace) -> int:
             try:
                 client.request("DELETE", f"{TUNNELS}{tunnel_id}/")
             except AgentctlError as exc:
-                ctx.out.info(f"agentctl: could not close tunnel {tunnel_id}: {exc}")
+                if forwarder.fatal is None:  # an ended session has closed it already
+                    ctx.out.info(f"agentctl: could not close tunnel {tunnel_id}: {exc}")
     if forwarder.fatal is not None:
         raise forwarder.fatal
     return EXIT_OK
@@ -123,4 +129,6 @@ async def _forward(
             f"forwarding {host}:{port} -> {args.server}:{args.remote_host}:{args.remote_port}\n"
         )
         ctx.out.info("press Ctrl-C to stop")
-    await forwarder.run()
+    # Watch the session the control plane attached (a token's tunnel has none).
+    session = tunnel.get("work_session") or ctx.work_session
+    await forwarder.run(str(session) if session else None)

@@ -20,6 +20,7 @@ import termios
 import tty
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
@@ -27,9 +28,18 @@ from websockets.exceptions import ConnectionClosed
 from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.commands import exec_cmd
 from fleetgate.agentctl.context import Context
-from fleetgate.agentctl.errors import ApiError, CliError, UsageError
+from fleetgate.agentctl.errors import (
+    EXIT_GATE_DENIED,
+    SESSION_ENDED_CODES,
+    AgentctlError,
+    ApiError,
+    CliError,
+    UsageError,
+)
+from fleetgate.shared.backoff import backoff_delays
 from fleetgate.shared.errors import ProtocolViolation
 from fleetgate.shared.jsontext import loads as json_loads
+from fleetgate.shared.protocol.channels import CLOSE_REFUSED
 from fleetgate.shared.protocol.websh import Exit, WebshError, decode_agent_frame
 
 
@@ -37,6 +47,7 @@ if TYPE_CHECKING:
     from fleetgate.agentctl.commands import SubParsers
 
 TERMINALS = "/api/websh/terminals/"
+SESSIONS = "/api/work-sessions/sessions/"
 REATTACH_ATTEMPTS = 5
 """Reattaches after an unexpected drop before agentctl gives up."""
 _LOST = {1006, 1011, 1012, 1013, 1014}
@@ -96,7 +107,7 @@ def run_websh(ctx: Context, args: argparse.Namespace) -> int:
         terminal = client.post(TERMINALS, body)
     except ApiError as exc:
         if exc.is_gate_denial:
-            ctx.auth_method = exec_cmd._auth_method(client)
+            exec_cmd.explain_denial(ctx, client)
         raise
     session = Terminal(ctx, str(terminal["id"]), stdin_fd, stdout_fd)
     with raw_mode(stdin_fd):
@@ -160,6 +171,7 @@ class Terminal:
             loop.add_signal_handler(signum, self._hang_up)
         try:
             attempt = 0
+            delays = backoff_delays(0.25, 4.0)  # reattach schedule (full jitter)
             while True:
                 rows, cols = _window_size(self.stdout_fd)
                 params = {"rows": str(rows), "cols": str(cols)}
@@ -177,16 +189,19 @@ class Terminal:
                     if attempt == 0 or attempt >= REATTACH_ATTEMPTS:
                         raise
                     attempt += 1
-                    await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
+                    await asyncio.sleep(next(delays))
                     continue
                 code, reason = await self._attached(ws)
+                ended = _ended_by_gate(code, reason) or self._session_ended()
+                if ended is not None:
+                    raise ended
                 if self.exit is not None:
                     return self.exit.code
                 if code not in _LOST or attempt >= REATTACH_ATTEMPTS:
                     raise CliError(_closed_message(code, reason), code="WEBSH_CLOSED")
                 attempt += 1
                 self._notice("connection lost; reattaching")
-                await asyncio.sleep(min(4.0, 0.25 * 2**attempt))
+                await asyncio.sleep(next(delays))
         finally:
             for signum in (signal.SIGWINCH, signal.SIGHUP, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
@@ -235,6 +250,23 @@ class Terminal:
             loop.remove_reader(self.stdin_fd)
         return ws.protocol.close_code or 1006, ws.protocol.close_reason or ""
 
+    def _session_ended(self) -> ApiError | None:
+        """If the terminal's work session has ended (revoked, expired, ...), the error
+        that says so: the control plane ends a session's terminals with it, and the shell
+        then only reports the hang-up (129)."""
+        session_id = self.ctx.work_session
+        if not session_id:
+            return None
+        try:
+            session = self.ctx.client().get(f"{SESSIONS}{quote(session_id, safe='')}/")
+        except AgentctlError:
+            return None
+        status = str(session.get("status")) if isinstance(session, dict) else "active"
+        if status == "active":
+            return None
+        code = SESSION_ENDED_CODES.get(status, "work_session_not_usable")
+        return ApiError(403, code, f"work session {session_id} is {status}", "websh")
+
     def _control(self, text: str) -> None:
         try:
             frame = decode_agent_frame(text)
@@ -275,6 +307,26 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _ended_by_gate(code: int, reason: str) -> AgentctlError | None:
+    """A close with 4403 and a gate or token code: the error to exit 3 with."""
+    if code != CLOSE_REFUSED:
+        return None
+    try:
+        detail = json_loads(reason)
+        gate_code, text = str(detail["code"]), str(detail.get("detail") or "")
+    except (ValueError, KeyError, TypeError):
+        return None
+    if gate_code.startswith("work_session_"):
+        return ApiError(403, gate_code, text or gate_code, "websh")
+    if gate_code == "token_revoked":
+        return CliError(
+            f"the terminal was closed: {text or 'the token was revoked'} ({gate_code})",
+            exit_code=EXIT_GATE_DENIED,
+            code=gate_code,
+        )
+    return None
 
 
 def _closed_message(code: int, reason: str) -> str:

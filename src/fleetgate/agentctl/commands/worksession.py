@@ -7,6 +7,7 @@ returns as soon as the session is approved, without a polling schedule.
 from __future__ import annotations
 
 import argparse
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,11 +19,12 @@ from fleetgate.agentctl.errors import (
     EXIT_APPROVAL_PENDING,
     EXIT_OK,
     EXIT_WORK_SESSION_ENDED,
+    ApiError,
     CliError,
     UsageError,
 )
 from fleetgate.agentctl.output import format_timestamp, truncate
-from fleetgate.agentctl.recordings import play
+from fleetgate.agentctl.recordings import parse_cast, play
 from fleetgate.agentctl.worksessions import (
     create_body,
     describe_rows,
@@ -40,6 +42,11 @@ if TYPE_CHECKING:
 SESSIONS = "/api/work-sessions/sessions/"
 SERVERS = "/api/servers/servers/"
 ENDED = frozenset({"completed", "expired", "revoked", "rejected", "cancelled"})
+OPEN = ("pending", "approved", "active")
+"""What `ls` shows by default: the sessions still to come or in use."""
+CLEAR_WORDS = frozenset({"clear", "none", "unset"})
+"""`use clear` forgets the selection, as `use --unset` does."""
+WHOAMI = "/api/auth/whoami/"
 LS_HEADERS = ("", "ID", "STATUS", "SERVERS", "SCOPES", "ASSIGNEE", "EXPIRES", "PURPOSE")
 DEFAULT_WAIT = 300.0
 LONG_POLL = 25  # seconds per request, below the client's 30 s read timeout
@@ -95,10 +102,21 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
     create.add_argument("--use", action="store_true", help="select it for this shell")
 
     ls = verb("ls", "List work sessions", run_ls, session=False)
-    ls.add_argument("--status", default="active", help="status filter (default active; all)")
+    ls.add_argument(
+        "--status",
+        default=None,
+        help="only this status (pending, approved, active, ...; `all`: every session you "
+        "can see); default: yours that are pending, approved or active",
+    )
     verb("describe", "Show details of a work session", run_describe)
-    use = verb("use", "Set or clear the active work session", run_use)
-    use.add_argument("--unset", action="store_true", help="clear the active session")
+    use = verb("use", "Select the work session of this shell, or clear it", run_use, session=False)
+    use.add_argument(
+        "id",
+        nargs="?",
+        metavar="ID",
+        help="session to select; `clear` forgets the selection; none: show the current one",
+    )
+    use.add_argument("--unset", action="store_true", help="forget the selection (= `use clear`)")
     verb("current", "Show the active work session", run_current, session=False)
     for name, help_ in (
         ("approve", "Approve a pending session (superuser only)"),
@@ -174,10 +192,36 @@ def run_create(ctx: Context, args: argparse.Namespace) -> int:
     ctx.operation = "work-session"
     body = create_body(args)
     client = ctx.client()
-    session: dict[str, Any] = client.post(SESSIONS, body)
+    if "assigned_user" in body and _is_me(client, str(body["assigned_user"])):
+        # Naming yourself is the default, not an assignment (only superusers may assign).
+        del body["assigned_user"]
+    try:
+        session: dict[str, Any] = client.post(SESSIONS, body)
+    except ApiError as exc:
+        raise _explained(exc, args) from None
     if args.wait:
         session = _wait(ctx, client, session, want_active=args.use, timeout=args.wait_timeout)
     return _after_create(ctx, session, use=args.use, waited=args.wait)
+
+
+def _is_me(client: Client, who: str) -> bool:
+    me = client.get(WHOAMI)
+    return isinstance(me, dict) and who in (str(me.get("username")), str(me.get("id")))
+
+
+_MAXIMUM = re.compile(r"(longer than|beyond) the maximum of (\d+) minutes")
+
+
+def _explained(exc: ApiError, args: argparse.Namespace) -> ApiError:
+    """A refused create, said in terms of the flags (`--expires-in 5h`, not `expires_at`)."""
+    found = _MAXIMUM.search(exc.detail)
+    if found is None:
+        return exc
+    minutes = int(found.group(2))
+    limit = f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
+    given = f"--expires-in {args.expires_in}" if args.expires_in else "--expires-at"
+    detail = f"{given} is longer than the longest work session allowed ({limit})"
+    return ApiError(exc.status, exc.code, detail, exc.source)
 
 
 def _wait(
@@ -224,23 +268,44 @@ def _after_create(ctx: Context, session: dict[str, Any], *, use: bool, waited: b
             ctx.out.info(f"work session {session_id} is {status}; once active run: {hint}")
         return EXIT_APPROVAL_PENDING
     if use and status == "active":
-        _store(ctx, session_id)
+        if ctx.token_is_gated:
+            _store(ctx, session_id)
+        else:
+            ctx.note_not_gated(session_id, "use")
     message = f"work session {session_id} is {status}" + (" (selected)" if use else "")
-    return _success(ctx, "create", message, session)
+    if ctx.out.json:
+        return _success(ctx, "create", message, session)
+    # One stable stdout whatever the status: `ID=$(agentctl work-session create ...)`.
+    ctx.out.data(session_id + "\n")
+    ctx.out.info(message)
+    return EXIT_OK
 
 
 def _store(ctx: Context, session_id: str | None) -> None:
     url = ctx.config.url
     if not url:
         raise CliError("no control plane configured; run `agentctl login URL --token TOKEN`")
-    save_active(state_path(ctx.config_path), url, session_id)
+    key = ctx.state_key
+    assert key is not None  # the url is set
+    save_active(state_path(ctx.config_path), key, session_id)
 
 
 def run_ls(ctx: Context, args: argparse.Namespace) -> int:
-    """List sessions (default: active ones); `*` marks the current one."""
+    """List sessions (default: mine that are pending, approved or active); `*` marks the
+    selected one."""
     ctx.operation = "work-session"
-    params = {} if args.status == "all" else {"status": args.status}
-    sessions = ctx.client().list_all(SESSIONS, params)
+    client = ctx.client()
+    if args.status is None:
+        me = client.get(WHOAMI)
+        my_id = me.get("id") if isinstance(me, dict) else None
+        sessions = [
+            s
+            for s in client.list_all(SESSIONS)
+            if s.get("status") in OPEN and (my_id is None or my_id in _people(s))
+        ]
+    else:
+        params = {} if args.status == "all" else {"status": args.status}
+        sessions = client.list_all(SESSIONS, params)
     if ctx.out.json:
         ctx.out.document(sessions)
         return EXIT_OK
@@ -262,6 +327,14 @@ def run_ls(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _people(session: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The user ids a session belongs to: its assignee and its requester."""
+    return (
+        (session.get("assigned_user") or {}).get("id"),
+        (session.get("created_by") or {}).get("id"),
+    )
+
+
 def run_describe(ctx: Context, args: argparse.Namespace) -> int:
     """Show one session."""
     ctx.operation = "work-session"
@@ -269,13 +342,17 @@ def run_describe(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def run_use(ctx: Context, args: argparse.Namespace) -> int:
-    """Select an active session for this shell, or forget it with `--unset`."""
+    """Select an active session for this shell, forget it (`clear`, `--unset`), or without
+    an ID show the current selection."""
     ctx.operation = "work-session"
-    if args.unset:
+    if args.unset or (args.id or "").lower() in CLEAR_WORDS:
         _store(ctx, None)
         return _success(ctx, "unset", "no active work session", None)
     if not args.id:
-        raise UsageError("work-session use needs an ID (or --unset)")
+        return run_current(ctx, args)
+    if not ctx.token_is_gated:
+        ctx.note_not_gated(args.id, "use")
+        return _success(ctx, "use", f"work session {args.id} not selected", None)
     session = ctx.client().get(_path(args.id))
     if session.get("status") != "active":
         raise CliError(
@@ -369,6 +446,14 @@ def run_recording(ctx: Context, args: argparse.Namespace) -> int:
     recorded = [t for t in terminals if t.get("recording")]
     if not recorded:
         raise CliError("no recording found (recordings arrive when a terminal has ended)")
+    if ctx.out.json:
+        # One document for scripts: each terminal with its recording's header and events.
+        documents = []
+        for terminal in recorded:
+            header, events = parse_cast(client.download(str(terminal["recording"]["url"])))
+            documents.append({**terminal, "cast": {"header": header, "events": list(events)}})
+        ctx.out.document(documents)
+        return EXIT_OK
     for terminal in recorded:
         data = client.download(str(terminal["recording"]["url"]))
         if args.raw:

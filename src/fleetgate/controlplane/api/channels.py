@@ -9,12 +9,14 @@ the usual ``{code, detail}`` body, so clients handle it exactly as an API error.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import structlog
 from fastapi.responses import JSONResponse
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 
 from fleetgate.controlplane.api.deps import Services, resolve_server
 from fleetgate.controlplane.auth import Principal, resolve_principal
@@ -22,17 +24,20 @@ from fleetgate.controlplane.authz import check_rule, rule_for
 from fleetgate.controlplane.console.cookies import websocket_authorization
 from fleetgate.controlplane.errors import APIError, ChannelFailed
 from fleetgate.controlplane.grants import gate_and_sign
-from fleetgate.controlplane.hub.relay import relay
+from fleetgate.controlplane.hub.channels import ChannelOwner, OpenChannel
+from fleetgate.controlplane.hub.relay import close_websocket, relay
 from fleetgate.controlplane.store import worksessions as ws_store
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
 from fleetgate.shared.protocol import ChannelOpen, Grant
+from fleetgate.shared.protocol.channels import CLOSE_REFUSED, REVOCATION_CODES, refusal_reason
 
 
 __all__ = [
     "Authorized",
     "authorize",
     "deny",
+    "owner_of",
     "serve_channel",
     "services_of",
     "websocket_principal",
@@ -51,6 +56,11 @@ class Authorized:
     server_name: str
     grant: Grant
     work_session_id: str | None
+
+
+def owner_of(principal: Principal, work_session_id: str | None) -> ChannelOwner:
+    """The owner a channel opened by ``principal`` under ``work_session_id`` records."""
+    return ChannelOwner(principal.token.id, principal.user_id, work_session_id)
 
 
 def services_of(websocket: WebSocket) -> Services:
@@ -165,18 +175,75 @@ async def authorize(
 
 
 async def serve_channel(
-    websocket: WebSocket, services: Services, server_id: str, message: ChannelOpen
-) -> None:
+    websocket: WebSocket,
+    services: Services,
+    message: ChannelOpen,
+    channel: OpenChannel,
+    *,
+    on_attached: Callable[[], Awaitable[None]] | None = None,
+) -> ChannelFailed | None:
     """Open ``message``'s channel on the agent, then accept the client and relay.
 
     The agent is asked first, so its refusal (or absence) is still an HTTP answer to the
-    client's handshake. Returns when the channel has ended on both sides.
+    client's handshake. ``channel`` is registered for the whole relay: when it is ended
+    (revocation, its tunnel closed), the relay stops, the agent gets ``channel.close``
+    and the client a close 4403 with ``{"code", "detail"}`` (or an HTTP 403 if its
+    handshake was not answered yet). Returns when the channel has ended on both sides;
+    the failure, if the channel could not be opened (the client was already told).
     """
     log.info("channel_opening", channel_id=str(message.channel_id), kind=message.spec.kind)
+    registry = services.hub.channels.open
+    try:
+        registry.register(channel)
+    except ChannelFailed as exc:
+        log.info("channel_refused", channel_id=str(message.channel_id), code=exc.code)
+        await deny(websocket, 403, exc.code, exc.detail)
+        return exc
+    try:
+        async with asyncio.TaskGroup() as tg:
+            relaying = tg.create_task(
+                _attach_and_relay(websocket, services, channel.server_id, message, on_attached)
+            )
+            ending = tg.create_task(_close_agent_when_ended(services, channel))
+            relaying.add_done_callback(lambda _: ending.cancel())
+            ending.add_done_callback(lambda _: relaying.cancel())
+    finally:
+        registry.unregister(channel)
+    if not relaying.cancelled():
+        return relaying.result()
+    code, detail = channel.why or ("closed", "the channel was closed")
+    log.info("channel_ended", channel_id=str(channel.channel_id), code=code)
+    if websocket.application_state == WebSocketState.CONNECTED:
+        await close_websocket(websocket, CLOSE_REFUSED, refusal_reason(code, detail))
+    elif websocket.application_state == WebSocketState.CONNECTING:
+        revoked = code in REVOCATION_CODES or code.startswith("work_session_")
+        await deny(websocket, 403 if revoked else 409, code, detail)
+    return None
+
+
+async def _close_agent_when_ended(services: Services, channel: OpenChannel) -> None:
+    """Wait until the channel must stop, then tell its agent first: the agent's task is
+    cancelled (a terminal ends instead of detaching) before the relay drops the link."""
+    await channel.ended.wait()
+    detail = channel.why[1] if channel.why else "closed"
+    await services.hub.channels.close(channel.server_id, channel.channel_id, detail)
+
+
+async def _attach_and_relay(
+    websocket: WebSocket,
+    services: Services,
+    server_id: str,
+    message: ChannelOpen,
+    on_attached: Callable[[], Awaitable[None]] | None,
+) -> ChannelFailed | None:
     try:
         async with services.hub.channels.attach(server_id, message) as agent:
+            if on_attached is not None:
+                await on_attached()
             await websocket.accept()
             await relay(websocket, agent)
     except ChannelFailed as exc:
         log.info("channel_failed", channel_id=str(message.channel_id), code=exc.code)
         await deny(websocket, _FAILURE_STATUS.get(exc.close_code, 502), exc.code, exc.detail)
+        return exc
+    return None

@@ -173,6 +173,7 @@ def _new_command(
         env=dict(run.env),
         timeout=run.timeout,
         requested_by=principal.user_id,
+        requested_token=principal.token.id,
         added_at=now,
         scheduled_at=scheduled_at,
         sudo=run.sudo,

@@ -21,12 +21,14 @@ from fleetgate.controlplane.acl import AclRefusal
 from fleetgate.controlplane.api.channels import (
     authorize,
     deny,
+    owner_of,
     serve_channel,
     services_of,
     websocket_principal,
 )
 from fleetgate.controlplane.authz import require_session_named, server_account
 from fleetgate.controlplane.errors import APIError
+from fleetgate.controlplane.hub.channels import OpenChannel
 from fleetgate.shared.protocol import ChannelOpen, FilesSpec, content_digest
 
 
@@ -113,4 +115,6 @@ async def files_channel(websocket: WebSocket) -> None:
         await deny(websocket, exc.status, exc.code, exc.detail)
         return
     message = ChannelOpen(channel_id=channel_id, spec=spec, grant=authorized.grant)
-    await serve_channel(websocket, services, authorized.server_id, message)
+    owner = owner_of(principal, authorized.work_session_id)
+    channel = OpenChannel(channel_id, "files", authorized.server_id, owner)
+    await serve_channel(websocket, services, message, channel)

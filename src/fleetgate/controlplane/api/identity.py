@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -20,6 +20,8 @@ from fleetgate.controlplane.errors import (
     permission_denied,
     validation_detail,
 )
+from fleetgate.controlplane.hub.channels import Revocation
+from fleetgate.controlplane.hub.revocation import Revoker
 from fleetgate.controlplane.store import users as users_store
 from fleetgate.controlplane.timeutil import iso, now_us, to_us
 
@@ -65,10 +67,11 @@ class UserCreateBody(BaseModel):
 
 
 class UserUpdateBody(BaseModel):
-    """``PATCH /api/iam/users/<id or username>/``."""
+    """``PATCH /api/iam/users/<id or username>/``: only the fields given change."""
 
     model_config = ConfigDict(extra="forbid")
-    server_username: str | None = Field(pattern=SERVER_USERNAME_PATTERN)
+    server_username: str | None = Field(default=None, pattern=SERVER_USERNAME_PATTERN)
+    is_active: bool | None = None
 
 
 def _check_server_username(name: str | None) -> None:
@@ -88,7 +91,7 @@ async def login(body: LoginBody, services: ServicesDep) -> JSONResponse:
     stored = None if found is None else found[1]
     # Verify even for an unknown user, so timing does not reveal which usernames exist.
     ok = await asyncio.to_thread(users_store.verify_password, body.password, stored or _DUMMY_HASH)
-    if found is None or stored is None or not ok:
+    if found is None or stored is None or not ok or not found[0].is_active:
         raise authentication_failed("Unable to log in with the provided credentials.")
     now = now_us()
     expires_at = now + int(services.settings.login_token_ttl * 1_000_000)
@@ -206,9 +209,16 @@ async def create_token(
     return JSONResponse(out, status_code=201)
 
 
+def _revoker(request: Request) -> Revoker:
+    revoker: Revoker = request.app.state.revoker
+    return revoker
+
+
 @router.delete("/api/auth/tokens/{token_id}/", status_code=204)
-async def delete_token(token_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
-    """Delete one of the caller's tokens."""
+async def delete_token(
+    token_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
+) -> Response:
+    """Delete one of the caller's tokens; what it opened ends (``token_revoked``)."""
     if principal.user_id is None:
         raise permission_denied("A service token cannot delete tokens.")
     if principal.acl is not None:
@@ -217,6 +227,8 @@ async def delete_token(token_id: str, principal: PrincipalDep, services: Service
     if not deleted:
         raise APIError(404, "TOKEN_NOT_FOUND", "No such token.")
     services.principals.clear()
+    revocation = Revocation("token_revoked", "the token was deleted", token_id=token_id)
+    await _revoker(request).revoke(revocation)
     return Response(status_code=204)
 
 
@@ -253,20 +265,58 @@ async def create_user(
 
 @router.patch("/api/iam/users/{user_ref}/")
 async def update_user(
-    user_ref: str, body: UserUpdateBody, principal: SuperuserDep, services: ServicesDep
+    user_ref: str,
+    body: UserUpdateBody,
+    request: Request,
+    principal: SuperuserDep,
+    services: ServicesDep,
 ) -> JSONResponse:
-    """Set (or clear, with ``null``) a user's ``server_username`` (superuser only)."""
-    _check_server_username(body.server_username)
+    """Change a user (superuser only): set (or clear, with ``null``) ``server_username``,
+    enable or disable them (``is_active``). Disabling ends at once every terminal, tunnel
+    and transfer the user opened (``user_disabled``); their tokens stop authenticating.
+    Only the fields given change."""
+    given = body.model_fields_set
+    if "server_username" in given:
+        _check_server_username(body.server_username)
     found = await services.db.read(users_store.get_user_by_username, user_ref)
     user = found[0] if found is not None else None
     if user is None and user_ref.isdigit():
         user = await services.db.read(users_store.get_user, int(user_ref))
     if user is None:
         raise APIError(404, "USER_NOT_FOUND", f"No user {user_ref[:150]!r}.")
-    updated = await services.db.write(
-        users_store.set_server_username, user.id, body.server_username
-    )
-    if updated is None:
-        raise APIError(404, "USER_NOT_FOUND", f"No user {user_ref[:150]!r}.")
-    services.principals.clear()  # cached principals carry the old mapping
-    return JSONResponse(user_json(updated))
+    if body.is_active is False and principal.user_id == user.id:
+        raise invalid_request("is_active: you cannot disable yourself", "is_active")
+    if "server_username" in given:
+        user = await services.db.write(
+            users_store.set_server_username, user.id, body.server_username
+        )
+        if user is None:
+            raise APIError(404, "USER_NOT_FOUND", f"No user {user_ref[:150]!r}.")
+        services.principals.clear()  # cached principals carry the old mapping
+    if body.is_active is not None:
+        user = await set_active(request, services, user.id, body.is_active)
+        if user is None:
+            raise APIError(404, "USER_NOT_FOUND", f"No user {user_ref[:150]!r}.")
+    return JSONResponse(user_json(user))
+
+
+async def set_active(
+    request: Request, services: Services, user_id: int, active: bool
+) -> users_store.UserRow | None:
+    """Enable or disable user ``user_id``; ``None`` if there is no such user.
+
+    Disabling clears the principal cache (their tokens stop authenticating now) and
+    revokes what they have open (``user_disabled``); enabling forgets that revocation.
+    """
+    user = await services.db.write(users_store.set_active, user_id, active)
+    if user is None:
+        return None
+    if active:
+        services.hub.channels.open.reinstate_user(user.id)
+    else:
+        services.principals.clear()
+        revocation = Revocation(
+            "user_disabled", f"user {user.username!r} was disabled", user_id=user.id
+        )
+        await _revoker(request).revoke(revocation)
+    return user

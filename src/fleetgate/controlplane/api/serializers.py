@@ -47,6 +47,7 @@ def command_json(row: CommandRow, *, now: int) -> dict[str, Any]:
         "groupname": row.groupname,
         "requested_by": requested_by,
         "error_phase": row.error_phase,
+        "error_code": row.error_code,
         "timeout": row.timeout,
         "sudo": row.sudo,
     }
@@ -79,6 +80,7 @@ def user_json(user: UserRow) -> dict[str, Any]:
         "email": user.email,
         "is_superuser": user.is_superuser,
         "server_username": user.server_username,
+        "is_active": user.is_active,
     }
 
 

@@ -8,7 +8,6 @@ carries the session's expiry. The target is always the server's loopback: a
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import uuid
 from typing import Any
@@ -16,12 +15,13 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.websockets import WebSocket, WebSocketState
+from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.acl import AclRefusal
 from fleetgate.controlplane.api.channels import (
     authorize,
     deny,
+    owner_of,
     serve_channel,
     services_of,
     websocket_principal,
@@ -33,8 +33,8 @@ from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.authz import acl_refused
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.grants import operation_claims
-from fleetgate.controlplane.hub.relay import close_websocket
-from fleetgate.controlplane.hub.tunnels import StreamHandle, TunnelStreams
+from fleetgate.controlplane.hub.channels import OpenChannel
+from fleetgate.controlplane.hub.tunnels import TunnelStreams
 from fleetgate.controlplane.store import tunnels as tunnels_store, worksession_gate as ws_gate
 from fleetgate.controlplane.store.tunnels import NewTunnel, TunnelRow
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
@@ -42,7 +42,7 @@ from fleetgate.controlplane.timeutil import iso, iso_or_none, now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
 from fleetgate.shared.addresses import loopback_address
 from fleetgate.shared.protocol import ChannelOpen, content_digest
-from fleetgate.shared.protocol.channels import CLOSE_REFUSED, TunnelSpec, refusal_reason
+from fleetgate.shared.protocol.channels import REVOCATION_CODES, TunnelSpec
 
 
 __all__ = ["STREAM_PATH", "install", "router", "ws_router"]
@@ -64,10 +64,8 @@ class CreateBody(BaseModel):
 
 
 def install(services: Services) -> TunnelStreams:
-    """The live-stream registry, listening for ended work sessions (called at start)."""
-    streams = TunnelStreams(services.db)
-    services.work_sessions.listeners.append(streams.session_ended)
-    return streams
+    """The tunnels in use and their streams (called at start)."""
+    return TunnelStreams(services.db, services.hub.channels.open)
 
 
 def _streams(app_state: Any) -> TunnelStreams:
@@ -211,7 +209,7 @@ async def delete(
 
 def _closed_error(row: TunnelRow) -> APIError:
     code = row.close_code or "TUNNEL_CLOSED"
-    status = 403 if code.startswith("work_session_") else 409
+    status = 403 if code in REVOCATION_CODES or code.startswith("work_session_") else 409
     return APIError(status, code, row.close_reason or "the tunnel is closed")
 
 
@@ -289,37 +287,14 @@ async def stream(websocket: WebSocket, tunnel_id: str) -> None:
         if row.closed_at is not None:
             raise _closed_error(row)
         message = await _stream_open(services, principal, row, channel_id, probe)
-        handle = streams.add(row, channel_id)
-        if handle is None:  # ended while the gate was checked
-            raise _closed_error(await streams.row(row.id) or row)
+        ended = streams.closed(row)
+        if ended is not None:  # ended while the gate was checked
+            raise _closed_error(ended)
     except APIError as exc:
         await deny(websocket, exc.status, exc.code, exc.detail)
         return
-    try:
-        await _relay_until_ended(websocket, services, row.server_id, message, handle)
-    finally:
-        streams.remove(row.id, channel_id)
-
-
-async def _relay_until_ended(
-    websocket: WebSocket,
-    services: Services,
-    server_id: str,
-    message: ChannelOpen,
-    handle: StreamHandle,
-) -> None:
-    """Relay the stream; if its tunnel ends first, stop and tell both sides why."""
-    async with asyncio.TaskGroup() as tg:
-        relay = tg.create_task(serve_channel(websocket, services, server_id, message))
-        ended = tg.create_task(handle.ended.wait())
-        relay.add_done_callback(lambda _: ended.cancel())
-        ended.add_done_callback(lambda _: relay.cancel())
-    if not relay.cancelled():
-        return
-    code, detail = handle.why
-    if websocket.application_state == WebSocketState.CONNECTED:
-        await close_websocket(websocket, CLOSE_REFUSED, refusal_reason(code, detail))
-    elif websocket.application_state == WebSocketState.CONNECTING:
-        status = 403 if code.startswith("work_session_") else 409
-        await deny(websocket, status, code, detail)
-    await services.hub.channels.close(server_id, message.channel_id, detail)
+    # No await between the check above and the registration in serve_channel: a stream
+    # is either refused there or ended by the tunnel's close.
+    owner = owner_of(principal, row.work_session_id)
+    channel = OpenChannel(channel_id, "tunnel", row.server_id, owner, resource_id=row.id)
+    await serve_channel(websocket, services, message, channel)

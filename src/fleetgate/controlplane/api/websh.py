@@ -17,22 +17,28 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocket
 
-from fleetgate.controlplane.api.channels import authorize, deny, services_of, websocket_principal
+from fleetgate.controlplane.api.channels import (
+    authorize,
+    deny,
+    owner_of,
+    serve_channel,
+    services_of,
+    websocket_principal,
+)
 from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep, resolve_server
 from fleetgate.controlplane.api.pagination import page_response
 from fleetgate.controlplane.api.params import parse_page
 from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.authz import require_session_named, server_account
-from fleetgate.controlplane.errors import APIError, ChannelFailed
-from fleetgate.controlplane.hub.relay import relay
+from fleetgate.controlplane.errors import APIError
+from fleetgate.controlplane.hub.channels import OpenChannel
 from fleetgate.controlplane.store import terminals as store
 from fleetgate.controlplane.store.terminals import TerminalRow
-from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.controlplane.timeutil import iso, iso_or_none, now_us
 from fleetgate.shared.protocol import ChannelOpen, WebshSpec, content_digest
 
 
-__all__ = ["CLIENT_PATH", "WEBSH_SCOPE", "router", "session_ended_listener", "terminal_json"]
+__all__ = ["CLIENT_PATH", "WEBSH_SCOPE", "router", "terminal_json"]
 
 log = structlog.get_logger("fleetgate.controlplane.websh")
 
@@ -40,7 +46,6 @@ router = APIRouter()
 
 WEBSH_SCOPE = "websh"
 CLIENT_PATH = "/ws/websh/{terminal_id}/"
-_FAILURE_STATUS = {4403: 403, 4408: 504, 4503: 503}
 
 
 class TerminalCreateBody(BaseModel):
@@ -204,28 +209,18 @@ async def get_terminal(
 async def close_terminal(
     terminal_id: str, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
-    """End a terminal: its attached channel is closed on the agent, which ends the shell."""
+    """End a terminal: the agent ends its shell now (``terminal.end``), attached or not."""
     row = await _visible(services, principal, terminal_id)
-    await _close(services, row, "closed by API")
+    await _close(services, row, "closed", "closed by API")
     return Response(status_code=204)
 
 
-async def _close(services: Services, row: TerminalRow, reason: str) -> None:
-    if row.channel_id is not None and row.status == "open":
-        await services.hub.channels.close(row.server_id, uuid.UUID(row.channel_id), reason)
+async def _close(services: Services, row: TerminalRow, code: str, reason: str) -> None:
+    """End the terminal on the agent (``code`` is the exit frame's reason) and store it."""
+    if row.status != "closed":
+        # By terminal id, not channel: a detached shell ends now, not at its grace's end.
+        await services.hub.channels.end_terminal(row.server_id, row.id, code)
     await services.db.write(store.mark_closed, row.id, reason=reason, now=now_us())
-
-
-def session_ended_listener(services: Services) -> Any:
-    """A ``WorkSessionClock`` listener that closes the ended session's terminals."""
-
-    async def ended(session: WorkSessionRow) -> None:
-        rows = await services.db.read(store.open_terminals_of_session, session.id)
-        for row in rows:
-            log.info("terminal_closed_by_session", terminal_id=row.id, work_session=session.id)
-            await _close(services, row, f"work session {session.status.value}")
-
-    return ended
 
 
 async def serve_client(websocket: WebSocket, terminal_id: str) -> None:
@@ -274,13 +269,19 @@ async def serve_client(websocket: WebSocket, terminal_id: str) -> None:
         await deny(websocket, exc.status, exc.code, exc.detail)
         return
     message = ChannelOpen(channel_id=channel_id, spec=spec, grant=allowed.grant)
-    try:
-        async with services.hub.channels.attach(row.server_id, message) as agent:
-            await services.db.write(store.mark_attached, row.id, str(channel_id))
-            await websocket.accept()
-            await relay(websocket, agent)
-    except ChannelFailed as exc:
-        log.info("terminal_attach_failed", terminal_id=row.id, code=exc.code)
-        if exc.code in {"unknown_terminal", "terminal_closed"}:
-            await services.db.write(store.mark_closed, row.id, reason=exc.code, now=now_us())
-        await deny(websocket, _FAILURE_STATUS.get(exc.close_code, 502), exc.code, exc.detail)
+    channel = OpenChannel(
+        channel_id,
+        "websh",
+        row.server_id,
+        owner_of(principal, allowed.work_session_id),
+        resource_id=row.id,
+    )
+
+    async def attached() -> None:
+        await services.db.write(store.mark_attached, row.id, str(channel_id))
+
+    failed = await serve_channel(websocket, services, message, channel, on_attached=attached)
+    if failed is not None:
+        log.info("terminal_attach_failed", terminal_id=row.id, code=failed.code)
+        if failed.code in {"unknown_terminal", "terminal_closed"}:
+            await services.db.write(store.mark_closed, row.id, reason=failed.code, now=now_us())

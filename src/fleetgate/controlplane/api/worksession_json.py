@@ -60,6 +60,13 @@ def event_json(event: dict[str, Any]) -> dict[str, Any]:
                 "denied": bool(data.get("denied", False)),
             }
         )
+        if event["command_id"] is not None:
+            out["sudo"] = bool(event["sudo"])
+            out["requested_token"] = event["requested_token"]
+        if event["error_phase"] == "denied":
+            # Refused by the agent (a sudo line no pattern allows...): why, as a code.
+            out["denied"] = True
+            out["code"] = event["error_code"]
         if data.get("code"):
             out["code"] = data["code"]
             out["line"] = data.get("line", out["line"])

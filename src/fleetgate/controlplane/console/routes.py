@@ -100,7 +100,7 @@ async def login(request: Request) -> Response:
 async def logout(request: Request, principal: ConsoleUser) -> Response:
     """Delete the login token (through the API) and the cookie."""
     await csrf_form(request)
-    await identity.delete_token(principal.token.id, principal, services_of(request))
+    await identity.delete_token(principal.token.id, request, principal, services_of(request))
     response = RedirectResponse(f"{PREFIX}/login", status_code=303)
     response.delete_cookie(LOGIN_COOKIE, path="/")
     return response

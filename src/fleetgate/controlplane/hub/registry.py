@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket, WebSocketState
 
 from fleetgate.controlplane.store.commands import CommandRow
 from fleetgate.controlplane.timeutil import now_us
-from fleetgate.shared.protocol import CommandRun, Grant, encode
+from fleetgate.shared.protocol import CommandRun, Grant, Requester, encode
 
 
 __all__ = ["AgentConnection", "Registry", "run_message"]
@@ -46,6 +46,19 @@ def run_message(row: CommandRow) -> CommandRun:
         timeout=row.timeout,
         grant=None if row.grant is None else Grant.model_validate_json(row.grant),
         sudo=row.sudo,
+        requested_by=_requester(row),
+        work_session=row.work_session_id,
+    )
+
+
+def _requester(row: CommandRow) -> Requester | None:
+    """Who asked for the command, for the agent's audit log."""
+    if row.requested_token is None and row.requested_by is None:
+        return None
+    return Requester(
+        token_id=row.requested_token or "unknown",
+        user_id=row.requested_by,
+        username=row.requester_username,
     )
 
 

@@ -39,6 +39,7 @@ from fleetgate.controlplane.store import (
     commands as commands_store,
     reports as reports_store,
     servers as servers_store,
+    terminals as terminals_store,
 )
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.shared.errors import ProtocolViolation
@@ -55,6 +56,7 @@ from fleetgate.shared.protocol import (
     Ping,
     Pong,
     SudoDecided,
+    TerminalEnd,
     Welcome,
     decode_agent_message,
     error_ref,
@@ -72,6 +74,8 @@ _FRAME_REFUSALS = frozenset({"too_large", "malformed", "invalid", "unknown_type"
 """Codes of an agent's ``error`` that mean it could not even read the frame: a command
 frame refused so will be refused again, so the command fails now."""
 
+UNDELIVERED_END_WINDOW_US = 24 * 3600 * 1_000_000
+"""How far back a reconnecting agent is told again to end the terminals closed here."""
 _REPORT_TYPES = (CommandDelivered, CommandAcked, CommandOutput, CommandFinished, SudoDecided)
 
 
@@ -275,6 +279,24 @@ class AgentSession:
             if not await deliver(conn, self.db, row, self.notifier.notify):
                 break
             self.log.debug("command_sent", command_id=row.id, redelivery=True)
+        await self._end_closed_terminals()
+
+    async def _end_closed_terminals(self) -> None:
+        """Terminals closed here (revoked, deleted) while this agent may have been away:
+        ``terminal.end`` again, so a detached shell does not wait for its grace. An agent
+        ignores a terminal it no longer has."""
+        conn = self.conn
+        closed = await self.db.read(
+            terminals_store.closed_unrecorded,
+            conn.server_id,
+            since=now_us() - UNDELIVERED_END_WINDOW_US,
+        )
+        for terminal_id, reason in closed:
+            message = TerminalEnd(terminal_id=uuid.UUID(terminal_id), reason=reason[:1024])
+            if not await conn.send_quietly(message):
+                break
+        if closed:
+            self.log.info("terminal_end_resent", terminals=len(closed))
 
     async def _store(self, reports: list[CommandReport]) -> None:
         if self.writer is not None:  # shared with every other session: one transaction

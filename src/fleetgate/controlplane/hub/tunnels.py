@@ -1,11 +1,13 @@
-"""Live tunnel streams on this control plane, and ending them when their tunnel ends.
+"""Tunnels in use on this control plane, and ending them when their tunnel ends.
 
-A tunnel ends when its owner deletes it or when its work session ends (this object is a
-:class:`~fleetgate.controlplane.hub.worksessions.WorkSessionClock` listener). Ending it marks the
-tunnel closed (in memory at once, then in SQLite) and signals each of its streams: the
-stream's route stops its relay, closes the client's websocket with 4403 and the reason
-(``{"code", "detail"}``) and asks the agent to close the channel (``channel.close``). The
-agent also ends every stream at its grant's expiry on its own.
+A tunnel ends when its owner deletes it, or when what opened it is revoked: its work
+session ends, its token is deleted, its user is disabled (:meth:`TunnelStreams.revoke`).
+Ending it marks the tunnel closed (in memory at once, then in SQLite) and ends each of its
+streams through the channel registry
+(:class:`~fleetgate.controlplane.hub.channels.ChannelRegistry`): the stream's route stops
+its relay, closes the client's websocket with 4403 and the reason (``{"code",
+"detail"}``) and asks the agent to close the channel (``channel.close``). The agent also
+ends every stream at its grant's expiry on its own.
 
 The rows of tunnels in use are kept in memory, so a new stream costs no database round
 trip; every change of a row goes through this object, which keeps the copy current.
@@ -13,48 +15,29 @@ trip; every change of a row goes through this object, which keeps the copy curre
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from dataclasses import dataclass, field, replace
 
 import structlog
 
+from fleetgate.controlplane.hub.channels import ChannelRegistry, Revocation
 from fleetgate.controlplane.store import Database, tunnels as tunnels_store
 from fleetgate.controlplane.store.tunnels import TunnelRow
-from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.controlplane.timeutil import now_us
-from fleetgate.controlplane.worksession.lifecycle import Status
 
 
-__all__ = ["StreamHandle", "TunnelStreams", "ended_code"]
+__all__ = ["TunnelStreams"]
 
 log = structlog.get_logger("controlplane.tunnels")
 
 MAX_CACHED_ROWS = 10_000
 
 
-def ended_code(session: WorkSessionRow) -> tuple[str, str]:
-    """The gate code and detail that a stream of an ended session gets."""
-    if session.status is Status.EXPIRED:
-        return "work_session_expired", f"work session {session.id} has expired"
-    return "work_session_not_usable", f"work session {session.id} is {session.status.value}"
-
-
-@dataclass
-class StreamHandle:
-    """One stream's registration: ``ended`` is set when its tunnel ends (``why`` says how)."""
-
-    server_id: str
-    ended: asyncio.Event = field(default_factory=asyncio.Event)
-    why: tuple[str, str] = ("TUNNEL_CLOSED", "the tunnel was closed")
-
-
 @dataclass
 class TunnelStreams:
-    """The open streams of every tunnel, by tunnel id then channel id."""
+    """The tunnels' rows, and their open streams (channels registered by tunnel id)."""
 
     db: Database
-    _streams: dict[str, dict[uuid.UUID, StreamHandle]] = field(default_factory=dict)
+    channels: ChannelRegistry
     _rows: dict[str, TunnelRow] = field(default_factory=dict)
 
     async def row(self, tunnel_id: str) -> TunnelRow | None:
@@ -72,47 +55,38 @@ class TunnelStreams:
             self._rows.clear()
         self._rows[row.id] = row
 
-    def add(self, row: TunnelRow, channel_id: uuid.UUID) -> StreamHandle | None:
-        """Register a stream of an open tunnel; ``None`` if the tunnel has ended.
+    def closed(self, row: TunnelRow) -> TunnelRow | None:
+        """The current row if the tunnel has ended, else ``None``.
 
-        Synchronous on purpose: between this check and the registration nothing can end
-        the tunnel, so a stream is either refused here or signalled by :meth:`close`.
+        Synchronous on purpose: a route that finds the tunnel open registers its stream
+        before its next ``await``, so a stream is either refused here or ended by
+        :meth:`close`.
         """
         current = self._rows.get(row.id, row)
-        if current.closed_at is not None:
-            return None
-        handle = StreamHandle(row.server_id)
-        self._streams.setdefault(row.id, {})[channel_id] = handle
-        return handle
-
-    def remove(self, tunnel_id: str, channel_id: uuid.UUID) -> None:
-        """Forget a stream that ended."""
-        streams = self._streams.get(tunnel_id)
-        if streams is not None:
-            streams.pop(channel_id, None)
-            if not streams:
-                del self._streams[tunnel_id]
+        return current if current.closed_at is not None else None
 
     def count(self, tunnel_id: str) -> int:
         """Streams open now through ``tunnel_id``."""
-        return len(self._streams.get(tunnel_id, ()))
+        return self.channels.count(tunnel_id)
 
     async def close(self, tunnel: TunnelRow, code: str, detail: str) -> None:
-        """End the tunnel: no new stream from now on, every open one is signalled."""
+        """End the tunnel: no new stream from now on, every open one is ended."""
         now = now_us()
         self._remember(replace(tunnel, closed_at=now, close_code=code, close_reason=detail))
-        streams = self._streams.get(tunnel.id, {})
-        log.info("tunnel_closed", tunnel_id=tunnel.id, code=code, streams=len(streams))
-        for handle in streams.values():
-            handle.why = (code, detail)
-            handle.ended.set()
+        ended = self.channels.end_resource(tunnel.id, code, detail)
+        log.info("tunnel_closed", tunnel_id=tunnel.id, code=code, streams=len(ended))
         await self.db.write(
             tunnels_store.close_tunnel, tunnel.id, code=code, reason=detail, now=now
         )
 
-    async def session_ended(self, session: WorkSessionRow) -> None:
-        """Work-session listener: end the tunnels opened under ``session``."""
-        tunnels = await self.db.read(tunnels_store.open_tunnels_of_session, session.id)
-        code, detail = ended_code(session)
+    async def revoke(self, revocation: Revocation) -> int:
+        """End the tunnels opened under what ``revocation`` names; how many there were."""
+        tunnels = await self.db.read(
+            tunnels_store.open_tunnels_of,
+            token_id=revocation.token_id,
+            user_id=revocation.user_id,
+            work_session_id=revocation.work_session_id,
+        )
         for tunnel in tunnels:
-            await self.close(tunnel, code, detail)
+            await self.close(tunnel, revocation.code, revocation.detail)
+        return len(tunnels)

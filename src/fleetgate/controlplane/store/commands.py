@@ -53,6 +53,8 @@ class NewCommand:
     """The signed grant sent with the command (``docs/protocol.md``), as JSON."""
     sudo: bool = False
     """Elevation: runs as root if the line matches a sudo pattern (``docs/sudo.md``)."""
+    requested_token: str | None = None
+    """The id of the token that asked (a service token has no ``requested_by`` user)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ class CommandRow:
     work_session_id: str | None = None
     grant: str | None = None
     sudo: bool = False
+    requested_token: str | None = None
+    error_code: str | None = None
+    """The agent's refusal code of a command it refused (``error_phase`` ``denied``)."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> CommandRow:
@@ -125,6 +130,8 @@ class CommandRow:
             work_session_id=row["work_session_id"],
             grant=row["grant_token"],
             sudo=bool(row["sudo"]),
+            requested_token=row["requested_token"],
+            error_code=row["error_code"],
         )
 
     @property
@@ -162,8 +169,8 @@ def insert_command(
     """
     conn.execute(
         "INSERT INTO commands (id, server_id, shell, line, username, groupname, env, timeout, "
-        "requested_by, added_at, scheduled_at, sent_at, work_session_id, grant_token, sudo) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "requested_by, added_at, scheduled_at, sent_at, work_session_id, grant_token, sudo, "
+        "requested_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             cmd.id,
             cmd.server_id,
@@ -180,6 +187,7 @@ def insert_command(
             cmd.work_session_id,
             cmd.grant,
             int(cmd.sudo),
+            cmd.requested_token,
         ),
     )
     return CommandRow(
@@ -213,6 +221,7 @@ def insert_command(
         work_session_id=cmd.work_session_id,
         grant=cmd.grant,
         sudo=cmd.sudo,
+        requested_token=cmd.requested_token,
     )
 
 

@@ -167,10 +167,11 @@ def _store_sudo(conn: sqlite3.Connection, server_id: str, report: SudoDecided) -
     in it, is dropped (and still confirmed: sending it again would change nothing).
     """
     row = conn.execute(
-        "SELECT servers FROM work_sessions WHERE id = ?", (report.work_session,)
+        "SELECT servers, assigned_user FROM work_sessions WHERE id = ?", (report.work_session,)
     ).fetchone()
     if row is None or server_id not in json.loads(row[0]):
         return
+    actor = row[1]  # who asked: the session's user, whose shell or command called sudo
     decision_id = str(report.decision_id)
     seen = conn.execute(
         "SELECT 1 FROM work_session_events WHERE session_id = ? AND type = 'sudo' "
@@ -182,11 +183,17 @@ def _store_sudo(conn: sqlite3.Connection, server_id: str, report: SudoDecided) -
     own_command = None
     if report.command_id is not None and _own_commands(conn, server_id, {str(report.command_id)}):
         own_command = str(report.command_id)
+        requester = conn.execute(
+            "SELECT requested_by FROM commands WHERE id = ?", (own_command,)
+        ).fetchone()
+        if requester is not None and requester[0] is not None:
+            actor = requester[0]
     ws_store.add_event(
         conn,
         report.work_session,
         "sudo",
         timestamp=to_us(report.at),
+        actor=actor,
         server_id=server_id,
         command_id=own_command,
         data={
@@ -241,7 +248,8 @@ def _apply_one(conn: sqlite3.Connection, command_id: str, report: CommandReport)
     assert isinstance(report, CommandFinished)
     cur = conn.execute(
         "UPDATE commands SET handled_at = ?, elapsed_time = ?, exit_code = ?, success = ?, "
-        "result = ?, truncated = ?, output_bytes = ?, error_phase = ?, message = ?, env = '{}' "
+        "result = ?, truncated = ?, output_bytes = ?, error_phase = ?, message = ?, "
+        "error_code = ?, env = '{}' "
         "WHERE id = ? AND handled_at IS NULL",
         (
             to_us(report.handled_at),
@@ -253,6 +261,7 @@ def _apply_one(conn: sqlite3.Connection, command_id: str, report: CommandReport)
             report.output_bytes,
             report.error_phase,
             report.message,
+            report.code,
             command_id,
         ),
     )

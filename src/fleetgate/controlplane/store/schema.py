@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 _V1 = """
 CREATE TABLE users (
@@ -214,7 +214,18 @@ CREATE INDEX ix_fanout_commands_command ON fanout_commands(command_id)
 """
 """Issue 18: server labels (the agent's and a superuser's) and fan-outs."""
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7}
+_V8 = """
+ALTER TABLE users ADD COLUMN is_active INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE commands ADD COLUMN requested_token TEXT;
+ALTER TABLE commands ADD COLUMN error_code TEXT;
+CREATE INDEX ix_terminals_unrecorded ON terminals(server_id, closed_at)
+    WHERE status = 'closed' AND recorded_at IS NULL
+"""
+"""Issue 14, part C: disabled users (``is_active``), who asked for a command
+(``requested_token``) and why the agent refused it (``error_code``); the index of the
+closed terminals whose shell may still run on a returning agent."""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7, 8: _V8}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -14,12 +14,13 @@ from typing import Literal
 
 __all__ = [
     "TerminalRow",
+    "closed_unrecorded",
     "get_terminal",
     "insert_terminal",
     "list_terminals",
     "mark_attached",
     "mark_closed",
-    "open_terminals_of_session",
+    "open_terminals_of",
     "set_recording",
 ]
 
@@ -154,12 +155,35 @@ def mark_closed(conn: sqlite3.Connection, terminal_id: str, *, reason: str, now:
     return cursor.rowcount > 0
 
 
-def open_terminals_of_session(conn: sqlite3.Connection, work_session_id: str) -> list[TerminalRow]:
-    """The terminals of a work session that have not ended."""
+def open_terminals_of(
+    conn: sqlite3.Connection,
+    *,
+    token_id: str | None = None,
+    user_id: int | None = None,
+    work_session_id: str | None = None,
+) -> list[TerminalRow]:
+    """The terminals not ended that were created with ``token_id``, by ``user_id`` or
+    under ``work_session_id`` (any of them; ``NULL`` never matches)."""
     rows = conn.execute(
-        _SELECT + " WHERE t.work_session_id = ? AND t.status != 'closed'", (work_session_id,)
+        _SELECT + " WHERE t.status != 'closed' AND (t.owner_token = ? OR t.owner_user = ?"
+        " OR t.work_session_id = ?)",
+        (token_id, user_id, work_session_id),
     ).fetchall()
     return [_row(r) for r in rows]
+
+
+def closed_unrecorded(
+    conn: sqlite3.Connection, server_id: str, *, since: int, limit: int = 1000
+) -> list[tuple[str, str]]:
+    """``(id, close_reason)`` of the terminals of ``server_id`` closed since ``since``
+    whose recording has not arrived: their shell may still run on the agent."""
+    rows = conn.execute(
+        "SELECT id, COALESCE(close_reason, 'closed') FROM terminals WHERE server_id = ?"
+        " AND status = 'closed' AND recorded_at IS NULL AND closed_at >= ?"
+        " ORDER BY closed_at LIMIT ?",
+        (server_id, since, limit),
+    ).fetchall()
+    return [(str(r[0]), str(r[1])) for r in rows]
 
 
 def set_recording(

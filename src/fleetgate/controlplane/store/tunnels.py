@@ -17,7 +17,7 @@ __all__ = [
     "get_tunnel",
     "insert_tunnel",
     "list_tunnels",
-    "open_tunnels_of_session",
+    "open_tunnels_of",
 ]
 
 _SELECT = (
@@ -132,9 +132,18 @@ def close_tunnel(
     return cursor.rowcount > 0
 
 
-def open_tunnels_of_session(conn: sqlite3.Connection, session_id: str) -> list[TunnelRow]:
-    """The tunnels still open under work session ``session_id``."""
+def open_tunnels_of(
+    conn: sqlite3.Connection,
+    *,
+    token_id: str | None = None,
+    user_id: int | None = None,
+    work_session_id: str | None = None,
+) -> list[TunnelRow]:
+    """The tunnels still open that were created with ``token_id``, by ``user_id`` or under
+    ``work_session_id`` (any of them; none given: none)."""
     rows = conn.execute(
-        f"{_SELECT} WHERE t.work_session_id = ? AND t.closed_at IS NULL", (session_id,)
+        f"{_SELECT} WHERE t.closed_at IS NULL AND (t.owner_token = ? OR t.owner_user = ? "
+        "OR t.work_session_id = ?)",
+        (token_id, user_id, work_session_id),
     )
     return [TunnelRow.from_row(r) for r in rows]

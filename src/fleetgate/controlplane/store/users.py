@@ -34,6 +34,7 @@ __all__ = [
     "list_users",
     "lookup_token",
     "new_key",
+    "set_active",
     "set_password",
     "set_server_username",
     "verify_password",
@@ -58,6 +59,8 @@ class UserRow:
     created_at: int
     server_username: str | None = None
     """The account this user's commands, terminals and transfers run as on servers."""
+    is_active: bool = True
+    """False: disabled by a superuser; its tokens do not authenticate."""
 
     @classmethod
     def from_row(cls, row: sqlite3.Row, prefix: str = "") -> UserRow:
@@ -70,6 +73,7 @@ class UserRow:
             has_password=row[prefix + "password_hash"] is not None,
             created_at=int(row[prefix + "created_at"]),
             server_username=row[prefix + "server_username"],
+            is_active=bool(row[prefix + "is_active"]),
         )
 
 
@@ -207,6 +211,14 @@ def get_user_by_username(
     return None if row is None else (UserRow.from_row(row), row["password_hash"])
 
 
+def set_active(conn: sqlite3.Connection, user_id: int, active: bool) -> UserRow | None:
+    """Enable or disable a user; the user after the change, ``None`` if unknown."""
+    row = conn.execute(
+        "UPDATE users SET is_active = ? WHERE id = ? RETURNING *", (int(active), user_id)
+    ).fetchone()
+    return None if row is None else UserRow.from_row(row)
+
+
 def list_users(conn: sqlite3.Connection) -> list[UserRow]:
     """Every user, by id."""
     return [UserRow.from_row(r) for r in conn.execute("SELECT * FROM users ORDER BY id")]
@@ -266,7 +278,8 @@ def lookup_token(
     row = conn.execute(
         "SELECT t.*, u.id AS u_id, u.username AS u_username, u.email AS u_email, "
         "u.password_hash AS u_password_hash, u.is_superuser AS u_is_superuser, "
-        "u.created_at AS u_created_at, u.server_username AS u_server_username "
+        "u.created_at AS u_created_at, u.server_username AS u_server_username, "
+        "u.is_active AS u_is_active "
         "FROM tokens t LEFT JOIN users u ON u.id = t.user_id WHERE t.key_hash = ?",
         (digest,),
     ).fetchone()
@@ -277,6 +290,8 @@ def lookup_token(
         return None
     user = None
     if row["u_id"] is not None:
+        if not row["u_is_active"]:
+            return None  # a disabled user's tokens do not authenticate
         user = UserRow.from_row(row, prefix="u_")
     elif token.kind != "service":
         return None

@@ -70,7 +70,8 @@ def list_events(
     )
     rows = conn.execute(
         "SELECT e.*, u.username AS actor_name, c.line, c.shell, c.success, c.exit_code, "
-        "c.elapsed_time FROM work_session_events e LEFT JOIN users u ON u.id = e.actor "
+        "c.elapsed_time, c.sudo, c.error_code, c.error_phase, c.requested_token "
+        "FROM work_session_events e LEFT JOIN users u ON u.id = e.actor "
         "LEFT JOIN commands c ON c.id = e.command_id WHERE e.session_id = ? "
         "ORDER BY e.id LIMIT ? OFFSET ?",
         (session_id, limit, offset),

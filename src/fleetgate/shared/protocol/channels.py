@@ -34,11 +34,13 @@ __all__ = [
     "CLOSE_NOT_CONNECTED",
     "CLOSE_REFUSED",
     "CLOSE_UNKNOWN",
+    "REVOCATION_CODES",
     "ChannelClose",
     "ChannelKind",
     "ChannelOpen",
     "ChannelSpec",
     "FilesSpec",
+    "TerminalEnd",
     "TunnelSpec",
     "WebshSpec",
     "refusal_reason",
@@ -66,6 +68,17 @@ CLOSE_CODES: dict[int, str] = {
     CLOSE_AGENT_TIMEOUT: "the agent did not attach in time",
     CLOSE_NOT_CONNECTED: "the server is not connected",
 }
+
+
+REVOCATION_CODES: dict[str, str] = {
+    "token_revoked": "the token that opened the channel was deleted",
+    "user_disabled": "the user who opened the channel was disabled",
+    "work_session_revoked": "the channel's work session was revoked",
+    "work_session_completed": "the channel's work session was completed",
+    "work_session_expired": "the channel's work session expired",
+}
+"""The ``code`` of a channel ended by revocation (close code 4403, reason
+``{"code", "detail"}``): the client must not retry with the same credentials or session."""
 
 
 def refusal_reason(code: str, detail: str) -> str:
@@ -160,3 +173,16 @@ class ChannelClose(Message):
     type: Literal["channel.close"] = "channel.close"
     channel_id: UUID
     reason: str = Field(default="", max_length=1024)
+
+
+class TerminalEnd(Message):
+    """Control plane to agent: end terminal ``terminal_id`` now, attached or detached.
+
+    Sent when what opened the terminal was revoked (its token, its user, its work
+    session) or it was closed through the API: the shell is ended (SIGHUP, then SIGKILL)
+    instead of waiting for the detach grace. An unknown terminal is ignored.
+    """
+
+    type: Literal["terminal.end"] = "terminal.end"
+    terminal_id: UUID
+    reason: str = Field(default="closed", max_length=1024)

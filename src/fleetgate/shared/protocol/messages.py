@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 
 from fleetgate.shared.labels import MAX_LABELS, LabelError, check_labels
 from fleetgate.shared.protocol.base import Message as _Message, Username
-from fleetgate.shared.protocol.channels import ChannelClose, ChannelOpen
+from fleetgate.shared.protocol.channels import ChannelClose, ChannelOpen, TerminalEnd
 from fleetgate.shared.protocol.grants import Grant
 from fleetgate.shared.protocol.limits import MAX_ENV_VARS, MAX_LINE_CHARS, env_problem
 
@@ -41,6 +41,7 @@ __all__ = [
     "Hello",
     "Ping",
     "Pong",
+    "Requester",
     "ServerMessage",
     "SudoDecided",
     "Welcome",
@@ -167,6 +168,9 @@ class CommandFinished(_Message):
     output_bytes: int = Field(default=0, ge=0)
     error_phase: str | None = Field(default=None, max_length=64)
     message: str | None = Field(default=None, max_length=4096)
+    code: str | None = Field(default=None, max_length=64)
+    """The stable refusal code of a command the agent refused (``error_phase``
+    ``denied``), e.g. ``sudo_pattern_not_allowed``."""
 
 
 class SudoDecided(_Message):
@@ -221,6 +225,17 @@ class Welcome(_Message):
     server_name: str = Field(max_length=255)
 
 
+class Requester(_Message):
+    """Who asked for a command: the token, and its user (``None`` for a service token).
+
+    For the agent's audit log only: what the command may do is decided by its grant.
+    """
+
+    token_id: str = Field(min_length=1, max_length=64)
+    user_id: int | None = None
+    username: str | None = Field(default=None, max_length=150)
+
+
 class CommandRun(_Message):
     """Run ``line`` as ``username``:``groupname`` with ``env`` added to a clean environment.
 
@@ -243,6 +258,11 @@ class CommandRun(_Message):
     """Elevation on behalf of a work-session user: runs as root only if ``line`` (plain
     words, no shell syntax) matches a sudo pattern of the grant, which needs the
     ``sudo`` scope (``docs/sudo.md``)."""
+    requested_by: Requester | None = None
+    """Who asked (audit only)."""
+    work_session: str | None = Field(default=None, max_length=128)
+    """The work session the control plane gated the command with (audit only; the
+    grant's own ``work_session`` is what the agent enforces)."""
 
     @field_validator("env")
     @classmethod
@@ -287,6 +307,7 @@ ServerMessage = Annotated[
     | CommandRun
     | ChannelOpen
     | ChannelClose
+    | TerminalEnd
     | Confirm
     | WorkSessionEnded
     | Ping
