@@ -12,6 +12,7 @@ A test that injects an httpx transport takes the httpx path for every request.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import ssl
@@ -22,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Self
 
 from fleetgate import __version__
 from fleetgate.agentctl.errors import AgentctlError, ApiError, CliError
-from fleetgate.shared.jsontext import loads as json_loads
 
 
 if TYPE_CHECKING:
@@ -60,8 +60,8 @@ def error_from_answer(status: int, content: bytes, reason: str = "") -> ApiError
     """The ApiError of an HTTP error answer (also a refused websocket handshake)."""
     code, detail, source = f"HTTP_{status}", "", None
     try:
-        body = json_loads(content) if content else None
-    except ValueError:
+        body = json.loads(content) if content else None
+    except (ValueError, RecursionError):  # the standard parser: exec's path stays light
         body = None
     if isinstance(body, dict):
         code = str(body.get("code") or code)
@@ -327,8 +327,8 @@ def _decode_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            value = json_loads(line)
-        except ValueError:
+            value = json.loads(line)
+        except (ValueError, RecursionError):  # the standard parser: exec's path stays light
             raise StreamProtocolError(f"bad stream line: {line[:80]!r}") from None
         if not isinstance(value, dict):
             raise StreamProtocolError(f"bad stream line: {line[:80]!r}")
