@@ -13,6 +13,7 @@ import signal
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -21,16 +22,18 @@ from fleetgate.agent.backhaul import Backhaul, LinkState, Outbox
 from fleetgate.agent.channels import ChannelRouter
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.dispatch import Dispatcher
-from fleetgate.agent.errors import AgentError, StateDirError
+from fleetgate.agent.errors import AgentError, ConfigError, StateDirError
 from fleetgate.agent.files.service import FilesService
 from fleetgate.agent.policy import GrantPolicy
 from fleetgate.agent.service import ServiceRuntime
 from fleetgate.agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
+from fleetgate.agent.ssh.hostkey import ensure_host_key
+from fleetgate.agent.ssh.service import SshService
 from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
 from fleetgate.agent.sudo.elevation import ElevationPolicy
 from fleetgate.agent.tunnel.service import TunnelService
 from fleetgate.agent.websh.service import WebshService
-from fleetgate.shared.protocol import SudoDecided
+from fleetgate.shared.protocol import SshEvent, SudoDecided
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -138,6 +141,7 @@ async def _serve(
         audit=audit,
         sudo=sudo_sessions,
         elevation=ElevationPolicy(config.sudo.secure_path),
+        on_session_ended=lambda ended: ssh.end_work_session(ended.work_session, ended.status),
     )
     sudo_server = (
         SudoDecisionServer(
@@ -165,6 +169,9 @@ async def _serve(
         on_shell_ended=sudo_sessions.unregister,
     )
     channels.register(websh)
+    ssh = SshService(config, websh.manager, report=lambda fields: _report_ssh(outbox, fields))
+    channels.register(ssh)
+    ssh_host_key = _ssh_host_key(config)
     backhaul = Backhaul(
         config,
         key=key,
@@ -172,6 +179,7 @@ async def _serve(
         handler=dispatcher,
         channels=channels,
         on_state=service.on_link_state,
+        ssh_host_key=ssh_host_key,
     )
     try:
         service.status.bind()
@@ -245,6 +253,23 @@ async def _report_sudo(outbox: Outbox, decided: Decided) -> None:
             at=datetime.fromtimestamp(decided.at, UTC),
         )
     )
+
+
+async def _report_ssh(outbox: Outbox, fields: dict[str, Any]) -> None:
+    """What a user did over SSH goes to the work session's timeline, through the outbox."""
+    await outbox.add(lambda rid: SshEvent(rid=rid, **fields))
+
+
+def _ssh_host_key(config: AgentConfig) -> str | None:
+    """The SSH host key's public line (made now if registration did not); ``None`` (and
+    a warning) when it cannot be: ``ssh`` channels are then refused."""
+    if not config.ssh.enabled:
+        return None
+    try:
+        return ensure_host_key(config.ssh_host_key_file)
+    except (OSError, ConfigError) as exc:
+        log.warning("ssh.host_key_unavailable", error=str(exc))
+        return None
 
 
 def _open_audit(config: AgentConfig) -> AuditLog | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from fleetgate.agentctl.main import main
+from fleetgate.agentctl.entry import main
 
 
 sys.exit(main())

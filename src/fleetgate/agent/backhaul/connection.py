@@ -104,8 +104,10 @@ class Backhaul:
         channels: ChannelHandler | None = None,
         on_connected: Callable[[], None] | None = None,
         on_state: Callable[[LinkState], None] | None = None,
+        ssh_host_key: str | None = None,
     ) -> None:
         self._config = config
+        self._ssh_host_key = ssh_host_key
         self._key = key
         self._outbox = outbox
         self._handler = handler
@@ -223,6 +225,7 @@ class Backhaul:
             agent_version=__version__,
             hostname=socket.gethostname(),
             running=self._handler.running(),
+            ssh_host_key=self._ssh_host_key,
         )
         await ws.send(encode(hello))
         try:

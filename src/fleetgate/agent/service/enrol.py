@@ -1,6 +1,8 @@
 """``fleetgate-agent register`` and ``fleetgate-agent unregister``: the server's identity with the control plane.
 
-Registration posts the server's name with an operator's token, then stores the server id
+Registration posts the server's name (and its SSH host key's public half, the key made
+now, 0600) with an operator's token, then stores the server id, the control plane's SSH
+certificate authority (``identity.ssh_ca_key``)
 and the control plane's grant-signing public key (``identity.control_plane_key``: grants
 are verified against the key seen at registration, over verified TLS) in the
 configuration file and the server's key in the key file (0600, in a 0700 directory), all
@@ -31,6 +33,7 @@ from typing import Any
 from fleetgate.agent.config import load, parse
 from fleetgate.agent.errors import ConfigError, RegistrationError
 from fleetgate.agent.service.tomledit import render, set_keys
+from fleetgate.agent.ssh.hostkey import ensure_host_key
 
 
 __all__ = ["Result", "register", "unregister"]
@@ -96,7 +99,12 @@ def register(
         "POST",
         f"{url}/api/servers/servers/register/",
         {"Authorization": f'token="{token}"'},
-        payload={"name": name, "hostname": socket.gethostname(), "platform": _platform()},
+        payload={
+            "name": name,
+            "hostname": socket.gethostname(),
+            "platform": _platform(),
+            "ssh_host_key": _host_key(config_path),
+        },
         ca_file=ca_file,
     )
     if status in (401, 403):
@@ -111,6 +119,7 @@ def register(
         raise _unexpected("registering", status, body)
     server_id, key = str(body["id"]), str(body["key"])
     signing_key = body.get("signing_public_key")
+    ssh_ca = body.get("ssh_ca_public_key")
     key_file = key_file or config_path.parent / "server.key"
     try:
         _write_identity(
@@ -121,6 +130,7 @@ def register(
             key_file.absolute(),
             ca_file,
             signing_key=None if signing_key is None else str(signing_key),
+            ssh_ca=None if ssh_ca is None else str(ssh_ca),
         )
     except (OSError, ConfigError) as exc:
         # Do not leave an orphan behind on the control plane (best effort).
@@ -190,6 +200,7 @@ def _write_identity(
     ca_file: Path | None,
     *,
     signing_key: str | None,
+    ssh_ca: str | None = None,
 ) -> None:
     for directory in {config_path.parent, key_file.parent}:
         if not directory.exists():
@@ -206,6 +217,8 @@ def _write_identity(
     identity = {"server_id": render(server_id), "key_file": render(str(key_file))}
     if signing_key is not None:
         identity["control_plane_key"] = render(signing_key)
+    if ssh_ca is not None:
+        identity["ssh_ca_key"] = render(ssh_ca)
     text = set_keys(text, "identity", dict(identity))
     try:
         written = parse(tomllib.loads(text), source=str(config_path))
@@ -220,6 +233,25 @@ def _write_identity(
     ):
         raise ConfigError(f"{config_path}: cannot be updated safely; edit it by hand")
     _atomic_write(config_path, text, 0o600)
+
+
+def _host_key(config_path: Path) -> str:
+    """The SSH host key's public line, made now (0600) where the agent will look for it:
+    ``[ssh] host_key_file``, else ``ssh_host_ed25519_key`` in ``state_dir``.
+
+    Raises:
+        ConfigError: the key cannot be made or read.
+    """
+    raw: dict[str, Any] = {}
+    with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    ssh = raw.get("ssh") if isinstance(raw.get("ssh"), dict) else {}
+    state_dir = Path(str(raw.get("state_dir", "/var/lib/fleetgate-agent")))
+    path = Path(str(ssh.get("host_key_file") or state_dir / "ssh_host_ed25519_key"))
+    try:
+        return ensure_host_key(path)
+    except OSError as exc:
+        raise ConfigError(f"cannot make the SSH host key {path}: {exc.strerror or exc}") from exc
 
 
 def _atomic_write(path: Path, text: str, mode: int) -> None:

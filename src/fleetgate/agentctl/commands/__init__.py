@@ -21,6 +21,7 @@ from fleetgate.agentctl.commands import (
     exec_cmd,
     files,
     servers,
+    ssh,
     tunnel,
     websh,
     worksession,
@@ -42,6 +43,7 @@ GROUPS: tuple[Register, ...] = (
     files.register,
     tunnel.register,
     websh.register,
+    ssh.register,
 )
 
 

@@ -35,6 +35,7 @@ from fleetgate.controlplane.store import (
     commands as commands_store,
     reports as reports_store,
     servers as servers_store,
+    ssh as ssh_store,
 )
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.shared.errors import ProtocolViolation
@@ -50,6 +51,7 @@ from fleetgate.shared.protocol import (
     Hello,
     Ping,
     Pong,
+    SshEvent,
     SudoDecided,
     Welcome,
     decode_agent_message,
@@ -64,7 +66,14 @@ log = structlog.get_logger("fleetgate.controlplane.hub")
 QUEUE_FRAMES = 1024
 """Frames received but not yet processed; the reader waits when it is full."""
 
-_REPORT_TYPES = (CommandDelivered, CommandAcked, CommandOutput, CommandFinished, SudoDecided)
+_REPORT_TYPES = (
+    CommandDelivered,
+    CommandAcked,
+    CommandOutput,
+    CommandFinished,
+    SudoDecided,
+    SshEvent,
+)
 
 
 def _error(code: str, message: str, ref: str | None) -> ErrorMessage:
@@ -238,6 +247,8 @@ class AgentSession:
             connected_at=conn.connected_at,
             last_seen_at=conn.last_seen_at,
         )
+        if hello.ssh_host_key:
+            await self.db.write(ssh_store.set_host_key, conn.server_id, hello.ssh_host_key)
         welcome = Welcome(server_id=uuid.UUID(conn.server_id), server_name=conn.server_name)
         if not await conn.send_quietly(welcome):
             return

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from fleetgate.controlplane.store import worksessions as ws_store
+from fleetgate.controlplane.store.ssh_events import store_ssh_event
 from fleetgate.controlplane.timeutil import to_us
 from fleetgate.shared.protocol import (
     CommandAcked,
@@ -19,6 +20,7 @@ from fleetgate.shared.protocol import (
     CommandFinished,
     CommandOutput,
     CommandReport,
+    SshEvent,
     SudoDecided,
 )
 
@@ -52,11 +54,15 @@ def apply_reports(
     server's is not stored and is listed in :attr:`ReportOutcome.unknown`.
     """
     outcome = ReportOutcome()
-    commands = [r for r in reports if not isinstance(r, SudoDecided)]
+    commands = [r for r in reports if not isinstance(r, SudoDecided | SshEvent)]
     known = _own_commands(conn, server_id, {str(r.command_id) for r in commands})
     for report in reports:
         if isinstance(report, SudoDecided):
             _store_sudo(conn, server_id, report)
+            outcome.stored.append(report.rid)
+            continue
+        if isinstance(report, SshEvent):
+            store_ssh_event(conn, server_id, report)
             outcome.stored.append(report.rid)
             continue
         command_id = str(report.command_id)

@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _V1 = """
 CREATE TABLE users (
@@ -178,7 +178,21 @@ CREATE INDEX ix_terminals_session ON terminals(work_session_id, created_at);
 CREATE INDEX ix_terminals_owner ON terminals(owner_user, created_at)
 """
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
+_V6 = """
+ALTER TABLE servers ADD COLUMN ssh_host_key TEXT;
+CREATE TABLE ssh_connections (
+    id               TEXT PRIMARY KEY,
+    server_id        TEXT NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    username         TEXT NOT NULL,
+    work_session_id  TEXT,
+    owner_user       INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    owner_token      TEXT NOT NULL,
+    created_at       INTEGER NOT NULL
+);
+CREATE INDEX ix_ssh_connections_session ON ssh_connections(work_session_id, created_at)
+"""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

@@ -1,0 +1,424 @@
+"""One SSH connection over one ``ssh`` channel: asyncssh on a socketpair, no listening port.
+
+One end of a ``socketpair`` is pumped to the channel exactly like a tunnel stream
+(``fleetgate.shared.pump``); asyncssh's server runs on the other end. Authentication
+accepts only user certificates of the pinned CA whose key id binds them to this server
+and to the channel's work session; the reason of a refusal is sent to the client as an
+authentication banner (OpenSSH prints it above ``Permission denied``). Every request is
+gated by its scope (``fleetgate.shared.protocol.ssh.SSH_SCOPES``) against the channel's
+grant. This module imports asyncssh: it is loaded when the first ``ssh`` channel opens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncssh
+import structlog
+
+from fleetgate.agent.errors import ChannelClosed, ChannelRefused, CommandError
+from fleetgate.agent.exec.identity import Identity, resolve_identity
+from fleetgate.agent.ssh.certs import CertificateFacts, refusal
+from fleetgate.agent.ssh.context import SshContext, SshRefusal, scope_refusal
+from fleetgate.agent.ssh.processes import TerminalBridge, login_shell, parse_sftp_log, run_process
+from fleetgate.agent.tunnel.policy import Refusal
+from fleetgate.agent.websh.manager import TerminalRequest
+from fleetgate.shared.protocol.grants import GrantClaims
+from fleetgate.shared.pump import Link, pump
+
+
+__all__ = ["SshConnection"]
+
+log = structlog.get_logger(__name__)
+asyncssh.set_log_level("WARNING")
+
+FLUSH_TIMEOUT = 2.0
+"""Seconds the disconnect message gets to reach the client when the agent ends a connection."""
+EXIT_REFUSED = 126
+_TERM_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
+
+
+class SshConnection:
+    """The SSH server side of one channel, from the handshake to the disconnect."""
+
+    def __init__(
+        self,
+        ctx: SshContext,
+        *,
+        channel_id: uuid.UUID,
+        username: str,
+        claims: GrantClaims | None,
+    ) -> None:
+        self.ctx = ctx
+        self.channel_id = channel_id
+        self.username = username
+        self.claims = claims
+        self.work_session = None if claims is None else claims.work_session
+        self.notices: list[str] = []
+        self._conn: asyncssh.SSHServerConnection | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self._ending: str | None = None
+
+    # -- life ---------------------------------------------------------------------------
+
+    async def serve(self, link: Link) -> None:
+        """Serve the connection until it ends; cancelling disconnects with the reason."""
+        ours, theirs = socket.socketpair()
+        for sock in (ours, theirs):
+            sock.setblocking(False)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                pumping = tg.create_task(
+                    pump(
+                        ours,
+                        link,
+                        read_bytes=self.ctx.config.ssh.read_bytes,
+                        closed=(ChannelClosed,),
+                    )
+                )
+                try:
+                    await self._run(theirs)
+                except asyncio.CancelledError as exc:
+                    reason = str(exc.args[0]) if exc.args else "the work session has expired"
+                    self.disconnect(reason)
+                    with contextlib.suppress(TimeoutError, ChannelClosed):
+                        async with asyncio.timeout(FLUSH_TIMEOUT):
+                            await asyncio.shield(pumping)
+                    raise
+        finally:
+            self._tg = None
+            theirs.close()
+
+    async def _run(self, sock: socket.socket) -> None:
+        options = self._options()
+        try:
+            conn = await asyncssh.run_server(sock, options=options)
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            log.info("ssh.handshake_failed", reason=str(exc) or type(exc).__name__)
+            return
+        self._conn = conn
+        if self._ending is not None:
+            self.disconnect(self._ending)
+        await conn.wait_closed()
+
+    def _options(self) -> asyncssh.SSHServerConnectionOptions:
+        ssh = self.ctx.config.ssh
+        return asyncssh.SSHServerConnectionOptions(
+            server_factory=lambda: _Server(self),
+            server_host_keys=[asyncssh.read_private_key(str(self.ctx.host_key_file))],
+            process_factory=self._process,
+            encoding=None,
+            line_editor=False,
+            allow_pty=True,
+            # Both reach our hooks (see _Server.connection_made), which refuse with the
+            # configuration key's name unless it is on.
+            agent_forwarding=ssh.agent_forwarding,
+            x11_forwarding=False,
+            login_timeout=ssh.login_timeout,
+            password_auth=False,
+            kbdint_auth=False,
+            gss_host=None,
+            allow_scp=False,
+            # Bulk transfers: a larger window keeps the pipe full over the relay hops.
+            window=8 * 1024 * 1024,
+            max_pktsize=256 * 1024,
+        )
+
+    def disconnect(self, reason: str) -> None:
+        """End the connection; the client prints ``reason``."""
+        if self._conn is None:
+            self._ending = reason
+            return
+        log.info("ssh.disconnect", reason=reason)
+        self._conn.disconnect(asyncssh.DISC_BY_APPLICATION, f"fleetgate: {reason}")
+
+    # -- reports -------------------------------------------------------------------------
+
+    async def report(self, op: str, **fields: Any) -> None:
+        """Put what happened on the work session's timeline (and in the agent's log)."""
+        log.info("ssh.event", op=op, user=self.username, **fields)
+        if self.ctx.report is None:
+            return
+        event = {
+            "event_id": uuid.uuid4(),
+            "channel_id": self.channel_id,
+            "work_session": self.work_session,
+            "op": op,
+            "user": self.username,
+            "at": datetime.now(UTC),
+            **fields,
+        }
+        await self.ctx.report(event)
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        if self._tg is None:
+            process.exit(EXIT_REFUSED)
+            return
+        self._tg.create_task(self._handle(process))
+
+    async def _handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        code = EXIT_REFUSED
+        try:
+            code = await self._dispatch(process)
+        except SshDenied as denied:
+            await self._refuse(process, denied.refusal)
+        except (asyncssh.Error, OSError, ChannelClosed) as exc:
+            log.info("ssh.session_lost", reason=str(exc) or type(exc).__name__)
+        finally:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                process.exit(code)
+
+    async def _dispatch(self, process: asyncssh.SSHServerProcess[bytes]) -> int:
+        await asyncio.sleep(0)  # let a forwarding request of this session be decided first
+        self._flush_notices(process)
+        if process.subsystem is not None:
+            if process.subsystem != "sftp":
+                raise SshDenied("unsupported", f"subsystem {process.subsystem!r} is not offered")
+            return await self._sftp(process)
+        if process.command is not None:
+            return await self._exec(process, process.command)
+        if process.get_terminal_type() is None:
+            self._check("shell")
+            raise SshDenied(
+                "pty_required", "an interactive shell needs a terminal (ssh -t), and is recorded"
+            )
+        return await self._shell(process)
+
+    def _check(self, op: str) -> None:
+        denied = scope_refusal(op, self.claims)
+        if denied is not None:
+            raise SshDenied(denied.code, denied.detail)
+
+    def _flush_notices(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        for notice in self.notices:
+            process.stderr.write(f"fleetgate: {notice}\r\n".encode())
+        self.notices.clear()
+
+    async def _refuse(self, process: asyncssh.SSHServerProcess[bytes], why: SshRefusal) -> None:
+        with contextlib.suppress(OSError, asyncssh.Error):
+            process.stderr.write(f"fleetgate: refused: {why.detail} ({why.code})\r\n".encode())
+        await self.report("refused", code=why.code, detail=why.detail[:4096])
+
+    async def _identity(self) -> tuple[Identity, str]:
+        """The user and the working directory (home, or ``/``): blocking lookups, in a thread."""
+        try:
+            return await asyncio.to_thread(_resolve, self.username)
+        except CommandError as exc:
+            raise SshDenied("unknown_user", str(exc)) from None
+
+    async def _shell(self, process: asyncssh.SSHServerProcess[bytes]) -> int:
+        self._check("shell")
+        width, height, _, _ = process.get_terminal_size()
+        term = process.get_terminal_type() or ""
+        request = TerminalRequest(
+            terminal_id=uuid.uuid4(),
+            username=self.username,
+            rows=max(1, min(1000, height or 24)),
+            cols=max(1, min(1000, width or 80)),
+            term=term if term and len(term) <= 64 and set(term) <= _TERM_OK else None,
+        )
+        terminals = self.ctx.terminals
+        try:
+            terminals.check(request)
+        except ChannelRefused as exc:
+            raise SshDenied(exc.code, exc.message) from None
+        await self.report("shell", terminal_id=request.terminal_id, detail="interactive shell")
+        bridge = TerminalBridge(process)
+        try:
+            await terminals.serve(request, bridge, self.claims)
+        except ChannelRefused as exc:
+            raise SshDenied(exc.code, exc.message) from None
+        return bridge.exit_code or 0
+
+    async def _exec(self, process: asyncssh.SSHServerProcess[bytes], command: str) -> int:
+        self._check("exec")
+        identity, cwd = await self._identity()
+        started = time.monotonic()
+        code = await run_process(
+            process,
+            identity,
+            [login_shell(identity), "-c", command],
+            cwd=cwd,
+            setpriv=self.ctx.setpriv,
+        )
+        await self.report(
+            "exec",
+            detail=command[:4096],
+            exit_code=code,
+            elapsed=round(time.monotonic() - started, 3),
+        )
+        return code
+
+    async def _sftp(self, process: asyncssh.SSHServerProcess[bytes]) -> int:
+        self._check("sftp")
+        identity, cwd = await self._identity()
+
+        async def on_log(line: str) -> None:
+            moved = parse_sftp_log(line)
+            if moved is None:
+                return
+            path, read, written = moved
+            if read or written:
+                what = "download" if read and not written else "upload"
+                await self.report(
+                    "sftp",
+                    detail=f"{what} {path}"[:4096],
+                    path=path[:4096],
+                    bytes_read=read,
+                    bytes_written=written,
+                )
+
+        argv = [str(self.ctx.config.ssh.sftp_server), "-e", "-l", "INFO"]
+        return await run_process(
+            process, identity, argv, cwd=cwd, setpriv=self.ctx.setpriv, stderr_lines=on_log
+        )
+
+    def forward_refusal(self, host: str, port: int) -> SshRefusal | None:
+        """Why ``ssh -L`` to ``host:port`` is refused (scope, then the tunnel policy)."""
+        denied = scope_refusal("forward", self.claims)
+        if denied is not None:
+            return denied
+        target = self.ctx.tunnels.target(host, port)
+        if isinstance(target, Refusal):
+            return SshRefusal(target.code, target.message)
+        return None
+
+    def certificate_refusal(self, username: str, cert: Any) -> str | None:
+        """Why the presented certificate may not log in (``None``: it may)."""
+        ca = asyncssh.import_public_key(self.ctx.ca_key)
+        facts = CertificateFacts(
+            key_id=str(getattr(cert, "_key_id", "")),
+            principals=tuple(cert.principals),
+            valid_after=int(getattr(cert, "_valid_after", 0)),
+            valid_before=int(getattr(cert, "_valid_before", 0)),
+            signed_by_pinned_ca=cert.signing_key.public_data == ca.public_data,
+            is_user_certificate=getattr(cert, "_cert_type", 1) == asyncssh.CERT_TYPE_USER,
+        )
+        if username != self.username:
+            return f"this connection was opened for {self.username}, not {username}"
+        return refusal(
+            facts,
+            username=username,
+            server_id=self.ctx.server_id,
+            work_session=self.work_session,
+            now=time.time(),
+        )
+
+
+def _resolve(username: str) -> tuple[Identity, str]:
+    identity = resolve_identity(username, None)
+    return identity, identity.home if os.path.isdir(identity.home) else "/"
+
+
+class SshDenied(Exception):
+    """A request refused; the client sees ``refusal.detail``."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.refusal = SshRefusal(code, detail)
+
+
+class _Server(asyncssh.SSHServer):
+    """asyncssh's callbacks for one connection, answered by :class:`SshConnection`."""
+
+    def __init__(self, owner: SshConnection) -> None:
+        self._owner = owner
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        owner = self._owner
+        ssh = owner.ctx.config.ssh
+        # asyncssh refuses a bad certificate silently; check it ourselves first so the
+        # client is told why (banner), then let asyncssh verify it as usual.
+        original = conn._validate_openssh_certificate
+
+        async def checked(username: str, cert: Any) -> Any:
+            why = owner.certificate_refusal(username, cert)
+            if why is not None:
+                log.info("ssh.certificate_refused", user=username, reason=why)
+                conn.send_auth_banner(f"fleetgate: {why}\r\n")
+                await owner.report("refused", code="certificate_refused", detail=why)
+                return None
+            return await original(username, cert)
+
+        conn._validate_openssh_certificate = checked  # type: ignore[method-assign]
+        create_agent = conn.create_agent_listener
+
+        async def agent_listener() -> bool:
+            if not ssh.agent_forwarding:
+                owner.notices.append(
+                    "agent forwarding (-A) is refused: [ssh] agent_forwarding = false "
+                    "in the agent's configuration"
+                )
+                return False
+            return await create_agent()
+
+        conn.create_agent_listener = agent_listener  # type: ignore[method-assign]
+
+        async def x11_listener(*_args: Any) -> None:
+            key = "[ssh] x11_forwarding"
+            owner.notices.append(
+                f"X11 forwarding (-X) is refused: {key} = false in the agent's configuration"
+                if not ssh.x11_forwarding
+                else "X11 forwarding (-X) is not supported by this agent"
+            )
+
+        conn.attach_x11_listener = x11_listener  # type: ignore[method-assign,assignment]
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        if self._conn is not None:
+            self._conn.send_auth_banner(
+                "fleetgate: a plain key is not accepted; use the certificate from "
+                "`agentctl ssh-config`\r\n"
+            )
+        return False
+
+    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        ca = asyncssh.import_public_key(self._owner.ctx.ca_key)
+        return bool(key.public_data == ca.public_data)
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> bool:
+        why = self._owner.forward_refusal(dest_host, dest_port)
+        if why is not None:
+            self._background(self._owner.report("refused", code=why.code, detail=why.detail))
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"fleetgate: {why.detail}"
+            )
+        self._background(self._owner.report("forward", detail=f"ssh -L to {dest_host}:{dest_port}"))
+        return True
+
+    def server_requested(self, listen_host: str, listen_port: int) -> bool:
+        ssh = self._owner.ctx.config.ssh
+        self._owner.notices.append(
+            "remote forwarding (-R) is refused: [ssh] remote_forwarding = false in the "
+            "agent's configuration"
+            if not ssh.remote_forwarding
+            else "remote forwarding (-R) is not supported by this agent"
+        )
+        return False
+
+    def _background(self, coro: Any) -> None:
+        tg = self._owner._tg
+        if tg is None:
+            coro.close()
+        else:
+            tg.create_task(coro)
