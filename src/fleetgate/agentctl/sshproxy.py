@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     except OSError:
         status["code"] = EXIT_FAILED  # ssh went away: nothing to tell it
-    rcvd = ws.close_rcvd
+    rcvd = ws.protocol.close_rcvd
     if rcvd is not None and rcvd.code not in (1000, 1001):
         status["code"] = _fail(_reason(rcvd.code, rcvd.reason))
     ws.close()

@@ -42,6 +42,8 @@ asyncssh.set_log_level("WARNING")
 FLUSH_TIMEOUT = 2.0
 """Seconds the disconnect message gets to reach the client when the agent ends a connection."""
 EXIT_REFUSED = 126
+_USER_CERT = 1
+"""OpenSSH's certificate type of user certificates (``SSH_CERT_TYPE_USER``)."""
 _TERM_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
 
 
@@ -174,6 +176,8 @@ class SshConnection:
             await self._refuse(process, denied.refusal)
         except (asyncssh.Error, OSError, ChannelClosed) as exc:
             log.info("ssh.session_lost", reason=str(exc) or type(exc).__name__)
+        except Exception:  # noqa: BLE001 - one broken session must not end the connection
+            log.exception("ssh.session_failed")
         finally:
             with contextlib.suppress(OSError, asyncssh.Error):
                 process.exit(code)
@@ -302,7 +306,7 @@ class SshConnection:
             valid_after=int(getattr(cert, "_valid_after", 0)),
             valid_before=int(getattr(cert, "_valid_before", 0)),
             signed_by_pinned_ca=cert.signing_key.public_data == ca.public_data,
-            is_user_certificate=getattr(cert, "_cert_type", 1) == asyncssh.CERT_TYPE_USER,
+            is_user_certificate=getattr(cert, "_cert_type", _USER_CERT) == _USER_CERT,
         )
         if username != self.username:
             return f"this connection was opened for {self.username}, not {username}"

@@ -64,7 +64,7 @@ def store_ssh_event(conn: sqlite3.Connection, server_id: str, report: SshEvent) 
         "user": report.user,
     }
     if report.op == "exec":
-        data.update(line=report.detail, exit_code=report.exit_code)
+        data.update(line=report.detail, exit_code=report.exit_code, elapsed=report.elapsed)
     elif report.op == "sftp":
         data.update(
             description=report.detail,

@@ -193,6 +193,8 @@ class SshEvent(_Message):
     detail: str = Field(default="", max_length=4096)
     code: str | None = Field(default=None, max_length=64)
     exit_code: int | None = None
+    elapsed: float | None = Field(default=None, ge=0)
+    """Seconds an exec ran."""
     terminal_id: UUID | None = None
     path: str | None = Field(default=None, max_length=4096)
     bytes_read: int | None = Field(default=None, ge=0)
