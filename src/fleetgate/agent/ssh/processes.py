@@ -141,13 +141,17 @@ async def run_process(
     try:
         async with asyncio.TaskGroup() as tg:
             feeding = tg.create_task(_feed(process, proc))
-            tg.create_task(_copy(proc.stdout, process.stdout))
+            outputs = [tg.create_task(_copy(proc.stdout, process.stdout))]
             if stderr_lines is None:
-                tg.create_task(_copy(proc.stderr, process.stderr))
+                outputs.append(tg.create_task(_copy(proc.stderr, process.stderr)))
             else:
-                tg.create_task(_lines(proc.stderr, stderr_lines))
+                outputs.append(tg.create_task(_lines(proc.stderr, stderr_lines)))
             code = await proc.wait()
-        feeding.cancel()
+            for output in outputs:
+                await output  # to the pipes' EOF: everything the command wrote is delivered
+            # The client may keep its side open until the session ends (rsync does):
+            # input is not awaited.
+            feeding.cancel()
     except BaseException:
         _kill_group(proc)
         with contextlib.suppress(ProcessLookupError, ChildProcessError):

@@ -17,6 +17,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,7 +90,7 @@ class SshConnection:
                 try:
                     await self._run(theirs)
                 except asyncio.CancelledError as exc:
-                    reason = str(exc.args[0]) if exc.args else "the work session has expired"
+                    reason = str(exc.args[0]) if exc.args else self._end_reason()
                     self.disconnect(reason)
                     with contextlib.suppress(TimeoutError, ChannelClosed):
                         async with asyncio.timeout(FLUSH_TIMEOUT):
@@ -98,6 +99,12 @@ class SshConnection:
         finally:
             self._tg = None
             theirs.close()
+
+    def _end_reason(self) -> str:
+        expires = None if self.claims is None else self.claims.expires_at
+        if expires is not None and expires <= time.time() + 1:
+            return "the work session has expired"
+        return "the agent ended the connection"
 
     async def _run(self, sock: socket.socket) -> None:
         options = self._options()
@@ -116,7 +123,6 @@ class SshConnection:
         return asyncssh.SSHServerConnectionOptions(
             server_factory=lambda: _Server(self),
             server_host_keys=[asyncssh.read_private_key(str(self.ctx.host_key_file))],
-            process_factory=self._process,
             encoding=None,
             line_editor=False,
             allow_pty=True,
@@ -176,7 +182,7 @@ class SshConnection:
             await self._refuse(process, denied.refusal)
         except (asyncssh.Error, OSError, ChannelClosed) as exc:
             log.info("ssh.session_lost", reason=str(exc) or type(exc).__name__)
-        except Exception:  # noqa: BLE001 - one broken session must not end the connection
+        except Exception:
             log.exception("ssh.session_failed")
         finally:
             with contextlib.suppress(OSError, asyncssh.Error):
@@ -332,6 +338,27 @@ class SshDenied(Exception):
         self.refusal = SshRefusal(code, detail)
 
 
+class _Process(asyncssh.SSHServerProcess[bytes]):
+    """asyncssh's server process, except that a ``sftp`` subsystem reaches our handler
+    (which runs OpenSSH's ``sftp-server`` as the user) instead of asyncssh's own SFTP
+    server, which would run with the agent's identity. Other subsystems reach it too,
+    and are refused there with a message."""
+
+    def __init__(self, handler: Callable[[asyncssh.SSHServerProcess[bytes]], None]) -> None:
+        super().__init__(handler, None, 3, False)
+
+    def subsystem_requested(self, subsystem: str) -> bool:
+        return True
+
+    def session_started(self) -> None:
+        chan = self._chan
+        self._start_process(
+            asyncssh.SSHReader(self, chan),
+            asyncssh.SSHWriter(self, chan),
+            asyncssh.SSHWriter(self, chan, asyncssh.EXTENDED_DATA_STDERR),
+        )
+
+
 class _Server(asyncssh.SSHServer):
     """asyncssh's callbacks for one connection, answered by :class:`SshConnection`."""
 
@@ -382,6 +409,9 @@ class _Server(asyncssh.SSHServer):
 
     def begin_auth(self, username: str) -> bool:
         return True
+
+    def session_requested(self) -> _Process:
+        return _Process(self._owner._process)
 
     def public_key_auth_supported(self) -> bool:
         return True
