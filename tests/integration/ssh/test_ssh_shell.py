@@ -1,0 +1,102 @@
+"""Interactive ``ssh`` on a real PTY: the websh shell (user, resize, exit status), its
+recording shipped and played like a websh terminal's, and the end of the work session
+ending the connection with a message."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from ptyprocess import PtyProcess
+
+from tests.integration.ssh.conftest import SshStack
+from tests.support.controlplane import REPO_ROOT
+from tests.support.websh import PtyScreen
+
+
+pytestmark = pytest.mark.root
+
+
+def spawn_ssh(sstack: SshStack, config: str, *args: str) -> PtyProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTCTL_", "SSH_"))}
+    env["TERM"] = "xterm"
+    script = f"ssh -F {config} {' '.join(args)} {sstack.server}; echo ssh-exit=$?"
+    return PtyProcess.spawn(["/bin/sh", "-c", script], env=env, dimensions=(30, 100))
+
+
+async def test_interactive_ssh_is_a_recorded_websh_shell(sstack: SshStack) -> None:
+    session = sstack.session(("websh",))
+    config = sstack.configure("shell", session)
+    proc = spawn_ssh(sstack, str(config))
+    screen = PtyScreen(proc)
+    try:
+        await screen.expect(r"\$ ")
+        proc.write(b"echo U''=$(id -un) T''=$(tty)\r")
+        match = await screen.expect(r"U=(\w+) T=(/dev/pts/\d+)")
+        assert match.group(1) == sstack.user.name
+        proc.write(b"echo S''=$(stty size)\r")
+        assert (await screen.expect(r"S=(\d+ \d+)")).group(1) == "30 100"
+        proc.setwinsize(40, 120)  # SIGWINCH to ssh: a window-change request to the agent
+        deadline = time.monotonic() + 10
+        while True:  # the resize races the next line typed: ask until it has landed
+            proc.write(b"echo S''=$(stty size)\r")
+            size = (await screen.expect(r"S=(\d+ \d+)")).group(1)
+            if size == "40 120" or time.monotonic() > deadline:
+                break
+        assert size == "40 120"
+        proc.write(b"exit 3\r")
+        assert (await screen.expect(r"ssh-exit=(\d+)")).group(1) == "3"
+        await screen.until_eof()
+    finally:
+        if proc.isalive():
+            proc.terminate(force=True)
+    # The shell is on the timeline as a terminal; its recording arrives and plays.
+    events = sstack.events(session, lambda es: any(e["type"] == "websh" for e in es))
+    shells = [e for e in events if e["type"] == "websh" and e.get("via") == "ssh"]
+    assert len(shells) == 1
+    terminal_id = shells[0]["terminal_id"]
+    deadline = time.monotonic() + 20
+    with sstack.cp.client(sstack.token) as client:
+        while True:
+            answer = client.get(f"/api/websh/terminals/{terminal_id}/recording/")
+            if answer.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert answer.status_code == 200, answer.text
+    cast = answer.text
+    assert '"version": 2' in cast.split("\n", 1)[0]
+    assert sstack.user.name in cast  # the output of `id -un`
+    assert '"r", "120x40"' in cast  # the resize
+    played = subprocess.run(
+        [sys.executable, "-m", "fleetgate.agentctl", "work-session", "recording", session, "--raw"],
+        env=sstack.cli("shell").env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert played.returncode == 0, played.stderr
+    assert played.stdout == cast
+
+
+async def test_revoking_the_work_session_disconnects_with_a_message(sstack: SshStack) -> None:
+    session = sstack.session(("websh", "command"))
+    config = sstack.configure("revoke", session)
+    proc = spawn_ssh(sstack, str(config))
+    screen = PtyScreen(proc)
+    try:
+        await screen.expect(r"\$ ")
+        with sstack.cp.client(sstack.token) as client:
+            revoked = client.post(f"/api/work-sessions/sessions/{session}/revoke/", json={})
+        assert revoked.status_code == 200, revoked.text
+        match = await screen.expect(r"fleetgate: (work session \S+ has ended \(\w+\))")
+        assert session in match.group(1)
+        assert (await screen.expect(r"ssh-exit=(\d+)")).group(1) == "255"
+        await screen.until_eof()
+    finally:
+        if proc.isalive():
+            proc.terminate(force=True)
