@@ -166,7 +166,7 @@ def test_bad_certificates_are_refused_with_the_reason(sstack: SshStack) -> None:
     other = sstack.cp.new_server()
     cases["other-server"] = (
         forged(sstack, "certs", ca, key_id=format_key_id(other.id, session, sstack.user.name)),
-        "issued for another server",
+        "the certificate was issued for another server",
     )
     for name, (certificate, reason) in cases.items():
         done = ssh(with_certificate(config, certificate, name), sstack.server, "true")
