@@ -100,12 +100,17 @@ class SshAuthority:
             user_key = asyncssh.import_public_key(request.public_key)
         except (asyncssh.KeyImportError, ValueError) as exc:
             raise ValueError(f"not an OpenSSH public key: {exc}") from None
+        allowed = certificate_extensions(request.scopes)
         cert = self._key.generate_user_certificate(
             user_key,
             format_key_id(request.server_id, request.work_session, request.user),
             principals=[request.user],
             valid_after=max(0, request.valid_after - BACKDATE),
             valid_before=request.valid_before,
-            **certificate_extensions(request.scopes),
+            permit_pty=allowed["permit_pty"],
+            permit_port_forwarding=allowed["permit_port_forwarding"],
+            permit_agent_forwarding=allowed["permit_agent_forwarding"],
+            permit_x11_forwarding=allowed["permit_x11_forwarding"],
+            permit_user_rc=allowed["permit_user_rc"],
         )
         return cert.export_certificate("openssh").decode("ascii").strip()

@@ -50,9 +50,9 @@ class SshStack:
 
     def session(self, scopes: tuple[str, ...] = ALL_SCOPES, duration: str = "1h") -> str:
         return str(
-            active_session(self.cp, self.token, server=self.server, scopes=scopes, duration=duration)[
-                "id"
-            ]
+            active_session(
+                self.cp, self.token, server=self.server, scopes=scopes, duration=duration
+            )["id"]
         )
 
     def configure(self, name: str, session: str, *extra: str) -> Path:
@@ -60,7 +60,14 @@ class SshStack:
         cli = self.cli(name)
         path = self.root / name / "ssh_config"
         result = cli.run(
-            "ssh-config", "--work-session", session, "--user", self.user.name, "-o", str(path), *extra
+            "ssh-config",
+            "--work-session",
+            session,
+            "--user",
+            self.user.name,
+            "-o",
+            str(path),
+            *extra,
         )
         assert result.returncode == 0, result.stderr
         return path

@@ -15,7 +15,6 @@ import asyncssh
 import pytest
 
 from fleetgate.shared.protocol.ssh import format_key_id
-
 from tests.integration.ssh.conftest import SSH_TIMEOUT, SshStack, ssh
 from tests.support.tunnel import free_port, threaded_echo_server
 
@@ -72,8 +71,10 @@ def test_ssh_L_reaches_an_allowed_loopback_port(sstack: SshStack) -> None:
     local = free_port()
     with threaded_echo_server() as target:
         proc = subprocess.Popen(
-            ["ssh", "-F", str(config), "-N", "-o", "ExitOnForwardFailure=yes"]
-            + ["-L", f"127.0.0.1:{local}:127.0.0.1:{target}", sstack.server],
+            [
+                *("ssh", "-F", str(config), "-N", "-o", "ExitOnForwardFailure=yes"),
+                *("-L", f"127.0.0.1:{local}:127.0.0.1:{target}", sstack.server),
+            ],
             stdin=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -200,9 +201,9 @@ def test_agent_forwarding_and_remote_forwarding_name_the_config_key(
         agent.terminate()
         agent.wait(timeout=10)
     assert done.stdout == b"ran\n"
-    assert (
-        "agent forwarding (-A) is refused: [ssh] agent_forwarding = false" in stderr(done)
-    ), stderr(done)
+    assert "agent forwarding (-A) is refused: [ssh] agent_forwarding = false" in stderr(done), (
+        stderr(done)
+    )
     done = ssh(config, "-R", "0:127.0.0.1:22", sstack.server, "echo ran")
     assert "remote forwarding (-R) is refused: [ssh] remote_forwarding = false" in stderr(done)
     assert "remote port forwarding failed" in stderr(done)

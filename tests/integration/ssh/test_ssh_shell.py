@@ -4,6 +4,7 @@ ending the connection with a message."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -54,6 +55,11 @@ async def test_interactive_ssh_is_a_recorded_websh_shell(sstack: SshStack) -> No
         if proc.isalive():
             proc.terminate(force=True)
     # The shell is on the timeline as a terminal; its recording arrives and plays.
+    await asyncio.to_thread(check_recording, sstack, session)
+
+
+def check_recording(sstack: SshStack, session: str) -> None:
+    """The shell's timeline item, and its recording, stored and played by agentctl."""
     events = sstack.events(session, lambda es: any(e["type"] == "websh" for e in es))
     shells = [e for e in events if e["type"] == "websh" and e.get("via") == "ssh"]
     assert len(shells) == 1

@@ -44,8 +44,11 @@ class ChannelService(Protocol):
 
     kind: str
     """The ``spec.kind`` this service serves."""
-    scope: str | tuple[str, ...]
-    """The work-session scope its grants must carry (a tuple: any one of them)."""
+
+    @property
+    def scope(self) -> str | tuple[str, ...]:
+        """The work-session scope its grants must carry (a tuple: any one of them)."""
+        ...
 
     def check(self, message: ChannelOpen) -> None:
         """Refuse early (no I/O, no blocking) by raising :class:`ChannelRefused`."""

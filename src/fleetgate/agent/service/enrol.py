@@ -245,7 +245,8 @@ def _host_key(config_path: Path) -> str:
     raw: dict[str, Any] = {}
     with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
         raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-    ssh = raw.get("ssh") if isinstance(raw.get("ssh"), dict) else {}
+    section = raw.get("ssh")
+    ssh: dict[str, Any] = section if isinstance(section, dict) else {}
     state_dir = Path(str(raw.get("state_dir", "/var/lib/fleetgate-agent")))
     path = Path(str(ssh.get("host_key_file") or state_dir / "ssh_host_ed25519_key"))
     try:
