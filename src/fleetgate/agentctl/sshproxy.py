@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"cannot reach {url}: {exc}")
     # SFTP and the SSH handshake are request/response: small packets must not wait for
     # a delayed ACK (Nagle), or every round trip costs tens of milliseconds.
-    import socket  # noqa: PLC0415
+    import socket
 
     ws.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     status = {"code": 0}
