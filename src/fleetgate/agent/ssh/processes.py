@@ -67,7 +67,7 @@ class TerminalBridge:
 
     async def recv(self) -> bytes | str:
         """The next input, resize or close (then never again: the terminal is ending)."""
-        import asyncssh
+        import asyncssh  # loaded with the SSH server, never at agent start
 
         if self._closed:
             await asyncio.Event().wait()

@@ -87,7 +87,9 @@ class SshService:
         self, message: ChannelOpen, link: ChannelLink, claims: GrantClaims | None
     ) -> None:
         """Run the SSH connection until it ends (or the channel is ended)."""
-        from fleetgate.agent.ssh.server import SshConnection
+        from fleetgate.agent.ssh.server import (
+            SshConnection,
+        )  # lazy: asyncssh loads with the first ssh channel
 
         spec = message.spec
         assert isinstance(spec, SshSpec)
