@@ -1,7 +1,7 @@
 """``fleetgate-agent register`` and ``fleetgate-agent unregister``: the server's identity with the control plane.
 
-Registration posts the server's name (and its SSH host key's public half, the key made
-now, 0600) with an operator's token, then stores the server id, the control plane's SSH
+Registration posts the server's name (and the public half of its SSH host key, made now
+beside the configuration, 0600, and named in ``[ssh] host_key_file``) with an operator's token, then stores the server id, the control plane's SSH
 certificate authority (``identity.ssh_ca_key``)
 and the control plane's grant-signing public key (``identity.control_plane_key``: grants
 are verified against the key seen at registration, over verified TLS) in the
@@ -95,6 +95,7 @@ def register(
         if status not in (401, 403, 404):
             raise _unexpected("checking the stored identity", status, body)
         # The stored identity is no longer valid there: register anew.
+    host_key_file = _host_key_path(config_path).absolute()
     status, body = _request(
         "POST",
         f"{url}/api/servers/servers/register/",
@@ -103,7 +104,7 @@ def register(
             "name": name,
             "hostname": socket.gethostname(),
             "platform": _platform(),
-            "ssh_host_key": _host_key(config_path),
+            "ssh_host_key": _host_key(host_key_file),
         },
         ca_file=ca_file,
     )
@@ -131,6 +132,7 @@ def register(
             ca_file,
             signing_key=None if signing_key is None else str(signing_key),
             ssh_ca=None if ssh_ca is None else str(ssh_ca),
+            host_key_file=host_key_file,
         )
     except (OSError, ConfigError) as exc:
         # Do not leave an orphan behind on the control plane (best effort).
@@ -201,6 +203,7 @@ def _write_identity(
     *,
     signing_key: str | None,
     ssh_ca: str | None = None,
+    host_key_file: Path | None = None,
 ) -> None:
     for directory in {config_path.parent, key_file.parent}:
         if not directory.exists():
@@ -220,6 +223,8 @@ def _write_identity(
     if ssh_ca is not None:
         identity["ssh_ca_key"] = render(ssh_ca)
     text = set_keys(text, "identity", dict(identity))
+    if host_key_file is not None:
+        text = set_keys(text, "ssh", {"host_key_file": render(str(host_key_file))})
     try:
         written = parse(tomllib.loads(text), source=str(config_path))
     except tomllib.TOMLDecodeError as exc:
@@ -235,20 +240,24 @@ def _write_identity(
     _atomic_write(config_path, text, 0o600)
 
 
-def _host_key(config_path: Path) -> str:
-    """The SSH host key's public line, made now (0600) where the agent will look for it:
-    ``[ssh] host_key_file``, else ``ssh_host_ed25519_key`` in ``state_dir``.
-
-    Raises:
-        ConfigError: the key cannot be made or read.
-    """
+def _host_key_path(config_path: Path) -> Path:
+    """Where the SSH host key lives: ``[ssh] host_key_file`` if the configuration names
+    one, else beside the configuration (like the server key)."""
     raw: dict[str, Any] = {}
     with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
         raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
     section = raw.get("ssh")
     ssh: dict[str, Any] = section if isinstance(section, dict) else {}
-    state_dir = Path(str(raw.get("state_dir", "/var/lib/fleetgate-agent")))
-    path = Path(str(ssh.get("host_key_file") or state_dir / "ssh_host_ed25519_key"))
+    named = ssh.get("host_key_file")
+    return Path(str(named)) if named else config_path.parent / "ssh_host_ed25519_key"
+
+
+def _host_key(path: Path) -> str:
+    """The SSH host key's public line, made now (0600, in a 0700 directory) if needed.
+
+    Raises:
+        ConfigError: the key cannot be made or read.
+    """
     try:
         return ensure_host_key(path)
     except OSError as exc:

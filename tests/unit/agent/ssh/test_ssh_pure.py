@@ -3,6 +3,8 @@ binding, request scopes, the sftp-server log, certificate extensions."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -124,3 +126,31 @@ def test_certificate_extensions_follow_the_scopes() -> None:
     assert both["permit_pty"]
     assert both["permit_port_forwarding"]
     assert not both["permit_agent_forwarding"]
+
+
+def _modules_after(code: str) -> set[str]:
+    done = subprocess.run(
+        [sys.executable, "-c", f"{code}\nimport sys\nprint(' '.join(sys.modules))"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return set(done.stdout.split())
+
+
+def test_asyncssh_is_loaded_only_when_an_ssh_channel_opens() -> None:
+    """The agent's idle memory does not pay for the SSH server."""
+    loaded = _modules_after("import fleetgate.agent.daemon")
+    assert "fleetgate.agent.ssh.service" in loaded
+    assert "asyncssh" not in loaded
+
+
+def test_ssh_proxy_imports_little() -> None:
+    """ssh-proxy runs once per connection (Ansible: per task and host): no pydantic, httpx,
+    asyncio or the full CLI on its path."""
+    loaded = _modules_after(
+        "import fleetgate.agentctl.entry, fleetgate.agentctl.sshproxy\n"
+        "import websockets.sync.client"
+    )
+    assert not {"pydantic", "httpx", "asyncio", "rich", "fleetgate.agentctl.main"} & loaded
