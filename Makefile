@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and benchmarks use (peers and tools), installed when missing.
-DEBS   := passwd sudo gcc libc6-dev openssh-server openssh-client procps systemd dpkg-dev rpm python3-venv iperf3 socat asciinema
+DEBS   := passwd sudo gcc libc6-dev openssh-server openssh-client procps systemd dpkg-dev rpm python3-venv iperf3 socat asciinema rsync openssh-sftp-server
 
 .PHONY: run test lint typecheck unit schema debs clean bench package
 

@@ -16,6 +16,7 @@ import pytest
 
 from fleetgate.shared.protocol.ssh import format_key_id
 from tests.integration.ssh.conftest import SSH_TIMEOUT, SshStack, ssh
+from tests.support.accounts import new_login
 from tests.support.tunnel import free_port, threaded_echo_server
 
 
@@ -207,3 +208,27 @@ def test_agent_forwarding_and_remote_forwarding_name_the_config_key(
     done = ssh(config, "-R", "0:127.0.0.1:22", sstack.server, "echo ran")
     assert "remote forwarding (-R) is refused: [ssh] remote_forwarding = false" in stderr(done)
     assert "remote port forwarding failed" in stderr(done)
+
+
+def test_an_ordinary_user_gets_certificates_only_for_themself(sstack: SshStack) -> None:
+    _, username, token = new_login(sstack.cp)
+    key = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode()
+    with sstack.cp.client(token) as client:
+        other = client.post(
+            "/api/ssh/certificates/",
+            json={"server": sstack.server, "public_key": key, "username": "root"},
+        )
+        assert other.status_code == 403, other.text
+        assert other.json()["detail"] == f"you may only log in as {username!r}, not 'root'"
+        own = client.post(
+            "/api/ssh/certificates/", json={"server": sstack.server, "public_key": key}
+        )
+        assert own.status_code == 403, own.text  # no work session
+        assert own.json()["code"] == "work_session_required"
+        hosts = client.get("/api/ssh/hosts/")
+        assert hosts.status_code == 403
+        assert hosts.json()["code"] == "work_session_required"
+        bad = client.post(
+            "/api/ssh/certificates/", json={"server": sstack.server, "public_key": "ssh-rsa nope"}
+        )
+        assert bad.status_code == 400

@@ -106,3 +106,21 @@ async def test_revoking_the_work_session_disconnects_with_a_message(sstack: SshS
     finally:
         if proc.isalive():
             proc.terminate(force=True)
+
+
+async def test_the_end_of_the_work_session_disconnects(sstack: SshStack) -> None:
+    session = sstack.session(("websh",), duration="5s")
+    config = sstack.configure("expiry", session)
+    proc = spawn_ssh(sstack, str(config))
+    screen = PtyScreen(proc)
+    try:
+        await screen.expect(r"\$ ")
+        match = await screen.expect(
+            r"fleetgate: (the work session has expired|work session \S+ has ended \(expired\))"
+        )
+        assert match.group(1)
+        assert (await screen.expect(r"ssh-exit=(\d+)")).group(1) == "255"
+        await screen.until_eof()
+    finally:
+        if proc.isalive():
+            proc.terminate(force=True)
