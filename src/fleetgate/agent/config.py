@@ -332,7 +332,7 @@ class SshConfig(_Section):
 
     enabled: bool = True
     agent_forwarding: bool = False
-    """Allow ``ssh -A`` (forwarding the client's agent to the server)."""
+    """``ssh -A``: refused, naming this key (not supported yet even when on)."""
     x11_forwarding: bool = False
     """Allow ``ssh -X`` (not supported yet: the request is refused even when on)."""
     remote_forwarding: bool = False

@@ -126,9 +126,9 @@ class SshConnection:
             encoding=None,
             line_editor=False,
             allow_pty=True,
-            # Both reach our hooks (see _Server.connection_made), which refuse with the
-            # configuration key's name unless it is on.
-            agent_forwarding=ssh.agent_forwarding,
+            # Requests for either reach our hooks (see _Server.connection_made), which
+            # refuse them and tell the client which configuration key is involved.
+            agent_forwarding=False,
             x11_forwarding=False,
             login_timeout=ssh.login_timeout,
             password_auth=False,
@@ -334,11 +334,11 @@ def _resolve(username: str) -> tuple[Identity, str]:
     return identity, identity.home if os.path.isdir(identity.home) else "/"
 
 
-class SshDenied(Exception):
-    """A request refused; the client sees ``refusal.detail``."""
+class SshDenied(ChannelRefused):
+    """One SSH request refused (the connection goes on); the client sees the detail."""
 
     def __init__(self, code: str, detail: str) -> None:
-        super().__init__(f"{code}: {detail}")
+        super().__init__(code, detail)
         self.refusal = SshRefusal(code, detail)
 
 
@@ -388,16 +388,15 @@ class _Server(asyncssh.SSHServer):
             return await original(username, cert)
 
         conn._validate_openssh_certificate = checked  # type: ignore[method-assign]
-        create_agent = conn.create_agent_listener
 
         async def agent_listener() -> bool:
-            if not ssh.agent_forwarding:
-                owner.notices.append(
-                    "agent forwarding (-A) is refused: [ssh] agent_forwarding = false "
-                    "in the agent's configuration"
-                )
-                return False
-            return await create_agent()
+            owner.notices.append(
+                "agent forwarding (-A) is refused: [ssh] agent_forwarding = false in the "
+                "agent's configuration"
+                if not ssh.agent_forwarding
+                else "agent forwarding (-A) is not supported by this agent yet"
+            )
+            return False
 
         conn.create_agent_listener = agent_listener  # type: ignore[method-assign]
 
@@ -406,7 +405,7 @@ class _Server(asyncssh.SSHServer):
             owner.notices.append(
                 f"X11 forwarding (-X) is refused: {key} = false in the agent's configuration"
                 if not ssh.x11_forwarding
-                else "X11 forwarding (-X) is not supported by this agent"
+                else "X11 forwarding (-X) is not supported by this agent yet"
             )
 
         conn.attach_x11_listener = x11_listener  # type: ignore[method-assign,assignment]
@@ -450,7 +449,7 @@ class _Server(asyncssh.SSHServer):
             "remote forwarding (-R) is refused: [ssh] remote_forwarding = false in the "
             "agent's configuration"
             if not ssh.remote_forwarding
-            else "remote forwarding (-R) is not supported by this agent"
+            else "remote forwarding (-R) is not supported by this agent yet"
         )
         return False
 
