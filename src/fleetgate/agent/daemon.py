@@ -169,7 +169,9 @@ async def _serve(
         on_shell_ended=sudo_sessions.unregister,
     )
     channels.register(websh)
-    ssh = SshService(config, websh.manager, report=lambda fields: _report_ssh(outbox, fields))
+    ssh = SshService(
+        config, websh.manager, report=lambda fields: _report_ssh(outbox, audit, fields)
+    )
     channels.register(ssh)
     ssh_host_key = _ssh_host_key(config)
     backhaul = Backhaul(
@@ -255,8 +257,11 @@ async def _report_sudo(outbox: Outbox, decided: Decided) -> None:
     )
 
 
-async def _report_ssh(outbox: Outbox, fields: dict[str, Any]) -> None:
-    """What a user did over SSH goes to the work session's timeline, through the outbox."""
+async def _report_ssh(outbox: Outbox, audit: AuditLog | None, fields: dict[str, Any]) -> None:
+    """What a user did over SSH goes to the audit log, and to the work session's timeline
+    through the outbox (durable, confirmed: none is lost)."""
+    if audit is not None:
+        audit.record(f"ssh.{fields['op']}", **{k: v for k, v in fields.items() if k != "op"})
     await outbox.add(lambda rid: SshEvent(rid=rid, **fields))
 
 

@@ -4,6 +4,7 @@ each SFTP transfer on the timeline."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -53,6 +54,14 @@ def test_scp_both_ways_keeps_every_byte(sstack: SshStack, tmp_path: Path) -> Non
     assert {(e["path"], e["bytes_written"], e["bytes_read"]) for e in moved} >= {
         (remote, SIZE, 0),
         (remote, 0, SIZE),
+    }
+    # And in the agent's audit log.
+    lines = (sstack.agent.logs_dir / "audit.log").read_text(encoding="utf-8").splitlines()
+    audit = [json.loads(line) for line in lines]
+    sftp = [a for a in audit if a["event"] == "ssh.sftp" and a["path"] == remote]
+    assert {(a["bytes_written"], a["bytes_read"], a["user"]) for a in sftp} >= {
+        (SIZE, 0, sstack.user.name),
+        (0, SIZE, sstack.user.name),
     }
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from fleetgate.agent.config import load, parse
 from fleetgate.agent.errors import ConfigError, RegistrationError
 from fleetgate.agent.service.tomledit import render, set_keys
-from fleetgate.agent.ssh.hostkey import ensure_host_key
+from fleetgate.agent.ssh.hostkey import ensure_host_key, new_host_key, write_host_key
 
 
 __all__ = ["Result", "register", "unregister"]
@@ -96,6 +96,7 @@ def register(
             raise _unexpected("checking the stored identity", status, body)
         # The stored identity is no longer valid there: register anew.
     host_key_file = _host_key_path(config_path).absolute()
+    host_public, host_private = _host_key(host_key_file)
     status, body = _request(
         "POST",
         f"{url}/api/servers/servers/register/",
@@ -104,7 +105,7 @@ def register(
             "name": name,
             "hostname": socket.gethostname(),
             "platform": _platform(),
-            "ssh_host_key": _host_key(host_key_file),
+            "ssh_host_key": host_public,
         },
         ca_file=ca_file,
     )
@@ -134,6 +135,9 @@ def register(
             ssh_ca=None if ssh_ca is None else str(ssh_ca),
             host_key_file=host_key_file,
         )
+        if host_private is not None:
+            with contextlib.suppress(FileExistsError):
+                write_host_key(host_key_file, host_private)
     except (OSError, ConfigError) as exc:
         # Do not leave an orphan behind on the control plane (best effort).
         with contextlib.suppress(RegistrationError):
@@ -252,16 +256,18 @@ def _host_key_path(config_path: Path) -> Path:
     return Path(str(named)) if named else config_path.parent / "ssh_host_ed25519_key"
 
 
-def _host_key(path: Path) -> str:
-    """The SSH host key's public line, made now (0600, in a 0700 directory) if needed.
+def _host_key(path: Path) -> tuple[str, bytes | None]:
+    """The SSH host key's public line, and the private key to write once registration
+    succeeded (``None``: it exists already). Nothing is written before the control plane
+    accepted us, so a refused registration leaves no trace.
 
     Raises:
-        ConfigError: the key cannot be made or read.
+        ConfigError: an existing key cannot be read.
     """
-    try:
-        return ensure_host_key(path)
-    except OSError as exc:
-        raise ConfigError(f"cannot make the SSH host key {path}: {exc.strerror or exc}") from exc
+    if path.exists():
+        return ensure_host_key(path), None
+    data, public = new_host_key()
+    return public, data
 
 
 def _atomic_write(path: Path, text: str, mode: int) -> None:

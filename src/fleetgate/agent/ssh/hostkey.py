@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetgate.agent.errors import ConfigError
 
 
-__all__ = ["ensure_host_key", "public_line"]
+__all__ = ["ensure_host_key", "new_host_key", "public_line", "write_host_key"]
 
 
 def ensure_host_key(path: Path) -> str:
@@ -26,22 +26,39 @@ def ensure_host_key(path: Path) -> str:
     Raises:
         ConfigError: the file is readable by group or others, or is not an Ed25519 key.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    if path.exists():
         return public_line(_load(path))
+    data, public = new_host_key()
+    try:
+        write_host_key(path, data)
+    except FileExistsError:
+        return public_line(_load(path))  # made meanwhile by another process
+    return public
+
+
+def new_host_key() -> tuple[bytes, str]:
+    """A new key, not yet written: its private file content and its public line."""
     key = Ed25519PrivateKey.generate()
     data = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.OpenSSH,
         serialization.NoEncryption(),
     )
+    return data, public_line(key)
+
+
+def write_host_key(path: Path, data: bytes) -> None:
+    """Write a key made by :func:`new_host_key` (0600, exclusively, in a 0700 directory).
+
+    Raises:
+        FileExistsError: there is one already (it is never replaced).
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    return public_line(key)
 
 
 def _load(path: Path) -> Ed25519PrivateKey:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -138,6 +139,7 @@ async def run_process(
         extra_groups=list(identity.groups) if switch else None,
         limit=READ_BYTES,
     )
+    _widen_pipes(proc)
     try:
         async with asyncio.TaskGroup() as tg:
             feeding = tg.create_task(_feed(process, proc))
@@ -198,6 +200,23 @@ async def _lines(reader: asyncio.StreamReader | None, sink: LineSink) -> None:
     assert reader is not None
     while line := await reader.readline():
         await sink(line.decode("utf-8", "replace").rstrip("\r\n"))
+
+
+PIPE_BYTES = 1024 * 1024
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def _widen_pipes(proc: asyncio.subprocess.Process) -> None:
+    """1 MiB pipes to and from the child (64 KiB by default): bulk transfers (scp, rsync)
+    then cost fewer wake-ups per MiB on both sides. Best effort: the kernel may refuse
+    (``/proc/sys/fs/pipe-max-size``), and the default still works."""
+    for stream in (proc.stdin, proc.stdout):
+        transport = getattr(stream, "_transport", None) or getattr(stream, "transport", None)
+        fd = None if transport is None else transport.get_extra_info("pipe")
+        if fd is None:
+            continue
+        with contextlib.suppress(OSError, ValueError):
+            fcntl.fcntl(fd.fileno(), _F_SETPIPE_SZ, PIPE_BYTES)
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
