@@ -289,6 +289,9 @@ async def serve_client(websocket: WebSocket, server: str) -> None:
     try:
         if not username or len(username) > 64:
             raise APIError(400, "INVALID_REQUEST", "user: the login name is required", "user")
+        # The certificate decides in the end; an ordinary user asking for another login
+        # is told here, before the agent is bothered.
+        username = _login_name(principal, username)
         server_id, message = await _open_message(services, principal, server, username, requested)
     except APIError as exc:
         await deny(websocket, exc.status, exc.code, exc.detail)

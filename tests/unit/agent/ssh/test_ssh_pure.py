@@ -3,15 +3,23 @@ binding, request scopes, the sftp-server log, certificate extensions."""
 
 from __future__ import annotations
 
+import base64
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
+from fleetgate.agent.config import parse
+from fleetgate.agent.errors import ChannelRefused, ConfigError
 from fleetgate.agent.ssh.certs import CertificateFacts, refusal
 from fleetgate.agent.ssh.context import scope_refusal
+from fleetgate.agent.ssh.hostkey import ensure_host_key
 from fleetgate.agent.ssh.processes import parse_sftp_log
+from fleetgate.agent.ssh.service import SshService
+from fleetgate.agent.websh.manager import TerminalManager
+from fleetgate.shared.protocol import ChannelOpen, SshSpec
 from fleetgate.shared.protocol.grants import GrantClaims
 from fleetgate.shared.protocol.ssh import (
     certificate_extensions,
@@ -154,3 +162,41 @@ def test_ssh_proxy_imports_little() -> None:
         "import websockets.sync.client"
     )
     assert not {"pydantic", "httpx", "asyncio", "rich", "fleetgate.agentctl.main"} & loaded
+
+
+def _service(tmp_path: Path, **sections: object) -> SshService:
+    raw: dict[str, object] = {
+        "state_dir": str(tmp_path),
+        "control_plane": {"url": "http://127.0.0.1:1"},
+        "identity": {"server_id": str(SERVER), "key_file": str(tmp_path / "k")},
+        **sections,
+    }
+    config = parse(raw)
+    return SshService(config, TerminalManager(config))
+
+
+def _open() -> ChannelOpen:
+    return ChannelOpen(channel_id=uuid.uuid4(), spec=SshSpec(username="alice"))
+
+
+def test_the_service_refuses_early_with_the_reason(tmp_path: Path) -> None:
+    ca = "ssh-ed25519 " + base64.b64encode(b"k" * 51).decode()
+    with pytest.raises(ChannelRefused) as refused:
+        _service(tmp_path).check(_open())
+    assert refused.value.code == "ssh_unavailable"
+    assert "identity.ssh_ca_key" in refused.value.message
+    identity = {"server_id": str(SERVER), "key_file": str(tmp_path / "k"), "ssh_ca_key": ca}
+    with pytest.raises(ChannelRefused) as refused:
+        _service(tmp_path, identity=identity, ssh={"enabled": False}).check(_open())
+    assert refused.value.code == "ssh_disabled"
+    service = _service(tmp_path, identity=identity)
+    with pytest.raises(ChannelRefused, match="no SSH host key"):
+        service.check(_open())
+    ensure_host_key(tmp_path / "ssh_host_ed25519_key")
+    service.check(_open())  # everything in place
+
+
+def test_a_bad_ca_key_in_the_config_is_named(tmp_path: Path) -> None:
+    identity = {"server_id": str(SERVER), "key_file": "k", "ssh_ca_key": "ssh-rsa AAAA"}
+    with pytest.raises(ConfigError, match=r"identity\.ssh_ca_key"):
+        _service(tmp_path, identity=identity)
