@@ -35,3 +35,14 @@ def test_ssh_exec_runs_as_the_user_with_its_exit_code(sstack: SshStack) -> None:
     by_line = {e["line"]: e for e in commands}
     assert by_line["id -un; id -G; echo err >&2; exit 7"]["exit_code"] == 7
     assert by_line["true"]["success"] is True
+
+
+def test_agentctl_ssh_runs_the_system_ssh(sstack: SshStack) -> None:
+    session = sstack.session(("command",))
+    cli = sstack.cli("agentctl-ssh")
+    done = cli.run(
+        *("ssh", "--work-session", session, "--user", sstack.user.name, sstack.server),
+        *("echo", "via-agentctl", "$(id -un)", ";", "exit", "4"),
+    )
+    assert done.returncode == 4, done.stderr
+    assert done.stdout == f"via-agentctl {sstack.user.name}\n"

@@ -16,7 +16,8 @@ from tests.integration.ssh.conftest import SSH_TIMEOUT, SshStack
 
 pytestmark = pytest.mark.root
 
-SIZE = 10 * 1024 * 1024
+SIZE = 100 * 1024 * 1024
+"""100 MiB each way, as the issue asks."""
 
 
 def sha256(path: Path) -> str:
