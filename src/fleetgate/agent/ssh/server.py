@@ -43,6 +43,9 @@ asyncssh.set_log_level("WARNING")
 FLUSH_TIMEOUT = 2.0
 """Seconds the disconnect message gets to reach the client when the agent ends a connection."""
 EXIT_REFUSED = 126
+MAX_SESSIONS = 64
+"""Sessions (shells, commands, sftp) open at once on one connection (OpenSSH: 10 by
+default, ``MaxSessions``); more are refused."""
 _USER_CERT = 1
 """OpenSSH's certificate type of user certificates (``SSH_CERT_TYPE_USER``)."""
 _TERM_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._+-")
@@ -68,6 +71,7 @@ class SshConnection:
         self._conn: asyncssh.SSHServerConnection | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._ending: str | None = None
+        self._sessions = 0
 
     # -- life ---------------------------------------------------------------------------
 
@@ -173,9 +177,15 @@ class SshConnection:
     # -- requests --------------------------------------------------------------------------
 
     def _process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
-        if self._tg is None:
-            process.exit(EXIT_REFUSED)
+        if self._tg is None or self._sessions >= MAX_SESSIONS:
+            with contextlib.suppress(OSError, asyncssh.Error):
+                process.stderr.write(
+                    f"fleetgate: refused: {MAX_SESSIONS} sessions are open on this "
+                    "connection (too_many_sessions)\r\n".encode()
+                )
+                process.exit(EXIT_REFUSED)
             return
+        self._sessions += 1
         self._tg.create_task(self._handle(process))
 
     async def _handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -189,6 +199,7 @@ class SshConnection:
         except Exception:
             log.exception("ssh.session_failed")
         finally:
+            self._sessions -= 1
             with contextlib.suppress(OSError, asyncssh.Error):
                 process.exit(code)
 
