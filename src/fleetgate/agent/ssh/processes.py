@@ -156,7 +156,7 @@ async def run_process(
             feeding.cancel()
     except BaseException:
         _kill_group(proc)
-        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        with contextlib.suppress(ProcessLookupError, ChildProcessError, TimeoutError):
             async with asyncio.timeout(KILL_GRACE):
                 await asyncio.shield(proc.wait())
         raise
