@@ -3,6 +3,10 @@ timeline."""
 
 from __future__ import annotations
 
+import secrets
+import subprocess
+import time
+
 import pytest
 
 from tests.integration.ssh.conftest import SshStack, ssh
@@ -46,3 +50,33 @@ def test_agentctl_ssh_runs_the_system_ssh(sstack: SshStack) -> None:
     )
     assert done.returncode == 4, done.stderr
     assert done.stdout == f"via-agentctl {sstack.user.name}\n"
+
+
+def test_a_command_ends_when_its_client_goes_away(sstack: SshStack) -> None:
+    session = sstack.session(("command",))
+    config = sstack.configure("gone", session)
+    marker = f"{3000 + secrets.randbelow(1000)}.{secrets.randbelow(10**6)}"
+    proc = subprocess.Popen(
+        ["ssh", "-F", str(config), sstack.server, f"echo started; exec sleep {marker}"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"started\n"
+        assert running(marker)
+    finally:
+        proc.kill()  # the client dies without a word
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    deadline = time.monotonic() + 20
+    while running(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(marker)
+
+
+def running(marker: str) -> bool:
+    found = subprocess.run(["pgrep", "-f", f"sleep {marker}"], capture_output=True, check=False)
+    return found.returncode == 0

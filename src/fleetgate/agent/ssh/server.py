@@ -72,6 +72,7 @@ class SshConnection:
         self._tg: asyncio.TaskGroup | None = None
         self._ending: str | None = None
         self._sessions = 0
+        self._handlers: set[asyncio.Task[None]] = set()
 
     # -- life ---------------------------------------------------------------------------
 
@@ -93,6 +94,10 @@ class SshConnection:
                 )
                 try:
                     await self._run(theirs)
+                    # The client went away: what it started goes too (process groups
+                    # killed by run_process), instead of running on unseen.
+                    for handler in list(self._handlers):
+                        handler.cancel()
                 except asyncio.CancelledError as exc:
                     reason = str(exc.args[0]) if exc.args else self._end_reason()
                     self.disconnect(reason)
@@ -186,7 +191,9 @@ class SshConnection:
                 process.exit(EXIT_REFUSED)
             return
         self._sessions += 1
-        self._tg.create_task(self._handle(process))
+        handler = self._tg.create_task(self._handle(process))
+        self._handlers.add(handler)
+        handler.add_done_callback(self._handlers.discard)
 
     async def _handle(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         code = EXIT_REFUSED
