@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from ptyprocess import PtyProcess
@@ -132,3 +134,30 @@ async def test_the_end_of_the_work_session_disconnects(sstack: SshStack) -> None
     finally:
         if proc.isalive():
             proc.terminate(force=True)
+
+
+async def test_a_shell_ends_when_its_client_dies(sstack: SshStack) -> None:
+    """No detached SSH shell is left behind (there is no reattaching to one)."""
+    config = sstack.configure("dies", sstack.session(("websh",)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AGENTCTL_", "SSH_"))}
+    env["TERM"] = "xterm"
+    proc = PtyProcess.spawn(["ssh", "-F", str(config), sstack.server], env=env)
+    screen = PtyScreen(proc)
+    try:
+        await screen.expect(r"\$ ")
+        proc.write(b"echo P''ID=$$\r")
+        pid = int((await screen.expect(r"PID=(\d+)")).group(1))
+    finally:
+        proc.kill(signal.SIGKILL)
+        proc.wait()
+    assert await asyncio.to_thread(gone, pid, 20.0)
+
+
+def gone(pid: int, timeout: float) -> bool:
+    """Whether process ``pid`` has exited within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

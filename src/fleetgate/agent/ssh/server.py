@@ -270,6 +270,10 @@ class SshConnection:
             await terminals.serve(request, bridge, self.claims)
         except ChannelRefused as exc:
             raise SshDenied(exc.code, exc.message) from None
+        except asyncio.CancelledError:
+            # An SSH shell is never left detached: there is no reattaching to it.
+            terminals.close(request.terminal_id, "closed")
+            raise
         return bridge.exit_code or 0
 
     async def _exec(self, process: asyncssh.SSHServerProcess[bytes], command: str) -> int:
