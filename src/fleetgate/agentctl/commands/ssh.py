@@ -24,12 +24,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import EXIT_OK, CliError
+from fleetgate.agentctl.sshproxy import main as proxy_main
 
 
 if TYPE_CHECKING:
     from fleetgate.agentctl.commands import SubParsers
 
-__all__ = ["register", "run_ssh", "run_ssh_config", "ssh_config_text"]
+__all__ = ["register", "run_ssh", "run_ssh_config", "run_ssh_proxy", "ssh_config_text"]
 
 HOSTS = "/api/ssh/hosts/"
 CERTIFICATES = "/api/ssh/certificates/"
@@ -69,6 +70,17 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
     proxy.add_argument("server", metavar="SERVER")
     proxy.add_argument("--user", metavar="USER")
     proxy.add_argument("--work-session", metavar="ID")
+    proxy.set_defaults(handler=run_ssh_proxy)
+
+
+def run_ssh_proxy(ctx: Context, args: argparse.Namespace) -> int:
+    """`ssh-proxy` reached through the full CLI (global flags before it): the same relay."""
+    argv = ["--config", str(ctx.config_path), args.server]
+    if args.user:
+        argv += ["--user", args.user]
+    if args.work_session:
+        argv += ["--work-session", args.work_session]
+    return proxy_main(argv)
 
 
 def _session_flags(parser: argparse.ArgumentParser) -> None:
