@@ -1,7 +1,7 @@
-"""One SSH connection over one ``ssh`` channel: asyncssh on a socketpair, no listening port.
+"""One SSH connection over one ``ssh`` channel: asyncssh on the channel, no listening port.
 
-One end of a ``socketpair`` is pumped to the channel exactly like a tunnel stream
-(``fleetgate.shared.pump``); asyncssh's server runs on the other end. Authentication
+asyncssh's server side runs on :class:`~fleetgate.agent.ssh.transport.LinkTransport`,
+which carries its bytes in the channel's frames (framed like a tunnel stream). Authentication
 accepts only user certificates of the pinned CA whose key id binds them to this server
 and to the channel's work session; the reason of a refusal is sent to the client as an
 authentication banner (OpenSSH prints it above ``Permission denied``). Every request is
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -29,10 +28,11 @@ from fleetgate.agent.exec.identity import Identity, resolve_identity
 from fleetgate.agent.ssh.certs import CertificateFacts, refusal
 from fleetgate.agent.ssh.context import SshContext, SshRefusal, scope_refusal
 from fleetgate.agent.ssh.processes import TerminalBridge, login_shell, parse_sftp_log, run_process
+from fleetgate.agent.ssh.transport import LinkTransport, LinkTunnel
 from fleetgate.agent.tunnel.policy import Refusal
 from fleetgate.agent.websh.manager import TerminalRequest
 from fleetgate.shared.protocol.grants import GrantClaims
-from fleetgate.shared.pump import Link, pump
+from fleetgate.shared.pump import Link
 
 
 __all__ = ["SshConnection"]
@@ -78,22 +78,13 @@ class SshConnection:
 
     async def serve(self, link: Link) -> None:
         """Serve the connection until it ends; cancelling disconnects with the reason."""
-        ours, theirs = socket.socketpair()
-        for sock in (ours, theirs):
-            sock.setblocking(False)
+        transport = LinkTransport(link)
         try:
             async with asyncio.TaskGroup() as tg:
                 self._tg = tg
-                pumping = tg.create_task(
-                    pump(
-                        ours,
-                        link,
-                        read_bytes=self.ctx.config.ssh.read_bytes,
-                        closed=(ChannelClosed,),
-                    )
-                )
+                moving = tg.create_task(transport.run())
                 try:
-                    await self._run(theirs)
+                    await self._run(LinkTunnel(transport))
                     # The client went away: what it started goes too (process groups
                     # killed by run_process), instead of running on unseen.
                     for handler in list(self._handlers):
@@ -103,11 +94,11 @@ class SshConnection:
                     self.disconnect(reason)
                     with contextlib.suppress(TimeoutError, ChannelClosed):
                         async with asyncio.timeout(FLUSH_TIMEOUT):
-                            await asyncio.shield(pumping)
+                            await asyncio.shield(moving)
                     raise
         finally:
             self._tg = None
-            theirs.close()
+            transport.close()
 
     def _end_reason(self) -> str:
         expires = None if self.claims is None else self.claims.expires_at
@@ -115,12 +106,14 @@ class SshConnection:
             return "the work session has expired"
         return "the agent ended the connection"
 
-    async def _run(self, sock: socket.socket) -> None:
+    async def _run(self, tunnel: LinkTunnel) -> None:
         options = self._options()
         try:
-            conn = await asyncssh.run_server(sock, options=options)
+            # "Reverse": asyncssh runs its server side on a connection we hand it.
+            conn = await asyncssh.connect_reverse(tunnel=tunnel, options=options)
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             log.info("ssh.handshake_failed", reason=str(exc) or type(exc).__name__)
+            tunnel.abort()
             return
         self._conn = conn
         if self._ending is not None:
