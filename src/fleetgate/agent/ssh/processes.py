@@ -32,7 +32,14 @@ from fleetgate.agent.exec.identity import DEFAULT_SHELL, Identity, build_environ
 from fleetgate.agent.exec.spawn import needs_switch, privilege_argv
 
 
-__all__ = ["READ_BYTES", "TerminalBridge", "login_shell", "parse_sftp_log", "run_process"]
+__all__ = [
+    "READ_BYTES",
+    "PidHook",
+    "TerminalBridge",
+    "login_shell",
+    "parse_sftp_log",
+    "run_process",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +111,7 @@ class TerminalBridge:
 
 
 LineSink = Callable[[str], Awaitable[None]]
+PidHook = Callable[[int], Awaitable[None] | None]
 
 
 async def run_process(
@@ -114,12 +122,15 @@ async def run_process(
     cwd: str,
     setpriv: str | None,
     stderr_lines: LineSink | None = None,
+    on_started: PidHook | None = None,
+    on_ended: PidHook | None = None,
 ) -> int:
     """Run ``argv`` as ``identity`` for an SSH session and relay its standard streams.
 
     With ``stderr_lines`` the child's stderr is read as log lines instead of being sent
-    to the client. Returns the exit status (128+n for signal n). Cancelling kills the
-    process group and reaps it.
+    to the client. ``on_started(pid)`` / ``on_ended(pid)`` tell the sudo mediation which
+    process session (its id is the pid) belongs to the work session. Returns the exit
+    status (128+n for signal n). Cancelling kills the process group and reaps it.
     """
     argv = list(argv)
     switch = needs_switch(identity)
@@ -140,6 +151,7 @@ async def run_process(
         limit=READ_BYTES,
     )
     _widen_pipes(proc)
+    await _call(on_started, proc.pid)
     try:
         async with asyncio.TaskGroup() as tg:
             feeding = tg.create_task(_feed(process, proc))
@@ -162,7 +174,15 @@ async def run_process(
         raise
     finally:
         _kill_group(proc)  # what the command left behind in its session
+        await _call(on_ended, proc.pid)
     return 128 - code if code < 0 else code
+
+
+async def _call(hook: PidHook | None, pid: int) -> None:
+    if hook is not None:
+        result = hook(pid)
+        if result is not None:
+            await result
 
 
 async def _feed(process: Any, proc: asyncio.subprocess.Process) -> None:

@@ -16,7 +16,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +27,13 @@ from fleetgate.agent.errors import ChannelClosed, ChannelRefused, CommandError
 from fleetgate.agent.exec.identity import Identity, resolve_identity
 from fleetgate.agent.ssh.certs import CertificateFacts, refusal
 from fleetgate.agent.ssh.context import SshContext, SshRefusal, scope_refusal
-from fleetgate.agent.ssh.processes import TerminalBridge, login_shell, parse_sftp_log, run_process
+from fleetgate.agent.ssh.processes import (
+    PidHook,
+    TerminalBridge,
+    login_shell,
+    parse_sftp_log,
+    run_process,
+)
 from fleetgate.agent.ssh.transport import LinkTransport, LinkTunnel
 from fleetgate.agent.tunnel.policy import Refusal
 from fleetgate.agent.websh.manager import TerminalRequest
@@ -273,12 +279,15 @@ class SshConnection:
         self._check("exec")
         identity, cwd = await self._identity()
         started = time.monotonic()
+        started_hook, ended_hook = self._sudo_hooks()
         code = await run_process(
             process,
             identity,
             [login_shell(identity), "-c", command],
             cwd=cwd,
             setpriv=self.ctx.setpriv,
+            on_started=started_hook,
+            on_ended=ended_hook,
         )
         await self.report(
             "exec",
@@ -308,9 +317,30 @@ class SshConnection:
                 )
 
         argv = [str(self.ctx.config.ssh.sftp_server), "-e", "-l", "INFO"]
+        started_hook, ended_hook = self._sudo_hooks()
         return await run_process(
-            process, identity, argv, cwd=cwd, setpriv=self.ctx.setpriv, stderr_lines=on_log
+            process,
+            identity,
+            argv,
+            cwd=cwd,
+            setpriv=self.ctx.setpriv,
+            stderr_lines=on_log,
+            on_started=started_hook,
+            on_ended=ended_hook,
         )
+
+    def _sudo_hooks(self) -> tuple[PidHook | None, PidHook | None]:
+        """The sudo mediation's hooks (the ones websh shells use) for one process session:
+        a ``sudo`` inside it follows the work session's patterns."""
+        terminals = self.ctx.terminals
+        started, ended = terminals.on_shell_started, terminals.on_shell_ended
+        label = uuid.uuid4()
+        claims = self.claims
+
+        def on_started(pid: int) -> Awaitable[None] | None:
+            return None if started is None else started(pid, claims, label)
+
+        return on_started, ended
 
     def forward_refusal(self, host: str, port: int) -> SshRefusal | None:
         """Why ``ssh -L`` to ``host:port`` is refused (scope, then the tunnel policy)."""
