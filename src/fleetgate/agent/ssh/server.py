@@ -147,8 +147,10 @@ class SshConnection:
             # OpenSSH's first choice, costs more CPU per byte in the agent. Offering only
             # these makes every OpenSSH client pick AES-GCM.
             encryption_algs=["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"],
-            # Bulk transfers: a larger window keeps the pipe full over the relay hops.
-            window=8 * 1024 * 1024,
+            # What a client may send on one session before the agent consumed it: 2 MiB
+            # keeps an SFTP transfer's requests (64 x 32 KiB) in flight over the relay
+            # hops, and bounds memory (MAX_SESSIONS x window per connection).
+            window=2 * 1024 * 1024,
             max_pktsize=256 * 1024,
         )
 

@@ -211,11 +211,13 @@ async def hosts(request: Request, principal: PrincipalDep, services: ServicesDep
 
 
 def _names(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
+    """``server id -> name`` of ``ids`` (one query per 500)."""
     out: dict[str, str] = {}
-    for sid in ids:
-        row = conn.execute("SELECT name FROM servers WHERE id = ?", (sid,)).fetchone()
-        if row is not None:
-            out[sid] = str(row[0])
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        rows = conn.execute(f"SELECT id, name FROM servers WHERE id IN ({marks})", chunk)  # noqa: S608
+        out.update({str(r[0]): str(r[1]) for r in rows})
     return out
 
 
