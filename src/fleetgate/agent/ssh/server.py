@@ -16,7 +16,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Coroutine
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ import structlog
 
 from fleetgate.agent.errors import ChannelClosed, ChannelRefused, CommandError
 from fleetgate.agent.exec.identity import Identity, resolve_identity
+from fleetgate.agent.ssh.callbacks import ServerCallbacks
 from fleetgate.agent.ssh.certs import CertificateFacts, refusal
 from fleetgate.agent.ssh.context import SshContext, SshRefusal, scope_refusal
 from fleetgate.agent.ssh.processes import (
@@ -129,7 +130,7 @@ class SshConnection:
     def _options(self) -> asyncssh.SSHServerConnectionOptions:
         ssh = self.ctx.config.ssh
         return asyncssh.SSHServerConnectionOptions(
-            server_factory=lambda: _Server(self),
+            server_factory=lambda: ServerCallbacks(self),
             server_host_keys=[asyncssh.read_private_key(str(self.ctx.host_key_file))],
             encoding=None,
             line_editor=False,
@@ -182,7 +183,15 @@ class SshConnection:
 
     # -- requests --------------------------------------------------------------------------
 
-    def _process(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the connection's task group (dropped once it has ended)."""
+        if self._tg is None:
+            coro.close()
+        else:
+            self._tg.create_task(coro)
+
+    def start_session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
+        """A session's request arrived (shell, exec, subsystem): handle it in a task."""
         if self._tg is None or self._sessions >= MAX_SESSIONS:
             with contextlib.suppress(OSError, asyncssh.Error):
                 process.stderr.write(
@@ -387,122 +396,3 @@ class SshDenied(ChannelRefused):
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(code, detail)
         self.refusal = SshRefusal(code, detail)
-
-
-class _Process(asyncssh.SSHServerProcess[bytes]):
-    """asyncssh's server process, except that a ``sftp`` subsystem reaches our handler
-    (which runs OpenSSH's ``sftp-server`` as the user) instead of asyncssh's own SFTP
-    server, which would run with the agent's identity. Other subsystems reach it too,
-    and are refused there with a message."""
-
-    def __init__(self, handler: Callable[[asyncssh.SSHServerProcess[bytes]], None]) -> None:
-        super().__init__(handler, None, 3, False)
-
-    def subsystem_requested(self, subsystem: str) -> bool:
-        return True
-
-    def session_started(self) -> None:
-        chan = self._chan
-        self._start_process(
-            asyncssh.SSHReader(self, chan),
-            asyncssh.SSHWriter(self, chan),
-            asyncssh.SSHWriter(self, chan, asyncssh.EXTENDED_DATA_STDERR),
-        )
-
-
-class _Server(asyncssh.SSHServer):
-    """asyncssh's callbacks for one connection, answered by :class:`SshConnection`."""
-
-    def __init__(self, owner: SshConnection) -> None:
-        self._owner = owner
-        self._conn: asyncssh.SSHServerConnection | None = None
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self._conn = conn
-        owner = self._owner
-        ssh = owner.ctx.config.ssh
-        # asyncssh refuses a bad certificate silently; check it ourselves first so the
-        # client is told why (banner), then let asyncssh verify it as usual.
-        original = conn._validate_openssh_certificate
-
-        async def checked(username: str, cert: Any) -> Any:
-            why = owner.certificate_refusal(username, cert)
-            if why is not None:
-                log.info("ssh.certificate_refused", user=username, reason=why)
-                conn.send_auth_banner(f"fleetgate: {why}\r\n")
-                await owner.report("refused", code="certificate_refused", detail=why)
-                return None
-            return await original(username, cert)
-
-        conn._validate_openssh_certificate = checked  # type: ignore[method-assign]
-
-        async def agent_listener() -> bool:
-            owner.notices.append(
-                "agent forwarding (-A) is refused: [ssh] agent_forwarding = false in the "
-                "agent's configuration"
-                if not ssh.agent_forwarding
-                else "agent forwarding (-A) is not supported by this agent yet"
-            )
-            return False
-
-        conn.create_agent_listener = agent_listener  # type: ignore[method-assign]
-
-        async def x11_listener(*_args: Any) -> None:
-            key = "[ssh] x11_forwarding"
-            owner.notices.append(
-                f"X11 forwarding (-X) is refused: {key} = false in the agent's configuration"
-                if not ssh.x11_forwarding
-                else "X11 forwarding (-X) is not supported by this agent yet"
-            )
-
-        conn.attach_x11_listener = x11_listener  # type: ignore[method-assign,assignment]
-
-    def begin_auth(self, username: str) -> bool:
-        return True
-
-    def session_requested(self) -> _Process:
-        return _Process(self._owner._process)
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        if self._conn is not None:
-            self._conn.send_auth_banner(
-                "fleetgate: a plain key is not accepted; use the certificate from "
-                "`agentctl ssh-config`\r\n"
-            )
-        return False
-
-    def validate_ca_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        ca = asyncssh.import_public_key(self._owner.ctx.ca_key)
-        return bool(key.public_data == ca.public_data)
-
-    def connection_requested(
-        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        why = self._owner.forward_refusal(dest_host, dest_port)
-        if why is not None:
-            self._background(self._owner.report("refused", code=why.code, detail=why.detail))
-            raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"fleetgate: {why.detail}"
-            )
-        self._background(self._owner.report("forward", detail=f"ssh -L to {dest_host}:{dest_port}"))
-        return True
-
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        ssh = self._owner.ctx.config.ssh
-        self._owner.notices.append(
-            "remote forwarding (-R) is refused: [ssh] remote_forwarding = false in the "
-            "agent's configuration"
-            if not ssh.remote_forwarding
-            else "remote forwarding (-R) is not supported by this agent yet"
-        )
-        return False
-
-    def _background(self, coro: Any) -> None:
-        tg = self._owner._tg
-        if tg is None:
-            coro.close()
-        else:
-            tg.create_task(coro)
