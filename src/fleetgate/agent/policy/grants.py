@@ -72,14 +72,15 @@ def verify_grant(
     key: Ed25519PublicKey,
     command_id: UUID,
     server_id: UUID,
-    scope: str,
+    scope: str | tuple[str, ...],
     now: float,
     skew: float,
 ) -> GrantClaims:
     """The claims of a valid grant for this command, else :class:`GrantRefused`.
 
     Order: presence, signature (nothing unsigned is trusted), command, server, time
-    window (``not_before - skew <= now <= expires_at + skew``), scope.
+    window (``not_before - skew <= now <= expires_at + skew``), scope (a tuple: any one of
+    them, as for an ``ssh`` channel whose requests are checked one by one later).
     """
     if grant is None:
         raise GrantRefused("work_session_required", "the command carries no grant")
@@ -92,8 +93,10 @@ def verify_grant(
         raise GrantRefused("work_session_not_active", "the grant is not valid yet")
     if claims.expires_at is not None and now > claims.expires_at + skew:
         raise GrantRefused("work_session_expired", "the grant has expired")
-    if scope not in claims.scopes:
-        raise GrantRefused("work_session_scope_not_allowed", f"the grant has no {scope!r} scope")
+    wanted = (scope,) if isinstance(scope, str) else scope
+    if not any(s in claims.scopes for s in wanted):
+        names = " or ".join(repr(s) for s in wanted)
+        raise GrantRefused("work_session_scope_not_allowed", f"the grant has no {names} scope")
     return claims
 
 
@@ -127,7 +130,12 @@ class GrantPolicy:
         return None
 
     def check(
-        self, grant: Grant | None, *, command_id: UUID, scope: str, now: float
+        self,
+        grant: Grant | None,
+        *,
+        command_id: UUID,
+        scope: str | tuple[str, ...],
+        now: float,
     ) -> GrantClaims | None:
         """The verified claims of the operation, or :class:`GrantRefused`.
 
