@@ -235,3 +235,35 @@ def test_an_ordinary_user_gets_certificates_only_for_themself(sstack: SshStack) 
             "/api/ssh/certificates/", json={"server": sstack.server, "public_key": "ssh-rsa nope"}
         )
         assert bad.status_code == 400
+
+
+def test_a_users_ssh_login_is_their_own_server_account(sstack: SshStack) -> None:
+    """A non-superuser logs in as the server account a superuser mapped them to, with a
+    session a superuser approved; naming root is refused before any certificate."""
+    _, _, token = new_login(sstack.cp, server_username=sstack.user.name)
+    with sstack.cp.client(token) as client:
+        created = client.post(
+            "/api/work-sessions/sessions/",
+            json={
+                "description": "ssh as myself",
+                "servers": [sstack.server],
+                "scopes": ["command"],
+                "duration": "1h",
+            },
+        ).json()
+    assert created["status"] == "pending"
+    with sstack.cp.client() as admin:
+        approved = admin.post(f"/api/work-sessions/sessions/{created['id']}/approve/")
+        assert approved.json()["status"] == "active", approved.text
+    mine = sstack.cli("own-account")
+    config = mine.env["AGENTCTL_CONFIG"]
+    Path(config).write_text(f'url = "{sstack.cp.url}"\ntoken = "{token}"\n', encoding="utf-8")
+    root = mine.run("ssh-config", "--work-session", created["id"], "--user", "root")
+    assert root.returncode != 0
+    assert "IDENTITY_NOT_ALLOWED" in root.stderr or "not allowed" in root.stderr, root.stderr
+    path = Path(config).parent / "ssh_config"
+    made = mine.run("ssh-config", "--work-session", created["id"], "-o", str(path))
+    assert made.returncode == 0, made.stderr
+    done = ssh(path, sstack.server, "id -un")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().strip() == sstack.user.name

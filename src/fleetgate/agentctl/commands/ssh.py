@@ -11,7 +11,7 @@ the system ``ssh`` with it.
 from __future__ import annotations
 
 import argparse
-import os
+import contextlib
 import shlex
 import shutil
 import subprocess
@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import EXIT_OK, CliError
 from fleetgate.agentctl.sshproxy import main as proxy_main
+from fleetgate.shared.atomic import atomic_write
 
 
 if TYPE_CHECKING:
@@ -105,9 +106,8 @@ def _key(directory: Path) -> tuple[Path, str]:
             serialization.PrivateFormat.OpenSSH,
             serialization.NoEncryption(),
         )
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
+        with contextlib.suppress(FileExistsError):  # another agentctl made it meanwhile
+            atomic_write(path, data, 0o600, exclusive=True)
     loaded = serialization.load_ssh_private_key(path.read_bytes(), password=None)
     public = (
         loaded.public_key()
@@ -118,11 +118,7 @@ def _key(directory: Path) -> tuple[Path, str]:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, text, 0o600)
 
 
 def ssh_config_text(
