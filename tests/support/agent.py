@@ -135,6 +135,7 @@ def write_agent_config(
     state_dir: Path,
     sections: Mapping[str, Mapping[str, Any]] | None = None,
     control_plane_key: str | None = None,
+    ssh_ca_key: str | None = None,
 ) -> None:
     """Write an agent TOML configuration (small values only: str, int, float, bool).
 
@@ -154,6 +155,8 @@ def write_agent_config(
     ]
     if control_plane_key is not None:
         lines.append(f'control_plane_key = "{control_plane_key}"')
+    if ssh_ca_key is not None:
+        lines.append(f'ssh_ca_key = "{ssh_ca_key}"')
     for section, values in (sections or {}).items():
         lines.append(f"[{section}]")
         for key, value in values.items():
@@ -205,6 +208,7 @@ def start_agent(
         state_dir=workdir / "state",
         sections=merged,
         control_plane_key=cp.signing_public_key,
+        ssh_ca_key=cp.ssh_ca_public_key,
     )
     agent = AgentProcess(cp, workdir, name, server_id, config)
     agent.env.update(env or {})

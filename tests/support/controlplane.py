@@ -104,6 +104,7 @@ class ControlPlaneProcess:
         self._log: IO[bytes] | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.signing_public_key: str | None = None
+        self.ssh_ca_public_key: str | None = None
         """The control plane's grant key, learnt from the last registration."""
 
     # -- lifecycle -------------------------------------------------------------------
@@ -203,6 +204,7 @@ class ControlPlaneProcess:
             raise RuntimeError(f"register {name}: {response.status_code} {response.text}")
         body = response.json()
         self.signing_public_key = str(body["signing_public_key"])
+        self.ssh_ca_public_key = body.get("ssh_ca_public_key")
         return str(body["id"]), str(body["key"])
 
     def new_server(self, name: str | None = None) -> Server:

@@ -42,6 +42,7 @@ __all__ = [
     "LimitsConfig",
     "LoggingConfig",
     "SpoolConfig",
+    "SshConfig",
     "TunnelConfig",
     "WebshConfig",
     "load",
@@ -93,6 +94,24 @@ class IdentityConfig(_Section):
     control_plane_key: str | None = None
     """The control plane's Ed25519 public key (base64 of 32 bytes), from registration's
     ``signing_public_key``. Without it gated operations are refused (see ``grants``)."""
+
+    ssh_ca_key: str | None = None
+    """The control plane's SSH certificate authority (OpenSSH public key line), from
+    registration's ``ssh_ca_public_key``. Without it ``ssh`` channels are refused."""
+
+    @field_validator("ssh_ca_key")
+    @classmethod
+    def _openssh_public_key(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = value.split()
+        if len(parts) < 2 or parts[0] != "ssh-ed25519":
+            raise ValueError("must be an OpenSSH ssh-ed25519 public key line")
+        try:
+            base64.b64decode(parts[1], validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("the key is not base64") from None
+        return f"{parts[0]} {parts[1]}"
 
     @field_validator("control_plane_key")
     @classmethod
@@ -317,6 +336,28 @@ class ExecConfig(_Section):
     (``PATH``, ``LD_*``, interpreter variables). Default: none."""
 
 
+class SshConfig(_Section):
+    """SSH access through ``ssh`` channels (``docs/ssh.md``): an in-process SSH server per
+    channel, no listening port; certificates from the control plane's CA only."""
+
+    enabled: bool = True
+    agent_forwarding: bool = False
+    """``ssh -A``: refused, naming this key (not supported yet even when on)."""
+    x11_forwarding: bool = False
+    """Allow ``ssh -X`` (not supported yet: the request is refused even when on)."""
+    remote_forwarding: bool = False
+    """Allow ``ssh -R`` to listen on the server's loopback (not supported yet)."""
+    host_key_file: Path | None = None
+    """The SSH host key (default ``ssh_host_ed25519_key`` in ``state_dir``, made at
+    registration or first start, 0600)."""
+    sftp_server: Path = Path("/usr/lib/openssh/sftp-server")
+    """OpenSSH's ``sftp-server``, started as the user for the ``sftp`` subsystem."""
+    login_timeout: float = Field(default=30.0, gt=0, le=600)
+    """Seconds a client has to authenticate."""
+    read_bytes: int = Field(default=256 * 1024, ge=4096, le=1024 * 1024)
+    """Largest read from the SSH server's socket, hence the largest frame sent."""
+
+
 class AgentConfig(_Section):
     """The whole agent configuration."""
 
@@ -349,6 +390,13 @@ class AgentConfig(_Section):
             return check_labels(labels)
         except LabelError as exc:
             raise ValueError(str(exc)) from None
+
+    ssh: SshConfig = SshConfig()
+
+    @property
+    def ssh_host_key_file(self) -> Path:
+        """Where the SSH host key is kept."""
+        return self.ssh.host_key_file or self.state_dir / "ssh_host_ed25519_key"
 
     @property
     def audit_file(self) -> Path:

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -23,16 +24,18 @@ from fleetgate.agent.backhaul import Backhaul, LinkState, Outbox
 from fleetgate.agent.channels import ChannelRouter
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.dispatch import Dispatcher
-from fleetgate.agent.errors import AgentError, StateDirError
+from fleetgate.agent.errors import AgentError, ConfigError, StateDirError
 from fleetgate.agent.files.service import FilesService
 from fleetgate.agent.policy import GrantPolicy
 from fleetgate.agent.service import ServiceRuntime
 from fleetgate.agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
+from fleetgate.agent.ssh.hostkey import ensure_host_key
+from fleetgate.agent.ssh.service import SshService
 from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
 from fleetgate.agent.sudo.elevation import ElevationPolicy
 from fleetgate.agent.tunnel.service import TunnelService
 from fleetgate.agent.websh.service import WebshService
-from fleetgate.shared.protocol import SudoDecided
+from fleetgate.shared.protocol import SshEvent, SudoDecided
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -151,6 +154,7 @@ def _build(
         sudo=sudo_sessions,
         elevation=ElevationPolicy(config.sudo.secure_path),
         allowed_env=config.exec.allowed_env,
+        on_session_ended=lambda ended: ssh.end_work_session(ended.work_session, ended.status),
     )
     sudo_server = (
         SudoDecisionServer(
@@ -178,6 +182,11 @@ def _build(
         on_shell_ended=sudo_sessions.unregister,
     )
     channels.register(websh)
+    ssh = SshService(
+        config, websh.manager, report=lambda fields: _report_ssh(outbox, audit, fields)
+    )
+    channels.register(ssh)
+    ssh_host_key = _ssh_host_key(config)
     backhaul = Backhaul(
         config,
         key=key,
@@ -185,6 +194,7 @@ def _build(
         handler=dispatcher,
         channels=channels,
         on_state=service.on_link_state,
+        ssh_host_key=ssh_host_key,
     )
     return _Components(
         outbox, dispatcher, sudo_sessions, sudo_server, service, channels, websh, backhaul, audit
@@ -285,6 +295,26 @@ async def _report_sudo(outbox: Outbox, decided: Decided) -> None:
             at=datetime.fromtimestamp(decided.at, UTC),
         )
     )
+
+
+async def _report_ssh(outbox: Outbox, audit: AuditLog | None, fields: dict[str, Any]) -> None:
+    """What a user did over SSH goes to the audit log, and to the work session's timeline
+    through the outbox (durable, confirmed: none is lost)."""
+    if audit is not None:
+        audit.record(f"ssh.{fields['op']}", **{k: v for k, v in fields.items() if k != "op"})
+    await outbox.add(lambda rid: SshEvent(rid=rid, **fields))
+
+
+def _ssh_host_key(config: AgentConfig) -> str | None:
+    """The SSH host key's public line (made now if registration did not); ``None`` (and
+    a warning) when it cannot be: ``ssh`` channels are then refused."""
+    if not config.ssh.enabled:
+        return None
+    try:
+        return ensure_host_key(config.ssh_host_key_file)
+    except (OSError, ConfigError) as exc:
+        log.warning("ssh.host_key_unavailable", error=str(exc))
+        return None
 
 
 def _open_audit(config: AgentConfig) -> AuditLog | None:

@@ -84,9 +84,11 @@ class Dispatcher:
         sudo: SudoSessions | None = None,
         elevation: ElevationPolicy | None = None,
         allowed_env: Collection[str] = (),
+        on_session_ended: Callable[[WorkSessionEnded], object] | None = None,
     ) -> None:
         self._limits = limits
         self._allowed_env = frozenset(allowed_env)
+        self._on_session_ended = on_session_ended
         self._grants = grants
         self._sudo = sudo
         self._elevation = elevation or ElevationPolicy()
@@ -153,6 +155,8 @@ class Dispatcher:
         """Revoke at once whatever the work session allowed in running commands."""
         if self._sudo is not None:
             self._sudo.end_work_session(message.work_session)
+        if self._on_session_ended is not None:
+            self._on_session_ended(message)
 
     def _audit_event(self, event: str, message: CommandRun, **fields: object) -> None:
         """One audit line: the command, the account it runs as, who asked for it and

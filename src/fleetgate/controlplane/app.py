@@ -18,6 +18,7 @@ from fleetgate.controlplane.api import (
     recordings,
     server_labels,
     servers,
+    ssh,
     tunnels,
     websh,
     worksessions,
@@ -32,6 +33,7 @@ from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_
 from fleetgate.controlplane.hub import Hub
 from fleetgate.controlplane.hub.revocation import Revoker
 from fleetgate.controlplane.hub.worksessions import WorkSessionClock
+from fleetgate.controlplane.sshca import SshAuthority, ca_key_path, load_or_create_ca
 from fleetgate.controlplane.store import Database, servers as servers_store
 
 
@@ -64,8 +66,14 @@ def create_app(
             clock = WorkSessionClock(db)
             clock.listeners.append(hub.work_session_ended)
             key = await asyncio.to_thread(load_or_create_key, key_path(settings.db_path))
+            ca_key = await asyncio.to_thread(load_or_create_ca, ca_key_path(settings.db_path))
             app.state.services = Services(
-                settings=settings, db=db, hub=hub, work_sessions=clock, signer=GrantSigner(key)
+                settings=settings,
+                db=db,
+                hub=hub,
+                work_sessions=clock,
+                signer=GrantSigner(key),
+                ssh_ca=SshAuthority(ca_key),
             )
             app.state.tunnels = tunnels.install(app.state.services)
             app.state.revoker = Revoker(db, hub.channels, app.state.tunnels)
@@ -104,6 +112,7 @@ def create_app(
     app.include_router(tunnels.ws_router)
     app.include_router(websh.router)
     app.include_router(recordings.router)
+    app.include_router(ssh.router)
     console.install(app)
 
     @app.websocket(BACKHAUL_PATH)
@@ -119,6 +128,10 @@ def create_app(
     @app.websocket(websh.CLIENT_PATH)
     async def websh_client(websocket: WebSocket, terminal_id: str) -> None:
         await websh.serve_client(websocket, terminal_id)
+
+    @app.websocket(ssh.CLIENT_PATH)
+    async def ssh_client(websocket: WebSocket, server: str) -> None:
+        await ssh.serve_client(websocket, server)
 
     @app.websocket(recordings.AGENT_PATH)
     async def recording_upload(websocket: WebSocket, terminal_id: str) -> None:

@@ -149,6 +149,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/api/tunnels/{tunnel_id}/"): Rule(Access.PRINCIPAL, "tunnel"),
     ("DELETE", "/api/tunnels/{tunnel_id}/"): Rule(Access.PRINCIPAL, "tunnel"),
     ("WS", "/ws/tunnels/{tunnel_id}/streams/"): Rule(Access.PRINCIPAL, "tunnel", gated=True),
+    # SSH through ssh channels (a token's ACL must name "ssh"; none can yet)
+    ("POST", "/api/ssh/certificates/"): Rule(Access.PRINCIPAL, "ssh", gated=True),
+    ("GET", "/api/ssh/hosts/"): Rule(Access.PRINCIPAL, "ssh", gated=True),
+    ("WS", "/ws/ssh/{server}/"): Rule(Access.PRINCIPAL, "ssh", gated=True),
     # agents
     ("WS", "/ws/agent/backhaul/"): _AGENT,
     ("WS", "/ws/agent/channels/{channel_id}/"): _AGENT,

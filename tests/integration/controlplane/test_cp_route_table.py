@@ -20,6 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -152,6 +154,11 @@ def _concrete(path: str, owned: dict[str, str] | None = None) -> str:
     return re.sub(r"\{([a-z_]+)\}", lambda m: ids.get(m.group(1), str(uuid.uuid4())), path)
 
 
+def _ssh_public_key() -> str:
+    key = Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+
+
 def _body(path: str, world: World) -> dict[str, Any]:
     """A valid body, so that only authorization can refuse."""
     name = world.server.name
@@ -163,6 +170,7 @@ def _body(path: str, world: World) -> dict[str, Any]:
         "/api/servers/servers/register/": {"name": f"x-{uuid.uuid4().hex[:8]}"},
         "/api/iam/users/": {"username": f"x{uuid.uuid4().hex[:8]}"},
         "/api/auth/tokens/": {"name": "x"},
+        "/api/ssh/certificates/": {"server": name, "public_key": _ssh_public_key()},
     }
     return bodies.get(path, {})
 
@@ -190,6 +198,8 @@ async def _call_ws(cp: ControlPlaneProcess, path: str, who: Who, world: World) -
     query = ""
     if path == "/ws/files/":
         query = f"?server={world.server.name}&op=download&path=/etc/hostname"
+    if path == "/ws/ssh/{server}/":
+        path, query = f"/ws/ssh/{world.server.name}/", "?user=frank"
     owned = world.owned if who is world.gated else None
     url = f"ws://127.0.0.1:{cp.port}{_concrete(path, owned)}{query}"
     try:

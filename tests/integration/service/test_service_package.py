@@ -46,6 +46,7 @@ AGENT_DISTRIBUTIONS = {
     "cryptography",
     "cffi",
     "pycparser",
+    "asyncssh",  # the in-process SSH server (imported when an ssh channel opens)
     "tomlkit",
 }
 PREFIX = Path("/opt/fleetgate-agent")

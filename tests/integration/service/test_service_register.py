@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_key
+from fleetgate.controlplane.sshca import SshAuthority, ca_key_path, load_or_create_ca
 from tests.support.agent import AgentProcess
 from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, running_control_plane
 
@@ -58,6 +59,17 @@ def test_register_is_idempotent_and_unregister_deletes(
     assert written["identity"]["control_plane_key"] == _grant_key(cp)
     with cp.client() as api:
         assert api.get(f"/api/servers/servers/{server_id}/").json()["name"] == "web-01"
+        hosts = api.get("/api/ssh/hosts/").json()["results"]
+    # The SSH host key is made now (0600, beside the config), announced, and the SSH CA
+    # seen at registration is pinned like the grant key.
+    host_key = Path(written["ssh"]["host_key_file"])
+    assert host_key == etc / "ssh_host_ed25519_key"
+    assert stat.S_IMODE(host_key.stat().st_mode) == 0o600
+    public = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(host_key)], capture_output=True, text=True, check=True
+    ).stdout.split()[:2]
+    assert [h["host_key"] for h in hosts if h["id"] == server_id] == [" ".join(public)]
+    assert written["identity"]["ssh_ca_key"] == _ssh_ca_key(cp)
 
     # Same name, valid identity: nothing happens, and it says so.
     # (No valid token needed: nothing is posted.)
@@ -156,6 +168,11 @@ def test_own_server_endpoints_need_the_agents_credentials(cp: ControlPlaneProces
         assert api.delete("/api/servers/servers/-/", headers=agent_auth).status_code == 204
         assert api.get(f"/api/servers/servers/{server.id}/").status_code == 404
         assert api.get("/api/servers/servers/-/", headers=agent_auth).status_code == 401
+
+
+def _ssh_ca_key(cp: ControlPlaneProcess) -> str:
+    """The control plane's SSH CA public key, read from beside its database."""
+    return SshAuthority(load_or_create_ca(ca_key_path(cp.db_path))).public_line
 
 
 def _grant_key(cp: ControlPlaneProcess) -> str:

@@ -188,3 +188,31 @@ def test_config_pins_the_key_and_rejects_bad_ones() -> None:
     for bad in ("not base64!", base64.b64encode(b"short").decode()):
         with pytest.raises(ConfigError, match="control_plane_key"):
             parse(_config(control_plane_key=bad))
+
+
+def test_a_tuple_of_scopes_needs_any_one_of_them() -> None:
+    """An ``ssh`` channel opens with any SSH scope; its requests are checked one by one."""
+    grant = SIGNER.sign(claims(scopes=["webftp"]))
+    ssh_scopes = ("websh", "command", "webftp", "tunnel")
+    assert verify_grant(
+        grant,
+        key=KEY,
+        command_id=COMMAND,
+        server_id=SERVER,
+        scope=ssh_scopes,
+        now=NOW,
+        skew=SKEW,
+        content=CONTENT,
+    ).scopes == ["webftp"]
+    with pytest.raises(GrantRefused, match="'websh' or 'command'") as refused:
+        verify_grant(
+            grant,
+            key=KEY,
+            command_id=COMMAND,
+            server_id=SERVER,
+            scope=("websh", "command"),
+            now=NOW,
+            skew=SKEW,
+            content=CONTENT,
+        )
+    assert refused.value.code == "work_session_scope_not_allowed"

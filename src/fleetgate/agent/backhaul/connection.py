@@ -110,8 +110,10 @@ class Backhaul:
         channels: ChannelHandler | None = None,
         on_connected: Callable[[], None] | None = None,
         on_state: Callable[[LinkState], None] | None = None,
+        ssh_host_key: str | None = None,
     ) -> None:
         self._config = config
+        self._ssh_host_key = ssh_host_key
         self._key = key
         self._outbox = outbox
         self._handler = handler
@@ -233,6 +235,7 @@ class Backhaul:
             max_message_bytes=self._config.limits.max_message_bytes,
             features=["tunnel"] if self._config.tunnel.enabled else [],
             labels=dict(self._config.labels),
+            ssh_host_key=self._ssh_host_key,
         )
         await ws.send(encode(hello))
         try:

@@ -51,8 +51,11 @@ class ChannelService(Protocol):
 
     kind: str
     """The ``spec.kind`` this service serves."""
-    scope: str
-    """The work-session scope its grants must carry."""
+
+    @property
+    def scope(self) -> str | tuple[str, ...]:
+        """The work-session scope its grants must carry (a tuple: any one of them)."""
+        ...
 
     def check(self, message: ChannelOpen) -> None:
         """Refuse early (no I/O, no blocking) by raising :class:`ChannelRefused`."""

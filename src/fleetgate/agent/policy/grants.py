@@ -73,7 +73,7 @@ def verify_grant(
     key: Ed25519PublicKey,
     command_id: UUID,
     server_id: UUID,
-    scope: str,
+    scope: str | tuple[str, ...],
     now: float,
     skew: float,
     content: str,
@@ -81,8 +81,9 @@ def verify_grant(
     """The claims of a valid grant for this command, else :class:`GrantRefused`.
 
     Order: presence, signature (nothing unsigned is trusted), command, server, time
-    window (``not_before - skew <= now <= expires_at + skew``), scope, content (the
-    digest the agent computed from what it received; ``grant_content_mismatch``).
+    window (``not_before - skew <= now <= expires_at + skew``), scope (a tuple: any one of
+    them, as for an ``ssh`` channel whose requests are checked one by one later), content
+    (the digest the agent computed from what it received; ``grant_content_mismatch``).
     """
     if grant is None:
         raise GrantRefused("work_session_required", "the command carries no grant")
@@ -95,8 +96,10 @@ def verify_grant(
         raise GrantRefused("work_session_not_active", "the grant is not valid yet")
     if claims.expires_at is not None and now > claims.expires_at + skew:
         raise GrantRefused("work_session_expired", "the grant has expired")
-    if scope not in claims.scopes:
-        raise GrantRefused("work_session_scope_not_allowed", f"the grant has no {scope!r} scope")
+    wanted = (scope,) if isinstance(scope, str) else scope
+    if not any(s in claims.scopes for s in wanted):
+        names = " or ".join(repr(s) for s in wanted)
+        raise GrantRefused("work_session_scope_not_allowed", f"the grant has no {names} scope")
     if claims.content != content:
         raise GrantRefused(
             "grant_content_mismatch",
@@ -135,7 +138,13 @@ class GrantPolicy:
         return None
 
     def check(
-        self, grant: Grant | None, *, command_id: UUID, scope: str, now: float, content: str
+        self,
+        grant: Grant | None,
+        *,
+        command_id: UUID,
+        scope: str | tuple[str, ...],
+        now: float,
+        content: str,
     ) -> GrantClaims | None:
         """The verified claims of the operation, or :class:`GrantRefused`.
 

@@ -1,6 +1,8 @@
 """``fleetgate-agent register`` and ``fleetgate-agent unregister``: the server's identity with the control plane.
 
-Registration posts the server's name with an operator's token, then stores the server id
+Registration posts the server's name (and the public half of its SSH host key, made now
+beside the configuration, 0600, and named in ``[ssh] host_key_file``) with an operator's token, then stores the server id, the control plane's SSH
+certificate authority (``identity.ssh_ca_key``)
 and the control plane's grant-signing public key (``identity.control_plane_key``: grants
 are verified against the key seen at registration, over verified TLS) in the
 configuration file and the server's key in the key file (0600, in a 0700 directory), all
@@ -29,6 +31,7 @@ from typing import Any
 from fleetgate.agent.config import load, parse
 from fleetgate.agent.errors import ConfigError, RegistrationError
 from fleetgate.agent.service.tomledit import Value, set_keys
+from fleetgate.agent.ssh.hostkey import ensure_host_key, new_host_key, write_host_key
 from fleetgate.shared.atomic import atomic_write
 from fleetgate.shared.jsontext import loads as json_loads
 
@@ -92,11 +95,18 @@ def register(
         if status not in (401, 403, 404):
             raise _unexpected("checking the stored identity", status, body)
         # The stored identity is no longer valid there: register anew.
+    host_key_file = _host_key_path(config_path).absolute()
+    host_public, host_private = _host_key(host_key_file)
     status, body = _request(
         "POST",
         f"{url}/api/servers/servers/register/",
         {"Authorization": f'token="{token}"'},
-        payload={"name": name, "hostname": socket.gethostname(), "platform": _platform()},
+        payload={
+            "name": name,
+            "hostname": socket.gethostname(),
+            "platform": _platform(),
+            "ssh_host_key": host_public,
+        },
         ca_file=ca_file,
     )
     if status in (401, 403):
@@ -111,6 +121,7 @@ def register(
         raise _unexpected("registering", status, body)
     server_id, key = str(body["id"]), str(body["key"])
     signing_key = body.get("signing_public_key")
+    ssh_ca = body.get("ssh_ca_public_key")
     key_file = key_file or config_path.parent / "server.key"
     try:
         _write_identity(
@@ -121,7 +132,12 @@ def register(
             key_file.absolute(),
             ca_file,
             signing_key=None if signing_key is None else str(signing_key),
+            ssh_ca=None if ssh_ca is None else str(ssh_ca),
+            host_key_file=host_key_file,
         )
+        if host_private is not None:
+            with contextlib.suppress(FileExistsError):
+                write_host_key(host_key_file, host_private)
     except (OSError, ConfigError) as exc:
         # Do not leave an orphan behind on the control plane (best effort).
         with contextlib.suppress(RegistrationError):
@@ -190,6 +206,8 @@ def _write_identity(
     ca_file: Path | None,
     *,
     signing_key: str | None,
+    ssh_ca: str | None = None,
+    host_key_file: Path | None = None,
 ) -> None:
     for directory in {config_path.parent, key_file.parent}:
         if not directory.exists():
@@ -206,7 +224,11 @@ def _write_identity(
     identity: dict[str, Value | None] = {"server_id": server_id, "key_file": str(key_file)}
     if signing_key is not None:
         identity["control_plane_key"] = signing_key
+    if ssh_ca is not None:
+        identity["ssh_ca_key"] = ssh_ca
     text = set_keys(text, "identity", identity)
+    if host_key_file is not None:
+        text = set_keys(text, "ssh", {"host_key_file": str(host_key_file)})
     try:
         written = parse(tomllib.loads(text), source=str(config_path))
     except tomllib.TOMLDecodeError as exc:
@@ -220,6 +242,32 @@ def _write_identity(
     ):
         raise ConfigError(f"{config_path}: cannot be updated safely; edit it by hand")
     atomic_write(config_path, text, 0o600)
+
+
+def _host_key_path(config_path: Path) -> Path:
+    """Where the SSH host key lives: ``[ssh] host_key_file`` if the configuration names
+    one, else beside the configuration (like the server key)."""
+    raw: dict[str, Any] = {}
+    with contextlib.suppress(OSError, tomllib.TOMLDecodeError):
+        raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+    section = raw.get("ssh")
+    ssh: dict[str, Any] = section if isinstance(section, dict) else {}
+    named = ssh.get("host_key_file")
+    return Path(str(named)) if named else config_path.parent / "ssh_host_ed25519_key"
+
+
+def _host_key(path: Path) -> tuple[str, bytes | None]:
+    """The SSH host key's public line, and the private key to write once registration
+    succeeded (``None``: it exists already). Nothing is written before the control plane
+    accepted us, so a refused registration leaves no trace.
+
+    Raises:
+        ConfigError: an existing key cannot be read.
+    """
+    if path.exists():
+        return ensure_host_key(path), None
+    data, public = new_host_key()
+    return public, data
 
 
 def _agent_auth(server_id: str, key: str) -> dict[str, str]:

@@ -36,6 +36,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "files": ("cp", "edit"),
     "tunnel": ("tunnel",),
     "websh": ("websh",),
+    "ssh": ("ssh", "ssh-config", "ssh-proxy"),
 }
 EXEC_VERBS = frozenset({"run", "logs", "ls", "list", "history"})
 """The verbs of `exec`; any other word after `exec` is a SERVER of the default verb `run`."""

@@ -14,6 +14,7 @@ from fleetgate.controlplane.errors import authentication_failed, permission_deni
 from fleetgate.controlplane.grants import GrantSigner
 from fleetgate.controlplane.hub import Hub
 from fleetgate.controlplane.hub.worksessions import WorkSessionClock
+from fleetgate.controlplane.sshca import SshAuthority
 from fleetgate.controlplane.store import Database, servers as servers_store
 from fleetgate.controlplane.timeutil import now_us
 
@@ -40,6 +41,8 @@ class Services:
     hub: Hub
     work_sessions: WorkSessionClock
     signer: GrantSigner
+    ssh_ca: SshAuthority | None = None
+    """The SSH certificate authority (``None``: SSH access is not offered)."""
     principals: PrincipalCache = field(default_factory=PrincipalCache)
     server_refs: ServerRefCache = field(default_factory=lambda: ServerRefCache())
 

@@ -20,7 +20,7 @@ from fleetgate.controlplane.api.params import parse_bool, parse_page
 from fleetgate.controlplane.api.serializers import server_json
 from fleetgate.controlplane.auth import parse_agent_authorization
 from fleetgate.controlplane.errors import APIError, authentication_failed, server_not_found
-from fleetgate.controlplane.store import servers as servers_store
+from fleetgate.controlplane.store import servers as servers_store, ssh as ssh_store
 from fleetgate.controlplane.timeutil import now_us
 
 
@@ -38,6 +38,8 @@ class RegisterBody(BaseModel):
     name: str = Field(pattern=SERVER_NAME_PATTERN)
     hostname: str = Field(default="", max_length=255)
     platform: str = Field(default="", max_length=255)
+    ssh_host_key: str | None = Field(default=None, max_length=1024)
+    """The agent's SSH host public key (OpenSSH line); also sent in every ``hello``."""
 
 
 @router.post("/register/", status_code=201)
@@ -57,11 +59,14 @@ async def register(
             409, "SERVER_ALREADY_REGISTERED", f"A server named {body.name!r} exists.", "name"
         )
     server, key = created
+    if body.ssh_host_key:
+        await services.db.write(ssh_store.set_host_key, server.id, body.ssh_host_key)
     answer = {
         "id": server.id,
         "name": server.name,
         "key": key,
         "signing_public_key": services.signer.public_key_b64,
+        "ssh_ca_public_key": None if services.ssh_ca is None else services.ssh_ca.public_line,
     }
     return JSONResponse(answer, status_code=201)
 

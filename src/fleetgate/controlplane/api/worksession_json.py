@@ -70,6 +70,15 @@ def event_json(event: dict[str, Any]) -> dict[str, Any]:
         if data.get("code"):
             out["code"] = data["code"]
             out["line"] = data.get("line", out["line"])
+        if data.get("via") == "ssh":  # an exec over SSH: reported by the agent, no command row
+            code = data.get("exit_code")
+            out.update(
+                via="ssh",
+                connection=data.get("connection"),
+                line=data.get("line"),
+                exit_code=code,
+                success=None if code is None else code == 0,
+            )
     else:
         if event["type"] == "sudo":
             out["command_id"] = event["command_id"]

@@ -39,6 +39,7 @@ from fleetgate.controlplane.store import (
     commands as commands_store,
     reports as reports_store,
     servers as servers_store,
+    ssh as ssh_store,
     terminals as terminals_store,
 )
 from fleetgate.controlplane.timeutil import now_us
@@ -55,6 +56,7 @@ from fleetgate.shared.protocol import (
     Hello,
     Ping,
     Pong,
+    SshEvent,
     SudoDecided,
     TerminalEnd,
     Welcome,
@@ -76,7 +78,14 @@ frame refused so will be refused again, so the command fails now."""
 
 UNDELIVERED_END_WINDOW_US = 24 * 3600 * 1_000_000
 """How far back a reconnecting agent is told again to end the terminals closed here."""
-_REPORT_TYPES = (CommandDelivered, CommandAcked, CommandOutput, CommandFinished, SudoDecided)
+_REPORT_TYPES = (
+    CommandDelivered,
+    CommandAcked,
+    CommandOutput,
+    CommandFinished,
+    SudoDecided,
+    SshEvent,
+)
 
 
 def _uuid_or_none(text: str | None) -> str | None:
@@ -260,6 +269,8 @@ class AgentSession:
             last_seen_at=conn.last_seen_at,
             labels=hello.labels,
         )
+        if hello.ssh_host_key:
+            await self.db.write(ssh_store.set_host_key, conn.server_id, hello.ssh_host_key)
         welcome = Welcome(server_id=uuid.UUID(conn.server_id), server_name=conn.server_name)
         if not await conn.send_quietly(welcome):
             return

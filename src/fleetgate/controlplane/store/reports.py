@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from fleetgate.controlplane.store import worksessions as ws_store
+from fleetgate.controlplane.store.ssh_events import store_ssh_event
 from fleetgate.controlplane.timeutil import to_us
 from fleetgate.shared.protocol import (
     CommandAcked,
@@ -19,6 +20,7 @@ from fleetgate.shared.protocol import (
     CommandFinished,
     CommandOutput,
     CommandReport,
+    SshEvent,
     SudoDecided,
 )
 
@@ -63,7 +65,7 @@ def apply_reports(
     ``None`` leaves the server's row alone (the caller updates it).
     """
     outcome = ReportOutcome()
-    ids = {str(r.command_id) for r in reports if not isinstance(r, SudoDecided)}
+    ids = {str(r.command_id) for r in reports if not isinstance(r, SudoDecided | SshEvent)}
     if owners is None:
         known = _own_commands(conn, server_id, ids)
     else:
@@ -71,6 +73,10 @@ def apply_reports(
     for report in reports:
         if isinstance(report, SudoDecided):
             _store_sudo(conn, server_id, report)
+            outcome.stored.append(report.rid)
+            continue
+        if isinstance(report, SshEvent):
+            store_ssh_event(conn, server_id, report)
             outcome.stored.append(report.rid)
             continue
         command_id = str(report.command_id)
@@ -128,7 +134,7 @@ def apply_report_batches(
         str(r.command_id)
         for _, reports, _ in batches
         for r in reports
-        if not isinstance(r, SudoDecided)
+        if not isinstance(r, SudoDecided | SshEvent)
     }
     owners = _owners(conn, ids)
     outcomes = [

@@ -11,7 +11,7 @@ import sqlite3
 
 __all__ = ["SCHEMA_VERSION", "migrate"]
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 _V1 = """
 CREATE TABLE users (
@@ -225,7 +225,22 @@ CREATE INDEX ix_terminals_unrecorded ON terminals(server_id, closed_at)
 (``requested_token``) and why the agent refused it (``error_code``); the index of the
 closed terminals whose shell may still run on a returning agent."""
 
-_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7, 8: _V8}
+_V9 = """
+ALTER TABLE servers ADD COLUMN ssh_host_key TEXT;
+CREATE TABLE ssh_connections (
+    id               TEXT PRIMARY KEY,
+    server_id        TEXT NOT NULL REFERENCES servers(id) ON DELETE CASCADE,
+    username         TEXT NOT NULL,
+    work_session_id  TEXT,
+    owner_user       INTEGER REFERENCES users(id) ON DELETE CASCADE,
+    owner_token      TEXT NOT NULL,
+    created_at       INTEGER NOT NULL
+);
+CREATE INDEX ix_ssh_connections_session ON ssh_connections(work_session_id, created_at)
+"""
+"""Issue 16: the agents' SSH host keys and the SSH connections opened through channels."""
+
+_MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7, 8: _V8, 9: _V9}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

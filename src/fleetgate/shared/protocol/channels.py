@@ -40,16 +40,20 @@ __all__ = [
     "ChannelOpen",
     "ChannelSpec",
     "FilesSpec",
+    "SshSpec",
     "TerminalEnd",
     "TunnelSpec",
     "WebshSpec",
     "refusal_reason",
 ]
 
-ChannelKind = Literal["websh", "files", "tunnel"]
+ChannelKind = Literal["websh", "files", "tunnel", "ssh"]
 
 CHANNEL_SCOPES: dict[str, str] = {"websh": "websh", "files": "webftp", "tunnel": "tunnel"}
-"""The work-session scope each kind of channel needs (the seed calls file transfer webftp)."""
+"""The work-session scope each kind of channel needs (the seed calls file transfer webftp).
+
+An ``ssh`` channel needs any one of ``fleetgate.shared.protocol.ssh.SSH_CHANNEL_SCOPES``;
+each SSH request inside it is checked against its own scope (``SSH_SCOPES``)."""
 
 CLOSE_NORMAL = 1000
 CLOSE_INTERNAL = 1011
@@ -150,7 +154,19 @@ class TunnelSpec(Message):
     """Check only (grant, policy, limits), then close: no connection to the target."""
 
 
-ChannelSpec = Annotated[WebshSpec | FilesSpec | TunnelSpec, Field(discriminator="kind")]
+class SshSpec(Message):
+    """One SSH connection, terminated by the agent's in-process SSH server.
+
+    The channel's binary frames are the SSH byte stream, framed like a tunnel stream
+    (``{"type": "eof"}``, ``{"type": "error"}``). ``username`` is the login the client
+    asked for: the user certificate must name it as principal.
+    """
+
+    kind: Literal["ssh"] = "ssh"
+    username: Username
+
+
+ChannelSpec = Annotated[WebshSpec | FilesSpec | TunnelSpec | SshSpec, Field(discriminator="kind")]
 
 
 class ChannelOpen(Message):

@@ -15,7 +15,8 @@ kind (``None`` stays ``null``, a timeout is a float):
 - ``websh``: ``terminal_id``, ``username``, ``groupname``, ``shell``;
 - ``files``: ``op``, ``path``, ``name``, ``username``, ``groupname``, ``recursive``,
   ``overwrite``;
-- ``tunnel``: ``tunnel_id``, ``host``, ``port``.
+- ``tunnel``: ``tunnel_id``, ``host``, ``port``;
+- ``ssh``: ``username`` (the login; what runs is then decided per SSH request).
 
 Fields that only shape the session (a terminal's size, a transfer's resume offset, a
 stream's ``probe``) are left out: changing them gives no more than the grant allows.
@@ -26,7 +27,13 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from fleetgate.shared.protocol.channels import ChannelSpec, FilesSpec, TunnelSpec, WebshSpec
+from fleetgate.shared.protocol.channels import (
+    ChannelSpec,
+    FilesSpec,
+    SshSpec,
+    TunnelSpec,
+    WebshSpec,
+)
 from fleetgate.shared.protocol.grants import canonical_json
 from fleetgate.shared.protocol.messages import CommandRun
 
@@ -69,13 +76,15 @@ def channel_content(spec: ChannelSpec) -> dict[str, Any]:
             "recursive": spec.recursive,
             "overwrite": spec.overwrite,
         }
-    assert isinstance(spec, TunnelSpec)
-    return {
-        "kind": "tunnel",
-        "tunnel_id": str(spec.tunnel_id),
-        "host": spec.host,
-        "port": spec.port,
-    }
+    if isinstance(spec, TunnelSpec):
+        return {
+            "kind": "tunnel",
+            "tunnel_id": str(spec.tunnel_id),
+            "host": spec.host,
+            "port": spec.port,
+        }
+    assert isinstance(spec, SshSpec)
+    return {"kind": "ssh", "username": spec.username}
 
 
 def content_digest(operation: CommandRun | ChannelSpec) -> str:

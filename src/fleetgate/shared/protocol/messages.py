@@ -43,6 +43,7 @@ __all__ = [
     "Pong",
     "Requester",
     "ServerMessage",
+    "SshEvent",
     "SudoDecided",
     "Welcome",
     "WorkSessionEnded",
@@ -101,6 +102,8 @@ class Hello(_Message):
     """The largest frame this agent accepts (its ``limits.max_message_bytes``): the control
     plane never sends it a larger ``command.run``, it fails that command instead.
     ``None`` (an older agent): the control plane assumes its own limit."""
+    ssh_host_key: str | None = Field(default=None, max_length=1024)
+    """The agent's SSH host public key (OpenSSH one-line form), for ``ssh`` channels."""
     features: list[Annotated[str, Field(max_length=32)]] = Field(
         default_factory=list, max_length=16
     )
@@ -196,7 +199,39 @@ class SudoDecided(_Message):
     at: datetime
 
 
-CommandReport = CommandDelivered | CommandAcked | CommandOutput | CommandFinished | SudoDecided
+class SshEvent(_Message):
+    """Something a user did through an SSH connection the agent terminates.
+
+    For the work session's timeline (and the audit log), reported through the outbox like
+    command reports. ``op`` is ``shell`` (a PTY shell, recorded as terminal
+    ``terminal_id``), ``exec`` (a command; ``exit_code`` once it ended), ``sftp`` (one file
+    transfer: ``path``, ``bytes_read``, ``bytes_written``), ``forward`` (an ``ssh -L``
+    stream) or ``refused`` (``code`` and ``detail`` say why). ``event_id`` makes storing it
+    idempotent.
+    """
+
+    type: Literal["ssh.event"] = "ssh.event"
+    rid: int = Field(ge=0)
+    event_id: UUID
+    channel_id: UUID
+    work_session: str | None = Field(default=None, max_length=128)
+    op: Literal["shell", "exec", "sftp", "forward", "refused"]
+    user: str = Field(max_length=64)
+    detail: str = Field(default="", max_length=4096)
+    code: str | None = Field(default=None, max_length=64)
+    exit_code: int | None = None
+    elapsed: float | None = Field(default=None, ge=0)
+    """Seconds an exec ran."""
+    terminal_id: UUID | None = None
+    path: str | None = Field(default=None, max_length=4096)
+    bytes_read: int | None = Field(default=None, ge=0)
+    bytes_written: int | None = Field(default=None, ge=0)
+    at: datetime
+
+
+CommandReport = (
+    CommandDelivered | CommandAcked | CommandOutput | CommandFinished | SudoDecided | SshEvent
+)
 """Reports the control plane confirms and the agent keeps until confirmed."""
 
 AgentMessage = Annotated[
@@ -206,6 +241,7 @@ AgentMessage = Annotated[
     | CommandOutput
     | CommandFinished
     | SudoDecided
+    | SshEvent
     | Ping
     | Pong
     | ErrorMessage,
