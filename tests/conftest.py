@@ -1,4 +1,5 @@
-"""Suite-wide rules: tests that need root say so, and under CI none of them may skip.
+"""Suite-wide rules: tests that need root say so, and under CI none of them may skip; the
+number of structured fuzz cases run is printed at the end.
 
 A test that creates users, switches uid, installs packages or mounts file systems carries
 ``@pytest.mark.root``. Without root such a test is skipped with that reason; with
@@ -15,6 +16,7 @@ from collections.abc import Generator
 import pytest
 
 from tests.support import users
+from tests.support.fuzz import CASES
 
 
 IS_ROOT = os.geteuid() == 0
@@ -44,3 +46,13 @@ def pytest_runtest_makereport(
         report.outcome = "failed"
         report.longrepr = f"a root test skipped under CI=true: {reason}"
     return report
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print how many structured fuzz cases ran (``tests.support.fuzz``), by target."""
+    if not CASES:
+        return
+    total = sum(CASES.values())
+    terminalreporter.write_sep("-", f"structured fuzz: {total} cases")
+    for name, number in sorted(CASES.items()):
+        terminalreporter.write_line(f"{number:>7}  {name}")

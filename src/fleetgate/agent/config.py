@@ -27,6 +27,7 @@ from pydantic import (
 
 from fleetgate.agent.errors import ConfigError
 from fleetgate.shared.labels import LabelError, check_labels
+from fleetgate.shared.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 
 __all__ = [
@@ -165,7 +166,7 @@ class LimitsConfig(_Section):
     output_flush_interval: float = Field(default=0.1, gt=0, le=10)
     result_cap_bytes: int = Field(default=1024 * 1024, ge=1024, le=16 * 1024 * 1024)
     """The final result keeps this many bytes of output: half head, half tail."""
-    max_message_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024)
+    max_message_bytes: int = Field(default=DEFAULT_MAX_MESSAGE_BYTES, ge=64 * 1024)
     """Largest backhaul message accepted; larger ones are answered with an error."""
     max_frame_bytes: int = Field(default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024)
     """Largest frame accepted on a channel websocket (terminals, files, tunnels)."""

@@ -54,6 +54,7 @@ from fleetgate.shared.protocol import (
     ErrorMessage,
     GrantClaims,
     WorkSessionEnded,
+    content_digest,
 )
 
 
@@ -280,7 +281,11 @@ class Dispatcher:
                     "(allow it in the agent's exec.allowed_env)",
                 )
             claims = self._grants.check(
-                message.grant, command_id=message.command_id, scope=scope, now=time()
+                message.grant,
+                command_id=message.command_id,
+                scope=scope,
+                now=time(),
+                content=content_digest(message),  # before elevation rewrites the line
             )
             if claims is not None and claims.work_session is not None:
                 # The verified grant names the session, whatever the message said.

@@ -61,7 +61,7 @@ def error_from_answer(status: int, content: bytes, reason: str = "") -> ApiError
     code, detail, source = f"HTTP_{status}", "", None
     try:
         body = json.loads(content) if content else None
-    except ValueError:
+    except (ValueError, RecursionError):  # the standard parser: exec's path stays light
         body = None
     if isinstance(body, dict):
         code = str(body.get("code") or code)
@@ -328,7 +328,7 @@ def _decode_lines(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
             continue
         try:
             value = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # the standard parser: exec's path stays light
             raise StreamProtocolError(f"bad stream line: {line[:80]!r}") from None
         if not isinstance(value, dict):
             raise StreamProtocolError(f"bad stream line: {line[:80]!r}")

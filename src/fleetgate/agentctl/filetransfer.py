@@ -30,6 +30,7 @@ from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import CliError
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
 from fleetgate.shared.backoff import backoff_delays
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = [
@@ -120,7 +121,7 @@ def _closed(exc: ConnectionClosed) -> Exception:
         return TransferFailed("internal", "the transfer failed on the agent (see its log)")
     if frame is not None and frame.code in (4400, 4403):
         try:
-            reason = json.loads(frame.reason)
+            reason = json_loads(frame.reason)
             return TransferFailed(str(reason.get("code")), str(reason.get("detail")))
         except (ValueError, AttributeError):
             return TransferFailed("refused", frame.reason or "refused by the agent")
@@ -135,7 +136,7 @@ async def recv_control(ws: ClientConnection) -> dict[str, Any]:
         raise _closed(exc) from None
     if isinstance(frame, bytes):
         raise CliError("the agent sent data where a control frame was expected")
-    obj = json.loads(frame)
+    obj = json_loads(frame)
     if not isinstance(obj, dict):
         raise CliError("the agent sent a malformed control frame")
     if obj.get("type") == "error":
@@ -281,7 +282,7 @@ async def download_file(
                         report(position)
                 finally:
                     await disk.aclose()
-                done: dict[str, Any] = json.loads(frame)
+                done: dict[str, Any] = json_loads(frame)
                 if done.get("type") == "error":
                     raise TransferFailed(str(done.get("code")), str(done.get("message")))
                 if done.get("sha256") != hasher.hexdigest() or done.get("size") != position:
@@ -294,12 +295,24 @@ async def download_file(
 
         done: dict[str, Any] = await with_retries(ctx, attempt, retries)
     except BaseException:
-        os.close(fd)
+        _discard_if_empty(fd, part)
         raise
     os.close(fd)
     _put_in_place(part, target, overwrite=opts.overwrite)
     done["resumed_from"] = first_offset[0] if first_offset else 0
     return done
+
+
+def _discard_if_empty(fd: int, part: Path) -> None:
+    """Close a failed download's part file; remove it when nothing was received (a
+    refusal): only received bytes are worth keeping for a resume."""
+    try:
+        if os.fstat(fd).st_size == 0:
+            part.unlink(missing_ok=True)
+    except OSError:
+        pass  # best effort: the original error is what the user must see
+    finally:
+        os.close(fd)
 
 
 class _DiskReader:

@@ -38,6 +38,7 @@ from fleetgate.agentctl.transfers import local_part_name, transfer_id
 from fleetgate.shared.errors import TransferError
 from fleetgate.shared.files.members import CheckedMembers
 from fleetgate.shared.files.transfer import Request
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = ["download_tree", "upload_tree"]
@@ -222,7 +223,7 @@ async def download_tree(
             received += len(frame)
             await pipe.aput(frame)
             report(received)
-        done: dict[str, Any] = json.loads(frame)
+        done: dict[str, Any] = json_loads(frame)
         if done.get("type") == "error":
             raise TransferFailed(str(done.get("code")), str(done.get("message")))
         await pipe.aput(_END)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import signal
 import socket
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import SESSION_ENDED_CODES, AgentctlError, ApiError
+from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED
 from fleetgate.shared.pump import abort_socket, pump
 
@@ -187,7 +187,7 @@ class Forwarder:
         if ws.close_code != CLOSE_REFUSED or not ws.close_reason:
             return
         try:
-            reason = json.loads(ws.close_reason)
+            reason = json_loads(ws.close_reason)
             code, detail = str(reason["code"]), str(reason.get("detail", ""))
         except (ValueError, KeyError, TypeError):
             return

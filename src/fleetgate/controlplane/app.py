@@ -23,6 +23,7 @@ from fleetgate.controlplane.api import (
     websh,
     worksessions,
 )
+from fleetgate.controlplane.api.bodies import BoundedBodies
 from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.background import OnFailure, run_in_background, stop_process
 from fleetgate.controlplane.config import ControlPlaneSettings
@@ -96,6 +97,9 @@ def create_app(
         openapi_url="/api/openapi.json",
     )
     install_error_handlers(app)
+    # Bodies up to 4 messages: a too large command still reaches validation and gets
+    # INVALID_COMMAND naming the limit it breaks; beyond that, 413 without buffering.
+    app.add_middleware(BoundedBodies, max_bytes=4 * settings.max_message_bytes)
     app.include_router(commands.router)  # the hot routes first: matching is in order
     app.include_router(servers.router)
     app.include_router(server_labels.router)

@@ -98,9 +98,11 @@ def operation_claims(
     now_us: int,
     principal_name: str | None,
     session: WorkSessionRow | None,
+    content: str,
 ) -> GrantClaims:
     """The claims of an operation (a command, or a channel: terminal, transfer, tunnel
-    stream): bound to its session (login) or to a token's authority over ``scope``.
+    stream): bound to its session (login) or to a token's authority over ``scope``, and
+    to ``content``, the digest of what it does (``fleetgate.shared.protocol.content``).
 
     Times are whole seconds, rounded outwards so the window is never narrower than the
     session's.
@@ -114,6 +116,7 @@ def operation_claims(
             scopes=[scope],
             servers=[UUID(server_id)],
             not_before=now_us // 1_000_000,
+            content=content,
         )
     return GrantClaims(
         command_id=UUID(operation_id),
@@ -126,6 +129,7 @@ def operation_claims(
         not_before=session.starts_at // 1_000_000,
         expires_at=-(-session.expires_at // 1_000_000),
         sudo=[c for policy in session.sudo_policies for c in policy.get("commands", [])],
+        content=content,
     )
 
 
@@ -148,13 +152,18 @@ def gate_and_sign(
     scope: str,
     operation_id: str,
     description: str,
+    content: str,
     now: int,
 ) -> SignedOperation | GateDenial:
     """Gate an operation inside the caller's transaction, then sign its grant.
 
+    ``content`` is the digest of exactly what the operation does
+    (:func:`fleetgate.shared.protocol.content.content_digest`); the grant binds it.
+
     Gated principals (a login, a non-superuser's own API token) need the work session
     ``work_session`` (a denial is recorded on its timeline, with ``description``);
-    ungated tokens (a superuser's, a service's) carry just ``scope`` in their grant. Recording the allowed operation is the caller's: a command
+    ungated tokens (a superuser's, a service's) carry just ``scope`` in their grant.
+    Recording the allowed operation is the caller's: a command
     links its row, a channel describes itself.
     """
     session = None
@@ -179,5 +188,6 @@ def gate_and_sign(
         now_us=now,
         principal_name=principal.token.service_name if user is None else user.username,
         session=session,
+        content=content,
     )
     return SignedOperation(signer.sign(claims), session)

@@ -18,6 +18,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.httpbounds import BoundedHttpToolsProtocol
 from fleetgate.shared.atomic import atomic_write
 
 
@@ -95,6 +96,9 @@ class ControlPlaneServer(uvicorn.Server):
             proxy_headers=False,
             server_header=False,
             lifespan="on",
+            # Bounded request heads, answered with 431 (plain httptools buffers any
+            # size, and a websocket upgrade with a long header line hung).
+            http=BoundedHttpToolsProtocol,
         )
         super().__init__(config)
         self.fastapi_app = app

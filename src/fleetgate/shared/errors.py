@@ -11,7 +11,10 @@ The agent's, the control plane's and agentctl's own hierarchies derive from
 from __future__ import annotations
 
 
-__all__ = ["FleetgateError", "ProtocolViolation", "TransferError"]
+__all__ = ["MAX_MESSAGE", "FleetgateError", "ProtocolViolation", "TransferError"]
+
+MAX_MESSAGE = 1024
+"""The longest message of a :class:`ProtocolViolation` (a websh ``error`` frame's bound)."""
 
 
 class FleetgateError(Exception):
@@ -27,6 +30,9 @@ class ProtocolViolation(FleetgateError):
     """
 
     def __init__(self, code: str, message: str) -> None:
+        # Bounded: the message may quote what a peer sent (a field name), and the error
+        # reply built from it must stay within the reply models' limits.
+        message = message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
         super().__init__(message)
         self.code = code
         self.message = message

@@ -107,6 +107,7 @@ def claims(**changes: object) -> GrantClaims:
         "not_before": 0,
         "expires_at": 4_000_000_000,
         "sudo": ["id -u"],
+        "content": "0" * 64,
     }
     fields.update(changes)
     return GrantClaims.model_validate(fields)

@@ -115,7 +115,11 @@ async def test_a_command_delivered_three_times_runs_once(
         ('{"type": "launch.missiles"}', "unknown_type"),
         ('{"type": "command.run", "command_id": "x", "line": "id"}', "invalid"),
         (json.dumps({"type": "confirm", "rids": [0] * 600_000}), "too_large"),
+        # Issue 14 finding 7: nesting used to raise RecursionError and drop the link.
+        ("[" * 100_000 + "]" * 100_000, "malformed"),
+        ('{"type": "ping", "nonce": ' + "[" * 100_000 + "]" * 100_000 + "}", "malformed"),
     ],
+    ids=["not json", "unknown type", "invalid", "too large", "deep", "deep in a field"],
 )
 async def test_bad_frames_get_an_error_and_the_link_survives(
     scripted_cp: ScriptedControlPlane, make_agent: MakeAgent, frame: str, code: str

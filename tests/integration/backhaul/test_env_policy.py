@@ -14,7 +14,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetgate.controlplane.grants import GrantSigner
-from fleetgate.shared.protocol import CommandAcked, CommandFinished, CommandRun, GrantClaims, encode
+from fleetgate.shared.protocol import (
+    CommandAcked,
+    CommandFinished,
+    CommandRun,
+    GrantClaims,
+    content_digest,
+    encode,
+)
 from tests.integration.backhaul.conftest import MakeAgent
 from tests.support.fake_cp import ScriptedControlPlane
 
@@ -38,6 +45,12 @@ async def run_with_env(
     await cp.connections.get()
     command_id = uuid.uuid4()
     now = int(time.time())
+    marker = tmp_path / f"ran-{command_id}"
+    message = CommandRun(
+        command_id=command_id,
+        line=f'touch {marker} && test "$PATH" = "{env.get("PATH", "$PATH")}"',
+        env=env,
+    )
     claims = GrantClaims(
         command_id=command_id,
         server_id=cp.server_id,
@@ -46,14 +59,9 @@ async def run_with_env(
         scopes=["command"],
         servers=[cp.server_id],
         not_before=now - 5,
+        content=content_digest(message),
     )
-    marker = tmp_path / f"ran-{command_id}"
-    message = CommandRun(
-        command_id=command_id,
-        line=f'touch {marker} && test "$PATH" = "{env.get("PATH", "$PATH")}"',
-        env=env,
-        grant=SIGNER.sign(claims),
-    )
+    message = message.model_copy(update={"grant": SIGNER.sign(claims)})
     await cp.send(encode(message))
     acked = False
     while True:

@@ -16,11 +16,19 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetgate.controlplane.grants import GrantSigner
 from fleetgate.shared.protocol import (
+    CHANNEL_SCOPES,
+    ChannelOpen,
+    ChannelSpec,
     CommandAcked,
     CommandFinished,
     CommandRun,
+    ErrorMessage,
+    FilesSpec,
     Grant,
     GrantClaims,
+    TunnelSpec,
+    WebshSpec,
+    content_digest,
     encode,
 )
 from fleetgate.shared.protocol.grants import b64url, decode_payload
@@ -34,6 +42,8 @@ FORGER = GrantSigner(Ed25519PrivateKey.generate())
 
 def claims(cp: ScriptedControlPlane, command_id: uuid.UUID, **overrides: Any) -> GrantClaims:
     now = int(time.time())
+    if "content" not in overrides:  # by default, the content of the command run_with sends
+        overrides["content"] = content_digest(command_for(command_id))
     fields: dict[str, Any] = {
         "command_id": command_id,
         "server_id": cp.server_id,
@@ -62,11 +72,25 @@ def flip_signature(grant: Grant) -> Grant:
     return Grant(payload=grant.payload, signature=base64.b64encode(bytes(raw)).decode())
 
 
+MARKERS: Path | None = None
+"""Where the commands of the running test leave their marker (set by ``run_with``)."""
+
+
+def command_for(command_id: uuid.UUID, **changes: Any) -> CommandRun:
+    """The command a test sends (a grant binds its content)."""
+    assert MARKERS is not None
+    line = f"touch {MARKERS / f'ran-{command_id}'}"
+    return CommandRun(command_id=command_id, line=line).model_copy(update=changes)
+
+
 async def run_with(
     cp: ScriptedControlPlane, make_agent: MakeAgent, tmp_path: Path, grant: Any, **sections: Any
 ) -> tuple[CommandFinished, bool, uuid.UUID]:
     """Send one command (its grant built by ``grant(command_id)``); return its final report,
-    whether it ran, and its id."""
+    whether it ran, and its id. ``sections["send"]`` changes what is sent (a relay)."""
+    global MARKERS  # the helpers above build the same line
+    MARKERS = tmp_path
+    send = sections.pop("send", {})
     identity = {"control_plane_key": SIGNER.public_key_b64}
     identity.update(sections.pop("identity", {}))
     grants = {"allow_unsigned": False, **sections.pop("grants", {})}
@@ -74,7 +98,7 @@ async def run_with(
     await cp.connections.get()
     command_id = uuid.uuid4()
     marker = tmp_path / f"ran-{command_id}"
-    message = CommandRun(command_id=command_id, line=f"touch {marker}", grant=grant(command_id))
+    message = command_for(command_id, grant=grant(command_id), **send)
     await cp.send(encode(message))
     acked = False
     while True:
@@ -192,3 +216,99 @@ async def test_allow_unsigned_with_a_pinned_key_still_verifies_a_present_grant(
     )
     assert not ran
     assert finished.error_phase == "denied"
+
+
+RELAYED: dict[str, dict[str, Any]] = {
+    "line swapped": {"line": "id -un"},
+    "user swapped": {"username": "nobody"},
+    "group swapped": {"groupname": "root"},
+    "env added": {"env": {"MODE": "unsafe"}},  # (loader variables are refused anyway)
+    "sudo flag set": {"sudo": True},
+    "timeout changed": {"timeout": 3600.0},
+}
+
+
+@pytest.mark.parametrize("case", sorted(RELAYED))
+async def test_a_relay_cannot_change_what_a_valid_grant_authorizes(
+    scripted_cp: ScriptedControlPlane, make_agent: MakeAgent, tmp_path: Path, case: str
+) -> None:
+    """Issue 14 finding 6: the grant binds the line, user, group, env, sudo flag and
+    timeout; a relay that changes any of them under a valid grant is refused."""
+    finished, ran, _ = await run_with(
+        scripted_cp,
+        make_agent,
+        tmp_path,
+        # Every scope the changed command could need, so only the content differs.
+        lambda cid: SIGNER.sign(claims(scripted_cp, cid, scopes=["command", "sudo"])),
+        send=RELAYED[case],
+    )
+    assert not ran
+    assert finished.error_phase == "denied"
+    assert finished.message is not None
+    assert finished.message.startswith("grant_content_mismatch: ")
+
+
+def _channel_cases() -> dict[str, tuple[ChannelSpec, ChannelSpec]]:
+    terminal, tunnel = uuid.uuid4(), uuid.uuid4()
+    files = {"op": "download", "username": "nobody", "transfer_id": "ab" * 8}
+    return {
+        "terminal user": (
+            WebshSpec(terminal_id=terminal, username="nobody"),
+            WebshSpec(terminal_id=terminal, username="root"),
+        ),
+        "terminal shell": (
+            WebshSpec(terminal_id=terminal, username="nobody"),
+            WebshSpec(terminal_id=terminal, username="nobody", shell="/bin/sh"),
+        ),
+        "file path": (
+            FilesSpec(path="/tmp/notes.txt", **files),
+            FilesSpec(path="/etc/shadow", **files),
+        ),
+        "file user": (
+            FilesSpec(path="/tmp/notes.txt", **files),
+            FilesSpec(path="/tmp/notes.txt", **{**files, "username": "root"}),
+        ),
+        "file op": (
+            FilesSpec(path="/tmp/notes.txt", **files),
+            FilesSpec(path="/tmp/notes.txt", **{**files, "op": "upload"}),
+        ),
+        "file recursive": (
+            FilesSpec(path="/tmp", **files),
+            FilesSpec(path="/tmp", recursive=True, **files),
+        ),
+        "tunnel port": (
+            TunnelSpec(tunnel_id=tunnel, port=8080),
+            TunnelSpec(tunnel_id=tunnel, port=22),
+        ),
+        "tunnel host": (
+            TunnelSpec(tunnel_id=tunnel, port=8080),
+            TunnelSpec(tunnel_id=tunnel, port=8080, host="::1"),
+        ),
+    }
+
+
+CHANNEL_CASES = sorted(_channel_cases())
+
+
+@pytest.mark.parametrize("case", CHANNEL_CASES)
+async def test_a_relay_cannot_change_what_a_channel_grant_authorizes(
+    scripted_cp: ScriptedControlPlane, make_agent: MakeAgent, case: str
+) -> None:
+    """Issue 14 finding 6, channels: the grant binds the terminal's user and shell, the
+    transfer's op, path, user and recursion, the tunnel's host and port."""
+    signed, sent = _channel_cases()[case]
+    await make_agent(
+        identity={"control_plane_key": SIGNER.public_key_b64}, grants={"allow_unsigned": False}
+    )
+    await scripted_cp.connections.get()
+    channel_id = uuid.uuid4()
+    scope = CHANNEL_SCOPES[signed.kind]
+    grant = SIGNER.sign(
+        claims(scripted_cp, channel_id, scopes=[scope], content=content_digest(signed))
+    )
+    await scripted_cp.send(encode(ChannelOpen(channel_id=channel_id, spec=sent, grant=grant)))
+    while True:
+        frame = await scripted_cp.next_frame(timeout=30)
+        if isinstance(frame, ErrorMessage) and frame.ref == str(channel_id):
+            break
+    assert frame.code == "grant_content_mismatch"

@@ -40,7 +40,7 @@ from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.hub.channels import OpenChannel
 from fleetgate.controlplane.server import ControlPlaneServer, bind_socket
-from fleetgate.shared.protocol import ChannelOpen, GrantClaims, TunnelSpec
+from fleetgate.shared.protocol import ChannelOpen, GrantClaims, TunnelSpec, content_digest
 from fleetgate.shared.protocol.grants import decode_payload, parse_claims
 from tests.support.agent import write_agent_config
 from tests.support.controlplane import running_control_plane
@@ -90,6 +90,7 @@ async def _test_route(websocket: WebSocket) -> None:
     if principal is None:
         return
     channel_id = uuid.uuid4()
+    spec = TunnelSpec(tunnel_id=uuid.uuid4(), port=int(websocket.query_params["port"]))
     try:
         authorized = await authorize(
             services,
@@ -99,11 +100,11 @@ async def _test_route(websocket: WebSocket) -> None:
             work_session=None,
             operation_id=str(channel_id),
             description="test",
+            content=content_digest(spec),
         )
     except APIError as exc:
         await deny(websocket, exc.status, exc.code, exc.detail)
         return
-    spec = TunnelSpec(tunnel_id=uuid.uuid4(), port=int(websocket.query_params["port"]))
     grant = authorized.grant
     if "expires_in" in websocket.query_params:
         # As a work session's grant would be: valid for a few more seconds only.

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from fleetgate.agent.policy import load_public_key, verify_grant
-from fleetgate.shared.protocol import CommandRun
+from fleetgate.shared.protocol import CommandRun, content_digest
 from tests.support.accounts import new_login
 from tests.support.controlplane import ControlPlaneProcess, FakeAgent, Server
 from tests.support.waiting import eventually
@@ -337,6 +337,7 @@ async def test_commands_carry_grants_signed_by_the_control_plane(
                 scope="command",
                 now=time.time(),
                 skew=0,
+                content=content_digest(run),
             )
             assert (token_claims.auth, token_claims.expires_at) == ("token", None)
             session = create(su, server, scopes=["command"], duration="1h")
@@ -356,6 +357,7 @@ async def test_commands_carry_grants_signed_by_the_control_plane(
                 scope="command",
                 now=time.time(),
                 skew=0,
+                content=content_digest(run),
             )
             assert session_claims.auth == "work_session"
             assert session_claims.work_session == session["id"]

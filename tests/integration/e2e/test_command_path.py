@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import httpx
 import pytest
 
 from tests.integration.e2e.commands import run_command
-from tests.support.agent import SENTINEL_ENV
+from tests.support.agent import SENTINEL_ENV, AgentProcess
+from tests.support.controlplane import ControlPlaneProcess
 from tests.support.users import require_root, temporary_user
 
 
@@ -150,3 +152,30 @@ def test_a_command_runs_with_exactly_the_users_identity(api: httpx.Client, serve
         refused = run_command(api, server, "id", username=user.name, groupname="root")
         assert refused["error_phase"] == "start"
         assert refused["result"] == ""
+
+
+def _database_files(db: Path) -> list[Path]:
+    return [db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")]
+
+
+def test_a_commands_env_is_erased_from_both_databases_when_it_finishes(
+    stack: tuple[ControlPlaneProcess, AgentProcess], api: httpx.Client, server: str
+) -> None:
+    """Issue 14 finding 5/7: env values stayed in the SQLite ``-wal`` files (and in free
+    pages) until some later checkpoint; now no byte of them is left once it finished."""
+    cp, agent = stack
+    secret = f"s3cret-{uuid.uuid4().hex}"
+    command = run_command(
+        api,
+        server,
+        'test "$TOKEN" = ' + secret[:7] + '"$REST"',
+        env={"TOKEN": secret, "REST": secret[7:]},
+    )
+    assert command["exit_code"] == 0  # the env reached the command
+    files = _database_files(cp.db_path) + _database_files(agent.workdir / "state" / "spool.db")
+    assert cp.db_path.exists()
+    assert (agent.workdir / "state" / "spool.db").exists()
+    for path in files:
+        if path.exists():
+            assert secret.encode() not in path.read_bytes(), path
+            assert secret[7:].encode() not in path.read_bytes(), path

@@ -250,6 +250,25 @@ def test_refusals_are_clear(
     )
 
 
+def test_a_refused_download_leaves_no_part_file(
+    stack: FilesStack, area: Path, user: CreatedUser, tmp_path: Path
+) -> None:
+    """Issue 14 finding 7: a refused download left a 0-byte ``.agentctl-part`` file."""
+    secret = area / "secret"
+    secret.write_bytes(b"root only")
+    secret.chmod(0o600)
+    into = tmp_path / "into"
+    into.mkdir()
+    refusals = [
+        (f"{SERVER}:{secret}", "files_permission"),
+        (f"{SERVER}:{area}/missing", "files_not_found"),
+        (f"{SERVER}:/dev/null", "files_special"),
+    ]
+    for remote, code in refusals:
+        assert failure(stack.cp_(remote, str(into / "copy"), "-u", user.name))["error_code"] == code
+    assert sorted(p.name for p in into.iterdir()) == []
+
+
 def test_nul_byte_in_path_is_refused_before_the_agent_acts(stack: FilesStack) -> None:
     url = stack.cp.url.replace("http://", "ws://")
     query = f"server={SERVER}&op=upload&path={quote('/tmp/a' + chr(0) + 'b')}&user=root"

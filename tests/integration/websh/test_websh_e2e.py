@@ -167,6 +167,29 @@ async def test_a_session_end_to_end_with_reattach_and_recording(
         assert b"still-42" in played
 
 
+async def test_deeply_nested_control_frames_are_malformed_and_the_terminal_lives_on(
+    stack: tuple[ControlPlaneProcess, AgentProcess], user: CreatedUser
+) -> None:
+    """Issue 14 finding 7: a nested control frame raised RecursionError in the agent's
+    terminal (the channel died with 1011); now it is answered ``malformed``."""
+    cp, agent = stack
+    created = create_terminal(cp, agent.name, user.name)
+    assert created.status_code == 201, created.text
+    async with attach(cp, created.json()["id"]) as session:
+        await session.reader.control("ready")
+        for frame in [
+            "[" * 2000 + "]" * 2000,
+            '{"type": "resize", "rows": ' + "[" * 2000 + "]" * 2000 + "}",
+        ]:
+            await session.ws.send(frame)
+            error = await session.reader.control("error")
+            assert error["code"] == "malformed", error
+        assert await session.ask("echo S''=alive", r"S=(\w+)\r\n") == "alive"
+        assert session.closed == []
+        await session.type("exit\n")
+        await session.reader.until_closed()
+
+
 async def test_refusals(stack: tuple[ControlPlaneProcess, AgentProcess], user: CreatedUser) -> None:
     cp, agent = stack
     # Bad input: a clear 400 naming the field.

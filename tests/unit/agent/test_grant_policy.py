@@ -23,6 +23,7 @@ SERVER = uuid.UUID("11111111-1111-4111-8111-111111111111")
 COMMAND = uuid.UUID("22222222-2222-4222-8222-222222222222")
 NOW = 1_800_000_000.0
 SKEW = 30.0
+CONTENT = "ab" * 32
 
 
 def claims(**overrides: object) -> GrantClaims:
@@ -35,6 +36,7 @@ def claims(**overrides: object) -> GrantClaims:
         "servers": [SERVER],
         "not_before": int(NOW) - 60,
         "expires_at": int(NOW) + 60,
+        "content": CONTENT,
     }
     fields.update(overrides)
     return GrantClaims.model_validate(fields)
@@ -42,7 +44,14 @@ def claims(**overrides: object) -> GrantClaims:
 
 def check(grant: Grant | None, *, scope: str = "command", now: float = NOW) -> GrantClaims:
     return verify_grant(
-        grant, key=KEY, command_id=COMMAND, server_id=SERVER, scope=scope, now=now, skew=SKEW
+        grant,
+        key=KEY,
+        command_id=COMMAND,
+        server_id=SERVER,
+        scope=scope,
+        now=now,
+        skew=SKEW,
+        content=CONTENT,
     )
 
 
@@ -144,6 +153,7 @@ def test_signed_garbage_is_refused() -> None:
             scope="command",
             now=NOW,
             skew=SKEW,
+            content=CONTENT,
         )
     assert info.value.code == "work_session_not_usable"
 
@@ -152,15 +162,15 @@ def test_policy_defaults_are_safe() -> None:
     grant = SIGNER.sign(claims())
     unpinned = GrantPolicy(server_id=SERVER, key=None)
     with pytest.raises(GrantRefused):
-        unpinned.check(grant, command_id=COMMAND, scope="command", now=NOW)
+        unpinned.check(grant, command_id=COMMAND, scope="command", now=NOW, content=CONTENT)
     assert unpinned.warning is not None
     pinned = GrantPolicy(server_id=SERVER, key=KEY, skew=SKEW)
-    pinned.check(grant, command_id=COMMAND, scope="command", now=NOW)
+    pinned.check(grant, command_id=COMMAND, scope="command", now=NOW, content=CONTENT)
     assert pinned.warning is None
     with pytest.raises(GrantRefused):
-        pinned.check(None, command_id=COMMAND, scope="command", now=NOW)
+        pinned.check(None, command_id=COMMAND, scope="command", now=NOW, content=CONTENT)
     dev = GrantPolicy(server_id=SERVER, key=None, allow_unsigned=True)
-    dev.check(None, command_id=COMMAND, scope="command", now=NOW)
+    dev.check(None, command_id=COMMAND, scope="command", now=NOW, content=CONTENT)
     assert dev.warning is not None
 
 
@@ -185,7 +195,14 @@ def test_a_tuple_of_scopes_needs_any_one_of_them() -> None:
     grant = SIGNER.sign(claims(scopes=["webftp"]))
     ssh_scopes = ("websh", "command", "webftp", "tunnel")
     assert verify_grant(
-        grant, key=KEY, command_id=COMMAND, server_id=SERVER, scope=ssh_scopes, now=NOW, skew=SKEW
+        grant,
+        key=KEY,
+        command_id=COMMAND,
+        server_id=SERVER,
+        scope=ssh_scopes,
+        now=NOW,
+        skew=SKEW,
+        content=CONTENT,
     ).scopes == ["webftp"]
     with pytest.raises(GrantRefused, match="'websh' or 'command'") as refused:
         verify_grant(
@@ -196,5 +213,6 @@ def test_a_tuple_of_scopes_needs_any_one_of_them() -> None:
             scope=("websh", "command"),
             now=NOW,
             skew=SKEW,
+            content=CONTENT,
         )
     assert refused.value.code == "work_session_scope_not_allowed"

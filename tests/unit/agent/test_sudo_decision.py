@@ -97,6 +97,7 @@ def claims(work_session: str | None = "ws1", **changes: object) -> GrantClaims:
         "not_before": 0,
         "expires_at": 2_000_000_000,
         "sudo": ["id -u"],
+        "content": "0" * 64,
     }
     fields.update(changes)
     return GrantClaims.model_validate(fields)

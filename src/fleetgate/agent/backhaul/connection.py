@@ -232,6 +232,7 @@ class Backhaul:
             agent_version=__version__,
             hostname=socket.gethostname(),
             running=self._handler.running(),
+            max_message_bytes=self._config.limits.max_message_bytes,
             features=["tunnel"] if self._config.tunnel.enabled else [],
             labels=dict(self._config.labels),
             ssh_host_key=self._ssh_host_key,

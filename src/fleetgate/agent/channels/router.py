@@ -29,6 +29,7 @@ from fleetgate.shared.protocol import (
     ErrorMessage,
     GrantClaims,
     TerminalEnd,
+    content_digest,
 )
 from fleetgate.shared.protocol.channels import (
     CLOSE_INTERNAL,
@@ -128,7 +129,11 @@ class ChannelRouter:
         try:
             service = self._admit(message)
             claims = self._grants.check(
-                message.grant, command_id=channel_id, scope=service.scope, now=time()
+                message.grant,
+                command_id=channel_id,
+                scope=service.scope,
+                now=time(),
+                content=content_digest(message.spec),
             )
             service.check(message)
         except (ChannelRefused, GrantRefused) as exc:

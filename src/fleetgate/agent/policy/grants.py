@@ -1,7 +1,8 @@
 """Verification of grants (``fleetgate.shared.protocol.grants``), pure: no I/O.
 
 A command runs only if its grant is signed by the pinned control-plane key, names this
-command and this server, includes the operation's scope, and ``now`` is inside its time
+command and this server, includes the operation's scope, binds exactly the content the
+agent received (``fleetgate.shared.protocol.content``), and ``now`` is inside its time
 window (with a clock-skew allowance). A refusal carries the same ``work_session_*`` code
 the control plane would have given, so operators see one vocabulary.
 """
@@ -75,12 +76,14 @@ def verify_grant(
     scope: str | tuple[str, ...],
     now: float,
     skew: float,
+    content: str,
 ) -> GrantClaims:
     """The claims of a valid grant for this command, else :class:`GrantRefused`.
 
     Order: presence, signature (nothing unsigned is trusted), command, server, time
     window (``not_before - skew <= now <= expires_at + skew``), scope (a tuple: any one of
-    them, as for an ``ssh`` channel whose requests are checked one by one later).
+    them, as for an ``ssh`` channel whose requests are checked one by one later), content
+    (the digest the agent computed from what it received; ``grant_content_mismatch``).
     """
     if grant is None:
         raise GrantRefused("work_session_required", "the command carries no grant")
@@ -97,6 +100,11 @@ def verify_grant(
     if not any(s in claims.scopes for s in wanted):
         names = " or ".join(repr(s) for s in wanted)
         raise GrantRefused("work_session_scope_not_allowed", f"the grant has no {names} scope")
+    if claims.content != content:
+        raise GrantRefused(
+            "grant_content_mismatch",
+            "the operation is not the one the grant was issued for (changed in transit)",
+        )
     return claims
 
 
@@ -136,10 +144,12 @@ class GrantPolicy:
         command_id: UUID,
         scope: str | tuple[str, ...],
         now: float,
+        content: str,
     ) -> GrantClaims | None:
         """The verified claims of the operation, or :class:`GrantRefused`.
 
-        ``command_id`` is the operation's id (a command's, or a channel's). With
+        ``command_id`` is the operation's id (a command's, or a channel's); ``content`` the
+        digest of what was received (``fleetgate.shared.protocol.content_digest``). With
         ``allow_unsigned`` (development only) an operation without a grant goes ahead
         with no claims (``None``); a grant that is present is still verified when a key
         is pinned.
@@ -162,4 +172,5 @@ class GrantPolicy:
             scope=scope,
             now=now,
             skew=self.skew,
+            content=content,
         )

@@ -33,6 +33,7 @@ from fleetgate.agent.errors import ConfigError, RegistrationError
 from fleetgate.agent.service.tomledit import Value, set_keys
 from fleetgate.agent.ssh.hostkey import ensure_host_key, new_host_key, write_host_key
 from fleetgate.shared.atomic import atomic_write
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = ["Result", "register", "unregister"]
@@ -312,7 +313,7 @@ def _request(
 
 def _json(data: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(data) if data else {}
+        body = json_loads(data) if data else {}
     except ValueError:
         return {}
     return body if isinstance(body, dict) else {}

@@ -23,6 +23,7 @@ import structlog
 
 from fleetgate.agent.errors import StateDirError, StatusUnavailable
 from fleetgate.agent.localsocket import bind_private_socket, serve_clients
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = ["StatusServer", "query"]
@@ -135,7 +136,7 @@ def query(path: Path, timeout: float = 5.0) -> dict[str, Any]:
     finally:
         sock.close()
     try:
-        reply = json.loads(b"".join(chunks))
+        reply = json_loads(b"".join(chunks))
     except ValueError as exc:
         raise StatusUnavailable(f"unreadable reply from {path}") from exc
     if not isinstance(reply, dict):

@@ -77,6 +77,9 @@ class SpoolStore:
         self._conn = conn
         self.path = path
         self._seq = 0
+        # Commands stored with an environment: when they finish, their env is erased
+        # and the WAL is checkpointed and truncated, so no old page keeps it.
+        self._with_env: set[str] = set()
 
     @classmethod
     def open(cls, path: Path) -> SpoolStore:
@@ -93,6 +96,8 @@ class SpoolStore:
             try:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=FULL")
+                # Deleted and overwritten content (a command's env) is zeroed on disk.
+                conn.execute("PRAGMA secure_delete=ON")
                 conn.executescript(f"BEGIN IMMEDIATE;{_SCHEMA}COMMIT;")
                 conn.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', ?)",
@@ -138,6 +143,8 @@ class SpoolStore:
                     snap.finished.append((UUID(command_id), float(finished_at), int(size)))
                     continue
                 snap.active.append((UUID(command_id), CommandState(state)))
+                if command is not None:
+                    self._with_env.add(command_id)  # maybe: scrubbed when it finishes
                 if state == CommandState.QUEUED.value and command is not None:
                     run = decode_server_message(command, max_bytes=1 << 30)
                     if not isinstance(run, CommandRun):
@@ -165,6 +172,20 @@ class SpoolStore:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StateDirError(f"spool database {self.path}: {_reason(exc, self.path)}") from exc
+        self._scrub(batch)
+
+    def _scrub(self, batch: Batch) -> None:
+        """After a batch that finished a command stored with an env: move every page to
+        the database file and truncate the WAL, whose old frames still held the env."""
+        ended = {str(e.command_id) for e in batch.finished} | {str(c) for c in batch.forgotten}
+        erased = ended & self._with_env
+        if not erased:
+            return
+        self._with_env -= erased
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        except sqlite3.Error:  # the batch is committed; the next finish tries again
+            self._with_env |= erased
 
     def final_report(self, command_id: UUID) -> CommandFinished | None:
         """The stored final report of a finished command, if the inbox still has it."""
@@ -186,6 +207,8 @@ class SpoolStore:
         for command, delivered_at in batch.accepted:
             self._seq += 1
             rows.append((str(command.command_id), self._seq, _iso(delivered_at), encode(command)))
+            if command.env:
+                self._with_env.add(str(command.command_id))
         conn.executemany(
             "INSERT OR IGNORE INTO inbox (command_id, seq, state, delivered_at, command) "
             "VALUES (?, ?, 'queued', ?, ?)",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import time
@@ -31,6 +30,7 @@ from fleetgate.agent.localsocket import bind_private_socket, serve_clients
 from fleetgate.agent.policy.sudo_decision import SessionGrant, SudoCall, SudoVerdict, decide
 from fleetgate.agent.sudo import proc
 from fleetgate.agent.sudo.registry import SudoSessions
+from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.sudo_patterns import Resolver
 
 
@@ -69,7 +69,7 @@ def parse_request(data: bytes, *, caller_uid: int, caller_user: str) -> SudoCall
         BadRequest: not JSON, or a field missing or of the wrong type.
     """
     try:
-        doc = json.loads(data)
+        doc = json_loads(data)
     except ValueError:
         raise BadRequest("not JSON") from None
     if not isinstance(doc, dict):

@@ -23,6 +23,7 @@ from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelClosed, ConnectionLost
 from fleetgate.agent.websh.quota import SpoolQuota
 from fleetgate.shared.backoff import backoff_delays
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = ["CHUNK", "RecordingShipper", "UploadFailed"]
@@ -160,7 +161,7 @@ async def _send_file(link: ChannelLink, path: Path) -> str:
 
 def _parse(answer: bytes | str) -> dict[str, object]:
     try:
-        value = json.loads(answer)
+        value = json_loads(answer)
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}

@@ -38,6 +38,7 @@ from fleetgate.agentctl.errors import (
 )
 from fleetgate.shared.backoff import backoff_delays
 from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED
 from fleetgate.shared.protocol.websh import Exit, WebshError, decode_agent_frame
 
@@ -313,7 +314,7 @@ def _ended_by_gate(code: int, reason: str) -> AgentctlError | None:
     if code != CLOSE_REFUSED:
         return None
     try:
-        detail = json.loads(reason)
+        detail = json_loads(reason)
         gate_code, text = str(detail["code"]), str(detail.get("detail") or "")
     except (ValueError, KeyError, TypeError):
         return None
@@ -330,7 +331,7 @@ def _ended_by_gate(code: int, reason: str) -> AgentctlError | None:
 
 def _closed_message(code: int, reason: str) -> str:
     try:
-        detail = json.loads(reason)
+        detail = json_loads(reason)
     except ValueError:
         detail = None
     if isinstance(detail, dict) and "code" in detail:

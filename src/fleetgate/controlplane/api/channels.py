@@ -121,13 +121,15 @@ async def authorize(
     work_session: str | None,
     operation_id: str,
     description: str,
+    content: str,
 ) -> Authorized:
     """Gate an operation of ``scope`` on ``server`` and sign its grant.
 
     Login principals need an active work session (``work_session``) assigned to them that
     includes the server and the scope: a denial is recorded on that session's timeline, an
     allowed operation too (``description`` says what it was). API and service tokens are
-    not gated; their grant carries just ``scope``.
+    not gated; their grant carries just ``scope``. Every grant binds ``content``, the
+    digest of what the operation does (``fleetgate.shared.protocol.content``).
 
     Raises:
         APIError: 404 for an unknown server, 403 with the gate's code for a denial.
@@ -146,6 +148,7 @@ async def authorize(
             scope=scope,
             operation_id=operation_id,
             description=description,
+            content=content,
             now=now,
         )
         if isinstance(signed, GateDenial):

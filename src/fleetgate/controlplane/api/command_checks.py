@@ -19,11 +19,18 @@ from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import APIError, validation_detail
 from fleetgate.controlplane.ids import new_uuid
 from fleetgate.shared.envpolicy import denied_env_names
-from fleetgate.shared.protocol import CommandRun
+from fleetgate.shared.protocol import CommandRun, encode
+from fleetgate.shared.protocol.limits import GRANT_MAX_BYTES, frame_problem
 from fleetgate.shared.sudo_patterns import SudoPatternError, parse_line
 
 
-__all__ = ["CommandCreateBody", "authorize_command", "check_env", "validate_command"]
+__all__ = [
+    "CommandCreateBody",
+    "authorize_command",
+    "check_env",
+    "check_frame_size",
+    "validate_command",
+]
 
 
 class CommandCreateBody(BaseModel):
@@ -96,14 +103,27 @@ def check_env(env: Mapping[str, str], allowed: Collection[str]) -> None:
         )
 
 
+def check_frame_size(run: CommandRun, max_message_bytes: int) -> None:
+    """Refuse a command whose ``command.run`` frame (with the largest grant) would be
+    larger than an agent accepts, so no stored command is one the agent refuses.
+
+    Raises:
+        APIError: 400 ``INVALID_COMMAND`` naming the limit.
+    """
+    size = len(encode(run).encode("utf-8", "surrogatepass")) + GRANT_MAX_BYTES
+    problem = frame_problem(size, max_message_bytes)
+    if problem is not None:
+        raise _invalid(problem, "env" if run.env else "line")
+
+
 def authorize_command(
     body: CommandCreateBody, principal: Principal, settings: ControlPlaneSettings
 ) -> CommandRun:
     """Validation and the principal's part of authorization, before any I/O.
 
     The account it runs as (``authz.server_account``; an elevated command runs as root
-    through the session's sudo patterns), the env denylist and the token's ACL (line,
-    env, account).
+    through the session's sudo patterns), the env denylist, the frame size an agent
+    accepts (``shared.protocol.limits``) and the token's ACL (line, env, account).
 
     Raises:
         APIError: 400 ``INVALID_COMMAND``; 403 for identity, ACL and gate refusals.
@@ -120,6 +140,7 @@ def authorize_command(
         account = server_account(principal, body.username, body.groupname, what="a command")
         run = validate_command(body, account)
     check_env(run.env, settings.allowed_env)
+    check_frame_size(run, settings.max_message_bytes)
     if principal.acl is not None:
         try:
             principal.acl.check_command(run.line, list(run.env), run.username)

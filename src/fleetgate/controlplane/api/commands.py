@@ -39,7 +39,7 @@ from fleetgate.controlplane.store import (
 from fleetgate.controlplane.store.commands import CancelOutcome, CommandRow, NewCommand
 from fleetgate.controlplane.timeutil import now_us, to_us
 from fleetgate.controlplane.worksession.gate import GateDenial
-from fleetgate.shared.protocol import CommandRun
+from fleetgate.shared.protocol import CommandRun, content_digest
 
 
 __all__ = ["router"]
@@ -135,6 +135,7 @@ async def create_command(
             server_name=server_name,
             scope=scope,
             sent_at=now if due else None,
+            content=content_digest(run),
         )
     except sqlite3.IntegrityError:  # the server was deleted meanwhile
         services.server_refs.clear()
@@ -189,9 +190,11 @@ def _gate_sign_insert(
     server_name: str,
     scope: str,
     sent_at: int | None,
+    content: str,
 ) -> CommandRow | GateDenial:
     """Gate, sign and persist in one transaction: the command exists only if allowed,
-    and its session's timeline links it."""
+    and its session's timeline links it. The grant binds ``content``, the digest of the
+    ``command.run`` (``fleetgate.shared.protocol.content``)."""
     now = new.added_at
     signed = gate_and_sign(
         conn,
@@ -203,6 +206,7 @@ def _gate_sign_insert(
         scope=scope,
         operation_id=new.id,
         description=new.line,
+        content=content,
         now=now,
     )
     if isinstance(signed, GateDenial):
@@ -337,6 +341,8 @@ async def cancel(command_id: str, principal: PrincipalDep, services: ServicesDep
             "The command was already sent to the server; it cannot be cancelled.",
         )
     services.hub.notifier.notify([row.id])
+    if outcome == CancelOutcome.CANCELLED and row.env:
+        await services.db.scrub()  # its env was erased
     updated = await services.db.read(commands_store.get_command, row.id)
     if updated is None:
         raise command_not_found()

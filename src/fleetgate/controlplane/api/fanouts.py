@@ -39,7 +39,7 @@ from fleetgate.controlplane.store.fanouts import FanoutRow, Target
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
 from fleetgate.shared.labels import LabelError, parse_selector
-from fleetgate.shared.protocol import CommandRun
+from fleetgate.shared.protocol import CommandRun, content_digest
 
 
 __all__ = ["router"]
@@ -165,6 +165,7 @@ async def create_fanout(
     )
 
     runs: list[tuple[str, CommandRun]] = []
+    content = content_digest(run)  # the same for every target: the id is not content
 
     def insert(conn: sqlite3.Connection) -> list[CommandRow] | list[tuple[Target, GateDenial]]:
         signed = []
@@ -181,6 +182,7 @@ async def create_fanout(
                 scope=scope,
                 operation_id=command_id,
                 description=run.line,
+                content=content,
                 now=now,
             )
             if isinstance(outcome, GateDenial):
@@ -253,7 +255,7 @@ async def create_fanout(
         created, status_code=201, headers={"Location": location, "X-Fanout-Id": fanout.id}
     )
     answered = time.perf_counter()
-    await send_many(services.hub.registry, runs)
+    await send_many(services.hub.registry, runs, services.db, services.hub.notifier.notify)
     log.info(
         "fanout_created",
         fanout_id=fanout.id,

@@ -29,7 +29,7 @@ from fleetgate.controlplane.api.channels import (
 from fleetgate.controlplane.authz import require_session_named, server_account
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.hub.channels import OpenChannel
-from fleetgate.shared.protocol import ChannelOpen, FilesSpec
+from fleetgate.shared.protocol import ChannelOpen, FilesSpec, content_digest
 
 
 __all__ = ["FILES_PATH", "router"]
@@ -109,6 +109,7 @@ async def files_channel(websocket: WebSocket) -> None:
             work_session=requested,
             operation_id=str(channel_id),
             description=describe(spec),
+            content=content_digest(spec),
         )
     except APIError as exc:
         await deny(websocket, exc.status, exc.code, exc.detail)

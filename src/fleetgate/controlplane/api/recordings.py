@@ -31,6 +31,7 @@ from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.hub.relay import close_websocket
 from fleetgate.controlplane.store import terminals as store
 from fleetgate.controlplane.timeutil import now_us
+from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol.channels import CLOSE_BAD_REQUEST, CLOSE_UNKNOWN
 
 
@@ -114,7 +115,7 @@ async def _receive(websocket: WebSocket, file: IO[bytes]) -> tuple[int, str] | N
             await asyncio.to_thread(file.write, data)
             continue
         try:
-            end = json.loads(message.get("text") or "")
+            end = json_loads(message.get("text") or "")
         except ValueError:
             end = None
         if not isinstance(end, dict) or end.get("type") != "end":

@@ -39,7 +39,7 @@ from fleetgate.controlplane.store.worksession_gate import gate_and_record
 from fleetgate.controlplane.store.worksessions import WorkSessionRow, load_settled
 from fleetgate.controlplane.timeutil import iso, now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
-from fleetgate.shared.protocol import ChannelOpen, SshSpec
+from fleetgate.shared.protocol import ChannelOpen, SshSpec, content_digest
 from fleetgate.shared.protocol.ssh import SSH_CHANNEL_SCOPES, format_key_id
 
 
@@ -234,6 +234,7 @@ async def _open_message(
             )
             if denial is not None:
                 return denial
+        spec = SshSpec(username=username)
         claims = operation_claims(
             operation_id=str(channel_id),
             scope=SSH_CHANNEL_SCOPES[0],
@@ -241,6 +242,7 @@ async def _open_message(
             now_us=now,
             principal_name=principal_name,
             session=session,
+            content=content_digest(spec),
         )
         if session is None:  # a token: every SSH request (not gated, as every channel)
             claims = claims.model_copy(update={"scopes": list(SSH_CHANNEL_SCOPES)})
@@ -258,7 +260,7 @@ async def _open_message(
         )
         return ChannelOpen(
             channel_id=channel_id,
-            spec=SshSpec(username=username),
+            spec=spec,
             grant=services.signer.sign(claims),
         )
 

@@ -41,7 +41,7 @@ from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.controlplane.timeutil import iso, iso_or_none, now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
 from fleetgate.shared.addresses import loopback_address
-from fleetgate.shared.protocol import ChannelOpen
+from fleetgate.shared.protocol import ChannelOpen, content_digest
 from fleetgate.shared.protocol.channels import REVOCATION_CODES, TunnelSpec
 
 
@@ -131,6 +131,7 @@ async def create(
         work_session=requested,
         operation_id=tunnel_id,
         description=f"tunnel to {host}:{body.remote_port}",
+        content=content_digest(_stream_spec(tunnel_id, host, body.remote_port)),
     )
     new = NewTunnel(
         id=tunnel_id,
@@ -236,6 +237,7 @@ async def _stream_open(
             )
             if denial is not None:
                 return denial
+        spec = _stream_spec(row.id, row.remote_host, row.remote_port, probe=probe)
         claims = operation_claims(
             operation_id=str(channel_id),
             scope=SCOPE,
@@ -243,12 +245,7 @@ async def _stream_open(
             now_us=now,
             principal_name=principal_name,
             session=session,
-        )
-        spec = TunnelSpec(
-            tunnel_id=uuid.UUID(row.id),
-            port=row.remote_port,
-            host=None if row.remote_host == "127.0.0.1" else row.remote_host,
-            probe=probe,
+            content=content_digest(spec),
         )
         return ChannelOpen(channel_id=channel_id, spec=spec, grant=services.signer.sign(claims))
 
@@ -257,6 +254,16 @@ async def _stream_open(
     if isinstance(outcome, GateDenial):
         raise APIError(403, outcome.code, outcome.detail, SCOPE)
     return outcome
+
+
+def _stream_spec(tunnel_id: str, host: str, port: int, *, probe: bool = False) -> TunnelSpec:
+    """The spec of one stream of a tunnel (what its grant binds)."""
+    return TunnelSpec(
+        tunnel_id=uuid.UUID(tunnel_id),
+        port=port,
+        host=None if host == "127.0.0.1" else host,
+        probe=probe,
+    )
 
 
 @ws_router.websocket(STREAM_PATH)

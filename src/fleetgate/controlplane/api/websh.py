@@ -35,7 +35,7 @@ from fleetgate.controlplane.hub.channels import OpenChannel
 from fleetgate.controlplane.store import terminals as store
 from fleetgate.controlplane.store.terminals import TerminalRow
 from fleetgate.controlplane.timeutil import iso, iso_or_none, now_us
-from fleetgate.shared.protocol import ChannelOpen, WebshSpec
+from fleetgate.shared.protocol import ChannelOpen, WebshSpec, content_digest
 
 
 __all__ = ["CLIENT_PATH", "WEBSH_SCOPE", "router", "terminal_json"]
@@ -98,10 +98,10 @@ def is_owner(principal: Principal, row: TerminalRow) -> bool:
     return principal.user is None and principal.token.id == row.owner_token
 
 
-def _check_spec(body: TerminalCreateBody, account: str) -> None:
+def _check_spec(body: TerminalCreateBody, account: str, terminal_id: str) -> WebshSpec:
     try:
-        WebshSpec(
-            terminal_id=uuid.uuid4(),
+        return WebshSpec(
+            terminal_id=uuid.UUID(terminal_id),
             username=account,
             groupname=body.groupname,
             shell=body.shell,
@@ -126,8 +126,8 @@ async def create_terminal(
     requested = body.work_session or request.headers.get("x-work-session") or None
     require_session_named(principal, requested, WEBSH_SCOPE)
     account = server_account(principal, body.username, body.groupname, what="a terminal")
-    _check_spec(body, account)
     terminal_id = str(uuid.uuid4())
+    spec = _check_spec(body, account, terminal_id)
     allowed = await authorize(
         services,
         principal,
@@ -136,6 +136,7 @@ async def create_terminal(
         work_session=requested,
         operation_id=terminal_id,
         description=f"websh {account}@{body.server}",
+        content=content_digest(spec),
     )
     now = now_us()
 
@@ -259,6 +260,7 @@ async def serve_client(websocket: WebSocket, terminal_id: str) -> None:
             work_session=row.work_session_id,
             operation_id=str(channel_id),
             description=f"websh attach {row.username}@{row.server_name}",
+            content=content_digest(spec),
         )
     except (ValueError, ValidationError) as exc:
         await deny(websocket, 400, "INVALID_REQUEST", str(exc).splitlines()[0][:200])

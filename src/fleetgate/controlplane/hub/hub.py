@@ -20,10 +20,10 @@ from fleetgate.controlplane.hub.registry import (
     CLOSE_SHUTDOWN,
     AgentConnection,
     Registry,
-    run_message,
 )
 from fleetgate.controlplane.hub.scheduler import Scheduler
 from fleetgate.controlplane.hub.session import AgentSession
+from fleetgate.controlplane.hub.undeliverable import deliver
 from fleetgate.controlplane.store import Database, servers as servers_store
 from fleetgate.controlplane.store.commands import CommandRow
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
@@ -43,7 +43,7 @@ class Hub:
         self.settings = settings
         self.registry = Registry()
         self.notifier = Notifier()
-        self.scheduler = Scheduler(db, self.registry)
+        self.scheduler = Scheduler(db, self.registry, self.notifier.notify)
         self.channels = ChannelBroker(self.registry)
         self.reports = ReportWriter(db, max_reports=settings.report_batch)
         self._live: set[AgentConnection] = set()
@@ -57,12 +57,13 @@ class Hub:
         """Send ``command.run`` for ``row`` to its server now; whether it was sent.
 
         A failed send is not an error: the command stays "sent, not delivered" and the
-        agent's next ``hello`` brings it again.
+        agent's next ``hello`` brings it again. A command the agent cannot accept is
+        finished instead (``fleetgate.controlplane.hub.undeliverable``).
         """
         conn = self.registry.get(row.server_id)
         if conn is None:
             return False
-        sent = await conn.send_quietly(run_message(row))
+        sent = await deliver(conn, self.db, row, self.notifier.notify)
         if sent:
             log.debug("command_sent", command_id=row.id, server_id=row.server_id)
         return sent

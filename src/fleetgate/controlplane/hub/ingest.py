@@ -84,7 +84,9 @@ class ReportWriter:
     async def _write(self, batches: list[_Batch]) -> None:
         items = [(b.server_id, b.reports, b.last_seen_at) for b in batches]
         try:
-            outcomes = await self.db.write(reports_store.apply_report_batches, items)
+            # A final result erases its command's env: the WAL is scrubbed at once.
+            stored = await self.db.write_erasing(reports_store.store_report_batches, items)
+            outcomes = stored.outcomes
         except asyncio.CancelledError:
             for batch in batches:
                 if not batch.done.done():

@@ -78,20 +78,23 @@ class AgentConnection:
         self.last_frame_monotonic = time.monotonic()
         self.agent_version: str | None = None
         self.hostname: str | None = None
+        self.max_message_bytes: int | None = None
+        """The largest frame the agent accepts (announced in its ``hello``)."""
         self.features: frozenset[str] = frozenset()
         """Optional features the agent said it offers in its ``hello`` (``tunnel``)."""
         self.closed = asyncio.Event()
         self._send_lock = asyncio.Lock()
 
-    async def send(self, message: BaseModel) -> None:
-        """Send one frame. Raises when the connection is gone."""
-        text = encode(message)
+    async def send(self, message: BaseModel | str) -> None:
+        """Send one frame (a message, or its encoded text). Raises when the connection
+        is gone."""
+        text = message if isinstance(message, str) else encode(message)
         async with self._send_lock:
             if self.closed.is_set():
                 raise ConnectionError("the agent connection is closed")
             await self.websocket.send_text(text)
 
-    async def send_quietly(self, message: BaseModel) -> bool:
+    async def send_quietly(self, message: BaseModel | str) -> bool:
         """Send one frame; whether it was handed to the transport (errors are logged)."""
         try:
             await self.send(message)

@@ -12,8 +12,9 @@ import asyncio
 
 import structlog
 
-from fleetgate.controlplane.hub.registry import Registry, run_message
+from fleetgate.controlplane.hub.registry import Registry
 from fleetgate.controlplane.hub.timer import run_timer
+from fleetgate.controlplane.hub.undeliverable import Notify, deliver
 from fleetgate.controlplane.store import Database, commands as commands_store
 from fleetgate.controlplane.timeutil import now_us
 
@@ -29,9 +30,10 @@ MAX_SLEEP = 3600.0
 class Scheduler:
     """See the module docstring. :meth:`run` is a long-lived task owned by the app."""
 
-    def __init__(self, db: Database, registry: Registry) -> None:
+    def __init__(self, db: Database, registry: Registry, notify: Notify) -> None:
         self.db = db
         self.registry = registry
+        self.notify = notify
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -50,7 +52,7 @@ class Scheduler:
             rows = await self.db.write(commands_store.claim_due, server_ids, now=now)
             for row in rows:
                 conn = self.registry.get(row.server_id)
-                if conn is not None and await conn.send_quietly(run_message(row)):
+                if conn is not None and await deliver(conn, self.db, row, self.notify):
                     log.info("scheduled_command_sent", command_id=row.id, server_id=row.server_id)
             if len(rows) < 1000:
                 break

@@ -32,8 +32,8 @@ from fleetgate.controlplane.hub.registry import (
     CLOSE_SHUTDOWN,
     AgentConnection,
     Registry,
-    run_message,
 )
+from fleetgate.controlplane.hub.undeliverable import deliver, fail_refused
 from fleetgate.controlplane.store import (
     Database,
     commands as commands_store,
@@ -72,6 +72,10 @@ log = structlog.get_logger("fleetgate.controlplane.hub")
 QUEUE_FRAMES = 1024
 """Frames received but not yet processed; the reader waits when it is full."""
 
+_FRAME_REFUSALS = frozenset({"too_large", "malformed", "invalid", "unknown_type"})
+"""Codes of an agent's ``error`` that mean it could not even read the frame: a command
+frame refused so will be refused again, so the command fails now."""
+
 UNDELIVERED_END_WINDOW_US = 24 * 3600 * 1_000_000
 """How far back a reconnecting agent is told again to end the terminals closed here."""
 _REPORT_TYPES = (
@@ -82,6 +86,13 @@ _REPORT_TYPES = (
     SudoDecided,
     SshEvent,
 )
+
+
+def _uuid_or_none(text: str | None) -> str | None:
+    try:
+        return None if text is None else str(uuid.UUID(text))
+    except ValueError:
+        return None
 
 
 def _error(code: str, message: str, ref: str | None) -> ErrorMessage:
@@ -207,11 +218,28 @@ class AgentSession:
                 return None
             return message
         if isinstance(message, ErrorMessage):
-            if self.channels is not None and self.channels.refused(self.conn.server_id, message):
-                self.log.info("channel_refused", code=message.code, channel_id=message.ref)
-            else:
-                self.log.warning("agent_error", code=message.code, ref=message.ref)
+            await self._agent_error(message)
         return None
+
+    async def _agent_error(self, message: ErrorMessage) -> None:
+        """An ``error`` from the agent: a refused channel, a refused command frame (which
+        then reaches a final state instead of waiting for ever), or just logged."""
+        if self.channels is not None and self.channels.refused(self.conn.server_id, message):
+            self.log.info("channel_refused", code=message.code, channel_id=message.ref)
+            return
+        ref = _uuid_or_none(message.ref)
+        if ref is not None and message.code in _FRAME_REFUSALS:
+            failed = await fail_refused(
+                self.db,
+                self.conn.server_id,
+                ref,
+                message.code,
+                message.message,
+                self.notifier.notify,
+            )
+            if failed:
+                return
+        self.log.warning("agent_error", code=message.code, ref=message.ref)
 
     async def _hello(self, hello: Hello) -> None:
         if self.welcomed:
@@ -230,6 +258,7 @@ class AgentSession:
         conn = self.conn
         conn.agent_version = hello.agent_version
         conn.hostname = hello.hostname
+        conn.max_message_bytes = hello.max_message_bytes or self.settings.max_message_bytes
         conn.features = frozenset(hello.features)
         await self.db.write(
             servers_store.mark_connected,
@@ -258,7 +287,7 @@ class AgentSession:
             running=[str(command_id) for command_id in hello.running],
         )
         for row in rows:
-            if not await conn.send_quietly(run_message(row)):
+            if not await deliver(conn, self.db, row, self.notifier.notify):
                 break
             self.log.debug("command_sent", command_id=row.id, redelivery=True)
         await self._end_closed_terminals()
@@ -290,7 +319,8 @@ class AgentSession:
                 await self.conn.close(CLOSE_SHUTDOWN, "control plane shutting down")
                 return
         else:
-            outcome = await self.db.write(
+            # A final result erases its command's env; the WAL is scrubbed at once.
+            outcome = await self.db.write_erasing(
                 reports_store.apply_reports,
                 self.conn.server_id,
                 reports,

@@ -23,6 +23,7 @@ __all__ = [
     "cancel_command",
     "claim_due",
     "claim_for_hello",
+    "fail_undelivered",
     "get_command",
     "insert_command",
     "list_chunks",
@@ -371,3 +372,30 @@ def next_due(conn: sqlite3.Connection, *, now: int) -> int | None:
         (now,),
     ).fetchone()
     return None if row[0] is None else int(row[0])
+
+
+UNDELIVERABLE_EXIT_CODE = 126
+"""Exit code of a command that never reached its agent (the shell's "cannot execute")."""
+
+
+def fail_undelivered(
+    conn: sqlite3.Connection,
+    command_id: str,
+    *,
+    server_id: str,
+    now: int,
+    phase: str,
+    message: str,
+) -> bool:
+    """Finish a command the agent never accepted (too large, or refused as invalid): a
+    final state with ``phase`` and ``message``, its environment erased. Whether it
+    changed (a command the agent already reported on is left alone)."""
+    cur = conn.execute(
+        "UPDATE commands SET handled_at = ?, elapsed_time = 0, exit_code = ?, success = 0, "
+        "result = '', truncated = 0, output_bytes = 0, error_phase = ?, message = ?, "
+        "env = '{}', sent_at = COALESCE(sent_at, ?) "
+        "WHERE id = ? AND server_id = ? AND delivered_at IS NULL AND handled_at IS NULL "
+        "AND cancelled_at IS NULL",
+        (now, UNDELIVERABLE_EXIT_CODE, phase, message[:4096], now, command_id, server_id),
+    )
+    return cur.rowcount > 0

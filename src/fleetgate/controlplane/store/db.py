@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from fleetgate.controlplane.store.schema import migrate
 
@@ -48,9 +48,27 @@ def connect(path: Path | str) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute("PRAGMA busy_timeout=30000")
+    # Deleted and overwritten content (a finished command's env) is zeroed on disk.
+    conn.execute("PRAGMA secure_delete=ON")
     conn.create_function("cp_casefold", 1, _casefold, deterministic=True)
     migrate(conn)
     return conn
+
+
+class ErasesEnv(Protocol):
+    """A write's result that says whether it erased a command's env."""
+
+    @property
+    def erased_env(self) -> bool: ...
+
+
+E = TypeVar("E", bound=ErasesEnv)
+
+
+def _scrub(conn: sqlite3.Connection) -> None:
+    # TRUNCATE: every frame is copied into the (secure_delete) database file, then the
+    # WAL file is cut to zero bytes, old page images included.
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 @contextmanager
@@ -112,6 +130,31 @@ class Database:
         def in_transaction() -> T:
             with transaction(conn):
                 return fn(conn, *args, **kwargs)
+
+        return await self._run(in_transaction)
+
+    async def scrub(self) -> None:
+        """Checkpoint the WAL into the database file and truncate it, after erasing a
+        secret (a command's env): the WAL's old frames still hold what was overwritten,
+        and ``secure_delete`` zeroes it in the database file."""
+        await self._run(partial(_scrub, self._connection()))
+
+    async def write_erasing(
+        self,
+        fn: Callable[Concatenate[sqlite3.Connection, P], E],
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> E:
+        """:meth:`write`, then :meth:`scrub` in the same turn of the worker when the
+        result says it erased a secret: no reader sees the change before the scrub."""
+        conn = self._connection()
+
+        def in_transaction() -> E:
+            with transaction(conn):
+                result = fn(conn, *args, **kwargs)
+            if result.erased_env:
+                _scrub(conn)
+            return result
 
         return await self._run(in_transaction)
 

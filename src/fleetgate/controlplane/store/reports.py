@@ -25,7 +25,13 @@ from fleetgate.shared.protocol import (
 )
 
 
-__all__ = ["ReportOutcome", "apply_report_batches", "apply_reports"]
+__all__ = [
+    "BatchOutcomes",
+    "ReportOutcome",
+    "apply_report_batches",
+    "apply_reports",
+    "store_report_batches",
+]
 
 
 @dataclass
@@ -38,6 +44,8 @@ class ReportOutcome:
     """(rid, command id) of reports for a command this server does not have."""
     changed: set[str] = field(default_factory=set)
     """Commands that got new output or their final result."""
+    erased_env: bool = False
+    """A final result erased a non-empty env (the caller scrubs the WAL)."""
 
 
 def apply_reports(
@@ -76,12 +84,41 @@ def apply_reports(
         if not exists:
             outcome.unknown.append((report.rid, command_id))
             continue
+        if isinstance(report, CommandFinished) and _holds_env(conn, command_id):
+            outcome.erased_env = True
         if _apply_one(conn, command_id, report):
             outcome.changed.add(command_id)
         outcome.stored.append(report.rid)
     if last_seen_at is not None:
         conn.execute("UPDATE servers SET last_seen_at = ? WHERE id = ?", (last_seen_at, server_id))
     return outcome
+
+
+def _holds_env(conn: sqlite3.Connection, command_id: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM commands WHERE id = ? AND env != '{}' AND handled_at IS NULL",
+        (command_id,),
+    ).fetchone()
+    return row is not None
+
+
+@dataclass
+class BatchOutcomes:
+    """What :func:`store_report_batches` did: one outcome per batch."""
+
+    outcomes: list[ReportOutcome]
+
+    @property
+    def erased_env(self) -> bool:
+        """A final result erased a command's env (the caller scrubs the WAL)."""
+        return any(outcome.erased_env for outcome in self.outcomes)
+
+
+def store_report_batches(
+    conn: sqlite3.Connection, batches: Sequence[tuple[str, Sequence[CommandReport], int]]
+) -> BatchOutcomes:
+    """:func:`apply_report_batches`, its outcomes wrapped for ``Database.write_erasing``."""
+    return BatchOutcomes(apply_report_batches(conn, batches))
 
 
 def apply_report_batches(

@@ -14,6 +14,7 @@ import struct
 from typing import Any
 
 from fleetgate.shared.errors import TransferError
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = [
@@ -72,7 +73,7 @@ def decode_text(payload: bytes | str) -> dict[str, Any]:
         TransferError: ``malformed`` when it is not one JSON object with a string ``type``.
     """
     try:
-        obj = json.loads(payload)
+        obj = json_loads(payload)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TransferError("malformed", f"a control frame is not JSON: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):

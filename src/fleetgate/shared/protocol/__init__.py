@@ -19,6 +19,7 @@ from fleetgate.shared.protocol.codec import (
     encode,
     error_ref,
 )
+from fleetgate.shared.protocol.content import content_digest
 from fleetgate.shared.protocol.grants import Grant, GrantClaims
 from fleetgate.shared.protocol.messages import (
     PROTOCOL_VERSION,
@@ -76,6 +77,7 @@ __all__ = [
     "WebshSpec",
     "Welcome",
     "WorkSessionEnded",
+    "content_digest",
     "decode_agent_message",
     "decode_server_message",
     "encode",

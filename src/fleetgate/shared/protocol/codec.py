@@ -7,12 +7,13 @@ through :func:`decode_agent_message` or :func:`decode_server_message`, which rai
 
 from __future__ import annotations
 
-import json
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.jsontext import loads as json_loads
+from fleetgate.shared.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
 from fleetgate.shared.protocol.messages import AgentMessage, ServerMessage
 
 
@@ -24,8 +25,6 @@ __all__ = [
     "error_ref",
 ]
 
-DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
-"""A final result is capped at 1 MiB of output; JSON escaping can grow it, never 4x."""
 
 _T = TypeVar("_T")
 
@@ -60,7 +59,7 @@ def decode_server_message(
 def error_ref(frame: str | bytes) -> str | None:
     """Best-effort identification of a refused frame (its rid or command id), for errors."""
     try:
-        obj = json.loads(frame)
+        obj = json_loads(frame)
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(obj, dict):
@@ -77,7 +76,7 @@ def _decode(adapter: TypeAdapter[_T], frame: str | bytes, max_bytes: int) -> _T:
     if size > max_bytes:
         raise ProtocolViolation("too_large", f"message of {size} bytes exceeds {max_bytes}")
     try:
-        obj: Any = json.loads(frame)
+        obj: Any = json_loads(frame)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolViolation("malformed", f"not valid JSON: {exc}") from exc
     if not isinstance(obj, dict):

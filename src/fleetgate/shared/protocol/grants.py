@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 __all__ = [
+    "CONTENT_PATTERN",
     "GRANT_VERSION",
     "Grant",
     "GrantClaims",
@@ -29,8 +30,11 @@ __all__ = [
     "parse_claims",
 ]
 
-GRANT_VERSION = 1
-"""The ``v`` of the claims this code writes and accepts."""
+GRANT_VERSION = 2
+"""The ``v`` of the claims this code writes and accepts (2: claims bind ``content``)."""
+
+CONTENT_PATTERN = r"^[0-9a-f]{64}$"
+"""What a ``content`` claim looks like: a lowercase hex SHA-256."""
 
 
 class Grant(BaseModel):
@@ -47,11 +51,12 @@ class GrantClaims(BaseModel):
     ``auth`` is ``work_session`` (a login principal's command, bound to ``work_session``)
     or ``token`` (API or service token authentication, not gated by work sessions).
     ``expires_at`` is ``None`` only for token grants: they are bound to one command id,
-    which the agent runs at most once.
+    which the agent runs at most once. ``content`` is the digest of exactly what the
+    operation does (``fleetgate.shared.protocol.content``): the agent recomputes it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    v: Literal[1] = 1
+    v: Literal[2] = 2
     command_id: UUID
     server_id: UUID
     auth: Literal["work_session", "token"]
@@ -62,6 +67,7 @@ class GrantClaims(BaseModel):
     not_before: int
     expires_at: int | None = None
     sudo: list[str] = Field(default_factory=list, max_length=1000)
+    content: str = Field(pattern=CONTENT_PATTERN)
 
 
 def canonical_json(value: Any) -> bytes:

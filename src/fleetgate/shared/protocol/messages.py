@@ -24,6 +24,7 @@ from fleetgate.shared.labels import MAX_LABELS, LabelError, check_labels
 from fleetgate.shared.protocol.base import Message as _Message, Username
 from fleetgate.shared.protocol.channels import ChannelClose, ChannelOpen, TerminalEnd
 from fleetgate.shared.protocol.grants import Grant
+from fleetgate.shared.protocol.limits import MAX_ENV_VARS, MAX_LINE_CHARS, env_problem
 
 
 __all__ = [
@@ -97,6 +98,10 @@ class Hello(_Message):
     hostname: str = Field(max_length=255)
     running: list[UUID] = Field(default_factory=list, max_length=10_000)
     """Commands this agent is executing right now (so they are not redelivered)."""
+    max_message_bytes: int | None = Field(default=None, ge=1)
+    """The largest frame this agent accepts (its ``limits.max_message_bytes``): the control
+    plane never sends it a larger ``command.run``, it fails that command instead.
+    ``None`` (an older agent): the control plane assumes its own limit."""
     ssh_host_key: str | None = Field(default=None, max_length=1024)
     """The agent's SSH host public key (OpenSSH one-line form), for ``ssh`` channels."""
     features: list[Annotated[str, Field(max_length=32)]] = Field(
@@ -277,10 +282,10 @@ class CommandRun(_Message):
     type: Literal["command.run"] = "command.run"
     command_id: UUID
     shell: Literal["system"] = "system"
-    line: str = Field(min_length=1, max_length=65_536)
+    line: str = Field(min_length=1, max_length=MAX_LINE_CHARS)
     username: Username = "root"
     groupname: Username | None = None
-    env: dict[str, str] = Field(default_factory=dict, max_length=256)
+    env: dict[str, str] = Field(default_factory=dict, max_length=MAX_ENV_VARS)
     timeout: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     grant: Grant | None = None
     """Signed permission for this command (``fleetgate.shared.protocol.grants``); optional on the
@@ -303,6 +308,9 @@ class CommandRun(_Message):
                 raise ValueError(f"environment variable name {key!r} is not valid")
             if "\0" in value:
                 raise ValueError(f"environment variable {key} contains a NUL byte")
+        problem = env_problem(env)
+        if problem is not None:
+            raise ValueError(problem)
         return env
 
     @field_validator("line")

@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = [
@@ -75,7 +76,11 @@ def decode_tunnel_control(text: str) -> TunnelEof | TunnelError:
     if len(text) > _MAX_CONTROL_BYTES:
         raise ProtocolViolation("too_large", f"tunnel control frame of {len(text)} characters")
     try:
-        return _ADAPTER.validate_json(text)
+        obj = json_loads(text)
+    except ValueError as exc:
+        raise ProtocolViolation("malformed", f"bad tunnel control frame: {exc}") from None
+    try:
+        return _ADAPTER.validate_python(obj)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(frame)"

@@ -12,13 +12,13 @@ was refused; the terminal stays open).
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = [
@@ -128,7 +128,7 @@ def _decode(adapter: TypeAdapter[Any], text: str) -> Any:
     if len(text) > MAX_CONTROL_BYTES:
         raise ProtocolViolation("too_large", f"control frame exceeds {MAX_CONTROL_BYTES} bytes")
     try:
-        obj = json.loads(text)
+        obj = json_loads(text)
     except ValueError as exc:
         raise ProtocolViolation("malformed", f"not valid JSON: {exc}") from None
     if not isinstance(obj, dict):

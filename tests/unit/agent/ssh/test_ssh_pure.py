@@ -100,6 +100,7 @@ def claims(scopes: list[str]) -> GrantClaims:
         servers=[SERVER],
         not_before=NOW,
         expires_at=NOW + 60,
+        content="0" * 64,
     )
 
 
