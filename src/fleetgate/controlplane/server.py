@@ -95,6 +95,9 @@ class ControlPlaneServer(uvicorn.Server):
             proxy_headers=False,
             server_header=False,
             lifespan="on",
+            # TLS on the socket we bound (uvicorn wraps given sockets too); None: plain.
+            ssl_certfile=settings.tls_cert,
+            ssl_keyfile=settings.tls_key,
         )
         super().__init__(config)
         self.fastapi_app = app
