@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,45 @@ def test_file_transfer_over_wss(
     down = stack.run("cp", f"{SERVER}:{remote}", str(back), "-u", user.name)
     assert down.returncode == 0, down.stderr
     assert sha256_file(back) == digest
+
+
+def test_register_with_ca_file_then_run(stack: TlsStack, tmp_path: Path) -> None:
+    """As deployed: ``register --ca-file`` stores the CA; the daemon verifies with it."""
+    cp = stack.cp
+    config = tmp_path / "agent.toml"
+
+    def register(ca_file: Path) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "fleetgate.agent", "register", "--url", cp.url]
+        argv += ["--name", "tls-reg", "--token-file", str(cp.workdir / "admin.token")]
+        return subprocess.run(
+            [*argv, "--config", str(config), "--ca-file", str(ca_file)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            check=False,
+        )
+
+    refused = register(stack.impostor.cert_path)
+    assert refused.returncode == 69, refused.stderr
+    assert f"{VERIFY_FAILED}unable to get local issuer certificate" in refused.stderr
+    assert not config.exists()
+    registered = register(stack.ca.cert_path)
+    assert registered.returncode == 0, registered.stderr
+    stored = tomllib.loads(config.read_text(encoding="utf-8"))
+    assert stored["control_plane"] == {"url": cp.url, "ca_file": str(stack.ca.cert_path)}
+    # This test's own directories instead of /var/lib, /run and /var/log (top-level keys).
+    dirs = "".join(f'{k} = "{tmp_path / v}"\n' for k, v in DIRS.items())
+    config.write_text(dirs + config.read_text(encoding="utf-8"), encoding="utf-8")
+    agent = AgentProcess(cp, tmp_path, "tls-reg", stored["identity"]["server_id"], config)
+    try:
+        agent.start()  # returns once the control plane sees it connected
+        assert agent_status(agent).returncode == 0
+    finally:
+        agent.stop()
+
+
+DIRS = {"state_dir": "state", "runtime_dir": "run", "logs_dir": "logs"}
 
 
 # -- refused certificates ----------------------------------------------------------------
