@@ -310,7 +310,8 @@ def _request(
     except urllib.error.HTTPError as exc:
         return exc.code, _json(exc.read())
     except (urllib.error.URLError, OSError) as exc:
-        reason = describe_tls_error(exc, ca_file) or getattr(exc, "reason", exc)
+        reason: object = getattr(exc, "reason", exc)
+        reason = describe_tls_error(exc, ca_file) or reason
         raise RegistrationError(f"cannot reach {url}: {reason}", EX_UNAVAILABLE) from exc
 
 
