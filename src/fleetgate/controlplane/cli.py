@@ -21,6 +21,7 @@ from fleetgate.controlplane.store import connect, transaction, users as users_st
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.shared import logs
 from fleetgate.shared.atomic import atomic_write
+from fleetgate.shared.errors import FleetgateError
 
 
 __all__ = ["main", "write_secret"]
@@ -43,6 +44,10 @@ def _out(text: str) -> None:
 def _err(text: str) -> None:
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
+
+
+class SettingsError(FleetgateError):
+    """Flags and ``CONTROLPLANE_*`` variables do not make valid settings (exit 2)."""
 
 
 _FLAG_SETTINGS = {
@@ -69,10 +74,6 @@ def _settings(args: argparse.Namespace) -> ControlPlaneSettings:
             for error in exc.errors()
         )
         raise SettingsError(f"invalid settings: {problems}") from None
-
-
-class SettingsError(Exception):
-    """Flags and ``CONTROLPLANE_*`` variables do not make valid settings (exit 2)."""
 
 
 # -- serve -----------------------------------------------------------------------------

@@ -71,8 +71,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsStack]:
     ):
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTCTL_")}
         env.update({"PYTHONUNBUFFERED": "1", "TERM": "xterm"})
+        env["AGENTCTL_CONFIG"] = str(root / "agentctl.toml")
         stack = TlsStack(cp, env, agent, ca, impostor, root)
-        stack.env = stack.agentctl_env("agentctl", url=cp.url, ca_file=ca.cert_path)
+        # As an operator would: `login` checks the token over https and stores the CA.
+        login = stack.run(
+            "login", cp.url, "--token", cp.admin_token, "--ca-file", str(ca.cert_path)
+        )
+        assert login.returncode == 0, login.stderr
         yield stack
 
 
