@@ -136,6 +136,7 @@ def write_agent_config(
     sections: Mapping[str, Mapping[str, Any]] | None = None,
     control_plane_key: str | None = None,
     ssh_ca_key: str | None = None,
+    ca_file: Path | None = None,
 ) -> None:
     """Write an agent TOML configuration (small values only: str, int, float, bool).
 
@@ -149,6 +150,7 @@ def write_agent_config(
         f'logs_dir = "{state_dir.parent / "logs"}"',
         "[control_plane]",
         f'url = "{url}"',
+        *([f'ca_file = "{ca_file}"'] if ca_file is not None else []),
         "[identity]",
         f'server_id = "{server_id}"',
         f'key_file = "{key_file}"',
@@ -179,11 +181,13 @@ def start_agent(
     wait: bool = True,
     url: str | None = None,
     env: Mapping[str, str] | None = None,
+    ca_file: Path | None = None,
 ) -> AgentProcess:
     """Register a server named ``name`` (default: random) and start its agent.
 
     ``url`` is what the agent dials (default: the control plane's own URL; a fault test
-    passes a proxy's).
+    passes a proxy's). ``ca_file`` is what it verifies the control plane's certificate
+    with (default: the CA of a control plane serving TLS).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     name = name or f"srv-{uuid.uuid4().hex[:8]}"
@@ -209,6 +213,7 @@ def start_agent(
         sections=merged,
         control_plane_key=cp.signing_public_key,
         ssh_ca_key=cp.ssh_ca_public_key,
+        ca_file=ca_file or (cp.tls.ca if cp.tls is not None else None),
     )
     agent = AgentProcess(cp, workdir, name, server_id, config)
     agent.env.update(env or {})

@@ -20,6 +20,7 @@ import asyncio
 import atexit
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -49,6 +50,7 @@ __all__ = [
     "ControlPlaneProcess",
     "FakeAgent",
     "Server",
+    "TlsFiles",
     "running_control_plane",
     "start_control_plane",
 ]
@@ -62,6 +64,15 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 10.0
 
 _live: set[ControlPlaneProcess] = set()
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """What ``serve --tls-cert --tls-key`` serves, and the CA clients verify it with."""
+
+    cert: Path
+    key: Path
+    ca: Path
 
 
 @dataclass(frozen=True)
@@ -91,8 +102,10 @@ class ControlPlaneProcess:
         admin_token: str,
         env: Mapping[str, str],
         start_timeout: float = START_TIMEOUT,
+        tls: TlsFiles | None = None,
     ) -> None:
         self.workdir = workdir
+        self.tls = tls
         self.db_path = db_path
         self.admin_token = admin_token
         self.log_path = workdir / "controlplane.log"
@@ -131,6 +144,7 @@ class ControlPlaneProcess:
                 str(port),
                 "--port-file",
                 str(self.port_file),
+                *self._tls_flags(),
             ],
             cwd=REPO_ROOT,
             env=self._env,
@@ -153,7 +167,17 @@ class ControlPlaneProcess:
                 self.kill()
                 raise TimeoutError(f"the control plane did not start:\n{self.log_tail()}")
             time.sleep(0.02)
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"{self.scheme}://127.0.0.1:{self.port}"
+
+    @property
+    def scheme(self) -> str:
+        """``https`` when serving TLS, else ``http``."""
+        return "http" if self.tls is None else "https"
+
+    def _tls_flags(self) -> list[str]:
+        if self.tls is None:
+            return []
+        return ["--tls-cert", str(self.tls.cert), "--tls-key", str(self.tls.key)]
 
     def kill(self) -> None:
         """SIGKILL the subprocess (a crash) and reap it."""
@@ -193,7 +217,10 @@ class ControlPlaneProcess:
             base_url=self.url,
             headers=self.auth_headers(token),
             timeout=timeout,
-            transport=httpx.HTTPTransport(socket_options=NODELAY),
+            transport=httpx.HTTPTransport(
+                socket_options=NODELAY,
+                verify=True if self.tls is None else ssl.create_default_context(cafile=self.tls.ca),
+            ),
         )
 
     def register_server(self, name: str) -> tuple[str, str]:
@@ -216,7 +243,8 @@ class ControlPlaneProcess:
     @property
     def backhaul_url(self) -> str:
         """The websocket URL agents dial."""
-        return f"ws://127.0.0.1:{self.port}/ws/agent/backhaul/"
+        ws = "ws" if self.tls is None else "wss"
+        return f"{ws}://127.0.0.1:{self.port}/ws/agent/backhaul/"
 
     def log_tail(self, max_bytes: int = 8000) -> str:
         """The end of the subprocess log, for failure messages."""
@@ -232,11 +260,13 @@ def start_control_plane(
     *,
     env: Mapping[str, str] | None = None,
     start_timeout: float = START_TIMEOUT,
+    tls: TlsFiles | None = None,
 ) -> ControlPlaneProcess:
     """Bootstrap a database in ``workdir`` and start a control plane on a free port.
 
     ``env`` adds environment variables to the subprocess, for example
-    ``{"CONTROLPLANE_AGENT_IDLE_TIMEOUT": "1"}``. The caller must :meth:`stop` or
+    ``{"CONTROLPLANE_AGENT_IDLE_TIMEOUT": "1"}``; ``tls`` serves ``https://`` with that
+    certificate (see ``tests/support/tls.py``). The caller must :meth:`stop` or
     :meth:`kill` it (or use :func:`running_control_plane`).
     """
     workdir.mkdir(parents=True, exist_ok=True)
@@ -258,17 +288,17 @@ def start_control_plane(
             log_path,
         )
     admin_token = token_file.read_text(encoding="utf-8").strip()
-    cp = ControlPlaneProcess(workdir, db_path, admin_token, full_env, start_timeout)
+    cp = ControlPlaneProcess(workdir, db_path, admin_token, full_env, start_timeout, tls)
     cp.start(0)
     return cp
 
 
 @contextmanager
 def running_control_plane(
-    workdir: Path, *, env: Mapping[str, str] | None = None
+    workdir: Path, *, env: Mapping[str, str] | None = None, tls: TlsFiles | None = None
 ) -> Iterator[ControlPlaneProcess]:
     """Context manager around :func:`start_control_plane` that always kills it at the end."""
-    cp = start_control_plane(workdir, env=env)
+    cp = start_control_plane(workdir, env=env, tls=tls)
     try:
         yield cp
     finally:

@@ -20,6 +20,7 @@ import structlog
 
 from fleetgate import __version__
 from fleetgate.agent import config as config_module, daemon
+from fleetgate.agent.backhaul import ssl_context
 from fleetgate.agent.errors import (
     AuthRejected,
     ConfigError,
@@ -60,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             return _status(cfg, as_json=args.json)
         if args.command == "check-config":
             cfg.read_key()
+            ssl_context(cfg.control_plane)
             print(f"{args.config}: ok")
             return 0
     except ConfigError as exc:

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from fleetgate.agent.audit import AuditLog
-from fleetgate.agent.backhaul import Backhaul, LinkState, Outbox
+from fleetgate.agent.backhaul import Backhaul, LinkState, Outbox, ssl_context
 from fleetgate.agent.channels import ChannelRouter
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.dispatch import Dispatcher
@@ -90,6 +90,7 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
         AuthRejected: the control plane refused this server's credentials.
     """
     key = config.read_key()
+    ssl_context(config.control_plane)  # an unusable ca_file is a configuration error
     prepare_state_dir(config.state_dir)
     adopt_root_groups()
     if config.control_plane.url.scheme == "https" and not config.control_plane.verify_tls:

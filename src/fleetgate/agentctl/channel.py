@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 
-from fleetgate.agentctl.client import USER_AGENT, error_from_answer
+from fleetgate.agentctl.client import USER_AGENT, error_from_answer, tls_context, unreachable
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import CliError
 
@@ -35,17 +35,10 @@ def channel_url(base: str, path: str, params: Mapping[str, str] | None = None) -
 
 
 def _ssl(ctx: Context, url: str) -> ssl.SSLContext | None:
+    """The TLS context of a ``wss://`` URL: the same as the client's HTTP requests'."""
     if not url.startswith("wss://"):
         return None
-    cafile = str(ctx.config.ca_file) if ctx.config.ca_file else None
-    try:
-        context = ssl.create_default_context(cafile=cafile)
-    except (OSError, ssl.SSLError) as exc:
-        raise CliError(f"cannot load ca_file {cafile}: {exc}") from None
-    if not ctx.config.verify_tls:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return tls_context(ctx.config.ca_file, ctx.config.verify_tls)
 
 
 async def connect_channel(
@@ -90,7 +83,7 @@ async def connect_channel(
             response.status_code, bytes(response.body or b""), response.reason_phrase
         ) from None
     except (OSError, TimeoutError, InvalidHandshake) as exc:
-        raise CliError(f"cannot reach {base}: {exc}", code="CONNECTION_FAILED") from None
+        raise unreachable(base, exc, ctx.config.ca_file) from None
     sock = ws.transport.get_extra_info("socket")
     if sock is not None:
         # Keystrokes and small tunnel writes go out at once (see client.NODELAY).

@@ -12,6 +12,7 @@ A test that injects an httpx transport takes the httpx path for every request.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -23,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from fleetgate import __version__
 from fleetgate.agentctl.errors import AgentctlError, ApiError, CliError
+from fleetgate.shared.tlserrors import describe_tls_error
 
 
 if TYPE_CHECKING:
@@ -77,6 +79,35 @@ def error_from_answer(status: int, content: bytes, reason: str = "") -> ApiError
     return ApiError(status, code, detail or reason or "request failed", source)
 
 
+@functools.lru_cache(maxsize=4)
+def tls_context(ca_file: Path | None, verify: bool) -> ssl.SSLContext:
+    """The TLS context of an https control plane: ``ca_file`` (else the system trust
+    store), or no checks at all (``verify_tls = false``).
+
+    Every client of agentctl (httpx, ``http.client``, the channel websockets) takes this
+    one context, built once: a tunnel opens a websocket per connection.
+
+    Raises:
+        CliError: ``ca_file`` cannot be read or holds no certificate.
+    """
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        reason = exc.strerror or str(exc)
+        raise CliError(f"cannot load ca_file {ca_file}: {reason}") from None
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def unreachable(url: str, exc: BaseException, ca_file: Path | None) -> CliError:
+    """``cannot reach URL: reason`` for a request that got no answer; a refused
+    certificate reads ``certificate verify failed: why (checked against ...)``."""
+    reason = describe_tls_error(exc, ca_file) or str(exc) or type(exc).__name__
+    return CliError(f"cannot reach {url}: {reason}", code="CONNECTION_FAILED")
+
+
 NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 """Socket options of every client connection: send small writes at once."""
 
@@ -114,16 +145,7 @@ class Client:
 
     def ssl_context(self) -> ssl.SSLContext:
         """The TLS context of an https control plane: its CA file, or no checks (--insecure)."""
-        try:
-            context = ssl.create_default_context(
-                cafile=str(self._ca_file) if self._ca_file is not None else None
-            )
-        except (OSError, ssl.SSLError) as exc:
-            raise CliError(f"cannot load ca_file {self._ca_file}: {exc}") from None
-        if not self._verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
-        return context
+        return tls_context(self._ca_file, self._verify_tls)
 
     @property
     def _http(self) -> httpx.Client:
@@ -174,8 +196,7 @@ class Client:
 
     def unreachable(self, exc: BaseException) -> CliError:
         """The error for a request that got no answer."""
-        reason = str(exc) or type(exc).__name__
-        return CliError(f"cannot reach {self.url}: {reason}", code="CONNECTION_FAILED")
+        return unreachable(self.url, exc, self._ca_file)
 
     def request(
         self,

@@ -102,7 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     if scheme == "https":
         import ssl
 
-        ssl_context = ssl.create_default_context(cafile=ca_file)
+        try:
+            ssl_context = ssl.create_default_context(cafile=ca_file)
+        except OSError as exc:  # ssl.SSLError is an OSError too
+            return _fail(f"cannot load ca_file {ca_file}: {exc.strerror or exc}")
         if not verify:
             ssl_context.check_hostname = False
             ssl_context.verify_mode = ssl.CERT_NONE
@@ -119,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvalidStatus as exc:
         return _fail(_answer(exc.response.status_code, bytes(exc.response.body or b"")))
     except (OSError, TimeoutError, InvalidHandshake) as exc:
-        return _fail(f"cannot reach {url}: {exc}")
+        from fleetgate.shared.tlserrors import describe_tls_error
+
+        return _fail(f"cannot reach {url}: {describe_tls_error(exc, ca_file) or exc}")
     # SFTP and the SSH handshake are request/response: small packets must not wait for
     # a delayed ACK (Nagle), or every round trip costs tens of milliseconds.
     import socket

@@ -14,11 +14,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.store import connect, transaction, users as users_store
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.shared import logs
 from fleetgate.shared.atomic import atomic_write
+from fleetgate.shared.errors import FleetgateError
 
 
 __all__ = ["main", "write_secret"]
@@ -43,13 +46,34 @@ def _err(text: str) -> None:
     sys.stderr.flush()
 
 
+class SettingsError(FleetgateError):
+    """Flags and ``CONTROLPLANE_*`` variables do not make valid settings (exit 2)."""
+
+
+_FLAG_SETTINGS = {
+    "db": "db_path",
+    "host": "host",
+    "port": "port",
+    "tls_cert": "tls_cert",
+    "tls_key": "tls_key",
+}
+"""Command-line flags and the settings they override (flags win over ``CONTROLPLANE_*``)."""
+
+
 def _settings(args: argparse.Namespace) -> ControlPlaneSettings:
     overrides: dict[str, object] = {}
-    for name in ("db", "host", "port"):
-        value = getattr(args, name, None)
+    for flag, name in _FLAG_SETTINGS.items():
+        value = getattr(args, flag, None)
         if value is not None:
-            overrides["db_path" if name == "db" else name] = value
-    return ControlPlaneSettings(**overrides)  # type: ignore[arg-type]
+            overrides[name] = value
+    try:
+        return ControlPlaneSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise SettingsError(f"invalid settings: {problems}") from None
 
 
 # -- serve -----------------------------------------------------------------------------
@@ -64,9 +88,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise_open_files_limit,
         write_port_file,
     )
+    from fleetgate.controlplane.tls import TlsSetupError, check_tls_files
 
     settings = _settings(args)
     logs.configure(settings.log_level, settings.log_format)
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            check_tls_files(settings.tls_cert, settings.tls_key)
+        except TlsSetupError as exc:
+            _err(f"error: {exc}")
+            return 2
     raise_open_files_limit()  # one socket per connected agent
     try:
         sock = bind_socket(settings.host, settings.port)
@@ -79,7 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def started() -> None:
         if port_file is not None:
             write_port_file(port_file, port)
-        _err(f"controlplane listening on http://{settings.host}:{port}")
+        scheme = "https" if settings.tls else "http"
+        _err(f"controlplane listening on {scheme}://{settings.host}:{port}")
 
     server = ControlPlaneServer(create_app(settings), settings, on_started=started)
     try:
@@ -200,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000; 0: any free port)")
     serve.add_argument("--port-file", type=Path, help="write the real port here once listening")
+    serve.add_argument(
+        "--tls-cert",
+        type=Path,
+        help="serve https:// and wss:// with this PEM certificate chain (env CONTROLPLANE_TLS_CERT)",
+    )
+    serve.add_argument(
+        "--tls-key",
+        type=Path,
+        help="the certificate's PEM private key, mode 0600 (env CONTROLPLANE_TLS_KEY)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     user = sub.add_parser("user", help="manage users").add_subparsers(dest="action", required=True)
@@ -257,5 +299,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except SettingsError as exc:
+        _err(f"error: {exc}")
+        return 2
     except KeyboardInterrupt:
         return 130

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetgate.shared.protocol import DEFAULT_MAX_MESSAGE_BYTES
@@ -46,8 +46,23 @@ class ControlPlaneSettings(BaseSettings):
     """Env names a command request may set although ``shared.envpolicy`` denies them
     (``PATH``, ``LD_*``, ...); the agent must allow them too (``exec.allowed_env``).
     JSON list in ``CONTROLPLANE_ALLOWED_ENV``."""
+    tls_cert: Path | None = None
+    """PEM certificate (chain) to serve HTTPS and ``wss://`` with; needs ``tls_key``."""
+    tls_key: Path | None = None
+    """PEM private key of ``tls_cert``; must not be readable by group or others."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Self:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Whether the control plane serves TLS (``https://``, ``wss://``)."""
+        return self.tls_cert is not None
 
     @property
     def ws_max_size(self) -> int:

@@ -99,6 +99,9 @@ class ControlPlaneServer(uvicorn.Server):
             # Bounded request heads, answered with 431 (plain httptools buffers any
             # size, and a websocket upgrade with a long header line hung).
             http=BoundedHttpToolsProtocol,
+            # TLS on the socket we bound (uvicorn wraps given sockets too); None: plain.
+            ssl_certfile=settings.tls_cert,
+            ssl_keyfile=settings.tls_key,
         )
         super().__init__(config)
         self.fastapi_app = app

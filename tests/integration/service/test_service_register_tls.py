@@ -1,14 +1,12 @@
 """``fleetgate-agent register`` verifies the control plane's certificate (system store or --ca-file).
 
-A stand-in HTTPS server on loopback with a self-signed certificate: without ``--ca-file``
+A stand-in HTTPS server on loopback with a certificate of a throw-away CA: without ``--ca-file``
 the handshake fails before anything (the token) is sent; with it, registration succeeds
 and the CA file is stored in the configuration for the daemon.
 """
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import ssl
 import tomllib
@@ -17,48 +15,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from fleetgate.agent.errors import RegistrationError
 from fleetgate.agent.service import enrol
 from tests.support.serving import serving
+from tests.support.tls import make_ca
 
 
 SERVER_ID = "6f1c1b52-7d0e-4c55-9a53-2b1f6c7e0a11"
-
-
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fleetgate-agent test CA")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -84,14 +48,15 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def https_cp(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    cert, key = self_signed(tmp_path)
+    ca = make_ca(tmp_path / "ca")
+    cert, key = ca.issue(tmp_path / "pki", ip="127.0.0.1")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     Handler.seen = []
     with serving(server) as port:
-        yield f"https://127.0.0.1:{port}", cert
+        yield f"https://127.0.0.1:{port}", ca.cert_path
 
 
 def test_unverified_certificate_is_refused_before_sending_the_token(
@@ -103,21 +68,24 @@ def test_unverified_certificate_is_refused_before_sending_the_token(
             config_path=tmp_path / "etc" / "agent.toml", url=url, token="fat_secret", name="tls-1"
         )
     assert caught.value.exit_status == 69
-    assert "CERTIFICATE_VERIFY_FAILED" in str(caught.value)
+    assert str(caught.value) == (
+        f"cannot reach {url}/api/servers/servers/register/: certificate verify failed: "
+        "unable to get local issuer certificate (checked against the system trust store)"
+    )
     assert Handler.seen == []  # no request, so no token, went to the unverified server
     assert not (tmp_path / "etc").exists()
 
 
 def test_ca_file_verifies_and_is_stored(https_cp: tuple[str, Path], tmp_path: Path) -> None:
-    url, cert = https_cp
+    url, ca_file = https_cp
     config = tmp_path / "etc" / "agent.toml"
     result = enrol.register(
-        config_path=config, url=url, token="fat_secret", name="tls-1", ca_file=cert
+        config_path=config, url=url, token="fat_secret", name="tls-1", ca_file=ca_file
     )
     assert result.changed
     assert result.server_id == SERVER_ID
     assert Handler.seen == [("POST", "/api/servers/servers/register/", 'token="fat_secret"')]
     stored = tomllib.loads(config.read_text())
-    assert stored["control_plane"] == {"url": url, "ca_file": str(cert)}
+    assert stored["control_plane"] == {"url": url, "ca_file": str(ca_file)}
     assert stored["identity"]["server_id"] == SERVER_ID
     assert (tmp_path / "etc" / "server.key").read_text() == "fsk_test-key\n"

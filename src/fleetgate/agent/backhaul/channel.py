@@ -18,6 +18,7 @@ from fleetgate import __version__
 from fleetgate.agent.backhaul.tls import agent_headers, ssl_context
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelClosed, ConnectionLost
+from fleetgate.shared.tlserrors import describe_tls_error
 
 
 __all__ = ["ChannelLink", "dial_channel", "dial_path"]
@@ -116,7 +117,8 @@ async def dial_path(config: AgentConfig, key: str, path: str, channel_id: UUID) 
             f"channel {channel_id} refused with HTTP {exc.response.status_code}"
         ) from exc
     except (OSError, TimeoutError, InvalidHandshake) as exc:
-        raise ConnectionLost(f"cannot open channel {channel_id}: {exc}") from exc
+        reason = describe_tls_error(exc, cp.ca_file) or str(exc)
+        raise ConnectionLost(f"cannot open channel {channel_id}: {reason}") from exc
     sock = ws.transport.get_extra_info("socket")
     if sock is not None:
         # Keystroke echoes and small tunnel writes must not wait for a delayed ACK.

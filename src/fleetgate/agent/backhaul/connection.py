@@ -47,6 +47,7 @@ from fleetgate.shared.protocol import (
     encode,
     error_ref,
 )
+from fleetgate.shared.tlserrors import describe_tls_error
 
 
 __all__ = ["Backhaul", "ChannelHandler", "CommandHandler", "LinkState"]
@@ -225,7 +226,8 @@ class Backhaul:
                 ) from exc
             raise ConnectionLost(f"handshake refused with HTTP {status}") from exc
         except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise ConnectionLost(f"cannot connect to {cp.backhaul_url}: {_describe(exc)}") from exc
+            reason = describe_tls_error(exc, cp.ca_file) or _describe(exc)
+            raise ConnectionLost(f"cannot connect to {cp.backhaul_url}: {reason}") from exc
 
     async def _handshake(self, ws: ClientConnection) -> None:
         hello = Hello(

@@ -34,6 +34,7 @@ from fleetgate.agent.service.tomledit import Value, set_keys
 from fleetgate.agent.ssh.hostkey import ensure_host_key, new_host_key, write_host_key
 from fleetgate.shared.atomic import atomic_write
 from fleetgate.shared.jsontext import loads as json_loads
+from fleetgate.shared.tlserrors import describe_tls_error
 
 
 __all__ = ["Result", "register", "unregister"]
@@ -297,7 +298,10 @@ def _request(
     request = urllib.request.Request(url, data=data, method=method)  # noqa: S310 - scheme checked
     for name, value in {**headers, "Content-Type": "application/json"}.items():
         request.add_header(name, value)
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    except OSError as exc:  # ssl.SSLError is an OSError too
+        raise ConfigError(f"--ca-file: cannot load {ca_file}: {exc.strerror or exc}") from exc
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -307,7 +311,8 @@ def _request(
     except urllib.error.HTTPError as exc:
         return exc.code, _json(exc.read())
     except (urllib.error.URLError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
+        reason: object = getattr(exc, "reason", exc)
+        reason = describe_tls_error(exc, ca_file) or reason
         raise RegistrationError(f"cannot reach {url}: {reason}", EX_UNAVAILABLE) from exc
 
 
