@@ -39,6 +39,7 @@ GATE_REASONS: dict[str, str] = {
 SESSION_ENDED_CODES: dict[str, str] = {
     "expired": "work_session_expired",
     "revoked": "work_session_revoked",
+    "completed": "work_session_completed",
 }
 
 # Refusals of the authorization model that, like a gate denial, a work session or a

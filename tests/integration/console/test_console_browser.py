@@ -88,12 +88,19 @@ def end_terminals(cp: ControlPlaneProcess, user: CreatedUser) -> None:
 
 
 def make_user(cp: ControlPlaneProcess, username: str, *, superuser: bool = False) -> str:
-    """A console user (password login); returns the password."""
+    """A console user (password login, mapped to the server account of the same name);
+    returns the password."""
     password = secrets.token_urlsafe(12)
     with cp.client() as admin:
         answer = admin.post(
             "/api/iam/users/",
-            json={"username": username, "password": password, "is_superuser": superuser},
+            json={
+                "username": username,
+                "password": password,
+                "is_superuser": superuser,
+                # A user acts on servers as their mapped account: here, the same name.
+                "server_username": None if superuser else username,
+            },
         )
     assert answer.status_code == 201, answer.text
     return password
@@ -261,7 +268,17 @@ def test_request_approve_terminal_upload_and_playback(
         ends = find(user, "#expires").text
         Select(find(user, "#extend-duration")).select_by_visible_text("+2h")
         find(user, "#action-extend").click()
-        wait_for(user, lambda d: find(d, "#expires").text != ends)
+        # Approved means frozen: a user's extension goes back to the approver...
+        wait_for(user, lambda d: status_on_page(d) == "pending")
+        admin.get(f"{cp.url}/console/sessions/{scheduled}")
+        find(admin, "#action-approve").click()
+        wait_for(admin, lambda d: status_on_page(d) == "approved")
+        # ... and, approved again (its scheduled start is still ahead), it is activated
+        # once more and runs to its new end.
+        user.get(f"{cp.url}/console/sessions/{scheduled}")
+        assert find(user, "#expires").text != ends
+        find(user, "#action-activate").click()
+        wait_for(user, lambda d: status_on_page(d) == "active")
         find(user, "#action-complete").click()
         wait_for(user, lambda d: status_on_page(d) == "completed")
         wait_text(user, "#timeline", "extend")
@@ -436,7 +453,8 @@ def driver_cookies(driver: WebDriver) -> dict[str, str]:
 def websocket_origin_checked(cp: ControlPlaneProcess, key: str) -> None:
     """The login cookie opens a channel only from a page of the console's own origin."""
     url = cp.url.replace("http://", "ws://") + "/ws/files/?server=nowhere&op=download&path=/x"
-    for origin, status in (("http://evil.example", 401), (cp.url, 404)):
+    # Same origin: the cookie authenticates (the gate then wants a work session).
+    for origin, status in (("http://evil.example", 401), (cp.url, 403)):
         with pytest.raises(InvalidStatus) as refused:
             connect(
                 url,

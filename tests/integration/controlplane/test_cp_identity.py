@@ -101,7 +101,7 @@ def test_servers_register_list_detail(control_plane: ControlPlaneProcess) -> Non
         )
         assert response.status_code == 201
         body = response.json()
-        assert set(body) == {"id", "name", "key", "signing_public_key"}
+        assert set(body) == {"id", "name", "key", "signing_public_key", "ssh_ca_public_key"}
         dup = c.post("/api/servers/servers/register/", json={"name": name})
         assert (dup.status_code, dup.json()["code"]) == (409, "SERVER_ALREADY_REGISTERED")
         page = c.get("/api/servers/servers/", params={"name": name}).json()

@@ -193,11 +193,14 @@ async def launch(session_id: str, request: Request, principal: ConsoleUser) -> R
     wanted = request.query_params.get("server")
     server = next((s for s in session["servers"] if wanted in (s["id"], s["name"])), None)
     server = server or (session["servers"][0] if session["servers"] else None)
-    assignee = session["assigned_user"]
+    # The account the API will run things as: a user's own mapped server account; a
+    # superuser may name any (root by default), as in the API (authz.server_account).
+    user = principal.user
+    mapped = None if user is None else user.server_username
     context = {
         "s": session,
         "server": server,
-        "account": assignee["name"] if assignee else "root",
+        "account": mapped or ("root" if principal.is_superuser else ""),
     }
     return page(request, "launch.html", context, principal=principal)
 
