@@ -28,9 +28,9 @@ from fleetgate.agent.errors import (
     StateDirError,
     StatusUnavailable,
 )
-from fleetgate.agent.service import enrol, query
 from fleetgate.agent.sudo import install as sudo_install
 from fleetgate.agent.sudo.install import SudoInstallError, SudoLayout
+from fleetgate.agent.system import enrol, query
 from fleetgate.shared import logs
 
 

@@ -27,12 +27,12 @@ from fleetgate.agent.dispatch import Dispatcher
 from fleetgate.agent.errors import AgentError, ConfigError, StateDirError
 from fleetgate.agent.files.service import FilesService
 from fleetgate.agent.policy import GrantPolicy
-from fleetgate.agent.service import ServiceRuntime
 from fleetgate.agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
 from fleetgate.agent.ssh.hostkey import ensure_host_key
 from fleetgate.agent.ssh.service import SshService
 from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
 from fleetgate.agent.sudo.elevation import ElevationPolicy
+from fleetgate.agent.system import ServiceRuntime
 from fleetgate.agent.tunnel.service import TunnelService
 from fleetgate.agent.websh.service import WebshService
 from fleetgate.shared.protocol import SshEvent, SudoDecided

@@ -2,7 +2,7 @@
 
 Terminals, file transfers and tunnel streams each open one with :func:`connect_channel`.
 A refused handshake carries the control plane's usual ``{code, detail}`` body and is
-raised as the same :class:`ApiError` an HTTP request would raise, so gate denials get the
+raised as the same :class:`ControlPlaneError` an HTTP request would raise, so gate denials get the
 seed's diagnostics and exit status 3.
 """
 
@@ -52,7 +52,7 @@ async def connect_channel(
     """Open the channel websocket at ``path`` (for example ``/ws/websh/<id>/``).
 
     Raises:
-        ApiError: the control plane refused (gate denial, unknown server, agent refusal).
+        ControlPlaneError: the control plane refused (gate denial, unknown server, agent refusal).
         CliError: no control plane configured, not logged in, or it cannot be reached.
     """
     base = ctx.config.url

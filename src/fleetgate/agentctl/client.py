@@ -1,7 +1,7 @@
 """A thin synchronous client for the control-plane API (`docs/api.md`).
 
 It adds the base URL, the `Authorization: token="..."` header, the User-Agent and TLS settings,
-and turns every failure into one of two exceptions: `ApiError` for an HTTP error answer and
+and turns every failure into one of two exceptions: `ControlPlaneError` for an HTTP error answer and
 `CliError` ("cannot reach <url>: ...") when no answer came at all.
 
 Speed: importing httpx costs about 90 ms, more than a whole `exec` round trip, so this module
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from fleetgate import __version__
-from fleetgate.agentctl.errors import AgentctlError, ApiError, CliError
+from fleetgate.agentctl.errors import AgentctlError, CliError, ControlPlaneError
 from fleetgate.shared.tlserrors import describe_tls_error
 
 
@@ -53,13 +53,13 @@ class StreamBroken(AgentctlError):
     """An open stream broke (the connection dropped or the answer was cut)."""
 
 
-def _error_from_response(response: httpx.Response) -> ApiError:
-    """Build an ApiError from an error answer, whatever its body looks like."""
+def _error_from_response(response: httpx.Response) -> ControlPlaneError:
+    """Build an ControlPlaneError from an error answer, whatever its body looks like."""
     return error_from_answer(response.status_code, response.content, response.reason_phrase)
 
 
-def error_from_answer(status: int, content: bytes, reason: str = "") -> ApiError:
-    """The ApiError of an HTTP error answer (also a refused websocket handshake)."""
+def error_from_answer(status: int, content: bytes, reason: str = "") -> ControlPlaneError:
+    """The ControlPlaneError of an HTTP error answer (also a refused websocket handshake)."""
     code, detail, source = f"HTTP_{status}", "", None
     try:
         body = json.loads(content) if content else None
@@ -76,7 +76,7 @@ def error_from_answer(status: int, content: bytes, reason: str = "") -> ApiError
             detail = "; ".join(f"{k}: {v}" for k, v in fields.items())
     elif content:
         detail = content.decode("utf-8", "replace").strip()[:200]
-    return ApiError(status, code, detail or reason or "request failed", source)
+    return ControlPlaneError(status, code, detail or reason or "request failed", source)
 
 
 @functools.lru_cache(maxsize=4)
@@ -276,7 +276,7 @@ class Client:
     ) -> Iterator[Iterator[dict[str, Any]]]:
         """Open an NDJSON stream; yield an iterator of its decoded lines.
 
-        HTTP errors raise `ApiError` and a failed connection `CliError` before anything is
+        HTTP errors raise `ControlPlaneError` and a failed connection `CliError` before anything is
         yielded. While reading, a silent stream raises `StreamIdle` and a broken one
         `StreamBroken`, so that the caller can resume.
         """

@@ -89,7 +89,7 @@ class UsageError(AgentctlError):
         self.usage = usage
 
 
-class ApiError(AgentctlError):
+class ControlPlaneError(AgentctlError):
     """An HTTP error answer of the control plane: `{"code", "detail", "source"?}`."""
 
     def __init__(self, status: int, code: str, detail: str, source: str | None = None) -> None:
@@ -202,7 +202,7 @@ def gate_next_actions(
     return reuse
 
 
-def _api_next_actions(err: ApiError, ctx: ErrorContext) -> list[dict[str, str]]:
+def _api_next_actions(err: ControlPlaneError, ctx: ErrorContext) -> list[dict[str, str]]:
     code = err.code.upper()
     if err.status == 401:
         url = ctx.url or "URL"
@@ -227,9 +227,9 @@ def _api_next_actions(err: ApiError, ctx: ErrorContext) -> list[dict[str, str]]:
 
 def diagnose(err: AgentctlError, ctx: ErrorContext) -> Diagnostic:
     """Map an error to its exit code, text lines and JSON diagnostic (`--output json`)."""
-    if isinstance(err, ApiError) and err.is_gate_denial:
+    if isinstance(err, ControlPlaneError) and err.is_gate_denial:
         return _diagnose_gate(err, ctx)
-    if isinstance(err, ApiError):
+    if isinstance(err, ControlPlaneError):
         actions = _api_next_actions(err, ctx)
         lines = [f"agentctl: {err.detail} ({err.code})"]
         if err.status == 401:
@@ -280,7 +280,7 @@ def _payload(
     }
 
 
-def _diagnose_gate(err: ApiError, ctx: ErrorContext) -> Diagnostic:
+def _diagnose_gate(err: ControlPlaneError, ctx: ErrorContext) -> Diagnostic:
     operation = err.source or ctx.operation or "command"
     scope = OPERATION_SCOPES.get(operation, operation)
     reason = GATE_REASONS.get(err.code.lower(), err.detail or err.code)

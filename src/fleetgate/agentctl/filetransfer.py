@@ -87,7 +87,7 @@ class Dropped(Exception):
 
 
 async def open_channel(ctx: Context, opts: Options, **fields: object) -> ClientConnection:
-    """Connect ``/ws/files/`` for one transfer (refusals raise ApiError/CliError)."""
+    """Connect ``/ws/files/`` for one transfer (refusals raise ControlPlaneError/CliError)."""
     # No user: the control plane picks (root for superusers, else your server account).
     params = {"server": opts.server}
     if opts.user:

@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.context import Context
-from fleetgate.agentctl.errors import SESSION_ENDED_CODES, AgentctlError, ApiError
+from fleetgate.agentctl.errors import SESSION_ENDED_CODES, AgentctlError, ControlPlaneError
 from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED
 from fleetgate.shared.pump import abort_socket, pump
@@ -82,7 +82,7 @@ class Forwarder:
         """Let the agent check a stream (grant, policy, limits) without connecting.
 
         Raises:
-            ApiError: the control plane or the agent refused.
+            ControlPlaneError: the control plane or the agent refused.
         """
         ws = await connect_channel(self.ctx, self.path, params={"probe": "1"})
         with contextlib.suppress(ConnectionClosed):
@@ -138,7 +138,7 @@ class Forwarder:
             # The codes the control plane closes streams with when a session ends.
             code = SESSION_ENDED_CODES.get(status, "work_session_not_usable")
             detail = f"work session {session_id} is {status}: the tunnel is closed"
-            self.fatal = ApiError(403, code, detail, "tunnel")
+            self.fatal = ControlPlaneError(403, code, detail, "tunnel")
         self.stop.set()
 
     async def _accept(self, tg: asyncio.TaskGroup) -> None:
@@ -161,7 +161,7 @@ class Forwarder:
     async def _stream(self, conn: socket.socket) -> None:
         try:
             ws = await connect_channel(self.ctx, self.path)
-        except ApiError as exc:
+        except ControlPlaneError as exc:
             abort_socket(conn)
             self._refused(exc.code, exc.detail, exc)
             return
@@ -191,9 +191,9 @@ class Forwarder:
             code, detail = str(reason["code"]), str(reason.get("detail", ""))
         except (ValueError, KeyError, TypeError):
             return
-        self._refused(code, detail, ApiError(403, code, detail, "tunnel"))
+        self._refused(code, detail, ControlPlaneError(403, code, detail, "tunnel"))
 
-    def _refused(self, code: str, detail: str, error: ApiError) -> None:
+    def _refused(self, code: str, detail: str, error: ControlPlaneError) -> None:
         if _is_fatal(code):
             if self.fatal is None:
                 self.fatal = error

@@ -35,7 +35,7 @@ def post_lines(
 
     Raises:
         CliError: no answer (`cannot reach URL: reason`), before anything is yielded.
-        ApiError: an HTTP error answer, before anything is yielded.
+        ControlPlaneError: an HTTP error answer, before anything is yielded.
         StreamIdle, StreamBroken: while reading (the caller resumes).
     """
     parts = urlsplit(client.url)

@@ -12,7 +12,7 @@ from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from fleetgate.agentctl.client import Client, StreamBroken, StreamIdle, StreamProtocolError
-from fleetgate.agentctl.errors import ApiError, CliError
+from fleetgate.agentctl.errors import CliError, ControlPlaneError
 from fleetgate.shared.backoff import backoff_delays
 
 
@@ -124,7 +124,7 @@ def follow_command(
         except StreamIdle:
             failures = 0  # the server answered; the command is just quiet: resume at once
             continue
-        except ApiError as exc:
+        except ControlPlaneError as exc:
             if exc.status < 500:
                 raise
             reason = f"{exc.detail} ({exc.code})"

@@ -81,7 +81,7 @@ _SUPER = Rule(Access.SUPERUSER)
 _PAGE = Rule(Access.CONSOLE)
 
 _CMD = "/api/events/commands/"
-_WS = "/api/work-sessions/sessions/"
+_SESSIONS = "/api/work-sessions/sessions/"
 _SRV = "/api/servers/servers/"
 _TERM = "/api/websh/terminals/"
 
@@ -122,18 +122,18 @@ RULES: dict[tuple[str, str], Rule] = {
         Access.PRINCIPAL, "command", gated=True
     ),
     # work sessions (approve, reject and revoke are the approver's)
-    ("POST", _WS): _USER,
-    ("GET", _WS): _USER,
-    ("GET", f"{_WS}{{session_id}}/"): _USER,
-    ("PATCH", f"{_WS}{{session_id}}/"): _USER,
-    ("GET", f"{_WS}{{session_id}}/timeline/"): _USER,
-    ("POST", f"{_WS}{{session_id}}/approve/"): _SUPER,
-    ("POST", f"{_WS}{{session_id}}/reject/"): _SUPER,
-    ("POST", f"{_WS}{{session_id}}/revoke/"): _SUPER,
-    ("POST", f"{_WS}{{session_id}}/activate/"): _USER,
-    ("POST", f"{_WS}{{session_id}}/complete/"): _USER,
-    ("POST", f"{_WS}{{session_id}}/cancel/"): _USER,
-    ("POST", f"{_WS}{{session_id}}/extend/"): _USER,
+    ("POST", _SESSIONS): _USER,
+    ("GET", _SESSIONS): _USER,
+    ("GET", f"{_SESSIONS}{{session_id}}/"): _USER,
+    ("PATCH", f"{_SESSIONS}{{session_id}}/"): _USER,
+    ("GET", f"{_SESSIONS}{{session_id}}/timeline/"): _USER,
+    ("POST", f"{_SESSIONS}{{session_id}}/approve/"): _SUPER,
+    ("POST", f"{_SESSIONS}{{session_id}}/reject/"): _SUPER,
+    ("POST", f"{_SESSIONS}{{session_id}}/revoke/"): _SUPER,
+    ("POST", f"{_SESSIONS}{{session_id}}/activate/"): _USER,
+    ("POST", f"{_SESSIONS}{{session_id}}/complete/"): _USER,
+    ("POST", f"{_SESSIONS}{{session_id}}/cancel/"): _USER,
+    ("POST", f"{_SESSIONS}{{session_id}}/extend/"): _USER,
     # terminals
     ("POST", _TERM): Rule(Access.PRINCIPAL, "websh", gated=True),
     ("GET", _TERM): Rule(Access.PRINCIPAL, "websh"),

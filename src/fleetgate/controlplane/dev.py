@@ -234,10 +234,10 @@ async def _spawn_agent(env: DevEnvironment) -> asyncio.subprocess.Process | None
                 start_new_session=True,
             )
     except OSError as exc:
-        log.error("agent_spawn_failed", error=str(exc))
+        log.error("dev.agent_spawn_failed", error=str(exc))
         _out(f"could not start the agent: {exc}")
         return None
-    log.info("agent_started", pid=proc.pid, log=str(log_path))
+    log.info("dev.agent_started", pid=proc.pid, log=str(log_path))
     return proc
 
 
@@ -246,7 +246,7 @@ async def _watch_agent(
 ) -> None:
     code = await proc.wait()
     if not stop.is_set():
-        log.error("agent_exited", code=code)
+        log.error("dev.agent_exited", code=code)
         _out(f"the agent exited with code {code}; see {env.directory / 'agent.log'}")
 
 
@@ -276,7 +276,7 @@ async def _stop_agent(proc: asyncio.subprocess.Process) -> None:
         async with asyncio.timeout(AGENT_STOP_TIMEOUT):
             await proc.wait()
     except TimeoutError:
-        log.warning("agent_kill", pid=proc.pid)
+        log.warning("dev.agent_kill", pid=proc.pid)
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()

@@ -137,7 +137,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled_error", path=request.url.path, exc_info=exc)
+        log.error("api.unhandled_error", path=request.url.path, exc_info=exc)
         return JSONResponse(
             {"code": "INTERNAL_ERROR", "detail": "internal server error"}, status_code=500
         )

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from fleetgate.agent.errors import RegistrationError
-from fleetgate.agent.service import enrol
+from fleetgate.agent.system import enrol
 from tests.support.serving import serving
 from tests.support.tls import make_ca
 

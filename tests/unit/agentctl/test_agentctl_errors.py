@@ -11,8 +11,8 @@ import pytest
 from fleetgate.agentctl.client import Client
 from fleetgate.agentctl.errors import (
     GATE_REASONS,
-    ApiError,
     CliError,
+    ControlPlaneError,
     ErrorContext,
     UsageError,
     diagnose,
@@ -24,7 +24,7 @@ DIAG_KEYS = {"error_code", "reason", "context", "next_actions"}
 
 
 def test_plain_api_error_exits_1_with_detail_and_code() -> None:
-    err = ApiError(404, "SERVER_NOT_FOUND", "no server named web-9")
+    err = ControlPlaneError(404, "SERVER_NOT_FOUND", "no server named web-9")
     diag = diagnose(err, ErrorContext(operation="command", server="web-9"))
     assert diag.exit_code == 1
     assert diag.lines == ["agentctl: no server named web-9 (SERVER_NOT_FOUND)"]
@@ -37,7 +37,7 @@ def test_plain_api_error_exits_1_with_detail_and_code() -> None:
 
 @pytest.mark.parametrize("code", ["IDENTITY_NOT_ALLOWED", "SERVER_USERNAME_NOT_SET"])
 def test_identity_refusals_exit_3_with_the_way_forward(code: str) -> None:
-    err = ApiError(403, code, "runs as your server account 'erin'", "username")
+    err = ControlPlaneError(403, code, "runs as your server account 'erin'", "username")
     diag = diagnose(err, ErrorContext(operation="command", server="web-1"))
     assert diag.exit_code == 3
     assert diag.payload["exit_code"] == 3
@@ -48,7 +48,7 @@ def test_identity_refusals_exit_3_with_the_way_forward(code: str) -> None:
 
 
 def test_401_hints_at_login() -> None:
-    err = ApiError(401, "AUTHENTICATION_FAILED", "unknown token")
+    err = ControlPlaneError(401, "AUTHENTICATION_FAILED", "unknown token")
     diag = diagnose(err, ErrorContext(url="http://127.0.0.1:8000"))
     assert diag.exit_code == 1
     assert diag.lines[0] == "agentctl: unknown token (AUTHENTICATION_FAILED)"
@@ -58,7 +58,7 @@ def test_401_hints_at_login() -> None:
 
 @pytest.mark.parametrize("code", sorted(GATE_REASONS))
 def test_every_gate_code_exits_3_with_the_seed_diagnostic(code: str) -> None:
-    err = ApiError(403, code, "WorkSession required", source="command")
+    err = ControlPlaneError(403, code, "WorkSession required", source="command")
     diag = diagnose(err, ErrorContext(operation="command", server="web-01"))
     assert diag.exit_code == 3
     payload = diag.payload
@@ -77,7 +77,7 @@ def test_every_gate_code_exits_3_with_the_seed_diagnostic(code: str) -> None:
 
 def test_gate_next_actions_depend_on_the_code() -> None:
     def first(code: str) -> str:
-        diag = diagnose(ApiError(403, code, ""), ErrorContext(operation="command"))
+        diag = diagnose(ControlPlaneError(403, code, ""), ErrorContext(operation="command"))
         return str(diag.payload["next_actions"][0]["command"])
 
     assert first("work_session_required") == "agentctl work-session ls --status active"
@@ -89,18 +89,22 @@ def test_gate_next_actions_depend_on_the_code() -> None:
 
 
 def test_gate_scope_follows_the_operation() -> None:
-    err = ApiError(403, "work_session_scope_not_allowed", "", source="tunnel")
+    err = ControlPlaneError(403, "work_session_scope_not_allowed", "", source="tunnel")
     assert diagnose(err, ErrorContext()).payload["context"]["required_scope"] == "tunnel"
 
 
 def test_gate_code_match_is_case_insensitive_but_403_only() -> None:
-    assert diagnose(ApiError(403, "WORK_SESSION_REQUIRED", ""), ErrorContext()).exit_code == 3
-    assert diagnose(ApiError(400, "work_session_required", ""), ErrorContext()).exit_code == 1
+    assert (
+        diagnose(ControlPlaneError(403, "WORK_SESSION_REQUIRED", ""), ErrorContext()).exit_code == 3
+    )
+    assert (
+        diagnose(ControlPlaneError(400, "work_session_required", ""), ErrorContext()).exit_code == 1
+    )
 
 
 @pytest.mark.parametrize("code", ["PERMISSION_DENIED", "API_TOKEN_ACL_NOT_ALLOWED"])
 def test_other_403s_are_general_failures(code: str) -> None:
-    assert diagnose(ApiError(403, code, "no"), ErrorContext()).exit_code == 1
+    assert diagnose(ControlPlaneError(403, code, "no"), ErrorContext()).exit_code == 1
 
 
 def test_usage_and_cli_errors() -> None:
@@ -119,7 +123,7 @@ def test_usage_and_cli_errors() -> None:
 def test_json_mode_prints_one_compact_line_on_stderr() -> None:
     out, err = io.StringIO(), io.StringIO()
     Output(mode="json", stdout=out, stderr=err).diagnostic(
-        diagnose(ApiError(403, "work_session_required", ""), ErrorContext(server="web-01"))
+        diagnose(ControlPlaneError(403, "work_session_required", ""), ErrorContext(server="web-01"))
     )
     assert out.getvalue() == ""
     assert err.getvalue().count("\n") == 1
@@ -171,7 +175,7 @@ def _client(response: httpx.Response | Exception) -> Client:
 def test_http_errors_become_one_api_error(
     response: httpx.Response, status: int, code: str, detail: str, source: str | None
 ) -> None:
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ControlPlaneError) as info:
         _client(response).get("/api/x/")
     assert (info.value.status, info.value.code, info.value.detail, info.value.source) == (
         status,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from fleetgate.agentctl.client import Client
-from fleetgate.agentctl.errors import ApiError, CliError
+from fleetgate.agentctl.errors import CliError, ControlPlaneError
 from fleetgate.agentctl.stream import (
     ChunkAssembler,
     assemble_output,
@@ -182,7 +182,7 @@ def test_follow_gives_up_after_max_failures_with_a_hint() -> None:
 
 def test_follow_does_not_retry_client_errors() -> None:
     client, _ = _client(httpx.Response(404, json={"code": "COMMAND_NOT_FOUND", "detail": "x"}))
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(ControlPlaneError) as info:
         follow_command(client, "c-1", lambda _: None, sleep=_no_sleep)
     assert info.value.code == "COMMAND_NOT_FOUND"
 

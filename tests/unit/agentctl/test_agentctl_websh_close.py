@@ -6,7 +6,13 @@ from __future__ import annotations
 import json
 
 from fleetgate.agentctl.commands.websh import _ended_by_gate
-from fleetgate.agentctl.errors import EXIT_GATE_DENIED, ApiError, CliError, ErrorContext, diagnose
+from fleetgate.agentctl.errors import (
+    EXIT_GATE_DENIED,
+    CliError,
+    ControlPlaneError,
+    ErrorContext,
+    diagnose,
+)
 
 
 def reason(code: str, detail: str = "") -> str:
@@ -15,7 +21,7 @@ def reason(code: str, detail: str = "") -> str:
 
 def test_revoked_session_close_is_a_gate_diagnostic_with_exit_3() -> None:
     error = _ended_by_gate(4403, reason("work_session_revoked", "the session was revoked"))
-    assert isinstance(error, ApiError)
+    assert isinstance(error, ControlPlaneError)
     diagnostic = diagnose(error, ErrorContext(operation="websh", server="web-01"))
     assert diagnostic.exit_code == EXIT_GATE_DENIED
     assert diagnostic.payload["error_code"] == "work_session_revoked"

@@ -18,8 +18,8 @@ from fleetgate.agentctl.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     AgentctlError,
-    ApiError,
     CliError,
+    ControlPlaneError,
     Diagnostic,
     UsageError,
 )
@@ -277,7 +277,7 @@ def run_exec(ctx: Context, args: argparse.Namespace) -> int:
                 detach=args.detach,
             )
         return _submit(ctx, client, body, detach=args.detach)
-    except ApiError as exc:
+    except ControlPlaneError as exc:
         if exc.is_gate_denial:
             explain_denial(ctx, client)
         raise
@@ -362,7 +362,7 @@ def run_logs(ctx: Context, args: argparse.Namespace) -> int:
     client = ctx.client()
     try:
         command = client.get(f"{COMMANDS}{quote(args.command_id, safe='')}/")
-    except ApiError as exc:
+    except ControlPlaneError as exc:
         if exc.is_gate_denial:
             explain_denial(ctx, client)
         raise

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleetgate.agentctl.commands.exec_cmd import explain_denial, positive_int
 from fleetgate.agentctl.context import Context
-from fleetgate.agentctl.errors import EXIT_OK, AgentctlError, ApiError, UsageError
+from fleetgate.agentctl.errors import EXIT_OK, AgentctlError, ControlPlaneError, UsageError
 from fleetgate.agentctl.forward import Forwarder, listen
 from fleetgate.agentctl.output import to_json
 
@@ -88,7 +88,7 @@ def run_tunnel(ctx: Context, args: argparse.Namespace) -> int:
     with listener:
         try:
             tunnel = client.post(TUNNELS, body)
-        except ApiError as exc:
+        except ControlPlaneError as exc:
             if exc.is_gate_denial:
                 explain_denial(ctx, client)
             raise

@@ -32,8 +32,8 @@ from fleetgate.agentctl.errors import (
     EXIT_GATE_DENIED,
     SESSION_ENDED_CODES,
     AgentctlError,
-    ApiError,
     CliError,
+    ControlPlaneError,
     UsageError,
 )
 from fleetgate.shared.backoff import backoff_delays
@@ -105,7 +105,7 @@ def run_websh(ctx: Context, args: argparse.Namespace) -> int:
     client = ctx.client()
     try:
         terminal = client.post(TERMINALS, body)
-    except ApiError as exc:
+    except ControlPlaneError as exc:
         if exc.is_gate_denial:
             exec_cmd.explain_denial(ctx, client)
         raise
@@ -250,7 +250,7 @@ class Terminal:
             loop.remove_reader(self.stdin_fd)
         return ws.protocol.close_code or 1006, ws.protocol.close_reason or ""
 
-    def _session_ended(self) -> ApiError | None:
+    def _session_ended(self) -> ControlPlaneError | None:
         """If the terminal's work session has ended (revoked, expired, ...), the error
         that says so: the control plane ends a session's terminals with it, and the shell
         then only reports the hang-up (129)."""
@@ -265,7 +265,7 @@ class Terminal:
         if status == "active":
             return None
         code = SESSION_ENDED_CODES.get(status, "work_session_not_usable")
-        return ApiError(403, code, f"work session {session_id} is {status}", "websh")
+        return ControlPlaneError(403, code, f"work session {session_id} is {status}", "websh")
 
     def _control(self, text: str) -> None:
         try:
@@ -319,7 +319,7 @@ def _ended_by_gate(code: int, reason: str) -> AgentctlError | None:
     except (ValueError, KeyError, TypeError):
         return None
     if gate_code.startswith("work_session_"):
-        return ApiError(403, gate_code, text or gate_code, "websh")
+        return ControlPlaneError(403, gate_code, text or gate_code, "websh")
     if gate_code == "token_revoked":
         return CliError(
             f"the terminal was closed: {text or 'the token was revoked'} ({gate_code})",

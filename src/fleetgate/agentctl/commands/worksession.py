@@ -19,8 +19,8 @@ from fleetgate.agentctl.errors import (
     EXIT_APPROVAL_PENDING,
     EXIT_OK,
     EXIT_WORK_SESSION_ENDED,
-    ApiError,
     CliError,
+    ControlPlaneError,
     UsageError,
 )
 from fleetgate.agentctl.output import format_timestamp, truncate
@@ -197,7 +197,7 @@ def run_create(ctx: Context, args: argparse.Namespace) -> int:
         del body["assigned_user"]
     try:
         session: dict[str, Any] = client.post(SESSIONS, body)
-    except ApiError as exc:
+    except ControlPlaneError as exc:
         raise _explained(exc, args) from None
     if args.wait:
         session = _wait(ctx, client, session, want_active=args.use, timeout=args.wait_timeout)
@@ -212,7 +212,7 @@ def _is_me(client: Client, who: str) -> bool:
 _MAXIMUM = re.compile(r"(longer than|beyond) the maximum of (\d+) minutes")
 
 
-def _explained(exc: ApiError, args: argparse.Namespace) -> ApiError:
+def _explained(exc: ControlPlaneError, args: argparse.Namespace) -> ControlPlaneError:
     """A refused create, said in terms of the flags (`--expires-in 5h`, not `expires_at`)."""
     found = _MAXIMUM.search(exc.detail)
     if found is None:
@@ -221,7 +221,7 @@ def _explained(exc: ApiError, args: argparse.Namespace) -> ApiError:
     limit = f"{minutes // 60}h" if minutes % 60 == 0 else f"{minutes}m"
     given = f"--expires-in {args.expires_in}" if args.expires_in else "--expires-at"
     detail = f"{given} is longer than the longest work session allowed ({limit})"
-    return ApiError(exc.status, exc.code, detail, exc.source)
+    return ControlPlaneError(exc.status, exc.code, detail, exc.source)
 
 
 def _wait(

@@ -26,7 +26,7 @@ from fleetgate.controlplane.errors import APIError, ChannelFailed
 from fleetgate.controlplane.grants import gate_and_sign
 from fleetgate.controlplane.hub.channels import ChannelOwner, OpenChannel
 from fleetgate.controlplane.hub.relay import close_websocket, relay
-from fleetgate.controlplane.store import worksessions as ws_store
+from fleetgate.controlplane.store import worksessions as sessions_store
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
 from fleetgate.shared.protocol import ChannelOpen, Grant
@@ -155,7 +155,7 @@ async def authorize(
             return signed
         session = signed.session
         if session is not None:
-            ws_store.add_event(
+            sessions_store.add_event(
                 conn,
                 session.id,
                 scope,
@@ -191,12 +191,12 @@ async def serve_channel(
     handshake was not answered yet). Returns when the channel has ended on both sides;
     the failure, if the channel could not be opened (the client was already told).
     """
-    log.info("channel_opening", channel_id=str(message.channel_id), kind=message.spec.kind)
+    log.info("channel.opening", channel_id=str(message.channel_id), kind=message.spec.kind)
     registry = services.hub.channels.open
     try:
         registry.register(channel)
     except ChannelFailed as exc:
-        log.info("channel_refused", channel_id=str(message.channel_id), code=exc.code)
+        log.info("channel.refused", channel_id=str(message.channel_id), code=exc.code)
         await deny(websocket, 403, exc.code, exc.detail)
         return exc
     try:
@@ -212,7 +212,7 @@ async def serve_channel(
     if not relaying.cancelled():
         return relaying.result()
     code, detail = channel.why or ("closed", "the channel was closed")
-    log.info("channel_ended", channel_id=str(channel.channel_id), code=code)
+    log.info("channel.ended", channel_id=str(channel.channel_id), code=code)
     if websocket.application_state == WebSocketState.CONNECTED:
         await close_websocket(websocket, CLOSE_REFUSED, refusal_reason(code, detail))
     elif websocket.application_state == WebSocketState.CONNECTING:
@@ -243,7 +243,7 @@ async def _attach_and_relay(
             await websocket.accept()
             await relay(websocket, agent)
     except ChannelFailed as exc:
-        log.info("channel_failed", channel_id=str(message.channel_id), code=exc.code)
+        log.info("channel.failed", channel_id=str(message.channel_id), code=exc.code)
         await deny(websocket, _FAILURE_STATUS.get(exc.close_code, 502), exc.code, exc.detail)
         return exc
     return None

@@ -33,8 +33,8 @@ from fleetgate.controlplane.errors import (
 from fleetgate.controlplane.grants import GrantSigner, gate_and_sign
 from fleetgate.controlplane.store import (
     commands as commands_store,
-    worksession_gate as ws_gate,
-    worksessions as ws_store,
+    worksession_gate as session_gate,
+    worksessions as sessions_store,
 )
 from fleetgate.controlplane.store.commands import CancelOutcome, CommandRow, NewCommand
 from fleetgate.controlplane.timeutil import now_us, to_us
@@ -83,7 +83,7 @@ async def _readable_command(
     now = now_us()
 
     def check(conn: sqlite3.Connection) -> GateDenial | None:
-        denial, _ = ws_gate.gate_and_record(
+        denial, _ = session_gate.gate_and_record(
             conn,
             requested or None,
             user_id=principal.user_id,
@@ -144,7 +144,7 @@ async def create_command(
         raise APIError(403, outcome.code, outcome.detail, scope)
     row = outcome
     log.info(
-        "command_created",
+        "command.created",
         command_id=row.id,
         server_id=server_id,
         requested_by=principal.user_id,
@@ -154,7 +154,7 @@ async def create_command(
     created = command_json(row, now=now_us())
     if streaming:
         return _ndjson(
-            _created_then(created, stream_command(services.db, services.hub.notifier, row.id)),
+            _created_then(created, stream_command(services.db, services.hub.wakeups, row.id)),
             status_code=201,
         )
     return JSONResponse(created, status_code=201)
@@ -227,7 +227,7 @@ def _gate_sign_insert(
         requester_email=None if user is None else user.email,
     )
     if session is not None:
-        ws_store.add_event(
+        sessions_store.add_event(
             conn,
             session.id,
             COMMAND_SCOPE,
@@ -307,7 +307,7 @@ async def stream(
     row = await _readable_command(command_id, request, principal, services)
     seq_gte = parse_int(request.query_params, "seq__gte", minimum=0) or 0
     lines: AsyncIterator[str] = stream_command(
-        services.db, services.hub.notifier, row.id, seq_gte=seq_gte
+        services.db, services.hub.wakeups, row.id, seq_gte=seq_gte
     )
     return _ndjson(lines)
 
@@ -340,7 +340,7 @@ async def cancel(command_id: str, principal: PrincipalDep, services: ServicesDep
             "EVENT_COMMAND_ALREADY_SENT",
             "The command was already sent to the server; it cannot be cancelled.",
         )
-    services.hub.notifier.notify([row.id])
+    services.hub.wakeups.notify([row.id])
     if outcome == CancelOutcome.CANCELLED and row.env:
         await services.db.scrub()  # its env was erased
     updated = await services.db.read(commands_store.get_command, row.id)

@@ -19,7 +19,7 @@ from fleetgate.controlplane.api.params import parse_page
 from fleetgate.controlplane.api.serializers import command_json
 from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.errors import APIError, invalid_request
-from fleetgate.controlplane.store import fanouts as fanout_store, worksession_gate as ws_gate
+from fleetgate.controlplane.store import fanouts as fanout_store, worksession_gate as session_gate
 from fleetgate.controlplane.store.fanouts import FANOUT_STATES, FanoutRow
 from fleetgate.controlplane.timeutil import iso, now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
@@ -62,7 +62,7 @@ async def _readable(
         )
         for command in results:
             scope = SUDO_SCOPE if command.sudo else COMMAND_SCOPE
-            denial, _ = ws_gate.gate_and_record(
+            denial, _ = session_gate.gate_and_record(
                 conn,
                 requested or None,
                 user_id=principal.user_id,
@@ -142,7 +142,7 @@ async def stream(
         return fanout_json(row, await services.db.read(fanout_store.counts, row.id))
 
     return StreamingResponse(
-        stream_fanout(services.db, services.hub.notifier, commands, status),
+        stream_fanout(services.db, services.hub.wakeups, commands, status),
         media_type="application/x-ndjson",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from fleetgate.controlplane.api.stream import ndjson_line, stream_command
-from fleetgate.controlplane.hub.notifier import Notifier
+from fleetgate.controlplane.hub.wakeups import CommandWakeups
 from fleetgate.controlplane.store import Database
 from fleetgate.controlplane.store.commands import CommandRow
 
@@ -28,7 +28,7 @@ QUEUE_LINES = 256
 
 async def stream_fanout(
     db: Database,
-    notifier: Notifier,
+    wakeups: CommandWakeups,
     commands: Sequence[CommandRow],
     status: Callable[[], Awaitable[dict[str, Any]]],
 ) -> AsyncIterator[str]:
@@ -37,9 +37,9 @@ async def stream_fanout(
     queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=QUEUE_LINES)
 
     # One reader per command (at most the fan-out's size, MAX_TARGETS): a reader waits on
-    # its command's notifier event, so a long-running command never holds up the others.
+    # its command's wake-up event, so a long-running command never holds up the others.
     async def follow(row: CommandRow) -> None:
-        async for line in stream_command(db, notifier, row.id):
+        async for line in stream_command(db, wakeups, row.id):
             event = json.loads(line)
             event["server"] = row.server_id
             event["server_name"] = row.server_name

@@ -32,7 +32,7 @@ from fleetgate.controlplane.ids import new_uuid
 from fleetgate.controlplane.store import (
     commands as commands_store,
     fanouts as fanout_store,
-    worksessions as ws_store,
+    worksessions as sessions_store,
 )
 from fleetgate.controlplane.store.commands import CommandRow, NewCommand
 from fleetgate.controlplane.store.fanouts import FanoutRow, Target
@@ -210,7 +210,7 @@ async def create_fanout(
                 requester_email=None if user is None else user.email,
             )
             if session is not None:
-                ws_store.add_event(
+                sessions_store.add_event(
                     conn,
                     session.id,
                     COMMAND_SCOPE,
@@ -255,9 +255,9 @@ async def create_fanout(
         created, status_code=201, headers={"Location": location, "X-Fanout-Id": fanout.id}
     )
     answered = time.perf_counter()
-    await send_many(services.hub.registry, runs, services.db, services.hub.notifier.notify)
+    await send_many(services.hub.registry, runs, services.db, services.hub.wakeups.notify)
     log.info(
-        "fanout_created",
+        "fanout.created",
         fanout_id=fanout.id,
         servers=len(rows),
         requested_by=principal.user_id,

@@ -92,7 +92,7 @@ async def serve_upload(websocket: WebSocket, terminal_id: str) -> None:
     finally:
         await asyncio.to_thread(partial.unlink, missing_ok=True)
     await services.db.write(store.set_recording, row.id, size=size, sha256=digest, now=now_us())
-    log.info("recording_stored", terminal_id=row.id, size=size)
+    log.info("recording.stored", terminal_id=row.id, size=size)
     await websocket.send_text(json.dumps({"type": "stored", "size": size, "sha256": digest}))
     await close_websocket(websocket, 1000, "")
 

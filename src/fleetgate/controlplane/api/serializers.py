@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fleetgate.controlplane.auth import Principal
+from fleetgate.controlplane.command_status import command_status, response_delay
 from fleetgate.controlplane.hub.registry import AgentConnection
-from fleetgate.controlplane.status import command_status, response_delay
 from fleetgate.controlplane.store.commands import CommandRow
 from fleetgate.controlplane.store.servers import ServerRow
 from fleetgate.controlplane.store.users import TokenRow, UserRow

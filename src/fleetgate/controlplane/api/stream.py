@@ -1,6 +1,6 @@
 """The NDJSON output stream of one command.
 
-Data always comes from the database; the notifier only says "look again". The reader
+Data always comes from the database; a wake-up only says "look again". The reader
 takes the command's current event before each read, so a chunk stored between the read
 and the wait still wakes it.
 """
@@ -12,7 +12,7 @@ import json
 from collections.abc import AsyncIterator
 
 from fleetgate.controlplane.api.serializers import command_json
-from fleetgate.controlplane.hub.notifier import Notifier
+from fleetgate.controlplane.hub.wakeups import CommandWakeups
 from fleetgate.controlplane.store import Database, commands as commands_store
 from fleetgate.controlplane.timeutil import now_us
 
@@ -31,7 +31,7 @@ def ndjson_line(obj: object) -> str:
 
 
 async def stream_command(
-    db: Database, notifier: Notifier, command_id: str, *, seq_gte: int = 0
+    db: Database, wakeups: CommandWakeups, command_id: str, *, seq_gte: int = 0
 ) -> AsyncIterator[str]:
     """Yield NDJSON lines: ``output`` events in ``seq`` order, then one ``finished``.
 
@@ -40,7 +40,7 @@ async def stream_command(
     sent in order and the stream ends.
     """
     next_seq = seq_gte
-    with notifier.subscribe(command_id) as subscription:
+    with wakeups.subscribe(command_id) as subscription:
         while True:
             wake = subscription.current()
             chunks = await db.read(
@@ -70,7 +70,7 @@ async def stream_command(
                         break
                 yield ndjson_line({"event": "finished", "command": command_json(row, now=now_us())})
                 return
-            if notifier.closed:
+            if wakeups.closed:
                 return  # the control plane is shutting down; the client may resume
             try:
                 async with asyncio.timeout(RECHECK):

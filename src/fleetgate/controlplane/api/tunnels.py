@@ -35,7 +35,7 @@ from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.grants import operation_claims
 from fleetgate.controlplane.hub.channels import OpenChannel
 from fleetgate.controlplane.hub.tunnels import TunnelStreams
-from fleetgate.controlplane.store import tunnels as tunnels_store, worksession_gate as ws_gate
+from fleetgate.controlplane.store import tunnels as tunnels_store, worksession_gate as session_gate
 from fleetgate.controlplane.store.tunnels import NewTunnel, TunnelRow
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.controlplane.timeutil import iso, iso_or_none, now_us
@@ -225,7 +225,7 @@ async def _stream_open(
     def check(conn: sqlite3.Connection | None) -> ChannelOpen | GateDenial:
         session: WorkSessionRow | None = None
         if conn is not None:
-            denial, session = ws_gate.gate_and_record(
+            denial, session = session_gate.gate_and_record(
                 conn,
                 row.work_session_id,
                 user_id=principal.user_id,

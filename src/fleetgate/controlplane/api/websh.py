@@ -159,7 +159,7 @@ async def create_terminal(
 
     row = await services.db.write(insert)
     assert row is not None
-    log.info("terminal_created", terminal_id=terminal_id, server_id=allowed.server_id)
+    log.info("terminal.created", terminal_id=terminal_id, server_id=allowed.server_id)
     return terminal_json(row)
 
 
@@ -282,6 +282,6 @@ async def serve_client(websocket: WebSocket, terminal_id: str) -> None:
 
     failed = await serve_channel(websocket, services, message, channel, on_attached=attached)
     if failed is not None:
-        log.info("terminal_attach_failed", terminal_id=row.id, code=failed.code)
+        log.info("terminal.attach_failed", terminal_id=row.id, code=failed.code)
         if failed.code in {"unknown_terminal", "terminal_closed"}:
             await services.db.write(store.mark_closed, row.id, reason=failed.code, now=now_us())

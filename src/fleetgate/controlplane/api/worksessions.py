@@ -37,8 +37,8 @@ from fleetgate.controlplane.errors import APIError, invalid_request, permission_
 from fleetgate.controlplane.store import (
     servers as servers_store,
     users as users_store,
-    worksession_gate as ws_gate,
-    worksessions as ws_store,
+    worksession_gate as session_gate,
+    worksessions as sessions_store,
 )
 from fleetgate.controlplane.store.worksessions import NewWorkSession, WorkSessionRow
 from fleetgate.controlplane.timeutil import now_us
@@ -162,7 +162,7 @@ async def create(body: CreateBody, principal: PrincipalDep, services: ServicesDe
         expires_at=expires_at,
     )
     row = await services.db.write(
-        ws_store.insert_work_session, new, auto_approve=principal.is_superuser, now=now
+        sessions_store.insert_work_session, new, auto_approve=principal.is_superuser, now=now
     )
     services.work_sessions.changed()
     return JSONResponse(await _render(row, services), status_code=201)
@@ -183,7 +183,7 @@ async def list_sessions(
         raise invalid_request(f"status: unknown {status[:40]!r}", "status")
     page = parse_page(params)
     count, rows = await services.db.write(
-        ws_store.list_work_sessions,
+        sessions_store.list_work_sessions,
         visible_to=None if principal.is_superuser else principal.user_id,
         status=status,
         now=now_us(),
@@ -200,7 +200,7 @@ async def _load(session_id: str, principal: Principal, services: Services) -> Wo
         session_id = str(uuid.UUID(session_id))
     except ValueError:
         raise _not_found() from None
-    row = await services.db.write(ws_store.load_settled, session_id, now=now_us())
+    row = await services.db.write(sessions_store.load_settled, session_id, now=now_us())
     if row is None or not _visible(row, principal):
         raise _not_found()
     return row
@@ -246,11 +246,11 @@ async def _act(
     try:
         if change is None:
             updated = await services.db.write(
-                ws_store.apply_action, row.id, action, actor=principal.user_id, now=now
+                sessions_store.apply_action, row.id, action, actor=principal.user_id, now=now
             )
         else:
             updated = await services.db.write(
-                ws_store.update_fields,
+                sessions_store.update_fields,
                 row.id,
                 action,
                 actor=principal.user_id,
@@ -296,12 +296,14 @@ async def approve(
     now = now_us()
 
     def adjust_then_approve(conn: Any) -> WorkSessionRow | None:
-        adjusted = ws_store.adjust_request(
+        adjusted = sessions_store.adjust_request(
             conn, row.id, scopes=scopes, server_ids=server_ids, actor=principal.user_id, now=now
         )
         if adjusted is None:
             return None
-        return ws_store.apply_action(conn, row.id, Action.APPROVE, actor=principal.user_id, now=now)
+        return sessions_store.apply_action(
+            conn, row.id, Action.APPROVE, actor=principal.user_id, now=now
+        )
 
     try:
         updated = await services.db.write(adjust_then_approve)
@@ -416,7 +418,7 @@ async def timeline(
     row = await _load(session_id, principal, services)
     page = parse_page(request.query_params)
     count, events = await services.db.read(
-        ws_gate.list_events, row.id, offset=page.offset, limit=page.size
+        session_gate.list_events, row.id, offset=page.offset, limit=page.size
     )
     results = [event_json(e) for e in events]
     return JSONResponse(page_response(request, services.settings.public_url, page, count, results))

@@ -76,10 +76,10 @@ async def login(request: Request) -> Response:
         body = identity.LoginBody(username=username, password=password)
         answer = api_json(await identity.login(body, services))
     except (ValidationError, APIError):
-        log.info("console_login_failed", username=username[:150])
+        log.info("console.login_failed", username=username[:150])
         context = {"next": target, "error": "Wrong username or password.", "username": username}
         return page(request, "login.html", context, status=401)
-    log.info("console_login", username=username)
+    log.info("console.login", username=username)
     response = RedirectResponse(target, status_code=303)
     # A new CSRF token with the new login: one planted before it does not carry over.
     request.state.csrf = new_csrf_token()

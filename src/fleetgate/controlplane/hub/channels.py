@@ -311,7 +311,7 @@ class ChannelBroker:
             key = None
         pending = None if key is None else self._pending.get(key)
         if pending is None or pending.server_id != server_id or pending.attached.done():
-            log.info("channel_unknown", server_id=server_id, channel_id=channel_id)
+            log.info("channel.unknown", server_id=server_id, channel_id=channel_id)
             await websocket.accept()
             await close_websocket(websocket, CLOSE_UNKNOWN, "no such channel")
             return

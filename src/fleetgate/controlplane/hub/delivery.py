@@ -37,5 +37,5 @@ async def send_many(
             if conn is not None:
                 sends.append(tg.create_task(deliver_run(conn, db, run, notify)))
     sent = sum(1 for task in sends if task.result())
-    log.info("commands_sent", count=sent, failed=len(runs) - sent)
+    log.info("command.sent_many", count=sent, failed=len(runs) - sent)
     return sent

@@ -13,7 +13,6 @@ from fleetgate.controlplane.auth import parse_agent_authorization
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
 from fleetgate.controlplane.hub.ingest import ReportWriter
-from fleetgate.controlplane.hub.notifier import Notifier
 from fleetgate.controlplane.hub.registry import (
     CLOSE_DELETED,
     CLOSE_IDLE,
@@ -24,6 +23,7 @@ from fleetgate.controlplane.hub.registry import (
 from fleetgate.controlplane.hub.scheduler import Scheduler
 from fleetgate.controlplane.hub.session import AgentSession
 from fleetgate.controlplane.hub.undeliverable import deliver
+from fleetgate.controlplane.hub.wakeups import CommandWakeups
 from fleetgate.controlplane.store import Database, servers as servers_store
 from fleetgate.controlplane.store.commands import CommandRow
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
@@ -42,8 +42,8 @@ class Hub:
         self.db = db
         self.settings = settings
         self.registry = Registry()
-        self.notifier = Notifier()
-        self.scheduler = Scheduler(db, self.registry, self.notifier.notify)
+        self.wakeups = CommandWakeups()
+        self.scheduler = Scheduler(db, self.registry, self.wakeups.notify)
         self.channels = ChannelBroker(self.registry)
         self.reports = ReportWriter(db, max_reports=settings.report_batch)
         self._live: set[AgentConnection] = set()
@@ -63,9 +63,9 @@ class Hub:
         conn = self.registry.get(row.server_id)
         if conn is None:
             return False
-        sent = await deliver(conn, self.db, row, self.notifier.notify)
+        sent = await deliver(conn, self.db, row, self.wakeups.notify)
         if sent:
-            log.debug("command_sent", command_id=row.id, server_id=row.server_id)
+            log.debug("command.sent", command_id=row.id, server_id=row.server_id)
         return sent
 
     async def work_session_ended(self, row: WorkSessionRow) -> None:
@@ -76,7 +76,7 @@ class Hub:
         for server_id in row.server_ids:
             conn = self.registry.get(server_id)
             if conn is not None and await conn.send_quietly(message):
-                log.info("work_session_end_sent", work_session=row.id, server_id=server_id)
+                log.info("work_session.end_sent", work_session=row.id, server_id=server_id)
 
     async def disconnect(self, server_id: str, reason: str = "server deleted") -> None:
         """Close a server's connection (after it was deleted)."""
@@ -86,7 +86,7 @@ class Hub:
 
     def begin_shutdown(self) -> None:
         """The server stops: end the output streams now instead of at the drain timeout."""
-        self.notifier.close()
+        self.wakeups.close()
 
     async def close_all(self) -> None:
         """Close every agent connection (shutdown)."""
@@ -109,7 +109,7 @@ class Hub:
             conn,
             db=self.db,
             registry=self.registry,
-            notifier=self.notifier,
+            wakeups=self.wakeups,
             settings=self.settings,
             channels=self.channels,
             writer=self.reports,
@@ -134,7 +134,7 @@ class Hub:
             deadline = time.monotonic() - idle
             for conn in [c for c in self._live if c.last_frame_monotonic < deadline]:
                 if not conn.closed.is_set():
-                    log.info("agent_idle_timeout", server_id=conn.server_id, seconds=idle)
+                    log.info("agent.idle_timeout", server_id=conn.server_id, seconds=idle)
                     await conn.close(CLOSE_IDLE, "idle timeout")
 
     async def serve_channel(self, websocket: WebSocket, channel_id: str) -> None:
@@ -154,7 +154,7 @@ class Hub:
         if creds is not None:
             server = await self.db.read(servers_store.authenticate, *creds)
         if server is None:
-            log.info("agent_refused", client=str(websocket.client and websocket.client.host))
+            log.info("agent.refused", client=str(websocket.client and websocket.client.host))
             await _deny(websocket)
         return server
 

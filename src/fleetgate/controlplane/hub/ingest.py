@@ -99,7 +99,7 @@ class ReportWriter:
                     await self._write([batch])
                 return
             log.error(
-                "report_batch_failed", server_id=batches[0].server_id, error=type(exc).__name__
+                "report.batch_failed", server_id=batches[0].server_id, error=type(exc).__name__
             )
             if not batches[0].done.done():
                 batches[0].done.set_exception(exc)

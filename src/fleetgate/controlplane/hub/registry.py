@@ -101,7 +101,7 @@ class AgentConnection:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any transport error: the agent is gone
-            log.debug("send_failed", server_id=self.server_id, error=type(exc).__name__)
+            log.debug("command.send_failed", server_id=self.server_id, error=type(exc).__name__)
             return False
         return True
 
@@ -117,7 +117,9 @@ class AgentConnection:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - closing a dead socket may fail any way
-                log.debug("close_failed", server_id=self.server_id, error=type(exc).__name__)
+                log.debug(
+                    "channel.close_failed", server_id=self.server_id, error=type(exc).__name__
+                )
 
 
 class Registry:

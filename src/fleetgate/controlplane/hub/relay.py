@@ -44,7 +44,7 @@ async def _pump(src: WebSocket, dst: WebSocket, name: str) -> None:
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken transport, on either side
-        log.debug("relay_broken", side=name, error=type(exc).__name__)
+        log.debug("channel.relay_broken", side=name, error=type(exc).__name__)
         code, reason = CLOSE_INTERNAL, f"{name} connection lost"
     await close_websocket(dst, code, reason)
 
@@ -79,4 +79,4 @@ async def close_websocket(websocket: WebSocket, code: int, reason: str = "") -> 
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - closing a dead socket may fail any way
-        log.debug("close_failed", error=type(exc).__name__)
+        log.debug("channel.close_failed", error=type(exc).__name__)

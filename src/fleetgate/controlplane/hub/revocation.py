@@ -83,7 +83,7 @@ class Revoker:
             )
         outcome = Revoked(len(channels), tunnels, len(terminals))
         log.info(
-            "revoked",
+            "revocation.done",
             code=revocation.code,
             token_id=revocation.token_id,
             user_id=revocation.user_id,

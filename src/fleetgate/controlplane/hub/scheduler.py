@@ -53,7 +53,7 @@ class Scheduler:
             for row in rows:
                 conn = self.registry.get(row.server_id)
                 if conn is not None and await deliver(conn, self.db, row, self.notify):
-                    log.info("scheduled_command_sent", command_id=row.id, server_id=row.server_id)
+                    log.info("scheduler.command_sent", command_id=row.id, server_id=row.server_id)
             if len(rows) < 1000:
                 break
         next_due = await self.db.read(commands_store.next_due, now=now)

@@ -26,7 +26,6 @@ from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
 from fleetgate.controlplane.hub.framebuf import FrameBuffer
 from fleetgate.controlplane.hub.ingest import ReportWriter, WriterClosed
-from fleetgate.controlplane.hub.notifier import Notifier
 from fleetgate.controlplane.hub.registry import (
     CLOSE_REPLACED,
     CLOSE_SHUTDOWN,
@@ -34,6 +33,7 @@ from fleetgate.controlplane.hub.registry import (
     Registry,
 )
 from fleetgate.controlplane.hub.undeliverable import deliver, fail_refused
+from fleetgate.controlplane.hub.wakeups import CommandWakeups
 from fleetgate.controlplane.store import (
     Database,
     commands as commands_store,
@@ -110,7 +110,7 @@ class AgentSession:
         *,
         db: Database,
         registry: Registry,
-        notifier: Notifier,
+        wakeups: CommandWakeups,
         settings: ControlPlaneSettings,
         channels: ChannelBroker | None = None,
         writer: ReportWriter | None = None,
@@ -120,7 +120,7 @@ class AgentSession:
         self.channels = channels
         self.db = db
         self.registry = registry
-        self.notifier = notifier
+        self.wakeups = wakeups
         self.settings = settings
         self.welcomed = False
         self.log = log.bind(server_id=conn.server_id)
@@ -133,7 +133,7 @@ class AgentSession:
 
     async def run(self) -> None:
         """Serve the connection; return when it is closed by either side."""
-        self.log.info("agent_connected")
+        self.log.info("agent.connected")
         close_code, reason = CLOSE_SHUTDOWN, "control plane shutting down"  # if cancelled
         try:
             async with asyncio.TaskGroup() as tg:
@@ -146,7 +146,7 @@ class AgentSession:
         except* Exception as group:
             close_code, reason = 1011, "internal error"
             for exc in group.exceptions:
-                self.log.error("agent_session_failed", exc_info=exc)
+                self.log.error("agent.session_failed", exc_info=exc)
         finally:
             await self._finish(close_code, reason)
 
@@ -165,8 +165,8 @@ class AgentSession:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - best effort at the end of a session
-            self.log.warning("mark_disconnected_failed", error=type(exc).__name__)
-        self.log.info("agent_disconnected")
+            self.log.warning("agent.mark_disconnected_failed", error=type(exc).__name__)
+        self.log.info("agent.disconnected")
 
     # -- reader ----------------------------------------------------------------------
 
@@ -201,7 +201,7 @@ class AgentSession:
         try:
             message = decode_agent_message(frame, max_bytes=self.settings.max_message_bytes)
         except ProtocolViolation as exc:
-            self.log.info("frame_refused", code=exc.code)
+            self.log.info("backhaul.frame_refused", code=exc.code)
             await self.conn.send_quietly(_error(exc.code, exc.message, error_ref(frame)))
             return None
         if isinstance(message, Ping):
@@ -225,7 +225,7 @@ class AgentSession:
         """An ``error`` from the agent: a refused channel, a refused command frame (which
         then reaches a final state instead of waiting for ever), or just logged."""
         if self.channels is not None and self.channels.refused(self.conn.server_id, message):
-            self.log.info("channel_refused", code=message.code, channel_id=message.ref)
+            self.log.info("channel.refused", code=message.code, channel_id=message.ref)
             return
         ref = _uuid_or_none(message.ref)
         if ref is not None and message.code in _FRAME_REFUSALS:
@@ -235,11 +235,11 @@ class AgentSession:
                 ref,
                 message.code,
                 message.message,
-                self.notifier.notify,
+                self.wakeups.notify,
             )
             if failed:
                 return
-        self.log.warning("agent_error", code=message.code, ref=message.ref)
+        self.log.warning("agent.error", code=message.code, ref=message.ref)
 
     async def _hello(self, hello: Hello) -> None:
         if self.welcomed:
@@ -277,9 +277,9 @@ class AgentSession:
         self.welcomed = True
         old = self.registry.add(conn)
         if old is not None:
-            self.log.info("agent_connection_replaced")
+            self.log.info("agent.connection_replaced")
             await old.close(CLOSE_REPLACED, "replaced by a newer connection")
-        self.log.info("agent_hello", agent_version=hello.agent_version, running=len(hello.running))
+        self.log.info("agent.hello", agent_version=hello.agent_version, running=len(hello.running))
         rows = await self.db.write(
             commands_store.claim_for_hello,
             conn.server_id,
@@ -287,9 +287,9 @@ class AgentSession:
             running=[str(command_id) for command_id in hello.running],
         )
         for row in rows:
-            if not await deliver(conn, self.db, row, self.notifier.notify):
+            if not await deliver(conn, self.db, row, self.wakeups.notify):
                 break
-            self.log.debug("command_sent", command_id=row.id, redelivery=True)
+            self.log.debug("command.sent", command_id=row.id, redelivery=True)
         await self._end_closed_terminals()
 
     async def _end_closed_terminals(self) -> None:
@@ -307,7 +307,7 @@ class AgentSession:
             if not await conn.send_quietly(message):
                 break
         if closed:
-            self.log.info("terminal_end_resent", terminals=len(closed))
+            self.log.info("terminal.end_resent", terminals=len(closed))
 
     async def _store(self, reports: list[CommandReport]) -> None:
         if self.writer is not None:  # shared with every other session: one transaction
@@ -327,11 +327,11 @@ class AgentSession:
                 last_seen_at=self.conn.last_seen_at,
             )
         for rid, command_id in outcome.unknown:
-            self.log.warning("report_for_unknown_command", command_id=command_id, rid=rid)
+            self.log.warning("report.unknown_command", command_id=command_id, rid=rid)
             await self.conn.send_quietly(
                 _error("invalid", f"unknown command {command_id}", str(rid))
             )
         if outcome.changed:
-            self.notifier.notify(outcome.changed)
+            self.wakeups.notify(outcome.changed)
         rids = outcome.stored + [rid for rid, _ in outcome.unknown]
         await self.conn.send_quietly(Confirm(rids=rids))

@@ -74,7 +74,7 @@ class TunnelStreams:
         now = now_us()
         self._remember(replace(tunnel, closed_at=now, close_code=code, close_reason=detail))
         ended = self.channels.end_resource(tunnel.id, code, detail)
-        log.info("tunnel_closed", tunnel_id=tunnel.id, code=code, streams=len(ended))
+        log.info("tunnel.closed", tunnel_id=tunnel.id, code=code, streams=len(ended))
         await self.db.write(
             tunnels_store.close_tunnel, tunnel.id, code=code, reason=detail, now=now
         )

@@ -84,7 +84,7 @@ async def _fail(
         message=problem,
     )
     if changed:
-        log.warning("command_undeliverable", command_id=command_id, reason=problem)
+        log.warning("command.undeliverable", command_id=command_id, reason=problem)
         notify([command_id])
         await db.scrub()  # its env was erased
     return changed

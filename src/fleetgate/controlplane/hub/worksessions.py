@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from fleetgate.controlplane.hub.timer import run_timer
-from fleetgate.controlplane.store import Database, worksessions as ws_store
+from fleetgate.controlplane.store import Database, worksessions as sessions_store
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.controlplane.worksession.lifecycle import TERMINAL
@@ -56,12 +56,12 @@ class WorkSessionClock:
 
     async def ended(self, row: WorkSessionRow) -> None:
         """Tell every listener that ``row`` ended (its status is terminal)."""
-        log.info("work_session_ended", work_session=row.id, status=row.status.value)
+        log.info("work_session.ended", work_session=row.id, status=row.status.value)
         for listener in self.listeners:
             try:
                 await listener(row)
             except Exception as exc:
-                log.error("work_session_listener_failed", work_session=row.id, exc_info=exc)
+                log.error("work_session.listener_failed", work_session=row.id, exc_info=exc)
 
     async def run(self) -> None:
         """Settle due sessions forever; cancelled at shutdown."""
@@ -69,13 +69,13 @@ class WorkSessionClock:
 
     async def run_once(self) -> float | None:
         """Settle what is due; return seconds until the next due move (or None)."""
-        changed = await self.db.write(ws_store.settle_all, now=now_us())
+        changed = await self.db.write(sessions_store.settle_all, now=now_us())
         if changed:
             self._notify()
         for row in changed:
             if row.status in TERMINAL:
                 await self.ended(row)
-        next_due = await self.db.read(ws_store.next_due_at)
+        next_due = await self.db.read(sessions_store.next_due_at)
         if next_due is None:
             return None
         return min(MAX_SLEEP, max(0.0, (next_due - now_us()) / 1_000_000))

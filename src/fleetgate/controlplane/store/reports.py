@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fleetgate.controlplane.store import worksessions as ws_store
+from fleetgate.controlplane.store import worksessions as sessions_store
 from fleetgate.controlplane.store.ssh_events import store_ssh_event
 from fleetgate.controlplane.timeutil import to_us
 from fleetgate.shared.protocol import (
@@ -194,7 +194,7 @@ def _store_sudo(conn: sqlite3.Connection, server_id: str, report: SudoDecided) -
         ).fetchone()
         if requester is not None and requester[0] is not None:
             actor = requester[0]
-    ws_store.add_event(
+    sessions_store.add_event(
         conn,
         report.work_session,
         "sudo",

@@ -13,7 +13,10 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from fleetgate.controlplane.store import terminals as terminals_store, worksessions as ws_store
+from fleetgate.controlplane.store import (
+    terminals as terminals_store,
+    worksessions as sessions_store,
+)
 from fleetgate.controlplane.store.ssh import get_connection
 from fleetgate.controlplane.timeutil import to_us
 from fleetgate.shared.protocol import SshEvent
@@ -78,7 +81,7 @@ def store_ssh_event(conn: sqlite3.Connection, server_id: str, report: SshEvent) 
         data.update(denied=True, code=report.code, detail=report.detail)
     else:
         data.update(description=report.detail)
-    ws_store.add_event(
+    sessions_store.add_event(
         conn,
         session_id,
         SSH_SCOPES.get(report.op, "ssh"),

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import structlog
 
 
-__all__ = ["Notifier", "watchdog_interval"]
+__all__ = ["SystemdNotifier", "watchdog_interval"]
 
 log = structlog.get_logger(__name__)
 
@@ -41,7 +41,7 @@ def watchdog_interval(env: Mapping[str, str]) -> float | None:
     return value / 2 / 1_000_000 if value > 0 else None
 
 
-class Notifier:
+class SystemdNotifier:
     """Sends notifications to ``$NOTIFY_SOCKET``; does nothing when it is not set."""
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:

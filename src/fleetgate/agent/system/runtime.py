@@ -17,8 +17,8 @@ from typing import Any
 from fleetgate import __version__
 from fleetgate.agent.backhaul import LinkState
 from fleetgate.agent.config import AgentConfig
-from fleetgate.agent.service.notify import Notifier
-from fleetgate.agent.service.status import StatusServer
+from fleetgate.agent.system.notify import SystemdNotifier
+from fleetgate.agent.system.status import StatusServer
 
 
 __all__ = ["ServiceRuntime"]
@@ -32,14 +32,14 @@ class ServiceRuntime:
         config: AgentConfig,
         details: Callable[[], Mapping[str, Any]],
         *,
-        notifier: Notifier | None = None,
+        notifier: SystemdNotifier | None = None,
     ) -> None:
         """``details`` returns the live parts of the status (link, reports, commands)."""
         self._config = config
         self._details = details
         self._started = time.monotonic()
         self._url = str(config.control_plane.url).rstrip("/")
-        self.notifier = notifier or Notifier()
+        self.notifier = notifier or SystemdNotifier()
         self.status = StatusServer(config.status_socket, self.snapshot)
 
     def on_link_state(self, state: LinkState) -> None:

@@ -1,7 +1,7 @@
 """Per-command wake-ups for output streams.
 
 A stream reader takes the current event of its command *before* reading the database,
-then waits on it; :meth:`Notifier.notify` sets that event and installs a fresh one. No
+then waits on it; :meth:`CommandWakeups.notify` sets that event and installs a fresh one. No
 data travels through here (readers always read the database), so nothing can queue up
 per subscriber.
 """
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 
-__all__ = ["Notifier", "Subscription"]
+__all__ = ["CommandWakeups", "Subscription"]
 
 
 @dataclass
@@ -30,11 +30,11 @@ class Subscription:
         self._entry = entry
 
     def current(self) -> asyncio.Event:
-        """The event the next :meth:`Notifier.notify` of this command will set."""
+        """The event the next :meth:`CommandWakeups.notify` of this command will set."""
         return self._entry.event
 
 
-class Notifier:
+class CommandWakeups:
     """Registry of per-command events; only commands somebody watches have one."""
 
     def __init__(self) -> None:

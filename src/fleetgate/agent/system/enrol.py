@@ -30,8 +30,8 @@ from typing import Any
 
 from fleetgate.agent.config import load, parse
 from fleetgate.agent.errors import ConfigError, RegistrationError
-from fleetgate.agent.service.tomledit import Value, set_keys
 from fleetgate.agent.ssh.hostkey import ensure_host_key, new_host_key, write_host_key
+from fleetgate.agent.system.tomledit import Value, set_keys
 from fleetgate.shared.atomic import atomic_write
 from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.tlserrors import describe_tls_error

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 
-from fleetgate.controlplane.status import command_status, response_delay
+from fleetgate.controlplane.command_status import command_status, response_delay
 
 
 S = 1_000_000

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetgate.agent.service.notify import Notifier, watchdog_interval
+from fleetgate.agent.system.notify import SystemdNotifier, watchdog_interval
 from tests.support.waiting import eventually
 
 
@@ -48,7 +48,7 @@ def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
 
 
 def test_without_notify_socket_everything_is_a_no_op() -> None:
-    notifier = Notifier({"WATCHDOG_USEC": "1000000"})
+    notifier = SystemdNotifier({"WATCHDOG_USEC": "1000000"})
     assert not notifier.enabled
     assert notifier.watchdog_interval is None
     notifier.ready("connected")
@@ -58,7 +58,7 @@ def test_without_notify_socket_everything_is_a_no_op() -> None:
 
 def test_messages_reach_a_path_socket_in_order(notify_socket: tuple[str, socket.socket]) -> None:
     path, sock = notify_socket
-    notifier = Notifier({"NOTIFY_SOCKET": path})
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": path})
     notifier.status("connecting to x")
     notifier.ready("connected to x")
     notifier.ready("reconnecting to x: refused")  # READY only once; then a status update
@@ -77,7 +77,7 @@ def test_abstract_namespace_socket() -> None:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(b"\0" + name.encode())
     try:
-        notifier = Notifier({"NOTIFY_SOCKET": f"@{name}"})
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": f"@{name}"})
         notifier.ready("connected")
         notifier.close()
         assert drain(sock) == ["READY=1\nSTATUS=connected"]
@@ -86,7 +86,7 @@ def test_abstract_namespace_socket() -> None:
 
 
 def test_a_vanished_socket_does_not_raise(tmp_path: Path) -> None:
-    notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
     notifier.ready("connected")  # logged, not raised
     notifier.close()
 
@@ -97,7 +97,9 @@ async def test_watchdog_pings_resume_after_the_event_loop_was_blocked(
     """Pings come from the event loop itself, at half the watchdog period: a hung loop
     (here blocked on purpose) pings again as soon as it runs again."""
     path, sock = notify_socket
-    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "40000"})  # ping every 20 ms
+    notifier = SystemdNotifier(
+        {"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "40000"}
+    )  # ping every 20 ms
     assert notifier.watchdog_interval == pytest.approx(0.02)
     received: list[str] = []
 

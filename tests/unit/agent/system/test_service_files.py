@@ -11,7 +11,7 @@ import pytest
 
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.errors import ConfigError
-from fleetgate.agent.service.tomledit import set_keys
+from fleetgate.agent.system.tomledit import set_keys
 
 
 def test_audit_lines_are_json_and_the_file_is_root_only(tmp_path: Path) -> None:
