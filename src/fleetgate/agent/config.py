@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from fleetgate.agent.errors import ConfigError
-from fleetgate.shared.labels import LabelError, check_labels
+from fleetgate.shared.protocol.base import Labels
 from fleetgate.shared.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -379,17 +379,9 @@ class AgentConfig(_Section):
     tunnel: TunnelConfig = TunnelConfig()
     exec: ExecConfig = ExecConfig()
 
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: Labels = Field(default_factory=dict)
     """The server's labels (``[labels]`` table, ``role = "web"``), sent in every ``hello``;
     fan-outs select servers by them (``agentctl exec -l role=web``)."""
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        try:
-            return check_labels(labels)
-        except LabelError as exc:
-            raise ValueError(str(exc)) from None
 
     ssh: SshConfig = SshConfig()
 

@@ -351,8 +351,17 @@ def test_request_approve_terminal_upload_and_playback(
         row = find(admin, ".recording")
         Select(row.find_element(By.CSS_SELECTOR, ".speed")).select_by_visible_text("4")
         row.find_element(By.CSS_SELECTOR, ".play").click()
-        wait_text(admin, ".recording .player", account)
-        assert admin.find_elements(By.CSS_SELECTOR, ".recording .player .ap-player")
+        # The player plays the session in the page (its screen shows the shell's prompt;
+        # a given line may scroll past between two looks, so the content is read below).
+        wait_for(admin, lambda d: d.find_elements(By.CSS_SELECTOR, ".recording .player .ap-player"))
+        wait_text(admin, ".recording .player", "$")
+        # What it plays is this session: the recording holds the answer to `id -un`.
+        with cp.client() as api:
+            terminals = api.get("/api/websh/terminals/").json()["results"]
+            [played] = [t for t in terminals if t["username"] == account]
+            cast = api.get(f"/api/websh/terminals/{played['id']}/recording/")
+        assert cast.status_code == 200, cast.text
+        assert account in cast.text
         wait_text(admin, "#timeline", "websh")
         wait_text(admin, "#timeline", "upload")
 

@@ -158,11 +158,7 @@ async def _token_owner(body: TokenCreateBody, principal: Principal, services: Se
     if not _may_issue_ungated(principal):
         raise permission_denied("Only a superuser may issue a token for another user.")
     ref = body.user
-    if isinstance(ref, int):
-        user = await services.db.read(users_store.get_user, ref)
-    else:
-        found = await services.db.read(users_store.get_user_by_username, ref)
-        user = None if found is None else found[0]
+    user = await services.db.read(users_store.find_user, ref)
     if user is None:
         raise invalid_request(f"user: no user {ref!r}", "user")
     return user.id
@@ -278,10 +274,7 @@ async def update_user(
     given = body.model_fields_set
     if "server_username" in given:
         _check_server_username(body.server_username)
-    found = await services.db.read(users_store.get_user_by_username, user_ref)
-    user = found[0] if found is not None else None
-    if user is None and user_ref.isdigit():
-        user = await services.db.read(users_store.get_user, int(user_ref))
+    user = await services.db.read(users_store.find_user, user_ref)
     if user is None:
         raise APIError(404, "USER_NOT_FOUND", f"No user {user_ref[:150]!r}.")
     if body.is_active is False and principal.user_id == user.id:

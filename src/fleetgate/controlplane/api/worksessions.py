@@ -93,11 +93,7 @@ async def _assignee(body: CreateBody, principal: Principal, services: Services) 
     if not principal.is_superuser:
         raise permission_denied("Only a superuser may assign a session to another user.")
     ref = body.assigned_user
-    if isinstance(ref, int):
-        user = await services.db.read(users_store.get_user, ref)
-    else:
-        found = await services.db.read(users_store.get_user_by_username, ref)
-        user = None if found is None else found[0]
+    user = await services.db.read(users_store.find_user, ref)
     if user is None:
         raise invalid_request(f"assigned_user: no user {ref!r}", "assigned_user")
     return user.id

@@ -26,6 +26,7 @@ __all__ = [
     "create_token",
     "create_user",
     "delete_token",
+    "find_user",
     "get_user",
     "get_user_by_username",
     "hash_key",
@@ -209,6 +210,17 @@ def get_user_by_username(
     """The user and its password hash, for login and the CLI."""
     row = conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
     return None if row is None else (UserRow.from_row(row), row["password_hash"])
+
+
+def find_user(conn: sqlite3.Connection, ref: int | str) -> UserRow | None:
+    """The user an API names: an id (an int, or a string of digits that is nobody's
+    username) or a username."""
+    if isinstance(ref, int):
+        return get_user(conn, ref)
+    found = get_user_by_username(conn, ref)
+    if found is None and ref.isdigit():
+        return get_user(conn, int(ref))
+    return None if found is None else found[0]
 
 
 def set_active(conn: sqlite3.Connection, user_id: int, active: bool) -> UserRow | None:

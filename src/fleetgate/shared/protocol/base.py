@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from fleetgate.shared.labels import MAX_LABELS, check_labels
 
 
-__all__ = ["Message", "Username"]
+__all__ = ["Labels", "Message", "Username"]
 
 Username = Annotated[
     str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.][A-Za-z0-9_.-]*\$?$")
@@ -19,3 +21,8 @@ class Message(BaseModel):
     """Base of every wire model: immutable, and unknown fields are an error."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+Labels = Annotated[dict[str, str], Field(max_length=MAX_LABELS), AfterValidator(check_labels)]
+"""A server's labels (``key=value``, :mod:`fleetgate.shared.labels`): the agent's
+``[labels]`` table and its ``hello`` carry the same checked type."""

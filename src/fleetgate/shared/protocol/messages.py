@@ -20,8 +20,7 @@ from uuid import UUID
 
 from pydantic import Field, field_validator
 
-from fleetgate.shared.labels import MAX_LABELS, LabelError, check_labels
-from fleetgate.shared.protocol.base import Message as _Message, Username
+from fleetgate.shared.protocol.base import Labels, Message as _Message, Username
 from fleetgate.shared.protocol.channels import ChannelClose, ChannelOpen, TerminalEnd
 from fleetgate.shared.protocol.grants import Grant
 from fleetgate.shared.protocol.limits import MAX_ENV_VARS, MAX_LINE_CHARS, env_problem
@@ -110,17 +109,9 @@ class Hello(_Message):
     """Optional features the server's owner turned on in this agent's configuration
     (``tunnel``); work sessions may include those scopes only for servers that offer
     them. An agent that predates the field offers none."""
-    labels: dict[str, str] = Field(default_factory=dict, max_length=MAX_LABELS)
+    labels: Labels = Field(default_factory=dict)
     """The server's labels from the agent's configuration (``key=value``, see
     ``fleetgate.shared.labels``); they replace the ones of the previous ``hello``."""
-
-    @field_validator("labels")
-    @classmethod
-    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
-        try:
-            return check_labels(labels)
-        except LabelError as exc:
-            raise ValueError(str(exc)) from None
 
 
 class CommandDelivered(_Message):
