@@ -176,7 +176,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fleetgate-agent", description="Agent daemon for managed servers."
     )
-    parser.add_argument("--version", action="version", version=f"agent {__version__}")
+    parser.add_argument("--version", action="version", version=f"fleetgate-agent {__version__}")
     sub = parser.add_subparsers(dest="command")
     commands: dict[str, argparse.ArgumentParser] = {}
     for name, text in (

@@ -133,7 +133,7 @@ def test_deb_installs_runs_and_purges_cleanly(deb: Path, tmp_path: Path) -> None
 
     version = run("/usr/sbin/fleetgate-agent", "--version")
     assert version.returncode == 0, version.stderr
-    assert version.stdout.strip() == f"agent {__version__}"
+    assert version.stdout.strip() == f"fleetgate-agent {__version__}"
     # The default configuration is commented out: not registered is a config error (78).
     unregistered = run("/usr/sbin/fleetgate-agent", "check-config")
     assert unregistered.returncode == 78
