@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests and benchmarks use (peers and tools), installed when missing.
-DEBS   := passwd sudo gcc libc6-dev openssh-server openssh-client procps systemd dpkg-dev rpm python3-venv iperf3 socat asciinema nodejs chromium chromium-driver rsync openssh-sftp-server
+DEBS   := passwd sudo postgresql haproxy gcc libc6-dev openssh-server openssh-client procps systemd dpkg-dev rpm python3-venv iperf3 socat asciinema nodejs chromium chromium-driver rsync openssh-sftp-server
 # npm: Debian's package, unless the installed nodejs already brings its own npm.
 DEBS   += $(if $(shell command -v npm),,npm)
 # The console's front-end (console/): built from the pinned npm packages into static files
