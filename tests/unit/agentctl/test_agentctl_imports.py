@@ -73,7 +73,8 @@ def test_exec_imports_only_the_standard_http_client(tmp_path: Path) -> None:
     assert heavy(modules) == set()
     # Only exec's own command group is loaded, not cp's, tunnel's or websh's.
     assert not {m for m in modules if m.startswith("fleetgate.agentctl.commands.")} - {
-        "fleetgate.agentctl.commands.exec_cmd"
+        "fleetgate.agentctl.commands.exec_cmd",
+        "fleetgate.agentctl.commands.exec_history",
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, timedelta, timezone
 
 from fleetgate.agentctl.commands.auth import whoami_rows
-from fleetgate.agentctl.commands.exec_cmd import history_rows
+from fleetgate.agentctl.commands.exec_history import history_rows
 from fleetgate.agentctl.commands.servers import server_rows
 from fleetgate.agentctl.output import (
     clean_cell,

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from fleetgate.agentctl.commands.exec_cmd import explain_denial, positive_int
+from fleetgate.agentctl.commands.exec_cmd import positive_int
+from fleetgate.agentctl.commands.exec_history import explain_denial
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import EXIT_OK, AgentctlError, ControlPlaneError, UsageError
 from fleetgate.agentctl.forward import Forwarder, listen

@@ -26,7 +26,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from fleetgate.agentctl.channel import connect_channel
-from fleetgate.agentctl.commands import exec_cmd
+from fleetgate.agentctl.commands import exec_cmd, exec_history
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import (
     EXIT_GATE_DENIED,
@@ -107,7 +107,7 @@ def run_websh(ctx: Context, args: argparse.Namespace) -> int:
         terminal = client.post(TERMINALS, body)
     except ControlPlaneError as exc:
         if exc.is_gate_denial:
-            exec_cmd.explain_denial(ctx, client)
+            exec_history.explain_denial(ctx, client)
         raise
     session = Terminal(ctx, str(terminal["id"]), stdin_fd, stdout_fd)
     with raw_mode(stdin_fd):

@@ -11,9 +11,20 @@ import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from fleetgate.agentctl.client import Client
+from fleetgate.agentctl.commands.worksession_show import (
+    SESSIONS,
+    WHOAMI,
+    current_session,
+    run_current,
+    run_describe,
+    run_ls,
+    run_recording,
+    run_timeline,
+    session_path,
+    target_session,
+)
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import (
     EXIT_APPROVAL_PENDING,
@@ -21,33 +32,21 @@ from fleetgate.agentctl.errors import (
     EXIT_WORK_SESSION_ENDED,
     CliError,
     ControlPlaneError,
-    UsageError,
 )
-from fleetgate.agentctl.output import format_timestamp, truncate
-from fleetgate.agentctl.recordings import parse_cast, play
 from fleetgate.agentctl.worksessions import (
     create_body,
-    describe_rows,
     save_active,
-    server_names,
     state_path,
     sudo_policies,
-    timeline_rows,
 )
 
 
 if TYPE_CHECKING:
     from fleetgate.agentctl.commands import SubParsers
 
-SESSIONS = "/api/work-sessions/sessions/"
-SERVERS = "/api/servers/servers/"
 ENDED = frozenset({"completed", "expired", "revoked", "rejected", "cancelled"})
-OPEN = ("pending", "approved", "active")
-"""What `ls` shows by default: the sessions still to come or in use."""
 CLEAR_WORDS = frozenset({"clear", "none", "unset"})
 """`use clear` forgets the selection, as `use --unset` does."""
-WHOAMI = "/api/auth/whoami/"
-LS_HEADERS = ("", "ID", "STATUS", "SERVERS", "SCOPES", "ASSIGNEE", "EXPIRES", "PURPOSE")
 DEFAULT_WAIT = 300.0
 LONG_POLL = 25  # seconds per request, below the client's 30 s read timeout
 
@@ -147,22 +146,6 @@ def register(subparsers: SubParsers, common: argparse.ArgumentParser) -> None:
 # -- helpers ----------------------------------------------------------------------------
 
 
-def current_session(ctx: Context) -> str | None:
-    """The session gated commands attach to (environment, then `use`)."""
-    return ctx.selected_work_session()
-
-
-def _target(ctx: Context, args: argparse.Namespace) -> str:
-    session_id = args.id or current_session(ctx)
-    if not session_id:
-        raise UsageError("no session id given and no active session (see `work-session use`)")
-    return str(session_id)
-
-
-def _path(session_id: str, action: str = "") -> str:
-    return f"{SESSIONS}{quote(session_id, safe='')}/" + (f"{action}/" if action else "")
-
-
 def _success(ctx: Context, operation: str, message: str, session: Mapping[str, Any] | None) -> int:
     if ctx.out.json:
         doc: dict[str, Any] = {
@@ -237,7 +220,7 @@ def _wait(
         word = "activation" if status == "approved" else "approval"
         ctx.out.info(f"Waiting for {word}... ({int(timeout - remaining)}s of {int(timeout)}s)")
         params = {"status": status, "wait": max(1, min(LONG_POLL, int(remaining)))}
-        session = client.get(_path(str(session["id"])), params)
+        session = client.get(session_path(str(session["id"])), params)
     return session
 
 
@@ -290,57 +273,6 @@ def _store(ctx: Context, session_id: str | None) -> None:
     save_active(state_path(ctx.config_path), key, session_id)
 
 
-def run_ls(ctx: Context, args: argparse.Namespace) -> int:
-    """List sessions (default: mine that are pending, approved or active); `*` marks the
-    selected one."""
-    ctx.operation = "work-session"
-    client = ctx.client()
-    if args.status is None:
-        me = client.get(WHOAMI)
-        my_id = me.get("id") if isinstance(me, dict) else None
-        sessions = [
-            s
-            for s in client.list_all(SESSIONS)
-            if s.get("status") in OPEN and (my_id is None or my_id in _people(s))
-        ]
-    else:
-        params = {} if args.status == "all" else {"status": args.status}
-        sessions = client.list_all(SESSIONS, params)
-    if ctx.out.json:
-        ctx.out.document(sessions)
-        return EXIT_OK
-    active = current_session(ctx)
-    rows = [
-        [
-            "*" if s.get("id") == active else "",
-            str(s.get("id")),
-            str(s.get("status")),
-            server_names(s),
-            ",".join(s.get("scopes") or []),
-            str((s.get("assigned_user") or {}).get("name", "")),
-            format_timestamp(s.get("expires_at")),
-            truncate(" ".join(str(s.get("description") or "").split()), 40),
-        ]
-        for s in sessions
-    ]
-    ctx.out.table(LS_HEADERS, rows)
-    return EXIT_OK
-
-
-def _people(session: Mapping[str, Any]) -> tuple[Any, Any]:
-    """The user ids a session belongs to: its assignee and its requester."""
-    return (
-        (session.get("assigned_user") or {}).get("id"),
-        (session.get("created_by") or {}).get("id"),
-    )
-
-
-def run_describe(ctx: Context, args: argparse.Namespace) -> int:
-    """Show one session."""
-    ctx.operation = "work-session"
-    return _show(ctx, ctx.client().get(_path(_target(ctx, args))))
-
-
 def run_use(ctx: Context, args: argparse.Namespace) -> int:
     """Select an active session for this shell, forget it (`clear`, `--unset`), or without
     an ID show the current selection."""
@@ -353,7 +285,7 @@ def run_use(ctx: Context, args: argparse.Namespace) -> int:
     if not ctx.token_is_gated:
         ctx.note_not_gated(args.id, "use")
         return _success(ctx, "use", f"work session {args.id} not selected", None)
-    session = ctx.client().get(_path(args.id))
+    session = ctx.client().get(session_path(args.id))
     if session.get("status") != "active":
         raise CliError(
             f"work session {session.get('id')} is {session.get('status')}, not active",
@@ -365,33 +297,11 @@ def run_use(ctx: Context, args: argparse.Namespace) -> int:
     return _success(ctx, "use", f"work session {session['id']} selected", session)
 
 
-def run_current(ctx: Context, args: argparse.Namespace) -> int:
-    """Show the session gated commands attach to (`null` in JSON when none)."""
-    ctx.operation = "work-session"
-    session_id = current_session(ctx)
-    if session_id is None:
-        if ctx.out.json:
-            ctx.out.document(None)
-        else:
-            ctx.out.info("no active work session; see `agentctl work-session ls`")
-        return EXIT_OK
-    return _show(ctx, ctx.client().get(_path(session_id)))
-
-
-def _show(ctx: Context, session: dict[str, Any]) -> int:
-    """Print one session: the JSON document, or a FIELD/VALUE table."""
-    if ctx.out.json:
-        ctx.out.document(session)
-    else:
-        ctx.out.table(("FIELD", "VALUE"), describe_rows(session))
-    return EXIT_OK
-
-
 def run_action(ctx: Context, args: argparse.Namespace) -> int:
     """approve, reject, activate, complete, revoke, cancel."""
     ctx.operation = "work-session"
     verb: str = args.ws_verb
-    session = ctx.client().post(_path(_target(ctx, args), verb), {})
+    session = ctx.client().post(session_path(target_session(ctx, args), verb), {})
     return _success(ctx, verb, f"work session {session['id']} is {session['status']}", session)
 
 
@@ -399,7 +309,7 @@ def run_extend(ctx: Context, args: argparse.Namespace) -> int:
     """Move a session's end later."""
     ctx.operation = "work-session"
     body = {"duration": args.expires_in} if args.expires_in else {"expires_at": args.expires_at}
-    session = ctx.client().post(_path(_target(ctx, args), "extend"), body)
+    session = ctx.client().post(session_path(target_session(ctx, args), "extend"), body)
     message = f"work session {session['id']} now expires at {session['expires_at']}"
     return _success(ctx, "extend", message, session)
 
@@ -408,56 +318,14 @@ def run_update(ctx: Context, args: argparse.Namespace) -> int:
     """Add sudo patterns: the existing policies are sent back with the new ones."""
     ctx.operation = "work-session"
     client = ctx.client()
-    session_id = _target(ctx, args)
-    session = client.get(_path(session_id))
+    session_id = target_session(ctx, args)
+    session = client.get(session_path(session_id))
     if session.get("status") == "pending":
         raise CliError("the session is pending: set sudo patterns at create time")
     if "sudo" not in (session.get("scopes") or []):
         raise CliError("the session has no sudo scope; request a session with --scope sudo")
     policies = [*session.get("sudo_policies", []), *sudo_policies(args.sudo, args.sudo_reason)]
-    updated = client.request("PATCH", _path(session_id), json_body={"sudo_policies": policies})
+    updated = client.request(
+        "PATCH", session_path(session_id), json_body={"sudo_policies": policies}
+    )
     return _success(ctx, "update", f"work session {updated['id']} updated", updated)
-
-
-def run_timeline(ctx: Context, args: argparse.Namespace) -> int:
-    """Everything done in the session, oldest first."""
-    ctx.operation = "work-session"
-    items = ctx.client().list_all(_path(_target(ctx, args), "timeline"))
-    if ctx.out.json:
-        ctx.out.document(items)
-    else:
-        ctx.out.table(("TIME", "TYPE", "ACTOR", "DETAIL"), timeline_rows(items))
-    return EXIT_OK
-
-
-TERMINALS = "/api/websh/terminals/"
-
-
-def run_recording(ctx: Context, args: argparse.Namespace) -> int:
-    """Play back (or print with --raw) the recordings of a session's terminals, oldest first."""
-    ctx.operation = "work-session"
-    client = ctx.client()
-    if args.terminal:
-        terminals = [client.get(f"{TERMINALS}{quote(args.terminal, safe='')}/")]
-    else:
-        session_id = _target(ctx, args)
-        found = client.list_all(TERMINALS, {"work_session": session_id})
-        terminals = sorted(found, key=lambda t: str(t.get("created_at")))
-    recorded = [t for t in terminals if t.get("recording")]
-    if not recorded:
-        raise CliError("no recording found (recordings arrive when a terminal has ended)")
-    if ctx.out.json:
-        # One document for scripts: each terminal with its recording's header and events.
-        documents = []
-        for terminal in recorded:
-            header, events = parse_cast(client.download(str(terminal["recording"]["url"])))
-            documents.append({**terminal, "cast": {"header": header, "events": list(events)}})
-        ctx.out.document(documents)
-        return EXIT_OK
-    for terminal in recorded:
-        data = client.download(str(terminal["recording"]["url"]))
-        if args.raw:
-            ctx.out.data(data.decode("utf-8", "replace"))
-        else:
-            play(data, ctx.out.data, speed=args.speed, max_idle=args.max_idle)
-    return EXIT_OK
