@@ -137,7 +137,8 @@ def _unarmor(data: bytes) -> bytes:
     if not (text.startswith(_ARMOR_BEGIN) and text.endswith(_ARMOR_END)):
         raise ValueError("no OPENSSH PRIVATE KEY armor")
     try:
-        blob = base64.b64decode(b"".join(text[len(_ARMOR_BEGIN) : -len(_ARMOR_END)].split()))
+        body = b"".join(text[len(_ARMOR_BEGIN) : -len(_ARMOR_END)].split())
+        blob = base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("the armored content is not base64") from None
     if not blob.startswith(_MAGIC):
