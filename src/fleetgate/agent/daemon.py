@@ -32,7 +32,7 @@ from fleetgate.agent.ssh.hostkey import ensure_host_key
 from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
 from fleetgate.agent.sudo.elevation import ElevationPolicy
 from fleetgate.agent.system import ServiceRuntime
-from fleetgate.agent.websh.service import WebshService
+from fleetgate.agent.terminals import Terminals
 from fleetgate.shared.protocol import SshEvent, SudoDecided, WorkSessionEnded
 
 
@@ -124,7 +124,7 @@ class _Components:
     sudo_server: SudoDecisionServer | None
     service: ServiceRuntime
     channels: ChannelRouter
-    websh: WebshService
+    websh: Terminals
     backhaul: Backhaul
     audit: AuditLog | None
 
@@ -179,7 +179,7 @@ def _build(
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
     channels.register(LazyService("files", lambda: _files_service(config)))
     channels.register(LazyService("tunnel", lambda: _tunnel_service(config)))
-    websh = WebshService(
+    websh = Terminals(
         config,
         key,
         on_shell_started=lambda pid, claims, terminal_id: sudo_sessions.register(
@@ -226,12 +226,12 @@ def _tunnel_service(config: AgentConfig) -> TunnelService:
 
 def _ssh_service(
     config: AgentConfig,
-    websh: WebshService,
+    websh: Terminals,
     report: Callable[[dict[str, Any]], Awaitable[None]],
 ) -> SshService:
     from fleetgate.agent.ssh.service import SshService
 
-    return SshService(config, websh.manager, report=report)
+    return SshService(config, websh.service.manager, report=report)
 
 
 def _end_ssh_sessions(ssh: LazyService[SshService], ended: WorkSessionEnded) -> int:

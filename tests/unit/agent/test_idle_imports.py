@@ -19,17 +19,23 @@ import pytest
 from fleetgate.agent.channels import LazyService
 from fleetgate.agent.config import parse
 from fleetgate.agent.errors import ChannelRefused
+from fleetgate.agent.terminals import Terminals
 from fleetgate.agent.tunnel.service import TunnelService
-from fleetgate.shared.protocol import ChannelOpen, TunnelSpec
+from fleetgate.shared.protocol import ChannelOpen, TunnelSpec, WebshSpec
 
 
 LAZY = [
-    # A capability's own modules: loaded when its first channel opens.
+    # A capability's own modules: loaded when its first channel opens (websh also with
+    # the first SSH channel, or at start when recordings wait to be shipped).
+    "fleetgate.agent.websh.service",
+    "fleetgate.agent.websh.terminal",
     "fleetgate.agent.files.service",
     "fleetgate.agent.tunnel.service",
     "fleetgate.agent.ssh.service",
     "fleetgate.agent.ssh.server",
     "asyncssh",
+    # Commands: loaded with the first one.
+    "fleetgate.agent.exec.runner",
     # Registration (``fleetgate-agent register``), never done by the daemon.
     "fleetgate.agent.system.enrol",
     "tomlkit",
@@ -48,6 +54,8 @@ EAGER = [
     "fleetgate.agent.backhaul.connection",
     "fleetgate.agent.spool.store",
     "fleetgate.agent.channels.lazy",
+    "fleetgate.agent.terminals",
+    "fleetgate.agent.dispatch",
     "fleetgate.agent.ssh.hostkey",
     "structlog",
     "pydantic",
@@ -166,3 +174,21 @@ def test_a_service_that_cannot_load_is_refused_not_fatal() -> None:
     assert refused.value.code == "unavailable"
     assert "tunnel" in refused.value.message
     assert lazy.loaded is None
+
+
+def test_terminals_exist_only_once_asked_for(tmp_path: Path) -> None:
+    """websh's stand-in: nothing to end before the service exists; the first websh
+    ``channel.open`` builds it (and its refusals are the real service's)."""
+    config = parse({**json.loads(_config(tmp_path)), "websh": {"enabled": False}})
+    terminals = Terminals(config, "key")
+    assert not terminals.loaded
+    assert terminals.end(uuid.uuid4(), "revoked") is False
+    opened = ChannelOpen(
+        channel_id=uuid.uuid4(), spec=WebshSpec(terminal_id=uuid.uuid4(), username="alice")
+    )
+    with pytest.raises(ChannelRefused) as refused:
+        terminals.check(opened)
+    assert refused.value.code == "websh_disabled"
+    assert terminals.loaded
+    assert terminals.scope == "websh"
+    assert terminals.end(uuid.uuid4(), "revoked") is False  # loaded, but no such terminal
