@@ -30,7 +30,7 @@ from fleetgate.agent.errors import (
 )
 from fleetgate.agent.sudo import install as sudo_install
 from fleetgate.agent.sudo.install import SudoInstallError, SudoLayout
-from fleetgate.agent.system import enrol, query
+from fleetgate.agent.system import query
 from fleetgate.shared import logs
 
 
@@ -137,6 +137,8 @@ def _register(args: argparse.Namespace) -> int:
             ) from exc
     if not token:
         raise ConfigError("register: --token or --token-file is required")
+    from fleetgate.agent.system import enrol  # not with the daemon: tomlkit costs memory
+
     result = enrol.register(
         config_path=args.config,
         url=args.url,
@@ -150,6 +152,8 @@ def _register(args: argparse.Namespace) -> int:
 
 
 def _unregister(args: argparse.Namespace) -> int:
+    from fleetgate.agent.system import enrol  # not with the daemon: tomlkit costs memory
+
     print(enrol.unregister(config_path=args.config, keep_remote=args.local_only).message)
     return 0
 

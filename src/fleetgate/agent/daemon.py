@@ -12,30 +12,35 @@ import contextlib
 import os
 import signal
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.backhaul import Backhaul, LinkState, Outbox, ssl_context
-from fleetgate.agent.channels import ChannelRouter
+from fleetgate.agent.channels import ChannelRouter, LazyService
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.dispatch import Dispatcher
 from fleetgate.agent.errors import AgentError, ConfigError, StateDirError
-from fleetgate.agent.files.service import FilesService
 from fleetgate.agent.policy import GrantPolicy
 from fleetgate.agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
 from fleetgate.agent.ssh.hostkey import ensure_host_key
-from fleetgate.agent.ssh.service import SshService
 from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
 from fleetgate.agent.sudo.elevation import ElevationPolicy
 from fleetgate.agent.system import ServiceRuntime
-from fleetgate.agent.tunnel.service import TunnelService
-from fleetgate.agent.websh.service import WebshService
-from fleetgate.shared.protocol import SshEvent, SudoDecided
+from fleetgate.agent.terminals import Terminals
+from fleetgate.shared.protocol import SshEvent, SudoDecided, WorkSessionEnded
+
+
+if TYPE_CHECKING:
+    # Imported by their loaders below, with their first channel (LazyService).
+    from fleetgate.agent.files.service import FilesService
+    from fleetgate.agent.ssh.service import SshService
+    from fleetgate.agent.tunnel.service import TunnelService
 
 
 __all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
@@ -119,7 +124,7 @@ class _Components:
     sudo_server: SudoDecisionServer | None
     service: ServiceRuntime
     channels: ChannelRouter
-    websh: WebshService
+    websh: Terminals
     backhaul: Backhaul
     audit: AuditLog | None
 
@@ -155,7 +160,7 @@ def _build(
         sudo=sudo_sessions,
         elevation=ElevationPolicy(config.sudo.secure_path),
         allowed_env=config.exec.allowed_env,
-        on_session_ended=lambda ended: ssh.end_work_session(ended.work_session, ended.status),
+        on_session_ended=lambda ended: _end_ssh_sessions(ssh, ended),
     )
     sudo_server = (
         SudoDecisionServer(
@@ -172,9 +177,9 @@ def _build(
         config, lambda: _details(backhaul.state, outbox, dispatcher, sudo_sessions)
     )
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
-    channels.register(FilesService(config))
-    channels.register(TunnelService(config.tunnel))
-    websh = WebshService(
+    channels.register(LazyService("files", lambda: _files_service(config)))
+    channels.register(LazyService("tunnel", lambda: _tunnel_service(config)))
+    websh = Terminals(
         config,
         key,
         on_shell_started=lambda pid, claims, terminal_id: sudo_sessions.register(
@@ -183,8 +188,9 @@ def _build(
         on_shell_ended=sudo_sessions.unregister,
     )
     channels.register(websh)
-    ssh = SshService(
-        config, websh.manager, report=lambda fields: _report_ssh(outbox, audit, fields)
+    ssh = LazyService(
+        "ssh",
+        lambda: _ssh_service(config, websh, lambda fields: _report_ssh(outbox, audit, fields)),
     )
     channels.register(ssh)
     ssh_host_key = _ssh_host_key(config)
@@ -200,6 +206,41 @@ def _build(
     return _Components(
         outbox, dispatcher, sudo_sessions, sudo_server, service, channels, websh, backhaul, audit
     )
+
+
+# The loaders of the kinds an idle agent does not need (see LazyService): each imports
+# its service's modules only when the first channel of its kind opens.
+
+
+def _files_service(config: AgentConfig) -> FilesService:
+    from fleetgate.agent.files.service import FilesService
+
+    return FilesService(config)
+
+
+def _tunnel_service(config: AgentConfig) -> TunnelService:
+    from fleetgate.agent.tunnel.service import TunnelService
+
+    return TunnelService(config.tunnel)
+
+
+def _ssh_service(
+    config: AgentConfig,
+    websh: Terminals,
+    report: Callable[[dict[str, Any]], Awaitable[None]],
+) -> SshService:
+    from fleetgate.agent.ssh.service import SshService
+
+    return SshService(config, websh.service.manager, report=report)
+
+
+def _end_ssh_sessions(ssh: LazyService[SshService], ended: WorkSessionEnded) -> int:
+    """Disconnect the SSH connections of a work session that ended (none if SSH never
+    served a channel: its service is not even loaded)."""
+    service = ssh.loaded
+    if service is None:
+        return 0
+    return service.end_work_session(ended.work_session, ended.status)
 
 
 async def _serve(

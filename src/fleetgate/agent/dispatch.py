@@ -21,6 +21,7 @@ import functools
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from time import time
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import structlog
@@ -29,7 +30,6 @@ from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.backhaul import Outbox
 from fleetgate.agent.clock import utcnow
 from fleetgate.agent.config import LimitsConfig
-from fleetgate.agent.exec import CommandOutcome, run_command
 from fleetgate.agent.policy import GrantPolicy, GrantRefused
 from fleetgate.agent.spool import (
     Batch,
@@ -56,6 +56,10 @@ from fleetgate.shared.protocol import (
     WorkSessionEnded,
     content_digest,
 )
+
+
+if TYPE_CHECKING:
+    from fleetgate.agent.exec import CommandOutcome
 
 
 __all__ = ["Dispatcher"]
@@ -241,6 +245,8 @@ class Dispatcher:
                     await self._spool.commit(
                         lambda b: b.states.append((command_id, CommandState.RUNNING))
                     )
+                from fleetgate.agent.exec import run_command  # loads with the first command
+
                 outcome = await run_command(
                     message,
                     self._limits,

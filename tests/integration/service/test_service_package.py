@@ -130,6 +130,11 @@ def test_deb_installs_runs_and_purges_cleanly(deb: Path, tmp_path: Path) -> None
     assert os.readlink(PREFIX / "bin/python3.11").startswith("/usr/bin/python3")
     assert "/tmp" not in (PREFIX / "pyvenv.cfg").read_text()
     assert not [p for p in (PREFIX / "bin").iterdir() if p.name == "pip"]
+    # Its bytecode is compiled as by -OO (docstrings are resident memory in a daemon).
+    doc = run(
+        PREFIX / "bin/python3", "-I", "-c", "import fleetgate.agent.daemon as d; print(d.__doc__)"
+    )
+    assert doc.stdout.strip() == "None", doc.stderr
 
     version = run("/usr/sbin/fleetgate-agent", "--version")
     assert version.returncode == 0, version.stderr
@@ -168,6 +173,9 @@ def test_deb_installs_runs_and_purges_cleanly(deb: Path, tmp_path: Path) -> None
                 assert time.monotonic() < deadline, status.stdout + status.stderr
                 time.sleep(0.1)
             assert "connected since" in status.stdout
+            # Idle, it has not loaded cryptography (registration made the SSH host key).
+            maps = Path(f"/proc/{daemon.pid}/maps").read_text()
+            assert "cryptography/hazmat/bindings" not in maps
         finally:
             daemon.terminate()
             assert daemon.wait(30) == 0

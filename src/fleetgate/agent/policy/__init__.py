@@ -3,7 +3,13 @@
 Pure: no I/O. :mod:`fleetgate.agent.policy.grants` verifies the signed grant of a gated command.
 """
 
-from fleetgate.agent.policy.grants import GrantPolicy, GrantRefused, load_public_key, verify_grant
+from fleetgate.agent.policy.grants import (
+    GrantPolicy,
+    GrantRefused,
+    PublicKey,
+    load_public_key,
+    verify_grant,
+)
 
 
-__all__ = ["GrantPolicy", "GrantRefused", "load_public_key", "verify_grant"]
+__all__ = ["GrantPolicy", "GrantRefused", "PublicKey", "load_public_key", "verify_grant"]

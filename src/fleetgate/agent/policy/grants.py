@@ -12,16 +12,18 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from uuid import UUID
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fleetgate.agent.config import AgentConfig
 from fleetgate.shared.protocol.grants import Grant, GrantClaims, decode_payload, parse_claims
 
 
-__all__ = ["GrantPolicy", "GrantRefused", "load_public_key", "verify_grant"]
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+
+__all__ = ["GrantPolicy", "GrantRefused", "PublicKey", "load_public_key", "verify_grant"]
 
 
 class GrantRefused(Exception):
@@ -34,7 +36,36 @@ class GrantRefused(Exception):
         self.detail = detail
 
 
-def load_public_key(text: str) -> Ed25519PublicKey:
+class PublicKey:
+    """An Ed25519 public key, held as its 32 raw bytes until the first verification.
+
+    The agent pins its key at start but verifies only when a gated operation arrives:
+    ``cryptography`` (about 9 MB resident) loads then, not with an idle daemon. Loading
+    the key checks nothing more than its length, which the constructor does.
+    """
+
+    __slots__ = ("_key", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        if len(raw) != 32:
+            raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(raw)}")
+        self.raw = raw
+        self._key: Ed25519PublicKey | None = None
+
+    def verify(self, signature: bytes, data: bytes) -> None:
+        """Return if ``signature`` is this key's over ``data``.
+
+        Raises:
+            cryptography.exceptions.InvalidSignature: it is not.
+        """
+        if self._key is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+            self._key = Ed25519PublicKey.from_public_bytes(self.raw)
+        self._key.verify(signature, data)
+
+
+def load_public_key(text: str) -> PublicKey:
     """An Ed25519 public key from standard base64 of its 32 raw bytes.
 
     Raises:
@@ -44,12 +75,12 @@ def load_public_key(text: str) -> Ed25519PublicKey:
         raw = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise ValueError("not base64") from None
-    if len(raw) != 32:
-        raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(raw)}")
-    return Ed25519PublicKey.from_public_bytes(raw)
+    return PublicKey(raw)
 
 
-def _signed_claims(grant: Grant, key: Ed25519PublicKey) -> GrantClaims:
+def _signed_claims(grant: Grant, key: PublicKey) -> GrantClaims:
+    from cryptography.exceptions import InvalidSignature  # loaded by key.verify anyway
+
     try:
         data = decode_payload(grant.payload)
         signature = base64.b64decode(grant.signature, validate=True)
@@ -70,7 +101,7 @@ def _signed_claims(grant: Grant, key: Ed25519PublicKey) -> GrantClaims:
 def verify_grant(
     grant: Grant | None,
     *,
-    key: Ed25519PublicKey,
+    key: PublicKey,
     command_id: UUID,
     server_id: UUID,
     scope: str | tuple[str, ...],
@@ -113,7 +144,7 @@ class GrantPolicy:
     """The agent's grant settings: the pinned key (``None``: not configured)."""
 
     server_id: UUID
-    key: Ed25519PublicKey | None
+    key: PublicKey | None
     allow_unsigned: bool = False
     skew: float = 60.0
 
