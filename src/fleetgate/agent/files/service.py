@@ -104,6 +104,8 @@ class FilesService:
             "max_file_bytes": self._files.max_file_bytes,
             "allowed_roots": list(self._roots),
             "chunk_bytes": self._chunk,
+            # A single file's descriptor comes back to the agent, which moves the bytes.
+            "handover": not spec.recursive,
         }
 
     async def serve(

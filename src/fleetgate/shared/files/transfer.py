@@ -52,6 +52,8 @@ class Request:
         max_file_bytes: largest file accepted or sent.
         allowed_roots: normalised roots the path must be under (empty: anywhere).
         chunk_bytes: payload bytes per data frame.
+        handover: a single file's descriptor goes to the agent, which moves the bytes
+            (the worker's stdout must then be a Unix socket).
     """
 
     op: Op
@@ -66,6 +68,7 @@ class Request:
     max_file_bytes: int = 1 << 40
     allowed_roots: tuple[str, ...] = ()
     chunk_bytes: int = 1 << 20
+    handover: bool = False
 
 
 def _int(obj: dict[str, Any], key: str, default: int | None, *, low: int = 0) -> int | None:
@@ -108,9 +111,9 @@ def parse_request(obj: dict[str, Any]) -> Request:
     roots = obj.get("allowed_roots") or []
     if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
         raise TransferError("invalid", "allowed_roots must be a list of paths")
-    flags = {key: obj.get(key, False) for key in ("recursive", "overwrite")}
+    flags = {key: obj.get(key, False) for key in ("recursive", "overwrite", "handover")}
     if not all(isinstance(v, bool) for v in flags.values()):
-        raise TransferError("invalid", "recursive and overwrite must be booleans")
+        raise TransferError("invalid", "recursive, overwrite and handover must be booleans")
     return Request(
         op=op,
         path=normalise(raw_path),
@@ -124,6 +127,7 @@ def parse_request(obj: dict[str, Any]) -> Request:
         max_file_bytes=_int(obj, "max_file_bytes", 1 << 40, low=1) or 1,
         allowed_roots=tuple(normalise(r) for r in roots),
         chunk_bytes=_int(obj, "chunk_bytes", 1 << 20, low=4096) or 4096,
+        handover=flags["handover"],
     )
 
 
