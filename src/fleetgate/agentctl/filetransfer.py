@@ -30,6 +30,7 @@ from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import CliError
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
 from fleetgate.shared.backoff import backoff_delays
+from fleetgate.shared.files.heap import keep_large_buffers
 from fleetgate.shared.jsontext import loads as json_loads
 
 
@@ -184,6 +185,7 @@ async def upload_file(
     retries: int = RETRIES,
 ) -> dict[str, Any]:
     """Upload one regular file; return the agent's ``done`` plus ``resumed_from``."""
+    keep_large_buffers()  # chunks and their masked copies from the heap, not one mmap each
     st = os.stat(local)
     size = st.st_size
     real = os.path.realpath(local)  # noqa: ASYNC240 (a local lookup, microseconds)
@@ -243,6 +245,7 @@ async def download_file(
     retries: int = RETRIES,
 ) -> dict[str, Any]:
     """Download one regular file to ``target`` (atomically); return ``done``."""
+    keep_large_buffers()  # received frames from the heap, not one mmap each
     real = os.path.realpath(target)  # noqa: ASYNC240 (a local lookup, microseconds)
     tid = transfer_id("download", opts.server, opts.user, remote, real)
     part = target.parent / local_part_name(target.name, tid)

@@ -34,7 +34,13 @@ from fleetgate.shared.errors import TransferError
 from fleetgate.shared.files.transfer import Ledger
 
 
-__all__ = ["UploadSink", "check_handed", "drop_resource_override", "send_download"]
+__all__ = [
+    "UploadSink",
+    "check_handed",
+    "drop_capability",
+    "drop_resource_override",
+    "send_download",
+]
 
 CAP_SYS_RESOURCE = 24
 _CAP_VERSION_3 = 0x20080522
@@ -63,12 +69,21 @@ def drop_resource_override() -> None:
     Raises:
         OSError: capget/capset failed (the caller must then not write as root).
     """
+    drop_capability(CAP_SYS_RESOURCE)
+
+
+def drop_capability(cap: int) -> None:
+    """Clear capability number ``cap`` from the calling thread's effective set.
+
+    Raises:
+        OSError: capget/capset failed.
+    """
     header = _CapHeader(_CAP_VERSION_3, 0)  # pid 0: this thread
     data = (_CapData * 2)()
     libc = _libc()
     if libc.capget(ctypes.byref(header), data) != 0:
         raise OSError(ctypes.get_errno(), "capget failed")
-    data[CAP_SYS_RESOURCE // 32].effective &= ~(1 << (CAP_SYS_RESOURCE % 32))
+    data[cap // 32].effective &= ~(1 << (cap % 32))
     if libc.capset(ctypes.byref(header), data) != 0:
         raise OSError(ctypes.get_errno(), "capset failed")
 
