@@ -17,6 +17,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -366,13 +367,15 @@ class _DiskReader:
 
 
 class _DiskWriter:
-    """Hashes and writes received chunks in a thread, so the event loop keeps reading the
-    socket while the disk is busy (page-cache writes are throttled to the disk's pace)."""
+    """Writes received chunks in a thread while a second one hashes them (both release the
+    GIL), so the event loop keeps reading the socket while the disk is busy (page-cache
+    writes are throttled to the disk's pace)."""
 
     def __init__(self, fd: int, hasher: Any) -> None:
         self.fd, self.hasher = fd, hasher
         self.q: janus.Queue[tuple[bytes, int] | None] = janus.Queue(maxsize=8)
         self.error: OSError | None = None
+        self.hashing = ThreadPoolExecutor(1, thread_name_prefix="agentctl-hash")
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -387,13 +390,16 @@ class _DiskWriter:
             while (item := incoming.get()) is not None:
                 if self.error is None:
                     chunk, position = item
-                    self.hasher.update(chunk)
+                    hashed = self.hashing.submit(self.hasher.update, chunk)
                     try:
                         os.pwrite(self.fd, chunk, position)
                     except OSError as exc:
                         self.error = exc
+                    hashed.result()
         except janus.SyncQueueShutDown:
             pass
+        finally:
+            self.hashing.shutdown(wait=True)
 
     async def aclose(self) -> None:
         """Wait until every chunk is written."""

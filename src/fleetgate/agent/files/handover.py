@@ -104,9 +104,10 @@ class Link(Protocol):
 class UploadSink:
     """Hashes and writes one upload's chunks through a handed-over descriptor.
 
-    One write is in flight in the sink's own thread while the event loop receives the
-    next chunk; :meth:`put` waits for the previous write, so memory stays at two chunks.
-    The sink owns ``fd`` (closed by :meth:`close`, after the last write).
+    Each chunk is written by the sink's writing thread and hashed by its hashing thread at
+    the same time (both release the GIL), while the event loop receives the next chunk;
+    :meth:`put` waits for the previous chunk, so memory stays at two chunks. The sink owns
+    ``fd`` (closed by :meth:`close`, after the last write); only the writing thread uses it.
 
     Args:
         fd: the temporary file, opened by the worker as the user.
@@ -120,13 +121,14 @@ class UploadSink:
         self._fd = fd
         self._position = offset
         self._hasher = hashlib.sha256()
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix="files-upload")
-        self._pending = self._run(self._start, offset)
+        self._writing = ThreadPoolExecutor(1, thread_name_prefix="files-write")
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="files-hash")
+        loop = asyncio.get_running_loop()
+        # The prefix is hashed before any chunk (put() waits for this first).
+        self._written = loop.run_in_executor(self._writing, self._start, offset)
+        self._hashed: asyncio.Future[None] = self._written
         self._ended = False
         self._closed = False
-
-    def _run(self, function: Any, *args: Any) -> asyncio.Future[None]:
-        return asyncio.get_running_loop().run_in_executor(self._thread, function, *args)
 
     def _start(self, offset: int) -> None:
         try:
@@ -139,7 +141,6 @@ class UploadSink:
             raise os_error(exc, "the temporary file") from None
 
     def _write(self, chunk: bytes, position: int) -> None:
-        self._hasher.update(chunk)
         view = memoryview(chunk)
         try:
             while view:
@@ -147,6 +148,12 @@ class UploadSink:
                 view, position = view[written:], position + written
         except OSError as exc:
             raise os_error(exc, "the temporary file") from None
+
+    async def _previous(self) -> None:
+        """Until the previous chunk is written and hashed (its write error raised)."""
+        await asyncio.wait([self._written, self._hashed])
+        for future in (self._written, self._hashed):
+            future.result()
 
     async def put(self, chunk: bytes) -> None:
         """Write ``chunk`` next (after the previous one).
@@ -158,14 +165,16 @@ class UploadSink:
         if self._ended:
             raise TransferError("malformed", "data after the end of the upload")
         self.ledger.add(len(chunk))
-        await asyncio.shield(self._pending)
-        self._pending = self._run(self._write, chunk, self._position)
+        await self._previous()
+        loop = asyncio.get_running_loop()
+        self._written = loop.run_in_executor(self._writing, self._write, chunk, self._position)
+        self._hashed = loop.run_in_executor(self._hashing, self._hasher.update, chunk)
         self._position += len(chunk)
 
     async def end(self, size: object, sha256: object) -> dict[str, Any]:
         """The worker's ``end``: the client's claims and what was written, once it is."""
         self._ended = True
-        await asyncio.shield(self._pending)
+        await self._previous()
         return {
             "type": "end",
             "size": size,
@@ -175,17 +184,19 @@ class UploadSink:
         }
 
     async def drain(self) -> None:
-        """Wait for the write in flight (its errors are the caller's no more)."""
-        await asyncio.wait([self._pending])
+        """Wait for the chunk in flight (its errors are the caller's no more)."""
+        await asyncio.wait([self._written, self._hashed])
 
     def close(self) -> None:
-        """Close the descriptor after the write in flight and let the thread end."""
+        """Close the descriptor after the write in flight and let the threads end."""
         if self._closed:
             return
         self._closed = True
-        self._pending.add_done_callback(_consume)
-        self._thread.submit(os.close, self._fd)
-        self._thread.shutdown(wait=False)
+        for future in (self._written, self._hashed):
+            future.add_done_callback(_consume)
+        self._writing.submit(os.close, self._fd)
+        self._writing.shutdown(wait=False)
+        self._hashing.shutdown(wait=False)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
