@@ -8,8 +8,10 @@ writer and reader) is covered in ``test_files_transfer.py``.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import socket
 import stat
 import threading
 from collections.abc import Callable
@@ -22,6 +24,9 @@ from fleetgate.agent.files.handover import (
     drop_capability,
     drop_resource_override,
 )
+from fleetgate.agent.files.relay import PipeReader
+from fleetgate.shared.errors import TransferError
+from fleetgate.shared.files.framing import encode_text
 from tests.support.files import Worker, request
 from tests.support.users import CreatedUser
 
@@ -201,3 +206,36 @@ def test_the_writing_thread_drops_cap_sys_resource() -> None:
     before, after = in_a_thread(lambda: drop_capability(CAP_DAC_OVERRIDE))
     assert after == before & ~(1 << CAP_DAC_OVERRIDE)
     assert effective_caps(threading.get_native_id()) == ours
+
+
+def test_the_agent_keeps_only_handed_over_descriptors() -> None:
+    """Descriptors arrive close-on-exec with the frame they came with; any that come with
+    another frame are closed, so a worker cannot pile them up in the agent."""
+
+    async def scenario() -> None:
+        ours, theirs = socket.socketpair()
+        reader = PipeReader(ours)
+        try:
+            frame = encode_text({"type": "ready", "offset": 0})
+            sent = os.dup(theirs.fileno())  # any descriptor will do
+            try:
+                socket.send_fds(theirs, [frame], [sent])
+            finally:
+                os.close(sent)
+            theirs.sendall(frame)
+            async with asyncio.timeout(10):
+                assert await reader.readinto(memoryview(bytearray(len(frame))))
+                [fd] = reader.fds
+                assert not os.get_inheritable(fd)
+                reader.discard_fds()
+                with pytest.raises(OSError):
+                    os.fstat(fd)
+                assert await reader.readinto(memoryview(bytearray(len(frame))))
+                with pytest.raises(TransferError) as missing:
+                    reader.take_fd()  # a "handover" without its descriptor
+                assert missing.value.code == "internal"
+        finally:
+            reader.close()
+            theirs.close()
+
+    asyncio.run(scenario())

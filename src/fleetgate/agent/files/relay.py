@@ -53,6 +53,8 @@ WORKER_ARGV = (sys.executable, "-I", "-m", "fleetgate.agent.files.worker")
 PIPE_BYTES = 1 << 20
 STDERR_KEEP = 8192
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_HANDOVER = b'{"type":"handover"'
+"""How the worker's handover frame begins (its compact JSON, ``type`` first)."""
 _MAX_FDS = 4
 """Descriptors one read may carry (the worker sends one; more are closed at once)."""
 REAP_GRACE = 5.0
@@ -113,6 +115,12 @@ class PipeReader:
                 usable = len(data) - len(data) % 4
                 self.fds.extend(int.from_bytes(data[i : i + 4], sys.byteorder, signed=True)
                                 for i in range(0, usable, 4))  # fmt: skip
+
+    def discard_fds(self) -> None:
+        """Close descriptors that came with a frame that is not a handover (none should)."""
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
 
     def take_fd(self) -> int:
         """The descriptor that came with the last frame (others are closed).
@@ -303,11 +311,12 @@ async def _copy_out(stdout: PipeReader, link: Link, outcome: Outcome, route: Rou
             buf = bytearray(length)
         payload = memoryview(buf)[:length]
         await stdout.readinto(payload)
+        if kind == TEXT and payload[: len(_HANDOVER)] == _HANDOVER:
+            await _handed_over(stdout, link, outcome, route, decode_text(bytes(payload)))
+            continue
+        stdout.discard_fds()  # only a handover carries one; nothing else piles up here
         if kind == TEXT:
             text = bytes(payload).decode()
-            if text.startswith('{"type":"handover"'):
-                await _handed_over(stdout, link, outcome, route, decode_text(text))
-                continue
             with contextlib.suppress(ValueError):
                 message = decode_file_frame(text)
                 if message.type in ("done", "error"):
