@@ -32,6 +32,7 @@ from fleetgate.agentctl.errors import CliError
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
 from fleetgate.shared.backoff import backoff_delays
 from fleetgate.shared.files.heap import keep_large_buffers
+from fleetgate.shared.files.transfer import WRITE_PIECE_BYTES
 from fleetgate.shared.jsontext import loads as json_loads
 
 
@@ -392,7 +393,7 @@ class _DiskWriter:
                     chunk, position = item
                     hashed = self.hashing.submit(self.hasher.update, chunk)
                     try:
-                        os.pwrite(self.fd, chunk, position)
+                        _write_at(self.fd, chunk, position)
                     except OSError as exc:
                         self.error = exc
                     hashed.result()
@@ -411,6 +412,14 @@ class _DiskWriter:
             await self.q.wait_closed()
         if self.error is not None:
             raise CliError(f"cannot write the download: {self.error}")
+
+
+def _write_at(fd: int, chunk: bytes, position: int) -> None:
+    """Write ``chunk`` at ``position`` in pieces of at most WRITE_PIECE_BYTES (see there)."""
+    view = memoryview(chunk)
+    while view:
+        written = os.pwrite(fd, view[:WRITE_PIECE_BYTES], position)
+        view, position = view[written:], position + written
 
 
 def _umask() -> int:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from fleetgate.agent.files.hashing import hash_prefix
 from fleetgate.agent.files.walk import os_error
 from fleetgate.shared.errors import TransferError
-from fleetgate.shared.files.transfer import Ledger
+from fleetgate.shared.files.transfer import WRITE_PIECE_BYTES, Ledger
 
 
 __all__ = [
@@ -144,7 +144,7 @@ class UploadSink:
         view = memoryview(chunk)
         try:
             while view:
-                written = os.pwrite(self._fd, view, position)
+                written = os.pwrite(self._fd, view[:WRITE_PIECE_BYTES], position)
                 view, position = view[written:], position + written
         except OSError as exc:
             raise os_error(exc, "the temporary file") from None

@@ -24,7 +24,13 @@ from fleetgate.agent.files.walk import Located, Walker, os_error, still_at
 from fleetgate.shared.errors import TransferError
 from fleetgate.shared.files.framing import TEXT, decode_text
 from fleetgate.shared.files.paths import temp_name
-from fleetgate.shared.files.transfer import Ledger, Request, final_mode, resume_offset
+from fleetgate.shared.files.transfer import (
+    WRITE_PIECE_BYTES,
+    Ledger,
+    Request,
+    final_mode,
+    resume_offset,
+)
 
 
 __all__ = ["download_file", "locate_target", "rename_into_place", "upload_file"]
@@ -259,7 +265,7 @@ def _write_all(fd: int, payload: memoryview) -> None:
     written = 0
     while written < len(payload):
         try:
-            written += os.write(fd, payload[written:])
+            written += os.write(fd, payload[written : written + WRITE_PIECE_BYTES])
         except OSError as exc:
             raise os_error(exc, "the temporary file") from None
 

@@ -19,6 +19,7 @@ from fleetgate.shared.files.paths import MAX_NAME_BYTES, components, normalise
 
 __all__ = [
     "DEFAULT_UMASK",
+    "WRITE_PIECE_BYTES",
     "Ledger",
     "Request",
     "final_mode",
@@ -28,6 +29,12 @@ __all__ = [
 
 DEFAULT_UMASK = 0o022
 """The umask a new file is created under (the login default of the session user)."""
+
+WRITE_PIECE_BYTES = 512 * 1024
+"""Most bytes handed to one ``write`` into a file. Measured (Linux 6.18, ext4, a VM):
+writing 512 MiB in 2 MiB pieces cost 1.2 s of CPU and 7 s, in 1 MiB or smaller pieces
+0.15 s and 0.5 s; a 2 MiB write at a 2 MiB boundary makes the kernel allocate one large
+page-cache folio, which is far dearer to come by than small ones."""
 
 _TRANSFER_ID = re.compile(r"[0-9a-f]{16,64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
