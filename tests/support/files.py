@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -35,9 +36,15 @@ WORKER_ARGV = [sys.executable, "-I", "-m", "fleetgate.agent.files.worker"]
 
 
 class Worker:
-    """One worker process; ``request`` is its first frame (the worker's request JSON)."""
+    """One worker process; ``request`` is its first frame (the worker's request JSON).
 
-    def __init__(self, request: dict[str, Any], user: str | None = None) -> None:
+    With ``socket_out`` its stdout is a Unix socket, as the agent gives it (descriptors
+    the worker hands over are collected in :attr:`fds`).
+    """
+
+    def __init__(
+        self, request: dict[str, Any], user: str | None = None, *, socket_out: bool = False
+    ) -> None:
         argv = list(WORKER_ARGV)
         env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
         if user is not None:
@@ -46,9 +53,20 @@ class Worker:
             assert setpriv is not None
             argv = privilege_argv(setpriv, identity, argv)
             env = build_environment(identity, {})
+        self.sock: socket.socket | None = None
+        self.fds: list[int] = []
+        theirs: socket.socket | None = None
+        if socket_out:
+            self.sock, theirs = socket.socketpair()
         self.proc = subprocess.Popen(
-            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd="/"
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=theirs.fileno() if theirs is not None else subprocess.PIPE,
+            env=env,
+            cwd="/",
         )
+        if theirs is not None:
+            theirs.close()
         self.send(request)
 
     def send(self, obj: dict[str, Any]) -> None:
@@ -60,14 +78,27 @@ class Worker:
         assert self.proc.stdin is not None
         self.proc.stdin.write(encode_header(DATA, len(data)) + data)
 
+    def _read_exact(self, size: int) -> bytes:
+        """``size`` bytes of the worker's output (fewer at EOF)."""
+        if self.sock is None:
+            assert self.proc.stdout is not None
+            return self.proc.stdout.read(size)
+        out = b""
+        while len(out) < size:
+            data, fds, _, _ = socket.recv_fds(self.sock, size - len(out), 4)
+            self.fds.extend(fds)
+            if not data:
+                break
+            out += data
+        return out
+
     def read(self) -> tuple[bytes, bytes]:
         """The next frame ``(kind, payload)``; ``(b"", b"")`` at EOF."""
-        assert self.proc.stdout is not None
-        header = self.proc.stdout.read(HEADER.size)
+        header = self._read_exact(HEADER.size)
         if not header:
             return b"", b""
         kind, length = decode_header(header)
-        return kind, self.proc.stdout.read(length)
+        return kind, self._read_exact(length)
 
     def read_text(self) -> dict[str, Any]:
         import json
@@ -85,8 +116,14 @@ class Worker:
         if self.proc.stdin is not None and not self.proc.stdin.closed:
             self.proc.stdin.close()
         rc = self.proc.wait(30)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
+        if self.sock is not None:
+            self.sock.close()
+        else:
+            assert self.proc.stdout is not None
+            self.proc.stdout.close()
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
         return rc
 
     def download(self) -> tuple[dict[str, Any], bytes, dict[str, Any]]:

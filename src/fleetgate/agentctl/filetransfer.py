@@ -17,6 +17,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import CliError
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
 from fleetgate.shared.backoff import backoff_delays
+from fleetgate.shared.files.heap import keep_large_buffers
+from fleetgate.shared.files.transfer import WRITE_PIECE_BYTES
 from fleetgate.shared.jsontext import loads as json_loads
 
 
@@ -184,6 +187,7 @@ async def upload_file(
     retries: int = RETRIES,
 ) -> dict[str, Any]:
     """Upload one regular file; return the agent's ``done`` plus ``resumed_from``."""
+    keep_large_buffers()  # chunks and their masked copies from the heap, not one mmap each
     st = os.stat(local)
     size = st.st_size
     real = os.path.realpath(local)  # noqa: ASYNC240 (a local lookup, microseconds)
@@ -243,6 +247,7 @@ async def download_file(
     retries: int = RETRIES,
 ) -> dict[str, Any]:
     """Download one regular file to ``target`` (atomically); return ``done``."""
+    keep_large_buffers()  # received frames from the heap, not one mmap each
     real = os.path.realpath(target)  # noqa: ASYNC240 (a local lookup, microseconds)
     tid = transfer_id("download", opts.server, opts.user, remote, real)
     part = target.parent / local_part_name(target.name, tid)
@@ -363,13 +368,15 @@ class _DiskReader:
 
 
 class _DiskWriter:
-    """Hashes and writes received chunks in a thread, so the event loop keeps reading the
-    socket while the disk is busy (page-cache writes are throttled to the disk's pace)."""
+    """Writes received chunks in a thread while a second one hashes them (both release the
+    GIL), so the event loop keeps reading the socket while the disk is busy (page-cache
+    writes are throttled to the disk's pace)."""
 
     def __init__(self, fd: int, hasher: Any) -> None:
         self.fd, self.hasher = fd, hasher
         self.q: janus.Queue[tuple[bytes, int] | None] = janus.Queue(maxsize=8)
         self.error: OSError | None = None
+        self.hashing = ThreadPoolExecutor(1, thread_name_prefix="agentctl-hash")
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
@@ -384,13 +391,16 @@ class _DiskWriter:
             while (item := incoming.get()) is not None:
                 if self.error is None:
                     chunk, position = item
-                    self.hasher.update(chunk)
+                    hashed = self.hashing.submit(self.hasher.update, chunk)
                     try:
-                        os.pwrite(self.fd, chunk, position)
+                        _write_at(self.fd, chunk, position)
                     except OSError as exc:
                         self.error = exc
+                    hashed.result()
         except janus.SyncQueueShutDown:
             pass
+        finally:
+            self.hashing.shutdown(wait=True)
 
     async def aclose(self) -> None:
         """Wait until every chunk is written."""
@@ -402,6 +412,14 @@ class _DiskWriter:
             await self.q.wait_closed()
         if self.error is not None:
             raise CliError(f"cannot write the download: {self.error}")
+
+
+def _write_at(fd: int, chunk: bytes, position: int) -> None:
+    """Write ``chunk`` at ``position`` in pieces of at most WRITE_PIECE_BYTES (see there)."""
+    view = memoryview(chunk)
+    while view:
+        written = os.pwrite(fd, view[:WRITE_PIECE_BYTES], position)
+        view, position = view[written:], position + written
 
 
 def _umask() -> int:

@@ -321,3 +321,37 @@ def test_malformed_and_oversized_frames_get_clear_errors(stack: FilesStack, area
         received = closed.value.rcvd
         assert received is None or received.code in (1009, 1011)
     assert not target.exists()
+
+
+def test_the_agent_moves_a_handed_over_file_and_checks_it_end_to_end(
+    stack: FilesStack, area: Path
+) -> None:
+    """The agent writes and reads the worker's descriptor itself: every byte is hashed on
+    its way, a wrong SHA-256 leaves nothing behind, a download from an offset is whole."""
+    import hashlib
+
+    data = os.urandom(3 << 20)
+    digest = hashlib.sha256(data).hexdigest()
+    target = area / "handed"
+    for claimed, tid in (("0" * 64, "a1" * 16), (digest, "b2" * 16)):
+        with _raw(stack, op="upload", path=str(target), size=str(len(data)), transfer_id=tid) as ws:
+            assert json.loads(ws.recv(10))["type"] == "ready"
+            for start in range(0, len(data), 1 << 20):
+                ws.send(data[start : start + (1 << 20)])
+            ws.send(json.dumps({"type": "end", "size": len(data), "sha256": claimed}))
+            final = json.loads(ws.recv(30))
+        if claimed != digest:
+            assert final["code"] == "checksum"
+            assert sorted(p.name for p in area.iterdir()) == []  # no part file either
+        else:
+            assert (final["type"], final["sha256"]) == ("done", digest)
+    assert target.read_bytes() == data
+    with _raw(stack, op="download", path=str(target), offset=str(1000)) as ws:
+        ready = json.loads(ws.recv(10))
+        assert (ready["type"], ready["offset"], ready["size"]) == ("ready", 1000, len(data))
+        received = b""
+        while isinstance(frame := ws.recv(30), bytes):
+            received += frame
+        done = json.loads(frame)
+    assert received == data[1000:]
+    assert (done["type"], done["size"], done["sha256"]) == ("done", len(data), digest)

@@ -8,6 +8,7 @@ without concatenating them).
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from fleetgate.shared.errors import TransferError
@@ -96,6 +97,25 @@ class PipeIO:
     def send(self, obj: dict[str, Any]) -> None:
         """Write one control object."""
         self._write_all([encode_text(obj)])
+
+    def send_fd(self, obj: dict[str, Any], fd: int) -> None:
+        """Write one control object with a copy of descriptor ``fd`` attached (SCM_RIGHTS).
+
+        The agent reads the header with ``recvmsg``, so the descriptor arrives with the frame
+        it belongs to. Raises ``TransferError`` when stdout is not a Unix socket.
+        """
+        frame = encode_text(obj)
+        dup = os.dup(self.wfd)
+        try:
+            sock = socket.socket(fileno=dup)
+        except OSError as exc:
+            os.close(dup)
+            raise TransferError("internal", f"cannot hand the file over: {exc}") from None
+        with sock:
+            sock.setblocking(True)
+            sent = socket.send_fds(sock, [frame], [fd])
+            if sent < len(frame):  # a small frame on a blocking socket: not seen in practice
+                sock.sendall(frame[sent:])
 
     def send_data(self, payload: bytes | bytearray | memoryview) -> None:
         """Write one data frame."""

@@ -1,11 +1,16 @@
-"""Starting a file worker as the user, and relaying a channel to its pipes (asyncio).
+"""Starting a file worker as the user, and relaying a channel to it (asyncio).
 
-The agent never reads or writes the user's files itself: it starts the worker
+The agent never opens the user's files itself: it starts the worker
 (``python -I -m fleetgate.agent.files.worker``) with the user's exact uid, gid and groups (setpriv,
 as commands are started) and a clean environment, then copies frames: websocket frames
 to the worker's stdin, the worker's stdout frames to the websocket, one frame at a time in
 each direction with every write awaited, so memory stays bounded by a frame or two
-whatever the file size. The worker widens its pipes to 1 MiB so a chunk crosses in one go.
+whatever the file size.
+
+The worker's stdout is a Unix socket: for a single file the worker hands the opened
+descriptor over (a ``handover`` frame carrying it, SCM_RIGHTS) and the agent moves the
+bytes itself (:mod:`fleetgate.agent.files.handover`), one copy less per hop; trees keep
+streaming through the worker.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 import fcntl
 import os
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any, Protocol
@@ -25,11 +31,14 @@ import structlog
 from fleetgate.agent.errors import ChannelClosed
 from fleetgate.agent.exec.identity import Identity, build_environment
 from fleetgate.agent.exec.spawn import find_setpriv, needs_switch, privilege_argv
+from fleetgate.agent.files.handover import UploadSink, check_handed, send_download
+from fleetgate.shared.errors import TransferError
 from fleetgate.shared.files.framing import (
     DATA,
     HEADER,
     TEXT,
     decode_header,
+    decode_text,
     encode_header,
     encode_text,
 )
@@ -44,6 +53,10 @@ WORKER_ARGV = (sys.executable, "-I", "-m", "fleetgate.agent.files.worker")
 PIPE_BYTES = 1 << 20
 STDERR_KEEP = 8192
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_HANDOVER = b'{"type":"handover"'
+"""How the worker's handover frame begins (its compact JSON, ``type`` first)."""
+_MAX_FDS = 4
+"""Descriptors one read may carry (the worker sends one; more are closed at once)."""
 REAP_GRACE = 5.0
 """Seconds a worker gets to finish after its stdin closed (an upload fsyncs its part)."""
 
@@ -66,22 +79,29 @@ class Outcome:
 
 
 class PipeReader:
-    """Reads the worker's stdout straight into the caller's buffer (no stream buffer, no
-    copy per frame beyond the kernel's), waiting for readability on the event loop."""
+    """Reads the worker's stdout socket straight into the caller's buffer (no stream buffer,
+    no copy per frame beyond the kernel's), waiting for readability on the event loop.
 
-    def __init__(self, fd: int) -> None:
-        os.set_blocking(fd, False)
-        self.fd = fd
+    Descriptors that come along (``handover``) are kept, close-on-exec, for :meth:`take_fd`.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self.fds: list[int] = []
 
     async def readinto(self, view: memoryview) -> bool:
         """Fill ``view``; False on EOF before its first byte (EOFError after it)."""
         got = 0
         while got < len(view):
             try:
-                n = os.readv(self.fd, [view[got:]])
+                n, ancdata, _, _ = self.sock.recvmsg_into(
+                    [view[got:]], socket.CMSG_SPACE(_MAX_FDS * 4), socket.MSG_CMSG_CLOEXEC
+                )
             except BlockingIOError:
                 await self._readable()
                 continue
+            self._keep_fds(ancdata)
             if n == 0:
                 if got == 0:
                     return False
@@ -89,18 +109,47 @@ class PipeReader:
             got += n
         return True
 
+    def _keep_fds(self, ancdata: list[tuple[int, int, bytes]]) -> None:
+        for level, kind, data in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                usable = len(data) - len(data) % 4
+                self.fds.extend(int.from_bytes(data[i : i + 4], sys.byteorder, signed=True)
+                                for i in range(0, usable, 4))  # fmt: skip
+
+    def discard_fds(self) -> None:
+        """Close descriptors that came with a frame that is not a handover (none should)."""
+        fds, self.fds = self.fds, []
+        for fd in fds:
+            os.close(fd)
+
+    def take_fd(self) -> int:
+        """The descriptor that came with the last frame (others are closed).
+
+        Raises:
+            TransferError: none came.
+        """
+        fds, self.fds = self.fds, []
+        for extra in fds[1:]:
+            os.close(extra)
+        if not fds:
+            raise TransferError("internal", "the worker's handover carried no descriptor")
+        return fds[0]
+
     async def _readable(self) -> None:
         loop = asyncio.get_running_loop()
         ready = loop.create_future()
-        loop.add_reader(self.fd, ready.set_result, None)
+        loop.add_reader(self.sock.fileno(), ready.set_result, None)
         try:
             await ready
         finally:
-            loop.remove_reader(self.fd)
+            loop.remove_reader(self.sock.fileno())
 
     def close(self) -> None:
-        """Close the read end."""
-        os.close(self.fd)
+        """Close the read end (and any descriptor nobody took)."""
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        self.sock.close()
 
 
 async def start_worker(identity: Identity) -> tuple[asyncio.subprocess.Process, PipeReader]:
@@ -110,17 +159,19 @@ async def start_worker(identity: Identity) -> tuple[asyncio.subprocess.Process, 
     setpriv = find_setpriv()
     if switch and setpriv is not None:
         argv, switch = privilege_argv(setpriv, identity, argv), False
-    read_fd, write_fd = os.pipe()
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(read_fd, _F_SETPIPE_SZ, PIPE_BYTES)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    for option in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            theirs.setsockopt(socket.SOL_SOCKET, option, PIPE_BYTES)  # a chunk in one go
+            break
     try:
-        proc = await _spawn(argv, identity, switch, write_fd)
+        proc = await _spawn(argv, identity, switch, theirs.fileno())
     except BaseException:
-        os.close(read_fd)
+        ours.close()
         raise
     finally:
-        os.close(write_fd)  # ours must go, or the pipe never reports EOF
-    return proc, PipeReader(read_fd)
+        theirs.close()  # ours must go, or the socket never reports EOF
+    return proc, PipeReader(ours)
 
 
 async def _spawn(
@@ -140,23 +191,39 @@ async def _spawn(
     )
 
 
+class Route:
+    """Where the client's data frames go: the worker's stdin, or (once an upload was
+    handed over) the agent's own :class:`UploadSink`."""
+
+    def __init__(self, request: dict[str, Any]) -> None:
+        self.request = request
+        self.sink: UploadSink | None = None
+
+    def close(self) -> None:
+        """Let go of the handed-over file (after the write in flight)."""
+        if self.sink is not None:
+            self.sink.close()
+
+
 async def relay_worker(
     link: Link, proc: asyncio.subprocess.Process, stdout: PipeReader, request: dict[str, Any]
 ) -> Outcome:
     """Hand ``request`` to the worker, then relay until it exits; always reaps it."""
     outcome = Outcome()
+    route = Route(request)
     assert proc.stdin is not None
     assert proc.stderr is not None
     try:
         async with asyncio.TaskGroup() as tg:
             errors = tg.create_task(_keep_stderr(proc.stderr, outcome))
             proc.stdin.write(encode_text(request))
-            up = tg.create_task(_client_to_worker(link, proc.stdin))
-            await _worker_to_client(proc, stdout, link, outcome)
+            up = tg.create_task(_client_to_worker(link, proc.stdin, route))
+            await _worker_to_client(proc, stdout, link, outcome, route)
             up.cancel()
             outcome.returncode = await proc.wait()
             await errors
     finally:
+        route.close()
         stdout.close()
         await _reap(proc)
     if outcome.returncode not in (0, 1, None) or (outcome.final is None and outcome.stderr):
@@ -168,8 +235,8 @@ async def relay_worker(
     return outcome
 
 
-async def _client_to_worker(link: Link, stdin: asyncio.StreamWriter) -> None:
-    """Client frames to the worker; a client that leaves closes the worker's stdin."""
+async def _client_to_worker(link: Link, stdin: asyncio.StreamWriter, route: Route) -> None:
+    """Client frames to the worker (or the sink); a client that leaves closes its stdin."""
     try:
         while True:
             frame = await link.recv()
@@ -179,13 +246,24 @@ async def _client_to_worker(link: Link, stdin: asyncio.StreamWriter) -> None:
                 message = decode_file_frame(frame)
                 if not isinstance(message, FileEnd):
                     raise ValueError(f"a client cannot send {message.type!r}")  # noqa: TRY004
-                stdin.write(encode_text(message.model_dump()))
+                if route.sink is not None:
+                    stdin.write(encode_text(await _end(route.sink, message)))
+                else:
+                    stdin.write(encode_text(message.model_dump()))
+            elif route.sink is not None:
+                try:
+                    await route.sink.put(frame)
+                except TransferError as exc:
+                    stdin.write(encode_text(_abort(exc)))
+                    await stdin.drain()
+                    return  # the worker reports it and removes nothing a resume needs
             else:
                 stdin.write(encode_header(DATA, len(frame)))
                 stdin.write(frame)
             await stdin.drain()
     except ChannelClosed:
-        pass
+        if route.sink is not None:
+            await route.sink.drain()  # the worker fsyncs what arrived, for a resume
     except ValueError as exc:  # pydantic's ValidationError included
         log.info("files.bad_client_frame", error=str(exc)[:200])
         with contextlib.suppress(ChannelClosed):
@@ -198,18 +276,33 @@ async def _client_to_worker(link: Link, stdin: asyncio.StreamWriter) -> None:
             stdin.close()
 
 
+async def _end(sink: UploadSink, message: FileEnd) -> dict[str, Any]:
+    try:
+        return await sink.end(message.size, message.sha256)
+    except TransferError as exc:
+        return _abort(exc)
+
+
+def _abort(exc: TransferError) -> dict[str, Any]:
+    return {"type": "abort", "code": exc.code, "message": exc.message[:4000]}
+
+
 async def _worker_to_client(
-    proc: asyncio.subprocess.Process, stdout: PipeReader, link: Link, outcome: Outcome
+    proc: asyncio.subprocess.Process,
+    stdout: PipeReader,
+    link: Link,
+    outcome: Outcome,
+    route: Route,
 ) -> None:
     """Worker frames to the client, until the worker's stdout ends or the client leaves
     (then the worker is killed: what it would still send has nowhere to go)."""
     try:
-        await _copy_out(stdout, link, outcome)
+        await _copy_out(stdout, link, outcome, route)
     except ChannelClosed:
         _kill(proc)
 
 
-async def _copy_out(stdout: PipeReader, link: Link, outcome: Outcome) -> None:
+async def _copy_out(stdout: PipeReader, link: Link, outcome: Outcome, route: Route) -> None:
     header = bytearray(HEADER.size)
     buf = bytearray(PIPE_BYTES)
     while await stdout.readinto(memoryview(header)):
@@ -218,6 +311,10 @@ async def _copy_out(stdout: PipeReader, link: Link, outcome: Outcome) -> None:
             buf = bytearray(length)
         payload = memoryview(buf)[:length]
         await stdout.readinto(payload)
+        if kind == TEXT and payload[: len(_HANDOVER)] == _HANDOVER:
+            await _handed_over(stdout, link, outcome, route, decode_text(bytes(payload)))
+            continue
+        stdout.discard_fds()  # only a handover carries one; nothing else piles up here
         if kind == TEXT:
             text = bytes(payload).decode()
             with contextlib.suppress(ValueError):
@@ -229,6 +326,30 @@ async def _copy_out(stdout: PipeReader, link: Link, outcome: Outcome) -> None:
             # The link copies (masks) the payload before send() returns, so the buffer
             # can be filled again at once.
             await link.send(payload)  # type: ignore[arg-type]
+
+
+async def _handed_over(
+    stdout: PipeReader, link: Link, outcome: Outcome, route: Route, handover: dict[str, Any]
+) -> None:
+    """Take the worker's descriptor: an upload's sink, or a whole download sent from here."""
+    request = route.request
+    try:
+        fd = stdout.take_fd()
+        try:
+            check_handed(fd)
+            if not request.get("handover") or request.get("recursive") or route.sink is not None:
+                raise TransferError("internal", "an unexpected handover from the worker")
+            if request["op"] == "upload":
+                size, limit = request.get("size"), int(request["max_file_bytes"])
+                route.sink = UploadSink(fd, int(handover["offset"]), size, limit)
+                return
+        except BaseException:
+            os.close(fd)
+            raise
+        outcome.final = await send_download(link, fd, handover, int(request["chunk_bytes"]))
+    except TransferError as exc:
+        outcome.final = {"type": "error", "code": exc.code, "message": exc.message[:4000]}
+        await link.send(FileError(code=exc.code, message=exc.message[:4000]).model_dump_json())
 
 
 async def _keep_stderr(stderr: asyncio.StreamReader, outcome: Outcome) -> None:

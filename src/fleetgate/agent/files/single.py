@@ -24,7 +24,13 @@ from fleetgate.agent.files.walk import Located, Walker, os_error, still_at
 from fleetgate.shared.errors import TransferError
 from fleetgate.shared.files.framing import TEXT, decode_text
 from fleetgate.shared.files.paths import temp_name
-from fleetgate.shared.files.transfer import Ledger, Request, final_mode, resume_offset
+from fleetgate.shared.files.transfer import (
+    WRITE_PIECE_BYTES,
+    Ledger,
+    Request,
+    final_mode,
+    resume_offset,
+)
 
 
 __all__ = ["download_file", "locate_target", "rename_into_place", "upload_file"]
@@ -177,18 +183,26 @@ def upload_file(pipe: PipeIO, walker: Walker, request: Request) -> None:
         fd, offset = _open_temp(located, temp, request)
         try:
             ledger = Ledger(offset, request.size, request.max_file_bytes)
-            hasher = hashlib.sha256()
             buf = bytearray(request.chunk_bytes)
-            hash_prefix(fd, offset, hasher, buf)
-            os.lseek(fd, offset, os.SEEK_SET)
+            hasher = hashlib.sha256()
+            if request.handover:
+                # The agent writes and hashes (prefix included) through this descriptor.
+                pipe.send_fd({"type": "handover", "op": "upload", "offset": offset}, fd)
+            else:
+                hash_prefix(fd, offset, hasher, buf)
+                os.lseek(fd, offset, os.SEEK_SET)
             pipe.send({"type": "ready", "offset": offset, "path": located.path})
             try:
-                end = _receive(pipe, fd, ledger, hasher)
+                if request.handover:
+                    end, digest = _agent_end(pipe, ledger)
+                else:
+                    end = _receive(pipe, fd, ledger, hasher)
+                    digest = hasher.hexdigest()
             except EndOfInput:
                 os.fsync(fd)  # interrupted: keep what arrived for the next attempt
                 raise
             try:
-                ledger.finish(end.get("size"), end.get("sha256"), hasher.hexdigest())
+                ledger.finish(end.get("size"), end.get("sha256"), digest)
                 os.fsync(fd)
                 existing = located.st.st_mode if located.st is not None else None
                 os.fchmod(fd, final_mode(existing))
@@ -202,12 +216,28 @@ def upload_file(pipe: PipeIO, walker: Walker, request: Request) -> None:
                 raise
         finally:
             os.close(fd)
-        pipe.send(
-            {"type": "done", "size": ledger.received, "sha256": hasher.hexdigest(),
-             "path": located.path}
-        )  # fmt: skip
+        pipe.send({"type": "done", "size": ledger.received, "sha256": digest, "path": located.path})
     finally:
         located.close()
+
+
+def _agent_end(pipe: PipeIO, ledger: Ledger) -> tuple[dict[str, object], str]:
+    """The agent's account of a handed-over upload: the client's ``end`` frame plus the
+    bytes it wrote and their SHA-256 (``end``), or why it stopped (``abort``)."""
+    obj = pipe.read_text()
+    if obj["type"] == "abort":
+        raise TransferError(str(obj.get("code", "io"))[:40], str(obj.get("message", ""))[:4000])
+    received, computed = obj.get("received"), obj.get("computed")
+    if (
+        obj["type"] != "end"
+        or not isinstance(received, int)
+        or isinstance(received, bool)
+        or received < ledger.received
+        or not isinstance(computed, str)
+    ):
+        raise TransferError("malformed", f"unexpected {obj['type']!r} from the agent")
+    ledger.add(received - ledger.received)  # the limits, checked once more here
+    return obj, computed
 
 
 def _receive(pipe: PipeIO, fd: int, ledger: Ledger, hasher: hashlib._Hash) -> dict[str, object]:
@@ -235,7 +265,7 @@ def _write_all(fd: int, payload: memoryview) -> None:
     written = 0
     while written < len(payload):
         try:
-            written += os.write(fd, payload[written:])
+            written += os.write(fd, payload[written : written + WRITE_PIECE_BYTES])
         except OSError as exc:
             raise os_error(exc, "the temporary file") from None
 
@@ -265,6 +295,14 @@ def download_file(pipe: PipeIO, walker: Walker, request: Request) -> None:
         if request.offset > st.st_size:
             raise TransferError("invalid", f"offset {request.offset} is beyond the end")
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        if request.handover:
+            # The agent reads, hashes and sends; it announces ``ready`` itself.
+            pipe.send_fd(
+                {"type": "handover", "op": "download", "offset": request.offset,
+                 "size": st.st_size, "mode": stat.S_IMODE(st.st_mode), "path": located.path},
+                fd,
+            )  # fmt: skip
+            return
         hasher = hashlib.sha256()
         buf = bytearray(request.chunk_bytes)
         view = memoryview(buf)

@@ -19,6 +19,7 @@ from fleetgate.shared.files.paths import MAX_NAME_BYTES, components, normalise
 
 __all__ = [
     "DEFAULT_UMASK",
+    "WRITE_PIECE_BYTES",
     "Ledger",
     "Request",
     "final_mode",
@@ -28,6 +29,12 @@ __all__ = [
 
 DEFAULT_UMASK = 0o022
 """The umask a new file is created under (the login default of the session user)."""
+
+WRITE_PIECE_BYTES = 512 * 1024
+"""Most bytes handed to one ``write`` into a file. Measured (Linux 6.18, ext4, a VM):
+writing 512 MiB in 2 MiB pieces cost 1.2 s of CPU and 7 s, in 1 MiB or smaller pieces
+0.15 s and 0.5 s; a 2 MiB write at a 2 MiB boundary makes the kernel allocate one large
+page-cache folio, which is far dearer to come by than small ones."""
 
 _TRANSFER_ID = re.compile(r"[0-9a-f]{16,64}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -52,6 +59,8 @@ class Request:
         max_file_bytes: largest file accepted or sent.
         allowed_roots: normalised roots the path must be under (empty: anywhere).
         chunk_bytes: payload bytes per data frame.
+        handover: a single file's descriptor goes to the agent, which moves the bytes
+            (the worker's stdout must then be a Unix socket).
     """
 
     op: Op
@@ -66,6 +75,7 @@ class Request:
     max_file_bytes: int = 1 << 40
     allowed_roots: tuple[str, ...] = ()
     chunk_bytes: int = 1 << 20
+    handover: bool = False
 
 
 def _int(obj: dict[str, Any], key: str, default: int | None, *, low: int = 0) -> int | None:
@@ -108,9 +118,9 @@ def parse_request(obj: dict[str, Any]) -> Request:
     roots = obj.get("allowed_roots") or []
     if not isinstance(roots, list) or not all(isinstance(r, str) for r in roots):
         raise TransferError("invalid", "allowed_roots must be a list of paths")
-    flags = {key: obj.get(key, False) for key in ("recursive", "overwrite")}
+    flags = {key: obj.get(key, False) for key in ("recursive", "overwrite", "handover")}
     if not all(isinstance(v, bool) for v in flags.values()):
-        raise TransferError("invalid", "recursive and overwrite must be booleans")
+        raise TransferError("invalid", "recursive, overwrite and handover must be booleans")
     return Request(
         op=op,
         path=normalise(raw_path),
@@ -124,6 +134,7 @@ def parse_request(obj: dict[str, Any]) -> Request:
         max_file_bytes=_int(obj, "max_file_bytes", 1 << 40, low=1) or 1,
         allowed_roots=tuple(normalise(r) for r in roots),
         chunk_bytes=_int(obj, "chunk_bytes", 1 << 20, low=4096) or 4096,
+        handover=flags["handover"],
     )
 
 

@@ -147,6 +147,8 @@ def test_request_defaults_and_normalised_path() -> None:
         False,
         False,
     )
+    assert request.handover is False  # the worker streams unless the agent asks
+    assert parse_request({"op": "download", "path": "/x", "handover": True}).handover
 
 
 @pytest.mark.parametrize(
@@ -163,6 +165,7 @@ def test_request_defaults_and_normalised_path() -> None:
         ({"offset": True}, "invalid"),
         ({"size": "10"}, "invalid"),
         ({"overwrite": "yes"}, "invalid"),
+        ({"handover": 1}, "invalid"),
         ({"allowed_roots": "/srv"}, "invalid"),
         ({"allowed_roots": ["srv"]}, "relative"),
         ({"chunk_bytes": 10}, "invalid"),

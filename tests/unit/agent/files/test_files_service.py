@@ -60,6 +60,10 @@ def test_worker_request_carries_the_limits() -> None:
     request = service.request(spec)
     assert request["allowed_roots"] == ["/srv"]
     assert (request["max_file_bytes"], request["chunk_bytes"]) == (100, 65536)
+    # A single file's descriptor comes back to the agent; a tree streams through the worker.
+    assert request["handover"] is True
+    tree = spec.model_copy(update={"recursive": True})
+    assert service.request(tree)["handover"] is False
 
 
 def test_config_names_the_bad_key() -> None:

@@ -1,0 +1,254 @@
+"""The agent's side of a handed-over single file: it moves the bytes itself (asyncio + threads).
+
+The worker, as the user, checks the path and opens the file (so the kernel decides what the
+user may touch), then hands the descriptor over (SCM_RIGHTS, a ``handover`` frame) instead of
+copying every byte through its pipes. From then on:
+
+- an upload's chunks go from the channel to :class:`UploadSink`, which hashes and writes them
+  in a thread of its own; at the client's ``end`` the worker is told what was written and
+  what it hashes to, and it checks, fsyncs and renames as before;
+- a download is streamed by :func:`send_download`: a thread reads and hashes the next chunk
+  while the event loop sends the previous one; the agent sends ``ready`` and ``done`` itself.
+
+Root's writes would not be bound by the user's disk quota or the file system's reserved
+blocks (both yield to ``CAP_SYS_RESOURCE``), so the writing thread drops that capability
+from its own effective set first (capabilities are per thread on Linux).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import json
+import os
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from fleetgate.agent.files.hashing import hash_prefix
+from fleetgate.agent.files.walk import os_error
+from fleetgate.shared.errors import TransferError
+from fleetgate.shared.files.transfer import WRITE_PIECE_BYTES, Ledger
+
+
+__all__ = [
+    "UploadSink",
+    "check_handed",
+    "drop_capability",
+    "drop_resource_override",
+    "send_download",
+]
+
+CAP_SYS_RESOURCE = 24
+_CAP_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = (("version", ctypes.c_uint32), ("pid", ctypes.c_int))
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = (
+        ("effective", ctypes.c_uint32),
+        ("permitted", ctypes.c_uint32),
+        ("inheritable", ctypes.c_uint32),
+    )
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+
+
+def drop_resource_override() -> None:
+    """Clear ``CAP_SYS_RESOURCE`` from the calling thread's effective capabilities.
+
+    Raises:
+        OSError: capget/capset failed (the caller must then not write as root).
+    """
+    drop_capability(CAP_SYS_RESOURCE)
+
+
+def drop_capability(cap: int) -> None:
+    """Clear capability number ``cap`` from the calling thread's effective set.
+
+    Raises:
+        OSError: capget/capset failed.
+    """
+    header = _CapHeader(_CAP_VERSION_3, 0)  # pid 0: this thread
+    data = (_CapData * 2)()
+    libc = _libc()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget failed")
+    data[cap // 32].effective &= ~(1 << (cap % 32))
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed")
+
+
+def check_handed(fd: int) -> None:
+    """Refuse a handed-over descriptor that is not a regular file (nothing else is ever
+    sent; a pipe could block the agent's thread)."""
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        raise TransferError("internal", "the worker handed over something else than a file")
+
+
+class Link(Protocol):
+    """The channel, as the streaming uses it."""
+
+    async def send(self, data: bytes | str) -> None: ...
+
+
+class UploadSink:
+    """Hashes and writes one upload's chunks through a handed-over descriptor.
+
+    Each chunk is written by the sink's writing thread and hashed by its hashing thread at
+    the same time (both release the GIL), while the event loop receives the next chunk;
+    :meth:`put` waits for the previous chunk, so memory stays at two chunks. The sink owns
+    ``fd`` (closed by :meth:`close`, after the last write); only the writing thread uses it.
+
+    Args:
+        fd: the temporary file, opened by the worker as the user.
+        offset: bytes already in it (a resumed upload); they are hashed first.
+        size: the size the client announced (None: unknown).
+        limit: the largest file accepted.
+    """
+
+    def __init__(self, fd: int, offset: int, size: int | None, limit: int) -> None:
+        self.ledger = Ledger(offset, size, limit)
+        self._fd = fd
+        self._position = offset
+        self._hasher = hashlib.sha256()
+        self._writing = ThreadPoolExecutor(1, thread_name_prefix="files-write")
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="files-hash")
+        loop = asyncio.get_running_loop()
+        # The prefix is hashed before any chunk (put() waits for this first).
+        self._written = loop.run_in_executor(self._writing, self._start, offset)
+        self._hashed: asyncio.Future[None] = self._written
+        self._ended = False
+        self._closed = False
+
+    def _start(self, offset: int) -> None:
+        try:
+            drop_resource_override()
+        except OSError as exc:
+            raise TransferError("internal", f"cannot drop CAP_SYS_RESOURCE: {exc}") from None
+        try:
+            hash_prefix(self._fd, offset, self._hasher, bytearray(1 << 20))
+        except OSError as exc:
+            raise os_error(exc, "the temporary file") from None
+
+    def _write(self, chunk: bytes, position: int) -> None:
+        view = memoryview(chunk)
+        try:
+            while view:
+                written = os.pwrite(self._fd, view[:WRITE_PIECE_BYTES], position)
+                view, position = view[written:], position + written
+        except OSError as exc:
+            raise os_error(exc, "the temporary file") from None
+
+    async def _previous(self) -> None:
+        """Until the previous chunk is written and hashed (its write error raised)."""
+        await asyncio.wait([self._written, self._hashed])
+        for future in (self._written, self._hashed):
+            future.result()
+
+    async def put(self, chunk: bytes) -> None:
+        """Write ``chunk`` next (after the previous one).
+
+        Raises:
+            TransferError: a limit is crossed, data came after ``end``, or the previous
+                write failed.
+        """
+        if self._ended:
+            raise TransferError("malformed", "data after the end of the upload")
+        self.ledger.add(len(chunk))
+        await self._previous()
+        loop = asyncio.get_running_loop()
+        self._written = loop.run_in_executor(self._writing, self._write, chunk, self._position)
+        self._hashed = loop.run_in_executor(self._hashing, self._hasher.update, chunk)
+        self._position += len(chunk)
+
+    async def end(self, size: object, sha256: object) -> dict[str, Any]:
+        """The worker's ``end``: the client's claims and what was written, once it is."""
+        self._ended = True
+        await self._previous()
+        return {
+            "type": "end",
+            "size": size,
+            "sha256": sha256,
+            "received": self.ledger.received,
+            "computed": self._hasher.hexdigest(),
+        }
+
+    async def drain(self) -> None:
+        """Wait for the chunk in flight (its errors are the caller's no more)."""
+        await asyncio.wait([self._written, self._hashed])
+
+    def close(self) -> None:
+        """Close the descriptor after the write in flight and let the threads end."""
+        if self._closed:
+            return
+        self._closed = True
+        for future in (self._written, self._hashed):
+            future.add_done_callback(_consume)
+        self._writing.submit(os.close, self._fd)
+        self._writing.shutdown(wait=False)
+        self._hashing.shutdown(wait=False)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Mark a future's outcome as seen (a failed write already reached the worker)."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def send_download(
+    link: Link, fd: int, handover: dict[str, Any], chunk_bytes: int
+) -> dict[str, Any]:
+    """Stream a handed-over download: ``ready``, the data from its offset, ``done``.
+
+    Takes ownership of ``fd``. Returns the ``done`` object sent.
+
+    Raises:
+        TransferError: the file could not be read (the caller reports it).
+        ChannelClosed: the client went away.
+    """
+    offset = int(handover["offset"])
+    ready = {"type": "ready", "offset": offset}
+    ready.update({k: handover[k] for k in ("size", "mode", "path")})
+    hasher = hashlib.sha256()
+    buffers = (bytearray(chunk_bytes), bytearray(chunk_bytes))
+
+    def read(index: int, position: int) -> int:
+        try:
+            if index < 0:  # the first read: the skipped prefix is hashed first
+                hash_prefix(fd, offset, hasher, buffers[0])
+                index = 0
+            n = os.preadv(fd, [buffers[index]], position)
+        except OSError as exc:
+            raise os_error(exc, str(handover["path"])) from None
+        hasher.update(memoryview(buffers[index])[:n])
+        return n
+
+    loop = asyncio.get_running_loop()
+    thread = ThreadPoolExecutor(1, thread_name_prefix="files-download")
+    pending = loop.run_in_executor(thread, read, -1, offset)
+    try:
+        await link.send(json.dumps(ready))
+        index, position = 0, offset
+        while n := await pending:
+            view = memoryview(buffers[index])[:n]
+            position += n
+            index ^= 1
+            pending = loop.run_in_executor(thread, read, index, position)
+            await link.send(view)  # type: ignore[arg-type]  # copied (masked) before it returns
+        done = {"type": "done", "size": position, "sha256": hasher.hexdigest()}
+        await link.send(json.dumps(done))
+        return done
+    finally:
+        pending.add_done_callback(_consume)
+        thread.submit(os.close, fd)
+        thread.shutdown(wait=False)
