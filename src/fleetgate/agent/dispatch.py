@@ -67,6 +67,9 @@ _Intake = tuple[CommandRun, datetime] | UUID
 
 _MakeFinal = Callable[[int], CommandFinished]
 
+_Checked = tuple[GrantRefused | None, GrantClaims | None, CommandRun]
+"""The local checks' outcome: the refusal (if any), the verified claims, the command to run."""
+
 
 class Dispatcher:
     """Accepts commands from the backhaul and runs them under the concurrency limit."""
@@ -184,20 +187,30 @@ class Dispatcher:
                 # Delivered (and reported) before the restart; never started, so safe to run.
                 log.info("command.resumed", command_id=str(message.command_id))
                 self._waiting += 1
-                tg.create_task(self._execute(message, None), name=f"command-{message.command_id}")
+                checked = self._refusal(message)
+                tg.create_task(self._execute(checked, None), name=f"command-{message.command_id}")
             while True:
                 item = await self._intake.get()
                 if isinstance(item, UUID):
                     await self._resend_final(item)
                     continue
                 message, delivered_at = item
+                checked = self._refusal(message)
+                # A free slot and nobody ahead: the command is recorded as running in the
+                # same commit as its delivery (one fsync), and starts once that is on disk.
+                start_now = checked[0] is None and self._waiting == 0 and not self._slots.locked()
+                if start_now:
+                    await self._slots.acquire()  # free: returns without suspending
+                    self._inbox.advance(message.command_id, CommandState.RUNNING)
                 # Not waiting for the disk here: the next command's delivery joins the
                 # same commit, so a burst of commands costs one write, not one each.
-                delivered = await self._report_delivered(message, delivered_at)
-                self._waiting += 1
-                tg.create_task(
-                    self._execute(message, delivered), name=f"command-{message.command_id}"
-                )
+                delivered = await self._report_delivered(message, delivered_at, running=start_now)
+                name = f"command-{message.command_id}"
+                if start_now:
+                    tg.create_task(self._start_delivered(checked, delivered), name=name)
+                else:
+                    self._waiting += 1
+                    tg.create_task(self._execute(checked, delivered), name=name)
 
     def stop_accepting(self) -> None:
         """Refuse new commands from now on (graceful shutdown)."""
@@ -207,19 +220,31 @@ class Dispatcher:
         """Wait until no accepted command is queued or running."""
         await self._idle.wait()
 
-    async def _execute(self, message: CommandRun, delivered: Awaitable[None] | None) -> None:
+    async def _start_delivered(self, checked: _Checked, delivered: Awaitable[None]) -> None:
+        """A command that got its slot at arrival: its running state is in the same
+        commit as its delivery; it starts once that is on disk."""
+        _, claims, message = checked
+        with structlog.contextvars.bound_contextvars(
+            command_id=str(message.command_id), user=message.username
+        ):
+            try:
+                await delivered
+            except BaseException:
+                self._slots.release()
+                raise
+            await self._run(message, claims)
+
+    async def _execute(self, checked: _Checked, delivered: Awaitable[None] | None) -> None:
+        refused, claims, message = checked
         command_id = message.command_id
         with structlog.contextvars.bound_contextvars(
             command_id=str(command_id), user=message.username
         ):
-            refused: GrantRefused | None = None
-            claims: GrantClaims | None = None
             try:
                 # Deliveries become durable in arrival order and their tasks resume in
                 # that order, so the FIFO semaphore still starts commands as they came.
                 if delivered is not None:
                     await delivered
-                refused, claims, message = self._refusal(message)
                 if refused is None:
                     await self._slots.acquire()
             finally:
@@ -241,28 +266,35 @@ class Dispatcher:
                     await self._spool.commit(
                         lambda b: b.states.append((command_id, CommandState.RUNNING))
                     )
-                outcome = await run_command(
-                    message,
-                    self._limits,
-                    on_started=lambda at: self._started(message, at),
-                    on_output=lambda seq, data: self._report_output(command_id, seq, data),
-                    track=self._tracker(message, claims),
-                )
-            finally:
+            except BaseException:
                 self._slots.release()
-            self._audit_event(
-                "command.finished",
-                message,
-                exit_code=outcome.exit_code,
-                success=outcome.success,
-                error_phase=outcome.error_phase,
-                elapsed_time=outcome.elapsed_time,
-            )
-            await self._finish(command_id, lambda rid: _finished(rid, command_id, outcome))
+                raise
+            await self._run(message, claims)
 
-    def _refusal(
-        self, message: CommandRun
-    ) -> tuple[GrantRefused | None, GrantClaims | None, CommandRun]:
+    async def _run(self, message: CommandRun, claims: GrantClaims | None) -> None:
+        """Run a command recorded as running (its slot taken), then finish it."""
+        command_id = message.command_id
+        try:
+            outcome = await run_command(
+                message,
+                self._limits,
+                on_started=lambda at: self._started(message, at),
+                on_output=lambda seq, data: self._report_output(command_id, seq, data),
+                track=self._tracker(message, claims),
+            )
+        finally:
+            self._slots.release()
+        self._audit_event(
+            "command.finished",
+            message,
+            exit_code=outcome.exit_code,
+            success=outcome.success,
+            error_phase=outcome.error_phase,
+            elapsed_time=outcome.elapsed_time,
+        )
+        await self._finish(command_id, lambda rid: _finished(rid, command_id, outcome))
+
+    def _refusal(self, message: CommandRun) -> _Checked:
         """Local enforcement: the grant is checked here, whatever the control plane did.
 
         Returns the refusal (if any), the verified claims, and the command to run: an
@@ -371,13 +403,20 @@ class Dispatcher:
         log.info("command.result_resent", command_id=str(command_id))
 
     async def _report_delivered(
-        self, message: CommandRun, delivered_at: datetime
+        self, message: CommandRun, delivered_at: datetime, *, running: bool = False
     ) -> Awaitable[None]:
-        """Queue the delivery report with the inbox row; the awaitable says when durable."""
+        """Queue the delivery report with the inbox row (and, with ``running``, the
+        running state); the awaitable says when durable."""
         command_id = message.command_id
+
+        def change(batch: Batch, _: CommandReport) -> None:
+            batch.accepted.append((message, delivered_at))
+            if running:
+                batch.states.append((command_id, CommandState.RUNNING))
+
         _, durable = await self._outbox.add(
             lambda rid: CommandDelivered(rid=rid, command_id=command_id, delivered_at=delivered_at),
-            with_change=lambda batch, _: batch.accepted.append((message, delivered_at)),
+            with_change=change,
         )
         return durable
 
@@ -390,8 +429,10 @@ class Dispatcher:
         await self._report_acked(message.command_id, acked_at)
 
     async def _report_acked(self, command_id: UUID, acked_at: datetime) -> None:
+        # A short command's final report takes this one along in its commit.
         await self._outbox.add(
-            lambda rid: CommandAcked(rid=rid, command_id=command_id, acked_at=acked_at)
+            lambda rid: CommandAcked(rid=rid, command_id=command_id, acked_at=acked_at),
+            within=ACK_WRITE_DELAY,
         )
 
     async def _report_output(self, command_id: UUID, seq: int, data: str) -> None:
@@ -412,6 +453,10 @@ def _log_eviction(eviction: Eviction) -> None:
 def _interrupted(command_id: UUID, state: CommandState, at: datetime, rid: int) -> CommandFinished:
     return interrupted_report(rid, command_id, state, at=at)
 
+
+ACK_WRITE_DELAY = 0.05
+"""Seconds a command's "started" report may wait for its final report or output to be
+written with it (one fsync instead of two for a short command)."""
 
 DENIED_EXIT_CODE = 126
 """Exit code of a command the agent refused to run (the shell's "cannot execute")."""
