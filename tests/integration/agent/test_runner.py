@@ -505,7 +505,8 @@ async def test_a_group_removal_takes_effect_at_the_very_next_command(
     first, recorder = await run("id -G", username=scratch_user.name)
     assert first.success, first
     assert scratch_user.group_gid in {int(g) for g in recorder.text.split()}
-    subprocess.run(
+    await asyncio.to_thread(
+        subprocess.run,
         ["gpasswd", "--delete", scratch_user.name, scratch_user.group_name],
         check=True,
         capture_output=True,

@@ -9,7 +9,9 @@ from fleetgate.agent.exec.idcache import IdentityCache, NameCache, files_signatu
 from fleetgate.agent.exec.identity import Identity
 
 
-ALICE = Identity(name="alice", uid=1000, gid=1000, groups=(1000, 27), home="/home/alice", shell="/bin/sh")
+ALICE = Identity(
+    name="alice", uid=1000, gid=1000, groups=(1000, 27), home="/home/alice", shell="/bin/sh"
+)
 SIG = ((1, 10, 100), (2, 20, 200), (3, 30, 300))
 
 
@@ -71,5 +73,3 @@ def test_the_signature_sees_a_rewrite_and_a_missing_file(tmp_path: Path) -> None
     path.write_text("a:x:1:bob\n")  # another size, and tools replace the file anyway
     os.utime(path, ns=(1, 1))
     assert files_signature((str(path), missing)) != before
-
-
