@@ -196,21 +196,19 @@ class Dispatcher:
                     continue
                 message, delivered_at = item
                 checked = self._refusal(message)
-                # A free slot and nobody ahead: the command is recorded as running in the
-                # same commit as its delivery (one fsync), and starts once that is on disk.
-                start_now = checked[0] is None and self._waiting == 0 and not self._slots.locked()
-                if start_now:
+                name = f"command-{message.command_id}"
+                # A free slot and nobody ahead: the command starts at once.
+                if checked[0] is None and self._waiting == 0 and not self._slots.locked():
                     await self._slots.acquire()  # free: returns without suspending
                     self._inbox.advance(message.command_id, CommandState.RUNNING)
+                    recorded = self._record_running(message, delivered_at)
+                    tg.create_task(self._start_now(checked, *recorded), name=name)
+                    continue
                 # Not waiting for the disk here: the next command's delivery joins the
                 # same commit, so a burst of commands costs one write, not one each.
-                delivered = await self._report_delivered(message, delivered_at, running=start_now)
-                name = f"command-{message.command_id}"
-                if start_now:
-                    tg.create_task(self._start_delivered(checked, delivered), name=name)
-                else:
-                    self._waiting += 1
-                    tg.create_task(self._execute(checked, delivered), name=name)
+                delivered = await self._report_delivered(message, delivered_at)
+                self._waiting += 1
+                tg.create_task(self._execute(checked, delivered), name=name)
 
     def stop_accepting(self) -> None:
         """Refuse new commands from now on (graceful shutdown)."""
@@ -220,19 +218,48 @@ class Dispatcher:
         """Wait until no accepted command is queued or running."""
         await self._idle.wait()
 
-    async def _start_delivered(self, checked: _Checked, delivered: Awaitable[None]) -> None:
-        """A command that got its slot at arrival: its running state is in the same
-        commit as its delivery; it starts once that is on disk."""
+    def _record_running(
+        self, message: CommandRun, delivered_at: datetime
+    ) -> tuple[Awaitable[None], datetime | None]:
+        """Stage the inbox row of a command that starts at once, already running: one
+        commit instead of one for the delivery and one for the running state.
+
+        Returns the awaitable of that commit and, with a spool, the delivery time still
+        to report: the delivery report waits for the start and goes with it, so a
+        short command's delivery, start and end reach the control plane in one write.
+        After a crash between the two, the inbox says running (the command is never
+        started again) and the control plane, which never saw the delivery, gets the
+        interrupted result like any other. Without a spool, it is reported at once.
+        """
+        command_id = message.command_id
+        if self._spool is None:
+            report = self._outbox.add(
+                lambda rid: CommandDelivered(
+                    rid=rid, command_id=command_id, delivered_at=delivered_at
+                )
+            )
+            return _second(report), None
+
+        def change(batch: Batch) -> None:
+            batch.accepted.append((message, delivered_at))
+            batch.states.append((command_id, CommandState.RUNNING))
+
+        return self._spool.commit(change), delivered_at
+
+    async def _start_now(
+        self, checked: _Checked, recorded: Awaitable[None], delivered_at: datetime | None
+    ) -> None:
+        """Run a command that got its slot at arrival, once it is recorded as running."""
         _, claims, message = checked
         with structlog.contextvars.bound_contextvars(
             command_id=str(message.command_id), user=message.username
         ):
             try:
-                await delivered
+                await recorded
             except BaseException:
                 self._slots.release()
                 raise
-            await self._run(message, claims)
+            await self._run(message, claims, delivered_at)
 
     async def _execute(self, checked: _Checked, delivered: Awaitable[None] | None) -> None:
         refused, claims, message = checked
@@ -271,14 +298,18 @@ class Dispatcher:
                 raise
             await self._run(message, claims)
 
-    async def _run(self, message: CommandRun, claims: GrantClaims | None) -> None:
-        """Run a command recorded as running (its slot taken), then finish it."""
+    async def _run(
+        self, message: CommandRun, claims: GrantClaims | None, delivered_at: datetime | None = None
+    ) -> None:
+        """Run a command recorded as running (its slot taken), then finish it.
+
+        ``delivered_at``: the delivery is still to be reported, with the start."""
         command_id = message.command_id
         try:
             outcome = await run_command(
                 message,
                 self._limits,
-                on_started=lambda at: self._started(message, at),
+                on_started=lambda at: self._started(message, at, delivered_at),
                 on_output=lambda seq, data: self._report_output(command_id, seq, data),
                 track=self._tracker(message, claims),
             )
@@ -403,20 +434,13 @@ class Dispatcher:
         log.info("command.result_resent", command_id=str(command_id))
 
     async def _report_delivered(
-        self, message: CommandRun, delivered_at: datetime, *, running: bool = False
+        self, message: CommandRun, delivered_at: datetime
     ) -> Awaitable[None]:
-        """Queue the delivery report with the inbox row (and, with ``running``, the
-        running state); the awaitable says when durable."""
+        """Queue the delivery report with the inbox row; the awaitable says when durable."""
         command_id = message.command_id
-
-        def change(batch: Batch, _: CommandReport) -> None:
-            batch.accepted.append((message, delivered_at))
-            if running:
-                batch.states.append((command_id, CommandState.RUNNING))
-
         _, durable = await self._outbox.add(
             lambda rid: CommandDelivered(rid=rid, command_id=command_id, delivered_at=delivered_at),
-            with_change=change,
+            with_change=lambda batch, _: batch.accepted.append((message, delivered_at)),
         )
         return durable
 
@@ -424,12 +448,19 @@ class Dispatcher:
     # outbox): the outbox never sends a report before it is durable anyway, and a crash
     # before the write leaves the command running in the inbox, hence interrupted.
 
-    async def _started(self, message: CommandRun, acked_at: datetime) -> None:
+    async def _started(
+        self, message: CommandRun, acked_at: datetime, delivered_at: datetime | None
+    ) -> None:
         self._audit_event("command.started", message)
-        await self._report_acked(message.command_id, acked_at)
-
-    async def _report_acked(self, command_id: UUID, acked_at: datetime) -> None:
-        # A short command's final report takes this one along in its commit.
+        command_id = message.command_id
+        if delivered_at is not None:
+            await self._outbox.add(
+                lambda rid: CommandDelivered(
+                    rid=rid, command_id=command_id, delivered_at=delivered_at
+                ),
+                within=ACK_WRITE_DELAY,
+            )
+        # A short command's final report takes these along in its commit.
         await self._outbox.add(
             lambda rid: CommandAcked(rid=rid, command_id=command_id, acked_at=acked_at),
             within=ACK_WRITE_DELAY,
@@ -439,6 +470,12 @@ class Dispatcher:
         await self._outbox.add(
             lambda rid: CommandOutput(rid=rid, command_id=command_id, seq=seq, data=data)
         )
+
+
+async def _second(pending: Awaitable[tuple[CommandReport, Awaitable[None]]]) -> None:
+    """Await an ``Outbox.add`` and then its durability."""
+    _, durable = await pending
+    await durable
 
 
 def _log_eviction(eviction: Eviction) -> None:

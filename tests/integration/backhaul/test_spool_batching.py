@@ -71,8 +71,8 @@ async def test_a_burst_of_500_commands_is_written_in_batches(
 async def test_a_short_command_costs_two_synced_commits(
     scripted_cp: ScriptedControlPlane, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Delivery and running state in one commit (before the spawn), the started report
-    with the final one, confirmations without an fsync of their own."""
+    """The inbox row, already running, in one commit before the spawn; the delivery and
+    start reports with the final one; confirmations without an fsync of their own."""
     batches: list[Batch] = []
     lock = threading.Lock()
     apply = SpoolStore.apply
@@ -102,8 +102,8 @@ async def test_a_short_command_costs_two_synced_commits(
     first, second = ours
     assert [c.command_id for c, _ in first.accepted] == [command.command_id]
     assert first.states == [(command.command_id, CommandState.RUNNING)]
-    assert [type(r) for r in first.reports] == [CommandDelivered]
-    assert [type(r) for r in second.reports] == [CommandAcked, CommandFinished]
+    assert first.reports == []
+    assert [type(r) for r in second.reports] == [CommandDelivered, CommandAcked, CommandFinished]
     assert [e.command_id for e in second.finished] == [command.command_id]
 
 
