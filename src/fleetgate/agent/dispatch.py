@@ -6,10 +6,12 @@ inbox (a duplicate delivery is dropped), stamped ``delivered_at`` and put on a b
 intake queue. :meth:`Dispatcher.run` owns every command task: it reports the delivery,
 then waits for a slot under the concurrency limit (in arrival order) and runs it.
 
-With a spool, every step is on disk before it has consequences: the inbox row is written
-with the delivery report (before that report can be sent), the command is recorded as
-running before its process is spawned, and its final report is written with the inbox
-row that says it finished. At start, commands a previous run left running get an
+With a spool, every step is on disk before it has consequences: the command is recorded
+as running before its process is spawned, a report is written before it is sent, and the
+final report is written with the inbox row that says it finished. A command that finds a
+free slot is written as running in one commit (its delivery report then goes with its
+start report); one that must wait is written with its delivery report, then as running
+when it gets its slot. A short command so costs two fsyncs: before the spawn, at the end. At start, commands a previous run left running get an
 ``interrupted`` final report instead of running again; commands it left queued (never
 started) run now, first, in their original order.
 """
@@ -492,8 +494,8 @@ def _interrupted(command_id: UUID, state: CommandState, at: datetime, rid: int) 
 
 
 ACK_WRITE_DELAY = 0.05
-"""Seconds a command's "started" report may wait for its final report or output to be
-written with it (one fsync instead of two for a short command)."""
+"""Seconds a command's start (and delivery) reports may wait for its output or final
+report to be written with them (one fsync instead of two for a short command)."""
 
 DENIED_EXIT_CODE = 126
 """Exit code of a command the agent refused to run (the shell's "cannot execute")."""
