@@ -6,12 +6,15 @@ inbox (a duplicate delivery is dropped), stamped ``delivered_at`` and put on a b
 intake queue. :meth:`Dispatcher.run` owns every command task: it reports the delivery,
 then waits for a slot under the concurrency limit (in arrival order) and runs it.
 
-With a spool, every step is on disk before it has consequences: the inbox row is written
-with the delivery report (before that report can be sent), the command is recorded as
-running before its process is spawned, and its final report is written with the inbox
-row that says it finished. At start, commands a previous run left running get an
-``interrupted`` final report instead of running again; commands it left queued (never
-started) run now, first, in their original order.
+With a spool, every step is on disk before it has consequences: the command is recorded
+as running before its process is spawned, a report is written before it is sent, and the
+final report is written with the inbox row that says it finished. A command that finds a
+free slot is written as running in one commit (its delivery report then goes with its
+start report); one that must wait is written with its delivery report, then as running
+when it gets its slot. A short command so costs two fsyncs: before the spawn, at the end.
+At start, commands a previous run left running get an ``interrupted`` final report
+instead of running again; commands it left queued (never started) run now, first, in
+their original order.
 """
 
 from __future__ import annotations
@@ -70,6 +73,9 @@ _Intake = tuple[CommandRun, datetime] | UUID
 """A command to run, or the id of a finished command whose result must be sent again."""
 
 _MakeFinal = Callable[[int], CommandFinished]
+
+_Checked = tuple[GrantRefused | None, GrantClaims | None, CommandRun]
+"""The local checks' outcome: the refusal (if any), the verified claims, the command to run."""
 
 
 class Dispatcher:
@@ -188,20 +194,28 @@ class Dispatcher:
                 # Delivered (and reported) before the restart; never started, so safe to run.
                 log.info("command.resumed", command_id=str(message.command_id))
                 self._waiting += 1
-                tg.create_task(self._execute(message, None), name=f"command-{message.command_id}")
+                checked = self._refusal(message)
+                tg.create_task(self._execute(checked, None), name=f"command-{message.command_id}")
             while True:
                 item = await self._intake.get()
                 if isinstance(item, UUID):
                     await self._resend_final(item)
                     continue
                 message, delivered_at = item
+                checked = self._refusal(message)
+                name = f"command-{message.command_id}"
+                # A free slot and nobody ahead: the command starts at once.
+                if checked[0] is None and self._waiting == 0 and not self._slots.locked():
+                    await self._slots.acquire()  # free: returns without suspending
+                    self._inbox.advance(message.command_id, CommandState.RUNNING)
+                    recorded = self._record_running(message, delivered_at)
+                    tg.create_task(self._start_now(checked, *recorded), name=name)
+                    continue
                 # Not waiting for the disk here: the next command's delivery joins the
                 # same commit, so a burst of commands costs one write, not one each.
                 delivered = await self._report_delivered(message, delivered_at)
                 self._waiting += 1
-                tg.create_task(
-                    self._execute(message, delivered), name=f"command-{message.command_id}"
-                )
+                tg.create_task(self._execute(checked, delivered), name=name)
 
     def stop_accepting(self) -> None:
         """Refuse new commands from now on (graceful shutdown)."""
@@ -211,19 +225,60 @@ class Dispatcher:
         """Wait until no accepted command is queued or running."""
         await self._idle.wait()
 
-    async def _execute(self, message: CommandRun, delivered: Awaitable[None] | None) -> None:
+    def _record_running(
+        self, message: CommandRun, delivered_at: datetime
+    ) -> tuple[Awaitable[None], datetime | None]:
+        """Stage the inbox row of a command that starts at once, already running: one
+        commit instead of one for the delivery and one for the running state.
+
+        Returns the awaitable of that commit and, with a spool, the delivery time still
+        to report: the delivery report waits for the start and goes with it, so a
+        short command's delivery, start and end reach the control plane in one write.
+        After a crash between the two, the inbox says running (the command is never
+        started again) and the control plane, which never saw the delivery, gets the
+        interrupted result like any other. Without a spool, it is reported at once.
+        """
+        command_id = message.command_id
+        if self._spool is None:
+            report = self._outbox.add(
+                lambda rid: CommandDelivered(
+                    rid=rid, command_id=command_id, delivered_at=delivered_at
+                )
+            )
+            return _second(report), None
+
+        def change(batch: Batch) -> None:
+            batch.accepted.append((message, delivered_at))
+            batch.states.append((command_id, CommandState.RUNNING))
+
+        return self._spool.commit(change), delivered_at
+
+    async def _start_now(
+        self, checked: _Checked, recorded: Awaitable[None], delivered_at: datetime | None
+    ) -> None:
+        """Run a command that got its slot at arrival, once it is recorded as running."""
+        _, claims, message = checked
+        with structlog.contextvars.bound_contextvars(
+            command_id=str(message.command_id), user=message.username
+        ):
+            try:
+                await recorded
+            except BaseException:
+                self._slots.release()
+                raise
+            await self._run(message, claims, delivered_at)
+
+    async def _execute(self, checked: _Checked, delivered: Awaitable[None] | None) -> None:
+        refused, claims, message = checked
         command_id = message.command_id
         with structlog.contextvars.bound_contextvars(
             command_id=str(command_id), user=message.username
         ):
-            refused: GrantRefused | None = None
-            claims: GrantClaims | None = None
             try:
                 # Deliveries become durable in arrival order and their tasks resume in
                 # that order, so the FIFO semaphore still starts commands as they came.
                 if delivered is not None:
                     await delivered
-                refused, claims, message = self._refusal(message)
                 if refused is None:
                     await self._slots.acquire()
             finally:
@@ -245,30 +300,41 @@ class Dispatcher:
                     await self._spool.commit(
                         lambda b: b.states.append((command_id, CommandState.RUNNING))
                     )
-                from fleetgate.agent.exec import run_command  # loads with the first command
-
-                outcome = await run_command(
-                    message,
-                    self._limits,
-                    on_started=lambda at: self._started(message, at),
-                    on_output=lambda seq, data: self._report_output(command_id, seq, data),
-                    track=self._tracker(message, claims),
-                )
-            finally:
+            except BaseException:
                 self._slots.release()
-            self._audit_event(
-                "command.finished",
-                message,
-                exit_code=outcome.exit_code,
-                success=outcome.success,
-                error_phase=outcome.error_phase,
-                elapsed_time=outcome.elapsed_time,
-            )
-            await self._finish(command_id, lambda rid: _finished(rid, command_id, outcome))
+                raise
+            await self._run(message, claims)
 
-    def _refusal(
-        self, message: CommandRun
-    ) -> tuple[GrantRefused | None, GrantClaims | None, CommandRun]:
+    async def _run(
+        self, message: CommandRun, claims: GrantClaims | None, delivered_at: datetime | None = None
+    ) -> None:
+        """Run a command recorded as running (its slot taken), then finish it.
+
+        ``delivered_at``: the delivery is still to be reported, with the start."""
+        command_id = message.command_id
+        from fleetgate.agent.exec import run_command  # loads with the first command
+
+        try:
+            outcome = await run_command(
+                message,
+                self._limits,
+                on_started=lambda at: self._started(message, at, delivered_at),
+                on_output=lambda seq, data: self._report_output(command_id, seq, data),
+                track=self._tracker(message, claims),
+            )
+        finally:
+            self._slots.release()
+        self._audit_event(
+            "command.finished",
+            message,
+            exit_code=outcome.exit_code,
+            success=outcome.success,
+            error_phase=outcome.error_phase,
+            elapsed_time=outcome.elapsed_time,
+        )
+        await self._finish(command_id, lambda rid: _finished(rid, command_id, outcome))
+
+    def _refusal(self, message: CommandRun) -> _Checked:
         """Local enforcement: the grant is checked here, whatever the control plane did.
 
         Returns the refusal (if any), the verified claims, and the command to run: an
@@ -391,19 +457,34 @@ class Dispatcher:
     # outbox): the outbox never sends a report before it is durable anyway, and a crash
     # before the write leaves the command running in the inbox, hence interrupted.
 
-    async def _started(self, message: CommandRun, acked_at: datetime) -> None:
+    async def _started(
+        self, message: CommandRun, acked_at: datetime, delivered_at: datetime | None
+    ) -> None:
         self._audit_event("command.started", message)
-        await self._report_acked(message.command_id, acked_at)
-
-    async def _report_acked(self, command_id: UUID, acked_at: datetime) -> None:
+        command_id = message.command_id
+        if delivered_at is not None:
+            await self._outbox.add(
+                lambda rid: CommandDelivered(
+                    rid=rid, command_id=command_id, delivered_at=delivered_at
+                ),
+                within=ACK_WRITE_DELAY,
+            )
+        # A short command's final report takes these along in its commit.
         await self._outbox.add(
-            lambda rid: CommandAcked(rid=rid, command_id=command_id, acked_at=acked_at)
+            lambda rid: CommandAcked(rid=rid, command_id=command_id, acked_at=acked_at),
+            within=ACK_WRITE_DELAY,
         )
 
     async def _report_output(self, command_id: UUID, seq: int, data: str) -> None:
         await self._outbox.add(
             lambda rid: CommandOutput(rid=rid, command_id=command_id, seq=seq, data=data)
         )
+
+
+async def _second(pending: Awaitable[tuple[CommandReport, Awaitable[None]]]) -> None:
+    """Await an ``Outbox.add`` and then its durability."""
+    _, durable = await pending
+    await durable
 
 
 def _log_eviction(eviction: Eviction) -> None:
@@ -418,6 +499,10 @@ def _log_eviction(eviction: Eviction) -> None:
 def _interrupted(command_id: UUID, state: CommandState, at: datetime, rid: int) -> CommandFinished:
     return interrupted_report(rid, command_id, state, at=at)
 
+
+ACK_WRITE_DELAY = 0.05
+"""Seconds a command's start (and delivery) reports may wait for its output or final
+report to be written with them (one fsync instead of two for a short command)."""
 
 DENIED_EXIT_CODE = 126
 """Exit code of a command the agent refused to run (the shell's "cannot execute")."""

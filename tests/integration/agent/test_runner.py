@@ -7,10 +7,12 @@ the account the suite runs as.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import pwd
 import select
 import shlex
+import subprocess
 import sys
 import time
 import uuid
@@ -493,3 +495,38 @@ async def test_slow_consumer_blocks_the_command() -> None:
         await finish(task)
     assert outcome.success
     assert outcome.output_bytes == total + len(f"{pid}\n")
+
+
+@pytest.mark.root
+async def test_a_group_removal_takes_effect_at_the_very_next_command(
+    scratch_user: CreatedUser,
+) -> None:
+    """Identities are cached between commands, but a change of /etc/group is seen at once."""
+    first, recorder = await run("id -G", username=scratch_user.name)
+    assert first.success, first
+    assert scratch_user.group_gid in {int(g) for g in recorder.text.split()}
+    await asyncio.to_thread(
+        subprocess.run,
+        ["gpasswd", "--delete", scratch_user.name, scratch_user.group_name],
+        check=True,
+        capture_output=True,
+    )
+    second, recorder = await run("id -G", username=scratch_user.name)
+    assert second.success, second
+    assert scratch_user.group_gid not in {int(g) for g in recorder.text.split()}
+    refused, _ = await run("true", username=scratch_user.name, groupname=scratch_user.group_name)
+    assert refused.error_phase == "start"
+
+
+async def test_the_exit_is_awaited_without_a_pidfd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where pidfd_open is missing (Linux before 5.3) a thread waits for the exit instead."""
+
+    def no_pidfd(pid: int, flags: int = 0) -> int:
+        raise OSError(errno.ENOSYS, "pidfd_open is not implemented")
+
+    monkeypatch.setattr(os, "pidfd_open", no_pidfd)
+    outcome, recorder = await run("echo hi; exit 3")
+    assert outcome.exit_code == 3
+    assert recorder.text == "hi\n"
+    killed, _ = await run("kill -TERM $$")
+    assert killed.exit_code == 128 + 15

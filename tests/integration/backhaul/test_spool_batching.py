@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 
-from fleetgate.agent.spool import Batch, SpoolStore
+from fleetgate.agent import dispatch
+from fleetgate.agent.spool import Batch, CommandState, Spool, SpoolStore
 from fleetgate.shared.protocol import (
     CommandAcked,
     CommandDelivered,
     CommandFinished,
     CommandOutput,
     CommandRun,
+    Confirm,
     encode,
 )
 from tests.integration.backhaul.conftest import MakeAgent
@@ -63,3 +66,73 @@ async def test_a_burst_of_500_commands_is_written_in_batches(
     # delivered + running state + acked + finished per command, and yet:
     assert changes >= 4 * BURST
     assert commits * 4 <= changes, f"{commits} commits for {changes} changes: not batched"
+
+
+async def test_a_short_command_costs_two_synced_commits(
+    scripted_cp: ScriptedControlPlane, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The inbox row, already running, in one commit before the spawn; the delivery and
+    start reports with the final one; confirmations without an fsync of their own."""
+    batches: list[Batch] = []
+    lock = threading.Lock()
+    apply = SpoolStore.apply
+
+    def recording_apply(self: SpoolStore, batch: Batch) -> None:
+        with lock:
+            batches.append(batch)
+        apply(self, batch)
+
+    monkeypatch.setattr(SpoolStore, "apply", recording_apply)
+    # However slow this machine is, the started report waits for the final one.
+    monkeypatch.setattr(dispatch, "ACK_WRITE_DELAY", 600.0)
+    await make_agent()
+    await scripted_cp.connections.get()
+    command = CommandRun(command_id=uuid.uuid4(), line="true")
+    await scripted_cp.send(encode(command))
+    rids = []
+    while True:
+        frame = await scripted_cp.next_frame(timeout=30)
+        if isinstance(frame, (CommandDelivered, CommandAcked, CommandFinished)):
+            rids.append(frame.rid)
+        if isinstance(frame, CommandFinished):
+            break
+    await scripted_cp.send(encode(Confirm(rids=rids)))
+    ours = [b for b in batches if b.must_sync]
+    assert len(ours) == 2, ours
+    first, second = ours
+    assert [c.command_id for c, _ in first.accepted] == [command.command_id]
+    assert first.states == [(command.command_id, CommandState.RUNNING)]
+    assert first.reports == []
+    assert [type(r) for r in second.reports] == [CommandDelivered, CommandAcked, CommandFinished]
+    assert [e.command_id for e in second.finished] == [command.command_id]
+
+
+async def test_deferred_changes_ride_with_the_next_commit_or_meet_their_deadline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied: list[Batch] = []
+    apply = SpoolStore.apply
+
+    def recording_apply(self: SpoolStore, batch: Batch) -> None:
+        applied.append(batch)
+        apply(self, batch)
+
+    monkeypatch.setattr(SpoolStore, "apply", recording_apply)
+    spool, _ = await Spool.open(tmp_path)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(spool.run())
+            deferred = spool.commit(lambda b: b.confirmed.append(1), within=600)
+            spool.stage(lambda b: b.confirmed.append(2), within=600)
+            now = spool.commit(lambda b: b.confirmed.append(3))
+            async with asyncio.timeout(30):
+                await now
+            assert deferred.done()
+            assert [b.confirmed for b in applied] == [[1, 2, 3]]
+            alone = spool.commit(lambda b: b.confirmed.append(4), within=0.05)
+            async with asyncio.timeout(30):
+                await alone  # nobody else writes: the deadline does
+            assert [b.confirmed for b in applied] == [[1, 2, 3], [4]]
+            writer.cancel()
+    finally:
+        await spool.close()

@@ -542,6 +542,32 @@ async def test_stream_live_then_finished(
     assert page["results"] == [{"seq": 1, "content": "2\n"}]
 
 
+async def test_a_stream_waits_for_a_gap_while_running_and_skips_it_once_final(
+    control_plane: ControlPlaneProcess, server: Server, agent: FakeAgent
+) -> None:
+    """A chunk that never came (seq 1) holds the stream back only while the command
+    runs; its delivery and start reports do not end the wait."""
+    created = await create(control_plane, server, "seq 3")
+    cid = uuid.UUID(created["id"])
+    await agent.expect(CommandRun)
+    async with asyncio.timeout(20):
+        reader = asyncio.create_task(read_stream(control_plane, created["id"]))
+        for seq, data in [(0, "1\n"), (2, "3\n")]:
+            rid = agent.next_rid()
+            await agent.send(CommandOutput(rid=rid, command_id=cid, seq=seq, data=data))
+            await agent.confirmed([rid])
+        now = datetime.now(UTC)
+        await drive(agent, created["id"], delivered_at=now, acked_at=now)
+        assert not reader.done()
+        await drive(agent, created["id"], handled_at=datetime.now(UTC))
+        lines = await reader
+    assert lines[:-1] == [
+        {"event": "output", "seq": 0, "content": "1\n"},
+        {"event": "output", "seq": 2, "content": "3\n"},
+    ]
+    assert lines[-1]["event"] == "finished"
+
+
 async def test_a_streaming_create_answers_with_the_command_then_its_output(
     control_plane: ControlPlaneProcess, server: Server, agent: FakeAgent
 ) -> None:

@@ -10,13 +10,14 @@ from hypothesis import given, strategies as st
 
 from fleetgate.agent.spool import (
     EXIT_INTERRUPTED,
+    Batch,
     CommandState,
     Inbox,
     PendingReports,
     Retention,
     interrupted_report,
 )
-from fleetgate.shared.protocol import CommandDelivered, CommandFinished
+from fleetgate.shared.protocol import CommandDelivered, CommandFinished, CommandRun
 
 
 CID = uuid.uuid4()
@@ -294,3 +295,12 @@ class TestRecovery:
         """Only unfinished commands get an interrupted report."""
         with pytest.raises(ValueError):
             interrupted_report(0, CID, CommandState.FINISHED, at=AT)
+
+
+def test_only_batches_the_agent_acts_on_are_synced() -> None:
+    """Confirmations and forgotten ids alone may be lost in a power cut (synchronous=NORMAL);
+    anything a report or a process start depends on is fsynced."""
+    assert not Batch(confirmed=[1, 2], forgotten=[CID]).must_sync
+    assert Batch(confirmed=[1], states=[(CID, CommandState.RUNNING)]).must_sync
+    assert Batch(reports=[delivered(0)]).must_sync
+    assert Batch(accepted=[(CommandRun(command_id=CID, line="true"), AT)]).must_sync

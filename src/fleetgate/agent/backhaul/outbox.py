@@ -20,10 +20,17 @@ from collections.abc import Awaitable, Callable
 from uuid import UUID
 
 from fleetgate.agent.spool import Batch, PendingReports, Spool
-from fleetgate.shared.protocol import CommandReport
+from fleetgate.shared.protocol import CommandReport, SshEvent, SudoDecided
 
 
-__all__ = ["Outbox"]
+__all__ = ["TIMELINE_WRITE_DELAY", "Outbox"]
+
+TIMELINE_WRITE_DELAY = 0.05
+"""Seconds a timeline record (a sudo decision, an ssh event) may wait for other changes
+to share its spool write: a loop of ``sudo`` calls costs one fsync per burst, not one
+per call. Nothing waits for these records but the control plane's timeline."""
+
+_TIMELINE_REPORTS = (SudoDecided, SshEvent)
 
 
 class Outbox:
@@ -69,15 +76,20 @@ class Outbox:
         make: Callable[[int], CommandReport],
         *,
         with_change: Callable[[Batch, CommandReport], None] | None = None,
+        within: float | None = None,
     ) -> tuple[CommandReport, Awaitable[None]]:
         """Add a report built by ``make(rid)``, waiting for space; return it with an
         awaitable that completes once it is on disk (and may be sent).
 
         ``with_change(batch, report)`` is written in the same transaction as the report:
-        an inbox state that must never be behind the reports already sent.
+        an inbox state that must never be behind the reports already sent. ``within``:
+        the write may wait that many seconds for other changes (``Spool.commit``);
+        timeline records wait :data:`TIMELINE_WRITE_DELAY` unless told otherwise.
         """
         await self._until(lambda: len(self._book) < self._max)
         report = self._book.add(make)
+        if within is None and isinstance(report, _TIMELINE_REPORTS):
+            within = TIMELINE_WRITE_DELAY
         if self._spool is None:
             self._notify()
             done = asyncio.get_running_loop().create_future()
@@ -91,7 +103,7 @@ class Outbox:
 
         # Staged right after add(), without an await: rids reach the batch in order, so
         # a commit that covers this rid covers every smaller one too.
-        return report, self._spool.commit(change)
+        return report, self._spool.commit(change, within=within)
 
     async def confirm(self, rids: list[int]) -> None:
         """Drop reports the control plane stored; wakes producers waiting for space."""

@@ -34,7 +34,10 @@ import structlog
 from fleetgate.agent.clock import monotonic, utcnow
 from fleetgate.agent.config import LimitsConfig
 from fleetgate.agent.errors import CommandError
+from fleetgate.agent.exec.child import Child
 from fleetgate.agent.exec.exitstatus import exit_status
+from fleetgate.agent.exec.idcache import IdentityCache, files_signature
+from fleetgate.agent.exec.identity import Identity
 from fleetgate.agent.exec.pump import OnOutput, OutputPump
 from fleetgate.agent.exec.spawn import find_setpriv, prepare, spawn
 from fleetgate.shared.protocol.messages import CommandRun
@@ -115,9 +118,9 @@ async def run_command(
     log = _log.bind(command_id=str(request.command_id), user=request.username)
     acked_at = utcnow()
     try:
-        identity, cwd = await asyncio.to_thread(prepare, request)
+        identity, cwd = await _prepare(request)
         setpriv = find_setpriv() if use_setpriv else None
-        proc, read_fd = await spawn(request, identity, cwd, setpriv=setpriv)
+        proc, read_fd = spawn(request, identity, cwd, setpriv=setpriv)
     except (CommandError, OSError, subprocess.SubprocessError) as exc:
         reason = _start_error(exc)
         log.warning("command.finished", error_phase="start", message=reason)
@@ -175,6 +178,23 @@ async def run_command(
     )
 
 
+_IDENTITIES = IdentityCache()
+"""Identities resolved lately (see :mod:`fleetgate.agent.exec.idcache`)."""
+
+
+async def _prepare(request: CommandRun) -> tuple[Identity, str]:
+    """The identity and working directory: from the cache, else looked up in a thread."""
+    now, signature = monotonic(), files_signature()
+    hit = _IDENTITIES.get(request.username, request.groupname, now=now, signature=signature)
+    if hit is not None:
+        return hit
+    identity, cwd = await asyncio.to_thread(prepare, request)
+    _IDENTITIES.put(
+        request.username, request.groupname, identity, cwd, now=now, signature=signature
+    )
+    return identity, cwd
+
+
 def _start_error(exc: BaseException) -> str:
     if isinstance(exc, CommandError):
         return str(exc)
@@ -198,7 +218,7 @@ class _Exit:
 
 
 async def _supervise(
-    proc: asyncio.subprocess.Process,
+    proc: Child,
     spawned: float,
     deadline: float,
     grace: float,
@@ -222,7 +242,7 @@ async def _supervise(
     return _Exit(ended, handled_at, timed_out, timed_out_after)
 
 
-async def _stop(proc: asyncio.subprocess.Process, grace: float) -> None:
+async def _stop(proc: Child, grace: float) -> None:
     """SIGTERM the process group, SIGKILL it after ``grace`` seconds, reap the process.
 
     Runs in ``finally`` blocks, so it finishes even if cancelled again meanwhile: a

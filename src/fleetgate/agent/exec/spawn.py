@@ -14,13 +14,13 @@ difference shows: behind setpriv, a shell that cannot be executed is setpriv's f
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import shutil
 import subprocess
 from collections.abc import Sequence
 
+from fleetgate.agent.exec.child import Child
 from fleetgate.agent.exec.identity import Identity, build_environment, resolve_identity
 from fleetgate.shared.protocol.messages import CommandRun
 
@@ -75,10 +75,13 @@ def prepare(request: CommandRun) -> tuple[Identity, str]:
     return identity, identity.home if os.path.isdir(identity.home) else "/"
 
 
-async def spawn(
+def spawn(
     request: CommandRun, identity: Identity, cwd: str, *, setpriv: str | None = None
-) -> tuple[asyncio.subprocess.Process, int]:
+) -> tuple[Child, int]:
     """Start the process with a fresh pipe for its merged output; return it and the read end.
+
+    The fork and exec happen right here, in the event loop's thread, as asyncio's own
+    subprocess support would do them; the exit is awaited through :class:`Child`.
 
     Args:
         setpriv: path of ``setpriv`` to drop privileges with; None uses the standard
@@ -90,8 +93,8 @@ async def spawn(
         argv, switch = privilege_argv(setpriv, identity, argv), False
     read_fd, write_fd = os.pipe()  # both close-on-exec; Popen dup2()s write_fd to 1 and 2
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
+        popen = subprocess.Popen(
+            argv,
             stdin=subprocess.DEVNULL,
             stdout=write_fd,
             stderr=write_fd,
@@ -109,4 +112,4 @@ async def spawn(
         # Our copy of the write end must go, or the pipe would never report EOF.
         os.close(write_fd)
     os.set_blocking(read_fd, False)
-    return proc, read_fd
+    return Child(popen), read_fd

@@ -47,6 +47,13 @@ class Batch:
         self.reports.append(report)
         self.next_rid = report.rid + 1
 
+    @property
+    def must_sync(self) -> bool:
+        """Whether losing this batch in a power cut could break a promise: the agent acts
+        on it (sends a report, starts a command). Confirmations and forgotten ids alone
+        only mean a report is sent again or an id is remembered longer."""
+        return bool(self.accepted or self.states or self.finished or self.reports)
+
     def __bool__(self) -> bool:
         return bool(
             self.accepted

@@ -3,8 +3,14 @@
 A thin synchronous module: it opens the file, loads what a previous run left, and writes
 :class:`~fleetgate.agent.spool.batch.Batch` objects, each in one transaction. It is only ever
 called from one worker thread (see :mod:`fleetgate.agent.spool.writer`), so the connection is
-never shared. ``synchronous=FULL``: a batch the agent acted on survives a power cut, not
-only a crash of the process; batching keeps that to one fsync per burst.
+never shared. ``synchronous=FULL`` for every batch the agent acts on (it sends a report or
+starts a command once the batch is written): such a batch survives a power cut, not only
+a crash of the process; batching keeps that to one fsync per burst. A batch of only
+confirmations and forgotten ids (``Batch.must_sync`` false) is written with
+``synchronous=NORMAL``: it survives a crash of the agent (SIGKILL), and a power cut may
+undo it, which only means a report is sent again (the control plane ignores the
+duplicate) or an old id is remembered longer. The next FULL commit syncs the WAL, with
+the frames of such batches before it.
 
 Tables: ``inbox`` (every accepted command id, its state, the command itself until it
 finishes, since its environment may hold secrets, and once finished its final report), ``outbox`` (reports the control plane has not confirmed, by rid) and ``meta``
@@ -77,6 +83,7 @@ class SpoolStore:
         self._conn = conn
         self.path = path
         self._seq = 0
+        self._synchronous = "FULL"
         # Commands stored with an environment: when they finish, their env is erased
         # and the WAL is checkpointed and truncated, so no old page keeps it.
         self._with_env: set[str] = set()
@@ -163,6 +170,10 @@ class SpoolStore:
         """
         conn = self._conn
         try:
+            synchronous = "FULL" if batch.must_sync else "NORMAL"
+            if synchronous != self._synchronous:
+                conn.execute(f"PRAGMA synchronous={synchronous}")
+                self._synchronous = synchronous
             conn.execute("BEGIN IMMEDIATE")
             try:
                 self._write(batch)

@@ -22,7 +22,9 @@ __all__ = [
     "is_executable",
     "parent_of",
     "peer_credentials",
+    "real_uid",
     "trusted_realpath",
+    "user_name",
 ]
 
 MAX_HOPS = 16
@@ -57,7 +59,12 @@ def _stat(pid: int) -> tuple[int, int]:
     return int(fields[1]), int(fields[3])
 
 
-def _real_uid(pid: int) -> int:
+def real_uid(pid: int) -> int:
+    """The real uid of a process (from ``/proc``).
+
+    Raises:
+        OSError: the process is gone.
+    """
     with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
         for line in f:
             if line.startswith("Uid:"):
@@ -73,17 +80,21 @@ def parent_of(pid: int) -> int | None:
         return None
 
 
-def identify(pid: int) -> Caller:
-    """Who ``pid`` is: real uid and user, and the session ids up its ancestry.
+def user_name(uid: int) -> str:
+    """The account name of ``uid`` (blocking: NSS), or the number when it has none."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def identify(pid: int, uid: int, user: str) -> Caller:
+    """Who ``pid`` is: its real ``uid`` and ``user`` (read before, see :func:`real_uid`
+    and :func:`user_name`), and the session ids up its ancestry.
 
     Raises:
         OSError: the process is gone.
     """
-    uid = _real_uid(pid)
-    try:
-        user = pwd.getpwuid(uid).pw_name
-    except KeyError:
-        user = str(uid)
     sids: list[int] = []
     current = pid
     for _ in range(MAX_HOPS):

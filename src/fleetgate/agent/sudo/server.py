@@ -26,6 +26,7 @@ import structlog
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.config import SudoConfig
 from fleetgate.agent.errors import StateDirError
+from fleetgate.agent.exec.idcache import NameCache, files_signature
 from fleetgate.agent.localsocket import bind_private_socket, serve_clients
 from fleetgate.agent.policy.sudo_decision import SessionGrant, SudoCall, SudoVerdict, decide
 from fleetgate.agent.sudo import proc
@@ -122,6 +123,7 @@ class SudoDecisionServer:
         )
         self._sock: socket.socket | None = None
         self._clients = asyncio.Semaphore(MAX_CLIENTS)
+        self._names = NameCache()
 
     def bind(self) -> None:
         """Listen on the socket (0600) in the runtime directory (0700 when created).
@@ -162,7 +164,7 @@ class SudoDecisionServer:
                 conn.setblocking(False)
                 async with asyncio.timeout(IO_TIMEOUT):
                     data = await self._read_line(conn)
-                    decided = await asyncio.to_thread(self._decide, conn, data)
+                    decided = await self._decide(conn, data)
                     await asyncio.get_running_loop().sock_sendall(conn, _reply(decided.verdict))
             except (OSError, TimeoutError, BadRequest) as exc:
                 log.warning("sudo.request_failed", error=str(exc))
@@ -189,15 +191,29 @@ class SudoDecisionServer:
                 raise BadRequest("request too large")
         return data.split(b"\n", 1)[0]
 
-    def _decide(self, conn: socket.socket, data: bytes) -> Decided:
-        """Identify the caller through the kernel and decide (blocking: /proc, NSS)."""
+    async def _decide(self, conn: socket.socket, data: bytes) -> Decided:
+        """Identify the caller through the kernel and decide.
+
+        In the event loop, without a thread hop: ``/proc`` and the stats of the pattern
+        resolver are local and never wait for a device. Only the account database (NSS,
+        which may be LDAP) runs in a thread, and a caller's user name is taken from a
+        short-lived cache (:class:`~fleetgate.agent.exec.idcache.NameCache`) when fresh.
+        """
         pid, peer_uid, _ = proc.peer_credentials(conn)
         if peer_uid != 0:
             raise BadRequest(f"peer uid {peer_uid} is not root")
-        caller = proc.identify(pid)
+        uid = proc.real_uid(pid)
+        now, signature = time.monotonic(), files_signature()
+        user = self._names.get(uid, now=now, signature=signature)
+        if user is None:
+            user = await asyncio.to_thread(proc.user_name, uid)
+            self._names.put(uid, user, now=now, signature=signature)
+        caller = proc.identify(pid, uid, user)
         call = parse_request(data, caller_uid=caller.uid, caller_user=caller.user)
-        grant = self._grant_of(caller)
-        member = grant is None and proc.fleet_member(caller.user, caller.uid, self._config.group)
+        grant = await self._grant_of(caller)
+        member = grant is None and await asyncio.to_thread(
+            proc.fleet_member, caller.user, caller.uid, self._config.group
+        )
         verdict = decide(
             grant,
             call,
@@ -208,12 +224,12 @@ class SudoDecisionServer:
         )
         return Decided(call, caller, grant, verdict, time.time())
 
-    def _grant_of(self, caller: proc.Caller) -> SessionGrant | None:
+    async def _grant_of(self, caller: proc.Caller) -> SessionGrant | None:
         """The grant of the first managed session up the caller's ancestry.
 
-        A command's session is registered just after its process was spawned; a sudo
-        that wins that race (its session leader is our child, not registered yet) waits
-        for the registration, briefly.
+        A session is registered just after its process was spawned; a sudo that wins
+        that race (its session leader is our child, not registered yet) waits for the
+        registration, briefly.
         """
         deadline = time.monotonic() + REGISTRATION_WAIT
         while True:
@@ -223,7 +239,7 @@ class SudoDecisionServer:
             ours = any(proc.parent_of(sid) == os.getpid() for sid in caller.sids)
             if not ours or time.monotonic() > deadline:
                 return None
-            time.sleep(0.01)
+            await asyncio.sleep(0.01)
 
     def _record(self, d: Decided) -> None:
         fields: dict[str, Any] = {

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from fleetgate.controlplane.api.serializers import command_json
 from fleetgate.controlplane.hub.wakeups import CommandWakeups
 from fleetgate.controlplane.store import Database, commands as commands_store
+from fleetgate.controlplane.store.commands import ChunkRow, CommandRow
 from fleetgate.controlplane.timeutil import now_us
 
 
@@ -37,38 +40,25 @@ async def stream_command(
 
     While the command runs, only chunks contiguous from the next expected ``seq`` are sent
     (a late chunk fills its gap first); once the command is final, whatever remains is
-    sent in order and the stream ends.
+    sent in order and the stream ends. Each look at the database is one call on its
+    thread (:func:`_poll`), however many queries it takes.
     """
     next_seq = seq_gte
     with wakeups.subscribe(command_id) as subscription:
         while True:
             wake = subscription.current()
-            chunks = await db.read(
-                commands_store.read_chunks, command_id, seq_gte=next_seq, limit=BATCH
-            )
-            for chunk in chunks:
-                if chunk.seq != next_seq:
-                    break
+            poll = await db.read(_poll, command_id, next_seq)
+            for chunk in poll.chunks:
                 yield ndjson_line({"event": "output", "seq": chunk.seq, "content": chunk.content})
-                next_seq += 1
-            if len(chunks) == BATCH and next_seq == chunks[-1].seq + 1:
+                next_seq = chunk.seq + 1
+            if poll.more:
                 continue
-            row = await db.read(commands_store.get_command, command_id)
-            if row is None:
+            if poll.row is None:
                 return
-            if row.is_final:
-                while True:
-                    rest = await db.read(
-                        commands_store.read_chunks, command_id, seq_gte=next_seq, limit=BATCH
-                    )
-                    for chunk in rest:
-                        yield ndjson_line(
-                            {"event": "output", "seq": chunk.seq, "content": chunk.content}
-                        )
-                        next_seq = chunk.seq + 1
-                    if len(rest) < BATCH:
-                        break
-                yield ndjson_line({"event": "finished", "command": command_json(row, now=now_us())})
+            if poll.row.is_final:
+                yield ndjson_line(
+                    {"event": "finished", "command": command_json(poll.row, now=now_us())}
+                )
                 return
             if wakeups.closed:
                 return  # the control plane is shutting down; the client may resume
@@ -77,3 +67,34 @@ async def stream_command(
                     await wake.wait()
             except TimeoutError:
                 pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Poll:
+    chunks: list[ChunkRow]
+    """Chunks to send now, in order."""
+    more: bool
+    """A full batch was read: read again before looking at the command."""
+    row: CommandRow | None
+    """The command (None: deleted), read after the chunks; unset when ``more``."""
+
+
+def _poll(conn: sqlite3.Connection, command_id: str, next_seq: int) -> _Poll:
+    """The chunks from ``next_seq`` to send now, and the command's row (on the database
+    thread). A running command's chunks stop at the first gap (a late chunk fills it
+    first); a final one's are all sent, up to one batch per poll."""
+    chunks = commands_store.read_chunks(conn, command_id, seq_gte=next_seq, limit=BATCH)
+    contiguous = []
+    for chunk in chunks:
+        if chunk.seq != next_seq:
+            break
+        contiguous.append(chunk)
+        next_seq += 1
+    if len(chunks) == BATCH and len(contiguous) == BATCH:
+        return _Poll(contiguous, True, None)
+    row = commands_store.get_command(conn, command_id)
+    if row is None or not row.is_final:
+        return _Poll(contiguous, False, row)
+    # Final: no chunk can arrive any more; whatever follows a gap is sent too.
+    rest = commands_store.read_chunks(conn, command_id, seq_gte=next_seq, limit=BATCH)
+    return _Poll(contiguous + rest, len(rest) == BATCH, row)

@@ -88,6 +88,10 @@ _REPORT_TYPES = (
 )
 
 
+_STREAMED = (CommandOutput, CommandFinished)
+"""Reports that change what a command's output stream shows."""
+
+
 def _uuid_or_none(text: str | None) -> str | None:
     try:
         return None if text is None else str(uuid.UUID(text))
@@ -331,7 +335,10 @@ class AgentSession:
             await self.conn.send_quietly(
                 _error("invalid", f"unknown command {command_id}", str(rid))
             )
-        if outcome.changed:
-            self.wakeups.notify(outcome.changed)
+        # Streams show output and the final result only: a delivery or start report
+        # would wake them for a database read that finds nothing new.
+        streamed = {str(r.command_id) for r in reports if isinstance(r, _STREAMED)}
+        if outcome.changed & streamed:
+            self.wakeups.notify(outcome.changed & streamed)
         rids = outcome.stored + [rid for rid, _ in outcome.unknown]
         await self.conn.send_quietly(Confirm(rids=rids))
