@@ -18,7 +18,12 @@ __all__ = ["ControlPlaneSettings"]
 class ControlPlaneSettings(BaseSettings):
     """Everything the control plane needs to run; each field is ``CONTROLPLANE_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="CONTROLPLANE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CONTROLPLANE_",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # database_url may hold a password
+    )
 
     db_path: Path = Path("controlplane.db")
     """The SQLite database file (created on first start) when ``database_url`` is not

@@ -46,13 +46,14 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def open_engine(url: str, *, migrate: bool = True) -> Engine:
-    """Check ``url``, connect once and (by default) migrate: the engine, ready.
+def open_engine(url: str, *, migrate: bool = True, pooled: bool = True) -> Engine:
+    """Check ``url``, connect once and (by default) migrate: the engine, ready
+    (``pooled=False``: connections close when released, for one-shot use).
 
     Raises:
         StoreError: a bad URL, an unreachable server, a refused login, a newer schema.
     """
-    engine = make_engine(parse_url(url))
+    engine = make_engine(parse_url(url), pooled=pooled)
     try:
         check_connection(engine)
         if migrate:
@@ -65,11 +66,10 @@ def open_engine(url: str, *, migrate: bool = True) -> Engine:
 
 def connect(url_or_path: str | Path) -> Connection:
     """A migrated connection for synchronous use (the CLI, tests); a path is a SQLite
-    file. Close it with ``conn.close()``, then ``conn.engine.dispose()``."""
+    file. ``conn.close()`` closes it (the engine keeps no pool)."""
     text = str(url_or_path)
     url = text if "://" in text else sqlite_url(text)
-    engine = open_engine(url)
-    return engine.connect()
+    return open_engine(url, pooled=False).connect()
 
 
 @contextmanager

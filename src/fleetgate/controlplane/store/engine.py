@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event, exc
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
 from fleetgate.shared.errors import FleetgateError
 
@@ -100,22 +101,28 @@ def backend_of(url: URL) -> Backend:
     return "sqlite" if url.get_backend_name() == "sqlite" else "postgresql"
 
 
-def make_engine(url: URL) -> Engine:
-    """An engine for ``url`` (from :func:`parse_url`); no connection is made yet."""
+def make_engine(url: URL, *, pooled: bool = True) -> Engine:
+    """An engine for ``url`` (from :func:`parse_url`); no connection is made yet.
+
+    ``pooled=False``: each connection is closed when released (one-shot use: the CLI).
+    """
     if backend_of(url) == "sqlite":
-        return _sqlite_engine(url)
+        return _sqlite_engine(url, pooled)
+    pool: dict[str, Any] = (
+        {"pool_size": POSTGRES_POOL_SIZE, "max_overflow": 0, "pool_timeout": 60}
+        if pooled
+        else {"poolclass": NullPool}
+    )
     return create_engine(
         url,
-        pool_size=POSTGRES_POOL_SIZE,
-        max_overflow=0,
         pool_pre_ping=True,  # a restarted server costs one failed ping, not a failed call
-        pool_timeout=60,
         isolation_level="READ COMMITTED",
         connect_args={"connect_timeout": CONNECT_TIMEOUT, "application_name": "fleetgate"},
+        **pool,
     )
 
 
-def _sqlite_engine(url: URL) -> Engine:
+def _sqlite_engine(url: URL, pooled: bool) -> Engine:
     database = url.database or ""
     if database != ":memory:" and not database.startswith("file:"):
         file = Path(database)
@@ -132,6 +139,7 @@ def _sqlite_engine(url: URL) -> Engine:
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000},
+        **({} if pooled else {"poolclass": NullPool}),
     )
     event.listen(engine, "connect", _sqlite_pragmas)
     event.listen(engine, "begin", _sqlite_begin)

@@ -103,10 +103,17 @@ def _adopt_legacy(engine: Engine) -> None:
         raw = conn.connection.driver_connection
         assert raw is not None
         version = int(raw.execute("PRAGMA user_version").fetchone()[0])
-        has_alembic = inspect(conn).has_table("alembic_version")
+        names = set(inspect(conn).get_table_names())
         conn.rollback()
-        if has_alembic or version == 0:
-            return  # already under Alembic, or a new database (the baseline creates it)
+        if "alembic_version" in names:
+            return  # already under Alembic
+        if version == 0:
+            if names:
+                raise StoreError(
+                    f"the database {safe_url(engine.url)} has tables but no schema version: "
+                    "not a control plane's database"
+                )
+            return  # a new database: the baseline creates it
         if version > legacy.SCHEMA_VERSION:
             raise StoreError(
                 f"database schema version {version} is newer than this control plane "
