@@ -55,8 +55,8 @@ def test_v6_gates_the_old_self_minted_tokens_and_keeps_acls(tmp_path: Path) -> N
         # The old migrations ran to 9, then Alembic took over from its baseline.
         assert conn.exec_driver_sql("PRAGMA user_version").scalar() == ALEMBIC_MARK
         assert current_revision(conn.engine) == head_revision()
-        rows = conn.execute(select(tables.tokens)).mappings()
-        found = {r["id"]: users.TokenRow.from_row(r) for r in rows}
+        stored = conn.execute(select(tables.tokens)).mappings()
+        found = {r["id"]: users.TokenRow.from_row(r) for r in stored}
         assert {k: t.gated for k, t in found.items()} == {
             "a": False,
             "b": True,

@@ -19,6 +19,9 @@ from fleetgate.controlplane.store.queries import (
 )
 
 
+PG_DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
 def _sql(stmt: Any, dialect: Dialect | None = None) -> tuple[str, dict[str, Any]]:
     """A statement's SQL text (SQLite's unless told) and its bound values."""
     compiled = stmt.compile(dialect=dialect or sqlite.dialect())
@@ -184,7 +187,7 @@ def test_query_with_every_filter() -> None:
         map(str, [7, SID, "system", 3, 99, "", "WeB"])
     )
     # ... lower() on PostgreSQL.
-    pg_where = _sql(q.count, postgresql.dialect())[0].split(" WHERE ", 1)[1]
+    pg_where = _sql(q.count, PG_DIALECT)[0].split(" WHERE ", 1)[1]
     assert "strpos(lower(commands.line), lower(" in pg_where
     assert "cp_casefold" not in pg_where
     assert len(_sql(q.select)[1]) == len(params) + 2  # limit, offset
