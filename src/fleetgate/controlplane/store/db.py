@@ -157,17 +157,17 @@ class Database:
         self._executor = executor
 
     async def close(self) -> None:
-        """Close the connections and stop the worker threads."""
+        """Let the calls under way finish (a cancelled await leaves its call running on
+        the worker), then close the connections and stop the worker threads."""
         executor, engine, conn = self._executor, self._engine, self._conn
         if executor is None:
             return
-        loop = asyncio.get_running_loop()
+        self._executor = None  # no new call from here on
+        await asyncio.to_thread(executor.shutdown, wait=True)
         if conn is not None:
-            await loop.run_in_executor(executor, conn.close)
+            await asyncio.to_thread(conn.close)
         if engine is not None:
-            await loop.run_in_executor(executor, engine.dispose)
-        executor.shutdown(wait=True)
-        self._executor = None
+            await asyncio.to_thread(engine.dispose)
         self._engine = None
         self._conn = None
 
