@@ -58,7 +58,7 @@ def create_app(
         # Closed in reverse order: open channels and agents first, then the background
         # loops, then the database.
         async with AsyncExitStack() as stack:
-            db = Database(settings.db_path)
+            db = Database(settings.database)
             await db.open()
             stack.push_async_callback(db.close)
             await db.write(servers_store.reset_connections)

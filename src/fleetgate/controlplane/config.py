@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleetgate.controlplane.store.engine import InvalidDatabaseUrl, parse_url, sqlite_url
 from fleetgate.shared.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -17,10 +18,21 @@ __all__ = ["ControlPlaneSettings"]
 class ControlPlaneSettings(BaseSettings):
     """Everything the control plane needs to run; each field is ``CONTROLPLANE_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="CONTROLPLANE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CONTROLPLANE_",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # database_url may hold a password
+    )
 
     db_path: Path = Path("controlplane.db")
-    """The SQLite database file (created on first start)."""
+    """The SQLite database file (created on first start) when ``database_url`` is not
+    set; the grant-signing and SSH CA keys live beside it (``<db_path>.signing-key``)
+    whichever database is used."""
+    database_url: str | None = None
+    """The database, as a SQLAlchemy URL: ``sqlite:///path`` (the embedded default) or
+    ``postgresql+psycopg://user:password@host:port/database`` (``docs/database.md``).
+    Checked at start; its password is never logged."""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = None
@@ -58,6 +70,22 @@ class ControlPlaneSettings(BaseSettings):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            parse_url(value)
+        except InvalidDatabaseUrl as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def database(self) -> str:
+        """The database URL in use: ``database_url``, or the SQLite file ``db_path``."""
+        return self.database_url or sqlite_url(self.db_path)
 
     @property
     def tls(self) -> bool:
