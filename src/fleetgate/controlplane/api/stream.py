@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+
+import sqlalchemy
 
 from fleetgate.controlplane.api.serializers import command_json
 from fleetgate.controlplane.hub.wakeups import CommandWakeups
@@ -79,7 +80,7 @@ class _Poll:
     """The command (None: deleted), read after the chunks; unset when ``more``."""
 
 
-def _poll(conn: sqlite3.Connection, command_id: str, next_seq: int) -> _Poll:
+def _poll(conn: sqlalchemy.Connection, command_id: str, next_seq: int) -> _Poll:
     """The chunks from ``next_seq`` to send now, and the command's row (on the database
     thread). A running command's chunks stop at the first gap (a late chunk fills it
     first); a final one's are all sent, up to one batch per poll."""
