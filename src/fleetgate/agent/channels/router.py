@@ -20,6 +20,7 @@ import structlog
 
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.backhaul import ChannelLink, dial_channel
+from fleetgate.agent.channels.heap import keep_heap
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelClosed, ChannelRefused, ConnectionLost
 from fleetgate.agent.policy import GrantPolicy, GrantRefused
@@ -211,6 +212,7 @@ class ChannelRouter:
     async def _dial_and_serve(
         self, message: ChannelOpen, service: ChannelService, claims: GrantClaims | None
     ) -> None:
+        keep_heap()
         try:
             link = await self._dial(self._config, self._key, message.channel_id)
         except ConnectionLost as exc:
