@@ -30,6 +30,8 @@ __all__ = ["TunnelStreams"]
 log = structlog.get_logger("controlplane.tunnels")
 
 MAX_CACHED_ROWS = 10_000
+MAX_DEFERRED = 1024
+"""Deferred stream websockets waiting for their open frame at once (all clients)."""
 
 
 @dataclass
@@ -39,6 +41,20 @@ class TunnelStreams:
     db: Database
     channels: ChannelRegistry
     _rows: dict[str, TunnelRow] = field(default_factory=dict)
+    deferred: int = 0
+    """Deferred stream websockets waiting now (``agentctl tunnel`` keeps one ready)."""
+    max_deferred: int = MAX_DEFERRED
+
+    def defer(self) -> bool:
+        """Count one more waiting deferred stream; False (not counted) beyond the bound."""
+        if self.deferred >= self.max_deferred:
+            return False
+        self.deferred += 1
+        return True
+
+    def undefer(self) -> None:
+        """A deferred stream stopped waiting (opened, closed or expired)."""
+        self.deferred -= 1
 
     async def row(self, tunnel_id: str) -> TunnelRow | None:
         """The tunnel's row (from memory when it was seen before)."""
