@@ -190,17 +190,16 @@ class Forwarder:
             try:
                 ws = await ready
             except (AgentctlError, OSError):
-                ws = None  # dial again below, and say why if that fails too
-        for _ in range(2):
-            if ws is None:
-                ws = await connect_channel(self.ctx, self.path, params={"defer": "1"})
+                ws = None  # dialled below without deferring; its error is the one told
+        if ws is not None:
             try:
                 await ws.send(OPEN_FRAME)
             except ConnectionClosed:
-                ws = None  # closed while it waited: another one
-                continue
-            return ws
-        raise AgentctlError("the control plane closed every new stream before it opened")
+                pass  # closed while it waited (idle, a restarted control plane)
+            else:
+                return ws
+        # None ready: a stream opened by its handshake, as without ready websockets.
+        return await connect_channel(self.ctx, self.path)
 
     async def _stream(self, conn: socket.socket) -> None:
         try:

@@ -16,6 +16,7 @@ from tests.integration.tunnel.conftest import TunnelStack
 from tests.support.accounts import new_login
 from tests.support.controlplane import ControlPlaneProcess
 from tests.support.tunnel import echo_server
+from tests.support.waiting import eventually
 
 
 pytestmark = pytest.mark.timeout(60)
@@ -124,3 +125,31 @@ async def test_an_unknown_tunnel_is_refused_at_the_handshake(tstack: TunnelStack
         await connect(_deferred_url(cp, unknown), additional_headers=cp.auth_headers(key))
     assert refused.value.response.status_code == 404
     assert json.loads(refused.value.response.body or b"")["code"] == "TUNNEL_NOT_FOUND"
+
+
+async def test_waiting_deferred_streams_are_bounded_per_token(tstack: TunnelStack) -> None:
+    """One token keeps at most 16 waiting (agentctl keeps 2 per tunnel); beyond, the
+    handshake is refused with 503 and agentctl opens its stream the classic way."""
+    cp, key = tstack.cp, tstack.cp.admin_token
+    async with echo_server() as port:
+        tunnel = _create(cp, key, tstack.server, port)
+        url, headers = _deferred_url(cp, tunnel), cp.auth_headers(key)
+        waiting = [await connect(url, additional_headers=headers) for _ in range(16)]
+        try:
+            with pytest.raises(InvalidStatus) as refused:
+                await connect(url, additional_headers=headers)
+            assert refused.value.response.status_code == 503
+            assert json.loads(refused.value.response.body or b"")["code"] == "busy"
+            await waiting.pop().close()
+
+            async def one_more() -> bool:
+                try:
+                    waiting.append(await connect(url, additional_headers=headers))
+                except InvalidStatus:
+                    return False
+                return True
+
+            await eventually(one_more, what="a freed place")
+        finally:
+            for ws in waiting:
+                await ws.close()

@@ -294,13 +294,19 @@ async def stream(websocket: WebSocket, tunnel_id: str) -> None:
     streams = _streams(websocket.app.state)
     probe = websocket.query_params.get("probe") in {"1", "true"}
     if websocket.query_params.get("defer") in {"1", "true"} and not probe:
+        token_id = principal.token.id
         try:
             await _load(tunnel_id, principal, streams)  # an unknown tunnel: 404 at once
+            if not streams.defer(token_id):
+                raise APIError(503, "busy", "too many streams wait for their open frame")
         except APIError as exc:
             await deny(websocket, exc.status, exc.code, exc.detail)
             return
-        await websocket.accept()
-        principal = await _when_opened(websocket, streams)
+        try:
+            await websocket.accept()
+            principal = await _when_opened(websocket)
+        finally:
+            streams.undefer(token_id)
         if principal is None:
             return
     channel_id = uuid.uuid4()
@@ -324,22 +330,17 @@ async def stream(websocket: WebSocket, tunnel_id: str) -> None:
     await serve_channel(websocket, services, message, channel)
 
 
-async def _when_opened(websocket: WebSocket, streams: TunnelStreams) -> Principal | None:
+async def _when_opened(websocket: WebSocket) -> Principal | None:
     """Wait on a deferred stream for ``{"type": "open"}``; the caller's principal then
     (authenticated and allowed again: its token may have been deleted meanwhile), or
     ``None`` after closing the websocket (idle too long, another frame, the client left,
     a bad token).
     """
-    if not streams.defer():
-        await close_websocket(websocket, CLOSE_NORMAL, "too many waiting streams")
-        return None
     try:
         async with asyncio.timeout(DEFER_IDLE):
             frame = await websocket.receive()
     except TimeoutError:
         frame = None
-    finally:
-        streams.undefer()
     if frame is None or frame.get("type") != "websocket.receive":
         await close_websocket(websocket, CLOSE_NORMAL, "idle")
         return None
