@@ -47,7 +47,9 @@ __all__ = ["ChannelRouter", "ChannelService", "EndsResources"]
 log = structlog.get_logger(__name__)
 
 Dialer = Callable[[AgentConfig, str, UUID], Awaitable[ChannelLink]]
-_Intake = tuple[ChannelOpen, "ChannelService", GrantClaims | None, ChannelLink | None]
+_Pooled = tuple[ChannelLink, asyncio.Event]
+"""A pooled link and the event set once the channel on it is under way."""
+_Intake = tuple[ChannelOpen, "ChannelService", GrantClaims | None, _Pooled | None]
 
 
 class ChannelService(Protocol):
@@ -131,12 +133,16 @@ class ChannelRouter:
         """Accept a channel without blocking, or say why not."""
         return self._take(message, None)
 
-    def on_pooled(self, message: ChannelOpen, link: ChannelLink) -> ErrorMessage | None:
+    def on_pooled(
+        self, message: ChannelOpen, link: ChannelLink, started: asyncio.Event
+    ) -> ErrorMessage | None:
         """Accept a channel whose ``channel.open`` came on a pooled websocket, which then
-        serves it (checked exactly as :meth:`on_open`), or say why not."""
-        return self._take(message, link)
+        serves it (checked exactly as :meth:`on_open`), or say why not. ``started`` is
+        set once the channel is under way (the pool dials a replacement only then, so
+        that the dial does not delay the channel's start)."""
+        return self._take(message, (link, started))
 
-    def _take(self, message: ChannelOpen, link: ChannelLink | None) -> ErrorMessage | None:
+    def _take(self, message: ChannelOpen, pooled: _Pooled | None) -> ErrorMessage | None:
         channel_id = message.channel_id
         kind = message.spec.kind
         try:
@@ -156,7 +162,7 @@ class ChannelRouter:
             self._record("channel.refused", message, code=code, reason=detail)
             return ErrorMessage(code=code, message=detail, ref=str(channel_id))
         self._open[channel_id] = None
-        self._intake.put_nowait((message, service, claims, link))
+        self._intake.put_nowait((message, service, claims, pooled))
         self.pool.used()
         return None
 
@@ -203,14 +209,15 @@ class ChannelRouter:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.pool.run(), name="channel-pool")
             while True:
-                message, service, claims, link = await self._intake.get()
+                message, service, claims, pooled = await self._intake.get()
                 channel_id = message.channel_id
                 if channel_id not in self._open:
-                    if link is not None:
-                        link.abort()
+                    if pooled is not None:
+                        pooled[0].abort()
+                        pooled[1].set()
                     continue  # closed before it started
                 self._open[channel_id] = tg.create_task(
-                    self._serve(message, service, claims, link), name=f"channel-{channel_id}"
+                    self._serve(message, service, claims, pooled), name=f"channel-{channel_id}"
                 )
 
     async def _serve(
@@ -218,23 +225,25 @@ class ChannelRouter:
         message: ChannelOpen,
         service: ChannelService,
         claims: GrantClaims | None,
-        link: ChannelLink | None,
+        pooled: _Pooled | None,
     ) -> None:
         channel_id = message.channel_id
         with structlog.contextvars.bound_contextvars(
             channel_id=str(channel_id), kind=message.spec.kind
         ):
             try:
-                await self._dial_and_serve(message, service, claims, link)
+                await self._dial_and_serve(message, service, claims, pooled)
             finally:
                 self._open.pop(channel_id, None)
+                if pooled is not None:
+                    pooled[1].set()  # in every case, or the pool's slot would wait forever
 
     async def _dial_and_serve(
         self,
         message: ChannelOpen,
         service: ChannelService,
         claims: GrantClaims | None,
-        pooled: ChannelLink | None,
+        pooled: _Pooled | None,
     ) -> None:
         keep_heap()
         if pooled is None:
@@ -244,13 +253,15 @@ class ChannelRouter:
                 log.warning("channel.dial_failed", reason=str(exc))
                 return
         else:
-            link = pooled
+            link, started = pooled
             try:
                 await link.send(ChannelAccepted(channel_id=message.channel_id).model_dump_json())
             except ChannelClosed as exc:
                 log.warning("channel.pool_lost", code=exc.code)
                 link.abort()
                 return
+            finally:
+                started.set()
         self._record("channel.opened", message, work_session=claims and claims.work_session)
         code, reason = CLOSE_NORMAL, ""
         window = asyncio.timeout_at(_deadline(claims))
