@@ -298,11 +298,14 @@ class ChannelBroker:
     async def attach(
         self, server_id: str, message: ChannelOpen, *, attach_timeout: float = 10.0
     ) -> AsyncIterator[WebSocket]:
-        """The agent's accepted websocket of a new channel, for the duration of the block.
+        """The agent's accepted websocket of a new channel, for the duration of the block:
+        one of the server's pooled websockets when it has one (``channelpool``), else one
+        the agent dials after ``channel.open`` on the backhaul.
 
         Raises:
             ChannelFailed: the server is not connected, the agent refused (4403 with its
-                code) or did not attach within ``attach_timeout`` seconds (4408).
+                code) or did not attach within ``attach_timeout`` seconds (4408), or its
+                pooled websocket closed before it answered (1011).
         """
         channel_id = message.channel_id
         conn = self._registry.get(server_id)
