@@ -8,7 +8,8 @@ websockets open at ``/ws/agent/pool/``. The control plane sends a ``channel.open
 of them; the router checks it exactly as one from the backhaul (grant, limits, the kind's
 own policy) and either takes the websocket for that channel (it answers
 ``channel.accepted``) or answers the refusal and closes it. A pooled websocket carries
-nothing before that, serves one channel at most, and is replaced at once.
+nothing before that, serves one channel at most, and is replaced when that channel ends
+(or :data:`REFILL_AFTER` seconds later if it is still open).
 
 An idle fleet keeps no pooled websocket: the control plane closes one unused for its
 idle timeout, and the agent dials again only while it is warm.
@@ -17,6 +18,7 @@ idle timeout, and the agent dials again only while it is warm.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -33,7 +35,7 @@ from fleetgate.shared.protocol.channels import CLOSE_BAD_REQUEST, CLOSE_NORMAL
 from fleetgate.shared.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
 
 
-__all__ = ["POOL_PATH", "SIZE", "WARM", "ChannelPool"]
+__all__ = ["POOL_PATH", "REFILL_AFTER", "SIZE", "WARM", "ChannelPool"]
 
 log = structlog.get_logger(__name__)
 
@@ -43,13 +45,16 @@ SIZE = 2
 redial of the one just taken)."""
 WARM = 30.0
 """Seconds after the last channel opened during which the pool is kept full."""
+REFILL_AFTER = 1.0
+"""Seconds after a pooled websocket was taken by a channel still open that its
+replacement is dialled (at once when the channel ends earlier)."""
 RETRY_MIN, RETRY_MAX = 0.5, 60.0
 """Delays before dialling again after a pooled websocket failed or closed unused."""
 
 PathDialer = Callable[[AgentConfig, str, str, uuid.UUID], Awaitable[ChannelLink]]
 Accept = Callable[[ChannelOpen, ChannelLink, asyncio.Event], ErrorMessage | None]
 """The router's check of an open received on a pooled link: ``None`` when it took the link
-(it sets the event once the channel is under way)."""
+(it sets the event when that channel has ended)."""
 
 
 class ChannelPool:
@@ -129,12 +134,14 @@ class ChannelPool:
             await _close(link, CLOSE_BAD_REQUEST, "expected channel.open")
             return False
         link.channel_id = message.channel_id
-        started = asyncio.Event()
-        refusal = self._accept(message, link, started)
+        ended = asyncio.Event()
+        refusal = self._accept(message, link, ended)
         if refusal is None:
-            # Dial the replacement after the channel started, not before: the event
-            # loop would run the dial first and delay the channel it is meant to speed.
-            await started.wait()
+            # The replacement is dialled when the channel ends, or REFILL_AFTER seconds
+            # after it started: a dial at once would compete with the channel's own
+            # set-up on both event loops (the other pooled websocket serves meanwhile).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), REFILL_AFTER)
             return True
         try:
             await link.send(refusal.model_dump_json())

@@ -48,7 +48,7 @@ log = structlog.get_logger(__name__)
 
 Dialer = Callable[[AgentConfig, str, UUID], Awaitable[ChannelLink]]
 _Pooled = tuple[ChannelLink, asyncio.Event]
-"""A pooled link and the event set once the channel on it is under way."""
+"""A pooled link and the event set when the channel on it has ended."""
 _Intake = tuple[ChannelOpen, "ChannelService", GrantClaims | None, _Pooled | None]
 
 
@@ -134,13 +134,12 @@ class ChannelRouter:
         return self._take(message, None)
 
     def on_pooled(
-        self, message: ChannelOpen, link: ChannelLink, started: asyncio.Event
+        self, message: ChannelOpen, link: ChannelLink, ended: asyncio.Event
     ) -> ErrorMessage | None:
         """Accept a channel whose ``channel.open`` came on a pooled websocket, which then
-        serves it (checked exactly as :meth:`on_open`), or say why not. ``started`` is
-        set once the channel is under way (the pool dials a replacement only then, so
-        that the dial does not delay the channel's start)."""
-        return self._take(message, (link, started))
+        serves it (checked exactly as :meth:`on_open`), or say why not. ``ended`` is set
+        when that channel has ended (the pool's slot dials its replacement then)."""
+        return self._take(message, (link, ended))
 
     def _take(self, message: ChannelOpen, pooled: _Pooled | None) -> ErrorMessage | None:
         channel_id = message.channel_id
@@ -236,7 +235,7 @@ class ChannelRouter:
             finally:
                 self._open.pop(channel_id, None)
                 if pooled is not None:
-                    pooled[1].set()  # in every case, or the pool's slot would wait forever
+                    pooled[1].set()
 
     async def _dial_and_serve(
         self,
@@ -253,15 +252,13 @@ class ChannelRouter:
                 log.warning("channel.dial_failed", reason=str(exc))
                 return
         else:
-            link, started = pooled
+            link = pooled[0]
             try:
                 await link.send(ChannelAccepted(channel_id=message.channel_id).model_dump_json())
             except ChannelClosed as exc:
                 log.warning("channel.pool_lost", code=exc.code)
                 link.abort()
                 return
-            finally:
-                started.set()
         self._record("channel.opened", message, work_session=claims and claims.work_session)
         code, reason = CLOSE_NORMAL, ""
         window = asyncio.timeout_at(_deadline(claims))
