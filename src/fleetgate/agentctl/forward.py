@@ -4,6 +4,11 @@ Each accepted TCP connection opens its own websocket (``/ws/tunnels/<id>/streams
 every stream has its own TCP flow control end to end, and is pumped with the same code
 as the agent's end (``fleetgate.shared.pump``): large binary frames, no acknowledgements,
 EOF and errors as small text frames.
+
+One websocket is kept ready ahead of the next connection (``?defer=1``): the control
+plane authorizes and opens its stream only when the connection arrives and agentctl
+sends ``{"type": "open"}``, so a connection does not wait for a websocket handshake. A
+ready websocket that was closed meanwhile (idle, a restarted control plane) is replaced.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import contextlib
 import signal
 import socket
+from collections import deque
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -23,6 +29,7 @@ from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import SESSION_ENDED_CODES, AgentctlError, ControlPlaneError
 from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED
+from fleetgate.shared.protocol.tunnel import OPEN_FRAME
 from fleetgate.shared.pump import abort_socket, pump
 
 
@@ -31,6 +38,8 @@ __all__ = ["READ_BYTES", "Forwarder", "listen"]
 READ_BYTES = 256 * 1024
 """Largest read from a local connection, hence the largest frame agentctl sends."""
 BACKLOG = 512
+READY = 2
+"""Stream websockets kept dialled ahead of the next connections."""
 ACCEPT_BACKOFF = 0.5
 """Seconds before accepting again after accept() failed (EMFILE would otherwise spin)."""
 
@@ -72,6 +81,7 @@ class Forwarder:
     fatal: AgentctlError | None = None
     streams: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _ready: deque[asyncio.Task[ClientConnection]] = field(default_factory=deque)
 
     @property
     def path(self) -> str:
@@ -79,7 +89,8 @@ class Forwarder:
         return f"/ws/tunnels/{self.tunnel_id}/streams/"
 
     async def probe(self) -> None:
-        """Let the agent check a stream (grant, policy, limits) without connecting.
+        """Let the agent check a stream (grant, policy, limits) without connecting, then
+        dial the websockets of the first streams.
 
         Raises:
             ControlPlaneError: the control plane or the agent refused.
@@ -89,6 +100,9 @@ class Forwarder:
             while True:
                 await ws.recv()
         await ws.close()
+        # Then the websockets of the first streams, before the caller says it is ready.
+        self._prepare()
+        await asyncio.wait(self._ready)
 
     async def run(self, work_session: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM or a fatal refusal; with `work_session`, also until
@@ -107,6 +121,7 @@ class Forwarder:
                 # Open streams end with the tunnel: their connections are reset.
                 for task in list(self._tasks):
                     task.cancel()
+                await self._drop_ready()
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
@@ -158,9 +173,43 @@ class Forwarder:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _prepare(self) -> None:
+        """Dial websockets for the next streams up to :data:`READY` (deferred: they open
+        nothing yet). Called when a stream ends, so that dialling does not compete with
+        a stream's own set-up."""
+        while len(self._ready) < READY and not self.stop.is_set():
+            self._ready.append(
+                asyncio.ensure_future(connect_channel(self.ctx, self.path, params={"defer": "1"}))
+            )
+
+    async def _open_stream(self) -> ClientConnection:
+        """The websocket of a new stream, opened: a ready one if there is one still usable."""
+        ready = self._ready.popleft() if self._ready else None
+        ws: ClientConnection | None = None
+        if ready is not None:
+            try:
+                ws = await ready
+            except (AgentctlError, OSError):
+                ws = None  # dialled below without deferring; its error is the one told
+        if ws is not None:
+            try:
+                await ws.send(OPEN_FRAME)
+            except ConnectionClosed:
+                pass  # closed while it waited (idle, a restarted control plane)
+            else:
+                return ws
+        # None ready: a stream opened by its handshake, as without ready websockets.
+        return await connect_channel(self.ctx, self.path)
+
     async def _stream(self, conn: socket.socket) -> None:
         try:
-            ws = await connect_channel(self.ctx, self.path)
+            await self._carry(conn)
+        finally:
+            self._prepare()
+
+    async def _carry(self, conn: socket.socket) -> None:
+        try:
+            ws = await self._open_stream()
         except ControlPlaneError as exc:
             abort_socket(conn)
             self._refused(exc.code, exc.detail, exc)
@@ -200,6 +249,14 @@ class Forwarder:
             self.stop.set()
         else:
             self.ctx.out.info(f"agentctl: tunnel stream refused: {detail} ({code})")
+
+    async def _drop_ready(self) -> None:
+        while self._ready:
+            ready = self._ready.popleft()
+            if not ready.done():
+                ready.cancel()
+            with contextlib.suppress(BaseException):
+                await _close_quietly(await ready)
 
 
 async def _close_quietly(ws: ClientConnection) -> None:

@@ -37,10 +37,11 @@ from fleetgate.controlplane.sshca import SshAuthority, ca_key_path, load_or_crea
 from fleetgate.controlplane.store import Database, servers as servers_store
 
 
-__all__ = ["AGENT_CHANNEL_PATH", "BACKHAUL_PATH", "create_app"]
+__all__ = ["AGENT_CHANNEL_PATH", "AGENT_POOL_PATH", "BACKHAUL_PATH", "create_app"]
 
 BACKHAUL_PATH = "/ws/agent/backhaul/"
 AGENT_CHANNEL_PATH = "/ws/agent/channels/{channel_id}/"
+AGENT_POOL_PATH = "/ws/agent/pool/"
 
 
 def create_app(
@@ -124,6 +125,11 @@ def create_app(
     async def agent_channel(websocket: WebSocket, channel_id: str) -> None:
         services: Services = websocket.app.state.services
         await services.hub.serve_channel(websocket, channel_id)
+
+    @app.websocket(AGENT_POOL_PATH)
+    async def agent_pool(websocket: WebSocket) -> None:
+        services: Services = websocket.app.state.services
+        await services.hub.serve_pooled(websocket)
 
     @app.websocket(websh.CLIENT_PATH)
     async def websh_client(websocket: WebSocket, terminal_id: str) -> None:

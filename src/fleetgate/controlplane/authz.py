@@ -156,6 +156,7 @@ RULES: dict[tuple[str, str], Rule] = {
     # agents
     ("WS", "/ws/agent/backhaul/"): _AGENT,
     ("WS", "/ws/agent/channels/{channel_id}/"): _AGENT,
+    ("WS", "/ws/agent/pool/"): _AGENT,
     ("WS", "/ws/agent/recordings/{terminal_id}/"): _AGENT,
     # the web console (controlplane/console): login and static files are open
     ("GET", "/"): _ANON,

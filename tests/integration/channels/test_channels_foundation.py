@@ -22,6 +22,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fleetgate.agent.backhaul import Backhaul, ChannelLink, Outbox
+from fleetgate.agent.backhaul.tls import agent_headers
 from fleetgate.agent.channels import ChannelRouter
 from fleetgate.agent.config import AgentConfig, load
 from fleetgate.agent.errors import ChannelRefused
@@ -38,9 +39,16 @@ from fleetgate.controlplane.app import create_app
 from fleetgate.controlplane.authz import RULES, Access, Rule
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import APIError
+from fleetgate.controlplane.hub.channelpool import ChannelPool
 from fleetgate.controlplane.hub.channels import OpenChannel
 from fleetgate.controlplane.server import ControlPlaneServer, bind_socket
-from fleetgate.shared.protocol import ChannelOpen, GrantClaims, TunnelSpec, content_digest
+from fleetgate.shared.protocol import (
+    ChannelAccepted,
+    ChannelOpen,
+    GrantClaims,
+    TunnelSpec,
+    content_digest,
+)
 from fleetgate.shared.protocol.grants import decode_payload, parse_claims
 from tests.support.agent import write_agent_config
 from tests.support.controlplane import running_control_plane
@@ -86,6 +94,8 @@ class Stack:
     server_id: str
     echo: EchoService
     router: ChannelRouter
+    pool: ChannelPool
+    """The control plane's pool of agent websockets."""
 
 
 async def _test_route(websocket: WebSocket) -> None:
@@ -95,6 +105,8 @@ async def _test_route(websocket: WebSocket) -> None:
         return
     channel_id = uuid.uuid4()
     spec = TunnelSpec(tunnel_id=uuid.uuid4(), port=int(websocket.query_params["port"]))
+    # ?other=1: a grant signed for another channel (the agent must refuse it).
+    operation_id = uuid.uuid4() if "other" in websocket.query_params else channel_id
     try:
         authorized = await authorize(
             services,
@@ -102,7 +114,7 @@ async def _test_route(websocket: WebSocket) -> None:
             server=websocket.query_params["server"],
             scope="tunnel",
             work_session=None,
-            operation_id=str(channel_id),
+            operation_id=str(operation_id),
             description="test",
             content=content_digest(spec),
         )
@@ -180,7 +192,8 @@ async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         channels = tg.create_task(router.run())
         await asyncio.wait_for(connected.wait(), 10)
         try:
-            yield Stack(f"ws://127.0.0.1:{port}", token, server.id, echo, router)
+            pool = app.state.services.hub.channels.pool
+            yield Stack(f"ws://127.0.0.1:{port}", token, server.id, echo, router, pool)
         finally:
             agent.cancel()
             channels.cancel()
@@ -260,3 +273,101 @@ async def test_channel_ends_when_its_grant_expires(stack: Stack) -> None:
     assert closed.value.rcvd is not None
     assert closed.value.rcvd.code == 4403
     assert json.loads(closed.value.rcvd.reason)["code"] == "work_session_expired"
+
+
+# -- pooled agent websockets -----------------------------------------------------------------
+
+
+async def _warm(stack: Stack) -> None:
+    """Open one channel the classic way; the agent then fills its pool."""
+    url = f"{stack.url}/ws/test/echo/?server=echo&port=8080"
+    async with connect(url, additional_headers=_headers(stack.token)) as ws:
+        await ws.send(b"warm")
+        assert await ws.recv() == b"warm"
+    await eventually(
+        lambda: stack.pool.idle(stack.server_id) == stack.router.pool.size,
+        what="the agent's pooled websockets",
+    )
+
+
+async def test_a_warm_agent_serves_channels_on_pooled_websockets(stack: Stack) -> None:
+    assert stack.pool.idle(stack.server_id) == 0  # cold: nothing dialled ahead
+    await _warm(stack)
+    claimed = stack.pool.claimed
+    url = f"{stack.url}/ws/test/echo/?server=echo&port=8080"
+    for round_ in range(3):
+        async with connect(url, additional_headers=_headers(stack.token)) as ws:
+            await ws.send(b"pooled %d" % round_)
+            assert await ws.recv() == b"pooled %d" % round_
+            await ws.send("bye")
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1000
+    assert stack.pool.claimed == claimed + 3
+    # Each one taken is replaced; the pool stays bounded by the agent's size.
+    await eventually(
+        lambda: stack.pool.idle(stack.server_id) == stack.router.pool.size,
+        what="the pool refilled",
+    )
+    await eventually(lambda: stack.router.open_channels() == 0, what="channels ended")
+
+
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        (f"port={REFUSED_PORT}", "tunnel_port_not_allowed"),  # the kind's own check
+        ("port=8080&other=1", "work_session_not_usable"),  # the grant, bound to the channel
+    ],
+)
+async def test_pooled_websockets_refuse_as_the_backhaul_does(
+    stack: Stack, query: str, code: str
+) -> None:
+    url = f"{stack.url}/ws/test/echo/?server=echo&{query}"
+    with pytest.raises(InvalidStatus) as cold:
+        await connect(url, additional_headers=_headers(stack.token))
+    await _warm(stack)
+    claimed = stack.pool.claimed
+    with pytest.raises(InvalidStatus) as warm:
+        await connect(url, additional_headers=_headers(stack.token))
+    assert stack.pool.claimed == claimed + 1  # this one was asked on a pooled websocket
+    for refused in (cold.value.response, warm.value.response):
+        assert refused.status_code == 403
+        assert json.loads(refused.body or b"")["code"] == code
+    assert stack.echo.claims[-1] is not None  # only the warm-up channel was served
+    assert len(stack.echo.claims) == 1
+
+
+async def test_the_pool_endpoint_is_for_agents_and_carries_nothing_unasked(
+    stack: Stack, tmp_path: Path
+) -> None:
+    with pytest.raises(InvalidStatus) as user:
+        await connect(f"{stack.url}/ws/agent/pool/", additional_headers=_headers(stack.token))
+    assert user.value.response.status_code == 401
+    # The agent's own credentials: a frame sent before any channel.open closes the
+    # websocket, which is never used for a channel.
+    config = stack.router.pool._config
+    headers = agent_headers(config, stack.router.pool._key)
+    async with connect(f"{stack.url}/ws/agent/pool/", additional_headers=headers) as ws:
+        await eventually(lambda: stack.pool.idle(stack.server_id) == 1, what="pooled")
+        await ws.send(ChannelAccepted(channel_id=uuid.uuid4()).model_dump_json())
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), 10)
+    assert stack.pool.idle(stack.server_id) == 0
+
+
+async def test_unused_pooled_websockets_expire_and_a_cold_agent_keeps_none(
+    stack: Stack,
+) -> None:
+    stack.pool.idle_timeout = 0.5
+    stack.router.pool.warm_seconds = 1.0
+    await _warm(stack)
+    # Past the warm time the agent stops dialling; the control plane closes the rest.
+    await eventually(
+        lambda: (
+            not stack.router.pool.warm()
+            and stack.router.pool.idle == 0
+            and stack.pool.idle(stack.server_id) == 0
+        ),
+        what="pool drained",
+    )

@@ -20,10 +20,13 @@ import structlog
 
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.backhaul import ChannelLink, dial_channel
+from fleetgate.agent.channels.heap import keep_heap
+from fleetgate.agent.channels.pool import SIZE as POOL_SIZE, ChannelPool
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelClosed, ChannelRefused, ConnectionLost
 from fleetgate.agent.policy import GrantPolicy, GrantRefused
 from fleetgate.shared.protocol import (
+    ChannelAccepted,
     ChannelClose,
     ChannelOpen,
     ErrorMessage,
@@ -44,6 +47,9 @@ __all__ = ["ChannelRouter", "ChannelService", "EndsResources"]
 log = structlog.get_logger(__name__)
 
 Dialer = Callable[[AgentConfig, str, UUID], Awaitable[ChannelLink]]
+_Pooled = tuple[ChannelLink, asyncio.Event]
+"""A pooled link and the event set when the channel on it has ended."""
+_Intake = tuple[ChannelOpen, "ChannelService", GrantClaims | None, _Pooled | None]
 
 
 class ChannelService(Protocol):
@@ -93,6 +99,7 @@ class ChannelRouter:
         grants: GrantPolicy,
         audit: AuditLog | None = None,
         dial: Dialer = dial_channel,
+        pool_size: int = POOL_SIZE,
     ) -> None:
         self._config = config
         self._key = key
@@ -102,11 +109,11 @@ class ChannelRouter:
         self._services: dict[str, ChannelService] = {}
         self._enders: list[EndsResources] = []
         self._max = config.limits.max_channels
-        self._intake: asyncio.Queue[tuple[ChannelOpen, ChannelService, GrantClaims | None]] = (
-            asyncio.Queue(maxsize=self._max)
-        )
+        self._intake: asyncio.Queue[_Intake] = asyncio.Queue(maxsize=self._max)
         self._open: dict[UUID, asyncio.Task[None] | None] = {}
         self._accepting = True
+        self.pool = ChannelPool(config, key, self.on_pooled, size=pool_size)
+        """Channel websockets dialled ahead of need (``pool``)."""
 
     def register(self, service: ChannelService) -> None:
         """Serve channels of ``service.kind`` with ``service``."""
@@ -124,6 +131,17 @@ class ChannelRouter:
 
     def on_open(self, message: ChannelOpen) -> ErrorMessage | None:
         """Accept a channel without blocking, or say why not."""
+        return self._take(message, None)
+
+    def on_pooled(
+        self, message: ChannelOpen, link: ChannelLink, ended: asyncio.Event
+    ) -> ErrorMessage | None:
+        """Accept a channel whose ``channel.open`` came on a pooled websocket, which then
+        serves it (checked exactly as :meth:`on_open`), or say why not. ``ended`` is set
+        when that channel has ended (the pool's slot dials its replacement then)."""
+        return self._take(message, (link, ended))
+
+    def _take(self, message: ChannelOpen, pooled: _Pooled | None) -> ErrorMessage | None:
         channel_id = message.channel_id
         kind = message.spec.kind
         try:
@@ -143,7 +161,8 @@ class ChannelRouter:
             self._record("channel.refused", message, code=code, reason=detail)
             return ErrorMessage(code=code, message=detail, ref=str(channel_id))
         self._open[channel_id] = None
-        self._intake.put_nowait((message, service, claims))
+        self._intake.put_nowait((message, service, claims, pooled))
+        self.pool.used()
         return None
 
     def _admit(self, message: ChannelOpen) -> ChannelService:
@@ -187,35 +206,59 @@ class ChannelRouter:
     async def run(self) -> None:
         """Serve channels until cancelled; cancelling it ends every channel."""
         async with asyncio.TaskGroup() as tg:
+            tg.create_task(self.pool.run(), name="channel-pool")
             while True:
-                message, service, claims = await self._intake.get()
+                message, service, claims, pooled = await self._intake.get()
                 channel_id = message.channel_id
                 if channel_id not in self._open:
+                    if pooled is not None:
+                        pooled[0].abort()
+                        pooled[1].set()
                     continue  # closed before it started
                 self._open[channel_id] = tg.create_task(
-                    self._serve(message, service, claims), name=f"channel-{channel_id}"
+                    self._serve(message, service, claims, pooled), name=f"channel-{channel_id}"
                 )
 
     async def _serve(
-        self, message: ChannelOpen, service: ChannelService, claims: GrantClaims | None
+        self,
+        message: ChannelOpen,
+        service: ChannelService,
+        claims: GrantClaims | None,
+        pooled: _Pooled | None,
     ) -> None:
         channel_id = message.channel_id
         with structlog.contextvars.bound_contextvars(
             channel_id=str(channel_id), kind=message.spec.kind
         ):
             try:
-                await self._dial_and_serve(message, service, claims)
+                await self._dial_and_serve(message, service, claims, pooled)
             finally:
                 self._open.pop(channel_id, None)
+                if pooled is not None:
+                    pooled[1].set()
 
     async def _dial_and_serve(
-        self, message: ChannelOpen, service: ChannelService, claims: GrantClaims | None
+        self,
+        message: ChannelOpen,
+        service: ChannelService,
+        claims: GrantClaims | None,
+        pooled: _Pooled | None,
     ) -> None:
-        try:
-            link = await self._dial(self._config, self._key, message.channel_id)
-        except ConnectionLost as exc:
-            log.warning("channel.dial_failed", reason=str(exc))
-            return
+        keep_heap()
+        if pooled is None:
+            try:
+                link = await self._dial(self._config, self._key, message.channel_id)
+            except ConnectionLost as exc:
+                log.warning("channel.dial_failed", reason=str(exc))
+                return
+        else:
+            link = pooled[0]
+            try:
+                await link.send(ChannelAccepted(channel_id=message.channel_id).model_dump_json())
+            except ChannelClosed as exc:
+                log.warning("channel.pool_lost", code=exc.code)
+                link.abort()
+                return
         self._record("channel.opened", message, work_session=claims and claims.work_session)
         code, reason = CLOSE_NORMAL, ""
         window = asyncio.timeout_at(_deadline(claims))

@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 
 
-__all__ = ["CastEncoder", "event_line", "header_line", "json_string"]
+__all__ = ["CastEncoder", "ascii_event_line", "event_line", "header_line", "json_string"]
 
 
 def header_line(
@@ -49,6 +49,15 @@ def json_string(text: str) -> bytes:
         raw = text.encode("utf-8")
     except UnicodeEncodeError:  # lone surrogates: not from our decoders, but stay valid
         return json.dumps(text).encode("ascii")
+    escaped = _escape(raw)
+    if escaped is None:
+        return json.dumps(text, ensure_ascii=False).encode("utf-8")
+    return b'"' + escaped + b'"'
+
+
+def _escape(raw: bytes) -> bytes | None:
+    """The inside of the JSON string literal of valid UTF-8 ``raw``, or ``None`` when it
+    has control characters other than the common ones (left to ``json.dumps``)."""
     escaped = (
         raw.replace(b"\\", b"\\\\")
         .replace(b'"', b'\\"')
@@ -57,13 +66,22 @@ def json_string(text: str) -> bytes:
         .replace(b"\t", b"\\t")
     )
     if escaped.translate(None, _NOT_CONTROL):
-        return json.dumps(text, ensure_ascii=False).encode("utf-8")
-    return b'"' + escaped + b'"'
+        return None
+    return escaped
 
 
 def event_line(seconds: float, code: str, data: str) -> bytes:
     """One event line; time with microsecond precision."""
     return b'[%.6f, "%s", %s]\n' % (seconds, code.encode(), json_string(data))
+
+
+def ascii_event_line(seconds: float, code: str, data: bytes) -> bytes:
+    """The same line as ``event_line(seconds, code, data.decode())`` for ASCII ``data``,
+    without decoding it to text and encoding it back (the bulk of a ``cat``)."""
+    escaped = _escape(data)
+    if escaped is None:
+        return event_line(seconds, code, data.decode("ascii"))
+    return b'[%.6f, "%s", "%s"]\n' % (seconds, code.encode(), escaped)
 
 
 class CastEncoder:
@@ -98,5 +116,9 @@ class CastEncoder:
         return out
 
     def _event(self, seconds: float, code: str, data: bytes) -> bytes:
-        text = self._decoders[code].decode(data)
+        decoder = self._decoders[code]
+        if data.isascii() and not decoder.getstate()[0]:
+            # Nothing pending from a split character: ASCII bytes are their own text.
+            return ascii_event_line(seconds, code, data) if data else b""
+        text = decoder.decode(data)
         return event_line(seconds, code, text) if text else b""

@@ -8,6 +8,7 @@ clock or an event loop.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass
 
 from fleetgate.agent.errors import ChannelRefused
@@ -117,34 +118,61 @@ class PendingOutput:
         self.high = high
         self.ring = ring
         self.dropped = 0
-        self._buf = bytearray()
+        # The reads as they came (each one batch of the PTY reader), so that a batch is
+        # sent as it is instead of being copied into and out of one growing buffer.
+        self._chunks: deque[bytes] = deque()
+        self._size = 0
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return self._size
 
     def feed(self, data: bytes) -> None:
         """Append bytes read from the PTY."""
-        self._buf += data
+        if data:
+            self._chunks.append(data)
+            self._size += len(data)
 
     def take(self, limit: int) -> bytes:
         """Remove and return up to ``limit`` bytes from the front."""
-        chunk = bytes(self._buf[:limit])
-        del self._buf[:limit]
-        return chunk
+        chunks = self._chunks
+        if not chunks or limit <= 0:
+            return b""
+        first = chunks[0]
+        if len(first) >= limit or len(chunks) == 1:
+            return self._pop_front(limit)
+        parts: list[bytes] = []
+        room = limit
+        while chunks and room > 0:
+            part = self._pop_front(room)
+            parts.append(part)
+            room -= len(part)
+        return b"".join(parts)
+
+    def _pop_front(self, limit: int) -> bytes:
+        first = self._chunks[0]
+        if len(first) <= limit:
+            self._chunks.popleft()
+            self._size -= len(first)
+            return first
+        self._chunks[0] = first[limit:]
+        self._size -= limit
+        return first[:limit]
 
     def trim(self) -> int:
         """Keep only the last ``ring`` bytes; returns how many were dropped now."""
-        excess = len(self._buf) - self.ring
+        excess = self._size - self.ring
         if excess <= 0:
             return 0
-        del self._buf[:excess]
+        left = excess
+        while left > 0:
+            left -= len(self._pop_front(left))
         self.dropped += excess
         return excess
 
     def should_pause(self) -> bool:
         """Attached and this full: stop reading the PTY."""
-        return len(self._buf) >= self.high
+        return self._size >= self.high
 
     def should_resume(self) -> bool:
         """Attached and drained below the low mark: read again."""
-        return len(self._buf) < self.high // 2
+        return self._size < self.high // 2

@@ -18,6 +18,7 @@ import asyncio
 import errno
 import os
 import termios
+import threading
 import time
 from collections.abc import Awaitable
 from typing import Protocol
@@ -343,12 +344,21 @@ class Terminal:
 
     def _read(self, budget: int) -> None:
         """Read what the PTY has, up to ``budget`` bytes, and hand it on in one piece (one
-        recording event and one wake-up of the sender per call, not per 4 KiB read)."""
+        recording event and one wake-up of the sender per call, not per 4 KiB read).
+
+        The reads land in one reused buffer (a PTY read returns at most 4 KiB): one copy
+        per call instead of an allocation per read and a join."""
         fd = self.shell.master_fd
-        chunks: list[bytes] = []
+        scratch = _scratch()
+        view = memoryview(scratch)
+        got = 0
+        parts: list[bytes] = []
         while budget > 0:
+            if got == len(scratch):  # a DRAIN_LIMIT read is larger than the buffer
+                parts.append(bytes(view))
+                got = 0
             try:
-                data = os.read(fd, READ_SIZE)
+                count = os.readv(fd, [view[got : got + min(READ_SIZE, budget)]])
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -356,18 +366,21 @@ class Terminal:
                     log.warning(
                         "websh.read_failed", terminal_id=str(self.terminal_id), error=str(exc)
                     )
-                data = b""
-            if not data:
+                count = 0
+            if not count:
                 # EIO: every slave descriptor is closed (the shell and its children are gone).
                 self._eof = True
                 self._pause()
                 self._wake.set()
                 break
-            budget -= len(data)
-            chunks.append(data)
-        if not chunks:
+            budget -= count
+            got += count
+        if got:
+            parts.append(bytes(view[:got]))
+        view.release()
+        if not parts:
             return
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
         self._pending.feed(data)
         self._data.set()
         if self.recorder is not None:
@@ -391,6 +404,17 @@ class Terminal:
             assert self._pidfd is not None
             self._loop.remove_reader(self._pidfd)
             self._wake.set()
+
+
+_local = threading.local()
+
+
+def _scratch() -> bytearray:
+    """This thread's read buffer, shared by its terminals (a read is never interrupted)."""
+    buffer: bytearray | None = getattr(_local, "buffer", None)
+    if buffer is None:
+        buffer = _local.buffer = bytearray(READ_BUDGET)
+    return buffer
 
 
 def redact_if_secret(fd: int, data: bytes) -> bytes:

@@ -38,6 +38,7 @@ __all__ = [
     "authorize",
     "deny",
     "owner_of",
+    "refuse",
     "serve_channel",
     "services_of",
     "websocket_principal",
@@ -69,6 +70,17 @@ def services_of(websocket: WebSocket) -> Services:
     return services
 
 
+async def refuse(
+    websocket: WebSocket, status: int, code: str, detail: str, close_code: int = CLOSE_REFUSED
+) -> None:
+    """Refuse a channel: an HTTP error (:func:`deny`) while the handshake is not answered,
+    else a close with ``close_code`` and ``{code, detail}`` as reason (a deferred stream)."""
+    if websocket.application_state == WebSocketState.CONNECTING:
+        await deny(websocket, status, code, detail)
+    else:
+        await close_websocket(websocket, close_code, refusal_reason(code, detail))
+
+
 async def deny(websocket: WebSocket, status: int, code: str, detail: str) -> None:
     """Refuse the websocket handshake with an HTTP error ``{code, detail}``.
 
@@ -84,7 +96,8 @@ async def deny(websocket: WebSocket, status: int, code: str, detail: str) -> Non
 
 async def websocket_principal(websocket: WebSocket) -> Principal | None:
     """The authenticated caller allowed by the endpoint's rule (``authz.RULES``), or
-    ``None`` after refusing the handshake (401, or 403 with the rule's code).
+    ``None`` after refusing the handshake (401, or 403 with the rule's code), or closing
+    the websocket if it was accepted already (a deferred stream checks again when used).
 
     A browser cannot set ``Authorization`` on a websocket: the console's login cookie
     stands in for it when the handshake comes from a page of the same origin.
@@ -99,7 +112,7 @@ async def websocket_principal(websocket: WebSocket) -> Principal | None:
             services.db, header, now=now_us(), cache=services.principals
         )
     if principal is None:
-        await deny(
+        await refuse(
             websocket, 401, "AUTHENTICATION_FAILED", "Authentication credentials were not valid."
         )
         return None
@@ -107,7 +120,7 @@ async def websocket_principal(websocket: WebSocket) -> Principal | None:
     try:
         check_rule(rule_for("WS", route), principal, route=route)
     except APIError as exc:
-        await deny(websocket, exc.status, exc.code, exc.detail)
+        await refuse(websocket, exc.status, exc.code, exc.detail)
         return None
     return principal
 
@@ -189,7 +202,8 @@ async def serve_channel(
     (revocation, its tunnel closed), the relay stops, the agent gets ``channel.close``
     and the client a close 4403 with ``{"code", "detail"}`` (or an HTTP 403 if its
     handshake was not answered yet). Returns when the channel has ended on both sides;
-    the failure, if the channel could not be opened (the client was already told).
+    the failure, if the channel could not be opened (the client was already told). A
+    websocket accepted before (a deferred tunnel stream) gets its refusals as closes.
     """
     log.info("channel.opening", channel_id=str(message.channel_id), kind=message.spec.kind)
     registry = services.hub.channels.open
@@ -197,7 +211,7 @@ async def serve_channel(
         registry.register(channel)
     except ChannelFailed as exc:
         log.info("channel.refused", channel_id=str(message.channel_id), code=exc.code)
-        await deny(websocket, 403, exc.code, exc.detail)
+        await refuse(websocket, 403, exc.code, exc.detail)
         return exc
     try:
         async with asyncio.TaskGroup() as tg:
@@ -240,10 +254,12 @@ async def _attach_and_relay(
         async with services.hub.channels.attach(server_id, message) as agent:
             if on_attached is not None:
                 await on_attached()
-            await websocket.accept()
+            if websocket.application_state == WebSocketState.CONNECTING:
+                await websocket.accept()
             await relay(websocket, agent)
     except ChannelFailed as exc:
         log.info("channel.failed", channel_id=str(message.channel_id), code=exc.code)
-        await deny(websocket, _FAILURE_STATUS.get(exc.close_code, 502), exc.code, exc.detail)
+        status = _FAILURE_STATUS.get(exc.close_code, 502)
+        await refuse(websocket, status, exc.code, exc.detail, exc.close_code)
         return exc
     return None

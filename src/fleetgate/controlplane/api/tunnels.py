@@ -8,6 +8,7 @@ carries the session's expiry. The target is always the server's loopback: a
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ from fleetgate.controlplane.api.channels import (
     authorize,
     deny,
     owner_of,
+    refuse,
     serve_channel,
     services_of,
     websocket_principal,
@@ -34,6 +36,7 @@ from fleetgate.controlplane.authz import acl_refused
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.grants import operation_claims
 from fleetgate.controlplane.hub.channels import OpenChannel
+from fleetgate.controlplane.hub.relay import close_websocket
 from fleetgate.controlplane.hub.tunnels import TunnelStreams
 from fleetgate.controlplane.store import tunnels as tunnels_store, worksession_gate as session_gate
 from fleetgate.controlplane.store.tunnels import NewTunnel, TunnelRow
@@ -42,7 +45,13 @@ from fleetgate.controlplane.timeutil import iso, iso_or_none, now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
 from fleetgate.shared.addresses import loopback_address
 from fleetgate.shared.protocol import ChannelOpen, content_digest
-from fleetgate.shared.protocol.channels import REVOCATION_CODES, TunnelSpec
+from fleetgate.shared.protocol.channels import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_NORMAL,
+    REVOCATION_CODES,
+    TunnelSpec,
+)
+from fleetgate.shared.protocol.tunnel import OPEN_FRAME
 
 
 __all__ = ["STREAM_PATH", "install", "router", "ws_router"]
@@ -51,6 +60,8 @@ router = APIRouter(prefix="/api/tunnels")
 ws_router = APIRouter()
 STREAM_PATH = "/ws/tunnels/{tunnel_id}/streams/"
 SCOPE = "tunnel"
+DEFER_IDLE = 300.0
+"""Seconds a deferred stream's websocket waits for its open frame."""
 
 
 class CreateBody(BaseModel):
@@ -272,6 +283,9 @@ async def stream(websocket: WebSocket, tunnel_id: str) -> None:
 
     ``?probe=1`` asks the agent to check the stream (grant, policy, limits) without
     connecting to the target: ``agentctl tunnel`` does it once before it listens.
+    ``?defer=1`` accepts the websocket at once and opens the stream when the client
+    sends ``{"type": "open"}`` (``fleetgate.shared.protocol.tunnel``): every check below
+    runs then, as for any stream; ``agentctl tunnel`` keeps such websockets ready.
     """
     principal = await websocket_principal(websocket)
     if principal is None:
@@ -279,6 +293,22 @@ async def stream(websocket: WebSocket, tunnel_id: str) -> None:
     services = services_of(websocket)
     streams = _streams(websocket.app.state)
     probe = websocket.query_params.get("probe") in {"1", "true"}
+    if websocket.query_params.get("defer") in {"1", "true"} and not probe:
+        token_id = principal.token.id
+        try:
+            await _load(tunnel_id, principal, streams)  # an unknown tunnel: 404 at once
+            if not streams.defer(token_id):
+                raise APIError(503, "busy", "too many streams wait for their open frame")
+        except APIError as exc:
+            await deny(websocket, exc.status, exc.code, exc.detail)
+            return
+        try:
+            await websocket.accept()
+            principal = await _when_opened(websocket)
+        finally:
+            streams.undefer(token_id)
+        if principal is None:
+            return
     channel_id = uuid.uuid4()
     try:
         row = await _load(tunnel_id, principal, streams)
@@ -291,10 +321,30 @@ async def stream(websocket: WebSocket, tunnel_id: str) -> None:
         if ended is not None:  # ended while the gate was checked
             raise _closed_error(ended)
     except APIError as exc:
-        await deny(websocket, exc.status, exc.code, exc.detail)
+        await refuse(websocket, exc.status, exc.code, exc.detail)
         return
     # No await between the check above and the registration in serve_channel: a stream
     # is either refused there or ended by the tunnel's close.
     owner = owner_of(principal, row.work_session_id)
     channel = OpenChannel(channel_id, "tunnel", row.server_id, owner, resource_id=row.id)
     await serve_channel(websocket, services, message, channel)
+
+
+async def _when_opened(websocket: WebSocket) -> Principal | None:
+    """Wait on a deferred stream for ``{"type": "open"}``; the caller's principal then
+    (authenticated and allowed again: its token may have been deleted meanwhile), or
+    ``None`` after closing the websocket (idle too long, another frame, the client left,
+    a bad token).
+    """
+    try:
+        async with asyncio.timeout(DEFER_IDLE):
+            frame = await websocket.receive()
+    except TimeoutError:
+        frame = None
+    if frame is None or frame.get("type") != "websocket.receive":
+        await close_websocket(websocket, CLOSE_NORMAL, "idle")
+        return None
+    if frame.get("text") != OPEN_FRAME:
+        await close_websocket(websocket, CLOSE_BAD_REQUEST, "expected an open frame")
+        return None
+    return await websocket_principal(websocket)

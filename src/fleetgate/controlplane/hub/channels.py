@@ -28,14 +28,24 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import structlog
+from pydantic import ValidationError
 from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.errors import ChannelFailed
+from fleetgate.controlplane.hub.channelpool import ChannelPool, PooledSocket
 from fleetgate.controlplane.hub.registry import Registry
 from fleetgate.controlplane.hub.relay import close_websocket
-from fleetgate.shared.protocol import ChannelClose, ChannelOpen, ErrorMessage, TerminalEnd
+from fleetgate.shared.jsontext import loads as json_loads
+from fleetgate.shared.protocol import (
+    ChannelAccepted,
+    ChannelClose,
+    ChannelOpen,
+    ErrorMessage,
+    TerminalEnd,
+)
 from fleetgate.shared.protocol.channels import (
     CLOSE_AGENT_TIMEOUT,
+    CLOSE_INTERNAL,
     CLOSE_NOT_CONNECTED,
     CLOSE_REFUSED,
     CLOSE_UNKNOWN,
@@ -207,6 +217,59 @@ class _Pending:
     released: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@asynccontextmanager
+async def _attach_pooled(
+    pooled: PooledSocket, message: ChannelOpen, attach_timeout: float
+) -> AsyncIterator[WebSocket]:
+    """The channel ``message`` on a pooled agent websocket: send the open, read the
+    agent's answer (``channel.accepted`` or its refusal), then hand the websocket over."""
+    assert pooled.answer is not None
+    try:
+        try:
+            await pooled.websocket.send_text(message.model_dump_json())
+            async with asyncio.timeout(attach_timeout):
+                answer = await asyncio.shield(pooled.answer)
+        except TimeoutError:
+            raise ChannelFailed(
+                "agent_timeout",
+                f"the agent did not answer within {attach_timeout:g} s",
+                CLOSE_AGENT_TIMEOUT,
+            ) from None
+        except (OSError, RuntimeError) as exc:  # the websocket closed under us
+            raise _pool_lost(type(exc).__name__) from None
+        _check_pooled_answer(answer, message.channel_id)
+        yield pooled.websocket
+    finally:
+        if not pooled.answer.done():
+            pooled.answer.cancel()
+        pooled.released.set()
+
+
+def _check_pooled_answer(answer: dict[str, object], channel_id: uuid.UUID) -> None:
+    """Return if the agent accepted the channel; raise its refusal (or a broken answer)."""
+    text = answer.get("text")
+    if answer.get("type") == "websocket.disconnect" or not isinstance(text, str):
+        raise _pool_lost("closed")
+    try:
+        decoded = json_loads(text)
+        if isinstance(decoded, dict) and decoded.get("type") == "error":
+            error = ErrorMessage.model_validate(decoded)
+            if error.ref == str(channel_id):
+                raise ChannelFailed(error.code, error.message, CLOSE_REFUSED)
+        elif ChannelAccepted.model_validate(decoded).channel_id == channel_id:
+            return
+    except (ValueError, ValidationError):
+        pass
+    raise _pool_lost("an answer that is not the channel's")
+
+
+def _pool_lost(why: str) -> ChannelFailed:
+    log.info("channel.pool_lost", why=why)
+    return ChannelFailed(
+        "agent_connection_lost", "the agent's channel websocket closed", CLOSE_INTERNAL
+    )
+
+
 def _keys(
     token_id: str | None, user_id: int | None, work_session_id: str | None
 ) -> list[tuple[str, str]]:
@@ -228,16 +291,21 @@ class ChannelBroker:
         self._pending: dict[uuid.UUID, _Pending] = {}
         self.open = ChannelRegistry()
         """The channels relayed now, by owner (revocation ends them)."""
+        self.pool = ChannelPool()
+        """Agent websockets dialled ahead of need (``channelpool``)."""
 
     @asynccontextmanager
     async def attach(
         self, server_id: str, message: ChannelOpen, *, attach_timeout: float = 10.0
     ) -> AsyncIterator[WebSocket]:
-        """The agent's accepted websocket of a new channel, for the duration of the block.
+        """The agent's accepted websocket of a new channel, for the duration of the block:
+        one of the server's pooled websockets when it has one (``channelpool``), else one
+        the agent dials after ``channel.open`` on the backhaul.
 
         Raises:
             ChannelFailed: the server is not connected, the agent refused (4403 with its
-                code) or did not attach within ``attach_timeout`` seconds (4408).
+                code) or did not attach within ``attach_timeout`` seconds (4408), or its
+                pooled websocket closed before it answered (1011).
         """
         channel_id = message.channel_id
         conn = self._registry.get(server_id)
@@ -245,6 +313,11 @@ class ChannelBroker:
             raise ChannelFailed(
                 "server_not_connected", "the server is not connected", CLOSE_NOT_CONNECTED
             )
+        pooled = self.pool.claim(server_id)
+        if pooled is not None:
+            async with _attach_pooled(pooled, message, attach_timeout) as agent:
+                yield agent
+            return
         if len(self._pending) >= MAX_PENDING or channel_id in self._pending:
             raise ChannelFailed("busy", "too many channels are opening", CLOSE_REFUSED)
         pending = _Pending(server_id, asyncio.get_running_loop().create_future())

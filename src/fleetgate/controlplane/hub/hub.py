@@ -143,6 +143,12 @@ class Hub:
         if server is not None:
             await self.channels.serve_agent(websocket, server.id, channel_id)
 
+    async def serve_pooled(self, websocket: WebSocket) -> None:
+        """The ``/ws/agent/pool/`` endpoint: an agent's idle channel websocket."""
+        server = await self._authenticate(websocket)
+        if server is not None:
+            await self.channels.pool.serve(websocket, server.id)
+
     async def authenticate_agent(self, websocket: WebSocket) -> servers_store.ServerRow | None:
         """The agent's server, or ``None`` after refusing the websocket with HTTP 401."""
         return await self._authenticate(websocket)

@@ -30,6 +30,10 @@ __all__ = ["TunnelStreams"]
 log = structlog.get_logger("controlplane.tunnels")
 
 MAX_CACHED_ROWS = 10_000
+MAX_DEFERRED = 4096
+"""Deferred stream websockets waiting for their open frame at once (all clients)."""
+MAX_DEFERRED_PER_TOKEN = 16
+"""The same for one token (``agentctl tunnel`` keeps two per running tunnel)."""
 
 
 @dataclass
@@ -39,6 +43,30 @@ class TunnelStreams:
     db: Database
     channels: ChannelRegistry
     _rows: dict[str, TunnelRow] = field(default_factory=dict)
+    _deferred: dict[str, int] = field(default_factory=dict)
+    max_deferred: int = MAX_DEFERRED
+    max_deferred_per_token: int = MAX_DEFERRED_PER_TOKEN
+
+    def defer(self, token_id: str) -> bool:
+        """Count one more deferred stream of ``token_id`` waiting for its open frame;
+        False (not counted) beyond the token's or the control plane's bound."""
+        waiting = self._deferred.get(token_id, 0)
+        if waiting >= self.max_deferred_per_token or self.deferred() >= self.max_deferred:
+            return False
+        self._deferred[token_id] = waiting + 1
+        return True
+
+    def undefer(self, token_id: str) -> None:
+        """A deferred stream stopped waiting (opened, closed or expired)."""
+        left = self._deferred.get(token_id, 0) - 1
+        if left > 0:
+            self._deferred[token_id] = left
+        else:
+            self._deferred.pop(token_id, None)
+
+    def deferred(self) -> int:
+        """Deferred streams waiting now, all tokens."""
+        return sum(self._deferred.values())
 
     async def row(self, tunnel_id: str) -> TunnelRow | None:
         """The tunnel's row (from memory when it was seen before)."""

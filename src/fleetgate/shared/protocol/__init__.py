@@ -2,6 +2,7 @@
 
 from fleetgate.shared.protocol.channels import (
     CHANNEL_SCOPES,
+    ChannelAccepted,
     ChannelClose,
     ChannelKind,
     ChannelOpen,
@@ -49,6 +50,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
     "AgentMessage",
+    "ChannelAccepted",
     "ChannelClose",
     "ChannelKind",
     "ChannelOpen",

@@ -35,6 +35,7 @@ __all__ = [
     "CLOSE_REFUSED",
     "CLOSE_UNKNOWN",
     "REVOCATION_CODES",
+    "ChannelAccepted",
     "ChannelClose",
     "ChannelKind",
     "ChannelOpen",
@@ -181,6 +182,21 @@ class ChannelOpen(Message):
     spec: ChannelSpec
     grant: Grant | None = None
     """Signed permission, as for commands; the claims' ``command_id`` is the channel id."""
+
+
+class ChannelAccepted(Message):
+    """Agent to control plane, on a pooled channel websocket (``/ws/agent/pool/``): the
+    ``channel.open`` just received on it passed the agent's checks, and the websocket is
+    that channel's from the next frame on. A refusal is an ``error`` whose ``ref`` is the
+    channel id, as on the backhaul.
+
+    A pooled websocket is one the agent dials ahead of need while channels are in use; it
+    carries nothing until the control plane sends it a ``channel.open`` (with its grant,
+    checked exactly as one received on the backhaul), and serves exactly one channel.
+    """
+
+    type: Literal["channel.accepted"] = "channel.accepted"
+    channel_id: UUID
 
 
 class ChannelClose(Message):

@@ -11,6 +11,11 @@ flow control is the backpressure). A text frame is one JSON control object:
 
 The stream ends when both sides have sent ``eof`` (then either closes with 1000) or
 when the channel closes first (the other side aborts its socket).
+
+A client may open a stream's websocket ahead of need with ``?defer=1``: the control
+plane then authorizes and opens the stream only when the client's first frame,
+``{"type": "open"}`` (:data:`OPEN_FRAME`), arrives (a refusal is a close 4403 whose
+reason is ``{"code", "detail"}``), so a new connection skips the websocket handshake.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from fleetgate.shared.jsontext import loads as json_loads
 
 __all__ = [
     "EOF_FRAME",
+    "OPEN_FRAME",
     "TunnelControl",
     "TunnelEof",
     "TunnelError",
@@ -58,6 +64,9 @@ _ADAPTER: TypeAdapter[TunnelEof | TunnelError] = TypeAdapter(TunnelControl)
 
 EOF_FRAME = TunnelEof().model_dump_json()
 """The encoded ``eof`` frame (constant, sent as text)."""
+
+OPEN_FRAME = '{"type":"open"}'
+"""The first frame of a deferred stream (client to control plane): open it now."""
 
 _MAX_CONTROL_BYTES = 8192
 

@@ -11,7 +11,13 @@ from hypothesis import given, strategies as st
 
 from fleetgate.agent.errors import ChannelRefused
 from fleetgate.agent.exec.identity import Identity
-from fleetgate.agent.websh.cast import CastEncoder, event_line, header_line, json_string
+from fleetgate.agent.websh.cast import (
+    CastEncoder,
+    ascii_event_line,
+    event_line,
+    header_line,
+    json_string,
+)
 from fleetgate.agent.websh.quota import SpoolQuota
 from fleetgate.agent.websh.shell import choose_shell, login_argv0, login_environment
 from fleetgate.agent.websh.state import Owner, PendingOutput, Phase, TerminalState
@@ -220,3 +226,36 @@ def test_json_string_is_json(text: str) -> None:
 )
 def test_json_string_examples(text: str) -> None:
     assert json.loads(json_string(text)) == text
+
+
+@given(st.binary().map(lambda raw: bytes(b & 0x7F for b in raw)))
+def test_ascii_lines_are_the_lines_of_their_text(data: bytes) -> None:
+    """The ASCII shortcut writes exactly what decoding and encoding would have."""
+    assert ascii_event_line(2.5, "o", data) == event_line(2.5, "o", data.decode("ascii"))
+    assert CastEncoder().output(2.5, data) == (event_line(2.5, "o", data.decode()) if data else b"")
+
+
+def test_ascii_after_a_split_character_goes_through_the_decoder() -> None:
+    enc = CastEncoder()
+    assert enc.output(0.1, "€".encode()[:2]) == b""
+    # The pending bytes are not a character: U+FFFD, then the ASCII text.
+    assert json.loads(enc.output(0.2, b"ok\r\n"))[2] == "\ufffdok\r\n"
+    assert enc.output(0.3, b"plain") == event_line(0.3, "o", "plain")
+
+
+def test_pending_output_takes_across_reads_and_trims_inside_one() -> None:
+    pending = PendingOutput(high=1000, ring=5)
+    for chunk in (b"abc", b"", b"defg", b"hi"):
+        pending.feed(chunk)
+    assert len(pending) == 9
+    assert pending.take(0) == b""
+    assert pending.take(2) == b"ab"  # part of a read
+    assert pending.take(4) == b"cdef"  # the rest of one and part of the next
+    assert pending.take(100) == b"ghi"
+    assert len(pending) == 0
+    assert pending.take(10) == b""
+    pending.feed(b"0123")
+    pending.feed(b"456789")
+    assert pending.trim() == 5  # the whole first read and one byte of the second
+    assert pending.dropped == 5
+    assert pending.take(100) == b"56789"

@@ -1,0 +1,172 @@
+"""Channel websockets dialled ahead of need, so a new channel skips the dial.
+
+Opening a channel the classic way (``channel.open`` on the backhaul, then dialling
+``/ws/agent/channels/<id>/``) costs a TCP connection, an HTTP upgrade and an
+authentication: most of a tunnel stream's set-up time. While this agent serves channels
+(one was opened in the last :data:`WARM` seconds), :class:`ChannelPool` keeps :data:`SIZE`
+websockets open at ``/ws/agent/pool/``. The control plane sends a ``channel.open`` on one
+of them; the router checks it exactly as one from the backhaul (grant, limits, the kind's
+own policy) and either takes the websocket for that channel (it answers
+``channel.accepted``) or answers the refusal and closes it. A pooled websocket carries
+nothing before that, serves one channel at most, and is replaced when that channel ends
+(or :data:`REFILL_AFTER` seconds later if it is still open).
+
+An idle fleet keeps no pooled websocket: the control plane closes one unused for its
+idle timeout, and the agent dials again only while it is warm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import structlog
+from pydantic import ValidationError
+
+from fleetgate.agent.backhaul import ChannelLink, dial_path
+from fleetgate.agent.config import AgentConfig
+from fleetgate.agent.errors import ChannelClosed, ConnectionLost
+from fleetgate.shared.backoff import backoff_delays
+from fleetgate.shared.protocol import ChannelOpen, ErrorMessage
+from fleetgate.shared.protocol.channels import CLOSE_BAD_REQUEST, CLOSE_NORMAL
+from fleetgate.shared.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
+
+
+__all__ = ["POOL_PATH", "REFILL_AFTER", "SIZE", "WARM", "ChannelPool"]
+
+log = structlog.get_logger(__name__)
+
+POOL_PATH = "/ws/agent/pool/"
+SIZE = 2
+"""Idle pooled websockets kept while warm (sequential streams need one; two absorb the
+redial of the one just taken)."""
+WARM = 30.0
+"""Seconds after the last channel opened during which the pool is kept full."""
+REFILL_AFTER = 1.0
+"""Seconds after a pooled websocket was taken by a channel still open that its
+replacement is dialled (at once when the channel ends earlier)."""
+RETRY_MIN, RETRY_MAX = 0.5, 60.0
+"""Delays before dialling again after a pooled websocket failed or closed unused."""
+
+PathDialer = Callable[[AgentConfig, str, str, uuid.UUID], Awaitable[ChannelLink]]
+Accept = Callable[[ChannelOpen, ChannelLink, asyncio.Event], ErrorMessage | None]
+"""The router's check of an open received on a pooled link: ``None`` when it took the link
+(it sets the event when that channel has ended)."""
+
+
+class ChannelPool:
+    """Keeps up to ``size`` idle channel websockets while channels are in use."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        key: str,
+        accept: Accept,
+        *,
+        size: int = SIZE,
+        warm: float = WARM,
+        dial: PathDialer = dial_path,
+    ) -> None:
+        self._config = config
+        self._key = key
+        self._accept = accept
+        self.size = size
+        self.warm_seconds = warm
+        self._dial = dial
+        self._last_use: float | None = None
+        self._wake = asyncio.Event()
+        self.idle = 0
+        """Pooled websockets open and waiting now."""
+
+    def used(self) -> None:
+        """A channel was opened: keep (or start keeping) the pool full."""
+        self._last_use = time.monotonic()
+        self._wake.set()
+
+    def warm(self) -> bool:
+        """Whether a channel opened recently enough to keep pooled websockets."""
+        last = self._last_use
+        return last is not None and time.monotonic() - last < self.warm_seconds
+
+    async def run(self) -> None:
+        """Keep the pool until cancelled (the router owns this task)."""
+        if self.size <= 0:
+            return
+        async with asyncio.TaskGroup() as tg:
+            for slot in range(self.size):
+                tg.create_task(self._slot(), name=f"channel-pool-{slot}")
+
+    async def _slot(self) -> None:
+        delays = backoff_delays(RETRY_MIN, RETRY_MAX)
+        while True:
+            while not self.warm():
+                self._wake.clear()
+                await self._wake.wait()
+            try:
+                link = await self._dial(self._config, self._key, POOL_PATH, uuid.uuid4())
+            except ConnectionLost as exc:
+                log.debug("channel.pool_dial_failed", reason=str(exc))
+                await asyncio.sleep(next(delays))
+                continue
+            if await self._serve_one(link):
+                delays = backoff_delays(RETRY_MIN, RETRY_MAX)
+            else:
+                await asyncio.sleep(next(delays))
+
+    async def _serve_one(self, link: ChannelLink) -> bool:
+        """Wait on ``link`` for a ``channel.open``; whether one came (served or refused)."""
+        self.idle += 1
+        try:
+            frame = await link.recv()
+        except ChannelClosed:
+            return False  # unused: expired, refused as one too many, or the end of the CP
+        except BaseException:
+            link.abort()
+            raise
+        finally:
+            self.idle -= 1
+        message = _channel_open(frame)
+        if message is None:
+            log.warning("channel.pool_bad_frame")
+            await _close(link, CLOSE_BAD_REQUEST, "expected channel.open")
+            return False
+        link.channel_id = message.channel_id
+        ended = asyncio.Event()
+        refusal = self._accept(message, link, ended)
+        if refusal is None:
+            # The replacement is dialled when the channel ends, or REFILL_AFTER seconds
+            # after it started: a dial at once would compete with the channel's own
+            # set-up on both event loops (the other pooled websocket serves meanwhile).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), REFILL_AFTER)
+            return True
+        try:
+            await link.send(refusal.model_dump_json())
+        except ChannelClosed:
+            pass
+        await _close(link, CLOSE_NORMAL, "refused")
+        return True
+
+
+def _channel_open(frame: str | bytes) -> ChannelOpen | None:
+    """The ``channel.open`` of a pooled link's first frame, or ``None`` (anything else).
+
+    Parsed with the model alone (a fifth of the backhaul codec's time for this message);
+    the size bound is the backhaul's."""
+    if not isinstance(frame, str) or len(frame) > DEFAULT_MAX_MESSAGE_BYTES:
+        return None
+    try:
+        return ChannelOpen.model_validate_json(frame)
+    except ValidationError:
+        return None
+
+
+async def _close(link: ChannelLink, code: int, reason: str) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await link.close(code, reason)
+    except (TimeoutError, OSError):
+        link.abort()

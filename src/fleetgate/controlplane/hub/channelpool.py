@@ -1,0 +1,144 @@
+"""Pooled agent channel websockets: dialled ahead of need, each used for one channel.
+
+Opening a channel the classic way costs the agent a new TCP connection, an HTTP upgrade
+and an authentication after it received ``channel.open`` on the backhaul: most of a
+tunnel stream's set-up time. While channels are in use, an agent keeps a few idle
+websockets open at ``/ws/agent/pool/`` (authenticated as its server, like any agent
+websocket). :meth:`ChannelPool.claim` takes one of the server's; the broker sends the
+``channel.open`` on it and the agent answers on it: ``channel.accepted`` (the websocket is
+the channel's from then on) or an ``error`` (refused; the websocket is closed).
+
+A pooled websocket carries no authority: the route authorized the channel before asking
+for it, and the agent checks the grant of the ``channel.open`` exactly as one from the
+backhaul. It serves one channel at most. Bounds: :data:`PER_SERVER` idle websockets per
+server (one more is refused), each closed after :data:`IDLE_TIMEOUT` seconds unused (the
+agent dials again only while it is still serving channels).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from starlette.websockets import WebSocket
+
+from fleetgate.controlplane.hub.relay import close_websocket
+from fleetgate.shared.protocol.channels import CLOSE_NORMAL
+
+
+__all__ = ["IDLE_TIMEOUT", "PER_SERVER", "ChannelPool", "PooledSocket"]
+
+log = structlog.get_logger("fleetgate.controlplane.channels")
+
+PER_SERVER = 8
+"""Idle pooled websockets kept per server; the agent's own pool is smaller."""
+IDLE_TIMEOUT = 30.0
+"""Seconds an unused pooled websocket stays open."""
+CLOSE_POOL_FULL = 4429
+
+
+@dataclass(eq=False)
+class PooledSocket:
+    """One idle agent websocket; ``answer`` gets the agent's first frame once claimed."""
+
+    websocket: WebSocket
+    server_id: str
+    answer: asyncio.Future[dict[str, Any]] | None = None
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def claimed(self) -> bool:
+        """Whether a channel took this websocket."""
+        return self.answer is not None
+
+
+class ChannelPool:
+    """The idle pooled websockets of every connected agent, newest last."""
+
+    def __init__(self, per_server: int = PER_SERVER, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.per_server = per_server
+        self.idle_timeout = idle_timeout
+        self._idle: dict[str, list[PooledSocket]] = {}
+        self.claimed = 0
+        """Channels asked for on a pooled websocket so far."""
+
+    def idle(self, server_id: str) -> int:
+        """Idle pooled websockets of ``server_id`` now."""
+        return len(self._idle.get(server_id, ()))
+
+    def claim(self, server_id: str) -> PooledSocket | None:
+        """Take an idle websocket of ``server_id`` for one channel (``None``: none idle).
+
+        Synchronous: a claimed websocket is out of the pool before anyone else looks.
+        """
+        sockets = self._idle.get(server_id)
+        if not sockets:
+            return None
+        pooled = sockets.pop()  # the newest: the least likely to be closing
+        if not sockets:
+            del self._idle[server_id]
+        pooled.answer = asyncio.get_running_loop().create_future()
+        self.claimed += 1
+        return pooled
+
+    async def serve(self, websocket: WebSocket, server_id: str) -> None:
+        """The endpoint of one pooled websocket (already authenticated as ``server_id``).
+
+        Returns when the websocket closes unused, expires, or its channel is done with it
+        (returning closes an ASGI websocket).
+        """
+        await websocket.accept()
+        sockets = self._idle.setdefault(server_id, [])
+        if len(sockets) >= self.per_server:
+            if not sockets:
+                del self._idle[server_id]
+            log.debug("channel.pool_full", server_id=server_id)
+            await close_websocket(websocket, CLOSE_POOL_FULL, "pool full")
+            return
+        pooled = PooledSocket(websocket, server_id)
+        sockets.append(pooled)
+        receiving = asyncio.ensure_future(websocket.receive())
+        try:
+            await self._serve(pooled, receiving)
+        finally:
+            self._forget(pooled)
+            if not receiving.done():
+                receiving.cancel()
+                await asyncio.gather(receiving, return_exceptions=True)
+
+    async def _serve(self, pooled: PooledSocket, receiving: asyncio.Future[Any]) -> None:
+        released = asyncio.ensure_future(pooled.released.wait())
+        try:
+            await asyncio.wait(
+                {receiving, released},
+                timeout=self.idle_timeout,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            if pooled.answer is None:
+                # Unused: it expired, or the agent closed it (or broke the
+                # protocol by speaking first).
+                self._forget(pooled)
+                await close_websocket(pooled.websocket, CLOSE_NORMAL, "idle")
+                return
+            # Claimed: the agent's answer to the channel.open is the next frame (or the
+            # close), unless the channel gave up first (released).
+            await asyncio.wait({receiving, released}, return_when=asyncio.FIRST_COMPLETED)
+            if receiving.done() and not pooled.answer.done():
+                if receiving.cancelled():
+                    pooled.answer.cancel()
+                elif receiving.exception() is not None:
+                    pooled.answer.set_result({"type": "websocket.disconnect", "code": 1006})
+                else:
+                    pooled.answer.set_result(receiving.result())
+            await released
+        finally:
+            released.cancel()
+
+    def _forget(self, pooled: PooledSocket) -> None:
+        sockets = self._idle.get(pooled.server_id)
+        if sockets is not None and pooled in sockets:
+            sockets.remove(pooled)
+            if not sockets:
+                del self._idle[pooled.server_id]
