@@ -31,8 +31,8 @@ from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import CliError
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
 from fleetgate.shared.backoff import backoff_delays
-from fleetgate.shared.files.heap import keep_large_buffers
 from fleetgate.shared.files.transfer import WRITE_PIECE_BYTES
+from fleetgate.shared.heap import keep_large_buffers
 from fleetgate.shared.jsontext import loads as json_loads
 
 

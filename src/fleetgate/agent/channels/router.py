@@ -20,11 +20,11 @@ import structlog
 
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.backhaul import ChannelLink, dial_channel
-from fleetgate.agent.channels.heap import keep_heap
 from fleetgate.agent.channels.pool import SIZE as POOL_SIZE, ChannelPool
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelClosed, ChannelRefused, ConnectionLost
 from fleetgate.agent.policy import GrantPolicy, GrantRefused
+from fleetgate.shared.heap import keep_large_buffers
 from fleetgate.shared.protocol import (
     ChannelAccepted,
     ChannelClose,
@@ -244,7 +244,7 @@ class ChannelRouter:
         claims: GrantClaims | None,
         pooled: _Pooled | None,
     ) -> None:
-        keep_heap()
+        keep_large_buffers()
         if pooled is None:
             try:
                 link = await self._dial(self._config, self._key, message.channel_id)

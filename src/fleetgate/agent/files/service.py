@@ -18,8 +18,8 @@ from fleetgate.agent.errors import ChannelRefused, CommandError, UnknownGroup, U
 from fleetgate.agent.exec.identity import resolve_identity
 from fleetgate.agent.files.relay import relay_worker, start_worker
 from fleetgate.shared.errors import TransferError
-from fleetgate.shared.files.heap import keep_large_buffers, trim_heap
 from fleetgate.shared.files.paths import normalise, within_roots
+from fleetgate.shared.heap import keep_large_buffers, trim_heap
 from fleetgate.shared.protocol import ChannelOpen, FilesSpec, GrantClaims
 
 
