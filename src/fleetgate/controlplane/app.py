@@ -26,6 +26,8 @@ from fleetgate.controlplane.api import (
 from fleetgate.controlplane.api.bodies import BoundedBodies
 from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.background import OnFailure, run_in_background, stop_process
+from fleetgate.controlplane.cluster.hop import HOP_PATH
+from fleetgate.controlplane.cluster.runtime import cluster_loops, new_node
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.console import mount as console
 from fleetgate.controlplane.errors import install_error_handlers
@@ -61,8 +63,16 @@ def create_app(
             db = Database(settings.db_path)
             await db.open()
             stack.push_async_callback(db.close)
-            await db.write(servers_store.reset_connections)
-            hub = Hub(db, settings)
+            node = None
+            if settings.cluster_database_url is None:
+                await db.write(servers_store.reset_connections)
+            else:
+                # A replica: the other replicas' agents stay connected; those of dead
+                # replicas are marked disconnected by the leader's sweep.
+                node = new_node(settings)
+                await node.start()
+                stack.push_async_callback(node.leave)
+            hub = Hub(db, settings, node)
             clock = WorkSessionClock(db)
             clock.listeners.append(hub.work_session_ended)
             key = await asyncio.to_thread(load_or_create_key, key_path(settings.db_path))
@@ -84,6 +94,11 @@ def create_app(
                 "report-writer": hub.reports.run,
                 "idle-sweeper": hub.watch_idle,
             }
+            if node is not None and hub.bridge is not None:
+                app.state.revoker.broadcast = node.broadcast_revocation
+                hub.bridge.revoker = app.state.revoker
+                del loops["scheduler"], loops["work-session-clock"]  # the leader's
+                loops.update(cluster_loops(node, hub, clock))
             await stack.enter_async_context(run_in_background(loops, on_failure))
             stack.push_async_callback(hub.close_all)
             yield
@@ -124,6 +139,11 @@ def create_app(
     async def agent_channel(websocket: WebSocket, channel_id: str) -> None:
         services: Services = websocket.app.state.services
         await services.hub.serve_channel(websocket, channel_id)
+
+    @app.websocket(HOP_PATH)
+    async def cluster_channel(websocket: WebSocket, channel_id: str) -> None:
+        services: Services = websocket.app.state.services
+        await services.hub.serve_hop(websocket, channel_id)
 
     @app.websocket(websh.CLIENT_PATH)
     async def websh_client(websocket: WebSocket, terminal_id: str) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import Field, IPvAnyNetwork, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fleetgate.shared.protocol import DEFAULT_MAX_MESSAGE_BYTES
@@ -50,6 +50,19 @@ class ControlPlaneSettings(BaseSettings):
     """PEM certificate (chain) to serve HTTPS and ``wss://`` with; needs ``tls_key``."""
     tls_key: Path | None = None
     """PEM private key of ``tls_cert``; must not be readable by group or others."""
+    cluster_database_url: str | None = None
+    """The PostgreSQL database the replicas of one control plane share for their
+    coordination (``postgresql://`` or SQLAlchemy's ``postgresql+psycopg://``). Set, this
+    process is one replica: agents may be linked to any replica, and what is submitted
+    here reaches them (``docs/replicas.md``)."""
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    """This replica's name among the others (default: a random one per start)."""
+    internal_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+/?$")
+    """Where the other replicas reach this one (``http://10.0.0.5:8000``), for relaying
+    channels; default: the listen address, which must then not be a wildcard."""
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    """Addresses of the load balancers in front (JSON list of addresses or networks):
+    only their ``X-Forwarded-For``/``X-Forwarded-Proto`` are believed."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -58,6 +71,27 @@ class ControlPlaneSettings(BaseSettings):
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         return self
+
+    @model_validator(mode="after")
+    def _reachable_replica(self) -> Self:
+        if (
+            self.cluster_database_url is not None
+            and self.internal_url is None
+            and self.host in {"0.0.0.0", "::", ""}
+        ):
+            raise ValueError(
+                "internal_url: a replica listening on a wildcard address must say where "
+                "the other replicas reach it"
+            )
+        return self
+
+    @property
+    def replica_url(self) -> str:
+        """Where the other replicas reach this one (``internal_url`` or the listen address)."""
+        if self.internal_url is not None:
+            return self.internal_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def tls(self) -> bool:

@@ -1,0 +1,125 @@
+"""How the hub and a :class:`ClusterNode` meet: the node's handlers (what arrives from
+other replicas), the channel broker's cluster side, and wake-ups that cross replicas."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import structlog
+from starlette.websockets import WebSocket
+
+from fleetgate.controlplane.cluster.hop import HOP_PATH, hop_token, relay_to_replica
+from fleetgate.controlplane.cluster.node import ClusterNode
+from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.registry import AgentConnection, Registry
+from fleetgate.controlplane.hub.revocation import Revoker
+from fleetgate.controlplane.hub.wakeups import CommandWakeups
+from fleetgate.shared.errors import ProtocolViolation
+from fleetgate.shared.protocol import ErrorMessage, decode_agent_message
+
+
+__all__ = ["ClusterWakeups", "HubBridge"]
+
+log = structlog.get_logger("fleetgate.controlplane.cluster")
+
+
+class ClusterWakeups(CommandWakeups):
+    """Command wake-ups that also reach the output streams of the other replicas."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        super().__init__()
+        self._node = node
+
+    def notify(self, command_ids: Iterable[str]) -> None:
+        """Wake the readers here and announce the change to the other replicas."""
+        ids = list(command_ids)
+        super().notify(ids)
+        if ids and not self.closed:
+            self._node.publish_wakes(ids)
+
+    def notify_here(self, command_ids: Iterable[str]) -> None:
+        """Wake the readers here only (the change was announced by another replica)."""
+        super().notify(command_ids)
+
+
+class HubBridge:
+    """The node's :class:`~fleetgate.controlplane.cluster.node.Handlers` and the broker's
+    :class:`~fleetgate.controlplane.hub.channels.ChannelCluster`, over one hub."""
+
+    def __init__(
+        self,
+        node: ClusterNode,
+        registry: Registry,
+        broker: ChannelBroker,
+        wakeups: ClusterWakeups,
+        *,
+        max_frame_bytes: int,
+    ) -> None:
+        self.node = node
+        self._registry = registry
+        self._broker = broker
+        self._wakeups = wakeups
+        self._max_frame_bytes = max_frame_bytes
+        self.revoker: Revoker | None = None
+
+    # -- Handlers --------------------------------------------------------------------
+
+    def local(self, server_id: str) -> AgentConnection | None:
+        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        return self._registry.local(server_id)
+
+    def local_links(self) -> list[AgentConnection]:
+        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        return self._registry.connections()
+
+    def waiting(self, channel_id: str) -> bool:
+        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        return self._broker.waiting(channel_id)
+
+    async def channel_answer(self, channel_id: str, server_id: str, error: str) -> None:
+        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        try:
+            message = decode_agent_message(error, max_bytes=len(error) + 1)
+        except ProtocolViolation:
+            log.warning("cluster.bad_channel_answer", channel_id=channel_id)
+            return
+        if isinstance(message, ErrorMessage):
+            self._broker.refused(server_id, message)
+
+    async def revoked(self, revocation: dict[str, Any]) -> None:
+        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        if self.revoker is not None:
+            await self.revoker.apply_remote(revocation)
+
+    def wake(self, command_ids: list[str]) -> None:
+        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        self._wakeups.notify_here(command_ids)
+
+    # -- ChannelCluster ----------------------------------------------------------------
+
+    async def channel_waiting(self, channel_id: str) -> None:
+        """See :class:`~fleetgate.controlplane.hub.channels.ChannelCluster`."""
+        await self.node.channel_waiting(channel_id)
+
+    async def channel_done(self, channel_id: str) -> None:
+        """See :class:`~fleetgate.controlplane.hub.channels.ChannelCluster`."""
+        await self.node.channel_done(channel_id)
+
+    async def answer_channel(self, channel_id: str, server_id: str, error: str) -> bool:
+        """See :class:`~fleetgate.controlplane.hub.channels.ChannelCluster`."""
+        return await self.node.answer_channel(channel_id, server_id, error)
+
+    async def relay_agent(self, websocket: WebSocket, server_id: str, channel_id: str) -> bool:
+        """See :class:`~fleetgate.controlplane.hub.channels.ChannelCluster`."""
+        base = await self.node.channel_replica(channel_id)
+        if base is None or base.rstrip("/") == self.node.internal_url.rstrip("/"):
+            return False
+        scheme, rest = base.rstrip("/").split("://", 1)
+        url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}"
+        url += HOP_PATH.format(channel_id=channel_id)
+        token = hop_token(self.node.secret, channel_id, server_id)
+        log.info("cluster.channel_hop", channel_id=channel_id, to=base)
+        await websocket.accept()
+        await relay_to_replica(websocket, url, token, max_size=self._max_frame_bytes)
+        return True

@@ -1,0 +1,351 @@
+"""This replica's part in the cluster: its heartbeat, the links it announces, the
+frames it forwards and receives, and its mirror of the links other replicas hold.
+
+Every agent link is held by one replica. Another replica that must send the agent a
+frame (a command, a channel open, a terminal end, a work-session end) finds it in the
+mirror as a :class:`RemoteLink` and forwards it: the frame becomes a row, a note names
+the row, and the holder claims the row and sends it. All authorization happened where
+the operation was submitted, before the send, as in one process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import psycopg
+import structlog
+
+from fleetgate.controlplane.cluster import tables
+from fleetgate.controlplane.cluster.bus import PgBus, Resync, connect
+from fleetgate.controlplane.cluster.notes import Note, wake_notes
+from fleetgate.controlplane.cluster.remote import RemoteLink
+from fleetgate.controlplane.cluster.tables import LinkRow
+from fleetgate.controlplane.hub.registry import AgentConnection
+
+
+__all__ = ["ClusterNode", "Handlers"]
+
+log = structlog.get_logger("fleetgate.controlplane.cluster")
+
+HEARTBEAT = 1.0
+"""Seconds between two heartbeats of a replica."""
+LIVENESS = 5.0
+"""A replica silent this long is dead: its links are dropped and its agents are expected
+on another replica (they notice the dead link by their keepalive or a reset)."""
+MAX_PENDING_WAKES = 100_000
+"""Changed command ids waiting to be announced; beyond this the oldest are dropped."""
+FRAME_TTL = 120.0
+"""Seconds a forwarded frame waits for its replica before it is dropped (the agent left;
+its commands come again with its next hello)."""
+
+
+class Handlers(Protocol):
+    """What the node needs from the hub."""
+
+    def local(self, server_id: str) -> AgentConnection | None:
+        """The agent's link on this replica."""
+        ...
+
+    def local_links(self) -> list[AgentConnection]:
+        """Every agent link on this replica."""
+        ...
+
+    def waiting(self, channel_id: str) -> bool:
+        """Whether a client waits here for the agent's side of this channel."""
+        ...
+
+    async def channel_answer(self, channel_id: str, server_id: str, error: str) -> None:
+        """The agent's ``error`` (encoded) about a channel whose client waits here."""
+        ...
+
+    async def revoked(self, revocation: dict[str, Any]) -> None:
+        """A revocation made on another replica: end what it covers here."""
+        ...
+
+    def wake(self, command_ids: list[str]) -> None:
+        """Commands changed on another replica: wake their output streams here."""
+        ...
+
+
+class _Writer:
+    """One connection for this replica's writes, reconnected when it breaks."""
+
+    def __init__(self, conninfo: str) -> None:
+        self._conninfo = conninfo
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+
+    async def run(self, work: Callable[[tables.Conn], Awaitable[Any]]) -> Any:
+        """``work(conn)`` under the lock; one retry on a fresh connection if it broke."""
+        async with self._lock:
+            for attempt in (1, 2):
+                conn = self._conn
+                if conn is None or conn.closed:
+                    conn = self._conn = await connect(self._conninfo)
+                try:
+                    return await work(conn)
+                except psycopg.OperationalError:
+                    await conn.close()
+                    self._conn = None
+                    if attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+
+class ClusterNode:
+    """This replica, on the shared database at ``conninfo`` (a libpq URL)."""
+
+    def __init__(self, conninfo: str, replica_id: str, internal_url: str) -> None:
+        self.conninfo = conninfo
+        self.replica_id = replica_id
+        self.internal_url = internal_url
+        self.secret = b""
+        """The cluster's hop key (:mod:`fleetgate.controlplane.cluster.hop`)."""
+        self._writer = _Writer(conninfo)
+        self._bus = PgBus(conninfo)
+        self._mirror: dict[str, RemoteLink] = {}
+        self._handlers: Handlers | None = None
+        self._wakes: dict[str, None] = {}
+        self._wakes_ready = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Create the tables if needed, read the hop key, beat once."""
+        await self._writer.run(tables.create_tables)
+        self.secret = await self._writer.run(tables.cluster_secret)
+        await self._writer.run(lambda c: tables.heartbeat(c, self.replica_id, self.internal_url))
+        log.info("cluster.joined", replica_id=self.replica_id, internal_url=self.internal_url)
+
+    async def run(self, handlers: Handlers) -> None:
+        """Listen, mirror and beat until cancelled."""
+        self._handlers = handlers
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._bus.run(), name="cluster-bus")
+            tg.create_task(self._receive(), name="cluster-receive")
+            tg.create_task(self._beat(), name="cluster-heartbeat")
+            tg.create_task(self._publish_wakes(), name="cluster-wakes")
+
+    async def leave(self) -> None:
+        """A graceful stop: drop this replica and its links now (the others see ``down``)."""
+        try:
+            await self._writer.run(lambda c: tables.forget_replica(c, self.replica_id))
+        except psycopg.Error as exc:
+            log.warning("cluster.leave_failed", error=str(exc).strip()[:200])
+        finally:
+            self._bus.close()
+            await self._writer.close()
+
+    # -- what the hub asks -------------------------------------------------------------
+
+    def remote(self, server_id: str) -> RemoteLink | None:
+        """The agent's link on another (live) replica, if any."""
+        link = self._mirror.get(server_id)
+        return None if link is None or link.closed.is_set() else link
+
+    def remote_ids(self) -> list[str]:
+        """Servers linked to other replicas."""
+        return [sid for sid, link in self._mirror.items() if not link.closed.is_set()]
+
+    async def link_up(self, conn: AgentConnection) -> None:
+        """Announce that this replica holds ``conn`` (after the agent's hello)."""
+        self._drop(conn.server_id)
+        row = LinkRow(
+            conn.server_id,
+            self.replica_id,
+            conn.connected_at,
+            conn.hostname,
+            conn.agent_version,
+            conn.features,
+            conn.max_message_bytes,
+        )
+        await self._writer.run(lambda c: tables.upsert_link(c, row))
+
+    async def link_down(self, conn: AgentConnection) -> None:
+        """``conn`` ended (a newer link of the server, here or elsewhere, is left alone)."""
+        await self._writer.run(
+            lambda c: tables.delete_link(c, conn.server_id, self.replica_id, conn.connected_at)
+        )
+
+    async def forward(self, server_id: str, frame: str) -> bool:
+        """Hand ``frame`` to the replica holding the server's link; whether it was stored."""
+        try:
+            await self._writer.run(lambda c: tables.put_frame(c, "frame", server_id, frame))
+        except psycopg.Error as exc:
+            log.warning("cluster.forward_failed", server_id=server_id, error=type(exc).__name__)
+            return False
+        return True
+
+    async def channel_waiting(self, channel_id: str) -> None:
+        """A client waits here for the agent's side of ``channel_id``."""
+        await self._writer.run(lambda c: tables.register_channel(c, channel_id, self.replica_id))
+
+    async def channel_done(self, channel_id: str) -> None:
+        """The channel was attached here, or abandoned."""
+        await self._writer.run(lambda c: tables.unregister_channel(c, channel_id))
+
+    async def channel_replica(self, channel_id: str) -> str | None:
+        """The internal URL of the live replica waiting for ``channel_id``."""
+        url: str | None = await self._writer.run(
+            lambda c: tables.replica_of_channel(c, channel_id, LIVENESS)
+        )
+        return url
+
+    async def answer_channel(self, channel_id: str, server_id: str, error: str) -> bool:
+        """Pass an agent's ``error`` about a channel to the replica where it is waited
+        for; whether some replica waits for it."""
+        if await self.channel_replica(channel_id) is None:
+            return False
+        body = json.dumps({"server_id": server_id, "error": error})
+        await self._writer.run(lambda c: tables.put_frame(c, "chan", channel_id, body))
+        return True
+
+    async def broadcast_revocation(self, revocation: dict[str, Any]) -> None:
+        """Tell every other replica to end what ``revocation`` covers."""
+        body = json.dumps({"origin": self.replica_id, "revocation": revocation})
+        await self._writer.run(lambda c: tables.put_frame(c, "revoke", "*", body))
+
+    def publish_wakes(self, command_ids: list[str]) -> None:
+        """Commands changed here: wake the streams of the other replicas (soon, batched)."""
+        for command_id in command_ids:
+            self._wakes[command_id] = None
+        while len(self._wakes) > MAX_PENDING_WAKES:  # oldest first; streams re-read anyway
+            del self._wakes[next(iter(self._wakes))]
+        self._wakes_ready.set()
+
+    async def _publish_wakes(self) -> None:
+        while True:
+            await self._wakes_ready.wait()
+            self._wakes_ready.clear()
+            ids, self._wakes = list(self._wakes), {}
+            notes = wake_notes(ids)
+
+            async def send(c: tables.Conn, notes: list[Note] = notes) -> None:
+                async with c.transaction():
+                    for note in notes:
+                        await tables.notify(c, note)
+
+            try:
+                await self._writer.run(send)
+            except psycopg.Error as exc:
+                log.warning("cluster.wake_failed", commands=len(ids), error=type(exc).__name__)
+
+    async def sweep(self) -> list[tuple[str, int]]:
+        """A leader's duty: drop dead replicas and stale frames; the links that ended."""
+
+        async def work(c: tables.Conn) -> list[tuple[str, int]]:
+            ended: list[tuple[str, int]] = []
+            for replica_id in await tables.dead_replicas(c, LIVENESS):
+                links = await tables.forget_replica(c, replica_id)
+                log.warning("cluster.replica_dead", replica_id=replica_id, links=len(links))
+                ended.extend(links)
+            await tables.expire_frames(c, FRAME_TTL)
+            return ended
+
+        result: list[tuple[str, int]] = await self._writer.run(work)
+        return result
+
+    # -- the bus -------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            try:
+                fresh = await self._writer.run(
+                    lambda c: tables.heartbeat(c, self.replica_id, self.internal_url)
+                )
+            except psycopg.Error as exc:
+                log.warning("cluster.heartbeat_failed", error=str(exc).strip()[:200])
+                continue
+            if fresh and self._handlers is not None:
+                # Taken for dead (a long pause): announce the links held here again.
+                log.warning("cluster.rejoined", replica_id=self.replica_id)
+                for conn in self._handlers.local_links():
+                    await self.link_up(conn)
+
+    async def _receive(self) -> None:
+        while True:
+            item = await self._bus.receive()
+            try:
+                if isinstance(item, Resync):
+                    await self._resync()
+                else:
+                    await self._handle(item)
+            except psycopg.Error as exc:
+                log.warning("cluster.note_failed", note=str(item), error=type(exc).__name__)
+
+    async def _resync(self) -> None:
+        rows = await self._writer.run(lambda c: tables.live_links(c, LIVENESS))
+        seen = set()
+        for row in rows:
+            if row.replica_id != self.replica_id:
+                self._mirror_link(row)
+                seen.add(row.server_id)
+        for server_id in [sid for sid in self._mirror if sid not in seen]:
+            self._drop(server_id)
+        log.info("cluster.resynced", remote_links=len(self._mirror))
+
+    async def _handle(self, note: Note) -> None:
+        handlers = self._handlers
+        assert handlers is not None
+        match note.kind:
+            case "frame":
+                conn = handlers.local(note.target or "")
+                if conn is None:
+                    return  # another replica's agent, or nobody's: it expires
+                body = await self._writer.run(lambda c: tables.claim_frame(c, int(note.ref)))
+                if body is not None:
+                    await conn.send_quietly(body)
+            case "chan":
+                if not handlers.waiting(note.target or ""):
+                    return
+                body = await self._writer.run(lambda c: tables.claim_frame(c, int(note.ref)))
+                if body is not None:
+                    answer = json.loads(body)
+                    await handlers.channel_answer(
+                        note.target or "", answer["server_id"], answer["error"]
+                    )
+            case "revoke":
+                body = await self._writer.run(lambda c: tables.read_frame(c, int(note.ref)))
+                if body is not None:
+                    message = json.loads(body)
+                    if message["origin"] != self.replica_id:
+                        await handlers.revoked(message["revocation"])
+            case "link":
+                if note.target == self.replica_id:
+                    return
+                row = await self._writer.run(lambda c: tables.get_link(c, note.ref))
+                if row is not None and row.replica_id == note.target:
+                    self._mirror_link(row)
+            case "unlink":
+                link = self._mirror.get(note.ref)
+                if link is not None and link.replica_id == note.target:
+                    self._drop(note.ref)
+            case "wake":
+                handlers.wake(note.ref.split(","))
+            case "down":
+                for server_id in [s for s, l in self._mirror.items() if l.replica_id == note.ref]:
+                    self._drop(server_id)
+
+    def _mirror_link(self, row: LinkRow) -> None:
+        old = self._mirror.get(row.server_id)
+        if old is not None and (old.replica_id, old.connected_at) == (
+            row.replica_id,
+            row.connected_at,
+        ):
+            return
+        self._drop(row.server_id)
+        self._mirror[row.server_id] = RemoteLink(row, row.hostname or "", self.forward)
+
+    def _drop(self, server_id: str) -> None:
+        link = self._mirror.pop(server_id, None)
+        if link is not None:
+            link.closed.set()

@@ -1,0 +1,83 @@
+"""A replica's start and its long-lived loops: the node's listening and heartbeat, and
+the periodic duties run by the one replica holding the leader lock.
+
+The duties: the scheduler (due commands), the work-session clock (starts, expiries),
+and the sweep of dead replicas (their agents' links end, their servers are marked
+disconnected). Each replica's scheduler and clock are woken by local events only, so
+the leader also pokes them every :data:`POKE` seconds: a command scheduled, or a session
+changed, on another replica is seen within that time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import structlog
+
+from fleetgate.controlplane.background import Loop
+from fleetgate.controlplane.cluster.leader import Leadership
+from fleetgate.controlplane.cluster.node import ClusterNode
+from fleetgate.controlplane.config import ControlPlaneSettings
+from fleetgate.controlplane.hub import Hub
+from fleetgate.controlplane.hub.worksessions import WorkSessionClock
+from fleetgate.controlplane.store import servers as servers_store
+
+
+__all__ = ["POKE", "cluster_loops", "libpq_url", "new_node"]
+
+log = structlog.get_logger("fleetgate.controlplane.cluster")
+
+POKE = 1.0
+"""Seconds between the leader's pokes of its scheduler and clock, and between sweeps."""
+
+
+def libpq_url(url: str) -> str:
+    """A libpq URL from a SQLAlchemy one (``postgresql+psycopg://`` -> ``postgresql://``)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.split("+")[0] not in {"postgresql", "postgres"}:
+        raise ValueError("cluster_database_url: must be a postgresql:// URL")
+    return f"postgresql://{rest}"
+
+
+def new_node(settings: ControlPlaneSettings) -> ClusterNode:
+    """This process's node (``cluster_database_url`` must be set)."""
+    assert settings.cluster_database_url is not None
+    replica_id = settings.replica_id or uuid.uuid4().hex[:12]
+    return ClusterNode(libpq_url(settings.cluster_database_url), replica_id, settings.replica_url)
+
+
+def cluster_loops(node: ClusterNode, hub: Hub, clock: WorkSessionClock) -> dict[str, Loop]:
+    """The replica's loops, for ``run_in_background`` (instead of a single process's
+    scheduler and clock)."""
+    assert hub.bridge is not None
+    bridge = hub.bridge
+
+    async def duties() -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(hub.scheduler.run(), name="scheduler")
+            tg.create_task(clock.run(), name="work-session-clock")
+            tg.create_task(_sweep_and_poke(node, hub, clock), name="cluster-sweep")
+
+    leadership = Leadership(node.conninfo, duties)
+
+    async def listen() -> None:
+        await node.run(bridge)
+
+    return {"cluster": listen, "leader": leadership.run}
+
+
+async def _sweep_and_poke(node: ClusterNode, hub: Hub, clock: WorkSessionClock) -> None:
+    while True:
+        hub.scheduler.wake()
+        clock.wake()
+        for server_id, connected_at in await node.sweep():
+            row = await hub.db.read(servers_store.get_server, server_id)
+            last_seen = connected_at if row is None else (row.last_seen_at or connected_at)
+            await hub.db.write(
+                servers_store.mark_disconnected,
+                server_id,
+                connected_at=connected_at,
+                last_seen_at=last_seen,
+            )
+        await asyncio.sleep(POKE)
