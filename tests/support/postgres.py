@@ -44,7 +44,9 @@ def find_bin_dir() -> Path:
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
     )
     if not majors:
-        raise PostgresUnavailable("PostgreSQL server binaries not found (apt-get install postgresql)")
+        raise PostgresUnavailable(
+            "PostgreSQL server binaries not found (apt-get install postgresql)"
+        )
     return majors[-1]
 
 
