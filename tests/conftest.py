@@ -11,12 +11,13 @@ marker, so a test that needs root cannot forget it.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 
 import pytest
 
 from tests.support import users
 from tests.support.fuzz import CASES
+from tests.support.postgres import PostgresCluster, PostgresUnavailable, postgres_cluster
 
 
 IS_ROOT = os.geteuid() == 0
@@ -56,3 +57,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_sep("-", f"structured fuzz: {total} cases")
     for name, number in sorted(CASES.items()):
         terminalreporter.write_line(f"{number:>7}  {name}")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresCluster]:
+    """One throw-away PostgreSQL cluster for the whole run (``tests/support/postgres.py``);
+    each test makes its own database with ``create_database()``. Without PostgreSQL the
+    tests that need it skip, except under ``CI=true`` where they fail."""
+    try:
+        cluster = postgres_cluster()
+        pg = cluster.__enter__()
+    except PostgresUnavailable as exc:
+        if UNDER_CI:
+            pytest.fail(f"PostgreSQL is required under CI=true: {exc}")
+        pytest.skip(str(exc))
+    try:
+        yield pg
+    finally:
+        cluster.__exit__(None, None, None)

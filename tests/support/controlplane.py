@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ import httpx
 from pydantic import BaseModel
 from websockets.asyncio.client import ClientConnection, connect as ws_connect
 
+from fleetgate.controlplane.store.engine import sqlite_url
 from fleetgate.shared.protocol import (
     Confirm,
     Hello,
@@ -90,7 +91,8 @@ class ControlPlaneProcess:
     Attributes:
         url: base URL, ``http://127.0.0.1:PORT`` (no trailing slash).
         admin_token: an API token of the superuser ``admin``.
-        db_path: the SQLite database file.
+        db_path: the SQLite database file (on PostgreSQL: where the key files live).
+        database_url: the database it serves (SQLite's file, or a PostgreSQL database).
         process: the running ``subprocess.Popen`` (replaced by :meth:`restart`).
         log_path: file receiving the subprocess's stdout and stderr.
     """
@@ -107,6 +109,7 @@ class ControlPlaneProcess:
         self.workdir = workdir
         self.tls = tls
         self.db_path = db_path
+        self.database_url = env.get("CONTROLPLANE_DATABASE_URL") or sqlite_url(db_path)
         self.admin_token = admin_token
         self.log_path = workdir / "controlplane.log"
         self.port_file = workdir / "controlplane.port"
@@ -255,24 +258,49 @@ class ControlPlaneProcess:
         return data[-max_bytes:].decode("utf-8", "replace")
 
 
+_database: Callable[[], str] | None = None
+
+
+@contextmanager
+def databases(factory: Callable[[], str] | None) -> Iterator[None]:
+    """Within the block, every control plane started without a ``database_url`` serves a
+    fresh database from ``factory`` (``None``: its SQLite file); how the test suites run
+    the same tests on both backends (``tests/support/database.py``)."""
+    global _database
+    previous, _database = _database, factory
+    try:
+        yield
+    finally:
+        _database = previous
+
+
 def start_control_plane(
     workdir: Path,
     *,
     env: Mapping[str, str] | None = None,
     start_timeout: float = START_TIMEOUT,
     tls: TlsFiles | None = None,
+    database_url: str | None = None,
 ) -> ControlPlaneProcess:
     """Bootstrap a database in ``workdir`` and start a control plane on a free port.
 
     ``env`` adds environment variables to the subprocess, for example
     ``{"CONTROLPLANE_AGENT_IDLE_TIMEOUT": "1"}``; ``tls`` serves ``https://`` with that
-    certificate (see ``tests/support/tls.py``). The caller must :meth:`stop` or
-    :meth:`kill` it (or use :func:`running_control_plane`).
+    certificate (see ``tests/support/tls.py``); ``database_url`` a database other than
+    the SQLite file in ``workdir`` (default: from :func:`databases`, if any). The caller
+    must :meth:`stop` or :meth:`kill` it (or use :func:`running_control_plane`).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     db_path = workdir / "controlplane.db"
     token_file = workdir / "admin.token"
+    url_file = workdir / "database.url"
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if database_url is None and "CONTROLPLANE_DATABASE_URL" not in full_env:
+        # Restarting in the same folder finds the same database again.
+        database_url = _read_text(url_file).strip() or (None if _database is None else _database())
+    if database_url is not None:
+        url_file.write_text(database_url + "\n", encoding="utf-8")
+        full_env["CONTROLPLANE_DATABASE_URL"] = database_url
     full_env.setdefault("CONTROLPLANE_LOG_FORMAT", "json")
     log_path = workdir / "controlplane.log"
     if not token_file.exists():
@@ -295,10 +323,14 @@ def start_control_plane(
 
 @contextmanager
 def running_control_plane(
-    workdir: Path, *, env: Mapping[str, str] | None = None, tls: TlsFiles | None = None
+    workdir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    tls: TlsFiles | None = None,
+    database_url: str | None = None,
 ) -> Iterator[ControlPlaneProcess]:
     """Context manager around :func:`start_control_plane` that always kills it at the end."""
-    cp = start_control_plane(workdir, env=env, tls=tls)
+    cp = start_control_plane(workdir, env=env, tls=tls, database_url=database_url)
     try:
         yield cp
     finally:

@@ -130,6 +130,6 @@ def postgres_cluster() -> Iterator[PostgresCluster]:
         subprocess.run(
             _as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "stop"],
                          uid, gid),
-            capture_output=True, env=env, timeout=START_TIMEOUT,
+            check=False, capture_output=True, env=env, timeout=START_TIMEOUT,
         )  # fmt: skip
         shutil.rmtree(root, ignore_errors=True)

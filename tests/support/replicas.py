@@ -1,9 +1,9 @@
 """Several control-plane replicas on one database, for the cluster tests.
 
-The first replica bootstraps the database (admin user and token) like
+The first replica bootstraps the PostgreSQL database (admin user and token) like
 :func:`tests.support.controlplane.start_control_plane`; the others serve the same
-database and keys. All share one PostgreSQL database for their coordination
-(``CONTROLPLANE_CLUSTER_DATABASE_URL``).
+database (``CONTROLPLANE_DATABASE_URL``, ``CONTROLPLANE_CLUSTER=true``) with the same
+signing and SSH CA keys (the files beside the first one's ``db_path``).
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ __all__ = ["replica_env", "running_replicas", "start_replica"]
 
 
 def replica_env(
-    cluster_url: str, name: str, extra: Mapping[str, str] | None = None
+    database_url: str, name: str, extra: Mapping[str, str] | None = None
 ) -> dict[str, str]:
-    """The environment of replica ``name`` of the cluster on ``cluster_url``."""
+    """The environment of replica ``name`` of the cluster on ``database_url``."""
     return {
-        "CONTROLPLANE_CLUSTER_DATABASE_URL": cluster_url,
+        "CONTROLPLANE_DATABASE_URL": database_url,
+        "CONTROLPLANE_CLUSTER": "true",
         "CONTROLPLANE_REPLICA_ID": name,
         **(extra or {}),
     }
@@ -58,7 +59,10 @@ def running_replicas(
     """``count`` replicas named ``a``, ``b``...; all stopped at the end."""
     names = "abcdefgh"[:count]
     first = start_control_plane(
-        root / names[0], env=replica_env(cluster_url, names[0], extra), tls=tls
+        root / names[0],
+        env=replica_env(cluster_url, names[0], extra),
+        tls=tls,
+        database_url=cluster_url,
     )
     replicas = [first]
     try:

@@ -60,11 +60,11 @@ def create_app(
         # Closed in reverse order: open channels and agents first, then the background
         # loops, then the database.
         async with AsyncExitStack() as stack:
-            db = Database(settings.db_path)
+            db = Database(settings.database)
             await db.open()
             stack.push_async_callback(db.close)
             node = None
-            if settings.cluster_database_url is None:
+            if not settings.cluster:
                 await db.write(servers_store.reset_connections)
             else:
                 # A replica: the other replicas' agents stay connected; those of dead

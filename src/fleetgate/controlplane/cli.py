@@ -17,7 +17,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from fleetgate.controlplane.config import ControlPlaneSettings
-from fleetgate.controlplane.store import connect, transaction, users as users_store
+from fleetgate.controlplane.store import (
+    StoreError,
+    connect,
+    open_engine,
+    transaction,
+    users as users_store,
+)
+from fleetgate.controlplane.store.engine import safe_url
+from fleetgate.controlplane.store.migrate import current_revision
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.shared import logs
 from fleetgate.shared.atomic import atomic_write
@@ -52,6 +60,7 @@ class SettingsError(FleetgateError):
 
 _FLAG_SETTINGS = {
     "db": "db_path",
+    "database_url": "database_url",
     "host": "host",
     "port": "port",
     "tls_cert": "tls_cert",
@@ -98,6 +107,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except TlsSetupError as exc:
             _err(f"error: {exc}")
             return 2
+    try:
+        # Reachable, the login accepted, the schema migrated: or one line and exit 78.
+        open_engine(settings.database).dispose()
+    except StoreError as exc:
+        _err(f"error: {exc}")
+        return 78
     raise_open_files_limit()  # one socket per connected agent
     try:
         sock = bind_socket(settings.host, settings.port)
@@ -141,7 +156,7 @@ def cmd_user_create(args: argparse.Namespace) -> int:
         password_hash = users_store.hash_password(password)
     elif args.password_prompt:
         password_hash = users_store.hash_password(getpass.getpass("Password: "))
-    conn = connect(settings.db_path)
+    conn = connect(settings.database)
     try:
         with transaction(conn):
             user = users_store.create_user(
@@ -172,7 +187,7 @@ def cmd_user_active(args: argparse.Namespace) -> int:
     """
     settings = _settings(args)
     active = args.action == "enable"
-    conn = connect(settings.db_path)
+    conn = connect(settings.database)
     try:
         with transaction(conn):
             found = users_store.get_user_by_username(conn, args.username)
@@ -189,7 +204,7 @@ def cmd_user_active(args: argparse.Namespace) -> int:
 def cmd_token_create(args: argparse.Namespace) -> int:
     """Create an API token for a user, or a service token."""
     settings = _settings(args)
-    conn = connect(settings.db_path)
+    conn = connect(settings.database)
     try:
         with transaction(conn):
             if args.user is not None:
@@ -220,6 +235,22 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    """Migrate the database to this control plane's schema (``serve`` does it too)."""
+    settings = _settings(args)
+    logs.configure(settings.log_level, settings.log_format)
+    engine = open_engine(settings.database, migrate=False)
+    try:
+        before = current_revision(engine)
+        engine.dispose()
+        engine = open_engine(settings.database)
+        after = current_revision(engine)
+    finally:
+        engine.dispose()
+    _out(f"{safe_url(settings.database)}: revision {before or 'none'} -> {after}")
+    return 0
+
+
 # -- argument parsing ------------------------------------------------------------------
 
 
@@ -229,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the control plane")
-    serve.add_argument("--db", type=Path, help="SQLite database (env CONTROLPLANE_DB_PATH)")
+    _database_flags(serve)
     serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000; 0: any free port)")
     serve.add_argument("--port-file", type=Path, help="write the real port here once listening")
@@ -257,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     pw = user_create.add_mutually_exclusive_group()
     pw.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     pw.add_argument("--password-prompt", action="store_true", help="prompt for the password")
-    user_create.add_argument("--db", type=Path)
+    _database_flags(user_create)
     user_create.set_defaults(func=cmd_user_create)
     for action, words in (
         ("disable", "disable a user: their tokens stop working"),
@@ -265,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         toggle = user.add_parser(action, help=words)
         toggle.add_argument("username")
-        toggle.add_argument("--db", type=Path)
+        _database_flags(toggle)
         toggle.set_defaults(func=cmd_user_active)
 
     token = sub.add_parser("token", help="manage tokens").add_subparsers(
@@ -278,8 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("--name", help="the token's name")
     token_create.add_argument("--acl", action="append", help="allowed command pattern (repeatable)")
     token_create.add_argument("--file", type=Path, help="write the key here (0600)")
-    token_create.add_argument("--db", type=Path)
+    _database_flags(token_create)
     token_create.set_defaults(func=cmd_token_create)
+
+    db = sub.add_parser("db", help="the database").add_subparsers(dest="action", required=True)
+    db_upgrade = db.add_parser("upgrade", help="migrate the database to this version's schema")
+    _database_flags(db_upgrade)
+    db_upgrade.set_defaults(func=cmd_db_upgrade)
 
     dev = sub.add_parser("dev", help="control plane + local agent for development")
     dev.add_argument("--host", default="127.0.0.1")
@@ -287,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--dir", type=Path, default=Path(".dev"))
     dev.set_defaults(func=_cmd_dev)
     return parser
+
+
+def _database_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--db", type=Path, help="SQLite database file (env CONTROLPLANE_DB_PATH)")
+    parser.add_argument(
+        "--database-url",
+        help="sqlite:///path or postgresql+psycopg://user:password@host/db, instead of --db "
+        "(env CONTROLPLANE_DATABASE_URL)",
+    )
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -303,5 +348,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         _err(f"error: {exc}")
         return 2
+    except StoreError as exc:  # unreachable, login refused, schema newer: one line
+        _err(f"error: {exc}")
+        return 78
     except KeyboardInterrupt:
         return 130

@@ -5,9 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, IPvAnyNetwork, model_validator
+from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from fleetgate.controlplane.store.engine import (
+    InvalidDatabaseUrl,
+    backend_of,
+    parse_url,
+    sqlite_url,
+)
 from fleetgate.shared.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -17,10 +23,21 @@ __all__ = ["ControlPlaneSettings"]
 class ControlPlaneSettings(BaseSettings):
     """Everything the control plane needs to run; each field is ``CONTROLPLANE_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="CONTROLPLANE_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="CONTROLPLANE_",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,  # database_url may hold a password
+    )
 
     db_path: Path = Path("controlplane.db")
-    """The SQLite database file (created on first start)."""
+    """The SQLite database file (created on first start) when ``database_url`` is not
+    set; the grant-signing and SSH CA keys live beside it (``<db_path>.signing-key``)
+    whichever database is used."""
+    database_url: str | None = None
+    """The database, as a SQLAlchemy URL: ``sqlite:///path`` (the embedded default) or
+    ``postgresql+psycopg://user:password@host:port/database`` (``docs/database.md``).
+    Checked at start; its password is never logged."""
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     public_url: str | None = None
@@ -50,11 +67,10 @@ class ControlPlaneSettings(BaseSettings):
     """PEM certificate (chain) to serve HTTPS and ``wss://`` with; needs ``tls_key``."""
     tls_key: Path | None = None
     """PEM private key of ``tls_cert``; must not be readable by group or others."""
-    cluster_database_url: str | None = None
-    """The PostgreSQL database the replicas of one control plane share for their
-    coordination (``postgresql://`` or SQLAlchemy's ``postgresql+psycopg://``). Set, this
-    process is one replica: agents may be linked to any replica, and what is submitted
-    here reaches them (``docs/replicas.md``)."""
+    cluster: bool = False
+    """This process is one replica of several on the same ``database_url`` (PostgreSQL):
+    agents may be linked to any replica and what is submitted to one reaches them
+    (``docs/replicas.md``)."""
     replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
     """This replica's name among the others (default: a random one per start)."""
     internal_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+/?$")
@@ -72,13 +88,32 @@ class ControlPlaneSettings(BaseSettings):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         return self
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        try:
+            parse_url(value)
+        except InvalidDatabaseUrl as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @property
+    def database(self) -> str:
+        """The database URL in use: ``database_url``, or the SQLite file ``db_path``."""
+        return self.database_url or sqlite_url(self.db_path)
+
     @model_validator(mode="after")
-    def _reachable_replica(self) -> Self:
-        if (
-            self.cluster_database_url is not None
-            and self.internal_url is None
-            and self.host in {"0.0.0.0", "::", ""}
-        ):
+    def _replica(self) -> Self:
+        if not self.cluster:
+            return self
+        if self.database_url is None or backend_of(parse_url(self.database_url)) != "postgresql":
+            raise ValueError(
+                "cluster: replicas share one PostgreSQL database: set database_url to a "
+                "postgresql+psycopg:// URL"
+            )
+        if self.internal_url is None and self.host in {"0.0.0.0", "::", ""}:
             raise ValueError(
                 "internal_url: a replica listening on a wildcard address must say where "
                 "the other replicas reach it"

@@ -8,12 +8,12 @@ registration response returns as ``signing_public_key``. Grant format: ``docs/pr
 from __future__ import annotations
 
 import base64
-import sqlite3
 import stat
 from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
+import sqlalchemy
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -142,7 +142,7 @@ class SignedOperation:
 
 
 def gate_and_sign(
-    conn: sqlite3.Connection,
+    conn: sqlalchemy.Connection,
     principal: Principal,
     signer: GrantSigner,
     *,

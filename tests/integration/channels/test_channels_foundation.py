@@ -44,6 +44,10 @@ from fleetgate.shared.protocol import ChannelOpen, GrantClaims, TunnelSpec, cont
 from fleetgate.shared.protocol.grants import decode_payload, parse_claims
 from tests.support.agent import write_agent_config
 from tests.support.controlplane import running_control_plane
+from tests.support.database import backend
+
+
+__all__ = ["backend"]  # the relay's tests run on SQLite and on PostgreSQL
 from tests.support.waiting import eventually
 
 

@@ -1,18 +1,17 @@
-"""Fixtures of the replica tests: one throw-away PostgreSQL cluster for the module."""
+"""Fixtures of the replica tests: the session's throw-away PostgreSQL cluster."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
-from tests.support.postgres import PostgresCluster, postgres_cluster
+from tests.support.postgres import PostgresCluster
 
 
 @pytest.fixture(scope="module")
-def pg() -> Iterator[PostgresCluster]:
-    with postgres_cluster() as cluster:
-        yield cluster
+def pg(postgres: PostgresCluster) -> PostgresCluster:
+    """The session's cluster (``tests/conftest.py``: skipped without PostgreSQL, except
+    under CI)."""
+    return postgres
 
 
 @pytest.fixture

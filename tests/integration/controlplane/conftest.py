@@ -3,6 +3,10 @@
 Example for other test suites::
 
     from tests.support.controlplane import ControlPlaneProcess, Server, running_control_plane
+from tests.support.database import backend
+
+
+__all__ = ["admin", "backend", "control_plane", "control_plane_factory", "server"]
 
     @pytest.fixture
     def control_plane(tmp_path: Path) -> Iterator[ControlPlaneProcess]:
@@ -21,11 +25,18 @@ import httpx
 import pytest
 
 from tests.support.controlplane import ControlPlaneProcess, Server, running_control_plane
+from tests.support.database import backend
+
+
+__all__ = ["admin", "backend", "control_plane", "control_plane_factory", "server"]
 
 
 @pytest.fixture(scope="module")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlaneProcess]:
-    """One control plane per test module (tests isolate themselves with fresh servers)."""
+def control_plane(
+    tmp_path_factory: pytest.TempPathFactory, backend: str
+) -> Iterator[ControlPlaneProcess]:
+    """One control plane per test module and backend (tests isolate themselves with fresh
+    servers)."""
     with running_control_plane(tmp_path_factory.mktemp("controlplane")) as cp:
         yield cp
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import sqlite3
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +21,12 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from pydantic import TypeAdapter
+from sqlalchemy import select
 from websockets.sync.client import ClientConnection, connect as sync_connect
 
 from fleetgate.controlplane.store.commands import NewCommand, insert_command
 from fleetgate.controlplane.store.db import connect, transaction
+from fleetgate.controlplane.store.tables import commands
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.shared.protocol import (
     AgentMessage,
@@ -90,7 +91,7 @@ def _store_old_command(cp: ControlPlaneProcess, server: Server, env: dict[str, s
     """Insert a command as an older control plane (without today's limits) stored it."""
     command_id = str(uuid.uuid4())
     now = now_us()
-    conn = connect(cp.db_path)
+    conn = connect(cp.database_url)
     try:
         with transaction(conn):
             new = NewCommand(
@@ -124,12 +125,12 @@ async def _wait_final(admin: httpx.Client, command_id: str, timeout: float = 30)
 
 
 def _stored_env(cp: ControlPlaneProcess, command_id: str) -> str:
-    conn = sqlite3.connect(cp.db_path)
+    conn = connect(cp.database_url)
     try:
-        row = conn.execute("SELECT env FROM commands WHERE id = ?", (command_id,)).fetchone()
+        env = conn.execute(select(commands.c.env).where(commands.c.id == command_id)).scalar_one()
     finally:
         conn.close()
-    return str(row[0])
+    return str(env)
 
 
 async def _post(admin: httpx.Client, url: str, **kwargs: Any) -> httpx.Response:

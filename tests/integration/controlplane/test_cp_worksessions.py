@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
 import stat
 import time
 import uuid
@@ -16,8 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from fleetgate.agent.policy import load_public_key, verify_grant
+from fleetgate.controlplane.store import connect
+from fleetgate.controlplane.store.tables import work_sessions
 from fleetgate.shared.protocol import CommandRun, content_digest
 from tests.support.accounts import new_login
 from tests.support.controlplane import ControlPlaneProcess, FakeAgent, Server
@@ -296,12 +298,10 @@ async def test_a_session_expires_at_its_end(
         # The control plane's clock task persists the expiry without anybody reading it
         # (an API read would settle it by itself): look at the stored row, read-only.
         def stored_status() -> str:
-            uri = f"file:{control_plane.db_path}?mode=ro"
-            with contextlib.closing(sqlite3.connect(uri, uri=True)) as db:
-                row = db.execute(
-                    "SELECT status FROM work_sessions WHERE id = ?", (session["id"],)
-                ).fetchone()
-            return str(row[0])
+            with contextlib.closing(connect(control_plane.database_url)) as db:
+                ws = work_sessions.c
+                status = db.execute(select(ws.status).where(ws.id == session["id"])).scalar_one()
+            return str(status)
 
         await eventually(lambda: stored_status() == "expired", 10, "the clock task's expiry")
         expired = admin.get(f"{SESSIONS}{session['id']}/").json()

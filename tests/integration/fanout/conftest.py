@@ -13,6 +13,10 @@ import pytest
 
 from tests.support.agent import AgentProcess, start_agent
 from tests.support.controlplane import ControlPlaneProcess, running_control_plane
+from tests.support.database import backend
+
+
+__all__ = ["backend"]  # every fan-out test runs on SQLite and on PostgreSQL
 
 
 WEB = ("web-01", "web-02")
@@ -54,7 +58,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, backend: str) -> Iterator[Fleet]:
     """A control plane with agents web-01, web-02 (role=web) and db-01 (role=db)."""
     root = tmp_path_factory.mktemp("fanout")
     with running_control_plane(root / "cp") as cp:

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy import select
+
 from fleetgate.controlplane.acl import TokenAcl
-from fleetgate.controlplane.store import connect, transaction, users
-from fleetgate.controlplane.store.schema import _MIGRATIONS, SCHEMA_VERSION
+from fleetgate.controlplane.store import connect, tables, transaction, users
+from fleetgate.controlplane.store.migrate import ALEMBIC_MARK, current_revision, head_revision
+from fleetgate.controlplane.store.schema import _MIGRATIONS
 
 
 T0 = 1_705_314_645_000_000
@@ -49,8 +52,11 @@ def test_v6_gates_the_old_self_minted_tokens_and_keeps_acls(tmp_path: Path) -> N
     old.close()
     conn = connect(path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
-        found = {r["id"]: users.TokenRow.from_row(r) for r in conn.execute("SELECT * FROM tokens")}
+        # The old migrations ran to 9, then Alembic took over from its baseline.
+        assert conn.exec_driver_sql("PRAGMA user_version").scalar() == ALEMBIC_MARK
+        assert current_revision(conn.engine) == head_revision()
+        stored = conn.execute(select(tables.tokens)).mappings()
+        found = {r["id"]: users.TokenRow.from_row(r) for r in stored}
         assert {k: t.gated for k, t in found.items()} == {
             "a": False,
             "b": True,

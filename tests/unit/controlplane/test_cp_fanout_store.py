@@ -3,17 +3,13 @@ and labels, the aggregated counts and paged results, and batched report storage.
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
+from sqlalchemy import Connection
 
 from fleetgate.controlplane.store import (
     commands,
-    connect,
     fanouts,
     reports as reports_store,
     servers,
@@ -28,14 +24,7 @@ from fleetgate.shared.protocol import CommandAcked, CommandFinished
 T0 = 1_705_314_645_000_000
 
 
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    c = connect(tmp_path / "cp.db")
-    yield c
-    c.close()
-
-
-def _servers(conn: sqlite3.Connection, *names: str) -> dict[str, str]:
+def _servers(conn: Connection, *names: str) -> dict[str, str]:
     ids = {}
     with transaction(conn):
         for name in names:
@@ -45,7 +34,7 @@ def _servers(conn: sqlite3.Connection, *names: str) -> dict[str, str]:
     return ids
 
 
-def test_resolve_refs_by_name_and_id(conn: sqlite3.Connection) -> None:
+def test_resolve_refs_by_name_and_id(conn: Connection) -> None:
     ids = _servers(conn, "web-01", "web-02", "db-01")
     found, missing = fanouts.resolve_refs(
         conn, ["web-02", ids["db-01"], "nope", "web-02", str(uuid.uuid4())]
@@ -55,7 +44,7 @@ def test_resolve_refs_by_name_and_id(conn: sqlite3.Connection) -> None:
     assert len(missing) == 2
 
 
-def test_labels_agent_then_operator(conn: sqlite3.Connection) -> None:
+def test_labels_agent_then_operator(conn: Connection) -> None:
     ids = _servers(conn, "web-01", "web-02", "db-01")
     with transaction(conn):
         for name, role in (("web-01", "web"), ("web-02", "web"), ("db-01", "db")):
@@ -81,7 +70,7 @@ def test_labels_agent_then_operator(conn: sqlite3.Connection) -> None:
     assert [t.name for t in selected] == ["web-01", "web-02"]
 
 
-def test_counts_results_and_batched_reports(conn: sqlite3.Connection) -> None:
+def test_counts_results_and_batched_reports(conn: Connection) -> None:
     ids = _servers(conn, "a", "b", "c")
     command_ids = {}
     with transaction(conn):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from sqlalchemy import Dialect, select
+from sqlalchemy.dialects import postgresql, sqlite
 
 from fleetgate.controlplane.api.pagination import page_links
 from fleetgate.controlplane.api.params import Page, parse_bool, parse_command_filter, parse_page
@@ -13,6 +17,15 @@ from fleetgate.controlplane.store.queries import (
     build_command_query,
     order_by_clause,
 )
+
+
+PG_DIALECT: Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _sql(stmt: Any, dialect: Dialect | None = None) -> tuple[str, dict[str, Any]]:
+    """A statement's SQL text (SQLite's unless told) and its bound values."""
+    compiled = stmt.compile(dialect=dialect or sqlite.dialect())
+    return " ".join(str(compiled).split()), dict(compiled.params)
 
 
 SID = "7e3984de-49ab-4cc6-bcdf-21fbd35858b8"
@@ -120,11 +133,14 @@ def test_parse_bool(value: str, expected: bool) -> None:
 
 @pytest.mark.parametrize("field", ORDERING_FIELDS)
 def test_order_by_every_field(field: str) -> None:
-    assert order_by_clause(field) == (
-        f"ORDER BY c.{field} ASC NULLS LAST, c.added_at DESC, c.id ASC"
+    def order(ordering: str) -> str:
+        return _sql(select(1).order_by(*order_by_clause(ordering)))[0].split("ORDER BY ")[1]
+
+    assert (
+        order(field) == f"commands.{field} ASC NULLS LAST, commands.added_at DESC, commands.id ASC"
     )
-    assert order_by_clause("-" + field) == (
-        f"ORDER BY c.{field} DESC NULLS LAST, c.added_at DESC, c.id ASC"
+    assert order("-" + field) == (
+        f"commands.{field} DESC NULLS LAST, commands.added_at DESC, commands.id ASC"
     )
 
 
@@ -135,12 +151,14 @@ def test_order_by_refuses_unknown_fields() -> None:
 
 def test_query_without_filters() -> None:
     q = build_command_query(CommandFilter(), now=5, visible_to=None, limit=15, offset=30)
-    assert " WHERE " not in q.select
-    assert q.select.endswith(
-        "ORDER BY c.scheduled_at DESC NULLS LAST, c.added_at DESC, c.id ASC LIMIT ? OFFSET ?"
+    text, params = _sql(q.select)
+    assert " WHERE " not in text
+    assert text.endswith(
+        "ORDER BY commands.scheduled_at DESC NULLS LAST, commands.added_at DESC, "
+        "commands.id ASC LIMIT ? OFFSET ?"
     )
-    assert q.select_params == (15, 30)
-    assert q.count_params == ()
+    assert sorted(params.values()) == [15, 30]
+    assert _sql(q.count)[1] == {}
 
 
 def test_query_with_every_filter() -> None:
@@ -154,23 +172,34 @@ def test_query_with_every_filter() -> None:
         ordering="added_at",
     )
     q = build_command_query(flt, now=99, visible_to=7, limit=10, offset=0)
-    where = q.count.split(" WHERE ", 1)[1]
-    assert where.startswith("c.requested_by = ? AND c.server_id = ? AND c.shell = ?")
-    assert "c.requested_by IS NOT NULL" in where
-    assert "c.scheduled_at > ?" in where
-    assert "cp_casefold(s.name)" in where
-    assert "cp_casefold(c.line)" in where
-    assert "cp_casefold(COALESCE(u.username, ''))" in where
-    assert q.count_params == (7, SID, "system", 3, 99, "web", "web", "web")
-    assert q.select_params == (*q.count_params, 10, 0)
+    text, params = _sql(q.count)
+    where = text.split(" WHERE ", 1)[1]
+    assert where.startswith(
+        "commands.requested_by = ? AND commands.server_id = ? AND commands.shell = ?"
+    )
+    assert "commands.requested_by IS NOT NULL" in where
+    assert "commands.scheduled_at > ?" in where
+    # Both sides are folded by the database: cp_casefold (Python's) on SQLite ...
+    assert "instr(cp_casefold(servers.name), cp_casefold(?)) > 0" in where
+    assert "instr(cp_casefold(commands.line), cp_casefold(?)) > 0" in where
+    assert "instr(cp_casefold(coalesce(u.username, ?)), cp_casefold(?)) > 0" in where
+    assert sorted(map(str, params.values())) == sorted(
+        map(str, [7, SID, "system", 3, 99, "", "WeB"])
+    )
+    # ... lower() on PostgreSQL.
+    pg_where = _sql(q.count, PG_DIALECT)[0].split(" WHERE ", 1)[1]
+    assert "strpos(lower(commands.line), lower(" in pg_where
+    assert "cp_casefold" not in pg_where
+    assert len(_sql(q.select)[1]) == len(params) + 2  # limit, offset
 
 
 def test_query_is_scheduled_false_and_isnull_true() -> None:
     flt = CommandFilter(is_scheduled=False, requested_by_isnull=True)
     q = build_command_query(flt, now=42, visible_to=None, limit=1, offset=0)
-    assert "c.scheduled_at <= ?" in q.count
-    assert "c.requested_by IS NULL" in q.count
-    assert q.count_params == (42,)
+    text, params = _sql(q.count)
+    assert "commands.scheduled_at <= ?" in text
+    assert "commands.requested_by IS NULL" in text
+    assert list(params.values()) == [42]
 
 
 def test_values_never_reach_the_sql_text() -> None:
@@ -178,8 +207,9 @@ def test_values_never_reach_the_sql_text() -> None:
     q = build_command_query(
         CommandFilter(search=evil, shell=evil), now=0, visible_to=None, limit=1, offset=0
     )
-    assert "DROP" not in q.select
-    assert evil in q.select_params
+    text, params = _sql(q.select)
+    assert "DROP" not in text
+    assert evil in params.values()
 
 
 BASE = "http://cp.example/api/events/commands/"

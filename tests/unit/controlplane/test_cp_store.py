@@ -2,25 +2,24 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
+from sqlalchemy import Connection, select
 
 from fleetgate.controlplane.store import (
     commands,
     connect,
     reports as reports_store,
     servers,
+    tables,
     transaction,
     users,
 )
 from fleetgate.controlplane.store.commands import CancelOutcome, NewCommand
+from fleetgate.controlplane.store.migrate import ALEMBIC_MARK, current_revision, head_revision
 from fleetgate.controlplane.store.queries import CommandFilter
-from fleetgate.controlplane.store.schema import SCHEMA_VERSION
 from fleetgate.controlplane.timeutil import from_us, iso, to_us
 from fleetgate.shared.protocol import (
     CommandAcked,
@@ -35,14 +34,7 @@ S = 1_000_000
 T0 = 1_705_314_645 * S
 
 
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    c = connect(tmp_path / "cp.db")
-    yield c
-    c.close()
-
-
-def _server(conn: sqlite3.Connection, name: str = "web-01") -> tuple[str, str]:
+def _server(conn: Connection, name: str = "web-01") -> tuple[str, str]:
     with transaction(conn):
         created = servers.register_server(conn, name, now=T0)
     assert created is not None
@@ -50,7 +42,7 @@ def _server(conn: sqlite3.Connection, name: str = "web-01") -> tuple[str, str]:
 
 
 def _command(
-    conn: sqlite3.Connection,
+    conn: Connection,
     server_id: str,
     *,
     line: str = "uname -a",
@@ -77,17 +69,33 @@ def _command(
     return cmd.id
 
 
-def test_pragmas(conn: sqlite3.Connection) -> None:
-    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
-    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+def test_pragmas(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "cp.db")
+    assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+    assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
+    assert conn.exec_driver_sql("PRAGMA secure_delete").scalar() == 1
+    conn.close()
+    conn.engine.dispose()
+    assert (tmp_path / "cp.db").stat().st_mode & 0o777 == 0o600
 
 
-def test_reconnect_keeps_schema(tmp_path: Path) -> None:
-    connect(tmp_path / "x.db").close()
-    c = connect(tmp_path / "x.db")
-    assert c.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+def test_reconnect_keeps_schema(database_url: str) -> None:
+    connect(database_url).close()
+    c = connect(database_url)
+    assert current_revision(c.engine) == head_revision()
+    if c.dialect.name == "sqlite":
+        assert c.exec_driver_sql("PRAGMA user_version").scalar() == ALEMBIC_MARK
     c.close()
+    c.engine.dispose()
+
+
+def _dump(conn: Connection) -> str:
+    """Every value of every table, as text (what a stolen database would show)."""
+    out: list[str] = []
+    for table in tables.metadata.sorted_tables:
+        out.extend(repr(tuple(row)) for row in conn.execute(select(table)))
+    return "\n".join(out)
 
 
 def test_timestamps_roundtrip() -> None:
@@ -108,13 +116,13 @@ def test_passwords_and_keys() -> None:
     assert users.hash_password("s3cret") != stored  # per-user salt
 
 
-def test_tokens_are_stored_hashed(conn: sqlite3.Connection) -> None:
+def test_tokens_are_stored_hashed(conn: Connection) -> None:
     with transaction(conn):
         user = users.create_user(conn, "alice", now=T0)
         assert user is not None
         token, key = users.create_token(conn, kind="api", name="t", user_id=user.id, now=T0)
     assert key.startswith("fat_")
-    dump = "\n".join(conn.iterdump())
+    dump = _dump(conn)
     assert key not in dump
     found = users.lookup_token(conn, key, now=T0)
     assert found is not None
@@ -124,7 +132,7 @@ def test_tokens_are_stored_hashed(conn: sqlite3.Connection) -> None:
     assert users.lookup_token(conn, key + "x", now=T0) is None
 
 
-def test_expired_token_is_refused(conn: sqlite3.Connection) -> None:
+def test_expired_token_is_refused(conn: Connection) -> None:
     with transaction(conn):
         _t, key = users.create_token(
             conn, kind="service", name="s", user_id=None, service_name="ci", expires_at=T0, now=T0
@@ -133,9 +141,9 @@ def test_expired_token_is_refused(conn: sqlite3.Connection) -> None:
     assert users.lookup_token(conn, key, now=T0) is None
 
 
-def test_server_keys(conn: sqlite3.Connection) -> None:
+def test_server_keys(conn: Connection) -> None:
     sid, key = _server(conn)
-    assert key not in "\n".join(conn.iterdump())
+    assert key not in _dump(conn)
     assert servers.authenticate(conn, sid, key) is not None
     assert servers.authenticate(conn, sid, key[:-1]) is None
     assert servers.authenticate(conn, "not-a-uuid", key) is None
@@ -148,7 +156,7 @@ def test_server_keys(conn: sqlite3.Connection) -> None:
     assert servers.get_server(conn, sid) == got
 
 
-def test_reports_are_idempotent(conn: sqlite3.Connection) -> None:
+def test_reports_are_idempotent(conn: Connection) -> None:
     sid, _ = _server(conn)
     cid = _command(conn, sid, sent=True)
     u = uuid.UUID(cid)
@@ -203,7 +211,7 @@ def test_reports_are_idempotent(conn: sqlite3.Connection) -> None:
     assert [c.content for c in chunks] == ["a", "b"]
 
 
-def test_report_for_another_servers_command_is_unknown(conn: sqlite3.Connection) -> None:
+def test_report_for_another_servers_command_is_unknown(conn: Connection) -> None:
     sid, _ = _server(conn)
     other, _ = _server(conn, "web-02")
     cid = _command(conn, other, sent=True)
@@ -218,7 +226,7 @@ def test_report_for_another_servers_command_is_unknown(conn: sqlite3.Connection)
     assert out.unknown == [(1, cid), (2, str(missing))]
 
 
-def test_cancel(conn: sqlite3.Connection) -> None:
+def test_cancel(conn: Connection) -> None:
     sid, _ = _server(conn)
     queued = _command(conn, sid, scheduled_at=T0 + 60 * S)
     sent = _command(conn, sid, sent=True)
@@ -232,7 +240,7 @@ def test_cancel(conn: sqlite3.Connection) -> None:
     assert commands.next_due(conn, now=T0) is None
 
 
-def test_claims(conn: sqlite3.Connection) -> None:
+def test_claims(conn: Connection) -> None:
     sid, _ = _server(conn)
     later = _command(conn, sid, scheduled_at=T0 + 60 * S)
     sent = _command(conn, sid, added_at=T0 - 2 * S, scheduled_at=T0 - 2 * S, sent=True)
@@ -250,7 +258,7 @@ def test_claims(conn: sqlite3.Connection) -> None:
     assert commands.next_due(conn, now=T0) is None
 
 
-def test_list_filters_and_search(conn: sqlite3.Connection) -> None:
+def test_list_filters_and_search(conn: Connection) -> None:
     sid, _ = _server(conn, "Web-Front")
     other, _ = _server(conn, "db-01")
     with transaction(conn):

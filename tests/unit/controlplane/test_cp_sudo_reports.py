@@ -3,37 +3,35 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
+from sqlalchemy import Connection, select
 
-from fleetgate.controlplane.store import connect, reports as reports_store, servers, transaction
+from fleetgate.controlplane.store import reports as reports_store, servers, tables, transaction
 from fleetgate.shared.protocol import SudoDecided
 
 
 T0 = 1_705_314_645 * 1_000_000
 
 
-@pytest.fixture
-def conn(tmp_path: Path) -> Iterator[sqlite3.Connection]:
-    c = connect(tmp_path / "cp.db")
-    yield c
-    c.close()
-
-
-def _setup(conn: sqlite3.Connection) -> tuple[str, str]:
+def _setup(conn: Connection) -> tuple[str, str]:
     with transaction(conn):
         created = servers.register_server(conn, "web-01", now=T0)
         assert created is not None
         server_id = created[0].id
         conn.execute(
-            "INSERT INTO work_sessions (id, description, status, scopes, servers, starts_at, "
-            "expires_at, added_at, updated_at) VALUES (?, 'x', 'active', ?, ?, ?, ?, ?, ?)",
-            ("ws1", json.dumps(["sudo"]), json.dumps([server_id]), T0, T0 + 1, T0, T0),
+            tables.work_sessions.insert().values(
+                id="ws1",
+                description="x",
+                status="active",
+                scopes=json.dumps(["sudo"]),
+                servers=json.dumps([server_id]),
+                starts_at=T0,
+                expires_at=T0 + 1,
+                added_at=T0,
+                updated_at=T0,
+            )
         )
     return server_id, "ws1"
 
@@ -54,12 +52,13 @@ def _report(rid: int, decision: uuid.UUID, work_session: str = "ws1") -> SudoDec
     )
 
 
-def _items(conn: sqlite3.Connection) -> list[dict[str, object]]:
-    rows = conn.execute("SELECT type, data FROM work_session_events WHERE type = 'sudo'")
-    return [json.loads(data) for _, data in rows]
+def _items(conn: Connection) -> list[dict[str, object]]:
+    events = tables.work_session_events
+    rows = conn.execute(select(events.c.data).where(events.c.type == "sudo"))
+    return [json.loads(data) for (data,) in rows]
 
 
-def test_stored_once_and_always_confirmed(conn: sqlite3.Connection) -> None:
+def test_stored_once_and_always_confirmed(conn: Connection) -> None:
     server_id, _ = _setup(conn)
     decision = uuid.uuid4()
     for rid in (1, 1, 2):  # a resend after a reconnect, then the same decision again
@@ -75,7 +74,7 @@ def test_stored_once_and_always_confirmed(conn: sqlite3.Connection) -> None:
     assert items[0]["argv"] == ["rm", "-rf", "/x"]
 
 
-def test_foreign_session_is_dropped_but_confirmed(conn: sqlite3.Connection) -> None:
+def test_foreign_session_is_dropped_but_confirmed(conn: Connection) -> None:
     server_id, _ = _setup(conn)
     with transaction(conn):
         out = reports_store.apply_reports(

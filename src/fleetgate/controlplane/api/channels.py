@@ -10,10 +10,10 @@ the usual ``{code, detail}`` body, so clients handle it exactly as an API error.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+import sqlalchemy
 import structlog
 from fastapi.responses import JSONResponse
 from starlette.websockets import WebSocket, WebSocketState
@@ -137,7 +137,7 @@ async def authorize(
     server_id, server_name = await resolve_server(services, server)
     now = now_us()
 
-    def check(conn: sqlite3.Connection) -> Authorized | GateDenial:
+    def check(conn: sqlalchemy.Connection) -> Authorized | GateDenial:
         signed = gate_and_sign(
             conn,
             principal,

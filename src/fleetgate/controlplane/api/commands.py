@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+import sqlalchemy
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -82,7 +82,7 @@ async def _readable_command(
     requested = request.query_params.get("work_session") or request.headers.get("x-work-session")
     now = now_us()
 
-    def check(conn: sqlite3.Connection) -> GateDenial | None:
+    def check(conn: sqlalchemy.Connection) -> GateDenial | None:
         denial, _ = session_gate.gate_and_record(
             conn,
             requested or None,
@@ -137,7 +137,7 @@ async def create_command(
             sent_at=now if due else None,
             content=content_digest(run),
         )
-    except sqlite3.IntegrityError:  # the server was deleted meanwhile
+    except sqlalchemy.exc.IntegrityError:  # the server was deleted meanwhile
         services.server_refs.clear()
         raise server_not_found(body.server) from None
     if isinstance(outcome, GateDenial):
@@ -181,7 +181,7 @@ def _new_command(
 
 
 def _gate_sign_insert(
-    conn: sqlite3.Connection,
+    conn: sqlalchemy.Connection,
     new: NewCommand,
     principal: Principal,
     signer: GrantSigner,

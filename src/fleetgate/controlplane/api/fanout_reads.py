@@ -3,10 +3,10 @@ merged output stream (the create is in :mod:`fleetgate.controlplane.api.fanouts`
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from typing import Any
 
+import sqlalchemy
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -56,7 +56,7 @@ async def _readable(
     requested = request.query_params.get("work_session") or request.headers.get("x-work-session")
     now = now_us()
 
-    def check(conn: sqlite3.Connection) -> GateDenial | None:
+    def check(conn: sqlalchemy.Connection) -> GateDenial | None:
         _, results = fanout_store.list_results(
             conn, row.id, state=None, limit=MAX_TARGETS, offset=0
         )

@@ -9,12 +9,12 @@ commands (as the family's create answers), each carrying the fan-out's id.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import uuid
 from dataclasses import replace
 from typing import Annotated
 
+import sqlalchemy
 import structlog
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
@@ -167,7 +167,7 @@ async def create_fanout(
     runs: list[tuple[str, CommandRun]] = []
     content = content_digest(run)  # the same for every target: the id is not content
 
-    def insert(conn: sqlite3.Connection) -> list[CommandRow] | list[tuple[Target, GateDenial]]:
+    def insert(conn: sqlalchemy.Connection) -> list[CommandRow] | list[tuple[Target, GateDenial]]:
         signed = []
         denials: list[tuple[Target, GateDenial]] = []
         for target in targets:
@@ -229,7 +229,7 @@ async def create_fanout(
 
     try:
         outcome = await services.db.write(insert)
-    except sqlite3.IntegrityError:  # a server was deleted meanwhile
+    except sqlalchemy.exc.IntegrityError:  # a server was deleted meanwhile
         services.server_refs.clear()
         raise APIError(
             404, "SERVER_NOT_FOUND", "A targeted server was deleted meanwhile.", "servers"

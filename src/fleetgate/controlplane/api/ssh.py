@@ -10,10 +10,10 @@ with ``tunnel``). API and service tokens are not gated (as for every channel).
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from typing import Any
 
+import sqlalchemy
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -63,7 +63,7 @@ class CertificateBody(BaseModel):
 
 
 def _ssh_gate(
-    conn: sqlite3.Connection,
+    conn: sqlalchemy.Connection,
     principal: Principal,
     *,
     requested: str | None,
@@ -123,7 +123,7 @@ async def issue_certificate(
     session: WorkSessionRow | None = None
     if principal.gated:
 
-        def check(conn: sqlite3.Connection) -> tuple[GateDenial | None, WorkSessionRow | None]:
+        def check(conn: sqlalchemy.Connection) -> tuple[GateDenial | None, WorkSessionRow | None]:
             return _ssh_gate(
                 conn,
                 principal,
@@ -200,15 +200,8 @@ async def hosts(request: Request, principal: PrincipalDep, services: ServicesDep
     return JSONResponse({"login": login, "results": results})
 
 
-def _names(conn: sqlite3.Connection, ids: list[str]) -> dict[str, str]:
-    """``server id -> name`` of ``ids`` (one query per 500)."""
-    out: dict[str, str] = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        rows = conn.execute(f"SELECT id, name FROM servers WHERE id IN ({marks})", chunk)  # noqa: S608
-        out.update({str(r[0]): str(r[1]) for r in rows})
-    return out
+def _names(conn: sqlalchemy.Connection, ids: list[str]) -> dict[str, str]:
+    return servers_store.names(conn, ids)
 
 
 async def _open_message(
@@ -220,7 +213,7 @@ async def _open_message(
     user = principal.user
     principal_name = principal.token.service_name if user is None else user.username
 
-    def check(conn: sqlite3.Connection) -> ChannelOpen | GateDenial:
+    def check(conn: sqlalchemy.Connection) -> ChannelOpen | GateDenial:
         session = None
         if principal.gated:
             denial, session = _ssh_gate(

@@ -8,10 +8,10 @@ carries the session's expiry. The target is always the server's loopback: a
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from typing import Any
 
+import sqlalchemy
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -222,7 +222,7 @@ async def _stream_open(
     user = principal.user
     principal_name = principal.token.service_name if user is None else user.username
 
-    def check(conn: sqlite3.Connection | None) -> ChannelOpen | GateDenial:
+    def check(conn: sqlalchemy.Connection | None) -> ChannelOpen | GateDenial:
         session: WorkSessionRow | None = None
         if conn is not None:
             denial, session = session_gate.gate_and_record(

@@ -22,6 +22,7 @@ from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub import Hub
 from fleetgate.controlplane.hub.worksessions import WorkSessionClock
 from fleetgate.controlplane.store import servers as servers_store
+from fleetgate.controlplane.store.engine import parse_url
 
 
 __all__ = ["POKE", "cluster_loops", "libpq_url", "new_node"]
@@ -34,17 +35,15 @@ POKE = 1.0
 
 def libpq_url(url: str) -> str:
     """A libpq URL from a SQLAlchemy one (``postgresql+psycopg://`` -> ``postgresql://``)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep or scheme.split("+")[0] not in {"postgresql", "postgres"}:
-        raise ValueError("cluster_database_url: must be a postgresql:// URL")
-    return f"postgresql://{rest}"
+    parsed = parse_url(url)
+    return parsed.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def new_node(settings: ControlPlaneSettings) -> ClusterNode:
-    """This process's node (``cluster_database_url`` must be set)."""
-    assert settings.cluster_database_url is not None
+    """This process's node (``cluster`` is set, so ``database_url`` is PostgreSQL)."""
+    assert settings.database_url is not None
     replica_id = settings.replica_id or uuid.uuid4().hex[:12]
-    return ClusterNode(libpq_url(settings.cluster_database_url), replica_id, settings.replica_url)
+    return ClusterNode(libpq_url(settings.database_url), replica_id, settings.replica_url)
 
 
 def cluster_loops(node: ClusterNode, hub: Hub, clock: WorkSessionClock) -> dict[str, Loop]:

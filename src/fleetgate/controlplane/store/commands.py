@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import Connection, RowMapping, func, select, update
+
+from fleetgate.controlplane.store import tables as t
 from fleetgate.controlplane.store.queries import (
-    COMMAND_COLUMNS,
-    COMMAND_FROM,
     CommandFilter,
     build_command_query,
+    command_select,
 )
 
 
@@ -96,8 +97,8 @@ class CommandRow:
     """The agent's refusal code of a command it refused (``error_phase`` ``denied``)."""
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> CommandRow:
-        """Build from a row selected with ``COMMAND_COLUMNS``."""
+    def from_row(cls, row: RowMapping) -> CommandRow:
+        """Build from a row selected with :func:`~.queries.command_select`."""
         success = row["success"]
         return cls(
             id=row["id"],
@@ -148,13 +149,12 @@ class ChunkRow:
     content: str
 
 
-_SELECT_ONE = f"SELECT {COMMAND_COLUMNS} FROM {COMMAND_FROM} WHERE c.id = ?"  # noqa: S608
-
-_UNDELIVERED = "c.delivered_at IS NULL AND c.acked_at IS NULL AND c.handled_at IS NULL"
+_c = t.commands.c
+_chunk = t.command_chunks.c
 
 
 def insert_command(
-    conn: sqlite3.Connection,
+    conn: Connection,
     cmd: NewCommand,
     *,
     sent_at: int | None,
@@ -168,27 +168,24 @@ def insert_command(
     requester), without reading it back.
     """
     conn.execute(
-        "INSERT INTO commands (id, server_id, shell, line, username, groupname, env, timeout, "
-        "requested_by, added_at, scheduled_at, sent_at, work_session_id, grant_token, sudo, "
-        "requested_token) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            cmd.id,
-            cmd.server_id,
-            cmd.shell,
-            cmd.line,
-            cmd.username,
-            cmd.groupname,
-            json.dumps(cmd.env),
-            cmd.timeout,
-            cmd.requested_by,
-            cmd.added_at,
-            cmd.scheduled_at,
-            sent_at,
-            cmd.work_session_id,
-            cmd.grant,
-            int(cmd.sudo),
-            cmd.requested_token,
-        ),
+        t.commands.insert().values(
+            id=cmd.id,
+            server_id=cmd.server_id,
+            shell=cmd.shell,
+            line=cmd.line,
+            username=cmd.username,
+            groupname=cmd.groupname,
+            env=json.dumps(cmd.env),
+            timeout=cmd.timeout,
+            requested_by=cmd.requested_by,
+            added_at=cmd.added_at,
+            scheduled_at=cmd.scheduled_at,
+            sent_at=sent_at,
+            work_session_id=cmd.work_session_id,
+            grant_token=cmd.grant,
+            sudo=int(cmd.sudo),
+            requested_token=cmd.requested_token,
+        )
     )
     return CommandRow(
         id=cmd.id,
@@ -225,14 +222,14 @@ def insert_command(
     )
 
 
-def get_command(conn: sqlite3.Connection, command_id: str) -> CommandRow | None:
+def get_command(conn: Connection, command_id: str) -> CommandRow | None:
     """The command with this id."""
-    row = conn.execute(_SELECT_ONE, (command_id,)).fetchone()
+    row = conn.execute(command_select().where(_c.id == command_id)).mappings().first()
     return None if row is None else CommandRow.from_row(row)
 
 
 def list_commands(
-    conn: sqlite3.Connection,
+    conn: Connection,
     flt: CommandFilter,
     *,
     now: int,
@@ -242,13 +239,13 @@ def list_commands(
 ) -> tuple[int, list[CommandRow]]:
     """One page of commands and the total count (see :func:`build_command_query`)."""
     q = build_command_query(flt, now=now, visible_to=visible_to, limit=limit, offset=offset)
-    count = int(conn.execute(q.count, q.count_params).fetchone()[0])
-    rows = [CommandRow.from_row(r) for r in conn.execute(q.select, q.select_params)]
+    count = int(conn.execute(q.count).scalar_one())
+    rows = [CommandRow.from_row(r) for r in conn.execute(q.select).mappings()]
     return count, rows
 
 
 def list_chunks(
-    conn: sqlite3.Connection,
+    conn: Connection,
     command_id: str,
     *,
     seq_gte: int | None,
@@ -257,34 +254,32 @@ def list_chunks(
     offset: int,
 ) -> tuple[int, list[ChunkRow]]:
     """One page of a command's chunks by ``seq`` and the total count."""
-    where = "command_id = ?"
-    params: list[object] = [command_id]
+    where = [_chunk.command_id == command_id]
     if seq_gte is not None:
-        where += " AND seq >= ?"
-        params.append(seq_gte)
+        where.append(_chunk.seq >= seq_gte)
     if seq_lte is not None:
-        where += " AND seq <= ?"
-        params.append(seq_lte)
-    count = int(
-        conn.execute(f"SELECT COUNT(*) FROM command_chunks WHERE {where}", params).fetchone()[0]  # noqa: S608
+        where.append(_chunk.seq <= seq_lte)
+    count = conn.execute(select(func.count()).select_from(t.command_chunks).where(*where))
+    stmt = (
+        select(_chunk.seq, _chunk.content)
+        .where(*where)
+        .order_by(_chunk.seq)
+        .limit(limit)
+        .offset(offset)
     )
-    rows = conn.execute(
-        f"SELECT seq, content FROM command_chunks WHERE {where} ORDER BY seq LIMIT ? OFFSET ?",  # noqa: S608
-        [*params, limit, offset],
-    )
-    return count, [ChunkRow(int(r["seq"]), str(r["content"])) for r in rows]
+    chunks = [ChunkRow(int(seq), str(content)) for seq, content in conn.execute(stmt)]
+    return int(count.scalar_one()), chunks
 
 
-def read_chunks(
-    conn: sqlite3.Connection, command_id: str, *, seq_gte: int, limit: int
-) -> list[ChunkRow]:
+def read_chunks(conn: Connection, command_id: str, *, seq_gte: int, limit: int) -> list[ChunkRow]:
     """Up to ``limit`` chunks with ``seq >= seq_gte``, in order (for the stream)."""
-    rows = conn.execute(
-        "SELECT seq, content FROM command_chunks WHERE command_id = ? AND seq >= ? "
-        "ORDER BY seq LIMIT ?",
-        (command_id, seq_gte, limit),
+    stmt = (
+        select(_chunk.seq, _chunk.content)
+        .where(_chunk.command_id == command_id, _chunk.seq >= seq_gte)
+        .order_by(_chunk.seq)
+        .limit(limit)
     )
-    return [ChunkRow(int(r["seq"]), str(r["content"])) for r in rows]
+    return [ChunkRow(int(seq), str(content)) for seq, content in conn.execute(stmt)]
 
 
 class CancelOutcome:
@@ -295,68 +290,76 @@ class CancelOutcome:
     CANCELLED = "cancelled"
 
 
-def cancel_command(conn: sqlite3.Connection, command_id: str, *, now: int) -> str:
+def cancel_command(conn: Connection, command_id: str, *, now: int) -> str:
     """Cancel a command not yet sent; a :class:`CancelOutcome` value.
 
     Cancelling a command already cancelled is a success (idempotent).
     """
     cur = conn.execute(
-        "UPDATE commands SET cancelled_at = ?, env = '{}' WHERE id = ? AND sent_at IS NULL "
-        "AND cancelled_at IS NULL AND handled_at IS NULL",
-        (now, command_id),
+        update(t.commands)
+        .where(
+            _c.id == command_id,
+            _c.sent_at.is_(None),
+            _c.cancelled_at.is_(None),
+            _c.handled_at.is_(None),
+        )
+        .values(cancelled_at=now, env="{}")
     )
     if cur.rowcount:
         return CancelOutcome.CANCELLED
-    row = conn.execute("SELECT cancelled_at FROM commands WHERE id = ?", (command_id,)).fetchone()
+    row = conn.execute(select(_c.cancelled_at).where(_c.id == command_id)).first()
     if row is None:
         return CancelOutcome.NOT_FOUND
-    return (
-        CancelOutcome.CANCELLED if row["cancelled_at"] is not None else CancelOutcome.ALREADY_SENT
-    )
+    return CancelOutcome.CANCELLED if row[0] is not None else CancelOutcome.ALREADY_SENT
 
 
 def claim_due(
-    conn: sqlite3.Connection, server_ids: Sequence[str], *, now: int, limit: int = 1000
+    conn: Connection, server_ids: Sequence[str], *, now: int, limit: int = 1000
 ) -> list[CommandRow]:
     """Mark as sent, and return oldest first, unsent due commands of these servers."""
     if not server_ids:
         return []
-    marks = ", ".join("?" * len(server_ids))
-    ids = [
-        r["id"]
-        for r in conn.execute(
-            "SELECT id FROM commands WHERE sent_at IS NULL AND cancelled_at IS NULL "  # noqa: S608
-            f"AND scheduled_at <= ? AND server_id IN ({marks}) "
-            "ORDER BY scheduled_at, added_at LIMIT ?",
-            (now, *server_ids, limit),
+    stmt = (
+        select(_c.id)
+        .where(
+            _c.sent_at.is_(None),
+            _c.cancelled_at.is_(None),
+            _c.scheduled_at <= now,
+            _c.server_id.in_(list(server_ids)),
         )
-    ]
-    return _mark_sent(conn, ids, now)
+        .order_by(_c.scheduled_at, _c.added_at)
+        .limit(limit)
+    )
+    return _mark_sent(conn, list(conn.execute(stmt).scalars()), now)
 
 
 def claim_for_hello(
-    conn: sqlite3.Connection, server_id: str, *, now: int, running: Iterable[str]
+    conn: Connection, server_id: str, *, now: int, running: Iterable[str]
 ) -> list[CommandRow]:
     """Every due, undelivered, uncancelled command of a server (sent or not) except those
     the agent says it is running, marked as sent, oldest first."""
     skip = set(running)
-    ids = [
-        r["id"]
-        for r in conn.execute(
-            f"SELECT c.id FROM commands c WHERE c.server_id = ? AND {_UNDELIVERED} "  # noqa: S608
-            "AND c.cancelled_at IS NULL AND c.scheduled_at <= ? ORDER BY c.scheduled_at, c.added_at",
-            (server_id, now),
+    stmt = (
+        select(_c.id)
+        .where(
+            _c.server_id == server_id,
+            _c.delivered_at.is_(None),
+            _c.acked_at.is_(None),
+            _c.handled_at.is_(None),
+            _c.cancelled_at.is_(None),
+            _c.scheduled_at <= now,
         )
-        if r["id"] not in skip
-    ]
+        .order_by(_c.scheduled_at, _c.added_at)
+    )
+    ids = [command_id for command_id in conn.execute(stmt).scalars() if command_id not in skip]
     return _mark_sent(conn, ids, now)
 
 
-def _mark_sent(conn: sqlite3.Connection, ids: list[str], now: int) -> list[CommandRow]:
+def _mark_sent(conn: Connection, ids: list[str], now: int) -> list[CommandRow]:
     out: list[CommandRow] = []
     for command_id in ids:
         conn.execute(
-            "UPDATE commands SET sent_at = ? WHERE id = ? AND sent_at IS NULL", (now, command_id)
+            update(t.commands).where(_c.id == command_id, _c.sent_at.is_(None)).values(sent_at=now)
         )
         row = get_command(conn, command_id)
         if row is not None:
@@ -364,14 +367,13 @@ def _mark_sent(conn: sqlite3.Connection, ids: list[str], now: int) -> list[Comma
     return out
 
 
-def next_due(conn: sqlite3.Connection, *, now: int) -> int | None:
+def next_due(conn: Connection, *, now: int) -> int | None:
     """The earliest ``scheduled_at`` after ``now`` of an unsent, uncancelled command."""
-    row = conn.execute(
-        "SELECT MIN(scheduled_at) FROM commands WHERE sent_at IS NULL AND cancelled_at IS NULL "
-        "AND scheduled_at > ?",
-        (now,),
-    ).fetchone()
-    return None if row[0] is None else int(row[0])
+    stmt = select(func.min(_c.scheduled_at)).where(
+        _c.sent_at.is_(None), _c.cancelled_at.is_(None), _c.scheduled_at > now
+    )
+    first = conn.execute(stmt).scalar_one()
+    return None if first is None else int(first)
 
 
 UNDELIVERABLE_EXIT_CODE = 126
@@ -379,7 +381,7 @@ UNDELIVERABLE_EXIT_CODE = 126
 
 
 def fail_undelivered(
-    conn: sqlite3.Connection,
+    conn: Connection,
     command_id: str,
     *,
     server_id: str,
@@ -391,11 +393,26 @@ def fail_undelivered(
     final state with ``phase`` and ``message``, its environment erased. Whether it
     changed (a command the agent already reported on is left alone)."""
     cur = conn.execute(
-        "UPDATE commands SET handled_at = ?, elapsed_time = 0, exit_code = ?, success = 0, "
-        "result = '', truncated = 0, output_bytes = 0, error_phase = ?, message = ?, "
-        "env = '{}', sent_at = COALESCE(sent_at, ?) "
-        "WHERE id = ? AND server_id = ? AND delivered_at IS NULL AND handled_at IS NULL "
-        "AND cancelled_at IS NULL",
-        (now, UNDELIVERABLE_EXIT_CODE, phase, message[:4096], now, command_id, server_id),
+        update(t.commands)
+        .where(
+            _c.id == command_id,
+            _c.server_id == server_id,
+            _c.delivered_at.is_(None),
+            _c.handled_at.is_(None),
+            _c.cancelled_at.is_(None),
+        )
+        .values(
+            handled_at=now,
+            elapsed_time=0,
+            exit_code=UNDELIVERABLE_EXIT_CODE,
+            success=0,
+            result="",
+            truncated=0,
+            output_bytes=0,
+            error_phase=phase,
+            message=message[:4096],
+            env="{}",
+            sent_at=func.coalesce(_c.sent_at, now),
+        )
     )
     return cur.rowcount > 0

@@ -1,16 +1,23 @@
-"""The one SQLite connection, owned by one dedicated worker thread.
+"""The async front of the database: store functions run on worker threads.
 
 Every access goes through :class:`Database`: the event loop hands a synchronous function
-to the worker thread with ``loop.run_in_executor`` and awaits it. With a single thread
-the writes are serialized without locks, the connection is never shared between threads,
-and the event loop never blocks on disk.
+``fn(conn, ...)`` (``conn`` a SQLAlchemy :class:`~sqlalchemy.Connection`) to a worker
+thread with ``loop.run_in_executor`` and awaits it; the event loop never blocks on the
+database.
+
+- SQLite: one worker thread and its one connection, as before Alembic: writes are
+  serialized without locks (``BEGIN IMMEDIATE``), and a finished command's env is erased
+  from the WAL at once (:meth:`Database.scrub`).
+- PostgreSQL: a pool of :data:`~fleetgate.controlplane.store.engine.POSTGRES_POOL_SIZE`
+  connections and as many threads (a bounded ``ThreadPoolExecutor``): the store functions
+  stay synchronous and shared by both backends, which SQLAlchemy's asyncio extension would
+  not allow without making every one of them a coroutine. Transactions are READ
+  COMMITTED; a function that reads then writes a row locks it (``with_for_update``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -18,41 +25,63 @@ from functools import partial
 from pathlib import Path
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
-from fleetgate.controlplane.store.schema import migrate
+from sqlalchemy import Connection, Engine
+
+from fleetgate.controlplane.store.engine import (
+    IMMEDIATE,
+    POSTGRES_POOL_SIZE,
+    Backend,
+    backend_of,
+    check_connection,
+    make_engine,
+    parse_url,
+    sqlite_url,
+)
+from fleetgate.controlplane.store.migrate import upgrade
 
 
-__all__ = ["Database", "connect", "transaction"]
+__all__ = ["Database", "connect", "open_engine", "transaction"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
-def _casefold(value: object) -> str | None:
-    return None if value is None else str(value).casefold()
+def open_engine(url: str, *, migrate: bool = True, pooled: bool = True) -> Engine:
+    """Check ``url``, connect once and (by default) migrate: the engine, ready
+    (``pooled=False``: connections close when released, for one-shot use).
 
-
-def connect(path: Path | str) -> sqlite3.Connection:
-    """Open ``path`` with the pragmas the control plane relies on, and migrate it.
-
-    The connection is in autocommit mode; :func:`transaction` groups statements. A new
-    database file is created with mode 0600 (it holds command environments until the
-    commands finish); SQLite gives its ``-wal`` and ``-shm`` files the same mode.
+    Raises:
+        StoreError: a bad URL, an unreachable server, a refused login, a newer schema.
     """
-    file = Path(path)
-    if str(path) != ":memory:" and not file.exists():
-        file.parent.mkdir(parents=True, exist_ok=True)
-        os.close(os.open(file, os.O_WRONLY | os.O_CREAT, 0o600))
-    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=30.0)
-    conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute("PRAGMA busy_timeout=30000")
-    # Deleted and overwritten content (a finished command's env) is zeroed on disk.
-    conn.execute("PRAGMA secure_delete=ON")
-    conn.create_function("cp_casefold", 1, _casefold, deterministic=True)
-    migrate(conn)
-    return conn
+    engine = make_engine(parse_url(url), pooled=pooled)
+    try:
+        check_connection(engine)
+        if migrate:
+            upgrade(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return engine
+
+
+def connect(url_or_path: str | Path) -> Connection:
+    """A migrated connection for synchronous use (the CLI, tests); a path is a SQLite
+    file. ``conn.close()`` closes it (the engine keeps no pool)."""
+    text = str(url_or_path)
+    url = text if "://" in text else sqlite_url(text)
+    return open_engine(url, pooled=False).connect()
+
+
+@contextmanager
+def transaction(conn: Connection) -> Iterator[Connection]:
+    """One write transaction on ``conn`` (``BEGIN IMMEDIATE`` on SQLite), committed at
+    the end and rolled back on any exception. Reads made before on the connection
+    (which began a transaction implicitly) are ended first."""
+    if conn.in_transaction():
+        conn.commit()
+    conn.info[IMMEDIATE] = True
+    with conn.begin():
+        yield conn
 
 
 class ErasesEnv(Protocol):
@@ -65,106 +94,130 @@ class ErasesEnv(Protocol):
 E = TypeVar("E", bound=ErasesEnv)
 
 
-def _scrub(conn: sqlite3.Connection) -> None:
+def _scrub(conn: Connection) -> None:
     # TRUNCATE: every frame is copied into the (secure_delete) database file, then the
-    # WAL file is cut to zero bytes, old page images included.
-    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-
-
-@contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``, rolled back on any exception."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    # WAL file is cut to zero bytes, old page images included. Run on the driver's
+    # connection, outside any transaction (a checkpoint cannot run inside one).
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
 
 class Database:
-    """Async front of the SQLite connection; see the module docstring."""
+    """Async front of the database; see the module docstring."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = path
+    def __init__(self, url: str | Path) -> None:
+        text = str(url)
+        self.url = text if "://" in text else sqlite_url(text)
+        self.backend: Backend = backend_of(parse_url(self.url))
+        self._engine: Engine | None = None
         self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._conn: Connection | None = None  # SQLite: the worker thread's one connection
+
+    @property
+    def engine(self) -> Engine:
+        """The SQLAlchemy engine (open)."""
+        if self._engine is None:
+            raise RuntimeError("the database is not open")
+        return self._engine
 
     async def open(self) -> None:
-        """Start the worker thread and open (and migrate) the database in it."""
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="controlplane-db")
+        """Start the worker thread(s), connect, and migrate the database."""
+        workers = 1 if self.backend == "sqlite" else POSTGRES_POOL_SIZE
+        executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="controlplane-db")
         loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._executor, connect, self.path)
+        try:
+            self._engine = await loop.run_in_executor(executor, open_engine, self.url)
+            if self.backend == "sqlite":
+                self._conn = await loop.run_in_executor(executor, self._engine.connect)
+        except BaseException:
+            executor.shutdown(wait=True)
+            raise
+        self._executor = executor
 
     async def close(self) -> None:
-        """Close the connection and stop the worker thread."""
-        executor, conn = self._executor, self._conn
+        """Close the connections and stop the worker threads."""
+        executor, engine, conn = self._executor, self._engine, self._conn
         if executor is None:
             return
+        loop = asyncio.get_running_loop()
         if conn is not None:
-            loop = asyncio.get_running_loop()
             await loop.run_in_executor(executor, conn.close)
+        if engine is not None:
+            await loop.run_in_executor(executor, engine.dispose)
         executor.shutdown(wait=True)
         self._executor = None
+        self._engine = None
         self._conn = None
 
     async def read(
         self,
-        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        fn: Callable[Concatenate[Connection, P], T],
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` on the worker thread (no transaction)."""
-        return await self._run(partial(fn, self._connection(), *args, **kwargs))
+        """Run ``fn(conn, *args, **kwargs)`` on a worker thread in a transaction that is
+        rolled back (reads only)."""
+
+        def call(conn: Connection) -> T:
+            try:
+                return fn(conn, *args, **kwargs)
+            finally:
+                conn.rollback()
+
+        return await self._run(call)
 
     async def write(
         self,
-        fn: Callable[Concatenate[sqlite3.Connection, P], T],
+        fn: Callable[Concatenate[Connection, P], T],
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> T:
-        """Run ``fn(conn, *args, **kwargs)`` in one ``BEGIN IMMEDIATE`` transaction."""
-        conn = self._connection()
+        """Run ``fn(conn, *args, **kwargs)`` in one transaction (``BEGIN IMMEDIATE`` on
+        SQLite, READ COMMITTED on PostgreSQL), committed when it returns."""
 
-        def in_transaction() -> T:
+        def call(conn: Connection) -> T:
             with transaction(conn):
                 return fn(conn, *args, **kwargs)
 
-        return await self._run(in_transaction)
+        return await self._run(call)
 
     async def scrub(self) -> None:
-        """Checkpoint the WAL into the database file and truncate it, after erasing a
-        secret (a command's env): the WAL's old frames still hold what was overwritten,
-        and ``secure_delete`` zeroes it in the database file."""
-        await self._run(partial(_scrub, self._connection()))
+        """SQLite: checkpoint the WAL into the database file and truncate it, after
+        erasing a secret (a command's env): the WAL's old frames still hold what was
+        overwritten, and ``secure_delete`` zeroes it in the database file. PostgreSQL:
+        nothing here (``docs/database.md`` says what erasing means there)."""
+        if self.backend == "sqlite":
+            await self._run(_scrub)
 
     async def write_erasing(
         self,
-        fn: Callable[Concatenate[sqlite3.Connection, P], E],
+        fn: Callable[Concatenate[Connection, P], E],
         *args: P.args,
         **kwargs: P.kwargs,
     ) -> E:
         """:meth:`write`, then :meth:`scrub` in the same turn of the worker when the
         result says it erased a secret: no reader sees the change before the scrub."""
-        conn = self._connection()
+        sqlite = self.backend == "sqlite"
 
-        def in_transaction() -> E:
+        def call(conn: Connection) -> E:
             with transaction(conn):
                 result = fn(conn, *args, **kwargs)
-            if result.erased_env:
+            if sqlite and result.erased_env:
                 _scrub(conn)
             return result
 
-        return await self._run(in_transaction)
+        return await self._run(call)
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            raise RuntimeError("the database is not open")
-        return self._conn
-
-    async def _run(self, call: Callable[[], T]) -> T:
-        if self._executor is None:
+    async def _run(self, call: Callable[[Connection], T]) -> T:
+        executor = self._executor
+        if executor is None:
             raise RuntimeError("the database is not open")
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, call)
+        if self._conn is not None:
+            return await loop.run_in_executor(executor, call, self._conn)
+        return await loop.run_in_executor(executor, partial(self._pooled, call))
+
+    def _pooled(self, call: Callable[[Connection], T]) -> T:
+        with self.engine.connect() as conn:
+            return call(conn)

@@ -9,13 +9,15 @@ statement per 500 names, so a 20,000-server fleet is resolved without a query pe
 from __future__ import annotations
 
 import json
-import sqlite3
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqlalchemy import Connection, case, func, select, text
+
+from fleetgate.controlplane.store import tables as t
 from fleetgate.controlplane.store.commands import ChunkRow, CommandRow
-from fleetgate.controlplane.store.queries import COMMAND_COLUMNS, COMMAND_FROM
+from fleetgate.controlplane.store.queries import command_select
 from fleetgate.shared.labels import Selector
 
 
@@ -34,12 +36,14 @@ __all__ = [
 
 FANOUT_STATES = ("queued", "running", "succeeded", "failed")
 
-# The per-server state of a fan-out's command, as SQL over ``commands c``.
-_STATE = (
-    "CASE WHEN c.cancelled_at IS NOT NULL THEN 'failed' "
-    "WHEN c.handled_at IS NOT NULL THEN (CASE WHEN c.success = 1 THEN 'succeeded' "
-    "ELSE 'failed' END) "
-    "WHEN c.acked_at IS NOT NULL THEN 'running' ELSE 'queued' END"
+_c = t.commands.c
+_f = t.fanout_commands.c
+# The per-server state of a fan-out's command, over ``commands``.
+_STATE = case(
+    (_c.cancelled_at.is_not(None), "failed"),
+    (_c.handled_at.is_not(None), case((_c.success == 1, "succeeded"), else_="failed")),
+    (_c.acked_at.is_not(None), "running"),
+    else_="queued",
 )
 _CHUNK = 500
 
@@ -64,7 +68,7 @@ class FanoutRow:
     total: int
 
 
-def resolve_refs(conn: sqlite3.Connection, refs: Sequence[str]) -> tuple[list[Target], list[str]]:
+def resolve_refs(conn: Connection, refs: Sequence[str]) -> tuple[list[Target], list[str]]:
     """The servers named by ``refs`` (ids or names, in the given order, duplicates once)
     and the refs that name no server."""
     ids: dict[str, str] = {}
@@ -77,16 +81,14 @@ def resolve_refs(conn: sqlite3.Connection, refs: Sequence[str]) -> tuple[list[Ta
     by_name: dict[str, Target] = {}
     wanted_ids = sorted(set(ids.values()))
     names = sorted({ref for ref in refs if ref not in ids} | set(ids))
-    for column, values, into in (("id", wanted_ids, by_id), ("name", names, by_name)):
+    server = t.servers.c
+    for column, values, into in ((server.id, wanted_ids, by_id), (server.name, names, by_name)):
         for start in range(0, len(values), _CHUNK):
             chunk = values[start : start + _CHUNK]
-            marks = ", ".join("?" * len(chunk))
-            rows = conn.execute(
-                f"SELECT id, name FROM servers WHERE {column} IN ({marks})",  # noqa: S608
-                chunk,
-            )
-            for row in rows:
-                into[str(row[column])] = Target(str(row["id"]), str(row["name"]))
+            rows = conn.execute(select(server.id, server.name).where(column.in_(chunk)))
+            for server_id, name in rows:
+                key = server_id if column is server.id else name
+                into[str(key)] = Target(str(server_id), str(name))
     found: list[Target] = []
     seen: set[str] = set()
     missing: list[str] = []
@@ -101,51 +103,60 @@ def resolve_refs(conn: sqlite3.Connection, refs: Sequence[str]) -> tuple[list[Ta
     return found, missing
 
 
-def select_by_labels(conn: sqlite3.Connection, selector: Selector) -> list[Target]:
+def select_by_labels(conn: Connection, selector: Selector) -> list[Target]:
     """Every server whose effective labels match ``selector``, by name.
 
     SQLite aggregates the whole table into one JSON text: one step instead of one per
     server, so a 20,000-server scan does not hand the GIL back and forth with the event
-    loop 20,000 times.
+    loop 20,000 times (the driver releases it at each row). psycopg receives a result
+    whole, so PostgreSQL reads the rows as they are.
     """
-    text = conn.execute(
-        "SELECT json_group_array(json_array(id, name, json(agent_labels), json(labels))) "
-        "FROM (SELECT * FROM servers ORDER BY name)"
-    ).fetchone()[0]
     found: list[Target] = []
-    for server_id, name, agent_labels, labels in json.loads(text):
+    for server_id, name, agent_labels, labels in _labelled_servers(conn):
         if selector.matches({**agent_labels, **labels}):
             found.append(Target(str(server_id), str(name)))
     return found
 
 
+def _labelled_servers(conn: Connection) -> list[tuple[str, str, dict[str, str], dict[str, str]]]:
+    if conn.dialect.name == "sqlite":
+        aggregate = text(
+            "SELECT json_group_array(json_array(id, name, json(agent_labels), json(labels))) "
+            "FROM (SELECT * FROM servers ORDER BY name)"
+        )
+        rows: list[list[object]] = json.loads(conn.execute(aggregate).scalar_one())
+        return [(str(a), str(b), dict(c), dict(d)) for a, b, c, d in rows]  # type: ignore[call-overload]
+    server = t.servers.c
+    stmt = select(server.id, server.name, server.agent_labels, server.labels).order_by(server.name)
+    return [(a, b, json.loads(c), json.loads(d)) for a, b, c, d in conn.execute(stmt)]
+
+
 def insert_fanout(
-    conn: sqlite3.Connection,
+    conn: Connection,
     fanout: FanoutRow,
     command_ids: Sequence[str],
 ) -> None:
     """Store a fan-out and link its commands (call in the transaction that inserts them)."""
     conn.execute(
-        "INSERT INTO fanouts (id, line, target, requested_by, created_at, total) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (
-            fanout.id,
-            fanout.line,
-            json.dumps(fanout.target),
-            fanout.requested_by,
-            fanout.created_at,
-            fanout.total,
-        ),
+        t.fanouts.insert().values(
+            id=fanout.id,
+            line=fanout.line,
+            target=json.dumps(fanout.target),
+            requested_by=fanout.requested_by,
+            created_at=fanout.created_at,
+            total=fanout.total,
+        )
     )
-    conn.executemany(
-        "INSERT INTO fanout_commands (fanout_id, command_id) VALUES (?, ?)",
-        [(fanout.id, command_id) for command_id in command_ids],
-    )
+    if command_ids:
+        conn.execute(
+            t.fanout_commands.insert(),
+            [{"fanout_id": fanout.id, "command_id": command_id} for command_id in command_ids],
+        )
 
 
-def get_fanout(conn: sqlite3.Connection, fanout_id: str) -> FanoutRow | None:
+def get_fanout(conn: Connection, fanout_id: str) -> FanoutRow | None:
     """One fan-out, or ``None``."""
-    row = conn.execute("SELECT * FROM fanouts WHERE id = ?", (fanout_id,)).fetchone()
+    row = conn.execute(select(t.fanouts).where(t.fanouts.c.id == fanout_id)).mappings().first()
     if row is None:
         return None
     return FanoutRow(
@@ -158,21 +169,23 @@ def get_fanout(conn: sqlite3.Connection, fanout_id: str) -> FanoutRow | None:
     )
 
 
-def counts(conn: sqlite3.Connection, fanout_id: str) -> dict[str, int]:
+def counts(conn: Connection, fanout_id: str) -> dict[str, int]:
     """How many of the fan-out's commands are queued, running, succeeded, failed."""
     result = dict.fromkeys(FANOUT_STATES, 0)
-    rows = conn.execute(
-        f"SELECT {_STATE} AS state, COUNT(*) FROM fanout_commands f "  # noqa: S608
-        "JOIN commands c ON c.id = f.command_id WHERE f.fanout_id = ? GROUP BY state",
-        (fanout_id,),
+    state = _STATE.label("state")
+    stmt = (
+        select(state, func.count())
+        .select_from(t.fanout_commands.join(t.commands, _c.id == _f.command_id))
+        .where(_f.fanout_id == fanout_id)
+        .group_by(state)
     )
-    for row in rows:
-        result[str(row[0])] = int(row[1])
+    for name, number in conn.execute(stmt):
+        result[str(name)] = int(number)
     return result
 
 
 def list_results(
-    conn: sqlite3.Connection,
+    conn: Connection,
     fanout_id: str,
     *,
     state: str | None,
@@ -181,35 +194,38 @@ def list_results(
 ) -> tuple[int, list[CommandRow]]:
     """A page of the fan-out's commands by server name (``state``: one of
     :data:`FANOUT_STATES`, or every command), and how many there are."""
-    where = "f.fanout_id = ?"
-    params: list[object] = [fanout_id]
+    where = [_f.fanout_id == fanout_id]
     if state is not None:
-        where += f" AND {_STATE} = ?"
-        params.append(state)
+        where.append(_STATE == state)
     count = conn.execute(
-        f"SELECT COUNT(*) FROM fanout_commands f JOIN commands c ON c.id = f.command_id "  # noqa: S608
-        f"WHERE {where}",
-        params,
-    ).fetchone()[0]
-    rows = conn.execute(
-        f"SELECT {COMMAND_COLUMNS} FROM fanout_commands f, {COMMAND_FROM} "  # noqa: S608
-        f"WHERE c.id = f.command_id AND {where} ORDER BY s.name LIMIT ? OFFSET ?",
-        [*params, limit, offset],
+        select(func.count())
+        .select_from(t.fanout_commands.join(t.commands, _c.id == _f.command_id))
+        .where(*where)
+    ).scalar_one()
+    stmt = (
+        command_select()
+        .join(t.fanout_commands, _f.command_id == _c.id)
+        .where(*where)
+        .order_by(t.servers.c.name)
+        .limit(limit)
+        .offset(offset)
     )
-    return int(count), [CommandRow.from_row(r) for r in rows]
+    return int(count), [CommandRow.from_row(r) for r in conn.execute(stmt).mappings()]
 
 
 def read_new_chunks(
-    conn: sqlite3.Connection, next_seqs: dict[str, int], *, limit: int
+    conn: Connection, next_seqs: dict[str, int], *, limit: int
 ) -> list[tuple[str, ChunkRow]]:
     """Chunks of the given commands from each one's next expected ``seq`` on, in
     ``(command, seq)`` order; at most ``limit`` per command."""
     found: list[tuple[str, ChunkRow]] = []
+    chunk = t.command_chunks.c
     for command_id, seq in next_seqs.items():
-        rows = conn.execute(
-            "SELECT seq, content FROM command_chunks WHERE command_id = ? AND seq >= ? "
-            "ORDER BY seq LIMIT ?",
-            (command_id, seq, limit),
+        stmt = (
+            select(chunk.seq, chunk.content)
+            .where(chunk.command_id == command_id, chunk.seq >= seq)
+            .order_by(chunk.seq)
+            .limit(limit)
         )
-        found.extend((command_id, ChunkRow(int(r[0]), str(r[1]))) for r in rows)
+        found.extend((command_id, ChunkRow(int(n), str(body))) for n, body in conn.execute(stmt))
     return found

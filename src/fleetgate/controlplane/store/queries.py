@@ -1,13 +1,20 @@
-"""Pure SQL building for the command list: filters, visibility and ordering.
+"""Pure query building for the command list: filters, visibility and ordering.
 
-No I/O here: :func:`build_command_query` returns SQL text and parameters, unit-tested
-without a database. Only whitelisted column names ever reach the SQL text; every value
-is a bound parameter.
+No I/O here: :func:`build_command_query` returns SQLAlchemy Core statements, unit-tested
+without a database by compiling them. Only whitelisted column names are ever chosen by
+input; every value is a bound parameter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, func, literal, select
+from sqlalchemy.sql.elements import UnaryExpression
+
+from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.sql import casefold, contains
 
 
 __all__ = [
@@ -15,20 +22,33 @@ __all__ = [
     "DEFAULT_ORDERING",
     "ORDERING_FIELDS",
     "CommandFilter",
-    "SqlQuery",
+    "CommandQuery",
     "build_command_query",
+    "command_select",
     "order_by_clause",
 ]
 
 ORDERING_FIELDS = ("added_at", "scheduled_at", "delivered_at", "acked_at", "handled_at")
 DEFAULT_ORDERING = "-scheduled_at"
 
-COMMAND_COLUMNS = (
-    "c.*, s.name AS server_name, u.username AS requester_username, u.email AS requester_email"
+_c = t.commands.c
+_requester = t.users.alias("u")
+
+COMMAND_FROM = t.commands.join(t.servers, t.servers.c.id == _c.server_id).outerjoin(
+    _requester, _requester.c.id == _c.requested_by
 )
-COMMAND_FROM = (
-    "commands c JOIN servers s ON s.id = c.server_id LEFT JOIN users u ON u.id = c.requested_by"
-)
+"""Commands with their server and (maybe) their requester."""
+
+
+def command_select() -> Select[Any]:
+    """Every command column, its server's name and its requester's username and email
+    (what :meth:`CommandRow.from_row` reads), from :data:`COMMAND_FROM`."""
+    return select(
+        t.commands,
+        t.servers.c.name.label("server_name"),
+        _requester.c.username.label("requester_username"),
+        _requester.c.email.label("requester_email"),
+    ).select_from(COMMAND_FROM)
 
 
 @dataclass(frozen=True)
@@ -45,17 +65,15 @@ class CommandFilter:
 
 
 @dataclass(frozen=True)
-class SqlQuery:
+class CommandQuery:
     """A SELECT for one page and the COUNT over the same rows."""
 
-    select: str
-    select_params: tuple[object, ...]
-    count: str
-    count_params: tuple[object, ...]
+    select: Select[Any]
+    count: Select[Any]
 
 
-def order_by_clause(ordering: str) -> str:
-    """``ORDER BY`` for ``ordering`` (a field, optionally ``-``-prefixed).
+def order_by_clause(ordering: str) -> list[UnaryExpression[Any]]:
+    """The ``ORDER BY`` terms for ``ordering`` (a field, optionally ``-``-prefixed).
 
     NULLs (a command not yet delivered, acked or handled) sort last in both directions;
     ties are broken by ``-added_at`` then ``id``.
@@ -67,8 +85,9 @@ def order_by_clause(ordering: str) -> str:
     field = ordering[1:] if descending else ordering
     if field not in ORDERING_FIELDS:
         raise ValueError(f"unknown ordering field {field!r}")
-    direction = "DESC" if descending else "ASC"
-    return f"ORDER BY c.{field} {direction} NULLS LAST, c.added_at DESC, c.id ASC"
+    column = _c[field]
+    first = column.desc() if descending else column.asc()
+    return [first.nulls_last(), _c.added_at.desc(), _c.id.asc()]
 
 
 def build_command_query(
@@ -78,8 +97,8 @@ def build_command_query(
     visible_to: int | None,
     limit: int,
     offset: int,
-) -> SqlQuery:
-    """The SQL for one page of commands.
+) -> CommandQuery:
+    """The statements for one page of commands.
 
     Args:
         flt: the parsed filters.
@@ -88,34 +107,28 @@ def build_command_query(
         limit: page size.
         offset: rows to skip.
     """
-    where: list[str] = []
-    params: list[object] = []
+    where: list[ColumnElement[bool]] = []
     if visible_to is not None:
-        where.append("c.requested_by = ?")
-        params.append(visible_to)
+        where.append(_c.requested_by == visible_to)
     if flt.server is not None:
-        where.append("c.server_id = ?")
-        params.append(flt.server)
+        where.append(_c.server_id == flt.server)
     if flt.shell is not None:
-        where.append("c.shell = ?")
-        params.append(flt.shell)
+        where.append(_c.shell == flt.shell)
     if flt.requested_by is not None:
-        where.append("c.requested_by = ?")
-        params.append(flt.requested_by)
+        where.append(_c.requested_by == flt.requested_by)
     if flt.requested_by_isnull is not None:
-        where.append(f"c.requested_by IS {'' if flt.requested_by_isnull else 'NOT '}NULL")
+        isnull = flt.requested_by_isnull
+        where.append(_c.requested_by.is_(None) if isnull else _c.requested_by.is_not(None))
     if flt.is_scheduled is not None:
-        where.append("c.scheduled_at > ?" if flt.is_scheduled else "c.scheduled_at <= ?")
-        params.append(now)
+        where.append(_c.scheduled_at > now if flt.is_scheduled else _c.scheduled_at <= now)
     if flt.search:
-        needle = flt.search.casefold()
+        # The database folds both sides (``sql.casefold``): "É" finds "é" on either backend.
+        needle = casefold(literal(flt.search))
         where.append(
-            "(instr(cp_casefold(s.name), ?) > 0 OR instr(cp_casefold(c.line), ?) > 0 "
-            "OR instr(cp_casefold(COALESCE(u.username, '')), ?) > 0)"
+            contains(casefold(t.servers.c.name), needle)
+            | contains(casefold(_c.line), needle)
+            | contains(casefold(func.coalesce(_requester.c.username, "")), needle)
         )
-        params.extend([needle, needle, needle])
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
-    order = order_by_clause(flt.ordering)
-    select = f"SELECT {COMMAND_COLUMNS} FROM {COMMAND_FROM}{clause} {order} LIMIT ? OFFSET ?"  # noqa: S608
-    count = f"SELECT COUNT(*) FROM {COMMAND_FROM}{clause}"  # noqa: S608
-    return SqlQuery(select, (*params, limit, offset), count, tuple(params))
+    page = command_select().where(*where).order_by(*order_by_clause(flt.ordering))
+    count = select(func.count()).select_from(COMMAND_FROM).where(*where)
+    return CommandQuery(page.limit(limit).offset(offset), count)

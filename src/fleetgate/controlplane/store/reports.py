@@ -7,11 +7,13 @@ the final result is stored once: a report sent again after a reconnect changes n
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from fleetgate.controlplane.store import worksessions as sessions_store
+from sqlalchemy import Connection, bindparam, func, select, update
+
+from fleetgate.controlplane.store import tables as t, worksessions as sessions_store
+from fleetgate.controlplane.store.sql import insert_ignore, json_text
 from fleetgate.controlplane.store.ssh_events import store_ssh_event
 from fleetgate.controlplane.timeutil import to_us
 from fleetgate.shared.protocol import (
@@ -49,7 +51,7 @@ class ReportOutcome:
 
 
 def apply_reports(
-    conn: sqlite3.Connection,
+    conn: Connection,
     server_id: str,
     reports: Sequence[CommandReport],
     *,
@@ -90,16 +92,18 @@ def apply_reports(
             outcome.changed.add(command_id)
         outcome.stored.append(report.rid)
     if last_seen_at is not None:
-        conn.execute("UPDATE servers SET last_seen_at = ? WHERE id = ?", (last_seen_at, server_id))
+        conn.execute(
+            update(t.servers).where(t.servers.c.id == server_id).values(last_seen_at=last_seen_at)
+        )
     return outcome
 
 
-def _holds_env(conn: sqlite3.Connection, command_id: str) -> bool:
-    row = conn.execute(
-        "SELECT 1 FROM commands WHERE id = ? AND env != '{}' AND handled_at IS NULL",
-        (command_id,),
-    ).fetchone()
-    return row is not None
+_c = t.commands.c
+
+
+def _holds_env(conn: Connection, command_id: str) -> bool:
+    stmt = select(_c.id).where(_c.id == command_id, _c.env != "{}", _c.handled_at.is_(None))
+    return conn.execute(stmt).first() is not None
 
 
 @dataclass
@@ -115,14 +119,14 @@ class BatchOutcomes:
 
 
 def store_report_batches(
-    conn: sqlite3.Connection, batches: Sequence[tuple[str, Sequence[CommandReport], int]]
+    conn: Connection, batches: Sequence[tuple[str, Sequence[CommandReport], int]]
 ) -> BatchOutcomes:
     """:func:`apply_report_batches`, its outcomes wrapped for ``Database.write_erasing``."""
     return BatchOutcomes(apply_report_batches(conn, batches))
 
 
 def apply_report_batches(
-    conn: sqlite3.Connection, batches: Sequence[tuple[str, Sequence[CommandReport], int]]
+    conn: Connection, batches: Sequence[tuple[str, Sequence[CommandReport], int]]
 ) -> list[ReportOutcome]:
     """:func:`apply_reports` for several servers' batches ``(server_id, reports,
     last_seen_at)`` in the caller's one transaction; one outcome per batch.
@@ -144,54 +148,56 @@ def apply_report_batches(
     last_seen: dict[str, int] = {}
     for server_id, _, seen in batches:
         last_seen[server_id] = max(seen, last_seen.get(server_id, seen))
-    conn.executemany(
-        "UPDATE servers SET last_seen_at = ? WHERE id = ?",
-        [(seen, server_id) for server_id, seen in last_seen.items()],
-    )
+    if last_seen:
+        stmt = (
+            update(t.servers)
+            .where(t.servers.c.id == bindparam("server_id"))
+            .values(last_seen_at=bindparam("seen"))
+        )
+        params = [{"server_id": sid, "seen": seen} for sid, seen in last_seen.items()]
+        conn.execute(stmt, params)
     return outcomes
 
 
-def _owners(conn: sqlite3.Connection, ids: set[str]) -> dict[str, str]:
+def _owners(conn: Connection, ids: set[str]) -> dict[str, str]:
     """The server of each of ``ids`` that is a command (one query per 500 ids)."""
     found: dict[str, str] = {}
     pending = sorted(ids)
     for start in range(0, len(pending), 500):
         chunk = pending[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        rows = conn.execute(
-            f"SELECT id, server_id FROM commands WHERE id IN ({marks})",  # noqa: S608
-            chunk,
-        )
-        found.update((str(row[0]), str(row[1])) for row in rows)
+        rows = conn.execute(select(_c.id, _c.server_id).where(_c.id.in_(chunk)))
+        found.update((str(command_id), str(server)) for command_id, server in rows)
     return found
 
 
-def _store_sudo(conn: sqlite3.Connection, server_id: str, report: SudoDecided) -> None:
+def _store_sudo(conn: Connection, server_id: str, report: SudoDecided) -> None:
     """A ``sudo`` item on the work session's timeline, once per decision.
 
     A decision about a session that is not this control plane's, or whose server is not
     in it, is dropped (and still confirmed: sending it again would change nothing).
     """
+    ws = t.work_sessions.c
     row = conn.execute(
-        "SELECT servers, assigned_user FROM work_sessions WHERE id = ?", (report.work_session,)
-    ).fetchone()
+        select(ws.servers, ws.assigned_user).where(ws.id == report.work_session)
+    ).first()
     if row is None or server_id not in json.loads(row[0]):
         return
     actor = row[1]  # who asked: the session's user, whose shell or command called sudo
     decision_id = str(report.decision_id)
+    ev = t.work_session_events.c
     seen = conn.execute(
-        "SELECT 1 FROM work_session_events WHERE session_id = ? AND type = 'sudo' "
-        "AND json_extract(data, '$.decision_id') = ?",
-        (report.work_session, decision_id),
-    ).fetchone()
+        select(ev.id).where(
+            ev.session_id == report.work_session,
+            ev.type == "sudo",
+            json_text(ev.data, "decision_id") == decision_id,
+        )
+    ).first()
     if seen is not None:
         return
     own_command = None
     if report.command_id is not None and _own_commands(conn, server_id, {str(report.command_id)}):
         own_command = str(report.command_id)
-        requester = conn.execute(
-            "SELECT requested_by FROM commands WHERE id = ?", (own_command,)
-        ).fetchone()
+        requester = conn.execute(select(_c.requested_by).where(_c.id == own_command)).first()
         if requester is not None and requester[0] is not None:
             actor = requester[0]
     sessions_store.add_event(
@@ -215,60 +221,57 @@ def _store_sudo(conn: sqlite3.Connection, server_id: str, report: SudoDecided) -
     )
 
 
-def _own_commands(conn: sqlite3.Connection, server_id: str, ids: set[str]) -> set[str]:
+def _own_commands(conn: Connection, server_id: str, ids: set[str]) -> set[str]:
     """Which of ``ids`` are commands of this server (one query per 500 ids)."""
     found: set[str] = set()
     pending = sorted(ids)
     for start in range(0, len(pending), 500):
         chunk = pending[start : start + 500]
-        marks = ", ".join("?" * len(chunk))
-        rows = conn.execute(
-            f"SELECT id FROM commands WHERE server_id = ? AND id IN ({marks})",  # noqa: S608
-            (server_id, *chunk),
-        )
-        found.update(row[0] for row in rows)
+        stmt = select(_c.id).where(_c.server_id == server_id, _c.id.in_(chunk))
+        found.update(conn.execute(stmt).scalars())
     return found
 
 
-def _apply_one(conn: sqlite3.Connection, command_id: str, report: CommandReport) -> bool:
+def _apply_one(conn: Connection, command_id: str, report: CommandReport) -> bool:
     """Store one report; whether stream readers should be woken."""
     if isinstance(report, CommandOutput):
         cur = conn.execute(
-            "INSERT OR IGNORE INTO command_chunks (command_id, seq, content) VALUES (?, ?, ?)",
-            (command_id, report.seq, report.data),
+            insert_ignore(conn, t.command_chunks).values(
+                command_id=command_id, seq=report.seq, content=report.data
+            )
         )
         return cur.rowcount > 0
     if isinstance(report, CommandDelivered):
+        at = to_us(report.delivered_at)
         conn.execute(
-            "UPDATE commands SET delivered_at = ?, sent_at = COALESCE(sent_at, ?) "
-            "WHERE id = ? AND delivered_at IS NULL",
-            (to_us(report.delivered_at), to_us(report.delivered_at), command_id),
+            update(t.commands)
+            .where(_c.id == command_id, _c.delivered_at.is_(None))
+            .values(delivered_at=at, sent_at=func.coalesce(_c.sent_at, at))
         )
         return False
     if isinstance(report, CommandAcked):
         conn.execute(
-            "UPDATE commands SET acked_at = ? WHERE id = ? AND acked_at IS NULL",
-            (to_us(report.acked_at), command_id),
+            update(t.commands)
+            .where(_c.id == command_id, _c.acked_at.is_(None))
+            .values(acked_at=to_us(report.acked_at))
         )
         return False
     assert isinstance(report, CommandFinished)
     cur = conn.execute(
-        "UPDATE commands SET handled_at = ?, elapsed_time = ?, exit_code = ?, success = ?, "
-        "result = ?, truncated = ?, output_bytes = ?, error_phase = ?, message = ?, "
-        "error_code = ?, env = '{}' "
-        "WHERE id = ? AND handled_at IS NULL",
-        (
-            to_us(report.handled_at),
-            report.elapsed_time,
-            report.exit_code,
-            int(report.success),
-            report.result,
-            int(report.truncated),
-            report.output_bytes,
-            report.error_phase,
-            report.message,
-            report.code,
-            command_id,
-        ),
+        update(t.commands)
+        .where(_c.id == command_id, _c.handled_at.is_(None))
+        .values(
+            handled_at=to_us(report.handled_at),
+            elapsed_time=report.elapsed_time,
+            exit_code=report.exit_code,
+            success=int(report.success),
+            result=report.result,
+            truncated=int(report.truncated),
+            output_bytes=report.output_bytes,
+            error_phase=report.error_phase,
+            message=report.message,
+            error_code=report.code,
+            env="{}",
+        )
     )
     return cur.rowcount > 0

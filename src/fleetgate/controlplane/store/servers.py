@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import hmac
 import json
-import sqlite3
 import uuid
 from dataclasses import dataclass, field
 
+from sqlalchemy import Connection, RowMapping, delete, func, select, update
+
+from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.sql import insert_ignore
 from fleetgate.controlplane.store.users import hash_key, new_key
 from fleetgate.shared.labels import check_labels
 
@@ -21,6 +24,7 @@ __all__ = [
     "list_servers",
     "mark_connected",
     "mark_disconnected",
+    "names",
     "register_server",
     "reset_connections",
     "rotate_key",
@@ -29,6 +33,8 @@ __all__ = [
 ]
 
 SERVER_KEY_PREFIX = "fsk_"
+
+_c = t.servers.c
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,7 @@ class ServerRow:
         return {**self.agent_labels, **self.operator_labels}
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> ServerRow:
+    def from_row(cls, row: RowMapping) -> ServerRow:
         """Build from a ``servers`` row."""
         return cls(
             id=str(row["id"]),
@@ -73,22 +79,27 @@ class ServerRow:
 
 
 def register_server(
-    conn: sqlite3.Connection, name: str, *, hostname: str = "", platform: str = "", now: int
+    conn: Connection, name: str, *, hostname: str = "", platform: str = "", now: int
 ) -> tuple[ServerRow, str] | None:
     """Register ``name``; return it and its key, or ``None`` when the name exists."""
     key = new_key(SERVER_KEY_PREFIX)
-    try:
-        cur = conn.execute(
-            "INSERT INTO servers (id, name, key_hash, hostname, platform, registered_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-            (str(uuid.uuid4()), name, hash_key(key), hostname, platform, now),
+    stmt = (
+        insert_ignore(conn, t.servers)
+        .values(
+            id=str(uuid.uuid4()),
+            name=name,
+            key_hash=hash_key(key),
+            hostname=hostname,
+            platform=platform,
+            registered_at=now,
         )
-    except sqlite3.IntegrityError:
-        return None
-    return ServerRow.from_row(cur.fetchone()), key
+        .returning(*t.servers.c)
+    )
+    row = conn.execute(stmt).mappings().first()
+    return None if row is None else (ServerRow.from_row(row), key)
 
 
-def get_server(conn: sqlite3.Connection, ref: str) -> ServerRow | None:
+def get_server(conn: Connection, ref: str) -> ServerRow | None:
     """The server whose id (a UUID) or else name is ``ref``."""
     row = None
     try:
@@ -96,14 +107,14 @@ def get_server(conn: sqlite3.Connection, ref: str) -> ServerRow | None:
     except ValueError:
         pass
     else:
-        row = conn.execute("SELECT * FROM servers WHERE id = ?", (server_id,)).fetchone()
+        row = conn.execute(select(t.servers).where(_c.id == server_id)).mappings().first()
     if row is None:
-        row = conn.execute("SELECT * FROM servers WHERE name = ?", (ref,)).fetchone()
+        row = conn.execute(select(t.servers).where(_c.name == ref)).mappings().first()
     return None if row is None else ServerRow.from_row(row)
 
 
 def list_servers(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     name: str | None,
     is_connected: bool | None,
@@ -111,49 +122,42 @@ def list_servers(
     limit: int,
 ) -> tuple[int, list[ServerRow]]:
     """A page of servers by name, and the total count matching the filters."""
-    where: list[str] = []
-    params: list[object] = []
+    where = []
     if name is not None:
-        where.append("name = ?")
-        params.append(name)
+        where.append(_c.name == name)
     if is_connected is not None:
-        where.append("is_connected = ?")
-        params.append(int(is_connected))
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
-    count = int(conn.execute(f"SELECT COUNT(*) FROM servers{clause}", params).fetchone()[0])  # noqa: S608
-    rows = conn.execute(
-        f"SELECT * FROM servers{clause} ORDER BY name LIMIT ? OFFSET ?",  # noqa: S608
-        [*params, limit, offset],
-    )
-    return count, [ServerRow.from_row(r) for r in rows]
+        where.append(_c.is_connected == int(is_connected))
+    count = conn.execute(select(func.count()).select_from(t.servers).where(*where)).scalar_one()
+    stmt = select(t.servers).where(*where).order_by(_c.name).limit(limit).offset(offset)
+    return int(count), [ServerRow.from_row(r) for r in conn.execute(stmt).mappings()]
 
 
-def rotate_key(conn: sqlite3.Connection, server_id: str) -> str:
+def rotate_key(conn: Connection, server_id: str) -> str:
     """Give a server a new key (the old one stops working); return it."""
     key = new_key(SERVER_KEY_PREFIX)
-    conn.execute("UPDATE servers SET key_hash = ? WHERE id = ?", (hash_key(key), server_id))
+    conn.execute(update(t.servers).where(_c.id == server_id).values(key_hash=hash_key(key)))
     return key
 
 
-def delete_server(conn: sqlite3.Connection, server_id: str) -> bool:
+def delete_server(conn: Connection, server_id: str) -> bool:
     """Delete a server (and, by cascade, its commands); whether it existed."""
-    return conn.execute("DELETE FROM servers WHERE id = ?", (server_id,)).rowcount > 0
+    return conn.execute(delete(t.servers).where(_c.id == server_id)).rowcount > 0
 
 
-def authenticate(conn: sqlite3.Connection, server_id: str, key: str) -> ServerRow | None:
+def authenticate(conn: Connection, server_id: str, key: str) -> ServerRow | None:
     """The server when ``key`` is its key (constant-time comparison of the digests)."""
     try:
         server_id = str(uuid.UUID(server_id))
     except ValueError:
         return None
-    row = conn.execute("SELECT * FROM servers WHERE id = ?", (server_id,)).fetchone()
+    row = conn.execute(select(t.servers).where(_c.id == server_id)).mappings().first()
     if row is None or not hmac.compare_digest(str(row["key_hash"]), hash_key(key)):
         return None
     return ServerRow.from_row(row)
 
 
 def mark_connected(
-    conn: sqlite3.Connection,
+    conn: Connection,
     server_id: str,
     *,
     agent_version: str,
@@ -165,21 +169,21 @@ def mark_connected(
     """Record an agent's ``hello`` on the connection that started at ``connected_at``;
     ``labels`` (from the agent's configuration) replace the agent's previous ones."""
     conn.execute(
-        "UPDATE servers SET is_connected = 1, agent_version = ?, hostname = ?, "
-        "connected_at = ?, last_seen_at = ?, agent_labels = ? WHERE id = ?",
-        (
-            agent_version,
-            hostname,
-            connected_at,
-            last_seen_at,
-            json.dumps(labels or {}, sort_keys=True),
-            server_id,
-        ),
+        update(t.servers)
+        .where(_c.id == server_id)
+        .values(
+            is_connected=1,
+            agent_version=agent_version,
+            hostname=hostname,
+            connected_at=connected_at,
+            last_seen_at=last_seen_at,
+            agent_labels=json.dumps(labels or {}, sort_keys=True),
+        )
     )
 
 
 def update_labels(
-    conn: sqlite3.Connection, server_id: str, changes: dict[str, str | None]
+    conn: Connection, server_id: str, changes: dict[str, str | None]
 ) -> dict[str, str] | None:
     """Merge ``changes`` into the operator labels (``None`` removes a key); return the
     new operator labels, or ``None`` when the server does not exist.
@@ -187,10 +191,12 @@ def update_labels(
     Raises:
         LabelError: the result would have more than ``MAX_LABELS`` labels.
     """
-    row = conn.execute("SELECT labels FROM servers WHERE id = ?", (server_id,)).fetchone()
-    if row is None:
+    # Locked (PostgreSQL): two concurrent merges must not both start from the same labels.
+    stmt = select(_c.labels).where(_c.id == server_id).with_for_update()
+    current = conn.execute(stmt).scalar_one_or_none()
+    if current is None:
         return None
-    labels: dict[str, str] = json.loads(row[0])
+    labels: dict[str, str] = json.loads(current)
     for key, value in changes.items():
         if value is None:
             labels.pop(key, None)
@@ -198,30 +204,42 @@ def update_labels(
             labels[key] = value
     check_labels(labels)  # LabelError (too many) rolls the transaction back
     conn.execute(
-        "UPDATE servers SET labels = ? WHERE id = ?",
-        (json.dumps(labels, sort_keys=True), server_id),
+        update(t.servers)
+        .where(_c.id == server_id)
+        .values(labels=json.dumps(labels, sort_keys=True))
     )
     return labels
 
 
 def mark_disconnected(
-    conn: sqlite3.Connection, server_id: str, *, connected_at: int, last_seen_at: int
+    conn: Connection, server_id: str, *, connected_at: int, last_seen_at: int
 ) -> None:
     """Record the end of the agent connection that started at ``connected_at``.
 
     A newer connection of the same server (another ``connected_at``) is left alone.
     """
     conn.execute(
-        "UPDATE servers SET is_connected = 0, last_seen_at = ? WHERE id = ? AND connected_at = ?",
-        (last_seen_at, server_id, connected_at),
+        update(t.servers)
+        .where(_c.id == server_id, _c.connected_at == connected_at)
+        .values(is_connected=0, last_seen_at=last_seen_at)
     )
 
 
-def touch(conn: sqlite3.Connection, server_id: str, *, last_seen_at: int) -> None:
+def touch(conn: Connection, server_id: str, *, last_seen_at: int) -> None:
     """Persist the time of the agent's last frame."""
-    conn.execute("UPDATE servers SET last_seen_at = ? WHERE id = ?", (last_seen_at, server_id))
+    conn.execute(update(t.servers).where(_c.id == server_id).values(last_seen_at=last_seen_at))
 
 
-def reset_connections(conn: sqlite3.Connection) -> None:
+def reset_connections(conn: Connection) -> None:
     """At start: no agent is connected to a process that just started."""
-    conn.execute("UPDATE servers SET is_connected = 0 WHERE is_connected = 1")
+    conn.execute(update(t.servers).where(_c.is_connected == 1).values(is_connected=0))
+
+
+def names(conn: Connection, ids: list[str]) -> dict[str, str]:
+    """``server id -> name`` of those of ``ids`` that exist (one query per 500)."""
+    out: dict[str, str] = {}
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        rows = conn.execute(select(_c.id, _c.name).where(_c.id.in_(chunk)))
+        out.update({str(server_id): str(name) for server_id, name in rows})
+    return out

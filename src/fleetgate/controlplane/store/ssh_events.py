@@ -10,13 +10,16 @@ Every item's ``data`` has ``"via": "ssh"`` and the SSH connection's id.
 
 from __future__ import annotations
 
-import sqlite3
 from typing import Any
 
+from sqlalchemy import Connection, select
+
 from fleetgate.controlplane.store import (
+    tables as t,
     terminals as terminals_store,
     worksessions as sessions_store,
 )
+from fleetgate.controlplane.store.sql import json_text
 from fleetgate.controlplane.store.ssh import get_connection
 from fleetgate.controlplane.timeutil import to_us
 from fleetgate.shared.protocol import SshEvent
@@ -26,7 +29,7 @@ from fleetgate.shared.protocol.ssh import SSH_SCOPES
 __all__ = ["store_ssh_event"]
 
 
-def store_ssh_event(conn: sqlite3.Connection, server_id: str, report: SshEvent) -> None:
+def store_ssh_event(conn: Connection, server_id: str, report: SshEvent) -> None:
     """Store one event (inside the caller's transaction); duplicates and events about a
     connection that is not this server's are dropped (and still confirmed)."""
     row = get_connection(conn, str(report.channel_id))
@@ -53,11 +56,10 @@ def store_ssh_event(conn: sqlite3.Connection, server_id: str, report: SshEvent) 
     if session_id is None:
         return  # a token's connection: no work session, no timeline
     event_id = str(report.event_id)
+    ev = t.work_session_events.c
     seen = conn.execute(
-        "SELECT 1 FROM work_session_events WHERE session_id = ? "
-        "AND json_extract(data, '$.event_id') = ?",
-        (session_id, event_id),
-    ).fetchone()
+        select(ev.id).where(ev.session_id == session_id, json_text(ev.data, "event_id") == event_id)
+    ).first()
     if seen is not None:
         return
     data: dict[str, Any] = {

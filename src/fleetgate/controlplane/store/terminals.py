@@ -7,9 +7,12 @@ ended or it was closed. Its recording arrives from the agent after the end.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
+
+from sqlalchemy import Connection, RowMapping, Select, case, func, or_, select, update
+
+from fleetgate.controlplane.store import tables as t
 
 
 __all__ = [
@@ -53,17 +56,21 @@ class TerminalRow:
     recorded_at: int | None
 
 
-_SELECT = """
-SELECT t.*, s.name AS server_name FROM terminals t JOIN servers s ON s.id = t.server_id
-"""
+_t = t.terminals.c
 
 
-def _row(row: sqlite3.Row) -> TerminalRow:
+def _select() -> Select[Any]:
+    return select(t.terminals, t.servers.c.name.label("server_name")).select_from(
+        t.terminals.join(t.servers, t.servers.c.id == _t.server_id)
+    )
+
+
+def _row(row: RowMapping) -> TerminalRow:
     return TerminalRow(**{name: row[name] for name in TerminalRow.__dataclass_fields__})
 
 
 def insert_terminal(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     terminal_id: str,
     server_id: str,
@@ -79,33 +86,31 @@ def insert_terminal(
 ) -> None:
     """Store a new terminal (status ``created``)."""
     conn.execute(
-        "INSERT INTO terminals (id, server_id, username, groupname, shell, rows, cols,"
-        " work_session_id, owner_user, owner_token, status, created_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'created', ?)",
-        (
-            terminal_id,
-            server_id,
-            username,
-            groupname,
-            shell,
-            rows,
-            cols,
-            work_session_id,
-            owner_user,
-            owner_token,
-            now,
-        ),
+        t.terminals.insert().values(
+            id=terminal_id,
+            server_id=server_id,
+            username=username,
+            groupname=groupname,
+            shell=shell,
+            rows=rows,
+            cols=cols,
+            work_session_id=work_session_id,
+            owner_user=owner_user,
+            owner_token=owner_token,
+            status="created",
+            created_at=now,
+        )
     )
 
 
-def get_terminal(conn: sqlite3.Connection, terminal_id: str) -> TerminalRow | None:
+def get_terminal(conn: Connection, terminal_id: str) -> TerminalRow | None:
     """One terminal, or None."""
-    row = conn.execute(_SELECT + " WHERE t.id = ?", (terminal_id,)).fetchone()
+    row = conn.execute(_select().where(_t.id == terminal_id)).mappings().first()
     return None if row is None else _row(row)
 
 
 def list_terminals(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     owner_user: int | None = None,
     owner_token: str | None = None,
@@ -115,48 +120,46 @@ def list_terminals(
     offset: int = 0,
 ) -> tuple[list[TerminalRow], int]:
     """Terminals, newest first, with the total count; every given filter applies."""
-    where, args = [], []
-    for column, value in (
-        ("t.owner_user", owner_user),
-        ("t.owner_token", owner_token),
-        ("t.work_session_id", work_session_id),
-        ("t.server_id", server_id),
-    ):
-        if value is not None:
-            where.append(f"{column} = ?")
-            args.append(value)
-    clause = (" WHERE " + " AND ".join(where)) if where else ""
-    # Only fixed column names are interpolated; every value is a parameter.
-    count_sql = "SELECT COUNT(*) FROM terminals t" + clause  # noqa: S608
-    total = conn.execute(count_sql, args).fetchone()[0]
-    rows = conn.execute(
-        _SELECT + clause + " ORDER BY t.created_at DESC, t.id LIMIT ? OFFSET ?",
-        [*args, limit, offset],
-    ).fetchall()
-    return [_row(r) for r in rows], int(total)
+    where = [
+        column == value
+        for column, value in (
+            (_t.owner_user, owner_user),
+            (_t.owner_token, owner_token),
+            (_t.work_session_id, work_session_id),
+            (_t.server_id, server_id),
+        )
+        if value is not None
+    ]
+    total = conn.execute(select(func.count()).select_from(t.terminals).where(*where))
+    stmt = _select().where(*where).order_by(_t.created_at.desc(), _t.id).limit(limit).offset(offset)
+    return [_row(r) for r in conn.execute(stmt).mappings()], int(total.scalar_one())
 
 
-def mark_attached(conn: sqlite3.Connection, terminal_id: str, channel_id: str) -> None:
+def mark_attached(conn: Connection, terminal_id: str, channel_id: str) -> None:
     """A channel of the terminal is now relayed (the first one opens it)."""
     conn.execute(
-        "UPDATE terminals SET status = CASE status WHEN 'created' THEN 'open' ELSE status END,"
-        " channel_id = ?, attaches = attaches + 1 WHERE id = ?",
-        (channel_id, terminal_id),
+        update(t.terminals)
+        .where(_t.id == terminal_id)
+        .values(
+            status=case((_t.status == "created", "open"), else_=_t.status),
+            channel_id=channel_id,
+            attaches=_t.attaches + 1,
+        )
     )
 
 
-def mark_closed(conn: sqlite3.Connection, terminal_id: str, *, reason: str, now: int) -> bool:
+def mark_closed(conn: Connection, terminal_id: str, *, reason: str, now: int) -> bool:
     """The terminal ended; False when it already had."""
     cursor = conn.execute(
-        "UPDATE terminals SET status = 'closed', closed_at = ?, close_reason = ?"
-        " WHERE id = ? AND status != 'closed'",
-        (now, reason[:200], terminal_id),
+        update(t.terminals)
+        .where(_t.id == terminal_id, _t.status != "closed")
+        .values(status="closed", closed_at=now, close_reason=reason[:200])
     )
     return cursor.rowcount > 0
 
 
 def open_terminals_of(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     token_id: str | None = None,
     user_id: int | None = None,
@@ -164,34 +167,50 @@ def open_terminals_of(
 ) -> list[TerminalRow]:
     """The terminals not ended that were created with ``token_id``, by ``user_id`` or
     under ``work_session_id`` (any of them; ``NULL`` never matches)."""
-    rows = conn.execute(
-        _SELECT + " WHERE t.status != 'closed' AND (t.owner_token = ? OR t.owner_user = ?"
-        " OR t.work_session_id = ?)",
-        (token_id, user_id, work_session_id),
-    ).fetchall()
-    return [_row(r) for r in rows]
+    owned = [
+        column == value
+        for column, value in (
+            (_t.owner_token, token_id),
+            (_t.owner_user, user_id),
+            (_t.work_session_id, work_session_id),
+        )
+        if value is not None
+    ]
+    if not owned:
+        return []
+    stmt = _select().where(_t.status != "closed", or_(*owned))
+    return [_row(r) for r in conn.execute(stmt).mappings()]
 
 
 def closed_unrecorded(
-    conn: sqlite3.Connection, server_id: str, *, since: int, limit: int = 1000
+    conn: Connection, server_id: str, *, since: int, limit: int = 1000
 ) -> list[tuple[str, str]]:
     """``(id, close_reason)`` of the terminals of ``server_id`` closed since ``since``
     whose recording has not arrived: their shell may still run on the agent."""
-    rows = conn.execute(
-        "SELECT id, COALESCE(close_reason, 'closed') FROM terminals WHERE server_id = ?"
-        " AND status = 'closed' AND recorded_at IS NULL AND closed_at >= ?"
-        " ORDER BY closed_at LIMIT ?",
-        (server_id, since, limit),
-    ).fetchall()
-    return [(str(r[0]), str(r[1])) for r in rows]
+    stmt = (
+        select(_t.id, func.coalesce(_t.close_reason, "closed"))
+        .where(
+            _t.server_id == server_id,
+            _t.status == "closed",
+            _t.recorded_at.is_(None),
+            _t.closed_at >= since,
+        )
+        .order_by(_t.closed_at)
+        .limit(limit)
+    )
+    return [(str(r[0]), str(r[1])) for r in conn.execute(stmt)]
 
 
-def set_recording(
-    conn: sqlite3.Connection, terminal_id: str, *, size: int, sha256: str, now: int
-) -> None:
+def set_recording(conn: Connection, terminal_id: str, *, size: int, sha256: str, now: int) -> None:
     """The terminal's recording is stored (it arrives after the end)."""
     conn.execute(
-        "UPDATE terminals SET recording_size = ?, recording_sha256 = ?, recorded_at = ?,"
-        " status = 'closed', closed_at = COALESCE(closed_at, ?) WHERE id = ?",
-        (size, sha256, now, now, terminal_id),
+        update(t.terminals)
+        .where(_t.id == terminal_id)
+        .values(
+            recording_size=size,
+            recording_sha256=sha256,
+            recorded_at=now,
+            status="closed",
+            closed_at=func.coalesce(_t.closed_at, now),
+        )
     )

@@ -1,4 +1,4 @@
-"""Tunnels in SQLite: who opened which forward to which server port, and how it ended.
+"""Tunnels: who opened which forward to which server port, and how it ended.
 
 A tunnel is a resource (``POST /api/tunnels/``); its TCP streams are channels and are
 not stored. A closed tunnel keeps its row (``closed_at``, ``close_code``) for history.
@@ -6,8 +6,12 @@ not stored. A closed tunnel keeps its row (``closed_at``, ``close_code``) for hi
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, RowMapping, Select, func, or_, select, update
+
+from fleetgate.controlplane.store import tables as t
 
 
 __all__ = [
@@ -20,10 +24,17 @@ __all__ = [
     "open_tunnels_of",
 ]
 
-_SELECT = (
-    "SELECT t.*, s.name AS server_name, u.username AS owner_name FROM tunnels t "
-    "JOIN servers s ON s.id = t.server_id LEFT JOIN users u ON u.id = t.owner_user"
-)
+_t = t.tunnels.c
+
+
+def _select() -> Select[Any]:
+    return select(
+        t.tunnels, t.servers.c.name.label("server_name"), t.users.c.username.label("owner_name")
+    ).select_from(
+        t.tunnels.join(t.servers, t.servers.c.id == _t.server_id).outerjoin(
+            t.users, t.users.c.id == _t.owner_user
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -59,37 +70,35 @@ class TunnelRow:
     close_reason: str | None
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> TunnelRow:
-        """Build from a row selected with ``_SELECT``."""
+    def from_row(cls, row: RowMapping) -> TunnelRow:
+        """Build from a row selected with ``_select()``."""
         return cls(**{name: row[name] for name in cls.__dataclass_fields__})
 
 
-def insert_tunnel(conn: sqlite3.Connection, new: NewTunnel) -> None:
+def insert_tunnel(conn: Connection, new: NewTunnel) -> None:
     """Store a new open tunnel."""
     conn.execute(
-        "INSERT INTO tunnels (id, server_id, remote_host, remote_port, owner_user, "
-        "owner_token, work_session_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            new.id,
-            new.server_id,
-            new.remote_host,
-            new.remote_port,
-            new.owner_user,
-            new.owner_token,
-            new.work_session_id,
-            new.created_at,
-        ),
+        t.tunnels.insert().values(
+            id=new.id,
+            server_id=new.server_id,
+            remote_host=new.remote_host,
+            remote_port=new.remote_port,
+            owner_user=new.owner_user,
+            owner_token=new.owner_token,
+            work_session_id=new.work_session_id,
+            created_at=new.created_at,
+        )
     )
 
 
-def get_tunnel(conn: sqlite3.Connection, tunnel_id: str) -> TunnelRow | None:
+def get_tunnel(conn: Connection, tunnel_id: str) -> TunnelRow | None:
     """The tunnel ``tunnel_id``, or ``None``."""
-    row = conn.execute(f"{_SELECT} WHERE t.id = ?", (tunnel_id,)).fetchone()
+    row = conn.execute(_select().where(_t.id == tunnel_id)).mappings().first()
     return None if row is None else TunnelRow.from_row(row)
 
 
 def list_tunnels(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     owner_user: int | None,
     owner_token: str | None,
@@ -99,41 +108,30 @@ def list_tunnels(
 ) -> tuple[int, list[TunnelRow]]:
     """A page of tunnels, newest first: of one owner (user, or token for services), or
     all of them when both are ``None``."""
-    where: list[str] = []
-    params: list[object] = []
+    where = []
     if owner_user is not None:
-        where.append("t.owner_user = ?")
-        params.append(owner_user)
+        where.append(_t.owner_user == owner_user)
     elif owner_token is not None:
-        where.append("t.owner_token = ?")
-        params.append(owner_token)
+        where.append(_t.owner_token == owner_token)
     if open_only:
-        where.append("t.closed_at IS NULL")
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
-    # ``clause`` is built from the fixed fragments above; values are parameters.
-    count_sql = f"SELECT COUNT(*) FROM tunnels t{clause}"  # noqa: S608
-    count = int(conn.execute(count_sql, params).fetchone()[0])
-    rows = conn.execute(
-        f"{_SELECT}{clause} ORDER BY t.created_at DESC, t.id LIMIT ? OFFSET ?",
-        [*params, limit, offset],
-    )
-    return count, [TunnelRow.from_row(r) for r in rows]
+        where.append(_t.closed_at.is_(None))
+    count = conn.execute(select(func.count()).select_from(t.tunnels).where(*where)).scalar_one()
+    stmt = _select().where(*where).order_by(_t.created_at.desc(), _t.id).limit(limit).offset(offset)
+    return int(count), [TunnelRow.from_row(r) for r in conn.execute(stmt).mappings()]
 
 
-def close_tunnel(
-    conn: sqlite3.Connection, tunnel_id: str, *, code: str, reason: str, now: int
-) -> bool:
+def close_tunnel(conn: Connection, tunnel_id: str, *, code: str, reason: str, now: int) -> bool:
     """Mark the tunnel closed; whether it was open."""
     cursor = conn.execute(
-        "UPDATE tunnels SET closed_at = ?, close_code = ?, close_reason = ? "
-        "WHERE id = ? AND closed_at IS NULL",
-        (now, code, reason, tunnel_id),
+        update(t.tunnels)
+        .where(_t.id == tunnel_id, _t.closed_at.is_(None))
+        .values(closed_at=now, close_code=code, close_reason=reason)
     )
     return cursor.rowcount > 0
 
 
 def open_tunnels_of(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     token_id: str | None = None,
     user_id: int | None = None,
@@ -141,9 +139,16 @@ def open_tunnels_of(
 ) -> list[TunnelRow]:
     """The tunnels still open that were created with ``token_id``, by ``user_id`` or under
     ``work_session_id`` (any of them; none given: none)."""
-    rows = conn.execute(
-        f"{_SELECT} WHERE t.closed_at IS NULL AND (t.owner_token = ? OR t.owner_user = ? "
-        "OR t.work_session_id = ?)",
-        (token_id, user_id, work_session_id),
-    )
-    return [TunnelRow.from_row(r) for r in rows]
+    owned = [
+        column == value
+        for column, value in (
+            (_t.owner_token, token_id),
+            (_t.owner_user, user_id),
+            (_t.work_session_id, work_session_id),
+        )
+        if value is not None
+    ]
+    if not owned:
+        return []
+    stmt = _select().where(_t.closed_at.is_(None), or_(*owned))
+    return [TunnelRow.from_row(r) for r in conn.execute(stmt).mappings()]

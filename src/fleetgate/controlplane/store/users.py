@@ -10,12 +10,15 @@ import hashlib
 import hmac
 import json
 import secrets
-import sqlite3
 import uuid
 from dataclasses import dataclass
 from typing import Literal
 
+from sqlalchemy import Connection, RowMapping, delete, select, update
+
 from fleetgate.controlplane.acl import TokenAcl
+from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.sql import insert_ignore
 
 
 __all__ = [
@@ -64,7 +67,7 @@ class UserRow:
     """False: disabled by a superuser; its tokens do not authenticate."""
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row, prefix: str = "") -> UserRow:
+    def from_row(cls, row: RowMapping, prefix: str = "") -> UserRow:
         """Build from a ``users`` row (columns named ``prefix + name``)."""
         return cls(
             id=int(row[prefix + "id"]),
@@ -96,7 +99,7 @@ class TokenRow:
     """What a restricted token may do (``None``: unrestricted)."""
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> TokenRow:
+    def from_row(cls, row: RowMapping) -> TokenRow:
         """Build from a ``tokens`` row."""
         acl = row["command_acl"]
         ops = row["acl"]
@@ -161,7 +164,7 @@ def verify_password(password: str, stored: str | None) -> bool:
 
 
 def create_user(
-    conn: sqlite3.Connection,
+    conn: Connection,
     username: str,
     *,
     email: str = "",
@@ -171,48 +174,57 @@ def create_user(
     now: int,
 ) -> UserRow | None:
     """Insert a user; ``None`` when the username is taken."""
-    try:
-        cur = conn.execute(
-            "INSERT INTO users (username, email, password_hash, is_superuser, server_username, "
-            "created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
-            (username, email, password_hash, int(is_superuser), server_username, now),
+    row = (
+        conn.execute(
+            insert_ignore(conn, t.users)
+            .values(
+                username=username,
+                email=email,
+                password_hash=password_hash,
+                is_superuser=int(is_superuser),
+                server_username=server_username,
+                created_at=now,
+            )
+            .returning(*t.users.c)
         )
-    except sqlite3.IntegrityError:
-        return None
-    return UserRow.from_row(cur.fetchone())
+        .mappings()
+        .first()
+    )
+    return None if row is None else UserRow.from_row(row)
 
 
 def set_server_username(
-    conn: sqlite3.Connection, user_id: int, server_username: str | None
+    conn: Connection, user_id: int, server_username: str | None
 ) -> UserRow | None:
     """Map (or unmap, with ``None``) a user's server account; the updated user."""
-    cur = conn.execute(
-        "UPDATE users SET server_username = ? WHERE id = ? RETURNING *", (server_username, user_id)
+    stmt = (
+        update(t.users)
+        .where(t.users.c.id == user_id)
+        .values(server_username=server_username)
+        .returning(*t.users.c)
     )
-    row = cur.fetchone()
+    row = conn.execute(stmt).mappings().first()
     return None if row is None else UserRow.from_row(row)
 
 
-def set_password(conn: sqlite3.Connection, user_id: int, password_hash: str) -> None:
+def set_password(conn: Connection, user_id: int, password_hash: str) -> None:
     """Replace a user's password hash (from :func:`hash_password`)."""
-    conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+    conn.execute(update(t.users).where(t.users.c.id == user_id).values(password_hash=password_hash))
 
 
-def get_user(conn: sqlite3.Connection, user_id: int) -> UserRow | None:
+def get_user(conn: Connection, user_id: int) -> UserRow | None:
     """The user with this id."""
-    row = conn.execute("SELECT * FROM users WHERE id = ?", (user_id,)).fetchone()
+    row = conn.execute(select(t.users).where(t.users.c.id == user_id)).mappings().first()
     return None if row is None else UserRow.from_row(row)
 
 
-def get_user_by_username(
-    conn: sqlite3.Connection, username: str
-) -> tuple[UserRow, str | None] | None:
+def get_user_by_username(conn: Connection, username: str) -> tuple[UserRow, str | None] | None:
     """The user and its password hash, for login and the CLI."""
-    row = conn.execute("SELECT * FROM users WHERE username = ?", (username,)).fetchone()
+    row = conn.execute(select(t.users).where(t.users.c.username == username)).mappings().first()
     return None if row is None else (UserRow.from_row(row), row["password_hash"])
 
 
-def find_user(conn: sqlite3.Connection, ref: int | str) -> UserRow | None:
+def find_user(conn: Connection, ref: int | str) -> UserRow | None:
     """The user an API names: an id (an int, or a string of digits that is nobody's
     username) or a username."""
     if isinstance(ref, int):
@@ -223,24 +235,29 @@ def find_user(conn: sqlite3.Connection, ref: int | str) -> UserRow | None:
     return None if found is None else found[0]
 
 
-def set_active(conn: sqlite3.Connection, user_id: int, active: bool) -> UserRow | None:
+def set_active(conn: Connection, user_id: int, active: bool) -> UserRow | None:
     """Enable or disable a user; the user after the change, ``None`` if unknown."""
-    row = conn.execute(
-        "UPDATE users SET is_active = ? WHERE id = ? RETURNING *", (int(active), user_id)
-    ).fetchone()
+    stmt = (
+        update(t.users)
+        .where(t.users.c.id == user_id)
+        .values(is_active=int(active))
+        .returning(*t.users.c)
+    )
+    row = conn.execute(stmt).mappings().first()
     return None if row is None else UserRow.from_row(row)
 
 
-def list_users(conn: sqlite3.Connection) -> list[UserRow]:
+def list_users(conn: Connection) -> list[UserRow]:
     """Every user, by id."""
-    return [UserRow.from_row(r) for r in conn.execute("SELECT * FROM users ORDER BY id")]
+    rows = conn.execute(select(t.users).order_by(t.users.c.id)).mappings()
+    return [UserRow.from_row(r) for r in rows]
 
 
 # -- tokens ----------------------------------------------------------------------------
 
 
 def create_token(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     kind: TokenKind,
     name: str,
@@ -261,40 +278,35 @@ def create_token(
     if acl is not None and acl.command is not None:
         command_acl = list(acl.command)
     key = new_key(TOKEN_PREFIXES[kind])
-    cur = conn.execute(
-        "INSERT INTO tokens (id, key_hash, kind, name, user_id, service_name, command_acl, "
-        "created_at, expires_at, gated, acl) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-        "RETURNING *",
-        (
-            str(uuid.uuid4()),
-            hash_key(key),
-            kind,
-            name,
-            user_id,
-            service_name,
-            None if command_acl is None else json.dumps(command_acl),
-            now,
-            expires_at,
-            int(gated or kind == "login"),
-            None if acl is None else acl.model_dump_json(exclude_defaults=True),
-        ),
+    stmt = (
+        t.tokens.insert()
+        .values(
+            id=str(uuid.uuid4()),
+            key_hash=hash_key(key),
+            kind=kind,
+            name=name,
+            user_id=user_id,
+            service_name=service_name,
+            command_acl=None if command_acl is None else json.dumps(command_acl),
+            created_at=now,
+            expires_at=expires_at,
+            gated=int(gated or kind == "login"),
+            acl=None if acl is None else acl.model_dump_json(exclude_defaults=True),
+        )
+        .returning(*t.tokens.c)
     )
-    return TokenRow.from_row(cur.fetchone()), key
+    return TokenRow.from_row(conn.execute(stmt).mappings().one()), key
 
 
-def lookup_token(
-    conn: sqlite3.Connection, key: str, *, now: int
-) -> tuple[TokenRow, UserRow | None] | None:
+def lookup_token(conn: Connection, key: str, *, now: int) -> tuple[TokenRow, UserRow | None] | None:
     """The unexpired token whose key is ``key``, with its user (``None`` for a service)."""
     digest = hash_key(key)
-    row = conn.execute(
-        "SELECT t.*, u.id AS u_id, u.username AS u_username, u.email AS u_email, "
-        "u.password_hash AS u_password_hash, u.is_superuser AS u_is_superuser, "
-        "u.created_at AS u_created_at, u.server_username AS u_server_username, "
-        "u.is_active AS u_is_active "
-        "FROM tokens t LEFT JOIN users u ON u.id = t.user_id WHERE t.key_hash = ?",
-        (digest,),
-    ).fetchone()
+    stmt = (
+        select(t.tokens, *(c.label("u_" + c.name) for c in t.users.c))
+        .select_from(t.tokens.outerjoin(t.users, t.users.c.id == t.tokens.c.user_id))
+        .where(t.tokens.c.key_hash == digest)
+    )
+    row = conn.execute(stmt).mappings().first()
     if row is None or not hmac.compare_digest(str(row["key_hash"]), digest):
         return None
     token = TokenRow.from_row(row)
@@ -311,23 +323,19 @@ def lookup_token(
 
 
 def list_tokens(
-    conn: sqlite3.Connection, *, user_id: int | None, service_name: str | None = None
+    conn: Connection, *, user_id: int | None, service_name: str | None = None
 ) -> list[TokenRow]:
     """The tokens of a user (or of a service), oldest first."""
+    tok = t.tokens.c
+    stmt = select(t.tokens).order_by(tok.created_at, tok.id)
     if user_id is not None:
-        rows = conn.execute(
-            "SELECT * FROM tokens WHERE user_id = ? ORDER BY created_at, id", (user_id,)
-        )
+        stmt = stmt.where(tok.user_id == user_id)
     else:
-        rows = conn.execute(
-            "SELECT * FROM tokens WHERE user_id IS NULL AND service_name = ? "
-            "ORDER BY created_at, id",
-            (service_name,),
-        )
-    return [TokenRow.from_row(r) for r in rows]
+        stmt = stmt.where(tok.user_id.is_(None), tok.service_name == service_name)
+    return [TokenRow.from_row(r) for r in conn.execute(stmt).mappings()]
 
 
-def delete_token(conn: sqlite3.Connection, token_id: str, *, user_id: int) -> bool:
+def delete_token(conn: Connection, token_id: str, *, user_id: int) -> bool:
     """Delete a token of ``user_id``; whether it existed."""
-    cur = conn.execute("DELETE FROM tokens WHERE id = ? AND user_id = ?", (token_id, user_id))
-    return cur.rowcount > 0
+    stmt = delete(t.tokens).where(t.tokens.c.id == token_id, t.tokens.c.user_id == user_id)
+    return conn.execute(stmt).rowcount > 0

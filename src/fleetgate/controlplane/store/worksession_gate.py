@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import sqlite3
 import uuid
 from typing import Any
 
+from sqlalchemy import Connection, func, select
+
+from fleetgate.controlplane.store import tables as t
 from fleetgate.controlplane.store.worksessions import WorkSessionRow, add_event, load_settled
 from fleetgate.controlplane.worksession.gate import GateDenial, SessionView, check_gate
 
@@ -14,7 +16,7 @@ __all__ = ["gate_and_record", "list_events"]
 
 
 def gate_and_record(
-    conn: sqlite3.Connection,
+    conn: Connection,
     requested: str | None,
     *,
     user_id: int | None,
@@ -60,20 +62,35 @@ def gate_and_record(
 
 
 def list_events(
-    conn: sqlite3.Connection, session_id: str, *, offset: int, limit: int
+    conn: Connection, session_id: str, *, offset: int, limit: int
 ) -> tuple[int, list[dict[str, Any]]]:
     """A page of a session's timeline, oldest first, with command details joined."""
-    count = int(
-        conn.execute(
-            "SELECT COUNT(*) FROM work_session_events WHERE session_id = ?", (session_id,)
-        ).fetchone()[0]
+    ev, cmd, user = t.work_session_events.c, t.commands.c, t.users.c
+    count = conn.execute(
+        select(func.count()).select_from(t.work_session_events).where(ev.session_id == session_id)
+    ).scalar_one()
+    stmt = (
+        select(
+            t.work_session_events,
+            user.username.label("actor_name"),
+            cmd.line,
+            cmd.shell,
+            cmd.success,
+            cmd.exit_code,
+            cmd.elapsed_time,
+            cmd.sudo,
+            cmd.error_code,
+            cmd.error_phase,
+            cmd.requested_token,
+        )
+        .select_from(
+            t.work_session_events.outerjoin(t.users, user.id == ev.actor).outerjoin(
+                t.commands, cmd.id == ev.command_id
+            )
+        )
+        .where(ev.session_id == session_id)
+        .order_by(ev.id)
+        .limit(limit)
+        .offset(offset)
     )
-    rows = conn.execute(
-        "SELECT e.*, u.username AS actor_name, c.line, c.shell, c.success, c.exit_code, "
-        "c.elapsed_time, c.sudo, c.error_code, c.error_phase, c.requested_token "
-        "FROM work_session_events e LEFT JOIN users u ON u.id = e.actor "
-        "LEFT JOIN commands c ON c.id = e.command_id WHERE e.session_id = ? "
-        "ORDER BY e.id LIMIT ? OFFSET ?",
-        (session_id, limit, offset),
-    )
-    return count, [dict(r) for r in rows]
+    return int(count), [dict(r) for r in conn.execute(stmt).mappings()]

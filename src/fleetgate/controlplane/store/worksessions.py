@@ -1,4 +1,4 @@
-"""Work sessions and their timeline in SQLite.
+"""Work sessions and their timeline.
 
 Status changes go through :mod:`fleetgate.controlplane.worksession.lifecycle`; this module only
 reads and writes rows. :func:`load_settled` persists the clock-driven moves (start,
@@ -8,10 +8,12 @@ expiry) that are due, with their timeline events, before anything else looks at 
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass, replace
 from typing import Any
 
+from sqlalchemy import Connection, RowMapping, Select, exists, func, literal, or_, select, update
+
+from fleetgate.controlplane.store import tables as t
 from fleetgate.controlplane.worksession.lifecycle import (
     Action,
     InvalidTransition,
@@ -36,11 +38,23 @@ __all__ = [
     "update_fields",
 ]
 
-_SELECT = (
-    "SELECT w.*, cu.username AS created_by_name, cu.email AS created_by_email, "
-    "au.username AS assigned_name, au.email AS assigned_email FROM work_sessions w "
-    "LEFT JOIN users cu ON cu.id = w.created_by LEFT JOIN users au ON au.id = w.assigned_user"
+_w = t.work_sessions.c
+_creator = t.users.alias("cu")
+_assignee = t.users.alias("au")
+_FROM = t.work_sessions.outerjoin(_creator, _creator.c.id == _w.created_by).outerjoin(
+    _assignee, _assignee.c.id == _w.assigned_user
 )
+_LIVE = ("pending", "approved", "active")
+
+
+def _select() -> Select[Any]:
+    return select(
+        t.work_sessions,
+        _creator.c.username.label("created_by_name"),
+        _creator.c.email.label("created_by_email"),
+        _assignee.c.username.label("assigned_name"),
+        _assignee.c.email.label("assigned_email"),
+    ).select_from(_FROM)
 
 
 @dataclass(frozen=True)
@@ -84,8 +98,8 @@ class WorkSessionRow:
     updated_at: int
 
     @classmethod
-    def from_row(cls, row: sqlite3.Row) -> WorkSessionRow:
-        """Build from a row selected with ``_SELECT``."""
+    def from_row(cls, row: RowMapping) -> WorkSessionRow:
+        """Build from a row selected with ``_select()``."""
         return cls(
             id=row["id"],
             description=row["description"],
@@ -110,7 +124,7 @@ class WorkSessionRow:
 
 
 def add_event(
-    conn: sqlite3.Connection,
+    conn: Connection,
     session_id: str,
     type_: str,
     *,
@@ -122,14 +136,20 @@ def add_event(
 ) -> None:
     """Append one timeline item."""
     conn.execute(
-        "INSERT INTO work_session_events (session_id, type, timestamp, actor, server_id, "
-        "command_id, data) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (session_id, type_, timestamp, actor, server_id, command_id, json.dumps(data or {})),
+        t.work_session_events.insert().values(
+            session_id=session_id,
+            type=type_,
+            timestamp=timestamp,
+            actor=actor,
+            server_id=server_id,
+            command_id=command_id,
+            data=json.dumps(data or {}),
+        )
     )
 
 
 def _status_event(
-    conn: sqlite3.Connection,
+    conn: Connection,
     session_id: str,
     old: Status,
     new: Status,
@@ -149,27 +169,25 @@ def _status_event(
 
 
 def insert_work_session(
-    conn: sqlite3.Connection, new: NewWorkSession, *, auto_approve: bool, now: int
+    conn: Connection, new: NewWorkSession, *, auto_approve: bool, now: int
 ) -> WorkSessionRow:
     """Insert a pending session (approved at once with ``auto_approve``) and settle it."""
     conn.execute(
-        "INSERT INTO work_sessions (id, description, status, requester_type, scopes, servers, "
-        "sudo_policies, created_by, assigned_user, starts_at, expires_at, added_at, updated_at) "
-        "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            new.id,
-            new.description,
-            new.requester_type,
-            json.dumps(list(new.scopes)),
-            json.dumps(list(new.server_ids)),
-            json.dumps(list(new.sudo_policies)),
-            new.created_by,
-            new.assigned_user,
-            new.starts_at,
-            new.expires_at,
-            now,
-            now,
-        ),
+        t.work_sessions.insert().values(
+            id=new.id,
+            description=new.description,
+            status="pending",
+            requester_type=new.requester_type,
+            scopes=json.dumps(list(new.scopes)),
+            servers=json.dumps(list(new.server_ids)),
+            sudo_policies=json.dumps(list(new.sudo_policies)),
+            created_by=new.created_by,
+            assigned_user=new.assigned_user,
+            starts_at=new.starts_at,
+            expires_at=new.expires_at,
+            added_at=now,
+            updated_at=now,
+        )
     )
     add_event(conn, new.id, "created", timestamp=now, actor=new.created_by)
     if auto_approve:
@@ -179,26 +197,29 @@ def insert_work_session(
     return row
 
 
-def _get(conn: sqlite3.Connection, session_id: str) -> WorkSessionRow | None:
-    row = conn.execute(f"{_SELECT} WHERE w.id = ?", (session_id,)).fetchone()
+def _get(conn: Connection, session_id: str) -> WorkSessionRow | None:
+    # The session's row is locked until the transaction ends (PostgreSQL; SQLite's write
+    # transactions are serialized already): its status moves are read-then-write.
+    stmt = _select().where(_w.id == session_id).with_for_update(of=t.work_sessions)
+    row = conn.execute(stmt).mappings().first()
     return None if row is None else WorkSessionRow.from_row(row)
 
 
 def _set_status(
-    conn: sqlite3.Connection, row: WorkSessionRow, new: Status, action: Action, *, at: int
+    conn: Connection, row: WorkSessionRow, new: Status, action: Action, *, at: int
 ) -> WorkSessionRow:
     started_at = at if new is Status.ACTIVE and row.started_at is None else row.started_at
     ended = new in (Status.COMPLETED, Status.EXPIRED, Status.REVOKED)
     completed_at = at if ended else row.completed_at
     conn.execute(
-        "UPDATE work_sessions SET status = ?, started_at = ?, completed_at = ?, updated_at = ? "
-        "WHERE id = ?",
-        (new.value, started_at, completed_at, at, row.id),
+        update(t.work_sessions)
+        .where(_w.id == row.id)
+        .values(status=new.value, started_at=started_at, completed_at=completed_at, updated_at=at)
     )
     return replace(row, status=new, started_at=started_at, completed_at=completed_at, updated_at=at)
 
 
-def load_settled(conn: sqlite3.Connection, session_id: str, *, now: int) -> WorkSessionRow | None:
+def load_settled(conn: Connection, session_id: str, *, now: int) -> WorkSessionRow | None:
     """The session after persisting its due start or expiry (with timeline events)."""
     row = _get(conn, session_id)
     if row is None:
@@ -213,7 +234,7 @@ def load_settled(conn: sqlite3.Connection, session_id: str, *, now: int) -> Work
 
 
 def apply_action(
-    conn: sqlite3.Connection, session_id: str, action: Action, *, actor: int | None, now: int
+    conn: Connection, session_id: str, action: Action, *, actor: int | None, now: int
 ) -> WorkSessionRow | None:
     """Settle the session, then apply ``action`` (raises ``InvalidTransition``)."""
     row = load_settled(conn, session_id, now=now)
@@ -230,7 +251,7 @@ def apply_action(
 
 
 def update_fields(
-    conn: sqlite3.Connection,
+    conn: Connection,
     session_id: str,
     action: Action,
     *,
@@ -268,10 +289,8 @@ def update_fields(
         columns["servers"] = json.dumps(list(server_ids))
         row = replace(row, server_ids=server_ids)
     if columns:
-        sets = ", ".join(f"{name} = ?" for name in columns)
         conn.execute(
-            f"UPDATE work_sessions SET {sets}, updated_at = ? WHERE id = ?",  # noqa: S608
-            (*columns.values(), now, row.id),
+            update(t.work_sessions).where(_w.id == row.id).values(**columns, updated_at=now)
         )
         row = replace(row, updated_at=now)
     data: dict[str, Any] = {"changes": changes, "status": row.status.value}
@@ -285,7 +304,7 @@ def update_fields(
 
 
 def adjust_request(
-    conn: sqlite3.Connection,
+    conn: Connection,
     session_id: str,
     *,
     scopes: tuple[str, ...] | None,
@@ -312,15 +331,20 @@ def adjust_request(
         row = replace(row, server_ids=server_ids)
     if data:
         conn.execute(
-            "UPDATE work_sessions SET scopes = ?, servers = ?, updated_at = ? WHERE id = ?",
-            (json.dumps(list(row.scopes)), json.dumps(list(row.server_ids)), now, row.id),
+            update(t.work_sessions)
+            .where(_w.id == row.id)
+            .values(
+                scopes=json.dumps(list(row.scopes)),
+                servers=json.dumps(list(row.server_ids)),
+                updated_at=now,
+            )
         )
         add_event(conn, row.id, "adjust", timestamp=now, actor=actor, data=data)
     return row
 
 
 def list_work_sessions(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     visible_to: int | None,
     status: str | None,
@@ -335,46 +359,37 @@ def list_work_sessions(
     or assignee's username, a server's name, or the start of the id.
     """
     settle_all(conn, now=now)
-    where: list[str] = []
-    params: list[object] = []
+    where = []
     if visible_to is not None:
-        where.append("(w.created_by = ? OR w.assigned_user = ?)")
-        params += [visible_to, visible_to]
+        where.append(or_(_w.created_by == visible_to, _w.assigned_user == visible_to))
     if status is not None:
-        where.append("w.status = ?")
-        params.append(status)
+        where.append(_w.status == status)
     if search:
         pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        server = t.servers.c
+        # A server is named in the session's JSON list of ids as '"<id>"' (ids are UUIDs).
+        listed = _w.servers.contains(literal('"') + server.id + literal('"'))
         where.append(
-            "(w.description LIKE ? ESCAPE '\\' OR cu.username LIKE ? ESCAPE '\\' "
-            "OR au.username LIKE ? ESCAPE '\\' OR w.id LIKE ? ESCAPE '\\' OR EXISTS ("
-            "SELECT 1 FROM json_each(w.servers) j JOIN servers s ON s.id = j.value "
-            "WHERE s.name LIKE ? ESCAPE '\\'))"
+            or_(
+                _w.description.ilike(pattern, escape="\\"),
+                _creator.c.username.ilike(pattern, escape="\\"),
+                _assignee.c.username.ilike(pattern, escape="\\"),
+                _w.id.ilike(pattern[1:], escape="\\"),
+                exists().where(listed, server.name.ilike(pattern, escape="\\")),
+            )
         )
-        params += [pattern, pattern, pattern, pattern[1:], pattern]
-    clause = f" WHERE {' AND '.join(where)}" if where else ""
-    joins = (
-        " LEFT JOIN users cu ON cu.id = w.created_by LEFT JOIN users au ON au.id = w.assigned_user"
-    )
-    count_sql = f"SELECT COUNT(*) FROM work_sessions w{joins}{clause}"  # noqa: S608
-    count = int(conn.execute(count_sql, params).fetchone()[0])
-    rows = conn.execute(
-        f"{_SELECT}{clause} ORDER BY w.added_at DESC, w.id LIMIT ? OFFSET ?",
-        [*params, limit, offset],
-    )
-    return count, [WorkSessionRow.from_row(r) for r in rows]
+    count = conn.execute(select(func.count()).select_from(_FROM).where(*where)).scalar_one()
+    stmt = _select().where(*where).order_by(_w.added_at.desc(), _w.id).limit(limit).offset(offset)
+    return int(count), [WorkSessionRow.from_row(r) for r in conn.execute(stmt).mappings()]
 
 
-def settle_all(conn: sqlite3.Connection, *, now: int) -> list[WorkSessionRow]:
+def settle_all(conn: Connection, *, now: int) -> list[WorkSessionRow]:
     """Persist every due start and expiry; return the sessions that changed."""
-    ids = [
-        r[0]
-        for r in conn.execute(
-            "SELECT id FROM work_sessions WHERE status IN ('pending', 'approved', 'active') "
-            "AND (expires_at <= ? OR (status = 'approved' AND starts_at <= ?))",
-            (now, now),
-        )
-    ]
+    stmt = select(_w.id).where(
+        _w.status.in_(_LIVE),
+        or_(_w.expires_at <= now, (_w.status == "approved") & (_w.starts_at <= now)),
+    )
+    ids = list(conn.execute(stmt).scalars())
     changed = []
     for session_id in ids:
         row = load_settled(conn, session_id, now=now)
@@ -383,13 +398,12 @@ def settle_all(conn: sqlite3.Connection, *, now: int) -> list[WorkSessionRow]:
     return changed
 
 
-def next_due_at(conn: sqlite3.Connection) -> int | None:
+def next_due_at(conn: Connection) -> int | None:
     """The earliest time a live session starts or expires (``None``: none is live)."""
     times = [
         next_due(Status(r[0]), starts_at=r[1], expires_at=r[2])
         for r in conn.execute(
-            "SELECT status, starts_at, expires_at FROM work_sessions "
-            "WHERE status IN ('pending', 'approved', 'active')"
+            select(_w.status, _w.starts_at, _w.expires_at).where(_w.status.in_(_LIVE))
         )
     ]
     return min((t for t in times if t is not None), default=None)
