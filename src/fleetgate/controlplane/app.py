@@ -26,7 +26,7 @@ from fleetgate.controlplane.api import (
 from fleetgate.controlplane.api.bodies import BoundedBodies
 from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.background import OnFailure, run_in_background, stop_process
-from fleetgate.controlplane.cluster.hop import HOP_PATH
+from fleetgate.controlplane.cluster.hoptoken import HOP_PATH
 from fleetgate.controlplane.cluster.runtime import cluster_loops, new_node
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.console import mount as console

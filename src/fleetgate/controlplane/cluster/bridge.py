@@ -9,7 +9,8 @@ from typing import Any
 import structlog
 from starlette.websockets import WebSocket
 
-from fleetgate.controlplane.cluster.hop import HOP_PATH, hop_token, relay_to_replica
+from fleetgate.controlplane.cluster.hop import relay_to_replica
+from fleetgate.controlplane.cluster.hoptoken import HOP_PATH, hop_token
 from fleetgate.controlplane.cluster.node import ClusterNode
 from fleetgate.controlplane.hub.channels import ChannelBroker
 from fleetgate.controlplane.hub.registry import AgentConnection, Registry

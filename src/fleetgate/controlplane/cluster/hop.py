@@ -17,66 +17,20 @@ The copy is frame by frame, text as text and bytes as bytes, the close code pass
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import time
-from dataclasses import dataclass
 
 import structlog
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from fleetgate.controlplane.cluster.hoptoken import HOP_HEADER
 from fleetgate.controlplane.hub.relay import close_websocket
 from fleetgate.shared.protocol.channels import CLOSE_INTERNAL, CLOSE_NORMAL
 
 
-__all__ = ["HOP_HEADER", "HOP_PATH", "HopClaim", "hop_token", "relay_to_replica", "verify_hop"]
+__all__ = ["relay_to_replica"]
 
 log = structlog.get_logger("fleetgate.controlplane.cluster")
-
-HOP_PATH = "/ws/cluster/channels/{channel_id}/"
-HOP_HEADER = "x-fleetgate-hop"
-TOKEN_TTL = 30
-"""Seconds a hop token is accepted (it is used at once; clocks of replicas roughly agree)."""
-
-
-@dataclass(frozen=True, slots=True)
-class HopClaim:
-    """What a valid hop token says: the agent of ``server_id`` serves ``channel_id``."""
-
-    channel_id: str
-    server_id: str
-
-
-def _mac(key: bytes, channel_id: str, server_id: str, expires: int) -> str:
-    message = f"fleetgate-hop|{channel_id}|{server_id}|{expires}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()
-
-
-def hop_token(key: bytes, channel_id: str, server_id: str, *, now: float | None = None) -> str:
-    """The token a replica presents to relay ``channel_id`` of ``server_id``."""
-    expires = int((time.time() if now is None else now) + TOKEN_TTL)
-    return f"{server_id}.{expires}.{_mac(key, channel_id, server_id, expires)}"
-
-
-def verify_hop(
-    key: bytes, channel_id: str, token: str | None, *, now: float | None = None
-) -> HopClaim | None:
-    """The claim of a valid, unexpired token for ``channel_id``; ``None`` otherwise."""
-    if not token or len(token) > 256:
-        return None
-    parts = token.split(".")
-    if len(parts) != 3 or not parts[1].isdigit():
-        return None
-    server_id, expires_text, mac = parts
-    expires = int(expires_text)
-    current = time.time() if now is None else now
-    if not current <= expires <= current + TOKEN_TTL + 5:
-        return None
-    if not hmac.compare_digest(mac, _mac(key, channel_id, server_id, expires)):
-        return None
-    return HopClaim(channel_id, server_id)
 
 
 async def relay_to_replica(

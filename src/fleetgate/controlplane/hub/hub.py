@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.auth import parse_agent_authorization
-from fleetgate.controlplane.cluster.hop import HOP_HEADER, verify_hop
+from fleetgate.controlplane.cluster.hoptoken import HOP_HEADER, verify_hop
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
 from fleetgate.controlplane.hub.ingest import ReportWriter
