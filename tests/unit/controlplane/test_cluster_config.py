@@ -19,7 +19,7 @@ def test_a_replica_on_postgresql() -> None:
         replica_id="cp-1",
         host="10.0.0.5",
         port=8000,
-        trusted_proxies=["10.0.0.1", "192.168.0.0/24"],  # type: ignore[arg-type]
+        trusted_proxies=["10.0.0.1", "192.168.0.0/24"],
     )
     assert settings.replica_url == "http://10.0.0.5:8000"
     assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.1/32", "192.168.0.0/24"]
