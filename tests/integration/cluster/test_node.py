@@ -132,7 +132,10 @@ async def test_a_dead_replica_is_swept_and_its_links_dropped(
     ghost = ClusterNode(cluster_db, "ghost", "http://ghost")
     await ghost.start()
     link = FakeLink(str(uuid.uuid4()))
+    writing = asyncio.create_task(ghost._outbox.run())  # the ghost's writer, only
     await ghost.link_up(link)
+    await ghost._outbox.drained()
+    writing.cancel()
     await eventually(lambda: a.remote(link.server_id) is not None, what="mirrored")
     # The ghost never beats again: once past the liveness window a sweep drops it.
     async with await psycopg.AsyncConnection.connect(cluster_db, autocommit=True) as conn:

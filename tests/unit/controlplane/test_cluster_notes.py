@@ -20,7 +20,7 @@ from fleetgate.controlplane.cluster.notes import (
 @pytest.mark.parametrize(
     "note",
     [
-        Note("frame", "12", str(uuid.uuid4())),
+        Note("frame", "replica-a"),
         Note("chan", "7", str(uuid.uuid4())),
         Note("revoke", "99"),
         Note("link", str(uuid.uuid4()), "replica-a"),
@@ -40,9 +40,10 @@ def test_notes_round_trip(note: Note) -> None:
     [
         ("", "unknown note kind"),
         ("shout 1", "unknown note kind"),
-        ("frame 1", "3 parts"),
+        ("chan 1", "3 parts"),
+        ("frame a b", "2 parts"),
         ("down a b", "2 parts"),
-        ("frame 1 two words", "3 parts"),
+        ("chan 1 two words", "3 parts"),
         ("link $(id) a", "not a plain token"),
         ("down " + "x" * 129, "not a plain token"),
         ("wake a,,b", "not a plain token"),

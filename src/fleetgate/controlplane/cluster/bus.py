@@ -99,6 +99,18 @@ class _Inbox:
             raise BusClosed("the bus is closed")
         return item
 
+    def get_nowait(self) -> Note | Resync | None:
+        """The next item if one is queued now (``None``: empty, or a resync is due)."""
+        if self._closed or (self._overflowed and self._queue.empty()):
+            return None
+        try:
+            item = self._queue.get_nowait()
+        except asyncio.QueueEmpty:
+            return None
+        if item is None:
+            self._queue.put_nowait(None)  # keep the close marker for get()
+        return item
+
     def close(self) -> None:
         self._closed = True
         # Wake a waiting reader: the queue may be full, then it is not waiting.
@@ -121,6 +133,10 @@ class LocalBus:
     async def receive(self) -> Note | Resync:
         """See :class:`Bus`."""
         return await self._inbox.get()
+
+    def receive_nowait(self) -> Note | Resync | None:
+        """The next note already received, if any (to handle several at once)."""
+        return self._inbox.get_nowait()
 
     def close(self) -> None:
         """See :class:`Bus`."""
@@ -180,6 +196,10 @@ class PgBus:
     async def receive(self) -> Note | Resync:
         """See :class:`Bus`."""
         return await self._inbox.get()
+
+    def receive_nowait(self) -> Note | Resync | None:
+        """The next note already received, if any (to handle several at once)."""
+        return self._inbox.get_nowait()
 
     def close(self) -> None:
         """See :class:`Bus`."""

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 import psycopg
 import structlog
 
 from fleetgate.controlplane.cluster import tables
-from fleetgate.controlplane.cluster.bus import PgBus, Resync, connect
-from fleetgate.controlplane.cluster.notes import Note, wake_notes
+from fleetgate.controlplane.cluster.bus import PgBus, Resync
+from fleetgate.controlplane.cluster.notes import Note
+from fleetgate.controlplane.cluster.outbox import Outbox, Writer
 from fleetgate.controlplane.cluster.remote import RemoteLink
 from fleetgate.controlplane.cluster.tables import LinkRow
 from fleetgate.controlplane.hub.registry import AgentConnection
@@ -35,8 +35,8 @@ HEARTBEAT = 1.0
 LIVENESS = 5.0
 """A replica silent this long is dead: its links are dropped and its agents are expected
 on another replica (they notice the dead link by their keepalive or a reset)."""
-MAX_PENDING_WAKES = 100_000
-"""Changed command ids waiting to be announced; beyond this the oldest are dropped."""
+RECEIVE_BATCH = 1_000
+"""Notes handled together at most (their frames claimed, their links read, at once)."""
 FRAME_TTL = 120.0
 """Seconds a forwarded frame waits for its replica before it is dropped (the agent left;
 its commands come again with its next hello)."""
@@ -70,36 +70,6 @@ class Handlers(Protocol):
         ...
 
 
-class _Writer:
-    """One connection for this replica's writes, reconnected when it breaks."""
-
-    def __init__(self, conninfo: str) -> None:
-        self._conninfo = conninfo
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._lock = asyncio.Lock()
-
-    async def run(self, work: Callable[[tables.Conn], Awaitable[Any]]) -> Any:
-        """``work(conn)`` under the lock; one retry on a fresh connection if it broke."""
-        async with self._lock:
-            for attempt in (1, 2):
-                conn = self._conn
-                if conn is None or conn.closed:
-                    conn = self._conn = await connect(self._conninfo)
-                try:
-                    return await work(conn)
-                except psycopg.OperationalError:
-                    await conn.close()
-                    self._conn = None
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-
 class ClusterNode:
     """This replica, on the shared database at ``conninfo`` (a libpq URL)."""
 
@@ -109,12 +79,11 @@ class ClusterNode:
         self.internal_url = internal_url
         self.secret = b""
         """The cluster's hop key (:mod:`fleetgate.controlplane.cluster.hop`)."""
-        self._writer = _Writer(conninfo)
+        self._writer = Writer(conninfo)
+        self._outbox = Outbox(self._writer)
         self._bus = PgBus(conninfo)
         self._mirror: dict[str, RemoteLink] = {}
         self._handlers: Handlers | None = None
-        self._wakes: dict[str, None] = {}
-        self._wakes_ready = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -132,7 +101,7 @@ class ClusterNode:
             tg.create_task(self._bus.run(), name="cluster-bus")
             tg.create_task(self._receive(), name="cluster-receive")
             tg.create_task(self._beat(), name="cluster-heartbeat")
-            tg.create_task(self._publish_wakes(), name="cluster-wakes")
+            tg.create_task(self._outbox.run(), name="cluster-outbox")
 
     async def leave(self) -> None:
         """A graceful stop: drop this replica and its links now (the others see ``down``)."""
@@ -167,22 +136,16 @@ class ClusterNode:
             conn.features,
             conn.max_message_bytes,
         )
-        await self._writer.run(lambda c: tables.upsert_link(c, row))
+        self._outbox.link_up(row)
 
     async def link_down(self, conn: AgentConnection) -> None:
         """``conn`` ended (a newer link of the server, here or elsewhere, is left alone)."""
-        await self._writer.run(
-            lambda c: tables.delete_link(c, conn.server_id, self.replica_id, conn.connected_at)
-        )
+        self._outbox.link_down(conn.server_id, self.replica_id, conn.connected_at)
 
-    async def forward(self, server_id: str, frame: str) -> bool:
-        """Hand ``frame`` to the replica holding the server's link; whether it was stored."""
-        try:
-            await self._writer.run(lambda c: tables.put_frame(c, "frame", server_id, frame))
-        except psycopg.Error as exc:
-            log.warning("cluster.forward_failed", server_id=server_id, error=type(exc).__name__)
-            return False
-        return True
+    def forward(self, replica_id: str, server_id: str, frame: str) -> bool:
+        """Queue ``frame`` for the agent of ``server_id`` linked to ``replica_id``;
+        whether it was accepted (the outbox is bounded)."""
+        return self._outbox.frame(replica_id, server_id, frame)
 
     async def channel_waiting(self, channel_id: str) -> None:
         """A client waits here for the agent's side of ``channel_id``."""
@@ -215,28 +178,7 @@ class ClusterNode:
 
     def publish_wakes(self, command_ids: list[str]) -> None:
         """Commands changed here: wake the streams of the other replicas (soon, batched)."""
-        for command_id in command_ids:
-            self._wakes[command_id] = None
-        while len(self._wakes) > MAX_PENDING_WAKES:  # oldest first; streams re-read anyway
-            del self._wakes[next(iter(self._wakes))]
-        self._wakes_ready.set()
-
-    async def _publish_wakes(self) -> None:
-        while True:
-            await self._wakes_ready.wait()
-            self._wakes_ready.clear()
-            ids, self._wakes = list(self._wakes), {}
-            notes = wake_notes(ids)
-
-            async def send(c: tables.Conn, notes: list[Note] = notes) -> None:
-                async with c.transaction():
-                    for note in notes:
-                        await tables.notify(c, note)
-
-            try:
-                await self._writer.run(send)
-            except psycopg.Error as exc:
-                log.warning("cluster.wake_failed", commands=len(ids), error=type(exc).__name__)
+        self._outbox.wake(command_ids)
 
     async def sweep(self) -> list[tuple[str, int]]:
         """A leader's duty: drop dead replicas and stale frames; the links that ended."""
@@ -273,14 +215,42 @@ class ClusterNode:
 
     async def _receive(self) -> None:
         while True:
-            item = await self._bus.receive()
+            batch = [await self._bus.receive()]
+            while len(batch) < RECEIVE_BATCH and (more := self._bus.receive_nowait()) is not None:
+                batch.append(more)
             try:
-                if isinstance(item, Resync):
-                    await self._resync()
-                else:
-                    await self._handle(item)
+                await self._handle_batch(batch)
             except psycopg.Error as exc:
-                log.warning("cluster.note_failed", note=str(item), error=type(exc).__name__)
+                log.warning("cluster.notes_failed", notes=len(batch), error=type(exc).__name__)
+
+    async def _handle_batch(self, batch: list[Note | Resync]) -> None:
+        """Handle notes received together: one claim of this replica's frames, one read
+        of the links announced, the others one by one, in order otherwise."""
+        if any(isinstance(item, Resync) for item in batch):
+            await self._resync()
+        notes = [item for item in batch if isinstance(item, Note)]
+        links = [n for n in notes if n.kind == "link" and n.target != self.replica_id]
+        if links:
+            rows = await self._writer.run(
+                lambda c: tables.get_links(c, list(dict.fromkeys(n.ref for n in links)))
+            )
+            for row in rows:
+                if row.replica_id != self.replica_id:
+                    self._mirror_link(row)
+        if any(n.kind == "frame" and n.ref == self.replica_id for n in notes):
+            await self._claim_frames()
+        for note in notes:
+            if note.kind not in ("link", "frame"):
+                await self._handle(note)
+
+    async def _claim_frames(self) -> None:
+        handlers = self._handlers
+        assert handlers is not None
+        frames = await self._writer.run(lambda c: tables.claim_agent_frames(c, self.replica_id))
+        for server_id, frame in frames:
+            conn = handlers.local(server_id)
+            if conn is not None:  # else the agent left: its commands come with its hello
+                await conn.send_quietly(frame)
 
     async def _resync(self) -> None:
         rows = await self._writer.run(lambda c: tables.live_links(c, LIVENESS))
@@ -297,13 +267,6 @@ class ClusterNode:
         handlers = self._handlers
         assert handlers is not None
         match note.kind:
-            case "frame":
-                conn = handlers.local(note.target or "")
-                if conn is None:
-                    return  # another replica's agent, or nobody's: it expires
-                body = await self._writer.run(lambda c: tables.claim_frame(c, int(note.ref)))
-                if body is not None:
-                    await conn.send_quietly(body)
             case "chan":
                 if not handlers.waiting(note.target or ""):
                     return
@@ -319,12 +282,6 @@ class ClusterNode:
                     message = json.loads(body)
                     if message["origin"] != self.replica_id:
                         await handlers.revoked(message["revocation"])
-            case "link":
-                if note.target == self.replica_id:
-                    return
-                row = await self._writer.run(lambda c: tables.get_link(c, note.ref))
-                if row is not None and row.replica_id == note.target:
-                    self._mirror_link(row)
             case "unlink":
                 link = self._mirror.get(note.ref)
                 if link is not None and link.replica_id == note.target:

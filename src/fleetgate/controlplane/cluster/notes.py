@@ -6,9 +6,9 @@ a revocation's detail) is a row of ``cluster_frames`` and the note names its id.
 
 Kinds:
 
-``frame <frame id> <server id>``
-    a frame for the agent link of that server: the replica holding it claims the row
-    (one ``DELETE ... RETURNING``, so exactly one replica sends it) and sends the body.
+``frame <replica id>``
+    frames wait for the agents linked to that replica: it claims them all (one
+    ``DELETE ... RETURNING``, so exactly one replica sends each) and sends them.
 ``chan <frame id> <channel id>``
     an agent's answer about a channel (its refusal) for the replica where the channel's
     client waits.
@@ -51,7 +51,7 @@ MAX_NOTE_BYTES = 8000
 """PostgreSQL's limit of a ``NOTIFY`` payload (in bytes, with the default block size)."""
 
 _TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_ARITY = {"frame": 3, "chan": 3, "revoke": 2, "link": 3, "unlink": 3, "down": 2, "wake": 2}
+_ARITY = {"frame": 2, "chan": 3, "revoke": 2, "link": 3, "unlink": 3, "down": 2, "wake": 2}
 
 
 class NoteError(ValueError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from pydantic import BaseModel
 
@@ -14,8 +14,9 @@ from fleetgate.shared.protocol import encode
 
 __all__ = ["Forward", "RemoteLink"]
 
-Forward = Callable[[str, str], Awaitable[bool]]
-"""``forward(server_id, frame)``: hand a frame to the replica holding the link."""
+Forward = Callable[[str, str, str], bool]
+"""``forward(replica_id, server_id, frame)``: queue a frame for the replica holding the
+link; whether it was accepted."""
 
 
 class RemoteLink(AgentConnection):
@@ -48,8 +49,8 @@ class RemoteLink(AgentConnection):
         if self.closed.is_set():
             raise ConnectionError("the agent's link on another replica ended")
         text = message if isinstance(message, str) else encode(message)
-        if not await self._forward(self.server_id, text):
-            raise ConnectionError("the cluster database is unreachable")
+        if not self._forward(self.replica_id, self.server_id, text):
+            raise ConnectionError("too many frames wait for the other replicas")
 
     async def close(self, code: int, reason: str) -> None:
         """Forget the link here (its replica closes the websocket itself)."""

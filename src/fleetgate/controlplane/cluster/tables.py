@@ -7,8 +7,9 @@
     which replica holds each agent's backhaul, with what the others show of the link
     (hostname, features, frame limit).
 ``cluster_frames``
-    frames and messages for one replica (or all, ``target`` ``*``), named by notes.
-    Claimed with ``DELETE ... RETURNING``: exactly one replica sends a frame.
+    frames for the agents linked to one replica (``replica_id``), and messages for the
+    replica waiting for a channel or for all (``target`` ``*``), named by notes. Claimed
+    with ``DELETE ... RETURNING``: exactly one replica sends a frame.
 ``cluster_channels``
     which replica waits for the agent's side of each channel being opened.
 ``cluster_secret``
@@ -67,10 +68,12 @@ DDL: tuple[LiteralString, ...] = (
     )""",
     """CREATE TABLE IF NOT EXISTS cluster_frames (
         id bigserial PRIMARY KEY,
+        replica_id text,
         target text NOT NULL,
         body text NOT NULL,
         created_at timestamptz NOT NULL DEFAULT now()
     )""",
+    "CREATE INDEX IF NOT EXISTS cluster_frames_replica ON cluster_frames (replica_id)",
     """CREATE TABLE IF NOT EXISTS cluster_channels (
         channel_id text PRIMARY KEY,
         replica_id text NOT NULL,
@@ -172,38 +175,37 @@ async def dead_replicas(conn: Conn, window: float) -> list[str]:
 
 
 async def upsert_link(conn: Conn, row: LinkRow) -> None:
-    """Record that ``row.replica_id`` holds the server's link now, and say so."""
-    async with conn.transaction():
-        await conn.execute(
-            "INSERT INTO cluster_links (server_id, replica_id, connected_at, hostname, "
-            "agent_version, features, max_message_bytes) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-            "ON CONFLICT (server_id) DO UPDATE SET replica_id = excluded.replica_id, "
-            "connected_at = excluded.connected_at, hostname = excluded.hostname, "
-            "agent_version = excluded.agent_version, features = excluded.features, "
-            "max_message_bytes = excluded.max_message_bytes",
-            (
-                row.server_id,
-                row.replica_id,
-                row.connected_at,
-                row.hostname,
-                row.agent_version,
-                ",".join(sorted(row.features)),
-                row.max_message_bytes,
-            ),
-        )
-        await notify(conn, Note("link", row.server_id, row.replica_id))
+    """Record that ``row.replica_id`` holds the server's link now, and say so (in the
+    caller's transaction)."""
+    await conn.execute(
+        "INSERT INTO cluster_links (server_id, replica_id, connected_at, hostname, "
+        "agent_version, features, max_message_bytes) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+        "ON CONFLICT (server_id) DO UPDATE SET replica_id = excluded.replica_id, "
+        "connected_at = excluded.connected_at, hostname = excluded.hostname, "
+        "agent_version = excluded.agent_version, features = excluded.features, "
+        "max_message_bytes = excluded.max_message_bytes",
+        (
+            row.server_id,
+            row.replica_id,
+            row.connected_at,
+            row.hostname,
+            row.agent_version,
+            ",".join(sorted(row.features)),
+            row.max_message_bytes,
+        ),
+    )
+    await notify(conn, Note("link", row.server_id, row.replica_id))
 
 
 async def delete_link(conn: Conn, server_id: str, replica_id: str, connected_at: int) -> bool:
-    """The link of ``connected_at`` on ``replica_id`` ended (a newer one is left alone)."""
-    async with conn.transaction():
-        cur = await conn.execute(
-            "DELETE FROM cluster_links WHERE server_id = %s AND replica_id = %s "
-            "AND connected_at = %s",
-            (server_id, replica_id, connected_at),
-        )
-        if cur.rowcount:
-            await notify(conn, Note("unlink", server_id, replica_id))
+    """The link of ``connected_at`` on ``replica_id`` ended (a newer one is left alone;
+    in the caller's transaction)."""
+    cur = await conn.execute(
+        "DELETE FROM cluster_links WHERE server_id = %s AND replica_id = %s AND connected_at = %s",
+        (server_id, replica_id, connected_at),
+    )
+    if cur.rowcount:
+        await notify(conn, Note("unlink", server_id, replica_id))
     return bool(cur.rowcount)
 
 
@@ -250,6 +252,36 @@ async def put_frame(conn: Conn, kind: str, target: str, body: str) -> None:
         frame_id = str(row[0])
         note = Note(kind, frame_id) if target == "*" else Note(kind, frame_id, target)  # type: ignore[arg-type]
         await notify(conn, note)
+
+
+async def put_agent_frames(conn: Conn, frames: list[tuple[str, str, str]]) -> None:
+    """Store ``(replica_id, server_id, frame)`` rows (one statement) and send one
+    ``frame`` note per replica (all delivered at commit)."""
+    await conn.execute(
+        "INSERT INTO cluster_frames (replica_id, target, body) "
+        "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[])",
+        ([f[0] for f in frames], [f[1] for f in frames], [f[2] for f in frames]),
+    )
+    for replica_id in dict.fromkeys(f[0] for f in frames):
+        await notify(conn, Note("frame", replica_id))
+
+
+async def claim_agent_frames(conn: Conn, replica_id: str) -> list[tuple[str, str]]:
+    """Take every frame waiting for ``replica_id``'s agents: ``(server_id, frame)`` in
+    the order they were stored."""
+    cur = await conn.execute(
+        "DELETE FROM cluster_frames WHERE replica_id = %s RETURNING id, target, body",
+        (replica_id,),
+    )
+    rows = sorted(await cur.fetchall())
+    return [(str(r[1]), str(r[2])) for r in rows]
+
+
+async def get_links(conn: Conn, server_ids: list[str]) -> list[LinkRow]:
+    """The links of these servers (those that have one)."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute("SELECT * FROM cluster_links WHERE server_id = ANY(%s)", (server_ids,))
+    return [_link(r) for r in await cur.fetchall()]
 
 
 async def claim_frame(conn: Conn, frame_id: int) -> str | None:
