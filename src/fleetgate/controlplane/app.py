@@ -26,6 +26,7 @@ from fleetgate.controlplane.api import (
 from fleetgate.controlplane.api.bodies import BoundedBodies
 from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.background import OnFailure, run_in_background, stop_process
+from fleetgate.controlplane.cluster.bridge import ClusterClock
 from fleetgate.controlplane.cluster.hoptoken import HOP_PATH
 from fleetgate.controlplane.cluster.runtime import cluster_loops, new_node
 from fleetgate.controlplane.config import ControlPlaneSettings
@@ -73,7 +74,7 @@ def create_app(
                 await node.start()
                 stack.push_async_callback(node.leave)
             hub = Hub(db, settings, node)
-            clock = WorkSessionClock(db)
+            clock = WorkSessionClock(db) if node is None else ClusterClock(node, db)
             clock.listeners.append(hub.work_session_ended)
             key = await asyncio.to_thread(load_or_create_key, key_path(settings.db_path))
             ca_key = await asyncio.to_thread(load_or_create_ca, ca_key_path(settings.db_path))
@@ -97,6 +98,7 @@ def create_app(
             if node is not None and hub.bridge is not None:
                 app.state.revoker.broadcast = node.broadcast_revocation
                 hub.bridge.revoker = app.state.revoker
+                hub.bridge.clock = clock
                 del loops["scheduler"], loops["work-session-clock"]  # the leader's
                 loops.update(cluster_loops(node, hub, clock))
             await stack.enter_async_context(run_in_background(loops, on_failure))

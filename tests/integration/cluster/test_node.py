@@ -49,6 +49,7 @@ class Recorder:
         self.revocations: list[dict[str, Any]] = []
         self.waiting_for: set[str] = set()
         self.answers: list[tuple[str, str, str]] = []
+        self.pokes: list[str] = []
 
     def local(self, server_id: str) -> AgentConnection | None:
         return self.links.get(server_id)
@@ -67,6 +68,9 @@ class Recorder:
 
     def wake(self, command_ids: list[str]) -> None:
         self.woken.extend(command_ids)
+
+    def poked(self, what: str) -> None:
+        self.pokes.append(what)
 
 
 @pytest.fixture
@@ -114,6 +118,8 @@ async def test_links_frames_and_wakes_cross(
 
     b.publish_wakes(["c1", "c2"])
     await eventually(lambda: {"c1", "c2"} <= set(ra.woken), what="wake-ups")
+    b.publish_poke("scheduler")
+    await eventually(lambda: "scheduler" in ra.pokes, what="poke")
 
     await b.broadcast_revocation({"code": "token_deleted", "detail": "x", "token_id": "t"})
     await eventually(lambda: ra.revocations != [], what="revocation")

@@ -7,11 +7,13 @@ import asyncio
 import os
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from ptyprocess import PtyProcess
 
-from tests.integration.e2e.commands import run_command
+from tests.integration.e2e.commands import follow, run_command
 from tests.support.agent import AgentProcess, start_agent
 from tests.support.agentctl import AgentctlRunner
 from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess
@@ -60,6 +62,26 @@ def test_a_command_created_on_b_reaches_the_agent_on_a(
         command = run_command(api, "on-a", "echo from-b")
     assert command["result"] == "from-b\n"
     assert command["streamed"] == "from-b\n"
+
+
+def test_a_command_scheduled_on_b_runs_once_at_its_time(
+    replicas: list[ControlPlaneProcess], agent_on_a: AgentProcess, tmp_path: Path
+) -> None:
+    """The leader's scheduler (whichever replica leads) is poked by b, sends it when
+    due to the agent on a; it runs once."""
+    _, b = replicas
+    marker = tmp_path / "scheduled.txt"
+    due = datetime.now(UTC) + timedelta(seconds=1.5)
+    with b.client() as api:
+        created = api.post(
+            "/api/events/commands/",
+            json={"server": "on-a", "line": f"echo x >> {marker}", "scheduled_at": due.isoformat()},
+        )
+        assert created.status_code == 201, created.text
+        command = follow(api, created.json()["id"])
+    assert command["exit_code"] == 0
+    assert datetime.fromisoformat(command["delivered_at"]) >= due
+    assert marker.read_text(encoding="utf-8") == "x\n"
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,15 @@ from fleetgate.controlplane.cluster.node import ClusterNode
 from fleetgate.controlplane.hub.channels import ChannelBroker
 from fleetgate.controlplane.hub.registry import AgentConnection, Registry
 from fleetgate.controlplane.hub.revocation import Revoker
+from fleetgate.controlplane.hub.scheduler import Scheduler
 from fleetgate.controlplane.hub.wakeups import CommandWakeups
+from fleetgate.controlplane.hub.worksessions import WorkSessionClock
+from fleetgate.controlplane.store import Database
 from fleetgate.shared.errors import ProtocolViolation
 from fleetgate.shared.protocol import ErrorMessage, decode_agent_message
 
 
-__all__ = ["ClusterWakeups", "HubBridge"]
+__all__ = ["ClusterClock", "ClusterScheduler", "ClusterWakeups", "HubBridge"]
 
 log = structlog.get_logger("fleetgate.controlplane.cluster")
 
@@ -44,6 +47,36 @@ class ClusterWakeups(CommandWakeups):
         super().notify(command_ids)
 
 
+class ClusterScheduler(Scheduler):
+    """The scheduler of a replica: a command scheduled here wakes the leader's."""
+
+    def __init__(self, node: ClusterNode, *args: Any) -> None:
+        super().__init__(*args)
+        self._node = node
+
+    def wake(self) -> None:
+        """Look again here, and tell the leader (which may be another replica)."""
+        super().wake()
+        self._node.publish_poke("scheduler")
+
+    def wake_here(self) -> None:
+        """Look again here only (a poke from another replica)."""
+        super().wake()
+
+
+class ClusterClock(WorkSessionClock):
+    """The work-session clock of a replica: a session changed here wakes the leader's."""
+
+    def __init__(self, node: ClusterNode, db: Database) -> None:
+        super().__init__(db)
+        self._node = node
+
+    def changed(self) -> None:
+        """See :meth:`WorkSessionClock.changed`; the leader's clock looks again too."""
+        super().changed()
+        self._node.publish_poke("clock")
+
+
 class HubBridge:
     """The node's :class:`~fleetgate.controlplane.cluster.node.Handlers` and the broker's
     :class:`~fleetgate.controlplane.hub.channels.ChannelCluster`, over one hub."""
@@ -63,6 +96,8 @@ class HubBridge:
         self._wakeups = wakeups
         self._max_frame_bytes = max_frame_bytes
         self.revoker: Revoker | None = None
+        self.scheduler: ClusterScheduler | None = None
+        self.clock: WorkSessionClock | None = None
 
     # -- Handlers --------------------------------------------------------------------
 
@@ -96,6 +131,13 @@ class HubBridge:
     def wake(self, command_ids: list[str]) -> None:
         """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
         self._wakeups.notify_here(command_ids)
+
+    def poked(self, what: str) -> None:
+        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        if what == "scheduler" and self.scheduler is not None:
+            self.scheduler.wake_here()
+        elif what == "clock" and self.clock is not None:
+            self.clock.wake()
 
     # -- ChannelCluster ----------------------------------------------------------------
 

@@ -69,6 +69,10 @@ class Handlers(Protocol):
         """Commands changed on another replica: wake their output streams here."""
         ...
 
+    def poked(self, what: str) -> None:
+        """``scheduler`` or ``clock``: look again (something changed on some replica)."""
+        ...
+
 
 class ClusterNode:
     """This replica, on the shared database at ``conninfo`` (a libpq URL)."""
@@ -176,6 +180,10 @@ class ClusterNode:
         body = json.dumps({"origin": self.replica_id, "revocation": revocation})
         await self._writer.run(lambda c: tables.put_frame(c, "revoke", "*", body))
 
+    def publish_poke(self, what: str) -> None:
+        """Tell the leader's scheduler or clock (``what``) to look again."""
+        self._outbox.poke(what)
+
     def publish_wakes(self, command_ids: list[str]) -> None:
         """Commands changed here: wake the streams of the other replicas (soon, batched)."""
         self._outbox.wake(command_ids)
@@ -228,6 +236,9 @@ class ClusterNode:
         of the links announced, the others one by one, in order otherwise."""
         if any(isinstance(item, Resync) for item in batch):
             await self._resync()
+            if self._handlers is not None:  # pokes may have been lost too
+                self._handlers.poked("scheduler")
+                self._handlers.poked("clock")
         notes = [item for item in batch if isinstance(item, Note)]
         links = [n for n in notes if n.kind == "link" and n.target != self.replica_id]
         if links:
@@ -288,6 +299,8 @@ class ClusterNode:
                     self._drop(note.ref)
             case "wake":
                 handlers.wake(note.ref.split(","))
+            case "poke":
+                handlers.poked(note.ref)
             case "down":
                 for server_id in [s for s, l in self._mirror.items() if l.replica_id == note.ref]:
                     self._drop(server_id)

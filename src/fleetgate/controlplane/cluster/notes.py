@@ -18,6 +18,9 @@ Kinds:
     an agent's link came up on, or left, that replica (the others mirror it).
 ``down <replica id>``
     a replica stops (its links are gone).
+``poke scheduler`` / ``poke clock``
+    a command was scheduled, or a work session changed, on some replica: the leader's
+    scheduler or work-session clock looks again.
 ``wake <command id>,<command id>,...``
     these commands changed (reports stored): output streams waiting on them read again.
     At most :data:`MAX_WAKE_IDS` ids per note.
@@ -41,8 +44,10 @@ __all__ = [
     "wake_notes",
 ]
 
-Kind = Literal["frame", "chan", "revoke", "link", "unlink", "down", "wake"]
-KINDS: frozenset[str] = frozenset({"frame", "chan", "revoke", "link", "unlink", "down", "wake"})
+Kind = Literal["frame", "chan", "revoke", "link", "unlink", "down", "wake", "poke"]
+KINDS: frozenset[str] = frozenset(
+    {"frame", "chan", "revoke", "link", "unlink", "down", "wake", "poke"}
+)
 MAX_WAKE_IDS = 150
 """Command ids per ``wake`` note (150 UUIDs: 5.5 KB, under the payload limit)."""
 CHANNEL_NAME = "fleetgate_cluster"
@@ -51,7 +56,16 @@ MAX_NOTE_BYTES = 8000
 """PostgreSQL's limit of a ``NOTIFY`` payload (in bytes, with the default block size)."""
 
 _TOKEN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_ARITY = {"frame": 2, "chan": 3, "revoke": 2, "link": 3, "unlink": 3, "down": 2, "wake": 2}
+_ARITY = {
+    "frame": 2,
+    "chan": 3,
+    "revoke": 2,
+    "link": 3,
+    "unlink": 3,
+    "down": 2,
+    "wake": 2,
+    "poke": 2,
+}
 
 
 class NoteError(ValueError):

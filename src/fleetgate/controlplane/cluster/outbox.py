@@ -20,7 +20,7 @@ import structlog
 
 from fleetgate.controlplane.cluster import tables
 from fleetgate.controlplane.cluster.bus import connect
-from fleetgate.controlplane.cluster.notes import wake_notes
+from fleetgate.controlplane.cluster.notes import Note, wake_notes
 from fleetgate.controlplane.cluster.tables import LinkRow
 
 
@@ -114,6 +114,10 @@ class Outbox:
             if not self._put(("wake", command_id)):
                 return
 
+    def poke(self, what: str) -> None:
+        """Queue a ``poke`` note (``scheduler``, ``clock``) for the leader."""
+        self._put(("poke", what))
+
     async def drained(self) -> None:
         """Wait until everything queued so far was written (or failed)."""
         await self._idle.wait()
@@ -147,6 +151,8 @@ async def _write(conn: tables.Conn, *, batch: list[_Item]) -> None:
                 await tables.upsert_link(conn, value)
             elif kind == "down":
                 await tables.delete_link(conn, *value)
+            elif kind == "poke":
+                await tables.notify(conn, Note("poke", value))
             else:
                 wakes.append(value)
         if frames:

@@ -3,9 +3,9 @@ the periodic duties run by the one replica holding the leader lock.
 
 The duties: the scheduler (due commands), the work-session clock (starts, expiries),
 and the sweep of dead replicas (their agents' links end, their servers are marked
-disconnected). Each replica's scheduler and clock are woken by local events only, so
-the leader also pokes them every :data:`POKE` seconds: a command scheduled, or a session
-changed, on another replica is seen within that time.
+disconnected). A command scheduled, or a session changed, on any replica wakes the
+leader's scheduler or clock by a ``poke`` note; every :data:`SAFETY_POKE` sweeps they
+look again anyway.
 """
 
 from __future__ import annotations
@@ -25,12 +25,15 @@ from fleetgate.controlplane.store import servers as servers_store
 from fleetgate.controlplane.store.engine import parse_url
 
 
-__all__ = ["POKE", "cluster_loops", "libpq_url", "new_node"]
+__all__ = ["POKE", "SAFETY_POKE", "cluster_loops", "libpq_url", "new_node"]
 
 log = structlog.get_logger("fleetgate.controlplane.cluster")
 
 POKE = 1.0
-"""Seconds between the leader's pokes of its scheduler and clock, and between sweeps."""
+"""Seconds between two sweeps of dead replicas by the leader."""
+SAFETY_POKE = 30
+"""Every this many sweeps the leader's scheduler and clock look again, whatever the
+notes said (a ``poke`` note lost while a bus connection was down costs at most this)."""
 
 
 def libpq_url(url: str) -> str:
@@ -67,9 +70,12 @@ def cluster_loops(node: ClusterNode, hub: Hub, clock: WorkSessionClock) -> dict[
 
 
 async def _sweep_and_poke(node: ClusterNode, hub: Hub, clock: WorkSessionClock) -> None:
+    rounds = 0
     while True:
-        hub.scheduler.wake()
-        clock.wake()
+        if rounds % SAFETY_POKE == 0:
+            hub.scheduler.wake()
+            clock.wake()
+        rounds += 1
         for server_id, connected_at in await node.sweep():
             row = await hub.db.read(servers_store.get_server, server_id)
             last_seen = connected_at if row is None else (row.last_seen_at or connected_at)

@@ -56,10 +56,15 @@ class Hub:
         """Set on a replica: agents linked elsewhere are reached through it."""
         self.wakeups = CommandWakeups()
         self.channels = ChannelBroker(self.registry)
+        self.scheduler = Scheduler(db, self.registry, self.wakeups.notify)
         self.bridge: HubBridge | None = None
         if cluster is not None:
             # Imported here: the cluster package builds on the hub's registry.
-            from fleetgate.controlplane.cluster.bridge import ClusterWakeups, HubBridge
+            from fleetgate.controlplane.cluster.bridge import (
+                ClusterScheduler,
+                ClusterWakeups,
+                HubBridge,
+            )
 
             wakeups = ClusterWakeups(cluster)
             self.wakeups = wakeups
@@ -72,7 +77,9 @@ class Hub:
             )
             self.registry.remote = cluster
             self.channels.cluster = self.bridge
-        self.scheduler = Scheduler(db, self.registry, self.wakeups.notify)
+            scheduler = ClusterScheduler(cluster, db, self.registry, wakeups.notify)
+            self.scheduler = scheduler
+            self.bridge.scheduler = scheduler
         self.reports = ReportWriter(db, max_reports=settings.report_batch)
         self._live: set[AgentConnection] = set()
         """Every accepted backhaul connection, welcomed or not (for the idle sweeper)."""
