@@ -130,7 +130,8 @@ async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
     with running_control_plane(tmp_path / "cp") as cp:
         server = cp.new_server("echo")
         db_path, token, key = cp.db_path, cp.admin_token, cp.signing_public_key
-    app = create_app(ControlPlaneSettings(db_path=db_path))
+        database_url = cp.database_url
+    app = create_app(ControlPlaneSettings(db_path=db_path, database_url=database_url))
     app.add_api_websocket_route("/ws/test/echo/", _test_route)
     monkeypatch.setitem(
         RULES, ("WS", "/ws/test/echo/"), Rule(Access.PRINCIPAL, "tunnel", gated=True)

@@ -10,14 +10,21 @@ import pytest
 from fleetgate.controlplane.app import create_app
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.scheduler import Scheduler
+from tests.support.database import database_url as fresh_database
 from tests.support.waiting import eventually
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, backend: str, tmp_path: Path) -> str:
+    """A fresh database of the module's backend."""
+    return fresh_database(request, backend, tmp_path / "db")
 
 
 pytestmark = pytest.mark.timeout(30)
 
 
 async def test_a_failing_loop_is_reported_and_the_lifespan_is_not_cancelled(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, database_url: str
 ) -> None:
     """A crashing scheduler calls on_failure with the error; the task that runs the
     lifespan (here the test itself) keeps running and shuts the app down cleanly."""
@@ -33,7 +40,10 @@ async def test_a_failing_loop_is_reported_and_the_lifespan_is_not_cancelled(
         failures.append(group)
         reported.set()
 
-    app = create_app(ControlPlaneSettings(db_path=tmp_path / "cp.db"), on_failure=on_failure)
+    app = create_app(
+        ControlPlaneSettings(db_path=tmp_path / "cp.db", database_url=database_url),
+        on_failure=on_failure,
+    )
     async with app.router.lifespan_context(app):
         await asyncio.wait_for(reported.wait(), 10)
         # Still alive and not cancelled: a further await completes normally.
@@ -44,8 +54,10 @@ async def test_a_failing_loop_is_reported_and_the_lifespan_is_not_cancelled(
     assert [str(e) for e in group.exceptions] == ["scheduler broke"]
 
 
-async def test_shutdown_stops_the_loops_and_closes_the_database(tmp_path: Path) -> None:
-    app = create_app(ControlPlaneSettings(db_path=tmp_path / "cp.db"))
+async def test_shutdown_stops_the_loops_and_closes_the_database(
+    tmp_path: Path, database_url: str
+) -> None:
+    app = create_app(ControlPlaneSettings(db_path=tmp_path / "cp.db", database_url=database_url))
     async with app.router.lifespan_context(app):
         await eventually(
             lambda: (

@@ -12,9 +12,16 @@ import tomllib
 from pathlib import Path
 
 import httpx
+import pytest
 
 from fleetgate.agent.config import parse as parse_agent_config
 from tests.support.controlplane import REPO_ROOT
+
+
+@pytest.fixture(scope="module")
+def backend() -> str:
+    """``dev`` (``make run``) always keeps its SQLite file in its folder: one run."""
+    return "sqlite"
 
 
 def _start(directory: Path, log: Path) -> tuple[subprocess.Popen[bytes], str]:

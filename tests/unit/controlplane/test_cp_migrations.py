@@ -32,6 +32,7 @@ from fleetgate.controlplane.store import (
 from fleetgate.controlplane.store.engine import parse_url, safe_url
 from fleetgate.controlplane.store.migrate import (
     ALEMBIC_MARK,
+    HEAD,
     current_revision,
     head_revision,
 )
@@ -45,6 +46,11 @@ from tests.support.postgres import PostgresCluster
 
 T0 = 1_705_314_645_000_000
 SECRET = "s3cret-pw"
+
+
+def test_head_names_the_newest_revision() -> None:
+    # A new revision updates HEAD too, or every start would load Alembic for nothing.
+    assert head_revision() == HEAD
 
 
 def test_alembic_schema_is_the_tables_schema(database_url: str) -> None:

@@ -168,6 +168,7 @@ async def create_fanout(
     content = content_digest(run)  # the same for every target: the id is not content
 
     def insert(conn: sqlalchemy.Connection) -> list[CommandRow] | list[tuple[Target, GateDenial]]:
+        runs.clear()  # PostgreSQL may run the transaction again after a deadlock
         signed = []
         denials: list[tuple[Target, GateDenial]] = []
         for target in targets:

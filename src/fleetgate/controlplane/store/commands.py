@@ -329,6 +329,8 @@ def claim_due(
         )
         .order_by(_c.scheduled_at, _c.added_at)
         .limit(limit)
+        # PostgreSQL: rows another transaction is claiming are skipped, not sent twice.
+        .with_for_update(skip_locked=True)
     )
     return _mark_sent(conn, list(conn.execute(stmt).scalars()), now)
 

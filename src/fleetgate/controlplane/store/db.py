@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from fleetgate.controlplane.store.engine import (
     IMMEDIATE,
@@ -84,6 +85,26 @@ def transaction(conn: Connection) -> Iterator[Connection]:
         yield conn
 
 
+RETRIED_SQLSTATES = frozenset({"40001", "40P01"})
+"""PostgreSQL's serialization failure and deadlock: the transaction was rolled back as a
+whole and may simply run again."""
+WRITE_ATTEMPTS = 3
+
+
+def _retrying(conn: Connection, body: Callable[[], T]) -> T:
+    """``body`` in one write transaction, run again (up to :data:`WRITE_ATTEMPTS` times)
+    when PostgreSQL rolled it back for a deadlock or a serialization failure."""
+    for attempt in range(1, WRITE_ATTEMPTS + 1):
+        try:
+            with transaction(conn):
+                return body()
+        except DBAPIError as error:
+            sqlstate = getattr(error.orig, "sqlstate", None)
+            if sqlstate not in RETRIED_SQLSTATES or attempt == WRITE_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable")
+
+
 class ErasesEnv(Protocol):
     """A write's result that says whether it erased a command's env."""
 
@@ -136,17 +157,17 @@ class Database:
         self._executor = executor
 
     async def close(self) -> None:
-        """Close the connections and stop the worker threads."""
+        """Let the calls under way finish (a cancelled await leaves its call running on
+        the worker), then close the connections and stop the worker threads."""
         executor, engine, conn = self._executor, self._engine, self._conn
         if executor is None:
             return
-        loop = asyncio.get_running_loop()
+        self._executor = None  # no new call from here on
+        await asyncio.to_thread(executor.shutdown, wait=True)
         if conn is not None:
-            await loop.run_in_executor(executor, conn.close)
+            await asyncio.to_thread(conn.close)
         if engine is not None:
-            await loop.run_in_executor(executor, engine.dispose)
-        executor.shutdown(wait=True)
-        self._executor = None
+            await asyncio.to_thread(engine.dispose)
         self._engine = None
         self._conn = None
 
@@ -174,11 +195,14 @@ class Database:
         **kwargs: P.kwargs,
     ) -> T:
         """Run ``fn(conn, *args, **kwargs)`` in one transaction (``BEGIN IMMEDIATE`` on
-        SQLite, READ COMMITTED on PostgreSQL), committed when it returns."""
+        SQLite, READ COMMITTED on PostgreSQL), committed when it returns.
+
+        On PostgreSQL a transaction rolled back for a deadlock or a serialization failure
+        runs again: ``fn`` must change nothing outside the database (or reset it first).
+        """
 
         def call(conn: Connection) -> T:
-            with transaction(conn):
-                return fn(conn, *args, **kwargs)
+            return _retrying(conn, lambda: fn(conn, *args, **kwargs))
 
         return await self._run(call)
 
@@ -201,8 +225,7 @@ class Database:
         sqlite = self.backend == "sqlite"
 
         def call(conn: Connection) -> E:
-            with transaction(conn):
-                result = fn(conn, *args, **kwargs)
+            result = _retrying(conn, lambda: fn(conn, *args, **kwargs))
             if sqlite and result.erased_env:
                 _scrub(conn)
             return result

@@ -10,50 +10,60 @@ refuses it ("schema version 10 is newer") instead of creating its tables again.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util import CommandError
 from sqlalchemy import Connection, Engine, inspect, text
 
 from fleetgate.controlplane.store import schema as legacy
 from fleetgate.controlplane.store.engine import IMMEDIATE, StoreError, safe_url
 
 
-__all__ = ["ALEMBIC_MARK", "BASELINE", "current_revision", "head_revision", "upgrade"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = ["ALEMBIC_MARK", "BASELINE", "HEAD", "current_revision", "head_revision", "upgrade"]
 
 log = structlog.get_logger("fleetgate.controlplane.store")
 
 BASELINE = "0001"
 """The first revision: the SQLite schema version 9, as one definition for both backends."""
+HEAD = "0001"
+"""The newest revision (``head_revision()``, checked by the tests): a database already
+there is used without loading Alembic, which costs half a second at every start."""
 ALEMBIC_MARK = legacy.SCHEMA_VERSION + 1
 MIGRATION_LOCK = 0x6667_6462  # "fgdb": one control plane migrates at a time (PostgreSQL)
+SCRIPTS = Path(__file__).with_name("migrations")
 
 
-def _config(conn: Connection) -> Config:
+def _config(conn: Connection | None = None) -> Config:
+    from alembic.config import Config  # only when migrating: see HEAD
+
     cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    cfg.set_main_option("script_location", str(SCRIPTS))
     cfg.attributes["connection"] = conn
     return cfg
 
 
 def head_revision() -> str:
-    """The newest revision this control plane knows."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    """The newest revision of ``store/migrations``."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_config()).get_current_head()
     assert head is not None
     return head
+
+
+def _stored_revision(conn: Connection) -> str | None:
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one_or_none()
 
 
 def current_revision(engine: Engine) -> str | None:
     """The database's revision (``None``: not under Alembic yet)."""
     with engine.connect() as conn:
-        revision = MigrationContext.configure(conn).get_current_revision()
+        revision = _stored_revision(conn)
         conn.rollback()
     return revision
 
@@ -64,6 +74,10 @@ def upgrade(engine: Engine) -> str:
     Raises:
         StoreError: the database is newer than this control plane.
     """
+    if current_revision(engine) == HEAD:
+        return HEAD
+    from alembic import command
+
     sqlite = engine.dialect.name == "sqlite"
     if sqlite:
         _adopt_legacy(engine)
@@ -73,7 +87,7 @@ def upgrade(engine: Engine) -> str:
         with conn.begin():
             if not sqlite:
                 conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-            before = MigrationContext.configure(conn).get_current_revision()
+            before = _stored_revision(conn)
             if before is not None and before != head and not _known(before):
                 raise StoreError(
                     f"the database {safe_url(engine.url)} is at revision {before}, newer than "
@@ -89,10 +103,12 @@ def upgrade(engine: Engine) -> str:
 
 
 def _known(revision: str) -> bool:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(Path(__file__).with_name("migrations")))
+    from alembic.script import ScriptDirectory
+    from alembic.script.revision import RevisionError
+    from alembic.util import CommandError
+
     try:
-        return ScriptDirectory.from_config(cfg).get_revision(revision) is not None
+        return ScriptDirectory.from_config(_config()).get_revision(revision) is not None
     except (RevisionError, CommandError):  # an id this control plane does not have
         return False
 
@@ -119,6 +135,8 @@ def _adopt_legacy(engine: Engine) -> None:
                 f"database schema version {version} is newer than this control plane "
                 f"({legacy.SCHEMA_VERSION}) and has no Alembic revision"
             )
+        from alembic import command
+
         legacy.migrate(raw)  # its own BEGIN IMMEDIATE per step, up to version 9
         conn.info[IMMEDIATE] = True
         with conn.begin():

@@ -154,7 +154,9 @@ def apply_report_batches(
             .where(t.servers.c.id == bindparam("server_id"))
             .values(last_seen_at=bindparam("seen"))
         )
-        params = [{"server_id": sid, "seen": seen} for sid, seen in last_seen.items()]
+        # In id order: two writers locking the same rows lock them in the same order
+        # (PostgreSQL), so they queue instead of deadlocking.
+        params = [{"server_id": sid, "seen": seen} for sid, seen in sorted(last_seen.items())]
         conn.execute(stmt, params)
     return outcomes
 

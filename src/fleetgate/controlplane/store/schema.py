@@ -1,7 +1,9 @@
-"""The SQLite schema and its migrations (``PRAGMA user_version``).
+"""The SQLite schema's history before Alembic (``PRAGMA user_version`` 1 to 9).
 
-Timestamps are INTEGER microseconds since the epoch (UTC). Secrets are stored as SHA-256
-hex digests (tokens, server keys) or scrypt hashes (passwords), never in clear.
+Kept as it was, only to bring an existing SQLite database to version 9, which is
+Alembic's baseline revision ``0001`` (:mod:`fleetgate.controlplane.store.migrate`). The
+schema itself is :mod:`fleetgate.controlplane.store.tables`; a change goes there and into
+a new revision in ``store/migrations/versions``, never here.
 """
 
 from __future__ import annotations
@@ -244,7 +246,8 @@ _MIGRATIONS = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6, 7: _V7, 8: _V8, 9
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Bring the database to :data:`SCHEMA_VERSION`, one transaction per step."""
+    """Bring a pre-Alembic database to :data:`SCHEMA_VERSION`, one transaction per step
+    (``conn`` in autocommit mode: the driver's ``isolation_level=None``)."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
     if version > SCHEMA_VERSION:
         raise RuntimeError(
