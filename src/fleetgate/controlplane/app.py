@@ -28,7 +28,7 @@ from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.background import OnFailure, run_in_background, stop_process
 from fleetgate.controlplane.cluster.bridge import ClusterClock
 from fleetgate.controlplane.cluster.hoptoken import HOP_PATH
-from fleetgate.controlplane.cluster.runtime import cluster_loops, new_node
+from fleetgate.controlplane.cluster.runtime import cluster_loops, new_node, start_node
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.console import mount as console
 from fleetgate.controlplane.errors import install_error_handlers
@@ -71,7 +71,7 @@ def create_app(
                 # A replica: the other replicas' agents stay connected; those of dead
                 # replicas are marked disconnected by the leader's sweep.
                 node = new_node(settings)
-                await node.start()
+                await start_node(node, db)
                 stack.push_async_callback(node.leave)
             hub = Hub(db, settings, node)
             clock = WorkSessionClock(db) if node is None else ClusterClock(node, db)

@@ -187,3 +187,24 @@ async def test_one_leader_at_a_time_and_takeover(cluster_db: str) -> None:
         await eventually(lambda: running == ["two"], what="old leader stepped down")
         t1.cancel()
         t2.cancel()
+
+
+async def test_a_replica_restarted_under_its_name_drops_its_old_links(
+    nodes: tuple[ClusterNode, Recorder, ClusterNode, Recorder], cluster_db: str
+) -> None:
+    a, _, b, _ = nodes
+    old = ClusterNode(cluster_db, "c", "http://c")
+    await old.start()
+    link = FakeLink(str(uuid.uuid4()))
+    writing = asyncio.create_task(old._outbox.run())
+    await old.link_up(link)
+    await old._outbox.drained()
+    writing.cancel()
+    await eventually(lambda: b.remote(link.server_id) is not None, what="mirrored")
+    # SIGKILLed and started again at once, under the same name: its links ended.
+    await old._writer.close()
+    again = ClusterNode(cluster_db, "c", "http://c")
+    assert await again.start() == [(link.server_id, link.connected_at)]
+    await eventually(lambda: b.remote(link.server_id) is None, what="dropped on b")
+    await eventually(lambda: a.remote(link.server_id) is None, what="dropped on a")
+    await again._writer.close()

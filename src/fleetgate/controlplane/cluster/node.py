@@ -91,12 +91,22 @@ class ClusterNode:
 
     # -- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Create the tables if needed, read the hop key, beat once."""
+    async def start(self) -> list[tuple[str, int]]:
+        """Create the tables if needed, read the hop key, beat once. Returns the links
+        a previous run of this replica (same id) left behind: they ended with it."""
         await self._writer.run(tables.create_tables)
         self.secret = await self._writer.run(tables.cluster_secret)
+        stale: list[tuple[str, int]] = await self._writer.run(
+            lambda c: tables.forget_replica(c, self.replica_id)
+        )
         await self._writer.run(lambda c: tables.heartbeat(c, self.replica_id, self.internal_url))
-        log.info("cluster.joined", replica_id=self.replica_id, internal_url=self.internal_url)
+        log.info(
+            "cluster.joined",
+            replica_id=self.replica_id,
+            internal_url=self.internal_url,
+            stale_links=len(stale),
+        )
+        return stale
 
     async def run(self, handlers: Handlers) -> None:
         """Listen, mirror and beat until cancelled."""
@@ -232,27 +242,38 @@ class ClusterNode:
                 log.warning("cluster.notes_failed", notes=len(batch), error=type(exc).__name__)
 
     async def _handle_batch(self, batch: list[Note | Resync]) -> None:
-        """Handle notes received together: one claim of this replica's frames, one read
-        of the links announced, the others one by one, in order otherwise."""
-        if any(isinstance(item, Resync) for item in batch):
-            await self._resync()
-            if self._handlers is not None:  # pokes may have been lost too
-                self._handlers.poked("scheduler")
-                self._handlers.poked("clock")
-        notes = [item for item in batch if isinstance(item, Note)]
-        links = [n for n in notes if n.kind == "link" and n.target != self.replica_id]
-        if links:
-            rows = await self._writer.run(
-                lambda c: tables.get_links(c, list(dict.fromkeys(n.ref for n in links)))
-            )
-            for row in rows:
-                if row.replica_id != self.replica_id:
-                    self._mirror_link(row)
-        if any(n.kind == "frame" and n.ref == self.replica_id for n in notes):
+        """Handle notes received together, in order, but with one read for each run of
+        ``link`` notes and one claim of this replica's frames for the whole batch."""
+        links: list[str] = []
+        frames = False
+        for item in batch:
+            if isinstance(item, Note) and item.kind == "link":
+                if item.target != self.replica_id:
+                    links.append(item.ref)
+                continue
+            await self._mirror_links(links)
+            links = []
+            if isinstance(item, Resync):
+                await self._resync()
+                if self._handlers is not None:  # pokes may have been lost too
+                    self._handlers.poked("scheduler")
+                    self._handlers.poked("clock")
+            elif item.kind == "frame":
+                frames = frames or item.ref == self.replica_id
+            else:
+                await self._handle(item)
+        await self._mirror_links(links)
+        if frames:
             await self._claim_frames()
-        for note in notes:
-            if note.kind not in ("link", "frame"):
-                await self._handle(note)
+
+    async def _mirror_links(self, server_ids: list[str]) -> None:
+        if not server_ids:
+            return
+        unique = list(dict.fromkeys(server_ids))
+        rows = await self._writer.run(lambda c: tables.get_links(c, unique))
+        for row in rows:
+            if row.replica_id != self.replica_id:
+                self._mirror_link(row)
 
     async def _claim_frames(self) -> None:
         handlers = self._handlers

@@ -21,11 +21,11 @@ from fleetgate.controlplane.cluster.node import ClusterNode
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub import Hub
 from fleetgate.controlplane.hub.worksessions import WorkSessionClock
-from fleetgate.controlplane.store import servers as servers_store
+from fleetgate.controlplane.store import Database, servers as servers_store
 from fleetgate.controlplane.store.engine import parse_url
 
 
-__all__ = ["POKE", "SAFETY_POKE", "cluster_loops", "libpq_url", "new_node"]
+__all__ = ["POKE", "SAFETY_POKE", "cluster_loops", "libpq_url", "new_node", "start_node"]
 
 log = structlog.get_logger("fleetgate.controlplane.cluster")
 
@@ -69,6 +69,24 @@ def cluster_loops(node: ClusterNode, hub: Hub, clock: WorkSessionClock) -> dict[
     return {"cluster": listen, "leader": leadership.run}
 
 
+async def start_node(node: ClusterNode, db: Database) -> None:
+    """Join the cluster; servers whose links a previous run of this replica held are
+    marked disconnected (their agents are elsewhere now, or coming back)."""
+    await _links_ended(db, await node.start())
+
+
+async def _links_ended(db: Database, links: list[tuple[str, int]]) -> None:
+    for server_id, connected_at in links:
+        row = await db.read(servers_store.get_server, server_id)
+        last_seen = connected_at if row is None else (row.last_seen_at or connected_at)
+        await db.write(
+            servers_store.mark_disconnected,
+            server_id,
+            connected_at=connected_at,
+            last_seen_at=last_seen,
+        )
+
+
 async def _sweep_and_poke(node: ClusterNode, hub: Hub, clock: WorkSessionClock) -> None:
     rounds = 0
     while True:
@@ -76,13 +94,5 @@ async def _sweep_and_poke(node: ClusterNode, hub: Hub, clock: WorkSessionClock) 
             hub.scheduler.wake()
             clock.wake()
         rounds += 1
-        for server_id, connected_at in await node.sweep():
-            row = await hub.db.read(servers_store.get_server, server_id)
-            last_seen = connected_at if row is None else (row.last_seen_at or connected_at)
-            await hub.db.write(
-                servers_store.mark_disconnected,
-                server_id,
-                connected_at=connected_at,
-                last_seen_at=last_seen,
-            )
+        await _links_ended(hub.db, await node.sweep())
         await asyncio.sleep(POKE)
