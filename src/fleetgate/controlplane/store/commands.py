@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, RowMapping, func, select, update
+from sqlalchemy import Connection, RowMapping, bindparam, func, select, update
 
 from fleetgate.controlplane.store import tables as t
 from fleetgate.controlplane.store.queries import (
@@ -152,6 +152,21 @@ class ChunkRow:
 _c = t.commands.c
 _chunk = t.command_chunks.c
 
+# Hot statements, built once: executed with new parameters each time.
+_INSERT = t.commands.insert()
+_GET = command_select().where(_c.id == bindparam("cid"))
+_READ_CHUNKS = (
+    select(_chunk.seq, _chunk.content)
+    .where(_chunk.command_id == bindparam("cid"), _chunk.seq >= bindparam("first"))
+    .order_by(_chunk.seq)
+    .limit(bindparam("most"))
+)
+_MARK_SENT = (
+    update(t.commands)
+    .where(_c.id == bindparam("cid"), _c.sent_at.is_(None))
+    .values(sent_at=bindparam("at"))
+)
+
 
 def insert_command(
     conn: Connection,
@@ -168,24 +183,25 @@ def insert_command(
     requester), without reading it back.
     """
     conn.execute(
-        t.commands.insert().values(
-            id=cmd.id,
-            server_id=cmd.server_id,
-            shell=cmd.shell,
-            line=cmd.line,
-            username=cmd.username,
-            groupname=cmd.groupname,
-            env=json.dumps(cmd.env),
-            timeout=cmd.timeout,
-            requested_by=cmd.requested_by,
-            added_at=cmd.added_at,
-            scheduled_at=cmd.scheduled_at,
-            sent_at=sent_at,
-            work_session_id=cmd.work_session_id,
-            grant_token=cmd.grant,
-            sudo=int(cmd.sudo),
-            requested_token=cmd.requested_token,
-        )
+        _INSERT,
+        {
+            "id": cmd.id,
+            "server_id": cmd.server_id,
+            "shell": cmd.shell,
+            "line": cmd.line,
+            "username": cmd.username,
+            "groupname": cmd.groupname,
+            "env": json.dumps(cmd.env),
+            "timeout": cmd.timeout,
+            "requested_by": cmd.requested_by,
+            "added_at": cmd.added_at,
+            "scheduled_at": cmd.scheduled_at,
+            "sent_at": sent_at,
+            "work_session_id": cmd.work_session_id,
+            "grant_token": cmd.grant,
+            "sudo": int(cmd.sudo),
+            "requested_token": cmd.requested_token,
+        },
     )
     return CommandRow(
         id=cmd.id,
@@ -224,7 +240,7 @@ def insert_command(
 
 def get_command(conn: Connection, command_id: str) -> CommandRow | None:
     """The command with this id."""
-    row = conn.execute(command_select().where(_c.id == command_id)).mappings().first()
+    row = conn.execute(_GET, {"cid": command_id}).mappings().first()
     return None if row is None else CommandRow.from_row(row)
 
 
@@ -273,13 +289,8 @@ def list_chunks(
 
 def read_chunks(conn: Connection, command_id: str, *, seq_gte: int, limit: int) -> list[ChunkRow]:
     """Up to ``limit`` chunks with ``seq >= seq_gte``, in order (for the stream)."""
-    stmt = (
-        select(_chunk.seq, _chunk.content)
-        .where(_chunk.command_id == command_id, _chunk.seq >= seq_gte)
-        .order_by(_chunk.seq)
-        .limit(limit)
-    )
-    return [ChunkRow(int(seq), str(content)) for seq, content in conn.execute(stmt)]
+    rows = conn.execute(_READ_CHUNKS, {"cid": command_id, "first": seq_gte, "most": limit})
+    return [ChunkRow(int(seq), str(content)) for seq, content in rows]
 
 
 class CancelOutcome:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from fleetgate.controlplane.store import tables as t, worksessions as sessions_store
-from fleetgate.controlplane.store.sql import insert_ignore, json_text
+from fleetgate.controlplane.store.sql import ignoring_conflicts, json_text
 from fleetgate.controlplane.store.ssh_events import store_ssh_event
 from fleetgate.controlplane.timeutil import to_us
 from fleetgate.shared.protocol import (
@@ -92,18 +92,56 @@ def apply_reports(
             outcome.changed.add(command_id)
         outcome.stored.append(report.rid)
     if last_seen_at is not None:
-        conn.execute(
-            update(t.servers).where(t.servers.c.id == server_id).values(last_seen_at=last_seen_at)
-        )
+        conn.execute(_LAST_SEEN, {"server_id": server_id, "seen": last_seen_at})
     return outcome
 
 
 _c = t.commands.c
 
+# The hot statements, built once (parameters at execution): one command's life stores
+# four reports, and a busy fleet sends thousands a second.
+_HOLDS_ENV = select(_c.id).where(_c.id == bindparam("cid"), _c.env != "{}", _c.handled_at.is_(None))
+_CHUNK = ignoring_conflicts(t.command_chunks)
+_DELIVERED = (
+    update(t.commands)
+    .where(_c.id == bindparam("cid"), _c.delivered_at.is_(None))
+    .values(delivered_at=bindparam("at"), sent_at=func.coalesce(_c.sent_at, bindparam("at")))
+)
+_ACKED = (
+    update(t.commands)
+    .where(_c.id == bindparam("cid"), _c.acked_at.is_(None))
+    .values(acked_at=bindparam("at"))
+)
+_FINISHED = (
+    update(t.commands)
+    .where(_c.id == bindparam("cid"), _c.handled_at.is_(None))
+    .values(
+        handled_at=bindparam("at"),
+        elapsed_time=bindparam("elapsed"),
+        exit_code=bindparam("code"),
+        success=bindparam("ok"),
+        result=bindparam("text"),
+        truncated=bindparam("cut"),
+        output_bytes=bindparam("size"),
+        error_phase=bindparam("phase"),
+        message=bindparam("msg"),
+        error_code=bindparam("refusal"),
+        env="{}",
+    )
+)
+_OWNERS = select(_c.id, _c.server_id).where(_c.id.in_(bindparam("ids", expanding=True)))
+_OWN = select(_c.id).where(
+    _c.server_id == bindparam("sid"), _c.id.in_(bindparam("ids", expanding=True))
+)
+_LAST_SEEN = (
+    update(t.servers)
+    .where(t.servers.c.id == bindparam("server_id"))
+    .values(last_seen_at=bindparam("seen"))
+)
+
 
 def _holds_env(conn: Connection, command_id: str) -> bool:
-    stmt = select(_c.id).where(_c.id == command_id, _c.env != "{}", _c.handled_at.is_(None))
-    return conn.execute(stmt).first() is not None
+    return conn.execute(_HOLDS_ENV, {"cid": command_id}).first() is not None
 
 
 @dataclass
@@ -149,15 +187,10 @@ def apply_report_batches(
     for server_id, _, seen in batches:
         last_seen[server_id] = max(seen, last_seen.get(server_id, seen))
     if last_seen:
-        stmt = (
-            update(t.servers)
-            .where(t.servers.c.id == bindparam("server_id"))
-            .values(last_seen_at=bindparam("seen"))
-        )
         # In id order: two writers locking the same rows lock them in the same order
         # (PostgreSQL), so they queue instead of deadlocking.
         params = [{"server_id": sid, "seen": seen} for sid, seen in sorted(last_seen.items())]
-        conn.execute(stmt, params)
+        conn.execute(_LAST_SEEN, params)
     return outcomes
 
 
@@ -167,7 +200,7 @@ def _owners(conn: Connection, ids: set[str]) -> dict[str, str]:
     pending = sorted(ids)
     for start in range(0, len(pending), 500):
         chunk = pending[start : start + 500]
-        rows = conn.execute(select(_c.id, _c.server_id).where(_c.id.in_(chunk)))
+        rows = conn.execute(_OWNERS, {"ids": chunk})
         found.update((str(command_id), str(server)) for command_id, server in rows)
     return found
 
@@ -229,51 +262,36 @@ def _own_commands(conn: Connection, server_id: str, ids: set[str]) -> set[str]:
     pending = sorted(ids)
     for start in range(0, len(pending), 500):
         chunk = pending[start : start + 500]
-        stmt = select(_c.id).where(_c.server_id == server_id, _c.id.in_(chunk))
-        found.update(conn.execute(stmt).scalars())
+        found.update(conn.execute(_OWN, {"sid": server_id, "ids": chunk}).scalars())
     return found
 
 
 def _apply_one(conn: Connection, command_id: str, report: CommandReport) -> bool:
     """Store one report; whether stream readers should be woken."""
     if isinstance(report, CommandOutput):
-        cur = conn.execute(
-            insert_ignore(conn, t.command_chunks).values(
-                command_id=command_id, seq=report.seq, content=report.data
-            )
-        )
-        return cur.rowcount > 0
+        chunk = {"command_id": command_id, "seq": report.seq, "content": report.data}
+        return conn.execute(_CHUNK(conn), chunk).rowcount > 0
     if isinstance(report, CommandDelivered):
-        at = to_us(report.delivered_at)
-        conn.execute(
-            update(t.commands)
-            .where(_c.id == command_id, _c.delivered_at.is_(None))
-            .values(delivered_at=at, sent_at=func.coalesce(_c.sent_at, at))
-        )
+        conn.execute(_DELIVERED, {"cid": command_id, "at": to_us(report.delivered_at)})
         return False
     if isinstance(report, CommandAcked):
-        conn.execute(
-            update(t.commands)
-            .where(_c.id == command_id, _c.acked_at.is_(None))
-            .values(acked_at=to_us(report.acked_at))
-        )
+        conn.execute(_ACKED, {"cid": command_id, "at": to_us(report.acked_at)})
         return False
     assert isinstance(report, CommandFinished)
     cur = conn.execute(
-        update(t.commands)
-        .where(_c.id == command_id, _c.handled_at.is_(None))
-        .values(
-            handled_at=to_us(report.handled_at),
-            elapsed_time=report.elapsed_time,
-            exit_code=report.exit_code,
-            success=int(report.success),
-            result=report.result,
-            truncated=int(report.truncated),
-            output_bytes=report.output_bytes,
-            error_phase=report.error_phase,
-            message=report.message,
-            error_code=report.code,
-            env="{}",
-        )
+        _FINISHED,
+        {
+            "cid": command_id,
+            "at": to_us(report.handled_at),
+            "elapsed": report.elapsed_time,
+            "code": report.exit_code,
+            "ok": int(report.success),
+            "text": report.result,
+            "cut": int(report.truncated),
+            "size": report.output_bytes,
+            "phase": report.error_phase,
+            "msg": report.message,
+            "refusal": report.code,
+        },
     )
     return cur.rowcount > 0
