@@ -50,6 +50,7 @@ class Recorder:
         self.waiting_for: set[str] = set()
         self.answers: list[tuple[str, str, str]] = []
         self.pokes: list[str] = []
+        self.kicked_ids: list[str] = []
 
     def local(self, server_id: str) -> AgentConnection | None:
         return self.links.get(server_id)
@@ -71,6 +72,9 @@ class Recorder:
 
     def poked(self, what: str) -> None:
         self.pokes.append(what)
+
+    async def kicked(self, server_id: str) -> None:
+        self.kicked_ids.append(server_id)
 
 
 @pytest.fixture
@@ -125,9 +129,11 @@ async def test_links_frames_and_wakes_cross(
     await eventually(lambda: ra.revocations != [], what="revocation")
     assert rb.revocations == []  # not applied twice where it was made
 
+    await remote.close(4003, "server deleted")  # b deletes the server: a closes the link
+    await eventually(lambda: ra.kicked_ids == [link.server_id], what="kick")
+    assert rb.kicked_ids == []
     await a.link_down(link)
     await eventually(lambda: b.remote(link.server_id) is None, what="unlinked")
-    assert remote.closed.is_set()
     assert not await remote.send_quietly("late")
 
 

@@ -84,6 +84,24 @@ def test_a_command_scheduled_on_b_runs_once_at_its_time(
     assert marker.read_text(encoding="utf-8") == "x\n"
 
 
+def test_deleting_on_b_a_server_linked_to_a_closes_its_link(
+    replicas: list[ControlPlaneProcess], tmp_path: Path
+) -> None:
+    a, b = replicas
+    doomed = start_agent(a, tmp_path / "doomed", name="doomed")
+    try:
+        with b.client() as api:
+            response = api.delete(f"/api/servers/servers/{doomed.server_id}/")
+            assert response.status_code in (200, 204), response.text
+        assert doomed.process is not None
+        # Its link on a is closed; dialling again, the agent is refused and stops.
+        doomed.process.wait(timeout=30)
+        assert "refused our credentials" in doomed.log_tail(), doomed.log_tail()
+        assert "cluster.link_kicked" in a.log_tail(500_000)
+    finally:
+        doomed.stop()
+
+
 @pytest.fixture(scope="module")
 def cli_on_b(
     replicas: list[ControlPlaneProcess], tmp_path_factory: pytest.TempPathFactory

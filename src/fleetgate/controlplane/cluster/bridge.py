@@ -13,7 +13,7 @@ from fleetgate.controlplane.cluster.hop import relay_to_replica
 from fleetgate.controlplane.cluster.hoptoken import HOP_PATH, hop_token
 from fleetgate.controlplane.cluster.node import ClusterNode
 from fleetgate.controlplane.hub.channels import ChannelBroker
-from fleetgate.controlplane.hub.registry import AgentConnection, Registry
+from fleetgate.controlplane.hub.registry import CLOSE_DELETED, AgentConnection, Registry
 from fleetgate.controlplane.hub.revocation import Revoker
 from fleetgate.controlplane.hub.scheduler import Scheduler
 from fleetgate.controlplane.hub.wakeups import CommandWakeups
@@ -138,6 +138,13 @@ class HubBridge:
             self.scheduler.wake_here()
         elif what == "clock" and self.clock is not None:
             self.clock.wake()
+
+    async def kicked(self, server_id: str) -> None:
+        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        conn = self._registry.local(server_id)
+        if conn is not None:
+            log.info("cluster.link_kicked", server_id=server_id)
+            await conn.close(CLOSE_DELETED, "server deleted")
 
     # -- ChannelCluster ----------------------------------------------------------------
 

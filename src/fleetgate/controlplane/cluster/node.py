@@ -73,6 +73,10 @@ class Handlers(Protocol):
         """``scheduler`` or ``clock``: look again (something changed on some replica)."""
         ...
 
+    async def kicked(self, server_id: str) -> None:
+        """The server was deleted on another replica: close its link here."""
+        ...
+
 
 class ClusterNode:
     """This replica, on the shared database at ``conninfo`` (a libpq URL)."""
@@ -240,6 +244,8 @@ class ClusterNode:
                 await self._handle_batch(batch)
             except psycopg.Error as exc:
                 log.warning("cluster.notes_failed", notes=len(batch), error=type(exc).__name__)
+            except Exception as exc:  # a bad row or note must not stop the replica's bus
+                log.error("cluster.notes_failed", notes=len(batch), exc_info=exc)
 
     async def _handle_batch(self, batch: list[Note | Resync]) -> None:
         """Handle notes received together, in order, but with one read for each run of
@@ -322,6 +328,9 @@ class ClusterNode:
                 handlers.wake(note.ref.split(","))
             case "poke":
                 handlers.poked(note.ref)
+            case "kick":
+                if note.target == self.replica_id:
+                    await handlers.kicked(note.ref)
             case "down":
                 for server_id in [s for s, l in self._mirror.items() if l.replica_id == note.ref]:
                     self._drop(server_id)
@@ -334,7 +343,9 @@ class ClusterNode:
         ):
             return
         self._drop(row.server_id)
-        self._mirror[row.server_id] = RemoteLink(row, row.hostname or "", self.forward)
+        self._mirror[row.server_id] = RemoteLink(
+            row, row.hostname or "", self.forward, self._outbox.kick
+        )
 
     def _drop(self, server_id: str) -> None:
         link = self._mirror.pop(server_id, None)

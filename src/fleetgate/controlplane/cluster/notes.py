@@ -18,6 +18,8 @@ Kinds:
     an agent's link came up on, or left, that replica (the others mirror it).
 ``down <replica id>``
     a replica stops (its links are gone).
+``kick <server id> <replica id>``
+    the server was deleted: the replica holding its link closes it.
 ``poke scheduler`` / ``poke clock``
     a command was scheduled, or a work session changed, on some replica: the leader's
     scheduler or work-session clock looks again.
@@ -30,7 +32,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 
 __all__ = [
@@ -44,10 +46,8 @@ __all__ = [
     "wake_notes",
 ]
 
-Kind = Literal["frame", "chan", "revoke", "link", "unlink", "down", "wake", "poke"]
-KINDS: frozenset[str] = frozenset(
-    {"frame", "chan", "revoke", "link", "unlink", "down", "wake", "poke"}
-)
+Kind = Literal["frame", "chan", "revoke", "link", "unlink", "down", "wake", "poke", "kick"]
+KINDS: frozenset[str] = frozenset(get_args(Kind))
 MAX_WAKE_IDS = 150
 """Command ids per ``wake`` note (150 UUIDs: 5.5 KB, under the payload limit)."""
 CHANNEL_NAME = "fleetgate_cluster"
@@ -65,7 +65,9 @@ _ARITY = {
     "down": 2,
     "wake": 2,
     "poke": 2,
+    "kick": 3,
 }
+"""Parts of each kind of note, the kind included."""
 
 
 class NoteError(ValueError):
@@ -122,3 +124,6 @@ def parse_note(payload: str) -> Note:
             raise NoteError(f"not a plain token: {part[:32]!r}")
     target = parts[2] if len(parts) == 3 else None
     return Note(kind, parts[1], target)  # type: ignore[arg-type]  # checked against KINDS
+
+
+assert set(_ARITY) == KINDS, "every kind of note has an arity"

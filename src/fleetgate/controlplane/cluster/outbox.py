@@ -114,6 +114,12 @@ class Outbox:
             if not self._put(("wake", command_id)):
                 return
 
+    def kick(self, server_id: str, replica_id: str) -> None:
+        """Queue a ``kick`` note: ``replica_id`` closes the server's link."""
+        self._items.append(("kick", (server_id, replica_id)))
+        self._idle.clear()
+        self._ready.set()
+
     def poke(self, what: str) -> None:
         """Queue a ``poke`` note (``scheduler``, ``clock``) for the leader."""
         self._put(("poke", what))
@@ -153,6 +159,8 @@ async def _write(conn: tables.Conn, *, batch: list[_Item]) -> None:
                 await tables.delete_link(conn, *value)
             elif kind == "poke":
                 await tables.notify(conn, Note("poke", value))
+            elif kind == "kick":
+                await tables.notify(conn, Note("kick", *value))
             else:
                 wakes.append(value)
         if frames:

@@ -28,7 +28,13 @@ class RemoteLink(AgentConnection):
     as for a local link; the holder only passes the frame on.
     """
 
-    def __init__(self, row: LinkRow, server_name: str, forward: Forward) -> None:
+    def __init__(
+        self,
+        row: LinkRow,
+        server_name: str,
+        forward: Forward,
+        kick: Callable[[str, str], None] | None = None,
+    ) -> None:
         # No websocket here: the base's constructor is not called (nothing in the
         # sending path of a remote link touches one).
         self.server_id = row.server_id
@@ -43,6 +49,7 @@ class RemoteLink(AgentConnection):
         self.features = row.features
         self.closed = asyncio.Event()
         self._forward = forward
+        self._kick = kick
 
     async def send(self, message: BaseModel | str) -> None:
         """Forward one frame; raises ``ConnectionError`` when it could not be stored."""
@@ -53,5 +60,8 @@ class RemoteLink(AgentConnection):
             raise ConnectionError("too many frames wait for the other replicas")
 
     async def close(self, code: int, reason: str) -> None:
-        """Forget the link here (its replica closes the websocket itself)."""
+        """Ask the holding replica to close the link (the server was deleted), and
+        forget it here."""
+        if not self.closed.is_set() and self._kick is not None:
+            self._kick(self.server_id, self.replica_id)
         self.closed.set()
