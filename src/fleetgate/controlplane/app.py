@@ -99,6 +99,8 @@ def create_app(
                 app.state.revoker.broadcast = node.broadcast_revocation
                 hub.bridge.revoker = app.state.revoker
                 hub.bridge.clock = clock
+                hub.bridge.tunnels = app.state.tunnels
+                app.state.tunnels.on_closed = node.broadcast_tunnel_closed
                 del loops["scheduler"], loops["work-session-clock"]  # the leader's
                 loops.update(cluster_loops(node, hub, clock))
             await stack.enter_async_context(run_in_background(loops, on_failure))

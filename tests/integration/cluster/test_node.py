@@ -51,6 +51,7 @@ class Recorder:
         self.answers: list[tuple[str, str, str]] = []
         self.pokes: list[str] = []
         self.kicked_ids: list[str] = []
+        self.tunnels_closed: list[str] = []
 
     def local(self, server_id: str) -> AgentConnection | None:
         return self.links.get(server_id)
@@ -75,6 +76,9 @@ class Recorder:
 
     async def kicked(self, server_id: str) -> None:
         self.kicked_ids.append(server_id)
+
+    def tunnel_closed(self, tunnel_id: str, code: str, detail: str) -> None:
+        self.tunnels_closed.append(tunnel_id)
 
 
 @pytest.fixture
@@ -128,6 +132,9 @@ async def test_links_frames_and_wakes_cross(
     await b.broadcast_revocation({"code": "token_deleted", "detail": "x", "token_id": "t"})
     await eventually(lambda: ra.revocations != [], what="revocation")
     assert rb.revocations == []  # not applied twice where it was made
+    await a.broadcast_tunnel_closed("t-1", "TUNNEL_CLOSED", "closed")
+    await eventually(lambda: rb.tunnels_closed == ["t-1"], what="tunnel closed")
+    assert ra.tunnels_closed == []
 
     await remote.close(4003, "server deleted")  # b deletes the server: a closes the link
     await eventually(lambda: ra.kicked_ids == [link.server_id], what="kick")

@@ -162,3 +162,31 @@ async def test_a_tunnel_through_b_to_the_agent_on_a(
                     send_blocks(sock, 256 * 1024), drain_hash(sock)
                 )
             assert (size, got) == (256 * 1024, sent)
+
+
+def test_a_tunnel_closed_on_a_ends_its_streams_relayed_by_b(
+    replicas: list[ControlPlaneProcess], agent_on_a: AgentProcess, cli_on_b: AgentctlRunner
+) -> None:
+    """b caches the tunnel's row and relays its stream; closing it through a reaches b."""
+    a, _ = replicas
+    with (
+        threaded_echo_server() as target,
+        agentctl_tunnel(cli_on_b, "on-a", target) as tunnel,
+        socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=10) as sock,
+    ):
+        sock.sendall(b"ping")
+        assert sock.recv(16) == b"ping"  # the stream is up, relayed by b
+        with a.client() as api:
+            listed = api.get("/api/tunnels/").json()
+            rows = listed["results"] if isinstance(listed, dict) else listed
+            open_ids = [t["id"] for t in rows if t.get("closed_at") is None]
+            assert len(open_ids) == 1, rows
+            deleted = api.delete(f"/api/tunnels/{open_ids[0]}/")
+            assert deleted.status_code in (200, 204), deleted.text
+        sock.settimeout(15)
+        try:
+            rest = sock.recv(16)
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b"", "the stream outlived its tunnel"
+    assert "tunnel.closed_elsewhere" in replicas[1].log_tail(500_000)

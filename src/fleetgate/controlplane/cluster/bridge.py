@@ -16,6 +16,7 @@ from fleetgate.controlplane.hub.channels import ChannelBroker
 from fleetgate.controlplane.hub.registry import CLOSE_DELETED, AgentConnection, Registry
 from fleetgate.controlplane.hub.revocation import Revoker
 from fleetgate.controlplane.hub.scheduler import Scheduler
+from fleetgate.controlplane.hub.tunnels import TunnelStreams
 from fleetgate.controlplane.hub.wakeups import CommandWakeups
 from fleetgate.controlplane.hub.worksessions import WorkSessionClock
 from fleetgate.controlplane.store import Database
@@ -98,6 +99,7 @@ class HubBridge:
         self.revoker: Revoker | None = None
         self.scheduler: ClusterScheduler | None = None
         self.clock: WorkSessionClock | None = None
+        self.tunnels: TunnelStreams | None = None
 
     # -- Handlers --------------------------------------------------------------------
 
@@ -145,6 +147,11 @@ class HubBridge:
         if conn is not None:
             log.info("cluster.link_kicked", server_id=server_id)
             await conn.close(CLOSE_DELETED, "server deleted")
+
+    def tunnel_closed(self, tunnel_id: str, code: str, detail: str) -> None:
+        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        if self.tunnels is not None:
+            self.tunnels.closed_elsewhere(tunnel_id, code, detail)
 
     # -- ChannelCluster ----------------------------------------------------------------
 

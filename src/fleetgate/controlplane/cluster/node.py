@@ -77,6 +77,10 @@ class Handlers(Protocol):
         """The server was deleted on another replica: close its link here."""
         ...
 
+    def tunnel_closed(self, tunnel_id: str, code: str, detail: str) -> None:
+        """A tunnel was closed on another replica: forget it, end its streams here."""
+        ...
+
 
 class ClusterNode:
     """This replica, on the shared database at ``conninfo`` (a libpq URL)."""
@@ -188,6 +192,13 @@ class ClusterNode:
         body = json.dumps({"server_id": server_id, "error": error})
         await self._writer.run(lambda c: tables.put_frame(c, "chan", channel_id, body))
         return True
+
+    async def broadcast_tunnel_closed(self, tunnel_id: str, code: str, detail: str) -> None:
+        """Tell every other replica that a tunnel was closed here."""
+        body = json.dumps(
+            {"origin": self.replica_id, "tunnel": {"id": tunnel_id, "code": code, "detail": detail}}
+        )
+        await self._writer.run(lambda c: tables.put_frame(c, "revoke", "*", body))
 
     async def broadcast_revocation(self, revocation: dict[str, Any]) -> None:
         """Tell every other replica to end what ``revocation`` covers."""
@@ -318,7 +329,12 @@ class ClusterNode:
                 body = await self._writer.run(lambda c: tables.read_frame(c, int(note.ref)))
                 if body is not None:
                     message = json.loads(body)
-                    if message["origin"] != self.replica_id:
+                    if message["origin"] == self.replica_id:
+                        pass
+                    elif "tunnel" in message:
+                        ended = message["tunnel"]
+                        handlers.tunnel_closed(ended["id"], ended["code"], ended["detail"])
+                    else:
                         await handlers.revoked(message["revocation"])
             case "unlink":
                 link = self._mirror.get(note.ref)
