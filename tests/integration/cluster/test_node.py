@@ -52,6 +52,7 @@ class Recorder:
         self.pokes: list[str] = []
         self.kicked_ids: list[str] = []
         self.tunnels_closed: list[str] = []
+        self.reinstated_ids: list[int] = []
 
     def local(self, server_id: str) -> AgentConnection | None:
         return self.links.get(server_id)
@@ -79,6 +80,9 @@ class Recorder:
 
     def tunnel_closed(self, tunnel_id: str, code: str, detail: str) -> None:
         self.tunnels_closed.append(tunnel_id)
+
+    def reinstated(self, user_id: int) -> None:
+        self.reinstated_ids.append(user_id)
 
 
 @pytest.fixture
@@ -134,6 +138,8 @@ async def test_links_frames_and_wakes_cross(
     assert rb.revocations == []  # not applied twice where it was made
     await a.broadcast_tunnel_closed("t-1", "TUNNEL_CLOSED", "closed")
     await eventually(lambda: rb.tunnels_closed == ["t-1"], what="tunnel closed")
+    a.publish_reinstated(42)
+    await eventually(lambda: 42 in rb.reinstated_ids, what="reinstated")
     assert ra.tunnels_closed == []
 
     await remote.close(4003, "server deleted")  # b deletes the server: a closes the link

@@ -12,7 +12,7 @@ from starlette.websockets import WebSocket
 from fleetgate.controlplane.cluster.hop import relay_to_replica
 from fleetgate.controlplane.cluster.hoptoken import HOP_PATH, hop_token
 from fleetgate.controlplane.cluster.node import ClusterNode
-from fleetgate.controlplane.hub.channels import ChannelBroker
+from fleetgate.controlplane.hub.channels import ChannelBroker, ChannelRegistry
 from fleetgate.controlplane.hub.registry import CLOSE_DELETED, AgentConnection, Registry
 from fleetgate.controlplane.hub.revocation import Revoker
 from fleetgate.controlplane.hub.scheduler import Scheduler
@@ -24,7 +24,13 @@ from fleetgate.shared.errors import ProtocolViolation
 from fleetgate.shared.protocol import ErrorMessage, decode_agent_message
 
 
-__all__ = ["ClusterClock", "ClusterScheduler", "ClusterWakeups", "HubBridge"]
+__all__ = [
+    "ClusterChannelRegistry",
+    "ClusterClock",
+    "ClusterScheduler",
+    "ClusterWakeups",
+    "HubBridge",
+]
 
 log = structlog.get_logger("fleetgate.controlplane.cluster")
 
@@ -76,6 +82,24 @@ class ClusterClock(WorkSessionClock):
         """See :meth:`WorkSessionClock.changed`; the leader's clock looks again too."""
         super().changed()
         self._node.publish_poke("clock")
+
+
+class ClusterChannelRegistry(ChannelRegistry):
+    """The channel registry of a replica: a user enabled again here is forgotten by the
+    other replicas' registries too (they remember the revocation of their own channels)."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        super().__init__()
+        self._node = node
+
+    def reinstate_user(self, user_id: int) -> None:
+        """See :meth:`ChannelRegistry.reinstate_user`; every replica does the same."""
+        super().reinstate_user(user_id)
+        self._node.publish_reinstated(user_id)
+
+    def reinstate_here(self, user_id: int) -> None:
+        """Forget the revocation here only (a note from another replica)."""
+        super().reinstate_user(user_id)
 
 
 class HubBridge:
@@ -147,6 +171,12 @@ class HubBridge:
         if conn is not None:
             log.info("cluster.link_kicked", server_id=server_id)
             await conn.close(CLOSE_DELETED, "server deleted")
+
+    def reinstated(self, user_id: int) -> None:
+        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        registry = self._broker.open
+        if isinstance(registry, ClusterChannelRegistry):
+            registry.reinstate_here(user_id)
 
     def tunnel_closed(self, tunnel_id: str, code: str, detail: str) -> None:
         """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""

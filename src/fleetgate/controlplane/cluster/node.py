@@ -81,6 +81,10 @@ class Handlers(Protocol):
         """A tunnel was closed on another replica: forget it, end its streams here."""
         ...
 
+    def reinstated(self, user_id: int) -> None:
+        """A disabled user was enabled again on some replica."""
+        ...
+
 
 class ClusterNode:
     """This replica, on the shared database at ``conninfo`` (a libpq URL)."""
@@ -204,6 +208,10 @@ class ClusterNode:
         """Tell every other replica to end what ``revocation`` covers."""
         body = json.dumps({"origin": self.replica_id, "revocation": revocation})
         await self._writer.run(lambda c: tables.put_frame(c, "revoke", "*", body))
+
+    def publish_reinstated(self, user_id: int) -> None:
+        """Tell every replica that ``user_id`` was enabled again."""
+        self._outbox.note(Note("reinstate", str(user_id)))
 
     def publish_poke(self, what: str) -> None:
         """Tell the leader's scheduler or clock (``what``) to look again."""
@@ -344,6 +352,9 @@ class ClusterNode:
                 handlers.wake(note.ref.split(","))
             case "poke":
                 handlers.poked(note.ref)
+            case "reinstate":
+                if note.ref.isdigit():
+                    handlers.reinstated(int(note.ref))
             case "kick":
                 if note.target == self.replica_id:
                     await handlers.kicked(note.ref)

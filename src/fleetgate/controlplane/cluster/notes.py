@@ -18,6 +18,8 @@ Kinds:
     an agent's link came up on, or left, that replica (the others mirror it).
 ``down <replica id>``
     a replica stops (its links are gone).
+``reinstate <user id>``
+    a disabled user was enabled again: every replica forgets its revocation.
 ``kick <server id> <replica id>``
     the server was deleted: the replica holding its link closes it.
 ``poke scheduler`` / ``poke clock``
@@ -46,7 +48,9 @@ __all__ = [
     "wake_notes",
 ]
 
-Kind = Literal["frame", "chan", "revoke", "link", "unlink", "down", "wake", "poke", "kick"]
+Kind = Literal[
+    "frame", "chan", "revoke", "link", "unlink", "down", "wake", "poke", "kick", "reinstate"
+]
 KINDS: frozenset[str] = frozenset(get_args(Kind))
 MAX_WAKE_IDS = 150
 """Command ids per ``wake`` note (150 UUIDs: 5.5 KB, under the payload limit)."""
@@ -66,6 +70,7 @@ _ARITY = {
     "wake": 2,
     "poke": 2,
     "kick": 3,
+    "reinstate": 2,
 }
 """Parts of each kind of note, the kind included."""
 

@@ -120,6 +120,12 @@ class Outbox:
         self._idle.clear()
         self._ready.set()
 
+    def note(self, note: Note) -> None:
+        """Queue a note of its own (sent in order with the rest)."""
+        self._items.append(("note", note))
+        self._idle.clear()
+        self._ready.set()
+
     def poke(self, what: str) -> None:
         """Queue a ``poke`` note (``scheduler``, ``clock``) for the leader."""
         self._put(("poke", what))
@@ -159,6 +165,8 @@ async def _write(conn: tables.Conn, *, batch: list[_Item]) -> None:
                 await tables.delete_link(conn, *value)
             elif kind == "poke":
                 await tables.notify(conn, Note("poke", value))
+            elif kind == "note":
+                await tables.notify(conn, value)
             elif kind == "kick":
                 await tables.notify(conn, Note("kick", *value))
             else:

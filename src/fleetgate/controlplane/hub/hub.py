@@ -61,6 +61,7 @@ class Hub:
         if cluster is not None:
             # Imported here: the cluster package builds on the hub's registry.
             from fleetgate.controlplane.cluster.bridge import (
+                ClusterChannelRegistry,
                 ClusterScheduler,
                 ClusterWakeups,
                 HubBridge,
@@ -77,6 +78,7 @@ class Hub:
             )
             self.registry.remote = cluster
             self.channels.cluster = self.bridge
+            self.channels.open = ClusterChannelRegistry(cluster)
             scheduler = ClusterScheduler(cluster, db, self.registry, wakeups.notify)
             self.scheduler = scheduler
             self.bridge.scheduler = scheduler
