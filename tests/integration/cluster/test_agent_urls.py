@@ -9,8 +9,11 @@ side of failover alone; replicas on one PostgreSQL are tested elsewhere.
 
 from __future__ import annotations
 
+import re
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +23,7 @@ import pytest
 
 from tests.integration.e2e.commands import run_command
 from tests.support.agent import AgentProcess, start_agent
-from tests.support.controlplane import ControlPlaneProcess, start_control_plane
+from tests.support.controlplane import REPO_ROOT, ControlPlaneProcess, start_control_plane
 
 
 pytestmark = pytest.mark.timeout(90)
@@ -87,6 +90,11 @@ def test_agent_moves_to_the_next_url_when_its_control_plane_dies(
         assert run_command(api, "rot-01", "echo on-b")["result"] == "on-b\n"
     log = agent.log_path.read_text(encoding="utf-8")
     assert f'"url": "{b.url}"' in log, log[-4000:]
+    status = subprocess.run(
+        [sys.executable, "-m", "fleetgate.agent", "status", "--config", str(agent.config_path)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert re.search(rf"control plane:\s+{re.escape(b.url)}", status.stdout), status.stdout
 
 
 def test_agent_skips_a_dead_first_url_at_start(tmp_path: Path) -> None:
