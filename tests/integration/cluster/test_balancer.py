@@ -21,7 +21,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from ptyprocess import PtyProcess
 
 from tests.integration.e2e.commands import run_command
 from tests.support.agent import AgentProcess, start_agent
@@ -34,7 +33,7 @@ from tests.support.replicas import running_replicas
 from tests.support.tls import ThrowawayCA, make_ca
 from tests.support.users import temporary_user
 from tests.support.waiting import eventually_blocking
-from tests.support.websh import PtyScreen
+from tests.support.websh import shell_round
 
 
 pytestmark = pytest.mark.timeout(240)
@@ -135,24 +134,8 @@ def test_behind_the_proxy_cookies_are_secure(stack: Stack) -> None:
 async def test_websh_and_file_transfer_through_the_balancer(stack: Stack, tmp_path: Path) -> None:
     cli = _cli(stack)
     with temporary_user() as user:
-        proc = PtyProcess.spawn(
-            cli.argv("websh", SERVER, "-u", user.name),
-            env=cli.env,
-            cwd=str(REPO_ROOT),
-            dimensions=(24, 80),
-        )
-        screen = PtyScreen(proc)
-        try:
-            await screen.expect(r"\$ ")
-            proc.write(b"echo l''b-$((6*7)) U''=$(id -un)\r")
-            assert (await screen.expect(r"lb-42 U=(\w+)")).group(1) == user.name
-            proc.write(b"exit 5\r")
-            await screen.until_eof()
-        finally:
-            if proc.isalive():
-                proc.terminate(force=True)
-        proc.wait()
-        assert proc.exitstatus == 5
+        argv = cli.argv("websh", SERVER, "-u", user.name)
+        await shell_round(argv, cli.env, str(REPO_ROOT), user=user.name, tag="lb", exit_code=5)
 
         user_dir = Path(tempfile.mkdtemp(prefix="lb-files-", dir="/tmp"))
         os.chown(user_dir, user.uid, user.gid)

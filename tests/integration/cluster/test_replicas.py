@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from ptyprocess import PtyProcess
 
 from tests.integration.e2e.commands import follow, run_command
 from tests.support.agent import AgentProcess, start_agent
@@ -21,7 +20,7 @@ from tests.support.postgres import PostgresCluster
 from tests.support.replicas import running_replicas
 from tests.support.tunnel import agentctl_tunnel, drain_hash, send_blocks, threaded_echo_server
 from tests.support.users import CreatedUser, temporary_user
-from tests.support.websh import PtyScreen
+from tests.support.websh import shell_round
 
 
 pytestmark = pytest.mark.timeout(120)
@@ -128,24 +127,8 @@ async def test_a_websh_through_b_to_the_agent_on_a(
 
 
 async def _websh_round(cli: AgentctlRunner, user: CreatedUser) -> None:
-    proc = PtyProcess.spawn(
-        cli.argv("websh", "on-a", "-u", user.name),
-        env=cli.env,
-        cwd=str(REPO_ROOT),
-        dimensions=(24, 80),
-    )
-    screen = PtyScreen(proc)
-    try:
-        await screen.expect(r"\$ ")
-        proc.write(b"echo r''eplica-$((6*7)) U''=$(id -un)\r")
-        assert (await screen.expect(r"replica-42 U=(\w+)")).group(1) == user.name
-        proc.write(b"exit 3\r")
-        await screen.until_eof()
-    finally:
-        if proc.isalive():
-            proc.terminate(force=True)
-    proc.wait()
-    assert proc.exitstatus == 3
+    argv = cli.argv("websh", "on-a", "-u", user.name)
+    await shell_round(argv, cli.env, str(REPO_ROOT), user=user.name, tag="replica", exit_code=3)
 
 
 async def test_a_tunnel_through_b_to_the_agent_on_a(
