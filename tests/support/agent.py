@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -137,11 +137,12 @@ def write_agent_config(
     control_plane_key: str | None = None,
     ssh_ca_key: str | None = None,
     ca_file: Path | None = None,
+    urls: Sequence[str] = (),
 ) -> None:
     """Write an agent TOML configuration (small values only: str, int, float, bool).
 
     ``control_plane_key`` pins the control plane's grant key (registration's
-    ``signing_public_key``), as an installed agent does.
+    ``signing_public_key``), as an installed agent does; ``urls`` lists further replicas.
     """
     lines = [
         f'state_dir = "{state_dir}"',
@@ -150,6 +151,7 @@ def write_agent_config(
         f'logs_dir = "{state_dir.parent / "logs"}"',
         "[control_plane]",
         f'url = "{url}"',
+        *([f"urls = [{', '.join(f'{u!r}' for u in urls)}]"] if urls else []),
         *([f'ca_file = "{ca_file}"'] if ca_file is not None else []),
         "[identity]",
         f'server_id = "{server_id}"',
@@ -182,12 +184,14 @@ def start_agent(
     url: str | None = None,
     env: Mapping[str, str] | None = None,
     ca_file: Path | None = None,
+    urls: Sequence[str] = (),
 ) -> AgentProcess:
     """Register a server named ``name`` (default: random) and start its agent.
 
     ``url`` is what the agent dials (default: the control plane's own URL; a fault test
     passes a proxy's). ``ca_file`` is what it verifies the control plane's certificate
-    with (default: the CA of a control plane serving TLS).
+    with (default: the CA of a control plane serving TLS); ``urls`` are further replicas
+    the agent rotates to.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     name = name or f"srv-{uuid.uuid4().hex[:8]}"
@@ -214,6 +218,7 @@ def start_agent(
         control_plane_key=cp.signing_public_key,
         ssh_ca_key=cp.ssh_ca_public_key,
         ca_file=ca_file or (cp.tls.ca if cp.tls is not None else None),
+        urls=urls,
     )
     agent = AgentProcess(cp, workdir, name, server_id, config)
     agent.env.update(env or {})

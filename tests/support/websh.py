@@ -14,7 +14,7 @@ from websockets.exceptions import ConnectionClosed
 from fleetgate.agent.errors import ChannelClosed
 
 
-__all__ = ["FakeLink", "TerminalReader", "ws_source"]
+__all__ = ["FakeLink", "PtyScreen", "TerminalReader", "shell_round", "ws_source"]
 
 Source = Callable[[], Awaitable[bytes | str | None]]
 """The next frame of a terminal, or None once it is closed."""
@@ -214,3 +214,27 @@ class PtyScreen:
                 await self._more()
 
         await asyncio.wait_for(wait(), timeout)
+
+
+async def shell_round(
+    argv: list[str], env: dict[str, str], cwd: str, *, user: str, tag: str, exit_code: int
+) -> None:
+    """Open a terminal with ``argv`` (agentctl websh) on a pseudo-terminal, check the
+    shell runs as ``user`` (the echo of ``tag`` is computed by the shell, not typed back),
+    leave it with ``exit_code`` and check agentctl exits with that code."""
+    from ptyprocess import PtyProcess  # only the terminal tests need it
+
+    proc = PtyProcess.spawn(argv, env=env, cwd=cwd, dimensions=(24, 80))
+    screen = PtyScreen(proc)
+    split = f"{tag[0]}''{tag[1:]}"
+    try:
+        await screen.expect(r"\$ ")
+        proc.write(f"echo {split}-$((6*7)) U''=$(id -un)\r".encode())
+        assert (await screen.expect(rf"{re.escape(tag)}-42 U=(\w+)")).group(1) == user
+        proc.write(f"exit {exit_code}\r".encode())
+        await screen.until_eof()
+    finally:
+        if proc.isalive():
+            proc.terminate(force=True)
+    proc.wait()
+    assert proc.exitstatus == exit_code

@@ -57,14 +57,32 @@ class _Section(BaseModel):
 
 
 class ControlPlaneConfig(_Section):
-    """Where the agent dials and how it checks who answers."""
+    """Where the agent dials and how it checks who answers.
+
+    ``url`` names one control plane (or the load balancer in front of its replicas);
+    ``urls`` names several replicas, tried in turn: a failed dial or a lost link moves
+    the agent to the next one (with the same backoff as one URL). Either key, or both
+    (``url`` is then tried first).
+    """
 
     url: AnyUrl
     """Base URL of the control plane, ``https://…`` (``http://`` only for loopback)."""
+    urls: tuple[AnyUrl, ...] = ()
+    """Every replica's base URL, in the order they are tried (``url`` first when given)."""
     verify_tls: bool = True
     """Verify the control plane's certificate. Turning this off is logged at every start."""
     ca_file: Path | None = None
     """PEM bundle to verify against instead of the system trust store."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_from_urls(cls, data: object) -> object:
+        # ``urls`` alone: the first is ``url`` (the URL shown in the status, used first).
+        if isinstance(data, dict) and "url" not in data:
+            urls = data.get("urls")
+            if isinstance(urls, list | tuple) and urls:
+                return {**data, "url": urls[0]}
+        return data
 
     @field_validator("url")
     @classmethod
@@ -73,14 +91,37 @@ class ControlPlaneConfig(_Section):
             raise ValueError("must be an http:// or https:// URL")
         return url
 
+    @field_validator("urls")
+    @classmethod
+    def _all_http_or_https(cls, urls: tuple[AnyUrl, ...]) -> tuple[AnyUrl, ...]:
+        for url in urls:
+            cls._http_or_https(url)
+        return urls
+
+    @model_validator(mode="after")
+    def _one_scheme(self) -> ControlPlaneConfig:
+        # One TLS context serves every replica: mixing http and https would silently
+        # send credentials in clear to some of them.
+        schemes = {url.scheme for url in (self.url, *self.urls)}
+        if len(schemes) > 1:
+            raise ValueError("url and urls must all be http:// or all https://")
+        return self
+
+    @property
+    def all_urls(self) -> tuple[str, ...]:
+        """Every base URL (no trailing slash), ``url`` first, each once."""
+        ordered = [str(self.url).rstrip("/"), *(str(u).rstrip("/") for u in self.urls)]
+        return tuple(dict.fromkeys(ordered))
+
     @property
     def backhaul_url(self) -> str:
-        """The websocket URL of the backhaul endpoint."""
+        """The websocket URL of the backhaul endpoint (on ``url``)."""
         return self.websocket_url("/ws/agent/backhaul/")
 
-    def websocket_url(self, path: str) -> str:
-        """The websocket URL of ``path`` (absolute, starting with ``/``) on the control plane."""
-        base = str(self.url).rstrip("/")
+    def websocket_url(self, path: str, base: str | None = None) -> str:
+        """The websocket URL of ``path`` (absolute, starting with ``/``) on the control
+        plane at ``base`` (default ``url``)."""
+        base = (base or str(self.url)).rstrip("/")
         scheme, rest = base.split("://", 1)
         return f"{'wss' if scheme == 'https' else 'ws'}://{rest}{path}"
 

@@ -26,6 +26,9 @@ from fleetgate.controlplane.api import (
 from fleetgate.controlplane.api.bodies import BoundedBodies
 from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.background import OnFailure, run_in_background, stop_process
+from fleetgate.controlplane.cluster.bridge import ClusterClock
+from fleetgate.controlplane.cluster.hoptoken import HOP_PATH
+from fleetgate.controlplane.cluster.runtime import cluster_loops, new_node, start_node
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.console import mount as console
 from fleetgate.controlplane.errors import install_error_handlers
@@ -62,9 +65,17 @@ def create_app(
             db = Database(settings.database)
             await db.open()
             stack.push_async_callback(db.close)
-            await db.write(servers_store.reset_connections)
-            hub = Hub(db, settings)
-            clock = WorkSessionClock(db)
+            node = None
+            if not settings.cluster:
+                await db.write(servers_store.reset_connections)
+            else:
+                # A replica: the other replicas' agents stay connected; those of dead
+                # replicas are marked disconnected by the leader's sweep.
+                node = new_node(settings)
+                await start_node(node, db)
+                stack.push_async_callback(node.leave)
+            hub = Hub(db, settings, node)
+            clock = WorkSessionClock(db) if node is None else ClusterClock(node, db)
             clock.listeners.append(hub.work_session_ended)
             key = await asyncio.to_thread(load_or_create_key, key_path(settings.db_path))
             ca_key = await asyncio.to_thread(load_or_create_ca, ca_key_path(settings.db_path))
@@ -85,6 +96,14 @@ def create_app(
                 "report-writer": hub.reports.run,
                 "idle-sweeper": hub.watch_idle,
             }
+            if node is not None and hub.bridge is not None:
+                app.state.revoker.broadcast = node.broadcast_revocation
+                hub.bridge.revoker = app.state.revoker
+                hub.bridge.clock = clock
+                hub.bridge.tunnels = app.state.tunnels
+                app.state.tunnels.on_closed = node.broadcast_tunnel_closed
+                del loops["scheduler"], loops["work-session-clock"]  # the leader's
+                loops.update(cluster_loops(node, hub, clock))
             await stack.enter_async_context(run_in_background(loops, on_failure))
             stack.push_async_callback(hub.close_all)
             yield
@@ -130,6 +149,11 @@ def create_app(
     async def agent_pool(websocket: WebSocket) -> None:
         services: Services = websocket.app.state.services
         await services.hub.serve_pooled(websocket)
+
+    @app.websocket(HOP_PATH)
+    async def cluster_channel(websocket: WebSocket, channel_id: str) -> None:
+        services: Services = websocket.app.state.services
+        await services.hub.serve_hop(websocket, channel_id)
 
     @app.websocket(websh.CLIENT_PATH)
     async def websh_client(websocket: WebSocket, terminal_id: str) -> None:

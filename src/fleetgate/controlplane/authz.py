@@ -47,6 +47,10 @@ class Access(StrEnum):
     """Any authenticated user or service token (the route limits what each one sees)."""
     SUPERUSER = "superuser"
     """A superuser (or a service token); never a token restricted by an ACL."""
+    REPLICA = "replica"
+    """Another replica of this control plane relaying a channel's agent side: an HMAC of
+    the channel with the cluster's key (``controlplane.cluster.hop``), never a user's
+    token or an agent's key."""
     CONSOLE = "console"
     """A browser signed in to the console (its login cookie, a gated ``login`` principal;
     never an ``Authorization`` header). The page calls the API's own route functions with
@@ -79,6 +83,7 @@ _SELF = Rule(Access.PRINCIPAL, acl_ok=True)
 _USER = Rule(Access.PRINCIPAL)
 _SUPER = Rule(Access.SUPERUSER)
 _PAGE = Rule(Access.CONSOLE)
+_REPLICA = Rule(Access.REPLICA)
 
 _CMD = "/api/events/commands/"
 _SESSIONS = "/api/work-sessions/sessions/"
@@ -158,6 +163,8 @@ RULES: dict[tuple[str, str], Rule] = {
     ("WS", "/ws/agent/channels/{channel_id}/"): _AGENT,
     ("WS", "/ws/agent/pool/"): _AGENT,
     ("WS", "/ws/agent/recordings/{terminal_id}/"): _AGENT,
+    # replicas: the agent side of a channel, relayed from the replica the agent dialled
+    ("WS", "/ws/cluster/channels/{channel_id}/"): _REPLICA,
     # the web console (controlplane/console): login and static files are open
     ("GET", "/"): _ANON,
     ("GET", "/api/docs"): _ANON,
@@ -201,7 +208,7 @@ def check_rule(rule: Rule | None, principal: Principal, *, route: str) -> None:
             a route without an operation for a token with an ACL) or
             ``API_TOKEN_ACL_NOT_ALLOWED`` (an operation outside the token's ACL).
     """
-    if rule is None or rule.access is Access.AGENT:
+    if rule is None or rule.access in (Access.AGENT, Access.REPLICA):
         raise permission_denied(f"{route} is not open to this principal.")
     if rule.access is Access.ANONYMOUS:
         return

@@ -121,6 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     port = int(sock.getsockname()[1])
     port_file: Path | None = args.port_file
+    settings = settings.model_copy(update={"port": port})  # the real one, for port 0
 
     def started() -> None:
         if port_file is not None:

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, IPvAnyNetwork, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from fleetgate.controlplane.store.engine import InvalidDatabaseUrl, parse_url, sqlite_url
+from fleetgate.controlplane.store.engine import (
+    InvalidDatabaseUrl,
+    backend_of,
+    parse_url,
+    sqlite_url,
+)
 from fleetgate.shared.protocol import DEFAULT_MAX_MESSAGE_BYTES
 
 
@@ -62,6 +67,18 @@ class ControlPlaneSettings(BaseSettings):
     """PEM certificate (chain) to serve HTTPS and ``wss://`` with; needs ``tls_key``."""
     tls_key: Path | None = None
     """PEM private key of ``tls_cert``; must not be readable by group or others."""
+    cluster: bool = False
+    """This process is one replica of several on the same ``database_url`` (PostgreSQL):
+    agents may be linked to any replica and what is submitted to one reaches them
+    (``docs/replicas.md``)."""
+    replica_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    """This replica's name among the others (default: a random one per start)."""
+    internal_url: str | None = Field(default=None, pattern=r"^https?://[^\s/]+/?$")
+    """Where the other replicas reach this one (``http://10.0.0.5:8000``), for relaying
+    channels; default: the listen address, which must then not be a wildcard."""
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+    """Addresses of the load balancers in front (JSON list of addresses or networks):
+    only their ``X-Forwarded-For``/``X-Forwarded-Proto`` are believed."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -86,6 +103,30 @@ class ControlPlaneSettings(BaseSettings):
     def database(self) -> str:
         """The database URL in use: ``database_url``, or the SQLite file ``db_path``."""
         return self.database_url or sqlite_url(self.db_path)
+
+    @model_validator(mode="after")
+    def _replica(self) -> Self:
+        if not self.cluster:
+            return self
+        if self.database_url is None or backend_of(parse_url(self.database_url)) != "postgresql":
+            raise ValueError(
+                "cluster: replicas share one PostgreSQL database: set database_url to a "
+                "postgresql+psycopg:// URL"
+            )
+        if self.internal_url is None and self.host in {"0.0.0.0", "::", ""}:
+            raise ValueError(
+                "internal_url: a replica listening on a wildcard address must say where "
+                "the other replicas reach it"
+            )
+        return self
+
+    @property
+    def replica_url(self) -> str:
+        """Where the other replicas reach this one (``internal_url`` or the listen address)."""
+        if self.internal_url is not None:
+            return self.internal_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     @property
     def tls(self) -> bool:

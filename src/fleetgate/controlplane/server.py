@@ -93,7 +93,11 @@ class ControlPlaneServer(uvicorn.Server):
             ws_ping_interval=None,
             ws_ping_timeout=None,
             timeout_graceful_shutdown=5,
-            proxy_headers=False,
+            # Behind a load balancer (TLS terminated there): believe X-Forwarded-For and
+            # X-Forwarded-Proto from the configured proxies only, so client addresses in
+            # the logs and Secure cookies are right and nobody else can forge them.
+            proxy_headers=bool(settings.trusted_proxies),
+            forwarded_allow_ips=[str(net) for net in settings.trusted_proxies] or None,
             server_header=False,
             lifespan="on",
             # Bounded request heads, answered with 431 (plain httptools buffers any

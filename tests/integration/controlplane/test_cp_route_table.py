@@ -133,7 +133,7 @@ def _expected(rule: Rule, who: str, world: World) -> set[tuple[int, str]] | None
         return {(303, ""), (401, "AUTHENTICATION_FAILED")}
     if who == "anonymous":
         return {(401, "AUTHENTICATION_FAILED"), (403, "")}  # agent routes: refused handshake
-    if rule.access is Access.AGENT:
+    if rule.access in (Access.AGENT, Access.REPLICA):
         return {(401, "AUTHENTICATION_FAILED"), (403, "PERMISSION_DENIED"), (403, "")}
     if who == world.gated.name:
         if rule.access is Access.SUPERUSER:

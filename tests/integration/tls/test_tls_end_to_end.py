@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from ptyprocess import PtyProcess
 
 from tests.support.agent import AgentProcess, running_agent, start_agent
 from tests.support.agentctl import RUN_TIMEOUT, AgentctlRunner
@@ -31,7 +30,7 @@ from tests.support.controlplane import REPO_ROOT, TlsFiles, running_control_plan
 from tests.support.files import sha256_file, write_random
 from tests.support.tls import ThrowawayCA, make_ca
 from tests.support.users import CreatedUser, temporary_user
-from tests.support.websh import PtyScreen
+from tests.support.websh import shell_round
 
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]
@@ -133,24 +132,8 @@ def test_agent_dials_wss_and_commands_run_through_https(stack: TlsStack) -> None
 
 async def test_websh_terminal_over_wss(stack: TlsStack, user: CreatedUser) -> None:
     """agentctl's terminal websocket (wss://, verified) to the agent's channel (wss://)."""
-    proc = PtyProcess.spawn(
-        [sys.executable, "-m", "fleetgate.agentctl", "websh", SERVER, "-u", user.name],
-        env=stack.env,
-        cwd=str(REPO_ROOT),
-        dimensions=(24, 80),
-    )
-    screen = PtyScreen(proc)
-    try:
-        await screen.expect(r"\$ ")
-        proc.write(b"echo t''ls-$((6*7)) U''=$(id -un)\r")
-        assert (await screen.expect(r"tls-42 U=(\w+)")).group(1) == user.name
-        proc.write(b"exit 7\r")
-        await screen.until_eof()
-    finally:
-        if proc.isalive():
-            proc.terminate(force=True)
-    proc.wait()
-    assert proc.exitstatus == 7
+    argv = [sys.executable, "-m", "fleetgate.agentctl", "websh", SERVER, "-u", user.name]
+    await shell_round(argv, stack.env, str(REPO_ROOT), user=user.name, tag="tls", exit_code=7)
 
 
 def test_file_transfer_over_wss(

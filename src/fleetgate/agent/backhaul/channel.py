@@ -16,6 +16,7 @@ from websockets.frames import CloseCode
 
 from fleetgate import __version__
 from fleetgate.agent.backhaul.tls import agent_headers, ssl_context
+from fleetgate.agent.backhaul.urls import ring_for
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelClosed, ConnectionLost
 from fleetgate.shared.tlserrors import describe_tls_error
@@ -91,7 +92,7 @@ async def dial_path(config: AgentConfig, key: str, path: str, channel_id: UUID) 
         ConnectionLost: the control plane cannot be reached or refused the websocket.
     """
     cp = config.control_plane
-    url = cp.websocket_url(path)
+    url = cp.websocket_url(path, ring_for(cp).current)
     try:
         ws = await connect(
             url,

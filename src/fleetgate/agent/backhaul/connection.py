@@ -25,6 +25,7 @@ from fleetgate import __version__
 from fleetgate.agent.backhaul.outbox import Outbox
 from fleetgate.agent.backhaul.retry import classify
 from fleetgate.agent.backhaul.tls import agent_headers, ssl_context
+from fleetgate.agent.backhaul.urls import ring_for
 from fleetgate.agent.clock import monotonic, utcnow
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import AuthRejected, ConnectionLost
@@ -126,6 +127,7 @@ class Backhaul:
         self.state = LinkState()
         self.server_name: str | None = None
         self._up_since: float | None = None
+        self._ring = ring_for(config.control_plane)
 
     async def run(self) -> None:
         """Keep a connection up until cancelled.
@@ -152,7 +154,15 @@ class Backhaul:
             self._set_status("waiting")
             uptime = 0.0 if self._up_since is None else monotonic() - self._up_since
             delay = backoff.next_delay(uptime)
-            log.info("backhaul.reconnect_in", seconds=round(delay, 3), uptime=round(uptime, 3))
+            # Several replicas: the next attempt goes to the next one (this one may be
+            # dead); with one URL this is a no-op.
+            url = self._ring.rotate()
+            log.info(
+                "backhaul.reconnect_in",
+                seconds=round(delay, 3),
+                uptime=round(uptime, 3),
+                **({"url": url} if len(self._ring) > 1 else {}),
+            )
             await asyncio.sleep(delay)
 
     def _set_status(self, status: Literal["connecting", "connected", "waiting"]) -> None:
@@ -169,7 +179,7 @@ class Backhaul:
             self.state.connected_since = utcnow()
             self.state.connects += 1
             self._set_status("connected")
-            log.info("backhaul.connected", server=self.server_name)
+            log.info("backhaul.connected", server=self.server_name, url=self._ring.current)
             if self._on_connected is not None:
                 self._on_connected()
             await self._outbox.rewind()
@@ -202,9 +212,10 @@ class Backhaul:
         cp = self._config.control_plane
         limits = self._config.limits
         headers = agent_headers(self._config, self._key)
+        url = cp.websocket_url("/ws/agent/backhaul/", self._ring.current)
         try:
             return await connect(
-                cp.backhaul_url,
+                url,
                 additional_headers=headers,
                 user_agent_header=f"fleetgate-agent/{__version__}",
                 ssl=ssl_context(cp),
@@ -227,7 +238,7 @@ class Backhaul:
             raise ConnectionLost(f"handshake refused with HTTP {status}") from exc
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             reason = describe_tls_error(exc, cp.ca_file) or _describe(exc)
-            raise ConnectionLost(f"cannot connect to {cp.backhaul_url}: {reason}") from exc
+            raise ConnectionLost(f"cannot connect to {url}: {reason}") from exc
 
     async def _handshake(self, ws: ClientConnection) -> None:
         hello = Hello(

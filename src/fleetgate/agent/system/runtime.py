@@ -16,6 +16,7 @@ from typing import Any
 
 from fleetgate import __version__
 from fleetgate.agent.backhaul import LinkState
+from fleetgate.agent.backhaul.urls import ring_for
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.system.notify import SystemdNotifier
 from fleetgate.agent.system.status import StatusServer
@@ -38,9 +39,14 @@ class ServiceRuntime:
         self._config = config
         self._details = details
         self._started = time.monotonic()
-        self._url = str(config.control_plane.url).rstrip("/")
+        self._ring = ring_for(config.control_plane)
         self.notifier = notifier or SystemdNotifier()
         self.status = StatusServer(config.status_socket, self.snapshot)
+
+    @property
+    def _url(self) -> str:
+        """The control plane dialled now (with several URLs, the one in use)."""
+        return self._ring.current
 
     def on_link_state(self, state: LinkState) -> None:
         """Backhaul callback: every change of the connection state."""

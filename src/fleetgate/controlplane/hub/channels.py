@@ -23,9 +23,10 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 from pydantic import ValidationError
@@ -42,6 +43,7 @@ from fleetgate.shared.protocol import (
     ChannelOpen,
     ErrorMessage,
     TerminalEnd,
+    encode,
 )
 from fleetgate.shared.protocol.channels import (
     CLOSE_AGENT_TIMEOUT,
@@ -54,6 +56,7 @@ from fleetgate.shared.protocol.channels import (
 
 __all__ = [
     "ChannelBroker",
+    "ChannelCluster",
     "ChannelOwner",
     "ChannelRegistry",
     "OpenChannel",
@@ -270,6 +273,16 @@ def _pool_lost(why: str) -> ChannelFailed:
     )
 
 
+async def _quietly(work: Awaitable[None]) -> None:
+    """Bookkeeping at the end of a channel: a failure is logged, never raised."""
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the cluster database may be unreachable
+        log.warning("channel.cluster_bookkeeping_failed", error=type(exc).__name__)
+
+
 def _keys(
     token_id: str | None, user_id: int | None, work_session_id: str | None
 ) -> list[tuple[str, str]]:
@@ -283,6 +296,26 @@ def _keys(
     return keys
 
 
+class ChannelCluster(Protocol):
+    """What the broker needs from the replicas' cluster (``controlplane.cluster``)."""
+
+    async def channel_waiting(self, channel_id: str) -> None:
+        """A client waits here for the agent's side of ``channel_id``."""
+        ...
+
+    async def channel_done(self, channel_id: str) -> None:
+        """The channel was attached here, or abandoned."""
+        ...
+
+    async def answer_channel(self, channel_id: str, server_id: str, error: str) -> bool:
+        """Pass the agent's ``error`` on to the replica waiting for the channel."""
+        ...
+
+    async def relay_agent(self, websocket: WebSocket, server_id: str, channel_id: str) -> bool:
+        """Relay the agent's websocket to the replica waiting for it; False: none does."""
+        ...
+
+
 class ChannelBroker:
     """Channels between clients and agents, one per hub."""
 
@@ -293,6 +326,8 @@ class ChannelBroker:
         """The channels relayed now, by owner (revocation ends them)."""
         self.pool = ChannelPool()
         """Agent websockets dialled ahead of need (``channelpool``)."""
+        self.cluster: ChannelCluster | None = None
+        """Set on a replica: the agent's side may arrive at, or be refused on, another."""
 
     @asynccontextmanager
     async def attach(
@@ -322,7 +357,12 @@ class ChannelBroker:
             raise ChannelFailed("busy", "too many channels are opening", CLOSE_REFUSED)
         pending = _Pending(server_id, asyncio.get_running_loop().create_future())
         self._pending[channel_id] = pending
+        cluster = self.cluster
         try:
+            if cluster is not None:
+                # Behind a balancer the agent's dial may reach any replica: say where
+                # the client waits before the agent is asked.
+                await cluster.channel_waiting(str(channel_id))
             if not await conn.send_quietly(message):
                 raise ChannelFailed(
                     "server_not_connected", "the server is not connected", CLOSE_NOT_CONNECTED
@@ -342,6 +382,8 @@ class ChannelBroker:
             if not pending.attached.done():
                 pending.attached.cancel()
             pending.released.set()
+            if cluster is not None:
+                await _quietly(cluster.channel_done(str(channel_id)))
 
     def refused(self, server_id: str, error: ErrorMessage) -> bool:
         """The agent refused a channel; whether ``error`` was about one of ours."""
@@ -356,6 +398,24 @@ class ChannelBroker:
         # Retrieved by attach(); mark it so an abandoned future does not warn.
         pending.attached.exception()
         return True
+
+    def waiting(self, channel_id: str) -> bool:
+        """Whether a client waits here for the agent's side of ``channel_id``."""
+        try:
+            return uuid.UUID(channel_id) in self._pending
+        except ValueError:
+            return False
+
+    async def refused_elsewhere(self, server_id: str, error: ErrorMessage) -> bool:
+        """The agent refused a channel whose client waits on another replica: pass the
+        refusal on; whether it was about such a channel."""
+        if self.cluster is None or error.ref is None:
+            return False
+        try:
+            channel_id = str(uuid.UUID(error.ref))
+        except ValueError:
+            return False
+        return await self.cluster.answer_channel(channel_id, server_id, encode(error))
 
     async def close(self, server_id: str, channel_id: uuid.UUID, reason: str) -> bool:
         """Ask the agent to end a channel now; whether the request was sent."""
@@ -383,6 +443,13 @@ class ChannelBroker:
         except ValueError:
             key = None
         pending = None if key is None else self._pending.get(key)
+        if (
+            pending is None
+            and key is not None
+            and self.cluster is not None
+            and await self.cluster.relay_agent(websocket, server_id, str(key))
+        ):
+            return
         if pending is None or pending.server_id != server_id or pending.attached.done():
             log.info("channel.unknown", server_id=server_id, channel_id=channel_id)
             await websocket.accept()

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
 
 import structlog
 from starlette.responses import JSONResponse
 from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.auth import parse_agent_authorization
+from fleetgate.controlplane.cluster.hoptoken import HOP_HEADER, verify_hop
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.hub.channels import ChannelBroker
 from fleetgate.controlplane.hub.ingest import ReportWriter
@@ -30,6 +33,11 @@ from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.shared.protocol import WorkSessionEnded
 
 
+if TYPE_CHECKING:
+    from fleetgate.controlplane.cluster.bridge import HubBridge
+    from fleetgate.controlplane.cluster.node import ClusterNode
+
+
 __all__ = ["Hub"]
 
 log = structlog.get_logger("fleetgate.controlplane.hub")
@@ -38,13 +46,42 @@ log = structlog.get_logger("fleetgate.controlplane.hub")
 class Hub:
     """Everything about connected agents; one per application."""
 
-    def __init__(self, db: Database, settings: ControlPlaneSettings) -> None:
+    def __init__(
+        self, db: Database, settings: ControlPlaneSettings, cluster: ClusterNode | None = None
+    ) -> None:
         self.db = db
         self.settings = settings
         self.registry = Registry()
+        self.cluster = cluster
+        """Set on a replica: agents linked elsewhere are reached through it."""
         self.wakeups = CommandWakeups()
-        self.scheduler = Scheduler(db, self.registry, self.wakeups.notify)
         self.channels = ChannelBroker(self.registry)
+        self.scheduler = Scheduler(db, self.registry, self.wakeups.notify)
+        self.bridge: HubBridge | None = None
+        if cluster is not None:
+            # Imported here: the cluster package builds on the hub's registry.
+            from fleetgate.controlplane.cluster.bridge import (
+                ClusterChannelRegistry,
+                ClusterScheduler,
+                ClusterWakeups,
+                HubBridge,
+            )
+
+            wakeups = ClusterWakeups(cluster)
+            self.wakeups = wakeups
+            self.bridge = HubBridge(
+                cluster,
+                self.registry,
+                self.channels,
+                wakeups,
+                max_frame_bytes=settings.ws_max_size,
+            )
+            self.registry.remote = cluster
+            self.channels.cluster = self.bridge
+            self.channels.open = ClusterChannelRegistry(cluster)
+            scheduler = ClusterScheduler(cluster, db, self.registry, wakeups.notify)
+            self.scheduler = scheduler
+            self.bridge.scheduler = scheduler
         self.reports = ReportWriter(db, max_reports=settings.report_batch)
         self._live: set[AgentConnection] = set()
         """Every accepted backhaul connection, welcomed or not (for the idle sweeper)."""
@@ -113,12 +150,31 @@ class Hub:
             settings=self.settings,
             channels=self.channels,
             writer=self.reports,
+            on_link=None if self.cluster is None else self.cluster.link_up,
         )
         self._live.add(conn)
         try:
             await session.run()
         finally:
             self._live.discard(conn)
+            if self.cluster is not None and session.welcomed:
+                await _cluster_quietly(self.cluster.link_down(conn))
+
+    async def serve_hop(self, websocket: WebSocket, channel_id: str) -> None:
+        """The ``/ws/cluster/channels/<id>/`` endpoint: another replica relays the agent's
+        side of a channel whose client waits here (``controlplane.cluster.hop``).
+
+        Refused (HTTP 401, before accept) without a valid token of this cluster for this
+        channel; on a control plane that is not a replica, always refused.
+        """
+        claim = None
+        if self.cluster is not None:
+            claim = verify_hop(self.cluster.secret, channel_id, websocket.headers.get(HOP_HEADER))
+        if claim is None:
+            log.info("cluster.hop_refused", client=str(websocket.client and websocket.client.host))
+            await _deny(websocket)
+            return
+        await self.channels.serve_agent(websocket, claim.server_id, claim.channel_id)
 
     async def watch_idle(self) -> None:
         """Close every connection silent for ``agent_idle_timeout`` seconds (forever).
@@ -163,6 +219,17 @@ class Hub:
             log.info("agent.refused", client=str(websocket.client and websocket.client.host))
             await _deny(websocket)
         return server
+
+
+async def _cluster_quietly(work: Awaitable[None]) -> None:
+    """Cluster bookkeeping at the end of a link: a failure is logged (the link is gone
+    here; the others drop it when this replica's heartbeat stops), never raised."""
+    try:
+        await asyncio.shield(work)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the cluster database may be unreachable
+        log.warning("cluster.link_down_failed", error=type(exc).__name__)
 
 
 async def _deny(websocket: WebSocket) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Protocol
 
 import structlog
 from pydantic import BaseModel
@@ -122,15 +123,39 @@ class AgentConnection:
                 )
 
 
+class Remote(Protocol):
+    """Links held by the other replicas of a cluster (``controlplane.cluster``)."""
+
+    def remote(self, server_id: str) -> AgentConnection | None:
+        """The server's link on another replica."""
+        ...
+
+    def remote_ids(self) -> list[str]:
+        """Servers linked to other replicas."""
+        ...
+
+
 class Registry:
-    """The current connection of each connected server."""
+    """The current connection of each connected server.
+
+    In a cluster, a server linked to another replica is found too (a link that forwards
+    what is sent to it), so every sender reaches an agent wherever it is linked.
+    """
 
     def __init__(self) -> None:
         self._connections: dict[str, AgentConnection] = {}
         self._added = asyncio.Event()
+        self.remote: Remote | None = None
 
     def get(self, server_id: str) -> AgentConnection | None:
-        """The live connection of a server."""
+        """The live connection of a server (here, else on another replica)."""
+        conn = self._connections.get(server_id)
+        if conn is not None and not conn.closed.is_set():
+            return conn
+        return None if self.remote is None else self.remote.remote(server_id)
+
+    def local(self, server_id: str) -> AgentConnection | None:
+        """The live connection of a server on this replica only."""
         conn = self._connections.get(server_id)
         return None if conn is None or conn.closed.is_set() else conn
 
@@ -159,11 +184,14 @@ class Registry:
         return False
 
     def server_ids(self) -> list[str]:
-        """Servers with a live connection."""
-        return [sid for sid, conn in self._connections.items() if not conn.closed.is_set()]
+        """Servers with a live connection (here or on another replica)."""
+        here = [sid for sid, conn in self._connections.items() if not conn.closed.is_set()]
+        if self.remote is None:
+            return here
+        return list(dict.fromkeys([*here, *self.remote.remote_ids()]))
 
     def connections(self) -> list[AgentConnection]:
-        """Every live connection."""
+        """Every live connection on this replica."""
         return [conn for conn in self._connections.values() if not conn.closed.is_set()]
 
     def __len__(self) -> int:

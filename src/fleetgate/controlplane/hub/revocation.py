@@ -14,7 +14,10 @@ ends everything that principal or session opened, with a code the client sees (c
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -63,11 +66,28 @@ class Revoker:
         self._db = db
         self._channels = channels
         self._tunnels = tunnels
+        self.broadcast: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        """Set on a replica: tells the others, whose clients' channels it covers too."""
+
+    async def apply_remote(self, fields: dict[str, Any]) -> None:
+        """A revocation made on another replica: end the channels and tunnels relayed here
+        (its terminals were ended and recorded there)."""
+        revocation = Revocation(**fields)
+        channels = self._channels.open.revoke(revocation)
+        tunnels = await self._tunnels.revoke(revocation)
+        log.info(
+            "revocation.applied_from_replica",
+            code=revocation.code,
+            channels=len(channels),
+            tunnels=tunnels,
+        )
 
     async def revoke(self, revocation: Revocation) -> Revoked:
         """End every channel, tunnel and terminal ``revocation`` covers."""
         channels = self._channels.open.revoke(revocation)
         tunnels = await self._tunnels.revoke(revocation)
+        if self.broadcast is not None:
+            await self.broadcast(dataclasses.asdict(revocation))
         terminals = await self._db.read(
             terminals_store.open_terminals_of,
             token_id=revocation.token_id,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import structlog
 from starlette.websockets import WebSocket
@@ -118,8 +119,11 @@ class AgentSession:
         settings: ControlPlaneSettings,
         channels: ChannelBroker | None = None,
         writer: ReportWriter | None = None,
+        on_link: Callable[[AgentConnection], Awaitable[None]] | None = None,
     ) -> None:
         self.conn = conn
+        self.on_link = on_link
+        """Called once the link is this server's (replicas announce it to the others)."""
         self.writer = writer
         self.channels = channels
         self.db = db
@@ -228,7 +232,10 @@ class AgentSession:
     async def _agent_error(self, message: ErrorMessage) -> None:
         """An ``error`` from the agent: a refused channel, a refused command frame (which
         then reaches a final state instead of waiting for ever), or just logged."""
-        if self.channels is not None and self.channels.refused(self.conn.server_id, message):
+        if self.channels is not None and (
+            self.channels.refused(self.conn.server_id, message)
+            or await self.channels.refused_elsewhere(self.conn.server_id, message)
+        ):
             self.log.info("channel.refused", code=message.code, channel_id=message.ref)
             return
         ref = _uuid_or_none(message.ref)
@@ -283,6 +290,8 @@ class AgentSession:
         if old is not None:
             self.log.info("agent.connection_replaced")
             await old.close(CLOSE_REPLACED, "replaced by a newer connection")
+        if self.on_link is not None:
+            await self.on_link(conn)
         self.log.info("agent.hello", agent_version=hello.agent_version, running=len(hello.running))
         rows = await self.db.write(
             commands_store.claim_for_hello,

@@ -15,6 +15,7 @@ trip; every change of a row goes through this object, which keeps the copy curre
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -68,6 +69,10 @@ class TunnelStreams:
         """Deferred streams waiting now, all tokens."""
         return sum(self._deferred.values())
 
+    on_closed: Callable[[str, str, str], Awaitable[None]] | None = None
+    """Set on a replica: tells the others (their cached row and streams) that
+    ``(tunnel_id, code, detail)`` was closed here."""
+
     async def row(self, tunnel_id: str) -> TunnelRow | None:
         """The tunnel's row (from memory when it was seen before)."""
         cached = self._rows.get(tunnel_id)
@@ -106,6 +111,15 @@ class TunnelStreams:
         await self.db.write(
             tunnels_store.close_tunnel, tunnel.id, code=code, reason=detail, now=now
         )
+        if self.on_closed is not None:
+            await self.on_closed(tunnel.id, code, detail)
+
+    def closed_elsewhere(self, tunnel_id: str, code: str, detail: str) -> None:
+        """Another replica closed the tunnel: forget its cached row (the next stream
+        reads the closed one) and end its streams relayed here."""
+        self._rows.pop(tunnel_id, None)
+        ended = self.channels.end_resource(tunnel_id, code, detail)
+        log.info("tunnel.closed_elsewhere", tunnel_id=tunnel_id, code=code, streams=len(ended))
 
     async def revoke(self, revocation: Revocation) -> int:
         """End the tunnels opened under what ``revocation`` names; how many there were."""

@@ -46,6 +46,11 @@ class WorkSessionClock:
         self._wake.set()
         self._notify()
 
+    def wake(self) -> None:
+        """Re-examine the next due time (a replica's periodic poke: sessions may have
+        been created or changed on another replica)."""
+        self._wake.set()
+
     def _notify(self) -> None:
         event, self._changes = self._changes, asyncio.Event()
         event.set()
