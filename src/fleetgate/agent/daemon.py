@@ -344,7 +344,11 @@ async def _report_ssh(outbox: Outbox, audit: AuditLog | None, fields: dict[str, 
     through the outbox (durable, confirmed: none is lost)."""
     if audit is not None:
         audit.record(f"ssh.{fields['op']}", **{k: v for k, v in fields.items() if k != "op"})
-    await outbox.add(lambda rid: SshEvent(rid=rid, **fields))
+    # A shell's event creates its terminal on the control plane, which the shell's
+    # recording is uploaded to when it ends (a shell may end within milliseconds): it is
+    # written at once, not with the next batch of timeline records.
+    within = 0.0 if fields["op"] == "shell" else None
+    await outbox.add(lambda rid: SshEvent(rid=rid, **fields), within=within)
 
 
 def _ssh_host_key(config: AgentConfig) -> str | None:

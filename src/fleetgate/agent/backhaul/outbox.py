@@ -28,7 +28,8 @@ __all__ = ["TIMELINE_WRITE_DELAY", "Outbox"]
 TIMELINE_WRITE_DELAY = 0.05
 """Seconds a timeline record (a sudo decision, an ssh event) may wait for other changes
 to share its spool write: a loop of ``sudo`` calls costs one fsync per burst, not one
-per call. Nothing waits for these records but the control plane's timeline."""
+per call. Nothing waits for these records but the control plane's timeline, except a
+shell's ssh event (its terminal's recording follows it), which is written at once."""
 
 _TIMELINE_REPORTS = (SudoDecided, SshEvent)
 
