@@ -12,6 +12,7 @@ import pwd
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -65,11 +66,12 @@ def real_uid(pid: int) -> int:
     Raises:
         OSError: the process is gone.
     """
-    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-        for line in f:
-            if line.startswith("Uid:"):
-                return int(line.split()[1])
-    raise OSError(f"no Uid line for process {pid}")
+    with open(f"/proc/{pid}/status", "rb") as f:
+        data = f.read()
+    start = data.find(b"\nUid:")
+    if start < 0:
+        raise OSError(f"no Uid line for process {pid}")
+    return int(data[start + 5 : data.index(b"\n", start + 5)].split()[0])
 
 
 def parent_of(pid: int) -> int | None:
@@ -88,9 +90,12 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
-def identify(pid: int, uid: int, user: str) -> Caller:
+def identify(
+    pid: int, uid: int, user: str, *, until: Callable[[int], bool] = lambda sid: False
+) -> Caller:
     """Who ``pid`` is: its real ``uid`` and ``user`` (read before, see :func:`real_uid`
-    and :func:`user_name`), and the session ids up its ancestry.
+    and :func:`user_name`), and the session ids up its ancestry, up to the first for which
+    ``until`` is true (a managed session: what lies above it decides nothing).
 
     Raises:
         OSError: the process is gone.
@@ -106,6 +111,8 @@ def identify(pid: int, uid: int, user: str) -> Caller:
             break
         if sid not in sids:
             sids.append(sid)
+            if until(sid):
+                break
         if ppid <= 1:
             break
         current = ppid

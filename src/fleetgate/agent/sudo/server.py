@@ -208,7 +208,7 @@ class SudoDecisionServer:
         if user is None:
             user = await asyncio.to_thread(proc.user_name, uid)
             self._names.put(uid, user, now=now, signature=signature)
-        caller = proc.identify(pid, uid, user)
+        caller = proc.identify(pid, uid, user, until=self.sessions.known)
         call = parse_request(data, caller_uid=caller.uid, caller_user=caller.user)
         grant = await self._grant_of(caller)
         member = grant is None and await asyncio.to_thread(
