@@ -25,7 +25,7 @@ import os
 from typing import Any
 
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_large_buffers", "trim_heap"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "keep_large_buffers", "libc", "trim_heap"]
 
 MMAP_THRESHOLD = 16 << 20
 """Blocks up to this size come from the heap (glibc's ``M_MMAP_THRESHOLD``; frames are
@@ -38,8 +38,9 @@ _M_MMAP_THRESHOLD = -3
 
 
 @functools.cache
-def _libc() -> Any:
-    """glibc's functions, or None (another C library, or none loadable)."""
+def libc() -> Any:
+    """glibc's functions (loaded once, shared with ``files.writeback``), or None (another C
+    library, or none loadable)."""
     try:
         if os.confstr("CS_GNU_LIBC_VERSION") is None:
             return None
@@ -56,7 +57,7 @@ def _libc() -> Any:
 @functools.cache
 def keep_large_buffers() -> bool:
     """Set both thresholds (process-wide, once); whether they are set (glibc only)."""
-    mallopt = getattr(_libc(), "mallopt", None)
+    mallopt = getattr(libc(), "mallopt", None)
     if mallopt is None:
         return False
     # mallopt returns 1 on success; setting either also turns off glibc's dynamic
@@ -68,6 +69,6 @@ def keep_large_buffers() -> bool:
 
 def trim_heap() -> None:
     """Give the free memory of the heap back to the system (``malloc_trim``)."""
-    trim = getattr(_libc(), "malloc_trim", None)
+    trim = getattr(libc(), "malloc_trim", None)
     if trim is not None:
         trim(0)

@@ -74,7 +74,7 @@ def test_cancelling_a_download_write_leaves_nothing_blocked(tmp_path: Path) -> N
     async def main() -> None:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            writer = _DiskWriter(fd, hashlib.sha256())
+            writer = _DiskWriter(fd, hashlib.sha256(), 0)
             chunk = b"x" * 65536
 
             async def flood() -> None:

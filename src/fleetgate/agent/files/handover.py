@@ -32,6 +32,7 @@ from fleetgate.agent.files.hashing import hash_prefix
 from fleetgate.agent.files.walk import os_error
 from fleetgate.shared.errors import TransferError
 from fleetgate.shared.files.transfer import WRITE_PIECE_BYTES, Ledger
+from fleetgate.shared.files.writeback import WriteBehind
 
 
 __all__ = [
@@ -120,6 +121,7 @@ class UploadSink:
         self.ledger = Ledger(offset, size, limit)
         self._fd = fd
         self._position = offset
+        self._behind = WriteBehind(fd, offset, drop=False)  # the worker's fsync waits less
         self._hasher = hashlib.sha256()
         self._writing = ThreadPoolExecutor(1, thread_name_prefix="files-write")
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix="files-hash")
@@ -146,6 +148,7 @@ class UploadSink:
             while view:
                 written = os.pwrite(self._fd, view[:WRITE_PIECE_BYTES], position)
                 view, position = view[written:], position + written
+            self._behind.written(position)
         except OSError as exc:
             raise os_error(exc, "the temporary file") from None
 

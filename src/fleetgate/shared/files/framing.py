@@ -5,6 +5,12 @@ the websocket. A pipe is a byte stream, so each frame is prefixed with a 5-byte 
 one kind byte (``D`` = payload bytes, ``T`` = one JSON control object in UTF-8) and the
 payload length as a big-endian uint32. Lengths are bounded by :data:`MAX_FRAME_BYTES`, so a
 reader never allocates more than that for one frame.
+
+Control objects are parsed with the standard library's ``json`` (which encodes them too),
+not ``fleetgate.shared.jsontext``: the worker starts once per transfer, and importing
+``pydantic_core`` for its few flat control frames cost 20-30 ms of its start. A frame is
+at most :data:`MAX_TEXT_BYTES`, so deep nesting ends in ``RecursionError``, which is
+caught and refused like any other malformed frame.
 """
 
 from __future__ import annotations
@@ -14,7 +20,6 @@ import struct
 from typing import Any
 
 from fleetgate.shared.errors import TransferError
-from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = [
@@ -73,8 +78,8 @@ def decode_text(payload: bytes | str) -> dict[str, Any]:
         TransferError: ``malformed`` when it is not one JSON object with a string ``type``.
     """
     try:
-        obj = json_loads(payload)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = json.loads(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise TransferError("malformed", f"a control frame is not JSON: {exc}") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
         raise TransferError("malformed", "a control frame must be an object with a 'type'")
