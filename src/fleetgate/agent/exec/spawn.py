@@ -19,13 +19,25 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fleetgate.agent.exec.child import Child
 from fleetgate.agent.exec.identity import Identity, build_environment, resolve_identity
 from fleetgate.shared.protocol.messages import CommandRun
 
 
-__all__ = ["SHELL", "find_setpriv", "needs_switch", "prepare", "privilege_argv", "spawn"]
+if TYPE_CHECKING:
+    from fleetgate.agent.exec.spawner import RemoteChild, Spawner
+
+__all__ = [
+    "SHELL",
+    "find_setpriv",
+    "needs_switch",
+    "prepare",
+    "privilege_argv",
+    "spawn",
+    "spawn_through",
+]
 
 SHELL = "/bin/sh"
 """The interpreter of ``shell = "system"`` commands."""
@@ -113,3 +125,22 @@ def spawn(
         os.close(write_fd)
     os.set_blocking(read_fd, False)
     return Child(popen), read_fd
+
+
+async def spawn_through(
+    spawner: Spawner, request: CommandRun, identity: Identity, cwd: str
+) -> tuple[RemoteChild, int]:
+    """As :func:`spawn`, for a command that changes identity, through the spawner helper
+    (:mod:`fleetgate.agent.exec.spawner`): it forks from a small process and switches
+    ids itself, so neither the agent's address space nor a setpriv exec is paid for."""
+    read_fd, write_fd = os.pipe()
+    try:
+        env = build_environment(identity, request.env)
+        child = await spawner.spawn([SHELL, "-c", request.line], env, cwd, identity, write_fd)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # the helper's child has its own copy
+    os.set_blocking(read_fd, False)
+    return child, read_fd

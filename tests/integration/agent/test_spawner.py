@@ -1,0 +1,262 @@
+"""The spawner helper: commands that change identity, started from a small process.
+
+Every security property of the in-process paths is checked here against the helper:
+exact ids and groups, no capability, a clean environment, only descriptors 0-2, a
+socket nobody else can reach; and its lifecycle: reaping, killing, its own death.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.exec import runner, spawn as spawn_module
+from fleetgate.agent.exec.identity import BASE_PATH
+from fleetgate.shared.protocol.messages import CommandRun
+from tests.integration.agent.test_runner import (
+    BASE_KEYS,
+    SHELL_ADDED,
+    Recorder,
+    finish,
+    wait_gone,
+)
+from tests.support.users import CreatedUser
+
+
+pytestmark = pytest.mark.root
+
+LIMITS = LimitsConfig(kill_grace=1.0)
+STATUS_LINE = (
+    "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapAmb|NoNewPrivs):' /proc/self/status"
+)
+
+
+@pytest.fixture(autouse=True)
+def fresh_spawner() -> Iterator[None]:
+    """Each test starts its own helper and leaves none behind."""
+    runner.close_spawner()
+    yield
+    runner.close_spawner()
+
+
+async def run(
+    line: str, user: CreatedUser, *, use_spawner: bool = True, **fields: Any
+) -> tuple[Any, Recorder]:
+    recorder = Recorder()
+    outcome = await runner.run_command(
+        CommandRun(command_id=uuid.uuid4(), line=line, username=user.name, **fields),
+        LIMITS,
+        on_started=recorder.on_started,
+        on_output=recorder.on_output,
+        use_spawner=use_spawner,
+    )
+    return outcome, recorder
+
+
+def helper_pid() -> int:
+    pid = runner._SPAWNER.pid
+    assert pid is not None, "the spawner helper is not running"
+    return pid
+
+
+def read_proc(pid: int | None, name: str) -> bytes:
+    return Path("/proc", str(pid) if pid is not None else "", name).read_bytes()
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process ``pid`` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd)
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    return inodes
+
+
+def children_of(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+async def test_exact_ids_groups_and_no_capability(scratch_user: CreatedUser) -> None:
+    """The same credentials as behind setpriv: real, effective, saved and filesystem ids
+    the user's, exactly the user's groups, no capability in any set."""
+    outcome, recorder = await run(STATUS_LINE, scratch_user)
+    assert outcome.success, outcome
+    assert runner._SPAWNER.pid is not None  # it did go through the helper
+    fields = dict(line.split(":", 1) for line in recorder.text.splitlines())
+    assert fields["Uid"].split() == [str(scratch_user.uid)] * 4
+    assert fields["Gid"].split() == [str(scratch_user.gid)] * 4
+    assert sorted(int(g) for g in fields["Groups"].split()) == sorted(scratch_user.groups)
+    assert scratch_user.group_gid in {int(g) for g in fields["Groups"].split()}
+    for cap in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(fields[cap], 16) == 0, cap
+    _, behind_setpriv = await run(STATUS_LINE, scratch_user, use_spawner=False)
+    assert behind_setpriv.text == recorder.text
+
+
+async def test_environment_is_built_not_inherited(
+    scratch_user: CreatedUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEET_SPAWNER_SECRET", "must-not-leak")
+    outcome, recorder = await run("env", scratch_user, env={"ASKED": "yes"})
+    assert outcome.success, outcome
+    env = dict(line.split("=", 1) for line in recorder.text.splitlines())
+    assert set(env) - SHELL_ADDED == BASE_KEYS | {"ASKED"}
+    assert env["PATH"] == BASE_PATH
+    assert env["USER"] == scratch_user.name
+    assert "must-not-leak" not in recorder.text
+    # The helper itself never had the daemon's environment either.
+    assert read_proc(helper_pid(), "environ") == b""
+
+
+async def test_only_stdio_descriptors_reach_the_command(scratch_user: CreatedUser) -> None:
+    # ls is a child of the shell: the listing is of the shell's descriptors only.
+    outcome, recorder = await run("ls /proc/$$/fd", scratch_user)
+    assert outcome.success, outcome
+    assert recorder.text.split() == ["0", "1", "2"]
+
+
+async def test_the_helper_is_reachable_only_through_its_socketpair(
+    scratch_user: CreatedUser,
+) -> None:
+    """The helper's one socket has no filesystem (or abstract) name: it is one end of a
+    socketpair the agent made, whose other end the agent alone holds (close-on-exec)."""
+    await run("true", scratch_user)
+    inodes = socket_inodes(helper_pid())
+    assert len(inodes) == 1
+    for line in read_proc(None, "net/unix").decode().splitlines()[1:]:
+        parts = line.split()
+        if parts[6] in inodes:
+            assert len(parts) == 7, f"the helper's socket is bound to {parts[7]}"
+    ours = runner._SPAWNER._sock
+    assert ours is not None
+    assert not ours.get_inheritable()
+    creds = ours.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    assert int.from_bytes(creds[:4], "little") == os.getpid()  # a pair we made
+
+
+async def test_start_errors_are_precise(
+    scratch_user: CreatedUser, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unlike behind setpriv (exit 127), a shell that cannot run is a start error."""
+    monkeypatch.setattr(spawn_module, "SHELL", "/nonexistent/sh")
+    outcome, recorder = await run("true", scratch_user)
+    assert outcome.error_phase == "start"
+    assert outcome.message is not None
+    assert "No such file or directory" in outcome.message
+    assert [kind for kind, _ in recorder.events] == ["started"]
+
+
+async def test_exits_are_reported_and_reaped(scratch_user: CreatedUser) -> None:
+    results = await asyncio.gather(
+        *(run(f"exit {n}", scratch_user) for n in range(8)),
+        run("kill -TERM $$", scratch_user),
+    )
+    assert [outcome.exit_code for outcome, _ in results] == [*range(8), 128 + 15]
+    assert children_of(helper_pid()) == []  # no zombie left behind
+
+
+async def test_timeout_and_cancellation_kill_the_process_group(
+    scratch_user: CreatedUser,
+) -> None:
+    timed_out, _ = (
+        await runner.run_command(
+            CommandRun(
+                command_id=uuid.uuid4(), line="sleep 1000", username=scratch_user.name, timeout=0.5
+            ),
+            LIMITS,
+            on_started=Recorder().on_started,
+            on_output=Recorder().on_output,
+        ),
+        None,
+    )
+    assert timed_out.error_phase == "timeout"
+
+    recorder, printed = Recorder(), asyncio.Event()
+
+    async def on_output(seq: int, text: str) -> None:
+        await recorder.on_output(seq, text)
+        printed.set()
+
+    task = asyncio.create_task(
+        runner.run_command(
+            CommandRun(
+                command_id=uuid.uuid4(),
+                line="sleep 1000 & echo $$ $!; wait",
+                username=scratch_user.name,
+            ),
+            LIMITS,
+            on_started=recorder.on_started,
+            on_output=on_output,
+        )
+    )
+    try:
+        await asyncio.wait_for(printed.wait(), 30)
+        shell, background = map(int, recorder.text.split())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    finally:
+        await finish(task)
+    assert wait_gone(shell)
+    assert wait_gone(background)
+    assert children_of(helper_pid()) == []
+
+
+async def test_a_dead_helper_kills_its_commands_and_is_restarted(
+    scratch_user: CreatedUser,
+) -> None:
+    """Its commands' exits could no longer be known: they are killed (never left
+    unsupervised, never run again); the next command starts a new helper."""
+    recorder, printed = Recorder(), asyncio.Event()
+
+    async def on_output(seq: int, text: str) -> None:
+        await recorder.on_output(seq, text)
+        printed.set()
+
+    with capture_logs() as logs:
+        task = asyncio.create_task(
+            runner.run_command(
+                CommandRun(
+                    command_id=uuid.uuid4(),
+                    line="sleep 1000 & echo $$ $!; wait",
+                    username=scratch_user.name,
+                ),
+                LIMITS,
+                on_started=recorder.on_started,
+                on_output=on_output,
+            )
+        )
+        try:
+            await asyncio.wait_for(printed.wait(), 30)
+            first = helper_pid()
+            os.kill(first, signal.SIGKILL)
+            outcome = await asyncio.wait_for(task, 30)
+        finally:
+            await finish(task)
+        shell, background = map(int, recorder.text.split())
+        assert outcome.exit_code == 128 + signal.SIGKILL
+        assert wait_gone(shell)
+        assert wait_gone(background)
+        assert wait_gone(first)
+        again, _ = await run("true", scratch_user)
+        assert again.success, again
+        assert helper_pid() != first
+    events = [(e["event"], e) for e in logs]
+    lost = [e for name, e in events if name == "exec.spawner_lost"]
+    assert lost
+    assert lost[0]["killed"] == 1
+    assert any(name == "exec.spawner_started" and e["restarted"] for name, e in events)
