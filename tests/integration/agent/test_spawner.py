@@ -64,7 +64,7 @@ async def run(
 
 
 def helper_pid() -> int:
-    pid = runner._SPAWNER.pid
+    pid = runner._SPAWNER.helpers[0].pid
     assert pid is not None, "the spawner helper is not running"
     return pid
 
@@ -95,7 +95,7 @@ async def test_exact_ids_groups_and_no_capability(scratch_user: CreatedUser) -> 
     the user's, exactly the user's groups, no capability in any set."""
     outcome, recorder = await run(STATUS_LINE, scratch_user)
     assert outcome.success, outcome
-    assert runner._SPAWNER.pid is not None  # it did go through the helper
+    assert runner._SPAWNER.helpers[0].pid is not None  # it did go through the helper
     fields = dict(line.split(":", 1) for line in recorder.text.splitlines())
     assert fields["Uid"].split() == [str(scratch_user.uid)] * 4
     assert fields["Gid"].split() == [str(scratch_user.gid)] * 4
@@ -141,7 +141,7 @@ async def test_the_helper_is_reachable_only_through_its_socketpair(
         parts = line.split()
         if parts[6] in inodes:
             assert len(parts) == 7, f"the helper's socket is bound to {parts[7]}"
-    ours = runner._SPAWNER._sock
+    ours = runner._SPAWNER.helpers[0]._sock
     assert ours is not None
     assert not ours.get_inheritable()
     creds = ours.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)

@@ -27,7 +27,7 @@ from fleetgate.shared.protocol.messages import CommandRun
 
 
 if TYPE_CHECKING:
-    from fleetgate.agent.exec.spawner import RemoteChild, Spawner
+    from fleetgate.agent.exec.spawner import RemoteChild, SpawnerPool
 
 __all__ = [
     "SHELL",
@@ -128,9 +128,9 @@ def spawn(
 
 
 async def spawn_through(
-    spawner: Spawner, request: CommandRun, identity: Identity, cwd: str
+    spawner: SpawnerPool, request: CommandRun, identity: Identity, cwd: str
 ) -> tuple[RemoteChild, int]:
-    """As :func:`spawn`, for a command that changes identity, through the spawner helper
+    """As :func:`spawn`, for a command that changes identity, through a spawner helper
     (:mod:`fleetgate.agent.exec.spawner`): it forks from a small process and switches
     ids itself, so neither the agent's address space nor a setpriv exec is paid for."""
     read_fd, write_fd = os.pipe()

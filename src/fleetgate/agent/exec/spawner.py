@@ -34,7 +34,7 @@ from fleetgate.agent.exec import spawner_main
 from fleetgate.agent.exec.identity import Identity
 
 
-__all__ = ["RemoteChild", "Spawner", "SpawnerUnavailable"]
+__all__ = ["RemoteChild", "Spawner", "SpawnerPool", "SpawnerUnavailable"]
 
 _log = structlog.get_logger(__name__)
 
@@ -87,6 +87,11 @@ class Spawner:
     def pid(self) -> int | None:
         """The helper's pid while it runs."""
         return self._proc.pid if self._proc is not None and self._sock is not None else None
+
+    @property
+    def starting(self) -> int:
+        """Starts sent and not yet confirmed (the helper does one at a time)."""
+        return len(self._starts)
 
     async def spawn(
         self,
@@ -284,6 +289,40 @@ class Spawner:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+class SpawnerPool:
+    """Up to ``size`` helpers. A helper starts one command at a time (``Popen`` returns
+    once the child has exec'd), so a start goes to an idle helper; another helper is
+    started only when every running one is busy starting."""
+
+    def __init__(self, size: int) -> None:
+        self.helpers = [Spawner() for _ in range(size)]
+
+    async def spawn(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str],
+        cwd: str,
+        identity: Identity,
+        stdout_fd: int,
+    ) -> RemoteChild:
+        """As :meth:`Spawner.spawn`, on the least busy helper."""
+        running = [h for h in self.helpers if h.pid is not None]
+        idle = [h for h in running if h.starting == 0]
+        stopped = [h for h in self.helpers if h.pid is None]
+        if idle:
+            helper = idle[0]
+        elif stopped:
+            helper = stopped[0]
+        else:
+            helper = min(running, key=lambda h: h.starting)
+        return await helper.spawn(argv, env, cwd, identity, stdout_fd)
+
+    def close(self) -> None:
+        """End every helper (see :meth:`Spawner.close`)."""
+        for helper in self.helpers:
+            helper.close()
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:

@@ -32,20 +32,21 @@ import array
 import contextlib
 import json
 import os
-import queue
 import selectors
 import signal
 import socket
 import struct
 import subprocess
 import sys
-import threading
 from typing import Any
 
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 16 * 1024 * 1024
 """Bytes of one request at most (a command's line and environment are far smaller)."""
+
+
+_Request = tuple[dict[str, Any], list[int]]
 
 
 def _recv_exact(sock: socket.socket, size: int, fds: list[int]) -> bytes | None:
@@ -66,90 +67,55 @@ def _recv_exact(sock: socket.socket, size: int, fds: list[int]) -> bytes | None:
     return b"".join(chunks)
 
 
-WORKERS = 4
-"""Threads that start commands: ``Popen`` returns only once the child has exec'd (to
-report a failed exec), so one thread would start commands one after the other."""
-
-QUEUED = 64
-"""Requests read but not yet started, at most (the agent's own limit is far lower)."""
-
-_Request = tuple[dict[str, Any], list[int]]
-
-
 class _Server:
-    """The helper's state: its socket, the children it started, the ones it reaped."""
+    """The helper's state: its socket and the children it started, not yet reaped."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        self.requests: queue.Queue[_Request | None] = queue.Queue(QUEUED)
-        # One lock for the socket and both tables, so a command's pid is always sent
-        # before its exit status, whichever thread learns of which first.
-        self.lock = threading.Lock()
         self.children: dict[int, int] = {}  # pid -> request id
-        self.early: dict[int, int] = {}  # pid -> exit status, reaped before registered
 
     def send(self, reply: dict[str, Any]) -> None:
         body = json.dumps(reply).encode()
         self.sock.sendall(HEADER.pack(len(body)) + body)
 
-    def work(self) -> None:
-        """A worker thread: start the commands of queued requests."""
-        while (item := self.requests.get()) is not None:
-            request, fds = item
-            rid = int(request["id"])
-            try:
-                if len(fds) != 1:
-                    raise ValueError(f"expected one output descriptor, got {len(fds)}")
-                popen = _start(request, fds[0], self.devnull)
-            except OSError as exc:
-                filename = exc.filename if isinstance(exc.filename, str) else None
-                reply = {
-                    "id": rid,
-                    "errno": exc.errno,
-                    "strerror": exc.strerror,
-                    "filename": filename,
-                }
-                with self.lock:
-                    self.send(reply)
-                continue
-            except (ValueError, TypeError, KeyError, subprocess.SubprocessError) as exc:
-                with self.lock:
-                    self.send({"id": rid, "errno": None, "strerror": str(exc), "filename": None})
-                continue
-            finally:
-                for fd in fds:  # the child has its copy; ours would keep the pipe open
-                    os.close(fd)
-            # The main thread reaps it (waitpid(-1)); a returncode keeps Popen's __del__
-            # from listing it for a wait of its own.
-            popen.returncode = 0
-            with self.lock:
-                self.send({"id": rid, "pid": popen.pid})
-                status = self.early.pop(popen.pid, None)
-                if status is None:
-                    self.children[popen.pid] = rid
-                else:
-                    self.send({"id": rid, "status": status})
+    def start(self, request: dict[str, Any], fds: list[int]) -> None:
+        """Start the command of one request and say how it went."""
+        rid = int(request["id"])
+        try:
+            if len(fds) != 1:
+                raise ValueError(f"expected one output descriptor, got {len(fds)}")
+            popen = _start(request, fds[0], self.devnull)
+        except OSError as exc:
+            filename = exc.filename if isinstance(exc.filename, str) else None
+            self.send(
+                {"id": rid, "errno": exc.errno, "strerror": exc.strerror, "filename": filename}
+            )
+            return
+        except (ValueError, TypeError, KeyError, subprocess.SubprocessError) as exc:
+            self.send({"id": rid, "errno": None, "strerror": str(exc), "filename": None})
+            return
+        finally:
+            for fd in fds:  # the child has its copy; ours would keep the pipe open
+                os.close(fd)
+        # reap() waits for it (waitpid(-1)); a returncode keeps Popen's __del__ from
+        # listing it for a wait of its own.
+        popen.returncode = 0
+        self.children[popen.pid] = rid
+        self.send({"id": rid, "pid": popen.pid})
 
     def reap(self) -> None:
-        """Collect every exited child; report those whose pid was sent."""
-        while True:
+        """Collect every exited child and report its status."""
+        while self.children:
             try:
                 pid, wait_status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
                 return
-            status = os.waitstatus_to_exitcode(wait_status)
-            with self.lock:
-                rid = self.children.pop(pid, None)
-                if rid is not None:
-                    self.send({"id": rid, "status": status})
-                else:
-                    # Started, not yet registered (or a failed exec Popen also waits for).
-                    self.early[pid] = status
-                    while len(self.early) > 4 * QUEUED:
-                        del self.early[next(iter(self.early))]
+            rid = self.children.pop(pid, None)
+            if rid is not None:
+                self.send({"id": rid, "status": os.waitstatus_to_exitcode(wait_status)})
 
 
 def _start(request: dict[str, Any], out_fd: int, devnull: int) -> subprocess.Popen[bytes]:
@@ -198,9 +164,6 @@ def main(socket_fd: int) -> None:
     signal.signal(signal.SIGTERM, lambda *_: None)
     signal.signal(signal.SIGINT, lambda *_: None)
     server = _Server(sock)
-    workers = [threading.Thread(target=server.work, daemon=True) for _ in range(WORKERS)]
-    for worker in workers:
-        worker.start()
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
@@ -210,7 +173,7 @@ def main(socket_fd: int) -> None:
                 request = _read_request(sock)
                 if request is None:
                     return  # the agent is gone: commands still running go on
-                server.requests.put(request)
+                server.start(*request)
             else:
                 with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 512):
