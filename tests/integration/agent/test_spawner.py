@@ -22,6 +22,7 @@ from structlog.testing import capture_logs
 from fleetgate.agent.config import LimitsConfig
 from fleetgate.agent.exec import runner, spawn as spawn_module
 from fleetgate.agent.exec.identity import BASE_PATH
+from fleetgate.shared.protocol.limits import MAX_ENV_BYTES, MAX_ENV_VAR_BYTES, MAX_LINE_CHARS
 from fleetgate.shared.protocol.messages import CommandRun
 from tests.integration.agent.test_runner import (
     BASE_KEYS,
@@ -260,3 +261,18 @@ async def test_a_dead_helper_kills_its_commands_and_is_restarted(
     assert lost
     assert lost[0]["killed"] == 1
     assert any(name == "exec.spawner_started" and e["restarted"] for name, e in events)
+
+
+async def test_the_largest_command_crosses_the_socket_whole(scratch_user: CreatedUser) -> None:
+    """A line and an environment at the protocol's limits: a request far larger than the
+    socket's buffer, sent in parts, arrives whole (several at once, interleaved)."""
+    size = MAX_ENV_VAR_BYTES - len("BIG_0=")
+    env = {f"BIG_{i}": str(i) * size for i in range(MAX_ENV_BYTES // MAX_ENV_VAR_BYTES)}
+    line = 'printf "%s\\n" "${#BIG_0} ${#BIG_6} $(echo ${BIG_3} | cut -c1-3)"; : ' + "x" * (
+        MAX_LINE_CHARS - 80
+    )
+    assert len(line) <= MAX_LINE_CHARS
+    results = await asyncio.gather(*(run(line, scratch_user, env=env) for _ in range(3)))
+    for outcome, recorder in results:
+        assert outcome.success, outcome
+        assert recorder.text == f"{size} {size} 333\n"

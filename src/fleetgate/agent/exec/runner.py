@@ -40,7 +40,8 @@ from fleetgate.agent.exec.idcache import IdentityCache, files_signature
 from fleetgate.agent.exec.identity import Identity
 from fleetgate.agent.exec.pump import OnOutput, OutputPump
 from fleetgate.agent.exec.spawn import find_setpriv, needs_switch, prepare, spawn, spawn_through
-from fleetgate.agent.exec.spawner import SpawnerPool, SpawnerUnavailable
+from fleetgate.agent.exec.spawner import SpawnerUnavailable
+from fleetgate.agent.exec.spawner_pool import SpawnerPool
 from fleetgate.shared.protocol.messages import CommandRun
 
 

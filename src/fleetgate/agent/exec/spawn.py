@@ -10,6 +10,11 @@ about 1.6x more commands per second and a lower latency. Without setpriv on the 
 the standard library's own switch is used; both paths are covered by the tests. One
 difference shows: behind setpriv, a shell that cannot be executed is setpriv's failure
 (exit status 127, its message in the output) rather than a start error.
+
+Commands run by the dispatcher take a cheaper path still (:func:`spawn_through`): small
+spawner helpers fork them and switch ids in the child, with no second exec and without
+forking the agent (:mod:`fleetgate.agent.exec.spawner`); ``spawn`` is their fallback and
+the path of the other features (terminals, transfers, SSH sessions).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ from fleetgate.shared.protocol.messages import CommandRun
 
 
 if TYPE_CHECKING:
-    from fleetgate.agent.exec.spawner import RemoteChild, SpawnerPool
+    from fleetgate.agent.exec.spawner import RemoteChild
+    from fleetgate.agent.exec.spawner_pool import SpawnerPool
 
 __all__ = [
     "SHELL",

@@ -30,11 +30,12 @@ from typing import Any
 
 import structlog
 
+from fleetgate.agent.errors import PrivilegeError
 from fleetgate.agent.exec import spawner_main
 from fleetgate.agent.exec.identity import Identity
 
 
-__all__ = ["RemoteChild", "Spawner", "SpawnerPool", "SpawnerUnavailable"]
+__all__ = ["RemoteChild", "Spawner", "SpawnerUnavailable"]
 
 _log = structlog.get_logger(__name__)
 
@@ -106,9 +107,10 @@ class Spawner:
         Raises:
             SpawnerUnavailable: the helper could not be started.
             OSError: the command could not start (errno, message and file as exec's).
+            PrivilegeError: the identity has no group list (never from resolve_identity).
         """
-        if not identity.groups:
-            raise ValueError("an identity always has its primary group")
+        if not identity.groups:  # setgroups would be skipped: the child kept root's groups
+            raise PrivilegeError(f"no group list for {identity.name!r}")
         loop = asyncio.get_running_loop()
         if self._sock is None or self._loop is not loop:
             self._start(loop)
@@ -289,40 +291,6 @@ class Spawner:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-class SpawnerPool:
-    """Up to ``size`` helpers. A helper starts one command at a time (``Popen`` returns
-    once the child has exec'd), so a start goes to an idle helper; another helper is
-    started only when every running one is busy starting."""
-
-    def __init__(self, size: int) -> None:
-        self.helpers = [Spawner() for _ in range(size)]
-
-    async def spawn(
-        self,
-        argv: Sequence[str],
-        env: dict[str, str],
-        cwd: str,
-        identity: Identity,
-        stdout_fd: int,
-    ) -> RemoteChild:
-        """As :meth:`Spawner.spawn`, on the least busy helper."""
-        running = [h for h in self.helpers if h.pid is not None]
-        idle = [h for h in running if h.starting == 0]
-        stopped = [h for h in self.helpers if h.pid is None]
-        if idle:
-            helper = idle[0]
-        elif stopped:
-            helper = stopped[0]
-        else:
-            helper = min(running, key=lambda h: h.starting)
-        return await helper.spawn(argv, env, cwd, identity, stdout_fd)
-
-    def close(self) -> None:
-        """End every helper (see :meth:`Spawner.close`)."""
-        for helper in self.helpers:
-            helper.close()
 
 
 async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
