@@ -31,7 +31,7 @@ from tests.integration.agent.test_runner import (
     finish,
     wait_gone,
 )
-from tests.support.users import CreatedUser
+from tests.support.users import CreatedUser, processes_gone
 
 
 pytestmark = pytest.mark.root
@@ -276,3 +276,19 @@ async def test_the_largest_command_crosses_the_socket_whole(scratch_user: Create
     for outcome, recorder in results:
         assert outcome.success, outcome
         assert recorder.text == f"{size} {size} 333\n"
+
+
+async def test_a_start_cancelled_before_its_pid_came_is_killed(scratch_user: CreatedUser) -> None:
+    """The caller is cancelled while the helper is still starting the command: the process
+    it then reports has no owner, so it is killed at once instead of left running."""
+    warm, _ = await run("true", scratch_user)  # the identity is cached, the helper runs
+    assert warm.success, warm
+    for _ in range(3):
+        task = asyncio.create_task(run("sleep 1000", scratch_user))
+        await asyncio.sleep(0)  # the request is sent; the pid is not back yet
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert await asyncio.to_thread(processes_gone, scratch_user.uid, 10.0)
+    outcome, _ = await run("true", scratch_user)  # the helper still answers
+    assert outcome.success, outcome

@@ -142,26 +142,40 @@ class Spawner:
         except BaseException:
             self._starts.pop(rid, None)
             self._exits.pop(rid, None)
+            if started.done() and not started.cancelled() and started.exception() is None:
+                # Started, but its caller is gone (cancelled): nobody would stop it.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(started.result(), signal.SIGKILL)
             raise
         return RemoteChild(pid, exited)
 
     async def _send(self, sock: socket.socket, frame: bytes, fd: int) -> None:
-        """Send ``frame`` with ``fd`` attached to its first byte."""
+        """Send ``frame`` with ``fd`` attached to its first byte.
+
+        Once begun, a frame is sent whole even if cancelled meanwhile (the cancellation is
+        re-raised after): half a frame would garble every request after it. The helper
+        reads all the time, so this ends soon.
+        """
         rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
         loop = asyncio.get_running_loop()
+        view, cancelled, first = memoryview(frame), False, True
         try:
-            while True:
+            while view:
                 try:
-                    sent = sock.sendmsg([frame], rights)
-                    break
-                except BlockingIOError:  # a large request ahead still fills the buffer
-                    await _writable(loop, sock)
-            if sent < len(frame):
-                await loop.sock_sendall(sock, frame[sent:])
+                    sent = sock.sendmsg([view], rights) if first else sock.send(view)
+                except BlockingIOError:  # a large request fills the socket's buffer
+                    try:
+                        await _writable(loop, sock)
+                    except asyncio.CancelledError:
+                        if first:
+                            raise  # nothing sent yet: nothing to finish
+                        cancelled = True
+                    continue
+                view, first = view[sent:], False
         except OSError as exc:
-            if isinstance(exc, BlockingIOError):
-                raise
             raise OSError(errno.EPIPE, f"the spawner helper is gone: {exc}") from None
+        if cancelled:
+            raise asyncio.CancelledError
 
     def _start(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._sock is not None:  # left from another event loop (tests): end it
