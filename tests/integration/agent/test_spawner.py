@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -292,3 +293,38 @@ async def test_a_start_cancelled_before_its_pid_came_is_killed(scratch_user: Cre
     assert await asyncio.to_thread(processes_gone, scratch_user.uid, 10.0)
     outcome, _ = await run("true", scratch_user)  # the helper still answers
     assert outcome.success, outcome
+
+
+AGENT_SCRIPT = """
+import asyncio, sys, uuid
+from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.exec import runner
+from fleetgate.shared.protocol.messages import CommandRun
+
+async def main() -> None:
+    async def ignore(*_: object) -> None: ...
+    run = CommandRun(command_id=uuid.uuid4(), line="true", username=sys.argv[1])
+    await runner.run_command(run, LimitsConfig(), on_started=ignore, on_output=ignore)
+    print("HELPER", runner._SPAWNER.helpers[0].pid, flush=True)
+    await asyncio.sleep(3600)  # until SIGKILLed
+
+asyncio.run(main())
+"""
+
+
+async def test_the_helper_ends_with_a_killed_agent(scratch_user: CreatedUser) -> None:
+    """SIGKILL leaves the agent no chance to stop its helper: end of file does."""
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", AGENT_SCRIPT, scratch_user.name, stdout=asyncio.subprocess.PIPE
+    )
+    try:
+        assert agent.stdout is not None
+        line = b""
+        while not line.startswith(b"HELPER "):  # after the agent's own log lines
+            line = await asyncio.wait_for(agent.stdout.readline(), 30)
+            assert line, "the agent ended early"
+        helper = int(line.split()[1])
+    finally:
+        agent.kill()
+        await agent.wait()
+    assert await asyncio.to_thread(wait_gone, helper)
