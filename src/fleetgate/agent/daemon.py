@@ -26,6 +26,7 @@ from fleetgate.agent.channels import ChannelRouter, LazyService
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.dispatch import Dispatcher
 from fleetgate.agent.errors import AgentError, ConfigError, StateDirError
+from fleetgate.agent.exec import close_spawner
 from fleetgate.agent.policy import GrantPolicy
 from fleetgate.agent.spool import Inbox, PendingReports, Retention, Snapshot, Spool
 from fleetgate.agent.ssh.hostkey import ensure_host_key
@@ -110,6 +111,7 @@ async def run(config: AgentConfig, *, stop: asyncio.Event | None = None) -> None
     try:
         await _serve(config, key, grants, spool, leftovers, stop)
     finally:
+        close_spawner()  # every command was stopped with the components
         await spool.close()
     log.info("agent.stopped")
 

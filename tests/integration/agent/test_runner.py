@@ -68,7 +68,12 @@ def command(line: str, **fields: Any) -> CommandRun:
 
 
 async def run(
-    line: str, limits: LimitsConfig = LIMITS, *, use_setpriv: bool = True, **fields: Any
+    line: str,
+    limits: LimitsConfig = LIMITS,
+    *,
+    use_setpriv: bool = True,
+    use_spawner: bool = True,
+    **fields: Any,
 ) -> tuple[CommandOutcome, Recorder]:
     recorder = Recorder()
     outcome = await run_command(
@@ -77,6 +82,7 @@ async def run(
         on_started=recorder.on_started,
         on_output=recorder.on_output,
         use_setpriv=use_setpriv,
+        use_spawner=use_spawner,
     )
     return outcome, recorder
 
@@ -125,8 +131,14 @@ def assert_started_first(recorder: Recorder) -> None:
 
 
 @pytest.mark.root
-@pytest.mark.parametrize("use_setpriv", [True, False], ids=["setpriv", "stdlib"])
-async def test_runs_with_the_users_ids(scratch_user: CreatedUser, use_setpriv: bool) -> None:
+@pytest.mark.parametrize(
+    ("use_spawner", "use_setpriv"),
+    [(True, False), (False, True), (False, False)],
+    ids=["spawner", "setpriv", "stdlib"],
+)
+async def test_runs_with_the_users_ids(
+    scratch_user: CreatedUser, use_spawner: bool, use_setpriv: bool
+) -> None:
     """Real, effective, saved and filesystem ids are the user's; no capability is left."""
     if use_setpriv and find_setpriv() is None:
         pytest.skip("util-linux setpriv is not installed")
@@ -134,6 +146,7 @@ async def test_runs_with_the_users_ids(scratch_user: CreatedUser, use_setpriv: b
         "id -u; id -g; id -G; grep -E '^(Uid|Gid|CapPrm|CapEff):' /proc/self/status",
         username=scratch_user.name,
         use_setpriv=use_setpriv,
+        use_spawner=use_spawner,
     )
     assert outcome.success, outcome
     uid, gid, groups, uids, gids, cap_prm, cap_eff = recorder.text.splitlines()
@@ -250,7 +263,7 @@ async def test_exec_failure_behind_setpriv_is_its_exit_127(
     if find_setpriv() is None:
         pytest.skip("util-linux setpriv is not installed")
     monkeypatch.setattr(spawn_module, "SHELL", "/nonexistent/sh")
-    outcome, recorder = await run("true", username=scratch_user.name)
+    outcome, recorder = await run("true", username=scratch_user.name, use_spawner=False)
     assert outcome.exit_code == 127
     assert "/nonexistent/sh" in recorder.text
 

@@ -19,6 +19,8 @@ the token. The figures are printed and written to ``figures.json`` in the work d
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import threading
 import time
 import uuid
@@ -33,6 +35,7 @@ import pytest
 from tests.support.agent import AgentProcess, start_agent
 from tests.support.controlplane import ControlPlaneProcess, start_control_plane
 from tests.support.proxy import TcpProxy, running_proxy
+from tests.support.users import temporary_user
 
 
 COMMANDS = 1000
@@ -55,9 +58,17 @@ class Submitter(threading.Thread):
     means the agent is reconnecting: wait and retry.
     """
 
-    def __init__(self, cp: ControlPlaneProcess, server: str, marker: Path, deadline: float):
+    def __init__(
+        self,
+        cp: ControlPlaneProcess,
+        server: str,
+        marker: Path,
+        deadline: float,
+        username: str | None = None,
+    ):
         super().__init__(daemon=True)
         self.cp, self.server, self.marker, self.deadline = cp, server, marker, deadline
+        self.username = username
         self.tokens: dict[str, str] = {}  # token -> command id
         self.stats: Counter[str] = Counter()
         self.error: BaseException | None = None
@@ -93,6 +104,8 @@ class Submitter(threading.Thread):
 
     def _submit(self, client: httpx.Client, token: str) -> str:
         body = {"server": self.server, "line": f"echo {token} >> {self.marker}; echo {token}"}
+        if self.username is not None:
+            body["username"] = self.username
         while True:
             self._check_deadline()
             try:
@@ -171,8 +184,44 @@ def chunks_text(client: httpx.Client, command_id: str) -> str:
     return "".join(c["content"] for c in chunks)
 
 
+@pytest.fixture(
+    params=[
+        pytest.param(None, id="root"),
+        # Commands that change identity go through the spawner helpers.
+        pytest.param("user", id="user", marks=pytest.mark.root),
+    ]
+)
+def command_user(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """Who the commands run as: the agent's own account, or a throw-away user (removed
+    after the agent stopped; its removal fails if a process of the user is left)."""
+    if request.param is None:
+        yield None
+        return
+    with temporary_user() as user:
+        yield user.name
+
+
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[tuple[ControlPlaneProcess, TcpProxy, AgentProcess]]:
+def marker(tmp_path: Path, command_user: str | None) -> Iterator[Path]:
+    """The file every command appends its token to, writable by the commands' user."""
+    if command_user is None:
+        path = tmp_path / "ran.txt"
+        path.touch(mode=0o666)
+        yield path
+        return
+    # tmp_path's parents are root's alone (0700): another user could not reach it.
+    with tempfile.TemporaryDirectory(prefix="fleet-fault-") as directory:
+        os.chmod(directory, 0o755)
+        path = Path(directory) / "ran.txt"
+        path.touch()
+        os.chmod(path, 0o666)
+        yield path
+
+
+@pytest.fixture
+def stack(
+    tmp_path: Path, command_user: str | None
+) -> Iterator[tuple[ControlPlaneProcess, TcpProxy, AgentProcess]]:
     cp = start_control_plane(
         tmp_path / "cp",
         env={
@@ -203,15 +252,15 @@ def stack(tmp_path: Path) -> Iterator[tuple[ControlPlaneProcess, TcpProxy, Agent
 @pytest.mark.timeout(DEADLINE + 30)
 def test_nothing_lost_nothing_run_twice(
     stack: tuple[ControlPlaneProcess, TcpProxy, AgentProcess],
+    marker: Path,
+    command_user: str | None,
     tmp_path: Path,
     record_property: Any,
 ) -> None:
     """Every command has exactly one result and ran at most once, whatever broke."""
     cp, proxy, agent = stack
     deadline = time.monotonic() + DEADLINE
-    marker = tmp_path / "ran.txt"
-    marker.touch(mode=0o666)
-    submitter = Submitter(cp, agent.name, marker, deadline)
+    submitter = Submitter(cp, agent.name, marker, deadline, command_user)
     submitter.start()
     faults: list[str] = []
     started = time.monotonic()

@@ -8,6 +8,7 @@ load the process runner (``tests/unit/agent/test_idle_imports.py``).
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
 
 from fleetgate.agent.exec.identity import Identity, build_environment, resolve_identity
@@ -26,11 +27,19 @@ __all__ = [
     "OnStarted",
     "OutputChunker",
     "build_environment",
+    "close_spawner",
     "resolve_identity",
     "run_command",
 ]
 
 _FROM_RUNNER = frozenset({"CommandOutcome", "OnStarted", "run_command"})
+
+
+def close_spawner() -> None:
+    """End the spawner helper if the runner started one (never loads the runner)."""
+    runner = sys.modules.get("fleetgate.agent.exec.runner")
+    if runner is not None:
+        runner.close_spawner()
 
 
 def __getattr__(name: str) -> Any:

@@ -13,9 +13,24 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+from typing import Protocol
 
 
-__all__ = ["Child"]
+__all__ = ["Child", "Process"]
+
+
+class Process(Protocol):
+    """What the runner needs of a started command: its pid (= its process group), its
+    exit status once reaped, and an async wait for it."""
+
+    pid: int
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status (negative: killed by that signal), None until reaped."""
+
+    async def wait(self) -> int:
+        """Wait until the process has exited and is reaped; its exit status."""
 
 
 class Child:

@@ -10,6 +10,11 @@ about 1.6x more commands per second and a lower latency. Without setpriv on the 
 the standard library's own switch is used; both paths are covered by the tests. One
 difference shows: behind setpriv, a shell that cannot be executed is setpriv's failure
 (exit status 127, its message in the output) rather than a start error.
+
+Commands run by the dispatcher take a cheaper path still (:func:`spawn_through`): small
+spawner helpers fork them and switch ids in the child, with no second exec and without
+forking the agent (:mod:`fleetgate.agent.exec.spawner`); ``spawn`` is their fallback and
+the path of the other features (terminals, transfers, SSH sessions).
 """
 
 from __future__ import annotations
@@ -19,13 +24,26 @@ import os
 import shutil
 import subprocess
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from fleetgate.agent.exec.child import Child
 from fleetgate.agent.exec.identity import Identity, build_environment, resolve_identity
 from fleetgate.shared.protocol.messages import CommandRun
 
 
-__all__ = ["SHELL", "find_setpriv", "needs_switch", "prepare", "privilege_argv", "spawn"]
+if TYPE_CHECKING:
+    from fleetgate.agent.exec.spawner import RemoteChild
+    from fleetgate.agent.exec.spawner_pool import SpawnerPool
+
+__all__ = [
+    "SHELL",
+    "find_setpriv",
+    "needs_switch",
+    "prepare",
+    "privilege_argv",
+    "spawn",
+    "spawn_through",
+]
 
 SHELL = "/bin/sh"
 """The interpreter of ``shell = "system"`` commands."""
@@ -113,3 +131,22 @@ def spawn(
         os.close(write_fd)
     os.set_blocking(read_fd, False)
     return Child(popen), read_fd
+
+
+async def spawn_through(
+    spawner: SpawnerPool, request: CommandRun, identity: Identity, cwd: str
+) -> tuple[RemoteChild, int]:
+    """As :func:`spawn`, for a command that changes identity, through a spawner helper
+    (:mod:`fleetgate.agent.exec.spawner`): it forks from a small process and switches
+    ids itself, so neither the agent's address space nor a setpriv exec is paid for."""
+    read_fd, write_fd = os.pipe()
+    try:
+        env = build_environment(identity, request.env)
+        child = await spawner.spawn([SHELL, "-c", request.line], env, cwd, identity, write_fd)
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)  # the helper's child has its own copy
+    os.set_blocking(read_fd, False)
+    return child, read_fd
