@@ -50,9 +50,13 @@ def test_rows_writes_and_repeated_parameters(conn: Connection) -> None:
 
 
 def test_runs_in_the_callers_transaction(conn: Connection) -> None:
-    with pytest.raises(RuntimeError), transaction(conn):
-        _INSERT.run(conn, {"id": "s2", "name": "web-2", "at": 1})
-        raise RuntimeError("rolled back")
+    def failing() -> None:
+        with transaction(conn):
+            _INSERT.run(conn, {"id": "s2", "name": "web-2", "at": 1})
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError):
+        failing()
     assert _GET.first(conn, {"id": "s2"}) is None
     conn.rollback()
     with transaction(conn):
@@ -99,7 +103,8 @@ def test_floats_are_converted_as_sqlalchemy_does(conn: Connection) -> None:
             conn, {"t": 3}
         )
     value = Prepared(select(c.timeout).where(c.id == "c1")).first(conn)[0]
-    assert value == 3.0 and isinstance(value, float)
+    assert value == 3.0
+    assert isinstance(value, float)
     conn.rollback()
 
 

@@ -99,7 +99,7 @@ class CommandRow:
     """The agent's refusal code of a command it refused (``error_phase`` ``denied``)."""
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> CommandRow:
+    def from_row(cls, row: Mapping[Any, Any]) -> CommandRow:
         """Build from a row selected with :func:`~.queries.command_select`."""
         success = row["success"]
         return cls(
@@ -162,9 +162,7 @@ _INSERTED = (
     "grant_token", "sudo", "requested_token",
 )  # fmt: skip
 _INSERT = Prepared(t.commands.insert().values({name: bindparam(name) for name in _INSERTED}))
-_GET_SELECT = command_select().where(_c.id == bindparam("cid"))
-_GET = Prepared(_GET_SELECT)
-_GET_NAMES = tuple(column.key for column in _GET_SELECT.selected_columns)
+_GET = Prepared(command_select().where(_c.id == bindparam("cid")))
 _READ_CHUNKS = Prepared(
     select(_chunk.seq, _chunk.content)
     .where(_chunk.command_id == bindparam("cid"), _chunk.seq >= bindparam("first"))
@@ -262,8 +260,8 @@ def insert_command(
 
 def get_command(conn: Connection, command_id: str) -> CommandRow | None:
     """The command with this id."""
-    row = _GET.first(conn, {"cid": command_id})
-    return None if row is None else CommandRow.from_row(dict(zip(_GET_NAMES, row, strict=True)))
+    row = _GET.mapping(conn, {"cid": command_id})
+    return None if row is None else CommandRow.from_row(row)
 
 
 def list_commands(

@@ -83,6 +83,9 @@ class Prepared:
     def __init__(self, stmt: Executable | Callable[[str], Executable]) -> None:
         self._stmt = stmt
         self._built: dict[str, _Compiled] = {}
+        selected = getattr(stmt, "selected_columns", ())
+        self.keys: tuple[str, ...] = tuple(str(column.key) for column in selected)
+        """The names of the selected columns (of a statement given as such)."""
 
     def _for(self, conn: Connection) -> _Compiled:
         dialect = conn.dialect
@@ -94,11 +97,26 @@ class Prepared:
 
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Every row, as the driver's tuples."""
-        return _run(conn, self._for(conn), params or {}).fetchall()
+        rows: list[Any] = _run(conn, self._for(conn), params or {}).fetchall()
+        return rows
 
     def first(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """The first row (a tuple) or ``None``."""
         return _run(conn, self._for(conn), params or {}).fetchone()
+
+    def mapping(
+        self, conn: Connection, params: Mapping[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """The first row as ``{column key: value}`` (for a ``from_row``), or ``None``."""
+        row = self.first(conn, params)
+        return None if row is None else dict(zip(self.keys, row, strict=True))
+
+    def mappings(
+        self, conn: Connection, params: Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Every row as ``{column key: value}``."""
+        keys = self.keys
+        return [dict(zip(keys, row, strict=True)) for row in self.rows(conn, params)]
 
     def run(self, conn: Connection, params: Mapping[str, Any] | None = None) -> int:
         """Execute a write; the number of rows it matched."""
@@ -148,14 +166,14 @@ def _call(conn: Connection, compiled: _Compiled, bound: Any, *, many: bool) -> A
 def _raise_wrapped(
     conn: Connection,
     compiled: _Compiled,
-    error: Exception,
+    error: Any,
     cursor: Any,
     *,
     many: bool,
     params: Sequence[Any] | Mapping[str, Any],
 ) -> None:
     dialect = conn.dialect
-    disconnect = dialect.is_disconnect(error, conn.connection.dbapi_connection, cursor)
+    disconnect = bool(dialect.is_disconnect(error, conn.connection.dbapi_connection, cursor))
     wrapped = DBAPIError.instance(
         compiled.sql,
         params,

@@ -5,11 +5,14 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Connection, RowMapping, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.prepared import Prepared
 from fleetgate.controlplane.store.sql import insert_ignore
 from fleetgate.controlplane.store.users import hash_key, new_key
 from fleetgate.shared.labels import check_labels
@@ -36,6 +39,29 @@ SERVER_KEY_PREFIX = "fsk_"
 
 _c = t.servers.c
 
+# Every agent's connection runs these (compiled once per dialect, see ``prepared``).
+_BY_ID = Prepared(select(t.servers).where(_c.id == bindparam("sid")))
+_CONNECTED = Prepared(
+    update(t.servers)
+    .where(_c.id == bindparam("sid"))
+    .values(
+        is_connected=1,
+        agent_version=bindparam("version"),
+        hostname=bindparam("hostname"),
+        connected_at=bindparam("connected_at"),
+        last_seen_at=bindparam("seen"),
+        agent_labels=bindparam("labels"),
+    )
+)
+_DISCONNECTED = Prepared(
+    update(t.servers)
+    .where(_c.id == bindparam("sid"), _c.connected_at == bindparam("connected_at"))
+    .values(is_connected=0, last_seen_at=bindparam("seen"))
+)
+_TOUCH = Prepared(
+    update(t.servers).where(_c.id == bindparam("sid")).values(last_seen_at=bindparam("seen"))
+)
+
 
 @dataclass(frozen=True)
 class ServerRow:
@@ -61,7 +87,7 @@ class ServerRow:
         return {**self.agent_labels, **self.operator_labels}
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> ServerRow:
+    def from_row(cls, row: Mapping[Any, Any]) -> ServerRow:
         """Build from a ``servers`` row."""
         return cls(
             id=str(row["id"]),
@@ -150,7 +176,7 @@ def authenticate(conn: Connection, server_id: str, key: str) -> ServerRow | None
         server_id = str(uuid.UUID(server_id))
     except ValueError:
         return None
-    row = conn.execute(select(t.servers).where(_c.id == server_id)).mappings().first()
+    row = _BY_ID.mapping(conn, {"sid": server_id})
     if row is None or not hmac.compare_digest(str(row["key_hash"]), hash_key(key)):
         return None
     return ServerRow.from_row(row)
@@ -168,17 +194,16 @@ def mark_connected(
 ) -> None:
     """Record an agent's ``hello`` on the connection that started at ``connected_at``;
     ``labels`` (from the agent's configuration) replace the agent's previous ones."""
-    conn.execute(
-        update(t.servers)
-        .where(_c.id == server_id)
-        .values(
-            is_connected=1,
-            agent_version=agent_version,
-            hostname=hostname,
-            connected_at=connected_at,
-            last_seen_at=last_seen_at,
-            agent_labels=json.dumps(labels or {}, sort_keys=True),
-        )
+    _CONNECTED.run(
+        conn,
+        {
+            "sid": server_id,
+            "version": agent_version,
+            "hostname": hostname,
+            "connected_at": connected_at,
+            "seen": last_seen_at,
+            "labels": json.dumps(labels or {}, sort_keys=True),
+        },
     )
 
 
@@ -218,16 +243,12 @@ def mark_disconnected(
 
     A newer connection of the same server (another ``connected_at``) is left alone.
     """
-    conn.execute(
-        update(t.servers)
-        .where(_c.id == server_id, _c.connected_at == connected_at)
-        .values(is_connected=0, last_seen_at=last_seen_at)
-    )
+    _DISCONNECTED.run(conn, {"sid": server_id, "connected_at": connected_at, "seen": last_seen_at})
 
 
 def touch(conn: Connection, server_id: str, *, last_seen_at: int) -> None:
     """Persist the time of the agent's last frame."""
-    conn.execute(update(t.servers).where(_c.id == server_id).values(last_seen_at=last_seen_at))
+    _TOUCH.run(conn, {"sid": server_id, "seen": last_seen_at})
 
 
 def reset_connections(conn: Connection) -> None:

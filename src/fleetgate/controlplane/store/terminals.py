@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, RowMapping, Select, case, func, or_, select, update
+from sqlalchemy import Connection, RowMapping, Select, bindparam, case, func, or_, select, update
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.prepared import Prepared
 
 
 __all__ = [
@@ -187,18 +188,22 @@ def closed_unrecorded(
 ) -> list[tuple[str, str]]:
     """``(id, close_reason)`` of the terminals of ``server_id`` closed since ``since``
     whose recording has not arrived: their shell may still run on the agent."""
-    stmt = (
-        select(_t.id, func.coalesce(_t.close_reason, "closed"))
-        .where(
-            _t.server_id == server_id,
-            _t.status == "closed",
-            _t.recorded_at.is_(None),
-            _t.closed_at >= since,
-        )
-        .order_by(_t.closed_at)
-        .limit(limit)
+    rows = _CLOSED_UNRECORDED.rows(conn, {"sid": server_id, "since": since, "most": limit})
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+# Every agent's hello reads it (compiled once per dialect, see ``prepared``).
+_CLOSED_UNRECORDED = Prepared(
+    select(_t.id, func.coalesce(_t.close_reason, "closed"))
+    .where(
+        _t.server_id == bindparam("sid"),
+        _t.status == "closed",
+        _t.recorded_at.is_(None),
+        _t.closed_at >= bindparam("since"),
     )
-    return [(str(r[0]), str(r[1])) for r in conn.execute(stmt)]
+    .order_by(_t.closed_at)
+    .limit(bindparam("most"))
+)
 
 
 def set_recording(conn: Connection, terminal_id: str, *, size: int, sha256: str, now: int) -> None:
