@@ -123,14 +123,22 @@ async def _server_ids(
 
 
 async def _render(row: WorkSessionRow, services: Services) -> dict[str, Any]:
-    servers = []
-    for server_id in row.server_ids:
-        server = await services.db.read(servers_store.get_server, server_id)
-        if server is not None:
-            servers.append(
-                {"id": server.id, "name": server.name, "is_connected": server.is_connected}
-            )
-    return session_json(row, servers)
+    return (await _render_all([row], services))[0]
+
+
+async def _render_all(rows: list[WorkSessionRow], services: Services) -> list[dict[str, Any]]:
+    """The sessions' JSON, their servers' names read in one call for the whole page."""
+    ids = [server_id for row in rows for server_id in row.server_ids]
+    found = await services.db.read(servers_store.summaries, ids) if ids else {}
+    out = []
+    for row in rows:
+        servers = [
+            {"id": server_id, "name": found[server_id][0], "is_connected": found[server_id][1]}
+            for server_id in row.server_ids
+            if server_id in found
+        ]
+        out.append(session_json(row, servers))
+    return out
 
 
 @router.post("/", status_code=201)
@@ -187,7 +195,7 @@ async def list_sessions(
         limit=page.size,
         search=search,
     )
-    results = [await _render(r, services) for r in rows]
+    results = await _render_all(rows, services)
     return JSONResponse(page_response(request, services.settings.public_url, page, count, results))
 
 

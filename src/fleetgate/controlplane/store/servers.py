@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ __all__ = [
     "register_server",
     "reset_connections",
     "rotate_key",
+    "summaries",
     "touch",
     "update_labels",
 ]
@@ -41,6 +42,7 @@ _c = t.servers.c
 
 # Every agent's connection runs these (compiled once per dialect, see ``prepared``).
 _BY_ID = Prepared(select(t.servers).where(_c.id == bindparam("sid")))
+_BY_NAME = Prepared(select(t.servers).where(_c.name == bindparam("name")))
 _CONNECTED = Prepared(
     update(t.servers)
     .where(_c.id == bindparam("sid"))
@@ -133,10 +135,22 @@ def get_server(conn: Connection, ref: str) -> ServerRow | None:
     except ValueError:
         pass
     else:
-        row = conn.execute(select(t.servers).where(_c.id == server_id)).mappings().first()
+        row = _BY_ID.mapping(conn, {"sid": server_id})
     if row is None:
-        row = conn.execute(select(t.servers).where(_c.name == ref)).mappings().first()
+        row = _BY_NAME.mapping(conn, {"name": ref})
     return None if row is None else ServerRow.from_row(row)
+
+
+def summaries(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str, bool]]:
+    """``server id -> (name, is_connected)`` of those of ``ids`` that exist (one query
+    per 500): a page of sessions names its servers with one call, not one per server."""
+    out: dict[str, tuple[str, bool]] = {}
+    pending = sorted(set(ids))
+    for start in range(0, len(pending), 500):
+        chunk = pending[start : start + 500]
+        rows = conn.execute(select(_c.id, _c.name, _c.is_connected).where(_c.id.in_(chunk)))
+        out.update({str(sid): (str(name), bool(connected)) for sid, name, connected in rows})
+    return out
 
 
 def list_servers(
