@@ -8,12 +8,25 @@ expiry) that are due, with their timeline events, before anything else looks at 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, Select, exists, func, literal, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    bindparam,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.prepared import Prepared
 from fleetgate.controlplane.worksession.lifecycle import (
     Action,
     InvalidTransition,
@@ -98,7 +111,7 @@ class WorkSessionRow:
     updated_at: int
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> WorkSessionRow:
+    def from_row(cls, row: Mapping[Any, Any]) -> WorkSessionRow:
         """Build from a row selected with ``_select()``."""
         return cls(
             id=row["id"],
@@ -198,10 +211,7 @@ def insert_work_session(
 
 
 def _get(conn: Connection, session_id: str) -> WorkSessionRow | None:
-    # The session's row is locked until the transaction ends (PostgreSQL; SQLite's write
-    # transactions are serialized already): its status moves are read-then-write.
-    stmt = _select().where(_w.id == session_id).with_for_update(of=t.work_sessions)
-    row = conn.execute(stmt).mappings().first()
+    row = _GET.mapping(conn, {"sid": session_id})
     return None if row is None else WorkSessionRow.from_row(row)
 
 
@@ -211,10 +221,15 @@ def _set_status(
     started_at = at if new is Status.ACTIVE and row.started_at is None else row.started_at
     ended = new in (Status.COMPLETED, Status.EXPIRED, Status.REVOKED)
     completed_at = at if ended else row.completed_at
-    conn.execute(
-        update(t.work_sessions)
-        .where(_w.id == row.id)
-        .values(status=new.value, started_at=started_at, completed_at=completed_at, updated_at=at)
+    _SET_STATUS.run(
+        conn,
+        {
+            "sid": row.id,
+            "status": new.value,
+            "started_at": started_at,
+            "completed_at": completed_at,
+            "at": at,
+        },
     )
     return replace(row, status=new, started_at=started_at, completed_at=completed_at, updated_at=at)
 
@@ -385,11 +400,7 @@ def list_work_sessions(
 
 def settle_all(conn: Connection, *, now: int) -> list[WorkSessionRow]:
     """Persist every due start and expiry; return the sessions that changed."""
-    stmt = select(_w.id).where(
-        _w.status.in_(_LIVE),
-        or_(_w.expires_at <= now, (_w.status == "approved") & (_w.starts_at <= now)),
-    )
-    ids = list(conn.execute(stmt).scalars())
+    ids = [row[0] for row in _DUE.rows(conn, {"now": now})]
     changed = []
     for session_id in ids:
         row = load_settled(conn, session_id, now=now)
@@ -401,9 +412,39 @@ def settle_all(conn: Connection, *, now: int) -> list[WorkSessionRow]:
 def next_due_at(conn: Connection) -> int | None:
     """The earliest time a live session starts or expires (``None``: none is live)."""
     times = [
-        next_due(Status(r[0]), starts_at=r[1], expires_at=r[2])
-        for r in conn.execute(
-            select(_w.status, _w.starts_at, _w.expires_at).where(_w.status.in_(_LIVE))
-        )
+        next_due(Status(r[0]), starts_at=r[1], expires_at=r[2]) for r in _LIVE_TIMES.rows(conn)
     ]
     return min((t for t in times if t is not None), default=None)
+
+
+# Every look at a session runs these (compiled once per dialect, see ``prepared``).
+_GET = Prepared(
+    _select()
+    .where(_w.id == bindparam("sid"))
+    # The session's row is locked until the transaction ends (PostgreSQL; SQLite's write
+    # transactions are serialized already): its status moves are read-then-write.
+    .with_for_update(of=t.work_sessions)
+)
+_SET_STATUS = Prepared(
+    update(t.work_sessions)
+    .where(_w.id == bindparam("sid"))
+    .values(
+        status=bindparam("status"),
+        started_at=bindparam("started_at"),
+        completed_at=bindparam("completed_at"),
+        updated_at=bindparam("at"),
+    )
+)
+# Spelled out (no IN list parameter, which a prepared statement cannot take): it is also
+# the condition of the partial index ix_work_sessions_live, which the planners then use.
+_LIVE_STATUS = text("work_sessions.status IN ('pending', 'approved', 'active')")
+_DUE = Prepared(
+    select(_w.id).where(
+        _LIVE_STATUS,
+        or_(
+            _w.expires_at <= bindparam("now"),
+            (_w.status == "approved") & (_w.starts_at <= bindparam("now")),
+        ),
+    )
+)
+_LIVE_TIMES = Prepared(select(_w.status, _w.starts_at, _w.expires_at).where(_LIVE_STATUS))
