@@ -42,6 +42,9 @@ _c = t.servers.c
 
 # Every agent's connection runs these (compiled once per dialect, see ``prepared``).
 _BY_ID = Prepared(select(t.servers).where(_c.id == bindparam("sid")))
+_SUMMARIES = select(_c.id, _c.name, _c.is_connected).where(
+    _c.id.in_(bindparam("ids", expanding=True))
+)  # an IN list: SQLAlchemy's execute, but built once
 _BY_NAME = Prepared(select(t.servers).where(_c.name == bindparam("name")))
 _CONNECTED = Prepared(
     update(t.servers)
@@ -148,7 +151,7 @@ def summaries(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str, bool
     pending = sorted(set(ids))
     for start in range(0, len(pending), 500):
         chunk = pending[start : start + 500]
-        rows = conn.execute(select(_c.id, _c.name, _c.is_connected).where(_c.id.in_(chunk)))
+        rows = conn.execute(_SUMMARIES, {"ids": chunk})
         out.update({str(sid): (str(name), bool(connected)) for sid, name, connected in rows})
     return out
 
@@ -162,14 +165,35 @@ def list_servers(
     limit: int,
 ) -> tuple[int, list[ServerRow]]:
     """A page of servers by name, and the total count matching the filters."""
+    count_stmt, page = _LISTINGS[(name is not None, is_connected is not None)]
+    params = {
+        "name": name,
+        "connected": None if is_connected is None else int(is_connected),
+        "most": limit,
+        "skip": offset,
+    }
+    count = count_stmt.first(conn, params)[0]
+    return int(count), [ServerRow.from_row(r) for r in page.mappings(conn, params)]
+
+
+def _listing(by_name: bool, by_connected: bool) -> tuple[Prepared, Prepared]:
     where = []
-    if name is not None:
-        where.append(_c.name == name)
-    if is_connected is not None:
-        where.append(_c.is_connected == int(is_connected))
-    count = conn.execute(select(func.count()).select_from(t.servers).where(*where)).scalar_one()
-    stmt = select(t.servers).where(*where).order_by(_c.name).limit(limit).offset(offset)
-    return int(count), [ServerRow.from_row(r) for r in conn.execute(stmt).mappings()]
+    if by_name:
+        where.append(_c.name == bindparam("name"))
+    if by_connected:
+        where.append(_c.is_connected == bindparam("connected"))
+    page = (
+        select(t.servers)
+        .where(*where)
+        .order_by(_c.name)
+        .limit(bindparam("most"))
+        .offset(bindparam("skip"))
+    )
+    return Prepared(select(func.count()).select_from(t.servers).where(*where)), Prepared(page)
+
+
+# The list's statements, built once per filter set (see ``prepared``).
+_LISTINGS = {(n, c): _listing(n, c) for n in (False, True) for c in (False, True)}
 
 
 def rotate_key(conn: Connection, server_id: str) -> str:

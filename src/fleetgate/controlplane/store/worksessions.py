@@ -374,6 +374,12 @@ def list_work_sessions(
     or assignee's username, a server's name, or the start of the id.
     """
     settle_all(conn, now=now)
+    if not search:
+        # The console's and the API's usual pages: statements built once per filter set.
+        listing = _LISTINGS[(visible_to is not None, status is not None)]
+        params = {"user": visible_to, "status": status, "most": limit, "skip": offset}
+        count = listing.count.first(conn, params)[0]
+        return int(count), [WorkSessionRow.from_row(r) for r in listing.page.mappings(conn, params)]
     where = []
     if visible_to is not None:
         where.append(or_(_w.created_by == visible_to, _w.assigned_user == visible_to))
@@ -448,3 +454,33 @@ _DUE = Prepared(
     )
 )
 _LIVE_TIMES = Prepared(select(_w.status, _w.starts_at, _w.expires_at).where(_LIVE_STATUS))
+
+
+@dataclass(frozen=True)
+class _Listing:
+    count: Prepared
+    page: Prepared
+
+
+def _listing(by_user: bool, by_status: bool) -> _Listing:
+    where = []
+    if by_user:
+        user: Any = bindparam("user")
+        where.append(or_(_w.created_by == user, _w.assigned_user == user))
+    if by_status:
+        where.append(_w.status == bindparam("status"))
+    page = (
+        _select()
+        .where(*where)
+        .order_by(_w.added_at.desc(), _w.id)
+        .limit(bindparam("most"))
+        .offset(bindparam("skip"))
+    )
+    return _Listing(Prepared(select(func.count()).select_from(_FROM).where(*where)), Prepared(page))
+
+
+_LISTINGS = {
+    (by_user, by_status): _listing(by_user, by_status)
+    for by_user in (False, True)
+    for by_status in (False, True)
+}
