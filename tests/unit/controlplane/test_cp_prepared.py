@@ -8,7 +8,7 @@ from sqlalchemy import Connection, DateTime, bindparam, func, insert, select, up
 from sqlalchemy.exc import IntegrityError
 
 from fleetgate.controlplane.store import tables as t, transaction
-from fleetgate.controlplane.store.prepared import Prepared
+from fleetgate.controlplane.store.prepared import IN_LIST_MAX, Prepared, PreparedIn
 
 
 pytestmark = pytest.mark.timeout(60)
@@ -115,4 +115,23 @@ def test_statements_needing_sqlalchemy_are_refused(conn: Connection) -> None:
     converted = Prepared(select(func.now().cast(DateTime)))
     with pytest.raises(ValueError, match="conversion"):
         converted.first(conn)
+    conn.rollback()
+
+
+_NAMES = PreparedIn(lambda ids: select(_s.id, _s.name).where(_s.id.in_(ids)).order_by(_s.id))
+
+
+def test_in_lists_of_any_size(conn: Connection) -> None:
+    with transaction(conn):
+        for i in range(40):
+            _INSERT.run(conn, {"id": f"i{i:02}", "name": f"n{i}", "at": i})
+    for size in (1, 2, 3, 5, 17, 40):
+        ids = [f"i{i:02}" for i in range(size)]
+        # A missing id is no row; the padding (the last id repeated) adds none.
+        assert _NAMES.rows(conn, [*ids, "missing"]) == [(i, f"n{int(i[1:])}") for i in ids]
+    assert _NAMES.rows(conn, ["i07"] * IN_LIST_MAX) == [("i07", "n7")]
+    with pytest.raises(ValueError, match="IN list"):
+        _NAMES.rows(conn, [])
+    with pytest.raises(ValueError, match="IN list"):
+        _NAMES.rows(conn, ["x"] * (IN_LIST_MAX + 1))
     conn.rollback()

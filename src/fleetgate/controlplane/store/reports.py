@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from fleetgate.controlplane.store import tables as t, worksessions as sessions_store
-from fleetgate.controlplane.store.prepared import Prepared
+from fleetgate.controlplane.store.prepared import IN_LIST_MAX, Prepared, PreparedIn
 from fleetgate.controlplane.store.sql import insert_ignoring, json_text
 from fleetgate.controlplane.store.ssh_events import store_ssh_event
 from fleetgate.controlplane.timeutil import to_us
@@ -136,10 +136,8 @@ _FINISHED = Prepared(
         env="{}",
     )
 )
-_OWNERS = select(_c.id, _c.server_id).where(_c.id.in_(bindparam("ids", expanding=True)))
-_OWN = select(_c.id).where(
-    _c.server_id == bindparam("sid"), _c.id.in_(bindparam("ids", expanding=True))
-)
+_OWNERS = PreparedIn(lambda ids: select(_c.id, _c.server_id).where(_c.id.in_(ids)))
+_OWN = PreparedIn(lambda ids: select(_c.id).where(_c.server_id == bindparam("sid"), _c.id.in_(ids)))
 _LAST_SEEN = Prepared(
     update(t.servers)
     .where(t.servers.c.id == bindparam("server_id"))
@@ -202,12 +200,11 @@ def apply_report_batches(
 
 
 def _owners(conn: Connection, ids: set[str]) -> dict[str, str]:
-    """The server of each of ``ids`` that is a command (one query per 500 ids)."""
+    """The server of each of ``ids`` that is a command (one query per 512 ids)."""
     found: dict[str, str] = {}
     pending = sorted(ids)
-    for start in range(0, len(pending), 500):
-        chunk = pending[start : start + 500]
-        rows = conn.execute(_OWNERS, {"ids": chunk})
+    for start in range(0, len(pending), IN_LIST_MAX):
+        rows = _OWNERS.rows(conn, pending[start : start + IN_LIST_MAX])
         found.update((str(command_id), str(server)) for command_id, server in rows)
     return found
 
@@ -264,12 +261,12 @@ def _store_sudo(conn: Connection, server_id: str, report: SudoDecided) -> None:
 
 
 def _own_commands(conn: Connection, server_id: str, ids: set[str]) -> set[str]:
-    """Which of ``ids`` are commands of this server (one query per 500 ids)."""
+    """Which of ``ids`` are commands of this server (one query per 512 ids)."""
     found: set[str] = set()
     pending = sorted(ids)
-    for start in range(0, len(pending), 500):
-        chunk = pending[start : start + 500]
-        found.update(conn.execute(_OWN, {"sid": server_id, "ids": chunk}).scalars())
+    for start in range(0, len(pending), IN_LIST_MAX):
+        rows = _OWN.rows(conn, pending[start : start + IN_LIST_MAX], {"sid": server_id})
+        found.update(str(row[0]) for row in rows)
     return found
 
 

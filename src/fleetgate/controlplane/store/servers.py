@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from fleetgate.controlplane.store import tables as t
-from fleetgate.controlplane.store.prepared import Prepared
+from fleetgate.controlplane.store.prepared import IN_LIST_MAX, Prepared, PreparedIn
 from fleetgate.controlplane.store.sql import insert_ignore
 from fleetgate.controlplane.store.users import hash_key, new_key
 from fleetgate.shared.labels import check_labels
@@ -42,9 +42,7 @@ _c = t.servers.c
 
 # Every agent's connection runs these (compiled once per dialect, see ``prepared``).
 _BY_ID = Prepared(select(t.servers).where(_c.id == bindparam("sid")))
-_SUMMARIES = select(_c.id, _c.name, _c.is_connected).where(
-    _c.id.in_(bindparam("ids", expanding=True))
-)  # an IN list: SQLAlchemy's execute, but built once
+_SUMMARIES = PreparedIn(lambda ids: select(_c.id, _c.name, _c.is_connected).where(_c.id.in_(ids)))
 _BY_NAME = Prepared(select(t.servers).where(_c.name == bindparam("name")))
 _CONNECTED = Prepared(
     update(t.servers)
@@ -146,12 +144,11 @@ def get_server(conn: Connection, ref: str) -> ServerRow | None:
 
 def summaries(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str, bool]]:
     """``server id -> (name, is_connected)`` of those of ``ids`` that exist (one query
-    per 500): a page of sessions names its servers with one call, not one per server."""
+    per 512): a page of sessions names its servers with one call, not one per server."""
     out: dict[str, tuple[str, bool]] = {}
     pending = sorted(set(ids))
-    for start in range(0, len(pending), 500):
-        chunk = pending[start : start + 500]
-        rows = conn.execute(_SUMMARIES, {"ids": chunk})
+    for start in range(0, len(pending), IN_LIST_MAX):
+        rows = _SUMMARIES.rows(conn, pending[start : start + IN_LIST_MAX])
         out.update({str(sid): (str(name), bool(connected)) for sid, name, connected in rows})
     return out
 
