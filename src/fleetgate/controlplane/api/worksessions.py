@@ -38,6 +38,7 @@ from fleetgate.controlplane.store import (
     servers as servers_store,
     users as users_store,
     worksession_gate as session_gate,
+    worksession_list as session_list,
     worksessions as sessions_store,
 )
 from fleetgate.controlplane.store.worksessions import NewWorkSession, WorkSessionRow
@@ -187,7 +188,7 @@ async def list_sessions(
         raise invalid_request(f"status: unknown {status[:40]!r}", "status")
     page = parse_page(params)
     count, rows = await services.db.write(
-        sessions_store.list_work_sessions,
+        session_list.list_work_sessions,
         visible_to=None if principal.is_superuser else principal.user_id,
         status=status,
         now=now_us(),

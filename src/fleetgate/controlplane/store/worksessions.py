@@ -16,9 +16,6 @@ from sqlalchemy import (
     Connection,
     Select,
     bindparam,
-    exists,
-    func,
-    literal,
     or_,
     select,
     text,
@@ -38,36 +35,43 @@ from fleetgate.controlplane.worksession.lifecycle import (
 
 
 __all__ = [
+    "ASSIGNEE",
+    "CREATOR",
+    "SESSION_FROM",
     "NewWorkSession",
     "WorkSessionRow",
     "add_event",
     "adjust_request",
     "apply_action",
     "insert_work_session",
-    "list_work_sessions",
     "load_settled",
     "next_due_at",
+    "session_select",
     "settle_all",
     "update_fields",
 ]
 
 _w = t.work_sessions.c
-_creator = t.users.alias("cu")
-_assignee = t.users.alias("au")
-_FROM = t.work_sessions.outerjoin(_creator, _creator.c.id == _w.created_by).outerjoin(
-    _assignee, _assignee.c.id == _w.assigned_user
+CREATOR = t.users.alias("cu")
+"""The user who created a session (joined in :data:`SESSION_FROM`)."""
+ASSIGNEE = t.users.alias("au")
+"""The user a session is assigned to (joined in :data:`SESSION_FROM`)."""
+SESSION_FROM = t.work_sessions.outerjoin(CREATOR, CREATOR.c.id == _w.created_by).outerjoin(
+    ASSIGNEE, ASSIGNEE.c.id == _w.assigned_user
 )
 _LIVE = ("pending", "approved", "active")
 
 
-def _select() -> Select[Any]:
+def session_select() -> Select[Any]:
+    """Every session column and its creator's and assignee's names and emails (what
+    :meth:`WorkSessionRow.from_row` reads)."""
     return select(
         t.work_sessions,
-        _creator.c.username.label("created_by_name"),
-        _creator.c.email.label("created_by_email"),
-        _assignee.c.username.label("assigned_name"),
-        _assignee.c.email.label("assigned_email"),
-    ).select_from(_FROM)
+        CREATOR.c.username.label("created_by_name"),
+        CREATOR.c.email.label("created_by_email"),
+        ASSIGNEE.c.username.label("assigned_name"),
+        ASSIGNEE.c.email.label("assigned_email"),
+    ).select_from(SESSION_FROM)
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class WorkSessionRow:
 
     @classmethod
     def from_row(cls, row: Mapping[Any, Any]) -> WorkSessionRow:
-        """Build from a row selected with ``_select()``."""
+        """Build from a row selected with ``session_select()``."""
         return cls(
             id=row["id"],
             description=row["description"],
@@ -358,52 +362,6 @@ def adjust_request(
     return row
 
 
-def list_work_sessions(
-    conn: Connection,
-    *,
-    visible_to: int | None,
-    status: str | None,
-    now: int,
-    offset: int,
-    limit: int,
-    search: str | None = None,
-) -> tuple[int, list[WorkSessionRow]]:
-    """A page of sessions, newest first (``visible_to``: created by or assigned to).
-
-    ``search`` matches (case-insensitively, as a substring) the purpose, the requester's
-    or assignee's username, a server's name, or the start of the id.
-    """
-    settle_all(conn, now=now)
-    if not search:
-        # The console's and the API's usual pages: statements built once per filter set.
-        listing = _LISTINGS[(visible_to is not None, status is not None)]
-        params = {"user": visible_to, "status": status, "most": limit, "skip": offset}
-        count = listing.count.first(conn, params)[0]
-        return int(count), [WorkSessionRow.from_row(r) for r in listing.page.mappings(conn, params)]
-    where = []
-    if visible_to is not None:
-        where.append(or_(_w.created_by == visible_to, _w.assigned_user == visible_to))
-    if status is not None:
-        where.append(_w.status == status)
-    if search:
-        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        server = t.servers.c
-        # A server is named in the session's JSON list of ids as '"<id>"' (ids are UUIDs).
-        listed = _w.servers.contains(literal('"') + server.id + literal('"'))
-        where.append(
-            or_(
-                _w.description.ilike(pattern, escape="\\"),
-                _creator.c.username.ilike(pattern, escape="\\"),
-                _assignee.c.username.ilike(pattern, escape="\\"),
-                _w.id.ilike(pattern[1:], escape="\\"),
-                exists().where(listed, server.name.ilike(pattern, escape="\\")),
-            )
-        )
-    count = conn.execute(select(func.count()).select_from(_FROM).where(*where)).scalar_one()
-    stmt = _select().where(*where).order_by(_w.added_at.desc(), _w.id).limit(limit).offset(offset)
-    return int(count), [WorkSessionRow.from_row(r) for r in conn.execute(stmt).mappings()]
-
-
 def settle_all(conn: Connection, *, now: int) -> list[WorkSessionRow]:
     """Persist every due start and expiry; return the sessions that changed."""
     ids = [row[0] for row in _DUE.rows(conn, {"now": now})]
@@ -425,7 +383,7 @@ def next_due_at(conn: Connection) -> int | None:
 
 # Every look at a session runs these (compiled once per dialect, see ``prepared``).
 _GET = Prepared(
-    _select()
+    session_select()
     .where(_w.id == bindparam("sid"))
     # The session's row is locked until the transaction ends (PostgreSQL; SQLite's write
     # transactions are serialized already): its status moves are read-then-write.
@@ -454,33 +412,3 @@ _DUE = Prepared(
     )
 )
 _LIVE_TIMES = Prepared(select(_w.status, _w.starts_at, _w.expires_at).where(_LIVE_STATUS))
-
-
-@dataclass(frozen=True)
-class _Listing:
-    count: Prepared
-    page: Prepared
-
-
-def _listing(by_user: bool, by_status: bool) -> _Listing:
-    where = []
-    if by_user:
-        user: Any = bindparam("user")
-        where.append(or_(_w.created_by == user, _w.assigned_user == user))
-    if by_status:
-        where.append(_w.status == bindparam("status"))
-    page = (
-        _select()
-        .where(*where)
-        .order_by(_w.added_at.desc(), _w.id)
-        .limit(bindparam("most"))
-        .offset(bindparam("skip"))
-    )
-    return _Listing(Prepared(select(func.count()).select_from(_FROM).where(*where)), Prepared(page))
-
-
-_LISTINGS = {
-    (by_user, by_status): _listing(by_user, by_status)
-    for by_user in (False, True)
-    for by_status in (False, True)
-}
