@@ -18,6 +18,7 @@ so callers and the PostgreSQL retry of :mod:`.db` see the same exceptions as bef
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,12 +98,20 @@ class Prepared:
 
     def rows(self, conn: Connection, params: Mapping[str, Any] | None = None) -> list[Any]:
         """Every row, as the driver's tuples."""
-        rows: list[Any] = _run(conn, self._for(conn), params or {}).fetchall()
+        cursor = _run(conn, self._for(conn), params or {})
+        try:
+            rows: list[Any] = cursor.fetchall()
+        finally:
+            cursor.close()
         return rows
 
     def first(self, conn: Connection, params: Mapping[str, Any] | None = None) -> Any:
         """The first row (a tuple) or ``None``."""
-        return _run(conn, self._for(conn), params or {}).fetchone()
+        cursor = _run(conn, self._for(conn), params or {})
+        try:
+            return cursor.fetchone()
+        finally:
+            cursor.close()
 
     def mapping(
         self, conn: Connection, params: Mapping[str, Any] | None = None
@@ -120,14 +129,18 @@ class Prepared:
 
     def run(self, conn: Connection, params: Mapping[str, Any] | None = None) -> int:
         """Execute a write; the number of rows it matched."""
-        return int(_run(conn, self._for(conn), params or {}).rowcount)
+        cursor = _run(conn, self._for(conn), params or {})
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
 
     def run_many(self, conn: Connection, params: Iterable[Mapping[str, Any]]) -> None:
         """Execute a write once per parameter set (the driver's ``executemany``)."""
         compiled = self._for(conn)
         batch = [_bind(compiled, one) for one in params]
         if batch:
-            _call(conn, compiled, batch, many=True)
+            _call(conn, compiled, batch, many=True).close()
 
 
 IN_LIST_MAX = 512
@@ -207,6 +220,8 @@ def _raise_wrapped(
 ) -> None:
     dialect = conn.dialect
     disconnect = bool(dialect.is_disconnect(error, conn.connection.dbapi_connection, cursor))
+    with suppress(Exception):  # a broken connection's cursor may fail to close too
+        cursor.close()
     wrapped = DBAPIError.instance(
         compiled.sql,
         params,
