@@ -38,6 +38,7 @@ from fleetgate.controlplane.store import (
     servers as servers_store,
     users as users_store,
     worksession_gate as session_gate,
+    worksession_list as session_list,
     worksessions as sessions_store,
 )
 from fleetgate.controlplane.store.worksessions import NewWorkSession, WorkSessionRow
@@ -123,14 +124,22 @@ async def _server_ids(
 
 
 async def _render(row: WorkSessionRow, services: Services) -> dict[str, Any]:
-    servers = []
-    for server_id in row.server_ids:
-        server = await services.db.read(servers_store.get_server, server_id)
-        if server is not None:
-            servers.append(
-                {"id": server.id, "name": server.name, "is_connected": server.is_connected}
-            )
-    return session_json(row, servers)
+    return (await _render_all([row], services))[0]
+
+
+async def _render_all(rows: list[WorkSessionRow], services: Services) -> list[dict[str, Any]]:
+    """The sessions' JSON, their servers' names read in one call for the whole page."""
+    ids = [server_id for row in rows for server_id in row.server_ids]
+    found = await services.db.read(servers_store.summaries, ids) if ids else {}
+    out = []
+    for row in rows:
+        servers = [
+            {"id": server_id, "name": found[server_id][0], "is_connected": found[server_id][1]}
+            for server_id in row.server_ids
+            if server_id in found
+        ]
+        out.append(session_json(row, servers))
+    return out
 
 
 @router.post("/", status_code=201)
@@ -179,7 +188,7 @@ async def list_sessions(
         raise invalid_request(f"status: unknown {status[:40]!r}", "status")
     page = parse_page(params)
     count, rows = await services.db.write(
-        sessions_store.list_work_sessions,
+        session_list.list_work_sessions,
         visible_to=None if principal.is_superuser else principal.user_id,
         status=status,
         now=now_us(),
@@ -187,7 +196,7 @@ async def list_sessions(
         limit=page.size,
         search=search,
     )
-    results = [await _render(r, services) for r in rows]
+    results = await _render_all(rows, services)
     return JSONResponse(page_response(request, services.settings.public_url, page, count, results))
 
 

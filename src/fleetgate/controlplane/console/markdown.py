@@ -8,6 +8,8 @@ without a referrer.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from markdown_it import MarkdownIt
 from markdown_it.renderer import RendererHTML
 from markdown_it.token import Token
@@ -44,12 +46,18 @@ def _build() -> MarkdownIt:
 
 _MD = _build()
 
+CACHED = 512
+"""Texts whose rendering is kept: a page of sessions shows the same purposes on every
+load, and parsing each is most of the page's time (bounded: descriptions are capped)."""
 
+
+@lru_cache(maxsize=CACHED)
 def render_markdown(text: str) -> str:
     """``text`` (Markdown) as HTML that is safe to insert in a page."""
     return str(_MD.render(text))
 
 
+@lru_cache(maxsize=CACHED)
 def plain_text(text: str) -> str:
     """``text`` (Markdown) as one line of plain text, for lists (escape it on output)."""
     tokens = _MD.parseInline(text.replace("\n", " "))

@@ -37,11 +37,9 @@ from fleetgate.controlplane.hub.undeliverable import deliver, fail_refused
 from fleetgate.controlplane.hub.wakeups import CommandWakeups
 from fleetgate.controlplane.store import (
     Database,
-    commands as commands_store,
+    hello as hello_store,
     reports as reports_store,
     servers as servers_store,
-    ssh as ssh_store,
-    terminals as terminals_store,
 )
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.shared.errors import ProtocolViolation
@@ -272,16 +270,15 @@ class AgentSession:
         conn.max_message_bytes = hello.max_message_bytes or self.settings.max_message_bytes
         conn.features = frozenset(hello.features)
         await self.db.write(
-            servers_store.mark_connected,
+            hello_store.record_hello,
             conn.server_id,
             agent_version=hello.agent_version,
             hostname=hello.hostname,
             connected_at=conn.connected_at,
             last_seen_at=conn.last_seen_at,
             labels=hello.labels,
+            ssh_host_key=hello.ssh_host_key,
         )
-        if hello.ssh_host_key:
-            await self.db.write(ssh_store.set_host_key, conn.server_id, hello.ssh_host_key)
         welcome = Welcome(server_id=uuid.UUID(conn.server_id), server_name=conn.server_name)
         if not await conn.send_quietly(welcome):
             return
@@ -293,28 +290,25 @@ class AgentSession:
         if self.on_link is not None:
             await self.on_link(conn)
         self.log.info("agent.hello", agent_version=hello.agent_version, running=len(hello.running))
-        rows = await self.db.write(
-            commands_store.claim_for_hello,
+        now = now_us()
+        resumed = await self.db.write(
+            hello_store.resume,
             conn.server_id,
-            now=now_us(),
+            now=now,
             running=[str(command_id) for command_id in hello.running],
+            closed_since=now - UNDELIVERED_END_WINDOW_US,
         )
-        for row in rows:
+        for row in resumed.commands:
             if not await deliver(conn, self.db, row, self.wakeups.notify):
                 break
             self.log.debug("command.sent", command_id=row.id, redelivery=True)
-        await self._end_closed_terminals()
+        await self._end_closed_terminals(resumed.closed_terminals)
 
-    async def _end_closed_terminals(self) -> None:
+    async def _end_closed_terminals(self, closed: list[tuple[str, str]]) -> None:
         """Terminals closed here (revoked, deleted) while this agent may have been away:
         ``terminal.end`` again, so a detached shell does not wait for its grace. An agent
         ignores a terminal it no longer has."""
         conn = self.conn
-        closed = await self.db.read(
-            terminals_store.closed_unrecorded,
-            conn.server_id,
-            since=now_us() - UNDELIVERED_END_WINDOW_US,
-        )
         for terminal_id, reason in closed:
             message = TerminalEnd(terminal_id=uuid.UUID(terminal_id), reason=reason[:1024])
             if not await conn.send_quietly(message):

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Connection, RowMapping, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.prepared import Prepared
 from fleetgate.controlplane.store.queries import (
     CommandFilter,
     build_command_query,
@@ -97,7 +99,7 @@ class CommandRow:
     """The agent's refusal code of a command it refused (``error_phase`` ``denied``)."""
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> CommandRow:
+    def from_row(cls, row: Mapping[Any, Any]) -> CommandRow:
         """Build from a row selected with :func:`~.queries.command_select`."""
         success = row["success"]
         return cls(
@@ -152,20 +154,38 @@ class ChunkRow:
 _c = t.commands.c
 _chunk = t.command_chunks.c
 
-# Hot statements, built once: executed with new parameters each time.
-_INSERT = t.commands.insert()
-_GET = command_select().where(_c.id == bindparam("cid"))
-_READ_CHUNKS = (
+# Hot statements, compiled once per dialect (see ``prepared``): a command's create, its
+# stream's polls and its reads run these.
+_INSERTED = (
+    "id", "server_id", "shell", "line", "username", "groupname", "env", "timeout",
+    "requested_by", "added_at", "scheduled_at", "sent_at", "work_session_id",
+    "grant_token", "sudo", "requested_token",
+)  # fmt: skip
+_INSERT = Prepared(t.commands.insert().values({name: bindparam(name) for name in _INSERTED}))
+_GET = Prepared(command_select().where(_c.id == bindparam("cid")))
+_READ_CHUNKS = Prepared(
     select(_chunk.seq, _chunk.content)
     .where(_chunk.command_id == bindparam("cid"), _chunk.seq >= bindparam("first"))
     .order_by(_chunk.seq)
     .limit(bindparam("most"))
 )
-_MARK_SENT = (
+_MARK_SENT = Prepared(
     update(t.commands)
     .where(_c.id == bindparam("cid"), _c.sent_at.is_(None))
     .values(sent_at=bindparam("at"))
 )
+_UNDELIVERED = Prepared(
+    select(_c.id)
+    .where(
+        _c.server_id == bindparam("sid"),
+        _c.delivered_at.is_(None),
+        _c.acked_at.is_(None),
+        _c.handled_at.is_(None),
+        _c.cancelled_at.is_(None),
+        _c.scheduled_at <= bindparam("now"),
+    )
+    .order_by(_c.scheduled_at, _c.added_at)
+)  # every agent's hello reads it
 
 
 def insert_command(
@@ -182,8 +202,8 @@ def insert_command(
     The row is returned as inserted (the caller knows the server's name and the
     requester), without reading it back.
     """
-    conn.execute(
-        _INSERT,
+    _INSERT.run(
+        conn,
         {
             "id": cmd.id,
             "server_id": cmd.server_id,
@@ -240,7 +260,7 @@ def insert_command(
 
 def get_command(conn: Connection, command_id: str) -> CommandRow | None:
     """The command with this id."""
-    row = conn.execute(_GET, {"cid": command_id}).mappings().first()
+    row = _GET.mapping(conn, {"cid": command_id})
     return None if row is None else CommandRow.from_row(row)
 
 
@@ -289,7 +309,7 @@ def list_chunks(
 
 def read_chunks(conn: Connection, command_id: str, *, seq_gte: int, limit: int) -> list[ChunkRow]:
     """Up to ``limit`` chunks with ``seq >= seq_gte``, in order (for the stream)."""
-    rows = conn.execute(_READ_CHUNKS, {"cid": command_id, "first": seq_gte, "most": limit})
+    rows = _READ_CHUNKS.rows(conn, {"cid": command_id, "first": seq_gte, "most": limit})
     return [ChunkRow(int(seq), str(content)) for seq, content in rows]
 
 
@@ -352,28 +372,14 @@ def claim_for_hello(
     """Every due, undelivered, uncancelled command of a server (sent or not) except those
     the agent says it is running, marked as sent, oldest first."""
     skip = set(running)
-    stmt = (
-        select(_c.id)
-        .where(
-            _c.server_id == server_id,
-            _c.delivered_at.is_(None),
-            _c.acked_at.is_(None),
-            _c.handled_at.is_(None),
-            _c.cancelled_at.is_(None),
-            _c.scheduled_at <= now,
-        )
-        .order_by(_c.scheduled_at, _c.added_at)
-    )
-    ids = [command_id for command_id in conn.execute(stmt).scalars() if command_id not in skip]
-    return _mark_sent(conn, ids, now)
+    rows = _UNDELIVERED.rows(conn, {"sid": server_id, "now": now})
+    return _mark_sent(conn, [row[0] for row in rows if row[0] not in skip], now)
 
 
 def _mark_sent(conn: Connection, ids: list[str], now: int) -> list[CommandRow]:
     out: list[CommandRow] = []
     for command_id in ids:
-        conn.execute(
-            update(t.commands).where(_c.id == command_id, _c.sent_at.is_(None)).values(sent_at=now)
-        )
+        _MARK_SENT.run(conn, {"cid": command_id, "at": now})
         row = get_command(conn, command_id)
         if row is not None:
             out.append(row)

@@ -175,8 +175,10 @@ IMMEDIATE = "fleetgate.immediate"
 def _sqlite_begin(conn: Any) -> None:
     # A write takes the write lock at BEGIN: two writers never both read and then fail to
     # upgrade (SQLITE_BUSY), they queue on busy_timeout instead.
+    # On the driver's connection: exec_driver_sql would cost SQLAlchemy's whole execution
+    # path for a statement that has no parameters and no result.
     immediate = conn.info.pop(IMMEDIATE, False)
-    conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def check_connection(engine: Engine) -> None:

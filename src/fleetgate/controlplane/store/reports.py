@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from fleetgate.controlplane.store import tables as t, worksessions as sessions_store
-from fleetgate.controlplane.store.sql import ignoring_conflicts, json_text
+from fleetgate.controlplane.store.prepared import IN_LIST_MAX, Prepared, PreparedIn
+from fleetgate.controlplane.store.sql import insert_ignoring, json_text
 from fleetgate.controlplane.store.ssh_events import store_ssh_event
 from fleetgate.controlplane.timeutil import to_us
 from fleetgate.shared.protocol import (
@@ -92,27 +93,33 @@ def apply_reports(
             outcome.changed.add(command_id)
         outcome.stored.append(report.rid)
     if last_seen_at is not None:
-        conn.execute(_LAST_SEEN, {"server_id": server_id, "seen": last_seen_at})
+        _LAST_SEEN.run(conn, {"server_id": server_id, "seen": last_seen_at})
     return outcome
 
 
 _c = t.commands.c
 
-# The hot statements, built once (parameters at execution): one command's life stores
-# four reports, and a busy fleet sends thousands a second.
-_HOLDS_ENV = select(_c.id).where(_c.id == bindparam("cid"), _c.env != "{}", _c.handled_at.is_(None))
-_CHUNK = ignoring_conflicts(t.command_chunks)
-_DELIVERED = (
+# The hot statements, compiled once per dialect (see ``prepared``): one command's life
+# stores four reports, and a busy fleet sends thousands a second.
+_HOLDS_ENV = Prepared(
+    select(_c.id).where(_c.id == bindparam("cid"), _c.env != "{}", _c.handled_at.is_(None))
+)
+_CHUNK = Prepared(
+    lambda dialect: insert_ignoring(t.command_chunks, dialect).values(
+        command_id=bindparam("command_id"), seq=bindparam("seq"), content=bindparam("content")
+    )
+)
+_DELIVERED = Prepared(
     update(t.commands)
     .where(_c.id == bindparam("cid"), _c.delivered_at.is_(None))
     .values(delivered_at=bindparam("at"), sent_at=func.coalesce(_c.sent_at, bindparam("at")))
 )
-_ACKED = (
+_ACKED = Prepared(
     update(t.commands)
     .where(_c.id == bindparam("cid"), _c.acked_at.is_(None))
     .values(acked_at=bindparam("at"))
 )
-_FINISHED = (
+_FINISHED = Prepared(
     update(t.commands)
     .where(_c.id == bindparam("cid"), _c.handled_at.is_(None))
     .values(
@@ -129,11 +136,9 @@ _FINISHED = (
         env="{}",
     )
 )
-_OWNERS = select(_c.id, _c.server_id).where(_c.id.in_(bindparam("ids", expanding=True)))
-_OWN = select(_c.id).where(
-    _c.server_id == bindparam("sid"), _c.id.in_(bindparam("ids", expanding=True))
-)
-_LAST_SEEN = (
+_OWNERS = PreparedIn(lambda ids: select(_c.id, _c.server_id).where(_c.id.in_(ids)))
+_OWN = PreparedIn(lambda ids: select(_c.id).where(_c.server_id == bindparam("sid"), _c.id.in_(ids)))
+_LAST_SEEN = Prepared(
     update(t.servers)
     .where(t.servers.c.id == bindparam("server_id"))
     .values(last_seen_at=bindparam("seen"))
@@ -141,7 +146,7 @@ _LAST_SEEN = (
 
 
 def _holds_env(conn: Connection, command_id: str) -> bool:
-    return conn.execute(_HOLDS_ENV, {"cid": command_id}).first() is not None
+    return _HOLDS_ENV.first(conn, {"cid": command_id}) is not None
 
 
 @dataclass
@@ -190,17 +195,16 @@ def apply_report_batches(
         # In id order: two writers locking the same rows lock them in the same order
         # (PostgreSQL), so they queue instead of deadlocking.
         params = [{"server_id": sid, "seen": seen} for sid, seen in sorted(last_seen.items())]
-        conn.execute(_LAST_SEEN, params)
+        _LAST_SEEN.run_many(conn, params)
     return outcomes
 
 
 def _owners(conn: Connection, ids: set[str]) -> dict[str, str]:
-    """The server of each of ``ids`` that is a command (one query per 500 ids)."""
+    """The server of each of ``ids`` that is a command (one query per 512 ids)."""
     found: dict[str, str] = {}
     pending = sorted(ids)
-    for start in range(0, len(pending), 500):
-        chunk = pending[start : start + 500]
-        rows = conn.execute(_OWNERS, {"ids": chunk})
+    for start in range(0, len(pending), IN_LIST_MAX):
+        rows = _OWNERS.rows(conn, pending[start : start + IN_LIST_MAX])
         found.update((str(command_id), str(server)) for command_id, server in rows)
     return found
 
@@ -257,12 +261,12 @@ def _store_sudo(conn: Connection, server_id: str, report: SudoDecided) -> None:
 
 
 def _own_commands(conn: Connection, server_id: str, ids: set[str]) -> set[str]:
-    """Which of ``ids`` are commands of this server (one query per 500 ids)."""
+    """Which of ``ids`` are commands of this server (one query per 512 ids)."""
     found: set[str] = set()
     pending = sorted(ids)
-    for start in range(0, len(pending), 500):
-        chunk = pending[start : start + 500]
-        found.update(conn.execute(_OWN, {"sid": server_id, "ids": chunk}).scalars())
+    for start in range(0, len(pending), IN_LIST_MAX):
+        rows = _OWN.rows(conn, pending[start : start + IN_LIST_MAX], {"sid": server_id})
+        found.update(str(row[0]) for row in rows)
     return found
 
 
@@ -270,16 +274,16 @@ def _apply_one(conn: Connection, command_id: str, report: CommandReport) -> bool
     """Store one report; whether stream readers should be woken."""
     if isinstance(report, CommandOutput):
         chunk = {"command_id": command_id, "seq": report.seq, "content": report.data}
-        return conn.execute(_CHUNK(conn), chunk).rowcount > 0
+        return _CHUNK.run(conn, chunk) > 0
     if isinstance(report, CommandDelivered):
-        conn.execute(_DELIVERED, {"cid": command_id, "at": to_us(report.delivered_at)})
+        _DELIVERED.run(conn, {"cid": command_id, "at": to_us(report.delivered_at)})
         return False
     if isinstance(report, CommandAcked):
-        conn.execute(_ACKED, {"cid": command_id, "at": to_us(report.acked_at)})
+        _ACKED.run(conn, {"cid": command_id, "at": to_us(report.acked_at)})
         return False
     assert isinstance(report, CommandFinished)
-    cur = conn.execute(
-        _FINISHED,
+    changed = _FINISHED.run(
+        conn,
         {
             "cid": command_id,
             "at": to_us(report.handled_at),
@@ -294,4 +298,4 @@ def _apply_one(conn: Connection, command_id: str, report: CommandReport) -> bool
             "refusal": report.code,
         },
     )
-    return cur.rowcount > 0
+    return changed > 0

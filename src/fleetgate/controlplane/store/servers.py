@@ -5,11 +5,14 @@ from __future__ import annotations
 import hmac
 import json
 import uuid
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import Connection, RowMapping, delete, func, select, update
+from sqlalchemy import Connection, bindparam, delete, func, select, update
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.prepared import IN_LIST_MAX, Prepared, PreparedIn
 from fleetgate.controlplane.store.sql import insert_ignore
 from fleetgate.controlplane.store.users import hash_key, new_key
 from fleetgate.shared.labels import check_labels
@@ -28,6 +31,7 @@ __all__ = [
     "register_server",
     "reset_connections",
     "rotate_key",
+    "summaries",
     "touch",
     "update_labels",
 ]
@@ -35,6 +39,31 @@ __all__ = [
 SERVER_KEY_PREFIX = "fsk_"
 
 _c = t.servers.c
+
+# Every agent's connection runs these (compiled once per dialect, see ``prepared``).
+_BY_ID = Prepared(select(t.servers).where(_c.id == bindparam("sid")))
+_SUMMARIES = PreparedIn(lambda ids: select(_c.id, _c.name, _c.is_connected).where(_c.id.in_(ids)))
+_BY_NAME = Prepared(select(t.servers).where(_c.name == bindparam("name")))
+_CONNECTED = Prepared(
+    update(t.servers)
+    .where(_c.id == bindparam("sid"))
+    .values(
+        is_connected=1,
+        agent_version=bindparam("version"),
+        hostname=bindparam("hostname"),
+        connected_at=bindparam("connected_at"),
+        last_seen_at=bindparam("seen"),
+        agent_labels=bindparam("labels"),
+    )
+)
+_DISCONNECTED = Prepared(
+    update(t.servers)
+    .where(_c.id == bindparam("sid"), _c.connected_at == bindparam("connected_at"))
+    .values(is_connected=0, last_seen_at=bindparam("seen"))
+)
+_TOUCH = Prepared(
+    update(t.servers).where(_c.id == bindparam("sid")).values(last_seen_at=bindparam("seen"))
+)
 
 
 @dataclass(frozen=True)
@@ -61,7 +90,7 @@ class ServerRow:
         return {**self.agent_labels, **self.operator_labels}
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> ServerRow:
+    def from_row(cls, row: Mapping[Any, Any]) -> ServerRow:
         """Build from a ``servers`` row."""
         return cls(
             id=str(row["id"]),
@@ -107,10 +136,21 @@ def get_server(conn: Connection, ref: str) -> ServerRow | None:
     except ValueError:
         pass
     else:
-        row = conn.execute(select(t.servers).where(_c.id == server_id)).mappings().first()
+        row = _BY_ID.mapping(conn, {"sid": server_id})
     if row is None:
-        row = conn.execute(select(t.servers).where(_c.name == ref)).mappings().first()
+        row = _BY_NAME.mapping(conn, {"name": ref})
     return None if row is None else ServerRow.from_row(row)
+
+
+def summaries(conn: Connection, ids: Iterable[str]) -> dict[str, tuple[str, bool]]:
+    """``server id -> (name, is_connected)`` of those of ``ids`` that exist (one query
+    per 512): a page of sessions names its servers with one call, not one per server."""
+    out: dict[str, tuple[str, bool]] = {}
+    pending = sorted(set(ids))
+    for start in range(0, len(pending), IN_LIST_MAX):
+        rows = _SUMMARIES.rows(conn, pending[start : start + IN_LIST_MAX])
+        out.update({str(sid): (str(name), bool(connected)) for sid, name, connected in rows})
+    return out
 
 
 def list_servers(
@@ -122,14 +162,35 @@ def list_servers(
     limit: int,
 ) -> tuple[int, list[ServerRow]]:
     """A page of servers by name, and the total count matching the filters."""
+    count_stmt, page = _LISTINGS[(name is not None, is_connected is not None)]
+    params = {
+        "name": name,
+        "connected": None if is_connected is None else int(is_connected),
+        "most": limit,
+        "skip": offset,
+    }
+    count = count_stmt.first(conn, params)[0]
+    return int(count), [ServerRow.from_row(r) for r in page.mappings(conn, params)]
+
+
+def _listing(by_name: bool, by_connected: bool) -> tuple[Prepared, Prepared]:
     where = []
-    if name is not None:
-        where.append(_c.name == name)
-    if is_connected is not None:
-        where.append(_c.is_connected == int(is_connected))
-    count = conn.execute(select(func.count()).select_from(t.servers).where(*where)).scalar_one()
-    stmt = select(t.servers).where(*where).order_by(_c.name).limit(limit).offset(offset)
-    return int(count), [ServerRow.from_row(r) for r in conn.execute(stmt).mappings()]
+    if by_name:
+        where.append(_c.name == bindparam("name"))
+    if by_connected:
+        where.append(_c.is_connected == bindparam("connected"))
+    page = (
+        select(t.servers)
+        .where(*where)
+        .order_by(_c.name)
+        .limit(bindparam("most"))
+        .offset(bindparam("skip"))
+    )
+    return Prepared(select(func.count()).select_from(t.servers).where(*where)), Prepared(page)
+
+
+# The list's statements, built once per filter set (see ``prepared``).
+_LISTINGS = {(n, c): _listing(n, c) for n in (False, True) for c in (False, True)}
 
 
 def rotate_key(conn: Connection, server_id: str) -> str:
@@ -150,7 +211,7 @@ def authenticate(conn: Connection, server_id: str, key: str) -> ServerRow | None
         server_id = str(uuid.UUID(server_id))
     except ValueError:
         return None
-    row = conn.execute(select(t.servers).where(_c.id == server_id)).mappings().first()
+    row = _BY_ID.mapping(conn, {"sid": server_id})
     if row is None or not hmac.compare_digest(str(row["key_hash"]), hash_key(key)):
         return None
     return ServerRow.from_row(row)
@@ -168,17 +229,16 @@ def mark_connected(
 ) -> None:
     """Record an agent's ``hello`` on the connection that started at ``connected_at``;
     ``labels`` (from the agent's configuration) replace the agent's previous ones."""
-    conn.execute(
-        update(t.servers)
-        .where(_c.id == server_id)
-        .values(
-            is_connected=1,
-            agent_version=agent_version,
-            hostname=hostname,
-            connected_at=connected_at,
-            last_seen_at=last_seen_at,
-            agent_labels=json.dumps(labels or {}, sort_keys=True),
-        )
+    _CONNECTED.run(
+        conn,
+        {
+            "sid": server_id,
+            "version": agent_version,
+            "hostname": hostname,
+            "connected_at": connected_at,
+            "seen": last_seen_at,
+            "labels": json.dumps(labels or {}, sort_keys=True),
+        },
     )
 
 
@@ -218,16 +278,12 @@ def mark_disconnected(
 
     A newer connection of the same server (another ``connected_at``) is left alone.
     """
-    conn.execute(
-        update(t.servers)
-        .where(_c.id == server_id, _c.connected_at == connected_at)
-        .values(is_connected=0, last_seen_at=last_seen_at)
-    )
+    _DISCONNECTED.run(conn, {"sid": server_id, "connected_at": connected_at, "seen": last_seen_at})
 
 
 def touch(conn: Connection, server_id: str, *, last_seen_at: int) -> None:
     """Persist the time of the agent's last frame."""
-    conn.execute(update(t.servers).where(_c.id == server_id).values(last_seen_at=last_seen_at))
+    _TOUCH.run(conn, {"sid": server_id, "seen": last_seen_at})
 
 
 def reset_connections(conn: Connection) -> None:

@@ -15,7 +15,6 @@ compiled per dialect, and the helpers that pick a dialect's statement at run tim
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import Connection, Table, literal_column, text
@@ -27,12 +26,11 @@ from sqlalchemy.types import Boolean, Text
 
 
 __all__ = [
-    "PerDialect",
     "advisory_xact_lock",
     "casefold",
     "contains",
-    "ignoring_conflicts",
     "insert_ignore",
+    "insert_ignoring",
     "json_text",
 ]
 
@@ -114,32 +112,11 @@ def insert_ignore(conn: Connection, table: Table) -> Any:
     return dialect.insert(table).on_conflict_do_nothing()
 
 
-class PerDialect:
-    """One prepared statement per dialect, built once: a hot path executes the same
-    statement object with new parameters, so SQLAlchemy neither rebuilds nor re-keys it."""
-
-    def __init__(self, build: Callable[[str], Any]) -> None:
-        self._build = build
-        self._built: dict[str, Any] = {}
-
-    def __call__(self, conn: Connection) -> Any:
-        """The statement for ``conn``'s dialect."""
-        name = conn.dialect.name
-        stmt = self._built.get(name)
-        if stmt is None:
-            stmt = self._built[name] = self._build(name)
-        return stmt
-
-
-def ignoring_conflicts(table: Table) -> PerDialect:
-    """:func:`insert_ignore` of ``table`` as a :class:`PerDialect` statement (values as
-    parameters at execution)."""
-
-    def build(name: str) -> Any:
-        dialect = sqlite if name == "sqlite" else postgresql
-        return dialect.insert(table).on_conflict_do_nothing()
-
-    return PerDialect(build)
+def insert_ignoring(table: Table, dialect: str) -> Any:
+    """:func:`insert_ignore` of ``table`` for the dialect named ``dialect`` (for
+    :class:`~fleetgate.controlplane.store.prepared.Prepared`)."""
+    module = sqlite if dialect == "sqlite" else postgresql
+    return module.insert(table).on_conflict_do_nothing()
 
 
 def advisory_xact_lock(conn: Connection, key: int) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.prepared import Prepared
 
 
 __all__ = ["SshConnectionRow", "get_connection", "host_keys", "insert_connection", "set_host_key"]
@@ -27,12 +28,18 @@ class SshConnectionRow:
 
 def set_host_key(conn: Connection, server_id: str, key: str) -> None:
     """Remember the SSH host key the server's agent announced (``hello``, registration)."""
-    server = t.servers.c
-    conn.execute(
-        update(t.servers)
-        .where(server.id == server_id, server.ssh_host_key.is_distinct_from(key))
-        .values(ssh_host_key=key)
+    _SET_HOST_KEY.run(conn, {"sid": server_id, "key": key})
+
+
+# Every agent's hello with a host key runs it (compiled once per dialect, see ``prepared``).
+_SET_HOST_KEY = Prepared(
+    update(t.servers)
+    .where(
+        t.servers.c.id == bindparam("sid"),
+        t.servers.c.ssh_host_key.is_distinct_from(bindparam("key")),
     )
+    .values(ssh_host_key=bindparam("key"))
+)
 
 
 def host_keys(conn: Connection, server_ids: list[str]) -> dict[str, str]:

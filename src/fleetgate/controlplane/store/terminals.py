@@ -7,12 +7,14 @@ ended or it was closed. Its recording arrives from the agent after the end.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, RowMapping, Select, case, func, or_, select, update
+from sqlalchemy import Connection, Select, bindparam, case, func, or_, select, update
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.prepared import Prepared
 
 
 __all__ = [
@@ -65,7 +67,7 @@ def _select() -> Select[Any]:
     )
 
 
-def _row(row: RowMapping) -> TerminalRow:
+def _row(row: Mapping[Any, Any]) -> TerminalRow:
     return TerminalRow(**{name: row[name] for name in TerminalRow.__dataclass_fields__})
 
 
@@ -120,19 +122,34 @@ def list_terminals(
     offset: int = 0,
 ) -> tuple[list[TerminalRow], int]:
     """Terminals, newest first, with the total count; every given filter applies."""
-    where = [
-        column == value
-        for column, value in (
-            (_t.owner_user, owner_user),
-            (_t.owner_token, owner_token),
-            (_t.work_session_id, work_session_id),
-            (_t.server_id, server_id),
+    values = (owner_user, owner_token, work_session_id, server_id)
+    count, page = _listing(tuple(value is not None for value in values))
+    params = dict(zip(_FILTERS, values, strict=True)) | {"most": limit, "skip": offset}
+    total = count.first(conn, params)[0]
+    return [_row(r) for r in page.mappings(conn, params)], int(total)
+
+
+_FILTERS = ("owner_user", "owner_token", "work_session_id", "server_id")
+_LISTINGS: dict[tuple[bool, ...], tuple[Prepared, Prepared]] = {}
+"""The list's statements per set of filters given (at most 16), built at first use."""
+
+
+def _listing(given: tuple[bool, ...]) -> tuple[Prepared, Prepared]:
+    found = _LISTINGS.get(given)
+    if found is None:
+        where = [
+            _t[name] == bindparam(name) for name, on in zip(_FILTERS, given, strict=True) if on
+        ]
+        page = (
+            _select()
+            .where(*where)
+            .order_by(_t.created_at.desc(), _t.id)
+            .limit(bindparam("most"))
+            .offset(bindparam("skip"))
         )
-        if value is not None
-    ]
-    total = conn.execute(select(func.count()).select_from(t.terminals).where(*where))
-    stmt = _select().where(*where).order_by(_t.created_at.desc(), _t.id).limit(limit).offset(offset)
-    return [_row(r) for r in conn.execute(stmt).mappings()], int(total.scalar_one())
+        count = select(func.count()).select_from(t.terminals).where(*where)
+        found = _LISTINGS[given] = (Prepared(count), Prepared(page))
+    return found
 
 
 def mark_attached(conn: Connection, terminal_id: str, channel_id: str) -> None:
@@ -187,18 +204,22 @@ def closed_unrecorded(
 ) -> list[tuple[str, str]]:
     """``(id, close_reason)`` of the terminals of ``server_id`` closed since ``since``
     whose recording has not arrived: their shell may still run on the agent."""
-    stmt = (
-        select(_t.id, func.coalesce(_t.close_reason, "closed"))
-        .where(
-            _t.server_id == server_id,
-            _t.status == "closed",
-            _t.recorded_at.is_(None),
-            _t.closed_at >= since,
-        )
-        .order_by(_t.closed_at)
-        .limit(limit)
+    rows = _CLOSED_UNRECORDED.rows(conn, {"sid": server_id, "since": since, "most": limit})
+    return [(str(r[0]), str(r[1])) for r in rows]
+
+
+# Every agent's hello reads it (compiled once per dialect, see ``prepared``).
+_CLOSED_UNRECORDED = Prepared(
+    select(_t.id, func.coalesce(_t.close_reason, "closed"))
+    .where(
+        _t.server_id == bindparam("sid"),
+        _t.status == "closed",
+        _t.recorded_at.is_(None),
+        _t.closed_at >= bindparam("since"),
     )
-    return [(str(r[0]), str(r[1])) for r in conn.execute(stmt)]
+    .order_by(_t.closed_at)
+    .limit(bindparam("most"))
+)
 
 
 def set_recording(conn: Connection, terminal_id: str, *, size: int, sha256: str, now: int) -> None:

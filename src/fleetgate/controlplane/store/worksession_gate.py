@@ -5,9 +5,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.prepared import Prepared
 from fleetgate.controlplane.store.worksessions import WorkSessionRow, add_event, load_settled
 from fleetgate.controlplane.worksession.gate import GateDenial, SessionView, check_gate
 
@@ -65,32 +66,39 @@ def list_events(
     conn: Connection, session_id: str, *, offset: int, limit: int
 ) -> tuple[int, list[dict[str, Any]]]:
     """A page of a session's timeline, oldest first, with command details joined."""
-    ev, cmd, user = t.work_session_events.c, t.commands.c, t.users.c
-    count = conn.execute(
-        select(func.count()).select_from(t.work_session_events).where(ev.session_id == session_id)
-    ).scalar_one()
-    stmt = (
-        select(
-            t.work_session_events,
-            user.username.label("actor_name"),
-            cmd.line,
-            cmd.shell,
-            cmd.success,
-            cmd.exit_code,
-            cmd.elapsed_time,
-            cmd.sudo,
-            cmd.error_code,
-            cmd.error_phase,
-            cmd.requested_token,
-        )
-        .select_from(
-            t.work_session_events.outerjoin(t.users, user.id == ev.actor).outerjoin(
-                t.commands, cmd.id == ev.command_id
-            )
-        )
-        .where(ev.session_id == session_id)
-        .order_by(ev.id)
-        .limit(limit)
-        .offset(offset)
+    params = {"sid": session_id, "most": limit, "skip": offset}
+    count = _EVENT_COUNT.first(conn, params)[0]
+    return int(count), _EVENTS.mappings(conn, params)
+
+
+# Every look at a timeline runs these (compiled once per dialect, see ``prepared``).
+_ev, _cmd, _user = t.work_session_events.c, t.commands.c, t.users.c
+_EVENT_COUNT = Prepared(
+    select(func.count())
+    .select_from(t.work_session_events)
+    .where(_ev.session_id == bindparam("sid"))
+)
+_EVENTS = Prepared(
+    select(
+        t.work_session_events,
+        _user.username.label("actor_name"),
+        _cmd.line,
+        _cmd.shell,
+        _cmd.success,
+        _cmd.exit_code,
+        _cmd.elapsed_time,
+        _cmd.sudo,
+        _cmd.error_code,
+        _cmd.error_phase,
+        _cmd.requested_token,
     )
-    return int(count), [dict(r) for r in conn.execute(stmt).mappings()]
+    .select_from(
+        t.work_session_events.outerjoin(t.users, _user.id == _ev.actor).outerjoin(
+            t.commands, _cmd.id == _ev.command_id
+        )
+    )
+    .where(_ev.session_id == bindparam("sid"))
+    .order_by(_ev.id)
+    .limit(bindparam("most"))
+    .offset(bindparam("skip"))
+)

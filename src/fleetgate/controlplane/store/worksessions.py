@@ -8,12 +8,22 @@ expiry) that are due, with their timeline events, before anything else looks at 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, Select, exists, func, literal, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Select,
+    bindparam,
+    or_,
+    select,
+    text,
+    update,
+)
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.prepared import Prepared
 from fleetgate.controlplane.worksession.lifecycle import (
     Action,
     InvalidTransition,
@@ -25,36 +35,43 @@ from fleetgate.controlplane.worksession.lifecycle import (
 
 
 __all__ = [
+    "ASSIGNEE",
+    "CREATOR",
+    "SESSION_FROM",
     "NewWorkSession",
     "WorkSessionRow",
     "add_event",
     "adjust_request",
     "apply_action",
     "insert_work_session",
-    "list_work_sessions",
     "load_settled",
     "next_due_at",
+    "session_select",
     "settle_all",
     "update_fields",
 ]
 
 _w = t.work_sessions.c
-_creator = t.users.alias("cu")
-_assignee = t.users.alias("au")
-_FROM = t.work_sessions.outerjoin(_creator, _creator.c.id == _w.created_by).outerjoin(
-    _assignee, _assignee.c.id == _w.assigned_user
+CREATOR = t.users.alias("cu")
+"""The user who created a session (joined in :data:`SESSION_FROM`)."""
+ASSIGNEE = t.users.alias("au")
+"""The user a session is assigned to (joined in :data:`SESSION_FROM`)."""
+SESSION_FROM = t.work_sessions.outerjoin(CREATOR, CREATOR.c.id == _w.created_by).outerjoin(
+    ASSIGNEE, ASSIGNEE.c.id == _w.assigned_user
 )
 _LIVE = ("pending", "approved", "active")
 
 
-def _select() -> Select[Any]:
+def session_select() -> Select[Any]:
+    """Every session column and its creator's and assignee's names and emails (what
+    :meth:`WorkSessionRow.from_row` reads)."""
     return select(
         t.work_sessions,
-        _creator.c.username.label("created_by_name"),
-        _creator.c.email.label("created_by_email"),
-        _assignee.c.username.label("assigned_name"),
-        _assignee.c.email.label("assigned_email"),
-    ).select_from(_FROM)
+        CREATOR.c.username.label("created_by_name"),
+        CREATOR.c.email.label("created_by_email"),
+        ASSIGNEE.c.username.label("assigned_name"),
+        ASSIGNEE.c.email.label("assigned_email"),
+    ).select_from(SESSION_FROM)
 
 
 @dataclass(frozen=True)
@@ -98,8 +115,8 @@ class WorkSessionRow:
     updated_at: int
 
     @classmethod
-    def from_row(cls, row: RowMapping) -> WorkSessionRow:
-        """Build from a row selected with ``_select()``."""
+    def from_row(cls, row: Mapping[Any, Any]) -> WorkSessionRow:
+        """Build from a row selected with ``session_select()``."""
         return cls(
             id=row["id"],
             description=row["description"],
@@ -198,10 +215,7 @@ def insert_work_session(
 
 
 def _get(conn: Connection, session_id: str) -> WorkSessionRow | None:
-    # The session's row is locked until the transaction ends (PostgreSQL; SQLite's write
-    # transactions are serialized already): its status moves are read-then-write.
-    stmt = _select().where(_w.id == session_id).with_for_update(of=t.work_sessions)
-    row = conn.execute(stmt).mappings().first()
+    row = _GET.mapping(conn, {"sid": session_id})
     return None if row is None else WorkSessionRow.from_row(row)
 
 
@@ -211,10 +225,15 @@ def _set_status(
     started_at = at if new is Status.ACTIVE and row.started_at is None else row.started_at
     ended = new in (Status.COMPLETED, Status.EXPIRED, Status.REVOKED)
     completed_at = at if ended else row.completed_at
-    conn.execute(
-        update(t.work_sessions)
-        .where(_w.id == row.id)
-        .values(status=new.value, started_at=started_at, completed_at=completed_at, updated_at=at)
+    _SET_STATUS.run(
+        conn,
+        {
+            "sid": row.id,
+            "status": new.value,
+            "started_at": started_at,
+            "completed_at": completed_at,
+            "at": at,
+        },
     )
     return replace(row, status=new, started_at=started_at, completed_at=completed_at, updated_at=at)
 
@@ -343,53 +362,9 @@ def adjust_request(
     return row
 
 
-def list_work_sessions(
-    conn: Connection,
-    *,
-    visible_to: int | None,
-    status: str | None,
-    now: int,
-    offset: int,
-    limit: int,
-    search: str | None = None,
-) -> tuple[int, list[WorkSessionRow]]:
-    """A page of sessions, newest first (``visible_to``: created by or assigned to).
-
-    ``search`` matches (case-insensitively, as a substring) the purpose, the requester's
-    or assignee's username, a server's name, or the start of the id.
-    """
-    settle_all(conn, now=now)
-    where = []
-    if visible_to is not None:
-        where.append(or_(_w.created_by == visible_to, _w.assigned_user == visible_to))
-    if status is not None:
-        where.append(_w.status == status)
-    if search:
-        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        server = t.servers.c
-        # A server is named in the session's JSON list of ids as '"<id>"' (ids are UUIDs).
-        listed = _w.servers.contains(literal('"') + server.id + literal('"'))
-        where.append(
-            or_(
-                _w.description.ilike(pattern, escape="\\"),
-                _creator.c.username.ilike(pattern, escape="\\"),
-                _assignee.c.username.ilike(pattern, escape="\\"),
-                _w.id.ilike(pattern[1:], escape="\\"),
-                exists().where(listed, server.name.ilike(pattern, escape="\\")),
-            )
-        )
-    count = conn.execute(select(func.count()).select_from(_FROM).where(*where)).scalar_one()
-    stmt = _select().where(*where).order_by(_w.added_at.desc(), _w.id).limit(limit).offset(offset)
-    return int(count), [WorkSessionRow.from_row(r) for r in conn.execute(stmt).mappings()]
-
-
 def settle_all(conn: Connection, *, now: int) -> list[WorkSessionRow]:
     """Persist every due start and expiry; return the sessions that changed."""
-    stmt = select(_w.id).where(
-        _w.status.in_(_LIVE),
-        or_(_w.expires_at <= now, (_w.status == "approved") & (_w.starts_at <= now)),
-    )
-    ids = list(conn.execute(stmt).scalars())
+    ids = [row[0] for row in _DUE.rows(conn, {"now": now})]
     changed = []
     for session_id in ids:
         row = load_settled(conn, session_id, now=now)
@@ -401,9 +376,39 @@ def settle_all(conn: Connection, *, now: int) -> list[WorkSessionRow]:
 def next_due_at(conn: Connection) -> int | None:
     """The earliest time a live session starts or expires (``None``: none is live)."""
     times = [
-        next_due(Status(r[0]), starts_at=r[1], expires_at=r[2])
-        for r in conn.execute(
-            select(_w.status, _w.starts_at, _w.expires_at).where(_w.status.in_(_LIVE))
-        )
+        next_due(Status(r[0]), starts_at=r[1], expires_at=r[2]) for r in _LIVE_TIMES.rows(conn)
     ]
     return min((t for t in times if t is not None), default=None)
+
+
+# Every look at a session runs these (compiled once per dialect, see ``prepared``).
+_GET = Prepared(
+    session_select()
+    .where(_w.id == bindparam("sid"))
+    # The session's row is locked until the transaction ends (PostgreSQL; SQLite's write
+    # transactions are serialized already): its status moves are read-then-write.
+    .with_for_update(of=t.work_sessions)
+)
+_SET_STATUS = Prepared(
+    update(t.work_sessions)
+    .where(_w.id == bindparam("sid"))
+    .values(
+        status=bindparam("status"),
+        started_at=bindparam("started_at"),
+        completed_at=bindparam("completed_at"),
+        updated_at=bindparam("at"),
+    )
+)
+# Spelled out (no IN list parameter, which a prepared statement cannot take): it is also
+# the condition of the partial index ix_work_sessions_live, which the planners then use.
+_LIVE_STATUS = text("work_sessions.status IN ('pending', 'approved', 'active')")
+_DUE = Prepared(
+    select(_w.id).where(
+        _LIVE_STATUS,
+        or_(
+            _w.expires_at <= bindparam("now"),
+            (_w.status == "approved") & (_w.starts_at <= bindparam("now")),
+        ),
+    )
+)
+_LIVE_TIMES = Prepared(select(_w.status, _w.starts_at, _w.expires_at).where(_LIVE_STATUS))
