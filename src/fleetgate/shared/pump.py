@@ -9,6 +9,10 @@ backpressure from awaiting every write: ``link.send`` waits while the websocket'
 transport is above its high-water mark, and ``sock_sendall`` waits while the kernel's
 send buffer is full, during which the link is not read, so its TCP window closes and the
 sender upstream waits in turn. Nothing is buffered here beyond one read.
+
+With ``reuse`` (the control plane accepted the link with ``REUSE_HEADER``), a clean
+stream ends with an ``end`` frame each way instead of a close, and the link is left open
+for the next stream (:attr:`PumpResult.reusable`).
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from typing import Protocol
 
 from fleetgate.shared.errors import ProtocolViolation
 from fleetgate.shared.protocol.tunnel import (
+    END_FRAME,
     EOF_FRAME,
+    TunnelEnd,
     TunnelError,
     decode_tunnel_control,
     tunnel_error_frame,
@@ -48,6 +54,7 @@ class PumpResult:
     """How the stream ended: ``clean`` after both EOFs, else with the error's code.
 
     ``sent`` and ``received`` count payload bytes from and to the local socket.
+    ``reusable``: ended by ``end`` frames both ways; the link is open and quiet.
     """
 
     clean: bool
@@ -55,6 +62,7 @@ class PumpResult:
     message: str = ""
     sent: int = 0
     received: int = 0
+    reusable: bool = False
 
 
 class _End(Exception):
@@ -84,16 +92,34 @@ class _Stream:
         link: Link,
         read_bytes: int,
         closed: tuple[type[BaseException], ...],
+        reuse: bool,
     ) -> None:
         self.sock = sock
         self.link = link
         self.read_bytes = read_bytes
         self.closed = closed
+        self.reuse = reuse
         self.loop = asyncio.get_running_loop()
         self.up_done = False
         self.down_done = False
+        self.eof_sent = False
+        self.end_sent = False
+        self.reusable = False
+        self.watcher: asyncio.Task[None] | None = None
         self.sent = 0
         self.received = 0
+
+    async def finish(self) -> None:
+        """Both ``eof`` have passed: close the link, or with ``reuse`` send ``end`` (once,
+        after our ``eof`` was written: the two directions may both get here)."""
+        if not self.reuse:
+            await self.link.close(1000)
+        elif self.eof_sent and not self.end_sent:
+            self.end_sent = True
+            try:
+                await self.link.send(END_FRAME)
+            except self.closed:
+                raise _End("tunnel_closed", "the channel closed", notify=False) from None
 
     async def upstream(self) -> None:
         """Local socket -> link, until the socket's EOF (then an ``eof`` frame)."""
@@ -113,8 +139,9 @@ class _Stream:
             except self.closed:
                 raise _End("tunnel_closed", "the channel closed", notify=False) from None
             if not data:
+                self.eof_sent = True
                 if self.down_done:
-                    await self.link.close(1000)
+                    await self.finish()
                 return
             self.sent += len(data)
 
@@ -151,6 +178,14 @@ class _Stream:
                 raise _End("tunnel_protocol", exc.message, notify=True) from None
             if isinstance(frame, TunnelError):
                 raise _End(frame.code, frame.message, notify=False)
+            if isinstance(frame, TunnelEnd):
+                # The control plane's answer to our own end: nothing of this stream follows.
+                if not (self.reuse and self.end_sent):
+                    raise _End("tunnel_protocol", "end before the stream ended", notify=True)
+                self.reusable = True
+                if self.watcher is not None:
+                    self.watcher.cancel()
+                return
             if self.down_done:
                 raise _End("tunnel_protocol", "eof received twice", notify=True)
             self.down_done = True
@@ -161,7 +196,7 @@ class _Stream:
                     "tunnel_reset", f"connection failed: {exc.strerror or exc}", notify=True
                 ) from None
             if self.up_done:
-                await self.link.close(1000)
+                await self.finish()
 
 
 async def pump(
@@ -170,6 +205,7 @@ async def pump(
     *,
     read_bytes: int,
     closed: tuple[type[BaseException], ...],
+    reuse: bool = False,
 ) -> PumpResult:
     """Carry ``sock`` over ``link`` until the stream ends; the socket is closed on return.
 
@@ -177,16 +213,17 @@ async def pump(
     ended. On a clean end (EOF both ways) the link is closed with 1000 and the socket
     closed; on a failure the socket is reset and the peer gets an ``error`` frame when it
     did not cause it; the caller then closes the link (after reporting, so a slow close
-    handshake never delays what the user sees).
+    handshake never delays what the user sees). With ``reuse``, a clean end is an ``end``
+    frame each way instead (the link stays open: ``reusable``), or a close as without.
     """
-    stream = _Stream(sock, link, read_bytes, closed)
+    stream = _Stream(sock, link, read_bytes, closed, reuse)
     end: _End | None = None
     try:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(stream.upstream())
                 tasks.create_task(stream.downstream())
-                tasks.create_task(stream.watch())
+                stream.watcher = tasks.create_task(stream.watch())
         except* _End as group:
             end = group.exceptions[0]  # type: ignore[assignment]
         except* closed:
@@ -198,7 +235,9 @@ async def pump(
         raise
     if end is None:
         sock.close()
-        return PumpResult(clean=True, sent=stream.sent, received=stream.received)
+        return PumpResult(
+            clean=True, sent=stream.sent, received=stream.received, reusable=stream.reusable
+        )
     abort_socket(sock)
     if end.notify:
         try:
