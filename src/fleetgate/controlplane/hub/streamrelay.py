@@ -6,7 +6,8 @@ at a time, and when one side closes the other is closed the same way. A side acc
 frame instead of closing: that frame is the side's own word to the control plane and is
 never passed on. Once both sides said ``end``, each gets ``end`` back and both websockets
 stay open for a later stream (:func:`relay_stream` returns True). Anything else (a close,
-a broken transport, only one side able to say ``end``) closes both, as the plain relay.
+a broken transport, only one side able to say ``end``) closes both, as the plain relay; an
+``end`` before both ``eof`` were relayed closes both with 4400.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import structlog
 from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.hub.relay import close_websocket, forwardable
-from fleetgate.shared.protocol.channels import CLOSE_INTERNAL, CLOSE_NORMAL
-from fleetgate.shared.protocol.tunnel import END_FRAME
+from fleetgate.shared.protocol.channels import CLOSE_BAD_REQUEST, CLOSE_INTERNAL, CLOSE_NORMAL
+from fleetgate.shared.protocol.tunnel import END_FRAME, EOF_FRAME
 
 
 __all__ = ["relay_stream"]
@@ -34,9 +35,13 @@ async def relay_stream(
 
     ``client_ends`` / ``agent_ends``: that side was accepted with ``REUSE_HEADER``.
     """
+    eofs: set[str] = set()  # the sides whose eof was relayed
     async with asyncio.TaskGroup() as tg:
-        up = tg.create_task(_pump(client, agent, "client", client_ends), name="stream-up")
-        down = tg.create_task(_pump(agent, client, "agent", agent_ends), name="stream-down")
+        ends = (client_ends, agent_ends)
+        up = tg.create_task(_pump(client, agent, "client", ends, eofs), name="stream-up")
+        down = tg.create_task(
+            _pump(agent, client, "agent", (agent_ends, client_ends), eofs), name="stream-down"
+        )
         # A direction that ended by a close ends the relay (its pump closed the other
         # side); one that ended with ``end`` leaves the other running (a half-close).
         up.add_done_callback(lambda t: _closed(t) and down.cancel())
@@ -60,9 +65,15 @@ def _closed(task: asyncio.Task[bool]) -> bool:
     return task.cancelled() or task.exception() is not None or not task.result()
 
 
-async def _pump(src: WebSocket, dst: WebSocket, name: str, ends: bool) -> bool:
-    """Copy ``src`` to ``dst``: True at ``src``'s ``end`` (when it may say it), else
-    False after closing ``dst`` the way ``src`` closed. Cancelled, it closes nothing."""
+async def _pump(
+    src: WebSocket, dst: WebSocket, name: str, ends: tuple[bool, bool], eofs: set[str]
+) -> bool:
+    """Copy ``src`` to ``dst``: True at ``src``'s ``end`` (when it may say it, ``ends[0]``),
+    else False after closing ``dst`` the way ``src`` closed. Cancelled, it closes nothing.
+
+    An ``end`` when ``dst`` cannot say one (``ends[1]`` false) closes both with 1000: the
+    clean end of a stream without reuse."""
+    src_ends, dst_ends = ends
     try:
         while True:
             message = await src.receive()
@@ -74,8 +85,19 @@ async def _pump(src: WebSocket, dst: WebSocket, name: str, ends: bool) -> bool:
                 await dst.send({"type": "websocket.send", "bytes": data})
                 continue
             text = message.get("text") or ""
-            if ends and text == END_FRAME:
-                return True
+            if src_ends and text == END_FRAME:
+                if len(eofs) == 2 and dst_ends:
+                    return True
+                if len(eofs) == 2:
+                    await close_websocket(src, CLOSE_NORMAL)
+                    code, reason = CLOSE_NORMAL, ""
+                    break
+                # Not after both eof: the stream has not ended, the websocket is not quiet.
+                code, reason = CLOSE_BAD_REQUEST, f"{name} sent end before the stream ended"
+                await close_websocket(src, code, reason)
+                break
+            if text == EOF_FRAME:
+                eofs.add(name)
             await dst.send({"type": "websocket.send", "text": text})
     except asyncio.CancelledError:
         raise
