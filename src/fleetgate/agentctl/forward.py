@@ -188,13 +188,14 @@ class Forwarder:
             )
 
     def _reuse(self, ws: ClientConnection) -> bool:
-        """Keep the websocket of a stream that ended cleanly for a later one (first in
-        line: it is known to be open); False when enough are ready already."""
+        """Keep the websocket of a stream that ended cleanly for a later one (last in
+        line: the control plane may still be finishing that stream with the agent, and
+        would hold the next open until then); False when enough are ready already."""
         if len(self._ready) >= READY or self.stop.is_set():
             return False
         kept: asyncio.Future[ClientConnection] = asyncio.get_running_loop().create_future()
         kept.set_result(ws)
-        self._ready.appendleft(kept)
+        self._ready.append(kept)
         return True
 
     async def _open_stream(self) -> ClientConnection:

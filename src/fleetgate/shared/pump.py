@@ -11,8 +11,9 @@ send buffer is full, during which the link is not read, so its TCP window closes
 sender upstream waits in turn. Nothing is buffered here beyond one read.
 
 With ``reuse`` (the control plane accepted the link with ``REUSE_HEADER``), a clean
-stream ends with an ``end`` frame each way instead of a close, and the link is left open
-for the next stream (:attr:`PumpResult.reusable`).
+stream ends with an ``end`` frame (which stands for our ``eof`` too when it is the last
+one) instead of a close, and the link is left open for the next stream
+(:attr:`PumpResult.reusable`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class PumpResult:
     """How the stream ended: ``clean`` after both EOFs, else with the error's code.
 
     ``sent`` and ``received`` count payload bytes from and to the local socket.
-    ``reusable``: ended by ``end`` frames both ways; the link is open and quiet.
+    ``reusable``: ended by our ``end`` frame; the link is open for the next stream.
     """
 
     clean: bool
@@ -110,16 +111,21 @@ class _Stream:
         self.received = 0
 
     async def finish(self) -> None:
-        """Both ``eof`` have passed: close the link, or with ``reuse`` send ``end`` (once,
-        after our ``eof`` was written: the two directions may both get here)."""
+        """Both ``eof`` have passed: close the link, or with ``reuse`` send ``end`` once
+        (the two directions may both get here) and leave the link to the next stream."""
         if not self.reuse:
             await self.link.close(1000)
-        elif self.eof_sent and not self.end_sent:
-            self.end_sent = True
-            try:
-                await self.link.send(END_FRAME)
-            except self.closed:
-                raise _End("tunnel_closed", "the channel closed", notify=False) from None
+            return
+        if self.end_sent:
+            return
+        self.end_sent = True
+        try:
+            await self.link.send(END_FRAME)
+        except self.closed:
+            raise _End("tunnel_closed", "the channel closed", notify=False) from None
+        self.reusable = True
+        if self.watcher is not None:
+            self.watcher.cancel()  # the link stays open: nothing more to watch
 
     async def upstream(self) -> None:
         """Local socket -> link, until the socket's EOF (then an ``eof`` frame)."""
@@ -134,6 +140,9 @@ class _Stream:
                 # Marked before the send, which may wait for the transport to drain: the
                 # peer can get the eof and close before this task runs again.
                 self.up_done = True
+                if self.reuse and self.down_done:
+                    await self.finish()  # the last eof: ``end`` says it too
+                    return
             try:
                 await self.link.send(data if data else EOF_FRAME)
             except self.closed:
@@ -178,14 +187,8 @@ class _Stream:
                 raise _End("tunnel_protocol", exc.message, notify=True) from None
             if isinstance(frame, TunnelError):
                 raise _End(frame.code, frame.message, notify=False)
-            if isinstance(frame, TunnelEnd):
-                # The control plane's answer to our own end: nothing of this stream follows.
-                if not (self.reuse and self.end_sent):
-                    raise _End("tunnel_protocol", "end before the stream ended", notify=True)
-                self.reusable = True
-                if self.watcher is not None:
-                    self.watcher.cancel()
-                return
+            if isinstance(frame, TunnelEnd):  # the control plane never sends one
+                raise _End("tunnel_protocol", "unexpected end frame", notify=True)
             if self.down_done:
                 raise _End("tunnel_protocol", "eof received twice", notify=True)
             self.down_done = True
@@ -195,8 +198,11 @@ class _Stream:
                 raise _End(
                     "tunnel_reset", f"connection failed: {exc.strerror or exc}", notify=True
                 ) from None
-            if self.up_done:
+            if self.eof_sent if self.reuse else self.up_done:
                 await self.finish()
+            if self.reuse:
+                # What follows on the link is the next stream's (or nothing): not ours.
+                return
 
 
 async def pump(
@@ -213,8 +219,8 @@ async def pump(
     ended. On a clean end (EOF both ways) the link is closed with 1000 and the socket
     closed; on a failure the socket is reset and the peer gets an ``error`` frame when it
     did not cause it; the caller then closes the link (after reporting, so a slow close
-    handshake never delays what the user sees). With ``reuse``, a clean end is an ``end``
-    frame each way instead (the link stays open: ``reusable``), or a close as without.
+    handshake never delays what the user sees). With ``reuse``, a clean end is our ``end``
+    frame instead (the link stays open: ``reusable``), or the link's close as without.
     """
     stream = _Stream(sock, link, read_bytes, closed, reuse)
     end: _End | None = None

@@ -10,7 +10,7 @@ own policy) and either takes the websocket for that channel (it answers
 ``channel.accepted``) or answers the refusal and closes it. A pooled websocket carries
 nothing before that, serves one channel at a time, and is replaced when that channel ends
 (or :data:`REFILL_AFTER` seconds later if it is still open), unless the channel was a
-tunnel stream that ended with ``end`` frames both ways (``fleetgate.shared.pump``): the
+tunnel stream that this agent ended with an ``end`` frame (``fleetgate.shared.pump``): the
 control plane and this agent then both keep the websocket for the next channel.
 
 An idle fleet keeps no pooled websocket: the control plane closes one unused for its
@@ -126,8 +126,8 @@ class ChannelPool:
                 delays = backoff_delays(RETRY_MIN, RETRY_MAX)
 
     async def _keep(self, link: ChannelLink, free: asyncio.Event) -> bool:
-        """Serve channels on ``link`` one after another while each ends with ``end``
-        frames both ways (``link.kept``); whether a ``channel.open`` came at all.
+        """Serve channels on ``link`` one after another while it ends each with an ``end``
+        frame (``link.kept``); whether a ``channel.open`` came at all.
 
         ``free`` is set when the slot should dial another: at once when the link is done,
         or :data:`REFILL_AFTER` seconds into a channel still open (a dial at once would

@@ -95,7 +95,7 @@ class TunnelService:
             closed=(ChannelClosed,),
             reuse=link.reuse,
         )
-        # Ended with ``end`` both ways: the router leaves the link open for the next one.
+        # Ended with ``end``: the router leaves the link open for the next one.
         link.kept = result.reusable
         log.info(
             "tunnel.stream_ended",

@@ -289,7 +289,7 @@ async def stream(websocket: WebSocket, tunnel_id: str) -> None:
     sends ``{"type": "open"}`` (``fleetgate.shared.protocol.tunnel``): every check below
     runs then, as for any stream; ``agentctl tunnel`` keeps such websockets ready. With
     ``&reuse=1`` as well, it is accepted with ``REUSE_HEADER``: a stream that ended with
-    ``end`` frames both ways leaves it waiting for the next ``open``, checked again.
+    an ``end`` frame from the client leaves it waiting for the next ``open``, checked again.
     """
     principal: Principal | None = await websocket_principal(websocket)
     if principal is None:
@@ -346,7 +346,8 @@ async def _serve_stream(
 
 
 class _StreamRelay:
-    """The relay of one stream; ``kept`` when both websockets carry the next one."""
+    """The relay of one stream; ``kept`` when the client's websocket carries its next
+    one (the agent's goes back to the pool on its own)."""
 
     def __init__(self, pool: ChannelPool, *, client_ends: bool) -> None:
         self._pool = pool
@@ -355,9 +356,12 @@ class _StreamRelay:
 
     async def __call__(self, client: WebSocket, agent: WebSocket) -> None:
         agent_ends = self._pool.reusable(agent)
-        if await relay_stream(client, agent, client_ends=self._client_ends, agent_ends=agent_ends):
+        kept = await relay_stream(
+            client, agent, client_ends=self._client_ends, agent_ends=agent_ends
+        )
+        if kept.agent:
             self._pool.keep(agent)
-            self.kept = True
+        self.kept = kept.client
 
 
 async def _next_open(

@@ -11,8 +11,8 @@ the channel's from then on) or an ``error`` (refused; the websocket is closed).
 A pooled websocket carries no authority: the route authorized the channel before asking
 for it, and the agent checks the grant of the ``channel.open`` exactly as one from the
 backhaul. It serves one channel, or (dialled with ``?reuse=1``, accepted with
-``REUSE_HEADER``) one tunnel stream after another: a stream that ended with ``end`` frames
-both ways (``hub.streamrelay``) gives it back (:meth:`ChannelPool.keep`) and it is idle
+``REUSE_HEADER``) one tunnel stream after another: a stream the agent ended with ``end``
+(``hub.streamrelay``) gives it back (:meth:`ChannelPool.keep`) and it is idle
 again. Bounds: :data:`PER_SERVER` idle websockets per server (one more is refused, one
 given back is closed), each closed after :data:`IDLE_TIMEOUT` seconds unused (the agent
 dials again only while it is still serving channels).
@@ -54,7 +54,7 @@ class PooledSocket:
     answer: asyncio.Future[dict[str, Any]] | None = None
     released: asyncio.Event = field(default_factory=asyncio.Event)
     kept: bool = False
-    """Its channel ended cleanly with ``end`` both ways: idle again once released."""
+    """Its channel agent ended cleanly with ``end``: idle again once released."""
 
     @property
     def claimed(self) -> bool:
@@ -102,7 +102,7 @@ class ChannelPool:
         return pooled is not None and pooled.reuse
 
     def keep(self, websocket: WebSocket) -> None:
-        """The stream on ``websocket`` ended with ``end`` both ways: once its channel
+        """The stream on ``websocket`` agent ended with ``end``: once its channel
         releases it, it is idle again instead of closed."""
         pooled = self._claimed.get(id(websocket))
         if pooled is not None and pooled.reuse:
@@ -134,7 +134,7 @@ class ChannelPool:
                     await asyncio.gather(receiving, return_exceptions=True)
             if not pooled.kept:
                 return
-            # Given back by a stream that ended cleanly both ways: idle again.
+            # Given back by a stream the agent ended with ``end``: idle again.
             self.reused += 1
             pooled.answer, pooled.kept = None, False
             pooled.released = asyncio.Event()

@@ -13,13 +13,14 @@ The stream ends when both sides have sent ``eof`` (then either closes with 1000)
 when the channel closes first (the other side aborts its socket).
 
 A websocket may carry one stream after another (:data:`REUSE_HEADER`): each link is
-between an end (agentctl, the agent) and the control plane, and an end that accepted a
-websocket with that header ends a clean stream with ``{"type": "end"}`` (:data:`END_FRAME`)
-instead of closing: it sends it once both ``eof`` have passed, and the control plane,
-once it has the ``end`` of both ends, answers each with its own ``end``. The websocket is
-then quiet and carries the next stream (a client's next ``open``, the agent's next
-``channel.open``), with every check of a new stream. A stream that ends any other way
-closes its websockets, which are never used again.
+between an end (agentctl, the agent) and the control plane, and an end that asked for it
+and got the header ends a clean stream with ``{"type": "end"}`` (:data:`END_FRAME`)
+instead of closing: it sends it once its ``eof`` went out and the peer's came in (as the
+last ``eof`` it stands for that ``eof`` too, which the control plane passes on), and from
+then on the websocket carries its next stream (a client's next ``open``, the agent's next
+``channel.open``), with every check of a new stream. The control plane passes ``end`` on
+to no one, and keeps a websocket whose end said ``end`` whatever the other side does
+afterwards. A stream that ends any other way closes its websockets, never used again.
 
 A client may open a stream's websocket ahead of need with ``?defer=1``: the control
 plane then authorizes and opens the stream only when the client's first frame,
@@ -62,8 +63,9 @@ class TunnelEof(_Frame):
 
 
 class TunnelEnd(_Frame):
-    """Both ``eof`` have passed: the stream ended cleanly and the websocket may carry the
-    next one (only on a websocket accepted with :data:`REUSE_HEADER`)."""
+    """Sent to the control plane once both ``eof`` have passed (it stands for the
+    sender's ``eof`` when that was not sent yet): the stream ended cleanly, and the
+    websocket carries the next one (only one accepted with :data:`REUSE_HEADER`)."""
 
     type: Literal["end"] = "end"
 
