@@ -54,7 +54,7 @@ class PooledSocket:
     answer: asyncio.Future[dict[str, Any]] | None = None
     released: asyncio.Event = field(default_factory=asyncio.Event)
     kept: bool = False
-    """Its channel agent ended cleanly with ``end``: idle again once released."""
+    """The agent ended its stream cleanly with ``end``: idle again once released."""
 
     @property
     def claimed(self) -> bool:
@@ -102,7 +102,7 @@ class ChannelPool:
         return pooled is not None and pooled.reuse
 
     def keep(self, websocket: WebSocket) -> None:
-        """The stream on ``websocket`` agent ended with ``end``: once its channel
+        """The agent ended the stream on ``websocket`` with ``end``: once its channel
         releases it, it is idle again instead of closed."""
         pooled = self._claimed.get(id(websocket))
         if pooled is not None and pooled.reuse:
