@@ -9,6 +9,10 @@ One websocket is kept ready ahead of the next connection (``?defer=1``): the con
 plane authorizes and opens its stream only when the connection arrives and agentctl
 sends ``{"type": "open"}``, so a connection does not wait for a websocket handshake. A
 ready websocket that was closed meanwhile (idle, a restarted control plane) is replaced.
+
+A stream that ended cleanly leaves its websocket open when the control plane accepted it
+with ``REUSE_HEADER`` (``fleetgate.shared.protocol.tunnel``): it goes back to the ready
+ones and carries a later connection, so a stream costs no new handshake at all.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import SESSION_ENDED_CODES, AgentctlError, ControlPlaneError
 from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED
-from fleetgate.shared.protocol.tunnel import OPEN_FRAME
+from fleetgate.shared.protocol.tunnel import OPEN_FRAME, REUSE_HEADER
 from fleetgate.shared.pump import abort_socket, pump
 
 
@@ -81,7 +85,7 @@ class Forwarder:
     fatal: AgentctlError | None = None
     streams: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _ready: deque[asyncio.Task[ClientConnection]] = field(default_factory=deque)
+    _ready: deque[asyncio.Future[ClientConnection]] = field(default_factory=deque)
 
     @property
     def path(self) -> str:
@@ -178,9 +182,21 @@ class Forwarder:
         nothing yet). Called when a stream ends, so that dialling does not compete with
         a stream's own set-up."""
         while len(self._ready) < READY and not self.stop.is_set():
+            params = {"defer": "1", "reuse": "1"}
             self._ready.append(
-                asyncio.ensure_future(connect_channel(self.ctx, self.path, params={"defer": "1"}))
+                asyncio.ensure_future(connect_channel(self.ctx, self.path, params=params))
             )
+
+    def _reuse(self, ws: ClientConnection) -> bool:
+        """Keep the websocket of a stream that ended cleanly for a later one (last in
+        line: the control plane may still be finishing that stream with the agent, and
+        would hold the next open until then); False when enough are ready already."""
+        if len(self._ready) >= READY or self.stop.is_set():
+            return False
+        kept: asyncio.Future[ClientConnection] = asyncio.get_running_loop().create_future()
+        kept.set_result(ws)
+        self._ready.append(kept)
+        return True
 
     async def _open_stream(self) -> ClientConnection:
         """The websocket of a new stream, opened: a ready one if there is one still usable."""
@@ -221,15 +237,21 @@ class Forwarder:
         except BaseException:
             abort_socket(conn)
             raise
+        reuse = ws.response is not None and ws.response.headers.get(REUSE_HEADER) == "1"
+        result = None
         try:
-            result = await pump(conn, ws, read_bytes=READ_BYTES, closed=(ConnectionClosed,))
+            result = await pump(
+                conn, ws, read_bytes=READ_BYTES, closed=(ConnectionClosed,), reuse=reuse
+            )
             if not result.clean and result.code != "tunnel_closed":
                 self.ctx.out.info(
                     f"agentctl: tunnel stream ended: {result.message} ({result.code})"
                 )
         finally:
-            await _close_quietly(ws)
-        self._closed_by_control_plane(ws)
+            if result is None or not result.reusable or not self._reuse(ws):
+                await _close_quietly(ws)
+        if not result.reusable:
+            self._closed_by_control_plane(ws)
 
     def _closed_by_control_plane(self, ws: ClientConnection) -> None:
         """A stream closed with 4403 and a gate code: the whole tunnel has ended."""

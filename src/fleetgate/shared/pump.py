@@ -9,6 +9,11 @@ backpressure from awaiting every write: ``link.send`` waits while the websocket'
 transport is above its high-water mark, and ``sock_sendall`` waits while the kernel's
 send buffer is full, during which the link is not read, so its TCP window closes and the
 sender upstream waits in turn. Nothing is buffered here beyond one read.
+
+With ``reuse`` (the control plane accepted the link with ``REUSE_HEADER``), a clean
+stream ends with an ``end`` frame (which stands for our ``eof`` too when it is the last
+one) instead of a close, and the link is left open for the next stream
+(:attr:`PumpResult.reusable`).
 """
 
 from __future__ import annotations
@@ -21,7 +26,9 @@ from typing import Protocol
 
 from fleetgate.shared.errors import ProtocolViolation
 from fleetgate.shared.protocol.tunnel import (
+    END_FRAME,
     EOF_FRAME,
+    TunnelEnd,
     TunnelError,
     decode_tunnel_control,
     tunnel_error_frame,
@@ -48,6 +55,7 @@ class PumpResult:
     """How the stream ended: ``clean`` after both EOFs, else with the error's code.
 
     ``sent`` and ``received`` count payload bytes from and to the local socket.
+    ``reusable``: ended by our ``end`` frame; the link is open for the next stream.
     """
 
     clean: bool
@@ -55,6 +63,7 @@ class PumpResult:
     message: str = ""
     sent: int = 0
     received: int = 0
+    reusable: bool = False
 
 
 class _End(Exception):
@@ -84,16 +93,39 @@ class _Stream:
         link: Link,
         read_bytes: int,
         closed: tuple[type[BaseException], ...],
+        reuse: bool,
     ) -> None:
         self.sock = sock
         self.link = link
         self.read_bytes = read_bytes
         self.closed = closed
+        self.reuse = reuse
         self.loop = asyncio.get_running_loop()
         self.up_done = False
         self.down_done = False
+        self.eof_sent = False
+        self.end_sent = False
+        self.reusable = False
+        self.watcher: asyncio.Task[None] | None = None
         self.sent = 0
         self.received = 0
+
+    async def finish(self) -> None:
+        """Both ``eof`` have passed: close the link, or with ``reuse`` send ``end`` once
+        (the two directions may both get here) and leave the link to the next stream."""
+        if not self.reuse:
+            await self.link.close(1000)
+            return
+        if self.end_sent:
+            return
+        self.end_sent = True
+        try:
+            await self.link.send(END_FRAME)
+        except self.closed:
+            raise _End("tunnel_closed", "the channel closed", notify=False) from None
+        self.reusable = True
+        if self.watcher is not None:
+            self.watcher.cancel()  # the link stays open: nothing more to watch
 
     async def upstream(self) -> None:
         """Local socket -> link, until the socket's EOF (then an ``eof`` frame)."""
@@ -108,13 +140,17 @@ class _Stream:
                 # Marked before the send, which may wait for the transport to drain: the
                 # peer can get the eof and close before this task runs again.
                 self.up_done = True
+                if self.reuse and self.down_done:
+                    await self.finish()  # the last eof: ``end`` says it too
+                    return
             try:
                 await self.link.send(data if data else EOF_FRAME)
             except self.closed:
                 raise _End("tunnel_closed", "the channel closed", notify=False) from None
             if not data:
+                self.eof_sent = True
                 if self.down_done:
-                    await self.link.close(1000)
+                    await self.finish()
                 return
             self.sent += len(data)
 
@@ -151,6 +187,8 @@ class _Stream:
                 raise _End("tunnel_protocol", exc.message, notify=True) from None
             if isinstance(frame, TunnelError):
                 raise _End(frame.code, frame.message, notify=False)
+            if isinstance(frame, TunnelEnd):  # the control plane never sends one
+                raise _End("tunnel_protocol", "unexpected end frame", notify=True)
             if self.down_done:
                 raise _End("tunnel_protocol", "eof received twice", notify=True)
             self.down_done = True
@@ -160,8 +198,11 @@ class _Stream:
                 raise _End(
                     "tunnel_reset", f"connection failed: {exc.strerror or exc}", notify=True
                 ) from None
-            if self.up_done:
-                await self.link.close(1000)
+            if self.eof_sent if self.reuse else self.up_done:
+                await self.finish()
+            if self.reuse:
+                # What follows on the link is the next stream's (or nothing): not ours.
+                return
 
 
 async def pump(
@@ -170,6 +211,7 @@ async def pump(
     *,
     read_bytes: int,
     closed: tuple[type[BaseException], ...],
+    reuse: bool = False,
 ) -> PumpResult:
     """Carry ``sock`` over ``link`` until the stream ends; the socket is closed on return.
 
@@ -177,16 +219,17 @@ async def pump(
     ended. On a clean end (EOF both ways) the link is closed with 1000 and the socket
     closed; on a failure the socket is reset and the peer gets an ``error`` frame when it
     did not cause it; the caller then closes the link (after reporting, so a slow close
-    handshake never delays what the user sees).
+    handshake never delays what the user sees). With ``reuse``, a clean end is our ``end``
+    frame instead (the link stays open: ``reusable``), or the link's close as without.
     """
-    stream = _Stream(sock, link, read_bytes, closed)
+    stream = _Stream(sock, link, read_bytes, closed, reuse)
     end: _End | None = None
     try:
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(stream.upstream())
                 tasks.create_task(stream.downstream())
-                tasks.create_task(stream.watch())
+                stream.watcher = tasks.create_task(stream.watch())
         except* _End as group:
             end = group.exceptions[0]  # type: ignore[assignment]
         except* closed:
@@ -198,7 +241,9 @@ async def pump(
         raise
     if end is None:
         sock.close()
-        return PumpResult(clean=True, sent=stream.sent, received=stream.received)
+        return PumpResult(
+            clean=True, sent=stream.sent, received=stream.received, reusable=stream.reusable
+        )
     abort_socket(sock)
     if end.notify:
         try:

@@ -18,6 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from fleetgate.shared.protocol.tunnel import END_FRAME, EOF_FRAME
 from fleetgate.shared.pump import PumpResult, abort_socket, pump
 from tests.support.tunnel import drain_hash, echo_server, send_blocks
 
@@ -272,3 +273,116 @@ async def test_link_loss_ends_the_stream() -> None:
             with pytest.raises(ConnectionResetError):
                 await loop.sock_recv(app, 10)
     assert result.code == "tunnel_closed"
+
+
+# -- reuse: end instead of a close ---------------------------------------------------------
+
+
+async def _pump_with_reuse(
+    script: Callable[[ServerConnection, asyncio.Queue[str | bytes]], Awaitable[None]],
+    app_side: Callable[[socket.socket], Awaitable[None]],
+) -> tuple[PumpResult, list[str | bytes], bool]:
+    """Pump one stream in reuse mode against a scripted control plane; the result, the
+    frames the control plane got, and whether the link was still open afterwards."""
+    frames: asyncio.Queue[str | bytes] = asyncio.Queue()
+    done = asyncio.Event()
+    failed: list[BaseException] = []  # the script's assertions, raised in the test
+
+    async def handler(ws: ServerConnection) -> None:
+        async def collect() -> None:
+            async for frame in ws:
+                frames.put_nowait(frame)
+
+        async with asyncio.TaskGroup() as tg:
+            collecting = tg.create_task(collect())
+            try:
+                await script(ws, frames)
+            except (AssertionError, TimeoutError, ConnectionClosed) as exc:
+                failed.append(exc)
+            await done.wait()
+            collecting.cancel()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        app, ours = await tcp_pair()
+        async with connect(url) as ws:
+            try:
+                task = asyncio.create_task(
+                    pump(ours, ws, read_bytes=READ, closed=CLOSED, reuse=True)
+                )
+                await app_side(app)
+                result = await asyncio.wait_for(task, 10)
+                still_open = ws.close_code is None
+            finally:
+                app.close()
+                done.set()
+    if failed:
+        raise failed[0]
+    got = [frames.get_nowait() for _ in range(frames.qsize())]
+    return result, got, still_open
+
+
+async def _next(frames: asyncio.Queue[str | bytes]) -> str | bytes:
+    return await asyncio.wait_for(frames.get(), 10)
+
+
+async def test_reuse_the_last_eof_is_said_by_end_and_the_link_stays_open() -> None:
+    """The peer's eof first, then the application's: one ``end`` stands for our eof."""
+    loop = asyncio.get_running_loop()
+
+    async def script(ws: ServerConnection, frames: asyncio.Queue[str | bytes]) -> None:
+        await ws.send(b"hello")
+        await ws.send(EOF_FRAME)
+        assert await _next(frames) == b"bye"
+        assert await _next(frames) == END_FRAME
+
+    async def app_side(app: socket.socket) -> None:
+        assert await read_to_end(app) == b"hello"  # half-closed by the peer's eof
+        await loop.sock_sendall(app, b"bye")  # and still writing
+        app.shutdown(socket.SHUT_WR)
+
+    result, frames, still_open = await _pump_with_reuse(script, app_side)
+    assert result.clean
+    assert result.reusable
+    assert (result.sent, result.received) == (3, 5)
+    assert frames == []  # nothing after the end (the script consumed bye and end)
+    assert still_open
+
+
+async def test_reuse_our_eof_first_then_end_after_the_peers() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def script(ws: ServerConnection, frames: asyncio.Queue[str | bytes]) -> None:
+        assert await _next(frames) == b"ping"
+        assert await _next(frames) == EOF_FRAME
+        await ws.send(b"pong")
+        await ws.send(EOF_FRAME)
+        assert await _next(frames) == END_FRAME
+
+    async def app_side(app: socket.socket) -> None:
+        await loop.sock_sendall(app, b"ping")
+        app.shutdown(socket.SHUT_WR)
+        assert await read_to_end(app) == b"pong"
+
+    result, _, still_open = await _pump_with_reuse(script, app_side)
+    assert result.clean
+    assert result.reusable
+    assert still_open
+
+
+async def test_reuse_an_end_from_the_control_plane_is_a_protocol_error() -> None:
+    async def script(ws: ServerConnection, frames: asyncio.Queue[str | bytes]) -> None:
+        await ws.send(END_FRAME)
+        error = await _next(frames)
+        assert isinstance(error, str)
+        assert '"tunnel_protocol"' in error
+
+    async def app_side(app: socket.socket) -> None:
+        with contextlib.suppress(ConnectionResetError):
+            await read_to_end(app)
+
+    result, _, _ = await _pump_with_reuse(script, app_side)
+    assert not result.clean
+    assert not result.reusable
+    assert result.code == "tunnel_protocol"
+    assert "unexpected end frame" in result.message

@@ -33,6 +33,16 @@ class ChannelLink:
     def __init__(self, ws: ClientConnection, channel_id: UUID) -> None:
         self._ws = ws
         self.channel_id = channel_id
+        self.reuse = False
+        """The control plane ends tunnel streams on it with ``end`` frames (set by the
+        pool when it accepted the websocket with ``REUSE_HEADER``)."""
+        self.kept = False
+        """Its last stream ended with ``end`` both ways: open and quiet, to be reused."""
+
+    def header(self, name: str) -> str | None:
+        """A header of the control plane's answer to the websocket handshake."""
+        response = self._ws.response
+        return None if response is None else response.headers.get(name)
 
     async def recv(self) -> bytes | str:
         """The next frame.

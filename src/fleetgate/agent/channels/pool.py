@@ -8,8 +8,10 @@ websockets open at ``/ws/agent/pool/``. The control plane sends a ``channel.open
 of them; the router checks it exactly as one from the backhaul (grant, limits, the kind's
 own policy) and either takes the websocket for that channel (it answers
 ``channel.accepted``) or answers the refusal and closes it. A pooled websocket carries
-nothing before that, serves one channel at most, and is replaced when that channel ends
-(or :data:`REFILL_AFTER` seconds later if it is still open).
+nothing before that, serves one channel at a time, and is replaced when that channel ends
+(or :data:`REFILL_AFTER` seconds later if it is still open), unless the channel was a
+tunnel stream that this agent ended with an ``end`` frame (``fleetgate.shared.pump``): the
+control plane and this agent then both keep the websocket for the next channel.
 
 An idle fleet keeps no pooled websocket: the control plane closes one unused for its
 idle timeout, and the agent dials again only while it is warm.
@@ -33,13 +35,14 @@ from fleetgate.shared.backoff import backoff_delays
 from fleetgate.shared.protocol import ChannelOpen, ErrorMessage
 from fleetgate.shared.protocol.channels import CLOSE_BAD_REQUEST, CLOSE_NORMAL
 from fleetgate.shared.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
+from fleetgate.shared.protocol.tunnel import REUSE_HEADER
 
 
 __all__ = ["POOL_PATH", "REFILL_AFTER", "SIZE", "WARM", "ChannelPool"]
 
 log = structlog.get_logger(__name__)
 
-POOL_PATH = "/ws/agent/pool/"
+POOL_PATH = "/ws/agent/pool/?reuse=1"
 SIZE = 2
 """Idle pooled websockets kept while warm (sequential streams need one; two absorb the
 redial of the one just taken)."""
@@ -97,9 +100,11 @@ class ChannelPool:
             return
         async with asyncio.TaskGroup() as tg:
             for slot in range(self.size):
-                tg.create_task(self._slot(), name=f"channel-pool-{slot}")
+                tg.create_task(self._slot(tg), name=f"channel-pool-{slot}")
 
-    async def _slot(self) -> None:
+    async def _slot(self, tg: asyncio.TaskGroup) -> None:
+        """Dial a pooled websocket, and another each time the last one is no longer
+        free (closed, or its channel still open after :data:`REFILL_AFTER` seconds)."""
         delays = backoff_delays(RETRY_MIN, RETRY_MAX)
         while True:
             while not self.warm():
@@ -111,18 +116,50 @@ class ChannelPool:
                 log.debug("channel.pool_dial_failed", reason=str(exc))
                 await asyncio.sleep(next(delays))
                 continue
-            if await self._serve_one(link):
-                delays = backoff_delays(RETRY_MIN, RETRY_MAX)
+            link.reuse = link.header(REUSE_HEADER) == "1"
+            free = asyncio.Event()
+            kept = tg.create_task(self._keep(link, free), name="channel-pool-link")
+            await free.wait()
+            if kept.done() and not kept.result():
+                await asyncio.sleep(next(delays))  # closed unused: do not spin
             else:
-                await asyncio.sleep(next(delays))
+                delays = backoff_delays(RETRY_MIN, RETRY_MAX)
 
-    async def _serve_one(self, link: ChannelLink) -> bool:
-        """Wait on ``link`` for a ``channel.open``; whether one came (served or refused)."""
+    async def _keep(self, link: ChannelLink, free: asyncio.Event) -> bool:
+        """Serve channels on ``link`` one after another while it ends each with an ``end``
+        frame (``link.kept``); whether a ``channel.open`` came at all.
+
+        ``free`` is set when the slot should dial another: at once when the link is done,
+        or :data:`REFILL_AFTER` seconds into a channel still open (a dial at once would
+        compete with the channel's own set-up on both event loops; the other pooled
+        websocket serves meanwhile). A link given back after that serves on as one more.
+        """
+        served = False
+        try:
+            while True:
+                came, ended = await self._next_channel(link)
+                served = served or came
+                if ended is None:
+                    return served
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), REFILL_AFTER)
+                if not ended.is_set():
+                    free.set()
+                    await ended.wait()
+                if not link.kept:
+                    return served
+                link.kept = False
+        finally:
+            free.set()
+
+    async def _next_channel(self, link: ChannelLink) -> tuple[bool, asyncio.Event | None]:
+        """Wait on ``link`` for a ``channel.open``: whether one came, and the event set
+        when its channel has ended (``None``: refused or not one, the link is closed)."""
         self.idle += 1
         try:
             frame = await link.recv()
         except ChannelClosed:
-            return False  # unused: expired, refused as one too many, or the end of the CP
+            return False, None  # unused: expired, refused as one too many, or the end of the CP
         except BaseException:
             link.abort()
             raise
@@ -132,23 +169,18 @@ class ChannelPool:
         if message is None:
             log.warning("channel.pool_bad_frame")
             await _close(link, CLOSE_BAD_REQUEST, "expected channel.open")
-            return False
+            return False, None
         link.channel_id = message.channel_id
         ended = asyncio.Event()
         refusal = self._accept(message, link, ended)
         if refusal is None:
-            # The replacement is dialled when the channel ends, or REFILL_AFTER seconds
-            # after it started: a dial at once would compete with the channel's own
-            # set-up on both event loops (the other pooled websocket serves meanwhile).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(ended.wait(), REFILL_AFTER)
-            return True
+            return True, ended
         try:
             await link.send(refusal.model_dump_json())
         except ChannelClosed:
             pass
         await _close(link, CLOSE_NORMAL, "refused")
-        return True
+        return True, None
 
 
 def _channel_open(frame: str | bytes) -> ChannelOpen | None:

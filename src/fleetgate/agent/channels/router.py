@@ -286,7 +286,8 @@ class ChannelRouter:
                 log.exception("channel.failed")
                 code, reason = CLOSE_INTERNAL, "internal error"
         finally:
-            await _close_quietly(link, code, reason)
+            if not link.kept:  # else open and quiet: its pool serves the next channel on it
+                await _close_quietly(link, code, reason)
             self._record("channel.closed", message, code=code)
 
     def _record(self, event: str, message: ChannelOpen, **fields: object) -> None:

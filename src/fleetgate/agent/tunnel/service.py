@@ -88,10 +88,19 @@ class TunnelService:
             return
         # The grant's expiry is enforced by the router (it cancels this task and closes
         # the channel with 4403 work_session_expired); cancelling the pump resets ``sock``.
-        result = await pump(sock, link, read_bytes=self._config.read_bytes, closed=(ChannelClosed,))
+        result = await pump(
+            sock,
+            link,
+            read_bytes=self._config.read_bytes,
+            closed=(ChannelClosed,),
+            reuse=link.reuse,
+        )
+        # Ended with ``end``: the router leaves the link open for the next one.
+        link.kept = result.reusable
         log.info(
             "tunnel.stream_ended",
             clean=result.clean,
+            reused=result.reusable,
             code=result.code,
             sent=result.sent,
             received=result.received,

@@ -35,6 +35,7 @@ from fleetgate.shared.protocol.channels import CLOSE_REFUSED, REVOCATION_CODES, 
 
 __all__ = [
     "Authorized",
+    "Relayer",
     "authorize",
     "deny",
     "owner_of",
@@ -47,6 +48,9 @@ __all__ = [
 log = structlog.get_logger("fleetgate.controlplane.channels")
 
 _FAILURE_STATUS = {4403: 403, 4408: 504, 4503: 503}
+
+Relayer = Callable[[WebSocket, WebSocket], Awaitable[None]]
+"""Relays a client's websocket and the agent's (``hub.relay.relay`` unless told)."""
 
 
 @dataclass(frozen=True)
@@ -194,8 +198,10 @@ async def serve_channel(
     channel: OpenChannel,
     *,
     on_attached: Callable[[], Awaitable[None]] | None = None,
+    relayer: Relayer = relay,
 ) -> ChannelFailed | None:
-    """Open ``message``'s channel on the agent, then accept the client and relay.
+    """Open ``message``'s channel on the agent, then accept the client and relay (with
+    ``relayer``: a tunnel stream's may leave both websockets open for the next stream).
 
     The agent is asked first, so its refusal (or absence) is still an HTTP answer to the
     client's handshake. ``channel`` is registered for the whole relay: when it is ended
@@ -216,7 +222,9 @@ async def serve_channel(
     try:
         async with asyncio.TaskGroup() as tg:
             relaying = tg.create_task(
-                _attach_and_relay(websocket, services, channel.server_id, message, on_attached)
+                _attach_and_relay(
+                    websocket, services, channel.server_id, message, on_attached, relayer
+                )
             )
             ending = tg.create_task(_close_agent_when_ended(services, channel))
             relaying.add_done_callback(lambda _: ending.cancel())
@@ -249,6 +257,7 @@ async def _attach_and_relay(
     server_id: str,
     message: ChannelOpen,
     on_attached: Callable[[], Awaitable[None]] | None,
+    relayer: Relayer,
 ) -> ChannelFailed | None:
     try:
         async with services.hub.channels.attach(server_id, message) as agent:
@@ -256,7 +265,7 @@ async def _attach_and_relay(
                 await on_attached()
             if websocket.application_state == WebSocketState.CONNECTING:
                 await websocket.accept()
-            await relay(websocket, agent)
+            await relayer(websocket, agent)
     except ChannelFailed as exc:
         log.info("channel.failed", channel_id=str(message.channel_id), code=exc.code)
         status = _FAILURE_STATUS.get(exc.close_code, 502)

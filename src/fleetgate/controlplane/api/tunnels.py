@@ -16,7 +16,7 @@ import sqlalchemy
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.websockets import WebSocket
+from starlette.websockets import WebSocket, WebSocketState
 
 from fleetgate.controlplane.acl import AclRefusal
 from fleetgate.controlplane.api.channels import (
@@ -35,8 +35,10 @@ from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.authz import acl_refused
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.grants import operation_claims
+from fleetgate.controlplane.hub.channelpool import ChannelPool
 from fleetgate.controlplane.hub.channels import OpenChannel
 from fleetgate.controlplane.hub.relay import close_websocket
+from fleetgate.controlplane.hub.streamrelay import relay_stream
 from fleetgate.controlplane.hub.tunnels import TunnelStreams
 from fleetgate.controlplane.store import tunnels as tunnels_store, worksession_gate as session_gate
 from fleetgate.controlplane.store.tunnels import NewTunnel, TunnelRow
@@ -51,7 +53,7 @@ from fleetgate.shared.protocol.channels import (
     REVOCATION_CODES,
     TunnelSpec,
 )
-from fleetgate.shared.protocol.tunnel import OPEN_FRAME
+from fleetgate.shared.protocol.tunnel import OPEN_FRAME, REUSE_HEADER
 
 
 __all__ = ["STREAM_PATH", "install", "router", "ws_router"]
@@ -279,36 +281,49 @@ def _stream_spec(tunnel_id: str, host: str, port: int, *, probe: bool = False) -
 
 @ws_router.websocket(STREAM_PATH)
 async def stream(websocket: WebSocket, tunnel_id: str) -> None:
-    """One TCP stream of a tunnel (only its owner may open one).
+    """TCP streams of a tunnel, one at a time (only its owner may open one).
 
     ``?probe=1`` asks the agent to check the stream (grant, policy, limits) without
     connecting to the target: ``agentctl tunnel`` does it once before it listens.
     ``?defer=1`` accepts the websocket at once and opens the stream when the client
     sends ``{"type": "open"}`` (``fleetgate.shared.protocol.tunnel``): every check below
-    runs then, as for any stream; ``agentctl tunnel`` keeps such websockets ready.
+    runs then, as for any stream; ``agentctl tunnel`` keeps such websockets ready. With
+    ``&reuse=1`` as well, it is accepted with ``REUSE_HEADER``: a stream that ended with
+    an ``end`` frame from the client leaves it waiting for the next ``open``, checked again.
     """
-    principal = await websocket_principal(websocket)
+    principal: Principal | None = await websocket_principal(websocket)
     if principal is None:
         return
     services = services_of(websocket)
     streams = _streams(websocket.app.state)
     probe = websocket.query_params.get("probe") in {"1", "true"}
-    if websocket.query_params.get("defer") in {"1", "true"} and not probe:
-        token_id = principal.token.id
+    deferred = websocket.query_params.get("defer") in {"1", "true"} and not probe
+    reuse = deferred and websocket.query_params.get("reuse") in {"1", "true"}
+    if deferred:
         try:
             await _load(tunnel_id, principal, streams)  # an unknown tunnel: 404 at once
-            if not streams.defer(token_id):
-                raise APIError(503, "busy", "too many streams wait for their open frame")
         except APIError as exc:
             await deny(websocket, exc.status, exc.code, exc.detail)
             return
-        try:
-            await websocket.accept()
-            principal = await _when_opened(websocket)
-        finally:
-            streams.undefer(token_id)
-        if principal is None:
+        principal = await _next_open(websocket, streams, principal.token.id, reuse=reuse)
+    while principal is not None:
+        relayer = _StreamRelay(services.hub.channels.pool, client_ends=reuse)
+        await _serve_stream(websocket, services, streams, tunnel_id, principal, probe, relayer)
+        if not relayer.kept or websocket.application_state != WebSocketState.CONNECTED:
             return
+        principal = await _next_open(websocket, streams, principal.token.id, reuse=reuse)
+
+
+async def _serve_stream(
+    websocket: WebSocket,
+    services: Services,
+    streams: TunnelStreams,
+    tunnel_id: str,
+    principal: Principal,
+    probe: bool,
+    relayer: _StreamRelay,
+) -> None:
+    """Check and carry one stream: the tunnel, its owner, the gate, a grant of its own."""
     channel_id = uuid.uuid4()
     try:
         row = await _load(tunnel_id, principal, streams)
@@ -327,7 +342,44 @@ async def stream(websocket: WebSocket, tunnel_id: str) -> None:
     # is either refused there or ended by the tunnel's close.
     owner = owner_of(principal, row.work_session_id)
     channel = OpenChannel(channel_id, "tunnel", row.server_id, owner, resource_id=row.id)
-    await serve_channel(websocket, services, message, channel)
+    await serve_channel(websocket, services, message, channel, relayer=relayer)
+
+
+class _StreamRelay:
+    """The relay of one stream; ``kept`` when the client's websocket carries its next
+    one (the agent's goes back to the pool on its own)."""
+
+    def __init__(self, pool: ChannelPool, *, client_ends: bool) -> None:
+        self._pool = pool
+        self._client_ends = client_ends
+        self.kept = False
+
+    async def __call__(self, client: WebSocket, agent: WebSocket) -> None:
+        agent_ends = self._pool.reusable(agent)
+        kept = await relay_stream(
+            client, agent, client_ends=self._client_ends, agent_ends=agent_ends
+        )
+        if kept.agent:
+            self._pool.keep(agent)
+        self.kept = kept.client
+
+
+async def _next_open(
+    websocket: WebSocket, streams: TunnelStreams, token_id: str, *, reuse: bool
+) -> Principal | None:
+    """Wait for the next ``open`` on a deferred websocket (accepting it first, with
+    ``REUSE_HEADER`` when asked); counted among the deferred ones while it waits."""
+    if not streams.defer(token_id):
+        await refuse(
+            websocket, 503, "busy", "too many streams wait for their open frame", CLOSE_NORMAL
+        )
+        return None
+    try:
+        if websocket.application_state == WebSocketState.CONNECTING:
+            await websocket.accept(headers=[(REUSE_HEADER.encode(), b"1")] if reuse else None)
+        return await _when_opened(websocket)
+    finally:
+        streams.undefer(token_id)
 
 
 async def _when_opened(websocket: WebSocket) -> Principal | None:

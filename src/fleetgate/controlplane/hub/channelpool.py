@@ -1,4 +1,4 @@
-"""Pooled agent channel websockets: dialled ahead of need, each used for one channel.
+"""Pooled agent channel websockets: dialled ahead of need, each used for one channel at a time.
 
 Opening a channel the classic way costs the agent a new TCP connection, an HTTP upgrade
 and an authentication after it received ``channel.open`` on the backhaul: most of a
@@ -10,9 +10,12 @@ the channel's from then on) or an ``error`` (refused; the websocket is closed).
 
 A pooled websocket carries no authority: the route authorized the channel before asking
 for it, and the agent checks the grant of the ``channel.open`` exactly as one from the
-backhaul. It serves one channel at most. Bounds: :data:`PER_SERVER` idle websockets per
-server (one more is refused), each closed after :data:`IDLE_TIMEOUT` seconds unused (the
-agent dials again only while it is still serving channels).
+backhaul. It serves one channel, or (dialled with ``?reuse=1``, accepted with
+``REUSE_HEADER``) one tunnel stream after another: a stream the agent ended with ``end``
+(``hub.streamrelay``) gives it back (:meth:`ChannelPool.keep`) and it is idle
+again. Bounds: :data:`PER_SERVER` idle websockets per server (one more is refused, one
+given back is closed), each closed after :data:`IDLE_TIMEOUT` seconds unused (the agent
+dials again only while it is still serving channels).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.hub.relay import close_websocket
 from fleetgate.shared.protocol.channels import CLOSE_NORMAL
+from fleetgate.shared.protocol.tunnel import REUSE_HEADER
 
 
 __all__ = ["IDLE_TIMEOUT", "PER_SERVER", "ChannelPool", "PooledSocket"]
@@ -45,8 +49,12 @@ class PooledSocket:
 
     websocket: WebSocket
     server_id: str
+    reuse: bool = False
+    """The agent ends tunnel streams on it with ``end`` frames (it asked, we accepted)."""
     answer: asyncio.Future[dict[str, Any]] | None = None
     released: asyncio.Event = field(default_factory=asyncio.Event)
+    kept: bool = False
+    """The agent ended its stream cleanly with ``end``: idle again once released."""
 
     @property
     def claimed(self) -> bool:
@@ -61,8 +69,12 @@ class ChannelPool:
         self.per_server = per_server
         self.idle_timeout = idle_timeout
         self._idle: dict[str, list[PooledSocket]] = {}
+        self._claimed: dict[int, PooledSocket] = {}
+        """Claimed websockets by ``id()`` (a starlette WebSocket is not hashable)."""
         self.claimed = 0
         """Channels asked for on a pooled websocket so far."""
+        self.reused = 0
+        """Channels that gave their pooled websocket back for another."""
 
     def idle(self, server_id: str) -> int:
         """Idle pooled websockets of ``server_id`` now."""
@@ -80,8 +92,21 @@ class ChannelPool:
         if not sockets:
             del self._idle[server_id]
         pooled.answer = asyncio.get_running_loop().create_future()
+        self._claimed[id(pooled.websocket)] = pooled
         self.claimed += 1
         return pooled
+
+    def reusable(self, websocket: WebSocket) -> bool:
+        """Whether ``websocket`` is a claimed pooled one whose agent says ``end``."""
+        pooled = self._claimed.get(id(websocket))
+        return pooled is not None and pooled.reuse
+
+    def keep(self, websocket: WebSocket) -> None:
+        """The agent ended the stream on ``websocket`` with ``end``: once its channel
+        releases it, it is idle again instead of closed."""
+        pooled = self._claimed.get(id(websocket))
+        if pooled is not None and pooled.reuse:
+            pooled.kept = True
 
     async def serve(self, websocket: WebSocket, server_id: str) -> None:
         """The endpoint of one pooled websocket (already authenticated as ``server_id``).
@@ -89,24 +114,30 @@ class ChannelPool:
         Returns when the websocket closes unused, expires, or its channel is done with it
         (returning closes an ASGI websocket).
         """
-        await websocket.accept()
-        sockets = self._idle.setdefault(server_id, [])
-        if len(sockets) >= self.per_server:
-            if not sockets:
-                del self._idle[server_id]
-            log.debug("channel.pool_full", server_id=server_id)
-            await close_websocket(websocket, CLOSE_POOL_FULL, "pool full")
-            return
-        pooled = PooledSocket(websocket, server_id)
-        sockets.append(pooled)
-        receiving = asyncio.ensure_future(websocket.receive())
-        try:
-            await self._serve(pooled, receiving)
-        finally:
-            self._forget(pooled)
-            if not receiving.done():
-                receiving.cancel()
-                await asyncio.gather(receiving, return_exceptions=True)
+        reuse = websocket.query_params.get("reuse") == "1"
+        await websocket.accept(headers=[(REUSE_HEADER.encode(), b"1")] if reuse else None)
+        pooled = PooledSocket(websocket, server_id, reuse=reuse)
+        while True:
+            if self.idle(server_id) >= self.per_server:
+                log.debug("channel.pool_full", server_id=server_id)
+                await close_websocket(websocket, CLOSE_POOL_FULL, "pool full")
+                return
+            self._idle.setdefault(server_id, []).append(pooled)
+            receiving = asyncio.ensure_future(websocket.receive())
+            try:
+                await self._serve(pooled, receiving)
+            finally:
+                self._forget(pooled)
+                self._claimed.pop(id(websocket), None)
+                if not receiving.done():
+                    receiving.cancel()
+                    await asyncio.gather(receiving, return_exceptions=True)
+            if not pooled.kept:
+                return
+            # Given back by a stream the agent ended with ``end``: idle again.
+            self.reused += 1
+            pooled.answer, pooled.kept = None, False
+            pooled.released = asyncio.Event()
 
     async def _serve(self, pooled: PooledSocket, receiving: asyncio.Future[Any]) -> None:
         released = asyncio.ensure_future(pooled.released.wait())

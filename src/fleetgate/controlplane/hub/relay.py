@@ -16,7 +16,7 @@ from starlette.websockets import WebSocket, WebSocketState
 from fleetgate.shared.protocol.channels import CLOSE_INTERNAL, CLOSE_NORMAL
 
 
-__all__ = ["close_websocket", "relay"]
+__all__ = ["close_websocket", "forwardable", "relay"]
 
 log = structlog.get_logger("controlplane.relay")
 
@@ -53,7 +53,7 @@ async def _copy(src: WebSocket, dst: WebSocket, name: str) -> tuple[int, str]:
     while True:
         message = await src.receive()
         if message["type"] == "websocket.disconnect":
-            return _forwardable(message.get("code"), message.get("reason"), name)
+            return forwardable(message.get("code"), message.get("reason"), name)
         data = message.get("bytes")
         if data is not None:
             await dst.send({"type": "websocket.send", "bytes": data})
@@ -61,7 +61,7 @@ async def _copy(src: WebSocket, dst: WebSocket, name: str) -> tuple[int, str]:
             await dst.send({"type": "websocket.send", "text": message.get("text") or ""})
 
 
-def _forwardable(code: int | None, reason: str | None, name: str) -> tuple[int, str]:
+def forwardable(code: int | None, reason: str | None, name: str) -> tuple[int, str]:
     """A close code that may be sent on: 1005 and 1006 only describe what was received."""
     if code is None or code == _NO_STATUS:
         return CLOSE_NORMAL, reason or ""

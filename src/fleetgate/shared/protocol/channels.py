@@ -192,7 +192,8 @@ class ChannelAccepted(Message):
 
     A pooled websocket is one the agent dials ahead of need while channels are in use; it
     carries nothing until the control plane sends it a ``channel.open`` (with its grant,
-    checked exactly as one received on the backhaul), and serves exactly one channel.
+    checked exactly as one received on the backhaul), and serves one channel at a time
+    (tunnel streams one after another when it was accepted for reuse: ``tunnel``).
     """
 
     type: Literal["channel.accepted"] = "channel.accepted"

@@ -12,6 +12,16 @@ flow control is the backpressure). A text frame is one JSON control object:
 The stream ends when both sides have sent ``eof`` (then either closes with 1000) or
 when the channel closes first (the other side aborts its socket).
 
+A websocket may carry one stream after another (:data:`REUSE_HEADER`): each link is
+between an end (agentctl, the agent) and the control plane, and an end that asked for it
+and got the header ends a clean stream with ``{"type": "end"}`` (:data:`END_FRAME`)
+instead of closing: it sends it once its ``eof`` went out and the peer's came in (as the
+last ``eof`` it stands for that ``eof`` too, which the control plane passes on), and from
+then on the websocket carries its next stream (a client's next ``open``, the agent's next
+``channel.open``), with every check of a new stream. The control plane passes ``end`` on
+to no one, and keeps a websocket whose end said ``end`` whatever the other side does
+afterwards. A stream that ends any other way closes its websockets, never used again.
+
 A client may open a stream's websocket ahead of need with ``?defer=1``: the control
 plane then authorizes and opens the stream only when the client's first frame,
 ``{"type": "open"}`` (:data:`OPEN_FRAME`), arrives (a refusal is a close 4403 whose
@@ -29,9 +39,12 @@ from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = [
+    "END_FRAME",
     "EOF_FRAME",
     "OPEN_FRAME",
+    "REUSE_HEADER",
     "TunnelControl",
+    "TunnelEnd",
     "TunnelEof",
     "TunnelError",
     "decode_tunnel_control",
@@ -49,6 +62,14 @@ class TunnelEof(_Frame):
     type: Literal["eof"] = "eof"
 
 
+class TunnelEnd(_Frame):
+    """Sent to the control plane once both ``eof`` have passed (it stands for the
+    sender's ``eof`` when that was not sent yet): the stream ended cleanly, and the
+    websocket carries the next one (only one accepted with :data:`REUSE_HEADER`)."""
+
+    type: Literal["end"] = "end"
+
+
 class TunnelError(_Frame):
     """The stream failed; ``code`` is stable (``tunnel_*``), ``message`` is for people."""
 
@@ -57,13 +78,22 @@ class TunnelError(_Frame):
     message: str = Field(max_length=4096)
 
 
-TunnelControl = Annotated[TunnelEof | TunnelError, Field(discriminator="type")]
+TunnelControl = Annotated[TunnelEof | TunnelEnd | TunnelError, Field(discriminator="type")]
 """Any control frame of a tunnel channel."""
 
-_ADAPTER: TypeAdapter[TunnelEof | TunnelError] = TypeAdapter(TunnelControl)
+_ADAPTER: TypeAdapter[TunnelEof | TunnelEnd | TunnelError] = TypeAdapter(TunnelControl)
 
 EOF_FRAME = TunnelEof().model_dump_json()
 """The encoded ``eof`` frame (constant, sent as text)."""
+
+END_FRAME = TunnelEnd().model_dump_json()
+"""The encoded ``end`` frame (constant, sent as text; the control plane matches it
+exactly)."""
+
+REUSE_HEADER = "x-fleetgate-stream-reuse"
+"""Asked for with ``?reuse=1`` (agentctl's stream websockets, the agent's pooled ones);
+the control plane accepts with this header (value ``1``) when it ends the streams of that
+websocket with ``end`` frames. Without it, streams end by closing, as before."""
 
 OPEN_FRAME = '{"type":"open"}'
 """The first frame of a deferred stream (client to control plane): open it now."""
@@ -76,7 +106,7 @@ def tunnel_error_frame(code: str, message: str) -> str:
     return TunnelError(code=code[:64], message=message[:4096]).model_dump_json()
 
 
-def decode_tunnel_control(text: str) -> TunnelEof | TunnelError:
+def decode_tunnel_control(text: str) -> TunnelEof | TunnelEnd | TunnelError:
     """Parse one text frame of a tunnel channel.
 
     Raises:

@@ -1,0 +1,126 @@
+"""The relay of one tunnel stream, whose websockets may carry the next stream.
+
+Like :func:`~fleetgate.controlplane.hub.relay.relay`, frames are copied as they are, one
+at a time, and when one side breaks off the other is closed the same way. A side accepted
+with ``REUSE_HEADER`` (``fleetgate.shared.protocol.tunnel``) ends a clean stream with an
+``end`` frame instead of closing, once both ``eof`` passed here (an ``end`` before its own
+``eof`` stands for it: the ``eof`` is passed on). ``end`` itself is passed to no one: the
+websocket of the side that said it is kept for that side's next stream, whatever the
+other side does afterwards (nothing of this stream goes to it any more), and the relay
+returns which sides were kept once both are done. A clean close (1000 after both ``eof``)
+of a side that cannot say ``end`` leaves the other side to end its own way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass, field
+
+import structlog
+from starlette.websockets import WebSocket
+
+from fleetgate.controlplane.hub.relay import close_websocket, forwardable
+from fleetgate.shared.protocol.channels import CLOSE_BAD_REQUEST, CLOSE_INTERNAL, CLOSE_NORMAL
+from fleetgate.shared.protocol.tunnel import END_FRAME, EOF_FRAME
+
+
+__all__ = ["Kept", "relay_stream"]
+
+log = structlog.get_logger("controlplane.relay")
+
+
+class _Done(enum.Enum):
+    KEPT = "kept"  # the side said ``end``: its websocket carries its next stream
+    CLEAN = "clean"  # closed cleanly after both eof: the other side ends its own way
+    FAILED = "failed"  # the other side was closed (unless it had said ``end``)
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Which websockets said ``end`` and stay open for their next stream."""
+
+    client: bool
+    agent: bool
+
+
+@dataclass
+class _State:
+    eofs: set[str] = field(default_factory=set)  # the sides whose eof was passed on
+    ended: set[str] = field(default_factory=set)  # the sides that said ``end``
+
+
+async def relay_stream(
+    client: WebSocket, agent: WebSocket, *, client_ends: bool, agent_ends: bool
+) -> Kept:
+    """Relay until both sides are done with the stream; which of them said ``end``.
+
+    ``client_ends`` / ``agent_ends``: that side was accepted with ``REUSE_HEADER``.
+    """
+    state = _State()
+    async with asyncio.TaskGroup() as tg:
+        up = tg.create_task(
+            _pump(client, agent, ("client", "agent"), client_ends, state), name="stream-up"
+        )
+        down = tg.create_task(
+            _pump(agent, client, ("agent", "client"), agent_ends, state), name="stream-down"
+        )
+        # A direction that broke off ends the relay (its pump closed the other side).
+        up.add_done_callback(lambda t: _failed(t) and down.cancel())
+        down.add_done_callback(lambda t: _failed(t) and up.cancel())
+    return Kept(client=_kept(up), agent=_kept(down))
+
+
+def _failed(task: asyncio.Task[_Done]) -> bool:
+    return task.cancelled() or task.exception() is not None or task.result() is _Done.FAILED
+
+
+def _kept(task: asyncio.Task[_Done]) -> bool:
+    return not task.cancelled() and task.exception() is None and task.result() is _Done.KEPT
+
+
+async def _pump(
+    src: WebSocket, dst: WebSocket, names: tuple[str, str], ends: bool, state: _State
+) -> _Done:
+    """Copy ``src`` to ``dst`` until ``src`` is done with the stream (see the module).
+    Cancelled, it closes nothing."""
+    name, other = names
+    try:
+        while True:
+            message = await src.receive()
+            if message["type"] == "websocket.disconnect":
+                code, reason = forwardable(message.get("code"), message.get("reason"), name)
+                if code == CLOSE_NORMAL and len(state.eofs) == 2:
+                    return _Done.CLEAN
+                break
+            data = message.get("bytes")
+            text = message.get("text") or ""
+            if ends and data is None and text == END_FRAME:
+                if other in state.eofs:
+                    if name not in state.eofs:  # the last eof, said by the end
+                        state.eofs.add(name)
+                        await dst.send({"type": "websocket.send", "text": EOF_FRAME})
+                    state.ended.add(name)
+                    return _Done.KEPT
+                # Before the other side's eof: the stream has not ended.
+                code, reason = CLOSE_BAD_REQUEST, f"{name} sent end before the stream ended"
+                await close_websocket(src, code, reason)
+                break
+            if other in state.ended:
+                # ``dst`` is done with this stream: only a failure can come now.
+                await close_websocket(src, CLOSE_NORMAL)
+                return _Done.FAILED
+            if data is not None:
+                await dst.send({"type": "websocket.send", "bytes": data})
+                continue
+            if text == EOF_FRAME:
+                state.eofs.add(name)
+            await dst.send({"type": "websocket.send", "text": text})
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a broken transport, on either side
+        log.debug("channel.relay_broken", side=name, error=type(exc).__name__)
+        code, reason = CLOSE_INTERNAL, f"{name} connection lost"
+    if other not in state.ended:
+        await close_websocket(dst, code, reason)
+    return _Done.FAILED
