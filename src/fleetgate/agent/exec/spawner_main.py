@@ -41,6 +41,8 @@ import sys
 from typing import Any
 
 
+__all__ = ["HEADER", "MAX_FRAME", "main"]
+
 HEADER = struct.Struct("!I")
 MAX_FRAME = 16 * 1024 * 1024
 """Bytes of one request at most (a command's line and environment are far smaller)."""
