@@ -15,12 +15,17 @@ when it gets its slot. A short command so costs two fsyncs: before the spawn, at
 At start, commands a previous run left running get an ``interrupted`` final report
 instead of running again; commands it left queued (never started) run now, first, in
 their original order.
+
+A command of a work session is stopped when the agent hears that the session ended
+(``work_session.ended``): a running one as at a timeout (``error_phase`` ``stopped``,
+code ``work_session_ended``), a queued one is refused when its slot comes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from time import time
@@ -33,6 +38,7 @@ from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.backhaul import Outbox
 from fleetgate.agent.clock import utcnow
 from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.exec.stopping import STOPPED_CODE, StopRequest
 from fleetgate.agent.policy import GrantPolicy, GrantRefused
 from fleetgate.agent.spool import (
     Batch,
@@ -115,6 +121,11 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._interrupted: list[tuple[UUID, CommandState]] = []
         self._resumed: list[CommandRun] = []
+        # work session -> its commands accepted and not finished, each with its stop switch
+        self._stops: dict[str, dict[UUID, StopRequest]] = {}
+        # work sessions that ended lately -> why: a command of one still on its way to the
+        # intake when the end arrived is stopped before it starts
+        self._ended: OrderedDict[str, str] = OrderedDict()
         if leftovers is not None:
             self._inbox.restore(leftovers.active, leftovers.finished)
             self._resumed = [message for message, _ in leftovers.queued]
@@ -162,9 +173,23 @@ class Dispatcher:
         return None
 
     def on_work_session_ended(self, message: WorkSessionEnded) -> None:
-        """Revoke at once whatever the work session allowed in running commands."""
+        """Revoke at once whatever the work session allowed: sudo in running commands,
+        and the commands themselves (stopped if running, refused if still queued)."""
         if self._sudo is not None:
             self._sudo.end_work_session(message.work_session)
+        reason = f"stopped: its work session {message.work_session} ended ({message.status})"
+        self._ended[message.work_session] = reason
+        while len(self._ended) > ENDED_SESSIONS_KEPT:
+            self._ended.popitem(last=False)
+        stops = self._stops.get(message.work_session, {})
+        for command_id, stop in stops.items():
+            log.info(
+                "command.stopping",
+                command_id=str(command_id),
+                work_session=message.work_session,
+                status=message.status,
+            )
+            stop.stop(reason)
         if self._on_session_ended is not None:
             self._on_session_ended(message)
 
@@ -195,7 +220,10 @@ class Dispatcher:
                 log.info("command.resumed", command_id=str(message.command_id))
                 self._waiting += 1
                 checked = self._refusal(message)
-                tg.create_task(self._execute(checked, None), name=f"command-{message.command_id}")
+                tg.create_task(
+                    self._execute(checked, None, self._stoppable(checked)),
+                    name=f"command-{message.command_id}",
+                )
             while True:
                 item = await self._intake.get()
                 if isinstance(item, UUID):
@@ -203,19 +231,27 @@ class Dispatcher:
                     continue
                 message, delivered_at = item
                 checked = self._refusal(message)
+                stop = self._stoppable(checked)
                 name = f"command-{message.command_id}"
-                # A free slot and nobody ahead: the command starts at once.
-                if checked[0] is None and self._waiting == 0 and not self._slots.locked():
+                # A free slot and nobody ahead: the command starts at once (unless its
+                # work session already ended: refused on the way below).
+                ended = stop is not None and stop.stopped
+                if (
+                    checked[0] is None
+                    and not ended
+                    and self._waiting == 0
+                    and not self._slots.locked()
+                ):
                     await self._slots.acquire()  # free: returns without suspending
                     self._inbox.advance(message.command_id, CommandState.RUNNING)
                     recorded = self._record_running(message, delivered_at)
-                    tg.create_task(self._start_now(checked, *recorded), name=name)
+                    tg.create_task(self._start_now(checked, stop, *recorded), name=name)
                     continue
                 # Not waiting for the disk here: the next command's delivery joins the
                 # same commit, so a burst of commands costs one write, not one each.
                 delivered = await self._report_delivered(message, delivered_at)
                 self._waiting += 1
-                tg.create_task(self._execute(checked, delivered), name=name)
+                tg.create_task(self._execute(checked, delivered, stop), name=name)
 
     def stop_accepting(self) -> None:
         """Refuse new commands from now on (graceful shutdown)."""
@@ -253,8 +289,32 @@ class Dispatcher:
 
         return self._spool.commit(change), delivered_at
 
+    def _stoppable(self, checked: _Checked) -> StopRequest | None:
+        """The stop switch of an accepted command of a work session (None otherwise),
+        registered until the command finishes."""
+        refused, _, message = checked
+        if refused is not None or message.work_session is None:
+            return None
+        stop = StopRequest()
+        ended = self._ended.get(message.work_session)
+        if ended is not None:
+            stop.stop(ended)
+        self._stops.setdefault(message.work_session, {})[message.command_id] = stop
+        return stop
+
+    def _forget_stop(self, message: CommandRun) -> None:
+        stops = self._stops.get(message.work_session or "")
+        if stops is not None:
+            stops.pop(message.command_id, None)
+            if not stops:
+                del self._stops[message.work_session or ""]
+
     async def _start_now(
-        self, checked: _Checked, recorded: Awaitable[None], delivered_at: datetime | None
+        self,
+        checked: _Checked,
+        stop: StopRequest | None,
+        recorded: Awaitable[None],
+        delivered_at: datetime | None,
     ) -> None:
         """Run a command that got its slot at arrival, once it is recorded as running."""
         _, claims, message = checked
@@ -265,10 +325,21 @@ class Dispatcher:
                 await recorded
             except BaseException:
                 self._slots.release()
+                self._forget_stop(message)
                 raise
-            await self._run(message, claims, delivered_at)
+            await self._run(message, claims, stop, delivered_at)
 
-    async def _execute(self, checked: _Checked, delivered: Awaitable[None] | None) -> None:
+    async def _execute(
+        self, checked: _Checked, delivered: Awaitable[None] | None, stop: StopRequest | None
+    ) -> None:
+        try:
+            await self._execute_checked(checked, delivered, stop)
+        finally:
+            self._forget_stop(checked[2])
+
+    async def _execute_checked(
+        self, checked: _Checked, delivered: Awaitable[None] | None, stop: StopRequest | None
+    ) -> None:
         refused, claims, message = checked
         command_id = message.command_id
         with structlog.contextvars.bound_contextvars(
@@ -281,6 +352,9 @@ class Dispatcher:
                     await delivered
                 if refused is None:
                     await self._slots.acquire()
+                    if stop is not None and stop.stopped:
+                        self._slots.release()
+                        refused = GrantRefused(STOPPED_CODE, stop.reason)
             finally:
                 self._waiting -= 1
             if refused is not None:
@@ -303,14 +377,19 @@ class Dispatcher:
             except BaseException:
                 self._slots.release()
                 raise
-            await self._run(message, claims)
+            await self._run(message, claims, stop)
 
     async def _run(
-        self, message: CommandRun, claims: GrantClaims | None, delivered_at: datetime | None = None
+        self,
+        message: CommandRun,
+        claims: GrantClaims | None,
+        stop: StopRequest | None,
+        delivered_at: datetime | None = None,
     ) -> None:
         """Run a command recorded as running (its slot taken), then finish it.
 
-        ``delivered_at``: the delivery is still to be reported, with the start."""
+        ``stop``: its work session's stop switch. ``delivered_at``: the delivery is still
+        to be reported, with the start."""
         command_id = message.command_id
         from fleetgate.agent.exec import run_command  # loads with the first command
 
@@ -321,9 +400,11 @@ class Dispatcher:
                 on_started=lambda at: self._started(message, at, delivered_at),
                 on_output=lambda seq, data: self._report_output(command_id, seq, data),
                 track=self._tracker(message, claims),
+                stop=stop,
             )
         finally:
             self._slots.release()
+            self._forget_stop(message)
         self._audit_event(
             "command.finished",
             message,
@@ -500,6 +581,10 @@ def _interrupted(command_id: UUID, state: CommandState, at: datetime, rid: int) 
     return interrupted_report(rid, command_id, state, at=at)
 
 
+ENDED_SESSIONS_KEPT = 1024
+"""Ended work sessions remembered (the oldest forgotten first): enough for any command
+of one that was in flight when its end arrived."""
+
 ACK_WRITE_DELAY = 0.05
 """Seconds a command's start (and delivery) reports may wait for its output or final
 report to be written with them (one fsync instead of two for a short command)."""
@@ -536,4 +621,5 @@ def _finished(rid: int, command_id: UUID, outcome: CommandOutcome) -> CommandFin
         output_bytes=outcome.output_bytes,
         error_phase=outcome.error_phase,
         message=outcome.message,
+        code=outcome.code,
     )

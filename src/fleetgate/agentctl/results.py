@@ -19,6 +19,7 @@ TERMINAL_STATUSES = frozenset(
         "timed out",
         "error",
         "interrupted",
+        "stopped",
         "cancelled",
         "completed",
         "stuck",

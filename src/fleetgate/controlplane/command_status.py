@@ -85,6 +85,8 @@ def _finished_status(cmd: CommandState, handled_at: int) -> Status:
         return Status("Error", "danger", False, cmd.message or "The command could not start")
     if phase == "denied":
         return Status("Denied", "danger", False, cmd.message or "Refused by the agent")
+    if phase == "stopped":
+        return Status("Stopped", "danger", False, cmd.message or "Stopped: its work session ended")
     if phase == "interrupted":
         return Status("Interrupted", "danger", False, cmd.message or "Interrupted by the agent")
     if cmd.exit_code == 0 and cmd.success is not False and phase is None:

@@ -31,6 +31,7 @@ from fleetgate.agent.exec import (
 )
 from fleetgate.agent.exec.identity import BASE_PATH
 from fleetgate.agent.exec.spawn import find_setpriv
+from fleetgate.agent.exec.stopping import StopRequest
 from fleetgate.shared.protocol.messages import CommandRun
 from tests.support.users import CreatedUser
 
@@ -390,6 +391,68 @@ async def test_cancellation_kills_the_process_group() -> None:
         await finish(task)
     assert wait_gone(shell)
     assert wait_gone(background)
+
+
+async def test_a_stop_request_stops_the_whole_tree_and_says_why() -> None:
+    recorder = Recorder()
+    printed = asyncio.Event()
+    stop = StopRequest()
+
+    async def on_output(seq: int, text: str) -> None:
+        await recorder.on_output(seq, text)
+        printed.set()
+
+    task = asyncio.create_task(
+        run_command(
+            command("sleep 1000 & echo $$ $!; wait"),
+            LIMITS,
+            on_started=recorder.on_started,
+            on_output=on_output,
+            stop=stop,
+        )
+    )
+    try:
+        await asyncio.wait_for(printed.wait(), 30)
+        shell, background = map(int, recorder.text.split())
+        stop.stop("stopped: its work session ws-1 ended (revoked)")
+        outcome = await asyncio.wait_for(task, 30)
+    finally:
+        await finish(task)
+    assert outcome.error_phase == "stopped"
+    assert outcome.code == "work_session_ended"
+    assert outcome.message == "stopped: its work session ws-1 ended (revoked)"
+    assert outcome.exit_code == 128 + 15  # SIGTERM, as at a timeout
+    assert not outcome.success
+    assert wait_gone(shell)
+    assert wait_gone(background)
+
+
+async def test_a_command_that_ends_on_its_own_is_not_reported_stopped() -> None:
+    stop = StopRequest()
+    recorder = Recorder()
+    outcome = await run_command(
+        command("echo done"),
+        LIMITS,
+        on_started=recorder.on_started,
+        on_output=recorder.on_output,
+        stop=stop,
+    )
+    stop.stop("too late")
+    assert outcome.success
+    assert (outcome.error_phase, outcome.code) == (None, None)
+    # Asked before the start: stopped at once, never left running.
+    started = time.monotonic()
+    early = StopRequest()
+    early.stop("ended before the start")
+    outcome = await run_command(
+        command("sleep 1000"),
+        LIMITS,
+        on_started=recorder.on_started,
+        on_output=recorder.on_output,
+        stop=early,
+    )
+    assert (outcome.error_phase, outcome.message) == ("stopped", "ended before the start")
+    assert time.monotonic() - started < 15
 
 
 # -- output --------------------------------------------------------------------------------

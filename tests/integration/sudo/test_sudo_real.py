@@ -212,36 +212,40 @@ def _wait_status(stack: Stack, session: str, status: str) -> None:
             current = api.get(f"{SESSIONS}{session}/", params=params).json()["status"]
 
 
-def _sudo_after(stack: Stack, session: str, end: Any) -> subprocess.CompletedProcess[str]:
-    """Start a command in ``session`` that calls sudo once ``end()`` has ended it."""
-    flag = Path(f"/tmp/fleet-sudo-go-{uuid.uuid4().hex}")
-    line = f"echo ready; while [ ! -e {flag} ]; do sleep 0.05; done; sudo -n id -u"
+def _stopped_by(stack: Stack, session: str, end: Any) -> subprocess.CompletedProcess[str]:
+    """Start a long command in ``session`` and call ``end()`` once it runs: agentctl's
+    result once the command was stopped."""
     waiting = stack.ctl.popen(
-        "exec", "--work-session", session, "-u", stack.user.name, stack.agent.name, "--", line
+        "exec",
+        "--work-session",
+        session,
+        "-u",
+        stack.user.name,
+        stack.agent.name,
+        "--",
+        f"echo ready; sleep 1000; : {session}; sudo -n id -u",
     )
     try:
         assert waiting.stdout is not None
         first = waiting.stdout.readline()  # the command runs (streamed output)
         assert first == "ready\n", first
         end()
-        flag.touch()
         out, err = waiting.communicate(timeout=60)
     finally:
-        flag.unlink(missing_ok=True)
         if waiting.poll() is None:
             waiting.kill()
             waiting.wait()
     return subprocess.CompletedProcess(waiting.args, waiting.returncode, first + out, err)
 
 
-def test_after_the_session_expires_sudo_is_refused(stack: Stack) -> None:
+def test_after_the_session_expires_its_command_is_stopped(stack: Stack) -> None:
     session = stack.session(duration="10s")
-    done = _sudo_after(stack, session, lambda: _wait_status(stack, session, "expired"))
-    assert refusal_code(done.stdout) in ("work_session_expired", "work_session_ended"), done
-    assert done.returncode != 0
+    done = _stopped_by(stack, session, lambda: _wait_status(stack, session, "expired"))
+    assert done.returncode == 128 + 15, done  # SIGTERM to its process group
+    assert f"its work session {session} ended (expired)" in done.stderr, done
 
 
-def test_revoking_the_session_revokes_sudo_at_once(stack: Stack) -> None:
+def test_revoking_the_session_stops_its_command_at_once(stack: Stack) -> None:
     session = stack.session()
 
     def revoke() -> None:
@@ -249,8 +253,14 @@ def test_revoking_the_session_revokes_sudo_at_once(stack: Stack) -> None:
             got = api.post(f"{SESSIONS}{session}/revoke/", json={})
             assert got.status_code == 200, got.text
 
-    done = _sudo_after(stack, session, revoke)
-    refused(done, "work_session_ended")
+    done = _stopped_by(stack, session, revoke)
+    assert done.returncode == 128 + 15, done
+    assert f"its work session {session} ended (revoked)" in done.stderr, done
+    assert done.stdout == "ready\n"  # the sudo after the sleep never ran
+    with stack.api() as api:
+        commands = api.get("/api/events/commands/", params={"search": session}).json()
+    (command,) = commands["results"]
+    assert (command["error_phase"], command["status"]["text"]) == ("stopped", "Stopped")
 
 
 # -- elevation through the API -------------------------------------------------------------

@@ -72,6 +72,13 @@ FINISHED = replace(RUNNING, handled_at=NOW)
             id="interrupted",
         ),
         pytest.param(
+            replace(FINISHED, exit_code=143, success=False, error_phase="stopped"),
+            "Stopped",
+            "danger",
+            False,
+            id="stopped",
+        ),
+        pytest.param(
             Cmd(cancelled_at=NOW - 5 * S), "Cancelled", "secondary", False, id="cancelled"
         ),
         pytest.param(

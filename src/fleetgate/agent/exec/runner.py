@@ -9,7 +9,8 @@ side by side in a task group:
   command blocks in ``write``. Apart from the kernel's pipe buffer, at most one block,
   one partial chunk and the capped result are held in memory;
 * the *supervisor* waits for the main process, enforces the timeout (SIGTERM to the
-  group, grace, SIGKILL) and, once the process is gone, kills what is left of its
+  group, grace, SIGKILL), stops it the same way when its work session ends
+  (:mod:`fleetgate.agent.exec.stopping`) and, once the process is gone, kills what is left of its
   process group so background jobs do not outlive the command.
 
 After the exit the pump keeps reading: first everything that was already in the pipe
@@ -26,7 +27,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import structlog
@@ -42,6 +43,7 @@ from fleetgate.agent.exec.pump import OnOutput, OutputPump
 from fleetgate.agent.exec.spawn import find_setpriv, needs_switch, prepare, spawn, spawn_through
 from fleetgate.agent.exec.spawner import SpawnerUnavailable
 from fleetgate.agent.exec.spawner_pool import SpawnerPool
+from fleetgate.agent.exec.stopping import STOPPED_CODE, StopRequest, exited_or_stopped
 from fleetgate.shared.protocol.messages import CommandRun
 
 
@@ -65,8 +67,10 @@ class CommandOutcome:
         result: the output, capped to head and tail.
         truncated: bytes were left out of ``result``.
         output_bytes: total bytes the command wrote.
-        error_phase: ``None``, ``"start"`` (could not start) or ``"timeout"``.
+        error_phase: ``None``, ``"start"`` (could not start), ``"timeout"`` or
+            ``"stopped"`` (its work session ended).
         message: a human explanation for ``error_phase`` or for a death by signal.
+        code: the stable code of a stop (:data:`~fleetgate.agent.exec.stopping.STOPPED_CODE`).
     """
 
     acked_at: datetime
@@ -78,6 +82,7 @@ class CommandOutcome:
     output_bytes: int
     error_phase: str | None
     message: str | None
+    code: str | None = None
 
     @property
     def success(self) -> bool:
@@ -94,6 +99,7 @@ async def run_command(
     use_setpriv: bool = True,
     use_spawner: bool = True,
     track: Callable[[int], Callable[[], None]] | None = None,
+    stop: StopRequest | None = None,
 ) -> CommandOutcome:
     """Run a command to completion.
 
@@ -112,6 +118,8 @@ async def run_command(
         track: called with the pid (= the process session id) as soon as the process
             exists; the callable it returns is called once the process group is gone
             (sudo mediation registers the session this way).
+        stop: once asked, the process group is stopped as at a timeout and the outcome's
+            ``error_phase`` is ``"stopped"`` (its work session ended).
 
     Returns:
         The outcome. A command that cannot start is an outcome too (``error_phase``
@@ -143,7 +151,7 @@ async def run_command(
         await on_started(acked_at)
         async with asyncio.TaskGroup() as tg:
             supervisor = tg.create_task(
-                _supervise(proc, spawned, deadline, limits.kill_grace, pump)
+                _supervise(proc, spawned, deadline, limits.kill_grace, pump, stop)
             )
             await pump.run()
         exit_ = supervisor.result()
@@ -163,6 +171,10 @@ async def run_command(
     returncode = proc.returncode
     assert returncode is not None  # _supervise returns after the process was reaped
     status = exit_status(returncode, exit_.timed_out_after if exit_.timed_out else None)
+    code = None
+    if exit_.stopped and stop is not None:
+        status = replace(status, error_phase="stopped", message=stop.reason)
+        code = STOPPED_CODE
     result, truncated = pump.capture.result()
     log.info(
         "command.finished",
@@ -181,6 +193,7 @@ async def run_command(
         output_bytes=pump.capture.total_bytes,
         error_phase=status.error_phase,
         message=status.message,
+        code=code,
     )
 
 
@@ -246,6 +259,7 @@ class _Exit:
     handled_at: datetime
     timed_out: bool
     timed_out_after: float
+    stopped: bool
 
 
 async def _supervise(
@@ -254,23 +268,26 @@ async def _supervise(
     deadline: float,
     grace: float,
     pump: OutputPump,
+    stop: StopRequest | None,
 ) -> _Exit:
-    """Wait for the main process (stopping it at ``deadline``), then kill its group.
+    """Wait for the main process (stopping it at ``deadline`` or when ``stop`` is
+    asked), then kill its group.
 
     ``spawned`` and ``deadline`` are event-loop times.
     """
-    timed_out, timed_out_after = False, 0.0
+    timed_out, timed_out_after, stopped = False, 0.0, False
     try:
         async with asyncio.timeout_at(deadline):
-            await proc.wait()
+            stopped = await exited_or_stopped(proc, stop)
     except TimeoutError:
         timed_out, timed_out_after = True, asyncio.get_running_loop().time() - spawned
+    if timed_out or stopped:
         await _stop(proc, grace)
     ended, handled_at = monotonic(), utcnow()
     # Background jobs of the command share its process group; they must not outlive it.
     _signal_group(proc.pid, signal.SIGKILL)
     pump.process_exited()
-    return _Exit(ended, handled_at, timed_out, timed_out_after)
+    return _Exit(ended, handled_at, timed_out, timed_out_after, stopped)
 
 
 async def _stop(proc: Process, grace: float) -> None:

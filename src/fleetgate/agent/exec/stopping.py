@@ -1,0 +1,63 @@
+"""Stopping a command before it ends on its own: its work session ended.
+
+A command started under a work session may do no more than the session allows; once the
+session is revoked, completed or expired, whatever still runs under it is stopped (as the
+control plane ends the session's terminals, transfers and tunnels). The dispatcher holds
+one :class:`StopRequest` per command of a session and sets it when the agent hears of the
+end; the runner waits for the process *or* the request, then stops the process group as
+it does at a timeout. A command still waiting for its slot is not started at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fleetgate.agent.exec.child import Process
+
+
+__all__ = ["STOPPED_CODE", "StopRequest", "exited_or_stopped"]
+
+STOPPED_CODE = "work_session_ended"
+"""The stable code of a command stopped because its work session ended."""
+
+
+class StopRequest:
+    """A one-way switch: once :meth:`stop` is called, the command should stop."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self.reason = ""
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the stop was asked for."""
+        return self._event.is_set()
+
+    def stop(self, reason: str) -> None:
+        """Ask the command to stop; the first reason given is the one reported."""
+        if not self._event.is_set():
+            self.reason = reason
+            self._event.set()
+
+    async def wait(self) -> None:
+        """Return once the stop is asked for."""
+        await self._event.wait()
+
+
+async def exited_or_stopped(proc: Process, stop: StopRequest | None) -> bool:
+    """Wait until ``proc`` exits or ``stop`` is asked for; True when stopped first (the
+    process may then still run: stopping it is the caller's)."""
+    if stop is None:
+        await proc.wait()
+        return False
+    if stop.stopped:
+        return True
+    async with asyncio.TaskGroup() as tg:
+        exited = tg.create_task(proc.wait(), name="command-wait")
+        asked = tg.create_task(stop.wait(), name="command-stop")
+        await asyncio.wait((exited, asked), return_when=asyncio.FIRST_COMPLETED)
+        # The process's exit wins a tie: a command that ended on its own is reported as such.
+        stopped = not exited.done()
+        exited.cancel()
+        asked.cancel()
+    return stopped
