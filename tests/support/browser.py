@@ -12,11 +12,15 @@ import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -83,12 +87,32 @@ def browser(width: int = 1280, height: int = 900) -> Iterator[WebDriver]:
         driver.quit()
 
 
+_NAVIGATION_RACES = (
+    "does not belong to the document",
+    "execution context was destroyed",
+    "cannot find context with specified id",
+)
+"""What Chromium's driver says (as a bare ``WebDriverException``) when an element or script
+of the page being left is used while the next page loads: the condition is simply not true
+yet."""
+
+
 def wait_for(driver: WebDriver, condition: Callable[[WebDriver], _T], timeout: float = WAIT) -> _T:
-    """Wait until ``condition(driver)`` is truthy and return it."""
-    ignored = (NoSuchElementException, StaleElementReferenceException)  # mid-navigation
-    return WebDriverWait(driver, timeout, poll_frequency=0.1, ignored_exceptions=ignored).until(
-        condition
-    )
+    """Wait until ``condition(driver)`` is truthy and return it; a page that is changing
+    under the condition (a form just submitted) counts as "not yet"."""
+
+    def settled(d: WebDriver) -> _T | bool:
+        try:
+            return condition(d)
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+        except WebDriverException as exc:
+            if any(race in str(exc.msg).lower() for race in _NAVIGATION_RACES):
+                return False
+            raise
+
+    # until() returns only a truthy value, so never the False of "not yet".
+    return cast(_T, WebDriverWait(driver, timeout, poll_frequency=0.1).until(settled))
 
 
 def find(driver: WebDriver, css: str, timeout: float = WAIT) -> WebElement:
