@@ -59,6 +59,7 @@ from fleetgate.shared.protocol import (
     SudoDecided,
     TerminalEnd,
     Welcome,
+    WorkSessionEnded,
     decode_agent_message,
     error_ref,
 )
@@ -303,6 +304,7 @@ class AgentSession:
                 break
             self.log.debug("command.sent", command_id=row.id, redelivery=True)
         await self._end_closed_terminals(resumed.closed_terminals)
+        await self._end_sessions(resumed.ended_sessions)
 
     async def _end_closed_terminals(self, closed: list[tuple[str, str]]) -> None:
         """Terminals closed here (revoked, deleted) while this agent may have been away:
@@ -315,6 +317,16 @@ class AgentSession:
                 break
         if closed:
             self.log.info("terminal.end_resent", terminals=len(closed))
+
+    async def _end_sessions(self, ended: list[tuple[str, str]]) -> None:
+        """Work sessions that ended while this agent was away, with commands it still
+        runs: ``work_session.ended`` again, so those stop now instead of at their
+        timeout (the hub sent it only to the agents connected then)."""
+        for session_id, status in ended:
+            message = WorkSessionEnded(work_session=session_id, status=status)
+            if not await self.conn.send_quietly(message):
+                return
+            self.log.info("work_session.end_resent", work_session=session_id)
 
     async def _store(self, reports: list[CommandReport]) -> None:
         if self.writer is not None:  # shared with every other session: one transaction
