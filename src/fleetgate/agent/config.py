@@ -383,16 +383,30 @@ class SshConfig(_Section):
 
     enabled: bool = True
     agent_forwarding: bool = False
-    """``ssh -A``: refused, naming this key (not supported yet even when on)."""
+    """``ssh -A``: not offered, so only ``false`` is valid (the request is refused and the
+    client told why). A forwarded agent would let root on the server sign with the
+    user's keys; each server gets its own certificate instead (``agentctl ssh-config``)."""
     x11_forwarding: bool = False
-    """Allow ``ssh -X`` (not supported yet: the request is refused even when on)."""
+    """``ssh -X``: not offered (managed servers run no X11 clients); only ``false`` is
+    valid."""
     remote_forwarding: bool = False
-    """Allow ``ssh -R`` to listen on the server's loopback (not supported yet)."""
+    """Allow ``ssh -R``: the agent listens on the server's loopback only (whatever address
+    the client asks), a port below 1024 only for a root login, and carries each
+    connection back to the client; the work session needs the ``tunnel`` scope
+    (``fleetgate.agent.ssh.remote``)."""
     host_key_file: Path | None = None
     """The SSH host key (default ``ssh_host_ed25519_key`` in ``state_dir``, made at
     registration or first start, 0600)."""
     sftp_server: Path = Path("/usr/lib/openssh/sftp-server")
     """OpenSSH's ``sftp-server``, started as the user for the ``sftp`` subsystem."""
+
+    @field_validator("agent_forwarding", "x11_forwarding")
+    @classmethod
+    def _not_offered(cls, on: bool) -> bool:
+        if on:
+            raise ValueError("not offered by this agent: only false is valid (docs/ssh.md)")
+        return on
+
     login_timeout: float = Field(default=30.0, gt=0, le=600)
     """Seconds a client has to authenticate."""
     read_bytes: int = Field(default=256 * 1024, ge=4096, le=1024 * 1024)

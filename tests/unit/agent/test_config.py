@@ -50,6 +50,8 @@ def test_plain_http_maps_to_ws(tmp_path: Path) -> None:
         ("[limits]\nno_such_key = 1\n", "limits.no_such_key"),
         ("[backhaul]\nkeepalive_timeout = -1\n", "backhaul.keepalive_timeout"),
         ('[logging]\nlevel = "loud"\n', "logging.level"),
+        ("[ssh]\nagent_forwarding = true\n", "ssh.agent_forwarding: .*not offered"),
+        ("[ssh]\nx11_forwarding = true\n", "ssh.x11_forwarding: .*not offered"),
     ],
 )
 def test_invalid_values_name_their_key(tmp_path: Path, extra: str, message: str) -> None:

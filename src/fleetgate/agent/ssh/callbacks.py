@@ -8,7 +8,7 @@ instead of asyncssh's own SFTP server, which would run with the agent's identity
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import asyncssh
@@ -55,7 +55,6 @@ class ServerCallbacks(asyncssh.SSHServer):
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
         owner = self._owner
-        ssh = owner.ctx.config.ssh
         # asyncssh refuses a bad certificate silently; check it ourselves first so the
         # client is told why (banner), then let asyncssh verify it as usual.
         original = conn._validate_openssh_certificate
@@ -73,22 +72,15 @@ class ServerCallbacks(asyncssh.SSHServer):
 
         async def agent_listener() -> bool:
             owner.notices.append(
-                "agent forwarding (-A) is refused: [ssh] agent_forwarding = false in the "
-                "agent's configuration"
-                if not ssh.agent_forwarding
-                else "agent forwarding (-A) is not supported by this agent yet"
+                "agent forwarding (-A) is refused: this agent does not offer it (root on "
+                "the server could use your keys); each server has its own certificate"
             )
             return False
 
         conn.create_agent_listener = agent_listener  # type: ignore[method-assign]
 
         async def x11_listener(*_args: Any) -> None:
-            key = "[ssh] x11_forwarding"
-            owner.notices.append(
-                f"X11 forwarding (-X) is refused: {key} = false in the agent's configuration"
-                if not ssh.x11_forwarding
-                else "X11 forwarding (-X) is not supported by this agent yet"
-            )
+            owner.notices.append("X11 forwarding (-X) is refused: this agent does not offer it")
 
         conn.attach_x11_listener = x11_listener  # type: ignore[method-assign,assignment]
 
@@ -127,12 +119,19 @@ class ServerCallbacks(asyncssh.SSHServer):
         )
         return True
 
-    def server_requested(self, listen_host: str, listen_port: int) -> bool:
-        ssh = self._owner.ctx.config.ssh
-        self._owner.notices.append(
-            "remote forwarding (-R) is refused: [ssh] remote_forwarding = false in the "
-            "agent's configuration"
-            if not ssh.remote_forwarding
-            else "remote forwarding (-R) is not supported by this agent yet"
-        )
-        return False
+    def server_requested(
+        self, listen_host: str, listen_port: int
+    ) -> bool | Awaitable[asyncssh.SSHListener | bool]:
+        owner = self._owner
+        if not owner.ctx.config.ssh.remote_forwarding:
+            owner.notices.append(
+                "remote forwarding (-R) is refused: [ssh] remote_forwarding = false in the "
+                "agent's configuration"
+            )
+            return False
+        why = owner.remote_forward_refusal(listen_host, listen_port)
+        if why is not None:
+            owner.notices.append(f"remote forwarding (-R) is refused: {why.detail}")
+            owner.background(owner.report("refused", code=why.code, detail=why.detail))
+            return False
+        return owner.listen_back(listen_host, listen_port)

@@ -27,7 +27,7 @@ _WHAT = {
     "shell": "an interactive shell",
     "exec": "running a command",
     "sftp": "file transfer (sftp, scp)",
-    "forward": "port forwarding (ssh -L)",
+    "forward": "port forwarding (ssh -L, -R)",
 }
 
 

@@ -35,6 +35,7 @@ from fleetgate.agent.ssh.processes import (
     parse_sftp_log,
     run_process,
 )
+from fleetgate.agent.ssh.remote import bind_host, remote_forward_refusal
 from fleetgate.agent.ssh.transport import LinkTransport, LinkTunnel
 from fleetgate.agent.tunnel.policy import Refusal
 from fleetgate.agent.websh.manager import TerminalRequest
@@ -362,6 +363,39 @@ class SshConnection:
         if isinstance(target, Refusal):
             return SshRefusal(target.code, target.message)
         return None
+
+    def remote_forward_refusal(self, host: str, port: int) -> SshRefusal | None:
+        """Why ``ssh -R`` listening on ``host:port`` is refused (scope, loopback, port)."""
+        try:
+            uid = _resolve(self.username)[0].uid
+        except CommandError as exc:
+            return SshRefusal("unknown_user", str(exc))
+        return remote_forward_refusal(host, port, uid=uid, claims=self.claims)
+
+    async def listen_back(self, host: str, port: int) -> asyncssh.SSHListener | bool:
+        """Listen on the server's loopback for ``ssh -R``; each connection accepted there
+        is carried back to the client (``forwarded-tcpip``) and put on the timeline.
+        ``False`` (the client is told the forward failed) when the port is taken."""
+        conn = self._conn
+        if conn is None:
+            return False
+        bind = bind_host(host)
+
+        def accepted(orig_host: str, orig_port: int) -> bool:
+            detail = f"ssh -R connection from {orig_host}:{orig_port} to port {port}"
+            self.background(self.report("forward", detail=detail))
+            return True
+
+        try:
+            # The client matches a forwarded connection by the address it asked for.
+            listener = await conn.forward_local_port(bind, port, host, port, accepted)
+        except OSError as exc:
+            why = f"cannot listen on {bind}:{port}: {exc.strerror or exc}"
+            self.notices.append(f"remote forwarding (-R) failed: {why}")
+            await self.report("refused", code="remote_forward_unavailable", detail=why)
+            return False
+        await self.report("forward", detail=f"ssh -R listening on {bind}:{listener.get_port()}")
+        return listener
 
     def certificate_refusal(self, username: str, cert: Any) -> str | None:
         """Why the presented certificate may not log in (``None``: it may)."""

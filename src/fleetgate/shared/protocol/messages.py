@@ -197,8 +197,8 @@ class SshEvent(_Message):
     command reports. ``op`` is ``shell`` (a PTY shell, recorded as terminal
     ``terminal_id``), ``exec`` (a command; ``exit_code`` once it ended), ``sftp`` (one file
     transfer: ``path``, ``bytes_read``, ``bytes_written``), ``forward`` (an ``ssh -L``
-    stream) or ``refused`` (``code`` and ``detail`` say why). ``event_id`` makes storing it
-    idempotent.
+    stream; an ``ssh -R`` listener or connection) or ``refused`` (``code`` and ``detail``
+    say why). ``event_id`` makes storing it idempotent.
     """
 
     type: Literal["ssh.event"] = "ssh.event"

@@ -17,6 +17,7 @@ from fleetgate.agent.ssh.certs import CertificateFacts, refusal
 from fleetgate.agent.ssh.context import scope_refusal
 from fleetgate.agent.ssh.hostkey import ensure_host_key
 from fleetgate.agent.ssh.processes import parse_sftp_log
+from fleetgate.agent.ssh.remote import bind_host, remote_forward_refusal
 from fleetgate.agent.ssh.service import SshService
 from fleetgate.agent.websh.manager import TerminalManager
 from fleetgate.shared.protocol import ChannelOpen, SshSpec
@@ -113,6 +114,37 @@ def test_each_request_needs_its_scope() -> None:
         assert denied.code == "work_session_scope_not_allowed"
         assert repr(scope) in denied.detail
     assert scope_refusal("shell", None) is None  # unsigned development agent
+
+
+def test_remote_forwarding_listens_on_the_loopback_only() -> None:
+    tunnel = claims(["tunnel"])
+    for host in ("", "localhost", "127.0.0.1", "::1"):
+        assert remote_forward_refusal(host, 8080, uid=1000, claims=tunnel) is None, host
+    assert [bind_host(h) for h in ("", "localhost", "127.0.0.1", "::1")] == [
+        "localhost",
+        "localhost",
+        "127.0.0.1",
+        "::1",
+    ]
+    assert remote_forward_refusal("localhost", 0, uid=1000, claims=tunnel) is None  # any port
+    for host in ("0.0.0.0", "*", "::", "10.0.0.5", "example.org", "127.0.0.2", "x" * 5000):
+        refused = remote_forward_refusal(host, 8080, uid=0, claims=tunnel)
+        assert refused is not None, host
+        assert refused.code == "remote_forward_not_loopback"
+        assert len(refused.detail) < 400
+    privileged = remote_forward_refusal("localhost", 80, uid=1000, claims=tunnel)
+    assert privileged is not None
+    assert privileged.code == "remote_forward_privileged_port"
+    assert "below 1024" in privileged.detail
+    assert remote_forward_refusal("localhost", 80, uid=0, claims=tunnel) is None  # root may
+    assert remote_forward_refusal("localhost", 1024, uid=1000, claims=tunnel) is None
+    no_port = remote_forward_refusal("localhost", 70000, uid=0, claims=tunnel)
+    assert no_port is not None
+    assert no_port.code == "remote_forward_bad_port"
+    no_scope = remote_forward_refusal("localhost", 8080, uid=0, claims=claims(["websh"]))
+    assert no_scope is not None
+    assert no_scope.code == "work_session_scope_not_allowed"
+    assert "'tunnel'" in no_scope.detail
 
 
 def test_sftp_log_lines() -> None:
