@@ -11,6 +11,7 @@ import socket
 import socketserver
 import struct
 import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -23,7 +24,9 @@ __all__ = [
     "BLOCK",
     "TunnelProcess",
     "agentctl_tunnel",
+    "assert_echoed",
     "blocks",
+    "connect_when_listening",
     "drain_hash",
     "echo_server",
     "free_port",
@@ -125,6 +128,34 @@ def threaded_echo_server() -> Iterator[int]:
     """:func:`echo_server` in threads, for tests that use blocking sockets; its port."""
     with serving(_EchoServer(("127.0.0.1", 0), _EchoHandler)) as port:
         yield port
+
+
+def connect_when_listening(
+    port: int, client: subprocess.Popen[bytes], timeout: float = 60.0
+) -> socket.socket:
+    """A connection to loopback ``port`` once something listens there (a forward that
+    ``client`` sets up); fails at once if ``client`` exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+        except ConnectionRefusedError:
+            assert client.poll() is None, f"the client exited before port {port} listened"
+            assert time.monotonic() < deadline, f"nothing listened on port {port}"
+            time.sleep(0.05)
+
+
+def assert_echoed(sock: socket.socket) -> None:
+    """Send a line and 300 KB of random bytes through ``sock`` (to an echo server): each
+    comes back whole and unchanged."""
+    for data in (b"ping\n", os.urandom(300_000)):
+        sock.sendall(data)
+        got = b""
+        while len(got) < len(data):
+            chunk = sock.recv(65536)
+            assert chunk, "the stream ended before the echo"
+            got += chunk
+        assert got == data
 
 
 def open_fds(pid: int) -> int:

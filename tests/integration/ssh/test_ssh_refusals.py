@@ -5,7 +5,6 @@ principal, another server's, another CA's), agent forwarding, ``-R``."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,12 @@ import pytest
 from fleetgate.shared.protocol.ssh import format_key_id
 from tests.integration.ssh.conftest import SSH_TIMEOUT, SshStack, ssh
 from tests.support.accounts import new_login
-from tests.support.tunnel import free_port, threaded_echo_server
+from tests.support.tunnel import (
+    assert_echoed,
+    connect_when_listening,
+    free_port,
+    threaded_echo_server,
+)
 
 
 pytestmark = pytest.mark.root
@@ -81,22 +85,8 @@ def test_ssh_L_reaches_an_allowed_loopback_port(sstack: SshStack) -> None:
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    sock = socket.create_connection(("127.0.0.1", local), timeout=10)
-                    break
-                except ConnectionRefusedError:
-                    assert proc.poll() is None, "ssh -L exited"
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
-            with sock:
-                for data in (b"ping over -L\n", os.urandom(300_000)):
-                    sock.sendall(data)
-                    got = b""
-                    while len(got) < len(data):
-                        got += sock.recv(65536)
-                    assert got == data
+            with connect_when_listening(local, proc) as sock:
+                assert_echoed(sock)
         finally:
             proc.terminate()
             proc.wait(timeout=SSH_TIMEOUT)

@@ -6,7 +6,6 @@ client. Real OpenSSH client, real agent, real sockets."""
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import time
@@ -16,7 +15,12 @@ import pytest
 
 from tests.integration.ssh.conftest import SSH_TIMEOUT, SshStack, ssh
 from tests.support.agent import running_agent
-from tests.support.tunnel import free_port, threaded_echo_server
+from tests.support.tunnel import (
+    assert_echoed,
+    connect_when_listening,
+    free_port,
+    threaded_echo_server,
+)
 
 
 pytestmark = pytest.mark.root
@@ -30,18 +34,6 @@ def rstack(sstack: SshStack, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     sections = {"ssh": {"remote_forwarding": True}, "tunnel": {"enabled": True}}
     with running_agent(sstack.cp, root / "agent", sections=sections) as agent:
         yield SshStack(sstack.cp, agent, sstack.user, sstack.token, root)
-
-
-def _connect(port: int, client: subprocess.Popen[bytes]) -> socket.socket:
-    """A connection to the forwarded port, once the agent listens on it."""
-    deadline = time.monotonic() + SSH_TIMEOUT
-    while True:
-        try:
-            return socket.create_connection(("127.0.0.1", port), timeout=10)
-        except ConnectionRefusedError:
-            assert client.poll() is None, "ssh -R exited"
-            assert time.monotonic() < deadline, "the agent never listened"
-            time.sleep(0.05)
 
 
 def _closed(port: int) -> bool:
@@ -70,13 +62,8 @@ def test_ssh_R_carries_connections_on_the_servers_loopback_back(rstack: SshStack
             stderr=subprocess.DEVNULL,
         )
         try:
-            with _connect(port, client) as sock:
-                for data in (b"ping over -R\n", os.urandom(300_000)):
-                    sock.sendall(data)
-                    got = b""
-                    while len(got) < len(data):
-                        got += sock.recv(65536)
-                    assert got == data
+            with connect_when_listening(port, client) as sock:
+                assert_echoed(sock)
         finally:
             client.terminate()
             client.wait(timeout=SSH_TIMEOUT)
