@@ -11,6 +11,31 @@ Not every change needs its own write. A staged change, and a commit given ``with
 seconds, waits for the next immediate commit or for its deadline, whichever comes first:
 a short command's "started" report rides with its final report, and confirmations with
 whatever is written next, so that a command costs two fsyncs instead of five.
+
+Nor does every change need its fsync before it has consequences. A commit with
+``sync_first=False`` (reports about a command already recorded as running: its output,
+start and final report) is done once written with ``synchronous=NORMAL``: the frames
+are in the OS page cache, which survives a SIGKILL of the agent; the outbox sends the
+reports at once, and the fsync of the WAL runs meanwhile on a thread of its own, beside
+the next batches (a FULL commit syncs the WAL anyway). So a short command's round trip
+pays one fsync, the one before its process starts. What a
+power cut can do then:
+
+* after the report reached the control plane, before the fsync: the agent restarts with
+  the command running and reports it ``interrupted``; the control plane keeps the first
+  final result it stored (a final result is stored once), so nothing is lost;
+* before the report left: as before (a result not yet synced was lost with the power
+  then too), the command is reported ``interrupted``;
+* rids of reports lost this way are given again after the restart; the control plane
+  stores reports by their content, the rid only names them in its confirmation.
+
+The agent forgets a command (the confirmation's deletion of its report, the retention's
+deletion of its row) only in a later batch, and such a batch is written only once the
+fsync under way returned, or in a FULL commit whose own fsync covers both: nothing is
+forgotten on disk while what it stands for could still be lost. (SQLite would keep that
+order anyway: a power cut keeps a prefix of the WAL's commits.) Batches of reports do
+not wait for it: an fsync covers every frame written before it, and the next starts
+once it returned.
 """
 
 from __future__ import annotations
@@ -19,7 +44,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import structlog
@@ -57,7 +82,10 @@ class Spool:
         self._deadline: float | None = None
         """Loop time by which the open batch must be written (deferred changes only)."""
         self._failed: StateDirError | None = None
-        self._inflight: asyncio.Future[None] | None = None
+        self._inflight: asyncio.Future[Any] | None = None
+        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-spool-sync")
+        self._syncing: asyncio.Future[None] | None = None
+        """The fsync of the last batch written without it first, while it runs."""
         self._listeners: list[Callable[[Batch], None]] = []
 
     @classmethod
@@ -92,21 +120,29 @@ class Spool:
         self._write_by(within)
 
     def commit(
-        self, change: Callable[[Batch], None], *, within: float | None = None
+        self,
+        change: Callable[[Batch], None],
+        *,
+        within: float | None = None,
+        sync_first: bool = True,
     ) -> asyncio.Future[None]:
         """Apply ``change`` to the open batch now; the future is done once it is on disk.
 
         The change is staged before this returns (no await), so callers can order it
         with other synchronous steps. With ``within``, the write may wait that many
         seconds for other changes to join it (the next immediate commit takes it along).
-        The future fails with :class:`StateDirError` when the write failed: the agent
-        cannot keep its promises and stops.
+        With ``sync_first`` False, the future is done once the change is written, before
+        its fsync (see the module's docstring: only for reports about a command already
+        durably running). The future fails with :class:`StateDirError` when the write
+        failed: the agent cannot keep its promises and stops.
         """
         waiter = asyncio.get_running_loop().create_future()
         if self._failed is not None:
             _fail(waiter, self._failed)
             return waiter
         change(self._batch)
+        if sync_first:
+            self._batch.sync_first = True
         self._waiters.append(waiter)
         if within is None:
             self._immediate = True
@@ -133,6 +169,8 @@ class Spool:
         """
         loop = asyncio.get_running_loop()
         while True:
+            if self._failed is not None:
+                raise self._failed  # a sync failed (a failed write raises from _flush)
             if self._immediate or (self._deadline is not None and loop.time() >= self._deadline):
                 await self._flush()
                 continue
@@ -155,40 +193,85 @@ class Spool:
                 await asyncio.gather(self._inflight, return_exceptions=True)
             if self._failed is None and self._batch:
                 await self._flush()
+            await self._synced()
         except StateDirError as exc:
             log.error("spool.final_write_failed", error=str(exc))
         finally:
             await self._call(self._store.close)
             self._executor.shutdown(wait=True)
+            self._syncer.shutdown(wait=True)
 
     async def _flush(self) -> None:
         batch, self._batch = self._batch, Batch()
         waiters, self._waiters = self._waiters, []
         self._immediate, self._deadline = False, None
         try:
+            if batch.forgets and not batch.must_sync:
+                # A confirmation or the pruning, not synced first: written only once
+                # the fsync under way returned, so that nothing is forgotten on disk
+                # before what it forgets is durable.
+                await self._synced()
             if batch:
-                loop = asyncio.get_running_loop()
-                self._inflight = loop.run_in_executor(self._executor, self._store.apply, batch)
-                # Shielded: a batch handed to the thread is written even if we are
-                # cancelled meanwhile (else the executor would drop it unwritten).
-                await asyncio.shield(self._inflight)
-                self._inflight = None
+                await self._in_worker(self._store.apply, batch)
         except StateDirError as exc:
-            self._failed = exc
-            for waiter in waiters:
-                if not waiter.done():
-                    _fail(waiter, exc)
+            self._fail_all(waiters, exc)
             raise
         except BaseException:
             # Cancelled: the waiters are being cancelled with us.
             for waiter in waiters:
                 waiter.cancel()
             raise
+        if batch.must_persist and not batch.must_sync:
+            # On its own thread, while the reports go out and the next batch is written:
+            # a FULL commit meanwhile syncs the WAL too, and need not wait for this.
+            self._start_sync()
         for listener in self._listeners:
             listener(batch)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    def _start_sync(self) -> None:
+        syncing = asyncio.get_running_loop().run_in_executor(self._syncer, self._store.sync)
+        self._syncing = syncing
+        syncing.add_done_callback(self._sync_done)
+
+    def _sync_done(self, syncing: asyncio.Future[None]) -> None:
+        if syncing is self._syncing:
+            self._syncing = None
+        error = None if syncing.cancelled() else syncing.exception()
+        if error is not None and self._failed is None:
+            # What was sent may not survive a power cut: stop, as after a failed write.
+            if not isinstance(error, StateDirError):
+                error = StateDirError(f"spool database: sync failed: {error}")
+            self._failed = error
+            self._wake.set()
+
+    async def _synced(self) -> None:
+        """Wait for the fsync under way, if any.
+
+        Raises:
+            StateDirError: it failed.
+        """
+        syncing = self._syncing
+        if syncing is not None:
+            await asyncio.shield(syncing)
+
+    async def _in_worker(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a write on the worker thread, to its end even if cancelled meanwhile:
+        ``close()`` waits for it (else the executor could drop it unwritten)."""
+        loop = asyncio.get_running_loop()
+        inflight = loop.run_in_executor(self._executor, fn, *args)
+        self._inflight = inflight
+        result = await asyncio.shield(inflight)
+        self._inflight = None
+        return result
+
+    def _fail_all(self, waiters: list[asyncio.Future[None]], exc: StateDirError) -> None:
+        self._failed = exc
+        for waiter in waiters:
+            if not waiter.done():
+                _fail(waiter, exc)
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
