@@ -163,3 +163,52 @@ async def test_deferred_changes_ride_with_the_next_commit_or_meet_their_deadline
             writer.cancel()
     finally:
         await spool.close()
+
+
+async def test_reports_written_during_a_sync_share_one_more_sync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reports sent before their fsync do not wait for the one under way, and their
+    syncs do not queue up: one runs, at most one more follows and covers them all. A
+    confirmation waits for both before it is written."""
+    events: list[Batch | str] = []
+    first_may_end = threading.Event()
+    apply, sync = SpoolStore.apply, SpoolStore.sync
+
+    def recording_apply(self: SpoolStore, batch: Batch) -> None:
+        events.append(batch)
+        apply(self, batch)
+
+    def counting_sync(self: SpoolStore) -> None:
+        if "synced" not in events:
+            assert first_may_end.wait(30)
+        sync(self)
+        events.append("synced")
+
+    monkeypatch.setattr(SpoolStore, "apply", recording_apply)
+    monkeypatch.setattr(SpoolStore, "sync", counting_sync)
+    command_id = uuid.uuid4()
+    spool, _ = await Spool.open(tmp_path)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(spool.run())
+            for seq in range(20):
+                report = CommandOutput(rid=seq, command_id=command_id, seq=seq, data="x")
+                written = spool.commit(lambda b, r=report: b.add_report(r), sync_first=False)
+                async with asyncio.timeout(30):
+                    await written  # the first sync is held: written anyway
+            confirmed = spool.commit(
+                lambda b: b.confirmed.extend(range(20)), within=0, sync_first=False
+            )
+            first_may_end.set()
+            async with asyncio.timeout(30):
+                await confirmed
+            writer.cancel()
+    finally:
+        await spool.close()
+    reports = [e for e in events if isinstance(e, Batch) and e.reports]
+    assert [len(b.reports) for b in reports] == [1] * 20
+    assert events[20:] == ["synced", "synced", events[-1]]
+    last = events[-1]
+    assert isinstance(last, Batch)
+    assert last.confirmed == list(range(20))

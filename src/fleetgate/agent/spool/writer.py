@@ -85,7 +85,9 @@ class Spool:
         self._inflight: asyncio.Future[Any] | None = None
         self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-spool-sync")
         self._syncing: asyncio.Future[None] | None = None
-        """The fsync of the last batch written without it first, while it runs."""
+        """The fsync of batches written without it first, while it runs."""
+        self._sync_again = False
+        """A batch was written without its fsync while one ran: sync once more after it."""
         self._listeners: list[Callable[[Batch], None]] = []
 
     @classmethod
@@ -193,7 +195,8 @@ class Spool:
                 await asyncio.gather(self._inflight, return_exceptions=True)
             if self._failed is None and self._batch:
                 await self._flush()
-            await self._synced()
+            if self._failed is None:
+                await self._synced()
         except StateDirError as exc:
             log.error("spool.final_write_failed", error=str(exc))
         finally:
@@ -232,13 +235,17 @@ class Spool:
                 waiter.set_result(None)
 
     def _start_sync(self) -> None:
+        """fsync the log on the sync thread; if one runs, once more right after it (which
+        covers this batch): one sync at a time, at most one waiting."""
+        if self._syncing is not None:
+            self._sync_again = True
+            return
         syncing = asyncio.get_running_loop().run_in_executor(self._syncer, self._store.sync)
         self._syncing = syncing
         syncing.add_done_callback(self._sync_done)
 
     def _sync_done(self, syncing: asyncio.Future[None]) -> None:
-        if syncing is self._syncing:
-            self._syncing = None
+        self._syncing = None
         error = None if syncing.cancelled() else syncing.exception()
         if error is not None and self._failed is None:
             # What was sent may not survive a power cut: stop, as after a failed write.
@@ -246,16 +253,21 @@ class Spool:
                 error = StateDirError(f"spool database: sync failed: {error}")
             self._failed = error
             self._wake.set()
+        if self._sync_again and self._failed is None:
+            self._sync_again = False
+            self._start_sync()
 
     async def _synced(self) -> None:
-        """Wait for the fsync under way, if any.
+        """Wait until no fsync runs or waits.
 
         Raises:
-            StateDirError: it failed.
+            StateDirError: one failed.
         """
-        syncing = self._syncing
-        if syncing is not None:
-            await asyncio.shield(syncing)
+        while self._syncing is not None:
+            # Its done callback runs first: it may start the next sync, awaited in turn.
+            await asyncio.shield(self._syncing)
+        if self._failed is not None:
+            raise self._failed
 
     async def _in_worker(self, fn: Callable[..., T], *args: object) -> T:
         """Run a write on the worker thread, to its end even if cancelled meanwhile:
