@@ -88,6 +88,9 @@ class Spool:
         """The fsync of batches written without it first, while it runs."""
         self._sync_again = False
         """A batch was written without its fsync while one ran: sync once more after it."""
+        self._sync_idle = asyncio.Event()
+        """No fsync runs or waits (set by the done callback, never polled)."""
+        self._sync_idle.set()
         self._listeners: list[Callable[[Batch], None]] = []
 
     @classmethod
@@ -240,6 +243,7 @@ class Spool:
         if self._syncing is not None:
             self._sync_again = True
             return
+        self._sync_idle.clear()
         syncing = asyncio.get_running_loop().run_in_executor(self._syncer, self._store.sync)
         self._syncing = syncing
         syncing.add_done_callback(self._sync_done)
@@ -253,9 +257,11 @@ class Spool:
                 error = StateDirError(f"spool database: sync failed: {error}")
             self._failed = error
             self._wake.set()
-        if self._sync_again and self._failed is None:
-            self._sync_again = False
+        again, self._sync_again = self._sync_again, False
+        if again and self._failed is None:
             self._start_sync()
+        else:
+            self._sync_idle.set()
 
     async def _synced(self) -> None:
         """Wait until no fsync runs or waits.
@@ -263,9 +269,7 @@ class Spool:
         Raises:
             StateDirError: one failed.
         """
-        while self._syncing is not None:
-            # Its done callback runs first: it may start the next sync, awaited in turn.
-            await asyncio.shield(self._syncing)
+        await self._sync_idle.wait()
         if self._failed is not None:
             raise self._failed
 
