@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import uuid
 from pathlib import Path
@@ -194,7 +195,9 @@ async def test_reports_written_during_a_sync_share_one_more_sync(
             writer = tg.create_task(spool.run())
             for seq in range(20):
                 report = CommandOutput(rid=seq, command_id=command_id, seq=seq, data="x")
-                written = spool.commit(lambda b, r=report: b.add_report(r), sync_first=False)
+                written = spool.commit(
+                    functools.partial(Batch.add_report, report=report), sync_first=False
+                )
                 async with asyncio.timeout(30):
                     await written  # the first sync is held: written anyway
             confirmed = spool.commit(
