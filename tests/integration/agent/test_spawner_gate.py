@@ -207,3 +207,50 @@ async def test_an_agent_killed_between_fork_and_go_leaves_no_process(
     assert await asyncio.to_thread(wait_gone, child)
     assert await asyncio.to_thread(wait_gone, helper)
     assert not ran(marker)
+
+
+async def test_with_every_helper_busy_a_start_waits_for_its_gate_first(
+    scratch_user: CreatedUser, marker: Path
+) -> None:
+    """Both helpers hold a child waiting for its go: a third gated start does not queue
+    a request behind them (it would hold them up in a burst); it waits for its own gate,
+    then starts at once on the first helper free."""
+    await started_helper(scratch_user)
+    loop = asyncio.get_running_loop()
+    gates: list[asyncio.Future[None]] = [loop.create_future() for _ in range(3)]
+    tasks = [asyncio.create_task(gated("true", scratch_user, gates[0]))]
+    try:
+        first = await asyncio.to_thread(prepared_child, helper_pid(), scratch_user.uid)
+        tasks.append(asyncio.create_task(gated("true", scratch_user, gates[1])))
+        # The second start goes to a second helper, which it starts.
+        second_helper = await asyncio.to_thread(started_second_helper)
+        await asyncio.to_thread(prepared_child, second_helper, scratch_user.uid)
+        tasks.append(asyncio.create_task(gated(f"touch {marker}", scratch_user, gates[2])))
+        await asyncio.sleep(0)
+        # Nothing was asked of a helper: both still have exactly their one child.
+        assert [h.starting for h in runner._SPAWNER.helpers] == [1, 1]
+        gates[2].set_result(None)
+        gates[0].set_result(None)  # frees the first helper: the third start runs there
+        third, _ = await asyncio.wait_for(tasks[2], 30)
+        assert third.success, third
+        assert ran(marker)
+        assert not tasks[1].done()  # its child still waits for its go
+        gates[1].set_result(None)
+        for task in tasks[:2]:
+            outcome, _ = await asyncio.wait_for(task, 30)
+            assert outcome.success, outcome
+        assert await asyncio.to_thread(wait_gone, first)
+    finally:
+        for task in tasks:
+            await finish(task)
+
+
+def started_second_helper() -> int:
+    """The second helper's pid, once it runs (polled: it is a subprocess starting)."""
+    deadline = time.monotonic() + PREPARED_WITHIN
+    while time.monotonic() < deadline:
+        pid = runner._SPAWNER.helpers[1].pid
+        if pid is not None:
+            return pid
+        time.sleep(0.01)
+    raise AssertionError("no second helper started")
