@@ -3,12 +3,6 @@
 A helper starts one command at a time: ``Popen`` returns only once the child has exec'd
 (so that a failed exec is reported), which takes about a millisecond. Under a burst one
 helper would start the commands one after the other while the other core idles.
-
-A gated start (the child waits for its go before exec) holds its helper until the gate
-opens. It is gated only on a helper with nothing else to do; when every helper is busy
-(a burst), the start waits for its gate first and is then started at once, so that
-starts queued behind it are not held up (a gated burst measured a quarter fewer
-commands per second).
 """
 
 from __future__ import annotations
@@ -39,23 +33,17 @@ class SpawnerPool:
         stdout_fd: int,
         gate: Awaitable[None] | None = None,
     ) -> RemoteChild:
-        """As :meth:`Spawner.spawn`, on the least busy helper; gated only on a free one."""
-        helper = self._pick()
-        if gate is not None and helper.starting > 0:
-            await gate  # every helper is busy: do not hold one up waiting for it
-            gate, helper = None, self._pick()
-        return await helper.spawn(argv, env, cwd, identity, stdout_fd, gate)
-
-    def _pick(self) -> Spawner:
-        """An idle running helper, else one not started yet, else the least busy."""
+        """As :meth:`Spawner.spawn`, on the least busy helper."""
         running = [h for h in self.helpers if h.pid is not None]
         idle = [h for h in running if h.starting == 0]
         stopped = [h for h in self.helpers if h.pid is None]
         if idle:
-            return idle[0]
-        if stopped:
-            return stopped[0]
-        return min(running, key=lambda h: h.starting)
+            helper = idle[0]
+        elif stopped:
+            helper = stopped[0]
+        else:
+            helper = min(running, key=lambda h: h.starting)
+        return await helper.spawn(argv, env, cwd, identity, stdout_fd, gate)
 
     def close(self) -> None:
         """End every helper (see :meth:`Spawner.close`)."""
