@@ -325,24 +325,18 @@ class Dispatcher:
         recorded: Awaitable[None],
         delivered_at: datetime | None,
     ) -> None:
-        """Run a command that got its slot at arrival, once it is recorded as running.
-
-        With a spool, the record's fsync and the start overlap: the process is prepared
-        (through the spawner helper: forked, its identity switched) and execs only once
-        the record is durable (``run_command``'s ``gate``)."""
+        """Run a command that got its slot at arrival, once it is recorded as running."""
         _, claims, message = checked
         with structlog.contextvars.bound_contextvars(
             command_id=str(message.command_id), user=message.username
         ):
-            gate = recorded if isinstance(recorded, asyncio.Future) else None
-            if gate is None:
-                try:
-                    await recorded
-                except BaseException:
-                    self._slots.release()
-                    self._forget_stop(message)
-                    raise
-            await self._run(message, claims, stop, delivered_at, gate)
+            try:
+                await recorded
+            except BaseException:
+                self._slots.release()
+                self._forget_stop(message)
+                raise
+            await self._run(message, claims, stop, delivered_at)
 
     async def _execute(
         self, checked: _Checked, delivered: Awaitable[None] | None, stop: StopRequest | None
@@ -400,13 +394,11 @@ class Dispatcher:
         claims: GrantClaims | None,
         stop: StopRequest | None,
         delivered_at: datetime | None = None,
-        gate: asyncio.Future[None] | None = None,
     ) -> None:
         """Run a command recorded as running (its slot taken), then finish it.
 
         ``stop``: its work session's stop switch. ``delivered_at``: the delivery is still
-        to be reported, with the start. ``gate``: the record, when it is still being
-        written: the process execs only once it is durable (never run twice)."""
+        to be reported, with the start."""
         command_id = message.command_id
         from fleetgate.agent.exec import run_command  # loads with the first command
 
@@ -418,7 +410,6 @@ class Dispatcher:
                 on_output=lambda seq, data: self._report_output(command_id, seq, data),
                 track=self._tracker(message, claims),
                 stop=stop,
-                gate=gate,
             )
         finally:
             self._slots.release()

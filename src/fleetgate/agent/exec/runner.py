@@ -100,7 +100,6 @@ async def run_command(
     use_spawner: bool = True,
     track: Callable[[int], Callable[[], None]] | None = None,
     stop: StopRequest | None = None,
-    gate: asyncio.Future[None] | None = None,
 ) -> CommandOutcome:
     """Run a command to completion.
 
@@ -121,10 +120,6 @@ async def run_command(
             (sudo mediation registers the session this way).
         stop: once asked, the process group is stopped as at a timeout and the outcome's
             ``error_phase`` is ``"stopped"`` (its work session ended).
-        gate: the process execs only once this future is done (the dispatcher's durable
-            record that the command runs). Through the spawner helper the process is
-            prepared meanwhile: forked, its identity switched, waiting. If it fails, no
-            process ran and its exception is raised.
 
     Returns:
         The outcome. A command that cannot start is an outcome too (``error_phase``
@@ -132,7 +127,6 @@ async def run_command(
 
     Raises:
         asyncio.CancelledError: after the process group was stopped and reaped.
-        BaseException: whatever ``gate`` failed with; no process ran.
         Exception: whatever ``on_started`` or ``on_output`` raised, likewise after
             stopping the command.
     """
@@ -140,10 +134,8 @@ async def run_command(
     acked_at = utcnow()
     try:
         identity, cwd = await _prepare(request)
-        proc, read_fd = await _spawn(request, identity, cwd, use_spawner, use_setpriv, gate)
+        proc, read_fd = await _spawn(request, identity, cwd, use_spawner, use_setpriv)
     except (CommandError, OSError, subprocess.SubprocessError) as exc:
-        if gate is not None:
-            await gate  # its failure, if any, is what the caller must hear of
         reason = _start_error(exc)
         log.warning("command.finished", error_phase="start", message=reason)
         await on_started(acked_at)
@@ -218,22 +210,14 @@ _SPAWNER = SpawnerPool(SPAWNERS)
 
 
 async def _spawn(
-    request: CommandRun,
-    identity: Identity,
-    cwd: str,
-    use_spawner: bool,
-    use_setpriv: bool,
-    gate: asyncio.Future[None] | None,
+    request: CommandRun, identity: Identity, cwd: str, use_spawner: bool, use_setpriv: bool
 ) -> tuple[Process, int]:
-    """Start the process the cheapest way that keeps every property of the switch, once
-    ``gate`` is done (prepared meanwhile through the spawner helper)."""
+    """Start the process the cheapest way that keeps every property of the switch."""
     if use_spawner and needs_switch(identity):
         try:
-            return await spawn_through(_SPAWNER, request, identity, cwd, gate)
+            return await spawn_through(_SPAWNER, request, identity, cwd)
         except SpawnerUnavailable:
             pass  # logged by the spawner; the in-process paths below still work
-    if gate is not None:
-        await gate  # the in-process paths fork and exec in one step
     return spawn(request, identity, cwd, setpriv=find_setpriv() if use_setpriv else None)
 
 

@@ -23,7 +23,7 @@ import functools
 import os
 import shutil
 import subprocess
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from fleetgate.agent.exec.child import Child
@@ -134,20 +134,15 @@ def spawn(
 
 
 async def spawn_through(
-    spawner: SpawnerPool,
-    request: CommandRun,
-    identity: Identity,
-    cwd: str,
-    gate: Awaitable[None] | None = None,
+    spawner: SpawnerPool, request: CommandRun, identity: Identity, cwd: str
 ) -> tuple[RemoteChild, int]:
     """As :func:`spawn`, for a command that changes identity, through a spawner helper
     (:mod:`fleetgate.agent.exec.spawner`): it forks from a small process and switches
-    ids itself, so neither the agent's address space nor a setpriv exec is paid for.
-    With a ``gate``, the child is prepared at once and execs once ``gate`` returned."""
+    ids itself, so neither the agent's address space nor a setpriv exec is paid for."""
     read_fd, write_fd = os.pipe()
     try:
         env = build_environment(identity, request.env)
-        child = await spawner.spawn([SHELL, "-c", request.line], env, cwd, identity, write_fd, gate)
+        child = await spawner.spawn([SHELL, "-c", request.line], env, cwd, identity, write_fd)
     except BaseException:
         os.close(read_fd)
         raise

@@ -24,7 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,6 @@ _log = structlog.get_logger(__name__)
 
 _HELPER = str(Path(spawner_main.__file__).resolve())
 _HEADER = spawner_main.HEADER
-_GO = spawner_main.GO
 _READ_SIZE = 64 * 1024
 _MAX_PENDING_BYTES = 1024 * 1024
 """Replies are a few dozen bytes; more than this unparsed means a broken helper."""
@@ -102,15 +101,8 @@ class Spawner:
         cwd: str,
         identity: Identity,
         stdout_fd: int,
-        gate: Awaitable[None] | None = None,
     ) -> RemoteChild:
         """Start ``argv`` as exactly ``identity`` with ``stdout_fd`` as stdout and stderr.
-
-        With a ``gate``, the child is forked and switched to ``identity`` at once, but
-        execs only once ``gate`` returned (a byte on its go pipe, whose only write end
-        is ours). If ``gate`` raises, or this task is cancelled, or the agent dies
-        before, the write end closes and the child ends without exec; ``gate``'s
-        exception is raised here.
 
         Raises:
             SpawnerUnavailable: the helper could not be started.
@@ -135,7 +127,6 @@ class Spawner:
                 "uid": identity.uid,
                 "gid": identity.gid,
                 "groups": list(identity.groups),
-                "gated": gate is not None,
             }
         ).encode()
         started: asyncio.Future[int] = loop.create_future()
@@ -144,18 +135,9 @@ class Spawner:
         # as the pid, before this coroutine resumes.
         self._starts[rid] = started
         self._exits[rid] = (0, exited)
-        # Both ends close-on-exec: no command inherits them; the helper gets the read end.
-        go_read, go_write = os.pipe() if gate is not None else (-1, -1)
         try:
-            fds = [stdout_fd] if gate is None else [stdout_fd, go_read]
             async with self._send_lock:
-                await self._send(sock, _HEADER.pack(len(body)) + body, fds)
-            if gate is not None:
-                os.close(go_read)
-                go_read = -1
-                await gate
-                if not started.done():  # done before go: the start failed, the helper died
-                    os.write(go_write, _GO)  # one byte: a pipe never blocks on it
+                await self._send(sock, _HEADER.pack(len(body)) + body, stdout_fd)
             pid = await asyncio.shield(started)
         except BaseException:
             self._starts.pop(rid, None)
@@ -165,23 +147,16 @@ class Spawner:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(started.result(), signal.SIGKILL)
             raise
-        finally:
-            # After the go byte, end of file changes nothing; before it, it calls the
-            # start off (the helper then replies with an error nobody waits for).
-            for fd in (go_read, go_write):
-                if fd >= 0:
-                    os.close(fd)
         return RemoteChild(pid, exited)
 
-    async def _send(self, sock: socket.socket, frame: bytes, fds: Sequence[int]) -> None:
-        """Send ``frame`` with ``fds`` attached to its first byte.
+    async def _send(self, sock: socket.socket, frame: bytes, fd: int) -> None:
+        """Send ``frame`` with ``fd`` attached to its first byte.
 
         Once begun, a frame is sent whole even if cancelled meanwhile (the cancellation is
         re-raised after): half a frame would garble every request after it. The helper
         reads all the time, so this ends soon.
         """
-        data = b"".join(fd.to_bytes(4, sys.byteorder) for fd in fds)
-        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, data)]
+        rights = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fd.to_bytes(4, sys.byteorder))]
         loop = asyncio.get_running_loop()
         view, cancelled, first = memoryview(frame), False, True
         try:

@@ -9,9 +9,8 @@ of its whole address space (CPython disables vfork when ``user=`` is given), and
 
 Requests and replies are frames: a 4-byte big-endian length, then a JSON object.
 
-* request ``{"id", "argv", "env", "cwd", "uid", "gid", "groups", "gated"}``, with the
-  write end of the command's output pipe attached (``SCM_RIGHTS``) and, when ``gated``
-  is true, the read end of its *go pipe* after it;
+* request ``{"id", "argv", "env", "cwd", "uid", "gid", "groups"}``, with the write end
+  of the command's output pipe attached (``SCM_RIGHTS``);
 * reply ``{"id", "pid"}`` once the command has exec'd, or ``{"id", "errno",
   "strerror", "filename"}`` if it could not start;
 * later ``{"id", "status"}`` when this helper has reaped it (negative: killed by that
@@ -25,21 +24,12 @@ them; leaving uid 0 clears the permitted, effective and ambient capabilities), s
 environment the agent built, ``cwd``, and the umask and resource limits the agent had
 when it started this helper. On end of file from the agent the helper exits; commands
 still running go on, as they would after the agent's own death.
-
-A gated start lets the agent prepare a command while it still waits for the disk (the
-command's "running" state must be durable before it may run): the child switches its
-identity, then waits in ``preexec_fn`` (after the switch, before the exec) for one
-byte, :data:`GO`, on its go pipe, whose only write end the agent holds. End of file
-instead (the agent called the start off, or died) ends the child without exec; this
-helper reaps it and replies with an error. Meanwhile the helper waits for that start
-(``Popen`` returns once the child exec'd or failed), which is why the agent keeps two.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
-import functools
 import json
 import os
 import selectors
@@ -51,18 +41,12 @@ import sys
 from typing import Any
 
 
-__all__ = ["GO", "HEADER", "MAX_FRAME", "main"]
+__all__ = ["HEADER", "MAX_FRAME", "main"]
 
 HEADER = struct.Struct("!I")
 MAX_FRAME = 16 * 1024 * 1024
 """Bytes of one request at most (a command's line and environment are far smaller)."""
 
-
-GO = b"g"
-"""The byte on a go pipe that lets a gated child exec."""
-
-CALLED_OFF = "the start was called off before exec"
-"""The error of a gated start whose go pipe reached end of file."""
 
 _Request = tuple[dict[str, Any], list[int]]
 
@@ -100,11 +84,10 @@ class _Server:
     def start(self, request: dict[str, Any], fds: list[int]) -> None:
         """Start the command of one request and say how it went."""
         rid = int(request["id"])
-        gated = request.get("gated") is True
         try:
-            if len(fds) != 1 + gated:
-                raise ValueError(f"expected {1 + gated} descriptors, got {len(fds)}")
-            popen = _start(request, fds[0], self.devnull, fds[1] if gated else None)
+            if len(fds) != 1:
+                raise ValueError(f"expected one output descriptor, got {len(fds)}")
+            popen = _start(request, fds[0], self.devnull)
         except OSError as exc:
             filename = exc.filename if isinstance(exc.filename, str) else None
             self.send(
@@ -112,9 +95,7 @@ class _Server:
             )
             return
         except (ValueError, TypeError, KeyError, subprocess.SubprocessError) as exc:
-            # Popen says only "Exception occurred in preexec_fn." of a gate called off.
-            reason = CALLED_OFF if gated and isinstance(exc, subprocess.SubprocessError) else exc
-            self.send({"id": rid, "errno": None, "strerror": str(reason), "filename": None})
+            self.send({"id": rid, "errno": None, "strerror": str(exc), "filename": None})
             return
         finally:
             for fd in fds:  # the child has its copy; ours would keep the pipe open
@@ -139,23 +120,10 @@ class _Server:
                 self.send({"id": rid, "status": os.waitstatus_to_exitcode(wait_status)})
 
 
-def _await_go(go_fd: int) -> None:
-    """In a gated child, after its identity switch and before the exec: wait for the
-    agent's go byte. End of file raises, and the child ends without exec (status 255)."""
-    if os.read(go_fd, 1) != GO:
-        raise ChildProcessError(CALLED_OFF)
-
-
-def _start(
-    request: dict[str, Any], out_fd: int, devnull: int, go_fd: int | None
-) -> subprocess.Popen[bytes]:
+def _start(request: dict[str, Any], out_fd: int, devnull: int) -> subprocess.Popen[bytes]:
     groups = [int(g) for g in request["groups"]]
     if not groups:  # Popen would then keep this helper's (root's) groups
         raise ValueError("no supplementary groups given")
-    # This helper has no thread, so running Python in the forked child is safe; Popen
-    # calls it after setsid, setgroups, setregid and setreuid, and closes the go pipe
-    # (with every descriptor but 0-2) before the exec.
-    wait = None if go_fd is None else functools.partial(_await_go, go_fd)
     return subprocess.Popen(
         [str(a) for a in request["argv"]],
         stdin=devnull,
@@ -168,7 +136,6 @@ def _start(
         user=int(request["uid"]),
         group=int(request["gid"]),
         extra_groups=groups,
-        preexec_fn=wait,  # noqa: PLW1509 - this helper has no thread (see above)
     )
 
 
@@ -202,17 +169,10 @@ def main(socket_fd: int) -> None:
     selector = selectors.DefaultSelector()
     selector.register(sock, selectors.EVENT_READ)
     selector.register(wake_r, selectors.EVENT_READ)
-    try:
-        _serve(server, selector, wake_r)
-    except (BrokenPipeError, ConnectionResetError):
-        return  # the agent died while a reply was on its way: as at end of file
-
-
-def _serve(server: _Server, selector: selectors.BaseSelector, wake_r: int) -> None:
     while True:
         for key, _ in selector.select():
-            if key.fileobj is server.sock:
-                request = _read_request(server.sock)
+            if key.fileobj is sock:
+                request = _read_request(sock)
                 if request is None:
                     return  # the agent is gone: commands still running go on
                 server.start(*request)

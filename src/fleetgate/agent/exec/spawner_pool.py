@@ -7,7 +7,7 @@ helper would start the commands one after the other while the other core idles.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 
 from fleetgate.agent.exec.identity import Identity
 from fleetgate.agent.exec.spawner import RemoteChild, Spawner
@@ -31,7 +31,6 @@ class SpawnerPool:
         cwd: str,
         identity: Identity,
         stdout_fd: int,
-        gate: Awaitable[None] | None = None,
     ) -> RemoteChild:
         """As :meth:`Spawner.spawn`, on the least busy helper."""
         running = [h for h in self.helpers if h.pid is not None]
@@ -43,7 +42,7 @@ class SpawnerPool:
             helper = stopped[0]
         else:
             helper = min(running, key=lambda h: h.starting)
-        return await helper.spawn(argv, env, cwd, identity, stdout_fd, gate)
+        return await helper.spawn(argv, env, cwd, identity, stdout_fd)
 
     def close(self) -> None:
         """End every helper (see :meth:`Spawner.close`)."""
