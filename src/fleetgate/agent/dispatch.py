@@ -7,7 +7,7 @@ intake queue. :meth:`Dispatcher.run` owns every command task: it reports the del
 then waits for a slot under the concurrency limit (in arrival order) and runs it.
 
 With a spool, every step is on disk before it has consequences: the command is recorded
-as running before its process execs, a report is written before it is sent, and the
+as running before its process is spawned, a report is written before it is sent, and the
 final report is written with the inbox row that says it finished. A command that finds a
 free slot is written as running in one commit (its delivery report then goes with its
 start report); one that must wait is written with its delivery report, then as running
@@ -19,8 +19,7 @@ that says it finished) are sent once written, while their fsync runs
 loses nothing (the page cache keeps them), a power cut after the final report reached
 the control plane restarts the agent with the command running, reported
 ``interrupted``, and the control plane keeps the first final result. A short command so
-waits for one fsync, before its process execs, and even that one overlaps with the
-start: the spawner helper prepares the process meanwhile (``run_command``'s ``gate``).
+waits for one fsync, before its process starts.
 At start, commands a previous run left running get an ``interrupted`` final report
 instead of running again; commands it left queued (never started) run now, first, in
 their original order.
