@@ -4,9 +4,9 @@ Producers (the command tasks) ``await put(...)``; when the number of unconfirmed
 reaches the bound, they wait until confirmations free space, which in turn pauses the
 command's output reader and, through the pipe, the command itself. A report is written
 to the spool before it may be sent (and synced first, unless its command is already
-durably recorded as running: see :mod:`fleetgate.agent.spool.writer`), and deleted from it once confirmed, so whatever the
-control plane has not stored survives a crash of the agent. One writer per connection
-drains it with :meth:`next_batch`.
+durably recorded as running: see :mod:`fleetgate.agent.spool.writer`), and deleted
+from it once confirmed, so whatever the control plane has not stored survives a crash
+of the agent. One writer per connection drains it with :meth:`next_batch`.
 
 Waiters (producers for space, the writer for reports, shutdown for an empty outbox)
 re-check their condition after every change; a change wakes them through a *pulse*: an
