@@ -14,8 +14,8 @@ start report); one that must wait is written with its delivery report, then as r
 when it gets its slot. Those commits are fsynced before the agent goes on (never run
 twice: a command possibly started is never started again after a power cut). The
 reports of a command durably running (start, output, final report, with the inbox row
-that says it finished) are sent once written, while their fsync runs
-(``sync_first=False``, see :mod:`fleetgate.agent.spool.writer`): a SIGKILL of the agent
+that says it finished) are sent once written, before their fsync, which comes with the
+next fsynced commit (``sync_first=False``, see :mod:`fleetgate.agent.spool.writer`): a SIGKILL of the agent
 loses nothing (the page cache keeps them), a power cut after the final report reached
 the control plane restarts the agent with the command running, reported
 ``interrupted``, and the control plane keeps the first final result. A short command so
@@ -504,7 +504,7 @@ class Dispatcher:
             record(Batch(), await self._outbox.put(make))
         else:
             # Its inbox row said queued or running on disk before: the report may go out
-            # while its fsync runs.
+            # before its fsync.
             await self._outbox.put(make, with_change=record, sync_first=False)
         for eviction in evictions:
             _log_eviction(eviction)

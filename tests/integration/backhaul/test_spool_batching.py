@@ -73,7 +73,7 @@ async def test_a_short_command_waits_for_one_fsync(
     scripted_cp: ScriptedControlPlane, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The inbox row, already running, in one FULL commit before the spawn; the delivery,
-    start and final reports in one commit, sent while its fsync runs; the confirmation's
+    start and final reports in one commit, sent before its fsync; the confirmation's
     deletion written only once that fsync returned."""
     events: list[Batch | str] = []
     lock = threading.Lock()
@@ -166,52 +166,47 @@ async def test_deferred_changes_ride_with_the_next_commit_or_meet_their_deadline
         await spool.close()
 
 
-async def test_reports_written_during_a_sync_share_one_more_sync(
+async def test_unsynced_reports_ride_with_the_next_full_commit_or_get_their_own(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Reports sent before their fsync do not wait for the one under way, and their
-    syncs do not queue up: one runs, at most one more follows and covers them all. A
-    confirmation waits for both before it is written."""
-    events: list[Batch | str] = []
-    first_may_end = threading.Event()
+    """Reports sent before their fsync are synced by the next FULL commit (the next
+    command's start), which costs no fsync of its own; alone, by SYNC_DELAY."""
+    events: list[str] = []
+    synced = threading.Event()
     apply, sync = SpoolStore.apply, SpoolStore.sync
 
     def recording_apply(self: SpoolStore, batch: Batch) -> None:
-        events.append(batch)
+        events.append("full" if batch.must_sync else "normal")
         apply(self, batch)
 
-    def counting_sync(self: SpoolStore) -> None:
-        if "synced" not in events:
-            assert first_may_end.wait(30)
+    def recording_sync(self: SpoolStore) -> None:
+        events.append("sync")
         sync(self)
-        events.append("synced")
+        synced.set()
 
     monkeypatch.setattr(SpoolStore, "apply", recording_apply)
-    monkeypatch.setattr(SpoolStore, "sync", counting_sync)
+    monkeypatch.setattr(SpoolStore, "sync", recording_sync)
     command_id = uuid.uuid4()
+
+    def output(seq: int) -> CommandOutput:
+        return CommandOutput(rid=seq, command_id=command_id, seq=seq, data="x")
+
     spool, _ = await Spool.open(tmp_path)
     try:
         async with asyncio.TaskGroup() as tg:
             writer = tg.create_task(spool.run())
-            for seq in range(20):
-                report = CommandOutput(rid=seq, command_id=command_id, seq=seq, data="x")
-                written = spool.commit(
-                    functools.partial(Batch.add_report, report=report), sync_first=False
-                )
-                async with asyncio.timeout(30):
-                    await written  # the first sync is held: written anyway
-            confirmed = spool.commit(
-                lambda b: b.confirmed.extend(range(20)), within=0, sync_first=False
-            )
-            first_may_end.set()
             async with asyncio.timeout(30):
-                await confirmed
+                await spool.commit(
+                    functools.partial(Batch.add_report, report=output(0)), sync_first=False
+                )
+                await spool.commit(functools.partial(Batch.add_report, report=output(1)))
+            assert events == ["normal", "full"]
+            async with asyncio.timeout(30):
+                await spool.commit(
+                    functools.partial(Batch.add_report, report=output(2)), sync_first=False
+                )
+            assert await asyncio.to_thread(synced.wait, 30)
+            assert events == ["normal", "full", "normal", "sync"]
             writer.cancel()
     finally:
         await spool.close()
-    reports = [e for e in events if isinstance(e, Batch) and e.reports]
-    assert [len(b.reports) for b in reports] == [1] * 20
-    assert events[20:] == ["synced", "synced", events[-1]]
-    last = events[-1]
-    assert isinstance(last, Batch)
-    assert last.confirmed == list(range(20))

@@ -90,7 +90,7 @@ class Outbox:
         an inbox state that must never be behind the reports already sent. ``within``:
         the write may wait that many seconds for other changes (``Spool.commit``);
         timeline records wait :data:`TIMELINE_WRITE_DELAY` unless told otherwise.
-        ``sync_first`` False: the report may be sent once written, while its fsync runs
+        ``sync_first`` False: the report may be sent once written, before its fsync
         (``Spool.commit``): only for a command whose inbox row already says running.
         """
         await self._until(lambda: len(self._book) < self._max)

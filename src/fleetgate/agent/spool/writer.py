@@ -15,27 +15,25 @@ whatever is written next, so that a command costs two fsyncs instead of five.
 Nor does every change need its fsync before it has consequences. A commit with
 ``sync_first=False`` (reports about a command already recorded as running: its output,
 start and final report) is done once written with ``synchronous=NORMAL``: the frames
-are in the OS page cache, which survives a SIGKILL of the agent; the outbox sends the
-reports at once, and the fsync of the WAL runs meanwhile on a thread of its own, beside
-the next batches (a FULL commit syncs the WAL anyway). So a short command's round trip
-pays one fsync, the one before its process starts. What a
-power cut can do then:
+are in the OS page cache, which survives a SIGKILL of the agent, and the outbox sends
+the reports at once. Their fsync comes with the next FULL commit (the next command's
+start: its fsync covers every frame before it), or :data:`SYNC_DELAY` later on its own.
+So a short command's round trip pays one fsync, the one before its process starts, and
+a sequence of commands one fsync each. What a power cut can do then:
 
 * after the report reached the control plane, before the fsync: the agent restarts with
   the command running and reports it ``interrupted``; the control plane keeps the first
   final result it stored (a final result is stored once), so nothing is lost;
-* before the report left: as before (a result not yet synced was lost with the power
-  then too), the command is reported ``interrupted``;
+* before the report left: the command is reported ``interrupted``, as before for a
+  power cut between its end and its final report's commit;
 * rids of reports lost this way are given again after the restart; the control plane
   stores reports by their content, the rid only names them in its confirmation.
 
 The agent forgets a command (the confirmation's deletion of its report, the retention's
-deletion of its row) only in a later batch, and such a batch is written only once the
-fsync under way returned, or in a FULL commit whose own fsync covers both: nothing is
+deletion of its row) only in a later batch, and such a batch is written only once
+what came before was synced, or in a FULL commit whose own fsync covers both: nothing is
 forgotten on disk while what it stands for could still be lost. (SQLite would keep that
-order anyway: a power cut keeps a prefix of the WAL's commits.) Batches of reports do
-not wait for it: an fsync covers every frame written before it, and the next starts
-once it returned.
+order anyway: a power cut keeps a prefix of the WAL's commits.)
 """
 
 from __future__ import annotations
@@ -63,6 +61,10 @@ SPOOL_FILE = "spool.db"
 STAGE_DELAY = 0.2
 """Seconds a staged change (a confirmation) may wait for a commit to take it along."""
 
+SYNC_DELAY = 0.02
+"""Seconds a batch written without its fsync (reports already sent) may wait for a FULL
+commit to sync it along (the next command's start), before it is synced on its own."""
+
 T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
@@ -83,14 +85,9 @@ class Spool:
         """Loop time by which the open batch must be written (deferred changes only)."""
         self._failed: StateDirError | None = None
         self._inflight: asyncio.Future[Any] | None = None
-        self._syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agent-spool-sync")
-        self._syncing: asyncio.Future[None] | None = None
-        """The fsync of batches written without it first, while it runs."""
-        self._sync_again = False
-        """A batch was written without its fsync while one ran: sync once more after it."""
-        self._sync_idle = asyncio.Event()
-        """No fsync runs or waits (set by the done callback, never polled)."""
-        self._sync_idle.set()
+        self._sync_by: float | None = None
+        """Loop time by which batches written without their fsync get it, if no FULL
+        commit (whose fsync covers them) came first; None when nothing waits for one."""
         self._listeners: list[Callable[[Batch], None]] = []
 
     @classmethod
@@ -174,18 +171,21 @@ class Spool:
         """
         loop = asyncio.get_running_loop()
         while True:
-            if self._failed is not None:
-                raise self._failed  # a sync failed (a failed write raises from _flush)
-            if self._immediate or (self._deadline is not None and loop.time() >= self._deadline):
+            now = loop.time()
+            if self._immediate or (self._deadline is not None and now >= self._deadline):
                 await self._flush()
                 continue
+            if self._sync_by is not None and now >= self._sync_by:
+                await self._sync()
+                continue
             self._wake.clear()
-            if self._deadline is None:
+            due = [t for t in (self._deadline, self._sync_by) if t is not None]
+            if not due:
                 await self._wake.wait()
                 continue
-            # Only deferred changes: wait for a commit to take them along, or the deadline.
+            # Only deferred work: wait for a commit to take it along, or its deadline.
             try:
-                async with asyncio.timeout_at(self._deadline):
+                async with asyncio.timeout_at(min(due)):
                     await self._wake.wait()
             except TimeoutError:
                 pass
@@ -198,25 +198,24 @@ class Spool:
                 await asyncio.gather(self._inflight, return_exceptions=True)
             if self._failed is None and self._batch:
                 await self._flush()
-            if self._failed is None:
-                await self._synced()
+            if self._failed is None and self._sync_by is not None:
+                await self._sync()
         except StateDirError as exc:
             log.error("spool.final_write_failed", error=str(exc))
         finally:
             await self._call(self._store.close)
             self._executor.shutdown(wait=True)
-            self._syncer.shutdown(wait=True)
 
     async def _flush(self) -> None:
         batch, self._batch = self._batch, Batch()
         waiters, self._waiters = self._waiters, []
         self._immediate, self._deadline = False, None
         try:
-            if batch.forgets and not batch.must_sync:
+            if batch.forgets and not batch.must_sync and self._sync_by is not None:
                 # A confirmation or the pruning, not synced first: written only once
-                # the fsync under way returned, so that nothing is forgotten on disk
-                # before what it forgets is durable.
-                await self._synced()
+                # what came before is durable, so that nothing is forgotten on disk
+                # before what it forgets.
+                await self._sync()
             if batch:
                 await self._in_worker(self._store.apply, batch)
         except StateDirError as exc:
@@ -227,51 +226,29 @@ class Spool:
             for waiter in waiters:
                 waiter.cancel()
             raise
-        if batch.must_persist and not batch.must_sync:
-            # On its own thread, while the reports go out and the next batch is written:
-            # a FULL commit meanwhile syncs the WAL too, and need not wait for this.
-            self._start_sync()
+        if batch.must_sync and batch.must_persist:
+            self._sync_by = None  # its FULL commit synced the WAL: every frame before too
+        elif batch.must_persist and self._sync_by is None:
+            self._sync_by = asyncio.get_running_loop().time() + SYNC_DELAY
+            self._wake.set()  # run() re-arms its timer for the deadline
         for listener in self._listeners:
             listener(batch)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def _start_sync(self) -> None:
-        """fsync the log on the sync thread; if one runs, once more right after it (which
-        covers this batch): one sync at a time, at most one waiting."""
-        if self._syncing is not None:
-            self._sync_again = True
-            return
-        self._sync_idle.clear()
-        syncing = asyncio.get_running_loop().run_in_executor(self._syncer, self._store.sync)
-        self._syncing = syncing
-        syncing.add_done_callback(self._sync_done)
-
-    def _sync_done(self, syncing: asyncio.Future[None]) -> None:
-        self._syncing = None
-        error = None if syncing.cancelled() else syncing.exception()
-        if error is not None and self._failed is None:
-            # What was sent may not survive a power cut: stop, as after a failed write.
-            if not isinstance(error, StateDirError):
-                error = StateDirError(f"spool database: sync failed: {error}")
-            self._failed = error
-            self._wake.set()
-        again, self._sync_again = self._sync_again, False
-        if again and self._failed is None:
-            self._start_sync()
-        else:
-            self._sync_idle.set()
-
-    async def _synced(self) -> None:
-        """Wait until no fsync runs or waits.
+    async def _sync(self) -> None:
+        """fsync what batches written without it left in the page cache (worker thread).
 
         Raises:
-            StateDirError: one failed.
+            StateDirError: it failed: what was sent may not survive a power cut.
         """
-        await self._sync_idle.wait()
-        if self._failed is not None:
-            raise self._failed
+        self._sync_by = None
+        try:
+            await self._in_worker(self._store.sync)
+        except StateDirError as exc:
+            self._fail_all([], exc)
+            raise
 
     async def _in_worker(self, fn: Callable[..., T], *args: object) -> T:
         """Run a write on the worker thread, to its end even if cancelled meanwhile:
