@@ -164,10 +164,10 @@ class Spool:
         return await self._call(self._store.final_report, command_id)
 
     async def run(self) -> None:
-        """Write batches until cancelled.
+        """Write batches (and sync those written without it) until cancelled.
 
         Raises:
-            StateDirError: a write failed (disk full, I/O error).
+            StateDirError: a write or a sync failed (disk full, I/O error).
         """
         loop = asyncio.get_running_loop()
         while True:
