@@ -11,7 +11,15 @@ as running before its process is spawned, a report is written before it is sent,
 final report is written with the inbox row that says it finished. A command that finds a
 free slot is written as running in one commit (its delivery report then goes with its
 start report); one that must wait is written with its delivery report, then as running
-when it gets its slot. A short command so costs two fsyncs: before the spawn, at the end.
+when it gets its slot. Those commits are fsynced before the agent goes on (never run
+twice: a command possibly started is never started again after a power cut). The
+reports of a command durably running (start, output, final report, with the inbox row
+that says it finished) are sent once written, before their fsync, which comes with the
+next fsynced commit (``sync_first=False``, see :mod:`fleetgate.agent.spool.writer`): a SIGKILL of the agent
+loses nothing (the page cache keeps them), a power cut after the final report reached
+the control plane restarts the agent with the command running, reported
+``interrupted``, and the control plane keeps the first final result. A short command so
+waits for one fsync, before its process starts.
 At start, commands a previous run left running get an ``interrupted`` final report
 instead of running again; commands it left queued (never started) run now, first, in
 their original order.
@@ -495,7 +503,9 @@ class Dispatcher:
         if self._spool is None:
             record(Batch(), await self._outbox.put(make))
         else:
-            await self._outbox.put(make, with_change=record)
+            # Its inbox row said queued or running on disk before: the report may go out
+            # before its fsync.
+            await self._outbox.put(make, with_change=record, sync_first=False)
         for eviction in evictions:
             _log_eviction(eviction)
         if not self._inbox.active():
@@ -535,8 +545,9 @@ class Dispatcher:
         return durable
 
     # The command does not wait for these to reach the disk (only for room in the
-    # outbox): the outbox never sends a report before it is durable anyway, and a crash
-    # before the write leaves the command running in the inbox, hence interrupted.
+    # outbox): the outbox never sends a report before it is written anyway, and a crash
+    # (or a power cut before the fsync) leaves the command running in the inbox, hence
+    # interrupted. Its inbox row said running on disk before the process existed.
 
     async def _started(
         self, message: CommandRun, acked_at: datetime, delivered_at: datetime | None
@@ -549,16 +560,19 @@ class Dispatcher:
                     rid=rid, command_id=command_id, delivered_at=delivered_at
                 ),
                 within=ACK_WRITE_DELAY,
+                sync_first=False,
             )
         # A short command's final report takes these along in its commit.
         await self._outbox.add(
             lambda rid: CommandAcked(rid=rid, command_id=command_id, acked_at=acked_at),
             within=ACK_WRITE_DELAY,
+            sync_first=False,
         )
 
     async def _report_output(self, command_id: UUID, seq: int, data: str) -> None:
         await self._outbox.add(
-            lambda rid: CommandOutput(rid=rid, command_id=command_id, seq=seq, data=data)
+            lambda rid: CommandOutput(rid=rid, command_id=command_id, seq=seq, data=data),
+            sync_first=False,
         )
 
 

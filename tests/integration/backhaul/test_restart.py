@@ -7,12 +7,15 @@ is the first one restarted (after a graceful stop or a simulated crash).
 from __future__ import annotations
 
 import asyncio
+import shutil
+import threading
 import uuid
 from pathlib import Path
 
+import pytest
 import structlog
 
-from fleetgate.agent.spool import EXIT_INTERRUPTED, SPOOL_FILE, SpoolStore
+from fleetgate.agent.spool import EXIT_INTERRUPTED, SPOOL_FILE, Batch, SpoolStore
 from fleetgate.shared.protocol import (
     AgentMessage,
     CommandAcked,
@@ -216,4 +219,68 @@ async def test_a_command_queued_at_a_crash_runs_after_the_restart(
         if r.command_id == queued.command_id and r.type == "command.delivered"
     }
     assert len(deliveries) == 1, "the delivery was reported once (and resent as such)"
+    assert marker.read_text() == "ran\n"
+
+
+async def test_a_power_cut_before_the_final_reports_fsync_reports_interrupted(
+    scripted_cp: ScriptedControlPlane,
+    make_agent: MakeAgent,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The final report goes out before its fsync. A power cut in between leaves on disk
+    what the last fsync covered: the command running. The restarted agent reports it
+    interrupted (the control plane keeps the first result) and never runs it again."""
+    state = tmp_path / "state"
+    disk = tmp_path / "disk"  # what survives the power cut
+    fsync_may_end = threading.Event()
+    apply, sync = SpoolStore.apply, SpoolStore.sync
+
+    def apply_after_image(self: SpoolStore, batch: Batch) -> None:
+        if batch.must_persist and not batch.must_sync and not disk.exists():
+            # The first batch sent before its fsync (the command's output): every batch
+            # before it was fsynced (the command running); the files now are what a
+            # power cut from here on would leave.
+            disk.mkdir()
+            for name in (SPOOL_FILE, f"{SPOOL_FILE}-wal"):
+                if (state / name).exists():
+                    shutil.copy2(state / name, disk / name)
+        apply(self, batch)
+
+    def held_sync(self: SpoolStore) -> None:
+        fsync_may_end.wait(30)
+        sync(self)
+
+    monkeypatch.setattr(SpoolStore, "apply", apply_after_image)
+    monkeypatch.setattr(SpoolStore, "sync", held_sync)
+    marker = tmp_path / "ran.txt"
+    cmd = appending(marker)
+    first = await make_agent()
+    await scripted_cp.connections.get()
+    await scripted_cp.send(encode(cmd))
+    reports = await reports_until_finished(scripted_cp, cmd.command_id)
+    final = reports[-1]
+    assert isinstance(final, CommandFinished)
+    assert (final.exit_code, final.result) == (0, "ran\n")
+    assert disk.is_dir(), "every report was synced before it was sent"
+    # The power cut: the agent is gone, its page cache too.
+    fsync_may_end.set()
+    await crash(first)
+    for leftover in state.glob(f"{SPOOL_FILE}*"):
+        leftover.unlink()
+    for image in disk.iterdir():
+        shutil.copy2(image, state / image.name)
+
+    await make_agent()
+    await scripted_cp.connections.get()
+    again = await reports_until_finished(scripted_cp, cmd.command_id)
+    interrupted = again[-1]
+    assert isinstance(interrupted, CommandFinished)
+    assert (interrupted.error_phase, interrupted.exit_code) == ("interrupted", EXIT_INTERRUPTED)
+    # Redelivered (as a control plane that lost everything would): not run again.
+    await scripted_cp.send(encode(cmd))
+    await scripted_cp.send(encode(Confirm(rids=[r.rid for r in again])))
+    later = appending(tmp_path / "later.txt")
+    await scripted_cp.send(encode(later))
+    await reports_until_finished(scripted_cp, later.command_id)
     assert marker.read_text() == "ran\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import uuid
 from pathlib import Path
@@ -68,21 +69,35 @@ async def test_a_burst_of_500_commands_is_written_in_batches(
     assert commits * 4 <= changes, f"{commits} commits for {changes} changes: not batched"
 
 
-async def test_a_short_command_costs_two_synced_commits(
+async def test_a_short_command_waits_for_one_fsync(
     scripted_cp: ScriptedControlPlane, make_agent: MakeAgent, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The inbox row, already running, in one commit before the spawn; the delivery and
-    start reports with the final one; confirmations without an fsync of their own."""
-    batches: list[Batch] = []
+    """The inbox row, already running, in one FULL commit before the spawn; the delivery,
+    start and final reports in one commit, sent before its fsync; the confirmation's
+    deletion written only once that fsync returned."""
+    events: list[Batch | str] = []
     lock = threading.Lock()
-    apply = SpoolStore.apply
+    fsync_may_end = threading.Event()
+    confirmation_written = threading.Event()
+    apply, sync = SpoolStore.apply, SpoolStore.sync
 
     def recording_apply(self: SpoolStore, batch: Batch) -> None:
         with lock:
-            batches.append(batch)
+            events.append(batch)
         apply(self, batch)
+        if batch.confirmed:
+            confirmation_written.set()
+
+    def held_sync(self: SpoolStore) -> None:
+        # Held until the control plane has the final report: proof that it was sent
+        # before its fsync returned (else this times out and the test fails).
+        assert fsync_may_end.wait(30), "the final report was not sent before its fsync"
+        with lock:
+            events.append("sync")
+        sync(self)
 
     monkeypatch.setattr(SpoolStore, "apply", recording_apply)
+    monkeypatch.setattr(SpoolStore, "sync", held_sync)
     # However slow this machine is, the started report waits for the final one.
     monkeypatch.setattr(dispatch, "ACK_WRITE_DELAY", 600.0)
     await make_agent()
@@ -96,15 +111,28 @@ async def test_a_short_command_costs_two_synced_commits(
             rids.append(frame.rid)
         if isinstance(frame, CommandFinished):
             break
+    with lock:
+        assert "sync" not in events
+    fsync_may_end.set()
     await scripted_cp.send(encode(Confirm(rids=rids)))
-    ours = [b for b in batches if b.must_sync]
-    assert len(ours) == 2, ours
-    first, second = ours
+    assert await asyncio.to_thread(confirmation_written.wait, 30)
+    with lock:
+        ours = [e for e in events if isinstance(e, str) or e.must_persist or e.confirmed]
+    assert len(ours) == 4, ours
+    first, second, synced, confirmed = ours
+    assert isinstance(first, Batch)
+    assert first.must_sync
     assert [c.command_id for c, _ in first.accepted] == [command.command_id]
     assert first.states == [(command.command_id, CommandState.RUNNING)]
     assert first.reports == []
+    assert isinstance(second, Batch)
+    assert not second.must_sync
     assert [type(r) for r in second.reports] == [CommandDelivered, CommandAcked, CommandFinished]
     assert [e.command_id for e in second.finished] == [command.command_id]
+    assert synced == "sync"
+    assert isinstance(confirmed, Batch)
+    assert sorted(confirmed.confirmed) == sorted(rids)
+    assert not confirmed.must_persist  # a confirmation alone is never fsynced
 
 
 async def test_deferred_changes_ride_with_the_next_commit_or_meet_their_deadline(
@@ -133,6 +161,52 @@ async def test_deferred_changes_ride_with_the_next_commit_or_meet_their_deadline
             async with asyncio.timeout(30):
                 await alone  # nobody else writes: the deadline does
             assert [b.confirmed for b in applied] == [[1, 2, 3], [4]]
+            writer.cancel()
+    finally:
+        await spool.close()
+
+
+async def test_unsynced_reports_ride_with_the_next_full_commit_or_get_their_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reports sent before their fsync are synced by the next FULL commit (the next
+    command's start), which costs no fsync of its own; alone, by SYNC_DELAY."""
+    events: list[str] = []
+    synced = threading.Event()
+    apply, sync = SpoolStore.apply, SpoolStore.sync
+
+    def recording_apply(self: SpoolStore, batch: Batch) -> None:
+        events.append("full" if batch.must_sync else "normal")
+        apply(self, batch)
+
+    def recording_sync(self: SpoolStore) -> None:
+        events.append("sync")
+        sync(self)
+        synced.set()
+
+    monkeypatch.setattr(SpoolStore, "apply", recording_apply)
+    monkeypatch.setattr(SpoolStore, "sync", recording_sync)
+    command_id = uuid.uuid4()
+
+    def output(seq: int) -> CommandOutput:
+        return CommandOutput(rid=seq, command_id=command_id, seq=seq, data="x")
+
+    spool, _ = await Spool.open(tmp_path)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            writer = tg.create_task(spool.run())
+            async with asyncio.timeout(30):
+                await spool.commit(
+                    functools.partial(Batch.add_report, report=output(0)), sync_first=False
+                )
+                await spool.commit(functools.partial(Batch.add_report, report=output(1)))
+            assert events == ["normal", "full"]
+            async with asyncio.timeout(30):
+                await spool.commit(
+                    functools.partial(Batch.add_report, report=output(2)), sync_first=False
+                )
+            assert await asyncio.to_thread(synced.wait, 30)
+            assert events == ["normal", "full", "normal", "sync"]
             writer.cancel()
     finally:
         await spool.close()

@@ -12,6 +12,7 @@ from fleetgate.agent.spool import (
     EXIT_INTERRUPTED,
     Batch,
     CommandState,
+    FinishedEntry,
     Inbox,
     PendingReports,
     Retention,
@@ -298,9 +299,23 @@ class TestRecovery:
 
 
 def test_only_batches_the_agent_acts_on_are_synced() -> None:
-    """Confirmations and forgotten ids alone may be lost in a power cut (synchronous=NORMAL);
-    anything a report or a process start depends on is fsynced."""
-    assert not Batch(confirmed=[1, 2], forgotten=[CID]).must_sync
-    assert Batch(confirmed=[1], states=[(CID, CommandState.RUNNING)]).must_sync
-    assert Batch(reports=[delivered(0)]).must_sync
-    assert Batch(accepted=[(CommandRun(command_id=CID, line="true"), AT)]).must_sync
+    """Confirmations and forgotten ids alone may be lost in a power cut (synchronous=NORMAL,
+    never fsynced on their own); a command accepted or running is fsynced before anything
+    depends on it; reports are fsynced first when a commit asked for it, else right after."""
+    forgettable = Batch(confirmed=[1, 2], forgotten=[CID])
+    assert not forgettable.must_sync
+    assert not forgettable.must_persist
+    running = Batch(confirmed=[1], states=[(CID, CommandState.RUNNING)])
+    assert running.must_sync
+    assert running.must_persist
+    accepted = Batch(accepted=[(CommandRun(command_id=CID, line="true"), AT)])
+    assert accepted.must_sync
+    # A commit that leaves the sync_first flag set (the default of Spool.commit).
+    assert Batch(reports=[delivered(0)], sync_first=True).must_sync
+    # Reports of a command already durably running, committed with sync_first=False.
+    deferred = Batch(reports=[final(1)], finished=[FinishedEntry(CID, AT, final(1))])
+    assert not deferred.must_sync
+    assert deferred.must_persist
+    # A running state in the same batch: fsynced first, whatever the reports allowed.
+    deferred.states.append((uuid.uuid4(), CommandState.RUNNING))
+    assert deferred.must_sync

@@ -211,6 +211,46 @@ def test_reports_are_idempotent(conn: Connection) -> None:
     assert [c.content for c in chunks] == ["a", "b"]
 
 
+def test_an_interrupted_result_after_a_power_cut_keeps_the_first(conn: Connection) -> None:
+    """The agent sends a final report before its fsync; after a power cut it restarts
+    with the command running and reports it interrupted: the result stored first stays."""
+    sid, _ = _server(conn)
+    cid = _command(conn, sid, sent=True)
+    u = uuid.UUID(cid)
+    at = datetime(2024, 1, 15, 10, 30, 44, tzinfo=UTC)
+    done = CommandFinished(
+        rid=7,
+        command_id=u,
+        handled_at=at,
+        elapsed_time=0.01,
+        exit_code=0,
+        success=True,
+        result="ok\n",
+    )
+    with transaction(conn):
+        out = reports_store.apply_reports(conn, sid, [done], last_seen_at=T0)
+    assert out.changed == {cid}
+    interrupted = CommandFinished(
+        rid=7,  # rids lost in the power cut are given again
+        command_id=u,
+        handled_at=at.replace(hour=11),
+        elapsed_time=0.0,
+        exit_code=-1,
+        success=False,
+        result="",
+        error_phase="interrupted",
+        message="the agent restarted while the command was running",
+    )
+    with transaction(conn):
+        out = reports_store.apply_reports(conn, sid, [interrupted], last_seen_at=T0)
+    assert out.stored == [7]  # confirmed (the agent forgets it), not stored
+    assert out.changed == set()
+    row = commands.get_command(conn, cid)
+    assert row is not None
+    assert (row.exit_code, row.success, row.result, row.error_phase) == (0, True, "ok\n", None)
+    assert row.handled_at == to_us(at)
+
+
 def test_report_for_another_servers_command_is_unknown(conn: Connection) -> None:
     sid, _ = _server(conn)
     other, _ = _server(conn, "web-02")

@@ -3,9 +3,10 @@
 Producers (the command tasks) ``await put(...)``; when the number of unconfirmed reports
 reaches the bound, they wait until confirmations free space, which in turn pauses the
 command's output reader and, through the pipe, the command itself. A report is written
-to the spool before it may be sent, and deleted from it once confirmed, so whatever the
-control plane has not stored survives a crash of the agent. One writer per connection
-drains it with :meth:`next_batch`.
+to the spool before it may be sent (and synced first, unless its command is already
+durably recorded as running: see :mod:`fleetgate.agent.spool.writer`), and deleted
+from it once confirmed, so whatever the control plane has not stored survives a crash
+of the agent. One writer per connection drains it with :meth:`next_batch`.
 
 Waiters (producers for space, the writer for reports, shutdown for an empty outbox)
 re-check their condition after every change; a change wakes them through a *pulse*: an
@@ -66,9 +67,11 @@ class Outbox:
         make: Callable[[int], CommandReport],
         *,
         with_change: Callable[[Batch, CommandReport], None] | None = None,
+        sync_first: bool = True,
     ) -> CommandReport:
-        """Add a report built by ``make(rid)``; return once it is durable."""
-        report, durable = await self.add(make, with_change=with_change)
+        """Add a report built by ``make(rid)``; return once it is durable (see
+        :meth:`add` for ``sync_first``)."""
+        report, durable = await self.add(make, with_change=with_change, sync_first=sync_first)
         await durable
         return report
 
@@ -78,6 +81,7 @@ class Outbox:
         *,
         with_change: Callable[[Batch, CommandReport], None] | None = None,
         within: float | None = None,
+        sync_first: bool = True,
     ) -> tuple[CommandReport, Awaitable[None]]:
         """Add a report built by ``make(rid)``, waiting for space; return it with an
         awaitable that completes once it is on disk (and may be sent).
@@ -86,6 +90,8 @@ class Outbox:
         an inbox state that must never be behind the reports already sent. ``within``:
         the write may wait that many seconds for other changes (``Spool.commit``);
         timeline records wait :data:`TIMELINE_WRITE_DELAY` unless told otherwise.
+        ``sync_first`` False: the report may be sent once written, before its fsync
+        (``Spool.commit``): only for a command whose inbox row already says running.
         """
         await self._until(lambda: len(self._book) < self._max)
         report = self._book.add(make)
@@ -104,7 +110,7 @@ class Outbox:
 
         # Staged right after add(), without an await: rids reach the batch in order, so
         # a commit that covers this rid covers every smaller one too.
-        return report, self._spool.commit(change, within=within)
+        return report, self._spool.commit(change, within=within, sync_first=sync_first)
 
     async def confirm(self, rids: list[int]) -> None:
         """Drop reports the control plane stored; wakes producers waiting for space."""
@@ -132,7 +138,8 @@ class Outbox:
         await self._until(lambda: len(self._book) == 0)
 
     def _committed(self, batch: Batch) -> None:
-        """The spool wrote ``batch``: its reports may be sent now."""
+        """The spool wrote ``batch`` (and synced it, unless its changes said it need not
+        wait for that): its reports may be sent now."""
         if batch.next_rid is not None:
             self._book.mark_durable(batch.next_rid - 1)
             self._notify()

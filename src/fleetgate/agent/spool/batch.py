@@ -41,6 +41,9 @@ class Batch:
     reports: list[CommandReport] = field(default_factory=list)
     confirmed: list[int] = field(default_factory=list)
     next_rid: int | None = None
+    sync_first: bool = False
+    """A change in it is acted on only once it survives a power cut: a waiter of
+    :meth:`~fleetgate.agent.spool.writer.Spool.commit` asked for the fsync first."""
 
     def add_report(self, report: CommandReport) -> None:
         """A new report (reports are added in rid order)."""
@@ -49,10 +52,23 @@ class Batch:
 
     @property
     def must_sync(self) -> bool:
-        """Whether losing this batch in a power cut could break a promise: the agent acts
-        on it (sends a report, starts a command). Confirmations and forgotten ids alone
-        only mean a report is sent again or an id is remembered longer."""
+        """Whether the batch is fsynced before anyone acts on it (``synchronous=FULL``):
+        a command recorded as accepted or running (its delivery is reported, its process
+        started, only once that survives a power cut), or a waiter that asked for it."""
+        return self.sync_first or bool(self.accepted or self.states)
+
+    @property
+    def must_persist(self) -> bool:
+        """Whether the batch is fsynced at all: before it is acted on (:attr:`must_sync`),
+        or right after it was written (reports of commands already durably running, sent
+        meanwhile). Confirmations and forgotten ids alone are never fsynced on their own:
+        losing them only means a report is sent again or an id is remembered longer."""
         return bool(self.accepted or self.states or self.finished or self.reports)
+
+    @property
+    def forgets(self) -> bool:
+        """Whether it deletes something: a confirmed report, a forgotten command."""
+        return bool(self.confirmed or self.forgotten)
 
     def __bool__(self) -> bool:
         return bool(

@@ -3,14 +3,23 @@
 A thin synchronous module: it opens the file, loads what a previous run left, and writes
 :class:`~fleetgate.agent.spool.batch.Batch` objects, each in one transaction. It is only ever
 called from one worker thread (see :mod:`fleetgate.agent.spool.writer`), so the connection is
-never shared. ``synchronous=FULL`` for every batch the agent acts on (it sends a report or
-starts a command once the batch is written): such a batch survives a power cut, not only
-a crash of the process; batching keeps that to one fsync per burst. A batch of only
-confirmations and forgotten ids (``Batch.must_sync`` false) is written with
-``synchronous=NORMAL``: it survives a crash of the agent (SIGKILL), and a power cut may
-undo it, which only means a report is sent again (the control plane ignores the
-duplicate) or an old id is remembered longer. The next FULL commit syncs the WAL, with
-the frames of such batches before it.
+never shared. Three kinds of commit (``Batch.must_sync``, ``Batch.must_persist``):
+
+* ``synchronous=FULL`` for a batch the agent acts on only once it survives a power cut: a
+  command accepted (its delivery is reported) or recorded as running (its process is
+  started). Batching keeps that to one fsync per burst.
+* ``synchronous=NORMAL`` then :meth:`SpoolStore.sync` for a batch of reports about
+  commands already durably running or finished (a final report, output, the start): the
+  commit puts the frames in the OS page cache, which survives a SIGKILL of the agent, and
+  the writer sends the reports while the fsync of the WAL runs (see the writer).
+* ``synchronous=NORMAL`` alone for confirmations and forgotten ids: a power cut may undo
+  them, which only means a report is sent again (the control plane ignores the
+  duplicate) or an old id is remembered longer.
+
+The WAL is replayed in order and stops at the first frame whose checksum fails, so a
+power cut keeps a prefix of the commits: a later commit never survives without an
+earlier one. The next FULL commit or sync makes the frames of every batch before it
+durable too.
 
 Tables: ``inbox`` (every accepted command id, its state, the command itself until it
 finishes, since its environment may hold secrets, and once finished its final report), ``outbox`` (reports the control plane has not confirmed, by rid) and ``meta``
@@ -77,7 +86,8 @@ class Snapshot:
 
 
 class SpoolStore:
-    """The SQLite connection and its few statements. Not thread-safe: one thread only."""
+    """The SQLite connection and its few statements. Not thread-safe: one thread only,
+    except for :meth:`sync`, which does not touch the connection."""
 
     def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
         self._conn = conn
@@ -197,6 +207,29 @@ class SpoolStore:
             self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error:  # the batch is committed; the next finish tries again
             self._with_env |= erased
+
+    def sync(self) -> None:
+        """Make every committed batch durable: fdatasync of the WAL, which holds the frames
+        ``synchronous=NORMAL`` commits left in the page cache (what a FULL commit does
+        after writing them). Without a WAL file, everything was checkpointed into the
+        database file, and a checkpoint syncs both. Safe beside the connection's thread:
+        it opens the WAL file itself.
+
+        Raises:
+            StateDirError: the sync failed; what was written may be lost in a power cut.
+        """
+        try:
+            fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StateDirError(f"spool database {self.path}: {_reason(exc, self.path)}") from exc
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            raise StateDirError(f"spool database {self.path}: {_reason(exc, self.path)}") from exc
+        finally:
+            os.close(fd)
 
     def final_report(self, command_id: UUID) -> CommandFinished | None:
         """The stored final report of a finished command, if the inbox still has it."""

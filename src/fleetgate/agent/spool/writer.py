@@ -11,6 +11,29 @@ Not every change needs its own write. A staged change, and a commit given ``with
 seconds, waits for the next immediate commit or for its deadline, whichever comes first:
 a short command's "started" report rides with its final report, and confirmations with
 whatever is written next, so that a command costs two fsyncs instead of five.
+
+Nor does every change need its fsync before it has consequences. A commit with
+``sync_first=False`` (reports about a command already recorded as running: its output,
+start and final report) is done once written with ``synchronous=NORMAL``: the frames
+are in the OS page cache, which survives a SIGKILL of the agent, and the outbox sends
+the reports at once. Their fsync comes with the next FULL commit (the next command's
+start: its fsync covers every frame before it), or :data:`SYNC_DELAY` later on its own.
+So a short command's round trip pays one fsync, the one before its process starts, and
+a sequence of commands one fsync each. What a power cut can do then:
+
+* after the report reached the control plane, before the fsync: the agent restarts with
+  the command running and reports it ``interrupted``; the control plane keeps the first
+  final result it stored (a final result is stored once), so nothing is lost;
+* before the report left: the command is reported ``interrupted``, as before for a
+  power cut between its end and its final report's commit;
+* rids of reports lost this way are given again after the restart; the control plane
+  stores reports by their content, the rid only names them in its confirmation.
+
+The agent forgets a command (the confirmation's deletion of its report, the retention's
+deletion of its row) only in a later batch, and such a batch is written only once
+what came before was synced, or in a FULL commit whose own fsync covers both: nothing is
+forgotten on disk while what it stands for could still be lost. (SQLite would keep that
+order anyway: a power cut keeps a prefix of the WAL's commits.)
 """
 
 from __future__ import annotations
@@ -19,7 +42,7 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import structlog
@@ -37,6 +60,10 @@ SPOOL_FILE = "spool.db"
 
 STAGE_DELAY = 0.2
 """Seconds a staged change (a confirmation) may wait for a commit to take it along."""
+
+SYNC_DELAY = 0.02
+"""Seconds a batch written without its fsync (reports already sent) may wait for a FULL
+commit to sync it along (the next command's start), before it is synced on its own."""
 
 T = TypeVar("T")
 
@@ -57,7 +84,10 @@ class Spool:
         self._deadline: float | None = None
         """Loop time by which the open batch must be written (deferred changes only)."""
         self._failed: StateDirError | None = None
-        self._inflight: asyncio.Future[None] | None = None
+        self._inflight: asyncio.Future[Any] | None = None
+        self._sync_by: float | None = None
+        """Loop time by which batches written without their fsync get it, if no FULL
+        commit (whose fsync covers them) came first; None when nothing waits for one."""
         self._listeners: list[Callable[[Batch], None]] = []
 
     @classmethod
@@ -92,21 +122,29 @@ class Spool:
         self._write_by(within)
 
     def commit(
-        self, change: Callable[[Batch], None], *, within: float | None = None
+        self,
+        change: Callable[[Batch], None],
+        *,
+        within: float | None = None,
+        sync_first: bool = True,
     ) -> asyncio.Future[None]:
         """Apply ``change`` to the open batch now; the future is done once it is on disk.
 
         The change is staged before this returns (no await), so callers can order it
         with other synchronous steps. With ``within``, the write may wait that many
         seconds for other changes to join it (the next immediate commit takes it along).
-        The future fails with :class:`StateDirError` when the write failed: the agent
-        cannot keep its promises and stops.
+        With ``sync_first`` False, the future is done once the change is written, before
+        its fsync (see the module's docstring: only for reports about a command already
+        durably running). The future fails with :class:`StateDirError` when the write
+        failed: the agent cannot keep its promises and stops.
         """
         waiter = asyncio.get_running_loop().create_future()
         if self._failed is not None:
             _fail(waiter, self._failed)
             return waiter
         change(self._batch)
+        if sync_first:
+            self._batch.sync_first = True
         self._waiters.append(waiter)
         if within is None:
             self._immediate = True
@@ -126,23 +164,28 @@ class Spool:
         return await self._call(self._store.final_report, command_id)
 
     async def run(self) -> None:
-        """Write batches until cancelled.
+        """Write batches (and sync those written without it) until cancelled.
 
         Raises:
-            StateDirError: a write failed (disk full, I/O error).
+            StateDirError: a write or a sync failed (disk full, I/O error).
         """
         loop = asyncio.get_running_loop()
         while True:
-            if self._immediate or (self._deadline is not None and loop.time() >= self._deadline):
+            now = loop.time()
+            if self._immediate or (self._deadline is not None and now >= self._deadline):
                 await self._flush()
                 continue
+            if self._sync_by is not None and now >= self._sync_by:
+                await self._sync()
+                continue
             self._wake.clear()
-            if self._deadline is None:
+            due = [t for t in (self._deadline, self._sync_by) if t is not None]
+            if not due:
                 await self._wake.wait()
                 continue
-            # Only deferred changes: wait for a commit to take them along, or the deadline.
+            # Only deferred work: wait for a commit to take it along, or its deadline.
             try:
-                async with asyncio.timeout_at(self._deadline):
+                async with asyncio.timeout_at(min(due)):
                     await self._wake.wait()
             except TimeoutError:
                 pass
@@ -155,6 +198,8 @@ class Spool:
                 await asyncio.gather(self._inflight, return_exceptions=True)
             if self._failed is None and self._batch:
                 await self._flush()
+            if self._failed is None and self._sync_by is not None:
+                await self._sync()
         except StateDirError as exc:
             log.error("spool.final_write_failed", error=str(exc))
         finally:
@@ -166,29 +211,60 @@ class Spool:
         waiters, self._waiters = self._waiters, []
         self._immediate, self._deadline = False, None
         try:
+            if batch.forgets and not batch.must_sync and self._sync_by is not None:
+                # A confirmation or the pruning, not synced first: written only once
+                # what came before is durable, so that nothing is forgotten on disk
+                # before what it forgets.
+                await self._sync()
             if batch:
-                loop = asyncio.get_running_loop()
-                self._inflight = loop.run_in_executor(self._executor, self._store.apply, batch)
-                # Shielded: a batch handed to the thread is written even if we are
-                # cancelled meanwhile (else the executor would drop it unwritten).
-                await asyncio.shield(self._inflight)
-                self._inflight = None
+                await self._in_worker(self._store.apply, batch)
         except StateDirError as exc:
-            self._failed = exc
-            for waiter in waiters:
-                if not waiter.done():
-                    _fail(waiter, exc)
+            self._fail_all(waiters, exc)
             raise
         except BaseException:
             # Cancelled: the waiters are being cancelled with us.
             for waiter in waiters:
                 waiter.cancel()
             raise
+        if batch.must_sync and batch.must_persist:
+            self._sync_by = None  # its FULL commit synced the WAL: every frame before too
+        elif batch.must_persist and self._sync_by is None:
+            self._sync_by = asyncio.get_running_loop().time() + SYNC_DELAY
+            self._wake.set()  # run() re-arms its timer for the deadline
         for listener in self._listeners:
             listener(batch)
         for waiter in waiters:
             if not waiter.done():
                 waiter.set_result(None)
+
+    async def _sync(self) -> None:
+        """fsync what batches written without it left in the page cache (worker thread).
+
+        Raises:
+            StateDirError: it failed: what was sent may not survive a power cut.
+        """
+        self._sync_by = None
+        try:
+            await self._in_worker(self._store.sync)
+        except StateDirError as exc:
+            self._fail_all([], exc)
+            raise
+
+    async def _in_worker(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a write on the worker thread, to its end even if cancelled meanwhile:
+        ``close()`` waits for it (else the executor could drop it unwritten)."""
+        loop = asyncio.get_running_loop()
+        inflight = loop.run_in_executor(self._executor, fn, *args)
+        self._inflight = inflight
+        result = await asyncio.shield(inflight)
+        self._inflight = None
+        return result
+
+    def _fail_all(self, waiters: list[asyncio.Future[None]], exc: StateDirError) -> None:
+        self._failed = exc
+        for waiter in waiters:
+            if not waiter.done():
+                _fail(waiter, exc)
 
     async def _call(self, fn: Callable[..., T], *args: object) -> T:
         loop = asyncio.get_running_loop()
