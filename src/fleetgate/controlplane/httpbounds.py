@@ -95,6 +95,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's error answer; ``431`` when the head was too large."""
+        self._flush_response()  # the previous answer's last bytes go first
         if not self._too_large:
             super().send_400_response(msg)
             return
@@ -106,6 +107,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n" + body
         )
         self.transport.close()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown, after writing what the answer still holds."""
+        self._flush_response()
+        super().shutdown()
+
+    def _flush_response(self) -> None:
+        """Write what the current answer's :class:`TurnWriter` holds now: the protocol
+        is about to write or close on the transport itself."""
+        transport = getattr(self.cycle, "transport", None)
+        if isinstance(transport, TurnWriter):
+            transport.flush()
 
     def _count(self, size: int) -> None:
         self._parsed += size
