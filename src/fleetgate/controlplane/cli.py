@@ -7,7 +7,6 @@ them on stdout (``token create`` without ``--file``); never logged.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import getpass
 import re
 import sys
@@ -95,6 +94,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ControlPlaneServer,
         bind_socket,
         raise_open_files_limit,
+        run_on_uvloop,
         write_port_file,
     )
     from fleetgate.controlplane.tls import TlsSetupError, check_tls_files
@@ -131,7 +131,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     server = ControlPlaneServer(create_app(settings), settings, on_started=started)
     try:
-        asyncio.run(server.serve(sockets=[sock]))
+        run_on_uvloop(server.serve(sockets=[sock]))
     finally:
         sock.close()
     return 0

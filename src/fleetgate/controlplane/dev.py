@@ -29,7 +29,7 @@ from fleetgate.controlplane.cli import write_secret
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_key
 from fleetgate.controlplane.hub import Hub
-from fleetgate.controlplane.server import ControlPlaneServer, bind_socket
+from fleetgate.controlplane.server import ControlPlaneServer, bind_socket, run_on_uvloop
 from fleetgate.controlplane.store import (
     connect,
     servers as servers_store,
@@ -173,7 +173,7 @@ def run_dev(directory: Path, *, host: str = "127.0.0.1", port: int = 8000) -> in
     url = f"http://{url_host}:{real_port}"
     env = bootstrap(directory, url, settings.db_path)
     try:
-        return asyncio.run(_run(env, settings, sock))
+        return run_on_uvloop(_run(env, settings, sock))
     finally:
         sock.close()
 

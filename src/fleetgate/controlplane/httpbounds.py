@@ -7,6 +7,9 @@ protocol counts the head as httptools parses it and answers a head larger than
 :data:`MAX_HEAD_BYTES` or with more than :data:`MAX_HEADERS` headers with ``431 Request
 Header Fields Too Large`` and closes, before the application (or the websocket
 handshake) sees it. So whatever reaches the websockets parser is within its limits.
+
+Its responses write through :class:`~fleetgate.controlplane.httpwrites.TurnWriter`
+(the head and the body produced in one turn leave as one write).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from fleetgate.controlplane.httpwrites import TurnWriter
 
 
 __all__ = ["MAX_HEADERS", "MAX_HEAD_BYTES", "BoundedHttpToolsProtocol"]
@@ -71,9 +76,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
-        """The head is complete (and within the bounds): the body is not counted."""
+        """The head is complete (and within the bounds): the body is not counted.
+
+        The response of the request (not a websocket upgrade, which takes the transport
+        over) writes through a :class:`TurnWriter`: what one turn writes leaves as one.
+        """
         self._in_head = False
+        before = self.cycle
         super().on_headers_complete()
+        if self.cycle is not None and self.cycle is not before:
+            self.cycle.transport = TurnWriter(self.transport, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         """The request ended: a following one starts a new head."""
@@ -83,6 +95,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's error answer; ``431`` when the head was too large."""
+        self._flush_response()  # the previous answer's last bytes go first
         if not self._too_large:
             super().send_400_response(msg)
             return
@@ -94,6 +107,18 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             b"connection: close\r\n\r\n" + body
         )
         self.transport.close()
+
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown, after writing what the answer still holds."""
+        self._flush_response()
+        super().shutdown()
+
+    def _flush_response(self) -> None:
+        """Write what the current answer's :class:`TurnWriter` holds now: the protocol
+        is about to write or close on the transport itself."""
+        transport = getattr(self.cycle, "transport", None)
+        if isinstance(transport, TurnWriter):
+            transport.flush()
 
     def _count(self, size: int) -> None:
         self._parsed += size

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import replace
 from typing import Any
 
 import sqlalchemy
 import structlog
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
 from fleetgate.controlplane.api.command_checks import CommandCreateBody, authorize_command
 from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep, resolve_server
+from fleetgate.controlplane.api.ndjson import NdjsonResponse
 from fleetgate.controlplane.api.pagination import page_response
 from fleetgate.controlplane.api.params import (
     parse_bool,
@@ -104,7 +106,7 @@ async def _readable_command(
 @router.post("/", status_code=201, response_model=None)
 async def create_command(
     body: CommandCreateBody, request: Request, principal: PrincipalDep, services: ServicesDep
-) -> JSONResponse | StreamingResponse:
+) -> JSONResponse | NdjsonResponse:
     """Create a command; an immediate one is sent to the agent before this returns.
 
     With ``?stream=true`` the answer is the command's NDJSON stream: a ``created`` line
@@ -125,39 +127,44 @@ async def create_command(
             503, "SERVER_NOT_CONNECTED", f"Server {server_name!r} is not connected.", "server"
         )
     new = _new_command(run, principal, server_id, now=now, scheduled_at=scheduled_at)
-    try:
-        outcome = await services.db.write(
-            _gate_sign_insert,
-            new,
-            principal,
-            services.signer,
-            requested=requested,
-            server_name=server_name,
-            scope=scope,
-            sent_at=now if due else None,
-            content=content_digest(run),
+    with contextlib.ExitStack() as stack:
+        # A streaming create watches its command from before it is stored: every change
+        # after that wakes its stream, which so needs no first look at the database.
+        fresh = stack.enter_context(services.hub.wakeups.subscribe(new.id)) if streaming else None
+        try:
+            outcome = await services.db.write(
+                _gate_sign_insert,
+                new,
+                principal,
+                services.signer,
+                requested=requested,
+                server_name=server_name,
+                scope=scope,
+                sent_at=now if due else None,
+                content=content_digest(run),
+            )
+        except sqlalchemy.exc.IntegrityError:  # the server was deleted meanwhile
+            services.server_refs.clear()
+            raise server_not_found(body.server) from None
+        if isinstance(outcome, GateDenial):
+            raise APIError(403, outcome.code, outcome.detail, scope)
+        row = outcome
+        log.info(
+            "command.created",
+            command_id=row.id,
+            server_id=server_id,
+            requested_by=principal.user_id,
+            scheduled=not due,
         )
-    except sqlalchemy.exc.IntegrityError:  # the server was deleted meanwhile
-        services.server_refs.clear()
-        raise server_not_found(body.server) from None
-    if isinstance(outcome, GateDenial):
-        raise APIError(403, outcome.code, outcome.detail, scope)
-    row = outcome
-    log.info(
-        "command.created",
-        command_id=row.id,
-        server_id=server_id,
-        requested_by=principal.user_id,
-        scheduled=not due,
-    )
-    await _deliver(services, row, due=due)
-    created = command_json(row, now=now_us())
-    if streaming:
-        return _ndjson(
-            _created_then(created, stream_command(services.db, services.hub.wakeups, row.id)),
-            status_code=201,
+        await _deliver(services, row, due=due)
+        created = command_json(row, now=now_us())
+        if fresh is None:
+            return JSONResponse(created, status_code=201)
+        lines = stream_command(services.db, services.hub.wakeups, row.id, fresh=fresh)
+        # The answer owns the subscription from here on and releases it when it ends.
+        return NdjsonResponse(
+            _created_then(created, lines), status_code=201, on_close=stack.pop_all().close
         )
-    return JSONResponse(created, status_code=201)
 
 
 def _new_command(
@@ -302,29 +309,24 @@ async def list_chunks(
 @router.get("/{command_id}/stream/")
 async def stream(
     command_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
-) -> StreamingResponse:
+) -> NdjsonResponse:
     """NDJSON: stored chunks from ``seq__gte``, live chunks, then the final command."""
     row = await _readable_command(command_id, request, principal, services)
     seq_gte = parse_int(request.query_params, "seq__gte", minimum=0) or 0
-    lines: AsyncIterator[str] = stream_command(
-        services.db, services.hub.wakeups, row.id, seq_gte=seq_gte
+    return NdjsonResponse(
+        stream_command(services.db, services.hub.wakeups, row.id, seq_gte=seq_gte)
     )
-    return _ndjson(lines)
 
 
-async def _created_then(created: dict[str, Any], lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    yield ndjson_line({"event": "created", "command": created})
-    async for line in lines:
-        yield line
-
-
-def _ndjson(lines: AsyncIterator[str], status_code: int = 200) -> StreamingResponse:
-    return StreamingResponse(
-        lines,
-        status_code=status_code,
-        media_type="application/x-ndjson",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+async def _created_then(
+    created: dict[str, Any], lines: AsyncGenerator[str, None]
+) -> AsyncGenerator[str, None]:
+    try:
+        yield ndjson_line({"event": "created", "command": created})
+        async for line in lines:
+            yield line
+    finally:
+        await lines.aclose()
 
 
 @router.post("/{command_id}/cancel/")

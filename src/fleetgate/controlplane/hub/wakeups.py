@@ -28,6 +28,10 @@ class Subscription:
 
     def __init__(self, entry: _Entry) -> None:
         self._entry = entry
+        self.taken = entry.event
+        """The event current when the subscription was taken: set by the first
+        :meth:`CommandWakeups.notify` that follows it, even if it came before any
+        :meth:`current`."""
 
     def current(self) -> asyncio.Event:
         """The event the next :meth:`CommandWakeups.notify` of this command will set."""
