@@ -342,7 +342,8 @@ async def _serve_stream(
     # is either refused there or ended by the tunnel's close.
     owner = owner_of(principal, row.work_session_id)
     channel = OpenChannel(channel_id, "tunnel", row.server_id, owner, resource_id=row.id)
-    await serve_channel(websocket, services, message, channel, relayer=relayer)
+    # A deferred stream's client is accepted already: its first bytes follow the open.
+    await serve_channel(websocket, services, message, channel, relayer=relayer, pipelined=True)
 
 
 class _StreamRelay:
@@ -357,7 +358,11 @@ class _StreamRelay:
     async def __call__(self, client: WebSocket, agent: WebSocket) -> None:
         agent_ends = self._pool.reusable(agent)
         kept = await relay_stream(
-            client, agent, client_ends=self._client_ends, agent_ends=agent_ends
+            client,
+            agent,
+            client_ends=self._client_ends,
+            agent_ends=agent_ends,
+            accepted=self._pool.acceptance(agent),
         )
         if kept.agent:
             self._pool.keep(agent)
