@@ -83,6 +83,8 @@ class AgentConnection:
         """The largest frame the agent accepts (announced in its ``hello``)."""
         self.features: frozenset[str] = frozenset()
         """Optional features the agent said it offers in its ``hello`` (``tunnel``)."""
+        self.tunnel_grants = False
+        """The agent takes one grant for all of a tunnel's streams (its ``hello``)."""
         self.closed = asyncio.Event()
         self._send_lock = asyncio.Lock()
 
