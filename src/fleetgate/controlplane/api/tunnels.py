@@ -1,8 +1,9 @@
 """Tunnels: ``/api/tunnels/`` (the resource) and ``/ws/tunnels/<id>/streams/`` (its streams).
 
 A tunnel is created once (gate: scope ``tunnel``, the server, the work session) and then
-carries any number of TCP streams, each one channel to the agent with its own grant that
-carries the session's expiry. The target is always the server's loopback: a
+carries any number of TCP streams, each one channel to the agent, checked on its own, with
+a grant that carries the session's expiry (the tunnel's, signed once while its claims stay
+the same, for an agent that takes one: ``hello.tunnel_grants``). The target is always the server's loopback: a
 ``remote_host`` that is not loopback is refused here, and again by the agent.
 """
 
