@@ -85,7 +85,10 @@ class GrantSigner:
 
     def sign(self, claims: GrantClaims) -> Grant:
         """The signed envelope of ``claims``."""
-        payload = encode_payload(claims)
+        return self.sign_payload(encode_payload(claims))
+
+    def sign_payload(self, payload: bytes) -> Grant:
+        """The signed envelope of claims already encoded (``encode_payload``)."""
         signature = self._key.sign(payload)
         return Grant(payload=b64url(payload), signature=base64.b64encode(signature).decode())
 

@@ -312,3 +312,31 @@ async def test_a_relay_cannot_change_what_a_channel_grant_authorizes(
         if isinstance(frame, ErrorMessage) and frame.ref == str(channel_id):
             break
     assert frame.code == "grant_content_mismatch"
+
+
+@pytest.mark.parametrize("named", ["another tunnel", "another channel", "the tunnel"])
+async def test_a_tunnel_stream_grant_names_the_stream_or_its_tunnel(
+    scripted_cp: ScriptedControlPlane, make_agent: MakeAgent, named: str
+) -> None:
+    """One grant may serve every stream of a tunnel (the agent says so in its hello);
+    one that names another tunnel, or another channel, is refused."""
+    await make_agent(
+        identity={"control_plane_key": SIGNER.public_key_b64}, grants={"allow_unsigned": False}
+    )
+    await scripted_cp.connections.get()
+    assert scripted_cp.hellos[-1].tunnel_grants
+    channel_id, spec = uuid.uuid4(), TunnelSpec(tunnel_id=uuid.uuid4(), port=1000)
+    subject = {"another tunnel": uuid.uuid4(), "another channel": uuid.uuid4()}.get(
+        named, spec.tunnel_id
+    )
+    grant = SIGNER.sign(
+        claims(scripted_cp, subject, scopes=["tunnel"], content=content_digest(spec))
+    )
+    await scripted_cp.send(encode(ChannelOpen(channel_id=channel_id, spec=spec, grant=grant)))
+    while True:
+        frame = await scripted_cp.next_frame(timeout=30)
+        if isinstance(frame, ErrorMessage) and frame.ref == str(channel_id):
+            break
+    # The agent's tunnels are disabled: a grant it accepts meets the tunnel policy next.
+    expected = "tunnel_disabled" if named == "the tunnel" else "work_session_not_usable"
+    assert frame.code == expected

@@ -15,7 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from fleetgate.shared.protocol.tunnel import END_FRAME, EOF_FRAME, OPEN_FRAME, REUSE_HEADER
-from tests.integration.tunnel.conftest import TunnelStack
+from tests.integration.tunnel.conftest import REFUSED_PORT, TunnelStack
 from tests.support.accounts import new_login
 from tests.support.controlplane import ControlPlaneProcess
 from tests.support.tunnel import agentctl_tunnel, echo_server
@@ -221,3 +221,27 @@ async def test_agentctl_carries_sequential_connections_on_reused_websockets(
                 lambda: _reused(tstack) >= before + 6,
                 what="six reused streams",
             )
+
+
+async def test_a_refusal_by_the_agent_reaches_a_stream_whose_bytes_followed_its_open(
+    tstack: TunnelStack,
+) -> None:
+    """On a pooled websocket the client's first bytes follow the ``channel.open`` without
+    waiting for the agent's answer: the agent's refusal still closes the stream with its
+    code (not a lost connection), nothing is carried, and the next stream is served."""
+    cp, key = tstack.cp, tstack.cp.admin_token
+    async with _after_eof_server() as port:
+        allowed = _create(cp, key, tstack.server, port)
+        await _warm(tstack, key, allowed)  # the agent keeps pooled websockets from now on
+        refused = _create(cp, key, tstack.server, REFUSED_PORT)
+        for _ in range(3):
+            async with connect(_url(cp, refused), additional_headers=cp.auth_headers(key)) as ws:
+                await ws.send(OPEN_FRAME)
+                await ws.send(b"must not be carried")
+                await ws.send(EOF_FRAME)
+                code, reason = await _closed_with(ws)
+            assert code == 4403
+            assert reason["code"] == "tunnel_port_not_allowed", reason
+        await eventually(lambda: _streams(cp, key, refused) == 0, what="refused streams gone")
+        async with connect(_url(cp, allowed), additional_headers=cp.auth_headers(key)) as ws:
+            assert await _stream(ws, b"after") == b"got 5"

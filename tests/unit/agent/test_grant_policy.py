@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 from fleetgate.agent.config import parse
 from fleetgate.agent.errors import ConfigError
 from fleetgate.agent.policy import GrantPolicy, GrantRefused, load_public_key, verify_grant
+from fleetgate.agent.policy.grants import VERIFIED_MEMO
 from fleetgate.controlplane.grants import GrantSigner
 from fleetgate.shared.protocol import Grant, GrantClaims
 from fleetgate.shared.protocol.grants import b64url, canonical_json, decode_payload
@@ -216,3 +217,98 @@ def test_a_tuple_of_scopes_needs_any_one_of_them() -> None:
             content=CONTENT,
         )
     assert refused.value.code == "work_session_scope_not_allowed"
+
+
+def test_a_tuple_of_ids_needs_the_grant_to_name_one_of_them() -> None:
+    """A tunnel stream's grant may name the stream or its tunnel, nothing else."""
+    tunnel = uuid.uuid4()
+    accepted = (COMMAND, tunnel)
+    for named in accepted:
+        grant = SIGNER.sign(claims(command_id=named))
+        verified = verify_grant(
+            grant,
+            key=KEY,
+            command_id=accepted,
+            server_id=SERVER,
+            scope="command",
+            now=NOW,
+            skew=SKEW,
+            content=CONTENT,
+        )
+        assert verified.command_id == named
+    other = SIGNER.sign(claims(command_id=uuid.uuid4()))
+    with pytest.raises(GrantRefused) as refused:
+        verify_grant(
+            other,
+            key=KEY,
+            command_id=accepted,
+            server_id=SERVER,
+            scope="command",
+            now=NOW,
+            skew=SKEW,
+            content=CONTENT,
+        )
+    assert refused.value.code == "work_session_not_usable"
+
+
+def test_a_remembered_signature_vouches_only_for_its_exact_bytes() -> None:
+    """A grant verified once is taken at once when it comes again; a forged signature
+    over the same claims, or the same signature over other claims, is still refused."""
+    key = load_public_key(SIGNER.public_key_b64)  # a fresh memo
+    grant = SIGNER.sign(claims())
+    for _ in range(3):
+        assert (
+            verify_grant(
+                grant,
+                key=key,
+                command_id=COMMAND,
+                server_id=SERVER,
+                scope="command",
+                now=NOW,
+                skew=SKEW,
+                content=CONTENT,
+            )
+            == claims()
+        )
+    forger = GrantSigner(Ed25519PrivateKey.generate())
+    forged = Grant(payload=grant.payload, signature=forger.sign(claims()).signature)
+    other = Grant(payload=SIGNER.sign(claims(scopes=["sudo"])).payload, signature=grant.signature)
+    for bad in (forged, other):
+        with pytest.raises(GrantRefused) as refused:
+            verify_grant(
+                bad,
+                key=key,
+                command_id=COMMAND,
+                server_id=SERVER,
+                scope="command",
+                now=NOW,
+                skew=SKEW,
+                content=CONTENT,
+            )
+        assert refused.value.code == "work_session_not_usable"
+
+
+def test_a_remembered_grant_still_expires() -> None:
+    """Only the signature is remembered: the window is checked on every use."""
+    key = load_public_key(SIGNER.public_key_b64)
+    grant = SIGNER.sign(claims())
+    checked = {
+        "key": key,
+        "command_id": COMMAND,
+        "server_id": SERVER,
+        "scope": "command",
+        "skew": SKEW,
+        "content": CONTENT,
+    }
+    verify_grant(grant, now=NOW, **checked)  # type: ignore[arg-type]
+    with pytest.raises(GrantRefused) as refused:
+        verify_grant(grant, now=NOW + 60 + SKEW + 1, **checked)  # type: ignore[arg-type]
+    assert refused.value.code == "work_session_expired"
+
+
+def test_the_memo_of_verified_signatures_is_bounded() -> None:
+    key = load_public_key(SIGNER.public_key_b64)
+    grants = [SIGNER.sign(claims(command_id=uuid.uuid4())) for _ in range(VERIFIED_MEMO + 10)]
+    for grant in grants:
+        key.verify(base64.b64decode(grant.signature), decode_payload(grant.payload))
+    assert len(key._verified) == VERIFIED_MEMO

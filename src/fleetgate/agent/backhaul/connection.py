@@ -248,6 +248,7 @@ class Backhaul:
             max_message_bytes=self._config.limits.max_message_bytes,
             features=["tunnel"] if self._config.tunnel.enabled else [],
             labels=dict(self._config.labels),
+            tunnel_grants=True,
             ssh_host_key=self._ssh_host_key,
         )
         await ws.send(encode(hello))

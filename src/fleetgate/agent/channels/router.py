@@ -38,6 +38,7 @@ from fleetgate.shared.protocol.channels import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
     CLOSE_REFUSED,
+    grant_subjects,
     refusal_reason,
 )
 
@@ -148,7 +149,7 @@ class ChannelRouter:
             service = self._admit(message)
             claims = self._grants.check(
                 message.grant,
-                command_id=channel_id,
+                command_id=grant_subjects(message),
                 scope=service.scope,
                 now=time(),
                 content=content_digest(message.spec),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from uuid import UUID
@@ -23,7 +24,17 @@ if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 
-__all__ = ["GrantPolicy", "GrantRefused", "PublicKey", "load_public_key", "verify_grant"]
+__all__ = [
+    "VERIFIED_MEMO",
+    "GrantPolicy",
+    "GrantRefused",
+    "PublicKey",
+    "load_public_key",
+    "verify_grant",
+]
+
+VERIFIED_MEMO = 64
+"""Verified signatures remembered (each a grant's payload, a few hundred bytes)."""
 
 
 class GrantRefused(Exception):
@@ -44,25 +55,36 @@ class PublicKey:
     the key checks nothing more than its length, which the constructor does.
     """
 
-    __slots__ = ("_key", "raw")
+    __slots__ = ("_key", "_verified", "raw")
 
     def __init__(self, raw: bytes) -> None:
         if len(raw) != 32:
             raise ValueError(f"an Ed25519 public key is 32 bytes, got {len(raw)}")
         self.raw = raw
         self._key: Ed25519PublicKey | None = None
+        self._verified: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+        """Recent ``(signature, data)`` pairs that verified, newest last (a tunnel's grant
+        comes again with each of its streams)."""
 
     def verify(self, signature: bytes, data: bytes) -> None:
-        """Return if ``signature`` is this key's over ``data``.
+        """Return if ``signature`` is this key's over ``data``: at once when these exact
+        bytes verified recently (verification is a pure function of them).
 
         Raises:
             cryptography.exceptions.InvalidSignature: it is not.
         """
+        pair = (signature, data)
+        if pair in self._verified:
+            self._verified.move_to_end(pair)
+            return
         if self._key is None:
             from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
             self._key = Ed25519PublicKey.from_public_bytes(self.raw)
         self._key.verify(signature, data)
+        self._verified[pair] = None
+        if len(self._verified) > VERIFIED_MEMO:
+            self._verified.popitem(last=False)
 
 
 def load_public_key(text: str) -> PublicKey:
@@ -102,7 +124,7 @@ def verify_grant(
     grant: Grant | None,
     *,
     key: PublicKey,
-    command_id: UUID,
+    command_id: UUID | tuple[UUID, ...],
     server_id: UUID,
     scope: str | tuple[str, ...],
     now: float,
@@ -111,7 +133,8 @@ def verify_grant(
 ) -> GrantClaims:
     """The claims of a valid grant for this command, else :class:`GrantRefused`.
 
-    Order: presence, signature (nothing unsigned is trusted), command, server, time
+    Order: presence, signature (nothing unsigned is trusted), command (a tuple: any one
+    of them, as a tunnel stream's grant may name the stream or its tunnel), server, time
     window (``not_before - skew <= now <= expires_at + skew``), scope (a tuple: any one of
     them, as for an ``ssh`` channel whose requests are checked one by one later), content
     (the digest the agent computed from what it received; ``grant_content_mismatch``).
@@ -119,7 +142,8 @@ def verify_grant(
     if grant is None:
         raise GrantRefused("work_session_required", "the command carries no grant")
     claims = _signed_claims(grant, key)
-    if claims.command_id != command_id:
+    ids = (command_id,) if isinstance(command_id, UUID) else command_id
+    if claims.command_id not in ids:
         raise GrantRefused("work_session_not_usable", "the grant was issued for another command")
     if claims.server_id != server_id or server_id not in claims.servers:
         raise GrantRefused("work_session_server_not_allowed", "the grant is for another server")
@@ -172,14 +196,15 @@ class GrantPolicy:
         self,
         grant: Grant | None,
         *,
-        command_id: UUID,
+        command_id: UUID | tuple[UUID, ...],
         scope: str | tuple[str, ...],
         now: float,
         content: str,
     ) -> GrantClaims | None:
         """The verified claims of the operation, or :class:`GrantRefused`.
 
-        ``command_id`` is the operation's id (a command's, or a channel's); ``content`` the
+        ``command_id`` is the operation's id (a command's, or a channel's; a tuple: the ids
+        a channel's grant may name, ``grant_subjects``); ``content`` the
         digest of what was received (``fleetgate.shared.protocol.content_digest``). With
         ``allow_unsigned`` (development only) an operation without a grant goes ahead
         with no claims (``None``); a grant that is present is still verified when a key

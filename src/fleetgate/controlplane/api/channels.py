@@ -199,9 +199,13 @@ async def serve_channel(
     *,
     on_attached: Callable[[], Awaitable[None]] | None = None,
     relayer: Relayer = relay,
+    pipelined: bool = False,
 ) -> ChannelFailed | None:
     """Open ``message``'s channel on the agent, then accept the client and relay (with
     ``relayer``: a tunnel stream's may leave both websockets open for the next stream).
+    ``pipelined``: when the client's websocket is accepted already, its frames may follow
+    the ``channel.open`` before the agent answered (``ChannelBroker.attach(early=)``): the
+    relayer checks the answer (``ChannelPool.acceptance``) and raises its refusal.
 
     The agent is asked first, so its refusal (or absence) is still an HTTP answer to the
     client's handshake. ``channel`` is registered for the whole relay: when it is ended
@@ -223,7 +227,13 @@ async def serve_channel(
         async with asyncio.TaskGroup() as tg:
             relaying = tg.create_task(
                 _attach_and_relay(
-                    websocket, services, channel.server_id, message, on_attached, relayer
+                    websocket,
+                    services,
+                    channel.server_id,
+                    message,
+                    on_attached,
+                    relayer,
+                    pipelined=pipelined,
                 )
             )
             ending = tg.create_task(_close_agent_when_ended(services, channel))
@@ -258,9 +268,12 @@ async def _attach_and_relay(
     message: ChannelOpen,
     on_attached: Callable[[], Awaitable[None]] | None,
     relayer: Relayer,
+    *,
+    pipelined: bool,
 ) -> ChannelFailed | None:
+    early = pipelined and websocket.application_state == WebSocketState.CONNECTED
     try:
-        async with services.hub.channels.attach(server_id, message) as agent:
+        async with services.hub.channels.attach(server_id, message, early=early) as agent:
             if on_attached is not None:
                 await on_attached()
             if websocket.application_state == WebSocketState.CONNECTING:

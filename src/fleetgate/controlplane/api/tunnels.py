@@ -1,8 +1,9 @@
 """Tunnels: ``/api/tunnels/`` (the resource) and ``/ws/tunnels/<id>/streams/`` (its streams).
 
 A tunnel is created once (gate: scope ``tunnel``, the server, the work session) and then
-carries any number of TCP streams, each one channel to the agent with its own grant that
-carries the session's expiry. The target is always the server's loopback: a
+carries any number of TCP streams, each one channel to the agent, checked on its own, with
+a grant that carries the session's expiry (the tunnel's, signed once while its claims stay
+the same, for an agent that takes one: ``hello.tunnel_grants``). The target is always the server's loopback: a
 ``remote_host`` that is not loopback is refused here, and again by the agent.
 """
 
@@ -46,7 +47,7 @@ from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.controlplane.timeutil import iso, iso_or_none, now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
 from fleetgate.shared.addresses import loopback_address
-from fleetgate.shared.protocol import ChannelOpen, content_digest
+from fleetgate.shared.protocol import ChannelOpen, GrantClaims, content_digest
 from fleetgate.shared.protocol.channels import (
     CLOSE_BAD_REQUEST,
     CLOSE_NORMAL,
@@ -227,15 +228,25 @@ def _closed_error(row: TunnelRow) -> APIError:
 
 
 async def _stream_open(
-    services: Services, principal: Principal, row: TunnelRow, channel_id: uuid.UUID, probe: bool
+    services: Services,
+    streams: TunnelStreams,
+    principal: Principal,
+    row: TunnelRow,
+    channel_id: uuid.UUID,
+    probe: bool,
 ) -> ChannelOpen:
     """The ``channel.open`` of one stream: the gate again (the session may have ended
-    since the tunnel was created), then a grant of its own bound to the session."""
+    since the tunnel was created), then its grant, bound to the session. An agent that
+    takes one grant per tunnel (``hello.tunnel_grants``) gets one that names the tunnel,
+    signed again only when its claims change; an older one, a grant of the stream's own."""
     now = now_us()
     user = principal.user
     principal_name = principal.token.service_name if user is None else user.username
+    conn = services.hub.registry.get(row.server_id)
+    per_tunnel = conn is not None and conn.tunnel_grants
+    spec = _stream_spec(row.id, row.remote_host, row.remote_port, probe=probe)
 
-    def check(conn: sqlalchemy.Connection | None) -> ChannelOpen | GateDenial:
+    def check(conn: sqlalchemy.Connection | None) -> GrantClaims | GateDenial:
         session: WorkSessionRow | None = None
         if conn is not None:
             denial, session = session_gate.gate_and_record(
@@ -250,9 +261,8 @@ async def _stream_open(
             )
             if denial is not None:
                 return denial
-        spec = _stream_spec(row.id, row.remote_host, row.remote_port, probe=probe)
-        claims = operation_claims(
-            operation_id=str(channel_id),
+        return operation_claims(
+            operation_id=row.id if per_tunnel else str(channel_id),
             scope=SCOPE,
             server_id=row.server_id,
             now_us=now,
@@ -260,13 +270,16 @@ async def _stream_open(
             session=session,
             content=content_digest(spec),
         )
-        return ChannelOpen(channel_id=channel_id, spec=spec, grant=services.signer.sign(claims))
 
     # Tokens are not gated: no transaction (and no thread hop) on the stream's set-up path.
     outcome = await services.db.write(check) if principal.gated else check(None)
     if isinstance(outcome, GateDenial):
         raise APIError(403, outcome.code, outcome.detail, SCOPE)
-    return outcome
+    if per_tunnel:
+        grant = streams.grant(row.id, outcome, services.signer)
+    else:
+        grant = services.signer.sign(outcome)
+    return ChannelOpen(channel_id=channel_id, spec=spec, grant=grant)
 
 
 def _stream_spec(tunnel_id: str, host: str, port: int, *, probe: bool = False) -> TunnelSpec:
@@ -331,7 +344,7 @@ async def _serve_stream(
             raise _not_found(tunnel_id)
         if row.closed_at is not None:
             raise _closed_error(row)
-        message = await _stream_open(services, principal, row, channel_id, probe)
+        message = await _stream_open(services, streams, principal, row, channel_id, probe)
         ended = streams.closed(row)
         if ended is not None:  # ended while the gate was checked
             raise _closed_error(ended)
@@ -342,7 +355,8 @@ async def _serve_stream(
     # is either refused there or ended by the tunnel's close.
     owner = owner_of(principal, row.work_session_id)
     channel = OpenChannel(channel_id, "tunnel", row.server_id, owner, resource_id=row.id)
-    await serve_channel(websocket, services, message, channel, relayer=relayer)
+    # A deferred stream's client is accepted already: its first bytes follow the open.
+    await serve_channel(websocket, services, message, channel, relayer=relayer, pipelined=True)
 
 
 class _StreamRelay:
@@ -357,7 +371,11 @@ class _StreamRelay:
     async def __call__(self, client: WebSocket, agent: WebSocket) -> None:
         agent_ends = self._pool.reusable(agent)
         kept = await relay_stream(
-            client, agent, client_ends=self._client_ends, agent_ends=agent_ends
+            client,
+            agent,
+            client_ends=self._client_ends,
+            agent_ends=agent_ends,
+            accepted=self._pool.acceptance(agent),
         )
         if kept.agent:
             self._pool.keep(agent)

@@ -21,6 +21,7 @@ dials again only while it is still serving channels).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +56,9 @@ class PooledSocket:
     released: asyncio.Event = field(default_factory=asyncio.Event)
     kept: bool = False
     """The agent ended its stream cleanly with ``end``: idle again once released."""
+    acceptance: Callable[[], Awaitable[None]] | None = None
+    """Set while the agent's answer to a ``channel.open`` sent ahead of it (a pipelined
+    tunnel stream) is still to be checked: the relay awaits it before the agent's frames."""
 
     @property
     def claimed(self) -> bool:
@@ -101,6 +105,12 @@ class ChannelPool:
         pooled = self._claimed.get(id(websocket))
         return pooled is not None and pooled.reuse
 
+    def acceptance(self, websocket: WebSocket) -> Callable[[], Awaitable[None]] | None:
+        """The check of the agent's answer still due on the claimed ``websocket`` (its
+        ``channel.open`` went without waiting for it), or ``None``."""
+        pooled = self._claimed.get(id(websocket))
+        return None if pooled is None else pooled.acceptance
+
     def keep(self, websocket: WebSocket) -> None:
         """The agent ended the stream on ``websocket`` with ``end``: once its channel
         releases it, it is idle again instead of closed."""
@@ -136,7 +146,7 @@ class ChannelPool:
                 return
             # Given back by a stream the agent ended with ``end``: idle again.
             self.reused += 1
-            pooled.answer, pooled.kept = None, False
+            pooled.answer, pooled.kept, pooled.acceptance = None, False, None
             pooled.released = asyncio.Event()
 
     async def _serve(self, pooled: PooledSocket, receiving: asyncio.Future[Any]) -> None:

@@ -26,6 +26,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Protocol
 
 import structlog
@@ -222,30 +223,43 @@ class _Pending:
 
 @asynccontextmanager
 async def _attach_pooled(
-    pooled: PooledSocket, message: ChannelOpen, attach_timeout: float
+    pooled: PooledSocket, message: ChannelOpen, attach_timeout: float, *, early: bool
 ) -> AsyncIterator[WebSocket]:
     """The channel ``message`` on a pooled agent websocket: send the open, read the
-    agent's answer (``channel.accepted`` or its refusal), then hand the websocket over."""
+    agent's answer (``channel.accepted`` or its refusal), then hand the websocket over;
+    ``early``: hand it over at once, the answer's check left in ``pooled.acceptance``."""
     assert pooled.answer is not None
     try:
         try:
             await pooled.websocket.send_text(message.model_dump_json())
-            async with asyncio.timeout(attach_timeout):
-                answer = await asyncio.shield(pooled.answer)
-        except TimeoutError:
-            raise ChannelFailed(
-                "agent_timeout",
-                f"the agent did not answer within {attach_timeout:g} s",
-                CLOSE_AGENT_TIMEOUT,
-            ) from None
         except (OSError, RuntimeError) as exc:  # the websocket closed under us
             raise _pool_lost(type(exc).__name__) from None
-        _check_pooled_answer(answer, message.channel_id)
+        check = partial(_pooled_answer, pooled, message.channel_id, attach_timeout)
+        if early:
+            pooled.acceptance = check
+        else:
+            await check()
         yield pooled.websocket
     finally:
         if not pooled.answer.done():
             pooled.answer.cancel()
         pooled.released.set()
+
+
+async def _pooled_answer(pooled: PooledSocket, channel_id: uuid.UUID, within: float) -> None:
+    """Return once the agent accepted the channel on ``pooled``; raise its refusal, its
+    silence for ``within`` seconds or the loss of the websocket (:class:`ChannelFailed`)."""
+    assert pooled.answer is not None
+    try:
+        async with asyncio.timeout(within):
+            answer = await asyncio.shield(pooled.answer)
+    except TimeoutError:
+        raise ChannelFailed(
+            "agent_timeout",
+            f"the agent did not answer within {within:g} s",
+            CLOSE_AGENT_TIMEOUT,
+        ) from None
+    _check_pooled_answer(answer, channel_id)
 
 
 def _check_pooled_answer(answer: dict[str, object], channel_id: uuid.UUID) -> None:
@@ -331,11 +345,22 @@ class ChannelBroker:
 
     @asynccontextmanager
     async def attach(
-        self, server_id: str, message: ChannelOpen, *, attach_timeout: float = 10.0
+        self,
+        server_id: str,
+        message: ChannelOpen,
+        *,
+        attach_timeout: float = 10.0,
+        early: bool = False,
     ) -> AsyncIterator[WebSocket]:
         """The agent's accepted websocket of a new channel, for the duration of the block:
         one of the server's pooled websockets when it has one (``channelpool``), else one
         the agent dials after ``channel.open`` on the backhaul.
+
+        ``early`` (a pipelined tunnel stream): a pooled websocket is handed over as soon
+        as the ``channel.open`` is sent on it, so the client's first bytes follow the open
+        without waiting a round trip to the agent, which reads them only once it accepted
+        (a refusal closes the websocket unread). The caller must then await
+        :meth:`ChannelPool.acceptance` before it reads anything from the agent.
 
         Raises:
             ChannelFailed: the server is not connected, the agent refused (4403 with its
@@ -350,7 +375,7 @@ class ChannelBroker:
             )
         pooled = self.pool.claim(server_id)
         if pooled is not None:
-            async with _attach_pooled(pooled, message, attach_timeout) as agent:
+            async with _attach_pooled(pooled, message, attach_timeout, early=early) as agent:
                 yield agent
             return
         if len(self._pending) >= MAX_PENDING or channel_id in self._pending:

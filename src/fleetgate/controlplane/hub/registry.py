@@ -70,6 +70,11 @@ class AgentConnection:
     may all send on it.
     """
 
+    tunnel_grants: bool = False
+    """The agent takes one grant for all of a tunnel's streams (its ``hello``). A class
+    default: a link held by another replica (``cluster.remote``) gets grants per stream,
+    which every agent takes."""
+
     def __init__(self, websocket: WebSocket, server_id: str, server_name: str) -> None:
         self.websocket = websocket
         self.server_id = server_id

@@ -270,6 +270,7 @@ class AgentSession:
         conn.hostname = hello.hostname
         conn.max_message_bytes = hello.max_message_bytes or self.settings.max_message_bytes
         conn.features = frozenset(hello.features)
+        conn.tunnel_grants = hello.tunnel_grants
         await self.db.write(
             hello_store.record_hello,
             conn.server_id,

@@ -9,17 +9,23 @@ websocket of the side that said it is kept for that side's next stream, whatever
 other side does afterwards (nothing of this stream goes to it any more), and the relay
 returns which sides were kept once both are done. A clean close (1000 after both ``eof``)
 of a side that cannot say ``end`` leaves the other side to end its own way.
+
+A pipelined stream (``accepted``: its ``channel.open`` was sent without waiting for the
+agent's answer) relays the client's frames at once and the agent's only after the answer
+was checked; a refusal ends the relay and is raised, as it would have been before it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
 from starlette.websockets import WebSocket
 
+from fleetgate.controlplane.errors import ChannelFailed
 from fleetgate.controlplane.hub.relay import close_websocket, forwardable
 from fleetgate.shared.protocol.channels import CLOSE_BAD_REQUEST, CLOSE_INTERNAL, CLOSE_NORMAL
 from fleetgate.shared.protocol.tunnel import END_FRAME, EOF_FRAME
@@ -48,27 +54,60 @@ class Kept:
 class _State:
     eofs: set[str] = field(default_factory=set)  # the sides whose eof was passed on
     ended: set[str] = field(default_factory=set)  # the sides that said ``end``
+    answered: bool = True  # the agent's answer to a pipelined open was checked
+    refused: ChannelFailed | None = None  # ... and it was a refusal (or none came)
 
 
 async def relay_stream(
-    client: WebSocket, agent: WebSocket, *, client_ends: bool, agent_ends: bool
+    client: WebSocket,
+    agent: WebSocket,
+    *,
+    client_ends: bool,
+    agent_ends: bool,
+    accepted: Callable[[], Awaitable[None]] | None = None,
 ) -> Kept:
     """Relay until both sides are done with the stream; which of them said ``end``.
 
     ``client_ends`` / ``agent_ends``: that side was accepted with ``REUSE_HEADER``.
+    ``accepted``: the check of the agent's answer, still due (a pipelined stream).
+
+    Raises:
+        ChannelFailed: the agent refused the pipelined stream (or did not answer).
     """
-    state = _State()
+    state = _State(answered=accepted is None)
     async with asyncio.TaskGroup() as tg:
         up = tg.create_task(
             _pump(client, agent, ("client", "agent"), client_ends, state), name="stream-up"
         )
         down = tg.create_task(
-            _pump(agent, client, ("agent", "client"), agent_ends, state), name="stream-down"
+            _answered_then_pump(accepted, agent, client, agent_ends, state), name="stream-down"
         )
-        # A direction that broke off ends the relay (its pump closed the other side).
-        up.add_done_callback(lambda t: _failed(t) and down.cancel())
+        # A direction that broke off ends the relay (its pump closed the other side);
+        # while the agent's answer is due, it comes first: a refusal is what the client
+        # must be told, not the closed websocket that follows it.
+        up.add_done_callback(lambda t: _failed(t) and state.answered and down.cancel())
         down.add_done_callback(lambda t: _failed(t) and up.cancel())
+    if state.refused is not None:
+        raise state.refused
     return Kept(client=_kept(up), agent=_kept(down))
+
+
+async def _answered_then_pump(
+    accepted: Callable[[], Awaitable[None]] | None,
+    agent: WebSocket,
+    client: WebSocket,
+    ends: bool,
+    state: _State,
+) -> _Done:
+    if accepted is not None:
+        try:
+            await accepted()
+        except ChannelFailed as exc:
+            state.refused = exc
+            return _Done.FAILED
+        finally:
+            state.answered = True
+    return await _pump(agent, client, ("agent", "client"), ends, state)
 
 
 def _failed(task: asyncio.Task[_Done]) -> bool:

@@ -10,7 +10,9 @@ its relay, closes the client's websocket with 4403 and the reason (``{"code",
 ends every stream at its grant's expiry on its own.
 
 The rows of tunnels in use are kept in memory, so a new stream costs no database round
-trip; every change of a row goes through this object, which keeps the copy current.
+trip; every change of a row goes through this object, which keeps the copy current. So is
+the last grant signed for each tunnel's streams (:meth:`TunnelStreams.grant`): a stream
+whose claims are the same bytes gets the same signature without signing again.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from dataclasses import dataclass, field, replace
 
 import structlog
 
+from fleetgate.controlplane.grants import GrantSigner
 from fleetgate.controlplane.hub.channels import ChannelRegistry, Revocation
 from fleetgate.controlplane.store import Database, tunnels as tunnels_store
 from fleetgate.controlplane.store.tunnels import TunnelRow
 from fleetgate.controlplane.timeutil import now_us
+from fleetgate.shared.protocol import Grant, GrantClaims
+from fleetgate.shared.protocol.grants import encode_payload
 
 
 __all__ = ["TunnelStreams"]
@@ -45,6 +50,7 @@ class TunnelStreams:
     channels: ChannelRegistry
     _rows: dict[str, TunnelRow] = field(default_factory=dict)
     _deferred: dict[str, int] = field(default_factory=dict)
+    _grants: dict[str, tuple[bytes, Grant]] = field(default_factory=dict)
     max_deferred: int = MAX_DEFERRED
     max_deferred_per_token: int = MAX_DEFERRED_PER_TOKEN
 
@@ -88,6 +94,20 @@ class TunnelStreams:
             self._rows.clear()
         self._rows[row.id] = row
 
+    def grant(self, tunnel_id: str, claims: GrantClaims, signer: GrantSigner) -> Grant:
+        """The grant of ``claims`` for a stream of ``tunnel_id``: the one signed for an
+        earlier stream when its claims encode to the same bytes (an Ed25519 signature is
+        a function of them), else a new one."""
+        payload = encode_payload(claims)
+        last = self._grants.get(tunnel_id)
+        if last is not None and last[0] == payload:
+            return last[1]
+        grant = signer.sign_payload(payload)
+        if len(self._grants) >= MAX_CACHED_ROWS:
+            self._grants.clear()
+        self._grants[tunnel_id] = (payload, grant)
+        return grant
+
     def closed(self, row: TunnelRow) -> TunnelRow | None:
         """The current row if the tunnel has ended, else ``None``.
 
@@ -106,6 +126,7 @@ class TunnelStreams:
         """End the tunnel: no new stream from now on, every open one is ended."""
         now = now_us()
         self._remember(replace(tunnel, closed_at=now, close_code=code, close_reason=detail))
+        self._grants.pop(tunnel.id, None)
         ended = self.channels.end_resource(tunnel.id, code, detail)
         log.info("tunnel.closed", tunnel_id=tunnel.id, code=code, streams=len(ended))
         await self.db.write(
@@ -118,6 +139,7 @@ class TunnelStreams:
         """Another replica closed the tunnel: forget its cached row (the next stream
         reads the closed one) and end its streams relayed here."""
         self._rows.pop(tunnel_id, None)
+        self._grants.pop(tunnel_id, None)
         ended = self.channels.end_resource(tunnel_id, code, detail)
         log.info("tunnel.closed_elsewhere", tunnel_id=tunnel_id, code=code, streams=len(ended))
 

@@ -45,6 +45,7 @@ __all__ = [
     "TerminalEnd",
     "TunnelSpec",
     "WebshSpec",
+    "grant_subjects",
     "refusal_reason",
 ]
 
@@ -181,7 +182,20 @@ class ChannelOpen(Message):
     channel_id: UUID
     spec: ChannelSpec
     grant: Grant | None = None
-    """Signed permission, as for commands; the claims' ``command_id`` is the channel id."""
+    """Signed permission, as for commands; the claims' ``command_id`` is the channel id,
+    or for a tunnel stream its tunnel's id (:func:`grant_subjects`)."""
+
+
+def grant_subjects(message: ChannelOpen) -> tuple[UUID, ...]:
+    """The ids the grant of ``message`` may name (its claims' ``command_id``): the channel's
+    own, or for a tunnel stream also its tunnel's, so that one grant (signed once, verified
+    once) serves every stream of a tunnel to the target its content binds. Each stream is
+    still checked on its own: by the control plane (the tunnel open, its owner, the gate)
+    and by the agent (the grant's time window, server, scope and content)."""
+    spec = message.spec
+    if isinstance(spec, TunnelSpec):
+        return (message.channel_id, spec.tunnel_id)
+    return (message.channel_id,)
 
 
 class ChannelAccepted(Message):

@@ -112,6 +112,10 @@ class Hello(_Message):
     labels: Labels = Field(default_factory=dict)
     """The server's labels from the agent's configuration (``key=value``, see
     ``fleetgate.shared.labels``); they replace the ones of the previous ``hello``."""
+    tunnel_grants: bool = False
+    """This agent takes one grant for all the streams of a tunnel (its claims name the
+    tunnel: ``channels.grant_subjects``). ``False`` (an older agent): each stream's grant
+    names its channel."""
 
 
 class CommandDelivered(_Message):
