@@ -136,6 +136,21 @@ def test_direct_writes_leave_the_page_cache_alone(tmp_path: Path) -> None:
     assert pages_cached(path) == 0
 
 
+def test_closing_an_unflushed_writer_leaves_o_direct_off(tmp_path: Path) -> None:
+    path = tmp_path / "interrupted"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        writer = DirectWriter(fd, 0, drop=False)
+        writer.write(os.urandom(WRITE_BLOCK + 100))
+        assert writer.direct
+        writer.close()  # e.g. a write failed: no flush
+        assert not fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT
+        assert len(os.pread(fd, 10, 3)) == 10  # an unaligned read works again
+    finally:
+        os.close(fd)
+    assert path.stat().st_size == WRITE_BLOCK  # the whole blocks; the rest was dropped
+
+
 @pytest.mark.root  # mounts a ramfs, which refuses O_DIRECT
 def test_the_writer_falls_back_where_o_direct_is_refused(tmp_path: Path) -> None:
     with mounted(tmp_path / "ram", "ramfs") as mount:

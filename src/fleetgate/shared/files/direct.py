@@ -287,7 +287,13 @@ class DirectWriter:
                 self._fallback()
 
     def close(self) -> None:
-        """Free the buffer (unflushed bytes are lost: :meth:`flush` first)."""
+        """Turn ``O_DIRECT`` off and free the buffer (unflushed bytes are lost:
+        :meth:`flush` first). The descriptor is as it was given, for whoever reads or
+        writes it next (a resumed transfer hashes its prefix through it)."""
+        if self._direct:
+            self._direct = False
+            with contextlib.suppress(OSError):
+                _set_direct(self.fd, False)
         self._view.release()
         with contextlib.suppress(BufferError):
             self._buf.close()
