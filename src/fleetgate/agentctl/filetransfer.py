@@ -31,8 +31,7 @@ from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import CliError
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
 from fleetgate.shared.backoff import backoff_delays
-from fleetgate.shared.files.transfer import WRITE_PIECE_BYTES
-from fleetgate.shared.files.writeback import WriteBehind
+from fleetgate.shared.files.direct import CacheAwareReader, DirectWriter
 from fleetgate.shared.heap import keep_large_buffers
 from fleetgate.shared.jsontext import loads as json_loads
 
@@ -213,11 +212,13 @@ async def upload_file(
                 report(offset)
                 position = offset
                 while chunk := await disk.get():
+                    position += len(chunk)
                     try:
-                        await ws.send(chunk)
+                        await ws.send(chunk)  # masked into a frame of its own: chunk is free
                     except ConnectionClosed as exc:
                         raise _closed(exc) from None
-                    position += len(chunk)
+                    finally:
+                        disk.done(chunk)
                     report(position)
             finally:
                 await disk.aclose()
@@ -283,7 +284,7 @@ async def download_file(
                             raise _closed(exc) from None
                         if isinstance(frame, str):
                             break
-                        await disk.put(frame, position)
+                        await disk.put(frame)
                         position += len(frame)
                         report(position)
                 finally:
@@ -323,37 +324,56 @@ def _discard_if_empty(fd: int, part: Path) -> None:
 
 class _DiskReader:
     """Reads and hashes the file ahead in a thread (a few chunks at most), so the event
-    loop only sends; the prefix a resumed upload skips is hashed there first.
+    loop only sends; the prefix a resumed upload skips is hashed there first. What is not
+    in the page cache is read around it (``CacheAwareReader``).
 
-    The hand-over is a janus queue: the loop's ``get`` is an ordinary await (Ctrl-C
-    cancels it at once, no thread is left blocked in ``get``), and closing the queue wakes
-    the thread if it is blocked on a full queue.
+    The chunks are views of the reader's buffers: ``free`` holds the buffers the loop is
+    done with (:meth:`done`), so the thread never reads into one still queued or being
+    sent. The hand-overs are janus queues: the loop's ``get`` is an ordinary await (Ctrl-C
+    cancels it at once, no thread is left blocked in ``get``), and closing the queues wakes
+    the thread if it is blocked on one.
     """
+
+    AHEAD = 4
+    """Chunks read ahead at most (plus the one being sent)."""
 
     def __init__(self, fd: int, offset: int, hasher: Any) -> None:
         self.fd, self.offset, self.hasher = fd, offset, hasher
-        self.q: janus.Queue[bytes | OSError | CliError] = janus.Queue(maxsize=4)
+        self.q: janus.Queue[memoryview | OSError | CliError] = janus.Queue(maxsize=self.AHEAD)
+        self.free: janus.Queue[None] = janus.Queue(maxsize=self.AHEAD + 1)
+        for _ in range(self.AHEAD + 1):
+            self.free.sync_q.put(None)
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
         out = self.q.sync_q
+        reader: CacheAwareReader | None = None
         try:
             try:
                 _hash_prefix(self.fd, self.offset, self.hasher)
+                # AHEAD queued, one being sent, one being read.
+                reader = CacheAwareReader(self.fd, CHUNK_BYTES, buffers=self.AHEAD + 2)
                 position = self.offset
-                while chunk := os.pread(self.fd, CHUNK_BYTES, position):
+                while True:
+                    self.free.sync_q.get()
+                    chunk = reader.read(position)
+                    if not chunk:
+                        break
                     self.hasher.update(chunk)
                     position += len(chunk)
                     out.put(chunk)
-                out.put(b"")
+                out.put(memoryview(b""))
             except (OSError, CliError) as exc:
                 out.put(exc)
         except janus.SyncQueueShutDown:
             pass  # closed: the transfer ended or was abandoned
+        finally:
+            if reader is not None:
+                reader.close()
 
-    async def get(self) -> bytes:
-        """The next chunk; b"" at the end of the file."""
+    async def get(self) -> memoryview:
+        """The next chunk (empty at the end of the file); :meth:`done` when sent."""
         item = await self.q.async_q.get()
         if isinstance(item, OSError):
             raise CliError(f"cannot read the file: {item}")
@@ -361,49 +381,64 @@ class _DiskReader:
             raise item
         return item
 
+    def done(self, chunk: memoryview) -> None:
+        """``chunk`` was sent: its buffer may be read into again."""
+        chunk.release()
+        self.free.async_q.put_nowait(None)
+
     async def aclose(self) -> None:
         """Stop reading ahead and wait for the thread."""
         self.q.close()
+        self.free.close()
         await self.q.wait_closed()
+        await self.free.wait_closed()
         await asyncio.to_thread(self.thread.join)
 
 
 class _DiskWriter:
     """Writes received chunks in a thread while a second one hashes them (both release the
-    GIL), so the event loop keeps reading the socket while the disk is busy (page-cache
-    writes are throttled to the disk's pace); the file goes to disk and out of the page
-    cache as it grows (``WriteBehind``), so the final fsync has little left to wait for."""
+    GIL), so the event loop keeps reading the socket while the disk is busy. The writes
+    bypass the page cache where the file system allows (``DirectWriter``; elsewhere the
+    file goes to disk and out of the page cache as it grows), so a large download does not
+    push the user's working set out of memory and the final fsync has little left to wait
+    for."""
 
     def __init__(self, fd: int, hasher: Any, offset: int) -> None:
-        self.fd, self.hasher = fd, hasher
-        self.behind = WriteBehind(fd, offset, drop=True)
-        self.q: janus.Queue[tuple[bytes, int] | None] = janus.Queue(maxsize=8)
+        self.fd, self.hasher, self.offset = fd, hasher, offset
+        self.q: janus.Queue[bytes | None] = janus.Queue(maxsize=8)
         self.error: OSError | None = None
         self.hashing = ThreadPoolExecutor(1, thread_name_prefix="agentctl-hash")
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    async def put(self, chunk: bytes, position: int) -> None:
+    async def put(self, chunk: bytes) -> None:
+        """Queue ``chunk``, the next bytes of the file."""
         if self.error is not None:
             raise CliError(f"cannot write the download: {self.error}")
-        await self.q.async_q.put((chunk, position))
+        await self.q.async_q.put(chunk)
 
     def _run(self) -> None:
         incoming = self.q.sync_q
+        writer: DirectWriter | None = None
         try:
-            while (item := incoming.get()) is not None:
+            writer = DirectWriter(self.fd, self.offset, drop=True)
+            while (chunk := incoming.get()) is not None:
                 if self.error is None:
-                    chunk, position = item
                     hashed = self.hashing.submit(self.hasher.update, chunk)
                     try:
-                        _write_at(self.fd, chunk, position)
-                        self.behind.written(position + len(chunk))
+                        writer.write(chunk)
                     except OSError as exc:
                         self.error = exc
                     hashed.result()
+            if self.error is None:
+                writer.flush()
+        except OSError as exc:
+            self.error = exc
         except janus.SyncQueueShutDown:
             pass
         finally:
+            if writer is not None:
+                writer.close()
             self.hashing.shutdown(wait=True)
 
     async def aclose(self) -> None:
@@ -416,14 +451,6 @@ class _DiskWriter:
             await self.q.wait_closed()
         if self.error is not None:
             raise CliError(f"cannot write the download: {self.error}")
-
-
-def _write_at(fd: int, chunk: bytes, position: int) -> None:
-    """Write ``chunk`` at ``position`` in pieces of at most WRITE_PIECE_BYTES (see there)."""
-    view = memoryview(chunk)
-    while view:
-        written = os.pwrite(fd, view[:WRITE_PIECE_BYTES], position)
-        view, position = view[written:], position + written
 
 
 def _umask() -> int:

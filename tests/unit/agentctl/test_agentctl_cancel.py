@@ -40,13 +40,13 @@ def test_cancelling_an_upload_read_leaves_nothing_blocked(
     source = tmp_path / "big.bin"
     source.write_bytes(os.urandom(1 << 20))
     disk_slow = threading.Event()
-    real_pread = os.pread
+    real_preadv = os.preadv
 
-    def slow_pread(fd: int, size: int, offset: int) -> bytes:
+    def slow_preadv(fd: int, buffers: list[memoryview], offset: int, *flags: int) -> int:
         disk_slow.wait(10)
-        return real_pread(fd, size, offset)
+        return real_preadv(fd, buffers, offset, *flags)
 
-    monkeypatch.setattr(os, "pread", slow_pread)
+    monkeypatch.setattr(os, "preadv", slow_preadv)
 
     async def main() -> None:
         fd = os.open(source, os.O_RDONLY)
@@ -78,10 +78,8 @@ def test_cancelling_a_download_write_leaves_nothing_blocked(tmp_path: Path) -> N
             chunk = b"x" * 65536
 
             async def flood() -> None:
-                position = 0
                 while True:
-                    await writer.put(chunk, position)
-                    position += len(chunk)
+                    await writer.put(chunk)
 
             flooding = asyncio.create_task(flood())
             # Cancelled while blocked on a full queue (the disk thread is behind).

@@ -31,8 +31,8 @@ from typing import Any, Protocol
 from fleetgate.agent.files.hashing import hash_prefix
 from fleetgate.agent.files.walk import os_error
 from fleetgate.shared.errors import TransferError
-from fleetgate.shared.files.transfer import WRITE_PIECE_BYTES, Ledger
-from fleetgate.shared.files.writeback import WriteBehind
+from fleetgate.shared.files.direct import CacheAwareReader, DirectWriter
+from fleetgate.shared.files.transfer import Ledger
 
 
 __all__ = [
@@ -107,8 +107,11 @@ class UploadSink:
 
     Each chunk is written by the sink's writing thread and hashed by its hashing thread at
     the same time (both release the GIL), while the event loop receives the next chunk;
-    :meth:`put` waits for the previous chunk, so memory stays at two chunks. The sink owns
-    ``fd`` (closed by :meth:`close`, after the last write); only the writing thread uses it.
+    :meth:`put` waits for the previous chunk, so memory stays at two chunks (and the
+    writer's block buffer). The writes bypass the page cache where the file system allows
+    (:class:`~fleetgate.shared.files.direct.DirectWriter`): the worker's fsync then has
+    nothing left to wait for. The sink owns ``fd`` (closed by :meth:`close`, after the last
+    write); only the writing thread uses it.
 
     Args:
         fd: the temporary file, opened by the worker as the user.
@@ -120,8 +123,7 @@ class UploadSink:
     def __init__(self, fd: int, offset: int, size: int | None, limit: int) -> None:
         self.ledger = Ledger(offset, size, limit)
         self._fd = fd
-        self._position = offset
-        self._behind = WriteBehind(fd, offset, drop=False)  # the worker's fsync waits less
+        self._writer: DirectWriter | None = None  # made by the writing thread
         self._hasher = hashlib.sha256()
         self._writing = ThreadPoolExecutor(1, thread_name_prefix="files-write")
         self._hashing = ThreadPoolExecutor(1, thread_name_prefix="files-hash")
@@ -139,16 +141,22 @@ class UploadSink:
             raise TransferError("internal", f"cannot drop CAP_SYS_RESOURCE: {exc}") from None
         try:
             hash_prefix(self._fd, offset, self._hasher, bytearray(1 << 20))
+            self._writer = DirectWriter(self._fd, offset, drop=False)
         except OSError as exc:
             raise os_error(exc, "the temporary file") from None
 
-    def _write(self, chunk: bytes, position: int) -> None:
-        view = memoryview(chunk)
+    def _write(self, chunk: bytes) -> None:
+        assert self._writer is not None  # _start ran first, in this thread
         try:
-            while view:
-                written = os.pwrite(self._fd, view[:WRITE_PIECE_BYTES], position)
-                view, position = view[written:], position + written
-            self._behind.written(position)
+            self._writer.write(chunk)
+        except OSError as exc:
+            raise os_error(exc, "the temporary file") from None
+
+    def _flush(self) -> None:
+        if self._writer is None:
+            return
+        try:
+            self._writer.flush()
         except OSError as exc:
             raise os_error(exc, "the temporary file") from None
 
@@ -170,14 +178,16 @@ class UploadSink:
         self.ledger.add(len(chunk))
         await self._previous()
         loop = asyncio.get_running_loop()
-        self._written = loop.run_in_executor(self._writing, self._write, chunk, self._position)
+        self._written = loop.run_in_executor(self._writing, self._write, chunk)
         self._hashed = loop.run_in_executor(self._hashing, self._hasher.update, chunk)
-        self._position += len(chunk)
 
     async def end(self, size: object, sha256: object) -> dict[str, Any]:
         """The worker's ``end``: the client's claims and what was written, once it is."""
         self._ended = True
         await self._previous()
+        loop = asyncio.get_running_loop()
+        self._written = loop.run_in_executor(self._writing, self._flush)
+        await self._written
         return {
             "type": "end",
             "size": size,
@@ -187,8 +197,12 @@ class UploadSink:
         }
 
     async def drain(self) -> None:
-        """Wait for the chunk in flight (its errors are the caller's no more)."""
+        """Write what was received so far (for a resume); errors are the caller's no more."""
         await asyncio.wait([self._written, self._hashed])
+        if not self._written.cancelled() and self._written.exception() is None:
+            loop = asyncio.get_running_loop()
+            self._written = loop.run_in_executor(self._writing, self._flush)
+            await asyncio.wait([self._written])
 
     def close(self) -> None:
         """Close the descriptor after the write in flight and let the threads end."""
@@ -197,9 +211,14 @@ class UploadSink:
         self._closed = True
         for future in (self._written, self._hashed):
             future.add_done_callback(_consume)
-        self._writing.submit(os.close, self._fd)
+        self._writing.submit(self._release)
         self._writing.shutdown(wait=False)
         self._hashing.shutdown(wait=False)
+
+    def _release(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        os.close(self._fd)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:
@@ -223,35 +242,38 @@ async def send_download(
     ready = {"type": "ready", "offset": offset}
     ready.update({k: handover[k] for k in ("size", "mode", "path")})
     hasher = hashlib.sha256()
-    buffers = (bytearray(chunk_bytes), bytearray(chunk_bytes))
+    # Two buffers: the thread reads the next chunk while the loop sends the previous one.
+    reader = CacheAwareReader(fd, chunk_bytes, buffers=2)
 
-    def read(index: int, position: int) -> int:
+    def read(position: int, first: bool) -> memoryview:
         try:
-            if index < 0:  # the first read: the skipped prefix is hashed first
-                hash_prefix(fd, offset, hasher, buffers[0])
-                index = 0
-            n = os.preadv(fd, [buffers[index]], position)
+            if first:  # the skipped prefix is hashed first
+                hash_prefix(fd, offset, hasher, bytearray(1 << 20))
+            view = reader.read(position)
         except OSError as exc:
             raise os_error(exc, str(handover["path"])) from None
-        hasher.update(memoryview(buffers[index])[:n])
-        return n
+        hasher.update(view)
+        return view
+
+    def release() -> None:
+        reader.close()
+        os.close(fd)
 
     loop = asyncio.get_running_loop()
     thread = ThreadPoolExecutor(1, thread_name_prefix="files-download")
-    pending = loop.run_in_executor(thread, read, -1, offset)
+    pending = loop.run_in_executor(thread, read, offset, True)
     try:
         await link.send(json.dumps(ready))
-        index, position = 0, offset
-        while n := await pending:
-            view = memoryview(buffers[index])[:n]
-            position += n
-            index ^= 1
-            pending = loop.run_in_executor(thread, read, index, position)
+        position = offset
+        while view := await pending:
+            position += len(view)
+            pending = loop.run_in_executor(thread, read, position, False)
             await link.send(view)  # type: ignore[arg-type]  # copied (masked) before it returns
+            view.release()
         done = {"type": "done", "size": position, "sha256": hasher.hexdigest()}
         await link.send(json.dumps(done))
         return done
     finally:
         pending.add_done_callback(_consume)
-        thread.submit(os.close, fd)
+        thread.submit(release)
         thread.shutdown(wait=False)

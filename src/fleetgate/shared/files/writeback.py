@@ -1,6 +1,7 @@
 """Write-behind for a file being received: to disk as it grows, not all at the final fsync.
 
-A transfer ends with ``fsync``: left alone, the kernel writes a large file back only when
+Received files are written around the page cache (``direct.DirectWriter``) where the file
+system allows ``O_DIRECT``; this is what is done where it does not. A transfer ends with ``fsync``: left alone, the kernel writes a large file back only when
 its dirty pages pile up, and the final ``fsync`` waits for most of it. Every
 :data:`WINDOW` bytes, :class:`WriteBehind` starts the writeback of the window before the
 last one, without waiting, so ``fsync`` waits for the last two windows at most.
