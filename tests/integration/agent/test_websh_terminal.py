@@ -317,6 +317,37 @@ async def test_recording_is_asciicast_and_hides_passwords(
     assert [21, 71] == [int(x) for x in next(e[2] for e in events if e[1] == "r").split("x")][::-1]
 
 
+@pytest.mark.root
+async def test_bulk_output_is_recorded_byte_for_byte(
+    tmp_path: Path, scratch_user: CreatedUser
+) -> None:
+    """A bulk writer (many PTY reads, several read budgets and frames): the recording's
+    output events, joined, are exactly the bytes the client received, in order."""
+    config = make_config(tmp_path)
+    done: list[tuple[uuid.UUID, Path]] = []
+    async with manager_running(config) as manager:
+        manager.on_recording_done = lambda tid, path: done.append((tid, path))
+        request = TerminalRequest(uuid.uuid4(), username=scratch_user.name)
+        async with attached(manager, request) as (link, _reader, task):
+            path = config.recordings_dir / f"{request.terminal_id}.cast"
+            link.to_agent.put_nowait(b"head -c 3000000 /dev/zero | tr '\\0' x; seq 1 20000; exit\n")
+            received = bytearray()
+            while True:
+                item = await asyncio.wait_for(link.from_agent.get(), 20)
+                assert item is not None, "the link closed before the exit frame"
+                if isinstance(item, bytes):
+                    received += item
+                elif json.loads(item)["type"] == "exit":
+                    break
+            await asyncio.wait_for(task, 10)
+        await eventually(lambda: len(done) == 1)
+    _, events = read_cast(path)
+    recorded = "".join(e[2] for e in events if e[1] == "o")
+    assert recorded == received.decode()
+    assert "x" * 3_000_000 in recorded
+    assert "\r\n20000\r\n" in recorded
+
+
 @pytest.mark.parametrize("policy", ["stop", "refuse"])
 @pytest.mark.root
 async def test_a_full_recording_spool_follows_the_policy(
