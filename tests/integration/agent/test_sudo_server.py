@@ -17,7 +17,7 @@ import pytest
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.config import SudoConfig
 from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions, server as sudo_server
-from fleetgate.agent.sudo.proc import trusted_realpath
+from fleetgate.agent.sudo.proc import identify, trusted_realpath
 from fleetgate.shared.protocol import GrantClaims
 from tests.support.users import require_root
 
@@ -222,8 +222,10 @@ async def test_silent_connections_are_bounded(
     writer.close()
     # A request still gets its answer meanwhile.
     assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
-    for _, writer in silent:
-        writer.close()  # the server reads an end of file: no request, closed
+    for reader, writer in silent:
+        writer.write_eof()  # no request: the server closes its end at once
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
     assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
 
 
@@ -255,3 +257,16 @@ async def test_cancel_closes_waiting_connections(tmp_path: Path) -> None:
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, not left open
     writer.close()
     assert not server.path.exists()
+
+
+async def test_identify_stops_at_the_first_registered_session() -> None:
+    own = os.getsid(0)
+    assert identify(os.getpid(), 0, "root", until={own}.__contains__).sids == (own,)
+    # Nothing registered: the whole ancestry's sessions, this process's first.
+    walked = identify(os.getpid(), 0, "root").sids
+    assert walked[0] == own
+    assert os.getsid(os.getppid()) in walked
+    child = await asyncio.create_subprocess_exec("true")
+    await child.wait()
+    with pytest.raises(OSError, match="gone"):
+        identify(child.pid, 0, "root")

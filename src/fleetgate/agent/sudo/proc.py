@@ -107,6 +107,12 @@ def identify(
     Raises:
         OSError: the process is gone.
     """
+    try:
+        own = os.getsid(pid)  # one system call, where /proc would format a whole file
+    except OSError:
+        raise OSError(f"process {pid} is gone") from None
+    if until(own):
+        return Caller(pid, uid, user, (own,))
     sids: list[int] = []
     current = pid
     for _ in range(MAX_HOPS):

@@ -199,6 +199,10 @@ class SudoDecisionServer:
             log.warning("sudo.request_failed", error=str(exc))
             conn.close()
             return None
+        if not head:
+            log.warning("sudo.request_failed", error="closed without a request")
+            conn.close()
+            return None
         if b"\n" not in head:
             return head, None
         try:
