@@ -20,7 +20,9 @@ I/O and its tests need no file system.
 
 from __future__ import annotations
 
+import functools
 import posixpath
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -57,9 +59,12 @@ class SudoPatternError(ValueError):
     """A pattern or a command line is not in the pattern language; the message says why."""
 
 
+_SHELL_SYNTAX = re.compile("[" + re.escape("".join(sorted(SHELL_CHARS))) + r"\x00-\x1f\x7f]")
+
+
 def has_shell_syntax(word: str) -> bool:
     """Whether ``word`` contains shell syntax or a control character."""
-    return any(c in SHELL_CHARS or ord(c) < 0x20 or ord(c) == 0x7F for c in word)
+    return _SHELL_SYNTAX.search(word) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +108,9 @@ def _check_command_word(word: str, what: str) -> None:
         raise SudoPatternError(f"{what}: {word!r} is not a command name")
 
 
+@functools.lru_cache(maxsize=256)
 def parse_pattern(text: str) -> SudoPattern:
-    """Parse one pattern.
+    """Parse one pattern (cached: a session's patterns are parsed at every sudo call).
 
     Raises:
         SudoPatternError: empty, too long, shell syntax anywhere (``*`` only as a whole

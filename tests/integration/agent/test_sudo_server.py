@@ -16,8 +16,8 @@ import pytest
 
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.config import SudoConfig
-from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
-from fleetgate.agent.sudo.proc import trusted_realpath
+from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions, server as sudo_server
+from fleetgate.agent.sudo.proc import identify, trusted_realpath
 from fleetgate.shared.protocol import GrantClaims
 from tests.support.users import require_root
 
@@ -188,3 +188,85 @@ def test_trusted_realpath(tmp_path: Path) -> None:
     (owned / "id").symlink_to("/usr/bin/id")
     os.lchown(owned / "id", 65534, 65534)
     assert trusted_realpath(str(owned / "id")) is None  # a link someone else owns
+
+
+async def _connect(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_unix_connection(str(path))
+
+
+@pytest.mark.root
+async def test_request_in_pieces_is_answered(served: Served) -> None:
+    # The first write has no end of line: the answer waits for the rest, in a task.
+    served.sessions.register(os.getsid(0), claims(), label="websh t-2")
+    reader, writer = await _connect(served.path)
+    data = request("id", "-u")
+    writer.write(data[:10])
+    await writer.drain()
+    await asyncio.sleep(0)  # let the server see the first piece alone, if it is quick
+    writer.write(data[10:])
+    await writer.drain()
+    assert await reader.readline() == b"allow allowed allowed by pattern 'id -u'\n"
+    writer.close()
+    await writer.wait_closed()
+
+
+@pytest.mark.root
+async def test_silent_connections_are_bounded(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sudo_server, "IO_TIMEOUT", 60.0)  # longer than any wait below
+    silent = [await _connect(served.path) for _ in range(sudo_server.MAX_CLIENTS)]
+    # One more than the bound is closed at once (not after IO_TIMEOUT).
+    reader, writer = await _connect(served.path)
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    # A request still gets its answer meanwhile.
+    assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
+    for reader, writer in silent:
+        writer.write_eof()  # no request: the server closes its end at once
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+    assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
+
+
+@pytest.mark.root
+async def test_silent_connection_expires(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sudo_server, "IO_TIMEOUT", 0.3)
+    reader, writer = await _connect(served.path)
+    # Closed unanswered after IO_TIMEOUT (sudo refuses), not held open.
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    writer.close()
+    assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
+
+
+@pytest.mark.root
+async def test_cancel_closes_waiting_connections(tmp_path: Path) -> None:
+    require_root()
+    server = SudoDecisionServer(
+        tmp_path / "sudo.sock", SudoSessions(), SudoConfig(group="nonexistent-grp")
+    )
+    server.bind()
+    task = asyncio.create_task(server.serve())
+    reader, writer = await _connect(server.path)
+    # The server has accepted once it answers another client; then cancel it.
+    answered = Served(server.path, server.sessions, tmp_path / "none")
+    assert (await answered.ask(request("id", "-u"))).startswith(b"allow ")
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, not left open
+    writer.close()
+    assert not server.path.exists()
+
+
+async def test_identify_stops_at_the_first_registered_session() -> None:
+    own = os.getsid(0)
+    assert identify(os.getpid(), 0, "root", until={own}.__contains__).sids == (own,)
+    # Nothing registered: the whole ancestry's sessions, this process's first.
+    walked = identify(os.getpid(), 0, "root").sids
+    assert walked[0] == own
+    assert os.getsid(os.getppid()) in walked
+    child = await asyncio.create_subprocess_exec("true")
+    await child.wait()
+    with pytest.raises(OSError, match="gone"):
+        identify(child.pid, 0, "root")

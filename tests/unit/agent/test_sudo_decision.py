@@ -13,7 +13,7 @@ from fleetgate.agent.policy.sudo_decision import SessionGrant, SudoCall, decide
 from fleetgate.agent.sudo import SudoSessions
 from fleetgate.agent.sudo.elevation import ElevationPolicy
 from fleetgate.agent.sudo.install import BEGIN, END, SudoLayout, _block, _split
-from fleetgate.agent.sudo.server import BadRequest, parse_request
+from fleetgate.agent.sudo.request import BadRequest, parse_request
 from fleetgate.shared.protocol import CommandRun, GrantClaims
 from fleetgate.shared.sudo_patterns import Resolver
 

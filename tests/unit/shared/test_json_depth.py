@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from fleetgate.agent.sudo.server import BadRequest, parse_request
+from fleetgate.agent.sudo.request import BadRequest, parse_request
 from fleetgate.shared.errors import ProtocolViolation, TransferError
 from fleetgate.shared.files.framing import decode_text
 from fleetgate.shared.jsontext import MAX_JSON_DEPTH, JSONDepthError, loads
