@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,21 @@ def ssh(config: Path, *args: str, stdin: bytes | None = None) -> subprocess.Comp
         timeout=SSH_TIMEOUT,
         check=False,
     )
+
+
+@contextmanager
+def forwarding(config: Path, *forward: str) -> Iterator[subprocess.Popen[bytes]]:
+    """OpenSSH's ``ssh -N`` with ``forward`` (``-L``/``-R`` spec and host), ended on exit."""
+    client = subprocess.Popen(
+        ["ssh", "-F", str(config), "-N", "-o", "ExitOnForwardFailure=yes", *forward],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield client
+    finally:
+        client.terminate()
+        client.wait(timeout=SSH_TIMEOUT)
 
 
 @pytest.fixture(scope="package")

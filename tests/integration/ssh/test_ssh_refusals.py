@@ -15,7 +15,7 @@ import asyncssh
 import pytest
 
 from fleetgate.shared.protocol.ssh import format_key_id
-from tests.integration.ssh.conftest import SSH_TIMEOUT, SshStack, ssh
+from tests.integration.ssh.conftest import SSH_TIMEOUT, SshStack, forwarding, ssh
 from tests.support.accounts import new_login
 from tests.support.tunnel import (
     assert_echoed,
@@ -75,21 +75,12 @@ def test_ssh_L_reaches_an_allowed_loopback_port(sstack: SshStack) -> None:
     session = sstack.session(("tunnel",))
     config = sstack.configure("forward", session)
     local = free_port()
-    with threaded_echo_server() as target:
-        proc = subprocess.Popen(
-            [
-                *("ssh", "-F", str(config), "-N", "-o", "ExitOnForwardFailure=yes"),
-                *("-L", f"127.0.0.1:{local}:127.0.0.1:{target}", sstack.server),
-            ],
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            with connect_when_listening(local, proc) as sock:
-                assert_echoed(sock)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=SSH_TIMEOUT)
+    with (
+        threaded_echo_server() as target,
+        forwarding(config, "-L", f"127.0.0.1:{local}:127.0.0.1:{target}", sstack.server) as ssh_l,
+        connect_when_listening(local, ssh_l) as sock,
+    ):
+        assert_echoed(sock)
     events = sstack.events(session, lambda es: any(e["type"] == "tunnel" for e in es))
     assert any(e["type"] == "tunnel" and e.get("via") == "ssh" for e in events)
 

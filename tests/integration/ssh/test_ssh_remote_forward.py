@@ -7,13 +7,12 @@ client. Real OpenSSH client, real agent, real sockets."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.ssh.conftest import SSH_TIMEOUT, SshStack, ssh
+from tests.integration.ssh.conftest import SSH_TIMEOUT, SshStack, forwarding, ssh
 from tests.support.agent import running_agent
 from tests.support.tunnel import (
     assert_echoed,
@@ -52,21 +51,12 @@ def test_ssh_R_carries_connections_on_the_servers_loopback_back(rstack: SshStack
     session = rstack.session(("tunnel",))
     config = rstack.configure("remote", session)
     port = free_port()
-    with threaded_echo_server() as target:
-        client = subprocess.Popen(
-            [
-                *("ssh", "-F", str(config), "-N", "-o", "ExitOnForwardFailure=yes"),
-                *("-R", f"{port}:127.0.0.1:{target}", rstack.server),
-            ],
-            stdin=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        try:
-            with connect_when_listening(port, client) as sock:
-                assert_echoed(sock)
-        finally:
-            client.terminate()
-            client.wait(timeout=SSH_TIMEOUT)
+    with (
+        threaded_echo_server() as target,
+        forwarding(config, "-R", f"{port}:127.0.0.1:{target}", rstack.server) as client,
+        connect_when_listening(port, client) as sock,
+    ):
+        assert_echoed(sock)
     assert _closed(port), "the agent still listens after the client left"
     events = rstack.events(session, lambda es: sum(e["type"] == "tunnel" for e in es) >= 2)
     described = [e.get("description", "") for e in events if e["type"] == "tunnel"]

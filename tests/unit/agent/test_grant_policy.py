@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from fleetgate.agent.config import parse
 from fleetgate.agent.errors import ConfigError
 from fleetgate.agent.policy import GrantPolicy, GrantRefused, load_public_key, verify_grant
-from fleetgate.agent.policy.grants import VERIFIED_MEMO
+from fleetgate.agent.policy.grants import VERIFIED_MEMO, PublicKey
 from fleetgate.controlplane.grants import GrantSigner
 from fleetgate.shared.protocol import Grant, GrantClaims
 from fleetgate.shared.protocol.grants import b64url, canonical_json, decode_payload
@@ -43,11 +43,18 @@ def claims(**overrides: object) -> GrantClaims:
     return GrantClaims.model_validate(fields)
 
 
-def check(grant: Grant | None, *, scope: str = "command", now: float = NOW) -> GrantClaims:
+def check(
+    grant: Grant | None,
+    *,
+    scope: str | tuple[str, ...] = "command",
+    now: float = NOW,
+    key: PublicKey = KEY,
+    command_id: uuid.UUID | tuple[uuid.UUID, ...] = COMMAND,
+) -> GrantClaims:
     return verify_grant(
         grant,
-        key=KEY,
-        command_id=COMMAND,
+        key=key,
+        command_id=command_id,
         server_id=SERVER,
         scope=scope,
         now=now,
@@ -194,28 +201,9 @@ def test_config_pins_the_key_and_rejects_bad_ones() -> None:
 def test_a_tuple_of_scopes_needs_any_one_of_them() -> None:
     """An ``ssh`` channel opens with any SSH scope; its requests are checked one by one."""
     grant = SIGNER.sign(claims(scopes=["webftp"]))
-    ssh_scopes = ("websh", "command", "webftp", "tunnel")
-    assert verify_grant(
-        grant,
-        key=KEY,
-        command_id=COMMAND,
-        server_id=SERVER,
-        scope=ssh_scopes,
-        now=NOW,
-        skew=SKEW,
-        content=CONTENT,
-    ).scopes == ["webftp"]
+    assert check(grant, scope=("websh", "command", "webftp", "tunnel")).scopes == ["webftp"]
     with pytest.raises(GrantRefused, match="'websh' or 'command'") as refused:
-        verify_grant(
-            grant,
-            key=KEY,
-            command_id=COMMAND,
-            server_id=SERVER,
-            scope=("websh", "command"),
-            now=NOW,
-            skew=SKEW,
-            content=CONTENT,
-        )
+        check(grant, scope=("websh", "command"))
     assert refused.value.code == "work_session_scope_not_allowed"
 
 
@@ -225,30 +213,9 @@ def test_a_tuple_of_ids_needs_the_grant_to_name_one_of_them() -> None:
     accepted = (COMMAND, tunnel)
     for named in accepted:
         grant = SIGNER.sign(claims(command_id=named))
-        verified = verify_grant(
-            grant,
-            key=KEY,
-            command_id=accepted,
-            server_id=SERVER,
-            scope="command",
-            now=NOW,
-            skew=SKEW,
-            content=CONTENT,
-        )
-        assert verified.command_id == named
+        assert check(grant, command_id=accepted).command_id == named
     other = SIGNER.sign(claims(command_id=uuid.uuid4()))
-    with pytest.raises(GrantRefused) as refused:
-        verify_grant(
-            other,
-            key=KEY,
-            command_id=accepted,
-            server_id=SERVER,
-            scope="command",
-            now=NOW,
-            skew=SKEW,
-            content=CONTENT,
-        )
-    assert refused.value.code == "work_session_not_usable"
+    assert code_of(other, command_id=accepted) == "work_session_not_usable"
 
 
 def test_a_remembered_signature_vouches_only_for_its_exact_bytes() -> None:
@@ -257,53 +224,20 @@ def test_a_remembered_signature_vouches_only_for_its_exact_bytes() -> None:
     key = load_public_key(SIGNER.public_key_b64)  # a fresh memo
     grant = SIGNER.sign(claims())
     for _ in range(3):
-        assert (
-            verify_grant(
-                grant,
-                key=key,
-                command_id=COMMAND,
-                server_id=SERVER,
-                scope="command",
-                now=NOW,
-                skew=SKEW,
-                content=CONTENT,
-            )
-            == claims()
-        )
+        assert check(grant, key=key) == claims()
     forger = GrantSigner(Ed25519PrivateKey.generate())
     forged = Grant(payload=grant.payload, signature=forger.sign(claims()).signature)
     other = Grant(payload=SIGNER.sign(claims(scopes=["sudo"])).payload, signature=grant.signature)
     for bad in (forged, other):
-        with pytest.raises(GrantRefused) as refused:
-            verify_grant(
-                bad,
-                key=key,
-                command_id=COMMAND,
-                server_id=SERVER,
-                scope="command",
-                now=NOW,
-                skew=SKEW,
-                content=CONTENT,
-            )
-        assert refused.value.code == "work_session_not_usable"
+        assert code_of(bad, key=key) == "work_session_not_usable"
 
 
 def test_a_remembered_grant_still_expires() -> None:
     """Only the signature is remembered: the window is checked on every use."""
     key = load_public_key(SIGNER.public_key_b64)
     grant = SIGNER.sign(claims())
-    checked = {
-        "key": key,
-        "command_id": COMMAND,
-        "server_id": SERVER,
-        "scope": "command",
-        "skew": SKEW,
-        "content": CONTENT,
-    }
-    verify_grant(grant, now=NOW, **checked)  # type: ignore[arg-type]
-    with pytest.raises(GrantRefused) as refused:
-        verify_grant(grant, now=NOW + 60 + SKEW + 1, **checked)  # type: ignore[arg-type]
-    assert refused.value.code == "work_session_expired"
+    check(grant, key=key)
+    assert code_of(grant, key=key, now=NOW + 60 + SKEW + 1) == "work_session_expired"
 
 
 def test_the_memo_of_verified_signatures_is_bounded() -> None:
