@@ -49,6 +49,14 @@ def allowed(pattern: str, command: str, *args: str) -> bool:
 # -- parsing -------------------------------------------------------------------------------
 
 
+def test_shell_syntax_is_the_shell_characters_and_the_control_characters() -> None:
+    for code in [*range(0x3000), 0xFEFF, 0x1F600, 0x10FFFF]:
+        char = chr(code)
+        expected = char in SHELL_CHARS or code < 0x20 or code == 0x7F
+        assert has_shell_syntax(f"ab{char}cd") is expected, hex(code)
+    assert not has_shell_syntax("/usr/bin/systemctl") and not has_shell_syntax("")
+
+
 def test_parse_words_and_rest() -> None:
     p = parse_pattern("journalctl -u nginx *")
     assert (p.command, p.args, p.rest) == ("journalctl", ("-u", "nginx"), True)
