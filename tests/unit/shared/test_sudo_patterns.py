@@ -54,7 +54,8 @@ def test_shell_syntax_is_the_shell_characters_and_the_control_characters() -> No
         char = chr(code)
         expected = char in SHELL_CHARS or code < 0x20 or code == 0x7F
         assert has_shell_syntax(f"ab{char}cd") is expected, hex(code)
-    assert not has_shell_syntax("/usr/bin/systemctl") and not has_shell_syntax("")
+    assert not has_shell_syntax("/usr/bin/systemctl")
+    assert not has_shell_syntax("")
 
 
 def test_parse_words_and_rest() -> None:
