@@ -24,9 +24,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TextColumn
-
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import EXIT_OK, CliError, UsageError
 from fleetgate.agentctl.filetransfer import Options, TransferFailed, download_file, upload_file
@@ -106,6 +103,11 @@ def _progress_bar(ctx: Context, label: str, total: int | None, enabled: bool) ->
     if not enabled or ctx.out.json or not ctx.out.stderr.isatty():
         yield lambda done: clock.update(done, time.monotonic()), clock
         return
+    # Only a terminal gets a bar: rich (54 modules, 25-30 ms of a cold start) is imported
+    # here, not by every `cp` a script or a pipeline runs.
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress as RichProgress, TextColumn
+
     bar = RichProgress(
         TextColumn("{task.description}"),
         BarColumn(),
