@@ -269,6 +269,23 @@ async def test_waiting_requests_are_bounded(
     assert reply == b"deny sudo_agent_busy too many sudo calls are waiting\n"
 
 
+@pytest.mark.root
+async def test_an_unmanaged_caller_is_answered_at_once_once_known(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first call looks up the caller's name and group membership in a task; they are
+    # cached, so the next one needs no task (there is none to be had here).
+    allowed = b"allow unmanaged_allowed not a fleet session: sudoers decides\n"
+    assert await served.ask(request("id", "-u")) == allowed
+    monkeypatch.setattr(sudo_server, "MAX_CLIENTS", 0)
+    assert await served.ask(request("id", "-u")) == allowed
+    assert [e["code"] for e in served.audit() if e["event"] == "sudo.decision"] == [
+        "unmanaged_allowed",
+        "unmanaged_allowed",
+    ]
+    assert served.decided == []  # no work session: no timeline report
+
+
 async def test_identify_stops_at_the_first_registered_session() -> None:
     own = os.getsid(0)
     assert identify(os.getpid(), 0, "root", until={own}.__contains__).sids == (own,)

@@ -90,7 +90,7 @@ class SudoDecisionServer:
             config.secure_path, proc.is_executable, proc.trusted_realpath
         )
         self._sock: socket.socket | None = None
-        self._callers = Callers(sessions.known)
+        self._callers = Callers(sessions.known, config.group)
         self._answering = 0  # tasks answering a request (at most MAX_CLIENTS)
 
     def bind(self) -> None:
@@ -166,7 +166,8 @@ class SudoDecisionServer:
         tg: asyncio.TaskGroup,
     ) -> None:
         """Answer a request now if nothing needs waiting for (the caller's name is cached,
-        its session registered with a grant), else hand it to a task."""
+        its session registered, or not one of the agent's, and then its membership of the
+        fleet group cached), else hand it to a task."""
         try:
             if flags & socket.MSG_TRUNC or len(data) > MAX_REQUEST_BYTES:
                 raise BadRequest(f"the request is larger than {MAX_REQUEST_BYTES} bytes")
@@ -174,11 +175,16 @@ class SudoDecisionServer:
             if who is None:
                 raise BadRequest("the request came without its sender's credentials")
             caller = self._callers.cached(*who)
-            grant = None if caller is None else self._registered_grant(caller)
-            if caller is None or grant is None:
+            settled, grant = (False, None) if caller is None else self._settled_grant(caller)
+            member = (
+                False
+                if grant is not None or caller is None
+                else self._callers.cached_member(caller)
+            )
+            if caller is None or not settled or member is None:
                 self._hand_over(data, who, caller, address, tg)
                 return
-            decided = self._verdict(caller, data, grant, fleet_member=False)
+            decided = self._verdict(caller, data, grant, fleet_member=member)
         except (OSError, BadRequest) as exc:
             self._refuse(address, exc)
             return
@@ -188,7 +194,7 @@ class SudoDecisionServer:
             return
         self._send(address, reply_line(decided.verdict))
         self._record(decided)
-        if self._on_decided is not None:
+        if self._on_decided is not None and grant is not None:
             tg.create_task(self._on_decided(decided), name="sudo-report")
 
     def _hand_over(
@@ -215,9 +221,7 @@ class SudoDecisionServer:
                 if caller is None:
                     caller = await self._callers.look_up(*who)
                 grant = await self._grant_of(caller)
-                member = grant is None and await asyncio.to_thread(
-                    proc.fleet_member, caller.user, caller.uid, self._config.group
-                )
+                member = grant is None and await self._callers.member(caller)
                 decided = self._verdict(caller, data, grant, fleet_member=member)
         except (OSError, TimeoutError, BadRequest) as exc:
             self._refuse(address, exc)
@@ -252,13 +256,16 @@ class SudoDecisionServer:
         except OSError as exc:  # the plugin gave up (sudo interrupted): nobody to answer
             log.warning("sudo.answer_failed", error=str(exc))
 
-    def _registered_grant(self, caller: proc.Caller) -> SessionGrant | None:
-        """The grant of the first registered session up the caller's ancestry (None:
-        none registered, or registered without a work session)."""
+    def _settled_grant(self, caller: proc.Caller) -> tuple[bool, SessionGrant | None]:
+        """``(settled, grant)``: the grant of the first registered session up the caller's
+        ancestry (None: registered without a work session), or no grant when none is
+        registered and none is the agent's; not settled while a session whose leader is
+        the agent's child is not registered yet."""
         for sid in caller.sids:
             if self.sessions.known(sid):
-                return self.sessions.lookup(sid)
-        return None
+                return True, self.sessions.lookup(sid)
+        ours = any(proc.parent_of(sid) == os.getpid() for sid in caller.sids)
+        return not ours, None
 
     async def _grant_of(self, caller: proc.Caller) -> SessionGrant | None:
         """The grant of the first managed session up the caller's ancestry.
@@ -269,11 +276,9 @@ class SudoDecisionServer:
         """
         deadline = time.monotonic() + REGISTRATION_WAIT
         while True:
-            if any(self.sessions.known(sid) for sid in caller.sids):
-                return self._registered_grant(caller)
-            ours = any(proc.parent_of(sid) == os.getpid() for sid in caller.sids)
-            if not ours or time.monotonic() > deadline:
-                return None
+            settled, grant = self._settled_grant(caller)
+            if settled or time.monotonic() > deadline:
+                return grant
             await asyncio.sleep(0.01)
 
     def _verdict(
