@@ -19,7 +19,7 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,7 +168,8 @@ class SudoDecisionServer:
         """Answer a request now if nothing needs waiting for (the caller's name is cached,
         its session registered, or not one of the agent's, and then its membership of the
         fleet group cached), else hand it to a task."""
-        try:
+        decided = None
+        with self._refusing(address):
             if flags & socket.MSG_TRUNC or len(data) > MAX_REQUEST_BYTES:
                 raise BadRequest(f"the request is larger than {MAX_REQUEST_BYTES} bytes")
             who = proc.sender(ancdata)
@@ -185,17 +186,10 @@ class SudoDecisionServer:
                 self._hand_over(data, who, caller, address, tg)
                 return
             decided = self._verdict(caller, data, grant, fleet_member=member)
-        except (OSError, BadRequest) as exc:
-            self._refuse(address, exc)
-            return
-        except Exception as exc:  # one bad request never stops the server
-            log.error("sudo.decision_failed", exc_info=exc)
-            self._send(address, _FAILED)
-            return
-        self._send(address, reply_line(decided.verdict))
-        self._record(decided)
-        if self._on_decided is not None and grant is not None:
-            tg.create_task(self._on_decided(decided), name="sudo-report")
+        if decided is not None:
+            self._answer_with(address, decided)
+            if self._on_decided is not None and decided.grant is not None:
+                tg.create_task(self._on_decided(decided), name="sudo-report")
 
     def _hand_over(
         self,
@@ -216,37 +210,43 @@ class SudoDecisionServer:
         self, data: bytes, who: tuple[int, int], caller: proc.Caller | None, address: Address
     ) -> None:
         """Answer a request that had to wait, in its own task."""
+        decided = None
         try:
-            async with asyncio.timeout(IO_TIMEOUT):
-                if caller is None:
-                    caller = await self._callers.look_up(*who)
-                grant = await self._grant_of(caller)
-                member = grant is None and await self._callers.member(caller)
-                decided = self._verdict(caller, data, grant, fleet_member=member)
+            with self._refusing(address):
+                async with asyncio.timeout(IO_TIMEOUT):
+                    if caller is None:
+                        caller = await self._callers.look_up(*who)
+                    grant = await self._grant_of(caller)
+                    member = grant is None and await self._callers.member(caller)
+                    decided = self._verdict(caller, data, grant, fleet_member=member)
+        finally:
+            self._answering -= 1
+        if decided is not None:
+            self._answer_with(address, decided)
+            if self._on_decided is not None and decided.grant is not None:
+                await self._on_decided(decided)
+
+    @contextlib.contextmanager
+    def _refusing(self, address: Address) -> Iterator[None]:
+        """Answer a request that could not be decided with a refusal that says why."""
+        try:
+            yield
         except (OSError, TimeoutError, BadRequest) as exc:
-            self._refuse(address, exc)
-            return
+            log.warning("sudo.request_failed", error=str(exc) or type(exc).__name__)
+            if isinstance(exc, BadRequest):
+                verdict = SudoVerdict(False, "sudo_request_invalid", str(exc))
+            else:  # the caller is gone, or the account database hangs
+                verdict = SudoVerdict(
+                    False, "sudo_caller_unknown", "the caller could not be identified"
+                )
+            self._send(address, reply_line(verdict))
         except Exception as exc:  # one bad request never stops the server
             log.error("sudo.decision_failed", exc_info=exc)
             self._send(address, _FAILED)
-            return
-        finally:
-            self._answering -= 1
+
+    def _answer_with(self, address: Address, decided: Decided) -> None:
         self._send(address, reply_line(decided.verdict))
         self._record(decided)
-        if self._on_decided is not None and decided.grant is not None:
-            await self._on_decided(decided)
-
-    def _refuse(self, address: Address, exc: OSError | BadRequest) -> None:
-        """Answer a request that could not be decided with a refusal that says why."""
-        log.warning("sudo.request_failed", error=str(exc) or type(exc).__name__)
-        if isinstance(exc, BadRequest):
-            verdict = SudoVerdict(False, "sudo_request_invalid", str(exc))
-        else:  # the caller is gone, or the account database hangs
-            verdict = SudoVerdict(
-                False, "sudo_caller_unknown", "the caller could not be identified"
-            )
-        self._send(address, reply_line(verdict))
 
     def _send(self, address: Address, reply: bytes) -> None:
         assert self._sock is not None
