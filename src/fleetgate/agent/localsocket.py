@@ -9,11 +9,11 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 
 
-__all__ = ["bind_private_socket", "serve_clients"]
+__all__ = ["bind_private_datagram_socket", "bind_private_socket", "serve_clients"]
 
 
 def bind_private_socket(path: Path, backlog: int) -> socket.socket:
-    """A non-blocking listening Unix socket at ``path``, mode 0600 from the start.
+    """A non-blocking listening Unix stream socket at ``path``, mode 0600 from the start.
 
     The parent directory is created 0700 when missing; an existing one is left as it is
     (it may be shared, like /run): the socket's own mode is what keeps others out. The
@@ -22,17 +22,44 @@ def bind_private_socket(path: Path, backlog: int) -> socket.socket:
     Raises:
         OSError: the directory or the socket cannot be made.
     """
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock = _bound(path, socket.SOCK_STREAM)
     try:
-        # Connecting needs write permission, so the mode must be right at bind(); the
-        # daemon binds before it starts any thread, so flipping the process umask is safe.
+        sock.listen(backlog)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def bind_private_datagram_socket(path: Path) -> socket.socket:
+    """A non-blocking Unix datagram socket at ``path``, mode 0600 from the start, that
+    receives each datagram with its sender's credentials (``SO_PASSCRED``: the kernel's
+    pid, real uid and gid of the sender, whatever it sends).
+
+    Raises:
+        OSError: the directory or the socket cannot be made.
+    """
+    sock = _bound(path, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _bound(path: Path, kind: int) -> socket.socket:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    try:
+        # Connecting or sending needs write permission, so the mode must be right at
+        # bind(); the daemon binds before it starts any thread, so flipping the process
+        # umask is safe.
         old_umask = os.umask(0o177)
         try:
             sock.bind(str(path))
         finally:
             os.umask(old_umask)
-        sock.listen(backlog)
         sock.setblocking(False)
     except BaseException:
         sock.close()

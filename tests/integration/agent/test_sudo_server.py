@@ -1,13 +1,15 @@
 """The sudo decision server on a real unix socket, without sudo: the caller is this test
-process (identified by the kernel), its own process session is registered or not."""
+process or a child of it (identified by the kernel), its process session registered or not."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import pwd
 import socket
 import stat
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -28,26 +30,22 @@ class Served:
         self.decided: list[Decided] = []
 
     async def ask(self, data: bytes) -> bytes:
-        """Send ``data`` as the plugin would; return everything the server answers."""
-
-        def exchange() -> bytes:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(10)
-                sock.connect(str(self.path))
-                chunks = []
-                try:
-                    sock.sendall(data)
-                    sock.shutdown(socket.SHUT_WR)
-                    while chunk := sock.recv(65536):
-                        chunks.append(chunk)
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the server hung up on an oversized request
-                return b"".join(chunks)
-
-        return await asyncio.to_thread(exchange)
+        """Send ``data`` as the plugin does; return the server's answer."""
+        return await asyncio.to_thread(exchange, self.path, data)
 
     def audit(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.audit_path.read_text().splitlines()]
+
+
+def exchange(path: Path, data: bytes) -> bytes:
+    """One datagram each way, as the plugin does: from a socket with an address of its own
+    (autobind, abstract), connected to the server's."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(10)
+        sock.bind("")
+        sock.connect(str(path))
+        sock.send(data)
+        return sock.recv(65536)
 
 
 def request(*argv: str, **fields: object) -> bytes:
@@ -153,23 +151,77 @@ async def test_unmanaged_session_allowed_by_default(served: Served) -> None:
 
 
 @pytest.mark.parametrize(
-    "data",
+    ("data", "reason"),
     [
-        b"not json\n",
-        b"[1, 2]\n",
-        b'{"command": "/usr/bin/id"}\n',
-        b'{"command": "/usr/bin/id", "argv": ["id"], "runas_uid": "0", "runas_gid": 0}\n',
-        b"\n",
-        b"",
-        b"x" * (70 * 1024),
+        (b"not json\n", b"not JSON"),
+        (b"[1, 2]\n", b"not a JSON object"),
+        (b'{"command": "/usr/bin/id"}\n', b"argv: "),
+        (
+            b'{"command": "/usr/bin/id", "argv": ["id"], "runas_uid": "0", "runas_gid": 0}\n',
+            b"runas_uid",
+        ),
+        (b"\n", b"not JSON"),
+        (b"", b"not JSON"),
+        (b"x" * (70 * 1024), b"larger than 65536 bytes"),
     ],
     ids=["not-json", "not-object", "no-argv", "bad-uid", "empty-line", "nothing", "oversized"],
 )
 @pytest.mark.root
-async def test_malformed_requests_get_no_answer(served: Served, data: bytes) -> None:
-    # No answer is a refusal for the plugin (it fails closed); the server goes on.
-    assert await served.ask(data) == b""
+async def test_malformed_requests_are_refused_with_the_reason(
+    served: Served, data: bytes, reason: bytes
+) -> None:
+    # sudo waits for an answer: it gets a refusal saying why, and the server goes on.
+    reply = await served.ask(data)
+    assert reply.startswith(b"deny sudo_request_invalid ")
+    assert reason in reply
+    assert reply.endswith(b"\n")
+    assert reply.count(b"\n") == 1
     assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
+
+
+@pytest.mark.root
+async def test_caller_is_the_real_uid_the_kernel_gives(served: Served) -> None:
+    # As sudo does: real uid the user's, effective uid root (so it may use the 0600
+    # socket); what it claims in the request changes nothing.
+    code = (
+        "import os, sys\n"
+        "from tests.integration.agent.test_sudo_server import exchange, request\n"
+        "from pathlib import Path\n"
+        "os.setresuid(65534, 0, 0)\n"
+        "data = request('id', '-u', caller_uid=0, caller_user='root')\n"
+        "sys.stdout.buffer.write(exchange(Path(sys.argv[1]), data))\n"
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, str(served.path), stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await asyncio.wait_for(child.communicate(), 30)
+    assert out.startswith(b"allow unmanaged_allowed ")
+    entry = served.audit()[-1]
+    assert (entry["uid"], entry["user"], entry["pid"]) == (
+        65534,
+        pwd.getpwuid(65534).pw_name,
+        child.pid,
+    )
+
+
+@pytest.mark.root
+async def test_only_the_agent_can_answer_the_plugin(served: Served) -> None:
+    # The plugin's socket is connected to the agent's: the kernel refuses a forged answer
+    # sent by anyone else to its (guessable) abstract address.
+    def forge_then_ask() -> bytes:
+        with (
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as plugin,
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as forger,
+        ):
+            plugin.bind("")
+            plugin.connect(str(served.path))
+            with pytest.raises(PermissionError):
+                forger.sendto(b"allow allowed forged\n", plugin.getsockname())
+            plugin.settimeout(10)
+            plugin.send(request("id", "-u"))
+            return plugin.recv(65536)
+
+    assert (await asyncio.to_thread(forge_then_ask)).startswith(b"allow unmanaged_allowed ")
 
 
 @pytest.mark.root
@@ -190,73 +242,48 @@ def test_trusted_realpath(tmp_path: Path) -> None:
     assert trusted_realpath(str(owned / "id")) is None  # a link someone else owns
 
 
-async def _connect(path: Path) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_unix_connection(str(path))
+@pytest.mark.root
+async def test_a_request_with_no_address_is_dropped(served: Served) -> None:
+    # Nowhere to answer (an unbound sender): logged and dropped, the server goes on.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unbound:
+        unbound.sendto(request("id", "-u"), str(served.path))
+    assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
+    assert [e["code"] for e in served.audit() if e["event"] == "sudo.decision"] == [
+        "unmanaged_allowed"
+    ]
 
 
 @pytest.mark.root
-async def test_request_in_pieces_is_answered(served: Served) -> None:
-    # The first write has no end of line: the answer waits for the rest, in a task.
-    served.sessions.register(os.getsid(0), claims(), label="websh t-2")
-    reader, writer = await _connect(served.path)
-    data = request("id", "-u")
-    writer.write(data[:10])
-    await writer.drain()
-    await asyncio.sleep(0)  # let the server see the first piece alone, if it is quick
-    writer.write(data[10:])
-    await writer.drain()
-    assert await reader.readline() == b"allow allowed allowed by pattern 'id -u'\n"
-    writer.close()
-    await writer.wait_closed()
-
-
-@pytest.mark.root
-async def test_silent_connections_are_bounded(
+async def test_waiting_requests_are_bounded(
     served: Served, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sudo_server, "IO_TIMEOUT", 60.0)  # longer than any wait below
-    silent = [await _connect(served.path) for _ in range(sudo_server.MAX_CLIENTS)]
-    # One more than the bound is closed at once (not after IO_TIMEOUT).
-    reader, writer = await _connect(served.path)
-    assert await asyncio.wait_for(reader.read(), 10) == b""
-    writer.close()
-    # A request still gets its answer meanwhile.
-    assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
-    for reader, writer in silent:
-        writer.write_eof()  # no request: the server closes its end at once
-        assert await asyncio.wait_for(reader.read(), 10) == b""
-        writer.close()
-    assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
+    # A request that needs a task (here: an unmanaged caller's group membership) while
+    # every task is taken is refused at once, not queued; one answered at once is not.
+    served.sessions.register(os.getsid(0), claims(), label="websh t-3")
+    allowed = b"allow allowed allowed by pattern 'id -u'\n"
+    assert await served.ask(request("id", "-u")) == allowed  # the caller's name is cached
+    monkeypatch.setattr(sudo_server, "MAX_CLIENTS", 0)
+    assert await served.ask(request("id", "-u")) == allowed
+    served.sessions.unregister(os.getsid(0))
+    reply = await served.ask(request("id", "-u"))
+    assert reply == b"deny sudo_agent_busy too many sudo calls are waiting\n"
 
 
 @pytest.mark.root
-async def test_silent_connection_expires(served: Served, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sudo_server, "IO_TIMEOUT", 0.3)
-    reader, writer = await _connect(served.path)
-    # Closed unanswered after IO_TIMEOUT (sudo refuses), not held open.
-    assert await asyncio.wait_for(reader.read(), 10) == b""
-    writer.close()
-    assert (await served.ask(request("id", "-u"))).startswith(b"allow unmanaged_allowed ")
-
-
-@pytest.mark.root
-async def test_cancel_closes_waiting_connections(tmp_path: Path) -> None:
-    require_root()
-    server = SudoDecisionServer(
-        tmp_path / "sudo.sock", SudoSessions(), SudoConfig(group="nonexistent-grp")
-    )
-    server.bind()
-    task = asyncio.create_task(server.serve())
-    reader, writer = await _connect(server.path)
-    # The server has accepted once it answers another client; then cancel it.
-    answered = Served(server.path, server.sessions, tmp_path / "none")
-    assert (await answered.ask(request("id", "-u"))).startswith(b"allow ")
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert await asyncio.wait_for(reader.read(), 10) == b""  # closed, not left open
-    writer.close()
-    assert not server.path.exists()
+async def test_an_unmanaged_caller_is_answered_at_once_once_known(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The first call looks up the caller's name and group membership in a task; they are
+    # cached, so the next one needs no task (there is none to be had here).
+    allowed = b"allow unmanaged_allowed not a fleet session: sudoers decides\n"
+    assert await served.ask(request("id", "-u")) == allowed
+    monkeypatch.setattr(sudo_server, "MAX_CLIENTS", 0)
+    assert await served.ask(request("id", "-u")) == allowed
+    assert [e["code"] for e in served.audit() if e["event"] == "sudo.decision"] == [
+        "unmanaged_allowed",
+        "unmanaged_allowed",
+    ]
+    assert served.decided == []  # no work session: no timeline report
 
 
 async def test_identify_stops_at_the_first_registered_session() -> None:

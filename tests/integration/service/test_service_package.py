@@ -179,6 +179,23 @@ def test_deb_installs_runs_and_purges_cleanly(deb: Path, tmp_path: Path) -> None
         finally:
             daemon.terminate()
             assert daemon.wait(30) == 0
+    # With the sudo plugin installed, an upgrade builds it again from the new version's
+    # source (it speaks that version's decision socket); removal takes it out again.
+    sudo_conf = Path("/etc/sudo.conf")
+    before = sudo_conf.read_text() if sudo_conf.exists() else None
+    shutil.copy(config, "/etc/fleetgate-agent/agent.toml")
+    try:
+        assert run("/usr/sbin/fleetgate-agent", "sudo", "install").returncode == 0
+        plugin = Path("/usr/libexec/fleetgate-agent/fleet_approval.so")
+        plugin.write_bytes(b"an older version's plugin")
+        upgrade = run("dpkg", "--install", deb)
+        assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
+        assert plugin.read_bytes().startswith(b"\x7fELF")
+    finally:
+        if Path("/etc/sudoers.d/fleetgate-agent").exists():
+            run("/usr/sbin/fleetgate-agent", "sudo", "uninstall")
+    assert (sudo_conf.read_text() if sudo_conf.exists() else None) == before
+
     # Nothing was written under /opt at run time (the bytecode is shipped).
     verify = run("dpkg", "--verify", "fleetgate-agent")
     assert verify.returncode == 0, verify.stdout

@@ -20,11 +20,19 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from fleetgate.agent.exec.identity import Identity
 
 
-__all__ = ["ACCOUNT_FILES", "MAX_ENTRIES", "TTL", "IdentityCache", "NameCache", "files_signature"]
+__all__ = [
+    "ACCOUNT_FILES",
+    "MAX_ENTRIES",
+    "TTL",
+    "AccountCache",
+    "IdentityCache",
+    "files_signature",
+]
 
 TTL = 2.0
 """Seconds an entry is reused at most."""
@@ -37,6 +45,8 @@ ACCOUNT_FILES = ("/etc/passwd", "/etc/group", "/etc/nsswitch.conf")
 
 Signature = tuple[tuple[int, int, int], ...]
 _Key = tuple[str, str]
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def files_signature(paths: tuple[str, ...] = ACCOUNT_FILES) -> Signature:
@@ -103,28 +113,29 @@ class IdentityCache:
         return len(self._entries)
 
 
-class NameCache:
-    """uid -> account name, under the same rules as :class:`IdentityCache`."""
+class AccountCache(Generic[K, V]):
+    """A key -> what the account databases answered for it (an account's name, its
+    membership of a group), under the same rules as :class:`IdentityCache`."""
 
     def __init__(self, *, ttl: float = TTL, max_entries: int = MAX_ENTRIES) -> None:
         self._ttl = ttl
         self._max = max_entries
-        self._entries: OrderedDict[int, tuple[str, Signature, float]] = OrderedDict()
+        self._entries: OrderedDict[K, tuple[V, Signature, float]] = OrderedDict()
 
-    def get(self, uid: int, *, now: float, signature: Signature) -> str | None:
-        """The cached name, or None when absent, expired or out of date."""
-        entry = self._entries.get(uid)
+    def get(self, key: K, *, now: float, signature: Signature) -> V | None:
+        """The cached answer, or None when absent, expired or out of date."""
+        entry = self._entries.get(key)
         if entry is None:
             return None
-        name, seen, expires = entry
+        value, seen, expires = entry
         if now >= expires or seen != signature:
-            del self._entries[uid]
+            del self._entries[key]
             return None
-        return name
+        return value
 
-    def put(self, uid: int, name: str, *, now: float, signature: Signature) -> None:
-        """Remember a name; ``signature`` taken before the lookup (see ``IdentityCache``)."""
-        self._entries.pop(uid, None)
-        self._entries[uid] = (name, signature, now + self._ttl)
+    def put(self, key: K, value: V, *, now: float, signature: Signature) -> None:
+        """Remember an answer; ``signature`` taken before the lookup (see ``IdentityCache``)."""
+        self._entries.pop(key, None)
+        self._entries[key] = (value, signature, now + self._ttl)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)

@@ -6,11 +6,12 @@
  *
  * sudo calls check() after its policy plugin (sudoers) accepted the command, with the
  * command it resolved (command_info "command="), the argv it will run and the target
- * user. The plugin writes one JSON line to the agent's decision socket and reads one line
- * back: "allow <code> <message>" or "deny <code> <message>". Anything else, including an
- * agent that is not running or does not answer in time, is a refusal: it fails closed.
- * The agent identifies the caller itself (SO_PEERCRED, /proc); nothing here is trusted
- * for that. Callers whose real uid is 0 are not asked: root needs no elevation.
+ * user. The plugin sends one JSON line in a datagram to the agent's decision socket and
+ * reads one line back: "allow <code> <message>" or "deny <code> <message>". Anything
+ * else, including an agent that is not running or does not answer in time, is a refusal:
+ * it fails closed. The agent identifies the caller itself (the credentials the kernel
+ * attaches to the datagram, /proc); nothing here is trusted for that. Callers whose real
+ * uid is 0 are not asked: root needs no elevation.
  */
 
 #include <errno.h>
@@ -124,41 +125,40 @@ static int fleet_open(unsigned int version, sudo_conv_t conversation,
 
 static void fleet_close(void) {}
 
+/* One datagram each way. Our socket is bound to an address of its own (autobind, in the
+ * abstract namespace) for the answer, and connected to the agent's: the kernel then lets
+ * nothing but the agent's socket send to it. The request arrives whole, with our
+ * credentials attached by the kernel, in one wake-up of the agent. */
 static int ask(const char *request, size_t len, char *reply, size_t size) {
     struct sockaddr_un addr;
+    sa_family_t autobind = AF_UNIX;
     struct timeval tv = {TIMEOUT_SECONDS, 0};
-    size_t got = 0;
     ssize_t n;
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (bind(fd, (struct sockaddr *)&autobind, sizeof(autobind)) != 0)
+        goto fail;
     memset(&addr, 0, sizeof(addr));
     addr.sun_family = AF_UNIX;
     strcpy(addr.sun_path, socket_path);
     if (connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0)
         goto fail;
-    while (len > 0) {
+    do
         n = send(fd, request, len, MSG_NOSIGNAL);
-        if (n <= 0)
-            goto fail;
-        request += n;
-        len -= (size_t)n;
-    }
-    while (got + 1 < size) {
-        n = recv(fd, reply + got, size - 1 - got, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        got += (size_t)n;
-        if (memchr(reply, '\n', got) != NULL)
-            break;
-    }
+    while (n < 0 && errno == EINTR);
+    if (n != (ssize_t)len)
+        goto fail;
+    do
+        n = recv(fd, reply, size - 1, 0);
+    while (n < 0 && errno == EINTR);
     close(fd);
-    reply[got] = '\0';
-    return memchr(reply, '\n', got) != NULL ? 0 : -1;
+    if (n <= 0)
+        return -1;
+    reply[n] = '\0';
+    return memchr(reply, '\n', (size_t)n) != NULL ? 0 : -1;
 fail:
     close(fd);
     return -1;

@@ -1,7 +1,7 @@
 """What the kernel says about a caller of the decision socket (blocking, Linux /proc).
 
-Nothing the client sends about itself is trusted: its pid comes from ``SO_PEERCRED``, its
-real uid and its process session from ``/proc/<pid>``.
+Nothing the client sends about itself is trusted: its pid and real uid come from the
+kernel with its datagram (``SCM_CREDENTIALS``), its process sessions from ``/proc/<pid>``.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 
 __all__ = [
+    "UCRED_SIZE",
     "Caller",
     "fleet_member",
     "identify",
     "is_executable",
     "parent_of",
-    "peer_credentials",
-    "real_uid",
+    "sender",
     "trusted_realpath",
     "user_name",
 ]
@@ -44,11 +44,19 @@ class Caller:
     sids: tuple[int, ...]
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    """``(pid, uid, gid)`` of the peer of a connected unix socket (from the kernel)."""
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
-    return pid, uid, gid
+_UCRED = struct.Struct("3i")
+UCRED_SIZE = _UCRED.size
+"""The size of ``struct ucred`` (pid, uid, gid), the credentials of a datagram."""
+
+
+def sender(ancdata: list[tuple[int, int, bytes]]) -> tuple[int, int] | None:
+    """``(pid, real uid)`` of a datagram's sender, from the ``SCM_CREDENTIALS`` the kernel
+    attached to it (the receiving socket has ``SO_PASSCRED``), or None without them."""
+    for level, kind, data in ancdata:
+        if (level, kind) == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS) and len(data) >= UCRED_SIZE:
+            pid, uid, _ = _UCRED.unpack_from(data)
+            return pid, uid
+    return None
 
 
 def _read_proc(path: str) -> bytes:
@@ -66,19 +74,6 @@ def _stat(pid: int) -> tuple[int, int]:
     # The command name may hold spaces and parentheses: the fields start after the last ')'.
     fields = data[data.rindex(b")") + 2 :].split()
     return int(fields[1]), int(fields[3])
-
-
-def real_uid(pid: int) -> int:
-    """The real uid of a process (from ``/proc``).
-
-    Raises:
-        OSError: the process is gone.
-    """
-    data = _read_proc(f"/proc/{pid}/status")
-    start = data.find(b"\nUid:")
-    if start < 0:
-        raise OSError(f"no Uid line for process {pid}")
-    return int(data[start + 5 : data.index(b"\n", start + 5)].split()[0])
 
 
 def parent_of(pid: int) -> int | None:
@@ -100,7 +95,7 @@ def user_name(uid: int) -> str:
 def identify(
     pid: int, uid: int, user: str, *, until: Callable[[int], bool] = lambda sid: False
 ) -> Caller:
-    """Who ``pid`` is: its real ``uid`` and ``user`` (read before, see :func:`real_uid`
+    """Who ``pid`` is: its real ``uid`` and ``user`` (known before, see :func:`sender`
     and :func:`user_name`), and the session ids up its ancestry, up to the first for which
     ``until`` is true (a managed session: what lies above it decides nothing).
 

@@ -1,11 +1,14 @@
 """The sudo decision server: the approval plugin inside ``sudo`` asks, the agent decides.
 
-A Unix stream socket (``runtime_dir/sudo.sock``, 0600, root's): only root-side code (the
-setuid ``sudo`` with its plugin) can connect. One request per connection, one line each
-way (:mod:`fleetgate.agent.sudo.request`). The caller is identified by the kernel
-(:mod:`fleetgate.agent.sudo.callers`), never by what it sends. Every decision is written to
-the audit log, and decisions about a work session are reported to the control plane for
-its timeline.
+A Unix datagram socket (``runtime_dir/sudo.sock``, 0600, root's): only root-side code (the
+setuid ``sudo`` with its plugin) can send to it. One datagram each way: the plugin's
+request (:mod:`fleetgate.agent.sudo.request`) from a socket of its own, connected to ours
+so that nothing else can answer it, and the agent's answer back to that socket. The kernel
+attaches the sender's pid and real uid to each datagram; the caller is identified from
+them (:mod:`fleetgate.agent.sudo.callers`), never from what it sends. Every request is
+answered, a malformed one with a refusal that says why: sudo waits for the answer. Every
+decision is written to the audit log, and decisions about a work session are reported to
+the control plane for its timeline.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ import functools
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ import structlog
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.config import SudoConfig
 from fleetgate.agent.errors import StateDirError
-from fleetgate.agent.localsocket import bind_private_socket
+from fleetgate.agent.localsocket import bind_private_datagram_socket
 from fleetgate.agent.policy.sudo_decision import SessionGrant, SudoCall, SudoVerdict, decide
 from fleetgate.agent.sudo import proc
 from fleetgate.agent.sudo.callers import Callers
@@ -40,8 +43,14 @@ __all__ = ["Decided", "SudoDecisionServer"]
 log = structlog.get_logger(__name__)
 
 MAX_CLIENTS = 32
+"""Requests answered by tasks at once (those that wait: an account lookup, a session
+registering, group membership); one more is refused at once."""
+MAX_BATCH = 32
+"""Datagrams read per wake-up, so that a flood cannot hold the loop."""
 IO_TIMEOUT = 5.0
 REGISTRATION_WAIT = 2.0
+
+_CREDENTIALS_SPACE = socket.CMSG_SPACE(proc.UCRED_SIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +65,8 @@ class Decided:
 
 
 OnDecided = Callable[[Decided], Coroutine[Any, Any, None]]
+Address = str | bytes
+_FAILED = reply_line(SudoVerdict(False, "sudo_decision_failed", "the agent failed to decide"))
 
 
 class SudoDecisionServer:
@@ -79,13 +90,11 @@ class SudoDecisionServer:
             config.secure_path, proc.is_executable, proc.trusted_realpath
         )
         self._sock: socket.socket | None = None
-        self._clients = asyncio.Semaphore(MAX_CLIENTS)
-        self._callers = Callers(sessions.known)
-        # Accepted connections whose request has not arrived: their expiry timers.
-        self._waiting: dict[socket.socket, asyncio.TimerHandle] = {}
+        self._callers = Callers(sessions.known, config.group)
+        self._answering = 0  # tasks answering a request (at most MAX_CLIENTS)
 
     def bind(self) -> None:
-        """Listen on the socket (0600) in the runtime directory (0700 when created).
+        """Bind the socket (0600) in the runtime directory (0700 when created).
 
         Raises:
             StateDirError: the socket cannot be made.
@@ -93,7 +102,7 @@ class SudoDecisionServer:
         try:
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()  # the status socket already proved no agent runs here
-            sock = bind_private_socket(self.path, MAX_CLIENTS)
+            sock = bind_private_datagram_socket(self.path)
         except OSError as exc:
             raise StateDirError(f"sudo socket {self.path}: {exc.strerror or exc}") from exc
         self._sock = sock
@@ -107,16 +116,13 @@ class SudoDecisionServer:
                 self.path.unlink()
 
     async def serve(self) -> None:
-        """Answer clients until cancelled.
+        """Answer requests until cancelled.
 
-        Sudo waits on every answer, so the usual request is answered in a reader callback,
-        with no task and no extra loop turn between its arrival and the answer: on
-        ``accept`` if it is there already, else when the connection becomes readable
-        (:meth:`_answer_at_once`). A request that needs to wait (an account lookup, a
-        session registering, an unmanaged caller's group membership, a request in
-        pieces) is answered by a task of an inner group. At most ``MAX_CLIENTS``
-        connections wait for their request and as many tasks answer; one more is closed
-        unanswered, which sudo takes as a refusal (it fails closed, never hangs).
+        Sudo waits on every answer, so the usual request is answered in the socket's
+        reader callback, with no task and no extra loop turn between its arrival and the
+        answer (:meth:`_received`). A request that needs to wait (an account lookup, a
+        session registering, an unmanaged caller's group membership) is answered by a
+        task of an inner group, at most ``MAX_CLIENTS`` at once; one more is refused.
         """
         if self._sock is None:
             self.bind()
@@ -125,157 +131,141 @@ class SudoDecisionServer:
         fd = self._sock.fileno()
         try:
             async with asyncio.TaskGroup() as tg:
-                loop.add_reader(fd, self._accept_ready, tg)
+                loop.add_reader(fd, self._readable, tg)
                 try:
                     await loop.create_future()  # until cancelled
                 finally:
                     loop.remove_reader(fd)
-                    for conn in list(self._waiting):
-                        self._stop_waiting(conn).close()
         finally:
             self.close()
 
-    def _accept_ready(self, tg: asyncio.TaskGroup) -> None:
-        """The listening socket's reader: accept what is waiting (a bounded number per
-        call, so a flood cannot hold the loop) and answer at once what can be."""
+    def _readable(self, tg: asyncio.TaskGroup) -> None:
+        """The socket's reader: a bounded number of requests per call."""
         assert self._sock is not None
-        for _ in range(MAX_CLIENTS):
+        for _ in range(MAX_BATCH):
             try:
-                conn, _ = self._sock.accept()
+                data, ancdata, flags, address = self._sock.recvmsg(
+                    MAX_REQUEST_BYTES + 1, _CREDENTIALS_SPACE
+                )
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors: the backlog waits for the next call
-                log.warning("sudo.accept_failed", error=str(exc))
+            except OSError as exc:
+                log.warning("sudo.receive_failed", error=str(exc))
                 return
-            conn.setblocking(False)
-            self._go_on(conn, tg, arrived=False)
+            if not address:
+                log.warning("sudo.request_failed", error="no address to answer to")
+                continue
+            self._received(data, ancdata, flags, address, tg)
 
-    def _go_on(self, conn: socket.socket, tg: asyncio.TaskGroup, *, arrived: bool) -> None:
-        """Answer ``conn`` at once, or wait for its request, or hand it to a task."""
-        pending = self._answer_at_once(conn, tg)
-        if pending is None:
-            return
-        head, caller = pending
-        if not head and not arrived:
-            # The plugin's connect() woke us before its request landed: wait for it in
-            # the loop's reader, bounded in number and time like a task.
-            if len(self._waiting) >= MAX_CLIENTS:
-                conn.close()
+    def _received(
+        self,
+        data: bytes,
+        ancdata: list[tuple[int, int, bytes]],
+        flags: int,
+        address: Address,
+        tg: asyncio.TaskGroup,
+    ) -> None:
+        """Answer a request now if nothing needs waiting for (the caller's name is cached,
+        its session registered, or not one of the agent's, and then its membership of the
+        fleet group cached), else hand it to a task."""
+        decided = None
+        with self._refusing(address):
+            if flags & socket.MSG_TRUNC or len(data) > MAX_REQUEST_BYTES:
+                raise BadRequest(f"the request is larger than {MAX_REQUEST_BYTES} bytes")
+            who = proc.sender(ancdata)
+            if who is None:
+                raise BadRequest("the request came without its sender's credentials")
+            caller = self._callers.cached(*who)
+            settled, grant = (False, None) if caller is None else self._settled_grant(caller)
+            member = (
+                False
+                if grant is not None or caller is None
+                else self._callers.cached_member(caller)
+            )
+            if caller is None or not settled or member is None:
+                self._hand_over(data, who, caller, address, tg)
                 return
-            loop = asyncio.get_running_loop()
-            loop.add_reader(conn.fileno(), self._arrived, conn, tg)
-            self._waiting[conn] = loop.call_later(IO_TIMEOUT, self._expired, conn)
+            decided = self._verdict(caller, data, grant, fleet_member=member)
+        if decided is not None:
+            self._answer_with(address, decided)
+            if self._on_decided is not None and decided.grant is not None:
+                tg.create_task(self._on_decided(decided), name="sudo-report")
+
+    def _hand_over(
+        self,
+        data: bytes,
+        who: tuple[int, int],
+        caller: proc.Caller | None,
+        address: Address,
+        tg: asyncio.TaskGroup,
+    ) -> None:
+        if self._answering >= MAX_CLIENTS:
+            busy = SudoVerdict(False, "sudo_agent_busy", "too many sudo calls are waiting")
+            self._send(address, reply_line(busy))
             return
-        if self._clients.locked():
-            conn.close()
-            return
-        tg.create_task(self._answer(conn, head, caller), name="sudo-client")
+        self._answering += 1
+        tg.create_task(self._answer(data, who, caller, address), name="sudo-client")
 
-    def _arrived(self, conn: socket.socket, tg: asyncio.TaskGroup) -> None:
-        self._stop_waiting(conn)
-        self._go_on(conn, tg, arrived=True)
-
-    def _expired(self, conn: socket.socket) -> None:
-        log.warning("sudo.request_failed", error="no request in time")
-        self._stop_waiting(conn).close()
-
-    def _stop_waiting(self, conn: socket.socket) -> socket.socket:
-        asyncio.get_running_loop().remove_reader(conn.fileno())
-        self._waiting.pop(conn).cancel()
-        return conn
-
-    def _answer_at_once(
-        self, conn: socket.socket, tg: asyncio.TaskGroup
-    ) -> tuple[bytes, proc.Caller | None] | None:
-        """Answer ``conn`` now if nothing needs waiting for: the request arrived whole,
-        the caller's name is cached, its session is registered with a grant. None when
-        it was answered (or refused: closed unanswered); otherwise what was read of the
-        request and the caller if known, for :meth:`_answer` to go on with."""
+    async def _answer(
+        self, data: bytes, who: tuple[int, int], caller: proc.Caller | None, address: Address
+    ) -> None:
+        """Answer a request that had to wait, in its own task."""
+        decided = None
         try:
-            head = conn.recv(MAX_REQUEST_BYTES + 1)
-        except (BlockingIOError, InterruptedError):
-            return b"", None  # nothing arrived yet
-        except OSError as exc:
-            log.warning("sudo.request_failed", error=str(exc))
-            conn.close()
-            return None
-        if not head:
-            log.warning("sudo.request_failed", error="closed without a request")
-            conn.close()
-            return None
-        if b"\n" not in head:
-            return head, None
+            with self._refusing(address):
+                async with asyncio.timeout(IO_TIMEOUT):
+                    if caller is None:
+                        caller = await self._callers.look_up(*who)
+                    grant = await self._grant_of(caller)
+                    member = grant is None and await self._callers.member(caller)
+                    decided = self._verdict(caller, data, grant, fleet_member=member)
+        finally:
+            self._answering -= 1
+        if decided is not None:
+            self._answer_with(address, decided)
+            if self._on_decided is not None and decided.grant is not None:
+                await self._on_decided(decided)
+
+    @contextlib.contextmanager
+    def _refusing(self, address: Address) -> Iterator[None]:
+        """Answer a request that could not be decided with a refusal that says why."""
         try:
-            caller = self._callers.cached(conn)
-            grant = None if caller is None else self._registered_grant(caller)
-            if caller is None or grant is None:
-                return head, caller
-            decided = self._verdict(caller, head.split(b"\n", 1)[0], grant, fleet_member=False)
-            reply = reply_line(decided.verdict)
-            # A fresh socket's buffer takes the short answer whole; less would leave sudo
-            # half a line, so that is a failure (refused), not a retry.
-            if conn.send(reply) != len(reply):
-                raise OSError("the answer did not fit the socket's buffer")
-        except (OSError, BadRequest) as exc:
-            log.warning("sudo.request_failed", error=str(exc))
-            conn.close()
-            return None
+            yield
+        except (OSError, TimeoutError, BadRequest) as exc:
+            log.warning("sudo.request_failed", error=str(exc) or type(exc).__name__)
+            if isinstance(exc, BadRequest):
+                verdict = SudoVerdict(False, "sudo_request_invalid", str(exc))
+            else:  # the caller is gone, or the account database hangs
+                verdict = SudoVerdict(
+                    False, "sudo_caller_unknown", "the caller could not be identified"
+                )
+            self._send(address, reply_line(verdict))
         except Exception as exc:  # one bad request never stops the server
             log.error("sudo.decision_failed", exc_info=exc)
-            conn.close()
-            return None
-        conn.close()
+            self._send(address, _FAILED)
+
+    def _answer_with(self, address: Address, decided: Decided) -> None:
+        self._send(address, reply_line(decided.verdict))
         self._record(decided)
-        if self._on_decided is not None:
-            tg.create_task(self._on_decided(decided), name="sudo-report")
-        return None
 
-    async def _answer(self, conn: socket.socket, head: bytes, caller: proc.Caller | None) -> None:
-        """Answer ``conn`` in its own task: ``head`` is what was read of its request."""
-        async with self._clients:
-            try:
-                async with asyncio.timeout(IO_TIMEOUT):
-                    line = await self._read_line(conn, head)
-                    if caller is None:
-                        caller = await self._callers.look_up(conn)
-                    grant = await self._grant_of(caller)
-                    member = grant is None and await asyncio.to_thread(
-                        proc.fleet_member, caller.user, caller.uid, self._config.group
-                    )
-                    decided = self._verdict(caller, line, grant, fleet_member=member)
-                    await asyncio.get_running_loop().sock_sendall(conn, reply_line(decided.verdict))
-            except (OSError, TimeoutError, BadRequest) as exc:
-                log.warning("sudo.request_failed", error=str(exc))
-                return
-            except Exception as exc:  # one bad request never stops the server
-                # The plugin sees the connection close without an answer: refused.
-                log.error("sudo.decision_failed", exc_info=exc)
-                return
-            finally:
-                conn.close()
-        self._record(decided)
-        if self._on_decided is not None and decided.grant is not None:
-            await self._on_decided(decided)
+    def _send(self, address: Address, reply: bytes) -> None:
+        assert self._sock is not None
+        try:
+            # The plugin's socket holds nothing but this answer: it is never full.
+            self._sock.sendto(reply, address)
+        except OSError as exc:  # the plugin gave up (sudo interrupted): nobody to answer
+            log.warning("sudo.answer_failed", error=str(exc))
 
-    async def _read_line(self, conn: socket.socket, head: bytes) -> bytes:
-        loop = asyncio.get_running_loop()
-        data = head
-        while b"\n" not in data:
-            if len(data) > MAX_REQUEST_BYTES:
-                raise BadRequest("request too large")
-            chunk = await loop.sock_recv(conn, 65536)
-            if not chunk:
-                break
-            data += chunk
-        return data.split(b"\n", 1)[0]
-
-    def _registered_grant(self, caller: proc.Caller) -> SessionGrant | None:
-        """The grant of the first registered session up the caller's ancestry (None:
-        none registered, or registered without a work session)."""
+    def _settled_grant(self, caller: proc.Caller) -> tuple[bool, SessionGrant | None]:
+        """``(settled, grant)``: the grant of the first registered session up the caller's
+        ancestry (None: registered without a work session), or no grant when none is
+        registered and none is the agent's; not settled while a session whose leader is
+        the agent's child is not registered yet."""
         for sid in caller.sids:
             if self.sessions.known(sid):
-                return self.sessions.lookup(sid)
-        return None
+                return True, self.sessions.lookup(sid)
+        ours = any(proc.parent_of(sid) == os.getpid() for sid in caller.sids)
+        return not ours, None
 
     async def _grant_of(self, caller: proc.Caller) -> SessionGrant | None:
         """The grant of the first managed session up the caller's ancestry.
@@ -286,34 +276,37 @@ class SudoDecisionServer:
         """
         deadline = time.monotonic() + REGISTRATION_WAIT
         while True:
-            if any(self.sessions.known(sid) for sid in caller.sids):
-                return self._registered_grant(caller)
-            ours = any(proc.parent_of(sid) == os.getpid() for sid in caller.sids)
-            if not ours or time.monotonic() > deadline:
-                return None
+            settled, grant = self._settled_grant(caller)
+            if settled or time.monotonic() > deadline:
+                return grant
             await asyncio.sleep(0.01)
 
     def _verdict(
-        self, caller: proc.Caller, line: bytes, grant: SessionGrant | None, *, fleet_member: bool
+        self, caller: proc.Caller, data: bytes, grant: SessionGrant | None, *, fleet_member: bool
     ) -> Decided:
-        """Decide the request ``line`` of ``caller``.
+        """Decide the request ``data`` of ``caller``.
 
         Raises:
-            BadRequest: the line is not a request.
+            BadRequest: ``data`` is not a request.
         """
-        call = parse_request(line, caller_uid=caller.uid, caller_user=caller.user)
+        call = parse_request(data, caller_uid=caller.uid, caller_user=caller.user)
         # One decision resolves the same paths more than once (the pattern's command and
         # the call's): each is checked once per decision, never across decisions.
-        resolver = replace(self._resolver, realpath=functools.cache(proc.trusted_realpath))
+        resolver = Resolver(
+            self._resolver.secure_path,
+            self._resolver.is_executable,
+            functools.cache(proc.trusted_realpath),
+        )
+        now = time.time()
         verdict = decide(
             grant,
             call,
-            now=time.time(),
+            now=now,
             unmanaged=self._config.unmanaged,
             fleet_member=fleet_member,
             resolver=resolver,
         )
-        return Decided(call, caller, grant, verdict, time.time())
+        return Decided(call, caller, grant, verdict, now)
 
     def _record(self, d: Decided) -> None:
         fields: dict[str, Any] = {

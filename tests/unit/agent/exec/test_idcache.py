@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fleetgate.agent.exec.idcache import IdentityCache, NameCache, files_signature
+from fleetgate.agent.exec.idcache import AccountCache, IdentityCache, files_signature
 from fleetgate.agent.exec.identity import Identity
 
 
@@ -53,7 +53,7 @@ def test_the_oldest_entry_goes_first_when_full() -> None:
 
 
 def test_names_follow_the_same_rules() -> None:
-    names = NameCache(ttl=1.0, max_entries=1)
+    names: AccountCache[int, str] = AccountCache(ttl=1.0, max_entries=1)
     names.put(1000, "alice", now=5.0, signature=SIG)
     assert names.get(1000, now=5.5, signature=SIG) == "alice"
     assert names.get(1000, now=5.5, signature=((0, 0, 0), *SIG[1:])) is None
