@@ -13,18 +13,24 @@ from uuid import UUID
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 from websockets.frames import CloseCode
+from websockets.streams import StreamReader
 
 from fleetgate import __version__
 from fleetgate.agent.backhaul.tls import agent_headers, ssl_context
 from fleetgate.agent.backhaul.urls import ring_for
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelClosed, ConnectionLost
+from fleetgate.shared.files.bulkreads import BulkReadsMixin, use_bulk_reads
 from fleetgate.shared.tlserrors import describe_tls_error
 
 
 __all__ = ["ChannelLink", "dial_channel", "dial_path"]
 
 _ABNORMAL = int(CloseCode.ABNORMAL_CLOSURE)
+
+
+class _BulkStreamReader(BulkReadsMixin, StreamReader):
+    """websockets' stream reader with large frames read in one copy."""
 
 
 class ChannelLink:
@@ -134,4 +140,5 @@ async def dial_path(config: AgentConfig, key: str, path: str, channel_id: UUID) 
     if sock is not None:
         # Keystroke echoes and small tunnel writes must not wait for a delayed ACK.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    use_bulk_reads(ws.protocol.reader, _BulkStreamReader)  # an upload's frames: one copy
     return ChannelLink(ws, channel_id)
