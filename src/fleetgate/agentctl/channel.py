@@ -15,15 +15,23 @@ from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.streams import StreamReader
 
 from fleetgate.agentctl.client import USER_AGENT, error_from_answer, tls_context, unreachable
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import CliError
+from fleetgate.shared.files.bulkreads import BulkReadsMixin, use_bulk_reads
 
 
 __all__ = ["MAX_FRAME_BYTES", "channel_url", "connect_channel"]
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+class _BulkStreamReader(BulkReadsMixin, StreamReader):
+    """websockets' stream reader with large frames read in one copy (a download's)."""
+
+
 """Largest frame accepted from the control plane."""
 
 
@@ -88,4 +96,5 @@ async def connect_channel(
     if sock is not None:
         # Keystrokes and small tunnel writes go out at once (see client.NODELAY).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    use_bulk_reads(ws.protocol.reader, _BulkStreamReader)
     return ws

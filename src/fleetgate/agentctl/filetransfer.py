@@ -17,7 +17,7 @@ import json
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -323,9 +323,10 @@ def _discard_if_empty(fd: int, part: Path) -> None:
 
 
 class _DiskReader:
-    """Reads and hashes the file ahead in a thread (a few chunks at most), so the event
-    loop only sends; the prefix a resumed upload skips is hashed there first. What is not
-    in the page cache is read around it (``CacheAwareReader``).
+    """Reads the file ahead in a thread (a few chunks at most) and hashes each chunk in a
+    second one while the next is read, so the event loop only sends; the prefix a resumed
+    upload skips is hashed first. What is not in the page cache is read around it
+    (``CacheAwareReader``).
 
     The chunks are views of the reader's buffers: ``free`` holds the buffers the loop is
     done with (:meth:`done`), so the thread never reads into one still queued or being
@@ -349,18 +350,27 @@ class _DiskReader:
     def _run(self) -> None:
         out = self.q.sync_q
         reader: CacheAwareReader | None = None
+        hashing = ThreadPoolExecutor(1, thread_name_prefix="agentctl-hash")
+        hashed: Future[None] | None = None
         try:
             try:
                 _hash_prefix(self.fd, self.offset, self.hasher)
-                # AHEAD queued, one being sent, one being read.
+                # AHEAD queued, one being sent, one being read (the one before it may still
+                # be hashing: it is done before the next read, which needs no such buffer).
                 reader = CacheAwareReader(self.fd, CHUNK_BYTES, buffers=self.AHEAD + 2)
                 position = self.offset
                 while True:
                     self.free.sync_q.get()
                     chunk = reader.read(position)
+                    if hashed is not None:
+                        hashed.result()  # in order, and at most one chunk behind the reads
+                        hashed = None
                     if not chunk:
                         break
-                    self.hasher.update(chunk)
+                    # Hashed in the other thread while the next chunk is read (both release
+                    # the GIL): one after the other, they made this the upload's slowest stage.
+                    # A view of its own: the loop releases ``chunk`` once it is sent.
+                    hashed = hashing.submit(self.hasher.update, chunk[:])
                     position += len(chunk)
                     out.put(chunk)
                 out.put(memoryview(b""))
@@ -369,6 +379,7 @@ class _DiskReader:
         except janus.SyncQueueShutDown:
             pass  # closed: the transfer ended or was abandoned
         finally:
+            hashing.shutdown(wait=True)  # no hash reads a buffer once it is freed
             if reader is not None:
                 reader.close()
 

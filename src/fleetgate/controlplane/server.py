@@ -21,6 +21,7 @@ from fastapi import FastAPI
 
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.httpbounds import BoundedHttpToolsProtocol
+from fleetgate.controlplane.wsprotocol import BulkReadsWebSocketProtocol
 from fleetgate.shared.atomic import atomic_write
 
 
@@ -126,6 +127,8 @@ class ControlPlaneServer(uvicorn.Server):
             # Bounded request heads, answered with 431 (plain httptools buffers any
             # size, and a websocket upgrade with a long header line hung).
             http=BoundedHttpToolsProtocol,
+            # Large frames (file transfers) parsed with fewer copies.
+            ws=BulkReadsWebSocketProtocol,
             # TLS on the socket we bound (uvicorn wraps given sockets too); None: plain.
             ssl_certfile=settings.tls_cert,
             ssl_keyfile=settings.tls_key,

@@ -7,6 +7,7 @@ library from the kinds behind three calls and one exception, :class:`ChannelClos
 
 from __future__ import annotations
 
+import functools
 import socket
 from uuid import UUID
 
@@ -134,4 +135,27 @@ async def dial_path(config: AgentConfig, key: str, path: str, channel_id: UUID) 
     if sock is not None:
         # Keystroke echoes and small tunnel writes must not wait for a delayed ACK.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    _use_bulk_reads(ws)  # an upload's frames: one copy
     return ChannelLink(ws, channel_id)
+
+
+def _use_bulk_reads(ws: ClientConnection) -> None:
+    """Read the channel's large frames with one copy (``shared.files.bulkreads``).
+
+    Imported with the first channel: an idle agent does not load it (its idle memory).
+    """
+    from fleetgate.shared.files.bulkreads import use_bulk_reads
+
+    use_bulk_reads(ws.protocol.reader, _bulk_reader())
+
+
+@functools.cache
+def _bulk_reader() -> type:
+    from websockets.streams import StreamReader
+
+    from fleetgate.shared.files.bulkreads import BulkReadsMixin
+
+    class BulkStreamReader(BulkReadsMixin, StreamReader):
+        """websockets' stream reader with large frames read in one copy."""
+
+    return BulkStreamReader

@@ -7,8 +7,8 @@ copying every byte through its pipes. From then on:
 - an upload's chunks go from the channel to :class:`UploadSink`, which hashes and writes them
   in a thread of its own; at the client's ``end`` the worker is told what was written and
   what it hashes to, and it checks, fsyncs and renames as before;
-- a download is streamed by :func:`send_download`: a thread reads and hashes the next chunk
-  while the event loop sends the previous one; the agent sends ``ready`` and ``done`` itself.
+- a download is streamed by :func:`fleetgate.agent.files.sending.send_download`: threads
+  read ahead and hash while the event loop sends; the agent sends ``ready`` and ``done``.
 
 Root's writes would not be bound by the user's disk quota or the file system's reserved
 blocks (both yield to ``CAP_SYS_RESOURCE``), so the writing thread drops that capability
@@ -22,16 +22,15 @@ import ctypes
 import ctypes.util
 import functools
 import hashlib
-import json
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Any
 
 from fleetgate.agent.files.hashing import hash_prefix
 from fleetgate.agent.files.walk import os_error
 from fleetgate.shared.errors import TransferError
-from fleetgate.shared.files.direct import CacheAwareReader, DirectWriter
+from fleetgate.shared.files.direct import DirectWriter
 from fleetgate.shared.files.transfer import Ledger
 
 
@@ -40,7 +39,6 @@ __all__ = [
     "check_handed",
     "drop_capability",
     "drop_resource_override",
-    "send_download",
 ]
 
 CAP_SYS_RESOURCE = 24
@@ -94,12 +92,6 @@ def check_handed(fd: int) -> None:
     sent; a pipe could block the agent's thread)."""
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         raise TransferError("internal", "the worker handed over something else than a file")
-
-
-class Link(Protocol):
-    """The channel, as the streaming uses it."""
-
-    async def send(self, data: bytes | str) -> None: ...
 
 
 class UploadSink:
@@ -225,55 +217,3 @@ def _consume(future: asyncio.Future[Any]) -> None:
     """Mark a future's outcome as seen (a failed write already reached the worker)."""
     if not future.cancelled():
         future.exception()
-
-
-async def send_download(
-    link: Link, fd: int, handover: dict[str, Any], chunk_bytes: int
-) -> dict[str, Any]:
-    """Stream a handed-over download: ``ready``, the data from its offset, ``done``.
-
-    Takes ownership of ``fd``. Returns the ``done`` object sent.
-
-    Raises:
-        TransferError: the file could not be read (the caller reports it).
-        ChannelClosed: the client went away.
-    """
-    offset = int(handover["offset"])
-    ready = {"type": "ready", "offset": offset}
-    ready.update({k: handover[k] for k in ("size", "mode", "path")})
-    hasher = hashlib.sha256()
-    # Two buffers: the thread reads the next chunk while the loop sends the previous one.
-    reader = CacheAwareReader(fd, chunk_bytes, buffers=2)
-
-    def read(position: int, first: bool) -> memoryview:
-        try:
-            if first:  # the skipped prefix is hashed first
-                hash_prefix(fd, offset, hasher, bytearray(1 << 20))
-            view = reader.read(position)
-        except OSError as exc:
-            raise os_error(exc, str(handover["path"])) from None
-        hasher.update(view)
-        return view
-
-    def release() -> None:
-        reader.close()
-        os.close(fd)
-
-    loop = asyncio.get_running_loop()
-    thread = ThreadPoolExecutor(1, thread_name_prefix="files-download")
-    pending = loop.run_in_executor(thread, read, offset, True)
-    try:
-        await link.send(json.dumps(ready))
-        position = offset
-        while view := await pending:
-            position += len(view)
-            pending = loop.run_in_executor(thread, read, position, False)
-            await link.send(view)  # type: ignore[arg-type]  # copied (masked) before it returns
-            view.release()
-        done = {"type": "done", "size": position, "sha256": hasher.hexdigest()}
-        await link.send(json.dumps(done))
-        return done
-    finally:
-        pending.add_done_callback(_consume)
-        thread.submit(release)
-        thread.shutdown(wait=False)

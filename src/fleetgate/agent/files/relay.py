@@ -31,7 +31,8 @@ import structlog
 from fleetgate.agent.errors import ChannelClosed
 from fleetgate.agent.exec.identity import Identity, build_environment
 from fleetgate.agent.exec.spawn import find_setpriv, needs_switch, privilege_argv
-from fleetgate.agent.files.handover import UploadSink, check_handed, send_download
+from fleetgate.agent.files.handover import UploadSink, check_handed
+from fleetgate.agent.files.sending import send_download
 from fleetgate.shared.errors import TransferError
 from fleetgate.shared.files.framing import (
     DATA,

@@ -1,0 +1,126 @@
+"""Bulk reads of websocket frames: the parser sees exactly the frames, errors and limits it
+sees with websockets' own reader, however the bytes are split by the network."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from websockets.exceptions import PayloadTooBig
+from websockets.frames import Frame, Opcode
+from websockets.protocol import Protocol, Side, State
+from websockets.streams import StreamReader
+
+from fleetgate.shared.files.bulkreads import BULK_BYTES, BulkReadsMixin, use_bulk_reads
+
+
+class BulkReader(BulkReadsMixin, StreamReader):
+    pass
+
+
+def protocol(side: Side, *, bulk: bool, max_size: int | None = None) -> Protocol:
+    proto = Protocol(side, state=State.OPEN, max_size=max_size)
+    if bulk:
+        use_bulk_reads(proto.reader, BulkReader)
+    return proto
+
+
+def frames(proto: Protocol) -> list[Frame]:
+    """The frames parsed since the last call (a bare Protocol parses nothing else)."""
+    events = proto.events_received()
+    assert all(isinstance(e, Frame) for e in events)
+    return [e for e in events if isinstance(e, Frame)]
+
+
+def feed(proto: Protocol, wire: bytes, cuts: list[int]) -> list[tuple[Opcode, bytes, bool]]:
+    """Feed ``wire`` split at ``cuts``; the frames parsed, as (opcode, payload, fin)."""
+    events = []
+    start = 0
+    for end in [*sorted(set(cuts)), len(wire)]:
+        if end <= start:
+            continue
+        proto.receive_data(wire[start:end])
+        start = end
+        events += [(f.opcode, bytes(f.data), f.fin) for f in frames(proto)]
+    return events
+
+
+SIZES = st.sampled_from([0, 1, 125, 126, 65535, BULK_BYTES - 1, BULK_BYTES, BULK_BYTES + 1,
+                         300_000, 1 << 20])  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(SIZES, min_size=1, max_size=6),
+    client_sent=st.booleans(),
+    cuts=st.lists(st.integers(min_value=0, max_value=3 << 20), max_size=40),
+    piece=st.sampled_from([1 << 10, 64 << 10, 256 << 10, 4 << 20]),
+)
+def test_frames_parse_as_without_bulk_reads(
+    sizes: list[int], client_sent: bool, cuts: list[int], piece: int
+) -> None:
+    """Any frames, cut anywhere (random cuts plus regular reads of ``piece`` bytes)."""
+    frames = [
+        Frame(Opcode.BINARY if i % 3 else Opcode.TEXT, os.urandom(n) if i % 3 else b"x" * n)
+        for i, n in enumerate(sizes)
+    ]
+    wire = b"".join(f.serialize(mask=client_sent) for f in frames)
+    splits = [c for c in cuts if c < len(wire)] + list(range(piece, len(wire), piece))
+    receiver = Side.SERVER if client_sent else Side.CLIENT
+    expected = [(f.opcode, f.data, f.fin) for f in frames]
+    assert feed(protocol(receiver, bulk=False), wire, splits) == expected
+    bulk = protocol(receiver, bulk=True)
+    assert feed(bulk, wire, splits) == expected
+    assert bulk.reader.buffer == b""
+
+
+def test_a_frame_in_one_piece_with_the_next_frames_head() -> None:
+    """The bytes after a bulk frame that came in its last piece start the next frame."""
+    big, small = os.urandom(BULK_BYTES * 3), b"next"
+    wire = Frame(Opcode.BINARY, big).serialize(mask=False)
+    tail = Frame(Opcode.BINARY, small).serialize(mask=False)
+    proto = protocol(Side.CLIENT, bulk=True)
+    proto.receive_data(wire[:100])
+    proto.receive_data(wire[100:] + tail[:3])
+    assert [bytes(f.data) for f in frames(proto)] == [big]
+    proto.receive_data(tail[3:])
+    assert [bytes(f.data) for f in frames(proto)] == [small]
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_the_stream_ending_inside_a_bulk_frame_fails_the_same(bulk: bool) -> None:
+    """EOF in the middle of a large frame: the connection fails as without bulk reads."""
+    wire = Frame(Opcode.BINARY, os.urandom(BULK_BYTES * 2)).serialize(mask=False)
+    proto = protocol(Side.CLIENT, bulk=bulk)
+    proto.receive_data(wire[: BULK_BYTES + 10])
+    proto.receive_eof()
+    assert proto.events_received() == []
+    assert proto.state is State.CLOSED
+    assert proto.close_rcvd is None
+    assert isinstance(proto.parser_exc, EOFError)
+
+
+@pytest.mark.parametrize("bulk", [False, True])
+def test_a_frame_over_max_size_is_refused_before_its_bytes(bulk: bool) -> None:
+    """The size limit is checked on the header, before the payload is gathered."""
+    wire = Frame(Opcode.BINARY, b"y" * (BULK_BYTES * 2)).serialize(mask=False)
+    proto = protocol(Side.CLIENT, bulk=bulk, max_size=BULK_BYTES)
+    proto.receive_data(wire[:20])
+    assert isinstance(proto.parser_exc, PayloadTooBig)
+    assert proto.state is State.CLOSING
+    proto.receive_data(wire[20:])  # discarded
+    assert proto.events_received() == []
+
+
+def test_use_bulk_reads_applies_once_and_only_to_its_base() -> None:
+    reader = StreamReader()
+    use_bulk_reads(reader, BulkReader)
+    use_bulk_reads(reader, BulkReader)
+    assert type(reader) is BulkReader
+
+    class Other:
+        pass
+
+    with pytest.raises(TypeError, match="does not extend"):
+        use_bulk_reads(Other(), BulkReader)
