@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from fleetgate.controlplane.grants import GrantSigner
-from fleetgate.controlplane.hub.channels import ChannelRegistry, Revocation
+from fleetgate.controlplane.hub.channels import ChannelOwner, ChannelRegistry, Revocation
 from fleetgate.controlplane.store import Database, tunnels as tunnels_store
 from fleetgate.controlplane.store.tunnels import TunnelRow
 from fleetgate.controlplane.timeutil import now_us
@@ -144,7 +144,21 @@ class TunnelStreams:
         log.info("tunnel.closed_elsewhere", tunnel_id=tunnel_id, code=code, streams=len(ended))
 
     async def revoke(self, revocation: Revocation) -> int:
-        """End the tunnels opened under what ``revocation`` names; how many there were."""
+        """End the tunnels opened under what ``revocation`` names; how many there were.
+
+        The rows known here are marked closed before the first ``await`` (the caller
+        ended the streams just before, and their clients learn it at once): a client's
+        ``DELETE`` or new stream that comes before the database is read finds the
+        tunnel closed by the revocation, not open (a DELETE would close it as its own).
+        """
+        now = now_us()
+        for row in list(self._rows.values()):
+            owner = ChannelOwner(row.owner_token, row.owner_user, row.work_session_id)
+            if row.closed_at is None and revocation.matches(owner):
+                closed = replace(
+                    row, closed_at=now, close_code=revocation.code, close_reason=revocation.detail
+                )
+                self._remember(closed)
         tunnels = await self.db.read(
             tunnels_store.open_tunnels_of,
             token_id=revocation.token_id,
