@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fleetgate.agentctl.commands.exec_cmd import positive_int
@@ -97,8 +96,7 @@ def run_tunnel(ctx: Context, args: argparse.Namespace) -> int:
         tunnel_id = str(tunnel["id"])
         forwarder = Forwarder(ctx, tunnel_id, listener)
         try:
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                runner.run(_forward(ctx, forwarder, args, tunnel))
+            asyncio.run(_forward(ctx, forwarder, args, tunnel))
         finally:
             try:
                 client.request("DELETE", f"{TUNNELS}{tunnel_id}/")
@@ -108,20 +106,6 @@ def run_tunnel(ctx: Context, args: argparse.Namespace) -> int:
     if forwarder.fatal is not None:
         raise forwarder.fatal
     return EXIT_OK
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop where it is installed (not on Windows), else asyncio's.
-
-    Every stream goes through this loop several times (accept, the open frame, each
-    frame both ways, the end): uvloop's transports and callbacks take a third less CPU
-    per stream than the selector loop's, and the set-up latency follows.
-    """
-    try:
-        import uvloop  # only the tunnel's long-lived loop pays for the import
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 async def _forward(
