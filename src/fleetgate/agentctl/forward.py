@@ -172,8 +172,18 @@ class Forwarder:
                 continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # The open leaves before the stream's task first runs: its set-up starts one
+            # loop turn sooner, ahead of the other streams' frames.
+            try:
+                first = _waiting_bytes(conn)
+                opened = await self._open_at_once(first)
+            except BaseException:
+                abort_socket(conn)
+                raise
             self.streams += 1
-            task = tg.create_task(self._stream(conn), name=f"tunnel-stream-{self.streams}")
+            task = tg.create_task(
+                self._stream(conn, opened, first), name=f"tunnel-stream-{self.streams}"
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -198,8 +208,24 @@ class Forwarder:
         self._ready.append(kept)
         return True
 
-    async def _open_stream(self) -> ClientConnection:
-        """The websocket of a new stream, opened: a ready one if there is one still usable."""
+    async def _open_at_once(self, first: bytes) -> ClientConnection | None:
+        """The first ready websocket, told to open its stream (and given ``first``), if it
+        is dialled and open; else ``None`` and the stream's own task finds one (waits for
+        a dial, tells its error, or dials)."""
+        if not self._ready or not self._ready[0].done():
+            return None
+        ready = self._ready[0]
+        if ready.cancelled() or ready.exception() is not None:
+            return None
+        self._ready.popleft()
+        ws = ready.result()
+        return ws if await _send_open(ws, first) else None
+
+    async def _open_stream(self, opened: ClientConnection | None, first: bytes) -> ClientConnection:
+        """The websocket of a new stream, opened (and given ``first``): ``opened`` by the
+        acceptor, else a ready one if there is one still usable."""
+        if opened is not None:
+            return opened
         ready = self._ready.popleft() if self._ready else None
         ws: ClientConnection | None = None
         if ready is not None:
@@ -207,25 +233,28 @@ class Forwarder:
                 ws = await ready
             except (AgentctlError, OSError):
                 ws = None  # dialled below without deferring; its error is the one told
-        if ws is not None:
-            try:
-                await ws.send(OPEN_FRAME)
-            except ConnectionClosed:
-                pass  # closed while it waited (idle, a restarted control plane)
-            else:
-                return ws
+        if ws is not None and await _send_open(ws, first):
+            return ws
         # None ready: a stream opened by its handshake, as without ready websockets.
-        return await connect_channel(self.ctx, self.path)
+        ws = await connect_channel(self.ctx, self.path)
+        if first:
+            with contextlib.suppress(ConnectionClosed):  # the pump finds it closed
+                await ws.send(first)
+        return ws
 
-    async def _stream(self, conn: socket.socket) -> None:
+    async def _stream(
+        self, conn: socket.socket, opened: ClientConnection | None, first: bytes
+    ) -> None:
         try:
-            await self._carry(conn)
+            await self._carry(conn, opened, first)
         finally:
             self._prepare()
 
-    async def _carry(self, conn: socket.socket) -> None:
+    async def _carry(
+        self, conn: socket.socket, opened: ClientConnection | None, first: bytes
+    ) -> None:
         try:
-            ws = await self._open_stream()
+            ws = await self._open_stream(opened, first)
         except ControlPlaneError as exc:
             abort_socket(conn)
             self._refused(exc.code, exc.detail, exc)
@@ -279,6 +308,40 @@ class Forwarder:
                 ready.cancel()
             with contextlib.suppress(BaseException):
                 await _close_quietly(await ready)
+
+
+def _waiting_bytes(conn: socket.socket) -> bytes:
+    """What the connection sent already (a client that speaks first: HTTP, TLS), read
+    without waiting; empty when nothing is there yet, or at its end (the pump reads that
+    end again)."""
+    try:
+        return conn.recv(READ_BYTES)
+    except (BlockingIOError, InterruptedError):
+        return b""
+    except OSError:
+        return b""  # reset: the pump's own read says so
+
+
+async def _send_open(ws: ClientConnection, first: bytes) -> bool:
+    """Send the open frame on a ready websocket, and ``first`` as the stream's first
+    bytes in the same TCP segment (corked): the control plane wakes once for both, and
+    relays the bytes as soon as the stream is open. False: the websocket was closed
+    while it waited (idle, a restarted control plane)."""
+    cork: int | None = getattr(socket, "TCP_CORK", None)  # Linux only
+    sock = ws.transport.get_extra_info("socket") if first and cork is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+    try:
+        await ws.send(OPEN_FRAME)
+        if first:
+            await ws.send(first)
+    except ConnectionClosed:
+        return False
+    finally:
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
+    return True
 
 
 async def _close_quietly(ws: ClientConnection) -> None:

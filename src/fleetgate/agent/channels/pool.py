@@ -142,7 +142,8 @@ class ChannelPool:
                 if ended is None:
                     return served
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(ended.wait(), REFILL_AFTER)
+                    async with asyncio.timeout(REFILL_AFTER):  # no task, unlike wait_for
+                        await ended.wait()
                 if not ended.is_set():
                     free.set()
                     await ended.wait()

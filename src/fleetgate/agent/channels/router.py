@@ -113,6 +113,8 @@ class ChannelRouter:
         self._intake: asyncio.Queue[_Intake] = asyncio.Queue(maxsize=self._max)
         self._open: dict[UUID, asyncio.Task[None] | None] = {}
         self._accepting = True
+        self._group: asyncio.TaskGroup | None = None
+        """:meth:`run`'s task group while it runs: a channel accepted then starts at once."""
         self.pool = ChannelPool(config, key, self.on_pooled, size=pool_size)
         """Channel websockets dialled ahead of need (``pool``)."""
 
@@ -162,7 +164,8 @@ class ChannelRouter:
             self._record("channel.refused", message, code=code, reason=detail)
             return ErrorMessage(code=code, message=detail, ref=str(channel_id))
         self._open[channel_id] = None
-        self._intake.put_nowait((message, service, claims, pooled))
+        if self._group is None or not self._start(self._group, message, service, claims, pooled):
+            self._intake.put_nowait((message, service, claims, pooled))
         self.pool.used()
         return None
 
@@ -208,17 +211,38 @@ class ChannelRouter:
         """Serve channels until cancelled; cancelling it ends every channel."""
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.pool.run(), name="channel-pool")
-            while True:
-                message, service, claims, pooled = await self._intake.get()
-                channel_id = message.channel_id
-                if channel_id not in self._open:
-                    if pooled is not None:
-                        pooled[0].abort()
-                        pooled[1].set()
-                    continue  # closed before it started
-                self._open[channel_id] = tg.create_task(
-                    self._serve(message, service, claims, pooled), name=f"channel-{channel_id}"
-                )
+            # From now on an accepted channel's task is created where it is accepted (a
+            # loop turn sooner than through the queue); the queue holds those before.
+            self._group = tg
+            try:
+                while True:
+                    self._start(tg, *await self._intake.get())
+            finally:
+                self._group = None
+
+    def _start(
+        self,
+        tg: asyncio.TaskGroup,
+        message: ChannelOpen,
+        service: ChannelService,
+        claims: GrantClaims | None,
+        pooled: _Pooled | None,
+    ) -> bool:
+        """Start serving an accepted channel in ``tg``; False if ``tg`` is shutting down."""
+        channel_id = message.channel_id
+        if channel_id not in self._open:
+            if pooled is not None:
+                pooled[0].abort()
+                pooled[1].set()
+            return True  # closed before it started
+        serving = self._serve(message, service, claims, pooled)
+        try:
+            task = tg.create_task(serving, name=f"channel-{channel_id}")
+        except RuntimeError:
+            serving.close()
+            return False
+        self._open[channel_id] = task
+        return True
 
     async def _serve(
         self,

@@ -16,6 +16,7 @@ import structlog
 from fleetgate.agent.backhaul import ChannelLink
 from fleetgate.agent.config import TunnelConfig
 from fleetgate.agent.errors import ChannelClosed, ChannelRefused
+from fleetgate.agent.tunnel.connect import connected_at_once
 from fleetgate.agent.tunnel.policy import Refusal, StreamBook, TunnelPolicy
 from fleetgate.shared.protocol import ChannelOpen, GrantClaims
 from fleetgate.shared.protocol.channels import TunnelSpec
@@ -112,6 +113,8 @@ class TunnelService:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if connected_at_once(sock, (address, port)):
+                return sock
             async with asyncio.timeout(self._config.connect_timeout):
                 await asyncio.get_running_loop().sock_connect(sock, (address, port))
         except TimeoutError:

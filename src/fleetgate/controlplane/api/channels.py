@@ -236,7 +236,7 @@ async def serve_channel(
                     pipelined=pipelined,
                 )
             )
-            ending = tg.create_task(_close_agent_when_ended(services, channel))
+            ending = tg.create_task(_close_agent_when_ended(services, channel, relaying))
             relaying.add_done_callback(lambda _: ending.cancel())
             ending.add_done_callback(lambda _: relaying.cancel())
     finally:
@@ -253,12 +253,20 @@ async def serve_channel(
     return None
 
 
-async def _close_agent_when_ended(services: Services, channel: OpenChannel) -> None:
+async def _close_agent_when_ended(
+    services: Services, channel: OpenChannel, relaying: asyncio.Task[ChannelFailed | None]
+) -> None:
     """Wait until the channel must stop, then tell its agent first: the agent's task is
-    cancelled (a terminal ends instead of detaching) before the relay drops the link."""
+    cancelled (a terminal ends instead of detaching) before the relay drops the link.
+
+    The relay is cancelled in the same step as the ``channel.close`` is written, not a
+    loop turn later by a done callback: the agent's answer (its link closed with 1000)
+    must not reach the relay first, which would pass that on to the client instead of
+    the reason the channel ended."""
     await channel.ended.wait()
     detail = channel.why[1] if channel.why else "closed"
     await services.hub.channels.close(channel.server_id, channel.channel_id, detail)
+    relaying.cancel()
 
 
 async def _attach_and_relay(

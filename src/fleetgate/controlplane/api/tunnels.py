@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import sqlalchemy
@@ -40,7 +42,7 @@ from fleetgate.controlplane.hub.channelpool import ChannelPool
 from fleetgate.controlplane.hub.channels import OpenChannel
 from fleetgate.controlplane.hub.relay import close_websocket
 from fleetgate.controlplane.hub.streamrelay import relay_stream
-from fleetgate.controlplane.hub.tunnels import TunnelStreams
+from fleetgate.controlplane.hub.tunnels import TunnelStreams, stream_spec
 from fleetgate.controlplane.store import tunnels as tunnels_store, worksession_gate as session_gate
 from fleetgate.controlplane.store.tunnels import NewTunnel, TunnelRow
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
@@ -52,7 +54,6 @@ from fleetgate.shared.protocol.channels import (
     CLOSE_BAD_REQUEST,
     CLOSE_NORMAL,
     REVOCATION_CODES,
-    TunnelSpec,
 )
 from fleetgate.shared.protocol.tunnel import OPEN_FRAME, REUSE_HEADER
 
@@ -145,7 +146,7 @@ async def create(
         work_session=requested,
         operation_id=tunnel_id,
         description=f"tunnel to {host}:{body.remote_port}",
-        content=content_digest(_stream_spec(tunnel_id, host, body.remote_port)),
+        content=content_digest(stream_spec(tunnel_id, host, body.remote_port)),
     )
     new = NewTunnel(
         id=tunnel_id,
@@ -244,7 +245,7 @@ async def _stream_open(
     principal_name = principal.token.service_name if user is None else user.username
     conn = services.hub.registry.get(row.server_id)
     per_tunnel = conn is not None and conn.tunnel_grants
-    spec = _stream_spec(row.id, row.remote_host, row.remote_port, probe=probe)
+    spec, digest = streams.spec(row, probe=probe)
 
     def check(conn: sqlalchemy.Connection | None) -> GrantClaims | GateDenial:
         session: WorkSessionRow | None = None
@@ -268,9 +269,15 @@ async def _stream_open(
             now_us=now,
             principal_name=principal_name,
             session=session,
-            content=content_digest(spec),
+            content=digest,
         )
 
+    if per_tunnel and not principal.gated:
+        # A token's claims are those of the tunnel, its name and the second: while they
+        # stay the same, so does the grant (nothing to build, encode or sign).
+        key = (probe, principal_name, now // 1_000_000)
+        grant = streams.token_grant(row.id, key, partial(_claims_of, check), services.signer)
+        return ChannelOpen(channel_id=channel_id, spec=spec, grant=grant)
     # Tokens are not gated: no transaction (and no thread hop) on the stream's set-up path.
     outcome = await services.db.write(check) if principal.gated else check(None)
     if isinstance(outcome, GateDenial):
@@ -282,14 +289,11 @@ async def _stream_open(
     return ChannelOpen(channel_id=channel_id, spec=spec, grant=grant)
 
 
-def _stream_spec(tunnel_id: str, host: str, port: int, *, probe: bool = False) -> TunnelSpec:
-    """The spec of one stream of a tunnel (what its grant binds)."""
-    return TunnelSpec(
-        tunnel_id=uuid.UUID(tunnel_id),
-        port=port,
-        host=None if host == "127.0.0.1" else host,
-        probe=probe,
-    )
+def _claims_of(check: Callable[[None], GrantClaims | GateDenial]) -> GrantClaims:
+    """The claims of a stream that is not gated (``check`` without a transaction)."""
+    claims = check(None)
+    assert isinstance(claims, GrantClaims)  # only the gate denies
+    return claims
 
 
 @ws_router.websocket(STREAM_PATH)

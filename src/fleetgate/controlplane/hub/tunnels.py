@@ -17,21 +17,23 @@ whose claims are the same bytes gets the same signature without signing again.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field, replace
 
 import structlog
 
 from fleetgate.controlplane.grants import GrantSigner
-from fleetgate.controlplane.hub.channels import ChannelRegistry, Revocation
+from fleetgate.controlplane.hub.channels import ChannelOwner, ChannelRegistry, Revocation
 from fleetgate.controlplane.store import Database, tunnels as tunnels_store
 from fleetgate.controlplane.store.tunnels import TunnelRow
 from fleetgate.controlplane.timeutil import now_us
-from fleetgate.shared.protocol import Grant, GrantClaims
+from fleetgate.shared.protocol import Grant, GrantClaims, content_digest
+from fleetgate.shared.protocol.channels import TunnelSpec
 from fleetgate.shared.protocol.grants import encode_payload
 
 
-__all__ = ["TunnelStreams"]
+__all__ = ["TunnelStreams", "stream_spec"]
 
 log = structlog.get_logger("controlplane.tunnels")
 
@@ -40,6 +42,16 @@ MAX_DEFERRED = 4096
 """Deferred stream websockets waiting for their open frame at once (all clients)."""
 MAX_DEFERRED_PER_TOKEN = 16
 """The same for one token (``agentctl tunnel`` keeps two per running tunnel)."""
+
+
+def stream_spec(tunnel_id: str, host: str, port: int, *, probe: bool = False) -> TunnelSpec:
+    """The spec of one stream of a tunnel (what its grant binds)."""
+    return TunnelSpec(
+        tunnel_id=uuid.UUID(tunnel_id),
+        port=port,
+        host=None if host == "127.0.0.1" else host,
+        probe=probe,
+    )
 
 
 @dataclass
@@ -51,6 +63,8 @@ class TunnelStreams:
     _rows: dict[str, TunnelRow] = field(default_factory=dict)
     _deferred: dict[str, int] = field(default_factory=dict)
     _grants: dict[str, tuple[bytes, Grant]] = field(default_factory=dict)
+    _token_grants: dict[str, tuple[Hashable, Grant]] = field(default_factory=dict)
+    _specs: dict[tuple[str, bool], tuple[TunnelSpec, str]] = field(default_factory=dict)
     max_deferred: int = MAX_DEFERRED
     max_deferred_per_token: int = MAX_DEFERRED_PER_TOKEN
 
@@ -108,6 +122,43 @@ class TunnelStreams:
         self._grants[tunnel_id] = (payload, grant)
         return grant
 
+    def spec(self, row: TunnelRow, *, probe: bool) -> tuple[TunnelSpec, str]:
+        """The spec of a stream of ``row`` and its content digest (what its grant binds):
+        the same for every stream of the tunnel, so made once."""
+        key = (row.id, probe)
+        cached = self._specs.get(key)
+        if cached is None:
+            spec = stream_spec(row.id, row.remote_host, row.remote_port, probe=probe)
+            cached = (spec, content_digest(spec))
+            if len(self._specs) >= MAX_CACHED_ROWS:
+                self._specs.clear()
+            self._specs[key] = cached
+        return cached
+
+    def token_grant(
+        self,
+        tunnel_id: str,
+        key: Hashable,
+        claims: Callable[[], GrantClaims],
+        signer: GrantSigner,
+    ) -> Grant:
+        """The tunnel's grant for a stream of a token (not gated: no work session), whose
+        ``claims()`` are a function of ``key`` and the tunnel alone (its principal, the
+        second it starts in): the last one while ``key`` is the same, without building
+        and encoding the claims again; else :meth:`grant`'s."""
+        last = self._token_grants.get(tunnel_id)
+        if last is not None and last[0] == key:
+            return last[1]
+        grant = self.grant(tunnel_id, claims(), signer)
+        if len(self._token_grants) >= MAX_CACHED_ROWS:
+            self._token_grants.clear()
+        self._token_grants[tunnel_id] = (key, grant)
+        return grant
+
+    def _forget_grants(self, tunnel_id: str) -> None:
+        self._grants.pop(tunnel_id, None)
+        self._token_grants.pop(tunnel_id, None)
+
     def closed(self, row: TunnelRow) -> TunnelRow | None:
         """The current row if the tunnel has ended, else ``None``.
 
@@ -126,7 +177,7 @@ class TunnelStreams:
         """End the tunnel: no new stream from now on, every open one is ended."""
         now = now_us()
         self._remember(replace(tunnel, closed_at=now, close_code=code, close_reason=detail))
-        self._grants.pop(tunnel.id, None)
+        self._forget_grants(tunnel.id)
         ended = self.channels.end_resource(tunnel.id, code, detail)
         log.info("tunnel.closed", tunnel_id=tunnel.id, code=code, streams=len(ended))
         await self.db.write(
@@ -139,12 +190,26 @@ class TunnelStreams:
         """Another replica closed the tunnel: forget its cached row (the next stream
         reads the closed one) and end its streams relayed here."""
         self._rows.pop(tunnel_id, None)
-        self._grants.pop(tunnel_id, None)
+        self._forget_grants(tunnel_id)
         ended = self.channels.end_resource(tunnel_id, code, detail)
         log.info("tunnel.closed_elsewhere", tunnel_id=tunnel_id, code=code, streams=len(ended))
 
     async def revoke(self, revocation: Revocation) -> int:
-        """End the tunnels opened under what ``revocation`` names; how many there were."""
+        """End the tunnels opened under what ``revocation`` names; how many there were.
+
+        The rows known here are marked closed before the first ``await`` (the caller
+        ended the streams just before, and their clients learn it at once): a client's
+        ``DELETE`` or new stream that comes before the database is read finds the
+        tunnel closed by the revocation, not open (a DELETE would close it as its own).
+        """
+        now = now_us()
+        for row in list(self._rows.values()):
+            owner = ChannelOwner(row.owner_token, row.owner_user, row.work_session_id)
+            if row.closed_at is None and revocation.matches(owner):
+                closed = replace(
+                    row, closed_at=now, close_code=revocation.code, close_reason=revocation.detail
+                )
+                self._remember(closed)
         tunnels = await self.db.read(
             tunnels_store.open_tunnels_of,
             token_id=revocation.token_id,
