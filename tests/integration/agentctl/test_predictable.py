@@ -379,7 +379,11 @@ def test_9_terminal_ended_by_revocation_exits_3_with_the_reason(
         proc.write(b"echo R''EADY\r")
         while b"READY" not in output:
             assert time.monotonic() < deadline, output.decode(errors="replace")
-            output += proc.read(65536)
+            try:
+                output += proc.read(65536)
+            except EOFError:
+                exit_line = marker.read_text() if marker.exists() else "no exit status"
+                pytest.fail(f"agentctl ended before the shell answered ({exit_line}): {output!r}")
         admin.ok("work-session", "revoke", session)
         while True:
             assert time.monotonic() < deadline, output.decode(errors="replace")

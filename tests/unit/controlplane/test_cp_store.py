@@ -132,6 +132,19 @@ def test_tokens_are_stored_hashed(conn: Connection) -> None:
     assert users.lookup_token(conn, key + "x", now=T0) is None
 
 
+def test_a_user_reference_no_row_can_have_names_nobody(conn: Connection) -> None:
+    # Found by the API fuzz test: 10**30 reached the driver, which refused the number
+    # (OverflowError, a 500) instead of finding nobody.
+    with transaction(conn):
+        user = users.create_user(conn, "alice", now=T0)
+    assert user is not None
+    assert users.find_user(conn, user.id) == user
+    assert users.find_user(conn, str(user.id)) == user
+    assert users.find_user(conn, users.MAX_ID) is None
+    for ref in (10**30, users.MAX_ID + 1, 0, -1, "9" * 5000, "\u00b2", "\u0661"):
+        assert users.find_user(conn, ref) is None, ref
+
+
 def test_expired_token_is_refused(conn: Connection) -> None:
     with transaction(conn):
         _t, key = users.create_token(

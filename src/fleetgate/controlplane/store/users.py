@@ -22,6 +22,7 @@ from fleetgate.controlplane.store.sql import insert_ignore
 
 
 __all__ = [
+    "MAX_ID",
     "TOKEN_PREFIXES",
     "TokenKind",
     "TokenRow",
@@ -212,8 +213,15 @@ def set_password(conn: Connection, user_id: int, password_hash: str) -> None:
     conn.execute(update(t.users).where(t.users.c.id == user_id).values(password_hash=password_hash))
 
 
+MAX_ID = 2**63 - 1
+"""The largest id a row can have (a 64-bit integer in SQLite and PostgreSQL alike)."""
+
+
 def get_user(conn: Connection, user_id: int) -> UserRow | None:
-    """The user with this id."""
+    """The user with this id (None for an id no row can have: the database would refuse
+    the number itself)."""
+    if not 0 < user_id <= MAX_ID:
+        return None
     row = conn.execute(select(t.users).where(t.users.c.id == user_id)).mappings().first()
     return None if row is None else UserRow.from_row(row)
 
@@ -230,8 +238,8 @@ def find_user(conn: Connection, ref: int | str) -> UserRow | None:
     if isinstance(ref, int):
         return get_user(conn, ref)
     found = get_user_by_username(conn, ref)
-    if found is None and ref.isdigit():
-        return get_user(conn, int(ref))
+    if found is None and ref.isascii() and ref.isdigit() and len(ref) <= 19:
+        return get_user(conn, int(ref))  # ("²" is a digit int() refuses; 19: MAX_ID's)
     return None if found is None else found[0]
 
 
