@@ -89,9 +89,8 @@ class Terminals:
                 self._tg = None
 
     def _start(self) -> None:
-        # The manager's TaskGroup is entered within two turns of the loop: before any
-        # terminal can be started, since that needs the channel's websocket dialled first
-        # (network I/O) or an SSH handshake.
+        # The manager's TaskGroup is entered within two turns of the loop; a terminal
+        # asked for sooner (on a pre-dialled channel) waits for it (TerminalManager._owner).
         if self._service is not None and self._tg is not None and not self._running:
             self._running = True
             self._tg.create_task(self._service.run(), name="websh-service")

@@ -433,3 +433,29 @@ async def test_cancelled_open_leaves_no_shell(
         await run
     await eventually(lambda: bool(held.pids) and _gone(held.pids[0]))
     assert manager.terminals == {}
+
+
+@pytest.mark.root
+async def test_a_terminal_asked_for_before_the_manager_runs_waits_for_it(
+    tmp_path: Path, scratch_user: CreatedUser
+) -> None:
+    """A pre-dialled channel can ask for the first terminal in the step that builds the
+    service, before the manager's run() first runs: it waits for it, not refused as if
+    the agent were shutting down (seen once in the suite)."""
+    manager = TerminalManager(make_config(tmp_path))
+    request = TerminalRequest(uuid.uuid4(), username=scratch_user.name, rows=24, cols=80)
+    link = FakeLink()
+    serve = asyncio.create_task(manager.serve(request, link, None))
+    await asyncio.sleep(0)  # the request is there before the owner runs
+    run = asyncio.create_task(manager.run())
+    ready = await TerminalReader(link).control("ready")
+    assert ready["terminal_id"] == str(request.terminal_id)
+    link.drop()
+    await asyncio.gather(serve, return_exceptions=True)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    # Once run() has ended, the agent is shutting down: refused at once.
+    late = TerminalRequest(uuid.uuid4(), username=scratch_user.name, rows=24, cols=80)
+    with pytest.raises(ChannelRefused, match="not serving terminals"):
+        await asyncio.wait_for(manager.serve(late, FakeLink(), None), 1)

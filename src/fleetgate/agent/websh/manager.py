@@ -40,6 +40,9 @@ __all__ = ["ShellEnded", "ShellStarted", "TerminalManager", "TerminalRequest", "
 
 log = structlog.get_logger(__name__)
 
+START_WAIT = 5.0
+"""Seconds a terminal asked for as the service is built waits for its owner to run."""
+
 ShellStarted = Callable[[int, GrantClaims | None, UUID], Awaitable[None] | None]
 ShellEnded = Callable[[int], Awaitable[None] | None]
 RecordingDone = Callable[[UUID, Path], None]
@@ -85,16 +88,36 @@ class TerminalManager:
         self.on_shell_ended = on_shell_ended
         self.on_recording_done = on_recording_done
         self._tg: asyncio.TaskGroup | None = None
+        self._entered = asyncio.Event()  # run() owns its task group (set once)
         self._starting = 0
 
     async def run(self) -> None:
         """Own the terminals until cancelled; cancelling ends every shell (SIGHUP, SIGKILL)."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            self._entered.set()
             try:
                 await asyncio.Event().wait()
             finally:
                 self._tg = None
+
+    async def _owner(self) -> asyncio.TaskGroup:
+        """The task group that will own a new terminal.
+
+        A service built for its first terminal starts :meth:`run` in the same step, but a
+        pre-dialled channel can ask for the terminal before that task first runs: it waits
+        for it (briefly). Once :meth:`run` has ended, the agent is shutting down.
+
+        Raises:
+            ChannelRefused: ``shutting_down``.
+        """
+        if self._tg is None and not self._entered.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(START_WAIT):
+                    await self._entered.wait()
+        if self._tg is None:
+            raise ChannelRefused("shutting_down", "the agent is not serving terminals")
+        return self._tg
 
     def check(self, request: TerminalRequest) -> None:
         """Fast refusals before a channel is dialled.
@@ -151,8 +174,7 @@ class TerminalManager:
     async def _start(
         self, request: TerminalRequest, owner: Owner, claims: GrantClaims | None
     ) -> Terminal:
-        if self._tg is None:
-            raise ChannelRefused("shutting_down", "the agent is not serving terminals")
+        await self._owner()
         self._starting += 1
         try:
             try:
