@@ -34,6 +34,7 @@ from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
 from fleetgate.agent.sudo.elevation import ElevationPolicy
 from fleetgate.agent.system import ServiceRuntime
 from fleetgate.agent.terminals import Terminals
+from fleetgate.agent.tunnel.policy import StreamBook
 from fleetgate.shared.protocol import SshEvent, SudoDecided, WorkSessionEnded
 
 
@@ -180,7 +181,9 @@ def _build(
     )
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
     channels.register(LazyService("files", lambda: _files_service(config)))
-    channels.register(LazyService("tunnel", lambda: _tunnel_service(config)))
+    # Tunnel streams and SSH port forwards count against the same [tunnel] limits.
+    streams = StreamBook(config.tunnel.max_streams_per_tunnel, config.tunnel.max_streams)
+    channels.register(LazyService("tunnel", lambda: _tunnel_service(config, streams)))
     websh = Terminals(
         config,
         key,
@@ -192,7 +195,9 @@ def _build(
     channels.register(websh)
     ssh = LazyService(
         "ssh",
-        lambda: _ssh_service(config, websh, lambda fields: _report_ssh(outbox, audit, fields)),
+        lambda: _ssh_service(
+            config, websh, lambda fields: _report_ssh(outbox, audit, fields), streams
+        ),
     )
     channels.register(ssh)
     ssh_host_key = _ssh_host_key(config)
@@ -220,20 +225,21 @@ def _files_service(config: AgentConfig) -> FilesService:
     return FilesService(config)
 
 
-def _tunnel_service(config: AgentConfig) -> TunnelService:
+def _tunnel_service(config: AgentConfig, streams: StreamBook) -> TunnelService:
     from fleetgate.agent.tunnel.service import TunnelService
 
-    return TunnelService(config.tunnel)
+    return TunnelService(config.tunnel, streams)
 
 
 def _ssh_service(
     config: AgentConfig,
     websh: Terminals,
     report: Callable[[dict[str, Any]], Awaitable[None]],
+    streams: StreamBook,
 ) -> SshService:
     from fleetgate.agent.ssh.service import SshService
 
-    return SshService(config, websh.service.manager, report=report)
+    return SshService(config, websh.service.manager, report=report, streams=streams)
 
 
 def _end_ssh_sessions(ssh: LazyService[SshService], ended: WorkSessionEnded) -> int:

@@ -9,10 +9,12 @@ instead of asyncssh's own SFTP server, which would run with the agent's identity
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncssh
 import structlog
+
+from fleetgate.agent.ssh.context import SshRefusal
 
 
 if TYPE_CHECKING:
@@ -84,6 +86,11 @@ class ServerCallbacks(asyncssh.SSHServer):
 
         conn.attach_x11_listener = x11_listener  # type: ignore[method-assign,assignment]
 
+        def refused(why: SshRefusal) -> None:
+            owner.background(owner.report("refused", code=why.code, detail=why.detail))
+
+        owner.forwards.install(conn, owner.background, refused)
+
     def begin_auth(self, username: str) -> bool:
         return True
 
@@ -107,17 +114,21 @@ class ServerCallbacks(asyncssh.SSHServer):
 
     def connection_requested(
         self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
-    ) -> bool:
-        why = self._owner.forward_refusal(dest_host, dest_port)
-        if why is not None:
-            self._owner.background(self._owner.report("refused", code=why.code, detail=why.detail))
+    ) -> Awaitable[asyncssh.SSHTCPSession[bytes]]:
+        owner = self._owner
+        target = owner.forward_target(dest_host, dest_port)
+        if isinstance(target, SshRefusal):
+            owner.background(owner.report("refused", code=target.code, detail=target.detail))
             raise asyncssh.ChannelOpenError(
-                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"fleetgate: {why.detail}"
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, f"fleetgate: {target.detail}"
             )
-        self._owner.background(
-            self._owner.report("forward", detail=f"ssh -L to {dest_host}:{dest_port}")
-        )
-        return True
+        assert self._conn is not None  # connection_made came first
+        owner.background(owner.report("forward", detail=f"ssh -L to {dest_host}:{dest_port}"))
+        # The address the policy checked, not the client's name for it (which asyncssh
+        # would resolve): a tunnel never depends on name resolution. The forwarder is
+        # asyncssh's own session for this (typed apart from SSHTCPSession; it casts too).
+        forwarder = self._conn.forward_connection(target, dest_port)
+        return cast("Awaitable[asyncssh.SSHTCPSession[bytes]]", forwarder)
 
     def server_requested(
         self, listen_host: str, listen_port: int

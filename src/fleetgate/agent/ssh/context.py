@@ -12,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from fleetgate.agent.config import AgentConfig
-from fleetgate.agent.tunnel.policy import TunnelPolicy
+from fleetgate.agent.tunnel.policy import StreamBook, TunnelPolicy
 from fleetgate.agent.websh.manager import TerminalManager
 from fleetgate.shared.protocol.grants import GrantClaims
 from fleetgate.shared.protocol.ssh import SSH_SCOPES
@@ -49,6 +49,10 @@ class SshContext:
     host_key_file: Path
     terminals: TerminalManager
     tunnels: TunnelPolicy
+    streams: StreamBook
+    """The agent's open tunnel streams, shared with the ``tunnel`` service: an SSH
+    connection's ``-L`` / ``-R`` streams count against ``[tunnel] max_streams``, and
+    against ``max_streams_per_tunnel`` as one tunnel."""
     setpriv: str | None
     report: Reporter | None = None
 

@@ -28,6 +28,7 @@ from fleetgate.agent.exec.identity import Identity, resolve_identity
 from fleetgate.agent.ssh.callbacks import ServerCallbacks
 from fleetgate.agent.ssh.certs import CertificateFacts, refusal
 from fleetgate.agent.ssh.context import SshContext, SshRefusal, scope_refusal
+from fleetgate.agent.ssh.forwards import Forwards
 from fleetgate.agent.ssh.processes import (
     PidHook,
     TerminalBridge,
@@ -81,6 +82,7 @@ class SshConnection:
         self._ending: str | None = None
         self._sessions = 0
         self._handlers: set[asyncio.Task[None]] = set()
+        self.forwards = Forwards(ctx.streams, channel_id)
 
     # -- life ---------------------------------------------------------------------------
 
@@ -106,6 +108,7 @@ class SshConnection:
                     raise
         finally:
             self._tg = None
+            self.forwards.close()
             transport.close()
 
     def _end_reason(self) -> str:
@@ -184,12 +187,14 @@ class SshConnection:
 
     # -- requests --------------------------------------------------------------------------
 
-    def background(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the connection's task group (dropped once it has ended)."""
+    def background(self, coro: Coroutine[Any, Any, None]) -> bool:
+        """Run ``coro`` in the connection's task group; once it has ended, ``coro`` is
+        dropped (closed) and the answer is ``False``."""
         if self._tg is None:
             coro.close()
-        else:
-            self._tg.create_task(coro)
+            return False
+        self._tg.create_task(coro)
+        return True
 
     def start_session(self, process: asyncssh.SSHServerProcess[bytes]) -> None:
         """A session's request arrived (shell, exec, subsystem): handle it in a task."""
@@ -354,15 +359,16 @@ class SshConnection:
 
         return on_started, ended
 
-    def forward_refusal(self, host: str, port: int) -> SshRefusal | None:
-        """Why ``ssh -L`` to ``host:port`` is refused (scope, then the tunnel policy)."""
+    def forward_target(self, host: str, port: int) -> str | SshRefusal:
+        """The address ``ssh -L`` to ``host:port`` connects to (a loopback address, never a
+        name to resolve), or why it is refused: scope, the tunnel policy, the stream limits."""
         denied = scope_refusal("forward", self.claims)
         if denied is not None:
             return denied
         target = self.ctx.tunnels.target(host, port)
         if isinstance(target, Refusal):
             return SshRefusal(target.code, target.message)
-        return None
+        return self.forwards.refusal() or target
 
     def remote_forward_refusal(self, host: str, port: int) -> SshRefusal | None:
         """Why ``ssh -R`` listening on ``host:port`` is refused (scope, loopback, port)."""

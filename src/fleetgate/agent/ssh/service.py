@@ -19,7 +19,7 @@ from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelRefused
 from fleetgate.agent.exec.spawn import find_setpriv
 from fleetgate.agent.ssh.context import Reporter, SshContext
-from fleetgate.agent.tunnel.policy import TunnelPolicy
+from fleetgate.agent.tunnel.policy import StreamBook, TunnelPolicy
 from fleetgate.agent.websh.manager import TerminalManager
 from fleetgate.shared.protocol import ChannelOpen, GrantClaims, SshSpec
 from fleetgate.shared.protocol.ssh import SSH_CHANNEL_SCOPES
@@ -46,8 +46,15 @@ class SshService:
         terminals: TerminalManager,
         *,
         report: Reporter | None = None,
+        streams: StreamBook | None = None,
     ) -> None:
         self._config = config
+        tunnel = config.tunnel
+        self._streams = (
+            streams
+            if streams is not None
+            else StreamBook(tunnel.max_streams_per_tunnel, tunnel.max_streams)
+        )
         self._terminals = terminals
         self._report = report
         self._connections: dict[UUID, SshConnection] = {}
@@ -62,6 +69,7 @@ class SshService:
             host_key_file=self._config.ssh_host_key_file,
             terminals=self._terminals,
             tunnels=TunnelPolicy.from_config(self._config.tunnel),
+            streams=self._streams,
             setpriv=find_setpriv(),
             report=self._report,
         )

@@ -23,6 +23,7 @@ from fleetgate.shared.addresses import loopback_address
 __all__ = [
     "Refusal",
     "StreamBook",
+    "StreamSlots",
     "TunnelPolicy",
     "describe_ports",
     "port_allowed",
@@ -134,3 +135,31 @@ class StreamBook:
             del self._open[tunnel_id]
         else:
             self._open[tunnel_id] -= 1
+
+
+@dataclass
+class StreamSlots:
+    """One holder's streams in a :class:`StreamBook` (an SSH connection's ``-L`` / ``-R``
+    streams), so that whatever happened to each of them, all are given back at its end."""
+
+    book: StreamBook
+    key: UUID
+    held: int = 0
+
+    def take(self) -> Refusal | None:
+        """Count one more stream unless a limit refuses it."""
+        refusal = self.book.admit(self.key)
+        if refusal is None:
+            self.held += 1
+        return refusal
+
+    def give_back(self) -> None:
+        """Forget one stream taken before (nothing once all have been given back)."""
+        if self.held > 0:
+            self.held -= 1
+            self.book.release(self.key)
+
+    def give_back_all(self) -> None:
+        """Forget every stream still held (the holder has ended)."""
+        while self.held > 0:
+            self.give_back()

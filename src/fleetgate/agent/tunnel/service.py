@@ -35,10 +35,15 @@ class TunnelService:
     kind = "tunnel"
     scope = "tunnel"
 
-    def __init__(self, config: TunnelConfig) -> None:
+    def __init__(self, config: TunnelConfig, streams: StreamBook | None = None) -> None:
         self._config = config
         self._policy = TunnelPolicy.from_config(config)
-        self.streams = StreamBook(config.max_streams_per_tunnel, config.max_streams)
+        # Shared with the SSH service when the daemon builds both: ssh -L / -R count too.
+        self.streams = (
+            streams
+            if streams is not None
+            else StreamBook(config.max_streams_per_tunnel, config.max_streams)
+        )
 
     def _target(self, message: ChannelOpen) -> tuple[TunnelSpec, str]:
         spec = message.spec

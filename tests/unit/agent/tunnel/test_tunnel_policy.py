@@ -11,6 +11,7 @@ from fleetgate.agent.errors import ConfigError
 from fleetgate.agent.tunnel.policy import (
     Refusal,
     StreamBook,
+    StreamSlots,
     TunnelPolicy,
     describe_ports,
     port_allowed,
@@ -134,6 +135,23 @@ def test_stream_book_limits_per_tunnel_and_in_total() -> None:
         book.release(tunnel)
     assert book.total == 0
     assert book.count(a) == 0
+
+
+def test_stream_slots_give_back_what_they_hold_once() -> None:
+    book = StreamBook(max_per_tunnel=2, max_total=3)
+    other = uuid4()
+    assert book.admit(other) is None  # a tunnel's stream, in the same book
+    slots = StreamSlots(book, uuid4())
+    assert slots.take() is None
+    assert slots.take() is None
+    refused = slots.take()
+    assert refused is not None and "max_streams)" in refused.message
+    assert (slots.held, book.total) == (2, 3)
+    slots.give_back()
+    assert (slots.held, book.total) == (1, 2)
+    slots.give_back_all()  # the holder ended with one stream still counted
+    slots.give_back()  # a late watcher of that stream: nothing left to give
+    assert (slots.held, book.total, book.count(other)) == (0, 1, 1)
 
 
 def test_control_frames_round_trip() -> None:
