@@ -145,7 +145,8 @@ def test_stream_slots_give_back_what_they_hold_once() -> None:
     assert slots.take() is None
     assert slots.take() is None
     refused = slots.take()
-    assert refused is not None and "max_streams)" in refused.message
+    assert refused is not None
+    assert "max_streams)" in refused.message
     assert (slots.held, book.total) == (2, 3)
     slots.give_back()
     assert (slots.held, book.total) == (1, 2)
