@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,7 @@ TOTAL = 3
 def lstack(sstack: SshStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshStack]:
     """An agent with small stream limits, remote forwarding on."""
     root = tmp_path_factory.mktemp("ssh-limits")
-    sections = {
+    sections: dict[str, dict[str, Any]] = {
         "ssh": {"remote_forwarding": True},
         "tunnel": {
             "enabled": True,
