@@ -230,8 +230,10 @@ class FilesConfig(_Section):
     allowed_roots: tuple[Path, ...] | None = None
     """When set, only paths under these absolute directories can be read or written
     (checked after symlinks are resolved); the user's own permissions apply within."""
-    chunk_bytes: int = Field(default=1024 * 1024, ge=64 * 1024, le=16 * 1024 * 1024)
-    """Payload bytes per data frame sent by the agent (capped by ``limits.max_frame_bytes``)."""
+    chunk_bytes: int = Field(default=2 * 1024 * 1024, ge=64 * 1024, le=16 * 1024 * 1024)
+    """Payload bytes per data frame sent by the agent (capped by ``limits.max_frame_bytes``).
+    2 MiB, as agentctl's uploads: a 1 GiB download in 1 MiB frames cost 8-9 % more CPU
+    across agentctl, control plane and agent (per-frame work in each)."""
 
     @field_validator("allowed_roots")
     @classmethod

@@ -11,9 +11,11 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Mapping
+from typing import Any
 from urllib.parse import urlencode
 
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.streams import StreamReader
 
@@ -21,18 +23,34 @@ from fleetgate.agentctl.client import USER_AGENT, error_from_answer, tls_context
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import CliError
 from fleetgate.shared.files.bulkreads import BulkReadsMixin, use_bulk_reads
+from fleetgate.shared.files.bulkwrites import BulkWritesMixin, use_bulk_writes
+
+
+try:
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a websockets built without its C speedups
+    from websockets.utils import apply_mask
 
 
 __all__ = ["MAX_FRAME_BYTES", "channel_url", "connect_channel"]
 
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+"""Largest frame accepted from the control plane."""
 
 
 class _BulkStreamReader(BulkReadsMixin, StreamReader):
     """websockets' stream reader with large frames read in one copy (a download's)."""
 
 
-"""Largest frame accepted from the control plane."""
+class _BulkClientProtocol(BulkWritesMixin, ClientProtocol):
+    """websockets' client protocol with large frames sent without a copy (an upload's)."""
+
+    masking = True
+
+    @staticmethod
+    def mask(data: Any, key: bytes) -> bytes:
+        """websockets' own masking (its C version where it is built)."""
+        return apply_mask(data, key)
 
 
 def channel_url(base: str, path: str, params: Mapping[str, str] | None = None) -> str:
@@ -97,4 +115,5 @@ async def connect_channel(
         # Keystrokes and small tunnel writes go out at once (see client.NODELAY).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     use_bulk_reads(ws.protocol.reader, _BulkStreamReader)
+    use_bulk_writes(ws.protocol, _BulkClientProtocol)
     return ws

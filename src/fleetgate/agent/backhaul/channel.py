@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import socket
+from typing import Any
 from uuid import UUID
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -135,18 +136,21 @@ async def dial_path(config: AgentConfig, key: str, path: str, channel_id: UUID) 
     if sock is not None:
         # Keystroke echoes and small tunnel writes must not wait for a delayed ACK.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    _use_bulk_reads(ws)  # an upload's frames: one copy
+    _use_bulk_io(ws)  # an upload's frames read with one copy, a download's sent with one
     return ChannelLink(ws, channel_id)
 
 
-def _use_bulk_reads(ws: ClientConnection) -> None:
-    """Read the channel's large frames with one copy (``shared.files.bulkreads``).
+def _use_bulk_io(ws: ClientConnection) -> None:
+    """Read the channel's large frames with one copy (``shared.files.bulkreads``) and send
+    them without the serializing one (``shared.files.bulkwrites``).
 
-    Imported with the first channel: an idle agent does not load it (its idle memory).
+    Imported with the first channel: an idle agent does not load them (its idle memory).
     """
     from fleetgate.shared.files.bulkreads import use_bulk_reads
+    from fleetgate.shared.files.bulkwrites import use_bulk_writes
 
     use_bulk_reads(ws.protocol.reader, _bulk_reader())
+    use_bulk_writes(ws.protocol, _bulk_protocol())
 
 
 @functools.cache
@@ -159,3 +163,26 @@ def _bulk_reader() -> type:
         """websockets' stream reader with large frames read in one copy."""
 
     return BulkStreamReader
+
+
+@functools.cache
+def _bulk_protocol() -> type:
+    from websockets.client import ClientProtocol
+
+    try:
+        from websockets.speedups import apply_mask
+    except ImportError:  # pragma: no cover - a websockets built without its C speedups
+        from websockets.utils import apply_mask
+
+    from fleetgate.shared.files.bulkwrites import BulkWritesMixin
+
+    class BulkClientProtocol(BulkWritesMixin, ClientProtocol):
+        """websockets' client protocol with large frames sent without a copy."""
+
+        masking = True
+
+        @staticmethod
+        def mask(data: Any, key: bytes) -> bytes:
+            return apply_mask(data, key)
+
+    return BulkClientProtocol

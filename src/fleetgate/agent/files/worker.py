@@ -10,7 +10,9 @@ decides what the user may touch; the worker adds the path rules on top.
 Exit status: 0 done, 1 refused or failed (an ``error`` frame was sent), 2 the agent went
 away (stdin closed; an upload keeps its temporary file for a resumed attempt).
 
-It imports nothing heavy (no pydantic, no asyncio): it starts in tens of milliseconds.
+It imports nothing heavy (no pydantic, no asyncio): it starts in tens of milliseconds, and
+a single file's transfer (most of them) waits for that start, so what only directories
+need (``tarfile`` and its compression modules, ``ctypes``) is imported for them alone.
 """
 
 from __future__ import annotations
@@ -22,10 +24,9 @@ import sys
 
 from fleetgate.agent.files.pipeio import EndOfInput, PipeIO
 from fleetgate.agent.files.single import download_file, upload_file
-from fleetgate.agent.files.trees import download_tree, upload_tree
 from fleetgate.agent.files.walk import Walker, os_error
 from fleetgate.shared.errors import TransferError
-from fleetgate.shared.files.transfer import parse_request
+from fleetgate.shared.files.transfer import Request, parse_request
 
 
 __all__ = ["main"]
@@ -33,12 +34,15 @@ __all__ = ["main"]
 EXIT_DONE, EXIT_FAILED, EXIT_GONE = 0, 1, 2
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
-_HANDLERS = {
-    ("upload", False): upload_file,
-    ("upload", True): upload_tree,
-    ("download", False): download_file,
-    ("download", True): download_tree,
-}
+
+def _serve(pipe: PipeIO, walker: Walker, request: Request) -> None:
+    """Run the transfer ``request`` asks for."""
+    if not request.recursive:
+        (upload_file if request.op == "upload" else download_file)(pipe, walker, request)
+        return
+    from fleetgate.agent.files.trees import download_tree, upload_tree
+
+    (upload_tree if request.op == "upload" else download_tree)(pipe, walker, request)
 
 
 def main() -> int:
@@ -54,7 +58,7 @@ def main() -> int:
         try:
             request = parse_request(pipe.read_text())
             walker = Walker(os.geteuid(), request.allowed_roots)
-            _HANDLERS[(request.op, request.recursive)](pipe, walker, request)
+            _serve(pipe, walker, request)
         except OSError as exc:
             if isinstance(exc, BrokenPipeError):
                 raise

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import EXIT_OK, CliError, UsageError
 from fleetgate.agentctl.filetransfer import Options, TransferFailed, download_file, upload_file
-from fleetgate.agentctl.filetrees import download_tree, upload_tree
 from fleetgate.agentctl.transfers import Local, Progress, Remote, parse_location, summary
 
 
@@ -161,6 +160,9 @@ def _upload(ctx: Context, args: argparse.Namespace, local: Path, remote: Remote)
     started = time.monotonic()
     with _progress_bar(ctx, name, total, not args.no_progress) as (report, _):
         if local.is_dir():
+            # Here: tarfile and its compression modules (5 ms of every start) are for -r.
+            from fleetgate.agentctl.filetrees import upload_tree
+
             coro = upload_tree(ctx, opts, local, remote.path, name=name, report=report)
         else:
             coro = upload_file(ctx, opts, local, remote.path, name=name, report=report)
@@ -178,6 +180,8 @@ def _download(ctx: Context, args: argparse.Namespace, remote: Remote, local: Pat
     started = time.monotonic()
     with _progress_bar(ctx, remote.name, None, not args.no_progress) as (report, clock):
         if args.recursive:
+            from fleetgate.agentctl.filetrees import download_tree
+
             coro = download_tree(ctx, opts, remote.path, target, report=report)
         else:
 
