@@ -13,7 +13,8 @@ for it, and the agent checks the grant of the ``channel.open`` exactly as one fr
 backhaul. It serves one channel, or (dialled with ``?reuse=1``, accepted with
 ``REUSE_HEADER``) one tunnel stream after another: a stream the agent ended with ``end``
 (``hub.streamrelay``) gives it back (:meth:`ChannelPool.keep`) and it is idle
-again. Bounds: :data:`PER_SERVER` idle websockets per server (one more is refused, one
+again. Dialled with ``?quiet=1``, its agent takes a ``quiet`` open (``ChannelOpen.quiet``:
+a pipelined stream's), which it does not answer with ``channel.accepted``. Bounds: :data:`PER_SERVER` idle websockets per server (one more is refused, one
 given back is closed), each closed after :data:`IDLE_TIMEOUT` seconds unused (the agent
 dials again only while it is still serving channels).
 """
@@ -52,13 +53,17 @@ class PooledSocket:
     server_id: str
     reuse: bool = False
     """The agent ends tunnel streams on it with ``end`` frames (it asked, we accepted)."""
+    quiet: bool = False
+    """The agent takes a ``quiet`` open (it asked with ``?quiet=1``)."""
     answer: asyncio.Future[dict[str, Any]] | None = None
     released: asyncio.Event = field(default_factory=asyncio.Event)
     kept: bool = False
     """The agent ended its stream cleanly with ``end``: idle again once released."""
-    acceptance: Callable[[], Awaitable[None]] | None = None
+    acceptance: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
     """Set while the agent's answer to a ``channel.open`` sent ahead of it (a pipelined
-    tunnel stream) is still to be checked: the relay awaits it before the agent's frames."""
+    tunnel stream) is still to be checked: the relay awaits it before the agent's frames.
+    It returns the agent's first frame of the channel when that was the answer (a
+    ``quiet`` open's), to be relayed first; ``None`` after a ``channel.accepted``."""
 
     @property
     def claimed(self) -> bool:
@@ -105,7 +110,9 @@ class ChannelPool:
         pooled = self._claimed.get(id(websocket))
         return pooled is not None and pooled.reuse
 
-    def acceptance(self, websocket: WebSocket) -> Callable[[], Awaitable[None]] | None:
+    def acceptance(
+        self, websocket: WebSocket
+    ) -> Callable[[], Awaitable[dict[str, Any] | None]] | None:
         """The check of the agent's answer still due on the claimed ``websocket`` (its
         ``channel.open`` went without waiting for it), or ``None``."""
         pooled = self._claimed.get(id(websocket))
@@ -124,9 +131,10 @@ class ChannelPool:
         Returns when the websocket closes unused, expires, or its channel is done with it
         (returning closes an ASGI websocket).
         """
-        reuse = websocket.query_params.get("reuse") == "1"
+        params = websocket.query_params
+        reuse = params.get("reuse") == "1"
         await websocket.accept(headers=[(REUSE_HEADER.encode(), b"1")] if reuse else None)
-        pooled = PooledSocket(websocket, server_id, reuse=reuse)
+        pooled = PooledSocket(websocket, server_id, reuse=reuse, quiet=params.get("quiet") == "1")
         while True:
             if self.idle(server_id) >= self.per_server:
                 log.debug("channel.pool_full", server_id=server_id)
