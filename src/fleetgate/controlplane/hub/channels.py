@@ -229,35 +229,33 @@ async def _attach_pooled(
     agent's answer (``channel.accepted`` or its refusal), then hand the websocket over;
     ``early``: hand it over at once, the answer's check left in ``pooled.acceptance``
     (and the open ``quiet`` when the agent takes that: its first frame is the answer)."""
-    assert pooled.answer is not None
+    assert pooled.claimed
+    websocket, channel_id = pooled.websocket, message.channel_id
     quiet = early and pooled.quiet
     if quiet:
         message = message.model_copy(update={"quiet": True})
     try:
         try:
-            await pooled.websocket.send_text(message.model_dump_json())
+            await websocket.send_text(message.model_dump_json())
         except (OSError, RuntimeError) as exc:  # the websocket closed under us
             raise _pool_lost(type(exc).__name__) from None
         if quiet:
-            pooled.acceptance = partial(_quiet_answer, pooled, message.channel_id)
+            pooled.acceptance = partial(_quiet_answer, websocket, channel_id)
         elif early:
-            pooled.acceptance = partial(_pooled_answer, pooled, message.channel_id, attach_timeout)
+            pooled.acceptance = partial(_pooled_answer, websocket, channel_id, attach_timeout)
         else:
-            await _pooled_answer(pooled, message.channel_id, attach_timeout)
-        yield pooled.websocket
+            await _pooled_answer(websocket, channel_id, attach_timeout)
+        yield websocket
     finally:
-        if not pooled.answer.done():
-            pooled.answer.cancel()
         pooled.released.set()
 
 
-async def _pooled_answer(pooled: PooledSocket, channel_id: uuid.UUID, within: float) -> None:
-    """Return once the agent accepted the channel on ``pooled``; raise its refusal, its
+async def _pooled_answer(websocket: WebSocket, channel_id: uuid.UUID, within: float) -> None:
+    """Return once the agent accepted the channel on ``websocket``; raise its refusal, its
     silence for ``within`` seconds or the loss of the websocket (:class:`ChannelFailed`)."""
-    assert pooled.answer is not None
     try:
         async with asyncio.timeout(within):
-            answer = await asyncio.shield(pooled.answer)
+            answer = await _next_frame(websocket)
     except TimeoutError:
         raise ChannelFailed(
             "agent_timeout",
@@ -267,19 +265,28 @@ async def _pooled_answer(pooled: PooledSocket, channel_id: uuid.UUID, within: fl
     _check_pooled_answer(answer, channel_id)
 
 
-async def _quiet_answer(pooled: PooledSocket, channel_id: uuid.UUID) -> dict[str, Any]:
-    """The agent's first frame on ``pooled`` after a quiet open, for the relay: the
+async def _quiet_answer(websocket: WebSocket, channel_id: uuid.UUID) -> dict[str, Any]:
+    """The agent's first frame on ``websocket`` after a quiet open, for the relay: the
     channel's own (or its close), which says the agent accepted it; its refusal is raised.
 
     No time limit: an accepted channel may be silent (a target that waits for its client,
     whose frames are relayed meanwhile); a refusal comes at once, from the agent's checks
     of the open."""
-    assert pooled.answer is not None
-    answer = await asyncio.shield(pooled.answer)
+    answer = await _next_frame(websocket)
     refusal = _refusal_in(answer, channel_id)
     if refusal is not None:
         raise refusal
     return answer
+
+
+async def _next_frame(websocket: WebSocket) -> dict[str, Any]:
+    """The next ASGI message of ``websocket``; a broken one reads as closed (1006)."""
+    try:
+        return dict(await websocket.receive())
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - a transport that broke may fail any way
+        return {"type": "websocket.disconnect", "code": 1006}
 
 
 def _refusal_in(answer: dict[str, Any], channel_id: uuid.UUID) -> ChannelFailed | None:
