@@ -189,8 +189,10 @@ class Forwarder:
 
     def _prepare(self) -> None:
         """Dial websockets for the next streams up to :data:`READY` (deferred: they open
-        nothing yet). Called when a stream ends, so that dialling does not compete with
-        a stream's own set-up."""
+        nothing yet). Called when a stream ends without giving its websocket back (one
+        given back stands for itself: a dial then would be one too many, closed when the
+        stream before it gives its own back), so that dialling does not compete with a
+        stream's own set-up."""
         while len(self._ready) < READY and not self.stop.is_set():
             params = {"defer": "1", "reuse": "1"}
             self._ready.append(
@@ -245,29 +247,33 @@ class Forwarder:
     async def _stream(
         self, conn: socket.socket, opened: ClientConnection | None, first: bytes
     ) -> None:
+        given_back = False
         try:
-            await self._carry(conn, opened, first)
+            given_back = await self._carry(conn, opened, first)
         finally:
-            self._prepare()
+            if not given_back:
+                self._prepare()
 
     async def _carry(
         self, conn: socket.socket, opened: ClientConnection | None, first: bytes
-    ) -> None:
+    ) -> bool:
+        """Carry one connection; whether its websocket was given back for a later one."""
         try:
             ws = await self._open_stream(opened, first)
         except ControlPlaneError as exc:
             abort_socket(conn)
             self._refused(exc.code, exc.detail, exc)
-            return
+            return False
         except AgentctlError as exc:
             abort_socket(conn)
             self.ctx.out.info(f"agentctl: tunnel stream failed: {exc}")
-            return
+            return False
         except BaseException:
             abort_socket(conn)
             raise
         reuse = ws.response is not None and ws.response.headers.get(REUSE_HEADER) == "1"
         result = None
+        given_back = False
         try:
             result = await pump(
                 conn, ws, read_bytes=READ_BYTES, closed=(ConnectionClosed,), reuse=reuse
@@ -277,10 +283,12 @@ class Forwarder:
                     f"agentctl: tunnel stream ended: {result.message} ({result.code})"
                 )
         finally:
-            if result is None or not result.reusable or not self._reuse(ws):
+            given_back = result is not None and result.reusable and self._reuse(ws)
+            if not given_back:
                 await _close_quietly(ws)
         if not result.reusable:
             self._closed_by_control_plane(ws)
+        return given_back
 
     def _closed_by_control_plane(self, ws: ClientConnection) -> None:
         """A stream closed with 4403 and a gate code: the whole tunnel has ended."""

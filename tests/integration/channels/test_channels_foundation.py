@@ -41,6 +41,7 @@ from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.hub.channelpool import ChannelPool
 from fleetgate.controlplane.hub.channels import OpenChannel
+from fleetgate.controlplane.hub.streamrelay import relay_stream
 from fleetgate.controlplane.server import ControlPlaneServer, bind_socket
 from fleetgate.shared.protocol import (
     ChannelAccepted,
@@ -70,6 +71,8 @@ class EchoService:
 
     def __init__(self) -> None:
         self.claims: list[GrantClaims | None] = []
+        self.quiet: list[bool] = []
+        """Whether each channel's open was quiet (no ``channel.accepted`` was sent)."""
 
     def check(self, message: ChannelOpen) -> None:
         assert isinstance(message.spec, TunnelSpec)
@@ -80,6 +83,7 @@ class EchoService:
         self, message: ChannelOpen, link: ChannelLink, claims: GrantClaims | None
     ) -> None:
         self.claims.append(claims)
+        self.quiet.append(message.quiet)
         while True:
             frame = await link.recv()
             if frame == "bye":
@@ -134,6 +138,38 @@ async def _test_route(websocket: WebSocket) -> None:
     await serve_channel(websocket, services, message, channel)
 
 
+async def _pipelined_route(websocket: WebSocket) -> None:
+    """A channel whose client websocket is accepted before the agent is asked, so its
+    frames follow the ``channel.open`` at once (as a deferred tunnel stream's)."""
+    services = services_of(websocket)
+    principal = await websocket_principal(websocket)
+    if principal is None:
+        return
+    channel_id = uuid.uuid4()
+    spec = TunnelSpec(tunnel_id=uuid.uuid4(), port=int(websocket.query_params["port"]))
+    operation_id = uuid.uuid4() if "other" in websocket.query_params else channel_id
+    authorized = await authorize(
+        services,
+        principal,
+        server=websocket.query_params["server"],
+        scope="tunnel",
+        work_session=None,
+        operation_id=str(operation_id),
+        description="test",
+        content=content_digest(spec),
+    )
+    await websocket.accept()
+    message = ChannelOpen(channel_id=channel_id, spec=spec, grant=authorized.grant)
+    channel = OpenChannel(channel_id, "tunnel", authorized.server_id, owner_of(principal, None))
+    pool = services.hub.channels.pool
+
+    async def relayer(client: WebSocket, agent: WebSocket) -> None:
+        accepted = pool.acceptance(agent)
+        await relay_stream(client, agent, client_ends=False, agent_ends=False, accepted=accepted)
+
+    await serve_channel(websocket, services, message, channel, relayer=relayer, pipelined=True)
+
+
 @pytest.fixture
 async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Stack]:
     # The real CLI bootstraps the database and the admin token; then the same database is
@@ -145,9 +181,9 @@ async def stack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         database_url = cp.database_url
     app = create_app(ControlPlaneSettings(db_path=db_path, database_url=database_url))
     app.add_api_websocket_route("/ws/test/echo/", _test_route)
-    monkeypatch.setitem(
-        RULES, ("WS", "/ws/test/echo/"), Rule(Access.PRINCIPAL, "tunnel", gated=True)
-    )
+    app.add_api_websocket_route("/ws/test/pipelined/", _pipelined_route)
+    for route in ("/ws/test/echo/", "/ws/test/pipelined/"):
+        monkeypatch.setitem(RULES, ("WS", route), Rule(Access.PRINCIPAL, "tunnel", gated=True))
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     uv = ControlPlaneServer(app, ControlPlaneSettings(db_path=db_path))
@@ -371,3 +407,63 @@ async def test_unused_pooled_websockets_expire_and_a_cold_agent_keeps_none(
         ),
         what="pool drained",
     )
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+async def test_a_pipelined_open_is_quiet_only_for_an_agent_that_asks(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, quiet: bool
+) -> None:
+    """An agent that dials its pooled websockets with ``?quiet=1`` gets a pipelined
+    channel's open quiet: its first frame of the channel is the answer, relayed as the
+    channel's own. One that does not ask (an older agent) answers ``channel.accepted``,
+    checked before anything of the agent's is relayed. Both carry the client's first
+    frame, sent before the agent answered, and the close."""
+    if not quiet:
+        monkeypatch.setattr("fleetgate.agent.channels.pool.POOL_PATH", "/ws/agent/pool/?reuse=1")
+    await _warm(stack)
+    claimed = stack.pool.claimed
+    url = f"{stack.url}/ws/test/pipelined/?server=echo&port=8080"
+    for round_ in range(2):
+        async with connect(url, additional_headers=_headers(stack.token)) as ws:
+            await ws.send(b"right behind the open %d" % round_)
+            assert await asyncio.wait_for(ws.recv(), 10) == b"right behind the open %d" % round_
+            await ws.send('{"type":"note"}')  # text frames pass as they are
+            assert await asyncio.wait_for(ws.recv(), 10) == '{"type":"note"}'
+            await ws.send("bye")
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), 10)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1000
+    assert stack.pool.claimed == claimed + 2
+    assert stack.echo.quiet[-2:] == [quiet, quiet]
+
+
+@pytest.mark.parametrize("quiet", [True, False])
+@pytest.mark.parametrize(
+    ("query", "code"),
+    [
+        (f"port={REFUSED_PORT}", "tunnel_port_not_allowed"),  # the kind's own check
+        ("port=8080&other=1", "work_session_not_usable"),  # the grant, bound to the channel
+    ],
+)
+async def test_a_refused_pipelined_open_closes_the_client_with_the_agents_code(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch, quiet: bool, query: str, code: str
+) -> None:
+    """The refusal of a quiet open (an ``error`` naming the channel, not a frame of the
+    channel) reaches the client as a close 4403 with the agent's code, as an answered
+    one's does; the frames that followed the open are not carried."""
+    if not quiet:
+        monkeypatch.setattr("fleetgate.agent.channels.pool.POOL_PATH", "/ws/agent/pool/?reuse=1")
+    await _warm(stack)
+    served = len(stack.echo.claims)
+    claimed = stack.pool.claimed
+    url = f"{stack.url}/ws/test/pipelined/?server=echo&{query}"
+    async with connect(url, additional_headers=_headers(stack.token)) as ws:
+        await ws.send(b"must not be carried")
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 4403
+    assert json.loads(closed.value.rcvd.reason)["code"] == code
+    assert stack.pool.claimed == claimed + 1  # asked on a pooled websocket
+    assert len(stack.echo.claims) == served

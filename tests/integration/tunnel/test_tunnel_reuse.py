@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import urlsplit
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -245,3 +247,56 @@ async def test_a_refusal_by_the_agent_reaches_a_stream_whose_bytes_followed_its_
         await eventually(lambda: _streams(cp, key, refused) == 0, what="refused streams gone")
         async with connect(_url(cp, allowed), additional_headers=cp.auth_headers(key)) as ws:
             assert await _stream(ws, b"after") == b"got 5"
+
+
+def _websockets_to(pid: int, port: int) -> set[int]:
+    """The local ports of process ``pid``'s established TCP connections to ``port`` on
+    loopback (from /proc: its socket inodes, the kernel's TCP table)."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table, encoding="ascii") as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                if state == "01" and inode in inodes and int(remote.rsplit(":", 1)[1], 16) == port:
+                    ports.add(int(local.rsplit(":", 1)[1], 16))
+    return ports
+
+
+async def test_overlapping_connections_give_their_websockets_back_without_new_dials(
+    tstack: TunnelStack,
+) -> None:
+    """A connection that arrives while the previous one is still open takes the other
+    ready websocket; each one is given back when its stream ends, and stands for itself:
+    agentctl dials no replacement (which it would close again once the other came back),
+    so it keeps the same websockets however the streams overlap."""
+    cp_port = urlsplit(tstack.cp.url).port
+    assert cp_port is not None
+    async with echo_server() as port:
+        with agentctl_tunnel(tstack.cli, tstack.server, port) as tunnel:
+            pid = tunnel.proc.pid
+            await eventually(lambda: len(_websockets_to(pid, cp_port)) == 2, what="two ready")
+            before = _websockets_to(pid, cp_port)
+            for i in range(3):
+                first = await asyncio.open_connection("127.0.0.1", tunnel.local_port)
+                second = await asyncio.open_connection("127.0.0.1", tunnel.local_port)
+                for n, (_, writer) in enumerate((first, second)):
+                    writer.write(b"overlap %d.%d" % (i, n))
+                    writer.write_eof()
+                for n, (reader, writer) in enumerate((first, second)):
+                    assert await asyncio.wait_for(reader.read(), 20) == b"overlap %d.%d" % (i, n)
+                    writer.close()
+                    await writer.wait_closed()
+                await eventually(
+                    lambda: len(_websockets_to(pid, cp_port)) == 2, what="both given back"
+                )
+            assert _websockets_to(pid, cp_port) == before

@@ -7,7 +7,8 @@ authentication: most of a tunnel stream's set-up time. While this agent serves c
 websockets open at ``/ws/agent/pool/``. The control plane sends a ``channel.open`` on one
 of them; the router checks it exactly as one from the backhaul (grant, limits, the kind's
 own policy) and either takes the websocket for that channel (it answers
-``channel.accepted``) or answers the refusal and closes it. A pooled websocket carries
+``channel.accepted``, unless the open is ``quiet``: then the channel's own first frame
+says it) or answers the refusal and closes it. A pooled websocket carries
 nothing before that, serves one channel at a time, and is replaced when that channel ends
 (or :data:`REFILL_AFTER` seconds later if it is still open), unless the channel was a
 tunnel stream that this agent ended with an ``end`` frame (``fleetgate.shared.pump``): the
@@ -42,7 +43,9 @@ __all__ = ["POOL_PATH", "REFILL_AFTER", "SIZE", "WARM", "ChannelPool"]
 
 log = structlog.get_logger(__name__)
 
-POOL_PATH = "/ws/agent/pool/?reuse=1"
+POOL_PATH = "/ws/agent/pool/?reuse=1&quiet=1"
+"""``reuse``: tunnel streams one after another; ``quiet``: the control plane may mark a
+``channel.open`` ``quiet`` (no ``channel.accepted`` then, ``router``)."""
 SIZE = 2
 """Idle pooled websockets kept while warm (sequential streams need one; two absorb the
 redial of the one just taken)."""

@@ -278,12 +278,17 @@ class ChannelRouter:
                 return
         else:
             link = pooled[0]
-            try:
-                await link.send(ChannelAccepted(channel_id=message.channel_id).model_dump_json())
-            except ChannelClosed as exc:
-                log.warning("channel.pool_lost", code=exc.code)
-                link.abort()
-                return
+            # A quiet open (a pipelined tunnel stream) is not answered: the channel's own
+            # first frame, or its close, tells the control plane it was accepted, and the
+            # stream's set-up costs a frame less each way (and a send before the connect).
+            if not message.quiet:
+                try:
+                    accepted = ChannelAccepted(channel_id=message.channel_id)
+                    await link.send(accepted.model_dump_json())
+                except ChannelClosed as exc:
+                    log.warning("channel.pool_lost", code=exc.code)
+                    link.abort()
+                    return
         self._record("channel.opened", message, work_session=claims and claims.work_session)
         code, reason = CLOSE_NORMAL, ""
         window = asyncio.timeout_at(_deadline(claims))

@@ -13,9 +13,14 @@ for it, and the agent checks the grant of the ``channel.open`` exactly as one fr
 backhaul. It serves one channel, or (dialled with ``?reuse=1``, accepted with
 ``REUSE_HEADER``) one tunnel stream after another: a stream the agent ended with ``end``
 (``hub.streamrelay``) gives it back (:meth:`ChannelPool.keep`) and it is idle
-again. Bounds: :data:`PER_SERVER` idle websockets per server (one more is refused, one
-given back is closed), each closed after :data:`IDLE_TIMEOUT` seconds unused (the agent
-dials again only while it is still serving channels).
+again. Dialled with ``?quiet=1``, its agent takes a ``quiet`` open (``ChannelOpen.quiet``:
+a pipelined stream's), which it does not answer with ``channel.accepted``. Bounds:
+:data:`PER_SERVER` idle websockets per server (one more is refused, one given back is
+closed), each closed after :data:`IDLE_TIMEOUT` seconds unused (the agent dials again
+only while it is still serving channels).
+
+Once claimed, a websocket is read by its channel alone (the answer too): the agent's
+first frame reaches the relay without passing through the pool's task.
 """
 
 from __future__ import annotations
@@ -46,24 +51,29 @@ CLOSE_POOL_FULL = 4429
 
 @dataclass(eq=False)
 class PooledSocket:
-    """One idle agent websocket; ``answer`` gets the agent's first frame once claimed."""
+    """One pooled agent websocket: idle, or claimed by one channel until ``released``.
+
+    While idle, the pool reads it (``reading``) to see it close or speak unasked; a claim
+    stops that read, and from then on the channel alone reads it (no task between the
+    agent's frames and the channel's relay)."""
 
     websocket: WebSocket
     server_id: str
     reuse: bool = False
     """The agent ends tunnel streams on it with ``end`` frames (it asked, we accepted)."""
-    answer: asyncio.Future[dict[str, Any]] | None = None
+    quiet: bool = False
+    """The agent takes a ``quiet`` open (it asked with ``?quiet=1``)."""
+    claimed: bool = False
+    """A channel took this websocket."""
+    reading: asyncio.Future[Any] | None = None
     released: asyncio.Event = field(default_factory=asyncio.Event)
     kept: bool = False
     """The agent ended its stream cleanly with ``end``: idle again once released."""
-    acceptance: Callable[[], Awaitable[None]] | None = None
+    acceptance: Callable[[], Awaitable[dict[str, Any] | None]] | None = None
     """Set while the agent's answer to a ``channel.open`` sent ahead of it (a pipelined
-    tunnel stream) is still to be checked: the relay awaits it before the agent's frames."""
-
-    @property
-    def claimed(self) -> bool:
-        """Whether a channel took this websocket."""
-        return self.answer is not None
+    tunnel stream) is still to be checked: the relay awaits it before the agent's frames.
+    It returns the agent's first frame of the channel when that was the answer (a
+    ``quiet`` open's), to be relayed first; ``None`` after a ``channel.accepted``."""
 
 
 class ChannelPool:
@@ -85,27 +95,37 @@ class ChannelPool:
         return len(self._idle.get(server_id, ()))
 
     def claim(self, server_id: str) -> PooledSocket | None:
-        """Take an idle websocket of ``server_id`` for one channel (``None``: none idle).
+        """Take an idle websocket of ``server_id`` for one channel (``None``: none idle);
+        the channel reads it from now on.
 
         Synchronous: a claimed websocket is out of the pool before anyone else looks.
         """
         sockets = self._idle.get(server_id)
-        if not sockets:
-            return None
-        pooled = sockets.pop()  # the newest: the least likely to be closing
-        if not sockets:
-            del self._idle[server_id]
-        pooled.answer = asyncio.get_running_loop().create_future()
-        self._claimed[id(pooled.websocket)] = pooled
-        self.claimed += 1
-        return pooled
+        while sockets:
+            pooled = sockets.pop()  # the newest: the least likely to be closing
+            reading = pooled.reading
+            if reading is not None and reading.done():
+                continue  # it closed or spoke unasked: its serve() closes it
+            if not sockets:
+                del self._idle[server_id]
+            if reading is not None:
+                # Safe: a frame that comes now stays queued for the channel's read.
+                reading.cancel()
+            pooled.claimed = True
+            self._claimed[id(pooled.websocket)] = pooled
+            self.claimed += 1
+            return pooled
+        self._idle.pop(server_id, None)
+        return None
 
     def reusable(self, websocket: WebSocket) -> bool:
         """Whether ``websocket`` is a claimed pooled one whose agent says ``end``."""
         pooled = self._claimed.get(id(websocket))
         return pooled is not None and pooled.reuse
 
-    def acceptance(self, websocket: WebSocket) -> Callable[[], Awaitable[None]] | None:
+    def acceptance(
+        self, websocket: WebSocket
+    ) -> Callable[[], Awaitable[dict[str, Any] | None]] | None:
         """The check of the agent's answer still due on the claimed ``websocket`` (its
         ``channel.open`` went without waiting for it), or ``None``."""
         pooled = self._claimed.get(id(websocket))
@@ -124,58 +144,46 @@ class ChannelPool:
         Returns when the websocket closes unused, expires, or its channel is done with it
         (returning closes an ASGI websocket).
         """
-        reuse = websocket.query_params.get("reuse") == "1"
+        params = websocket.query_params
+        reuse = params.get("reuse") == "1"
         await websocket.accept(headers=[(REUSE_HEADER.encode(), b"1")] if reuse else None)
-        pooled = PooledSocket(websocket, server_id, reuse=reuse)
+        pooled = PooledSocket(websocket, server_id, reuse=reuse, quiet=params.get("quiet") == "1")
         while True:
             if self.idle(server_id) >= self.per_server:
                 log.debug("channel.pool_full", server_id=server_id)
                 await close_websocket(websocket, CLOSE_POOL_FULL, "pool full")
                 return
             self._idle.setdefault(server_id, []).append(pooled)
-            receiving = asyncio.ensure_future(websocket.receive())
             try:
-                await self._serve(pooled, receiving)
+                if not await self._until_claimed(pooled):
+                    return
+                await pooled.released.wait()
             finally:
                 self._forget(pooled)
                 self._claimed.pop(id(websocket), None)
-                if not receiving.done():
-                    receiving.cancel()
-                    await asyncio.gather(receiving, return_exceptions=True)
+                reading = pooled.reading
+                if reading is not None and not reading.done():
+                    reading.cancel()
+                    await asyncio.gather(reading, return_exceptions=True)
             if not pooled.kept:
                 return
             # Given back by a stream the agent ended with ``end``: idle again.
             self.reused += 1
-            pooled.answer, pooled.kept, pooled.acceptance = None, False, None
+            pooled.claimed, pooled.kept, pooled.acceptance = False, False, None
             pooled.released = asyncio.Event()
 
-    async def _serve(self, pooled: PooledSocket, receiving: asyncio.Future[Any]) -> None:
-        released = asyncio.ensure_future(pooled.released.wait())
-        try:
-            await asyncio.wait(
-                {receiving, released},
-                timeout=self.idle_timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-            if pooled.answer is None:
-                # Unused: it expired, or the agent closed it (or broke the
-                # protocol by speaking first).
-                self._forget(pooled)
-                await close_websocket(pooled.websocket, CLOSE_NORMAL, "idle")
-                return
-            # Claimed: the agent's answer to the channel.open is the next frame (or the
-            # close), unless the channel gave up first (released).
-            await asyncio.wait({receiving, released}, return_when=asyncio.FIRST_COMPLETED)
-            if receiving.done() and not pooled.answer.done():
-                if receiving.cancelled():
-                    pooled.answer.cancel()
-                elif receiving.exception() is not None:
-                    pooled.answer.set_result({"type": "websocket.disconnect", "code": 1006})
-                else:
-                    pooled.answer.set_result(receiving.result())
-            await released
-        finally:
-            released.cancel()
+    async def _until_claimed(self, pooled: PooledSocket) -> bool:
+        """Read the idle websocket until a channel claims it (True) or it is of no use
+        any more (False, closed): it expired, the agent closed it, or it spoke first (a
+        broken agent)."""
+        reading = asyncio.ensure_future(pooled.websocket.receive())
+        pooled.reading = reading
+        await asyncio.wait({reading}, timeout=self.idle_timeout)
+        if pooled.claimed:
+            return True  # claim() stopped the read
+        self._forget(pooled)
+        await close_websocket(pooled.websocket, CLOSE_NORMAL, "idle")
+        return False
 
     def _forget(self, pooled: PooledSocket) -> None:
         sockets = self._idle.get(pooled.server_id)

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 from pydantic import ValidationError
@@ -227,32 +227,35 @@ async def _attach_pooled(
 ) -> AsyncIterator[WebSocket]:
     """The channel ``message`` on a pooled agent websocket: send the open, read the
     agent's answer (``channel.accepted`` or its refusal), then hand the websocket over;
-    ``early``: hand it over at once, the answer's check left in ``pooled.acceptance``."""
-    assert pooled.answer is not None
+    ``early``: hand it over at once, the answer's check left in ``pooled.acceptance``
+    (and the open ``quiet`` when the agent takes that: its first frame is the answer)."""
+    assert pooled.claimed
+    websocket, channel_id = pooled.websocket, message.channel_id
+    quiet = early and pooled.quiet
+    if quiet:
+        message = message.model_copy(update={"quiet": True})
     try:
         try:
-            await pooled.websocket.send_text(message.model_dump_json())
+            await websocket.send_text(message.model_dump_json())
         except (OSError, RuntimeError) as exc:  # the websocket closed under us
             raise _pool_lost(type(exc).__name__) from None
-        check = partial(_pooled_answer, pooled, message.channel_id, attach_timeout)
-        if early:
-            pooled.acceptance = check
+        if quiet:
+            pooled.acceptance = partial(_quiet_answer, websocket, channel_id)
+        elif early:
+            pooled.acceptance = partial(_pooled_answer, websocket, channel_id, attach_timeout)
         else:
-            await check()
-        yield pooled.websocket
+            await _pooled_answer(websocket, channel_id, attach_timeout)
+        yield websocket
     finally:
-        if not pooled.answer.done():
-            pooled.answer.cancel()
         pooled.released.set()
 
 
-async def _pooled_answer(pooled: PooledSocket, channel_id: uuid.UUID, within: float) -> None:
-    """Return once the agent accepted the channel on ``pooled``; raise its refusal, its
+async def _pooled_answer(websocket: WebSocket, channel_id: uuid.UUID, within: float) -> None:
+    """Return once the agent accepted the channel on ``websocket``; raise its refusal, its
     silence for ``within`` seconds or the loss of the websocket (:class:`ChannelFailed`)."""
-    assert pooled.answer is not None
     try:
         async with asyncio.timeout(within):
-            answer = await asyncio.shield(pooled.answer)
+            answer = await _next_frame(websocket)
     except TimeoutError:
         raise ChannelFailed(
             "agent_timeout",
@@ -262,18 +265,66 @@ async def _pooled_answer(pooled: PooledSocket, channel_id: uuid.UUID, within: fl
     _check_pooled_answer(answer, channel_id)
 
 
-def _check_pooled_answer(answer: dict[str, object], channel_id: uuid.UUID) -> None:
+async def _quiet_answer(websocket: WebSocket, channel_id: uuid.UUID) -> dict[str, Any]:
+    """The agent's first frame on ``websocket`` after a quiet open, for the relay: the
+    channel's own (or its close), which says the agent accepted it; its refusal is raised.
+
+    No time limit: an accepted channel may be silent (a target that waits for its client,
+    whose frames are relayed meanwhile); a refusal comes at once, from the agent's checks
+    of the open."""
+    answer = await _next_frame(websocket)
+    refusal = _refusal_in(answer, channel_id)
+    if refusal is not None:
+        raise refusal
+    return answer
+
+
+async def _next_frame(websocket: WebSocket) -> dict[str, Any]:
+    """The next ASGI message of ``websocket``; a broken one reads as closed (1006)."""
+    try:
+        return dict(await websocket.receive())
+    except asyncio.CancelledError:
+        raise
+    except Exception:  # noqa: BLE001 - a transport that broke may fail any way
+        return {"type": "websocket.disconnect", "code": 1006}
+
+
+def _refusal_in(answer: dict[str, Any], channel_id: uuid.UUID) -> ChannelFailed | None:
+    """The agent's refusal of ``channel_id`` if the frame ``answer`` is one."""
+    text = answer.get("text")
+    if not isinstance(text, str):
+        return None  # data, or the close: the channel's own
+    try:
+        return _refusal_of(json_loads(text), channel_id)
+    except ValueError:
+        return None
+
+
+def _refusal_of(decoded: object, channel_id: uuid.UUID) -> ChannelFailed | None:
+    """The refusal of ``channel_id`` if ``decoded`` is one: an ``error`` whose ``ref`` is
+    the channel id (a tunnel's own ``error`` frames name none)."""
+    if not isinstance(decoded, dict) or decoded.get("type") != "error":
+        return None
+    try:
+        error = ErrorMessage.model_validate(decoded)
+    except ValidationError:
+        return None
+    if error.ref != str(channel_id):
+        return None
+    return ChannelFailed(error.code, error.message, CLOSE_REFUSED)
+
+
+def _check_pooled_answer(answer: dict[str, Any], channel_id: uuid.UUID) -> None:
     """Return if the agent accepted the channel; raise its refusal (or a broken answer)."""
     text = answer.get("text")
     if answer.get("type") == "websocket.disconnect" or not isinstance(text, str):
         raise _pool_lost("closed")
     try:
         decoded = json_loads(text)
-        if isinstance(decoded, dict) and decoded.get("type") == "error":
-            error = ErrorMessage.model_validate(decoded)
-            if error.ref == str(channel_id):
-                raise ChannelFailed(error.code, error.message, CLOSE_REFUSED)
-        elif ChannelAccepted.model_validate(decoded).channel_id == channel_id:
+        refusal = _refusal_of(decoded, channel_id)
+        if refusal is not None:
+            raise refusal
+        if ChannelAccepted.model_validate(decoded).channel_id == channel_id:
             return
     except (ValueError, ValidationError):
         pass

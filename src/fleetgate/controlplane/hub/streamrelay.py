@@ -12,7 +12,8 @@ of a side that cannot say ``end`` leaves the other side to end its own way.
 
 A pipelined stream (``accepted``: its ``channel.open`` was sent without waiting for the
 agent's answer) relays the client's frames at once and the agent's only after the answer
-was checked; a refusal ends the relay and is raised, as it would have been before it.
+was checked; a refusal ends the relay and is raised, as it would have been before it. The
+answer to a ``quiet`` open is the agent's first frame of the stream: relayed first.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import asyncio
 import enum
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 from starlette.websockets import WebSocket
@@ -64,7 +66,7 @@ async def relay_stream(
     *,
     client_ends: bool,
     agent_ends: bool,
-    accepted: Callable[[], Awaitable[None]] | None = None,
+    accepted: Callable[[], Awaitable[dict[str, Any] | None]] | None = None,
 ) -> Kept:
     """Relay until both sides are done with the stream; which of them said ``end``.
 
@@ -93,21 +95,22 @@ async def relay_stream(
 
 
 async def _answered_then_pump(
-    accepted: Callable[[], Awaitable[None]] | None,
+    accepted: Callable[[], Awaitable[dict[str, Any] | None]] | None,
     agent: WebSocket,
     client: WebSocket,
     ends: bool,
     state: _State,
 ) -> _Done:
+    first = None
     if accepted is not None:
         try:
-            await accepted()
+            first = await accepted()
         except ChannelFailed as exc:
             state.refused = exc
             return _Done.FAILED
         finally:
             state.answered = True
-    return await _pump(agent, client, ("agent", "client"), ends, state)
+    return await _pump(agent, client, ("agent", "client"), ends, state, first=first)
 
 
 def _failed(task: asyncio.Task[_Done]) -> bool:
@@ -119,14 +122,24 @@ def _kept(task: asyncio.Task[_Done]) -> bool:
 
 
 async def _pump(
-    src: WebSocket, dst: WebSocket, names: tuple[str, str], ends: bool, state: _State
+    src: WebSocket,
+    dst: WebSocket,
+    names: tuple[str, str],
+    ends: bool,
+    state: _State,
+    *,
+    first: dict[str, Any] | None = None,
 ) -> _Done:
-    """Copy ``src`` to ``dst`` until ``src`` is done with the stream (see the module).
+    """Copy ``src`` to ``dst`` until ``src`` is done with the stream (see the module),
+    starting with ``first`` when ``src``'s first message was received already.
     Cancelled, it closes nothing."""
     name, other = names
     try:
         while True:
-            message = await src.receive()
+            if first is None:
+                message = await src.receive()
+            else:
+                message, first = first, None
             if message["type"] == "websocket.disconnect":
                 code, reason = forwardable(message.get("code"), message.get("reason"), name)
                 if code == CLOSE_NORMAL and len(state.eofs) == 2:

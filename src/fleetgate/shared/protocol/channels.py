@@ -184,6 +184,12 @@ class ChannelOpen(Message):
     grant: Grant | None = None
     """Signed permission, as for commands; the claims' ``command_id`` is the channel id,
     or for a tunnel stream its tunnel's id (:func:`grant_subjects`)."""
+    quiet: bool = False
+    """Only on a pooled websocket whose agent asked for it (``/ws/agent/pool/?quiet=1``),
+    for a channel whose client frames follow the open without waiting for the answer (a
+    pipelined tunnel stream): the agent sends no ``channel.accepted``. Its refusal is
+    still an ``error`` whose ``ref`` is the channel id; any other frame (or the close)
+    is already the channel's own, and says it was accepted."""
 
 
 def grant_subjects(message: ChannelOpen) -> tuple[UUID, ...]:
@@ -202,7 +208,7 @@ class ChannelAccepted(Message):
     """Agent to control plane, on a pooled channel websocket (``/ws/agent/pool/``): the
     ``channel.open`` just received on it passed the agent's checks, and the websocket is
     that channel's from the next frame on. A refusal is an ``error`` whose ``ref`` is the
-    channel id, as on the backhaul.
+    channel id, as on the backhaul. Not sent for a ``quiet`` open (``ChannelOpen.quiet``).
 
     A pooled websocket is one the agent dials ahead of need while channels are in use; it
     carries nothing until the control plane sends it a ``channel.open`` (with its grant,
