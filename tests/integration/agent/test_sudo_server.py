@@ -7,11 +7,12 @@ import asyncio
 import json
 import os
 import pwd
+import shutil
 import socket
 import stat
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,37 @@ async def test_managed_session_by_kernel_identity(served: Served) -> None:
     assert entries[0]["sid"] == os.getsid(0)
     assert entries[0]["work_session"] == "ws-test"
     assert entries[0]["session"] == "websh t-1"
+
+
+@pytest.fixture
+def tools() -> Iterator[Path]:
+    """A directory only root can change, with ``tool -> /usr/bin/id`` (/tmp is anyone's)."""
+    path = Path(f"/run/fleetgate-test-{uuid.uuid4().hex}")
+    path.mkdir(mode=0o755)
+    try:
+        os.chmod(path, 0o755)
+        (path / "tool").symlink_to("/usr/bin/id")
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.mark.root
+async def test_a_path_that_became_changeable_is_refused_at_the_next_call(
+    served: Served, tools: Path
+) -> None:
+    # The pattern's command was resolved at the first call and is reused for a while;
+    # the call's own path is checked at every call, so a directory root opened to others
+    # (someone could now swap the link sudo would execute) refuses the very next call.
+    served.sessions.register(os.getsid(0), claims(sudo=[f"{tools}/tool -u"]), label="t")
+    ask = request("tool", "-u", command=f"{tools}/tool")
+    assert (await served.ask(ask)).startswith(b"allow allowed ")
+    os.chmod(tools, 0o777)
+    assert (await served.ask(ask)).startswith(b"deny sudo_pattern_not_allowed ")
+    os.chmod(tools, 0o755)
+    os.unlink(tools / "tool")
+    os.symlink("/usr/bin/whoami", tools / "tool")  # root's own swap: refused at once too
+    assert (await served.ask(ask)).startswith(b"deny sudo_pattern_not_allowed ")
 
 
 @pytest.mark.root
