@@ -12,7 +12,7 @@ import socket
 import stat
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -316,6 +316,61 @@ async def test_an_unmanaged_caller_is_answered_at_once_once_known(
         "unmanaged_allowed",
     ]
     assert served.decided == []  # no work session: no timeline report
+
+
+@pytest.fixture
+def touch_account_files() -> Iterator[Callable[[], None]]:
+    """Changes the account files' signature (the mtime of /etc/nsswitch.conf, by one
+    nanosecond); the original times come back at the end."""
+    path = "/etc/nsswitch.conf"
+    before = os.stat(path)
+    bumps = [0]
+
+    def touch() -> None:
+        bumps[0] += 1
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + bumps[0]))
+
+    try:
+        yield touch
+    finally:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.root
+async def test_a_work_session_call_is_answered_before_the_account_files_are_checked(
+    served: Served, monkeypatch: pytest.MonkeyPatch, touch_account_files: Callable[[], None]
+) -> None:
+    # Its decision does not depend on the caller's name: after a change of the account
+    # files it is still answered at once (no task to be had here), named as known
+    # before; the files are checked after the answer, so the next call looks the name
+    # up again (it needs a task, refused here as busy).
+    served.sessions.register(os.getsid(0), claims(), label="websh t-4")
+    allowed = b"allow allowed allowed by pattern 'id -u'\n"
+    assert await served.ask(request("id", "-u")) == allowed  # looks the name up
+    monkeypatch.setattr(sudo_server, "MAX_CLIENTS", 0)
+    assert await served.ask(request("id", "-u")) == allowed
+    touch_account_files()
+    assert await served.ask(request("id", "-u")) == allowed
+    reply = await served.ask(request("id", "-u"))
+    assert reply == b"deny sudo_agent_busy too many sudo calls are waiting\n"
+    me = pwd.getpwuid(os.getuid()).pw_name
+    entries = [e for e in served.audit() if e["event"] == "sudo.decision"]
+    assert [(e["code"], e["user"]) for e in entries] == [("allowed", me)] * 3
+
+
+@pytest.mark.root
+async def test_an_unmanaged_call_checks_the_account_files_first(
+    served: Served, monkeypatch: pytest.MonkeyPatch, touch_account_files: Callable[[], None]
+) -> None:
+    # Outside the agent's sessions the decision depends on the account database (the
+    # fleet group's members are refused): a change of the files is seen before answering.
+    allowed = b"allow unmanaged_allowed not a fleet session: sudoers decides\n"
+    assert await served.ask(request("id", "-u")) == allowed
+    monkeypatch.setattr(sudo_server, "MAX_CLIENTS", 0)
+    assert await served.ask(request("id", "-u")) == allowed
+    touch_account_files()
+    reply = await served.ask(request("id", "-u"))
+    assert reply == b"deny sudo_agent_busy too many sudo calls are waiting\n"
 
 
 async def test_identify_stops_at_the_first_registered_session() -> None:

@@ -163,8 +163,8 @@ class SudoDecisionServer:
         tg: asyncio.TaskGroup,
     ) -> None:
         """Answer a request now if nothing needs waiting for (the caller's name is cached,
-        its session registered, or not one of the agent's, and then its membership of the
-        fleet group cached), else hand it to a task."""
+        its session registered, or not one of the agent's, and then its name and its
+        membership of the fleet group cached and current), else hand it to a task."""
         try:
             if flags & socket.MSG_TRUNC or len(data) > MAX_REQUEST_BYTES:
                 raise BadRequest(f"the request is larger than {MAX_REQUEST_BYTES} bytes")
@@ -173,11 +173,9 @@ class SudoDecisionServer:
                 raise BadRequest("the request came without its sender's credentials")
             caller = self._callers.cached(*who)
             settled, grant = (False, None) if caller is None else self._settled_grant(caller)
-            member = (
-                False
-                if grant is not None or caller is None
-                else self._callers.cached_member(caller)
-            )
+            member: bool | None = False
+            if caller is not None and settled and grant is None:
+                member = self._callers.cached_member(caller)
             if caller is None or not settled or member is None:
                 self._hand_over(data, who, caller, address, tg)
                 return
@@ -186,8 +184,10 @@ class SudoDecisionServer:
             self._refuse(address, exc)
             return
         self._answer_with(address, decided)
-        if self._on_decided is not None and decided.grant is not None:
-            tg.create_task(self._on_decided(decided), name="sudo-report")
+        if grant is not None:
+            self._callers.check_name(caller.uid)  # after the answer: see Callers.cached
+            if self._on_decided is not None:
+                tg.create_task(self._on_decided(decided), name="sudo-report")
 
     def _hand_over(
         self,
@@ -213,7 +213,10 @@ class SudoDecisionServer:
                 if caller is None:
                     caller = await self._callers.look_up(*who)
                 grant = await self._grant_of(caller)
-                member = grant is None and await self._callers.member(caller)
+                member = False
+                if grant is None:
+                    caller = await self._callers.checked(caller)
+                    member = await self._callers.member(caller)
                 decided = self._verdict(caller, data, grant, fleet_member=member)
         except Exception as exc:  # noqa: BLE001 - answered; a cancellation goes on
             self._refuse(address, exc)
@@ -221,8 +224,10 @@ class SudoDecisionServer:
         finally:
             self._answering -= 1
         self._answer_with(address, decided)
-        if self._on_decided is not None and decided.grant is not None:
-            await self._on_decided(decided)
+        if grant is not None:
+            self._callers.check_name(caller.uid)
+            if self._on_decided is not None:
+                await self._on_decided(decided)
 
     def _refuse(self, address: Address, exc: Exception) -> None:
         """Answer a request that could not be decided with a refusal that says why (an
