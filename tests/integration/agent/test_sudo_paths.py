@@ -69,6 +69,8 @@ def test_relative_links_dots_and_loops(root_dir: Path) -> None:
     assert trusted_realpath(str(root_dir / f"l{MAX_LINKS}")) is None
     assert trusted_realpath(str(root_dir)) == str(root_dir)
     assert trusted_realpath("/") == "/"
+    assert trusted_realpath("/usr/bin/i\0d") is None
+    assert trusted_realpath("/usr/bin/" + "x" * 5000) is None
 
 
 def test_a_patterns_command_is_reused_for_a_while_the_calls_never(root_dir: Path) -> None:

@@ -172,7 +172,7 @@ def trusted_realpath(path: str) -> str | None:
         candidate = f"{real}/{part}"
         try:
             st = os.lstat(candidate)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path
             return None
         if st.st_uid != 0:
             return None
