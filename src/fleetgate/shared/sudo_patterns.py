@@ -25,15 +25,18 @@ import posixpath
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 
 __all__ = [
     "DEBIAN_SECURE_PATH",
     "MAX_PATTERN_CHARS",
     "SHELL_CHARS",
+    "CommandResolver",
     "Resolver",
     "SudoPattern",
     "SudoPatternError",
+    "first_match",
     "has_shell_syntax",
     "matches",
     "parse_line",
@@ -193,19 +196,65 @@ class Resolver:
         return None
 
 
-def matches(
-    pattern: SudoPattern, command_path: str, args: Sequence[str], resolver: Resolver
-) -> bool:
-    """Whether a call of ``command_path`` (absolute, as sudo will execute it) with
-    ``args`` (argv without argv[0]) is allowed by ``pattern``."""
+class CommandResolver(Protocol):
+    """What matching needs from the file system: a pattern's command word resolved
+    (:meth:`Resolver.resolve`) and a call's absolute command normalised (``realpath``)."""
+
+    def resolve(self, word: str, cwd: str = "/") -> str | None:
+        """The real absolute path of the command ``word`` names, or None."""
+        ...
+
+    def realpath(self, path: str) -> str | None:
+        """The real path of the absolute ``path``, or None when it cannot be trusted."""
+        ...
+
+
+def _plain_call(command_path: str, args: Sequence[str]) -> bool:
+    """Whether a call can match at all: an absolute command, no shell syntax anywhere."""
     if not command_path.startswith("/") or has_shell_syntax(command_path):
         return False
-    if any(has_shell_syntax(arg) for arg in args):
+    return not any(has_shell_syntax(arg) for arg in args)
+
+
+def _allows(
+    pattern: SudoPattern, real: str, args: Sequence[str], resolver: CommandResolver
+) -> bool:
+    # None never equals a resolved path: a pattern that resolves to nothing never matches.
+    if resolver.resolve(pattern.command) != real:
         return False
-    wanted = resolver.resolve(pattern.command)
-    if wanted is None or resolver.realpath(command_path) != wanted:
-        return False  # None never equals a resolved path: untrusted paths never match
     n = len(pattern.args)
     if pattern.rest:
         return tuple(args[:n]) == pattern.args
     return tuple(args) == pattern.args
+
+
+def matches(
+    pattern: SudoPattern, command_path: str, args: Sequence[str], resolver: CommandResolver
+) -> bool:
+    """Whether a call of ``command_path`` (absolute, as sudo will execute it) with
+    ``args`` (argv without argv[0]) is allowed by ``pattern``."""
+    if not _plain_call(command_path, args):
+        return False
+    real = resolver.realpath(command_path)
+    return real is not None and _allows(pattern, real, args, resolver)
+
+
+def first_match(
+    patterns: Iterable[str], command_path: str, args: Sequence[str], resolver: CommandResolver
+) -> str | None:
+    """The first of ``patterns`` (texts) that allows the call (see :func:`matches`), or
+    None. The call is checked and its command resolved once, whatever the number of
+    patterns; a pattern that does not parse never matches."""
+    if not _plain_call(command_path, args):
+        return None
+    real = resolver.realpath(command_path)
+    if real is None:  # an untrusted path never matches
+        return None
+    for text in patterns:
+        try:
+            pattern = parse_pattern(text)
+        except SudoPatternError:
+            continue
+        if _allows(pattern, real, args, resolver):
+            return text
+    return None

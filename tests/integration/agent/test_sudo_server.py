@@ -7,11 +7,12 @@ import asyncio
 import json
 import os
 import pwd
+import shutil
 import socket
 import stat
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -140,6 +141,37 @@ async def test_managed_session_by_kernel_identity(served: Served) -> None:
     assert entries[0]["sid"] == os.getsid(0)
     assert entries[0]["work_session"] == "ws-test"
     assert entries[0]["session"] == "websh t-1"
+
+
+@pytest.fixture
+def tools() -> Iterator[Path]:
+    """A directory only root can change, with ``tool -> /usr/bin/id`` (/tmp is anyone's)."""
+    path = Path(f"/run/fleetgate-test-{uuid.uuid4().hex}")
+    path.mkdir(mode=0o755)
+    try:
+        os.chmod(path, 0o755)
+        (path / "tool").symlink_to("/usr/bin/id")
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.mark.root
+async def test_a_path_that_became_changeable_is_refused_at_the_next_call(
+    served: Served, tools: Path
+) -> None:
+    # The pattern's command was resolved at the first call and is reused for a while;
+    # the call's own path is checked at every call, so a directory root opened to others
+    # (someone could now swap the link sudo would execute) refuses the very next call.
+    served.sessions.register(os.getsid(0), claims(sudo=[f"{tools}/tool -u"]), label="t")
+    ask = request("tool", "-u", command=f"{tools}/tool")
+    assert (await served.ask(ask)).startswith(b"allow allowed ")
+    os.chmod(tools, 0o777)
+    assert (await served.ask(ask)).startswith(b"deny sudo_pattern_not_allowed ")
+    os.chmod(tools, 0o755)
+    os.unlink(tools / "tool")
+    os.symlink("/usr/bin/whoami", tools / "tool")  # root's own swap: refused at once too
+    assert (await served.ask(ask)).startswith(b"deny sudo_pattern_not_allowed ")
 
 
 @pytest.mark.root
@@ -284,6 +316,61 @@ async def test_an_unmanaged_caller_is_answered_at_once_once_known(
         "unmanaged_allowed",
     ]
     assert served.decided == []  # no work session: no timeline report
+
+
+@pytest.fixture
+def touch_account_files() -> Iterator[Callable[[], None]]:
+    """Changes the account files' signature (the mtime of /etc/nsswitch.conf, by one
+    nanosecond); the original times come back at the end."""
+    path = "/etc/nsswitch.conf"
+    before = os.stat(path)
+    bumps = [0]
+
+    def touch() -> None:
+        bumps[0] += 1
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + bumps[0]))
+
+    try:
+        yield touch
+    finally:
+        os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+
+
+@pytest.mark.root
+async def test_a_work_session_call_is_answered_before_the_account_files_are_checked(
+    served: Served, monkeypatch: pytest.MonkeyPatch, touch_account_files: Callable[[], None]
+) -> None:
+    # Its decision does not depend on the caller's name: after a change of the account
+    # files it is still answered at once (no task to be had here), named as known
+    # before; the files are checked after the answer, so the next call looks the name
+    # up again (it needs a task, refused here as busy).
+    served.sessions.register(os.getsid(0), claims(), label="websh t-4")
+    allowed = b"allow allowed allowed by pattern 'id -u'\n"
+    assert await served.ask(request("id", "-u")) == allowed  # looks the name up
+    monkeypatch.setattr(sudo_server, "MAX_CLIENTS", 0)
+    assert await served.ask(request("id", "-u")) == allowed
+    touch_account_files()
+    assert await served.ask(request("id", "-u")) == allowed
+    reply = await served.ask(request("id", "-u"))
+    assert reply == b"deny sudo_agent_busy too many sudo calls are waiting\n"
+    me = pwd.getpwuid(os.getuid()).pw_name
+    entries = [e for e in served.audit() if e["event"] == "sudo.decision"]
+    assert [(e["code"], e["user"]) for e in entries] == [("allowed", me)] * 3
+
+
+@pytest.mark.root
+async def test_an_unmanaged_call_checks_the_account_files_first(
+    served: Served, monkeypatch: pytest.MonkeyPatch, touch_account_files: Callable[[], None]
+) -> None:
+    # Outside the agent's sessions the decision depends on the account database (the
+    # fleet group's members are refused): a change of the files is seen before answering.
+    allowed = b"allow unmanaged_allowed not a fleet session: sudoers decides\n"
+    assert await served.ask(request("id", "-u")) == allowed
+    monkeypatch.setattr(sudo_server, "MAX_CLIENTS", 0)
+    assert await served.ask(request("id", "-u")) == allowed
+    touch_account_files()
+    reply = await served.ask(request("id", "-u"))
+    assert reply == b"deny sudo_agent_busy too many sudo calls are waiting\n"
 
 
 async def test_identify_stops_at_the_first_registered_session() -> None:

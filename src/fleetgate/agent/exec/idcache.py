@@ -133,6 +133,14 @@ class AccountCache(Generic[K, V]):
             return None
         return value
 
+    def recent(self, key: K, *, now: float) -> V | None:
+        """The answer if it is younger than the TTL, whether or not the account files
+        changed since (for what may be checked after it was used: see :meth:`get`)."""
+        entry = self._entries.get(key)
+        if entry is None or now >= entry[2]:
+            return None
+        return entry[0]
+
     def put(self, key: K, value: V, *, now: float, signature: Signature) -> None:
         """Remember an answer; ``signature`` taken before the lookup (see ``IdentityCache``)."""
         self._entries.pop(key, None)

@@ -13,13 +13,7 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from fleetgate.shared.sudo_patterns import (
-    Resolver,
-    SudoPatternError,
-    has_shell_syntax,
-    matches,
-    parse_pattern,
-)
+from fleetgate.shared.sudo_patterns import CommandResolver, first_match, has_shell_syntax
 
 
 __all__ = ["SessionGrant", "SudoCall", "SudoVerdict", "Unmanaged", "decide"]
@@ -80,7 +74,7 @@ def decide(
     now: float,
     unmanaged: Unmanaged,
     fleet_member: bool,
-    resolver: Resolver,
+    resolver: CommandResolver,
 ) -> SudoVerdict:
     """Allow or refuse ``call`` made from a session with ``grant`` (None: unmanaged).
 
@@ -119,20 +113,16 @@ def decide(
 
 
 def match_patterns(
-    patterns: Collection[str], command: str, args: Sequence[str], resolver: Resolver
+    patterns: Collection[str], command: str, args: Sequence[str], resolver: CommandResolver
 ) -> SudoVerdict:
     """Allowed by the first pattern that matches, else ``sudo_pattern_not_allowed``.
 
     A pattern that does not parse never matches (the control plane validates them at
     session creation; an old or forged one is simply inert).
     """
-    for text in patterns:
-        try:
-            pattern = parse_pattern(text)
-        except SudoPatternError:
-            continue
-        if matches(pattern, command, args, resolver):
-            return SudoVerdict(True, "allowed", f"allowed by pattern {text!r}", pattern=text)
+    text = first_match(patterns, command, args, resolver)
+    if text is not None:
+        return SudoVerdict(True, "allowed", f"allowed by pattern {text!r}", pattern=text)
     shown = " ".join((command, *args))[:200]
     shelly = next((a for a in args if has_shell_syntax(a)), None)
     if shelly is not None:

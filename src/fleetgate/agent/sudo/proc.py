@@ -140,36 +140,60 @@ def fleet_member(user: str, uid: int, group: str) -> bool:
         return False
 
 
-def _root_only(path: str) -> bool:
-    """Whether every component of ``path`` (as written) is root's and, unless it is a
-    symlink, writable by nobody else: no other user can swap what the path names."""
-    prefix = ""
-    for part in path.split("/"):
-        if not part:
-            continue
-        prefix = f"{prefix}/{part}"
-        try:
-            st = os.lstat(prefix)
-        except OSError:
-            return False
-        if st.st_uid != 0:
-            return False
-        if not stat.S_ISLNK(st.st_mode) and st.st_mode & 0o022:
-            return False
-    return True
+MAX_LINKS = 40
+"""Symbolic links followed at most in one path (the kernel's own limit)."""
 
 
 def trusted_realpath(path: str) -> str | None:
     """The real path of an absolute ``path``, or None when a user other than root could
-    change what it names (a component, or one of the real path's, is not root's or is
-    group/world writable): sudo would execute the path after the agent decided, so a
-    symlink in /tmp could be swapped in between. Used for both patterns and calls."""
+    change what it names: sudo would execute the path after the agent decided, so a
+    symlink in /tmp could be swapped in between. Used for both patterns and calls.
+
+    One walk resolves the path the way ``os.path.realpath`` does (symlinks followed where
+    they stand, ``..`` applied to what they lead to) and looks at everything the
+    resolution goes through: each directory, file and symlink (a symlink's target's
+    components too, and every link of a chain) must be root's, and anything but a
+    symlink writable by nobody else. A missing component, a file that is not the last
+    one, a loop or more than :data:`MAX_LINKS` links: None.
+    """
     if not path.startswith("/"):
         return None
-    real = os.path.realpath(path)
-    if not _root_only(path) or (real != path and not _root_only(real)):
-        return None
-    return real
+    pending = path.split("/")
+    pending.reverse()  # a stack: the next component last
+    real = ""  # what is resolved so far, without its trailing slash ("" is /)
+    links = 0
+    while pending:
+        part = pending.pop()
+        if not part or part == ".":
+            continue
+        if part == "..":
+            real = real[: real.rfind("/")]
+            continue
+        candidate = f"{real}/{part}"
+        try:
+            st = os.lstat(candidate)
+        except (OSError, ValueError):  # ValueError: a NUL in the path
+            return None
+        if st.st_uid != 0:
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > MAX_LINKS:
+                return None
+            try:
+                target = os.readlink(candidate)
+            except OSError:
+                return None
+            if target.startswith("/"):
+                real = ""
+            pending.extend(reversed(target.split("/")))
+        elif st.st_mode & 0o022:
+            return None
+        elif not stat.S_ISDIR(st.st_mode) and any(pending):
+            return None  # a file with more path after it (even ".."): the kernel says ENOTDIR
+        else:
+            real = candidate
+    return real or "/"
 
 
 def is_executable(path: str) -> bool:

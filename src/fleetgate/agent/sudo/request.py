@@ -7,8 +7,9 @@ What the request says about its caller is never read: the kernel says who it is.
 
 from __future__ import annotations
 
+from pydantic_core import from_json
+
 from fleetgate.agent.policy.sudo_decision import SudoCall, SudoVerdict
-from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = ["MAX_REQUEST_BYTES", "BadRequest", "parse_request", "reply_line"]
@@ -26,25 +27,30 @@ def parse_request(data: bytes, *, caller_uid: int, caller_user: str) -> SudoCall
     Raises:
         BadRequest: not JSON, or a field missing or of the wrong type.
     """
+    # sudo waits on this: one pass of the Rust parser, which never recurses on the
+    # Python stack (too deep a nesting is a ValueError), then the fields read are checked
+    # by their exact types (the parser makes nothing but dict, list, str, int, float,
+    # bool and None; ``type(x) is int`` leaves bool out). Nothing else of the value is
+    # looked at, so how deep other fields nest does not matter.
     try:
-        doc = json_loads(data)
-    except ValueError:
+        doc = from_json(data)
+    except (ValueError, TypeError):
         raise BadRequest("not JSON") from None
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         raise BadRequest("not a JSON object")
     command, argv = doc.get("command"), doc.get("argv")
-    if not isinstance(command, str) or not command:
+    if type(command) is not str or not command:
         raise BadRequest("command: a non-empty string is required")
-    if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+    if type(argv) is not list or not argv or any(type(a) is not str for a in argv):
         raise BadRequest("argv: a non-empty list of strings is required")
-    ids = [doc.get("runas_uid"), doc.get("runas_gid")]
-    if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+    runas_uid, runas_gid = doc.get("runas_uid"), doc.get("runas_gid")
+    if type(runas_uid) is not int or type(runas_gid) is not int:
         raise BadRequest("runas_uid, runas_gid: integers are required")
     return SudoCall(
         command=command,
         argv=tuple(argv),
-        runas_uid=int(doc["runas_uid"]),
-        runas_gid=int(doc["runas_gid"]),
+        runas_uid=runas_uid,
+        runas_gid=runas_gid,
         shell=doc.get("shell") is True,
         sudoedit=doc.get("sudoedit") is True,
         caller_uid=caller_uid,

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import socket
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,9 @@ from fleetgate.agent.localsocket import bind_private_datagram_socket
 from fleetgate.agent.policy.sudo_decision import SessionGrant, SudoCall, SudoVerdict, decide
 from fleetgate.agent.sudo import proc
 from fleetgate.agent.sudo.callers import Callers
+from fleetgate.agent.sudo.commands import CommandPaths
 from fleetgate.agent.sudo.registry import SudoSessions
 from fleetgate.agent.sudo.request import MAX_REQUEST_BYTES, BadRequest, parse_request, reply_line
-from fleetgate.shared.sudo_patterns import Resolver
 
 
 __all__ = ["Decided", "SudoDecisionServer"]
@@ -86,9 +85,7 @@ class SudoDecisionServer:
         self._config = config
         self._audit = audit
         self._on_decided = on_decided
-        self._resolver = Resolver.from_path(
-            config.secure_path, proc.is_executable, proc.trusted_realpath
-        )
+        self._paths = CommandPaths(config.secure_path)
         self._sock: socket.socket | None = None
         self._callers = Callers(sessions.known, config.group)
         self._answering = 0  # tasks answering a request (at most MAX_CLIENTS)
@@ -166,10 +163,9 @@ class SudoDecisionServer:
         tg: asyncio.TaskGroup,
     ) -> None:
         """Answer a request now if nothing needs waiting for (the caller's name is cached,
-        its session registered, or not one of the agent's, and then its membership of the
-        fleet group cached), else hand it to a task."""
-        decided = None
-        with self._refusing(address):
+        its session registered, or not one of the agent's, and then its name and its
+        membership of the fleet group cached and current), else hand it to a task."""
+        try:
             if flags & socket.MSG_TRUNC or len(data) > MAX_REQUEST_BYTES:
                 raise BadRequest(f"the request is larger than {MAX_REQUEST_BYTES} bytes")
             who = proc.sender(ancdata)
@@ -177,18 +173,20 @@ class SudoDecisionServer:
                 raise BadRequest("the request came without its sender's credentials")
             caller = self._callers.cached(*who)
             settled, grant = (False, None) if caller is None else self._settled_grant(caller)
-            member = (
-                False
-                if grant is not None or caller is None
-                else self._callers.cached_member(caller)
-            )
+            member: bool | None = False
+            if caller is not None and settled and grant is None:
+                member = self._callers.cached_member(caller)
             if caller is None or not settled or member is None:
                 self._hand_over(data, who, caller, address, tg)
                 return
             decided = self._verdict(caller, data, grant, fleet_member=member)
-        if decided is not None:
-            self._answer_with(address, decided)
-            if self._on_decided is not None and decided.grant is not None:
+        except Exception as exc:  # noqa: BLE001 - one bad request never stops the server
+            self._refuse(address, exc)
+            return
+        self._answer_with(address, decided)
+        if grant is not None:
+            self._callers.check_name(caller.uid)  # after the answer: see Callers.cached
+            if self._on_decided is not None:
                 tg.create_task(self._on_decided(decided), name="sudo-report")
 
     def _hand_over(
@@ -210,28 +208,31 @@ class SudoDecisionServer:
         self, data: bytes, who: tuple[int, int], caller: proc.Caller | None, address: Address
     ) -> None:
         """Answer a request that had to wait, in its own task."""
-        decided = None
         try:
-            with self._refusing(address):
-                async with asyncio.timeout(IO_TIMEOUT):
-                    if caller is None:
-                        caller = await self._callers.look_up(*who)
-                    grant = await self._grant_of(caller)
-                    member = grant is None and await self._callers.member(caller)
-                    decided = self._verdict(caller, data, grant, fleet_member=member)
+            async with asyncio.timeout(IO_TIMEOUT):
+                if caller is None:
+                    caller = await self._callers.look_up(*who)
+                grant = await self._grant_of(caller)
+                member = False
+                if grant is None:
+                    caller = await self._callers.checked(caller)
+                    member = await self._callers.member(caller)
+                decided = self._verdict(caller, data, grant, fleet_member=member)
+        except Exception as exc:  # noqa: BLE001 - answered; a cancellation goes on
+            self._refuse(address, exc)
+            return
         finally:
             self._answering -= 1
-        if decided is not None:
-            self._answer_with(address, decided)
-            if self._on_decided is not None and decided.grant is not None:
+        self._answer_with(address, decided)
+        if grant is not None:
+            self._callers.check_name(caller.uid)
+            if self._on_decided is not None:
                 await self._on_decided(decided)
 
-    @contextlib.contextmanager
-    def _refusing(self, address: Address) -> Iterator[None]:
-        """Answer a request that could not be decided with a refusal that says why."""
-        try:
-            yield
-        except (OSError, TimeoutError, BadRequest) as exc:
+    def _refuse(self, address: Address, exc: Exception) -> None:
+        """Answer a request that could not be decided with a refusal that says why (an
+        unexpected error: a refusal, logged with its traceback)."""
+        if isinstance(exc, (OSError, TimeoutError, BadRequest)):
             log.warning("sudo.request_failed", error=str(exc) or type(exc).__name__)
             if isinstance(exc, BadRequest):
                 verdict = SudoVerdict(False, "sudo_request_invalid", str(exc))
@@ -240,7 +241,7 @@ class SudoDecisionServer:
                     False, "sudo_caller_unknown", "the caller could not be identified"
                 )
             self._send(address, reply_line(verdict))
-        except Exception as exc:  # one bad request never stops the server
+        else:
             log.error("sudo.decision_failed", exc_info=exc)
             self._send(address, _FAILED)
 
@@ -290,13 +291,6 @@ class SudoDecisionServer:
             BadRequest: ``data`` is not a request.
         """
         call = parse_request(data, caller_uid=caller.uid, caller_user=caller.user)
-        # One decision resolves the same paths more than once (the pattern's command and
-        # the call's): each is checked once per decision, never across decisions.
-        resolver = Resolver(
-            self._resolver.secure_path,
-            self._resolver.is_executable,
-            functools.cache(proc.trusted_realpath),
-        )
         now = time.time()
         verdict = decide(
             grant,
@@ -304,7 +298,7 @@ class SudoDecisionServer:
             now=now,
             unmanaged=self._config.unmanaged,
             fleet_member=fleet_member,
-            resolver=resolver,
+            resolver=self._paths,
         )
         return Decided(call, caller, grant, verdict, now)
 

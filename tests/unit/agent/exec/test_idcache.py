@@ -64,6 +64,16 @@ def test_names_follow_the_same_rules() -> None:
     assert names.get(1, now=0.1, signature=SIG) is None
 
 
+def test_a_recent_answer_is_within_the_ttl_whatever_the_files() -> None:
+    names: AccountCache[int, str] = AccountCache(ttl=1.0)
+    names.put(1000, "alice", now=5.0, signature=SIG)
+    assert names.recent(1000, now=5.9) == "alice"  # not checked against the files...
+    assert names.recent(1000, now=6.0) is None  # ...but never older than the TTL
+    assert names.recent(1001, now=5.0) is None
+    assert names.get(1000, now=5.5, signature=((0, 0, 0), *SIG[1:])) is None
+    assert names.recent(1000, now=5.5) is None  # get() dropped the out-of-date entry
+
+
 def test_the_signature_sees_a_rewrite_and_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "group"
     path.write_text("a:x:1:\n")
