@@ -15,7 +15,6 @@ from typing import Annotated, Literal
 from uuid import UUID
 
 from pydantic import (
-    AnyUrl,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -24,6 +23,11 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+# pydantic_core's URL type, which pydantic's AnyUrl wraps: the same parsing and errors,
+# without pydantic.networks, whose import loads importlib.metadata and the email package
+# (~1 MB of an idle agent's memory, for an email-validator version check).
+from pydantic_core import Url as AnyUrl
 
 from fleetgate.agent.errors import ConfigError
 from fleetgate.shared.protocol.base import Labels

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import uuid
@@ -34,7 +35,6 @@ from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions
 from fleetgate.agent.sudo.elevation import ElevationPolicy
 from fleetgate.agent.system import ServiceRuntime
 from fleetgate.agent.terminals import Terminals
-from fleetgate.agent.tunnel.policy import StreamBook
 from fleetgate.shared.protocol import SshEvent, SudoDecided, WorkSessionEnded
 
 
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     # Imported by their loaders below, with their first channel (LazyService).
     from fleetgate.agent.files.service import FilesService
     from fleetgate.agent.ssh.service import SshService
+    from fleetgate.agent.tunnel.policy import StreamBook
     from fleetgate.agent.tunnel.service import TunnelService
 
 
@@ -181,9 +182,10 @@ def _build(
     )
     channels = ChannelRouter(config, key=key, grants=grants, audit=audit)
     channels.register(LazyService("files", lambda: _files_service(config)))
-    # Tunnel streams and SSH port forwards count against the same [tunnel] limits.
-    streams = StreamBook(config.tunnel.max_streams_per_tunnel, config.tunnel.max_streams)
-    channels.register(LazyService("tunnel", lambda: _tunnel_service(config, streams)))
+    # Tunnel streams and SSH port forwards count against the same [tunnel] limits: one
+    # book, made by whichever of the two services loads first.
+    streams = functools.cache(lambda: _stream_book(config))
+    channels.register(LazyService("tunnel", lambda: _tunnel_service(config, streams())))
     websh = Terminals(
         config,
         key,
@@ -196,7 +198,7 @@ def _build(
     ssh = LazyService(
         "ssh",
         lambda: _ssh_service(
-            config, websh, lambda fields: _report_ssh(outbox, audit, fields), streams
+            config, websh, lambda fields: _report_ssh(outbox, audit, fields), streams()
         ),
     )
     channels.register(ssh)
@@ -223,6 +225,12 @@ def _files_service(config: AgentConfig) -> FilesService:
     from fleetgate.agent.files.service import FilesService
 
     return FilesService(config)
+
+
+def _stream_book(config: AgentConfig) -> StreamBook:
+    from fleetgate.agent.tunnel.policy import StreamBook
+
+    return StreamBook(config.tunnel.max_streams_per_tunnel, config.tunnel.max_streams)
 
 
 def _tunnel_service(config: AgentConfig, streams: StreamBook) -> TunnelService:

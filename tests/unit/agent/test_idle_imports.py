@@ -102,7 +102,7 @@ def test_building_the_daemon_loads_no_capability(tmp_path: Path) -> None:
     loaded = _loaded_after(setup + "daemon._files_service(config)\n")
     assert "fleetgate.agent.files.service" in loaded
     assert "fleetgate.agent.tunnel.service" not in loaded
-    loaded = _loaded_after(setup + "daemon._tunnel_service(config, daemon.StreamBook(1, 1))\n")
+    loaded = _loaded_after(setup + "daemon._tunnel_service(config, daemon._stream_book(config))\n")
     assert "fleetgate.agent.tunnel.service" in loaded
     assert "fleetgate.agent.files.service" not in loaded
     assert "ctypes" not in loaded
