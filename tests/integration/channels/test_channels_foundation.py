@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from starlette.websockets import WebSocket
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from fleetgate.agent.backhaul import Backhaul, ChannelLink, Outbox
@@ -28,6 +28,7 @@ from fleetgate.agent.config import AgentConfig, load
 from fleetgate.agent.errors import ChannelRefused
 from fleetgate.agent.policy import GrantPolicy
 from fleetgate.controlplane.api.channels import (
+    Authorized,
     authorize,
     deny,
     owner_of,
@@ -35,7 +36,9 @@ from fleetgate.controlplane.api.channels import (
     services_of,
     websocket_principal,
 )
+from fleetgate.controlplane.api.deps import Services
 from fleetgate.controlplane.app import create_app
+from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.authz import RULES, Access, Rule
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import APIError
@@ -102,26 +105,34 @@ class Stack:
     """The control plane's pool of agent websockets."""
 
 
+async def _authorize_test_stream(
+    websocket: WebSocket, services: Services, principal: Principal
+) -> tuple[uuid.UUID, TunnelSpec, Authorized]:
+    """A new channel id, a tunnel spec for ``?port=`` and its grant for ``?server=``."""
+    channel_id = uuid.uuid4()
+    spec = TunnelSpec(tunnel_id=uuid.uuid4(), port=int(websocket.query_params["port"]))
+    # ?other=1: a grant signed for another channel (the agent must refuse it).
+    operation_id = uuid.uuid4() if "other" in websocket.query_params else channel_id
+    authorized = await authorize(
+        services,
+        principal,
+        server=websocket.query_params["server"],
+        scope="tunnel",
+        work_session=None,
+        operation_id=str(operation_id),
+        description="test",
+        content=content_digest(spec),
+    )
+    return channel_id, spec, authorized
+
+
 async def _test_route(websocket: WebSocket) -> None:
     services = services_of(websocket)
     principal = await websocket_principal(websocket)
     if principal is None:
         return
-    channel_id = uuid.uuid4()
-    spec = TunnelSpec(tunnel_id=uuid.uuid4(), port=int(websocket.query_params["port"]))
-    # ?other=1: a grant signed for another channel (the agent must refuse it).
-    operation_id = uuid.uuid4() if "other" in websocket.query_params else channel_id
     try:
-        authorized = await authorize(
-            services,
-            principal,
-            server=websocket.query_params["server"],
-            scope="tunnel",
-            work_session=None,
-            operation_id=str(operation_id),
-            description="test",
-            content=content_digest(spec),
-        )
+        channel_id, spec, authorized = await _authorize_test_stream(websocket, services, principal)
     except APIError as exc:
         await deny(websocket, exc.status, exc.code, exc.detail)
         return
@@ -145,19 +156,7 @@ async def _pipelined_route(websocket: WebSocket) -> None:
     principal = await websocket_principal(websocket)
     if principal is None:
         return
-    channel_id = uuid.uuid4()
-    spec = TunnelSpec(tunnel_id=uuid.uuid4(), port=int(websocket.query_params["port"]))
-    operation_id = uuid.uuid4() if "other" in websocket.query_params else channel_id
-    authorized = await authorize(
-        services,
-        principal,
-        server=websocket.query_params["server"],
-        scope="tunnel",
-        work_session=None,
-        operation_id=str(operation_id),
-        description="test",
-        content=content_digest(spec),
-    )
+    channel_id, spec, authorized = await _authorize_test_stream(websocket, services, principal)
     await websocket.accept()
     message = ChannelOpen(channel_id=channel_id, spec=spec, grant=authorized.grant)
     channel = OpenChannel(channel_id, "tunnel", authorized.server_id, owner_of(principal, None))
@@ -326,6 +325,15 @@ async def _warm(stack: Stack) -> None:
     )
 
 
+async def _close_code_after_bye(ws: ClientConnection) -> int:
+    """Say ``bye`` (the echo target then ends the stream); the close code the client got."""
+    await ws.send("bye")
+    with pytest.raises(ConnectionClosed) as closed:
+        await asyncio.wait_for(ws.recv(), 10)
+    assert closed.value.rcvd is not None
+    return closed.value.rcvd.code
+
+
 async def test_a_warm_agent_serves_channels_on_pooled_websockets(stack: Stack) -> None:
     assert stack.pool.idle(stack.server_id) == 0  # cold: nothing dialled ahead
     await _warm(stack)
@@ -335,11 +343,7 @@ async def test_a_warm_agent_serves_channels_on_pooled_websockets(stack: Stack) -
         async with connect(url, additional_headers=_headers(stack.token)) as ws:
             await ws.send(b"pooled %d" % round_)
             assert await ws.recv() == b"pooled %d" % round_
-            await ws.send("bye")
-            with pytest.raises(ConnectionClosed) as closed:
-                await asyncio.wait_for(ws.recv(), 10)
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == 1000
+            assert await _close_code_after_bye(ws) == 1000
     assert stack.pool.claimed == claimed + 3
     # Each one taken is replaced; the pool stays bounded by the agent's size.
     await eventually(
@@ -429,11 +433,7 @@ async def test_a_pipelined_open_is_quiet_only_for_an_agent_that_asks(
             assert await asyncio.wait_for(ws.recv(), 10) == b"right behind the open %d" % round_
             await ws.send('{"type":"note"}')  # text frames pass as they are
             assert await asyncio.wait_for(ws.recv(), 10) == '{"type":"note"}'
-            await ws.send("bye")
-            with pytest.raises(ConnectionClosed) as closed:
-                await asyncio.wait_for(ws.recv(), 10)
-        assert closed.value.rcvd is not None
-        assert closed.value.rcvd.code == 1000
+            assert await _close_code_after_bye(ws) == 1000
     assert stack.pool.claimed == claimed + 2
     assert stack.echo.quiet[-2:] == [quiet, quiet]
 

@@ -79,42 +79,28 @@ def limit_refusals(stack: SshStack, session: str, count: int) -> list[dict[str, 
     return [e for e in events if e.get("code") == "tunnel_stream_limit"]
 
 
-def test_ssh_L_streams_are_limited_per_connection(lstack: SshStack) -> None:
+@pytest.mark.parametrize("option", ["-L", "-R"])
+def test_ssh_forward_streams_are_limited_per_connection(lstack: SshStack, option: str) -> None:
     session = lstack.session(("tunnel",))
-    config = lstack.configure("limit-L", session)
-    local = free_port()
-    with (
-        threaded_echo_server() as target,
-        forwarding(config, "-L", f"127.0.0.1:{local}:127.0.0.1:{target}", lstack.server) as client,
-        ExitStack() as held,
-    ):
-        for _ in range(PER_CONNECTION):
-            sock = held.enter_context(connect_when_listening(local, client))
-            assert_echoed(sock)
-        refused_at_once(local)
-        held.close()  # both streams end: their slots come back
-        echoed_soon(local)
+    config = lstack.configure(f"limit{option}", session)
+    port = free_port()
+    with threaded_echo_server() as target:
+        # -L listens on the client's side, -R on the server's: loopback both here.
+        spec = (
+            f"127.0.0.1:{port}:127.0.0.1:{target}"
+            if option == "-L"
+            else f"{port}:127.0.0.1:{target}"
+        )
+        with forwarding(config, option, spec, lstack.server) as client, ExitStack() as held:
+            for _ in range(PER_CONNECTION):
+                sock = held.enter_context(connect_when_listening(port, client))
+                assert_echoed(sock)
+            refused_at_once(port)
+            held.close()  # both streams end: their slots come back
+            echoed_soon(port)
     refusal = limit_refusals(lstack, session, 1)[0]  # more if a retry came too soon
     assert refusal["denied"] is True
     assert f"this tunnel already carries {PER_CONNECTION} streams" in str(refusal["detail"])
-
-
-def test_ssh_R_streams_are_limited_per_connection(lstack: SshStack) -> None:
-    session = lstack.session(("tunnel",))
-    config = lstack.configure("limit-R", session)
-    port = free_port()
-    with (
-        threaded_echo_server() as target,
-        forwarding(config, "-R", f"{port}:127.0.0.1:{target}", lstack.server) as client,
-        ExitStack() as held,
-    ):
-        for _ in range(PER_CONNECTION):
-            sock = held.enter_context(connect_when_listening(port, client))
-            assert_echoed(sock)
-        refused_at_once(port)
-        held.close()
-        echoed_soon(port)
-    limit_refusals(lstack, session, 1)
 
 
 def test_ssh_forwards_and_tunnels_share_the_servers_total(lstack: SshStack) -> None:
