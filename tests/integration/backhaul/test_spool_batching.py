@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetgate.agent import dispatch
+from fleetgate.agent.dispatch import reports as dispatch_reports
 from fleetgate.agent.spool import Batch, CommandState, Spool, SpoolStore
 from fleetgate.shared.protocol import (
     CommandAcked,
@@ -99,7 +99,7 @@ async def test_a_short_command_waits_for_one_fsync(
     monkeypatch.setattr(SpoolStore, "apply", recording_apply)
     monkeypatch.setattr(SpoolStore, "sync", held_sync)
     # However slow this machine is, the started report waits for the final one.
-    monkeypatch.setattr(dispatch, "ACK_WRITE_DELAY", 600.0)
+    monkeypatch.setattr(dispatch_reports, "ACK_WRITE_DELAY", 600.0)
     await make_agent()
     await scripted_cp.connections.get()
     command = CommandRun(command_id=uuid.uuid4(), line="true")

@@ -29,6 +29,7 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from uuid import UUID
 
 import structlog
 
@@ -44,7 +45,7 @@ from fleetgate.agent.exec.spawn import find_setpriv, needs_switch, prepare, spaw
 from fleetgate.agent.exec.spawner import SpawnerUnavailable
 from fleetgate.agent.exec.spawner_pool import SpawnerPool
 from fleetgate.agent.exec.stopping import STOPPED_CODE, StopRequest, exited_or_stopped
-from fleetgate.shared.protocol.messages import CommandRun
+from fleetgate.shared.protocol.messages import CommandFinished, CommandRun
 
 
 __all__ = ["CommandOutcome", "OnStarted", "close_spawner", "run_command"]
@@ -88,6 +89,23 @@ class CommandOutcome:
     def success(self) -> bool:
         """The command exited with status 0 on its own."""
         return self.exit_code == 0 and self.error_phase is None
+
+    def final_report(self, rid: int, command_id: UUID) -> CommandFinished:
+        """The command's final report, numbered ``rid``."""
+        return CommandFinished(
+            rid=rid,
+            command_id=command_id,
+            handled_at=self.handled_at,
+            elapsed_time=self.elapsed_time,
+            exit_code=self.exit_code,
+            success=self.success,
+            result=self.result,
+            truncated=self.truncated,
+            output_bytes=self.output_bytes,
+            error_phase=self.error_phase,
+            message=self.message,
+            code=self.code,
+        )
 
 
 async def run_command(

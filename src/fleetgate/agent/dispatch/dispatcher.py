@@ -6,38 +6,26 @@ inbox (a duplicate delivery is dropped), stamped ``delivered_at`` and put on a b
 intake queue. :meth:`Dispatcher.run` owns every command task: it reports the delivery,
 then waits for a slot under the concurrency limit (in arrival order) and runs it.
 
-With a spool, every step is on disk before it has consequences: the command is recorded
-as running before its process is spawned, a report is written before it is sent, and the
-final report is written with the inbox row that says it finished. A command that finds a
-free slot is written as running in one commit (its delivery report then goes with its
-start report); one that must wait is written with its delivery report, then as running
-when it gets its slot. Those commits are fsynced before the agent goes on (never run
-twice: a command possibly started is never started again after a power cut). The
-reports of a command durably running (start, output, final report, with the inbox row
-that says it finished) are sent once written, before their fsync, which comes with the
-next fsynced commit (``sync_first=False``, see :mod:`fleetgate.agent.spool.writer`): a SIGKILL of the agent
-loses nothing (the page cache keeps them), a power cut after the final report reached
-the control plane restarts the agent with the command running, reported
-``interrupted``, and the control plane keeps the first final result. A short command so
-waits for one fsync, before its process starts.
-At start, commands a previous run left running get an ``interrupted`` final report
-instead of running again; commands it left queued (never started) run now, first, in
-their original order.
+Before a command waits for its slot, the agent checks it itself
+(:mod:`fleetgate.agent.policy.command_checks`); a refused one is finished at once. With a
+spool, every step is on disk before it has consequences (:mod:`.reports`): the command is
+recorded as running before its process is spawned. At start, commands a previous run
+left running get an ``interrupted`` final report instead of running again; commands it
+left queued (never started) run now, first, in their original order.
 
 A command of a work session is stopped when the agent hears that the session ended
 (``work_session.ended``): a running one as at a timeout (``error_phase`` ``stopped``,
-code ``work_session_ended``), a queued one is refused when its slot comes.
+code ``work_session_ended``), a queued one is refused when its slot comes
+(:class:`~fleetgate.agent.exec.stopping.SessionStops`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
 from time import time
-from typing import TYPE_CHECKING
 from uuid import UUID
 
 import structlog
@@ -46,8 +34,10 @@ from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.backhaul import Outbox
 from fleetgate.agent.clock import utcnow
 from fleetgate.agent.config import LimitsConfig
-from fleetgate.agent.exec.stopping import STOPPED_CODE, StopRequest
+from fleetgate.agent.dispatch.reports import CommandReports, MakeFinal, interrupted
+from fleetgate.agent.exec.stopping import STOPPED_CODE, SessionStops, StopRequest
 from fleetgate.agent.policy import GrantPolicy, GrantRefused
+from fleetgate.agent.policy.command_checks import CheckedCommand, check_command, denied_report
 from fleetgate.agent.spool import (
     Batch,
     CommandState,
@@ -56,27 +46,17 @@ from fleetgate.agent.spool import (
     Inbox,
     Snapshot,
     Spool,
-    interrupted_report,
 )
 from fleetgate.agent.sudo import SudoSessions
 from fleetgate.agent.sudo.elevation import ElevationPolicy
-from fleetgate.shared.envpolicy import denied_env_names
 from fleetgate.shared.protocol import (
-    CommandAcked,
-    CommandDelivered,
     CommandFinished,
-    CommandOutput,
     CommandReport,
     CommandRun,
     ErrorMessage,
     GrantClaims,
     WorkSessionEnded,
-    content_digest,
 )
-
-
-if TYPE_CHECKING:
-    from fleetgate.agent.exec import CommandOutcome
 
 
 __all__ = ["Dispatcher"]
@@ -85,11 +65,6 @@ log = structlog.get_logger(__name__)
 
 _Intake = tuple[CommandRun, datetime] | UUID
 """A command to run, or the id of a finished command whose result must be sent again."""
-
-_MakeFinal = Callable[[int], CommandFinished]
-
-_Checked = tuple[GrantRefused | None, GrantClaims | None, CommandRun]
-"""The local checks' outcome: the refusal (if any), the verified claims, the command to run."""
 
 
 class Dispatcher:
@@ -117,8 +92,7 @@ class Dispatcher:
         self._sudo = sudo
         self._elevation = elevation or ElevationPolicy()
         self._audit = audit
-        self._outbox = outbox
-        self._spool = spool
+        self._reports = CommandReports(outbox, spool)
         self._inbox = inbox if inbox is not None else Inbox()
         self._intake: asyncio.Queue[_Intake] = asyncio.Queue(maxsize=limits.max_queued_commands)
         # asyncio.Semaphore wakes its waiters in FIFO order, so commands above the limit
@@ -129,11 +103,7 @@ class Dispatcher:
         self._idle = asyncio.Event()
         self._interrupted: list[tuple[UUID, CommandState]] = []
         self._resumed: list[CommandRun] = []
-        # work session -> its commands accepted and not finished, each with its stop switch
-        self._stops: dict[str, dict[UUID, StopRequest]] = {}
-        # work sessions that ended lately -> why: a command of one still on its way to the
-        # intake when the end arrived is stopped before it starts
-        self._ended: OrderedDict[str, str] = OrderedDict()
+        self._stops = SessionStops()
         if leftovers is not None:
             self._inbox.restore(leftovers.active, leftovers.finished)
             self._resumed = [message for message, _ in leftovers.queued]
@@ -157,8 +127,8 @@ class Dispatcher:
             return ErrorMessage(code="shutting_down", message="the agent is stopping", ref=ref)
         state = self._inbox.state(command_id)
         item: _Intake = (message, delivered_at)
-        if state is CommandState.FINISHED and self._spool is not None:
-            if self._outbox.holds_final(command_id):
+        if state is CommandState.FINISHED and self._reports.durable:
+            if self._reports.holds_final(command_id):
                 log.info("command.duplicate_dropped", command_id=ref, state=state.value)
                 return None
             # Its result was confirmed, yet the control plane asks again: it lost it.
@@ -186,18 +156,13 @@ class Dispatcher:
         if self._sudo is not None:
             self._sudo.end_work_session(message.work_session)
         reason = f"stopped: its work session {message.work_session} ended ({message.status})"
-        self._ended[message.work_session] = reason
-        while len(self._ended) > ENDED_SESSIONS_KEPT:
-            self._ended.popitem(last=False)
-        stops = self._stops.get(message.work_session, {})
-        for command_id, stop in stops.items():
+        for command_id in self._stops.end(message.work_session, reason):
             log.info(
                 "command.stopping",
                 command_id=str(command_id),
                 work_session=message.work_session,
                 status=message.status,
             )
-            stop.stop(reason)
         if self._on_session_ended is not None:
             self._on_session_ended(message)
 
@@ -227,7 +192,7 @@ class Dispatcher:
                 # Delivered (and reported) before the restart; never started, so safe to run.
                 log.info("command.resumed", command_id=str(message.command_id))
                 self._waiting += 1
-                checked = self._refusal(message)
+                checked = self._checked(message)
                 tg.create_task(
                     self._execute(checked, None, self._stoppable(checked)),
                     name=f"command-{message.command_id}",
@@ -235,29 +200,29 @@ class Dispatcher:
             while True:
                 item = await self._intake.get()
                 if isinstance(item, UUID):
-                    await self._resend_final(item)
+                    await self._reports.resend_final(item)
                     continue
                 message, delivered_at = item
-                checked = self._refusal(message)
+                checked = self._checked(message)
                 stop = self._stoppable(checked)
                 name = f"command-{message.command_id}"
                 # A free slot and nobody ahead: the command starts at once (unless its
                 # work session already ended: refused on the way below).
                 ended = stop is not None and stop.stopped
                 if (
-                    checked[0] is None
+                    checked.refused is None
                     and not ended
                     and self._waiting == 0
                     and not self._slots.locked()
                 ):
                     await self._slots.acquire()  # free: returns without suspending
                     self._inbox.advance(message.command_id, CommandState.RUNNING)
-                    recorded = self._record_running(message, delivered_at)
+                    recorded = self._reports.record_running(message, delivered_at)
                     tg.create_task(self._start_now(checked, stop, *recorded), name=name)
                     continue
                 # Not waiting for the disk here: the next command's delivery joins the
                 # same commit, so a burst of commands costs one write, not one each.
-                delivered = await self._report_delivered(message, delivered_at)
+                delivered = await self._reports.delivered(message, delivered_at)
                 self._waiting += 1
                 tg.create_task(self._execute(checked, delivered, stop), name=name)
 
@@ -269,63 +234,27 @@ class Dispatcher:
         """Wait until no accepted command is queued or running."""
         await self._idle.wait()
 
-    def _record_running(
-        self, message: CommandRun, delivered_at: datetime
-    ) -> tuple[Awaitable[None], datetime | None]:
-        """Stage the inbox row of a command that starts at once, already running: one
-        commit instead of one for the delivery and one for the running state.
-
-        Returns the awaitable of that commit and, with a spool, the delivery time still
-        to report: the delivery report waits for the start and goes with it, so a
-        short command's delivery, start and end reach the control plane in one write.
-        After a crash between the two, the inbox says running (the command is never
-        started again) and the control plane, which never saw the delivery, gets the
-        interrupted result like any other. Without a spool, it is reported at once.
-        """
-        command_id = message.command_id
-        if self._spool is None:
-            report = self._outbox.add(
-                lambda rid: CommandDelivered(
-                    rid=rid, command_id=command_id, delivered_at=delivered_at
-                )
-            )
-            return _second(report), None
-
-        def change(batch: Batch) -> None:
-            batch.accepted.append((message, delivered_at))
-            batch.states.append((command_id, CommandState.RUNNING))
-
-        return self._spool.commit(change), delivered_at
-
-    def _stoppable(self, checked: _Checked) -> StopRequest | None:
+    def _stoppable(self, checked: CheckedCommand) -> StopRequest | None:
         """The stop switch of an accepted command of a work session (None otherwise),
         registered until the command finishes."""
-        refused, _, message = checked
-        if refused is not None or message.work_session is None:
+        message = checked.message
+        if checked.refused is not None or message.work_session is None:
             return None
-        stop = StopRequest()
-        ended = self._ended.get(message.work_session)
-        if ended is not None:
-            stop.stop(ended)
-        self._stops.setdefault(message.work_session, {})[message.command_id] = stop
-        return stop
+        return self._stops.register(message.work_session, message.command_id)
 
     def _forget_stop(self, message: CommandRun) -> None:
-        stops = self._stops.get(message.work_session or "")
-        if stops is not None:
-            stops.pop(message.command_id, None)
-            if not stops:
-                del self._stops[message.work_session or ""]
+        if message.work_session is not None:
+            self._stops.forget(message.work_session, message.command_id)
 
     async def _start_now(
         self,
-        checked: _Checked,
+        checked: CheckedCommand,
         stop: StopRequest | None,
         recorded: Awaitable[None],
         delivered_at: datetime | None,
     ) -> None:
         """Run a command that got its slot at arrival, once it is recorded as running."""
-        _, claims, message = checked
+        message = checked.message
         with structlog.contextvars.bound_contextvars(
             command_id=str(message.command_id), user=message.username
         ):
@@ -335,20 +264,20 @@ class Dispatcher:
                 self._slots.release()
                 self._forget_stop(message)
                 raise
-            await self._run(message, claims, stop, delivered_at)
+            await self._run(message, checked.claims, stop, delivered_at)
 
     async def _execute(
-        self, checked: _Checked, delivered: Awaitable[None] | None, stop: StopRequest | None
+        self, checked: CheckedCommand, delivered: Awaitable[None] | None, stop: StopRequest | None
     ) -> None:
         try:
             await self._execute_checked(checked, delivered, stop)
         finally:
-            self._forget_stop(checked[2])
+            self._forget_stop(checked.message)
 
     async def _execute_checked(
-        self, checked: _Checked, delivered: Awaitable[None] | None, stop: StopRequest | None
+        self, checked: CheckedCommand, delivered: Awaitable[None] | None, stop: StopRequest | None
     ) -> None:
-        refused, claims, message = checked
+        refused, message = checked.refused, checked.message
         command_id = message.command_id
         with structlog.contextvars.bound_contextvars(
             command_id=str(command_id), user=message.username
@@ -372,20 +301,17 @@ class Dispatcher:
                 )
                 # Never started: the command goes from queued straight to finished.
                 denied = refused
-                await self._finish(command_id, lambda rid: _denied(rid, command_id, denied))
+                await self._finish(
+                    command_id, lambda rid: denied_report(rid, command_id, denied, utcnow())
+                )
                 return
             try:
                 self._inbox.advance(command_id, CommandState.RUNNING)
-                if self._spool is not None:
-                    # On disk before the process exists: after a crash the command is
-                    # known to have possibly run, and is never started again.
-                    await self._spool.commit(
-                        lambda b: b.states.append((command_id, CommandState.RUNNING))
-                    )
+                await self._reports.running(command_id)
             except BaseException:
                 self._slots.release()
                 raise
-            await self._run(message, claims, stop)
+            await self._run(message, checked.claims, stop)
 
     async def _run(
         self,
@@ -406,7 +332,7 @@ class Dispatcher:
                 message,
                 self._limits,
                 on_started=lambda at: self._started(message, at, delivered_at),
-                on_output=lambda seq, data: self._report_output(command_id, seq, data),
+                on_output=lambda seq, data: self._reports.output(command_id, seq, data),
                 track=self._tracker(message, claims),
                 stop=stop,
             )
@@ -421,54 +347,28 @@ class Dispatcher:
             error_phase=outcome.error_phase,
             elapsed_time=outcome.elapsed_time,
         )
-        await self._finish(command_id, lambda rid: _finished(rid, command_id, outcome))
+        await self._finish(command_id, lambda rid: outcome.final_report(rid, command_id))
 
-    def _refusal(self, message: CommandRun) -> _Checked:
-        """Local enforcement: the grant is checked here, whatever the control plane did.
-
-        Returns the refusal (if any), the verified claims, and the command to run: an
-        elevated one (``sudo``) runs its pattern-checked line with the command's
-        absolute path, so the shell finds exactly the program that was checked.
-        """
-        scope = "sudo" if message.sudo else "command"
-        try:
-            denied_env = denied_env_names(message.env, self._allowed_env)
-            if denied_env:
-                # Whatever the control plane let through: PATH or LD_PRELOAD from a
-                # request would choose the program that runs.
-                raise GrantRefused(
-                    "env_not_allowed",
-                    f"env: {denied_env[0]} may not be set by a request "
-                    "(allow it in the agent's exec.allowed_env)",
-                )
-            claims = self._grants.check(
-                message.grant,
-                command_id=message.command_id,
-                scope=scope,
-                now=time(),
-                content=content_digest(message),  # before elevation rewrites the line
+    def _checked(self, message: CommandRun) -> CheckedCommand:
+        """Local enforcement (:func:`check_command`), and the audit line of an elevation."""
+        checked = check_command(
+            message,
+            grants=self._grants,
+            elevate=self._elevation.check,
+            allowed_env=self._allowed_env,
+            now=time(),
+        )
+        if message.sudo:
+            refused = checked.refused
+            self._audit_event(
+                "sudo.decision",
+                checked.message,
+                allowed=refused is None,
+                code="allowed" if refused is None else refused.code,
+                via="api",
+                line=checked.message.line,
             )
-            if claims is not None and claims.work_session is not None:
-                # The verified grant names the session, whatever the message said.
-                message = message.model_copy(update={"work_session": claims.work_session})
-            if message.sudo:
-                line = self._elevation.check(message, claims)
-                self._audit_event(
-                    "sudo.decision", message, allowed=True, code="allowed", via="api", line=line
-                )
-                message = message.model_copy(update={"line": line})
-        except GrantRefused as refused:
-            if message.sudo:
-                self._audit_event(
-                    "sudo.decision",
-                    message,
-                    allowed=False,
-                    code=refused.code,
-                    via="api",
-                    line=message.line,
-                )
-            return refused, None, message
-        return None, claims, message
+        return checked
 
     def _tracker(
         self, message: CommandRun, claims: GrantClaims | None
@@ -486,7 +386,7 @@ class Dispatcher:
 
         return track
 
-    async def _finish(self, command_id: UUID, make: _MakeFinal) -> None:
+    async def _finish(self, command_id: UUID, make: MakeFinal) -> None:
         """Put the final report and mark the command finished, in one transaction."""
         evictions: list[Eviction] = []
 
@@ -500,12 +400,7 @@ class Dispatcher:
             batch.forgotten.extend(evicted.forgotten)
             evictions.append(evicted)
 
-        if self._spool is None:
-            record(Batch(), await self._outbox.put(make))
-        else:
-            # Its inbox row said queued or running on disk before: the report may go out
-            # before its fsync.
-            await self._outbox.put(make, with_change=record, sync_first=False)
+        await self._reports.final(make, record)
         for eviction in evictions:
             _log_eviction(eviction)
         if not self._inbox.active():
@@ -515,71 +410,19 @@ class Dispatcher:
         """Apply the retention to what a previous run left, and give every command it
         left unfinished its final report."""
         eviction = self._inbox.expire(utcnow().timestamp())
-        if eviction and self._spool is not None:
-            self._spool.stage(lambda batch: batch.forgotten.extend(eviction.forgotten))
+        self._reports.forget(eviction.forgotten)
         _log_eviction(eviction)
         leftovers, self._interrupted = self._interrupted, []
         at = utcnow()
         for command_id, state in leftovers:
             log.warning("command.interrupted", command_id=str(command_id), state=state.value)
-            await self._finish(command_id, functools.partial(_interrupted, command_id, state, at))
-
-    async def _resend_final(self, command_id: UUID) -> None:
-        assert self._spool is not None
-        stored = await self._spool.final_report(command_id)
-        if stored is None:
-            log.warning("command.result_forgotten", command_id=str(command_id))
-            return
-        await self._outbox.put(lambda rid: stored.model_copy(update={"rid": rid}))
-        log.info("command.result_resent", command_id=str(command_id))
-
-    async def _report_delivered(
-        self, message: CommandRun, delivered_at: datetime
-    ) -> Awaitable[None]:
-        """Queue the delivery report with the inbox row; the awaitable says when durable."""
-        command_id = message.command_id
-        _, durable = await self._outbox.add(
-            lambda rid: CommandDelivered(rid=rid, command_id=command_id, delivered_at=delivered_at),
-            with_change=lambda batch, _: batch.accepted.append((message, delivered_at)),
-        )
-        return durable
-
-    # The command does not wait for these to reach the disk (only for room in the
-    # outbox): the outbox never sends a report before it is written anyway, and a crash
-    # (or a power cut before the fsync) leaves the command running in the inbox, hence
-    # interrupted. Its inbox row said running on disk before the process existed.
+            await self._finish(command_id, functools.partial(interrupted, command_id, state, at))
 
     async def _started(
         self, message: CommandRun, acked_at: datetime, delivered_at: datetime | None
     ) -> None:
         self._audit_event("command.started", message)
-        command_id = message.command_id
-        if delivered_at is not None:
-            await self._outbox.add(
-                lambda rid: CommandDelivered(
-                    rid=rid, command_id=command_id, delivered_at=delivered_at
-                ),
-                within=ACK_WRITE_DELAY,
-                sync_first=False,
-            )
-        # A short command's final report takes these along in its commit.
-        await self._outbox.add(
-            lambda rid: CommandAcked(rid=rid, command_id=command_id, acked_at=acked_at),
-            within=ACK_WRITE_DELAY,
-            sync_first=False,
-        )
-
-    async def _report_output(self, command_id: UUID, seq: int, data: str) -> None:
-        await self._outbox.add(
-            lambda rid: CommandOutput(rid=rid, command_id=command_id, seq=seq, data=data),
-            sync_first=False,
-        )
-
-
-async def _second(pending: Awaitable[tuple[CommandReport, Awaitable[None]]]) -> None:
-    """Await an ``Outbox.add`` and then its durability."""
-    _, durable = await pending
-    await durable
+        await self._reports.started(message.command_id, acked_at, delivered_at)
 
 
 def _log_eviction(eviction: Eviction) -> None:
@@ -589,51 +432,3 @@ def _log_eviction(eviction: Eviction) -> None:
             forgotten=len(eviction.forgotten),
             reasons=dict(eviction.reasons),
         )
-
-
-def _interrupted(command_id: UUID, state: CommandState, at: datetime, rid: int) -> CommandFinished:
-    return interrupted_report(rid, command_id, state, at=at)
-
-
-ENDED_SESSIONS_KEPT = 1024
-"""Ended work sessions remembered (the oldest forgotten first): enough for any command
-of one that was in flight when its end arrived."""
-
-ACK_WRITE_DELAY = 0.05
-"""Seconds a command's start (and delivery) reports may wait for its output or final
-report to be written with them (one fsync instead of two for a short command)."""
-
-DENIED_EXIT_CODE = 126
-"""Exit code of a command the agent refused to run (the shell's "cannot execute")."""
-
-
-def _denied(rid: int, command_id: UUID, refused: GrantRefused) -> CommandFinished:
-    return CommandFinished(
-        rid=rid,
-        command_id=command_id,
-        handled_at=utcnow(),
-        elapsed_time=0.0,
-        exit_code=DENIED_EXIT_CODE,
-        success=False,
-        result="",
-        error_phase="denied",
-        message=str(refused),
-        code=refused.code[:64],
-    )
-
-
-def _finished(rid: int, command_id: UUID, outcome: CommandOutcome) -> CommandFinished:
-    return CommandFinished(
-        rid=rid,
-        command_id=command_id,
-        handled_at=outcome.handled_at,
-        elapsed_time=outcome.elapsed_time,
-        exit_code=outcome.exit_code,
-        success=outcome.success,
-        result=outcome.result,
-        truncated=outcome.truncated,
-        output_bytes=outcome.output_bytes,
-        error_phase=outcome.error_phase,
-        message=outcome.message,
-        code=outcome.code,
-    )
