@@ -28,6 +28,7 @@ from websockets.exceptions import ConnectionClosed
 
 from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.context import Context
+from fleetgate.agentctl.downsink import DownloadSink
 from fleetgate.agentctl.errors import CliError
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
 from fleetgate.shared.backoff import backoff_delays
@@ -259,36 +260,33 @@ async def download_file(
 
         async def attempt() -> dict[str, Any]:
             offset = os.fstat(fd).st_size
+            hasher = hashlib.sha256()
+            await asyncio.to_thread(_hash_prefix, fd, offset, hasher)
             ws = await open_channel(ctx, opts, op="download", path=remote, offset=offset)
             async with contextlib.aclosing(_Closing(ws)):
+                # Before ``ready``: the agent sends its data right after it.
+                sink = DownloadSink.attach(ws, fd, offset, hasher, report)
                 try:
                     ready = await recv_control(ws)
                 except TransferFailed as exc:
+                    if sink is not None:
+                        await sink.aclose()
                     if exc.agent_code == "invalid" and offset:
                         os.ftruncate(fd, 0)  # the remote file shrank: start over
                         raise Dropped("the remote file changed; starting again") from None
                     raise
+                except BaseException:
+                    if sink is not None:
+                        await sink.aclose()
+                    raise
                 first_offset.append(offset)
                 if on_ready is not None:
                     on_ready(ready)
-                hasher = hashlib.sha256()
-                _hash_prefix(fd, offset, hasher)
-                position = offset
-                report(position)
-                disk = _DiskWriter(fd, hasher, offset)
-                try:
-                    while True:
-                        try:
-                            frame = await ws.recv()
-                        except ConnectionClosed as exc:
-                            raise _closed(exc) from None
-                        if isinstance(frame, str):
-                            break
-                        await disk.put(frame)
-                        position += len(frame)
-                        report(position)
-                finally:
-                    await disk.aclose()
+                report(offset)
+                if sink is not None:
+                    frame, position = await _receive_into(ws, sink)
+                else:
+                    frame, position = await _receive(ws, fd, offset, hasher, report)
                 done: dict[str, Any] = json_loads(frame)
                 if done.get("type") == "error":
                     raise TransferFailed(str(done.get("code")), str(done.get("message")))
@@ -308,6 +306,45 @@ async def download_file(
     _put_in_place(part, target, overwrite=opts.overwrite)
     done["resumed_from"] = first_offset[0] if first_offset else 0
     return done
+
+
+async def _receive_into(ws: ClientConnection, sink: DownloadSink) -> tuple[str, int]:
+    """The data frames go to ``sink``; the agent's last frame, and the bytes received."""
+    try:
+        try:
+            frame = await ws.recv()
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+    finally:
+        await sink.aclose()
+    if isinstance(frame, bytes):  # only a malformed data frame reaches websockets
+        raise CliError("the agent sent a malformed data frame")
+    if sink.error is not None:
+        raise CliError(f"cannot write the download: {sink.error}")
+    return frame, sink.position
+
+
+async def _receive(
+    ws: ClientConnection, fd: int, offset: int, hasher: Any, report: Report
+) -> tuple[str, int]:
+    """The data frames through websockets (where the sink could not take the connection
+    over); the agent's last frame, and the bytes received."""
+    position = offset
+    disk = _DiskWriter(fd, hasher, offset)
+    try:
+        while True:
+            try:
+                frame = await ws.recv()
+            except ConnectionClosed as exc:
+                raise _closed(exc) from None
+            if isinstance(frame, str):
+                break
+            await disk.put(frame)
+            position += len(frame)
+            report(position)
+    finally:
+        await disk.aclose()
+    return frame, position
 
 
 def _discard_if_empty(fd: int, part: Path) -> None:

@@ -44,6 +44,19 @@ class BulkReadsMixin:
     eof: bool
     _pieces: list[Any] | None = None
     _have = 0
+    at_frame_start = False
+    """The parser waits for the first byte of a frame, having consumed nothing of it (it
+    waits in ``at_eof``, which it calls before each frame): the stream may be taken over
+    here by another reader (``agentctl.downsink``)."""
+
+    def at_eof(self) -> Generator[None, None, bool]:
+        """The base class's ``at_eof``, noting while it waits (:attr:`at_frame_start`)."""
+        self.at_frame_start = True
+        try:
+            ended: bool = yield from super().at_eof()  # type: ignore[misc]
+            return ended
+        finally:
+            self.at_frame_start = False
 
     def feed_data(self, data: bytes | bytearray) -> None:
         """Add received bytes: to the pending bulk read, else to the buffer."""
