@@ -34,7 +34,6 @@ from fleetgate.agentctl.transfers import local_part_name, transfer_id
 from fleetgate.shared.backoff import backoff_delays
 from fleetgate.shared.files.direct import CacheAwareReader, DirectWriter
 from fleetgate.shared.heap import keep_large_buffers
-from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = [
@@ -125,11 +124,26 @@ def _closed(exc: ConnectionClosed) -> Exception:
         return TransferFailed("internal", "the transfer failed on the agent (see its log)")
     if frame is not None and frame.code in (4400, 4403):
         try:
-            reason = json_loads(frame.reason)
+            reason = _json(frame.reason)
             return TransferFailed(str(reason.get("code")), str(reason.get("detail")))
-        except (ValueError, AttributeError):
+        except (CliError, AttributeError):
             return TransferFailed("refused", frame.reason or "refused by the agent")
     return Dropped(str(exc))
+
+
+def _json(text: str) -> Any:
+    """A control frame's JSON value. The standard library's parser: the agent's few flat
+    control frames do not need pydantic_core's (``shared.jsontext``), whose import was 12
+    ms of every start; nesting deep enough to exhaust the stack ends in RecursionError,
+    refused like any other malformed frame.
+
+    Raises:
+        CliError: the text is not JSON.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise CliError("the agent sent a malformed control frame") from None
 
 
 async def recv_control(ws: ClientConnection) -> dict[str, Any]:
@@ -140,7 +154,7 @@ async def recv_control(ws: ClientConnection) -> dict[str, Any]:
         raise _closed(exc) from None
     if isinstance(frame, bytes):
         raise CliError("the agent sent data where a control frame was expected")
-    obj = json_loads(frame)
+    obj = _json(frame)
     if not isinstance(obj, dict):
         raise CliError("the agent sent a malformed control frame")
     if obj.get("type") == "error":
@@ -287,7 +301,9 @@ async def download_file(
                     frame, position = await _receive_into(ws, sink)
                 else:
                     frame, position = await _receive(ws, fd, offset, hasher, report)
-                done: dict[str, Any] = json_loads(frame)
+                done = _json(frame)
+                if not isinstance(done, dict):
+                    raise CliError("the agent sent a malformed control frame")
                 if done.get("type") == "error":
                     raise TransferFailed(str(done.get("code")), str(done.get("message")))
                 if done.get("sha256") != hasher.hexdigest() or done.get("size") != position:
