@@ -277,30 +277,29 @@ async def download_file(
             hasher = hashlib.sha256()
             await asyncio.to_thread(_hash_prefix, fd, offset, hasher)
             ws = await open_channel(ctx, opts, op="download", path=remote, offset=offset)
-            async with contextlib.aclosing(_Closing(ws)):
-                # Before ``ready``: the agent sends its data right after it.
-                sink = DownloadSink.attach(ws, fd, offset, hasher, report)
-                try:
-                    ready = await recv_control(ws)
-                except TransferFailed as exc:
-                    if sink is not None:
-                        await sink.aclose()
-                    if exc.agent_code == "invalid" and offset:
-                        os.ftruncate(fd, 0)  # the remote file shrank: start over
-                        raise Dropped("the remote file changed; starting again") from None
-                    raise
-                except BaseException:
-                    if sink is not None:
-                        await sink.aclose()
-                    raise
+
+            def readied(ready: dict[str, Any]) -> None:
                 first_offset.append(offset)
                 if on_ready is not None:
                     on_ready(ready)
-                report(offset)
-                if sink is not None:
-                    frame, position = await _receive_into(ws, sink)
-                else:
-                    frame, position = await _receive(ws, fd, offset, hasher, report)
+
+            async with contextlib.aclosing(_Closing(ws)):
+                # Taken over before ``ready``: the agent's data follows it at once.
+                sink = DownloadSink.attach(ws, fd, offset, hasher, report)
+                try:
+                    ready, frame, position = await _receive_download(
+                        ws, sink, fd, offset, hasher, report, readied
+                    )
+                except TransferFailed as exc:
+                    if exc.agent_code == "invalid" and offset:
+                        if sink is not None:
+                            await sink.aclose()  # it writes nothing more after this
+                        os.ftruncate(fd, 0)  # the remote file shrank: start over
+                        raise Dropped("the remote file changed; starting again") from None
+                    raise
+                finally:
+                    if sink is not None:
+                        await sink.aclose()
                 done = _json(frame)
                 if not isinstance(done, dict):
                     raise CliError("the agent sent a malformed control frame")
@@ -322,6 +321,27 @@ async def download_file(
     _put_in_place(part, target, overwrite=opts.overwrite)
     done["resumed_from"] = first_offset[0] if first_offset else 0
     return done
+
+
+async def _receive_download(
+    ws: ClientConnection,
+    sink: DownloadSink | None,
+    fd: int,
+    offset: int,
+    hasher: Any,
+    report: Report,
+    on_ready: Callable[[dict[str, Any]], None],
+) -> tuple[dict[str, Any], str, int]:
+    """The agent's ``ready``, its last frame and the bytes received (into ``sink`` where
+    it took the connection over, else through websockets)."""
+    ready = await recv_control(ws)
+    on_ready(ready)
+    report(offset)
+    if sink is not None:
+        frame, position = await _receive_into(ws, sink)
+    else:
+        frame, position = await _receive(ws, fd, offset, hasher, report)
+    return ready, frame, position
 
 
 async def _receive_into(ws: ClientConnection, sink: DownloadSink) -> tuple[str, int]:
