@@ -53,6 +53,17 @@ class _BulkClientProtocol(BulkWritesMixin, ClientProtocol):
         return apply_mask(data, key)
 
 
+class _Connection(ClientConnection):
+    """websockets' client connection, its frames read and written in bulk from the start
+    (the handshake included: a download may take the stream over between any two frames,
+    which the reader tells, ``agentctl.downsink``)."""
+
+    def __init__(self, protocol: ClientProtocol, **kwargs: Any) -> None:
+        use_bulk_reads(protocol.reader, _BulkStreamReader)
+        use_bulk_writes(protocol, _BulkClientProtocol)
+        super().__init__(protocol, **kwargs)
+
+
 def channel_url(base: str, path: str, params: Mapping[str, str] | None = None) -> str:
     """The websocket URL of ``path`` on the control plane at ``base`` (http[s]://...)."""
     scheme, rest = base.rstrip("/").split("://", 1)
@@ -102,6 +113,7 @@ async def connect_channel(
             max_size=MAX_FRAME_BYTES,
             write_limit=1024 * 1024,
             compression=None,
+            create_connection=_Connection,
         )
     except InvalidStatus as exc:
         response = exc.response
@@ -114,6 +126,4 @@ async def connect_channel(
     if sock is not None:
         # Keystrokes and small tunnel writes go out at once (see client.NODELAY).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    use_bulk_reads(ws.protocol.reader, _BulkStreamReader)
-    use_bulk_writes(ws.protocol, _BulkClientProtocol)
     return ws

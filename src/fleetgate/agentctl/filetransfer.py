@@ -28,12 +28,12 @@ from websockets.exceptions import ConnectionClosed
 
 from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.context import Context
+from fleetgate.agentctl.downsink import DownloadSink
 from fleetgate.agentctl.errors import CliError
 from fleetgate.agentctl.transfers import local_part_name, transfer_id
 from fleetgate.shared.backoff import backoff_delays
 from fleetgate.shared.files.direct import CacheAwareReader, DirectWriter
 from fleetgate.shared.heap import keep_large_buffers
-from fleetgate.shared.jsontext import loads as json_loads
 
 
 __all__ = [
@@ -124,11 +124,26 @@ def _closed(exc: ConnectionClosed) -> Exception:
         return TransferFailed("internal", "the transfer failed on the agent (see its log)")
     if frame is not None and frame.code in (4400, 4403):
         try:
-            reason = json_loads(frame.reason)
+            reason = _json(frame.reason)
             return TransferFailed(str(reason.get("code")), str(reason.get("detail")))
-        except (ValueError, AttributeError):
+        except (CliError, AttributeError):
             return TransferFailed("refused", frame.reason or "refused by the agent")
     return Dropped(str(exc))
+
+
+def _json(text: str) -> Any:
+    """A control frame's JSON value. The standard library's parser: the agent's few flat
+    control frames do not need pydantic_core's (``shared.jsontext``), whose import was 12
+    ms of every start; nesting deep enough to exhaust the stack ends in RecursionError,
+    refused like any other malformed frame.
+
+    Raises:
+        CliError: the text is not JSON.
+    """
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        raise CliError("the agent sent a malformed control frame") from None
 
 
 async def recv_control(ws: ClientConnection) -> dict[str, Any]:
@@ -139,7 +154,7 @@ async def recv_control(ws: ClientConnection) -> dict[str, Any]:
         raise _closed(exc) from None
     if isinstance(frame, bytes):
         raise CliError("the agent sent data where a control frame was expected")
-    obj = json_loads(frame)
+    obj = _json(frame)
     if not isinstance(obj, dict):
         raise CliError("the agent sent a malformed control frame")
     if obj.get("type") == "error":
@@ -259,37 +274,35 @@ async def download_file(
 
         async def attempt() -> dict[str, Any]:
             offset = os.fstat(fd).st_size
+            hasher = hashlib.sha256()
+            await asyncio.to_thread(_hash_prefix, fd, offset, hasher)
             ws = await open_channel(ctx, opts, op="download", path=remote, offset=offset)
-            async with contextlib.aclosing(_Closing(ws)):
-                try:
-                    ready = await recv_control(ws)
-                except TransferFailed as exc:
-                    if exc.agent_code == "invalid" and offset:
-                        os.ftruncate(fd, 0)  # the remote file shrank: start over
-                        raise Dropped("the remote file changed; starting again") from None
-                    raise
+
+            def readied(ready: dict[str, Any]) -> None:
                 first_offset.append(offset)
                 if on_ready is not None:
                     on_ready(ready)
-                hasher = hashlib.sha256()
-                _hash_prefix(fd, offset, hasher)
-                position = offset
-                report(position)
-                disk = _DiskWriter(fd, hasher, offset)
+
+            async with contextlib.aclosing(_Closing(ws)):
+                # Taken over before ``ready``: the agent's data follows it at once.
+                sink = DownloadSink.attach(ws, fd, offset, hasher, report)
                 try:
-                    while True:
-                        try:
-                            frame = await ws.recv()
-                        except ConnectionClosed as exc:
-                            raise _closed(exc) from None
-                        if isinstance(frame, str):
-                            break
-                        await disk.put(frame)
-                        position += len(frame)
-                        report(position)
+                    ready, frame, position = await _receive_download(
+                        ws, sink, fd, offset, hasher, report, readied
+                    )
+                except TransferFailed as exc:
+                    if exc.agent_code == "invalid" and offset:
+                        if sink is not None:
+                            await sink.aclose()  # it writes nothing more after this
+                        os.ftruncate(fd, 0)  # the remote file shrank: start over
+                        raise Dropped("the remote file changed; starting again") from None
+                    raise
                 finally:
-                    await disk.aclose()
-                done: dict[str, Any] = json_loads(frame)
+                    if sink is not None:
+                        await sink.aclose()
+                done = _json(frame)
+                if not isinstance(done, dict):
+                    raise CliError("the agent sent a malformed control frame")
                 if done.get("type") == "error":
                     raise TransferFailed(str(done.get("code")), str(done.get("message")))
                 if done.get("sha256") != hasher.hexdigest() or done.get("size") != position:
@@ -308,6 +321,66 @@ async def download_file(
     _put_in_place(part, target, overwrite=opts.overwrite)
     done["resumed_from"] = first_offset[0] if first_offset else 0
     return done
+
+
+async def _receive_download(
+    ws: ClientConnection,
+    sink: DownloadSink | None,
+    fd: int,
+    offset: int,
+    hasher: Any,
+    report: Report,
+    on_ready: Callable[[dict[str, Any]], None],
+) -> tuple[dict[str, Any], str, int]:
+    """The agent's ``ready``, its last frame and the bytes received (into ``sink`` where
+    it took the connection over, else through websockets)."""
+    ready = await recv_control(ws)
+    on_ready(ready)
+    report(offset)
+    if sink is not None:
+        frame, position = await _receive_into(ws, sink)
+    else:
+        frame, position = await _receive(ws, fd, offset, hasher, report)
+    return ready, frame, position
+
+
+async def _receive_into(ws: ClientConnection, sink: DownloadSink) -> tuple[str, int]:
+    """The data frames go to ``sink``; the agent's last frame, and the bytes received."""
+    try:
+        try:
+            frame = await ws.recv()
+        except ConnectionClosed as exc:
+            raise _closed(exc) from None
+    finally:
+        await sink.aclose()
+    if isinstance(frame, bytes):  # only a malformed data frame reaches websockets
+        raise CliError("the agent sent a malformed data frame")
+    if sink.error is not None:
+        raise CliError(f"cannot write the download: {sink.error}")
+    return frame, sink.position
+
+
+async def _receive(
+    ws: ClientConnection, fd: int, offset: int, hasher: Any, report: Report
+) -> tuple[str, int]:
+    """The data frames through websockets (where the sink could not take the connection
+    over); the agent's last frame, and the bytes received."""
+    position = offset
+    disk = _DiskWriter(fd, hasher, offset)
+    try:
+        while True:
+            try:
+                frame = await ws.recv()
+            except ConnectionClosed as exc:
+                raise _closed(exc) from None
+            if isinstance(frame, str):
+                break
+            await disk.put(frame)
+            position += len(frame)
+            report(position)
+    finally:
+        await disk.aclose()
+    return frame, position
 
 
 def _discard_if_empty(fd: int, part: Path) -> None:

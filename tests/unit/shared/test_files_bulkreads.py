@@ -19,10 +19,18 @@ class BulkReader(BulkReadsMixin, StreamReader):
     pass
 
 
-def protocol(side: Side, *, bulk: bool, max_size: int | None = None) -> Protocol:
+class KeptBufferReader(BulkReadsMixin, StreamReader):
+    """A server's reader (the control plane's), reading large payloads into one buffer."""
+
+    reuse_payload = True
+
+
+def protocol(
+    side: Side, *, bulk: bool, max_size: int | None = None, reader: type = BulkReader
+) -> Protocol:
     proto = Protocol(side, state=State.OPEN, max_size=max_size)
     if bulk:
-        use_bulk_reads(proto.reader, BulkReader)
+        use_bulk_reads(proto.reader, reader)
     return proto
 
 
@@ -73,6 +81,51 @@ def test_frames_parse_as_without_bulk_reads(
     bulk = protocol(receiver, bulk=True)
     assert feed(bulk, wire, splits) == expected
     assert bulk.reader.buffer == b""
+
+
+def feed_in_place(proto: Protocol, wire: bytes, piece: int) -> list[tuple[Opcode, bytes, bool]]:
+    """Feed ``wire`` as a buffered transport would: into the reader's room while a large
+    payload is pending (``bulk_room``), else ``piece`` bytes at a time."""
+    reader = proto.reader
+    assert isinstance(reader, KeptBufferReader)
+    events, start = [], 0
+    while start < len(wire):
+        room = reader.bulk_room()
+        if room is not None:
+            taken = min(len(room), piece, len(wire) - start)
+            room[:taken] = wire[start : start + taken]
+            room.release()
+            reader.bulk_filled(taken)
+            proto.receive_data(b"")
+        else:
+            taken = min(piece, len(wire) - start)
+            proto.receive_data(wire[start : start + taken])
+        start += taken
+        events += [(f.opcode, bytes(f.data), f.fin) for f in frames(proto)]
+    return events
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    sizes=st.lists(SIZES, min_size=1, max_size=6),
+    cuts=st.lists(st.integers(min_value=0, max_value=3 << 20), max_size=40),
+    piece=st.sampled_from([1 << 10, 64 << 10, 256 << 10, 4 << 20]),
+)
+def test_a_servers_kept_buffer_parses_the_same(
+    sizes: list[int], cuts: list[int], piece: int
+) -> None:
+    """A client's (masked) frames through a reader that keeps its buffer: fed as pieces,
+    and received in place, the frames are those websockets parses itself, each its own
+    copy (the kept buffer is filled again by the next frame)."""
+    frames = [Frame(Opcode.BINARY, os.urandom(n)) for n in sizes]
+    wire = b"".join(f.serialize(mask=True) for f in frames)
+    splits = [c for c in cuts if c < len(wire)] + list(range(piece, len(wire), piece))
+    expected = [(f.opcode, f.data, f.fin) for f in frames]
+    kept = protocol(Side.SERVER, bulk=True, reader=KeptBufferReader)
+    assert feed(kept, wire, splits) == expected
+    in_place = protocol(Side.SERVER, bulk=True, reader=KeptBufferReader)
+    assert feed_in_place(in_place, wire, piece) == expected
+    assert in_place.reader.buffer == b""
 
 
 def test_a_frame_in_one_piece_with_the_next_frames_head() -> None:

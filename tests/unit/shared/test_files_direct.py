@@ -7,6 +7,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import mmap
 import os
 import subprocess
 from collections.abc import Iterator
@@ -226,3 +227,55 @@ def test_the_reader_falls_back_where_o_direct_is_refused(tmp_path: Path) -> None
         data = os.urandom(3 * (1 << 20) + 5)
         (mount / "f").write_bytes(data)
         assert read_file(mount / "f", 17) == data[17:]
+
+
+def write_aligned_file(
+    path: Path, data: bytes, prefix: bytes = b"", piece: int = WRITE_BLOCK
+) -> bool:
+    """``write_file`` with ``write_aligned`` from a page-aligned buffer; whether it went
+    direct to the end (every write straight from the buffer)."""
+    path.write_bytes(prefix)
+    fd = os.open(path, os.O_RDWR)
+    buffer = mmap.mmap(-1, piece)
+    view = memoryview(buffer)
+    try:
+        writer = DirectWriter(fd, len(prefix), drop=False)
+        for start in range(0, len(data), piece):
+            part = data[start : start + piece]
+            view[: len(part)] = part
+            writer.write_aligned(view[: len(part)])
+        direct = writer.direct
+        writer.flush()
+        writer.close()
+    finally:
+        view.release()
+        buffer.close()
+        os.close(fd)
+    return direct
+
+
+@pytest.mark.parametrize(
+    ("total", "piece"), [(0, WRITE_BLOCK), (3 * WRITE_BLOCK + 77, WRITE_BLOCK), (99_999, 8192)]
+)
+def test_aligned_buffers_are_written_direct(tmp_path: Path, total: int, piece: int) -> None:
+    data = os.urandom(total)
+    path = tmp_path / "aligned"
+    assert write_aligned_file(path, data, piece=piece)
+    assert pages_cached(path) <= 1  # only the last partial block went through the cache
+    assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize("prefix", [1, ALIGN - 1, ALIGN, WRITE_BLOCK + 17])
+def test_aligned_writes_after_an_unaligned_resume(tmp_path: Path, prefix: int) -> None:
+    head, data = os.urandom(prefix), os.urandom(2 * WRITE_BLOCK + 99)
+    path = tmp_path / "resumed"
+    write_aligned_file(path, data, prefix=head, piece=1 << 20)
+    assert path.read_bytes() == head + data
+
+
+@pytest.mark.root  # mounts a ramfs, which refuses O_DIRECT
+def test_aligned_writes_fall_back_where_o_direct_is_refused(tmp_path: Path) -> None:
+    with mounted(tmp_path / "ram", "ramfs") as mount:
+        data = os.urandom(2 * WRITE_BLOCK + 4321)
+        assert not write_aligned_file(mount / "f", data)
+        assert (mount / "f").read_bytes() == data

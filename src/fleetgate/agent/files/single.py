@@ -13,12 +13,11 @@ the whole file.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import os
 import stat
 import time
+from typing import TYPE_CHECKING
 
-from fleetgate.agent.files.hashing import BackgroundHash, hash_prefix
 from fleetgate.agent.files.pipeio import EndOfInput, PipeIO
 from fleetgate.agent.files.walk import Located, Walker, os_error, still_at
 from fleetgate.shared.errors import TransferError
@@ -31,6 +30,14 @@ from fleetgate.shared.files.transfer import (
     final_mode,
     resume_offset,
 )
+
+
+if TYPE_CHECKING:
+    import hashlib
+
+# hashlib (OpenSSL's start-up) and the hashing threads are imported where a file is hashed
+# here: a handed-over file is hashed by the agent, and every transfer waits for the
+# worker's start.
 
 
 __all__ = ["download_file", "locate_target", "rename_into_place", "upload_file"]
@@ -166,6 +173,10 @@ def _check_unchanged(located: Located, expected: str, buf: bytearray) -> None:
         raise TransferError(
             "changed", f"{located.path} changed meanwhile: {exc.strerror}"
         ) from None
+    import hashlib
+
+    from fleetgate.agent.files.hashing import hash_prefix
+
     try:
         hasher = hashlib.sha256()
         hash_prefix(fd, os.fstat(fd).st_size, hasher, buf)
@@ -184,11 +195,15 @@ def upload_file(pipe: PipeIO, walker: Walker, request: Request) -> None:
         try:
             ledger = Ledger(offset, request.size, request.max_file_bytes)
             buf = bytearray(request.chunk_bytes)
-            hasher = hashlib.sha256()
             if request.handover:
                 # The agent writes and hashes (prefix included) through this descriptor.
                 pipe.send_fd({"type": "handover", "op": "upload", "offset": offset}, fd)
             else:
+                import hashlib
+
+                from fleetgate.agent.files.hashing import hash_prefix
+
+                hasher = hashlib.sha256()
                 hash_prefix(fd, offset, hasher, buf)
                 os.lseek(fd, offset, os.SEEK_SET)
             pipe.send({"type": "ready", "offset": offset, "path": located.path})
@@ -242,6 +257,8 @@ def _agent_end(pipe: PipeIO, ledger: Ledger) -> tuple[dict[str, object], str]:
 
 def _receive(pipe: PipeIO, fd: int, ledger: Ledger, hasher: hashlib._Hash) -> dict[str, object]:
     """Write data frames to ``fd`` until the ``end`` control frame; return it."""
+    from fleetgate.agent.files.hashing import BackgroundHash
+
     background = BackgroundHash(hasher)
     try:
         while True:
@@ -303,6 +320,10 @@ def download_file(pipe: PipeIO, walker: Walker, request: Request) -> None:
                 fd,
             )  # fmt: skip
             return
+        import hashlib
+
+        from fleetgate.agent.files.hashing import BackgroundHash, hash_prefix
+
         hasher = hashlib.sha256()
         buf = bytearray(request.chunk_bytes)
         view = memoryview(buf)

@@ -24,7 +24,7 @@ created, at any point between two ``receive_data`` calls.
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import Any
+from typing import Any, ClassVar
 
 
 __all__ = ["BULK_BYTES", "BulkReadsMixin", "use_bulk_reads"]
@@ -44,9 +44,32 @@ class BulkReadsMixin:
     eof: bool
     _pieces: list[Any] | None = None
     _have = 0
+    reuse_payload: ClassVar[bool] = False
+    """Set on a server's reader (the control plane's), whose parser unmasks every payload
+    into a new object as soon as it is read: a bulk read then gathers into one buffer,
+    kept for the next frame of the same size, and returns that buffer; a buffered
+    transport receives into it directly (:meth:`bulk_room`)."""
+    _target: bytearray | None = None
+    _want = 0  # the size of the pending bulk read into ``_target`` (0: none)
+    at_frame_start = False
+    """The parser waits for the first byte of a frame, having consumed nothing of it (it
+    waits in ``at_eof``, which it calls before each frame): the stream may be taken over
+    here by another reader (``agentctl.downsink``)."""
+
+    def at_eof(self) -> Generator[None, None, bool]:
+        """The base class's ``at_eof``, noting while it waits (:attr:`at_frame_start`)."""
+        self.at_frame_start = True
+        try:
+            ended: bool = yield from super().at_eof()  # type: ignore[misc]
+            return ended
+        finally:
+            self.at_frame_start = False
 
     def feed_data(self, data: bytes | bytearray) -> None:
         """Add received bytes: to the pending bulk read, else to the buffer."""
+        if self._want:
+            self._feed_target(data)
+            return
         pieces = self._pieces
         if pieces is None:
             super().feed_data(data)  # type: ignore[misc]
@@ -66,6 +89,8 @@ class BulkReadsMixin:
         """
         if n < BULK_BYTES or len(self.buffer) >= n:
             return (yield from super().read_exact(n))  # type: ignore[misc]
+        if self.reuse_payload:
+            return (yield from self._read_target(n))
         pieces: list[Any] = [bytes(self.buffer)] if self.buffer else []
         self._have = len(self.buffer)
         del self.buffer[:]
@@ -84,10 +109,53 @@ class BulkReadsMixin:
             self.buffer += last[len(last) - extra :]
         return b"".join(pieces)
 
+    def _read_target(self, n: int) -> Generator[None, None, bytearray]:
+        """A bulk read into the kept buffer (:attr:`reuse_payload`)."""
+        target = self._target
+        if target is None or len(target) != n:
+            target = self._target = bytearray(n)
+        self._have = len(self.buffer)
+        target[: self._have] = self.buffer
+        del self.buffer[:]
+        self._want = n
+        try:
+            while self._have < n:
+                if self.eof:
+                    raise EOFError(f"stream ends after {self._have} bytes, expected {n} bytes")
+                yield
+        finally:
+            self._want = 0
+        return target
+
+    def _feed_target(self, data: bytes | bytearray | memoryview) -> None:
+        if self.eof:
+            raise EOFError("stream ended")
+        assert self._target is not None
+        view = memoryview(data)
+        taken = min(len(view), self._want - self._have)
+        self._target[self._have : self._have + taken] = view[:taken]
+        self._have += taken
+        if taken < len(view):  # the next frame's first bytes
+            self.buffer += view[taken:]
+
+    def bulk_room(self) -> memoryview | None:
+        """While a bulk read into the kept buffer waits: the part still to be received,
+        for a transport to receive into (then :meth:`bulk_filled`)."""
+        if not self._want or self._target is None:
+            return None
+        return memoryview(self._target)[self._have : self._want]
+
+    def bulk_filled(self, count: int) -> None:
+        """``count`` bytes were received into the room :meth:`bulk_room` gave (the parser
+        then runs with no new data, ``receive_data(b"")``)."""
+        self._have += count
+
     def discard(self) -> None:
         """Drop everything buffered, a pending bulk read's pieces too."""
         if self._pieces is not None:
             self._pieces.clear()
+            self._have = 0
+        if self._want:
             self._have = 0
         super().discard()  # type: ignore[misc]
 

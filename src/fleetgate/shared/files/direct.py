@@ -240,6 +240,30 @@ class DirectWriter:
             if self._staged == WRITE_BLOCK:
                 self._write_blocks()
 
+    def write_aligned(self, data: memoryview) -> None:
+        """Write ``data`` next, from a buffer that starts at a page-aligned address (an
+        ``mmap``'s): its whole blocks go to the disk straight from it, without the copy
+        into the writer's buffer, when the file position is block-aligned; otherwise, and
+        for the partial block at its end, as :meth:`write`."""
+        whole = align_down(len(data)) if self._direct and self._staged == 0 else 0
+        done = 0
+        while done < whole:
+            try:
+                written = os.pwrite(self.fd, data[done:whole], self.position)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._fallback()  # nothing staged: the rest goes through the page cache
+                break
+            done += written
+            self.position += written
+            self._base = self.position
+            if written % ALIGN:  # a partial block written: the rest cannot go direct
+                self._fallback()
+                break
+        if done < len(data):
+            self.write(data[done:])
+
     def _write_blocks(self) -> None:
         """Write the whole blocks gathered; keep the partial one at the buffer's start."""
         whole = align_down(self._staged)

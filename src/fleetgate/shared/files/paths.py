@@ -12,8 +12,6 @@ while walking the real tree, one ``openat`` at a time.
 
 from __future__ import annotations
 
-import hashlib
-
 from fleetgate.shared.errors import TransferError
 
 
@@ -112,5 +110,7 @@ def temp_name(name: str, transfer_id: str) -> str:
     """
     stem = name
     if len(_encoded(stem)) > 160:
+        import hashlib  # here: the worker, which every transfer waits for, starts without it
+
         stem = hashlib.sha256(_encoded(name)).hexdigest()[:32]
     return f".{stem}.{transfer_id}{TEMP_SUFFIX}"

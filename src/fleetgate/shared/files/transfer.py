@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 import stat
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from fleetgate.shared.errors import TransferError
 from fleetgate.shared.files.paths import MAX_NAME_BYTES, components, normalise
@@ -44,9 +43,10 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 Op = Literal["upload", "download"]
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """One transfer, as the worker performs it.
+class Request(NamedTuple):
+    """One transfer, as the worker performs it. (A named tuple, not a dataclass: the
+    worker starts once per transfer, and ``dataclasses`` with the ``inspect`` it loads
+    were 6 ms of that start.)
 
     Attributes:
         op: ``upload`` (client to server) or ``download`` (server to client).
