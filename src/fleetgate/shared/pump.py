@@ -228,8 +228,11 @@ async def pump(
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(stream.upstream())
-                tasks.create_task(stream.downstream())
                 stream.watcher = tasks.create_task(stream.watch())
+                # Downstream in this task: one task less per stream, and the link's
+                # first bytes (often there already: the client spoke first) go to the
+                # socket now instead of a loop turn later.
+                await stream.downstream()
         except* _End as group:
             end = group.exceptions[0]  # type: ignore[assignment]
         except* closed:

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import resource
 import select
 import socket
 
 import pytest
 
 from tests.integration.tunnel.conftest import TunnelStack
-from tests.support.tunnel import agentctl_tunnel, echo_server, threaded_echo_server
+from tests.support.tunnel import (
+    agentctl_tunnel,
+    assert_echoed,
+    echo_server,
+    threaded_echo_server,
+)
 
 
 async def _half_close(port: int) -> bytes:
@@ -127,3 +134,34 @@ def test_tunnel_ready_line_in_json(tstack: TunnelStack) -> None:
         with tstack.cp.client() as api:
             closed = api.get(f"/api/tunnels/{ready['tunnel_id']}/").json()
         assert closed["close_code"] == "TUNNEL_CLOSED"  # Ctrl-C deletes the tunnel
+
+
+def _lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+def test_tunnel_out_of_descriptors_says_so_then_carries_the_connection(
+    tstack: TunnelStack,
+) -> None:
+    """A connection that comes while agentctl cannot accept (no descriptor left) waits
+    in the listen backlog: agentctl says why, retries, and carries it once it can."""
+    with (
+        threaded_echo_server() as port,
+        agentctl_tunnel(tstack.cli, tstack.server, port) as tunnel,
+    ):
+        pid, stderr = tunnel.proc.pid, tunnel.proc.stderr
+        assert stderr is not None
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        # The next descriptor would be the lowest free one: now past the limit.
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(pid), hard))
+        with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=20) as client:
+            told = ""
+            while "cannot accept" not in told:
+                assert select.select([stderr], [], [], 20)[0], "agentctl did not say it"
+                told = stderr.readline()
+            assert "Too many open files" in told
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+            assert_echoed(client)
+        code, err = tunnel.stop()
+    assert code == 0, err
