@@ -18,6 +18,7 @@ from tests.support.tunnel import (
     echo_server,
     threaded_echo_server,
 )
+from tests.support.waiting import eventually_blocking
 
 
 async def _half_close(port: int) -> bytes:
@@ -165,3 +166,33 @@ def test_tunnel_out_of_descriptors_says_so_then_carries_the_connection(
             assert_echoed(client)
         code, err = tunnel.stop()
     assert code == 0, err
+
+
+def test_tunnel_streams_audited_opened_then_closed(tstack: TunnelStack) -> None:
+    """Every stream leaves ``channel.opened`` then ``channel.closed`` in the agent's audit
+    log (the first is written once the stream is under way, still before the second)."""
+    audit = tstack.agent.logs_dir / "audit.log"
+    start = audit.stat().st_size if audit.exists() else 0
+    with threaded_echo_server() as port, agentctl_tunnel(tstack.cli, tstack.server, port) as t:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", t.local_port), timeout=20) as client:
+                assert_echoed(client)
+        code, err = t.stop()
+    assert code == 0, err
+
+    def events() -> dict[str, list[str]]:
+        with audit.open("rb") as f:
+            f.seek(start)
+            lines = [json.loads(line) for line in f.read().splitlines()]
+        found: dict[str, list[str]] = {}
+        for line in lines:
+            if line.get("kind") == "tunnel":
+                found.setdefault(line["channel_id"], []).append(line["event"])
+        # Only this test's channels: an earlier test's last stream may end meanwhile.
+        return {c: e for c, e in found.items() if "channel.opened" in e}
+
+    # The probe and three streams, each closed (the agent may still be ending the last).
+    eventually_blocking(
+        lambda: len(events()) == 4 and all(e[-1] == "channel.closed" for e in events().values())
+    )
+    assert all(e == ["channel.opened", "channel.closed"] for e in events().values()), events()

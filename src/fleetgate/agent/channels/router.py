@@ -289,7 +289,9 @@ class ChannelRouter:
                     log.warning("channel.pool_lost", code=exc.code)
                     link.abort()
                     return
-        self._record("channel.opened", message, work_session=claims and claims.work_session)
+        opened = self._record_soon(
+            "channel.opened", message, work_session=claims and claims.work_session
+        )
         code, reason = CLOSE_NORMAL, ""
         window = asyncio.timeout_at(_deadline(claims))
         try:
@@ -302,6 +304,7 @@ class ChannelRouter:
             log.info("channel.peer_closed", code=exc.code, reason=exc.reason)
         except ChannelRefused as exc:
             log.warning("channel.refused", code=exc.code, reason=exc.message)
+            opened()
             self._record("channel.refused", message, code=exc.code, reason=exc.message)
             code, reason = CLOSE_REFUSED, refusal_reason(exc.code, exc.message)
         except Exception as exc:
@@ -318,7 +321,26 @@ class ChannelRouter:
         finally:
             if not link.kept:  # else open and quiet: its pool serves the next channel on it
                 await _close_quietly(link, code, reason)
+            opened()
             self._record("channel.closed", message, code=code)
+
+    def _record_soon(
+        self, event: str, message: ChannelOpen, **fields: object
+    ) -> Callable[[], None]:
+        """Record ``event`` at the next loop turn, once the channel's task waits (a tunnel
+        stream's target is connected and its first bytes sent by then: the audit write is
+        not on its set-up path); the returned call records it now if it is still due, so
+        that it always precedes the channel's later events."""
+        due = True
+
+        def record() -> None:
+            nonlocal due
+            if due:
+                due = False
+                self._record(event, message, **fields)
+
+        asyncio.get_running_loop().call_soon(record)
+        return record
 
     def _record(self, event: str, message: ChannelOpen, **fields: object) -> None:
         if self._audit is not None:
