@@ -11,9 +11,9 @@ control plane hands to the client unchanged.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from time import time
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import structlog
@@ -48,9 +48,7 @@ __all__ = ["ChannelRouter", "ChannelService", "EndsResources"]
 log = structlog.get_logger(__name__)
 
 Dialer = Callable[[AgentConfig, str, UUID], Awaitable[ChannelLink]]
-_Pooled = tuple[ChannelLink, asyncio.Event]
-"""A pooled link and the event set when the channel on it has ended."""
-_Intake = tuple[ChannelOpen, "ChannelService", GrantClaims | None, _Pooled | None]
+_Intake = tuple[ChannelOpen, "ChannelService", GrantClaims | None]
 
 
 class ChannelService(Protocol):
@@ -134,17 +132,36 @@ class ChannelRouter:
 
     def on_open(self, message: ChannelOpen) -> ErrorMessage | None:
         """Accept a channel without blocking, or say why not."""
-        return self._take(message, None)
+        taken = self._check(message)
+        if isinstance(taken, ErrorMessage):
+            return taken
+        service, claims = taken
+        self._open[message.channel_id] = None
+        if self._group is None or not self._start(self._group, message, service, claims):
+            self._intake.put_nowait((message, service, claims))
+        self.pool.used()
+        return None
 
     def on_pooled(
-        self, message: ChannelOpen, link: ChannelLink, ended: asyncio.Event
-    ) -> ErrorMessage | None:
-        """Accept a channel whose ``channel.open`` came on a pooled websocket, which then
-        serves it (checked exactly as :meth:`on_open`), or say why not. ``ended`` is set
-        when that channel has ended (the pool's slot dials its replacement then)."""
-        return self._take(message, (link, ended))
+        self, message: ChannelOpen, link: ChannelLink
+    ) -> ErrorMessage | Coroutine[Any, Any, None]:
+        """Accept a channel whose ``channel.open`` came on a pooled websocket (checked
+        exactly as :meth:`on_open`), or say why not: its serving on ``link``, which the
+        pool's task runs itself. No task of its own: the channel starts without a loop
+        turn, and :meth:`on_close` cancels the pool's task (which goes on unless it was
+        cancelled for another reason as well)."""
+        taken = self._check(message)
+        if isinstance(taken, ErrorMessage):
+            return taken
+        service, claims = taken
+        self._open[message.channel_id] = asyncio.current_task()
+        self.pool.used()
+        return self._serve(message, service, claims, link)
 
-    def _take(self, message: ChannelOpen, pooled: _Pooled | None) -> ErrorMessage | None:
+    def _check(
+        self, message: ChannelOpen
+    ) -> ErrorMessage | tuple[ChannelService, GrantClaims | None]:
+        """The service and the verified claims of a channel, or the refusal (recorded)."""
         channel_id = message.channel_id
         kind = message.spec.kind
         try:
@@ -163,11 +180,7 @@ class ChannelRouter:
             log.warning("channel.refused", channel_id=str(channel_id), kind=kind, code=code)
             self._record("channel.refused", message, code=code, reason=detail)
             return ErrorMessage(code=code, message=detail, ref=str(channel_id))
-        self._open[channel_id] = None
-        if self._group is None or not self._start(self._group, message, service, claims, pooled):
-            self._intake.put_nowait((message, service, claims, pooled))
-        self.pool.used()
-        return None
+        return service, claims
 
     def _admit(self, message: ChannelOpen) -> ChannelService:
         if not self._accepting:
@@ -226,16 +239,12 @@ class ChannelRouter:
         message: ChannelOpen,
         service: ChannelService,
         claims: GrantClaims | None,
-        pooled: _Pooled | None,
     ) -> bool:
         """Start serving an accepted channel in ``tg``; False if ``tg`` is shutting down."""
         channel_id = message.channel_id
         if channel_id not in self._open:
-            if pooled is not None:
-                pooled[0].abort()
-                pooled[1].set()
             return True  # closed before it started
-        serving = self._serve(message, service, claims, pooled)
+        serving = self._serve(message, service, claims, None)
         try:
             task = tg.create_task(serving, name=f"channel-{channel_id}")
         except RuntimeError:
@@ -249,7 +258,7 @@ class ChannelRouter:
         message: ChannelOpen,
         service: ChannelService,
         claims: GrantClaims | None,
-        pooled: _Pooled | None,
+        pooled: ChannelLink | None,
     ) -> None:
         channel_id = message.channel_id
         with structlog.contextvars.bound_contextvars(
@@ -259,15 +268,13 @@ class ChannelRouter:
                 await self._dial_and_serve(message, service, claims, pooled)
             finally:
                 self._open.pop(channel_id, None)
-                if pooled is not None:
-                    pooled[1].set()
 
     async def _dial_and_serve(
         self,
         message: ChannelOpen,
         service: ChannelService,
         claims: GrantClaims | None,
-        pooled: _Pooled | None,
+        pooled: ChannelLink | None,
     ) -> None:
         keep_large_buffers()
         if pooled is None:
@@ -277,7 +284,7 @@ class ChannelRouter:
                 log.warning("channel.dial_failed", reason=str(exc))
                 return
         else:
-            link = pooled[0]
+            link = pooled
             # A quiet open (a pipelined tunnel stream) is not answered: the channel's own
             # first frame, or its close, tells the control plane it was accepted, and the
             # stream's set-up costs a frame less each way (and a send before the connect).
