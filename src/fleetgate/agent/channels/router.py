@@ -4,7 +4,8 @@
 the grant with the kind's scope, applies the limits and the kind's own ``check``, and
 queues the channel. :meth:`ChannelRouter.run` owns one task per channel: it dials the
 channel's websocket, awaits the kind's ``serve`` and closes the link however that ends.
-A refusal found later (inside ``serve``) closes the link with 4403 and a JSON reason the
+A channel opened on a pooled websocket (:meth:`ChannelRouter.on_pooled`, checked the same
+way) is served the same way by the pool's own task. A refusal found later (inside ``serve``) closes the link with 4403 and a JSON reason the
 control plane hands to the client unchanged.
 """
 
