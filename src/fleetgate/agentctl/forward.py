@@ -186,6 +186,8 @@ class Forwarder:
                 self.ctx.out.info(f"agentctl: cannot accept: {exc.strerror or exc}")
                 loop.remove_reader(fd)
                 retry = loop.call_later(ACCEPT_BACKOFF, resume)
+            except RuntimeError:  # the task group ends (a stream failed): so does this
+                loop.remove_reader(fd)
 
         loop.add_reader(fd, acceptable)
         try:
