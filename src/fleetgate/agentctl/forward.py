@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
+from websockets.protocol import State
 
 from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.context import Context
@@ -161,31 +162,66 @@ class Forwarder:
         self.stop.set()
 
     async def _accept(self, tg: asyncio.TaskGroup) -> None:
+        """Accept connections until cancelled: in the listener's reader callback, which
+        also sends the new stream's open (no loop turn between the connection and its
+        open, and no reader re-registered per connection as ``sock_accept`` does)."""
         loop = asyncio.get_running_loop()
-        while True:
+        fd = self.listener.fileno()
+        retry: asyncio.TimerHandle | None = None
+
+        def resume() -> None:
+            nonlocal retry
+            retry = None
+            loop.add_reader(fd, acceptable)
+
+        def acceptable() -> None:
+            nonlocal retry
+            if self.stop.is_set():  # stopping: no new stream (the acceptor ends soon)
+                loop.remove_reader(fd)
+                return
             try:
-                conn, _ = await loop.sock_accept(self.listener)
+                self._accept_one(tg)
             except OSError as exc:
                 # Out of descriptors or memory: say so, give streams time to end, go on.
                 self.ctx.out.info(f"agentctl: cannot accept: {exc.strerror or exc}")
-                await asyncio.sleep(ACCEPT_BACKOFF)
-                continue
+                loop.remove_reader(fd)
+                retry = loop.call_later(ACCEPT_BACKOFF, resume)
+            except RuntimeError:  # the task group ends (a stream failed): so does this
+                loop.remove_reader(fd)
+
+        loop.add_reader(fd, acceptable)
+        try:
+            await loop.create_future()  # until cancelled
+        finally:
+            loop.remove_reader(fd)
+            if retry is not None:
+                retry.cancel()
+
+    def _accept_one(self, tg: asyncio.TaskGroup) -> None:
+        """Accept one waiting connection (none: a spurious wake-up) and start its stream,
+        its open sent at once when a ready websocket is there.
+
+        Raises:
+            OSError: accept() failed (out of descriptors, memory).
+        """
+        try:
+            conn, _ = self.listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        try:
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            # The open leaves before the stream's task first runs: its set-up starts one
-            # loop turn sooner, ahead of the other streams' frames.
-            try:
-                first = _waiting_bytes(conn)
-                opened = await self._open_at_once(first)
-            except BaseException:
-                abort_socket(conn)
-                raise
+            first = _waiting_bytes(conn)
+            opened = self._open_at_once(first)
             self.streams += 1
             task = tg.create_task(
                 self._stream(conn, opened, first), name=f"tunnel-stream-{self.streams}"
             )
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        except BaseException:
+            abort_socket(conn)
+            raise
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _prepare(self) -> None:
         """Dial websockets for the next streams up to :data:`READY` (deferred: they open
@@ -210,7 +246,7 @@ class Forwarder:
         self._ready.append(kept)
         return True
 
-    async def _open_at_once(self, first: bytes) -> ClientConnection | None:
+    def _open_at_once(self, first: bytes) -> ClientConnection | None:
         """The first ready websocket, told to open its stream (and given ``first``), if it
         is dialled and open; else ``None`` and the stream's own task finds one (waits for
         a dial, tells its error, or dials)."""
@@ -221,7 +257,7 @@ class Forwarder:
             return None
         self._ready.popleft()
         ws = ready.result()
-        return ws if await _send_open(ws, first) else None
+        return ws if _send_open(ws, first) else None
 
     async def _open_stream(self, opened: ClientConnection | None, first: bytes) -> ClientConnection:
         """The websocket of a new stream, opened (and given ``first``): ``opened`` by the
@@ -235,7 +271,7 @@ class Forwarder:
                 ws = await ready
             except (AgentctlError, OSError):
                 ws = None  # dialled below without deferring; its error is the one told
-        if ws is not None and await _send_open(ws, first):
+        if ws is not None and _send_open(ws, first):
             return ws
         # None ready: a stream opened by its handshake, as without ready websockets.
         ws = await connect_channel(self.ctx, self.path)
@@ -330,25 +366,22 @@ def _waiting_bytes(conn: socket.socket) -> bytes:
         return b""  # reset: the pump's own read says so
 
 
-async def _send_open(ws: ClientConnection, first: bytes) -> bool:
+def _send_open(ws: ClientConnection, first: bytes) -> bool:
     """Send the open frame on a ready websocket, and ``first`` as the stream's first
-    bytes in the same TCP segment (corked): the control plane wakes once for both, and
-    relays the bytes as soon as the stream is open. False: the websocket was closed
-    while it waited (idle, a restarted control plane)."""
-    cork: int | None = getattr(socket, "TCP_CORK", None)  # Linux only
-    sock = ws.transport.get_extra_info("socket") if first and cork is not None else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
-    try:
-        await ws.send(OPEN_FRAME)
-        if first:
-            await ws.send(first)
-    except ConnectionClosed:
+    bytes, in one write: the control plane wakes once for both, and relays the bytes as
+    soon as the stream is open. False: the websocket was closed while it waited (idle, a
+    restarted control plane).
+
+    Synchronous, unlike websockets' ``send`` (which would write each frame on its own):
+    a ready websocket sends nothing else, and its transport is empty, so there is
+    nothing to wait for.
+    """
+    if ws.protocol.state is not State.OPEN or ws.transport.is_closing():
         return False
-    finally:
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
+    ws.protocol.send_text(OPEN_FRAME.encode())
+    if first:
+        ws.protocol.send_binary(first)
+    ws.transport.write(b"".join(ws.protocol.data_to_send()))
     return True
 
 

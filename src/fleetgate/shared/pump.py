@@ -19,6 +19,7 @@ one) instead of a close, and the link is left open for the next stream
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import struct
 from dataclasses import dataclass
@@ -106,6 +107,7 @@ class _Stream:
         self.eof_sent = False
         self.end_sent = False
         self.reusable = False
+        self.tasks: asyncio.TaskGroup | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.sent = 0
         self.received = 0
@@ -174,7 +176,7 @@ class _Stream:
                 if self.down_done:
                     raise _End("tunnel_protocol", "data after eof", notify=True)
                 try:
-                    await self.loop.sock_sendall(self.sock, message)
+                    await self.sendall(message)
                 except OSError as exc:
                     raise _End(
                         "tunnel_reset", f"connection failed: {exc.strerror or exc}", notify=True
@@ -204,6 +206,21 @@ class _Stream:
                 # What follows on the link is the next stream's (or nothing): not ours.
                 return
 
+    async def sendall(self, data: bytes) -> None:
+        """Write ``data`` to the socket. Only while the socket is full does downstream
+        stop reading the link, so that is when the link's closing starts being watched
+        (:meth:`watch`): most streams (a request, its answer) never need the task."""
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(data):
+            return
+        if self.watcher is None and self.tasks is not None and not self.end_sent:
+            with contextlib.suppress(RuntimeError):  # the group is ending: so is this
+                self.watcher = self.tasks.create_task(self.watch())
+        await self.loop.sock_sendall(self.sock, memoryview(data)[sent:])
+
 
 async def pump(
     sock: socket.socket,
@@ -227,9 +244,12 @@ async def pump(
     try:
         try:
             async with asyncio.TaskGroup() as tasks:
+                stream.tasks = tasks
                 tasks.create_task(stream.upstream())
-                tasks.create_task(stream.downstream())
-                stream.watcher = tasks.create_task(stream.watch())
+                # Downstream in this task: one task less per stream, and the link's
+                # first bytes (often there already: the client spoke first) go to the
+                # socket now instead of a loop turn later.
+                await stream.downstream()
         except* _End as group:
             end = group.exceptions[0]  # type: ignore[assignment]
         except* closed:

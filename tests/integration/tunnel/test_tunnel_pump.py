@@ -386,3 +386,31 @@ async def test_reuse_an_end_from_the_control_plane_is_a_protocol_error() -> None
     assert not result.reusable
     assert result.code == "tunnel_protocol"
     assert "unexpected end frame" in result.message
+
+
+async def test_link_lost_while_the_application_reads_nothing_ends_the_stream() -> None:
+    """An application that neither reads nor writes: with its socket full, the pump
+    waits on the socket, not on the link; the link's loss still ends the stream."""
+    sent = asyncio.Event()
+
+    async def handler(ws: ServerConnection) -> None:
+        for _ in range(128):  # 32 MiB: more than the sockets' buffers on the way hold
+            await ws.send(b"f" * 256 * 1024)
+        sent.set()
+        ws.transport.abort()
+
+    async with serve(handler, "127.0.0.1", 0, max_size=None) as server:
+        url = f"ws://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        app, ours = await tcp_pair()
+        # Room for every frame on the client: it keeps reading, so it sees the loss.
+        async with connect(url, max_size=None, max_queue=256, compression=None) as ws:
+            task = asyncio.create_task(pump(ours, ws, read_bytes=READ, closed=CLOSED))
+            try:
+                done, _ = await asyncio.wait({task}, timeout=30)
+                assert done, "the stream did not end with its link"
+            finally:
+                app.close()
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+    assert sent.is_set()
+    assert task.result().code == "tunnel_closed"

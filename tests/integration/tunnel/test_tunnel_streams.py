@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import resource
 import select
 import socket
 
 import pytest
 
 from tests.integration.tunnel.conftest import TunnelStack
-from tests.support.tunnel import agentctl_tunnel, echo_server, threaded_echo_server
+from tests.support.tunnel import (
+    agentctl_tunnel,
+    assert_echoed,
+    echo_server,
+    threaded_echo_server,
+)
+from tests.support.waiting import eventually_blocking
 
 
 async def _half_close(port: int) -> bytes:
@@ -127,3 +135,64 @@ def test_tunnel_ready_line_in_json(tstack: TunnelStack) -> None:
         with tstack.cp.client() as api:
             closed = api.get(f"/api/tunnels/{ready['tunnel_id']}/").json()
         assert closed["close_code"] == "TUNNEL_CLOSED"  # Ctrl-C deletes the tunnel
+
+
+def _lowest_free_fd(pid: int) -> int:
+    used = {int(fd) for fd in os.listdir(f"/proc/{pid}/fd")}
+    return next(n for n in range(len(used) + 1) if n not in used)
+
+
+def test_tunnel_out_of_descriptors_says_so_then_carries_the_connection(
+    tstack: TunnelStack,
+) -> None:
+    """A connection that comes while agentctl cannot accept (no descriptor left) waits
+    in the listen backlog: agentctl says why, retries, and carries it once it can."""
+    with (
+        threaded_echo_server() as port,
+        agentctl_tunnel(tstack.cli, tstack.server, port) as tunnel,
+    ):
+        pid, stderr = tunnel.proc.pid, tunnel.proc.stderr
+        assert stderr is not None
+        soft, hard = resource.prlimit(pid, resource.RLIMIT_NOFILE)
+        # The next descriptor would be the lowest free one: now past the limit.
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (_lowest_free_fd(pid), hard))
+        with socket.create_connection(("127.0.0.1", tunnel.local_port), timeout=20) as client:
+            told = ""
+            while "cannot accept" not in told:
+                assert select.select([stderr], [], [], 20)[0], "agentctl did not say it"
+                told = stderr.readline()
+            assert "Too many open files" in told
+            resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+            assert_echoed(client)
+        code, err = tunnel.stop()
+    assert code == 0, err
+
+
+def test_tunnel_streams_audited_opened_then_closed(tstack: TunnelStack) -> None:
+    """Every stream leaves ``channel.opened`` then ``channel.closed`` in the agent's audit
+    log (the first is written once the stream is under way, still before the second)."""
+    audit = tstack.agent.logs_dir / "audit.log"
+    start = audit.stat().st_size if audit.exists() else 0
+    with threaded_echo_server() as port, agentctl_tunnel(tstack.cli, tstack.server, port) as t:
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", t.local_port), timeout=20) as client:
+                assert_echoed(client)
+        code, err = t.stop()
+    assert code == 0, err
+
+    def events() -> dict[str, list[str]]:
+        with audit.open("rb") as f:
+            f.seek(start)
+            lines = [json.loads(line) for line in f.read().splitlines()]
+        found: dict[str, list[str]] = {}
+        for line in lines:
+            if line.get("kind") == "tunnel":
+                found.setdefault(line["channel_id"], []).append(line["event"])
+        # Only this test's channels: an earlier test's last stream may end meanwhile.
+        return {c: e for c, e in found.items() if "channel.opened" in e}
+
+    # The probe and three streams, each closed (the agent may still be ending the last).
+    eventually_blocking(
+        lambda: len(events()) == 4 and all(e[-1] == "channel.closed" for e in events().values())
+    )
+    assert all(e == ["channel.opened", "channel.closed"] for e in events().values()), events()

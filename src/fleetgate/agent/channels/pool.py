@@ -21,10 +21,10 @@ idle timeout, and the agent dials again only while it is warm.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 from pydantic import ValidationError
@@ -58,9 +58,9 @@ RETRY_MIN, RETRY_MAX = 0.5, 60.0
 """Delays before dialling again after a pooled websocket failed or closed unused."""
 
 PathDialer = Callable[[AgentConfig, str, str, uuid.UUID], Awaitable[ChannelLink]]
-Accept = Callable[[ChannelOpen, ChannelLink, asyncio.Event], ErrorMessage | None]
-"""The router's check of an open received on a pooled link: ``None`` when it took the link
-(it sets the event when that channel has ended)."""
+Accept = Callable[[ChannelOpen, ChannelLink], ErrorMessage | Coroutine[Any, Any, None]]
+"""The router's check of an open received on a pooled link: the refusal, or the channel's
+serving on the link (run by the pool's task; the router's ``channel.close`` cancels it)."""
 
 
 class ChannelPool:
@@ -138,27 +138,35 @@ class ChannelPool:
         websocket serves meanwhile). A link given back after that serves on as one more.
         """
         served = False
+        loop = asyncio.get_running_loop()
         try:
             while True:
-                came, ended = await self._next_channel(link)
+                came, serving = await self._next_channel(link)
                 served = served or came
-                if ended is None:
+                if serving is None:
                     return served
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(REFILL_AFTER):  # no task, unlike wait_for
-                        await ended.wait()
-                if not ended.is_set():
-                    free.set()
-                    await ended.wait()
+                # The channel runs in this task: it starts without a loop turn.
+                refill = loop.call_later(REFILL_AFTER, free.set)
+                try:
+                    await serving
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task.uncancel() > 0:
+                        raise  # the pool itself stops (as well)
+                    return served  # the channel was closed (its link with it)
+                finally:
+                    refill.cancel()
                 if not link.kept:
                     return served
                 link.kept = False
         finally:
             free.set()
 
-    async def _next_channel(self, link: ChannelLink) -> tuple[bool, asyncio.Event | None]:
-        """Wait on ``link`` for a ``channel.open``: whether one came, and the event set
-        when its channel has ended (``None``: refused or not one, the link is closed)."""
+    async def _next_channel(
+        self, link: ChannelLink
+    ) -> tuple[bool, Coroutine[Any, Any, None] | None]:
+        """Wait on ``link`` for a ``channel.open``: whether one came, and the channel's
+        serving (``None``: refused or not one, the link is closed)."""
         self.idle += 1
         try:
             frame = await link.recv()
@@ -175,10 +183,9 @@ class ChannelPool:
             await _close(link, CLOSE_BAD_REQUEST, "expected channel.open")
             return False, None
         link.channel_id = message.channel_id
-        ended = asyncio.Event()
-        refusal = self._accept(message, link, ended)
-        if refusal is None:
-            return True, ended
+        refusal = self._accept(message, link)
+        if not isinstance(refusal, ErrorMessage):
+            return True, refusal
         try:
             await link.send(refusal.model_dump_json())
         except ChannelClosed:

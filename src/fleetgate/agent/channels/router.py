@@ -4,16 +4,17 @@
 the grant with the kind's scope, applies the limits and the kind's own ``check``, and
 queues the channel. :meth:`ChannelRouter.run` owns one task per channel: it dials the
 channel's websocket, awaits the kind's ``serve`` and closes the link however that ends.
-A refusal found later (inside ``serve``) closes the link with 4403 and a JSON reason the
+A channel opened on a pooled websocket (:meth:`ChannelRouter.on_pooled`, checked the same
+way) is served the same way by the pool's own task. A refusal found later (inside ``serve``) closes the link with 4403 and a JSON reason the
 control plane hands to the client unchanged.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from time import time
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 import structlog
@@ -48,9 +49,7 @@ __all__ = ["ChannelRouter", "ChannelService", "EndsResources"]
 log = structlog.get_logger(__name__)
 
 Dialer = Callable[[AgentConfig, str, UUID], Awaitable[ChannelLink]]
-_Pooled = tuple[ChannelLink, asyncio.Event]
-"""A pooled link and the event set when the channel on it has ended."""
-_Intake = tuple[ChannelOpen, "ChannelService", GrantClaims | None, _Pooled | None]
+_Intake = tuple[ChannelOpen, "ChannelService", GrantClaims | None]
 
 
 class ChannelService(Protocol):
@@ -134,17 +133,36 @@ class ChannelRouter:
 
     def on_open(self, message: ChannelOpen) -> ErrorMessage | None:
         """Accept a channel without blocking, or say why not."""
-        return self._take(message, None)
+        taken = self._check(message)
+        if isinstance(taken, ErrorMessage):
+            return taken
+        service, claims = taken
+        self._open[message.channel_id] = None
+        if self._group is None or not self._start(self._group, message, service, claims):
+            self._intake.put_nowait((message, service, claims))
+        self.pool.used()
+        return None
 
     def on_pooled(
-        self, message: ChannelOpen, link: ChannelLink, ended: asyncio.Event
-    ) -> ErrorMessage | None:
-        """Accept a channel whose ``channel.open`` came on a pooled websocket, which then
-        serves it (checked exactly as :meth:`on_open`), or say why not. ``ended`` is set
-        when that channel has ended (the pool's slot dials its replacement then)."""
-        return self._take(message, (link, ended))
+        self, message: ChannelOpen, link: ChannelLink
+    ) -> ErrorMessage | Coroutine[Any, Any, None]:
+        """Accept a channel whose ``channel.open`` came on a pooled websocket (checked
+        exactly as :meth:`on_open`), or say why not: its serving on ``link``, which the
+        pool's task runs itself. No task of its own: the channel starts without a loop
+        turn, and :meth:`on_close` cancels the pool's task (which goes on unless it was
+        cancelled for another reason as well)."""
+        taken = self._check(message)
+        if isinstance(taken, ErrorMessage):
+            return taken
+        service, claims = taken
+        self._open[message.channel_id] = asyncio.current_task()
+        self.pool.used()
+        return self._serve(message, service, claims, link)
 
-    def _take(self, message: ChannelOpen, pooled: _Pooled | None) -> ErrorMessage | None:
+    def _check(
+        self, message: ChannelOpen
+    ) -> ErrorMessage | tuple[ChannelService, GrantClaims | None]:
+        """The service and the verified claims of a channel, or the refusal (recorded)."""
         channel_id = message.channel_id
         kind = message.spec.kind
         try:
@@ -163,11 +181,7 @@ class ChannelRouter:
             log.warning("channel.refused", channel_id=str(channel_id), kind=kind, code=code)
             self._record("channel.refused", message, code=code, reason=detail)
             return ErrorMessage(code=code, message=detail, ref=str(channel_id))
-        self._open[channel_id] = None
-        if self._group is None or not self._start(self._group, message, service, claims, pooled):
-            self._intake.put_nowait((message, service, claims, pooled))
-        self.pool.used()
-        return None
+        return service, claims
 
     def _admit(self, message: ChannelOpen) -> ChannelService:
         if not self._accepting:
@@ -226,16 +240,12 @@ class ChannelRouter:
         message: ChannelOpen,
         service: ChannelService,
         claims: GrantClaims | None,
-        pooled: _Pooled | None,
     ) -> bool:
         """Start serving an accepted channel in ``tg``; False if ``tg`` is shutting down."""
         channel_id = message.channel_id
         if channel_id not in self._open:
-            if pooled is not None:
-                pooled[0].abort()
-                pooled[1].set()
             return True  # closed before it started
-        serving = self._serve(message, service, claims, pooled)
+        serving = self._serve(message, service, claims, None)
         try:
             task = tg.create_task(serving, name=f"channel-{channel_id}")
         except RuntimeError:
@@ -249,7 +259,7 @@ class ChannelRouter:
         message: ChannelOpen,
         service: ChannelService,
         claims: GrantClaims | None,
-        pooled: _Pooled | None,
+        pooled: ChannelLink | None,
     ) -> None:
         channel_id = message.channel_id
         with structlog.contextvars.bound_contextvars(
@@ -259,15 +269,13 @@ class ChannelRouter:
                 await self._dial_and_serve(message, service, claims, pooled)
             finally:
                 self._open.pop(channel_id, None)
-                if pooled is not None:
-                    pooled[1].set()
 
     async def _dial_and_serve(
         self,
         message: ChannelOpen,
         service: ChannelService,
         claims: GrantClaims | None,
-        pooled: _Pooled | None,
+        pooled: ChannelLink | None,
     ) -> None:
         keep_large_buffers()
         if pooled is None:
@@ -277,7 +285,7 @@ class ChannelRouter:
                 log.warning("channel.dial_failed", reason=str(exc))
                 return
         else:
-            link = pooled[0]
+            link = pooled
             # A quiet open (a pipelined tunnel stream) is not answered: the channel's own
             # first frame, or its close, tells the control plane it was accepted, and the
             # stream's set-up costs a frame less each way (and a send before the connect).
@@ -289,7 +297,9 @@ class ChannelRouter:
                     log.warning("channel.pool_lost", code=exc.code)
                     link.abort()
                     return
-        self._record("channel.opened", message, work_session=claims and claims.work_session)
+        opened = self._record_soon(
+            "channel.opened", message, work_session=claims and claims.work_session
+        )
         code, reason = CLOSE_NORMAL, ""
         window = asyncio.timeout_at(_deadline(claims))
         try:
@@ -302,6 +312,7 @@ class ChannelRouter:
             log.info("channel.peer_closed", code=exc.code, reason=exc.reason)
         except ChannelRefused as exc:
             log.warning("channel.refused", code=exc.code, reason=exc.message)
+            opened()
             self._record("channel.refused", message, code=exc.code, reason=exc.message)
             code, reason = CLOSE_REFUSED, refusal_reason(exc.code, exc.message)
         except Exception as exc:
@@ -318,7 +329,26 @@ class ChannelRouter:
         finally:
             if not link.kept:  # else open and quiet: its pool serves the next channel on it
                 await _close_quietly(link, code, reason)
+            opened()
             self._record("channel.closed", message, code=code)
+
+    def _record_soon(
+        self, event: str, message: ChannelOpen, **fields: object
+    ) -> Callable[[], None]:
+        """Record ``event`` at the next loop turn, once the channel's task waits (a tunnel
+        stream's target is connected and its first bytes sent by then: the audit write is
+        not on its set-up path); the returned call records it now if it is still due, so
+        that it always precedes the channel's later events."""
+        due = True
+
+        def record() -> None:
+            nonlocal due
+            if due:
+                due = False
+                self._record(event, message, **fields)
+
+        asyncio.get_running_loop().call_soon(record)
+        return record
 
     def _record(self, event: str, message: ChannelOpen, **fields: object) -> None:
         if self._audit is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -101,15 +102,24 @@ def load_public_key(text: str) -> PublicKey:
 
 
 def _signed_claims(grant: Grant, key: PublicKey) -> GrantClaims:
+    return _verified_claims(grant.payload, grant.signature, key)
+
+
+@functools.lru_cache(maxsize=VERIFIED_MEMO)
+def _verified_claims(payload: str, signature: str, key: PublicKey) -> GrantClaims:
+    """The claims of a grant signed by ``key``: remembered for these exact strings (a pure
+    function of them; a refusal is raised, never remembered), as a tunnel's grant comes
+    again with each of its streams and parsing it is most of a stream's grant check.
+    The claims are immutable: every check of them still runs for each operation."""
     from cryptography.exceptions import InvalidSignature  # loaded by key.verify anyway
 
     try:
-        data = decode_payload(grant.payload)
-        signature = base64.b64decode(grant.signature, validate=True)
+        data = decode_payload(payload)
+        raw_signature = base64.b64decode(signature, validate=True)
     except (binascii.Error, ValueError):
         raise GrantRefused("work_session_not_usable", "the grant is not well formed") from None
     try:
-        key.verify(signature, data)
+        key.verify(raw_signature, data)
     except InvalidSignature:
         raise GrantRefused(
             "work_session_not_usable", "the grant is not signed by the control plane"

@@ -10,6 +10,7 @@ the usual ``{code, detail}`` body, so clients handle it exactly as an API error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -120,7 +121,8 @@ async def websocket_principal(websocket: WebSocket) -> Principal | None:
             websocket, 401, "AUTHENTICATION_FAILED", "Authentication credentials were not valid."
         )
         return None
-    route = getattr(websocket.scope.get("route"), "path", websocket.url.path)
+    # The matched route's path (not the URL, which would be parsed for nothing).
+    route = getattr(websocket.scope.get("route"), "path", None) or websocket.url.path
     try:
         check_rule(rule_for("WS", route), principal, route=route)
     except APIError as exc:
@@ -223,22 +225,38 @@ async def serve_channel(
         log.info("channel.refused", channel_id=str(message.channel_id), code=exc.code)
         await refuse(websocket, 403, exc.code, exc.detail)
         return exc
+    early = pipelined and websocket.application_state == WebSocketState.CONNECTED
+    # A pipelined stream on an idle pooled websocket: its open leaves from here, before
+    # the relay's tasks first run (a loop turn later), while the agent works on it.
+    pooled = (
+        services.hub.channels.attach_pooled(channel.server_id, message, early=True)
+        if early
+        else None
+    )
     try:
-        async with asyncio.TaskGroup() as tg:
-            relaying = tg.create_task(
-                _attach_and_relay(
-                    websocket,
-                    services,
-                    channel.server_id,
-                    message,
-                    on_attached,
-                    relayer,
-                    pipelined=pipelined,
+        async with contextlib.AsyncExitStack() as attached:
+            agent = None
+            if pooled is not None:
+                try:
+                    agent = await attached.enter_async_context(pooled)
+                except ChannelFailed as exc:
+                    return await _failed(websocket, message, exc)
+            async with asyncio.TaskGroup() as tg:
+                relaying = tg.create_task(
+                    _attach_and_relay(
+                        websocket,
+                        services,
+                        channel.server_id,
+                        message,
+                        on_attached,
+                        relayer,
+                        early=early,
+                        agent=agent,
+                    )
                 )
-            )
-            ending = tg.create_task(_close_agent_when_ended(services, channel, relaying))
-            relaying.add_done_callback(lambda _: ending.cancel())
-            ending.add_done_callback(lambda _: relaying.cancel())
+                ending = tg.create_task(_close_agent_when_ended(services, channel, relaying))
+                relaying.add_done_callback(lambda _: ending.cancel())
+                ending.add_done_callback(lambda _: relaying.cancel())
     finally:
         registry.unregister(channel)
     if not relaying.cancelled():
@@ -277,19 +295,37 @@ async def _attach_and_relay(
     on_attached: Callable[[], Awaitable[None]] | None,
     relayer: Relayer,
     *,
-    pipelined: bool,
+    early: bool,
+    agent: WebSocket | None,
 ) -> ChannelFailed | None:
-    early = pipelined and websocket.application_state == WebSocketState.CONNECTED
+    """Attach the agent's side (unless ``agent`` is attached already) and relay."""
     try:
-        async with services.hub.channels.attach(server_id, message, early=early) as agent:
-            if on_attached is not None:
-                await on_attached()
-            if websocket.application_state == WebSocketState.CONNECTING:
-                await websocket.accept()
-            await relayer(websocket, agent)
+        if agent is not None:
+            await _relay(websocket, agent, on_attached, relayer)
+        else:
+            async with services.hub.channels.attach(server_id, message, early=early) as side:
+                await _relay(websocket, side, on_attached, relayer)
     except ChannelFailed as exc:
-        log.info("channel.failed", channel_id=str(message.channel_id), code=exc.code)
-        status = _FAILURE_STATUS.get(exc.close_code, 502)
-        await refuse(websocket, status, exc.code, exc.detail, exc.close_code)
-        return exc
+        return await _failed(websocket, message, exc)
     return None
+
+
+async def _relay(
+    websocket: WebSocket,
+    agent: WebSocket,
+    on_attached: Callable[[], Awaitable[None]] | None,
+    relayer: Relayer,
+) -> None:
+    if on_attached is not None:
+        await on_attached()
+    if websocket.application_state == WebSocketState.CONNECTING:
+        await websocket.accept()
+    await relayer(websocket, agent)
+
+
+async def _failed(websocket: WebSocket, message: ChannelOpen, exc: ChannelFailed) -> ChannelFailed:
+    """Tell the client why the channel could not be opened (or relayed); ``exc``."""
+    log.info("channel.failed", channel_id=str(message.channel_id), code=exc.code)
+    status = _FAILURE_STATUS.get(exc.close_code, 502)
+    await refuse(websocket, status, exc.code, exc.detail, exc.close_code)
+    return exc

@@ -24,7 +24,7 @@ import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol
@@ -418,17 +418,17 @@ class ChannelBroker:
                 code) or did not attach within ``attach_timeout`` seconds (4408), or its
                 pooled websocket closed before it answered (1011).
         """
+        pooled = self.attach_pooled(server_id, message, attach_timeout, early=early)
+        if pooled is not None:
+            async with pooled as agent:
+                yield agent
+            return
         channel_id = message.channel_id
         conn = self._registry.get(server_id)
         if conn is None:
             raise ChannelFailed(
                 "server_not_connected", "the server is not connected", CLOSE_NOT_CONNECTED
             )
-        pooled = self.pool.claim(server_id)
-        if pooled is not None:
-            async with _attach_pooled(pooled, message, attach_timeout, early=early) as agent:
-                yield agent
-            return
         if len(self._pending) >= MAX_PENDING or channel_id in self._pending:
             raise ChannelFailed("busy", "too many channels are opening", CLOSE_REFUSED)
         pending = _Pending(server_id, asyncio.get_running_loop().create_future())
@@ -460,6 +460,19 @@ class ChannelBroker:
             pending.released.set()
             if cluster is not None:
                 await _quietly(cluster.channel_done(str(channel_id)))
+
+    def attach_pooled(
+        self, server_id: str, message: ChannelOpen, attach_timeout: float = 10.0, *, early: bool
+    ) -> AbstractAsyncContextManager[WebSocket] | None:
+        """:meth:`attach` on one of the server's idle pooled websockets, claimed now
+        (``None``: none idle, or the server is not connected). Entering it does not wait
+        on anything when ``early``: a route may do it in its own task, before any other."""
+        if self._registry.get(server_id) is None:
+            return None
+        pooled = self.pool.claim(server_id)
+        if pooled is None:
+            return None
+        return _attach_pooled(pooled, message, attach_timeout, early=early)
 
     def refused(self, server_id: str, error: ErrorMessage) -> bool:
         """The agent refused a channel; whether ``error`` was about one of ours."""
