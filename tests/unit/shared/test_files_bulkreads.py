@@ -12,6 +12,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import Protocol, Side, State
 from websockets.streams import StreamReader
 
+from fleetgate.shared.files import bulkreads
 from fleetgate.shared.files.bulkreads import BULK_BYTES, BulkReadsMixin, use_bulk_reads
 
 
@@ -126,6 +127,34 @@ def test_a_servers_kept_buffer_parses_the_same(
     in_place = protocol(Side.SERVER, bulk=True, reader=KeptBufferReader)
     assert feed_in_place(in_place, wire, piece) == expected
     assert in_place.reader.buffer == b""
+
+
+def test_an_idle_connection_keeps_no_payload_buffer() -> None:
+    """Once a large frame is parsed, its buffer goes back to the thread's kept ones (the
+    next large frame, of any connection, reuses it); the connection holds none while idle,
+    so 5,000 agents' backhauls that once sent a large report hold nothing for it."""
+    payload = os.urandom(BULK_BYTES * 2)
+    first = protocol(Side.SERVER, bulk=True, reader=KeptBufferReader)
+    wire = Frame(Opcode.BINARY, payload).serialize(mask=True)
+    first.receive_data(wire[:100])  # the payload arrives after its read began: a bulk read
+    first.receive_data(wire[100:])
+    assert [bytes(f.data) for f in frames(first)] == [payload]
+    assert first.reader._target is None  # type: ignore[attr-defined]
+    kept: list[bytearray] = bulkreads._kept.buffers
+    assert [len(b) for b in kept][-1] == len(payload)
+    buffer = kept[-1]
+    second = protocol(Side.SERVER, bulk=True, reader=KeptBufferReader)
+    other = os.urandom(len(payload))
+    wire = Frame(Opcode.BINARY, other).serialize(mask=True)
+    second.receive_data(wire[:100])
+    second.receive_data(wire[100 : len(wire) - 1])
+    assert second.reader._target is buffer  # type: ignore[attr-defined]  # taken while its payload arrives
+    assert buffer not in kept
+    second.receive_data(wire[len(wire) - 1 :])
+    assert [bytes(f.data) for f in frames(second)] == [other]
+    assert second.reader._target is None  # type: ignore[attr-defined]
+    assert kept[-1] is buffer
+    assert len(kept) <= bulkreads.KEPT_BUFFERS
 
 
 def test_a_frame_in_one_piece_with_the_next_frames_head() -> None:

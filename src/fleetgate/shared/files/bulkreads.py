@@ -23,14 +23,41 @@ created, at any point between two ``receive_data`` calls.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Generator
 from typing import Any, ClassVar
 
 
-__all__ = ["BULK_BYTES", "BulkReadsMixin", "use_bulk_reads"]
+__all__ = ["BULK_BYTES", "KEPT_BUFFERS", "BulkReadsMixin", "use_bulk_reads"]
 
 BULK_BYTES = 64 * 1024
 """Reads at least this large are gathered piecewise (headers and small frames are not)."""
+
+KEPT_BUFFERS = 4
+"""Payload buffers a thread keeps for the next large frames of its connections (the most
+recently freed). A connection holds one only while a frame's payload arrives into it and
+until its next read: an idle connection that once received a large frame holds none."""
+
+_kept = threading.local()
+
+
+def _take(size: int) -> bytearray:
+    """A kept buffer of ``size`` bytes, else a new one."""
+    kept: list[bytearray] = getattr(_kept, "buffers", [])
+    for index in range(len(kept) - 1, -1, -1):
+        if len(kept[index]) == size:
+            return kept.pop(index)
+    return bytearray(size)
+
+
+def _give(buffer: bytearray) -> None:
+    """Keep ``buffer`` for another frame of its size (the oldest kept one goes)."""
+    kept: list[bytearray] | None = getattr(_kept, "buffers", None)
+    if kept is None:
+        kept = _kept.buffers = []
+    kept.append(buffer)
+    if len(kept) > KEPT_BUFFERS:
+        del kept[0]
 
 
 class BulkReadsMixin:
@@ -47,8 +74,9 @@ class BulkReadsMixin:
     reuse_payload: ClassVar[bool] = False
     """Set on a server's reader (the control plane's), whose parser unmasks every payload
     into a new object as soon as it is read: a bulk read then gathers into one buffer,
-    kept for the next frame of the same size, and returns that buffer; a buffered
-    transport receives into it directly (:meth:`bulk_room`)."""
+    given back to the thread's kept ones (:data:`KEPT_BUFFERS`) at the next read, and
+    returns that buffer; a buffered transport receives into it directly
+    (:meth:`bulk_room`)."""
     _target: bytearray | None = None
     _want = 0  # the size of the pending bulk read into ``_target`` (0: none)
     at_frame_start = False
@@ -58,6 +86,7 @@ class BulkReadsMixin:
 
     def at_eof(self) -> Generator[None, None, bool]:
         """The base class's ``at_eof``, noting while it waits (:attr:`at_frame_start`)."""
+        self._free_target()
         self.at_frame_start = True
         try:
             ended: bool = yield from super().at_eof()  # type: ignore[misc]
@@ -87,6 +116,7 @@ class BulkReadsMixin:
         A bulk read returns ``bytes`` (the base class a ``bytearray``): the frame parser
         takes either, and a message's assembly takes ``bytes`` without a copy.
         """
+        self._free_target()
         if n < BULK_BYTES or len(self.buffer) >= n:
             return (yield from super().read_exact(n))  # type: ignore[misc]
         if self.reuse_payload:
@@ -109,11 +139,16 @@ class BulkReadsMixin:
             self.buffer += last[len(last) - extra :]
         return b"".join(pieces)
 
+    def _free_target(self) -> None:
+        """The parser asks for more: it unmasked the last payload into a new object, so
+        that payload's buffer goes back to the thread's kept ones."""
+        if self._target is not None and not self._want:
+            _give(self._target)
+            self._target = None
+
     def _read_target(self, n: int) -> Generator[None, None, bytearray]:
         """A bulk read into the kept buffer (:attr:`reuse_payload`)."""
-        target = self._target
-        if target is None or len(target) != n:
-            target = self._target = bytearray(n)
+        target = self._target = _take(n)
         self._have = len(self.buffer)
         target[: self._have] = self.buffer
         del self.buffer[:]
