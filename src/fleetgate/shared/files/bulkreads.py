@@ -126,10 +126,7 @@ class BulkReadsMixin:
         del self.buffer[:]
         self._pieces = pieces
         try:
-            while self._have < n:
-                if self.eof:
-                    raise EOFError(f"stream ends after {self._have} bytes, expected {n} bytes")
-                yield
+            yield from self._arrived(n)
         finally:
             self._pieces = None
         extra = self._have - n
@@ -138,6 +135,13 @@ class BulkReadsMixin:
             pieces[-1] = last[: len(last) - extra]
             self.buffer += last[len(last) - extra :]
         return b"".join(pieces)
+
+    def _arrived(self, n: int) -> Generator[None, None, None]:
+        """Wait until a bulk read has its ``n`` bytes (EOFError if the stream ends first)."""
+        while self._have < n:
+            if self.eof:
+                raise EOFError(f"stream ends after {self._have} bytes, expected {n} bytes")
+            yield
 
     def _free_target(self) -> None:
         """The parser asks for more: it unmasked the last payload into a new object, so
@@ -154,10 +158,7 @@ class BulkReadsMixin:
         del self.buffer[:]
         self._want = n
         try:
-            while self._have < n:
-                if self.eof:
-                    raise EOFError(f"stream ends after {self._have} bytes, expected {n} bytes")
-                yield
+            yield from self._arrived(n)
         finally:
             self._want = 0
         return target
