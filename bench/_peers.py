@@ -65,6 +65,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_cpu_seconds() -> float:
+    """CPU time the whole machine has spent busy so far, every core summed (/proc/stat).
+
+    user + nice + system + irq + softirq + steal: what every process and the kernel's work
+    on their behalf (loopback TCP, fork, exec, page faults) cost, idle and iowait left out.
+    """
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def free_port() -> int:
     """A free TCP port on loopback (bound and released)."""
     with socket.socket() as sock:
