@@ -13,27 +13,21 @@ import asyncio
 from typing import TYPE_CHECKING
 from uuid import UUID
 
-import structlog
-
+from fleetgate.agent.channels.lazy import LazyService
 from fleetgate.agent.config import AgentConfig
 
 
 if TYPE_CHECKING:
-    from fleetgate.agent.backhaul import ChannelLink
     from fleetgate.agent.websh.manager import ShellEnded, ShellStarted
     from fleetgate.agent.websh.service import WebshService
-    from fleetgate.shared.protocol import ChannelOpen, GrantClaims
 
 
 __all__ = ["Terminals"]
 
-log = structlog.get_logger(__name__)
 
-
-class Terminals:
-    """Registered as the ``websh`` kind; builds and runs the real service on first need."""
-
-    kind = "websh"
+class Terminals(LazyService["WebshService"]):
+    """Registered as the ``websh`` kind; builds the real service on first need and runs it
+    in :meth:`run`'s task group."""
 
     def __init__(
         self,
@@ -43,57 +37,46 @@ class Terminals:
         on_shell_started: ShellStarted | None = None,
         on_shell_ended: ShellEnded | None = None,
     ) -> None:
+        super().__init__("websh", self._build)
         self._config = config
         self._key = key
         self._on_shell_started = on_shell_started
         self._on_shell_ended = on_shell_ended
-        self._service: WebshService | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._running = False
 
-    @property
-    def loaded(self) -> bool:
-        """Whether the real service exists (a terminal was asked for, or recordings wait)."""
-        return self._service is not None
+    def _build(self) -> WebshService:
+        from fleetgate.agent.websh.service import WebshService
 
-    @property
-    def service(self) -> WebshService:
-        """The real service, built on first use; it starts running at once when
-        :meth:`run` already runs (else when it starts)."""
-        return self._load()
-
-    def _load(self) -> WebshService:
-        if self._service is None:
-            from fleetgate.agent.websh.service import WebshService
-
-            self._service = WebshService(
-                self._config,
-                self._key,
-                on_shell_started=self._on_shell_started,
-                on_shell_ended=self._on_shell_ended,
-            )
-            log.info("channel.kind_loaded", kind=self.kind)
-            self._start()
-        return self._service
+        service = WebshService(
+            self._config,
+            self._key,
+            on_shell_started=self._on_shell_started,
+            on_shell_ended=self._on_shell_ended,
+        )
+        # It starts running at once when run() already runs (else when it starts).
+        self._start(service)
+        return service
 
     async def run(self) -> None:
         """Own the real service's run (terminals, recording uploads) once it exists."""
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             try:
-                if self._service is None and self._recordings_wait():
-                    self._load()
-                self._start()
+                service = self.loaded
+                if service is None and self._recordings_wait():
+                    service = self.service
+                self._start(service)
                 await asyncio.Event().wait()  # until cancelled (shutdown)
             finally:
                 self._tg = None
 
-    def _start(self) -> None:
+    def _start(self, service: WebshService | None) -> None:
         # The manager's TaskGroup is entered within two turns of the loop; a terminal
         # asked for sooner (on a pre-dialled channel) waits for it (TerminalManager._owner).
-        if self._service is not None and self._tg is not None and not self._running:
+        if service is not None and self._tg is not None and not self._running:
             self._running = True
-            self._tg.create_task(self._service.run(), name="websh-service")
+            self._tg.create_task(service.run(), name="websh-service")
 
     def _recordings_wait(self) -> bool:
         try:
@@ -101,23 +84,8 @@ class Terminals:
         except OSError:
             return True  # let the shipper find out and say why
 
-    # -- the router's side (ChannelService, EndsResources) ----------------------------
-
-    @property
-    def scope(self) -> str | tuple[str, ...]:
-        """The real service's scope (asked first by the router: this loads it)."""
-        return self.service.scope
-
-    def check(self, message: ChannelOpen) -> None:
-        """The real service's early refusals."""
-        self.service.check(message)
-
-    async def serve(
-        self, message: ChannelOpen, link: ChannelLink, claims: GrantClaims | None
-    ) -> None:
-        """Served by the real service."""
-        await self.service.serve(message, link, claims)
-
     def end(self, resource_id: UUID, reason: str) -> bool:
-        """End a terminal now; none exists before the service does."""
-        return self._service is not None and self._service.end(resource_id, reason)
+        """End a terminal now (the router's ``EndsResources``); none exists before the
+        service does."""
+        service = self.loaded
+        return service is not None and service.end(resource_id, reason)
