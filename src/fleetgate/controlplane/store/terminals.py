@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Connection, Select, bindparam, case, func, or_, select, update
+from sqlalchemy import Connection, Select, bindparam, case, func, select, update
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.owners import owned_by
 from fleetgate.controlplane.store.prepared import Prepared
 
 
@@ -184,18 +185,12 @@ def open_terminals_of(
 ) -> list[TerminalRow]:
     """The terminals not ended that were created with ``token_id``, by ``user_id`` or
     under ``work_session_id`` (any of them; ``NULL`` never matches)."""
-    owned = [
-        column == value
-        for column, value in (
-            (_t.owner_token, token_id),
-            (_t.owner_user, user_id),
-            (_t.work_session_id, work_session_id),
-        )
-        if value is not None
-    ]
-    if not owned:
+    owned = owned_by(
+        t.terminals, token_id=token_id, user_id=user_id, work_session_id=work_session_id
+    )
+    if owned is None:
         return []
-    stmt = _select().where(_t.status != "closed", or_(*owned))
+    stmt = _select().where(_t.status != "closed", owned)
     return [_row(r) for r in conn.execute(stmt).mappings()]
 
 

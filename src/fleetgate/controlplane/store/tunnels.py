@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, Select, func, or_, select, update
+from sqlalchemy import Connection, RowMapping, Select, func, select, update
 
 from fleetgate.controlplane.store import tables as t
+from fleetgate.controlplane.store.owners import owned_by
 
 
 __all__ = [
@@ -139,16 +140,8 @@ def open_tunnels_of(
 ) -> list[TunnelRow]:
     """The tunnels still open that were created with ``token_id``, by ``user_id`` or under
     ``work_session_id`` (any of them; none given: none)."""
-    owned = [
-        column == value
-        for column, value in (
-            (_t.owner_token, token_id),
-            (_t.owner_user, user_id),
-            (_t.work_session_id, work_session_id),
-        )
-        if value is not None
-    ]
-    if not owned:
+    owned = owned_by(t.tunnels, token_id=token_id, user_id=user_id, work_session_id=work_session_id)
+    if owned is None:
         return []
-    stmt = _select().where(_t.closed_at.is_(None), or_(*owned))
+    stmt = _select().where(_t.closed_at.is_(None), owned)
     return [TunnelRow.from_row(r) for r in conn.execute(stmt).mappings()]
