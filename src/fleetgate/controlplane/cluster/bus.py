@@ -120,15 +120,10 @@ class _Inbox:
             pass
 
 
-class LocalBus:
-    """The bus of a single control plane: what it publishes, it receives (no peers)."""
+class _Receiving:
+    """The receiving side of a bus: what arrived waits in its bounded inbox."""
 
-    def __init__(self, size: int = QUEUE_NOTES) -> None:
-        self._inbox = _Inbox(size)
-
-    def publish(self, note: Note) -> None:
-        """Deliver ``note`` to this process's reader."""
-        self._inbox.put(note)
+    _inbox: _Inbox
 
     async def receive(self) -> Note | Resync:
         """See :class:`Bus`."""
@@ -143,7 +138,18 @@ class LocalBus:
         self._inbox.close()
 
 
-class PgBus:
+class LocalBus(_Receiving):
+    """The bus of a single control plane: what it publishes, it receives (no peers)."""
+
+    def __init__(self, size: int = QUEUE_NOTES) -> None:
+        self._inbox = _Inbox(size)
+
+    def publish(self, note: Note) -> None:
+        """Deliver ``note`` to this process's reader."""
+        self._inbox.put(note)
+
+
+class PgBus(_Receiving):
     """Listens on the cluster's channel of one PostgreSQL database, reconnecting for ever.
 
     :meth:`run` is a long-lived task (owned by the caller's TaskGroup); every
@@ -192,15 +198,3 @@ class PgBus:
                     log.warning("cluster.bad_note", error=str(exc), pid=notify.pid)
                     continue
                 self._inbox.put(note)
-
-    async def receive(self) -> Note | Resync:
-        """See :class:`Bus`."""
-        return await self._inbox.get()
-
-    def receive_nowait(self) -> Note | Resync | None:
-        """The next note already received, if any (to handle several at once)."""
-        return self._inbox.get_nowait()
-
-    def close(self) -> None:
-        """See :class:`Bus`."""
-        self._inbox.close()
