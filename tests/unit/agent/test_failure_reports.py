@@ -7,7 +7,7 @@ from typing import cast
 from structlog.testing import capture_logs
 
 from fleetgate.agent.backhaul.connection import _describe_all
-from fleetgate.agent.daemon import _first_of
+from fleetgate.agent.daemon.lifecycle import _first_of
 from fleetgate.agent.errors import (
     AgentError,
     AuthRejected,
