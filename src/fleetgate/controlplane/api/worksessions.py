@@ -34,6 +34,7 @@ from fleetgate.controlplane.errors import APIError, invalid_request, permission_
 from fleetgate.controlplane.store import (
     servers as servers_store,
     users as users_store,
+    worksession_fields as session_fields,
     worksessions as sessions_store,
 )
 from fleetgate.controlplane.store.worksessions import NewWorkSession, WorkSessionRow
@@ -155,7 +156,7 @@ async def _act(
             )
         else:
             updated = await services.db.write(
-                sessions_store.update_fields,
+                session_fields.update_fields,
                 row.id,
                 action,
                 actor=principal.user_id,
@@ -201,7 +202,7 @@ async def approve(
     now = now_us()
 
     def adjust_then_approve(conn: Any) -> WorkSessionRow | None:
-        adjusted = sessions_store.adjust_request(
+        adjusted = session_fields.adjust_request(
             conn, row.id, scopes=scopes, server_ids=server_ids, actor=principal.user_id, now=now
         )
         if adjusted is None:
