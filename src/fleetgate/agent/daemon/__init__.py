@@ -4,7 +4,4 @@
 components and connects them.
 """
 
-from fleetgate.agent.daemon.lifecycle import adopt_root_groups, prepare_state_dir, run
-
-
-__all__ = ["adopt_root_groups", "prepare_state_dir", "run"]
+__all__: list[str] = []

@@ -33,7 +33,7 @@ import structlog
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.backhaul import Outbox
 from fleetgate.agent.clock import utcnow
-from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.config.resources import LimitsConfig
 from fleetgate.agent.dispatch.gate import CommandGate
 from fleetgate.agent.dispatch.reports import CommandReports, MakeFinal, interrupted
 from fleetgate.agent.exec.stopping import STOPPED_CODE, SessionStops, StopRequest

@@ -22,7 +22,7 @@ from uuid import UUID
 
 import structlog
 
-from fleetgate.agent.config import WebshConfig
+from fleetgate.agent.config.access import WebshConfig
 from fleetgate.agent.errors import ChannelClosed
 from fleetgate.agent.websh.attachment import Attachment, Link, first_of
 from fleetgate.agent.websh.ptyio import READ_BUDGET, read_buffer, redact_if_secret, write_all
