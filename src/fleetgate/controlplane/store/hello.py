@@ -60,7 +60,7 @@ class Resumed:
     """What a welcomed agent is sent at once."""
 
     commands: list[CommandRow]
-    """Its due, undelivered commands, marked as sent (:func:`~.commands.claim_for_hello`)."""
+    """Its due, undelivered commands, marked as sent (:func:`~.command_delivery.claim_for_hello`)."""
     closed_terminals: list[tuple[str, str]]
     """``(id, close reason)`` of its terminals closed since the window's start whose
     recording has not arrived (:func:`~.terminals.closed_unrecorded`)."""
