@@ -10,6 +10,8 @@ import os
 import termios
 import threading
 
+from fleetgate.shared.writable import wait_writable
+
 
 __all__ = ["READ_BUDGET", "read_buffer", "redact_if_secret", "write_all"]
 
@@ -26,27 +28,13 @@ async def write_all(loop: asyncio.AbstractEventLoop, fd: int, data: bytes) -> No
         try:
             written = os.write(fd, view)
         except BlockingIOError:
-            await _writable(loop, fd)
+            await wait_writable(loop, fd)
             continue
         except OSError as exc:
             if exc.errno == errno.EIO:  # the shell is gone; its exit ends the terminal
                 return
             raise
         view = view[written:]
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_writer(fd, wake)
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)
 
 
 _local = threading.local()
