@@ -19,8 +19,10 @@ from typing import Any
 import structlog
 
 from fleetgate import __version__
-from fleetgate.agent import config as config_module, daemon
+from fleetgate.agent import config as config_module
 from fleetgate.agent.backhaul import ssl_context
+from fleetgate.agent.config.access import SudoConfig
+from fleetgate.agent.daemon import lifecycle
 from fleetgate.agent.errors import (
     AuthRejected,
     ConfigError,
@@ -80,7 +82,7 @@ def _run(cfg: config_module.AgentConfig) -> int:
     logs.configure(cfg.logging.level, cfg.logging.format)
     log = structlog.get_logger("agent")
     try:
-        asyncio.run(daemon.run(cfg))
+        asyncio.run(lifecycle.run(cfg))
     except ConfigError as exc:
         log.error("agent.config_error", error=str(exc))
         return EXIT_CONFIG
@@ -165,7 +167,7 @@ def _sudo(args: argparse.Namespace) -> int:
         cfg = config_module.load(args.config)
         socket, group = cfg.sudo_socket, cfg.sudo.group
     else:
-        defaults = config_module.SudoConfig()
+        defaults = SudoConfig()
         socket, group = Path("/run/fleetgate-agent/sudo.sock"), defaults.group
     layout = SudoLayout(socket=socket, group=group, plugin_dir=args.plugin_dir)
     done = (

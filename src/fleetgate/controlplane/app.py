@@ -21,6 +21,7 @@ from fleetgate.controlplane.api import (
     ssh,
     tunnels,
     websh,
+    worksession_reads,
     worksessions,
 )
 from fleetgate.controlplane.api.bodies import BoundedBodies
@@ -127,6 +128,7 @@ def create_app(
     app.include_router(fanout_reads.router)
     app.include_router(identity.router)
     app.include_router(worksessions.router)
+    app.include_router(worksession_reads.router)
     app.include_router(files.router)
     app.include_router(tunnels.router)
     app.include_router(tunnels.ws_router)

@@ -7,82 +7,21 @@ them on stdout (``token create`` without ``--file``); never logged.
 from __future__ import annotations
 
 import argparse
-import getpass
-import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from fleetgate.controlplane.config import ControlPlaneSettings
-from fleetgate.controlplane.store import (
-    StoreError,
-    connect,
-    open_engine,
-    transaction,
-    users as users_store,
+from fleetgate.controlplane.cli_admin import (
+    cmd_db_upgrade,
+    cmd_token_create,
+    cmd_user_active,
+    cmd_user_create,
 )
-from fleetgate.controlplane.store.engine import safe_url
-from fleetgate.controlplane.store.migrate import current_revision
-from fleetgate.controlplane.timeutil import now_us
+from fleetgate.controlplane.cli_common import SettingsError, err, settings_from_args
+from fleetgate.controlplane.store import StoreError, open_engine
 from fleetgate.shared import logs
-from fleetgate.shared.atomic import atomic_write
-from fleetgate.shared.errors import FleetgateError
 
 
-__all__ = ["main", "write_secret"]
-
-SERVER_USERNAME_RE = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
-"""A Linux account name (as ``POST /api/iam/users/`` accepts it)."""
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` with mode 0600 (created so, never world-readable)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, text, 0o600)
-
-
-def _out(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
-
-
-class SettingsError(FleetgateError):
-    """Flags and ``CONTROLPLANE_*`` variables do not make valid settings (exit 2)."""
-
-
-_FLAG_SETTINGS = {
-    "db": "db_path",
-    "database_url": "database_url",
-    "host": "host",
-    "port": "port",
-    "tls_cert": "tls_cert",
-    "tls_key": "tls_key",
-}
-"""Command-line flags and the settings they override (flags win over ``CONTROLPLANE_*``)."""
-
-
-def _settings(args: argparse.Namespace) -> ControlPlaneSettings:
-    overrides: dict[str, object] = {}
-    for flag, name in _FLAG_SETTINGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            overrides[name] = value
-    try:
-        return ControlPlaneSettings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in error['loc']) or 'settings'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise SettingsError(f"invalid settings: {problems}") from None
-
+__all__ = ["main"]
 
 # -- serve -----------------------------------------------------------------------------
 
@@ -99,25 +38,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     from fleetgate.controlplane.tls import TlsSetupError, check_tls_files
 
-    settings = _settings(args)
+    settings = settings_from_args(args)
     logs.configure(settings.log_level, settings.log_format)
     if settings.tls_cert is not None and settings.tls_key is not None:
         try:
             check_tls_files(settings.tls_cert, settings.tls_key)
         except TlsSetupError as exc:
-            _err(f"error: {exc}")
+            err(f"error: {exc}")
             return 2
     try:
         # Reachable, the login accepted, the schema migrated: or one line and exit 78.
         open_engine(settings.database).dispose()
     except StoreError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return 78
     raise_open_files_limit()  # one socket per connected agent
     try:
         sock = bind_socket(settings.host, settings.port)
     except OSError as exc:
-        _err(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
+        err(f"error: cannot listen on {settings.host}:{settings.port}: {exc.strerror}")
         return 1
     port = int(sock.getsockname()[1])
     port_file: Path | None = args.port_file
@@ -127,127 +66,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if port_file is not None:
             write_port_file(port_file, port)
         scheme = "https" if settings.tls else "http"
-        _err(f"controlplane listening on {scheme}://{settings.host}:{port}")
+        err(f"controlplane listening on {scheme}://{settings.host}:{port}")
 
     server = ControlPlaneServer(create_app(settings), settings, on_started=started)
     try:
         run_on_uvloop(server.serve(sockets=[sock]))
     finally:
         sock.close()
-    return 0
-
-
-# -- users and tokens ------------------------------------------------------------------
-
-
-def cmd_user_create(args: argparse.Namespace) -> int:
-    """Create a user directly in the database."""
-    settings = _settings(args)
-    mapped = args.server_username
-    if mapped is not None and (mapped == "root" or not SERVER_USERNAME_RE.match(mapped)):
-        _err(f"error: --server-username {mapped!r} is not a Linux account name other than root")
-        return 2
-    password_hash = None
-    if args.password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
-        if not password:
-            _err("error: empty password on stdin")
-            return 2
-        password_hash = users_store.hash_password(password)
-    elif args.password_prompt:
-        password_hash = users_store.hash_password(getpass.getpass("Password: "))
-    conn = connect(settings.database)
-    try:
-        with transaction(conn):
-            user = users_store.create_user(
-                conn,
-                args.username,
-                email=args.email or "",
-                password_hash=password_hash,
-                is_superuser=args.superuser,
-                server_username=mapped,
-                now=now_us(),
-            )
-    finally:
-        conn.close()
-    if user is None:
-        _err(f"error: user {args.username!r} already exists")
-        return 1
-    kind = "superuser" if user.is_superuser else "user"
-    _out(f"created {kind} {user.username} (id {user.id})")
-    return 0
-
-
-def cmd_user_active(args: argparse.Namespace) -> int:
-    """Enable or disable a user directly in the database.
-
-    A disabled user's tokens stop authenticating (a running control plane notices within
-    its principal cache's 30 s); ``PATCH /api/iam/users/<id>/`` also ends at once what the
-    user has open.
-    """
-    settings = _settings(args)
-    active = args.action == "enable"
-    conn = connect(settings.database)
-    try:
-        with transaction(conn):
-            found = users_store.get_user_by_username(conn, args.username)
-            user = None if found is None else users_store.set_active(conn, found[0].id, active)
-    finally:
-        conn.close()
-    if user is None:
-        _err(f"error: no user {args.username!r}")
-        return 1
-    _out(f"{'enabled' if active else 'disabled'} user {user.username} (id {user.id})")
-    return 0
-
-
-def cmd_token_create(args: argparse.Namespace) -> int:
-    """Create an API token for a user, or a service token."""
-    settings = _settings(args)
-    conn = connect(settings.database)
-    try:
-        with transaction(conn):
-            if args.user is not None:
-                found = users_store.get_user_by_username(conn, args.user)
-                if found is None:
-                    _err(f"error: no user {args.user!r}")
-                    return 1
-                user_id: int | None = found[0].id
-                kind: users_store.TokenKind = "api"
-            else:
-                user_id, kind = None, "service"
-            token, key = users_store.create_token(
-                conn,
-                kind=kind,
-                name=args.name or (args.service or "cli"),
-                user_id=user_id,
-                service_name=args.service,
-                command_acl=args.acl,
-                now=now_us(),
-            )
-    finally:
-        conn.close()
-    if args.file is not None:
-        write_secret(args.file, key + "\n")
-        _out(f"{kind} token {token.id} written to {args.file}")
-    else:
-        _out(key)
-    return 0
-
-
-def cmd_db_upgrade(args: argparse.Namespace) -> int:
-    """Migrate the database to this control plane's schema (``serve`` does it too)."""
-    settings = _settings(args)
-    logs.configure(settings.log_level, settings.log_format)
-    engine = open_engine(settings.database, migrate=False)
-    try:
-        before = current_revision(engine)
-        engine.dispose()
-        engine = open_engine(settings.database)
-        after = current_revision(engine)
-    finally:
-        engine.dispose()
-    _out(f"{safe_url(settings.database)}: revision {before or 'none'} -> {after}")
     return 0
 
 
@@ -346,10 +171,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SettingsError as exc:
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return 2
     except StoreError as exc:  # unreachable, login refused, schema newer: one line
-        _err(f"error: {exc}")
+        err(f"error: {exc}")
         return 78
     except KeyboardInterrupt:
         return 130

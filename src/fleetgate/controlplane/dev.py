@@ -25,7 +25,7 @@ import structlog
 import tomlkit
 
 from fleetgate.controlplane.app import create_app
-from fleetgate.controlplane.cli import write_secret
+from fleetgate.controlplane.cli_common import write_secret
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.grants import GrantSigner, key_path, load_or_create_key
 from fleetgate.controlplane.hub import Hub

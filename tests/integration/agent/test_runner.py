@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.config.resources import LimitsConfig
 from fleetgate.agent.exec import (
     CommandOutcome,
     pump as pump_module,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.config.resources import LimitsConfig
 from fleetgate.agent.exec import runner, spawn as spawn_module
 from fleetgate.agent.exec.identity import BASE_PATH
 from fleetgate.shared.protocol.limits import MAX_ENV_BYTES, MAX_ENV_VAR_BYTES, MAX_LINE_CHARS
@@ -297,7 +297,7 @@ async def test_a_start_cancelled_before_its_pid_came_is_killed(scratch_user: Cre
 
 AGENT_SCRIPT = """
 import asyncio, sys, uuid
-from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.config.resources import LimitsConfig
 from fleetgate.agent.exec import runner
 from fleetgate.shared.protocol.messages import CommandRun
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from fleetgate.agent.audit import AuditLog
-from fleetgate.agent.config import SudoConfig
+from fleetgate.agent.config.access import SudoConfig
 from fleetgate.agent.sudo import Decided, SudoDecisionServer, SudoSessions, server as sudo_server
 from fleetgate.agent.sudo.proc import identify, trusted_realpath
 from fleetgate.shared.protocol import GrantClaims

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from fleetgate.agent import daemon
 from fleetgate.agent.config import AgentConfig, parse
+from fleetgate.agent.daemon import lifecycle
 from tests.support.fake_cp import ScriptedControlPlane, scripted_control_plane
 
 
@@ -24,7 +24,7 @@ class RunningAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
         self.stop = asyncio.Event()
-        self.task: asyncio.Task[None] = asyncio.create_task(daemon.run(config, stop=self.stop))
+        self.task: asyncio.Task[None] = asyncio.create_task(lifecycle.run(config, stop=self.stop))
 
     async def shutdown(self, timeout: float = 30.0) -> None:
         """Ask for a graceful stop and wait for the daemon to return."""

@@ -24,7 +24,8 @@ from pydantic import TypeAdapter
 from sqlalchemy import select
 from websockets.sync.client import ClientConnection, connect as sync_connect
 
-from fleetgate.controlplane.store.commands import NewCommand, insert_command
+from fleetgate.controlplane.store.command_rows import NewCommand
+from fleetgate.controlplane.store.commands import insert_command
 from fleetgate.controlplane.store.db import connect, transaction
 from fleetgate.controlplane.store.tables import commands
 from fleetgate.controlplane.timeutil import now_us

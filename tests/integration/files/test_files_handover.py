@@ -24,7 +24,7 @@ from fleetgate.agent.files.handover import (
     drop_capability,
     drop_resource_override,
 )
-from fleetgate.agent.files.relay import PipeReader
+from fleetgate.agent.files.workerproc import PipeReader
 from fleetgate.shared.errors import TransferError
 from fleetgate.shared.files.framing import encode_text
 from tests.support.files import Worker, request

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from fleetgate.agent.cli import EXIT_CONFIG
-from fleetgate.agent.config import DEFAULT_CONFIG_PATH, AgentConfig, LimitsConfig
+from fleetgate.agent.config import DEFAULT_CONFIG_PATH, AgentConfig
+from fleetgate.agent.config.resources import LimitsConfig
 from tests.support.controlplane import REPO_ROOT
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from fleetgate.agent import cli
 from fleetgate.agent.backhaul import ssl_context
-from fleetgate.agent.config import ControlPlaneConfig
+from fleetgate.agent.config.link import ControlPlaneConfig
 from fleetgate.agent.errors import ConfigError
 from tests.support.tls import make_ca
 

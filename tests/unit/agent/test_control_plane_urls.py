@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from fleetgate.agent.backhaul.urls import UrlRing
-from fleetgate.agent.config import ControlPlaneConfig, load
+from fleetgate.agent.config import load
+from fleetgate.agent.config.link import ControlPlaneConfig
 from fleetgate.agent.errors import ConfigError
 
 

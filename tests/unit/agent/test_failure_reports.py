@@ -6,8 +6,8 @@ from typing import cast
 
 from structlog.testing import capture_logs
 
-from fleetgate.agent.backhaul.connection import _describe_all
-from fleetgate.agent.daemon import _first_of
+from fleetgate.agent.backhaul.dialing import describe_all
+from fleetgate.agent.daemon.lifecycle import _first_of
 from fleetgate.agent.errors import (
     AgentError,
     AuthRejected,
@@ -46,7 +46,7 @@ def test_a_lost_link_names_every_distinct_failure() -> None:
             ConnectionResetError(104, "Connection reset by peer"),
         ],
     )
-    assert _describe_all(group) == (
+    assert describe_all(group) == (
         "ConnectionResetError: [Errno 104] Connection reset by peer; TimeoutError; "
         "the control plane closed the connection"
     )

@@ -95,14 +95,14 @@ def test_building_the_daemon_loads_no_capability(tmp_path: Path) -> None:
     lazily registered service either, and the loaders import exactly their service."""
     setup = (
         "import fleetgate.agent.__main__\n"
-        "from fleetgate.agent import daemon\n"
+        "from fleetgate.agent.daemon import wiring\n"
         "from fleetgate.agent.config import parse\n"
         f"config = parse(__import__('json').loads({_config(tmp_path)!r}))\n"
     )
-    loaded = _loaded_after(setup + "daemon._files_service(config)\n")
+    loaded = _loaded_after(setup + "wiring._files_service(config)\n")
     assert "fleetgate.agent.files.service" in loaded
     assert "fleetgate.agent.tunnel.service" not in loaded
-    loaded = _loaded_after(setup + "daemon._tunnel_service(config, daemon._stream_book(config))\n")
+    loaded = _loaded_after(setup + "wiring._tunnel_service(config, wiring._stream_book(config))\n")
     assert "fleetgate.agent.tunnel.service" in loaded
     assert "fleetgate.agent.files.service" not in loaded
     assert "ctypes" not in loaded

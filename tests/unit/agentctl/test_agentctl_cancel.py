@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from fleetgate.agentctl.filetransfer import _DiskReader, _DiskWriter
+from fleetgate.agentctl.filedownload import DiskWriter
+from fleetgate.agentctl.fileupload import DiskReader
 from tests.support.waiting import eventually
 
 
@@ -51,7 +52,7 @@ def test_cancelling_an_upload_read_leaves_nothing_blocked(
     async def main() -> None:
         fd = os.open(source, os.O_RDONLY)
         try:
-            reader = _DiskReader(fd, 0, hashlib.sha256())
+            reader = DiskReader(fd, 0, hashlib.sha256())
             waiting = asyncio.create_task(reader.get())
             await asyncio.sleep(0)
             waiting.cancel()  # Ctrl-C while the disk is slow
@@ -74,7 +75,7 @@ def test_cancelling_a_download_write_leaves_nothing_blocked(tmp_path: Path) -> N
     async def main() -> None:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            writer = _DiskWriter(fd, hashlib.sha256(), 0)
+            writer = DiskWriter(fd, hashlib.sha256(), 0)
             chunk = b"x" * 65536
 
             async def flood() -> None:

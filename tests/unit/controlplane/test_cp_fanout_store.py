@@ -15,7 +15,7 @@ from fleetgate.controlplane.store import (
     servers,
     transaction,
 )
-from fleetgate.controlplane.store.commands import NewCommand
+from fleetgate.controlplane.store.command_rows import NewCommand
 from fleetgate.controlplane.store.fanouts import FanoutRow
 from fleetgate.shared.labels import parse_selector
 from fleetgate.shared.protocol import CommandAcked, CommandFinished

@@ -9,6 +9,7 @@ from pathlib import Path
 from sqlalchemy import Connection, select
 
 from fleetgate.controlplane.store import (
+    command_delivery,
     commands,
     connect,
     reports as reports_store,
@@ -17,7 +18,8 @@ from fleetgate.controlplane.store import (
     transaction,
     users,
 )
-from fleetgate.controlplane.store.commands import CancelOutcome, NewCommand
+from fleetgate.controlplane.store.command_rows import NewCommand
+from fleetgate.controlplane.store.commands import CancelOutcome
 from fleetgate.controlplane.store.migrate import ALEMBIC_MARK, current_revision, head_revision
 from fleetgate.controlplane.store.queries import CommandFilter
 from fleetgate.controlplane.timeutil import from_us, iso, to_us
@@ -289,8 +291,8 @@ def test_cancel(conn: Connection) -> None:
         assert commands.cancel_command(conn, sent, now=T0) == CancelOutcome.ALREADY_SENT
         assert commands.cancel_command(conn, str(uuid.uuid4()), now=T0) == CancelOutcome.NOT_FOUND
     with transaction(conn):
-        assert commands.claim_due(conn, [sid], now=T0 + 120 * S) == []
-    assert commands.next_due(conn, now=T0) is None
+        assert command_delivery.claim_due(conn, [sid], now=T0 + 120 * S) == []
+    assert command_delivery.next_due(conn, now=T0) is None
 
 
 def test_claims(conn: Connection) -> None:
@@ -299,16 +301,16 @@ def test_claims(conn: Connection) -> None:
     sent = _command(conn, sid, added_at=T0 - 2 * S, scheduled_at=T0 - 2 * S, sent=True)
     running = _command(conn, sid, added_at=T0 - S, scheduled_at=T0 - S, sent=True)
     queued = _command(conn, sid)
-    assert commands.next_due(conn, now=T0) == T0 + 60 * S
+    assert command_delivery.next_due(conn, now=T0) == T0 + 60 * S
     with transaction(conn):
-        rows = commands.claim_for_hello(conn, sid, now=T0, running=[running])
+        rows = command_delivery.claim_for_hello(conn, sid, now=T0, running=[running])
     assert [r.id for r in rows] == [sent, queued]
     assert all(r.sent_at is not None for r in rows)
     with transaction(conn):
-        assert commands.claim_due(conn, [sid], now=T0 + 30 * S) == []
-        rows = commands.claim_due(conn, [sid], now=T0 + 60 * S)
+        assert command_delivery.claim_due(conn, [sid], now=T0 + 30 * S) == []
+        rows = command_delivery.claim_due(conn, [sid], now=T0 + 60 * S)
     assert [r.id for r in rows] == [later]
-    assert commands.next_due(conn, now=T0) is None
+    assert command_delivery.next_due(conn, now=T0) is None
 
 
 def test_list_filters_and_search(conn: Connection) -> None:

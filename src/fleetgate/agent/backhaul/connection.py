@@ -14,21 +14,21 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal, Protocol
-from uuid import UUID
+from typing import Literal
 
 import structlog
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 from fleetgate import __version__
+from fleetgate.agent.backhaul.dialing import describe, describe_all, dial
+from fleetgate.agent.backhaul.handlers import ChannelHandler, CommandHandler
 from fleetgate.agent.backhaul.outbox import Outbox
 from fleetgate.agent.backhaul.retry import classify
-from fleetgate.agent.backhaul.tls import agent_headers, ssl_context
 from fleetgate.agent.backhaul.urls import ring_for
 from fleetgate.agent.clock import monotonic, utcnow
 from fleetgate.agent.config import AgentConfig
-from fleetgate.agent.errors import AuthRejected, ConnectionLost
+from fleetgate.agent.errors import ConnectionLost
 from fleetgate.shared.backoff import Backoff
 from fleetgate.shared.errors import ProtocolViolation
 from fleetgate.shared.protocol import (
@@ -48,44 +48,11 @@ from fleetgate.shared.protocol import (
     encode,
     error_ref,
 )
-from fleetgate.shared.tlserrors import describe_tls_error
 
 
-__all__ = ["Backhaul", "ChannelHandler", "CommandHandler", "LinkState"]
+__all__ = ["Backhaul", "LinkState"]
 
 log = structlog.get_logger(__name__)
-
-
-class CommandHandler(Protocol):
-    """What the backhaul needs from the dispatcher."""
-
-    def running(self) -> list[UUID]:
-        """Ids of the commands in progress, announced in ``hello``."""
-        ...
-
-    def on_command(self, message: CommandRun, delivered_at: datetime) -> ErrorMessage | None:
-        """Accept a command without blocking; return an error to send back, if refused."""
-        ...
-
-    def on_work_session_ended(self, message: WorkSessionEnded) -> None:
-        """Revoke what the work session allowed, at once (must not block)."""
-        ...
-
-
-class ChannelHandler(Protocol):
-    """What the backhaul needs from the channel router."""
-
-    def on_open(self, message: ChannelOpen) -> ErrorMessage | None:
-        """Accept a channel without blocking; return an error to send back, if refused."""
-        ...
-
-    def on_close(self, message: ChannelClose) -> None:
-        """End a channel the control plane no longer wants."""
-        ...
-
-    def on_terminal_end(self, message: TerminalEnd) -> None:
-        """End a terminal (attached or detached) the control plane revoked."""
-        ...
 
 
 @dataclass
@@ -171,7 +138,7 @@ class Backhaul:
             self._on_state(self.state)
 
     async def _session(self) -> None:
-        ws = await self._dial()
+        ws = await dial(self._config, self._key, self._ring.current)
         close_code, reason = 1000, ""
         try:
             await self._handshake(ws)
@@ -192,7 +159,7 @@ class Backhaul:
                 # Reader, writer and keepalive can fail together (a reset breaks all
                 # three): the reason names every distinct failure, not only the first.
                 lost = _PeerDead if group.subgroup(_PeerDead) else ConnectionLost
-                raise lost(_describe_all(group)) from group
+                raise lost(describe_all(group)) from group
         except asyncio.CancelledError:
             # Cancelled means the agent stops: say so, the control plane logs it.
             close_code, reason = 1001, "agent shutting down"
@@ -207,38 +174,6 @@ class Backhaul:
                 waiter.cancel()
             self._pongs.clear()
             await ws.close(close_code, reason)
-
-    async def _dial(self) -> ClientConnection:
-        cp = self._config.control_plane
-        limits = self._config.limits
-        headers = agent_headers(self._config, self._key)
-        url = cp.websocket_url("/ws/agent/backhaul/", self._ring.current)
-        try:
-            return await connect(
-                url,
-                additional_headers=headers,
-                user_agent_header=f"fleetgate-agent/{__version__}",
-                ssl=ssl_context(cp),
-                open_timeout=self._config.backhaul.open_timeout,
-                # Application keepalive instead of protocol pings: it also proves the
-                # control plane's event loop answers, not just its TCP stack.
-                ping_interval=None,
-                close_timeout=5,
-                # Frames above the application limit still arrive so that they can be
-                # answered with an error; beyond twice the limit the link is closed.
-                max_size=2 * limits.max_message_bytes,
-                compression=None,
-            )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if status in (401, 403):
-                raise AuthRejected(
-                    f"control plane refused our credentials (HTTP {status})"
-                ) from exc
-            raise ConnectionLost(f"handshake refused with HTTP {status}") from exc
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            reason = describe_tls_error(exc, cp.ca_file) or _describe(exc)
-            raise ConnectionLost(f"cannot connect to {url}: {reason}") from exc
 
     async def _handshake(self, ws: ClientConnection) -> None:
         hello = Hello(
@@ -258,7 +193,7 @@ class Backhaul:
         except TimeoutError as exc:
             raise ConnectionLost("no welcome from the control plane") from exc
         except ConnectionClosed as exc:
-            raise ConnectionLost(f"closed during handshake: {_describe(exc)}") from exc
+            raise ConnectionLost(f"closed during handshake: {describe(exc)}") from exc
         try:
             welcome = self._decode(frame)
         except ProtocolViolation as exc:
@@ -349,21 +284,3 @@ class Backhaul:
 
 class _PeerDead(ConnectionLost):
     """The keepalive found the control plane silent."""
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionLost):
-        return str(exc)  # already a reason of ours
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _describe_all(group: BaseExceptionGroup[BaseException]) -> str:
-    """Every distinct failure of ``group``, in order, ``; ``-separated."""
-    reasons: dict[str, None] = {}
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            reasons[_describe_all(exc)] = None
-        else:
-            reasons[_describe(exc)] = None
-    return "; ".join(reasons)

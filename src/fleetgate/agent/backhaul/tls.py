@@ -12,7 +12,8 @@ import functools
 import ssl
 from pathlib import Path
 
-from fleetgate.agent.config import AgentConfig, ControlPlaneConfig
+from fleetgate.agent.config import AgentConfig
+from fleetgate.agent.config.link import ControlPlaneConfig
 from fleetgate.agent.errors import ConfigError
 
 

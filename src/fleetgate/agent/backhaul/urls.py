@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 
-from fleetgate.agent.config import ControlPlaneConfig
+from fleetgate.agent.config.link import ControlPlaneConfig
 
 
 __all__ = ["UrlRing", "ring_for"]

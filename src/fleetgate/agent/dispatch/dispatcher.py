@@ -7,7 +7,8 @@ intake queue. :meth:`Dispatcher.run` owns every command task: it reports the del
 then waits for a slot under the concurrency limit (in arrival order) and runs it.
 
 Before a command waits for its slot, the agent checks it itself
-(:mod:`fleetgate.agent.policy.command_checks`); a refused one is finished at once. With a
+(:mod:`fleetgate.agent.policy.command_checks`, through :mod:`.gate`, which also writes
+the command's audit lines); a refused one is finished at once. With a
 spool, every step is on disk before it has consequences (:mod:`.reports`): the command is
 recorded as running before its process is spawned. At start, commands a previous run
 left running get an ``interrupted`` final report instead of running again; commands it
@@ -25,7 +26,6 @@ import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Collection
 from datetime import datetime
-from time import time
 from uuid import UUID
 
 import structlog
@@ -33,11 +33,12 @@ import structlog
 from fleetgate.agent.audit import AuditLog
 from fleetgate.agent.backhaul import Outbox
 from fleetgate.agent.clock import utcnow
-from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.config.resources import LimitsConfig
+from fleetgate.agent.dispatch.gate import CommandGate
 from fleetgate.agent.dispatch.reports import CommandReports, MakeFinal, interrupted
 from fleetgate.agent.exec.stopping import STOPPED_CODE, SessionStops, StopRequest
 from fleetgate.agent.policy import GrantPolicy, GrantRefused
-from fleetgate.agent.policy.command_checks import CheckedCommand, check_command, denied_report
+from fleetgate.agent.policy.command_checks import CheckedCommand, denied_report
 from fleetgate.agent.spool import (
     Batch,
     CommandState,
@@ -86,12 +87,10 @@ class Dispatcher:
         on_session_ended: Callable[[WorkSessionEnded], object] | None = None,
     ) -> None:
         self._limits = limits
-        self._allowed_env = frozenset(allowed_env)
         self._on_session_ended = on_session_ended
-        self._grants = grants
-        self._sudo = sudo
-        self._elevation = elevation or ElevationPolicy()
-        self._audit = audit
+        self._gate = CommandGate(
+            grants=grants, elevation=elevation, allowed_env=allowed_env, audit=audit, sudo=sudo
+        )
         self._reports = CommandReports(outbox, spool)
         self._inbox = inbox if inbox is not None else Inbox()
         self._intake: asyncio.Queue[_Intake] = asyncio.Queue(maxsize=limits.max_queued_commands)
@@ -123,7 +122,7 @@ class Dispatcher:
         command_id = message.command_id
         ref = str(command_id)
         if not self._accepting:
-            self._audit_event("command.refused", message, reason="shutting_down")
+            self._gate.audit("command.refused", message, reason="shutting_down")
             return ErrorMessage(code="shutting_down", message="the agent is stopping", ref=ref)
         state = self._inbox.state(command_id)
         item: _Intake = (message, delivered_at)
@@ -142,19 +141,19 @@ class Dispatcher:
             self._intake.put_nowait(item)
         except asyncio.QueueFull:
             log.warning("command.refused_busy", command_id=ref)
-            self._audit_event("command.refused", message, reason="busy")
+            self._gate.audit("command.refused", message, reason="busy")
             return ErrorMessage(code="busy", message="too many queued commands", ref=ref)
         if state is None:
             self._inbox.accept(command_id)
             self._idle.clear()
-            self._audit_event("command.received", message, line=message.line)
+            self._gate.audit("command.received", message, line=message.line)
         return None
 
     def on_work_session_ended(self, message: WorkSessionEnded) -> None:
         """Revoke at once whatever the work session allowed: sudo in running commands,
         and the commands themselves (stopped if running, refused if still queued)."""
-        if self._sudo is not None:
-            self._sudo.end_work_session(message.work_session)
+        if self._gate.sudo is not None:
+            self._gate.sudo.end_work_session(message.work_session)
         reason = f"stopped: its work session {message.work_session} ended ({message.status})"
         for command_id in self._stops.end(message.work_session, reason):
             log.info(
@@ -165,21 +164,6 @@ class Dispatcher:
             )
         if self._on_session_ended is not None:
             self._on_session_ended(message)
-
-    def _audit_event(self, event: str, message: CommandRun, **fields: object) -> None:
-        """One audit line: the command, the account it runs as, who asked for it and
-        under which work session (``claims``'s when verified, else the message's)."""
-        if self._audit is not None:
-            requester = message.requested_by
-            self._audit.record(
-                event,
-                command_id=str(message.command_id),
-                user=message.username,
-                group=message.groupname,
-                requested_by=None if requester is None else requester.model_dump(),
-                work_session=message.work_session,
-                **fields,
-            )
 
     # -- the owner of all command tasks -----------------------------------------------
 
@@ -192,7 +176,7 @@ class Dispatcher:
                 # Delivered (and reported) before the restart; never started, so safe to run.
                 log.info("command.resumed", command_id=str(message.command_id))
                 self._waiting += 1
-                checked = self._checked(message)
+                checked = self._gate.check(message)
                 tg.create_task(
                     self._execute(checked, None, self._stoppable(checked)),
                     name=f"command-{message.command_id}",
@@ -203,7 +187,7 @@ class Dispatcher:
                     await self._reports.resend_final(item)
                     continue
                 message, delivered_at = item
-                checked = self._checked(message)
+                checked = self._gate.check(message)
                 stop = self._stoppable(checked)
                 name = f"command-{message.command_id}"
                 # A free slot and nobody ahead: the command starts at once (unless its
@@ -296,7 +280,7 @@ class Dispatcher:
                 self._waiting -= 1
             if refused is not None:
                 log.warning("command.denied", code=refused.code, reason=refused.detail)
-                self._audit_event(
+                self._gate.audit(
                     "command.refused", message, reason=refused.code, detail=refused.detail
                 )
                 # Never started: the command goes from queued straight to finished.
@@ -333,13 +317,13 @@ class Dispatcher:
                 self._limits,
                 on_started=lambda at: self._started(message, at, delivered_at),
                 on_output=lambda seq, data: self._reports.output(command_id, seq, data),
-                track=self._tracker(message, claims),
+                track=self._gate.tracker(message, claims),
                 stop=stop,
             )
         finally:
             self._slots.release()
             self._forget_stop(message)
-        self._audit_event(
+        self._gate.audit(
             "command.finished",
             message,
             exit_code=outcome.exit_code,
@@ -348,43 +332,6 @@ class Dispatcher:
             elapsed_time=outcome.elapsed_time,
         )
         await self._finish(command_id, lambda rid: outcome.final_report(rid, command_id))
-
-    def _checked(self, message: CommandRun) -> CheckedCommand:
-        """Local enforcement (:func:`check_command`), and the audit line of an elevation."""
-        checked = check_command(
-            message,
-            grants=self._grants,
-            elevate=self._elevation.check,
-            allowed_env=self._allowed_env,
-            now=time(),
-        )
-        if message.sudo:
-            refused = checked.refused
-            self._audit_event(
-                "sudo.decision",
-                checked.message,
-                allowed=refused is None,
-                code="allowed" if refused is None else refused.code,
-                via="api",
-                line=checked.message.line,
-            )
-        return checked
-
-    def _tracker(
-        self, message: CommandRun, claims: GrantClaims | None
-    ) -> Callable[[int], Callable[[], None]] | None:
-        """Registers the command's process session for sudo mediation while it runs."""
-        sudo = self._sudo
-        if sudo is None:
-            return None
-        label = f"command {message.command_id}"
-
-        def track(pid: int) -> Callable[[], None]:
-            # start_new_session: the command's pid is its process session id.
-            sudo.register(pid, claims, label=label)
-            return lambda: sudo.unregister(pid)
-
-        return track
 
     async def _finish(self, command_id: UUID, make: MakeFinal) -> None:
         """Put the final report and mark the command finished, in one transaction."""
@@ -421,7 +368,7 @@ class Dispatcher:
     async def _started(
         self, message: CommandRun, acked_at: datetime, delivered_at: datetime | None
     ) -> None:
-        self._audit_event("command.started", message)
+        self._gate.audit("command.started", message)
         await self._reports.started(message.command_id, acked_at, delivered_at)
 
 

@@ -21,7 +21,7 @@ import struct
 import termios
 from collections.abc import Awaitable, Callable
 
-from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.config.resources import LimitsConfig
 from fleetgate.agent.exec.output import HeadTailCapture, OutputChunker
 
 

@@ -34,7 +34,7 @@ from uuid import UUID
 import structlog
 
 from fleetgate.agent.clock import monotonic, utcnow
-from fleetgate.agent.config import LimitsConfig
+from fleetgate.agent.config.resources import LimitsConfig
 from fleetgate.agent.errors import CommandError
 from fleetgate.agent.exec.child import Process
 from fleetgate.agent.exec.exitstatus import exit_status

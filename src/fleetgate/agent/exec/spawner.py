@@ -33,6 +33,7 @@ import structlog
 from fleetgate.agent.errors import PrivilegeError
 from fleetgate.agent.exec import spawner_main
 from fleetgate.agent.exec.identity import Identity
+from fleetgate.shared.writable import wait_writable
 
 
 __all__ = ["RemoteChild", "Spawner", "SpawnerUnavailable"]
@@ -165,7 +166,7 @@ class Spawner:
                     sent = sock.sendmsg([view], rights) if first else sock.send(view)
                 except BlockingIOError:  # a large request fills the socket's buffer
                     try:
-                        await _writable(loop, sock)
+                        await wait_writable(loop, sock)
                     except asyncio.CancelledError:
                         if first:
                             raise  # nothing sent yet: nothing to finish
@@ -305,18 +306,3 @@ class Spawner:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    """Wait until ``sock`` has room to send."""
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def room() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_writer(sock, room)
-    try:
-        await ready
-    finally:
-        loop.remove_writer(sock)

@@ -2,8 +2,9 @@
 
 ``check`` refuses early what needs no file system (transfers disabled, a path that is not
 absolute or escapes, outside the allowed roots, a file announced larger than the limit);
-``serve`` resolves the user, starts the worker (:mod:`fleetgate.agent.files.relay`) and relays until
-the worker is done. Everything else is decided by the worker, as the user.
+``serve`` resolves the user, starts the worker (:mod:`fleetgate.agent.files.workerproc`)
+and relays until the worker is done (:mod:`fleetgate.agent.files.relay`). Everything
+else is decided by the worker, as the user.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from fleetgate.agent.backhaul import ChannelLink
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelRefused, CommandError, UnknownGroup, UnknownUser
 from fleetgate.agent.exec.identity import resolve_identity
-from fleetgate.agent.files.relay import relay_worker, start_worker
+from fleetgate.agent.files.relay import relay_worker
+from fleetgate.agent.files.workerproc import start_worker
 from fleetgate.shared.errors import TransferError
 from fleetgate.shared.files.paths import normalise, within_roots
 from fleetgate.shared.heap import keep_large_buffers, trim_heap

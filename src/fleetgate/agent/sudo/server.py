@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from fleetgate.agent.audit import AuditLog
-from fleetgate.agent.config import SudoConfig
+from fleetgate.agent.config.access import SudoConfig
 from fleetgate.agent.errors import StateDirError
 from fleetgate.agent.localsocket import bind_private_datagram_socket
 from fleetgate.agent.policy.sudo_decision import SessionGrant, SudoCall, SudoVerdict, decide

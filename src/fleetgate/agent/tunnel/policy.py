@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from fleetgate.agent.config import TunnelConfig
+from fleetgate.agent.config.access import TunnelConfig
 from fleetgate.shared.addresses import loopback_address
 
 

@@ -14,7 +14,7 @@ import socket
 import structlog
 
 from fleetgate.agent.backhaul import ChannelLink
-from fleetgate.agent.config import TunnelConfig
+from fleetgate.agent.config.access import TunnelConfig
 from fleetgate.agent.errors import ChannelClosed, ChannelRefused
 from fleetgate.agent.tunnel.connect import connected_at_once
 from fleetgate.agent.tunnel.policy import Refusal, StreamBook, TunnelPolicy

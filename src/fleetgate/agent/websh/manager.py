@@ -23,6 +23,7 @@ import structlog
 from fleetgate.agent.config import AgentConfig
 from fleetgate.agent.errors import ChannelRefused, CommandError
 from fleetgate.agent.exec.identity import resolve_identity
+from fleetgate.agent.websh.attachment import Link
 from fleetgate.agent.websh.quota import SpoolQuota
 from fleetgate.agent.websh.recording import Recorder
 from fleetgate.agent.websh.shell import (
@@ -32,7 +33,7 @@ from fleetgate.agent.websh.shell import (
     spawn_shell,
 )
 from fleetgate.agent.websh.state import Owner
-from fleetgate.agent.websh.terminal import Link, Terminal
+from fleetgate.agent.websh.terminal import Terminal
 from fleetgate.shared.protocol.grants import GrantClaims
 
 

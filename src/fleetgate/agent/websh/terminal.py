@@ -17,17 +17,15 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
-import termios
-import threading
 import time
-from collections.abc import Awaitable
-from typing import Protocol
 from uuid import UUID
 
 import structlog
 
-from fleetgate.agent.config import WebshConfig
+from fleetgate.agent.config.access import WebshConfig
 from fleetgate.agent.errors import ChannelClosed
+from fleetgate.agent.websh.attachment import Attachment, Link, first_of
+from fleetgate.agent.websh.ptyio import READ_BUDGET, read_buffer, redact_if_secret, write_all
 from fleetgate.agent.websh.reaper import end_session, exit_status
 from fleetgate.agent.websh.recording import Recorder
 from fleetgate.agent.websh.shell import ShellProcess, set_window_size
@@ -43,13 +41,11 @@ from fleetgate.shared.protocol.websh import (
 )
 
 
-__all__ = ["HIGH_WATER", "MAX_FRAME", "READ_BUDGET", "Link", "Terminal"]
+__all__ = ["HIGH_WATER", "MAX_FRAME", "Terminal"]
 
 log = structlog.get_logger(__name__)
 
 READ_SIZE = 64 * 1024
-READ_BUDGET = 256 * 1024
-"""Bytes read from the PTY per event-loop wake-up at most (fairness between terminals)."""
 HIGH_WATER = 256 * 1024
 """Output waiting to be sent above which the PTY is not read (attached)."""
 MAX_FRAME = 256 * 1024
@@ -58,22 +54,6 @@ EXIT_FLUSH_TIMEOUT = 5.0
 """Seconds the last output and the exit frame get to reach an attached client."""
 DRAIN_LIMIT = 1024 * 1024
 """Bytes read from the PTY after the shell exited, at most (a background writer may go on)."""
-
-
-class Link(Protocol):
-    """The agent's end of a channel (``fleetgate.agent.backhaul.channel.ChannelLink``)."""
-
-    async def recv(self) -> bytes | str: ...
-    async def send(self, data: bytes | str) -> None: ...
-    async def close(self, code: int = 1000, reason: str = "") -> None: ...
-
-
-class _Attachment:
-    """One attached channel; ``ended`` is set when the terminal said its last word on it."""
-
-    def __init__(self, link: Link) -> None:
-        self.link = link
-        self.ended = asyncio.Event()
 
 
 class Terminal:
@@ -102,7 +82,7 @@ class Terminal:
         self._pending = PendingOutput(HIGH_WATER, config.replay_bytes)
         self._data = asyncio.Event()
         self._wake = asyncio.Event()
-        self._attachment: _Attachment | None = None
+        self._attachment: Attachment | None = None
         self._reading = False
         self._eof = False
         self._exited = False
@@ -221,7 +201,7 @@ class Terminal:
         """
         if not first:
             self.state.attach(owner, time.monotonic())
-        previous, attachment = self._attachment, _Attachment(link)
+        previous, attachment = self._attachment, Attachment(link)
         self._attachment = attachment
         if previous is not None:
             previous.ended.set()  # its sender stops; its serve() returns
@@ -235,7 +215,7 @@ class Terminal:
                 terminal_id=self.terminal_id, reattached=not first, rows=self.rows, cols=self.cols
             )
             await link.send(ready.model_dump_json())
-            await _first_of(self._send_loop(attachment), self._recv_loop(attachment))
+            await first_of(self._send_loop(attachment), self._recv_loop(attachment))
         except ChannelClosed as exc:
             bound.info("websh.link_lost", code=exc.code)
         finally:
@@ -249,7 +229,7 @@ class Terminal:
                     self._resume()  # keep reading into the ring
                 self._wake.set()
 
-    async def _send_loop(self, attachment: _Attachment) -> None:
+    async def _send_loop(self, attachment: Attachment) -> None:
         link = attachment.link
         while not attachment.ended.is_set():
             await self._data.wait()
@@ -268,7 +248,7 @@ class Terminal:
                 return
             self._data.clear()
 
-    async def _recv_loop(self, attachment: _Attachment) -> None:
+    async def _recv_loop(self, attachment: Attachment) -> None:
         link = attachment.link
         while not attachment.ended.is_set():
             message = await link.recv()
@@ -278,7 +258,7 @@ class Terminal:
                 if self.recorder is not None:
                     self.recorder.input(redact_if_secret(self.shell.master_fd, message))
                     self._check_recording()
-                await self._write(message)
+                await write_all(self._loop, self.shell.master_fd, message)
                 continue
             try:
                 frame = decode_client_frame(message)
@@ -292,35 +272,6 @@ class Terminal:
                     self.recorder.resize(frame.cols, frame.rows)
             elif isinstance(frame, Close):
                 self.close("closed")
-
-    async def _write(self, data: bytes) -> None:
-        """Write all of ``data`` to the PTY, waiting while the kernel's buffer is full."""
-        view = memoryview(data)
-        fd = self.shell.master_fd
-        while view:
-            try:
-                written = os.write(fd, view)
-            except BlockingIOError:
-                await self._writable(fd)
-                continue
-            except OSError as exc:
-                if exc.errno == errno.EIO:  # the shell is gone; its exit ends the terminal
-                    return
-                raise
-            view = view[written:]
-
-    async def _writable(self, fd: int) -> None:
-        ready: asyncio.Future[None] = self._loop.create_future()
-
-        def wake() -> None:
-            if not ready.done():
-                ready.set_result(None)
-
-        self._loop.add_writer(fd, wake)
-        try:
-            await ready
-        finally:
-            self._loop.remove_writer(fd)
 
     # -- the PTY reader (event-loop callbacks) --------------------------------------------
 
@@ -349,7 +300,7 @@ class Terminal:
         The reads land in one reused buffer (a PTY read returns at most 4 KiB): one copy
         per call instead of an allocation per read and a join."""
         fd = self.shell.master_fd
-        scratch = _scratch()
+        scratch = read_buffer()
         view = memoryview(scratch)
         got = 0
         parts: list[bytes] = []
@@ -404,44 +355,3 @@ class Terminal:
             assert self._pidfd is not None
             self._loop.remove_reader(self._pidfd)
             self._wake.set()
-
-
-_local = threading.local()
-
-
-def _scratch() -> bytearray:
-    """This thread's read buffer, shared by its terminals (a read is never interrupted)."""
-    buffer: bytearray | None = getattr(_local, "buffer", None)
-    if buffer is None:
-        buffer = _local.buffer = bytearray(READ_BUDGET)
-    return buffer
-
-
-def redact_if_secret(fd: int, data: bytes) -> bytes:
-    """``data`` as recorded: typed while the terminal does not echo in line mode (a
-    password prompt: sudo, passwd, ssh), every byte but line ends becomes ``*``.
-
-    On Linux the master reports the slave's modes, so this sees what the prompt set.
-    Full-screen programs turn echo off too, but in raw mode; their input is kept.
-    """
-    try:
-        lflag = termios.tcgetattr(fd)[3]
-    except termios.error:
-        return data
-    if lflag & termios.ECHO or not lflag & termios.ICANON:
-        return data
-    return bytes(b if b in b"\r\n" else 0x2A for b in data)
-
-
-async def _first_of(*coros: Awaitable[None]) -> None:
-    """Run the coroutines until the first one returns or raises; cancel and await the rest."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        if not task.cancelled() and task.exception() is not None:
-            raise task.exception()  # type: ignore[misc]

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any
 
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import EXIT_OK, CliError, UsageError
-from fleetgate.agentctl.filetransfer import Options, TransferFailed, download_file, upload_file
+from fleetgate.agentctl.filedownload import download_file
+from fleetgate.agentctl.filetransfer import Options, TransferFailed
+from fleetgate.agentctl.fileupload import upload_file
 from fleetgate.agentctl.transfers import Local, Progress, Remote, parse_location, summary
 
 

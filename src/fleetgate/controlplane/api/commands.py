@@ -38,7 +38,8 @@ from fleetgate.controlplane.store import (
     worksession_gate as session_gate,
     worksessions as sessions_store,
 )
-from fleetgate.controlplane.store.commands import CancelOutcome, CommandRow, NewCommand
+from fleetgate.controlplane.store.command_rows import CommandRow, NewCommand
+from fleetgate.controlplane.store.commands import CancelOutcome
 from fleetgate.controlplane.timeutil import now_us, to_us
 from fleetgate.controlplane.worksession.gate import GateDenial
 from fleetgate.shared.protocol import CommandRun, content_digest

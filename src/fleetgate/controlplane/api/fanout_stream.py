@@ -17,7 +17,7 @@ from typing import Any
 from fleetgate.controlplane.api.stream import ndjson_line, stream_command
 from fleetgate.controlplane.hub.wakeups import CommandWakeups
 from fleetgate.controlplane.store import Database
-from fleetgate.controlplane.store.commands import CommandRow
+from fleetgate.controlplane.store.command_rows import CommandRow
 
 
 __all__ = ["stream_fanout"]

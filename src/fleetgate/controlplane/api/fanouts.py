@@ -34,7 +34,7 @@ from fleetgate.controlplane.store import (
     fanouts as fanout_store,
     worksessions as sessions_store,
 )
-from fleetgate.controlplane.store.commands import CommandRow, NewCommand
+from fleetgate.controlplane.store.command_rows import CommandRow, NewCommand
 from fleetgate.controlplane.store.fanouts import FanoutRow, Target
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.controlplane.worksession.gate import GateDenial

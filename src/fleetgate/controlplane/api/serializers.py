@@ -7,7 +7,7 @@ from typing import Any
 from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.command_status import command_status, response_delay
 from fleetgate.controlplane.hub.registry import AgentConnection
-from fleetgate.controlplane.store.commands import CommandRow
+from fleetgate.controlplane.store.command_rows import CommandRow
 from fleetgate.controlplane.store.servers import ServerRow
 from fleetgate.controlplane.store.users import TokenRow, UserRow
 from fleetgate.controlplane.timeutil import iso, iso_or_none

@@ -19,7 +19,7 @@ from fleetgate.controlplane.api.ndjson import Last
 from fleetgate.controlplane.api.serializers import command_json
 from fleetgate.controlplane.hub.wakeups import CommandWakeups, Subscription
 from fleetgate.controlplane.store import Database, commands as commands_store
-from fleetgate.controlplane.store.commands import ChunkRow, CommandRow
+from fleetgate.controlplane.store.command_rows import ChunkRow, CommandRow
 from fleetgate.controlplane.timeutil import now_us
 
 

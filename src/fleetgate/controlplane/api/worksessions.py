@@ -1,4 +1,5 @@
-"""``/api/work-sessions/sessions/``: the work-session lifecycle over HTTP.
+"""``/api/work-sessions/sessions/``: the work-session lifecycle over HTTP (its reads are
+in :mod:`fleetgate.controlplane.api.worksession_reads`).
 
 The state machine is :mod:`fleetgate.controlplane.worksession.lifecycle`; these routes check who may
 do what, validate bodies, and run each change in one transaction.
@@ -6,18 +7,14 @@ do what, validate bodies, and run each change in one transaction.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
 from fleetgate.controlplane.api.deps import PrincipalDep, Services, ServicesDep
-from fleetgate.controlplane.api.pagination import page_response
-from fleetgate.controlplane.api.params import MAX_SEARCH, parse_int, parse_page
 from fleetgate.controlplane.api.worksession_bodies import (
     MAX_DESCRIPTION,
     OWNER_ENABLED_SCOPES,
@@ -31,43 +28,34 @@ from fleetgate.controlplane.api.worksession_bodies import (
     parse_scopes,
     parse_window,
 )
-from fleetgate.controlplane.api.worksession_json import event_json, session_json
+from fleetgate.controlplane.api.worksession_reads import load_session, not_found, render_session
 from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.errors import APIError, invalid_request, permission_denied
 from fleetgate.controlplane.store import (
     servers as servers_store,
     users as users_store,
-    worksession_gate as session_gate,
-    worksession_list as session_list,
+    worksession_fields as session_fields,
     worksessions as sessions_store,
 )
 from fleetgate.controlplane.store.worksessions import NewWorkSession, WorkSessionRow
 from fleetgate.controlplane.timeutil import now_us
-from fleetgate.controlplane.worksession.lifecycle import TERMINAL, Action, InvalidTransition, Status
+from fleetgate.controlplane.worksession.lifecycle import TERMINAL, Action, InvalidTransition
 
 
 __all__ = [
     "SIMPLE_ACTIONS",
     "approve",
     "create",
-    "detail",
     "extend",
-    "list_sessions",
     "router",
-    "timeline",
 ]
 
 router = APIRouter(prefix="/api/work-sessions/sessions")
 
-MAX_WAIT = 60
 SUPERUSER_ACTIONS = frozenset({Action.APPROVE, Action.REJECT, Action.REVOKE})
 SIMPLE_ACTIONS: dict[Action, Callable[..., Any]] = {}
 """The bodiless action routes (``reject``, ``cancel``, ...), callable as
 ``route(session_id, principal, services)`` by the console."""
-
-
-def _not_found() -> APIError:
-    return APIError(404, "WORK_SESSION_NOT_FOUND", "No such work session.")
 
 
 def _invalid_transition(exc: InvalidTransition) -> APIError:
@@ -77,11 +65,6 @@ def _invalid_transition(exc: InvalidTransition) -> APIError:
         f"{exc}; current state: {exc.status.value}",
         exc.status.value,
     )
-
-
-def _visible(row: WorkSessionRow, principal: Principal) -> bool:
-    uid = principal.user_id
-    return principal.is_superuser or uid in (row.created_by, row.assigned_user)
 
 
 async def _assignee(body: CreateBody, principal: Principal, services: Services) -> int:
@@ -123,25 +106,6 @@ async def _server_ids(
     return tuple(ids)
 
 
-async def _render(row: WorkSessionRow, services: Services) -> dict[str, Any]:
-    return (await _render_all([row], services))[0]
-
-
-async def _render_all(rows: list[WorkSessionRow], services: Services) -> list[dict[str, Any]]:
-    """The sessions' JSON, their servers' names read in one call for the whole page."""
-    ids = [server_id for row in rows for server_id in row.server_ids]
-    found = await services.db.read(servers_store.summaries, ids) if ids else {}
-    out = []
-    for row in rows:
-        servers = [
-            {"id": server_id, "name": found[server_id][0], "is_connected": found[server_id][1]}
-            for server_id in row.server_ids
-            if server_id in found
-        ]
-        out.append(session_json(row, servers))
-    return out
-
-
 @router.post("/", status_code=201)
 async def create(body: CreateBody, principal: PrincipalDep, services: ServicesDep) -> JSONResponse:
     """Request a work session; a superuser's request is approved (and started) at once."""
@@ -170,70 +134,7 @@ async def create(body: CreateBody, principal: PrincipalDep, services: ServicesDe
         sessions_store.insert_work_session, new, auto_approve=principal.is_superuser, now=now
     )
     services.work_sessions.changed()
-    return JSONResponse(await _render(row, services), status_code=201)
-
-
-@router.get("/")
-async def list_sessions(
-    request: Request, principal: PrincipalDep, services: ServicesDep
-) -> JSONResponse:
-    """A page of sessions, newest first; ``status`` filters (``all``: no filter), ``q``
-    searches the purpose, usernames, server names and ids."""
-    params = request.query_params
-    search = (params.get("q") or "").strip()[:MAX_SEARCH] or None
-    status = params.get("status") or None
-    if status == "all":
-        status = None
-    if status is not None and status not in set(Status):
-        raise invalid_request(f"status: unknown {status[:40]!r}", "status")
-    page = parse_page(params)
-    count, rows = await services.db.write(
-        session_list.list_work_sessions,
-        visible_to=None if principal.is_superuser else principal.user_id,
-        status=status,
-        now=now_us(),
-        offset=page.offset,
-        limit=page.size,
-        search=search,
-    )
-    results = await _render_all(rows, services)
-    return JSONResponse(page_response(request, services.settings.public_url, page, count, results))
-
-
-async def _load(session_id: str, principal: Principal, services: Services) -> WorkSessionRow:
-    try:
-        session_id = str(uuid.UUID(session_id))
-    except ValueError:
-        raise _not_found() from None
-    row = await services.db.write(sessions_store.load_settled, session_id, now=now_us())
-    if row is None or not _visible(row, principal):
-        raise _not_found()
-    return row
-
-
-@router.get("/{session_id}/")
-async def detail(
-    session_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
-) -> JSONResponse:
-    """One session, its status settled against the clock.
-
-    With ``?status=S&wait=SECONDS`` (at most 60) the answer waits until the session's
-    status is no longer ``S`` or the time is up: a client waiting for an approval needs
-    no polling schedule.
-    """
-    known = request.query_params.get("status")
-    wait = parse_int(request.query_params, "wait", minimum=0, maximum=MAX_WAIT) or 0
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + wait
-    while True:
-        change = services.work_sessions.next_change()
-        row = await _load(session_id, principal, services)
-        remaining = deadline - loop.time()
-        if row.status.value != known or remaining <= 0:
-            return JSONResponse(await _render(row, services))
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(remaining):
-                await change.wait()
+    return JSONResponse(await render_session(row, services), status_code=201)
 
 
 async def _act(
@@ -244,7 +145,7 @@ async def _act(
     change: Callable[[WorkSessionRow, int], dict[str, Any]] | None = None,
     event: str | None = None,
 ) -> JSONResponse:
-    row = await _load(session_id, principal, services)
+    row = await load_session(session_id, principal, services)
     if action in SUPERUSER_ACTIONS and not principal.is_superuser:
         raise permission_denied(f"Only a superuser may {action.value} a work session.")
     now = now_us()
@@ -255,7 +156,7 @@ async def _act(
             )
         else:
             updated = await services.db.write(
-                sessions_store.update_fields,
+                session_fields.update_fields,
                 row.id,
                 action,
                 actor=principal.user_id,
@@ -266,11 +167,11 @@ async def _act(
     except InvalidTransition as exc:
         raise _invalid_transition(exc) from None
     if updated is None:
-        raise _not_found()
+        raise not_found()
     services.work_sessions.changed()
     if updated.status in TERMINAL and row.status not in TERMINAL:
         await services.work_sessions.ended(updated)
-    return JSONResponse(await _render(updated, services))
+    return JSONResponse(await render_session(updated, services))
 
 
 def _simple(action: Action) -> Callable[..., Any]:
@@ -294,14 +195,14 @@ async def approve(
     """Approve a pending request, optionally narrowing its scopes and servers first."""
     if body is None or (body.scopes is None and body.servers is None):
         return await _act(session_id, Action.APPROVE, principal, services)
-    row = await _load(session_id, principal, services)
+    row = await load_session(session_id, principal, services)
     if not principal.is_superuser:
         raise permission_denied("Only a superuser may approve a work session.")
     scopes, server_ids = await _narrowed(body, row, services)
     now = now_us()
 
     def adjust_then_approve(conn: Any) -> WorkSessionRow | None:
-        adjusted = sessions_store.adjust_request(
+        adjusted = session_fields.adjust_request(
             conn, row.id, scopes=scopes, server_ids=server_ids, actor=principal.user_id, now=now
         )
         if adjusted is None:
@@ -315,9 +216,9 @@ async def approve(
     except InvalidTransition as exc:
         raise _invalid_transition(exc) from None
     if updated is None:
-        raise _not_found()
+        raise not_found()
     services.work_sessions.changed()
-    return JSONResponse(await _render(updated, services))
+    return JSONResponse(await render_session(updated, services))
 
 
 async def _narrowed(
@@ -400,7 +301,9 @@ async def update(
     if body.servers is not None:
         # The servers must offer what the session will have: the new scopes, or its own.
         effective = (
-            scopes if scopes is not None else (await _load(session_id, principal, services)).scopes
+            scopes
+            if scopes is not None
+            else (await load_session(session_id, principal, services)).scopes
         )
         server_ids = await _server_ids(body.servers, effective, services)
 
@@ -413,17 +316,3 @@ async def update(
 
     action = _change_action(principal, Action.UPDATE)
     return await _act(session_id, action, principal, services, change, event="update")
-
-
-@router.get("/{session_id}/timeline/")
-async def timeline(
-    session_id: str, request: Request, principal: PrincipalDep, services: ServicesDep
-) -> JSONResponse:
-    """A page of everything done in the session, oldest first."""
-    row = await _load(session_id, principal, services)
-    page = parse_page(request.query_params)
-    count, events = await services.db.read(
-        session_gate.list_events, row.id, offset=page.offset, limit=page.size
-    )
-    results = [event_json(e) for e in events]
-    return JSONResponse(page_response(request, services.settings.public_url, page, count, results))

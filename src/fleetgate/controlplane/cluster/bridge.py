@@ -103,7 +103,7 @@ class ClusterChannelRegistry(ChannelRegistry):
 
 
 class HubBridge:
-    """The node's :class:`~fleetgate.controlplane.cluster.node.Handlers` and the broker's
+    """The node's :class:`~fleetgate.controlplane.cluster.handlers.Handlers` and the broker's
     :class:`~fleetgate.controlplane.hub.channels.ChannelCluster`, over one hub."""
 
     def __init__(
@@ -128,19 +128,19 @@ class HubBridge:
     # -- Handlers --------------------------------------------------------------------
 
     def local(self, server_id: str) -> AgentConnection | None:
-        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        """See :class:`~fleetgate.controlplane.cluster.handlers.Handlers`."""
         return self._registry.local(server_id)
 
     def local_links(self) -> list[AgentConnection]:
-        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        """See :class:`~fleetgate.controlplane.cluster.handlers.Handlers`."""
         return self._registry.connections()
 
     def waiting(self, channel_id: str) -> bool:
-        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        """See :class:`~fleetgate.controlplane.cluster.handlers.Handlers`."""
         return self._broker.waiting(channel_id)
 
     async def channel_answer(self, channel_id: str, server_id: str, error: str) -> None:
-        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        """See :class:`~fleetgate.controlplane.cluster.handlers.Handlers`."""
         try:
             message = decode_agent_message(error, max_bytes=len(error) + 1)
         except ProtocolViolation:
@@ -150,36 +150,36 @@ class HubBridge:
             self._broker.refused(server_id, message)
 
     async def revoked(self, revocation: dict[str, Any]) -> None:
-        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        """See :class:`~fleetgate.controlplane.cluster.handlers.Handlers`."""
         if self.revoker is not None:
             await self.revoker.apply_remote(revocation)
 
     def wake(self, command_ids: list[str]) -> None:
-        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        """See :class:`~fleetgate.controlplane.cluster.handlers.Handlers`."""
         self._wakeups.notify_here(command_ids)
 
     def poked(self, what: str) -> None:
-        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        """See :class:`~fleetgate.controlplane.cluster.handlers.Handlers`."""
         if what == "scheduler" and self.scheduler is not None:
             self.scheduler.wake_here()
         elif what == "clock" and self.clock is not None:
             self.clock.wake()
 
     async def kicked(self, server_id: str) -> None:
-        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        """See :class:`~fleetgate.controlplane.cluster.handlers.Handlers`."""
         conn = self._registry.local(server_id)
         if conn is not None:
             log.info("cluster.link_kicked", server_id=server_id)
             await conn.close(CLOSE_DELETED, "server deleted")
 
     def reinstated(self, user_id: int) -> None:
-        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        """See :class:`~fleetgate.controlplane.cluster.handlers.Handlers`."""
         registry = self._broker.open
         if isinstance(registry, ClusterChannelRegistry):
             registry.reinstate_here(user_id)
 
     def tunnel_closed(self, tunnel_id: str, code: str, detail: str) -> None:
-        """See :class:`~fleetgate.controlplane.cluster.node.Handlers`."""
+        """See :class:`~fleetgate.controlplane.cluster.handlers.Handlers`."""
         if self.tunnels is not None:
             self.tunnels.closed_elsewhere(tunnel_id, code, detail)
 

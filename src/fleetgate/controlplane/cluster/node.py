@@ -12,21 +12,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Protocol
+from typing import Any
 
 import psycopg
 import structlog
 
 from fleetgate.controlplane.cluster import tables
 from fleetgate.controlplane.cluster.bus import PgBus, Resync
+from fleetgate.controlplane.cluster.handlers import Handlers
 from fleetgate.controlplane.cluster.notes import Note
 from fleetgate.controlplane.cluster.outbox import Outbox, Writer
-from fleetgate.controlplane.cluster.remote import RemoteLink
+from fleetgate.controlplane.cluster.remote import Mirror, RemoteLink
 from fleetgate.controlplane.cluster.tables import LinkRow
 from fleetgate.controlplane.hub.registry import AgentConnection
 
 
-__all__ = ["ClusterNode", "Handlers"]
+__all__ = ["ClusterNode"]
 
 log = structlog.get_logger("fleetgate.controlplane.cluster")
 
@@ -42,50 +43,6 @@ FRAME_TTL = 120.0
 its commands come again with its next hello)."""
 
 
-class Handlers(Protocol):
-    """What the node needs from the hub."""
-
-    def local(self, server_id: str) -> AgentConnection | None:
-        """The agent's link on this replica."""
-        ...
-
-    def local_links(self) -> list[AgentConnection]:
-        """Every agent link on this replica."""
-        ...
-
-    def waiting(self, channel_id: str) -> bool:
-        """Whether a client waits here for the agent's side of this channel."""
-        ...
-
-    async def channel_answer(self, channel_id: str, server_id: str, error: str) -> None:
-        """The agent's ``error`` (encoded) about a channel whose client waits here."""
-        ...
-
-    async def revoked(self, revocation: dict[str, Any]) -> None:
-        """A revocation made on another replica: end what it covers here."""
-        ...
-
-    def wake(self, command_ids: list[str]) -> None:
-        """Commands changed on another replica: wake their output streams here."""
-        ...
-
-    def poked(self, what: str) -> None:
-        """``scheduler`` or ``clock``: look again (something changed on some replica)."""
-        ...
-
-    async def kicked(self, server_id: str) -> None:
-        """The server was deleted on another replica: close its link here."""
-        ...
-
-    def tunnel_closed(self, tunnel_id: str, code: str, detail: str) -> None:
-        """A tunnel was closed on another replica: forget it, end its streams here."""
-        ...
-
-    def reinstated(self, user_id: int) -> None:
-        """A disabled user was enabled again on some replica."""
-        ...
-
-
 class ClusterNode:
     """This replica, on the shared database at ``conninfo`` (a libpq URL)."""
 
@@ -98,7 +55,7 @@ class ClusterNode:
         self._writer = Writer(conninfo)
         self._outbox = Outbox(self._writer)
         self._bus = PgBus(conninfo)
-        self._mirror: dict[str, RemoteLink] = {}
+        self._mirror = Mirror(replica_id, self.forward, self._outbox.kick)
         self._handlers: Handlers | None = None
 
     # -- lifecycle -------------------------------------------------------------------
@@ -143,16 +100,15 @@ class ClusterNode:
 
     def remote(self, server_id: str) -> RemoteLink | None:
         """The agent's link on another (live) replica, if any."""
-        link = self._mirror.get(server_id)
-        return None if link is None or link.closed.is_set() else link
+        return self._mirror.get(server_id)
 
     def remote_ids(self) -> list[str]:
         """Servers linked to other replicas."""
-        return [sid for sid, link in self._mirror.items() if not link.closed.is_set()]
+        return self._mirror.server_ids()
 
     async def link_up(self, conn: AgentConnection) -> None:
         """Announce that this replica holds ``conn`` (after the agent's hello)."""
-        self._drop(conn.server_id)
+        self._mirror.drop(conn.server_id)
         row = LinkRow(
             conn.server_id,
             self.replica_id,
@@ -295,10 +251,7 @@ class ClusterNode:
         if not server_ids:
             return
         unique = list(dict.fromkeys(server_ids))
-        rows = await self._writer.run(lambda c: tables.get_links(c, unique))
-        for row in rows:
-            if row.replica_id != self.replica_id:
-                self._mirror_link(row)
+        self._mirror.update(await self._writer.run(lambda c: tables.get_links(c, unique)))
 
     async def _claim_frames(self) -> None:
         handlers = self._handlers
@@ -310,14 +263,7 @@ class ClusterNode:
                 await conn.send_quietly(frame)
 
     async def _resync(self) -> None:
-        rows = await self._writer.run(lambda c: tables.live_links(c, LIVENESS))
-        seen = set()
-        for row in rows:
-            if row.replica_id != self.replica_id:
-                self._mirror_link(row)
-                seen.add(row.server_id)
-        for server_id in [sid for sid in self._mirror if sid not in seen]:
-            self._drop(server_id)
+        self._mirror.resync(await self._writer.run(lambda c: tables.live_links(c, LIVENESS)))
         log.info("cluster.resynced", remote_links=len(self._mirror))
 
     async def _handle(self, note: Note) -> None:
@@ -345,9 +291,7 @@ class ClusterNode:
                     else:
                         await handlers.revoked(message["revocation"])
             case "unlink":
-                link = self._mirror.get(note.ref)
-                if link is not None and link.replica_id == note.target:
-                    self._drop(note.ref)
+                self._mirror.unlink(note.ref, note.target)
             case "wake":
                 handlers.wake(note.ref.split(","))
             case "poke":
@@ -359,22 +303,4 @@ class ClusterNode:
                 if note.target == self.replica_id:
                     await handlers.kicked(note.ref)
             case "down":
-                for server_id in [s for s, l in self._mirror.items() if l.replica_id == note.ref]:
-                    self._drop(server_id)
-
-    def _mirror_link(self, row: LinkRow) -> None:
-        old = self._mirror.get(row.server_id)
-        if old is not None and (old.replica_id, old.connected_at) == (
-            row.replica_id,
-            row.connected_at,
-        ):
-            return
-        self._drop(row.server_id)
-        self._mirror[row.server_id] = RemoteLink(
-            row, row.hostname or "", self.forward, self._outbox.kick
-        )
-
-    def _drop(self, server_id: str) -> None:
-        link = self._mirror.pop(server_id, None)
-        if link is not None:
-            link.closed.set()
+                self._mirror.replica_down(note.ref)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import ValidationError
 
-from fleetgate.controlplane.api import identity, servers, worksessions
+from fleetgate.controlplane.api import identity, servers, worksession_reads, worksessions
 from fleetgate.controlplane.api.worksession_bodies import MAX_DESCRIPTION, CreateBody
 from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.console.cookies import LOGIN_COOKIE, new_csrf_token
@@ -117,12 +117,12 @@ async def sessions(request: Request, principal: ConsoleUser) -> Response:
     services = services_of(request)
     try:
         listing = api_json(
-            await worksessions.list_sessions(sub_request(request, query), principal, services)
+            await worksession_reads.list_sessions(sub_request(request, query), principal, services)
         )
     except APIError:
         query["page"] = "1"
         listing = api_json(
-            await worksessions.list_sessions(sub_request(request, query), principal, services)
+            await worksession_reads.list_sessions(sub_request(request, query), principal, services)
         )
     connected = await _connected_servers(request, principal)
     context = {

@@ -11,7 +11,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 
-from fleetgate.controlplane.api import commands, recordings, websh, worksessions
+from fleetgate.controlplane.api import (
+    commands,
+    recordings,
+    websh,
+    worksession_reads,
+    worksessions,
+)
 from fleetgate.controlplane.api.command_checks import CommandCreateBody
 from fleetgate.controlplane.api.worksession_bodies import ApproveBody, ExtendBody
 from fleetgate.controlplane.auth import Principal
@@ -44,7 +50,7 @@ ACTIONS = {
 async def _session(request: Request, principal: Principal, session_id: str) -> dict[str, Any]:
     """The session as the API shows it to ``principal`` (404 page when it may not)."""
     try:
-        answer = await worksessions.detail(
+        answer = await worksession_reads.detail(
             session_id, sub_request(request), principal, services_of(request)
         )
     except APIError as exc:
@@ -83,7 +89,7 @@ async def _timeline_pages(
     for page_number in range(1, 51):
         query = {"page": page_number, "page_size": 100}
         answer = api_json(
-            await worksessions.timeline(
+            await worksession_reads.timeline(
                 session_id, sub_request(request, query), principal, services
             )
         )
@@ -156,7 +162,7 @@ async def approvals(request: Request, principal: ConsoleUser) -> Response:
         raise ConsoleError(403, "Only a superuser reviews requests.")
     query: dict[str, str | int] = {"status": "pending", "page_size": 100}
     listing = api_json(
-        await worksessions.list_sessions(
+        await worksession_reads.list_sessions(
             sub_request(request, query), principal, services_of(request)
         )
     )

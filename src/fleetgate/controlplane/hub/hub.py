@@ -28,7 +28,7 @@ from fleetgate.controlplane.hub.session import AgentSession
 from fleetgate.controlplane.hub.undeliverable import deliver
 from fleetgate.controlplane.hub.wakeups import CommandWakeups
 from fleetgate.controlplane.store import Database, servers as servers_store
-from fleetgate.controlplane.store.commands import CommandRow
+from fleetgate.controlplane.store.command_rows import CommandRow
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.shared.protocol import WorkSessionEnded
 

@@ -11,7 +11,7 @@ import structlog
 from pydantic import BaseModel
 from starlette.websockets import WebSocket, WebSocketState
 
-from fleetgate.controlplane.store.commands import CommandRow
+from fleetgate.controlplane.store.command_rows import CommandRow
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.shared.protocol import CommandRun, Grant, Requester, encode
 

@@ -15,7 +15,7 @@ import structlog
 from fleetgate.controlplane.hub.registry import Registry
 from fleetgate.controlplane.hub.timer import run_timer
 from fleetgate.controlplane.hub.undeliverable import Notify, deliver
-from fleetgate.controlplane.store import Database, commands as commands_store
+from fleetgate.controlplane.store import Database, command_delivery
 from fleetgate.controlplane.timeutil import now_us
 
 
@@ -49,14 +49,14 @@ class Scheduler:
         now = now_us()
         server_ids = self.registry.server_ids()
         while server_ids:
-            rows = await self.db.write(commands_store.claim_due, server_ids, now=now)
+            rows = await self.db.write(command_delivery.claim_due, server_ids, now=now)
             for row in rows:
                 conn = self.registry.get(row.server_id)
                 if conn is not None and await deliver(conn, self.db, row, self.notify):
                     log.info("scheduler.command_sent", command_id=row.id, server_id=row.server_id)
             if len(rows) < 1000:
                 break
-        next_due = await self.db.read(commands_store.next_due, now=now)
+        next_due = await self.db.read(command_delivery.next_due, now=now)
         if next_due is None:
             return None
         return min(MAX_SLEEP, max(0.0, (next_due - now_us()) / 1_000_000))

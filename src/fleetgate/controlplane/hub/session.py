@@ -33,7 +33,8 @@ from fleetgate.controlplane.hub.registry import (
     AgentConnection,
     Registry,
 )
-from fleetgate.controlplane.hub.undeliverable import deliver, fail_refused
+from fleetgate.controlplane.hub.resumption import send_missed
+from fleetgate.controlplane.hub.undeliverable import fail_refused
 from fleetgate.controlplane.hub.wakeups import CommandWakeups
 from fleetgate.controlplane.store import (
     Database,
@@ -57,9 +58,7 @@ from fleetgate.shared.protocol import (
     Pong,
     SshEvent,
     SudoDecided,
-    TerminalEnd,
     Welcome,
-    WorkSessionEnded,
     decode_agent_message,
     error_ref,
 )
@@ -76,8 +75,6 @@ _FRAME_REFUSALS = frozenset({"too_large", "malformed", "invalid", "unknown_type"
 """Codes of an agent's ``error`` that mean it could not even read the frame: a command
 frame refused so will be refused again, so the command fails now."""
 
-UNDELIVERED_END_WINDOW_US = 24 * 3600 * 1_000_000
-"""How far back a reconnecting agent is told again to end the terminals closed here."""
 _REPORT_TYPES = (
     CommandDelivered,
     CommandAcked,
@@ -292,42 +289,7 @@ class AgentSession:
         if self.on_link is not None:
             await self.on_link(conn)
         self.log.info("agent.hello", agent_version=hello.agent_version, running=len(hello.running))
-        now = now_us()
-        resumed = await self.db.write(
-            hello_store.resume,
-            conn.server_id,
-            now=now,
-            running=[str(command_id) for command_id in hello.running],
-            closed_since=now - UNDELIVERED_END_WINDOW_US,
-        )
-        for row in resumed.commands:
-            if not await deliver(conn, self.db, row, self.wakeups.notify):
-                break
-            self.log.debug("command.sent", command_id=row.id, redelivery=True)
-        await self._end_closed_terminals(resumed.closed_terminals)
-        await self._end_sessions(resumed.ended_sessions)
-
-    async def _end_closed_terminals(self, closed: list[tuple[str, str]]) -> None:
-        """Terminals closed here (revoked, deleted) while this agent may have been away:
-        ``terminal.end`` again, so a detached shell does not wait for its grace. An agent
-        ignores a terminal it no longer has."""
-        conn = self.conn
-        for terminal_id, reason in closed:
-            message = TerminalEnd(terminal_id=uuid.UUID(terminal_id), reason=reason[:1024])
-            if not await conn.send_quietly(message):
-                break
-        if closed:
-            self.log.info("terminal.end_resent", terminals=len(closed))
-
-    async def _end_sessions(self, ended: list[tuple[str, str]]) -> None:
-        """Work sessions that ended while this agent was away, with commands it still
-        runs: ``work_session.ended`` again, so those stop now instead of at their
-        timeout (the hub sent it only to the agents connected then)."""
-        for session_id, status in ended:
-            message = WorkSessionEnded(work_session=session_id, status=status)
-            if not await self.conn.send_quietly(message):
-                return
-            self.log.info("work_session.end_resent", work_session=session_id)
+        await send_missed(conn, self.db, [str(c) for c in hello.running], self.wakeups.notify)
 
     async def _store(self, reports: list[CommandReport]) -> None:
         if self.writer is not None:  # shared with every other session: one transaction

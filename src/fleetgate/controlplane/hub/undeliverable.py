@@ -17,8 +17,8 @@ import structlog
 from pydantic import ValidationError
 
 from fleetgate.controlplane.hub.registry import AgentConnection, run_message
-from fleetgate.controlplane.store import Database, commands as commands_store
-from fleetgate.controlplane.store.commands import CommandRow
+from fleetgate.controlplane.store import Database, command_delivery
+from fleetgate.controlplane.store.command_rows import CommandRow
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.shared.protocol import DEFAULT_MAX_MESSAGE_BYTES, CommandRun, encode
 from fleetgate.shared.protocol.limits import frame_problem
@@ -76,7 +76,7 @@ async def _fail(
     db: Database, command_id: str, server_id: str, problem: str, notify: Notify
 ) -> bool:
     changed = await db.write(
-        commands_store.fail_undelivered,
+        command_delivery.fail_undelivered,
         command_id,
         server_id=server_id,
         now=now_us(),

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 import structlog
 
 from fleetgate.controlplane.hub.timer import run_timer
-from fleetgate.controlplane.store import Database, worksessions as sessions_store
+from fleetgate.controlplane.store import Database, worksession_due
 from fleetgate.controlplane.store.worksessions import WorkSessionRow
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.controlplane.worksession.lifecycle import TERMINAL
@@ -74,13 +74,13 @@ class WorkSessionClock:
 
     async def run_once(self) -> float | None:
         """Settle what is due; return seconds until the next due move (or None)."""
-        changed = await self.db.write(sessions_store.settle_all, now=now_us())
+        changed = await self.db.write(worksession_due.settle_all, now=now_us())
         if changed:
             self._notify()
         for row in changed:
             if row.status in TERMINAL:
                 await self.ended(row)
-        next_due = await self.db.read(sessions_store.next_due_at)
+        next_due = await self.db.read(worksession_due.next_due_at)
         if next_due is None:
             return None
         return min(MAX_SLEEP, max(0.0, (next_due - now_us()) / 1_000_000))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, case, func, select, text
 
 from fleetgate.controlplane.store import tables as t
-from fleetgate.controlplane.store.commands import ChunkRow, CommandRow
+from fleetgate.controlplane.store.command_rows import ChunkRow, CommandRow
 from fleetgate.controlplane.store.queries import command_select
 from fleetgate.shared.labels import Selector
 

@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, select
 
 from fleetgate.controlplane.store import (
-    commands as commands_store,
+    command_delivery,
     servers as servers_store,
     ssh as ssh_store,
     tables as t,
     terminals as terminals_store,
 )
-from fleetgate.controlplane.store.commands import CommandRow
+from fleetgate.controlplane.store.command_rows import CommandRow
 from fleetgate.controlplane.worksession.lifecycle import LIVE
 
 
@@ -60,7 +60,7 @@ class Resumed:
     """What a welcomed agent is sent at once."""
 
     commands: list[CommandRow]
-    """Its due, undelivered commands, marked as sent (:func:`~.commands.claim_for_hello`)."""
+    """Its due, undelivered commands, marked as sent (:func:`~.command_delivery.claim_for_hello`)."""
     closed_terminals: list[tuple[str, str]]
     """``(id, close reason)`` of its terminals closed since the window's start whose
     recording has not arrived (:func:`~.terminals.closed_unrecorded`)."""
@@ -75,7 +75,7 @@ def resume(
     """Claim the commands for a welcomed agent and read its closed terminals and the
     ended sessions of its running commands, in the caller's one (write) transaction."""
     running = list(running)
-    rows = commands_store.claim_for_hello(conn, server_id, now=now, running=running)
+    rows = command_delivery.claim_for_hello(conn, server_id, now=now, running=running)
     closed = terminals_store.closed_unrecorded(conn, server_id, since=closed_since)
     return Resumed(rows, closed, ended_sessions_of(conn, server_id, running))
 

@@ -13,13 +13,13 @@ from sqlalchemy import Connection, bindparam, exists, func, literal, or_, select
 
 from fleetgate.controlplane.store import tables as t
 from fleetgate.controlplane.store.prepared import Prepared
+from fleetgate.controlplane.store.worksession_due import settle_all
 from fleetgate.controlplane.store.worksessions import (
     ASSIGNEE,
     CREATOR,
     SESSION_FROM,
     WorkSessionRow,
     session_select,
-    settle_all,
 )
 
 

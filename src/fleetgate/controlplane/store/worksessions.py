@@ -1,8 +1,10 @@
-"""Work sessions and their timeline.
+"""Work sessions and their timeline: the rows, the create, and the status moves.
 
 Status changes go through :mod:`fleetgate.controlplane.worksession.lifecycle`; this module only
 reads and writes rows. :func:`load_settled` persists the clock-driven moves (start,
 expiry) that are due, with their timeline events, before anything else looks at a row.
+Changes to a session's fields are in :mod:`.worksession_fields`, the sweep of every due
+move in :mod:`.worksession_due`.
 """
 
 from __future__ import annotations
@@ -16,9 +18,7 @@ from sqlalchemy import (
     Connection,
     Select,
     bindparam,
-    or_,
     select,
-    text,
     update,
 )
 
@@ -26,9 +26,7 @@ from fleetgate.controlplane.store import tables as t
 from fleetgate.controlplane.store.prepared import Prepared
 from fleetgate.controlplane.worksession.lifecycle import (
     Action,
-    InvalidTransition,
     Status,
-    next_due,
     settle,
     transition,
 )
@@ -41,14 +39,10 @@ __all__ = [
     "NewWorkSession",
     "WorkSessionRow",
     "add_event",
-    "adjust_request",
     "apply_action",
     "insert_work_session",
     "load_settled",
-    "next_due_at",
     "session_select",
-    "settle_all",
-    "update_fields",
 ]
 
 _w = t.work_sessions.c
@@ -269,118 +263,6 @@ def apply_action(
     return load_settled(conn, row.id, now=now)
 
 
-def update_fields(
-    conn: Connection,
-    session_id: str,
-    action: Action,
-    *,
-    actor: int | None,
-    now: int,
-    event: str,
-    expires_at: int | None = None,
-    sudo_policies: list[dict[str, Any]] | None = None,
-    scopes: tuple[str, ...] | None = None,
-    server_ids: tuple[str, ...] | None = None,
-) -> WorkSessionRow | None:
-    """Change a live session's fields under ``action`` (``extend``/``update`` keep the
-    status, ``amend`` sends it back to pending) and record ``event`` on the timeline with
-    who changed what, before and after."""
-    row = apply_action(conn, session_id, action, actor=actor, now=now)
-    if row is None:
-        return None
-    changes: dict[str, Any] = {}
-    columns: dict[str, Any] = {}
-    if expires_at is not None:
-        changes["expires_at"] = {"before": row.expires_at, "after": expires_at}
-        columns["expires_at"] = expires_at
-        row = replace(row, expires_at=expires_at)
-    if sudo_policies is not None:
-        before = list(row.sudo_policies)
-        changes["sudo_policies"] = {"before": before, "after": sudo_policies}
-        columns["sudo_policies"] = json.dumps(sudo_policies)
-        row = replace(row, sudo_policies=tuple(sudo_policies))
-    if scopes is not None:
-        changes["scopes"] = {"before": list(row.scopes), "after": list(scopes)}
-        columns["scopes"] = json.dumps(list(scopes))
-        row = replace(row, scopes=scopes)
-    if server_ids is not None:
-        changes["servers"] = {"before": list(row.server_ids), "after": list(server_ids)}
-        columns["servers"] = json.dumps(list(server_ids))
-        row = replace(row, server_ids=server_ids)
-    if columns:
-        conn.execute(
-            update(t.work_sessions).where(_w.id == row.id).values(**columns, updated_at=now)
-        )
-        row = replace(row, updated_at=now)
-    data: dict[str, Any] = {"changes": changes, "status": row.status.value}
-    # Kept for readers of the older event shapes.
-    if expires_at is not None:
-        data.update({"from": changes["expires_at"]["before"], "to": expires_at})
-    if sudo_policies is not None:
-        data["sudo_policies"] = sudo_policies
-    add_event(conn, row.id, event, timestamp=now, actor=actor, data=data)
-    return row
-
-
-def adjust_request(
-    conn: Connection,
-    session_id: str,
-    *,
-    scopes: tuple[str, ...] | None,
-    server_ids: tuple[str, ...] | None,
-    actor: int | None,
-    now: int,
-) -> WorkSessionRow | None:
-    """Narrow a pending request's scopes and servers before it is approved.
-
-    Records an ``adjust`` item with what changed. Raises ``InvalidTransition`` (for
-    ``approve``) unless the session is still pending.
-    """
-    row = load_settled(conn, session_id, now=now)
-    if row is None:
-        return None
-    if row.status is not Status.PENDING:
-        raise InvalidTransition(row.status, Action.APPROVE)
-    data: dict[str, Any] = {}
-    if scopes is not None and scopes != row.scopes:
-        data["scopes"] = {"from": list(row.scopes), "to": list(scopes)}
-        row = replace(row, scopes=scopes)
-    if server_ids is not None and server_ids != row.server_ids:
-        data["servers"] = {"from": list(row.server_ids), "to": list(server_ids)}
-        row = replace(row, server_ids=server_ids)
-    if data:
-        conn.execute(
-            update(t.work_sessions)
-            .where(_w.id == row.id)
-            .values(
-                scopes=json.dumps(list(row.scopes)),
-                servers=json.dumps(list(row.server_ids)),
-                updated_at=now,
-            )
-        )
-        add_event(conn, row.id, "adjust", timestamp=now, actor=actor, data=data)
-    return row
-
-
-def settle_all(conn: Connection, *, now: int) -> list[WorkSessionRow]:
-    """Persist every due start and expiry; return the sessions that changed."""
-    ids = [row[0] for row in _DUE.rows(conn, {"now": now})]
-    changed = []
-    for session_id in ids:
-        row = load_settled(conn, session_id, now=now)
-        if row is not None:
-            changed.append(row)
-    return changed
-
-
-def next_due_at(conn: Connection) -> int | None:
-    """The earliest time a live session starts or expires (``None``: none is live)."""
-    times = [
-        next_due(Status(r[0]), starts_at=r[1], expires_at=r[2]) for r in _LIVE_TIMES.rows(conn)
-    ]
-    return min((t for t in times if t is not None), default=None)
-
-
 # Every look at a session runs these (compiled once per dialect, see ``prepared``).
 _GET = Prepared(
     session_select()
@@ -399,16 +281,3 @@ _SET_STATUS = Prepared(
         updated_at=bindparam("at"),
     )
 )
-# Spelled out (no IN list parameter, which a prepared statement cannot take): it is also
-# the condition of the partial index ix_work_sessions_live, which the planners then use.
-_LIVE_STATUS = text("work_sessions.status IN ('pending', 'approved', 'active')")
-_DUE = Prepared(
-    select(_w.id).where(
-        _LIVE_STATUS,
-        or_(
-            _w.expires_at <= bindparam("now"),
-            (_w.status == "approved") & (_w.starts_at <= bindparam("now")),
-        ),
-    )
-)
-_LIVE_TIMES = Prepared(select(_w.status, _w.starts_at, _w.expires_at).where(_LIVE_STATUS))

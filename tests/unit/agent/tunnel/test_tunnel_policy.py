@@ -6,7 +6,8 @@ from uuid import uuid4
 
 import pytest
 
-from fleetgate.agent.config import TunnelConfig, parse
+from fleetgate.agent.config import parse
+from fleetgate.agent.config.access import TunnelConfig
 from fleetgate.agent.errors import ConfigError
 from fleetgate.agent.tunnel.policy import (
     Refusal,
