@@ -13,6 +13,11 @@ ready websocket that was closed meanwhile (idle, a restarted control plane) is r
 A stream that ended cleanly leaves its websocket open when the control plane accepted it
 with ``REUSE_HEADER`` (``fleetgate.shared.protocol.tunnel``): it goes back to the ready
 ones and carries a later connection, so a stream costs no new handshake at all.
+
+How many are kept ready follows how many streams overlap: a connection that finds none
+ready (the earlier ones still ending: their ``eof`` and ``end`` still on their way) makes
+one more kept from then on (up to :data:`MAX_READY`), and is carried by whichever comes
+first, a websocket given back or one dialled for it.
 """
 
 from __future__ import annotations
@@ -44,7 +49,9 @@ READ_BYTES = 256 * 1024
 """Largest read from a local connection, hence the largest frame agentctl sends."""
 BACKLOG = 512
 READY = 2
-"""Stream websockets kept dialled ahead of the next connections."""
+"""Stream websockets kept dialled ahead of the next connections, at first."""
+MAX_READY = 6
+"""At most this many kept ready, however many streams overlap."""
 ACCEPT_BACKOFF = 0.5
 """Seconds before accepting again after accept() failed (EMFILE would otherwise spin)."""
 
@@ -87,6 +94,9 @@ class Forwarder:
     streams: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _ready: deque[asyncio.Future[ClientConnection]] = field(default_factory=deque)
+    ready_wanted: int = READY
+    """Websockets kept ready now (one more each time a connection found none)."""
+    _given_back: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def path(self) -> str:
@@ -224,53 +234,77 @@ class Forwarder:
         task.add_done_callback(self._tasks.discard)
 
     def _prepare(self) -> None:
-        """Dial websockets for the next streams up to :data:`READY` (deferred: they open
-        nothing yet). Called when a stream ends without giving its websocket back (one
+        """Dial websockets for the next streams up to :attr:`ready_wanted` (deferred: they
+        open nothing yet). Called when a stream ends without giving its websocket back (one
         given back stands for itself: a dial then would be one too many, closed when the
         stream before it gives its own back), so that dialling does not compete with a
         stream's own set-up."""
-        while len(self._ready) < READY and not self.stop.is_set():
-            params = {"defer": "1", "reuse": "1"}
-            self._ready.append(
-                asyncio.ensure_future(connect_channel(self.ctx, self.path, params=params))
-            )
+        while len(self._ready) < self.ready_wanted and not self.stop.is_set():
+            self._dial()
+
+    def _dial(self) -> None:
+        """Dial one deferred websocket into the ready ones."""
+        params = {"defer": "1", "reuse": "1"}
+        dialled = asyncio.ensure_future(connect_channel(self.ctx, self.path, params=params))
+        dialled.add_done_callback(lambda _: self._given_back.set())
+        self._ready.append(dialled)
 
     def _reuse(self, ws: ClientConnection) -> bool:
         """Keep the websocket of a stream that ended cleanly for a later one (last in
         line: the control plane may still be finishing that stream with the agent, and
         would hold the next open until then); False when enough are ready already."""
-        if len(self._ready) >= READY or self.stop.is_set():
+        if len(self._ready) >= self.ready_wanted or self.stop.is_set():
             return False
         kept: asyncio.Future[ClientConnection] = asyncio.get_running_loop().create_future()
         kept.set_result(ws)
         self._ready.append(kept)
+        self._given_back.set()
         return True
 
     def _open_at_once(self, first: bytes) -> ClientConnection | None:
-        """The first ready websocket, told to open its stream (and given ``first``), if it
-        is dialled and open; else ``None`` and the stream's own task finds one (waits for
-        a dial, tells its error, or dials)."""
-        if not self._ready or not self._ready[0].done():
-            return None
-        ready = self._ready[0]
-        if ready.cancelled() or ready.exception() is not None:
-            return None
-        self._ready.popleft()
-        ws = ready.result()
-        return ws if _send_open(ws, first) else None
+        """The first ready websocket that is dialled, told to open its stream (and given
+        ``first``), if it is still open; else ``None`` and the stream's own task finds one
+        (waits for one, tells a dial's error, or dials)."""
+        ws = self._take_dialled()
+        return ws if ws is not None and _send_open(ws, first) else None
+
+    def _take_dialled(self) -> ClientConnection | None:
+        """Take the first ready websocket whose dial is done, dropping the dials that
+        failed on the way (a stream that finds none dials without deferring: its error
+        is the one told)."""
+        while self._ready:
+            ready = next((r for r in self._ready if r.done()), None)
+            if ready is None:
+                return None
+            self._ready.remove(ready)
+            if not ready.cancelled() and ready.exception() is None:
+                return ready.result()
+        return None
+
+    async def _take_ready(self) -> ClientConnection | None:
+        """The first ready websocket to be usable, waiting for one if none is yet; ``None``
+        when every dial failed.
+
+        None at all ready: more streams overlap than are kept ready (the earlier ones
+        are still ending), so one more is kept from now on and dialled now; a websocket
+        given back meanwhile (most often, within a millisecond) carries this stream
+        instead of that dial (which then stays ready)."""
+        if not self._ready and self.ready_wanted < MAX_READY:
+            self.ready_wanted += 1
+            self._dial()
+        while True:
+            ws = self._take_dialled()
+            if ws is not None or not self._ready:
+                return ws  # None: every dial failed
+            self._given_back.clear()
+            await self._given_back.wait()
 
     async def _open_stream(self, opened: ClientConnection | None, first: bytes) -> ClientConnection:
         """The websocket of a new stream, opened (and given ``first``): ``opened`` by the
         acceptor, else a ready one if there is one still usable."""
         if opened is not None:
             return opened
-        ready = self._ready.popleft() if self._ready else None
-        ws: ClientConnection | None = None
-        if ready is not None:
-            try:
-                ws = await ready
-            except (AgentctlError, OSError):
-                ws = None  # dialled below without deferring; its error is the one told
+        ws = await self._take_ready()
         if ws is not None and _send_open(ws, first):
             return ws
         # None ready: a stream opened by its handshake, as without ready websockets.

@@ -380,9 +380,10 @@ class _StreamRelay:
             client_ends=self._client_ends,
             agent_ends=agent_ends,
             accepted=self._pool.acceptance(agent),
+            # Idle again as soon as the agent said ``end``: the next stream may start
+            # before this one's client has said its own.
+            agent_kept=partial(self._pool.keep, agent),
         )
-        if kept.agent:
-            self._pool.keep(agent)
         self.kept = kept.client
 
 

@@ -231,6 +231,9 @@ async def _attach_pooled(
     (and the open ``quiet`` when the agent takes that: its first frame is the answer)."""
     assert pooled.claimed
     websocket, channel_id = pooled.websocket, message.channel_id
+    # This claim's own: once kept (``ChannelPool.keep``) the websocket may be claimed
+    # again, with a new event, before this channel is done.
+    released = pooled.released
     quiet = early and pooled.quiet
     if quiet:
         message = message.model_copy(update={"quiet": True})
@@ -247,7 +250,7 @@ async def _attach_pooled(
             await _pooled_answer(websocket, channel_id, attach_timeout)
         yield websocket
     finally:
-        pooled.released.set()
+        released.set()
 
 
 async def _pooled_answer(websocket: WebSocket, channel_id: uuid.UUID, within: float) -> None:
