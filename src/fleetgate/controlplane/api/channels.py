@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import sqlalchemy
 import structlog
@@ -30,6 +31,7 @@ from fleetgate.controlplane.hub.relay import close_websocket, relay
 from fleetgate.controlplane.store import worksessions as sessions_store
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
+from fleetgate.controlplane.wsprotocol import queued_bytes
 from fleetgate.shared.protocol import ChannelOpen, Grant
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED, REVOCATION_CODES, refusal_reason
 
@@ -228,8 +230,11 @@ async def serve_channel(
     early = pipelined and websocket.application_state == WebSocketState.CONNECTED
     # A pipelined stream on an idle pooled websocket: its open leaves from here, before
     # the relay's tasks first run (a loop turn later), while the agent works on it.
+    # The client's first bytes, there already most often, leave with the open.
     pooled = (
-        services.hub.channels.attach_pooled(channel.server_id, message, early=True)
+        services.hub.channels.attach_pooled(
+            channel.server_id, message, early=True, first=partial(queued_bytes, websocket)
+        )
         if early
         else None
     )

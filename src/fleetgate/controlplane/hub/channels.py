@@ -37,6 +37,7 @@ from fleetgate.controlplane.errors import ChannelFailed
 from fleetgate.controlplane.hub.channelpool import ChannelPool, PooledSocket
 from fleetgate.controlplane.hub.registry import Registry
 from fleetgate.controlplane.hub.relay import close_websocket
+from fleetgate.controlplane.wsprotocol import send_with
 from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol import (
     ChannelAccepted,
@@ -223,12 +224,19 @@ class _Pending:
 
 @asynccontextmanager
 async def _attach_pooled(
-    pooled: PooledSocket, message: ChannelOpen, attach_timeout: float, *, early: bool
+    pooled: PooledSocket,
+    message: ChannelOpen,
+    attach_timeout: float,
+    *,
+    early: bool,
+    first: Callable[[], bytes | None] | None = None,
 ) -> AsyncIterator[WebSocket]:
     """The channel ``message`` on a pooled agent websocket: send the open, read the
     agent's answer (``channel.accepted`` or its refusal), then hand the websocket over;
     ``early``: hand it over at once, the answer's check left in ``pooled.acceptance``
-    (and the open ``quiet`` when the agent takes that: its first frame is the answer)."""
+    (and the open ``quiet`` when the agent takes that: its first frame is the answer),
+    and the client's first bytes (``first()``: taken if received already) sent with the
+    open, in the same write."""
     assert pooled.claimed
     websocket, channel_id = pooled.websocket, message.channel_id
     # This claim's own: once kept (``ChannelPool.keep``) the websocket may be claimed
@@ -239,7 +247,9 @@ async def _attach_pooled(
         message = message.model_copy(update={"quiet": True})
     try:
         try:
-            await websocket.send_text(message.model_dump_json())
+            text = message.model_dump_json()
+            if not (early and first is not None and send_with(websocket, text, first)):
+                await websocket.send_text(text)
         except (OSError, RuntimeError) as exc:  # the websocket closed under us
             raise _pool_lost(type(exc).__name__) from None
         if quiet:
@@ -465,17 +475,25 @@ class ChannelBroker:
                 await _quietly(cluster.channel_done(str(channel_id)))
 
     def attach_pooled(
-        self, server_id: str, message: ChannelOpen, attach_timeout: float = 10.0, *, early: bool
+        self,
+        server_id: str,
+        message: ChannelOpen,
+        attach_timeout: float = 10.0,
+        *,
+        early: bool,
+        first: Callable[[], bytes | None] | None = None,
     ) -> AbstractAsyncContextManager[WebSocket] | None:
         """:meth:`attach` on one of the server's idle pooled websockets, claimed now
         (``None``: none idle, or the server is not connected). Entering it does not wait
-        on anything when ``early``: a route may do it in its own task, before any other."""
+        on anything when ``early``: a route may do it in its own task, before any other;
+        ``first`` then gives the client's first bytes if they are there already, sent
+        with the open."""
         if self._registry.get(server_id) is None:
             return None
         pooled = self.pool.claim(server_id)
         if pooled is None:
             return None
-        return _attach_pooled(pooled, message, attach_timeout, early=early)
+        return _attach_pooled(pooled, message, attach_timeout, early=early, first=first)
 
     def refused(self, server_id: str, error: ErrorMessage) -> bool:
         """The agent refused a channel; whether ``error`` was about one of ours."""
