@@ -259,10 +259,14 @@ async def serve_channel(
                         agent=agent,
                     )
                 )
-                ending = tg.create_task(_close_agent_when_ended(services, channel, relaying))
-                relaying.add_done_callback(lambda _: ending.cancel())
-                ending.add_done_callback(lambda _: relaying.cancel())
+                # Only a channel that must stop (revoked, its tunnel closed) gets a task
+                # that tells its agent and stops the relay: most end on their own, and a
+                # task per channel waiting for that was one more per tunnel stream.
+                channel.on_end = partial(_when_ended, tg, services, channel, relaying)
+                if channel.ended.is_set():
+                    channel.on_end()
     finally:
+        channel.on_end = None
         registry.unregister(channel)
     if not relaying.cancelled():
         return relaying.result()
@@ -276,17 +280,32 @@ async def serve_channel(
     return None
 
 
-async def _close_agent_when_ended(
+def _when_ended(
+    tg: asyncio.TaskGroup,
+    services: Services,
+    channel: OpenChannel,
+    relaying: asyncio.Task[ChannelFailed | None],
+) -> None:
+    """The channel must stop (``OpenChannel.end``): unless its relay is over, a task of
+    the channel's group tells the agent, then stops the relay."""
+    if relaying.done():
+        return
+    try:
+        tg.create_task(_close_agent_then_relay(services, channel, relaying))
+    except RuntimeError:  # the group is ending (the relay failed): so is the channel
+        relaying.cancel()
+
+
+async def _close_agent_then_relay(
     services: Services, channel: OpenChannel, relaying: asyncio.Task[ChannelFailed | None]
 ) -> None:
-    """Wait until the channel must stop, then tell its agent first: the agent's task is
-    cancelled (a terminal ends instead of detaching) before the relay drops the link.
+    """Tell the agent first that the channel ended: the agent's task is cancelled (a
+    terminal ends instead of detaching) before the relay drops the link.
 
     The relay is cancelled in the same step as the ``channel.close`` is written, not a
     loop turn later by a done callback: the agent's answer (its link closed with 1000)
     must not reach the relay first, which would pass that on to the client instead of
     the reason the channel ended."""
-    await channel.ended.wait()
     detail = channel.why[1] if channel.why else "closed"
     await services.hub.channels.close(channel.server_id, channel.channel_id, detail)
     relaying.cancel()

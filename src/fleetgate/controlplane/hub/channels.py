@@ -119,6 +119,8 @@ class OpenChannel:
     """What the channel belongs to: the terminal or the tunnel (``None``: a transfer)."""
     ended: asyncio.Event = field(default_factory=asyncio.Event)
     why: tuple[str, str] | None = None
+    on_end: Callable[[], None] | None = None
+    """Called (once) when the channel is ended, while its route relays it."""
 
     def end(self, code: str, detail: str) -> bool:
         """Ask the channel's route to stop (the first reason wins); False if it was asked."""
@@ -126,6 +128,8 @@ class OpenChannel:
             return False
         self.why = (code, detail)
         self.ended.set()
+        if self.on_end is not None:
+            self.on_end()
         return True
 
 
