@@ -22,7 +22,9 @@ A route reaches its websocket's protocol through the scope extension :data:`FRAM
 what ASGI cannot say: :func:`send_with` writes a text frame and the data another websocket
 received already (:meth:`BulkReadsWebSocketProtocol.queued_bytes`) in one write (a
 pipelined tunnel stream's ``channel.open`` and the client's first bytes: the agent wakes
-once for both, and they leave without waiting for the relay's tasks to run).
+once for both, and they leave without waiting for the relay's tasks to run), and
+:func:`send_now` writes one frame at once (a relay's: none of the ASGI send's coroutines
+and checks per frame) when the transport takes it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from fleetgate.shared.files.bulkreads import BulkReadsMixin, use_bulk_reads
 from fleetgate.shared.files.bulkwrites import BulkWritesMixin, use_bulk_writes
 
 
-__all__ = ["FRAMES", "BulkReadsWebSocketProtocol", "queued_bytes", "send_with"]
+__all__ = ["FRAMES", "BulkReadsWebSocketProtocol", "queued_bytes", "send_now", "send_with"]
 
 FRAMES = "fleetgate.frames"
 """The ASGI scope extension that holds a websocket's protocol (``{"protocol": ...}``)."""
@@ -120,18 +122,37 @@ class BulkReadsWebSocketProtocol(WebSocketsSansIOProtocol):
             self.transport.resume_reading()
         return bytes(data)
 
+    def can_send_now(self) -> bool:
+        """Whether a frame written now goes out as the ASGI send's would: the websocket
+        is open, not closing, and its transport not full (else that send waits)."""
+        return (
+            self.handshake_complete
+            and self.initial_response is None
+            and not self.close_sent
+            and not self.disconnected
+            and self.writable.is_set()
+            and not self.transport.is_closing()
+        )
+
+    def send_now(self, frame: bytes | str) -> bool:
+        """Send one frame (data or text) now; False, with nothing sent, when the
+        websocket cannot send at once (:meth:`can_send_now`)."""
+        if not self.can_send_now():
+            return False
+        if isinstance(frame, str):
+            self.conn.send_text(frame.encode())
+        else:
+            self.conn.send_binary(frame)  # a large one is written at once
+        output = self.conn.data_to_send()
+        if output:
+            self.transport.write(b"".join(output))
+        return True
+
     def send_with(self, text: str, more: Callable[[], bytes | None]) -> bool:
         """Send ``text`` and then ``more()`` (data, if any) in one write, now; False, with
         nothing sent and ``more`` not called, when this websocket cannot send at once
-        (not open, closing, or its transport full)."""
-        if (
-            not self.handshake_complete
-            or self.initial_response is not None
-            or self.close_sent
-            or self.disconnected
-            or not self.writable.is_set()
-            or self.transport.is_closing()
-        ):
+        (:meth:`can_send_now`)."""
+        if not self.can_send_now():
             return False
         self.conn.send_text(text.encode())
         data = more()
@@ -208,3 +229,10 @@ def send_with(websocket: WebSocket, text: str, more: Callable[[], bytes | None])
     another server serves it (the caller then sends the usual way)."""
     protocol = _protocol(websocket)
     return protocol is not None and protocol.send_with(text, more)
+
+
+def send_now(websocket: WebSocket, frame: bytes | str) -> bool:
+    """:meth:`BulkReadsWebSocketProtocol.send_now` on ``websocket``; False as well when
+    another server serves it (the caller then sends the usual way)."""
+    protocol = _protocol(websocket)
+    return protocol is not None and protocol.send_now(frame)

@@ -30,6 +30,7 @@ from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.errors import ChannelFailed
 from fleetgate.controlplane.hub.relay import close_websocket, forwardable
+from fleetgate.controlplane.wsprotocol import send_now
 from fleetgate.shared.protocol.channels import CLOSE_BAD_REQUEST, CLOSE_INTERNAL, CLOSE_NORMAL
 from fleetgate.shared.protocol.tunnel import END_FRAME, EOF_FRAME
 
@@ -157,7 +158,7 @@ async def _pump(
                 if other in state.eofs:
                     if name not in state.eofs:  # the last eof, said by the end
                         state.eofs.add(name)
-                        await dst.send({"type": "websocket.send", "text": EOF_FRAME})
+                        await _send(dst, EOF_FRAME)
                     state.ended.add(name)
                     return _Done.KEPT
                 # Before the other side's eof: the stream has not ended.
@@ -169,11 +170,11 @@ async def _pump(
                 await close_websocket(src, CLOSE_NORMAL)
                 return _Done.FAILED
             if data is not None:
-                await dst.send({"type": "websocket.send", "bytes": data})
+                await _send(dst, data)
                 continue
             if text == EOF_FRAME:
                 state.eofs.add(name)
-            await dst.send({"type": "websocket.send", "text": text})
+            await _send(dst, text)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken transport, on either side
@@ -182,3 +183,15 @@ async def _pump(
     if other not in state.ended:
         await close_websocket(dst, code, reason)
     return _Done.FAILED
+
+
+async def _send(dst: WebSocket, frame: bytes | str) -> None:
+    """Relay one frame: written at once when the transport takes it (the pump is the only
+    sender on ``dst`` while it runs, so frames stay in order), else by the ASGI send,
+    which waits until it does."""
+    if send_now(dst, frame):
+        return
+    if isinstance(frame, str):
+        await dst.send({"type": "websocket.send", "text": frame})
+    else:
+        await dst.send({"type": "websocket.send", "bytes": frame})
