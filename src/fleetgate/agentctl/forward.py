@@ -5,19 +5,13 @@ every stream has its own TCP flow control end to end, and is pumped with the sam
 as the agent's end (``fleetgate.shared.pump``): large binary frames, no acknowledgements,
 EOF and errors as small text frames.
 
-One websocket is kept ready ahead of the next connection (``?defer=1``): the control
-plane authorizes and opens its stream only when the connection arrives and agentctl
-sends ``{"type": "open"}``, so a connection does not wait for a websocket handshake. A
-ready websocket that was closed meanwhile (idle, a restarted control plane) is replaced.
+Websockets are kept ready ahead of the next connections (``readylinks``): a connection
+does not wait for a websocket handshake. A ready websocket that was closed meanwhile
+(idle, a restarted control plane) is replaced.
 
 A stream that ended cleanly leaves its websocket open when the control plane accepted it
 with ``REUSE_HEADER`` (``fleetgate.shared.protocol.tunnel``): it goes back to the ready
 ones and carries a later connection, so a stream costs no new handshake at all.
-
-How many are kept ready follows how many streams overlap: a connection that finds none
-ready (the earlier ones still ending: their ``eof`` and ``end`` still on their way) makes
-one more kept from then on (up to :data:`MAX_READY`), and is carried by whichever comes
-first, a websocket given back or one dialled for it.
 """
 
 from __future__ import annotations
@@ -26,20 +20,20 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import SESSION_ENDED_CODES, AgentctlError, ControlPlaneError
+from fleetgate.agentctl.readylinks import ReadyLinks, close_quietly, send_open
 from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED
-from fleetgate.shared.protocol.tunnel import OPEN_FRAME, REUSE_HEADER
+from fleetgate.shared.protocol.tunnel import REUSE_HEADER
 from fleetgate.shared.pump import abort_socket, pump
 
 
@@ -48,10 +42,6 @@ __all__ = ["READ_BYTES", "Forwarder", "listen"]
 READ_BYTES = 256 * 1024
 """Largest read from a local connection, hence the largest frame agentctl sends."""
 BACKLOG = 512
-READY = 2
-"""Stream websockets kept dialled ahead of the next connections, at first."""
-MAX_READY = 6
-"""At most this many kept ready, however many streams overlap."""
 ACCEPT_BACKOFF = 0.5
 """Seconds before accepting again after accept() failed (EMFILE would otherwise spin)."""
 
@@ -93,10 +83,12 @@ class Forwarder:
     fatal: AgentctlError | None = None
     streams: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _ready: deque[asyncio.Future[ClientConnection]] = field(default_factory=deque)
-    ready_wanted: int = READY
-    """Websockets kept ready now (one more each time a connection found none)."""
-    _given_back: asyncio.Event = field(default_factory=asyncio.Event)
+    _links: ReadyLinks = field(init=False)
+
+    def __post_init__(self) -> None:
+        params = {"defer": "1", "reuse": "1"}
+        dial = partial(connect_channel, self.ctx, self.path, params=params)
+        self._links = ReadyLinks(dial, self.stop.is_set)
 
     @property
     def path(self) -> str:
@@ -116,8 +108,7 @@ class Forwarder:
                 await ws.recv()
         await ws.close()
         # Then the websockets of the first streams, before the caller says it is ready.
-        self._prepare()
-        await asyncio.wait(self._ready)
+        await self._links.first_dialled()
 
     async def run(self, work_session: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM or a fatal refusal; with `work_session`, also until
@@ -136,7 +127,7 @@ class Forwarder:
                 # Open streams end with the tunnel: their connections are reset.
                 for task in list(self._tasks):
                     task.cancel()
-                await self._drop_ready()
+                await self._links.drop()
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
@@ -233,79 +224,20 @@ class Forwarder:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _prepare(self) -> None:
-        """Dial websockets for the next streams up to :attr:`ready_wanted` (deferred: they
-        open nothing yet). Called when a stream ends without giving its websocket back (one
-        given back stands for itself: a dial then would be one too many, closed when the
-        stream before it gives its own back), so that dialling does not compete with a
-        stream's own set-up."""
-        while len(self._ready) < self.ready_wanted and not self.stop.is_set():
-            self._dial()
-
-    def _dial(self) -> None:
-        """Dial one deferred websocket into the ready ones."""
-        params = {"defer": "1", "reuse": "1"}
-        dialled = asyncio.ensure_future(connect_channel(self.ctx, self.path, params=params))
-        dialled.add_done_callback(lambda _: self._given_back.set())
-        self._ready.append(dialled)
-
-    def _reuse(self, ws: ClientConnection) -> bool:
-        """Keep the websocket of a stream that ended cleanly for a later one (last in
-        line: the control plane may still be finishing that stream with the agent, and
-        would hold the next open until then); False when enough are ready already."""
-        if len(self._ready) >= self.ready_wanted or self.stop.is_set():
-            return False
-        kept: asyncio.Future[ClientConnection] = asyncio.get_running_loop().create_future()
-        kept.set_result(ws)
-        self._ready.append(kept)
-        self._given_back.set()
-        return True
-
     def _open_at_once(self, first: bytes) -> ClientConnection | None:
         """The first ready websocket that is dialled, told to open its stream (and given
         ``first``), if it is still open; else ``None`` and the stream's own task finds one
         (waits for one, tells a dial's error, or dials)."""
-        ws = self._take_dialled()
-        return ws if ws is not None and _send_open(ws, first) else None
-
-    def _take_dialled(self) -> ClientConnection | None:
-        """Take the first ready websocket whose dial is done, dropping the dials that
-        failed on the way (a stream that finds none dials without deferring: its error
-        is the one told)."""
-        while self._ready:
-            ready = next((r for r in self._ready if r.done()), None)
-            if ready is None:
-                return None
-            self._ready.remove(ready)
-            if not ready.cancelled() and ready.exception() is None:
-                return ready.result()
-        return None
-
-    async def _take_ready(self) -> ClientConnection | None:
-        """The first ready websocket to be usable, waiting for one if none is yet; ``None``
-        when every dial failed.
-
-        None at all ready: more streams overlap than are kept ready (the earlier ones
-        are still ending), so one more is kept from now on and dialled now; a websocket
-        given back meanwhile (most often, within a millisecond) carries this stream
-        instead of that dial (which then stays ready)."""
-        if not self._ready and self.ready_wanted < MAX_READY:
-            self.ready_wanted += 1
-            self._dial()
-        while True:
-            ws = self._take_dialled()
-            if ws is not None or not self._ready:
-                return ws  # None: every dial failed
-            self._given_back.clear()
-            await self._given_back.wait()
+        ws = self._links.take_dialled()
+        return ws if ws is not None and send_open(ws, first) else None
 
     async def _open_stream(self, opened: ClientConnection | None, first: bytes) -> ClientConnection:
         """The websocket of a new stream, opened (and given ``first``): ``opened`` by the
         acceptor, else a ready one if there is one still usable."""
         if opened is not None:
             return opened
-        ws = await self._take_ready()
-        if ws is not None and _send_open(ws, first):
+        ws = await self._links.take()
+        if ws is not None and send_open(ws, first):
             return ws
         # None ready: a stream opened by its handshake, as without ready websockets.
         ws = await connect_channel(self.ctx, self.path)
@@ -322,7 +254,7 @@ class Forwarder:
             given_back = await self._carry(conn, opened, first)
         finally:
             if not given_back:
-                self._prepare()
+                self._links.prepare()
 
     async def _carry(
         self, conn: socket.socket, opened: ClientConnection | None, first: bytes
@@ -353,9 +285,9 @@ class Forwarder:
                     f"agentctl: tunnel stream ended: {result.message} ({result.code})"
                 )
         finally:
-            given_back = result is not None and result.reusable and self._reuse(ws)
+            given_back = result is not None and result.reusable and self._links.give_back(ws)
             if not given_back:
-                await _close_quietly(ws)
+                await close_quietly(ws)
         if not result.reusable:
             self._closed_by_control_plane(ws)
         return given_back
@@ -379,14 +311,6 @@ class Forwarder:
         else:
             self.ctx.out.info(f"agentctl: tunnel stream refused: {detail} ({code})")
 
-    async def _drop_ready(self) -> None:
-        while self._ready:
-            ready = self._ready.popleft()
-            if not ready.done():
-                ready.cancel()
-            with contextlib.suppress(BaseException):
-                await _close_quietly(await ready)
-
 
 def _waiting_bytes(conn: socket.socket) -> bytes:
     """What the connection sent already (a client that speaks first: HTTP, TLS), read
@@ -398,27 +322,3 @@ def _waiting_bytes(conn: socket.socket) -> bytes:
         return b""
     except OSError:
         return b""  # reset: the pump's own read says so
-
-
-def _send_open(ws: ClientConnection, first: bytes) -> bool:
-    """Send the open frame on a ready websocket, and ``first`` as the stream's first
-    bytes, in one write: the control plane wakes once for both, and relays the bytes as
-    soon as the stream is open. False: the websocket was closed while it waited (idle, a
-    restarted control plane).
-
-    Synchronous, unlike websockets' ``send`` (which would write each frame on its own):
-    a ready websocket sends nothing else, and its transport is empty, so there is
-    nothing to wait for.
-    """
-    if ws.protocol.state is not State.OPEN or ws.transport.is_closing():
-        return False
-    ws.protocol.send_text(OPEN_FRAME.encode())
-    if first:
-        ws.protocol.send_binary(first)
-    ws.transport.write(b"".join(ws.protocol.data_to_send()))
-    return True
-
-
-async def _close_quietly(ws: ClientConnection) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.close(), 5)
