@@ -48,7 +48,8 @@ from fleetgate.shared.files.bulkwrites import BulkWritesMixin, use_bulk_writes
 __all__ = ["FRAMES", "BulkReadsWebSocketProtocol", "queued_bytes", "send_now", "send_with"]
 
 FRAMES = "fleetgate.frames"
-"""The ASGI scope extension that holds a websocket's protocol (``{"protocol": ...}``)."""
+"""The ASGI scope extension that holds a websocket's protocol itself (no dict around it:
+every agent's backhaul has one)."""
 
 
 class _BulkStreamReader(BulkReadsMixin, StreamReader):
@@ -105,7 +106,7 @@ class BulkReadsWebSocketProtocol(WebSocketsSansIOProtocol):
         scope = getattr(self, "scope", None)  # none: the handshake was refused
         extensions = None if scope is None else scope.get("extensions")
         if extensions is not None:
-            extensions[FRAMES] = {"protocol": self}
+            extensions[FRAMES] = self
 
     def queued_bytes(self) -> bytes | None:
         """Take the peer's next message if it is data received already; ``None`` (nothing
@@ -213,7 +214,7 @@ class _ReceiveInPlace(asyncio.BufferedProtocol):
 
 def _protocol(websocket: WebSocket) -> BulkReadsWebSocketProtocol | None:
     extensions = websocket.scope.get("extensions") or {}
-    protocol = extensions.get(FRAMES, {}).get("protocol")
+    protocol = extensions.get(FRAMES)
     return protocol if isinstance(protocol, BulkReadsWebSocketProtocol) else None
 
 
