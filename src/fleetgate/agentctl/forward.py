@@ -5,10 +5,9 @@ every stream has its own TCP flow control end to end, and is pumped with the sam
 as the agent's end (``fleetgate.shared.pump``): large binary frames, no acknowledgements,
 EOF and errors as small text frames.
 
-One websocket is kept ready ahead of the next connection (``?defer=1``): the control
-plane authorizes and opens its stream only when the connection arrives and agentctl
-sends ``{"type": "open"}``, so a connection does not wait for a websocket handshake. A
-ready websocket that was closed meanwhile (idle, a restarted control plane) is replaced.
+Websockets are kept ready ahead of the next connections (``readylinks``): a connection
+does not wait for a websocket handshake. A ready websocket that was closed meanwhile
+(idle, a restarted control plane) is replaced.
 
 A stream that ended cleanly leaves its websocket open when the control plane accepted it
 with ``REUSE_HEADER`` (``fleetgate.shared.protocol.tunnel``): it goes back to the ready
@@ -21,20 +20,20 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from urllib.parse import quote
 
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
-from websockets.protocol import State
 
 from fleetgate.agentctl.channel import connect_channel
 from fleetgate.agentctl.context import Context
 from fleetgate.agentctl.errors import SESSION_ENDED_CODES, AgentctlError, ControlPlaneError
+from fleetgate.agentctl.readylinks import ReadyLinks, close_quietly, send_open
 from fleetgate.shared.jsontext import loads as json_loads
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED
-from fleetgate.shared.protocol.tunnel import OPEN_FRAME, REUSE_HEADER
+from fleetgate.shared.protocol.tunnel import REUSE_HEADER
 from fleetgate.shared.pump import abort_socket, pump
 
 
@@ -43,8 +42,6 @@ __all__ = ["READ_BYTES", "Forwarder", "listen"]
 READ_BYTES = 256 * 1024
 """Largest read from a local connection, hence the largest frame agentctl sends."""
 BACKLOG = 512
-READY = 2
-"""Stream websockets kept dialled ahead of the next connections."""
 ACCEPT_BACKOFF = 0.5
 """Seconds before accepting again after accept() failed (EMFILE would otherwise spin)."""
 
@@ -86,7 +83,12 @@ class Forwarder:
     fatal: AgentctlError | None = None
     streams: int = 0
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    _ready: deque[asyncio.Future[ClientConnection]] = field(default_factory=deque)
+    _links: ReadyLinks = field(init=False)
+
+    def __post_init__(self) -> None:
+        params = {"defer": "1", "reuse": "1"}
+        dial = partial(connect_channel, self.ctx, self.path, params=params)
+        self._links = ReadyLinks(dial, self.stop.is_set)
 
     @property
     def path(self) -> str:
@@ -106,8 +108,7 @@ class Forwarder:
                 await ws.recv()
         await ws.close()
         # Then the websockets of the first streams, before the caller says it is ready.
-        self._prepare()
-        await asyncio.wait(self._ready)
+        await self._links.first_dialled()
 
     async def run(self, work_session: str | None = None) -> None:
         """Serve until SIGINT/SIGTERM or a fatal refusal; with `work_session`, also until
@@ -126,7 +127,7 @@ class Forwarder:
                 # Open streams end with the tunnel: their connections are reset.
                 for task in list(self._tasks):
                     task.cancel()
-                await self._drop_ready()
+                await self._links.drop()
         finally:
             for signum in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(signum)
@@ -223,55 +224,20 @@ class Forwarder:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _prepare(self) -> None:
-        """Dial websockets for the next streams up to :data:`READY` (deferred: they open
-        nothing yet). Called when a stream ends without giving its websocket back (one
-        given back stands for itself: a dial then would be one too many, closed when the
-        stream before it gives its own back), so that dialling does not compete with a
-        stream's own set-up."""
-        while len(self._ready) < READY and not self.stop.is_set():
-            params = {"defer": "1", "reuse": "1"}
-            self._ready.append(
-                asyncio.ensure_future(connect_channel(self.ctx, self.path, params=params))
-            )
-
-    def _reuse(self, ws: ClientConnection) -> bool:
-        """Keep the websocket of a stream that ended cleanly for a later one (last in
-        line: the control plane may still be finishing that stream with the agent, and
-        would hold the next open until then); False when enough are ready already."""
-        if len(self._ready) >= READY or self.stop.is_set():
-            return False
-        kept: asyncio.Future[ClientConnection] = asyncio.get_running_loop().create_future()
-        kept.set_result(ws)
-        self._ready.append(kept)
-        return True
-
     def _open_at_once(self, first: bytes) -> ClientConnection | None:
-        """The first ready websocket, told to open its stream (and given ``first``), if it
-        is dialled and open; else ``None`` and the stream's own task finds one (waits for
-        a dial, tells its error, or dials)."""
-        if not self._ready or not self._ready[0].done():
-            return None
-        ready = self._ready[0]
-        if ready.cancelled() or ready.exception() is not None:
-            return None
-        self._ready.popleft()
-        ws = ready.result()
-        return ws if _send_open(ws, first) else None
+        """The first ready websocket that is dialled, told to open its stream (and given
+        ``first``), if it is still open; else ``None`` and the stream's own task finds one
+        (waits for one, tells a dial's error, or dials)."""
+        ws = self._links.take_dialled()
+        return ws if ws is not None and send_open(ws, first) else None
 
     async def _open_stream(self, opened: ClientConnection | None, first: bytes) -> ClientConnection:
         """The websocket of a new stream, opened (and given ``first``): ``opened`` by the
         acceptor, else a ready one if there is one still usable."""
         if opened is not None:
             return opened
-        ready = self._ready.popleft() if self._ready else None
-        ws: ClientConnection | None = None
-        if ready is not None:
-            try:
-                ws = await ready
-            except (AgentctlError, OSError):
-                ws = None  # dialled below without deferring; its error is the one told
-        if ws is not None and _send_open(ws, first):
+        ws = await self._links.take()
+        if ws is not None and send_open(ws, first):
             return ws
         # None ready: a stream opened by its handshake, as without ready websockets.
         ws = await connect_channel(self.ctx, self.path)
@@ -288,7 +254,7 @@ class Forwarder:
             given_back = await self._carry(conn, opened, first)
         finally:
             if not given_back:
-                self._prepare()
+                self._links.prepare()
 
     async def _carry(
         self, conn: socket.socket, opened: ClientConnection | None, first: bytes
@@ -319,9 +285,9 @@ class Forwarder:
                     f"agentctl: tunnel stream ended: {result.message} ({result.code})"
                 )
         finally:
-            given_back = result is not None and result.reusable and self._reuse(ws)
+            given_back = result is not None and result.reusable and self._links.give_back(ws)
             if not given_back:
-                await _close_quietly(ws)
+                await close_quietly(ws)
         if not result.reusable:
             self._closed_by_control_plane(ws)
         return given_back
@@ -345,14 +311,6 @@ class Forwarder:
         else:
             self.ctx.out.info(f"agentctl: tunnel stream refused: {detail} ({code})")
 
-    async def _drop_ready(self) -> None:
-        while self._ready:
-            ready = self._ready.popleft()
-            if not ready.done():
-                ready.cancel()
-            with contextlib.suppress(BaseException):
-                await _close_quietly(await ready)
-
 
 def _waiting_bytes(conn: socket.socket) -> bytes:
     """What the connection sent already (a client that speaks first: HTTP, TLS), read
@@ -364,27 +322,3 @@ def _waiting_bytes(conn: socket.socket) -> bytes:
         return b""
     except OSError:
         return b""  # reset: the pump's own read says so
-
-
-def _send_open(ws: ClientConnection, first: bytes) -> bool:
-    """Send the open frame on a ready websocket, and ``first`` as the stream's first
-    bytes, in one write: the control plane wakes once for both, and relays the bytes as
-    soon as the stream is open. False: the websocket was closed while it waited (idle, a
-    restarted control plane).
-
-    Synchronous, unlike websockets' ``send`` (which would write each frame on its own):
-    a ready websocket sends nothing else, and its transport is empty, so there is
-    nothing to wait for.
-    """
-    if ws.protocol.state is not State.OPEN or ws.transport.is_closing():
-        return False
-    ws.protocol.send_text(OPEN_FRAME.encode())
-    if first:
-        ws.protocol.send_binary(first)
-    ws.transport.write(b"".join(ws.protocol.data_to_send()))
-    return True
-
-
-async def _close_quietly(ws: ClientConnection) -> None:
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(ws.close(), 5)

@@ -17,15 +17,27 @@ frame's data. Through uvloop's own read buffer, each piece was copied into a new
 ``bytes``, then joined into the payload, before that unmasking: two passes over every
 relayed byte fewer (measured on a 1 GiB download relayed from the agent: the control plane
 spent 0.72-0.85 s of CPU).
+
+A route reaches its websocket's protocol through the scope extension :data:`FRAMES`, for
+what ASGI cannot say: :func:`send_with` writes a text frame and the data another websocket
+received already (:meth:`BulkReadsWebSocketProtocol.queued_bytes`) in one write (a
+pipelined tunnel stream's ``channel.open`` and the client's first bytes: the agent wakes
+once for both, and they leave without waiting for the relay's tasks to run), and
+:func:`send_now` writes one frame at once (a relay's: none of the ASGI send's coroutines
+and checks per frame) when the transport takes it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
+from starlette.websockets import WebSocket
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
@@ -33,7 +45,11 @@ from fleetgate.shared.files.bulkreads import BulkReadsMixin, use_bulk_reads
 from fleetgate.shared.files.bulkwrites import BulkWritesMixin, use_bulk_writes
 
 
-__all__ = ["BulkReadsWebSocketProtocol"]
+__all__ = ["FRAMES", "BulkReadsWebSocketProtocol", "queued_bytes", "send_now", "send_with"]
+
+FRAMES = "fleetgate.frames"
+"""The ASGI scope extension that holds a websocket's protocol itself (no dict around it:
+every agent's backhaul has one)."""
 
 
 class _BulkStreamReader(BulkReadsMixin, StreamReader):
@@ -84,6 +100,70 @@ class BulkReadsWebSocketProtocol(WebSocketsSansIOProtocol):
             self._in_place = _ReceiveInPlace(self)
             self.transport.set_protocol(self._in_place)
 
+    def handle_connect(self, event: Request) -> None:
+        """uvicorn's; an accepted handshake's scope also carries :data:`FRAMES`."""
+        super().handle_connect(event)
+        scope = getattr(self, "scope", None)  # none: the handshake was refused
+        extensions = None if scope is None else scope.get("extensions")
+        if extensions is not None:
+            extensions[FRAMES] = self
+
+    def queued_bytes(self) -> bytes | None:
+        """Take the peer's next message if it is data received already; ``None`` (nothing
+        taken) when the next one is anything else or has not arrived."""
+        queued: deque[dict[str, Any]] = self.queue._queue  # type: ignore[attr-defined]
+        if not queued or queued[0].get("type") != "websocket.receive":
+            return None
+        data = queued[0].get("bytes")
+        if data is None:
+            return None
+        self.queue.get_nowait()
+        if self.read_paused and self.queue.empty():  # as uvicorn's receive() does
+            self.read_paused = False
+            self.transport.resume_reading()
+        return bytes(data)
+
+    def can_send_now(self) -> bool:
+        """Whether a frame written now goes out as the ASGI send's would: the websocket
+        is open, not closing, and its transport not full (else that send waits)."""
+        return (
+            self.handshake_complete
+            and self.initial_response is None
+            and not self.close_sent
+            and not self.disconnected
+            and self.writable.is_set()
+            and not self.transport.is_closing()
+        )
+
+    def send_now(self, frame: bytes | str) -> bool:
+        """Send one frame (data or text) now; False, with nothing sent, when the
+        websocket cannot send at once (:meth:`can_send_now`)."""
+        if not self.can_send_now():
+            return False
+        if isinstance(frame, str):
+            self.conn.send_text(frame.encode())
+        else:
+            self.conn.send_binary(frame)  # a large one is written at once
+        output = self.conn.data_to_send()
+        if output:
+            self.transport.write(b"".join(output))
+        return True
+
+    def send_with(self, text: str, more: Callable[[], bytes | None]) -> bool:
+        """Send ``text`` and then ``more()`` (data, if any) in one write, now; False, with
+        nothing sent and ``more`` not called, when this websocket cannot send at once
+        (:meth:`can_send_now`)."""
+        if not self.can_send_now():
+            return False
+        self.conn.send_text(text.encode())
+        data = more()
+        if data is not None:
+            self.conn.send_binary(data)  # a large one is written at once, after the text
+        output = self.conn.data_to_send()
+        if output:
+            self.transport.write(b"".join(output))
+        return True
+
     def _write_pieces(self, pieces: list[Any]) -> None:
         """Hand a large frame's pieces to the transport (uvicorn's flow control applies:
         a full transport pauses writing as for any other write)."""
@@ -130,3 +210,30 @@ class _ReceiveInPlace(asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         """uvicorn's flow control."""
         self.protocol.resume_writing()
+
+
+def _protocol(websocket: WebSocket) -> BulkReadsWebSocketProtocol | None:
+    extensions = websocket.scope.get("extensions") or {}
+    protocol = extensions.get(FRAMES)
+    return protocol if isinstance(protocol, BulkReadsWebSocketProtocol) else None
+
+
+def queued_bytes(websocket: WebSocket) -> bytes | None:
+    """The next message of ``websocket`` if it is data received already (taken), else
+    ``None`` (see :meth:`BulkReadsWebSocketProtocol.queued_bytes`)."""
+    protocol = _protocol(websocket)
+    return None if protocol is None else protocol.queued_bytes()
+
+
+def send_with(websocket: WebSocket, text: str, more: Callable[[], bytes | None]) -> bool:
+    """:meth:`BulkReadsWebSocketProtocol.send_with` on ``websocket``; False as well when
+    another server serves it (the caller then sends the usual way)."""
+    protocol = _protocol(websocket)
+    return protocol is not None and protocol.send_with(text, more)
+
+
+def send_now(websocket: WebSocket, frame: bytes | str) -> bool:
+    """:meth:`BulkReadsWebSocketProtocol.send_now` on ``websocket``; False as well when
+    another server serves it (the caller then sends the usual way)."""
+    protocol = _protocol(websocket)
+    return protocol is not None and protocol.send_now(frame)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from fleetgate.controlplane.errors import ChannelFailed
-from fleetgate.controlplane.hub.channels import (
+from fleetgate.controlplane.hub.channelregistry import (
     MAX_REMEMBERED,
     ChannelOwner,
     ChannelRegistry,

@@ -14,6 +14,11 @@ nothing before that, serves one channel at a time, and is replaced when that cha
 tunnel stream that this agent ended with an ``end`` frame (``fleetgate.shared.pump``): the
 control plane and this agent then both keep the websocket for the next channel.
 
+A channel whose ``channel.open`` comes on the backhaul while the pool is warm and every
+pooled websocket it has is serving a channel (more channels overlap than the pool holds:
+tunnel streams still ending when the next ones start) makes the pool hold one more from
+then on (up to :data:`MAX_SIZE`), so the next such overlap finds one idle.
+
 An idle fleet keeps no pooled websocket: the control plane closes one unused for its
 idle timeout, and the agent dials again only while it is warm.
 """
@@ -39,7 +44,7 @@ from fleetgate.shared.protocol.limits import DEFAULT_MAX_MESSAGE_BYTES
 from fleetgate.shared.protocol.tunnel import REUSE_HEADER
 
 
-__all__ = ["POOL_PATH", "REFILL_AFTER", "SIZE", "WARM", "ChannelPool"]
+__all__ = ["MAX_SIZE", "POOL_PATH", "REFILL_AFTER", "SIZE", "WARM", "ChannelPool"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,7 +53,9 @@ POOL_PATH = "/ws/agent/pool/?reuse=1&quiet=1"
 ``channel.open`` ``quiet`` (no ``channel.accepted`` then, ``router``)."""
 SIZE = 2
 """Idle pooled websockets kept while warm (sequential streams need one; two absorb the
-redial of the one just taken)."""
+redial of the one just taken), at first."""
+MAX_SIZE = 6
+"""At most this many, however many channels overlap (the control plane keeps 8)."""
 WARM = 30.0
 """Seconds after the last channel opened during which the pool is kept full."""
 REFILL_AFTER = 1.0
@@ -84,13 +91,29 @@ class ChannelPool:
         self._dial = dial
         self._last_use: float | None = None
         self._wake = asyncio.Event()
+        self._group: asyncio.TaskGroup | None = None
         self.idle = 0
         """Pooled websockets open and waiting now."""
+        self.links = 0
+        """Pooled websockets open now, idle or serving a channel."""
 
-    def used(self) -> None:
-        """A channel was opened: keep (or start keeping) the pool full."""
+    def used(self, *, pooled: bool = True) -> None:
+        """A channel was opened: keep (or start keeping) the pool full. Not ``pooled`` (it
+        came on the backhaul) while every pooled websocket was busy: hold one more."""
+        if not pooled and self.warm() and self.idle == 0 and self.links >= self.size:
+            self._grow()
         self._last_use = time.monotonic()
         self._wake.set()
+
+    def _grow(self) -> None:
+        group = self._group
+        if group is None or self.size >= MAX_SIZE:
+            return
+        try:
+            group.create_task(self._slot(group, grown=True), name=f"channel-pool-{self.size}")
+        except RuntimeError:
+            return  # the pool is stopping
+        self.size += 1
 
     def warm(self) -> bool:
         """Whether a channel opened recently enough to keep pooled websockets."""
@@ -104,10 +127,12 @@ class ChannelPool:
         async with asyncio.TaskGroup() as tg:
             for slot in range(self.size):
                 tg.create_task(self._slot(tg), name=f"channel-pool-{slot}")
+            self._group = tg
 
-    async def _slot(self, tg: asyncio.TaskGroup) -> None:
+    async def _slot(self, tg: asyncio.TaskGroup, *, grown: bool = False) -> None:
         """Dial a pooled websocket, and another each time the last one is no longer
-        free (closed, or its channel still open after :data:`REFILL_AFTER` seconds)."""
+        free (closed, or its channel still open after :data:`REFILL_AFTER` seconds);
+        ``grown``: a slot added by :meth:`_grow` (said once its first one is open)."""
         delays = backoff_delays(RETRY_MIN, RETRY_MAX)
         while True:
             while not self.warm():
@@ -120,6 +145,9 @@ class ChannelPool:
                 await asyncio.sleep(next(delays))
                 continue
             link.reuse = link.header(REUSE_HEADER) == "1"
+            if grown:
+                grown = False
+                log.info("channel.pool_grown", size=self.size)
             free = asyncio.Event()
             kept = tg.create_task(self._keep(link, free), name="channel-pool-link")
             await free.wait()
@@ -139,6 +167,7 @@ class ChannelPool:
         """
         served = False
         loop = asyncio.get_running_loop()
+        self.links += 1
         try:
             while True:
                 came, serving = await self._next_channel(link)
@@ -160,6 +189,7 @@ class ChannelPool:
                     return served
                 link.kept = False
         finally:
+            self.links -= 1
             free.set()
 
     async def _next_channel(

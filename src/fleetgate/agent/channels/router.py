@@ -140,7 +140,7 @@ class ChannelRouter:
         self._open[message.channel_id] = None
         if self._group is None or not self._start(self._group, message, service, claims):
             self._intake.put_nowait((message, service, claims))
-        self.pool.used()
+        self.pool.used(pooled=False)
         return None
 
     def on_pooled(

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import sqlalchemy
 import structlog
@@ -30,6 +31,7 @@ from fleetgate.controlplane.hub.relay import close_websocket, relay
 from fleetgate.controlplane.store import worksessions as sessions_store
 from fleetgate.controlplane.timeutil import now_us
 from fleetgate.controlplane.worksession.gate import GateDenial
+from fleetgate.controlplane.wsprotocol import queued_bytes
 from fleetgate.shared.protocol import ChannelOpen, Grant
 from fleetgate.shared.protocol.channels import CLOSE_REFUSED, REVOCATION_CODES, refusal_reason
 
@@ -228,8 +230,11 @@ async def serve_channel(
     early = pipelined and websocket.application_state == WebSocketState.CONNECTED
     # A pipelined stream on an idle pooled websocket: its open leaves from here, before
     # the relay's tasks first run (a loop turn later), while the agent works on it.
+    # The client's first bytes, there already most often, leave with the open.
     pooled = (
-        services.hub.channels.attach_pooled(channel.server_id, message, early=True)
+        services.hub.channels.attach_pooled(
+            channel.server_id, message, early=True, first=partial(queued_bytes, websocket)
+        )
         if early
         else None
     )
@@ -254,10 +259,14 @@ async def serve_channel(
                         agent=agent,
                     )
                 )
-                ending = tg.create_task(_close_agent_when_ended(services, channel, relaying))
-                relaying.add_done_callback(lambda _: ending.cancel())
-                ending.add_done_callback(lambda _: relaying.cancel())
+                # Only a channel that must stop (revoked, its tunnel closed) gets a task
+                # that tells its agent and stops the relay: most end on their own, and a
+                # task per channel waiting for that was one more per tunnel stream.
+                channel.on_end = partial(_when_ended, tg, services, channel, relaying)
+                if channel.ended.is_set():
+                    channel.on_end()
     finally:
+        channel.on_end = None
         registry.unregister(channel)
     if not relaying.cancelled():
         return relaying.result()
@@ -271,17 +280,32 @@ async def serve_channel(
     return None
 
 
-async def _close_agent_when_ended(
+def _when_ended(
+    tg: asyncio.TaskGroup,
+    services: Services,
+    channel: OpenChannel,
+    relaying: asyncio.Task[ChannelFailed | None],
+) -> None:
+    """The channel must stop (``OpenChannel.end``): unless its relay is over, a task of
+    the channel's group tells the agent, then stops the relay."""
+    if relaying.done():
+        return
+    try:
+        tg.create_task(_close_agent_then_relay(services, channel, relaying))
+    except RuntimeError:  # the group is ending (the relay failed): so is the channel
+        relaying.cancel()
+
+
+async def _close_agent_then_relay(
     services: Services, channel: OpenChannel, relaying: asyncio.Task[ChannelFailed | None]
 ) -> None:
-    """Wait until the channel must stop, then tell its agent first: the agent's task is
-    cancelled (a terminal ends instead of detaching) before the relay drops the link.
+    """Tell the agent first that the channel ended: the agent's task is cancelled (a
+    terminal ends instead of detaching) before the relay drops the link.
 
     The relay is cancelled in the same step as the ``channel.close`` is written, not a
     loop turn later by a done callback: the agent's answer (its link closed with 1000)
     must not reach the relay first, which would pass that on to the client instead of
     the reason the channel ended."""
-    await channel.ended.wait()
     detail = channel.why[1] if channel.why else "closed"
     await services.hub.channels.close(channel.server_id, channel.channel_id, detail)
     relaying.cancel()

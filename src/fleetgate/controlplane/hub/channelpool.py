@@ -13,7 +13,9 @@ for it, and the agent checks the grant of the ``channel.open`` exactly as one fr
 backhaul. It serves one channel, or (dialled with ``?reuse=1``, accepted with
 ``REUSE_HEADER``) one tunnel stream after another: a stream the agent ended with ``end``
 (``hub.streamrelay``) gives it back (:meth:`ChannelPool.keep`) and it is idle
-again. Dialled with ``?quiet=1``, its agent takes a ``quiet`` open (``ChannelOpen.quiet``:
+again at once, while the client's side of the stream may still be ending (nothing of
+the stream goes to the agent after its ``end``): the next stream, which may start
+before that, finds it idle. Dialled with ``?quiet=1``, its agent takes a ``quiet`` open (``ChannelOpen.quiet``:
 a pipelined stream's), which it does not answer with ``channel.accepted``. Bounds:
 :data:`PER_SERVER` idle websockets per server (one more is refused, one given back is
 closed), each closed after :data:`IDLE_TIMEOUT` seconds unused (the agent dials again
@@ -132,11 +134,13 @@ class ChannelPool:
         return None if pooled is None else pooled.acceptance
 
     def keep(self, websocket: WebSocket) -> None:
-        """The agent ended the stream on ``websocket`` with ``end``: once its channel
-        releases it, it is idle again instead of closed."""
+        """The agent ended the stream on ``websocket`` with ``end``: it is idle again now
+        (its channel is done with it, whatever the client's side still does) instead of
+        closed when released."""
         pooled = self._claimed.get(id(websocket))
         if pooled is not None and pooled.reuse:
             pooled.kept = True
+            pooled.released.set()
 
     async def serve(self, websocket: WebSocket, server_id: str) -> None:
         """The endpoint of one pooled websocket (already authenticated as ``server_id``).

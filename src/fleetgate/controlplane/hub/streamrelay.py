@@ -6,8 +6,9 @@ with ``REUSE_HEADER`` (``fleetgate.shared.protocol.tunnel``) ends a clean stream
 ``end`` frame instead of closing, once both ``eof`` passed here (an ``end`` before its own
 ``eof`` stands for it: the ``eof`` is passed on). ``end`` itself is passed to no one: the
 websocket of the side that said it is kept for that side's next stream, whatever the
-other side does afterwards (nothing of this stream goes to it any more), and the relay
-returns which sides were kept once both are done. A clean close (1000 after both ``eof``)
+other side does afterwards (nothing of this stream goes to it any more), the agent's
+given back at once (``agent_kept``), and the relay returns which sides were kept once
+both are done. A clean close (1000 after both ``eof``)
 of a side that cannot say ``end`` leaves the other side to end its own way.
 
 A pipelined stream (``accepted``: its ``channel.open`` was sent without waiting for the
@@ -29,6 +30,7 @@ from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.errors import ChannelFailed
 from fleetgate.controlplane.hub.relay import close_websocket, forwardable
+from fleetgate.controlplane.wsprotocol import send_now
 from fleetgate.shared.protocol.channels import CLOSE_BAD_REQUEST, CLOSE_INTERNAL, CLOSE_NORMAL
 from fleetgate.shared.protocol.tunnel import END_FRAME, EOF_FRAME
 
@@ -67,11 +69,14 @@ async def relay_stream(
     client_ends: bool,
     agent_ends: bool,
     accepted: Callable[[], Awaitable[dict[str, Any] | None]] | None = None,
+    agent_kept: Callable[[], None] | None = None,
 ) -> Kept:
     """Relay until both sides are done with the stream; which of them said ``end``.
 
     ``client_ends`` / ``agent_ends``: that side was accepted with ``REUSE_HEADER``.
     ``accepted``: the check of the agent's answer, still due (a pipelined stream).
+    ``agent_kept``: called as soon as the agent said ``end`` (its websocket is not
+    touched here after that).
 
     Raises:
         ChannelFailed: the agent refused the pipelined stream (or did not answer).
@@ -84,6 +89,8 @@ async def relay_stream(
         down = tg.create_task(
             _answered_then_pump(accepted, agent, client, agent_ends, state), name="stream-down"
         )
+        if agent_kept is not None:
+            down.add_done_callback(lambda t: _kept(t) and agent_kept())
         # A direction that broke off ends the relay (its pump closed the other side);
         # while the agent's answer is due, it comes first: a refusal is what the client
         # must be told, not the closed websocket that follows it.
@@ -151,7 +158,7 @@ async def _pump(
                 if other in state.eofs:
                     if name not in state.eofs:  # the last eof, said by the end
                         state.eofs.add(name)
-                        await dst.send({"type": "websocket.send", "text": EOF_FRAME})
+                        await _send(dst, EOF_FRAME)
                     state.ended.add(name)
                     return _Done.KEPT
                 # Before the other side's eof: the stream has not ended.
@@ -163,11 +170,11 @@ async def _pump(
                 await close_websocket(src, CLOSE_NORMAL)
                 return _Done.FAILED
             if data is not None:
-                await dst.send({"type": "websocket.send", "bytes": data})
+                await _send(dst, data)
                 continue
             if text == EOF_FRAME:
                 state.eofs.add(name)
-            await dst.send({"type": "websocket.send", "text": text})
+            await _send(dst, text)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - a broken transport, on either side
@@ -176,3 +183,15 @@ async def _pump(
     if other not in state.ended:
         await close_websocket(dst, code, reason)
     return _Done.FAILED
+
+
+async def _send(dst: WebSocket, frame: bytes | str) -> None:
+    """Relay one frame: written at once when the transport takes it (the pump is the only
+    sender on ``dst`` while it runs, so frames stay in order), else by the ASGI send,
+    which waits until it does."""
+    if send_now(dst, frame):
+        return
+    if isinstance(frame, str):
+        await dst.send({"type": "websocket.send", "text": frame})
+    else:
+        await dst.send({"type": "websocket.send", "bytes": frame})
