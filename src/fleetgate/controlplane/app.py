@@ -20,6 +20,7 @@ from fleetgate.controlplane.api import (
     servers,
     ssh,
     tunnels,
+    tunnelstreams,
     websh,
     worksession_reads,
     worksessions,
@@ -131,7 +132,7 @@ def create_app(
     app.include_router(worksession_reads.router)
     app.include_router(files.router)
     app.include_router(tunnels.router)
-    app.include_router(tunnels.ws_router)
+    app.include_router(tunnelstreams.ws_router)
     app.include_router(websh.router)
     app.include_router(recordings.router)
     app.include_router(ssh.router)

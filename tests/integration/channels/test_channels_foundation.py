@@ -43,7 +43,7 @@ from fleetgate.controlplane.authz import RULES, Access, Rule
 from fleetgate.controlplane.config import ControlPlaneSettings
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.hub.channelpool import ChannelPool
-from fleetgate.controlplane.hub.channels import OpenChannel
+from fleetgate.controlplane.hub.channelregistry import OpenChannel
 from fleetgate.controlplane.hub.streamrelay import relay_stream
 from fleetgate.controlplane.server import ControlPlaneServer, bind_socket
 from fleetgate.shared.protocol import (

@@ -10,7 +10,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fleetgate.controlplane.grants import GrantSigner, operation_claims
-from fleetgate.controlplane.hub.channels import ChannelRegistry
+from fleetgate.controlplane.hub.channelregistry import ChannelRegistry
 from fleetgate.controlplane.hub.tunnels import TunnelStreams, stream_spec
 from fleetgate.controlplane.store import Database
 from fleetgate.controlplane.store.tunnels import TunnelRow

@@ -26,7 +26,7 @@ from fleetgate.controlplane.authz import check_rule, rule_for
 from fleetgate.controlplane.console.cookies import websocket_authorization
 from fleetgate.controlplane.errors import APIError, ChannelFailed
 from fleetgate.controlplane.grants import gate_and_sign
-from fleetgate.controlplane.hub.channels import ChannelOwner, OpenChannel
+from fleetgate.controlplane.hub.channelregistry import ChannelOwner, OpenChannel
 from fleetgate.controlplane.hub.relay import close_websocket, relay
 from fleetgate.controlplane.store import worksessions as sessions_store
 from fleetgate.controlplane.timeutil import now_us

@@ -28,7 +28,7 @@ from fleetgate.controlplane.api.channels import (
 )
 from fleetgate.controlplane.authz import require_session_named, server_account
 from fleetgate.controlplane.errors import APIError
-from fleetgate.controlplane.hub.channels import OpenChannel
+from fleetgate.controlplane.hub.channelregistry import OpenChannel
 from fleetgate.shared.protocol import ChannelOpen, FilesSpec, content_digest
 
 

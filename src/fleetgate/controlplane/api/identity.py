@@ -20,7 +20,7 @@ from fleetgate.controlplane.errors import (
     permission_denied,
     validation_detail,
 )
-from fleetgate.controlplane.hub.channels import Revocation
+from fleetgate.controlplane.hub.channelregistry import Revocation
 from fleetgate.controlplane.hub.revocation import Revoker
 from fleetgate.controlplane.store import users as users_store
 from fleetgate.controlplane.timeutil import iso, now_us, to_us

@@ -31,7 +31,7 @@ from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.authz import require_session_named, server_account
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.grants import operation_claims
-from fleetgate.controlplane.hub.channels import OpenChannel
+from fleetgate.controlplane.hub.channelregistry import OpenChannel
 from fleetgate.controlplane.sshca import CertificateRequest
 from fleetgate.controlplane.store import servers as servers_store, ssh as ssh_store
 from fleetgate.controlplane.store.ssh import SshConnectionRow

@@ -29,7 +29,6 @@ from fleetgate.controlplane.api.tunnelstreams import (
     STREAM_PATH,
     load_tunnel,
     streams_of,
-    ws_router,
 )
 from fleetgate.controlplane.authz import acl_refused
 from fleetgate.controlplane.errors import APIError
@@ -41,7 +40,7 @@ from fleetgate.shared.addresses import loopback_address
 from fleetgate.shared.protocol import content_digest
 
 
-__all__ = ["STREAM_PATH", "install", "router", "ws_router"]
+__all__ = ["install", "router"]
 
 router = APIRouter(prefix="/api/tunnels")
 

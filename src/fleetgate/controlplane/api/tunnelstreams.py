@@ -31,7 +31,7 @@ from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.errors import APIError
 from fleetgate.controlplane.grants import operation_claims
 from fleetgate.controlplane.hub.channelpool import ChannelPool
-from fleetgate.controlplane.hub.channels import OpenChannel
+from fleetgate.controlplane.hub.channelregistry import OpenChannel
 from fleetgate.controlplane.hub.relay import close_websocket
 from fleetgate.controlplane.hub.streamrelay import relay_stream
 from fleetgate.controlplane.hub.tunnels import TunnelStreams

@@ -31,7 +31,7 @@ from fleetgate.controlplane.api.params import parse_page
 from fleetgate.controlplane.auth import Principal
 from fleetgate.controlplane.authz import require_session_named, server_account
 from fleetgate.controlplane.errors import APIError
-from fleetgate.controlplane.hub.channels import OpenChannel
+from fleetgate.controlplane.hub.channelregistry import OpenChannel
 from fleetgate.controlplane.store import terminals as store
 from fleetgate.controlplane.store.terminals import TerminalRow
 from fleetgate.controlplane.timeutil import iso, iso_or_none, now_us

@@ -12,7 +12,8 @@ from starlette.websockets import WebSocket
 from fleetgate.controlplane.cluster.hop import relay_to_replica
 from fleetgate.controlplane.cluster.hoptoken import HOP_PATH, hop_token
 from fleetgate.controlplane.cluster.node import ClusterNode
-from fleetgate.controlplane.hub.channels import ChannelBroker, ChannelRegistry
+from fleetgate.controlplane.hub.channelregistry import ChannelRegistry
+from fleetgate.controlplane.hub.channels import ChannelBroker
 from fleetgate.controlplane.hub.registry import CLOSE_DELETED, AgentConnection, Registry
 from fleetgate.controlplane.hub.revocation import Revoker
 from fleetgate.controlplane.hub.scheduler import Scheduler

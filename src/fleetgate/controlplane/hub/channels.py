@@ -26,12 +26,7 @@ from starlette.websockets import WebSocket
 
 from fleetgate.controlplane.errors import ChannelFailed
 from fleetgate.controlplane.hub.channelpool import ChannelPool
-from fleetgate.controlplane.hub.channelregistry import (
-    ChannelOwner,
-    ChannelRegistry,
-    OpenChannel,
-    Revocation,
-)
+from fleetgate.controlplane.hub.channelregistry import ChannelRegistry
 from fleetgate.controlplane.hub.pooledattach import attach_pooled
 from fleetgate.controlplane.hub.registry import Registry
 from fleetgate.controlplane.hub.relay import close_websocket
@@ -44,14 +39,7 @@ from fleetgate.shared.protocol.channels import (
 )
 
 
-__all__ = [
-    "ChannelBroker",
-    "ChannelCluster",
-    "ChannelOwner",
-    "ChannelRegistry",
-    "OpenChannel",
-    "Revocation",
-]
+__all__ = ["ChannelBroker", "ChannelCluster"]
 
 log = structlog.get_logger("fleetgate.controlplane.channels")
 

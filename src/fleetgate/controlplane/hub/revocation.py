@@ -21,7 +21,8 @@ from typing import Any
 
 import structlog
 
-from fleetgate.controlplane.hub.channels import ChannelBroker, Revocation
+from fleetgate.controlplane.hub.channelregistry import Revocation
+from fleetgate.controlplane.hub.channels import ChannelBroker
 from fleetgate.controlplane.hub.tunnels import TunnelStreams
 from fleetgate.controlplane.store import Database, terminals as terminals_store
 from fleetgate.controlplane.store.worksessions import WorkSessionRow

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import structlog
 
 from fleetgate.controlplane.grants import GrantSigner
-from fleetgate.controlplane.hub.channels import ChannelOwner, ChannelRegistry, Revocation
+from fleetgate.controlplane.hub.channelregistry import ChannelOwner, ChannelRegistry, Revocation
 from fleetgate.controlplane.store import Database, tunnels as tunnels_store
 from fleetgate.controlplane.store.tunnels import TunnelRow
 from fleetgate.controlplane.timeutil import now_us
